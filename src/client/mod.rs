@@ -1,0 +1,3 @@
+//! Blocking SSE client (placeholder; filled in by the client work).
+
+pub mod cli;

@@ -1,0 +1,3 @@
+//! ssed: a tiny, dense Server-Sent-Events daemon and library.
+
+pub mod client;
