@@ -77,6 +77,7 @@ async function openPage({ base, streams, lastEventId, types, cred = false }) {
   if (cred) u.searchParams.set('cred', '1');
   await page.goto(u.toString(), { timeout: 10000 });
   return {
+    page,
     console,
     snapshot: () => page.evaluate(() => JSON.parse(JSON.stringify({ ...window.st, readyState: window.es.readyState }))),
     close: () => page.close(),
@@ -84,20 +85,18 @@ async function openPage({ base, streams, lastEventId, types, cred = false }) {
 }
 
 const adapter = { connect: openPage };
-// Chromium needs the page origin before ssed starts: a getter.
-const corsOpts = () => ({ cors: [corsOrigin] });
-let corsOrigin = null;
+// ssed allows the page's origin, known once the page server listens.
+const corsOpts = async () => ({ cors: [(await env()).origin] });
 
 test('chromium: launches and serves the page origin', { timeout: 40000 }, async () => {
   const e = await env();
-  corsOrigin = e.origin;
   assert.match(e.origin, /^http:\/\/127\.0\.0\.2:\d+$/);
 });
 
 defineScenarios('chromium EventSource (CORS)', adapter, corsOpts);
 
 test('chromium EventSource (CORS): withCredentials: true', { timeout: 30000 }, async () => {
-  const server = await startSsed(corsOpts());
+  const server = await startSsed(await corsOpts());
   let c = null;
   try {
     c = await openPage({ base: server.base, streams: ['cred'], types: SAMPLE_TYPES, cred: true });
@@ -108,6 +107,33 @@ test('chromium EventSource (CORS): withCredentials: true', { timeout: 30000 }, a
       return s.events.length >= want.length ? s : null;
     }, 10000, 'all events');
     assert.deepEqual(got.events, want.map(({ type, id, data }) => ({ type, id, data })));
+  } finally {
+    if (c) await c.close();
+    await server.stop();
+  }
+});
+
+test('chromium (CORS): a page on another origin publishes JSON (preflight) and reads the reply', { timeout: 30000 }, async () => {
+  const server = await startSsed(await corsOpts());
+  let c = null;
+  try {
+    c = await openPage({ base: server.base, streams: ['xpub'], types: SAMPLE_TYPES });
+    await waitFor(async () => (await c.snapshot()).opens >= 1, 10000, 'the connection to open');
+    const reply = await c.page.evaluate(async (url) => {
+      const r = await fetch(url, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ data: 'from the browser ✓', event: 'greeting' }),
+      });
+      return { status: r.status, body: await r.json() };
+    }, `${server.base}/events?stream=xpub`);
+    assert.equal(reply.status, 200);
+    assert.match(reply.body.id, /^\d+$/);
+    const got = await waitFor(async () => {
+      const s = await c.snapshot();
+      return s.events.length >= 1 ? s : null;
+    }, 10000, 'the event published by the page');
+    assert.deepEqual(got.events, [{ type: 'greeting', id: reply.body.id, data: 'from the browser ✓' }]);
   } finally {
     if (c) await c.close();
     await server.stop();

@@ -124,3 +124,19 @@ test('curl -N: response headers', { timeout: 20000 }, async () => {
     await server.stop();
   }
 });
+
+test('curl -N: heartbeat comment after --heartbeat seconds of silence', { timeout: 20000 }, async () => {
+  const server = await startSsed({ heartbeat: 1 });
+  const c = curlClient({ base: server.base, streams: ['hb'], types: [] });
+  try {
+    await waitFor(() => c.st.opens >= 1, 10000, 'the retry line');
+    const t0 = Date.now();
+    await waitFor(() => /\n\n:[^\n]*\n\n/.test(c.st.raw[0].text), 5000, 'a `:` comment line');
+    const dt = Date.now() - t0;
+    assert.ok(dt >= 500, `heartbeat not before ~1 s of silence (came after ${dt} ms)`);
+    assert.deepEqual(c.st.events, [], 'a comment is not an event');
+  } finally {
+    await c.close();
+    await server.stop();
+  }
+});

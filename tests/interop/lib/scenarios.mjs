@@ -59,7 +59,7 @@ async function eventsOf(client, n, what) {
 /** Defines the common scenarios for one client. */
 export function defineScenarios(label, adapter, serverOpts = () => ({})) {
   test(`${label}: exact data, types and ids`, { timeout: 30000 }, async () => {
-    await withServer(serverOpts(), async (h, connect) => {
+    await withServer(await serverOpts(), async (h, connect) => {
       const s = name('exact');
       const c = await connect(adapter, { streams: [s] });
       await waitFor(async () => (await c.snapshot()).opens >= 1, WAIT, 'the connection to open');
@@ -73,7 +73,7 @@ export function defineScenarios(label, adapter, serverOpts = () => ({})) {
   });
 
   test(`${label}: one connection reads two streams in id order`, { timeout: 30000 }, async () => {
-    await withServer(serverOpts(), async (h, connect) => {
+    await withServer(await serverOpts(), async (h, connect) => {
       const a = name('two-a');
       const b = name('two-b');
       const c = await connect(adapter, { streams: [a, b] });
@@ -89,7 +89,7 @@ export function defineScenarios(label, adapter, serverOpts = () => ({})) {
   });
 
   test(`${label}: first connection resumes from ?last_event_id`, { timeout: 30000 }, async () => {
-    await withServer(serverOpts(), async (h, connect) => {
+    await withServer(await serverOpts(), async (h, connect) => {
       const s = name('query');
       const sent = [];
       for (const d of ['one', 'two', 'three']) {
@@ -107,7 +107,7 @@ export function defineScenarios(label, adapter, serverOpts = () => ({})) {
   });
 
   test(`${label}: resumes without loss after DELETE /streams/NAME`, { timeout: 30000 }, async () => {
-    await withServer(serverOpts(), async (h, connect) => {
+    await withServer(await serverOpts(), async (h, connect) => {
       const s = name('delete');
       const c = await connect(adapter, { streams: [s] });
       await waitFor(async () => (await c.snapshot()).opens >= 1, WAIT, 'the connection to open');
@@ -137,7 +137,7 @@ export function defineScenarios(label, adapter, serverOpts = () => ({})) {
   });
 
   test(`${label}: sees a gap event after ssed restarts`, { timeout: 40000 }, async () => {
-    await withServer(serverOpts(), async (h, connect) => {
+    await withServer(await serverOpts(), async (h, connect) => {
       const s = name('restart');
       const c = await connect(adapter, { streams: [s] });
       await waitFor(async () => (await c.snapshot()).opens >= 1, WAIT, 'the connection to open');

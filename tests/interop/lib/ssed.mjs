@@ -43,11 +43,11 @@ export function once(emitter, event, ms, what = event) {
  * server "in place") is retried for a few seconds in case the old socket
  * is still being released.
  */
-export async function startSsed({ port = 0, args = [], retryMs = 300, cors = [] } = {}) {
+export async function startSsed({ port = 0, args = [], retryMs = 300, cors = [], heartbeat = 0 } = {}) {
   const deadline = Date.now() + 8000;
   for (;;) {
     try {
-      return await startOnce(port, args, retryMs, cors);
+      return await startOnce(port, args, retryMs, cors, heartbeat);
     } catch (e) {
       if (port === 0 || Date.now() > deadline) throw e;
       await new Promise((r) => setTimeout(r, 100));
@@ -55,8 +55,8 @@ export async function startSsed({ port = 0, args = [], retryMs = 300, cors = [] 
   }
 }
 
-async function startOnce(port, args, retryMs, cors) {
-  const argv = ['--listen', `127.0.0.1:${port}`, '--heartbeat', '0', '--retry', String(retryMs)];
+async function startOnce(port, args, retryMs, cors, heartbeat) {
+  const argv = ['--listen', `127.0.0.1:${port}`, '--heartbeat', String(heartbeat), '--retry', String(retryMs)];
   for (const o of cors) argv.push('--cors-origin', o);
   argv.push(...args);
   const proc = spawn(SSED_BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
