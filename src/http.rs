@@ -491,9 +491,9 @@ mod tests {
 
     #[test]
     fn simple_get_with_query() {
-        let (r, n) =
-            complete(b"GET /events?stream=a&stream=b%2Fc&x=1+2 HTTP/1.1\r\nHost: x\r\n\r\nextra");
-        assert_eq!(n, 59);
+        let raw = b"GET /events?stream=a&stream=b%2Fc&x=1+2 HTTP/1.1\r\nHost: x\r\n\r\nextra";
+        let (r, n) = complete(raw);
+        assert_eq!(n, raw.len() - "extra".len());
         assert_eq!(r.method, Method::Get);
         assert_eq!(r.path, "/events");
         assert_eq!(r.query_all("stream").collect::<Vec<_>>(), vec!["a", "b/c"]);
