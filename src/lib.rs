@@ -159,34 +159,34 @@ impl ShutdownHandle {
 
 /// An SSE server: bind it, take publishers and a shutdown handle, run it.
 pub struct Server {
-    reactor: server::Reactor,
+    bound: server::Bound,
 }
 
 impl Server {
     /// Binds every `cfg.listen` address (port 0 picks a free port).
     pub fn bind(cfg: Config) -> std::io::Result<Server> {
         Ok(Server {
-            reactor: server::Reactor::bind(cfg)?,
+            bound: server::Bound::bind(cfg)?,
         })
     }
     /// The bound addresses, in `--listen` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.reactor.addrs
+        &self.bound.addrs
     }
     /// A handle for publishing from other threads.
     pub fn publisher(&self) -> Publisher {
         Publisher {
-            shared: self.reactor.shared.clone(),
+            shared: self.bound.shared.clone(),
         }
     }
     /// A handle for stopping the server from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            shared: self.reactor.shared.clone(),
+            shared: self.bound.shared.clone(),
         }
     }
     /// Runs the loop on this thread until shutdown.
-    pub fn run(mut self) -> std::io::Result<()> {
-        self.reactor.run()
+    pub fn run(self) -> std::io::Result<()> {
+        self.bound.run()
     }
 }

@@ -91,23 +91,20 @@ fn default_max_connections() -> usize {
     (cur.min(1 << 24) as usize).saturating_sub(64).max(16)
 }
 
-/// The reactor and everything it owns.
-pub(crate) struct Reactor {
+/// A bound server not yet running: `Send`, so it can be bound on one
+/// thread and run on another (the hub, with its `Rc` frames, is built by
+/// `run` on the loop's own thread).
+pub(crate) struct Bound {
     poll: Poll,
     listeners: Vec<TcpListener>,
     pub addrs: Vec<SocketAddr>,
-    pub hub: Hub,
-    rbuf: Vec<u8>,
     pub shared: Arc<Shared>,
-    accept_paused: bool,
+    cfg: Config,
+    max: usize,
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-impl Reactor {
-    pub fn bind(cfg: Config) -> io::Result<Reactor> {
+impl Bound {
+    pub fn bind(cfg: Config) -> io::Result<Bound> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut listeners = Vec::new();
@@ -132,18 +129,45 @@ impl Reactor {
         if cfg.handle_signals {
             install_signal_handlers(&shared);
         }
-        Ok(Reactor {
+        Ok(Bound {
             poll,
             listeners,
             addrs,
-            hub: Hub::new(cfg, max),
-            rbuf: vec![0; READ_BUF],
             shared,
-            accept_paused: false,
+            cfg,
+            max,
         })
     }
 
-    pub fn run(&mut self) -> io::Result<()> {
+    pub fn run(self) -> io::Result<()> {
+        let mut r = Reactor {
+            poll: self.poll,
+            listeners: self.listeners,
+            hub: Hub::new(self.cfg, self.max),
+            rbuf: vec![0; READ_BUF],
+            shared: self.shared,
+            accept_paused: false,
+        };
+        r.run()
+    }
+}
+
+/// The reactor and everything it owns.
+struct Reactor {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    hub: Hub,
+    rbuf: Vec<u8>,
+    shared: Arc<Shared>,
+    accept_paused: bool,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Reactor {
+    fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             self.hub.tick_clock();
