@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { startSsed, publish, deleteStream } from '../interop/lib/ssed.mjs';
+import { startSsed, restartSsed, publish, deleteStream } from '../interop/lib/ssed.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -82,7 +82,7 @@ async function row(page, id) {
 }
 
 async function main() {
-  const server = await startSsed();
+  let server = await startSsed();
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ssed-demo-chromium-'));
   let context = null;
   const pageErrors = [];
@@ -167,6 +167,19 @@ async function main() {
       assert(c.type === 'other' && c.data === '{"n":1}', JSON.stringify(c));
     });
 
+    await check('after ssed restarts the page shows a gap row and goes on', async () => {
+      const before = await page.locator('#last-id').textContent();
+      server = await restartSsed(server);
+      const gap = page.locator('#events tr.gap');
+      await gap.waitFor({ timeout: 15000 });
+      const data = await gap.locator('td.data').textContent();
+      assert(data.includes(`after id ${before} in ${STREAM}`), `gap row: ${data}`);
+      await waitState(page, 'open');
+      const r = await publish(server.base, STREAM, 'after the restart');
+      const c = await row(page, r.id);
+      assert(c.data === 'after the restart', JSON.stringify(c));
+    });
+
     await check('screenshot saved to target/demo.png', async () => {
       const r = await publishFromPage(page, { stream: STREAM, type: 'greeting', data: 'Hello from the ssed demo page ✓' });
       await row(page, JSON.parse(r.text).id);
@@ -193,6 +206,7 @@ async function main() {
     if (context) await context.close().catch(() => {});
     fs.rmSync(userDataDir, { recursive: true, force: true });
     await server.stop();
+    if (failed && server.stderr) console.log(`--- ssed stderr (tail) ---\n${server.stderr}`);
   }
   console.log(`${passed} passed, ${failed} failed`);
   return failed ? 1 : 0;
