@@ -62,7 +62,14 @@ py="$venv/bin/python"
 if wants httpx-sse; then
   if ! "$py" -c 'import httpx, httpx_sse' >/dev/null 2>&1; then
     log "pip install httpx httpx-sse into target/interop-venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian's own python3 needs python3-venv for ensurepip.
+      log "apt-get install python3-venv"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
     "$py" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
   fi
 fi
