@@ -5,6 +5,7 @@
 //
 //   SSED_BIN=target/debug/ssed node tests/browser/demo.mjs
 
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -108,6 +109,15 @@ async function main() {
       await page.goto(`${server.base}/`, { timeout: T });
       await waitState(page, 'open');
       assert(await page.locator('#streams').inputValue() === 'demo', 'default stream is demo');
+    });
+
+    await check('the curl command the empty page suggests publishes to it', async () => {
+      const hint = await page.locator('#curl-hint').textContent();
+      const m = /^curl -d data=hello '(http:\/\/[^']+)'$/.exec(hint);
+      assert(m && m[1] === `${server.base}/events?stream=demo`, `hint: ${hint}`);
+      const out = execFileSync('curl', ['-sS', '--max-time', '5', '-d', 'data=hello', m[1]], { encoding: 'utf8' });
+      const c = await row(page, JSON.parse(out).id);
+      assert(c.type === 'message' && c.data === 'hello', JSON.stringify(c));
     });
 
     await check(`connecting to "${STREAM}" opens an EventSource to it`, async () => {

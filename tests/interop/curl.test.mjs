@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { defineScenarios } from './lib/scenarios.mjs';
-import { startSsed, publishSamples, waitFor } from './lib/ssed.mjs';
+import { startSsed, publish, publishSamples, waitFor } from './lib/ssed.mjs';
 
 const live = new Set();
 process.on('exit', () => { for (const p of live) p.kill('SIGKILL'); });
@@ -137,6 +137,27 @@ test('curl -N: heartbeat comment after --heartbeat seconds of silence', { timeou
     assert.deepEqual(c.st.events, [], 'a comment is not an event');
   } finally {
     await c.close();
+    await server.stop();
+  }
+});
+
+test('curl -N: a Last-Event-ID header wins over ?last_event_id', { timeout: 20000 }, async () => {
+  // EventSource keeps its first URL (with ?last_event_id) and adds the
+  // header on reconnects: the header must win, or a reconnect replays twice.
+  const server = await startSsed();
+  try {
+    const ids = [];
+    for (const d of ['one', 'two', 'three']) ids.push((await publish(server.base, 'prec', d)).id);
+    const out = await new Promise((resolve, reject) => {
+      const p = spawn('curl', ['-sS', '-N', '--max-time', '1', '-H', `Last-Event-ID: ${ids[1]}`,
+        `${server.base}/events?stream=prec&last_event_id=${ids[0]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let s = '';
+      p.stdout.on('data', (d) => { s += d; });
+      p.once('exit', () => resolve(s));
+      p.once('error', reject);
+    });
+    assert.equal(out.replace(/^retry: \d+\n\n/, ''), `id: ${ids[2]}\ndata: three\n\n`);
+  } finally {
     await server.stop();
   }
 });
