@@ -126,7 +126,11 @@ async function main() {
       await page.click('#connect');
       await waitState(page, 'open');
       const url = await page.locator('#url').textContent();
-      assert(url === `/events?stream=${STREAM}`, `url shown: ${url}`);
+      // "resume from last id" is on: the id seen on "demo" is the cursor.
+      const last = await page.locator('#last-id').textContent();
+      assert(url === `/events?stream=${STREAM}&last_event_id=${last}`, `url shown: ${url}`);
+      const gaps = await page.locator('#events tr.gap').count();
+      assert(gaps === 0, 'no gap when resuming from a cursor this server issued');
     });
 
     let first;
