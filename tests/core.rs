@@ -14,24 +14,49 @@ fn frame_bytes_are_exact() {
     let s = Server::start(&["--heartbeat", "0", "--retry", "1000"]);
     let mut sub = Sse::open(s.addr, "/events?stream=exact", "");
     assert!(sub.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", sub.head);
-    for h in ["Content-Type: text/event-stream\r\n", "Cache-Control: no-cache\r\n", "X-Accel-Buffering: no\r\n"] {
+    for h in [
+        "Content-Type: text/event-stream\r\n",
+        "Cache-Control: no-cache\r\n",
+        "X-Accel-Buffering: no\r\n",
+    ] {
         assert!(sub.head.contains(h), "missing {h:?} in {}", sub.head);
     }
     assert!(!sub.head.to_ascii_lowercase().contains("content-encoding"));
     assert!(!sub.head.to_ascii_lowercase().contains("transfer-encoding"));
     let retry = sub.next_block(T).expect("retry block");
-    let ms: u32 = retry.retry.as_deref().expect("retry field").parse().unwrap();
-    assert!((1000..2000).contains(&ms), "retry {ms} outside [1000, 2000)");
+    let ms: u32 = retry
+        .retry
+        .as_deref()
+        .expect("retry field")
+        .parse()
+        .unwrap();
+    assert!(
+        (1000..2000).contains(&ms),
+        "retry {ms} outside [1000, 2000)"
+    );
     assert_eq!(retry.raw, format!("retry: {ms}\n\n"));
 
     let id1 = publish(s.addr, "exact", "one\ntwo\r\nthree\rfour");
-    let r = post(s.addr, "/events?stream=exact&event=update", "text/plain", "");
+    let r = post(
+        s.addr,
+        "/events?stream=exact&event=update",
+        "text/plain",
+        "",
+    );
     let id2 = r.json()["id"].as_str().unwrap().to_string();
-    let r = post(s.addr, "/events?stream=exact&event=message", "text/plain", "plain");
+    let r = post(
+        s.addr,
+        "/events?stream=exact&event=message",
+        "text/plain",
+        "plain",
+    );
     let id3 = r.json()["id"].as_str().unwrap().to_string();
 
     let e = sub.next_block(T).unwrap();
-    assert_eq!(e.raw, format!("id: {id1}\ndata: one\ndata: two\ndata: three\ndata: four\n\n"));
+    assert_eq!(
+        e.raw,
+        format!("id: {id1}\ndata: one\ndata: two\ndata: three\ndata: four\n\n")
+    );
     let e = sub.next_block(T).unwrap();
     assert_eq!(e.raw, format!("id: {id2}\nevent: update\ndata:\n\n"));
     let e = sub.next_block(T).unwrap();
@@ -48,7 +73,10 @@ fn retry_is_jittered_per_connection() {
         assert!((500..1000).contains(&ms));
         seen.insert(ms);
     }
-    assert!(seen.len() > 1, "20 connections all got the same retry {seen:?}");
+    assert!(
+        seen.len() > 1,
+        "20 connections all got the same retry {seen:?}"
+    );
 }
 
 #[test]
@@ -62,10 +90,22 @@ fn multi_stream_delivery_in_id_order() {
     let r = post(s.addr, "/events?stream=a&stream=b", "text/plain", "to both");
     assert_eq!(r.json()["subscribers"], 2, "{}", r.text());
     let iab = r.json()["id"].as_str().unwrap().to_string();
-    let got: Vec<(String, String)> =
-        (0..3).map(|_| sub.next_event(T).unwrap()).map(|e| (e.id.clone().unwrap(), e.data())).collect();
-    assert_eq!(got, vec![(ia.clone(), "to a".into()), (ib, "to b".into()), (iab.clone(), "to both".into())]);
-    assert!(sub.next_event(Duration::from_millis(300)).is_none(), "duplicate delivery");
+    let got: Vec<(String, String)> = (0..3)
+        .map(|_| sub.next_event(T).unwrap())
+        .map(|e| (e.id.clone().unwrap(), e.data()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ia.clone(), "to a".into()),
+            (ib, "to b".into()),
+            (iab.clone(), "to both".into())
+        ]
+    );
+    assert!(
+        sub.next_event(Duration::from_millis(300)).is_none(),
+        "duplicate delivery"
+    );
     assert_eq!(only_a.next_event(T).unwrap().id.unwrap(), ia);
     assert_eq!(only_a.next_event(T).unwrap().id.unwrap(), iab);
 }
@@ -73,8 +113,14 @@ fn multi_stream_delivery_in_id_order() {
 #[test]
 fn resume_on_one_stream_is_exact() {
     let s = Server::start(&["--heartbeat", "0"]);
-    let ids: Vec<String> = (0..10).map(|i| publish(s.addr, "r1", &format!("e{i}"))).collect();
-    let mut sub = Sse::open(s.addr, "/events?stream=r1", &format!("Last-Event-ID: {}\r\n", ids[3]));
+    let ids: Vec<String> = (0..10)
+        .map(|i| publish(s.addr, "r1", &format!("e{i}")))
+        .collect();
+    let mut sub = Sse::open(
+        s.addr,
+        "/events?stream=r1",
+        &format!("Last-Event-ID: {}\r\n", ids[3]),
+    );
     for (i, id) in ids.iter().enumerate().skip(4) {
         let e = sub.next_event(T).unwrap();
         assert_eq!(e.id.as_deref(), Some(id.as_str()));
@@ -84,7 +130,11 @@ fn resume_on_one_stream_is_exact() {
     let live = publish(s.addr, "r1", "live");
     assert_eq!(sub.next_event(T).unwrap().id.unwrap(), live);
     // The query parameter works the same way.
-    let mut q = Sse::open(s.addr, &format!("/events?stream=r1&last_event_id={}", ids[8]), "");
+    let mut q = Sse::open(
+        s.addr,
+        &format!("/events?stream=r1&last_event_id={}", ids[8]),
+        "",
+    );
     assert_eq!(q.next_event(T).unwrap().id.unwrap(), ids[9]);
     assert_eq!(q.next_event(T).unwrap().id.unwrap(), live);
 }
@@ -104,7 +154,11 @@ fn resume_across_two_streams_sends_exactly_the_rest_in_order() {
     }
     assert_eq!(seen, ids[..7].to_vec());
     drop(first);
-    let mut again = Sse::open(s.addr, "/events?stream=x&stream=y", &format!("Last-Event-ID: {}\r\n", seen[6]));
+    let mut again = Sse::open(
+        s.addr,
+        "/events?stream=x&stream=y",
+        &format!("Last-Event-ID: {}\r\n", seen[6]),
+    );
     let mut rest = Vec::new();
     while let Some(e) = again.next_event(Duration::from_millis(500)) {
         rest.push(e.id.unwrap());
@@ -121,15 +175,28 @@ fn gap_of(e: &Ev) -> serde_json::Value {
 #[test]
 fn gap_when_history_was_evicted() {
     let s = Server::start(&["--heartbeat", "0", "--history", "3"]);
-    let ids: Vec<String> = (0..6).map(|i| publish(s.addr, "g", &format!("{i}"))).collect();
-    let mut sub = Sse::open(s.addr, "/events?stream=g&stream=h", &format!("Last-Event-ID: {}\r\n", ids[1]));
+    let ids: Vec<String> = (0..6)
+        .map(|i| publish(s.addr, "g", &format!("{i}")))
+        .collect();
+    let mut sub = Sse::open(
+        s.addr,
+        "/events?stream=g&stream=h",
+        &format!("Last-Event-ID: {}\r\n", ids[1]),
+    );
     let g = gap_of(&sub.next_event(T).unwrap());
-    assert_eq!(g, serde_json::json!({"last_event_id": ids[1], "streams": ["g"]}));
+    assert_eq!(
+        g,
+        serde_json::json!({"last_event_id": ids[1], "streams": ["g"]})
+    );
     for id in &ids[3..] {
         assert_eq!(sub.next_event(T).unwrap().id.as_ref(), Some(id));
     }
     // No gap when nothing after the id was evicted.
-    let mut ok = Sse::open(s.addr, "/events?stream=g", &format!("Last-Event-ID: {}\r\n", ids[2]));
+    let mut ok = Sse::open(
+        s.addr,
+        "/events?stream=g",
+        &format!("Last-Event-ID: {}\r\n", ids[2]),
+    );
     assert_eq!(ok.next_event(T).unwrap().id.as_ref(), Some(&ids[3]));
 }
 
@@ -138,13 +205,25 @@ fn gap_for_old_future_and_garbage_ids() {
     let s = Server::start(&["--heartbeat", "0"]);
     let id = publish(s.addr, "k", "kept");
     let n: u64 = id.parse().unwrap();
-    for bad in ["12".to_string(), (n + 1_000_000).to_string(), "not-a-number".to_string()] {
-        let mut sub = Sse::open(s.addr, "/events?stream=k", &format!("Last-Event-ID: {bad}\r\n"));
+    for bad in [
+        "12".to_string(),
+        (n + 1_000_000).to_string(),
+        "not-a-number".to_string(),
+    ] {
+        let mut sub = Sse::open(
+            s.addr,
+            "/events?stream=k",
+            &format!("Last-Event-ID: {bad}\r\n"),
+        );
         let g = gap_of(&sub.next_event(T).unwrap());
         assert_eq!(g["last_event_id"], bad.as_str());
         assert_eq!(g["streams"], serde_json::json!(["k"]));
         let e = sub.next_event(T).unwrap();
-        assert_eq!((e.id.as_deref(), e.data().as_str()), (Some(id.as_str()), "kept"), "retained events follow the gap");
+        assert_eq!(
+            (e.id.as_deref(), e.data().as_str()),
+            (Some(id.as_str()), "kept"),
+            "retained events follow the gap"
+        );
     }
 }
 
@@ -174,18 +253,41 @@ fn publish_forms_and_batches() {
     let s = Server::start(&["--heartbeat", "0"]);
     let mut sub = Sse::open(s.addr, "/events?stream=f", "");
     // JSON object with a non-string value and a type.
-    let r = post(s.addr, "/events?stream=f", "application/json", r#"{"data":{"n":1,"s":"x"},"event":"obj"}"#);
+    let r = post(
+        s.addr,
+        "/events?stream=f",
+        "application/json",
+        r#"{"data":{"n":1,"s":"x"},"event":"obj"}"#,
+    );
     assert_eq!(r.status, 200);
     let e = sub.next_event(T).unwrap();
-    assert_eq!((e.event.as_deref(), e.data().as_str()), (Some("obj"), r#"{"n":1,"s":"x"}"#));
+    assert_eq!(
+        (e.event.as_deref(), e.data().as_str()),
+        (Some("obj"), r#"{"n":1,"s":"x"}"#)
+    );
     // JSON string data with retry.
-    post(s.addr, "/events?stream=f", "application/json; charset=utf-8", r#"{"data":"a\nb","retry":1500}"#);
+    post(
+        s.addr,
+        "/events?stream=f",
+        "application/json; charset=utf-8",
+        r#"{"data":"a\nb","retry":1500}"#,
+    );
     let e = sub.next_event(T).unwrap();
     assert_eq!(e.data, vec!["a", "b"]);
     assert_eq!(e.retry.as_deref(), Some("1500"));
     // Batch.
-    let r = post(s.addr, "/events?stream=f", "application/json", r#"[{"data":"1"},{"data":"2","event":"two"},{"data":3}]"#);
-    let ids: Vec<String> = r.json()["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let r = post(
+        s.addr,
+        "/events?stream=f",
+        "application/json",
+        r#"[{"data":"1"},{"data":"2","event":"two"},{"data":3}]"#,
+    );
+    let ids: Vec<String> = r.json()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 3);
     assert_eq!(r.json()["subscribers"], 1);
     for (want_id, want) in ids.iter().zip(["1", "2", "3"]) {
@@ -193,14 +295,30 @@ fn publish_forms_and_batches() {
         assert_eq!((e.id.as_ref(), e.data().as_str()), (Some(want_id), want));
     }
     // Form, Mercure style: topic alias, type alias.
-    let r = post(s.addr, "/events", "application/x-www-form-urlencoded", "topic=f&type=formy&data=hello+w%C3%B6rld");
+    let r = post(
+        s.addr,
+        "/events",
+        "application/x-www-form-urlencoded",
+        "topic=f&type=formy&data=hello+w%C3%B6rld",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let e = sub.next_event(T).unwrap();
-    assert_eq!((e.event.as_deref(), e.data().as_str()), (Some("formy"), "hello wörld"));
+    assert_eq!(
+        (e.event.as_deref(), e.data().as_str()),
+        (Some("formy"), "hello wörld")
+    );
     // Raw with ?event=.
-    post(s.addr, "/events?stream=f&event=raw", "application/octet-stream", "bytes");
+    post(
+        s.addr,
+        "/events?stream=f&event=raw",
+        "application/octet-stream",
+        "bytes",
+    );
     let e = sub.next_event(T).unwrap();
-    assert_eq!((e.event.as_deref(), e.data().as_str()), (Some("raw"), "bytes"));
+    assert_eq!(
+        (e.event.as_deref(), e.data().as_str()),
+        (Some("raw"), "bytes")
+    );
 }
 
 #[test]
@@ -209,20 +327,39 @@ fn bad_publishes_are_refused_with_json_errors() {
     let cases: &[(&str, &str, &str)] = &[
         ("/events?stream=b", "application/json", "{nope"),
         ("/events?stream=b", "application/json", r#"{"event":"x"}"#),
-        ("/events?stream=b", "application/json", r#"{"data":"x","event":"bad type"}"#),
-        ("/events?stream=b", "application/json", r#"{"data":"x","event":"a:b"}"#),
-        ("/events?stream=b", "application/json", r#"{"data":"x","retry":99999999999}"#),
+        (
+            "/events?stream=b",
+            "application/json",
+            r#"{"data":"x","event":"bad type"}"#,
+        ),
+        (
+            "/events?stream=b",
+            "application/json",
+            r#"{"data":"x","event":"a:b"}"#,
+        ),
+        (
+            "/events?stream=b",
+            "application/json",
+            r#"{"data":"x","retry":99999999999}"#,
+        ),
         ("/events?stream=b", "application/json", "[]"),
         ("/events", "text/plain", "no stream"),
         ("/events?stream=bad%20name", "text/plain", "x"),
-        ("/events?stream=b", "application/x-www-form-urlencoded", "event=x"),
+        (
+            "/events?stream=b",
+            "application/x-www-form-urlencoded",
+            "event=x",
+        ),
     ];
     for (path, ct, body) in cases {
         let r = post(s.addr, path, ct, body);
         assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
         assert!(r.json()["error"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let r = request(s.addr, b"POST /events?stream=b HTTP/1.1\r\nContent-Length: 2\r\n\r\n\xff\xfe");
+    let r = request(
+        s.addr,
+        b"POST /events?stream=b HTTP/1.1\r\nContent-Length: 2\r\n\r\n\xff\xfe",
+    );
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("UTF-8"));
     let r = get(s.addr, "/events");
@@ -248,7 +385,11 @@ fn hundred_publishes_on_one_keepalive_connection() {
         let e = sub.next_event(T).unwrap();
         assert_eq!((e.id.as_ref(), e.data()), (Some(id), format!("n{i}")));
     }
-    assert_eq!(stats(s.addr)["connections"]["accepted"], 3 + 0, "one keep-alive connection served all 100");
+    assert_eq!(
+        stats(s.addr)["connections"]["accepted"],
+        3,
+        "one keep-alive connection served all 100"
+    );
 }
 
 #[test]
@@ -293,7 +434,8 @@ fn chunked_publish_and_http10() {
     let mut old = Sse::open(s.addr, "/events?stream=c", "");
     let _ = &mut old;
     let mut s10 = TcpStream::connect(s.addr).unwrap();
-    s10.write_all(b"GET /events?stream=c HTTP/1.0\r\n\r\n").unwrap();
+    s10.write_all(b"GET /events?stream=c HTTP/1.0\r\n\r\n")
+        .unwrap();
     let mut buf = [0u8; 12];
     s10.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.0 200");
@@ -318,8 +460,12 @@ fn token_is_required_when_set() {
 fn thousand_subscribers_each_get_hundred_events_in_order() {
     // Every client here is 127.0.0.1: lift the per-address cap above 1,000.
     let s = Server::start(&["--heartbeat", "0", "--max-connections-per-ip", "5000"]);
-    let mut subs: Vec<Sse> = (0..1000).map(|_| Sse::open(s.addr, "/events?stream=many", "")).collect();
-    assert!(wait_until(T, || get(s.addr, "/streams/many").json()["subscribers"] == 1000));
+    let mut subs: Vec<Sse> = (0..1000)
+        .map(|_| Sse::open(s.addr, "/events?stream=many", ""))
+        .collect();
+    assert!(wait_until(T, || get(s.addr, "/streams/many").json()
+        ["subscribers"]
+        == 1000));
     let mut c = Conn::open(s.addr);
     let mut ids = Vec::new();
     for i in 0..100 {
@@ -333,8 +479,14 @@ fn thousand_subscribers_each_get_hundred_events_in_order() {
     }
     for (n, sub) in subs.iter_mut().enumerate() {
         for (i, id) in ids.iter().enumerate() {
-            let e = sub.next_event(T).unwrap_or_else(|| panic!("subscriber {n} missing event {i}"));
-            assert_eq!((e.id.as_ref(), e.data()), (Some(id), i.to_string()), "subscriber {n}");
+            let e = sub
+                .next_event(T)
+                .unwrap_or_else(|| panic!("subscriber {n} missing event {i}"));
+            assert_eq!(
+                (e.id.as_ref(), e.data()),
+                (Some(id), i.to_string()),
+                "subscriber {n}"
+            );
         }
     }
     let st = stats(s.addr);
@@ -351,7 +503,10 @@ fn streams_stats_and_metrics_move_with_traffic() {
     let id = publish(s.addr, "m", "hello");
     sub.next_event(T).unwrap();
     let one = get(s.addr, "/streams/m").json();
-    assert_eq!(one, serde_json::json!({"name":"m","subscribers":1,"last_id":id,"history":1,"published":1}));
+    assert_eq!(
+        one,
+        serde_json::json!({"name":"m","subscribers":1,"last_id":id,"history":1,"published":1})
+    );
     let list = get(s.addr, "/streams").json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     let after = stats(s.addr);
@@ -362,7 +517,10 @@ fn streams_stats_and_metrics_move_with_traffic() {
     assert!(after["bytes_written"].as_u64().unwrap() > before["bytes_written"].as_u64().unwrap());
     assert!(after["rss_bytes"].as_u64().unwrap() > 0);
     let m = get(s.addr, "/metrics");
-    assert_eq!(m.header("content-type").as_deref(), Some("text/plain; version=0.0.4"));
+    assert_eq!(
+        m.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4")
+    );
     let text = m.text();
     assert!(text.contains("ssed_events_published_total 1\n"), "{text}");
     assert!(text.contains("ssed_frames_written_total 1\n"));
@@ -379,9 +537,15 @@ fn errors_404_405_with_allow() {
     let s = Server::start(&["--heartbeat", "0"]);
     let r = get(s.addr, "/nowhere");
     assert_eq!(r.status, 404);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     assert!(r.json()["error"].is_string());
-    let r = request(s.addr, b"PUT /events?stream=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    let r = request(
+        s.addr,
+        b"PUT /events?stream=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow").as_deref(), Some("GET, POST, OPTIONS"));
     let r = request(s.addr, b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
@@ -395,19 +559,36 @@ fn errors_404_405_with_allow() {
 fn auto_create_off_and_stream_caps() {
     let s = Server::start(&["--heartbeat", "0", "--no-auto-streams"]);
     assert_eq!(get(s.addr, "/events?stream=none").status, 404);
-    let s = Server::start(&["--heartbeat", "0", "--max-streams", "2", "--max-streams-per-conn", "2"]);
+    let s = Server::start(&[
+        "--heartbeat",
+        "0",
+        "--max-streams",
+        "2",
+        "--max-streams-per-conn",
+        "2",
+    ]);
     publish(s.addr, "one", "x");
     publish(s.addr, "two", "x");
     let r = post(s.addr, "/events?stream=three", "text/plain", "x");
     assert_eq!(r.status, 503, "{}", r.text());
     let r = get(s.addr, "/events?stream=one&stream=two&stream=three");
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("too many streams"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("too many streams"));
 }
 
 #[test]
 fn header_and_idle_timeouts() {
-    let s = Server::start(&["--heartbeat", "0", "--header-timeout", "0.5", "--idle-timeout", "0.5"]);
+    let s = Server::start(&[
+        "--heartbeat",
+        "0",
+        "--header-timeout",
+        "0.5",
+        "--idle-timeout",
+        "0.5",
+    ]);
     let mut slow = Conn::open(s.addr);
     slow.send(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
     let r = slow.response();
@@ -416,7 +597,10 @@ fn header_and_idle_timeouts() {
     assert!(slow.closed_within(T));
     let mut idle = Conn::open(s.addr);
     assert_eq!(idle.request(b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
-    assert!(idle.closed_within(T), "idle keep-alive connection was not closed");
+    assert!(
+        idle.closed_within(T),
+        "idle keep-alive connection was not closed"
+    );
     assert_eq!(stats(s.addr)["rejected"]["timeout"], 1);
 }
 
@@ -429,7 +613,11 @@ fn sigterm_exits_zero_and_closes_clients() {
     unsafe {
         libc_kill(s.child.id() as i32, 15);
     }
-    assert_eq!(sub.next_event(T).unwrap().id.unwrap(), id, "queued event flushed before close");
+    assert_eq!(
+        sub.next_event(T).unwrap().id.unwrap(),
+        id,
+        "queued event flushed before close"
+    );
     assert!(sub.closed_within(T));
     let status = s.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));

@@ -24,7 +24,9 @@ impl Server {
             .expect("spawn ssed");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
@@ -56,7 +58,8 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -64,7 +67,9 @@ impl Response {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
@@ -78,7 +83,9 @@ impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Conn { reader: BufReader::new(s) }
+        Conn {
+            reader: BufReader::new(s),
+        }
     }
     pub fn send(&mut self, raw: &[u8]) {
         self.reader.get_mut().write_all(raw).expect("write");
@@ -89,16 +96,27 @@ impl Conn {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).expect("read head");
-            assert!(n > 0, "connection closed before a response; head so far {head:?}");
+            assert!(
+                n > 0,
+                "connection closed before a response; head so far {head:?}"
+            );
             head.push_str(&line);
             if line == "\r\n" {
                 break;
             }
         }
-        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
         let len: usize = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .unwrap_or(0);
         let mut body = vec![0; len];
         self.reader.read_exact(&mut body).expect("read body");
@@ -110,7 +128,10 @@ impl Conn {
     }
     /// Whether the server closed the connection (EOF) within `timeout`.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.reader.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
         let mut b = [0u8; 1024];
         loop {
             match self.reader.read(&mut b) {
@@ -129,7 +150,10 @@ pub fn request(addr: SocketAddr, raw: &[u8]) -> Response {
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Response {
-    request(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
 }
 
 pub fn post(addr: SocketAddr, path: &str, ctype: &str, body: &str) -> Response {
@@ -142,7 +166,12 @@ pub fn post(addr: SocketAddr, path: &str, ctype: &str, body: &str) -> Response {
 
 /// Publishes a raw body to `stream`; returns the id.
 pub fn publish(addr: SocketAddr, stream: &str, data: &str) -> String {
-    let r = post(addr, &format!("/events?stream={stream}"), "text/plain", data);
+    let r = post(
+        addr,
+        &format!("/events?stream={stream}"),
+        "text/plain",
+        data,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["id"].as_str().expect("id").to_string()
 }
@@ -181,9 +210,16 @@ impl Sse {
         Self::on(s, path, headers)
     }
     pub fn on(mut s: TcpStream, path: &str, headers: &str) -> Sse {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{headers}\r\n").as_bytes())
-            .expect("write");
-        let mut sse = Sse { stream: s, head: String::new(), buf: Vec::new() };
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{headers}\r\n")
+                .as_bytes(),
+        )
+        .expect("write");
+        let mut sse = Sse {
+            stream: s,
+            head: String::new(),
+            buf: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(i) = find(&sse.buf, b"\r\n\r\n") {
@@ -191,12 +227,20 @@ impl Sse {
                 sse.buf.drain(..i + 4);
                 break;
             }
-            assert!(sse.fill(deadline), "no response head; got {:?}", String::from_utf8_lossy(&sse.buf));
+            assert!(
+                sse.fill(deadline),
+                "no response head; got {:?}",
+                String::from_utf8_lossy(&sse.buf)
+            );
         }
         sse
     }
     pub fn status(&self) -> u16 {
-        self.head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
     fn fill(&mut self, deadline: Instant) -> bool {
         let now = Instant::now();
@@ -221,7 +265,10 @@ impl Sse {
             if let Some(i) = find(&self.buf, b"\n\n") {
                 let raw = String::from_utf8_lossy(&self.buf[..i + 2]).into_owned();
                 self.buf.drain(..i + 2);
-                let mut ev = Ev { raw: raw.clone(), ..Ev::default() };
+                let mut ev = Ev {
+                    raw: raw.clone(),
+                    ..Ev::default()
+                };
                 for line in raw.trim_end_matches('\n').split('\n') {
                     if line.starts_with(':') {
                         ev.comment = true;
