@@ -161,3 +161,11 @@ mod tests {
         assert_eq!(std::mem::size_of::<super::Cursor>(), 16);
     }
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn probe() {
+        use std::mem::size_of;
+        println!("Conn {} Phase {} Cursors {} Cursor {} Out {} Entry {}", size_of::<super::Conn>(), size_of::<super::Phase>(), size_of::<super::Cursors>(), size_of::<super::Cursor>(), size_of::<Option<Box<super::Out>>>(), size_of::<slab::Slab<super::Conn>>());
+    }
+}
