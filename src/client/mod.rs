@@ -1,3 +1,4 @@
-//! Blocking SSE client (placeholder; filled in by the client work).
+//! Blocking SSE client.
 
 pub mod cli;
+pub mod parser;
