@@ -248,21 +248,17 @@ impl Parser {
                 self.data.push_str(&String::from_utf8_lossy(value));
                 self.data.push('\n');
             }
-            b"id" => {
-                if !value.contains(&0) {
-                    self.id_buffer = String::from_utf8_lossy(value).into_owned();
-                }
+            b"id" if !value.contains(&0) => {
+                self.id_buffer = String::from_utf8_lossy(value).into_owned();
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // All digits, so only overflow can fail: ignore it then.
-                    if let Some(ms) = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                    {
-                        self.reconnection_time = Some(ms);
-                        self.block_retry = Some(ms);
-                    }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                // All digits, so only overflow can fail: ignore the field then.
+                if let Some(ms) = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    self.reconnection_time = Some(ms);
+                    self.block_retry = Some(ms);
                 }
             }
             _ => {}
@@ -614,10 +610,7 @@ mod tests {
         p.set_max_event_bytes(16);
         let mut out = Vec::new();
         assert!(p.feed(b"data: 0123456789", &mut out).is_ok());
-        assert_eq!(
-            p.feed(b"abcdef", &mut out),
-            Err(TooLarge { limit: 16 })
-        );
+        assert_eq!(p.feed(b"abcdef", &mut out), Err(TooLarge { limit: 16 }));
     }
 
     const STREAM: &[u8] = b"\xEF\xBB\xBFretry: 300\r\n: comment\r\nid: 1\r\nevent: add\r\ndata: one\r\ndata: two\r\n\r\ndata:three\r\rid\nevent: x\ndata\n\nid: \x00\ndata: four\xC3\xA9\n\n: tail\ndata: cut";
