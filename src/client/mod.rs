@@ -36,6 +36,8 @@
 pub mod cli;
 mod http;
 pub mod parser;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::fmt;
