@@ -685,7 +685,10 @@ impl Subscription {
 
     /// Whether the background thread has ended.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, JoinHandle::is_finished)
+        match &self.thread {
+            Some(thread) => thread.is_finished(),
+            None => true,
+        }
     }
 
     /// Waits for the thread to end (it only ends by itself on the events
