@@ -635,7 +635,8 @@ impl Drop for Events {
 
 /// Stops a running iterator or subscription from another thread: sets a
 /// flag, wakes a backoff sleep and shuts the socket down so a blocked read
-/// returns. Stopping is permanent.
+/// returns. A TCP connect in progress finishes (or hits the connect timeout)
+/// first. Stopping is permanent.
 #[derive(Debug, Clone)]
 pub struct StopHandle(Target);
 
