@@ -147,9 +147,12 @@ impl Conn {
     }
 }
 
-/// The budget: `Conn` must stay within 64 bytes (see
-/// ../shared/design/core-layout.md).
+/// The budget (see ../shared/design/core-layout.md): 48 bytes in release
+/// builds. Debug builds of mio add a selector id to every socket, hence 64.
 pub const CONN_SIZE: usize = std::mem::size_of::<Conn>();
+#[cfg(not(debug_assertions))]
+const _: () = assert!(CONN_SIZE <= 48);
+#[cfg(debug_assertions)]
 const _: () = assert!(CONN_SIZE <= 64);
 
 #[cfg(test)]
@@ -159,13 +162,5 @@ mod tests {
         // Printed so the figure shows up in test logs next to the budget.
         println!("size_of::<Conn>() = {}", super::CONN_SIZE);
         assert_eq!(std::mem::size_of::<super::Cursor>(), 16);
-    }
-}
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn probe() {
-        use std::mem::size_of;
-        println!("Conn {} Phase {} Cursors {} Cursor {} Out {} Entry {}", size_of::<super::Conn>(), size_of::<super::Phase>(), size_of::<super::Cursors>(), size_of::<super::Cursor>(), size_of::<Option<Box<super::Out>>>(), size_of::<slab::Slab<super::Conn>>());
     }
 }
