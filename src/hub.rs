@@ -712,10 +712,7 @@ impl Hub {
                 let mut from: Option<u64> = None;
                 for cur in cs.as_mut_slice() {
                     if let Some(s) = self.streams.get(cur.stream) {
-                        if s.lost_after(cur.last_id)
-                            && s.frame(s.seq_after(cur.last_id))
-                                .is_none_or(|f| f.id > cur.last_id)
-                        {
+                        if s.lost_after(cur.last_id) {
                             from = Some(from.map_or(cur.last_id, |f| f.min(cur.last_id)));
                             names.push(&s.name);
                             cur.last_id = s.first_seq_id_floor();
@@ -836,8 +833,6 @@ impl Hub {
                     break;
                 }
             }
-            let frames = iov[..n_iov].len();
-            let _ = frames;
             if let Some(last) = sent_to {
                 let count = ids[..n_iov].iter().take_while(|&&id| id <= last).count();
                 self.counters.frames_written += count as u64;
@@ -853,7 +848,8 @@ impl Hub {
                     since: tick,
                 }));
             } else if written < total {
-                // WouldBlock with nothing written: wait for the writable edge.
+                // The socket filled at a frame boundary: an empty Out marks the
+                // connection blocked until its writable edge.
                 conn.out = Some(Box::new(Out {
                     buf: Vec::new(),
                     pos: 0,
@@ -863,12 +859,6 @@ impl Hub {
             budget = budget.saturating_sub(written);
             if conn.out.is_some() || !more || budget == 0 {
                 break;
-            }
-        }
-        if let Some(c) = self.conns.get_mut(key as usize) {
-            // An empty Out only marks "waiting for writable".
-            if c.out.as_ref().is_some_and(|o| o.pending().is_empty()) && budget > 0 {
-                // keep the marker: the socket said WouldBlock
             }
         }
         self.after_stream_write(key);
