@@ -94,8 +94,11 @@ pub enum ConfigError {
     MissingValue(String),
     /// A value that does not parse or is out of range.
     BadValue {
+        /// The flag, as typed.
         flag: String,
+        /// The value given.
         value: String,
+        /// What was wrong with it.
         why: String,
     },
 }

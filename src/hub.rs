@@ -90,27 +90,41 @@ impl Peers {
 /// A publish request, validated.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The data (split into `data:` lines on the wire).
     pub data: String,
+    /// The event type; `None` is `message`.
     pub event: Option<String>,
+    /// A `retry:` to send with the event.
     pub retry: Option<u32>,
 }
 
 /// The shared state of the server.
 pub struct Hub {
+    /// The configuration.
     pub cfg: Config,
+    /// Every connection; the key is the poll token.
     pub conns: Slab<Conn>,
+    /// Every stream and the id clock.
     pub streams: Streams,
+    /// Counters for `/stats` and `/metrics`.
     pub counters: Counters,
+    /// Timers (sweep, accept back-off, shutdown, ticks).
     pub timers: Timers,
+    /// Per-peer connection counts.
     pub peers: Peers,
+    /// The built-in apps' state.
     pub apps: Apps,
     /// Milliseconds since `start`, read once per loop turn.
     pub now_ms: u64,
+    /// When the server started.
     pub start: Instant,
     /// Unix time of `start` in µs (ids and app timestamps derive from it).
     pub start_unix_us: u64,
+    /// Set once shutdown has begun.
     pub shutting_down: bool,
+    /// The connection cap in force.
     pub max_connections: usize,
+    /// Randomness for retry jitter and the apps.
     pub rng: SmallRng,
     closing: Vec<u32>,
     resume_read: Vec<u32>,

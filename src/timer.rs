@@ -19,7 +19,12 @@ pub enum Timer {
     /// Give up flushing and close everything on shutdown.
     ShutdownDeadline,
     /// A ticking app connection is due; `gen` guards against a reused slab key.
-    Tick { key: u32, gen: u32 },
+    Tick {
+        /// The connection.
+        key: u32,
+        /// Its ticker generation when scheduled.
+        gen: u32,
+    },
 }
 
 /// A min-heap of `(when_ms, timer)`.
