@@ -128,6 +128,8 @@ pub struct Hub {
     pub rng: SmallRng,
     closing: Vec<u32>,
     resume_read: Vec<u32>,
+    /// Subscribers that used their write budget this turn and are owed more.
+    again: Vec<u32>,
     sweep_at: Option<u64>,
     last_sweep: u64,
     next_gen: u32,
@@ -206,6 +208,7 @@ impl Hub {
             rng: SmallRng::from_entropy(),
             closing: Vec::new(),
             resume_read: Vec::new(),
+            again: Vec::new(),
             sweep_at: None,
             last_sweep: 0,
             next_gen: 0,
@@ -285,6 +288,12 @@ impl Hub {
                 self.closing.push(key);
             }
         }
+    }
+
+    /// Whether work is owed without waiting for readiness (the loop then
+    /// polls without sleeping).
+    pub fn busy(&self) -> bool {
+        !self.again.is_empty()
     }
 
     /// Takes the connections marked for closing.
@@ -655,6 +664,15 @@ impl Hub {
     /// since the last call. Blocked subscribers are skipped (their writable
     /// edge resumes them) unless they lag past `--max-pending-bytes`.
     pub fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.again) {
+            let ready = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| !c.blocked() && !c.has(flags::CLOSING));
+            if ready {
+                self.flush_subscriber(key);
+            }
+        }
         let dirty = self.streams.take_dirty();
         for &s in &dirty {
             let mut i = 0;
@@ -871,6 +889,11 @@ impl Hub {
                 }));
             }
             budget = budget.saturating_sub(written);
+            if conn.out.is_none() && more && budget == 0 {
+                // Still writable and still owed frames: no edge will come, so
+                // continue next turn, after everyone else had a go.
+                self.again.push(key);
+            }
             if conn.out.is_some() || !more || budget == 0 {
                 break;
             }

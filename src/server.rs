@@ -177,7 +177,7 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             self.hub.tick_clock();
-            let timeout = if self.accept_more.is_empty() {
+            let timeout = if self.accept_more.is_empty() && !self.hub.busy() {
                 self.hub
                     .timers
                     .next_at()
