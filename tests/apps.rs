@@ -311,6 +311,9 @@ fn chamber_events_have_the_seed_fields_and_pace() {
     assert_eq!(s.header("content-type"), Some("text/event-stream"));
     assert_eq!(s.header("cache-control"), Some("no-cache"));
     assert_eq!(s.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(s.header("connection"), Some("keep-alive"));
+    let date = s.header("date").unwrap_or("");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
     let mut elapsed = Vec::new();
     for i in 0..3 {
         let ev = s.next();
@@ -1119,4 +1122,149 @@ fn api_sse_resumes_with_last_event_id() {
     );
     assert_eq!(a.next().json()["body"], "two");
     let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn api_owner_leaving_promotes_a_member_and_an_empty_room_goes() {
+    let f = users_file();
+    let srv = Server::start(&["--users", f.to_str().unwrap()]);
+    let mut rabbit = api_sse(srv.addr, RABBIT);
+    let room = api(
+        srv.addr,
+        ALICE,
+        "POST",
+        "/api/rooms",
+        r#"{"name":"n","subject":"s"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let users = format!("/api/rooms/{room}/users");
+    for u in ["rabbit@wonderland.lit", "hatter@wonderland.lit"] {
+        let r = api(
+            srv.addr,
+            ALICE,
+            "POST",
+            &users,
+            &format!(r#"{{"user":"{u}"}}"#),
+        );
+        assert_eq!(r.status, 204);
+    }
+    for u in ["rabbit@wonderland.lit", "hatter@wonderland.lit"] {
+        assert_eq!(rabbit.next().json()["user"], u);
+    }
+    let details = api(srv.addr, HATTER, "GET", &format!("/api/rooms/{room}"), "").json();
+    assert_eq!(keys(&details), set(&["name", "subject", "participants"]));
+    assert_eq!(details["participants"].as_array().unwrap().len(), 3);
+    // The owner leaves: the first member after it becomes owner.
+    let r = api(
+        srv.addr,
+        ALICE,
+        "DELETE",
+        &format!("{users}/alice@wonderland.lit"),
+        "",
+    );
+    assert_eq!(r.status, 204);
+    let gone = rabbit.next().json();
+    assert_eq!(
+        (gone["user"].as_str(), gone["affiliation"].as_str()),
+        (Some("alice@wonderland.lit"), Some("none"))
+    );
+    let owner = rabbit.next().json();
+    assert_eq!(
+        (owner["user"].as_str(), owner["affiliation"].as_str()),
+        (Some("rabbit@wonderland.lit"), Some("owner"))
+    );
+    // A member may leave by itself, and the new owner may remove others.
+    assert_eq!(
+        api(
+            srv.addr,
+            HATTER,
+            "DELETE",
+            &format!("{users}/rabbit@wonderland.lit"),
+            ""
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        api(
+            srv.addr,
+            HATTER,
+            "DELETE",
+            &format!("{users}/hatter@wonderland.lit"),
+            ""
+        )
+        .status,
+        204
+    );
+    assert_eq!(rabbit.next().json()["user"], "hatter@wonderland.lit");
+    assert_eq!(
+        api(
+            srv.addr,
+            RABBIT,
+            "DELETE",
+            &format!("{users}/rabbit@wonderland.lit"),
+            ""
+        )
+        .status,
+        204
+    );
+    // Empty: the room is gone.
+    assert_eq!(
+        api(srv.addr, RABBIT, "GET", &format!("/api/rooms/{room}"), "").status,
+        404
+    );
+    assert_eq!(
+        api(srv.addr, ALICE, "GET", "/api/rooms", "").json(),
+        serde_json::json!([])
+    );
+    let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn member_state_is_bounded_by_evicting_idle_members() {
+    // 4096 members (the cap) plus some: the least recently used idle
+    // members are forgotten, so internal streams never exceed the cap.
+    let srv = Server::start(&[]);
+    let mut live = Sse::open(srv.addr, "/notification/events", &[("Member-ID", "keeper")]);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let body = r#"{"event":{"type":"T","body":{}}}"#;
+    for i in 0..4200 {
+        // One keep-alive connection; each reply is read before the next.
+        let req = format!(
+            "POST /notification/events HTTP/1.1\r\nHost: t\r\nMember-ID: m{i}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if line.starts_with("HTTP/1.1 ") {
+                assert!(line.starts_with("HTTP/1.1 200"), "member {i}: {line}");
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut b = vec![0u8; len];
+        reader.read_exact(&mut b).unwrap();
+    }
+    let st = stats(srv.addr);
+    assert!(st["internal_streams"].as_u64().unwrap() <= 4096, "{st}");
+    // The member with a connected device kept its state and still hears.
+    post_member(
+        srv.addr,
+        "/notification/events",
+        "keeper",
+        r#"{"event":{"type":"STILL"}}"#,
+    );
+    assert_eq!(live.next().event.as_deref(), Some("STILL"));
 }

@@ -60,12 +60,13 @@ pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>) {
         );
     }
     let data = req.query_first("data").map(|d| d.into_owned());
-    // The seed's head lists `Connection: keep-alive`; HTTP/1.0 streams end
-    // with the connection, so it is only claimed for 1.1.
+    // The seed's head lists `Date` and `Connection: keep-alive`; HTTP/1.0
+    // streams end with the connection, so keep-alive is only claimed for 1.1.
+    let date = ids::http_date(hub.unix_us_precise() / 1_000_000);
     let extra = if req.http10 {
-        cors.to_string()
+        format!("Date: {date}\r\n{cors}")
     } else {
-        format!("{cors}Connection: keep-alive\r\n")
+        format!("Date: {date}\r\n{cors}Connection: keep-alive\r\n")
     };
     hub.start_stream(key, req.http10, &extra, true);
     if req.method == Method::Head {

@@ -82,6 +82,27 @@ pub fn iso8601_utc(unix_us: u64) -> String {
     )
 }
 
+/// An HTTP-date (RFC 9110 IMF-fixdate), e.g. `Wed, 03 Nov 2021 02:06:35
+/// GMT`, for apps whose originals send a `Date` header.
+pub fn http_date(unix_secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_secs / 86_400;
+    let rem = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    // 1970-01-01 was a Thursday; both indices are reduced modulo the table size.
+    let wd = DAYS[(days % 7) as usize];
+    let mon = MONTHS[(m as usize + 11) % 12];
+    format!(
+        "{wd}, {d:02} {mon} {y:04} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 fn b64_value(c: u8) -> Option<u32> {
     match c {
         b'A'..=b'Z' => Some((c - b'A') as u32),
@@ -172,6 +193,13 @@ mod tests {
             iso8601_utc(4_102_444_799_999_999),
             "2099-12-31T23:59:59.999Z"
         );
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(1_635_905_195), "Wed, 03 Nov 2021 02:06:35 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
     }
 
     #[test]
