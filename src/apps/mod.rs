@@ -30,7 +30,9 @@ use crate::stream::Limits;
 
 /// State of every app.
 pub struct Apps {
+    /// Member notifications: per-member history index and device table.
     pub members: members::Members,
+    /// MongooseIM client API: users, rooms, archives.
     pub mongoose: mongoose::Mongoose,
 }
 
