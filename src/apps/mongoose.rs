@@ -6,8 +6,27 @@
 //! `--users FILE` (one such line per user; blank lines and `#` comments
 //! skipped; JIDs compared lowercased); without valid credentials: 401 with
 //! `WWW-Authenticate: Basic realm="ssed"`. Status codes follow MongooseIM's
-//! cowboy handlers: `POST /api/rooms` 201, adding or removing a room user
-//! 204, other successes 200.
+//! cowboy handlers (and its test suite):
+//!
+//! | request | success | refused |
+//! |---|---|---|
+//! | `GET /api/sse` | event stream | |
+//! | `POST /api/messages {"to","body"}` | 200 `{"id"}` | 400 |
+//! | `GET /api/messages[/WITH]?limit=&before=` | 200 `[{"id","from","to","body","timestamp"}]` (ms, oldest first) | 400 |
+//! | `POST /api/rooms {"name","subject"}` | 201 `{"id"}` | 400, 503 over [`MAX_ROOMS`] |
+//! | `PUT /api/rooms/ID {"name","subject"}` | 201 `{"id"}` | 400 (exists, foreign domain) |
+//! | `GET /api/rooms` | 200 `[{"id","name","subject"}]` | |
+//! | `GET /api/rooms/ID` | 200 `{"name","subject","participants":[{"user","role"}]}` | 403 non-member, 404 |
+//! | `PUT /api/rooms/ID/config {"name","subject"}` | 204 | 403 non-owner, 404 |
+//! | `POST /api/rooms/ID/users {"user"}` | 204, `affiliation` `member` to all members | 403 non-owner, 404 |
+//! | `DELETE /api/rooms/ID/users/USER` | 204, `affiliation` `none` to all members before | 403 (a member may only remove itself), 404 |
+//! | `POST /api/rooms/ID/messages {"body"}` | 200 `{"id"}`, `room.message` to all members | 400, 403 non-member, 404 |
+//! | `GET /api/rooms/ID/messages?limit=&before=` | 200 `[{"id","from","timestamp","type",...}]` | 403 non-member, 404 |
+//!
+//! When the owner leaves, the longest-standing member becomes owner (an
+//! `owner` affiliation event), as in MUC Light; an emptied room is deleted.
+//! `?limit=` defaults to and is capped at 50 (MongooseIM's
+//! `max_result_limit`); `?before=` is in ms.
 //!
 //! Delivery rides on the core: each user has one internal stream
 //! `!user/<jid>`; all of a user's `/api/sse` connections read it (so each
@@ -442,7 +461,12 @@ pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str, rest: &str
         },
         ["rooms", id] => match m {
             Method::Get => room_details(&mut cx, id),
-            _ => cx.not_allowed("GET"),
+            Method::Put => create_room_with_id(&mut cx, id),
+            _ => cx.not_allowed("GET, PUT"),
+        },
+        ["rooms", id, "config"] => match m {
+            Method::Put => change_config(&mut cx, id),
+            _ => cx.not_allowed("PUT"),
         },
         ["rooms", id, "users"] => match m {
             Method::Post => add_user(&mut cx, id),
@@ -611,14 +635,25 @@ fn room_string(obj: &serde_json::Map<String, Value>, k: &str) -> Option<String> 
     }
 }
 
-fn create_room(cx: &mut Ctx<'_, '_>) {
-    let Some(obj) = cx.body_object() else { return };
-    let (Some(name), Some(subject)) = (room_string(&obj, "name"), room_string(&obj, "subject"))
-    else {
-        let msg = format!(
-            "body must be {{\"name\":\"...\",\"subject\":\"...\"}}, strings of at most {MAX_NAME} bytes"
-        );
-        return cx.fail(400, &msg);
+/// The `{"name","subject"}` body of room creation and configuration.
+fn name_and_subject(cx: &mut Ctx<'_, '_>) -> Option<(String, String)> {
+    let obj = cx.body_object()?;
+    match (room_string(&obj, "name"), room_string(&obj, "subject")) {
+        (Some(n), Some(s)) => Some((n, s)),
+        _ => {
+            let msg = format!(
+                "body must be {{\"name\":\"...\",\"subject\":\"...\"}}, strings of at most {MAX_NAME} bytes"
+            );
+            cx.fail(400, &msg);
+            None
+        }
+    }
+}
+
+/// Creates a room owned by the caller; `id` of `None` draws a fresh one.
+fn new_room(cx: &mut Ctx<'_, '_>, id: Option<String>) {
+    let Some((name, subject)) = name_and_subject(cx) else {
+        return;
     };
     if cx.hub.apps.mongoose.rooms.len() >= MAX_ROOMS {
         return cx.fail(503, &format!("too many rooms (at most {MAX_ROOMS})"));
@@ -633,9 +668,59 @@ fn create_room(cx: &mut Ctx<'_, '_>) {
         archive: Archive::default(),
     };
     let mg = &mut cx.hub.apps.mongoose;
-    let id = mg.new_room_id(now);
+    let id = id.unwrap_or_else(|| mg.new_room_id(now));
     mg.rooms.insert(id.as_str().into(), room);
     cx.status(201, Some(&json!({ "id": id })));
+}
+
+/// `POST /api/rooms`.
+fn create_room(cx: &mut Ctx<'_, '_>) {
+    new_room(cx, None);
+}
+
+/// `PUT /api/rooms/ID` (ID bare, or `ID@muclight.<caller's domain>`).
+fn create_room_with_id(cx: &mut Ctx<'_, '_>, raw: &str) {
+    let own = format!("muclight.{}", cx.me.split_once('@').map_or("", |(_, d)| d));
+    let id = match raw.split_once('@') {
+        Some((i, d)) if d.eq_ignore_ascii_case(&own) => i,
+        Some(_) => {
+            return cx.fail(
+                400,
+                "invalid_room_id: the room JID's domain is not this server's MUC Light domain",
+            )
+        }
+        None => raw,
+    };
+    if !super::valid_ident(id) {
+        return cx.fail(400, "invalid_room_id: 1..=128 letters, digits or . _ : -");
+    }
+    if cx.hub.apps.mongoose.rooms.contains_key(id) {
+        return cx.fail(400, "Failed to create room: a room with this id exists");
+    }
+    new_room(cx, Some(id.to_string()));
+}
+
+/// `PUT /api/rooms/ID/config`: the owner renames the room.
+fn change_config(cx: &mut Ctx<'_, '_>, raw: &str) {
+    let Some(id) = find_room(cx, raw) else { return };
+    let role = cx
+        .hub
+        .apps
+        .mongoose
+        .rooms
+        .get(id.as_str())
+        .and_then(|r| r.role(&cx.me));
+    if role != Some(Role::Owner) {
+        return cx.fail(403, "only the room's owner may change its configuration");
+    }
+    let Some((name, subject)) = name_and_subject(cx) else {
+        return;
+    };
+    if let Some(room) = cx.hub.apps.mongoose.rooms.get_mut(id.as_str()) {
+        room.name = name.into();
+        room.subject = subject.into();
+    }
+    cx.status(204, None);
 }
 
 fn list_rooms(cx: &mut Ctx<'_, '_>) {
