@@ -910,6 +910,12 @@ impl Hub {
             return;
         }
         self.sweep_at = None;
+        // Cancelled entries (superseded sweeps, ticks of closed connections)
+        // are dropped lazily; compact when they could have piled up.
+        if self.timers.len() > 64 {
+            let (conns, sweep_at) = (&self.conns, self.sweep_at);
+            self.timers.retain(|w, t| timer_live(conns, sweep_at, w, t));
+        }
         self.last_sweep = self.now_ms;
         let now = self.now_tick();
         let write_ticks = Self::ticks(self.cfg.write_timeout);
@@ -1003,7 +1009,12 @@ impl Hub {
             g.history_events += s.retained();
             g.history_bytes += s.retained_bytes();
         }
-        g.timers = self.timers.len();
+        g.timers = self
+            .timers
+            .iter()
+            .filter(|(w, t)| timer_live(&self.conns, self.sweep_at, *w, t))
+            .count();
+        g.timer_entries = self.timers.len();
         g.connection_size = crate::conn::CONN_SIZE;
         g.uptime_secs = self.start.elapsed().as_secs_f64();
         g.rss_bytes = crate::stats::rss_bytes();
@@ -1093,6 +1104,19 @@ impl Hub {
         for k in keys {
             self.close(k);
         }
+    }
+}
+
+/// Whether a timer entry still means something: the current sweep, any
+/// one-off timer, or the tick of a live ticking connection of that
+/// generation.
+fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -> bool {
+    match *t {
+        Timer::Sweep => sweep_at == Some(when),
+        Timer::Tick { key, gen } => {
+            matches!(conns.get(key as usize), Some(Conn { phase: Phase::App(tk), .. }) if tk.gen == gen)
+        }
+        Timer::ResumeAccept | Timer::ShutdownDeadline => true,
     }
 }
 

@@ -65,8 +65,10 @@ pub struct Gauges {
     pub history_events: usize,
     /// Bytes retained in all histories.
     pub history_bytes: usize,
-    /// Timer heap entries.
+    /// Live timers (the sweep, ticking connections, one-offs).
     pub timers: usize,
+    /// Timer heap entries, cancelled ones not yet dropped included.
+    pub timer_entries: usize,
     /// `size_of::<Conn>()`.
     pub connection_size: usize,
     /// Seconds since start.
@@ -100,6 +102,7 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
         "internal_streams": g.internal_streams,
         "history": { "events": g.history_events, "bytes": g.history_bytes },
         "timers": g.timers,
+        "timer_entries": g.timer_entries,
         "requests": c.requests,
         "events_published": c.events_published,
         "frames_written": c.frames_written,

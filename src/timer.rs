@@ -63,8 +63,13 @@ impl Timers {
     }
 
     /// Drops entries `keep` rejects (used when cancelled entries pile up).
-    pub fn retain(&mut self, mut keep: impl FnMut(&Timer) -> bool) {
-        self.heap.retain(|Reverse((_, t))| keep(t));
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, &Timer) -> bool) {
+        self.heap.retain(|Reverse((w, t))| keep(*w, t));
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Timer)> {
+        self.heap.iter().map(|Reverse((w, t))| (*w, t))
     }
 }
 
