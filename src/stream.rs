@@ -56,12 +56,15 @@ impl IdClock {
 /// History bounds of every stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Events retained per stream.
     pub history: usize,
+    /// Bytes retained per stream.
     pub history_bytes: usize,
 }
 
 /// One stream: its retained frames and its subscribers.
 pub struct Stream {
+    /// The stream's name.
     pub name: Box<str>,
     ring: VecDeque<Frame>,
     ring_bytes: usize,
@@ -73,7 +76,9 @@ pub struct Stream {
     /// Connection keys reading this stream; a connection's cursor stores its
     /// index here so removal is a swap-remove.
     pub subs: Vec<u32>,
+    /// Events ever published to it.
     pub published: u64,
+    /// Id of its newest event (0: none yet).
     pub last_id: u64,
     dirty: bool,
     /// Internal streams (used by the built-in apps) are not listed and cannot
@@ -234,7 +239,9 @@ impl Resume {
 /// streams to name in a `gap` event (empty: no gap).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Each stream and the sequence it starts at.
     pub starts: Vec<(u32, u64)>,
+    /// Streams whose events after the cursor may be missing.
     pub gap: Vec<u32>,
 }
 
@@ -249,8 +256,11 @@ pub struct Streams {
     tombstones: HashMap<Box<str>, u64>,
     dirty: Vec<u32>,
     public: usize,
+    /// The server-wide id counter.
     pub ids: IdClock,
+    /// History bounds.
     pub limits: Limits,
+    /// Cap on public streams.
     pub max_streams: usize,
 }
 
