@@ -84,10 +84,13 @@ pub struct Stream {
     /// Internal streams (used by the built-in apps) are not listed and cannot
     /// be subscribed to through `/events`.
     pub internal: bool,
+    /// This stream's history bounds (internal streams may be tighter than
+    /// the server-wide `--history`/`--history-bytes`).
+    limits: Limits,
 }
 
 impl Stream {
-    fn new(name: &str, lost_upto: u64, internal: bool) -> Self {
+    fn new(name: &str, lost_upto: u64, internal: bool, limits: Limits) -> Self {
         Stream {
             name: name.into(),
             ring: VecDeque::new(),
@@ -100,6 +103,7 @@ impl Stream {
             last_id: 0,
             dirty: false,
             internal,
+            limits,
         }
     }
 
@@ -154,7 +158,8 @@ impl Stream {
         self.ring.iter().skip(skip)
     }
 
-    fn push(&mut self, id: u64, bytes: Rc<[u8]>, limits: Limits) {
+    fn push(&mut self, id: u64, bytes: Rc<[u8]>) {
+        let limits = self.limits;
         let len = bytes.len();
         self.ring.push_back(Frame {
             id,
@@ -307,6 +312,29 @@ impl Streams {
         create: bool,
         internal: bool,
     ) -> Result<u32, StreamError> {
+        let limits = self.limits;
+        self.create_with(name, create, internal, limits)
+    }
+
+    /// Finds or makes an internal stream (one the apps own) whose history is
+    /// bounded by `cap` as well as by the server-wide limits: apps make one
+    /// stream per member or user, so the server-wide bounds multiplied by
+    /// their number would be no bound at all.
+    pub fn get_or_create_internal(&mut self, name: &str, cap: Limits) -> Result<u32, StreamError> {
+        let limits = Limits {
+            history: self.limits.history.min(cap.history),
+            history_bytes: self.limits.history_bytes.min(cap.history_bytes),
+        };
+        self.create_with(name, true, true, limits)
+    }
+
+    fn create_with(
+        &mut self,
+        name: &str,
+        create: bool,
+        internal: bool,
+        limits: Limits,
+    ) -> Result<u32, StreamError> {
         if let Some(i) = self.find(name) {
             return Ok(i);
         }
@@ -323,7 +351,7 @@ impl Streams {
             self.public += 1;
         }
         let lost = self.tombstones.remove(name).unwrap_or(0);
-        let idx = self.slots.insert(Stream::new(name, lost, internal)) as u32;
+        let idx = self.slots.insert(Stream::new(name, lost, internal, limits)) as u32;
         self.by_name.insert(name.into(), idx);
         Ok(idx)
     }
@@ -346,10 +374,9 @@ impl Streams {
     /// Appends an already-encoded frame with id `id` to each stream in
     /// `targets` and marks them dirty. The bytes are shared, not copied.
     pub fn append(&mut self, targets: &[u32], id: u64, bytes: Rc<[u8]>) {
-        let limits = self.limits;
         for &t in targets {
             if let Some(s) = self.slots.get_mut(t as usize) {
-                s.push(id, bytes.clone(), limits);
+                s.push(id, bytes.clone());
                 if !s.dirty {
                     s.dirty = true;
                     self.dirty.push(t);

@@ -183,7 +183,7 @@ fn ensure(hub: &mut Hub, member: &str) -> Option<u32> {
     }
     let idx = hub
         .streams
-        .get_or_create(&format!("!member/{member}"), true, true)
+        .get_or_create_internal(&format!("!member/{member}"), CAP)
         .ok()?;
     hub.apps.members.members.insert(
         member.into(),
@@ -320,7 +320,7 @@ fn publish(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
     let data = Value::Object(body).to_string();
     let id = hub.streams.ids.next(now);
     let bytes = frame::encode(Some(&uuid), Some(&etype), &data, None);
-    let devices = super::publish_bounded(hub, &[idx], id, bytes, CAP);
+    let (_, devices) = hub.publish_frame(&[idx], id, bytes.into());
     if let Some(st) = hub.apps.members.members.get_mut(member.as_str()) {
         st.ids.push_back((uuid.as_str().into(), id));
         while st.ids.len() > HISTORY {

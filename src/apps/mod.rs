@@ -21,12 +21,9 @@ pub mod members;
 pub mod mongoose;
 pub mod workerman;
 
-use std::rc::Rc;
-
 use crate::config::Config;
 use crate::http::Request;
 use crate::hub::Hub;
-use crate::stream::Limits;
 
 /// State of every app.
 pub struct Apps {
@@ -81,31 +78,6 @@ pub fn fallback(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool 
 /// at least 1 ms.
 pub fn scaled(hub: &Hub, ms: u64) -> u64 {
     ((ms as f64) * hub.cfg.tick_scale).round().max(1.0) as u64
-}
-
-/// Publishes an encoded frame with server id `id` to internal streams,
-/// bounding their history by `cap` as well as by the core's limits.
-///
-/// Why: the core's `--history`/`--history-bytes` (1000 events, 1 MiB) are
-/// sized for a few public streams, but apps make one internal stream per
-/// member or user, so their product would be unbounded in practice. The
-/// ring applies limits when a frame is appended, so narrowing them around
-/// the append bounds exactly these streams and nothing else.
-pub fn publish_bounded(
-    hub: &mut Hub,
-    targets: &[u32],
-    id: u64,
-    bytes: Vec<u8>,
-    cap: Limits,
-) -> usize {
-    let saved = hub.streams.limits;
-    hub.streams.limits = Limits {
-        history: saved.history.min(cap.history),
-        history_bytes: saved.history_bytes.min(cap.history_bytes),
-    };
-    let (_, n) = hub.publish_frame(targets, id, Rc::from(bytes));
-    hub.streams.limits = saved;
-    n
 }
 
 /// Whether `s` is a safe identifier for member and device ids: 1..=128

@@ -493,7 +493,7 @@ fn user_stream(hub: &mut Hub, jid: &str) -> Option<u32> {
     }
     let s = hub
         .streams
-        .get_or_create(&format!("!user/{jid}"), true, true)
+        .get_or_create_internal(&format!("!user/{jid}"), STREAM_CAP)
         .ok()?;
     user.stream = Some(s);
     Some(s)
@@ -515,7 +515,7 @@ fn deliver(hub: &mut Hub, to: &[&str], etype: &str, data: &Value, now_us: u64) {
     }
     let id = hub.streams.ids.next(now_us);
     let frame = ids::frame_typed(&id.to_string(), etype, &data.to_string());
-    super::publish_bounded(hub, &targets, id, frame, STREAM_CAP);
+    hub.publish_frame(&targets, id, frame.into());
 }
 
 fn sse(cx: &mut Ctx<'_, '_>) {
