@@ -952,11 +952,16 @@ impl Hub {
             }
             match &c.phase {
                 Phase::Http(buf) => {
-                    if c.has(flags::IDLE) {
-                        // Idle keep-alive, or a lingering close: just go.
+                    if c.has(flags::IDLE) || buf.is_none() {
+                        // Idle keep-alive, a lingering close, or a connection
+                        // that never sent a byte (browsers open spare ones):
+                        // just go. A 408 there could be read as the answer
+                        // to the next request the client sends.
+                        if buf.is_none() && !c.has(flags::IDLE) {
+                            self.counters.reject("idle_before_request");
+                        }
                         self.close(key);
                     } else {
-                        let _ = buf;
                         self.counters
                             .reject(crate::http::HttpError::Timeout.reason());
                         let e = crate::http::HttpError::Timeout;
