@@ -201,7 +201,12 @@ pub fn parse(buf: &[u8], limits: Limits) -> Result<Parsed<'_>, HttpError> {
         Err(_) => return Err(HttpError::BadRequest("malformed request")),
     };
     if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadersTooLarge);
+        let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(head_len);
+        return Err(if line_len > limits.max_header_bytes {
+            HttpError::UriTooLong
+        } else {
+            HttpError::HeadersTooLarge
+        });
     }
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
@@ -584,6 +589,12 @@ mod tests {
         assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), 505);
         let long_line = [b"GET /".as_slice(), &vec![b'a'; 9000]].concat();
         assert_eq!(e(&long_line), 414);
+        let whole = [b"GET /".as_slice(), &vec![b'a'; 9000], b" HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(
+            e(&whole),
+            414,
+            "request line too long, whole head in one read"
+        );
         let long_head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 9000]].concat();
         assert_eq!(e(&long_head), 431);
     }
