@@ -76,6 +76,7 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
 
     let n = ready.ok;
     let mut r = Report::new("density", title(url, pid));
+    r.add("server_pid", pid, "");
     r.add("requested", o.load.n as u64, "");
     r.add("connections", n, "");
     r.add("failed", ready.failed, "");
@@ -197,6 +198,7 @@ pub fn fanout(o: &FanoutOpts) -> Result<Report, String> {
     let expected = n * published;
     let deliver_secs = done.last_event_ns.saturating_sub(t0) as f64 / 1e9;
     let mut r = Report::new("fanout", title(url, pid));
+    r.add("server_pid", pid, "");
     r.add("subscribers", n, "");
     r.add("failed", ready.failed, "");
     r.add("events_published", published, "");
@@ -295,6 +297,7 @@ pub fn churn(o: &ChurnOpts) -> Result<Report, String> {
     let after = sample(pid);
 
     let mut r = Report::new("churn", title(&o.url, pid));
+    r.add("server_pid", pid, "");
     r.add("cycles", ok, "");
     r.add("failed", failed, "");
     r.add("secs", round2(Some(secs)), "s");
@@ -331,6 +334,7 @@ pub fn idle(o: &IdleOpts) -> Result<Report, String> {
     let done = fleet.finish(REPORT_WAIT)?;
 
     let mut r = Report::new("idle", title(url, pid));
+    r.add("server_pid", pid, "");
     r.add("subscribers", ready.ok, "");
     r.add("failed", ready.failed, "");
     r.add("secs", round2(Some(secs)), "s");

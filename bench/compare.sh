@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Runs ssed-bench against ssed and against nginx + nchan, back to back on
+# the same machine, and writes a markdown table to stdout and to
+# $TARGET/bench-compare.md (raw JSON per run under $TARGET/bench-compare/).
+#
+# Usage: bench/compare.sh
+# Environment: SSED_PORT (default 18090), NCHAN_PORT (default 18091),
+#   CARGO_TARGET_DIR (default ./target), SERVERS (default "ssed nchan";
+#   "ssed" alone skips the peer).
+#
+# Each server is restarted before every measurement so no run inherits
+# another's heap. Each ssed-bench call is bounded with `timeout`, and the
+# whole script stops starting new runs after MAX_TOTAL seconds (default
+# 1200), so it ends within ~20 minutes even when something hangs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+SSED_PORT="${SSED_PORT:-18090}"
+NCHAN_PORT="${NCHAN_PORT:-18091}"
+MAX_TOTAL="${MAX_TOTAL:-1200}"
+OUT_MD="$TARGET/bench-compare.md"
+RAW="$TARGET/bench-compare"
+STREAM="bench"
+
+mkdir -p "$RAW"
+rm -f "$RAW"/*.json
+
+echo "building release binaries..." >&2
+cargo build --release --bins >&2
+BENCH="$TARGET/release/ssed-bench"
+SSED="$TARGET/release/ssed"
+
+SERVERS="${SERVERS:-ssed nchan}"
+case " $SERVERS " in
+*" nchan "*)
+    if ! [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+        bash bench/nchan/setup.sh >&2
+    fi
+    ;;
+esac
+
+SSED_PID=""
+SERVER_PID=""
+
+start_ssed() {
+    local log="$RAW/ssed.out"
+    "$SSED" --listen "127.0.0.1:$SSED_PORT" --heartbeat 0 >"$log" 2>"$RAW/ssed.err" &
+    SSED_PID=$!
+    for _ in $(seq 1 100); do
+        if grep -q "listening on http://" "$log" 2>/dev/null; then
+            SERVER_PID="$SSED_PID"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "ssed did not start; see $RAW/ssed.err" >&2
+    return 1
+}
+
+stop_ssed() {
+    if [ -n "$SSED_PID" ] && kill -0 "$SSED_PID" 2>/dev/null; then
+        kill -TERM "$SSED_PID"
+        # Bounded wait: ssed exits within its --shutdown-timeout (5 s).
+        for _ in $(seq 1 100); do
+            kill -0 "$SSED_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SSED_PID" 2>/dev/null || true
+        wait "$SSED_PID" 2>/dev/null || true
+    fi
+    SSED_PID=""
+}
+
+start_nchan() {
+    local out
+    out="$(bash bench/nchan/start.sh "$NCHAN_PORT")"
+    SERVER_PID="$(printf '%s\n' "$out" | sed -n 's/^worker pid //p')"
+}
+
+stop_nchan() {
+    bash bench/nchan/stop.sh "$NCHAN_PORT" >/dev/null
+}
+
+cleanup() {
+    stop_ssed
+    case " $SERVERS " in *" nchan "*) stop_nchan || true ;; esac
+}
+trap cleanup EXIT
+
+port_of() { if [ "$1" = ssed ]; then echo "$SSED_PORT"; else echo "$NCHAN_PORT"; fi; }
+
+# run SERVER NAME TIMEOUT_SECS SUBCOMMAND ARGS...: fresh server, one
+# measurement, JSON into $RAW/SERVER-NAME.json.
+run() {
+    local server="$1" name="$2" limit="$3"
+    shift 3
+    if [ "$SECONDS" -ge "$MAX_TOTAL" ]; then
+        echo "skipping $server $name: over the ${MAX_TOTAL}s budget" >&2
+        return 0
+    fi
+    "start_$server"
+    local url="http://127.0.0.1:$(port_of "$server")/events?stream=$STREAM"
+    echo "== $server $name: ssed-bench $*" >&2
+    if timeout --signal=TERM --kill-after=10 "$limit" \
+        "$BENCH" "$@" --url "$url" --pid "$SERVER_PID" --json >"$RAW/$server-$name.json"; then
+        cat "$RAW/$server-$name.json" >&2
+    else
+        echo "   failed or timed out (exit $?)" >&2
+        rm -f "$RAW/$server-$name.json"
+    fi
+    "stop_$server"
+    # Let closed sockets and the CPU settle between runs.
+    sleep 2
+}
+
+for server in $SERVERS; do
+    for n in 1000 10000 19000; do
+        run "$server" "density-$n" 180 density --n "$n"
+    done
+done
+for server in $SERVERS; do
+    port="$(port_of "$server")"
+    for n in 1000 10000; do
+        run "$server" "fanout-$n" 240 fanout --n "$n" --m 200 --size 64 \
+            --publish "http://127.0.0.1:$port/events?stream=$STREAM" --max-seconds 180
+    done
+    run "$server" idle-10000 120 idle --n 10000 --seconds 10
+    run "$server" churn-5000 120 churn --cycles 5000 --max-seconds 60
+done
+
+# The table: one row per figure, one column per server, and the ratio.
+python3 - "$RAW" "$SERVERS" >"$OUT_MD" <<'PY'
+import json, os, sys
+
+raw, servers = sys.argv[1], sys.argv[2].split()
+def get(server, name, key):
+    try:
+        with open(os.path.join(raw, f"{server}-{name}.json")) as f:
+            return json.load(f).get(key)
+    except (OSError, ValueError):
+        return None
+
+ROWS = []
+for n in (1000, 10000, 19000):
+    name = f"density-{n}"
+    ROWS += [
+        (f"density {n:,}: connections held", name, "connections", "", 0),
+        (f"density {n:,}: server RSS per connection", name, "rss_per_conn", "B", 0),
+        (f"density {n:,}: server PSS per connection", name, "pss_per_conn", "B", 0),
+        (f"density {n:,}: connect rate", name, "connect_rate", "conns/s", 0),
+    ]
+for n in (1000, 10000):
+    name = f"fanout-{n}"
+    label = f"fanout {n:,}×200×64 B"
+    ROWS += [
+        (f"{label}: delivered / expected", name, ("delivered", "expected"), "", 0),
+        (f"{label}: delivered events/s", name, "delivered_per_s", "events/s", 0),
+        (f"{label}: latency p50", name, "latency_p50_us", "µs", 0),
+        (f"{label}: latency p99", name, "latency_p99_us", "µs", 0),
+        (f"{label}: latency max", name, "latency_max_us", "µs", 0),
+        (f"{label}: server CPU per delivered event", name, "server_cpu_us_per_event", "µs", 2),
+    ]
+ROWS += [
+    ("idle 10,000 for 10 s: server wakeups/s", "idle-10000", "wakeups_per_s", "/s", 2),
+    ("idle 10,000 for 10 s: server CPU", "idle-10000", "server_cpu_ms", "ms", 2),
+    ("churn 5,000: cycles/s", "churn-5000", "cycles_per_s", "cycles/s", 0),
+    ("churn 5,000: server RSS growth", "churn-5000", "rss_growth_kb", "kB", 0),
+]
+
+def fmt(v, digits):
+    if v is None:
+        return "–"
+    if isinstance(v, tuple):
+        return " / ".join(fmt(x, 0) for x in v)
+    return f"{v:,.{digits}f}"
+
+names = {"ssed": "ssed", "nchan": "nginx+nchan"}
+head = ["figure"] + [names[s] for s in servers] + (["nchan ÷ ssed"] if len(servers) > 1 else []) + ["unit"]
+print("| " + " | ".join(head) + " |")
+print("|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|")
+for label, name, key, unit, digits in ROWS:
+    vals = []
+    for s in servers:
+        if isinstance(key, tuple):
+            parts = tuple(get(s, name, k) for k in key)
+            vals.append(None if None in parts else parts)
+        else:
+            vals.append(get(s, name, key))
+    cells = [fmt(v, digits) for v in vals]
+    if len(servers) > 1:
+        a, b = vals[0], vals[1]
+        ratio = "–"
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b >= 0:
+            ratio = f"{b / a:,.1f}×"
+        cells.append(ratio)
+    print("| " + " | ".join([label] + cells + [unit]) + " |")
+PY
+
+cat "$OUT_MD"
+echo "(written to $OUT_MD; raw JSON in $RAW/)" >&2
