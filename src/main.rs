@@ -1,9 +1,55 @@
+//! The `ssed` binary: parse flags, run the server (or the `sub`/`pub`
+//! client commands), map errors to exit codes.
+
+use std::io::Write;
+
+use ssed::{Command, Config, Server};
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("sub") => ssed::client::cli::run_sub(&args[1..]),
         Some("pub") => ssed::client::cli::run_pub(&args[1..]),
-        _ => 0,
+        _ => serve(&args),
     };
     std::process::exit(code);
+}
+
+fn serve(args: &[String]) -> i32 {
+    let cfg = match Config::from_args(args, |k| std::env::var(k).ok()) {
+        Ok(Command::Serve(cfg)) => cfg,
+        Ok(Command::Help) => {
+            print!("{}", ssed::config::help());
+            return 0;
+        }
+        Ok(Command::Version) => {
+            println!("ssed {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("ssed: {e}");
+            return 2;
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let server = match Server::bind(*cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ssed: cannot listen: {e}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for a in server.local_addrs() {
+        let _ = writeln!(out, "listening on http://{a}");
+    }
+    let _ = out.flush();
+    drop(out);
+    match server.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ssed: {e}");
+            1
+        }
+    }
 }

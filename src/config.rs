@@ -1,0 +1,562 @@
+//! Server configuration: defaults, command-line flags and their `SSED_*`
+//! environment twins, and the `--help` text. Parsing is by hand and
+//! table-driven so the help text, the flags and the environment variables
+//! cannot drift apart. Nothing here opens sockets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a [`crate::Server`] can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on (`--listen`, repeatable).
+    pub listen: Vec<SocketAddr>,
+    /// Quiet time before a heartbeat comment; zero disables heartbeats.
+    pub heartbeat: Duration,
+    /// Base reconnect delay in ms; each connection gets one from [retry, 2*retry).
+    pub retry_ms: u32,
+    /// Events retained per stream.
+    pub history: usize,
+    /// Bytes retained per stream.
+    pub history_bytes: usize,
+    /// Maximum number of public streams.
+    pub max_streams: usize,
+    /// Maximum streams one connection may read.
+    pub max_streams_per_conn: usize,
+    /// Create unknown streams on first use.
+    pub auto_streams: bool,
+    /// Maximum request body.
+    pub max_body: usize,
+    /// Maximum request head.
+    pub max_header_bytes: usize,
+    /// Time allowed for a request head (and its body) to arrive.
+    pub header_timeout: Duration,
+    /// Idle keep-alive connections close after this.
+    pub idle_timeout: Duration,
+    /// A subscriber whose socket accepts nothing for this long is closed.
+    pub write_timeout: Duration,
+    /// Connection cap (0: open-file limit minus a reserve).
+    pub max_connections: usize,
+    /// Connections per peer address.
+    pub max_connections_per_ip: usize,
+    /// Unsent bytes a blocked subscriber may lag before it is disconnected.
+    pub max_pending_bytes: usize,
+    /// Time allowed to flush and close on SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+    /// Bearer token that grants publish rights from anywhere.
+    pub publish_token: Option<String>,
+    /// Allowed CORS origins (`*` for any).
+    pub cors_origins: Vec<String>,
+    /// `user@domain:password` lines for the `/api` app.
+    pub users_file: Option<PathBuf>,
+    /// Multiplies the built-in apps' tick intervals (test knob; 1.0 = the seeds' timings).
+    pub tick_scale: f64,
+    /// Handle SIGTERM/SIGINT (the binary sets this; embedders may not want it).
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            heartbeat: Duration::from_secs(15),
+            retry_ms: 2000,
+            history: 1000,
+            history_bytes: 1 << 20,
+            max_streams: 10_000,
+            max_streams_per_conn: 16,
+            auto_streams: true,
+            max_body: 1 << 20,
+            max_header_bytes: 8 << 10,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 0,
+            max_connections_per_ip: 1000,
+            max_pending_bytes: 256 << 10,
+            shutdown_timeout: Duration::from_secs(5),
+            publish_token: None,
+            cors_origins: Vec::new(),
+            users_file: None,
+            tick_scale: 1.0,
+            handle_signals: false,
+        }
+    }
+}
+
+/// Why the command line or environment was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A flag nobody knows.
+    UnknownFlag(String),
+    /// A flag without its value.
+    MissingValue(String),
+    /// A value that does not parse or is out of range.
+    BadValue {
+        flag: String,
+        value: String,
+        why: String,
+    },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::UnknownFlag(x) => write!(f, "unknown flag {x} (see --help)"),
+            ConfigError::MissingValue(x) => write!(f, "flag {x} needs a value"),
+            ConfigError::BadValue { flag, value, why } => {
+                write!(f, "bad value {value:?} for {flag}: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<Config>),
+    /// Print help and exit 0.
+    Help,
+    /// Print the version and exit 0.
+    Version,
+}
+
+struct Flag {
+    name: &'static str,
+    value: &'static str,
+    default: &'static str,
+    help: &'static str,
+}
+
+const FLAGS: &[Flag] = &[
+    Flag {
+        name: "listen",
+        value: "ADDR",
+        default: "127.0.0.1:8080",
+        help: "address to listen on (repeatable; env: comma-separated; port 0 picks one)",
+    },
+    Flag {
+        name: "heartbeat",
+        value: "SECS",
+        default: "15",
+        help: "comment line after this much quiet; 0 disables",
+    },
+    Flag {
+        name: "retry",
+        value: "MS",
+        default: "2000",
+        help: "reconnect delay sent to clients, jittered per connection to [MS, 2*MS)",
+    },
+    Flag {
+        name: "history",
+        value: "N",
+        default: "1000",
+        help: "events retained per stream for resume",
+    },
+    Flag {
+        name: "history-bytes",
+        value: "BYTES",
+        default: "1048576",
+        help: "bytes retained per stream for resume",
+    },
+    Flag {
+        name: "max-streams",
+        value: "N",
+        default: "10000",
+        help: "maximum number of streams",
+    },
+    Flag {
+        name: "max-streams-per-conn",
+        value: "N",
+        default: "16",
+        help: "maximum streams one subscription may read",
+    },
+    Flag {
+        name: "no-auto-streams",
+        value: "",
+        default: "off",
+        help: "unknown streams are 404 instead of created",
+    },
+    Flag {
+        name: "max-body",
+        value: "BYTES",
+        default: "1048576",
+        help: "maximum request body",
+    },
+    Flag {
+        name: "max-header-bytes",
+        value: "BYTES",
+        default: "8192",
+        help: "maximum request head",
+    },
+    Flag {
+        name: "header-timeout",
+        value: "SECS",
+        default: "10",
+        help: "time allowed for a request to arrive (408 after)",
+    },
+    Flag {
+        name: "idle-timeout",
+        value: "SECS",
+        default: "60",
+        help: "idle keep-alive connections close after this",
+    },
+    Flag {
+        name: "write-timeout",
+        value: "SECS",
+        default: "60",
+        help: "subscribers whose socket accepts nothing this long are closed",
+    },
+    Flag {
+        name: "max-connections",
+        value: "N",
+        default: "open-file limit - 64",
+        help: "connection cap (503 past it)",
+    },
+    Flag {
+        name: "max-connections-per-ip",
+        value: "N",
+        default: "1000",
+        help: "connections per peer address (503 past it)",
+    },
+    Flag {
+        name: "max-pending-bytes",
+        value: "BYTES",
+        default: "262144",
+        help: "unsent bytes a stalled subscriber may lag before it is dropped",
+    },
+    Flag {
+        name: "shutdown-timeout",
+        value: "SECS",
+        default: "5",
+        help: "time to flush and close on SIGTERM/SIGINT",
+    },
+    Flag {
+        name: "publish-token",
+        value: "TOKEN",
+        default: "none",
+        help: "publishing needs 'Authorization: Bearer TOKEN' (else loopback only)",
+    },
+    Flag {
+        name: "cors-origin",
+        value: "ORIGIN",
+        default: "none",
+        help: "allowed CORS origin (repeatable, or *)",
+    },
+    Flag {
+        name: "users",
+        value: "FILE",
+        default: "none",
+        help: "user@domain:password lines for the /api app",
+    },
+    Flag {
+        name: "tick-scale",
+        value: "X",
+        default: "1.0",
+        help: "test knob: multiplies the built-in apps' tick intervals",
+    },
+];
+
+/// Environment variable for a flag: `SSED_` + upper-case name, `-` → `_`.
+fn env_name(flag: &str) -> String {
+    format!("SSED_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The `--help` text.
+pub fn help() -> String {
+    let mut s = String::from(
+        "ssed: a tiny, dense Server-Sent-Events server\n\n\
+         usage: ssed [serve] [FLAGS]\n       ssed sub URL [--stream S]... [--last-event-id ID] [--json]\n       ssed pub URL --stream S [--event T] [--token T] [DATA | -]\n\nflags (each also read from the environment variable shown):\n",
+    );
+    for f in FLAGS {
+        let left = if f.value.is_empty() {
+            format!("--{}", f.name)
+        } else {
+            format!("--{} {}", f.name, f.value)
+        };
+        s.push_str(&format!(
+            "  {left:<30} {} [default: {}] [env: {}]\n",
+            f.help,
+            f.default,
+            env_name(f.name)
+        ));
+    }
+    s.push_str("  --help                         this text\n  --version                      print the version\n\nLogging: RUST_LOG=info (or debug, warn...).\n");
+    s
+}
+
+fn bad(flag: &str, value: &str, why: &str) -> ConfigError {
+    ConfigError::BadValue {
+        flag: format!("--{flag}"),
+        value: value.to_string(),
+        why: why.to_string(),
+    }
+}
+
+fn num(flag: &str, v: &str) -> Result<usize, ConfigError> {
+    v.trim()
+        .parse::<usize>()
+        .map_err(|_| bad(flag, v, "expected a whole number"))
+}
+
+fn secs(flag: &str, v: &str) -> Result<Duration, ConfigError> {
+    let x: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| bad(flag, v, "expected seconds"))?;
+    if !(0.0..=1e7).contains(&x) {
+        return Err(bad(flag, v, "out of range"));
+    }
+    Ok(Duration::from_secs_f64(x))
+}
+
+impl Config {
+    fn set(&mut self, name: &str, v: &str, from_env: bool) -> Result<(), ConfigError> {
+        match name {
+            "listen" => {
+                let parts: Vec<&str> = if from_env {
+                    v.split(',').collect()
+                } else {
+                    vec![v]
+                };
+                for p in parts {
+                    let a: SocketAddr = p
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad(name, p, "expected IP:PORT"))?;
+                    self.listen.push(a);
+                }
+            }
+            "heartbeat" => self.heartbeat = secs(name, v)?,
+            "retry" => {
+                let n = num(name, v)?;
+                if n == 0 || n > 3_600_000 {
+                    return Err(bad(name, v, "must be 1..=3600000 ms"));
+                }
+                self.retry_ms = n as u32;
+            }
+            "history" => self.history = num(name, v)?,
+            "history-bytes" => self.history_bytes = num(name, v)?,
+            "max-streams" => self.max_streams = num(name, v)?,
+            "max-streams-per-conn" => {
+                self.max_streams_per_conn = num(name, v)?.max(1);
+            }
+            "no-auto-streams" => {
+                self.auto_streams = match v {
+                    "" | "1" | "true" | "yes" => false,
+                    "0" | "false" | "no" => true,
+                    _ => return Err(bad(name, v, "expected true or false")),
+                }
+            }
+            "max-body" => self.max_body = num(name, v)?,
+            "max-header-bytes" => {
+                let n = num(name, v)?;
+                if n < 256 {
+                    return Err(bad(name, v, "must be at least 256"));
+                }
+                self.max_header_bytes = n;
+            }
+            "header-timeout" => self.header_timeout = secs(name, v)?,
+            "idle-timeout" => self.idle_timeout = secs(name, v)?,
+            "write-timeout" => self.write_timeout = secs(name, v)?,
+            "max-connections" => self.max_connections = num(name, v)?,
+            "max-connections-per-ip" => self.max_connections_per_ip = num(name, v)?,
+            "max-pending-bytes" => self.max_pending_bytes = num(name, v)?,
+            "shutdown-timeout" => self.shutdown_timeout = secs(name, v)?,
+            "publish-token" => {
+                if v.is_empty() {
+                    return Err(bad(name, v, "must not be empty"));
+                }
+                self.publish_token = Some(v.to_string());
+            }
+            "cors-origin" => {
+                let parts: Vec<&str> = if from_env {
+                    v.split(',').collect()
+                } else {
+                    vec![v]
+                };
+                self.cors_origins.extend(
+                    parts
+                        .iter()
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty()),
+                );
+            }
+            "users" => self.users_file = Some(PathBuf::from(v)),
+            "tick-scale" => {
+                let x: f64 = v.parse().map_err(|_| bad(name, v, "expected a number"))?;
+                if !(0.001..=1000.0).contains(&x) {
+                    return Err(bad(name, v, "must be in 0.001..=1000"));
+                }
+                self.tick_scale = x;
+            }
+            _ => return Err(ConfigError::UnknownFlag(format!("--{name}"))),
+        }
+        Ok(())
+    }
+
+    /// Parses `ssed [serve] ARGS` on top of the environment (`env` looks a
+    /// variable up). Flags win over the environment.
+    pub fn from_args<F>(args: &[String], env: F) -> Result<Command, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let mut cfg = Config {
+            listen: Vec::new(),
+            handle_signals: true,
+            ..Config::default()
+        };
+        for f in FLAGS {
+            if let Some(v) = env(&env_name(f.name)) {
+                cfg.set(f.name, &v, true)?;
+            }
+        }
+        let env_listen = std::mem::take(&mut cfg.listen);
+        let env_cors = std::mem::take(&mut cfg.cors_origins);
+        let mut args = args.iter().map(String::as_str).peekable();
+        if args.peek() == Some(&"serve") {
+            args.next();
+        }
+        while let Some(a) = args.next() {
+            match a {
+                "-h" | "--help" | "help" => return Ok(Command::Help),
+                "-V" | "--version" => return Ok(Command::Version),
+                _ => {}
+            }
+            let Some(body) = a.strip_prefix("--") else {
+                return Err(ConfigError::UnknownFlag(a.to_string()));
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (body, None),
+            };
+            let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
+                return Err(ConfigError::UnknownFlag(a.to_string()));
+            };
+            let value = if flag.value.is_empty() {
+                inline.unwrap_or("").to_string()
+            } else if let Some(v) = inline {
+                v.to_string()
+            } else {
+                args.next()
+                    .ok_or_else(|| ConfigError::MissingValue(a.to_string()))?
+                    .to_string()
+            };
+            cfg.set(name, &value, false)?;
+        }
+        if cfg.listen.is_empty() {
+            cfg.listen = env_listen;
+        }
+        if cfg.cors_origins.is_empty() {
+            cfg.cors_origins = env_cors;
+        }
+        if cfg.listen.is_empty() {
+            cfg.listen = Config::default().listen;
+        }
+        Ok(Command::Serve(Box::new(cfg)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Config::from_args(&args, |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env) {
+            Ok(Command::Serve(c)) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        let c = serve(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen=[::1]:9",
+                "--heartbeat",
+                "0.5",
+                "--no-auto-streams",
+            ],
+            &[],
+        );
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.heartbeat, Duration::from_millis(500));
+        assert!(!c.auto_streams);
+    }
+
+    #[test]
+    fn env_twins_and_precedence() {
+        let c = serve(
+            &["--retry", "300"],
+            &[
+                ("SSED_RETRY", "100"),
+                ("SSED_HISTORY", "5"),
+                ("SSED_LISTEN", "127.0.0.1:1,127.0.0.1:2"),
+            ],
+        );
+        assert_eq!(c.retry_ms, 300);
+        assert_eq!(c.history, 5);
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(
+            serve(&[], &[("SSED_PUBLISH_TOKEN", "t")])
+                .publish_token
+                .as_deref(),
+            Some("t")
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            parse(&["--nope"], &[]),
+            Err(ConfigError::UnknownFlag(_))
+        ));
+        assert!(matches!(
+            parse(&["--history"], &[]),
+            Err(ConfigError::MissingValue(_))
+        ));
+        assert!(matches!(
+            parse(&["--history", "x"], &[]),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse(&["--listen", "nowhere"], &[]),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse(&[], &[("SSED_HEARTBEAT", "-1")]),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_env() {
+        let h = help();
+        for f in FLAGS {
+            assert!(h.contains(&format!("--{}", f.name)), "{}", f.name);
+            assert!(h.contains(&env_name(f.name)), "{}", f.name);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! One connection's state, kept small because it is multiplied by every
+//! open socket. A connection is a socket, one deadline, and a phase:
+//! reading requests, streaming from shared history, or streaming from a
+//! ticking app. Buffers exist only while needed: the request buffer while
+//! a request is incomplete, the output buffer while a write is unfinished.
+//!
+//! This module holds data and small helpers only; the reactor
+//! (`server.rs`) drives it.
+
+use mio::net::TcpStream;
+
+/// Ticks are 100 ms since server start; `u32` lasts 13 years.
+pub type Tick = u32;
+
+/// No deadline.
+pub const NEVER: Tick = Tick::MAX;
+
+/// A subscriber's place in one stream: the stream, its slot in that
+/// stream's subscriber list (for O(1) removal), and the id of the last
+/// event it was given (its position; frames are found by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub stream: u32,
+    pub slot: u32,
+    pub last_id: u64,
+}
+
+/// The streams a subscriber reads: inline for one, boxed for more.
+#[derive(Debug)]
+pub enum Cursors {
+    One(Cursor),
+    Many(Box<[Cursor]>),
+}
+
+impl Cursors {
+    /// All cursors as a slice.
+    pub fn as_slice(&self) -> &[Cursor] {
+        match self {
+            Cursors::One(c) => std::slice::from_ref(c),
+            Cursors::Many(v) => v,
+        }
+    }
+    /// All cursors, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [Cursor] {
+        match self {
+            Cursors::One(c) => std::slice::from_mut(c),
+            Cursors::Many(v) => v,
+        }
+    }
+}
+
+/// Bytes accepted for a socket but not yet written: a response, the SSE
+/// head, or the unwritten tail of a frame after a short write.
+#[derive(Debug)]
+pub struct Out {
+    pub buf: Vec<u8>,
+    pub pos: usize,
+    /// When the socket last accepted bytes (for `--write-timeout`).
+    pub since: Tick,
+}
+
+impl Out {
+    /// Unsent bytes.
+    pub fn pending(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
+    }
+}
+
+/// Produces the next frame of a ticking app connection given the time in
+/// ms since server start.
+pub type TickFn = Box<dyn FnMut(u64) -> Vec<u8>>;
+
+/// A connection fed by its own timer (the chamber and workerman apps)
+/// instead of a stream.
+pub struct Ticker {
+    pub gen: u32,
+    pub interval_ms: u64,
+    pub next: TickFn,
+}
+
+impl std::fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticker")
+            .field("gen", &self.gen)
+            .field("interval_ms", &self.interval_ms)
+            .finish()
+    }
+}
+
+/// What a connection is doing.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading requests; the buffer holds an incomplete one, if any.
+    Http(Option<Box<Vec<u8>>>),
+    /// Streaming events from shared history.
+    Sse(Cursors),
+    /// Streaming events from a per-connection timer.
+    App(Box<Ticker>),
+}
+
+/// Flag bits.
+pub mod flags {
+    /// Close once the output buffer drains.
+    pub const CLOSE_AFTER_FLUSH: u8 = 1;
+    /// Scheduled for closing at the end of the loop turn.
+    pub const CLOSING: u8 = 2;
+    /// Input is not read until output drains (pipelining back-pressure).
+    pub const READ_PAUSED: u8 = 4;
+    /// Between requests on a keep-alive connection (idle timeout applies).
+    pub const IDLE: u8 = 8;
+    /// Counted against per-peer limits.
+    pub const COUNTED: u8 = 16;
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub sock: TcpStream,
+    /// When the sweep must next look at this connection.
+    pub deadline: Tick,
+    /// Slot of the peer address in the per-IP table.
+    pub peer: u32,
+    pub flags: u8,
+    pub out: Option<Box<Out>>,
+    pub phase: Phase,
+}
+
+impl Conn {
+    /// A freshly accepted connection, waiting for its first request.
+    pub fn new(sock: TcpStream, peer: u32, deadline: Tick) -> Self {
+        Conn {
+            sock,
+            deadline,
+            peer,
+            flags: 0,
+            out: None,
+            phase: Phase::Http(None),
+        }
+    }
+    /// Whether a flag is set.
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+    /// Whether bytes are waiting for the socket to drain.
+    pub fn blocked(&self) -> bool {
+        self.out.is_some()
+    }
+}
+
+/// The budget: `Conn` must stay within 64 bytes (see
+/// ../shared/design/core-layout.md).
+pub const CONN_SIZE: usize = std::mem::size_of::<Conn>();
+const _: () = assert!(CONN_SIZE <= 64);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conn_is_small() {
+        // Printed so the figure shows up in test logs next to the budget.
+        println!("size_of::<Conn>() = {}", super::CONN_SIZE);
+        assert_eq!(std::mem::size_of::<super::Cursor>(), 16);
+    }
+}

@@ -1,0 +1,587 @@
+//! HTTP/1.x on the wire: request heads (through httparse), request bodies
+//! (`Content-Length` and chunked), query strings, and response bytes.
+//!
+//! Parsing works on a borrowed byte slice and reports `Partial` for
+//! incomplete input, so complete requests are parsed straight out of the
+//! reactor's shared read buffer. This module never touches sockets, streams
+//! or routing.
+
+use std::borrow::Cow;
+
+/// Request methods the router distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+    Other,
+}
+
+/// What is wrong with a request, mapped to a status and a fixed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    BadRequest(&'static str),
+    LengthRequired,
+    PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+    VersionNotSupported,
+    NotImplemented(&'static str),
+    Timeout,
+}
+
+impl HttpError {
+    /// The status code.
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::LengthRequired => 411,
+            HttpError::PayloadTooLarge => 413,
+            HttpError::UriTooLong => 414,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::VersionNotSupported => 505,
+            HttpError::NotImplemented(_) => 501,
+            HttpError::Timeout => 408,
+        }
+    }
+    /// The message for the JSON error body.
+    pub fn message(self) -> &'static str {
+        match self {
+            HttpError::BadRequest(m) | HttpError::NotImplemented(m) => m,
+            HttpError::LengthRequired => {
+                "a request body needs Content-Length or chunked Transfer-Encoding"
+            }
+            HttpError::PayloadTooLarge => "request body is larger than --max-body",
+            HttpError::UriTooLong => "request line is longer than --max-header-bytes",
+            HttpError::HeadersTooLarge => "request headers are larger than --max-header-bytes",
+            HttpError::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
+            HttpError::Timeout => "request not received in time",
+        }
+    }
+    /// A short stable name for the `/stats` rejection counters.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HttpError::BadRequest(_) => "bad_request",
+            HttpError::LengthRequired => "length_required",
+            HttpError::PayloadTooLarge => "body_too_large",
+            HttpError::UriTooLong => "uri_too_long",
+            HttpError::HeadersTooLarge => "headers_too_large",
+            HttpError::VersionNotSupported => "bad_version",
+            HttpError::NotImplemented(_) => "not_implemented",
+            HttpError::Timeout => "timeout",
+        }
+    }
+}
+
+/// Size limits the parser enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body: usize,
+}
+
+/// A parsed request borrowing from the buffer it was read into.
+#[derive(Debug)]
+pub struct Request<'b> {
+    pub method: Method,
+    /// The path, not percent-decoded.
+    pub path: &'b str,
+    /// The raw query string (after `?`), possibly empty.
+    pub query: &'b str,
+    pub http10: bool,
+    /// Whether the connection may serve another request after this one.
+    pub keep_alive: bool,
+    pub headers: Vec<(&'b str, &'b [u8])>,
+    pub body: Cow<'b, [u8]>,
+}
+
+impl Request<'_> {
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+    /// A header as UTF-8 text, trimmed.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+    }
+    /// Every decoded value of query key `key`.
+    pub fn query_all<'q>(&'q self, key: &'q str) -> impl Iterator<Item = Cow<'q, str>> + 'q {
+        query_pairs(self.query)
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+    /// The first decoded value of query key `key`.
+    pub fn query_first<'q>(&'q self, key: &'q str) -> Option<Cow<'q, str>> {
+        self.query_all(key).next()
+    }
+    /// Whether the client asked for an event stream.
+    pub fn accepts_event_stream(&self) -> bool {
+        self.header("accept").is_some_and(|v| {
+            v.windows(17)
+                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+        })
+    }
+}
+
+/// The result of trying to parse one request from the front of a buffer.
+#[derive(Debug)]
+pub enum Parsed<'b> {
+    /// More bytes are needed.
+    Partial,
+    /// A whole request, and how many bytes of the buffer it used.
+    Complete(Request<'b>, usize),
+}
+
+const MAX_HEADERS: usize = 64;
+
+/// Parses one request from the front of `buf`.
+pub fn parse(buf: &[u8], limits: Limits) -> Result<Parsed<'_>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                let line_done = buf.contains(&b'\n');
+                return Err(if line_done {
+                    HttpError::HeadersTooLarge
+                } else {
+                    HttpError::UriTooLong
+                });
+            }
+            return Ok(Parsed::Partial);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
+        Err(httparse::Error::Token) => {
+            return Err(HttpError::BadRequest(
+                "malformed request line or header name",
+            ))
+        }
+        Err(httparse::Error::HeaderName) => {
+            return Err(HttpError::BadRequest("malformed header name"))
+        }
+        Err(httparse::Error::HeaderValue) => {
+            return Err(HttpError::BadRequest("malformed header value"))
+        }
+        Err(httparse::Error::NewLine) => {
+            return Err(HttpError::BadRequest("malformed line ending"))
+        }
+        Err(_) => return Err(HttpError::BadRequest("malformed request")),
+    };
+    if head_len > limits.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
+        "PATCH" => Method::Patch,
+        _ => Method::Other,
+    };
+    let target = req.path.unwrap_or("/");
+    let http10 = req.version == Some(0);
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    let path = strip_absolute_form(path);
+    let mut hs: Vec<(&str, &[u8])> = Vec::with_capacity(req.headers.len());
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut conn_close = false;
+    let mut conn_keep = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        let value = h.value;
+        if value.contains(&0) {
+            return Err(HttpError::BadRequest("NUL byte in a header value"));
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(value)
+                .map_err(|_| HttpError::BadRequest("bad Content-Length"))?;
+            let v = v.trim();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::BadRequest("bad Content-Length"));
+            }
+            let n: usize = v.parse().map_err(|_| HttpError::PayloadTooLarge)?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(HttpError::BadRequest("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked {
+                return Err(HttpError::BadRequest("repeated Transfer-Encoding"));
+            }
+            if value.eq_ignore_ascii_case(b"chunked") {
+                chunked = true;
+            } else {
+                return Err(HttpError::NotImplemented(
+                    "only chunked Transfer-Encoding is supported",
+                ));
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for tok in value.split(|&b| b == b',') {
+                let tok = tok.trim_ascii();
+                conn_close |= tok.eq_ignore_ascii_case(b"close");
+                conn_keep |= tok.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        hs.push((name, value));
+    }
+    if chunked && content_length.is_some() {
+        return Err(HttpError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if chunked && http10 {
+        return Err(HttpError::BadRequest("chunked bodies need HTTP/1.1"));
+    }
+    let keep_alive = if http10 {
+        conn_keep && !conn_close
+    } else {
+        !conn_close
+    };
+    let rest = &buf[head_len..];
+    let (body, used): (Cow<'_, [u8]>, usize) = if chunked {
+        match decode_chunked(rest, limits.max_body)? {
+            Some((b, n)) => (Cow::Owned(b), n),
+            None => return Ok(Parsed::Partial),
+        }
+    } else if let Some(n) = content_length {
+        if n > limits.max_body {
+            return Err(HttpError::PayloadTooLarge);
+        }
+        if rest.len() < n {
+            return Ok(Parsed::Partial);
+        }
+        (Cow::Borrowed(&rest[..n]), n)
+    } else {
+        if matches!(method, Method::Post | Method::Put | Method::Patch) {
+            return Err(HttpError::LengthRequired);
+        }
+        (Cow::Borrowed(&rest[..0]), 0)
+    };
+    let req = Request {
+        method,
+        path,
+        query,
+        http10,
+        keep_alive,
+        headers: hs,
+        body,
+    };
+    Ok(Parsed::Complete(req, head_len + used))
+}
+
+/// `http://host:port/path` request targets are reduced to their path.
+fn strip_absolute_form(path: &str) -> &str {
+    if let Some(rest) = path
+        .strip_prefix("http://")
+        .or_else(|| path.strip_prefix("https://"))
+    {
+        match rest.find('/') {
+            Some(i) => &rest[i..],
+            None => "/",
+        }
+    } else {
+        path
+    }
+}
+
+const MAX_CHUNK_LINE: usize = 32;
+
+/// Decodes a chunked body at the front of `buf`: `Ok(None)` while
+/// incomplete, otherwise the body and the bytes consumed. Chunk extensions
+/// and trailers are refused: they are rarely legitimate and a favourite of
+/// request smuggling.
+pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let mut body = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let rest = &buf[pos..];
+        let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
+            if rest.len() > MAX_CHUNK_LINE {
+                return Err(HttpError::BadRequest("chunk size line too long"));
+            }
+            return Ok(None);
+        };
+        if eol > MAX_CHUNK_LINE {
+            return Err(HttpError::BadRequest("chunk size line too long"));
+        }
+        let line = rest[..eol]
+            .strip_suffix(b"\r")
+            .ok_or(HttpError::BadRequest("chunk size line must end in CRLF"))?;
+        if line.contains(&b';') {
+            return Err(HttpError::BadRequest("chunk extensions are not accepted"));
+        }
+        if line.is_empty() || line.len() > 16 || !line.iter().all(u8::is_ascii_hexdigit) {
+            return Err(HttpError::BadRequest("bad chunk size"));
+        }
+        let text =
+            std::str::from_utf8(line).map_err(|_| HttpError::BadRequest("bad chunk size"))?;
+        let size =
+            usize::from_str_radix(text, 16).map_err(|_| HttpError::BadRequest("bad chunk size"))?;
+        pos += eol + 1;
+        if size == 0 {
+            let rest = &buf[pos..];
+            if rest.len() < 2 {
+                return Ok(None);
+            }
+            if &rest[..2] != b"\r\n" {
+                return Err(HttpError::BadRequest("trailers are not accepted"));
+            }
+            return Ok(Some((body, pos + 2)));
+        }
+        if body.len().saturating_add(size) > max_body {
+            return Err(HttpError::PayloadTooLarge);
+        }
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+            return Err(HttpError::BadRequest("chunk data must end in CRLF"));
+        }
+        pos += size + 2;
+    }
+}
+
+/// Decoded `key=value` pairs of a query or form body. Values that are not
+/// valid UTF-8 after decoding are replaced lossily; callers that must refuse
+/// them use [`decode_component`].
+pub fn query_pairs(q: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    q.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (decode_lossy(k), decode_lossy(v))
+    })
+}
+
+fn decode_lossy(s: &str) -> Cow<'_, str> {
+    match decode_component(s) {
+        Some(c) => c,
+        None => Cow::Owned(String::from_utf8_lossy(&decode_bytes(s)).into_owned()),
+    }
+}
+
+/// Percent-decodes (and `+` → space) one query component; `None` when the
+/// result is not UTF-8.
+pub fn decode_component(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
+    String::from_utf8(decode_bytes(s)).ok().map(Cow::Owned)
+}
+
+fn decode_bytes(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The reason phrase for a status code.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// A complete response with a body. `extra` holds whole header lines, each
+/// ending in CRLF.
+pub fn response(
+    status: u16,
+    http10: bool,
+    keep_alive: bool,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + extra.len() + body.len());
+    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let conn = match (http10, keep_alive) {
+        (_, false) => "Connection: close\r\n",
+        (true, true) => "Connection: keep-alive\r\n",
+        (false, true) => "",
+    };
+    let head = format!(
+        "{version} {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{conn}{extra}\r\n",
+        reason(status),
+        body.len()
+    );
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// `{"error": msg}` as a JSON body.
+pub fn error_body(msg: &str) -> Vec<u8> {
+    serde_json::json!({ "error": msg }).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        max_header_bytes: 8192,
+        max_body: 1 << 20,
+    };
+
+    fn complete(buf: &[u8]) -> (Request<'_>, usize) {
+        match parse(buf, L) {
+            Ok(Parsed::Complete(r, n)) => (r, n),
+            other => panic!("not complete: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get_with_query() {
+        let raw = b"GET /events?stream=a&stream=b%2Fc&x=1+2 HTTP/1.1\r\nHost: x\r\n\r\nextra";
+        let (r, n) = complete(raw);
+        assert_eq!(n, raw.len() - "extra".len());
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.path, "/events");
+        assert_eq!(r.query_all("stream").collect::<Vec<_>>(), vec!["a", "b/c"]);
+        assert_eq!(r.query_first("x").as_deref(), Some("1 2"));
+        assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn partial_until_body_complete() {
+        let req = b"POST /events?stream=a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..req.len() {
+            assert!(
+                matches!(parse(&req[..cut], L), Ok(Parsed::Partial)),
+                "cut {cut}"
+            );
+        }
+        let (r, n) = complete(req);
+        assert_eq!(&*r.body, b"hello");
+        assert_eq!(n, req.len());
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        for cut in 0..req.len() {
+            assert!(
+                matches!(parse(&req[..cut], L), Ok(Parsed::Partial)),
+                "cut {cut}"
+            );
+        }
+        let (r, n) = complete(req);
+        assert_eq!(&*r.body, b"hello world");
+        assert_eq!(n, req.len());
+    }
+
+    #[test]
+    fn smuggling_shapes_rejected() {
+        let bad: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000000000005\r\n",
+        ];
+        for b in bad {
+            let e = parse(b, L).expect_err(&String::from_utf8_lossy(b));
+            assert_eq!(e.status(), 400, "{}", String::from_utf8_lossy(b));
+        }
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", L)
+                .unwrap_err()
+                .status(),
+            501
+        );
+    }
+
+    #[test]
+    fn statuses_for_limits() {
+        let e = |b: &[u8]| parse(b, L).unwrap_err().status();
+        assert_eq!(e(b"POST / HTTP/1.1\r\n\r\n"), 411);
+        assert_eq!(
+            e(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
+            413
+        );
+        assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), 505);
+        let long_line = [b"GET /".as_slice(), &vec![b'a'; 9000]].concat();
+        assert_eq!(e(&long_line), 414);
+        let long_head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 9000]].concat();
+        assert_eq!(e(&long_head), 431);
+    }
+
+    #[test]
+    fn http10_keepalive_rules() {
+        let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(r.http10 && !r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(decode_component("a%20b").as_deref(), Some("a b"));
+        assert_eq!(decode_component("%E2%9C%93").as_deref(), Some("✓"));
+        assert_eq!(decode_component("%ff"), None);
+        assert_eq!(decode_component("100%").as_deref(), Some("100%"));
+        assert_eq!(decode_component("%4").as_deref(), Some("%4"));
+    }
+}

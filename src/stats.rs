@@ -1,0 +1,250 @@
+//! Server counters and their two renderings: `/stats` JSON and `/metrics`
+//! in Prometheus text format 0.0.4. Counting is plain field increments on
+//! the reactor thread; nothing here is shared across threads.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Monotonic counters. Gauges (connections, streams, RSS) are passed in at
+/// render time by the server, which owns the things they measure.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub accepted: u64,
+    pub closed: u64,
+    pub requests: u64,
+    pub events_published: u64,
+    pub frames_written: u64,
+    pub bytes_written: u64,
+    pub heartbeats: u64,
+    pub gaps_sent: u64,
+    pub slow_consumers_dropped: u64,
+    pub write_timeouts: u64,
+    pub accept_errors: u64,
+    pub accept_paused: u64,
+    /// Rejections by reason (`bad_request`, `timeout`, `over_capacity`…).
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    /// Counts one rejected request or connection.
+    pub fn reject(&mut self, reason: &'static str) {
+        *self.rejected.entry(reason).or_insert(0) += 1;
+    }
+}
+
+/// Point-in-time values owned by the server.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    pub connections: usize,
+    pub http_connections: usize,
+    pub sse_connections: usize,
+    pub app_connections: usize,
+    pub blocked_subscribers: usize,
+    pub streams: usize,
+    pub internal_streams: usize,
+    pub history_events: usize,
+    pub history_bytes: usize,
+    pub timers: usize,
+    pub connection_size: usize,
+    pub uptime_secs: f64,
+    pub rss_bytes: u64,
+    pub per_ip_entries: usize,
+    pub max_connections: usize,
+}
+
+/// `/stats` as JSON.
+pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
+    serde_json::json!({
+        "uptime_secs": g.uptime_secs,
+        "rss_bytes": g.rss_bytes,
+        "connections": {
+            "total": g.connections,
+            "http": g.http_connections,
+            "sse": g.sse_connections,
+            "app": g.app_connections,
+            "blocked": g.blocked_subscribers,
+            "max": g.max_connections,
+            "peers": g.per_ip_entries,
+            "accepted": c.accepted,
+            "closed": c.closed,
+        },
+        "connection_struct_bytes": g.connection_size,
+        "streams": g.streams,
+        "internal_streams": g.internal_streams,
+        "history": { "events": g.history_events, "bytes": g.history_bytes },
+        "timers": g.timers,
+        "requests": c.requests,
+        "events_published": c.events_published,
+        "frames_written": c.frames_written,
+        "bytes_written": c.bytes_written,
+        "heartbeats": c.heartbeats,
+        "gaps_sent": c.gaps_sent,
+        "slow_consumers_dropped": c.slow_consumers_dropped,
+        "write_timeouts": c.write_timeouts,
+        "accept_errors": c.accept_errors,
+        "accept_paused": c.accept_paused,
+        "rejected": c.rejected,
+    })
+}
+
+/// `/metrics` in Prometheus text format 0.0.4.
+pub fn prometheus(c: &Counters, g: &Gauges) -> String {
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = write!(
+            s,
+            "# HELP ssed_{name} {help}\n# TYPE ssed_{name} {kind}\nssed_{name} {value}\n"
+        );
+    };
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        format!("{:.3}", g.uptime_secs),
+    );
+    metric(
+        "resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+        g.rss_bytes.to_string(),
+    );
+    metric(
+        "connections",
+        "gauge",
+        "Open connections.",
+        g.connections.to_string(),
+    );
+    metric(
+        "sse_connections",
+        "gauge",
+        "Open event-stream connections.",
+        (g.sse_connections + g.app_connections).to_string(),
+    );
+    metric(
+        "blocked_subscribers",
+        "gauge",
+        "Subscribers waiting for their socket to drain.",
+        g.blocked_subscribers.to_string(),
+    );
+    metric("streams", "gauge", "Streams.", g.streams.to_string());
+    metric(
+        "history_bytes",
+        "gauge",
+        "Bytes retained in stream histories.",
+        g.history_bytes.to_string(),
+    );
+    metric(
+        "timers",
+        "gauge",
+        "Pending timer entries.",
+        g.timers.to_string(),
+    );
+    metric(
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        c.accepted.to_string(),
+    );
+    metric(
+        "connections_closed_total",
+        "counter",
+        "Connections closed.",
+        c.closed.to_string(),
+    );
+    metric(
+        "requests_total",
+        "counter",
+        "HTTP requests parsed.",
+        c.requests.to_string(),
+    );
+    metric(
+        "events_published_total",
+        "counter",
+        "Events published.",
+        c.events_published.to_string(),
+    );
+    metric(
+        "frames_written_total",
+        "counter",
+        "Event frames written to subscribers.",
+        c.frames_written.to_string(),
+    );
+    metric(
+        "bytes_written_total",
+        "counter",
+        "Bytes written to sockets.",
+        c.bytes_written.to_string(),
+    );
+    metric(
+        "heartbeats_total",
+        "counter",
+        "Heartbeat comments written.",
+        c.heartbeats.to_string(),
+    );
+    metric(
+        "gaps_total",
+        "counter",
+        "Gap events sent.",
+        c.gaps_sent.to_string(),
+    );
+    metric(
+        "slow_consumers_dropped_total",
+        "counter",
+        "Subscribers dropped for lagging past --max-pending-bytes.",
+        c.slow_consumers_dropped.to_string(),
+    );
+    metric(
+        "write_timeouts_total",
+        "counter",
+        "Subscribers dropped after --write-timeout without progress.",
+        c.write_timeouts.to_string(),
+    );
+    metric(
+        "accept_errors_total",
+        "counter",
+        "accept() failures (EMFILE and others).",
+        c.accept_errors.to_string(),
+    );
+    let _ = write!(s, "# HELP ssed_rejected_total Requests or connections rejected, by reason.\n# TYPE ssed_rejected_total counter\n");
+    for (reason, n) in &c.rejected {
+        let _ = writeln!(s, "ssed_rejected_total{{reason=\"{reason}\"}} {n}");
+    }
+    s
+}
+
+/// Resident set size of this process from `/proc/self/statm` (0 if unknown).
+pub fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_shape() {
+        let mut c = Counters {
+            events_published: 3,
+            ..Counters::default()
+        };
+        c.reject("timeout");
+        let text = prometheus(&c, &Gauges::default());
+        assert!(text.contains(
+            "# TYPE ssed_events_published_total counter\nssed_events_published_total 3\n"
+        ));
+        assert!(text.contains("ssed_rejected_total{reason=\"timeout\"} 1\n"));
+        let j = json(&c, &Gauges::default());
+        assert_eq!(j["events_published"], 3);
+        assert_eq!(j["rejected"]["timeout"], 1);
+    }
+}
