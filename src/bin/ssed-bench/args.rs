@@ -24,12 +24,18 @@ COMMON OPTIONS:
   --pid PID            server process to measure (default: found from the
                        listening port via /proc/net/tcp, best effort)
   --per-worker K       sockets per worker process (default 9000)
-  --per-source K       sockets per source address 127.0.0.2, .3, ... (default 4096)
+  --per-source K       sockets per source address 127.0.0.2, .3, ... (default 1000,
+                       ssed's default --max-connections-per-ip)
   --inflight K         unanswered connects per worker at a time (default 256)
   --timeout S          seconds to wait for every subscription (default 120)
 
 URL is http://127.x.y.z:PORT/path?query (or localhost); other hosts are refused.
 ";
+
+/// Connections per source address: ssed admits at most 1000 per client IP
+/// by default (`--max-connections-per-ip`), so a run of 19,000 uses 19
+/// addresses and measures the server, not its per-IP limit.
+pub const DEFAULT_PER_SOURCE: usize = 1000;
 
 /// A parsed `http://` URL pointing at a loopback IPv4 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +259,7 @@ impl Flags {
             return Err("--n must be at least 1".into());
         }
         let per_worker: usize = self.num("per-worker", Some(9000))?;
-        let per_source: usize = self.num("per-source", Some(4096))?;
+        let per_source: usize = self.num("per-source", Some(DEFAULT_PER_SOURCE))?;
         let inflight: usize = self.num("inflight", Some(256))?;
         // A worker also holds a few pipes and the poll fd; 19,000 leaves
         // room under the 20,000 open-file limit.
@@ -323,7 +329,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 url: f.url("url")?,
                 pid: f.opt_num("pid")?,
                 cycles: f.num("cycles", None)?,
-                per_source: f.num("per-source", Some(4096))?.max(1),
+                per_source: f.num("per-source", Some(DEFAULT_PER_SOURCE))?.max(1),
                 max_time: f.secs("max-seconds", 120.0)?,
             });
             (cmd, f.json)
@@ -355,7 +361,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 url: f.url("url")?,
                 start: f.num("start", None)?,
                 count: f.num("count", None)?,
-                per_source: f.num("per-source", Some(4096))?.max(1),
+                per_source: f.num("per-source", Some(DEFAULT_PER_SOURCE))?.max(1),
                 inflight: f.num("inflight", Some(256))?.max(1),
                 expect: f.num("expect", Some(0))?,
                 ready_timeout: f.secs("timeout", 120.0)?,
@@ -408,7 +414,7 @@ mod tests {
         };
         assert_eq!(d.load.n, 19000);
         assert_eq!(d.load.per_worker, 9000);
-        assert_eq!(d.load.per_source, 4096);
+        assert_eq!(d.load.per_source, 1000);
         assert_eq!(d.pid, None);
         assert_eq!(d.settle, Duration::from_millis(1000));
 

@@ -281,7 +281,7 @@ pub fn churn(o: &ChurnOpts) -> Result<Report, String> {
     while i < o.cycles && started.elapsed() < o.max_time {
         // Each close leaves a TIME_WAIT on our side; rotating the source
         // address keeps a long run clear of port exhaustion.
-        let src = net::source_addr(i as usize, o.per_source.min(1000));
+        let src = net::source_addr(i as usize, o.per_source);
         match churn_once(&o.url, src, &req) {
             Ok(()) => ok += 1,
             Err(e) => {
