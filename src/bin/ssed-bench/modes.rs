@@ -64,10 +64,12 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
     let pid = resolve_pid(o.pid, url);
     let before = sample(pid);
     let sock_before = procfs::read_sockstat();
+    let overflows_before = procfs::read_listen_overflows();
 
     let lifetime = o.load.ready_timeout + o.settle + Duration::from_secs(120);
     let mut fleet = Fleet::spawn(&o.load, 0, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
+    let overflows_after = procfs::read_listen_overflows();
     std::thread::sleep(o.settle);
     let after = sample(pid);
     let sock_after = procfs::read_sockstat();
@@ -84,6 +86,13 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
     r.add("workers", workers as u64, "");
     r.add("connect_secs", round2(Some(ready.secs)), "s");
     r.add("connect_rate", round2(rate(n, ready.secs)), "conns/s");
+    r.add(
+        "listen_overflows",
+        overflows_before
+            .zip(overflows_after)
+            .map(|(b, a)| a.saturating_sub(b)),
+        "SYNs dropped (system-wide)",
+    );
     r.add("closed_by_server", done.server_closed, "");
     let (b, a) = (before.unwrap_or_default(), after.unwrap_or_default());
     let have = before.is_some() && after.is_some();

@@ -95,6 +95,23 @@ pub fn parse_sockstat(text: &str) -> Option<TcpSockstat> {
     Some(s)
 }
 
+/// `TcpExt: ListenOverflows` from /proc/net/netstat: SYNs dropped because
+/// some listener's accept queue was full (system-wide). Each one costs that
+/// client a 1 s retransmit, so it explains a low connect rate.
+pub fn parse_listen_overflows(text: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let keys = lines.next()?;
+    let values = lines.next()?;
+    let i = keys
+        .split_whitespace()
+        .position(|k| k == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+pub fn read_listen_overflows() -> Option<u64> {
+    parse_listen_overflows(&fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
 /// Inodes of sockets listening (state 0A) on `port` in /proc/net/tcp or
 /// tcp6 text.
 pub fn parse_listen_inodes(text: &str, port: u16) -> Vec<u64> {
@@ -257,6 +274,13 @@ voluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t3\n";
         assert_eq!(s.alloc, 38010);
         assert_eq!(s.mem_pages, 77);
         assert_eq!(parse_sockstat("UDP: inuse 2\n"), None);
+    }
+
+    #[test]
+    fn listen_overflows() {
+        let t = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 258 260\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_listen_overflows(t), Some(258));
+        assert_eq!(parse_listen_overflows("IpExt: a\nIpExt: 1\n"), None);
     }
 
     #[test]
