@@ -6,7 +6,8 @@
 # Usage: bench/compare.sh
 # Environment: SSED_PORT (default 18090), NCHAN_PORT (default 18091),
 #   CARGO_TARGET_DIR (default ./target), SERVERS (default "ssed nchan";
-#   "ssed" alone skips the peer).
+#   "ssed" alone skips the peer), REPEAT (default 3: rounds of the whole
+#   suite; the table shows the median and the range of the rounds).
 #
 # Each server is restarted before every measurement so no run inherits
 # another's heap. Each ssed-bench call is bounded with `timeout`, and the
@@ -20,6 +21,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 SSED_PORT="${SSED_PORT:-18090}"
 NCHAN_PORT="${NCHAN_PORT:-18091}"
 MAX_TOTAL="${MAX_TOTAL:-1200}"
+REPEAT="${REPEAT:-3}"
 OUT_MD="$TARGET/bench-compare.md"
 RAW="$TARGET/bench-compare"
 STREAM="bench"
@@ -92,49 +94,59 @@ trap cleanup EXIT
 port_of() { if [ "$1" = ssed ]; then echo "$SSED_PORT"; else echo "$NCHAN_PORT"; fi; }
 
 # run SERVER NAME TIMEOUT_SECS SUBCOMMAND ARGS...: fresh server, one
-# measurement, JSON into $RAW/SERVER-NAME.json.
+# measurement, JSON into $RAW/SERVER-NAME.ROUND.json.
 run() {
     local server="$1" name="$2" limit="$3"
+    local file="$RAW/$server-$name.$ROUND.json"
     shift 3
     if [ "$SECONDS" -ge "$MAX_TOTAL" ]; then
         echo "skipping $server $name: over the ${MAX_TOTAL}s budget" >&2
         return 0
     fi
     "start_$server"
+    # A server's heap still moves for a moment after it starts listening
+    # (ssed builds its hub on the loop thread); sampling "before" too early
+    # would charge that to the connections.
+    sleep 1
     local url="http://127.0.0.1:$(port_of "$server")/events?stream=$STREAM"
-    echo "== $server $name: ssed-bench $*" >&2
+    echo "== round $ROUND: $server $name: ssed-bench $*" >&2
     if timeout --signal=TERM --kill-after=10 "$limit" \
-        "$BENCH" "$@" --url "$url" --pid "$SERVER_PID" --json >"$RAW/$server-$name.json"; then
-        cat "$RAW/$server-$name.json" >&2
+        "$BENCH" "$@" --url "$url" --pid "$SERVER_PID" --json >"$file"; then
+        cat "$file" >&2
     else
         echo "   failed or timed out (exit $?)" >&2
-        rm -f "$RAW/$server-$name.json"
+        rm -f "$file"
     fi
     "stop_$server"
     # Let closed sockets and the CPU settle between runs.
     sleep 2
 }
 
-for server in $SERVERS; do
-    for n in 1000 10000 19000; do
-        run "$server" "density-$n" 180 density --n "$n"
+# Rounds interleave the whole suite rather than repeating one run back to
+# back, so a burst of load from elsewhere on the box spreads over figures
+# instead of skewing one.
+for ROUND in $(seq 1 "$REPEAT"); do
+    for server in $SERVERS; do
+        for n in 1000 10000 19000; do
+            run "$server" "density-$n" 180 density --n "$n"
+        done
     done
-done
-for server in $SERVERS; do
-    port="$(port_of "$server")"
-    pub="http://127.0.0.1:$port/events?stream=$STREAM"
-    for n in 1000 10000; do
-        # As fast as the server answers: throughput and CPU per event.
-        run "$server" "fanout-$n" 240 fanout --n "$n" --m 200 --size 64 \
-            --publish "$pub" --max-seconds 180
+    for server in $SERVERS; do
+        port="$(port_of "$server")"
+        pub="http://127.0.0.1:$port/events?stream=$STREAM"
+        for n in 1000 10000; do
+            # As fast as the server answers: throughput and CPU per event.
+            run "$server" "fanout-$n" 240 fanout --n "$n" --m 200 --size 64 \
+                --publish "$pub" --max-seconds 180
+        done
+        # Paced at 2 events/s, slow enough for both servers and for the
+        # receivers: latency is then the time one event takes to reach all
+        # 10,000 subscribers, not a queue.
+        run "$server" fanout-10000-paced 120 fanout --n 10000 --m 20 --size 64 --rate 2 \
+            --publish "$pub" --max-seconds 60
+        run "$server" idle-10000 120 idle --n 10000 --seconds 10
+        run "$server" churn-5000 120 churn --cycles 5000 --max-seconds 60
     done
-    # Paced at 2 events/s, slow enough for both servers and for the
-    # receivers: latency is then the time one event takes to reach all
-    # 10,000 subscribers, not a queue.
-    run "$server" fanout-10000-paced 120 fanout --n 10000 --m 20 --size 64 --rate 2 \
-        --publish "$pub" --max-seconds 60
-    run "$server" idle-10000 120 idle --n 10000 --seconds 10
-    run "$server" churn-5000 120 churn --cycles 5000 --max-seconds 60
 done
 
 # The table: one row per figure, one column per server, and the ratio.
@@ -142,12 +154,20 @@ python3 - "$RAW" "$SERVERS" >"$OUT_MD" <<'PY'
 import json, os, sys
 
 raw, servers = sys.argv[1], sys.argv[2].split()
+import glob, statistics
+
 def get(server, name, key):
-    try:
-        with open(os.path.join(raw, f"{server}-{name}.json")) as f:
-            return json.load(f).get(key)
-    except (OSError, ValueError):
-        return None
+    """The figure from every round that produced it."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(raw, f"{server}-{name}.*.json"))):
+        try:
+            with open(path) as f:
+                v = json.load(f).get(key)
+        except (OSError, ValueError):
+            continue
+        if v is not None:
+            out.append(v)
+    return out
 
 # (label, run, key, unit, decimals, better): better is "lower" or
 # "higher" for rows that get a ratio, None for counts and tiny figures.
@@ -184,12 +204,19 @@ ROWS += [
     ("churn 5,000: server RSS growth", "churn-5000", "rss_growth_kb", "kB", 0, None),
 ]
 
-def fmt(v, digits):
-    if v is None:
-        return "–"
-    if isinstance(v, tuple):
-        return " / ".join(fmt(x, 0) for x in v)
+def num(v, digits):
     return f"{v:,.{digits}f}"
+
+def cell(vals, digits):
+    """Median, and the range when the rounds disagree."""
+    if not vals:
+        return "–", None
+    med = statistics.median(vals)
+    lo, hi = min(vals), max(vals)
+    text = num(med, digits)
+    if len(vals) > 1 and num(lo, digits) != num(hi, digits):
+        text += f" ({num(lo, digits)}–{num(hi, digits)})"
+    return text, med
 
 names = {"ssed": "ssed", "nchan": "nginx+nchan"}
 pair = servers == ["ssed", "nchan"]
@@ -197,16 +224,22 @@ head = ["figure"] + [names.get(s, s) for s in servers] + (["ssed better by"] if 
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|")
 for label, name, key, unit, digits, better in ROWS:
-    vals = []
+    cells, meds = [], []
     for s in servers:
         if isinstance(key, tuple):
-            parts = tuple(get(s, name, k) for k in key)
-            vals.append(None if None in parts else parts)
+            # Counts: the worst round, against what was expected.
+            got, want = get(s, name, key[0]), get(s, name, key[1])
+            if got and want:
+                cells.append(f"{num(min(got), 0)} / {num(max(want), 0)} ({len(got)} runs)")
+            else:
+                cells.append("–")
+            meds.append(None)
         else:
-            vals.append(get(s, name, key))
-    cells = [fmt(v, digits) for v in vals]
+            text, med = cell(get(s, name, key), digits)
+            cells.append(text)
+            meds.append(med)
     if pair:
-        ssed, peer = vals
+        ssed, peer = meds
         ratio = ""
         if better and all(isinstance(v, (int, float)) and v > 0 for v in (ssed, peer)):
             r = peer / ssed if better == "lower" else ssed / peer
