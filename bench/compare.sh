@@ -110,8 +110,11 @@ run() {
     sleep 1
     local url="http://127.0.0.1:$(port_of "$server")/events?stream=$STREAM"
     echo "== round $ROUND: $server $name: ssed-bench $*" >&2
+    # Without a PID ssed-bench finds the server from its port itself.
+    local pid_arg=()
+    case "$SERVER_PID" in '' | *[!0-9]*) ;; *) pid_arg=(--pid "$SERVER_PID") ;; esac
     if timeout --signal=TERM --kill-after=10 "$limit" \
-        "$BENCH" "$@" --url "$url" --pid "$SERVER_PID" --json >"$file"; then
+        "$BENCH" "$@" --url "$url" "${pid_arg[@]}" --json >"$file"; then
         cat "$file" >&2
     else
         echo "   failed or timed out (exit $?)" >&2

@@ -32,14 +32,18 @@ sed -e "s#@PORT@#$PORT#g" -e "s#@RUNDIR@#$RUNDIR#g" "$HERE/nginx.conf" > "$RUNDI
 ulimit -n 20000 2>/dev/null || true
 "$NGINX" -p "$RUNDIR" -c "$RUNDIR/nginx.conf" -e "$RUNDIR/error.log"
 
-# Wait (bounded) until the port answers.
+# Wait (bounded) until the port answers and the worker exists: the master
+# opens the listening socket before it forks the worker, so an answering
+# port alone does not mean there is a worker PID to measure yet.
 for _ in $(seq 1 50); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-        MASTER="$(cat "$RUNDIR/nginx.pid")"
-        WORKER="$(pgrep -P "$MASTER" | head -n1 || true)"
-        echo "listening on http://127.0.0.1:$PORT"
-        echo "worker pid ${WORKER:-unknown}"
-        exit 0
+        MASTER="$(cat "$RUNDIR/nginx.pid" 2>/dev/null || true)"
+        WORKER="$(pgrep -P "${MASTER:-0}" | head -n1 || true)"
+        if [ -n "$WORKER" ]; then
+            echo "listening on http://127.0.0.1:$PORT"
+            echo "worker pid $WORKER"
+            exit 0
+        fi
     fi
     sleep 0.1
 done
