@@ -32,6 +32,12 @@ const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 const INBOX_LIMIT: usize = 65_536;
 /// Back-off after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
+/// Reads of one connection per loop turn (64 KiB each), so a flooding peer
+/// cannot starve the others.
+const READS_PER_TURN: usize = 16;
+/// Connections accepted per listener per loop turn, so a connect storm
+/// cannot starve established connections; the rest wait one turn.
+const ACCEPT_BATCH: usize = 256;
 
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
@@ -147,6 +153,8 @@ impl Bound {
             rbuf: vec![0; READ_BUF],
             shared: self.shared,
             accept_paused: false,
+            accept_more: Vec::new(),
+            read_again: Vec::new(),
         };
         r.run()
     }
@@ -160,6 +168,10 @@ struct Reactor {
     rbuf: Vec<u8>,
     shared: Arc<Shared>,
     accept_paused: bool,
+    /// Listeners that still had connections waiting when their batch ran out.
+    accept_more: Vec<usize>,
+    /// Connections that used their read budget and may have more input.
+    read_again: Vec<u32>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -171,17 +183,27 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             self.hub.tick_clock();
-            let timeout = self
-                .hub
-                .timers
-                .next_at()
-                .map(|t| Duration::from_millis(t.saturating_sub(self.hub.now_ms)));
+            let timeout =
+                if self.accept_more.is_empty() && self.read_again.is_empty() && !self.hub.busy() {
+                    self.hub
+                        .timers
+                        .next_at()
+                        .map(|t| Duration::from_millis(t.saturating_sub(self.hub.now_ms)))
+                } else {
+                    Some(Duration::ZERO)
+                };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
             self.hub.tick_clock();
+            for i in std::mem::take(&mut self.accept_more) {
+                self.accept(i);
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.on_readable(key);
+            }
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
@@ -285,7 +307,7 @@ impl Reactor {
         if self.accept_paused || self.hub.shutting_down {
             return;
         }
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let Some(l) = self.listeners.get(i) else {
                 return;
             };
@@ -315,6 +337,9 @@ impl Reactor {
                     log::debug!("accept: {e}");
                 }
             }
+        }
+        if !self.accept_more.contains(&i) {
+            self.accept_more.push(i);
         }
     }
 
@@ -406,7 +431,7 @@ impl Reactor {
     /// The readable edge: read until WouldBlock, routing complete requests
     /// as they arrive. Streaming connections' input is read and dropped.
     fn on_readable(&mut self, key: u32) {
-        loop {
+        for _ in 0..READS_PER_TURN {
             let lingering = self.hub.lingering(key);
             let Some(conn) = self.hub.conns.get_mut(key as usize) else {
                 return;
@@ -465,15 +490,24 @@ impl Reactor {
                 return;
             };
             let open = !conn.has(flags::CLOSE_AFTER_FLUSH) && !conn.has(flags::CLOSING);
+            // A request that began in this read (after an idle gap, or after
+            // one completed just now) gets a fresh header deadline; bytes
+            // dribbled into the same request never extend it (slowloris).
+            let new_request = was_idle || conn.has(flags::IDLE);
             if let (Phase::Http(slot), Some(rest)) = (&mut conn.phase, leftover) {
                 if open {
                     *slot = Some(rest);
                     conn.flags &= !flags::IDLE;
-                    if was_idle || conn.out.is_none() {
+                    if new_request {
                         self.hub.set_deadline(key, header_deadline);
                     }
                 }
             }
+        }
+        // Still readable after a full budget: no new edge will come, so
+        // carry on next turn, after everyone else.
+        if !self.read_again.contains(&key) {
+            self.read_again.push(key);
         }
     }
 }
