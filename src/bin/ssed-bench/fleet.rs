@@ -15,6 +15,11 @@ pub struct Fleet {
     children: Vec<Child>,
     stdins: Vec<Option<ChildStdin>>,
     lines: Receiver<(usize, Value)>,
+    /// Reports received so far, by worker, kept across waits: a wait that
+    /// times out must not lose the reports that did arrive, since those
+    /// workers will not send them again.
+    ready: Vec<Option<Value>>,
+    done: Vec<Option<Value>>,
 }
 
 /// Sum of the workers' `ready` reports.
@@ -56,6 +61,8 @@ impl Fleet {
             children: Vec::new(),
             stdins: Vec::new(),
             lines,
+            ready: vec![None; workers],
+            done: vec![None; workers],
         };
         for w in 0..workers {
             let start = w * chunk;
@@ -102,19 +109,24 @@ impl Fleet {
         self.children.len()
     }
 
-    /// Collects one message of `kind` from every worker, or fails at
-    /// `deadline`.
-    fn collect(&mut self, kind: &str, deadline: Instant) -> Result<Vec<Value>, String> {
-        let mut got: Vec<Option<Value>> = vec![None; self.len()];
-        while got.iter().any(Option::is_none) {
+    /// Waits until every worker has sent its `ready` (or, with `done`, its
+    /// `done`) report, or fails at `deadline`.
+    fn collect(&mut self, done: bool, deadline: Instant) -> Result<Vec<Value>, String> {
+        let kind = if done { "done" } else { "ready" };
+        loop {
+            let got = if done { &self.done } else { &self.ready };
+            let missing = got.iter().filter(|g| g.is_none()).count();
+            if missing == 0 {
+                return Ok(got.iter().flatten().cloned().collect());
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok((w, v)) if v["type"] == kind => got[w] = Some(v),
+                Ok((w, v)) if v["type"] == "ready" => self.ready[w] = Some(v),
+                Ok((w, v)) if v["type"] == "done" => self.done[w] = Some(v),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(format!(
-                        "{} of {} workers did not report {kind} in time",
-                        got.iter().filter(|g| g.is_none()).count(),
+                        "{missing} of {} workers did not report {kind} in time",
                         self.len()
                     ))
                 }
@@ -123,11 +135,10 @@ impl Fleet {
                 }
             }
         }
-        Ok(got.into_iter().flatten().collect())
     }
 
     pub fn wait_ready(&mut self, deadline: Instant) -> Result<Ready, String> {
-        let msgs = self.collect("ready", deadline)?;
+        let msgs = self.collect(false, deadline)?;
         let mut r = Ready::default();
         let mut t0 = u64::MAX;
         let mut t1 = 0;
@@ -156,7 +167,7 @@ impl Fleet {
     }
 
     pub fn wait_done(&mut self, deadline: Instant) -> Result<Done, String> {
-        let msgs = self.collect("done", deadline)?;
+        let msgs = self.collect(true, deadline)?;
         let mut d = Done::default();
         for m in &msgs {
             d.events += m["events"].as_u64().unwrap_or(0);
