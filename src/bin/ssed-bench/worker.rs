@@ -286,11 +286,18 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
                             let rest = head.split_off(at);
                             t.ok += 1;
                             pending -= 1;
-                            c.phase = Phase::Streaming(SseParser::default());
-                            let Phase::Streaming(p) = &mut c.phase else {
-                                unreachable!()
-                            };
-                            feed(p, &rest, now, &mut c.events, o.expect, &mut t, &mut hist);
+                            // The body's first bytes may share this read.
+                            let mut p = SseParser::default();
+                            feed(
+                                &mut p,
+                                &rest,
+                                now,
+                                &mut c.events,
+                                o.expect,
+                                &mut t,
+                                &mut hist,
+                            );
+                            c.phase = Phase::Streaming(p);
                             body = &[];
                         }
                     }
