@@ -221,3 +221,29 @@ fn refuses_non_loopback_targets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
 }
+
+#[test]
+fn fails_when_nothing_listens() {
+    // A port that was free a moment ago: connects are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/events?stream=x");
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args([
+            "density",
+            "--url",
+            &url,
+            "--n",
+            "3",
+            "--pid",
+            "1",
+            "--timeout",
+            "10",
+        ])
+        .output()
+        .expect("run ssed-bench");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no subscription succeeded"));
+}

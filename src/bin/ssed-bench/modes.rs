@@ -19,6 +19,18 @@ use crate::stats::{per_conn_bytes, rate};
 /// How long a finished worker may take to send its last report.
 const REPORT_WAIT: Duration = Duration::from_secs(30);
 
+/// A run in which no subscription got its `200` measured nothing: an
+/// error, not a report of zeros.
+fn no_subscriber(ready: &crate::fleet::Ready) -> Result<(), String> {
+    if ready.ok > 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "no subscription succeeded: {}",
+        ready.first_error.as_deref().unwrap_or("no error recorded")
+    ))
+}
+
 /// `--pid`, or the process listening on the URL's port.
 fn resolve_pid(pid: Option<u32>, url: &Url) -> Option<u32> {
     let pid = pid.or_else(|| procfs::find_pid_by_port(url.addr.port()));
@@ -69,6 +81,7 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
     let lifetime = o.load.ready_timeout + o.settle + Duration::from_secs(120);
     let mut fleet = Fleet::spawn(&o.load, 0, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
+    no_subscriber(&ready)?;
     let overflows_after = procfs::read_listen_overflows();
     std::thread::sleep(o.settle);
     let after = sample(pid);
@@ -146,12 +159,7 @@ pub fn fanout(o: &FanoutOpts) -> Result<Report, String> {
     let lifetime = o.load.ready_timeout + o.max_time + Duration::from_secs(60);
     let mut fleet = Fleet::spawn(&o.load, o.m, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
-    if ready.ok == 0 {
-        return Err(format!(
-            "no subscription succeeded: {}",
-            ready.first_error.unwrap_or_default()
-        ));
-    }
+    no_subscriber(&ready)?;
 
     let mut publisher = net::Publisher::connect(&o.publish, Duration::from_secs(10))
         .map_err(|e| format!("publisher connect: {e}"))?;
@@ -333,6 +341,7 @@ pub fn idle(o: &IdleOpts) -> Result<Report, String> {
     let lifetime = o.load.ready_timeout + o.seconds + Duration::from_secs(120);
     let mut fleet = Fleet::spawn(&o.load, 0, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
+    no_subscriber(&ready)?;
     // The accept burst is not idleness: let it finish first.
     std::thread::sleep(Duration::from_millis(500));
     let before = sample(pid);
