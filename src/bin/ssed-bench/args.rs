@@ -1,0 +1,492 @@
+//! Command-line parsing: `ssed-bench SUBCOMMAND [--flag VALUE]... [--json]`.
+//!
+//! Hand-rolled because the crate's dependency set is fixed (no clap); the
+//! grammar is small enough that a flag table per subcommand is clearer than
+//! a generic framework anyway.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+/// Usage text printed by `--help` and on argument errors.
+pub const USAGE: &str = "\
+ssed-bench: load and density measurements for SSE servers (loopback only)
+
+USAGE:
+  ssed-bench density --url URL --n N [--pid PID] [--settle-ms MS]
+  ssed-bench fanout  --url URL --publish URL --n N --m M --size B [--rate R]
+                     [--max-seconds S] [--pid PID]
+  ssed-bench churn   --url URL --cycles C [--max-seconds S] [--pid PID]
+  ssed-bench idle    --url URL --n N --seconds S [--pid PID]
+
+COMMON OPTIONS:
+  --json               print one JSON object instead of a table
+  --pid PID            server process to measure (default: found from the
+                       listening port via /proc/net/tcp, best effort)
+  --per-worker K       sockets per worker process (default 9000)
+  --per-source K       sockets per source address 127.0.0.2, .3, ... (default 1000,
+                       ssed's default --max-connections-per-ip)
+  --inflight K         unanswered connects per worker at a time (default 256)
+  --timeout S          seconds to wait for every subscription (default 120)
+
+URL is http://127.x.y.z:PORT/path?query (or localhost); other hosts are refused.
+";
+
+/// Connections per source address: ssed admits at most 1000 per client IP
+/// by default (`--max-connections-per-ip`), so a run of 19,000 uses 19
+/// addresses and measures the server, not its per-IP limit.
+pub const DEFAULT_PER_SOURCE: usize = 1000;
+
+/// A parsed `http://` URL pointing at a loopback IPv4 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub addr: SocketAddrV4,
+    /// Value for the `Host` header, as written in the URL.
+    pub host_header: String,
+    /// Path plus query, e.g. `/events?stream=bench`.
+    pub path_query: String,
+}
+
+impl Url {
+    /// Parses `http://HOST[:PORT][/PATH[?QUERY]]`, refusing anything that is
+    /// not on 127.0.0.0/8: this tool generates load and must never aim it at
+    /// another machine.
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{s}: only http:// URLs are supported"))?;
+        let (authority, path_query) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{s}: bad port {p:?}"))?,
+            ),
+            None => (authority, 80),
+        };
+        let ip: Ipv4Addr = if host.eq_ignore_ascii_case("localhost") {
+            Ipv4Addr::LOCALHOST
+        } else {
+            host.parse()
+                .map_err(|_| format!("{s}: host must be an IPv4 loopback address"))?
+        };
+        if !ip.is_loopback() {
+            return Err(format!("{s}: refusing a non-loopback target ({ip})"));
+        }
+        Ok(Url {
+            addr: SocketAddrV4::new(ip, port),
+            host_header: authority.to_string(),
+            path_query,
+        })
+    }
+}
+
+/// Options shared by every subcommand that opens many subscriptions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOpts {
+    pub url: Url,
+    pub n: usize,
+    pub per_worker: usize,
+    pub per_source: usize,
+    pub inflight: usize,
+    pub ready_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DensityOpts {
+    pub load: LoadOpts,
+    pub pid: Option<u32>,
+    /// Pause between "all subscribed" and the memory sample, so the server
+    /// has finished whatever it does right after a burst of accepts.
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanoutOpts {
+    pub load: LoadOpts,
+    pub pid: Option<u32>,
+    pub publish: Url,
+    pub m: u64,
+    pub size: usize,
+    pub rate: Option<f64>,
+    pub max_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChurnOpts {
+    pub url: Url,
+    pub pid: Option<u32>,
+    pub cycles: u64,
+    pub per_source: usize,
+    pub max_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleOpts {
+    pub load: LoadOpts,
+    pub pid: Option<u32>,
+    pub seconds: Duration,
+}
+
+/// The hidden `worker` subcommand: one child process holding a slice of
+/// the subscriptions (see `worker.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerOpts {
+    pub url: Url,
+    /// Global index of this worker's first connection (chooses its source
+    /// addresses).
+    pub start: usize,
+    pub count: usize,
+    pub per_source: usize,
+    pub inflight: usize,
+    /// Events each connection should receive before the worker reports on
+    /// its own (0: wait for `stop`).
+    pub expect: u64,
+    pub ready_timeout: Duration,
+    /// Hard bound on the worker's life, whatever the parent does.
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Density(DensityOpts),
+    Fanout(FanoutOpts),
+    Churn(ChurnOpts),
+    Idle(IdleOpts),
+    Worker(WorkerOpts),
+    Help,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    pub command: Command,
+    pub json: bool,
+}
+
+/// `--name value` pairs and `--switch`es of one command line.
+struct Flags {
+    values: HashMap<String, String>,
+    json: bool,
+}
+
+/// Flags that every load-generating subcommand accepts.
+const LOAD_FLAGS: &[&str] = &[
+    "url",
+    "n",
+    "pid",
+    "per-worker",
+    "per-source",
+    "inflight",
+    "timeout",
+];
+
+impl Flags {
+    fn parse(args: &[String], known: &[&str]) -> Result<Flags, String> {
+        let mut values = HashMap::new();
+        let mut json = false;
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let name = arg
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
+            if name == "json" {
+                json = true;
+                continue;
+            }
+            // Accept `--name=value` as well as `--name value`.
+            let (name, value) = match name.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                    (name.to_string(), v.clone())
+                }
+            };
+            if !known.contains(&name.as_str()) {
+                return Err(format!("unknown option --{name}"));
+            }
+            if values.insert(name.clone(), value).is_some() {
+                return Err(format!("--{name} given twice"));
+            }
+        }
+        Ok(Flags { values, json })
+    }
+
+    fn str(&self, name: &str) -> Result<&str, String> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("--{name} is required"))
+    }
+
+    fn url(&self, name: &str) -> Result<Url, String> {
+        Url::parse(self.str(name)?)
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str, default: Option<T>) -> Result<T, String> {
+        match self.values.get(name) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: cannot parse {v:?}")),
+            None => default.ok_or_else(|| format!("--{name} is required")),
+        }
+    }
+
+    fn opt_num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String> {
+        self.values
+            .get(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("--{name}: cannot parse {v:?}"))
+            })
+            .transpose()
+    }
+
+    fn secs(&self, name: &str, default: f64) -> Result<Duration, String> {
+        let s: f64 = self.num(name, Some(default))?;
+        if !(0.0..=86_400.0).contains(&s) {
+            return Err(format!("--{name}: {s} is out of range"));
+        }
+        Ok(Duration::from_secs_f64(s))
+    }
+
+    fn load(&self) -> Result<LoadOpts, String> {
+        let n: usize = self.num("n", None)?;
+        if n == 0 {
+            return Err("--n must be at least 1".into());
+        }
+        let per_worker: usize = self.num("per-worker", Some(9000))?;
+        let per_source: usize = self.num("per-source", Some(DEFAULT_PER_SOURCE))?;
+        let inflight: usize = self.num("inflight", Some(256))?;
+        // A worker also holds a few pipes and the poll fd; 19,000 leaves
+        // room under the 20,000 open-file limit.
+        if per_worker == 0 || per_worker > 19_000 {
+            return Err("--per-worker must be in 1..=19000".into());
+        }
+        if per_source == 0 || inflight == 0 {
+            return Err("--per-source and --inflight must be at least 1".into());
+        }
+        Ok(LoadOpts {
+            url: self.url("url")?,
+            n,
+            per_worker,
+            per_source,
+            inflight,
+            ready_timeout: self.secs("timeout", 120.0)?,
+        })
+    }
+}
+
+fn with(extra: &[&'static str]) -> Vec<&'static str> {
+    LOAD_FLAGS.iter().chain(extra).copied().collect()
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Args, String> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Ok(Args {
+            command: Command::Help,
+            json: false,
+        });
+    };
+    let (command, json) = match sub.as_str() {
+        "help" | "--help" | "-h" => (Command::Help, false),
+        "density" => {
+            let f = Flags::parse(rest, &with(&["settle-ms"]))?;
+            let cmd = Command::Density(DensityOpts {
+                load: f.load()?,
+                pid: f.opt_num("pid")?,
+                settle: Duration::from_millis(f.num("settle-ms", Some(1000))?),
+            });
+            (cmd, f.json)
+        }
+        "fanout" => {
+            let f = Flags::parse(
+                rest,
+                &with(&["publish", "m", "size", "rate", "max-seconds"]),
+            )?;
+            let rate: Option<f64> = f.opt_num("rate")?;
+            if matches!(rate, Some(r) if r <= 0.0 || r.is_nan()) {
+                return Err("--rate must be positive".into());
+            }
+            let cmd = Command::Fanout(FanoutOpts {
+                load: f.load()?,
+                pid: f.opt_num("pid")?,
+                publish: f.url("publish")?,
+                m: f.num("m", None)?,
+                size: f.num("size", Some(64))?,
+                rate,
+                max_time: f.secs("max-seconds", 120.0)?,
+            });
+            (cmd, f.json)
+        }
+        "churn" => {
+            let f = Flags::parse(rest, &["url", "cycles", "pid", "per-source", "max-seconds"])?;
+            let cmd = Command::Churn(ChurnOpts {
+                url: f.url("url")?,
+                pid: f.opt_num("pid")?,
+                cycles: f.num("cycles", None)?,
+                per_source: f.num("per-source", Some(DEFAULT_PER_SOURCE))?.max(1),
+                max_time: f.secs("max-seconds", 120.0)?,
+            });
+            (cmd, f.json)
+        }
+        "idle" => {
+            let f = Flags::parse(rest, &with(&["seconds"]))?;
+            let cmd = Command::Idle(IdleOpts {
+                load: f.load()?,
+                pid: f.opt_num("pid")?,
+                seconds: f.secs("seconds", 10.0)?,
+            });
+            (cmd, f.json)
+        }
+        "worker" => {
+            let f = Flags::parse(
+                rest,
+                &[
+                    "url",
+                    "start",
+                    "count",
+                    "per-source",
+                    "inflight",
+                    "expect",
+                    "timeout",
+                    "lifetime",
+                ],
+            )?;
+            let cmd = Command::Worker(WorkerOpts {
+                url: f.url("url")?,
+                start: f.num("start", None)?,
+                count: f.num("count", None)?,
+                per_source: f.num("per-source", Some(DEFAULT_PER_SOURCE))?.max(1),
+                inflight: f.num("inflight", Some(256))?.max(1),
+                expect: f.num("expect", Some(0))?,
+                ready_timeout: f.secs("timeout", 120.0)?,
+                lifetime: f.secs("lifetime", 600.0)?,
+            });
+            (cmd, f.json)
+        }
+        other => return Err(format!("unknown subcommand {other:?}")),
+    };
+    Ok(Args { command, json })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn url_parsing() {
+        let u = Url::parse("http://127.0.0.1:8080/events?stream=bench").unwrap();
+        assert_eq!(u.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(u.host_header, "127.0.0.1:8080");
+        assert_eq!(u.path_query, "/events?stream=bench");
+
+        let u = Url::parse("http://localhost?x=1").unwrap();
+        assert_eq!(u.addr, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(u.path_query, "/?x=1");
+
+        let u = Url::parse("http://127.9.8.7:1").unwrap();
+        assert_eq!(u.path_query, "/");
+
+        assert!(Url::parse("https://127.0.0.1/").is_err());
+        assert!(Url::parse("http://10.0.0.1:80/").is_err());
+        assert!(Url::parse("http://example.com/").is_err());
+        assert!(Url::parse("http://127.0.0.1:99999/").is_err());
+    }
+
+    #[test]
+    fn density_defaults_and_values() {
+        let a = parse(&argv(
+            "density --url http://127.0.0.1:1/events?stream=a --n 19000 --json",
+        ))
+        .unwrap();
+        assert!(a.json);
+        let Command::Density(d) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(d.load.n, 19000);
+        assert_eq!(d.load.per_worker, 9000);
+        assert_eq!(d.load.per_source, 1000);
+        assert_eq!(d.pid, None);
+        assert_eq!(d.settle, Duration::from_millis(1000));
+
+        let a = parse(&argv(
+            "density --url=http://127.0.0.1:1/ --n 5 --pid 42 --per-worker 2",
+        ))
+        .unwrap();
+        assert!(!a.json);
+        let Command::Density(d) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(d.pid, Some(42));
+        assert_eq!(d.load.per_worker, 2);
+    }
+
+    #[test]
+    fn fanout_parsing() {
+        let a = parse(&argv(
+            "fanout --url http://127.0.0.1:1/e --publish http://127.0.0.1:1/p --n 10 --m 3 --size 100 --rate 50",
+        ))
+        .unwrap();
+        let Command::Fanout(f) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!((f.load.n, f.m, f.size), (10, 3, 100));
+        assert_eq!(f.rate, Some(50.0));
+        assert_eq!(f.publish.path_query, "/p");
+        assert_eq!(f.max_time, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse(&argv("density --url http://127.0.0.1:1/")).is_err()); // no --n
+        assert!(parse(&argv("density --url http://127.0.0.1:1/ --n 0")).is_err());
+        assert!(parse(&argv("density --url http://127.0.0.1:1/ --n x")).is_err());
+        assert!(parse(&argv("density --url http://127.0.0.1:1/ --n 1 --bogus 1")).is_err());
+        assert!(parse(&argv("density --url http://127.0.0.1:1/ --n 1 --n 2")).is_err());
+        assert!(parse(&argv("density --url http://127.0.0.1:1/ --n")).is_err());
+        assert!(parse(&argv("churn --url http://127.0.0.1:1/")).is_err());
+        assert!(parse(&argv(
+            "fanout --url http://127.0.0.1:1/ --publish http://127.0.0.1:1/ --n 1 --m 1 --rate 0"
+        ))
+        .is_err());
+        assert!(parse(&argv("frobnicate")).is_err());
+        assert_eq!(parse(&[]).unwrap().command, Command::Help);
+    }
+
+    #[test]
+    fn churn_idle_worker() {
+        let a = parse(&argv(
+            "churn --url http://127.0.0.1:1/ --cycles 200 --max-seconds 5",
+        ))
+        .unwrap();
+        let Command::Churn(c) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(c.cycles, 200);
+        assert_eq!(c.max_time, Duration::from_secs(5));
+
+        let a = parse(&argv("idle --url http://127.0.0.1:1/ --n 20 --seconds 1.5")).unwrap();
+        let Command::Idle(i) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(i.seconds, Duration::from_millis(1500));
+
+        let a = parse(&argv(
+            "worker --url http://127.0.0.1:1/ --start 9000 --count 10 --expect 7",
+        ))
+        .unwrap();
+        let Command::Worker(w) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!((w.start, w.count, w.expect), (9000, 10, 7));
+    }
+}

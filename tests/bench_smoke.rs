@@ -1,0 +1,249 @@
+//! Smoke test of `ssed-bench` against a real `ssed` server: every
+//! subcommand with a small load, `--json`, and sanity checks on the
+//! figures (counts exact, measurements present). No timing assertions:
+//! the machine is shared and small.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `ssed`, killed (by its own handle) when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ssed"))
+            .args(["--listen", "127.0.0.1:0", "--heartbeat", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ssed");
+        let stdout = child.stdout.take().expect("ssed stdout");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stdout after the address line, so the server can
+        // never block on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ssed did not print `listening on http://ADDR` within 20 s");
+            }
+        };
+        Server { child, addr }
+    }
+
+    fn url(&self, stream: &str) -> String {
+        format!("http://{}/events?stream={stream}", self.addr)
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ssed-bench ARGS --json` (bounded at two minutes) and returns its
+/// JSON report.
+fn bench(args: &[&str]) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ssed-bench");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait ssed-bench").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssed-bench {args:?} ran over two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("ssed-bench output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ssed-bench {args:?} failed: {text}");
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+#[test]
+fn density_counts_every_connection_and_finds_the_pid() {
+    let s = Server::start();
+    // No --pid: the tool finds the server from its listening port.
+    let r = bench(&[
+        "density",
+        "--url",
+        &s.url("density"),
+        "--n",
+        "50",
+        "--settle-ms",
+        "200",
+    ]);
+    assert_eq!(r["mode"], "density");
+    assert_eq!(r["connections"], 50, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["server_pid"].as_u64(), Some(s.pid()), "{r}");
+    assert!(num(&r, "connect_rate") > 0.0);
+    assert!(num(&r, "rss_after_kb") > 0.0);
+    // Per-connection memory is present; its sign is noise at n = 50.
+    num(&r, "rss_per_conn");
+    num(&r, "tcp_mem_per_conn");
+}
+
+#[test]
+fn fanout_delivers_n_times_m() {
+    let s = Server::start();
+    let url = s.url("fanout");
+    let pid = s.pid().to_string();
+    let r = bench(&[
+        "fanout",
+        "--url",
+        &url,
+        "--publish",
+        &url,
+        "--n",
+        "20",
+        "--m",
+        "30",
+        "--size",
+        "64",
+        "--pid",
+        &pid,
+        "--max-seconds",
+        "60",
+    ]);
+    assert_eq!(r["subscribers"], 20, "{r}");
+    assert_eq!(r["events_published"], 30, "{r}");
+    assert_eq!(r["publish_rejected"], 0, "{r}");
+    assert_eq!(r["delivered"], 600, "{r}");
+    assert_eq!(r["expected"], 600, "{r}");
+    assert_eq!(r["min_per_sub"], 30, "{r}");
+    assert_eq!(r["closed_by_server"], 0, "{r}");
+    // ssed says in every reply how many subscribers the event reached.
+    assert_eq!(r["reply_subscribers_first"], 20, "{r}");
+    let (p50, p99, max) = (
+        num(&r, "latency_p50_us"),
+        num(&r, "latency_p99_us"),
+        num(&r, "latency_max_us"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+    assert!(num(&r, "server_cpu_us_per_event") >= 0.0);
+    assert!(num(&r, "delivered_per_s") > 0.0);
+}
+
+#[test]
+fn churn_completes_every_cycle() {
+    let s = Server::start();
+    let pid = s.pid().to_string();
+    let r = bench(&[
+        "churn",
+        "--url",
+        &s.url("churn"),
+        "--cycles",
+        "200",
+        "--pid",
+        &pid,
+        "--max-seconds",
+        "60",
+    ]);
+    assert_eq!(r["cycles"], 200, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(num(&r, "cycles_per_s") > 0.0);
+    assert!(num(&r, "rss_before_kb") > 0.0);
+    assert!(num(&r, "rss_after_kb") > 0.0);
+}
+
+#[test]
+fn idle_subscribers_get_no_events() {
+    let s = Server::start();
+    let pid = s.pid().to_string();
+    let r = bench(&[
+        "idle",
+        "--url",
+        &s.url("idle"),
+        "--n",
+        "20",
+        "--seconds",
+        "1",
+        "--pid",
+        &pid,
+    ]);
+    assert_eq!(r["subscribers"], 20, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    // `retry:` is not an event, and --heartbeat 0 sends no comments.
+    assert_eq!(r["events_received"], 0, "{r}");
+    assert!(num(&r, "wakeups_per_s") >= 0.0);
+    assert!(num(&r, "server_cpu_ms") >= 0.0);
+}
+
+#[test]
+fn refuses_non_loopback_targets() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args([
+            "density",
+            "--url",
+            "http://192.0.2.1:80/events?stream=x",
+            "--n",
+            "1",
+        ])
+        .output()
+        .expect("run ssed-bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
+}
+
+#[test]
+fn fails_when_nothing_listens() {
+    // A port that was free a moment ago: connects are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/events?stream=x");
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args([
+            "density",
+            "--url",
+            &url,
+            "--n",
+            "3",
+            "--pid",
+            "1",
+            "--timeout",
+            "10",
+        ])
+        .output()
+        .expect("run ssed-bench");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no subscription succeeded"));
+}
