@@ -130,6 +130,8 @@ pub struct Hub {
     resume_read: Vec<u32>,
     /// Subscribers that used their write budget this turn and are owed more.
     again: Vec<u32>,
+    /// Fan-out passes in progress: a stream and the next subscriber index.
+    passes: std::collections::VecDeque<(u32, usize)>,
     sweep_at: Option<u64>,
     last_sweep: u64,
     next_gen: u32,
@@ -209,6 +211,7 @@ impl Hub {
             closing: Vec::new(),
             resume_read: Vec::new(),
             again: Vec::new(),
+            passes: std::collections::VecDeque::new(),
             sweep_at: None,
             last_sweep: 0,
             next_gen: 0,
@@ -293,7 +296,7 @@ impl Hub {
     /// Whether work is owed without waiting for readiness (the loop then
     /// polls without sleeping).
     pub fn busy(&self) -> bool {
-        !self.again.is_empty()
+        !self.again.is_empty() || !self.passes.is_empty()
     }
 
     /// Takes the connections marked for closing.
@@ -335,6 +338,11 @@ impl Hub {
         }
         s.subs.swap_remove(slot);
         if let Some(&moved) = s.subs.get(slot) {
+            // The subscriber moved from the end into a slot a running pass
+            // has already visited: it would be skipped, so queue it.
+            if self.passes.iter().any(|&(t, i)| t == c.stream && slot < i) {
+                self.again.push(moved);
+            }
             if let Some(Conn {
                 phase: Phase::Sse(cs),
                 ..
@@ -633,7 +641,7 @@ impl Hub {
         if pressure {
             // Many publishes in one turn (pipelined or batched): write now,
             // while every caught-up subscriber's next frame is still retained.
-            self.flush_dirty();
+            self.flush_dirty(usize::MAX);
         }
         (id, n)
     }
@@ -666,10 +674,13 @@ impl Hub {
         n
     }
 
-    /// Writes new frames to the subscribers of every stream published to
-    /// since the last call. Blocked subscribers are skipped (their writable
-    /// edge resumes them) unless they lag past `--max-pending-bytes`.
-    pub fn flush_dirty(&mut self) {
+    /// Writes new frames to the subscribers of streams published to, at most
+    /// `budget` subscribers per call: a pass over a large audience is spread
+    /// over loop turns so accepts and reads are not held up, and subscribers
+    /// late in a pass receive what was published meanwhile in the same
+    /// write. Blocked subscribers are skipped (their writable edge resumes
+    /// them) unless they lag past `--max-pending-bytes`.
+    pub fn flush_dirty(&mut self, mut budget: usize) {
         for key in std::mem::take(&mut self.again) {
             let ready = self
                 .conns
@@ -681,21 +692,34 @@ impl Hub {
         }
         let dirty = self.streams.take_dirty();
         for &s in &dirty {
-            let mut i = 0;
-            while let Some(&key) = self.streams.get(s).and_then(|st| st.subs.get(i)) {
-                i += 1;
-                let blocked = self
-                    .conns
-                    .get(key as usize)
-                    .is_none_or(|c| c.blocked() || c.has(flags::CLOSING));
-                if blocked {
-                    self.check_lag(key);
-                } else {
-                    self.flush_subscriber(key);
-                }
+            // A pass not yet begun already covers what was just published.
+            if !self.passes.contains(&(s, 0)) {
+                self.passes.push_back((s, 0));
             }
         }
         self.streams.return_dirty(dirty);
+        while budget > 0 {
+            let Some(&(s, i)) = self.passes.front() else {
+                break;
+            };
+            let Some(&key) = self.streams.get(s).and_then(|st| st.subs.get(i)) else {
+                self.passes.pop_front();
+                continue;
+            };
+            if let Some(p) = self.passes.front_mut() {
+                p.1 += 1;
+            }
+            budget -= 1;
+            let blocked = self
+                .conns
+                .get(key as usize)
+                .is_none_or(|c| c.blocked() || c.has(flags::CLOSING));
+            if blocked {
+                self.check_lag(key);
+            } else {
+                self.flush_subscriber(key);
+            }
+        }
     }
 
     /// Unsent bytes owed to a subscriber: its private tail plus the history
@@ -1093,7 +1117,7 @@ impl Hub {
         self.shutting_down = true;
         let deadline = self.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
         self.timers.add(deadline, Timer::ShutdownDeadline);
-        self.flush_dirty();
+        self.flush_dirty(usize::MAX);
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for k in keys {
             let streaming = self

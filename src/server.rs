@@ -30,6 +30,9 @@ const READ_BUF: usize = 64 << 10;
 const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 const INBOX_LIMIT: usize = 65_536;
+/// Subscribers written to per loop turn; a larger fan-out continues next
+/// turn (see `Hub::flush_dirty`).
+const FLUSH_BUDGET: usize = 2048;
 /// Pending connections the kernel may queue per listener.
 const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Back-off after EMFILE/ENFILE.
@@ -246,7 +249,7 @@ impl Reactor {
             for key in self.hub.take_resume_read() {
                 self.resume_read(key);
             }
-            self.hub.flush_dirty();
+            self.hub.flush_dirty(FLUSH_BUDGET);
             self.reap();
             if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();

@@ -660,3 +660,45 @@ fn large_backlog_is_sent_in_full_without_new_publishes() {
         assert_eq!(e.data().len(), body.len());
     }
 }
+
+#[test]
+fn fanout_larger_than_one_turn_stays_complete_and_ordered_while_subscribers_leave() {
+    // 3,000 subscribers is more than one loop turn writes to, so passes span
+    // turns; subscribers leaving mid-pass move others around in the list.
+    let s = Server::start(&["--heartbeat", "0", "--max-connections-per-ip", "10000"]);
+    let mut subs: Vec<Option<Sse>> = (0..3000)
+        .map(|_| Some(Sse::open(s.addr, "/events?stream=wide", "")))
+        .collect();
+    assert!(wait_until(T, || get(s.addr, "/streams/wide").json()
+        ["subscribers"]
+        == 3000));
+    let mut c = Conn::open(s.addr);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let body = format!("w{i}");
+        let r = c.request(
+            format!("POST /events?stream=wide HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        );
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+        if i == 49 {
+            for (n, slot) in subs.iter_mut().enumerate() {
+                if n % 7 == 3 {
+                    *slot = None;
+                }
+            }
+        }
+    }
+    let mut checked = 0;
+    for (n, sub) in subs.iter_mut().enumerate() {
+        let Some(sub) = sub else { continue };
+        for (i, id) in ids.iter().enumerate() {
+            let e = sub
+                .next_event(T)
+                .unwrap_or_else(|| panic!("subscriber {n} missing event {i}"));
+            assert_eq!(e.id.as_ref(), Some(id), "subscriber {n}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 2500);
+}
