@@ -757,6 +757,60 @@ fn slowloris_headers_get_408_within_header_timeout() {
 }
 
 #[test]
+fn slowloris_on_a_keepalive_connection_after_a_request() {
+    let mut s = Server::start(&[
+        "--heartbeat",
+        "0",
+        "--header-timeout",
+        "2",
+        "--idle-timeout",
+        "30",
+    ]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let mut c = Conn::open(s.addr);
+    assert_eq!(
+        c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
+    // The second request starts with its first byte, then dribbles: its
+    // deadline runs from that first byte and is never extended.
+    let payload = format!("GET /healthz HTTP/1.1\r\nX-Slow: {}", "a".repeat(200));
+    let sock = c.reader.get_mut();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    for byte in payload.as_bytes() {
+        if find(&got, b"\r\n\r\n").is_some() || t0.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+        let _ = sock.write(std::slice::from_ref(byte));
+        match sock.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(_) => {}
+        }
+    }
+    let when = t0.elapsed();
+    let (rest, eof) = read_to_end_within(sock, T);
+    got.extend_from_slice(&rest);
+    assert!(eof, "not closed after 408");
+    let (r, _) = parse_response(&got)
+        .unwrap_or_else(|| panic!("no response: {:?}", String::from_utf8_lossy(&got)));
+    assert_json_error(&r, 408, "slow second request");
+    assert!(
+        when >= Duration::from_millis(1500) && when <= Duration::from_millis(4000),
+        "408 after {when:?}"
+    );
+    println!("slowloris after keep-alive: 408 after {when:?}");
+    assert_eq!(rejected(&stats(s.addr), "timeout"), 1);
+    canary.finish(10, Duration::from_secs(1));
+    assert_alive(&mut s);
+}
+
+#[test]
 fn body_that_never_completes_gets_408() {
     let mut s = Server::start(&["--heartbeat", "0", "--header-timeout", "2"]);
     let canary = Canary::start(s.addr, LOCAL, "canary");
@@ -797,6 +851,72 @@ fn body_that_never_completes_gets_408() {
         "half a body was published"
     );
     canary.finish(10, Duration::from_secs(1));
+    assert_alive(&mut s);
+}
+
+/// Dribbles a chunked body of one-byte chunks in small writes, then ends
+/// it; returns the bytes sent and the final answer.
+fn dribble_chunked(addr: SocketAddr, until: Instant, max_bytes: usize) -> (usize, Vec<u8>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.write_all(b"POST /events?stream=dribble HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let piece = b"1\r\nx\r\n".repeat(10);
+    let mut sent = 0;
+    while Instant::now() < until && sent + piece.len() <= max_bytes {
+        if c.write_all(&piece).is_err() {
+            break;
+        }
+        sent += piece.len();
+        thread::sleep(Duration::from_micros(500));
+    }
+    let _ = c.write_all(b"0\r\n\r\n");
+    let (bytes, _) = read_to_end_within(&mut c, Duration::from_secs(1));
+    (sent, bytes)
+}
+
+#[test]
+#[ignore = "server bug: a chunked body is re-decoded from its start on every read (O(n^2)); one client dribbling 1-byte chunks keeps the loop busy and stalls every other connection for up to --header-timeout"]
+fn dribbled_chunked_body_does_not_stall_others() {
+    let mut s = Server::start(&["--heartbeat", "0", "--header-timeout", "30"]);
+    let pid = s.child.id();
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    canary.wait_more(2);
+    let addr = s.addr;
+    let cpu0 = cpu_secs(pid);
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(4);
+    let attackers: Vec<_> = (0..2)
+        .map(|_| thread::spawn(move || dribble_chunked(addr, until, 600_000)))
+        .collect();
+    let results: Vec<(usize, Vec<u8>)> = attackers.into_iter().map(|h| h.join().unwrap()).collect();
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - cpu0;
+    let report = canary.finish(1, Duration::from_secs(60));
+    println!(
+        "chunked dribble: sent {:?} bytes in {wall:.1} s; server CPU {cpu:.2} s; canary slowest round trip {:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>(),
+        report.max_latency
+    );
+    for (sent, answer) in &results {
+        let (r, _) = parse_response(answer).unwrap_or_else(|| {
+            panic!(
+                "no answer after {sent} bytes: {:?}",
+                String::from_utf8_lossy(answer)
+            )
+        });
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(
+        report.max_latency < Duration::from_millis(500),
+        "other connections stalled for {:?}",
+        report.max_latency
+    );
+    assert!(
+        cpu < 0.5 * wall,
+        "server CPU {cpu:.2} s in {wall:.1} s for {} KiB of body",
+        results.iter().map(|r| r.0).sum::<usize>() >> 10
+    );
     assert_alive(&mut s);
 }
 
@@ -908,6 +1028,57 @@ fn write_stall_closes_subscriber_after_write_timeout() {
     assert_alive(&mut s);
 }
 
+#[test]
+fn pipelining_client_that_never_reads_is_paused_then_closed() {
+    let mut s = Server::start(&["--heartbeat", "0", "--write-timeout", "1"]);
+    let pid = s.child.id();
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    canary.wait_more(2);
+    let idle_rss = proc_status_bytes(pid, "VmRSS");
+    let mut c = connect_from(LOCAL, s.addr, Some(4096)).unwrap();
+    c.set_nonblocking(true).unwrap();
+    let batch = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(500);
+    let t0 = Instant::now();
+    let mut sent = 0usize;
+    let mut reset = None;
+    // Push requests for up to three seconds, as fast as the socket takes
+    // them, until the server gives up on the connection.
+    while t0.elapsed() < Duration::from_secs(3) {
+        match c.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => {
+                reset = Some((t0.elapsed(), e.kind()));
+                break;
+            }
+        }
+    }
+    let hwm = proc_status_bytes(pid, "VmHWM");
+    let bound = idle_rss + 8 * MIB;
+    println!(
+        "pipelining: {:.1} MiB of requests accepted by the kernel, then {reset:?}; server RSS idle {:.1} MiB, peak {:.1} MiB (bound {:.1} MiB)",
+        mib(sent as u64),
+        mib(idle_rss),
+        mib(hwm),
+        mib(bound)
+    );
+    assert!(hwm <= bound, "peak RSS {hwm} over {bound}");
+    // Its output stalls, so --write-timeout closes it.
+    let (ok, j) = poll_stats(s.addr, Duration::from_secs(10), |st| {
+        num(st, &["write_timeouts"]) >= 1
+    });
+    assert!(ok, "pipelining reader never timed out: {j}");
+    c.set_nonblocking(false).unwrap();
+    let (_, eof) = read_to_end_within(&mut c, Duration::from_secs(10));
+    assert!(eof, "connection not closed");
+    let (ok, j) = poll_stats(s.addr, T, |st| num(st, &["connections", "total"]) == 3);
+    assert!(ok, "{j}");
+    canary.finish(10, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Slow consumers.
 // ---------------------------------------------------------------------------
@@ -942,8 +1113,9 @@ fn slow_consumer_is_dropped_and_memory_stays_bounded() {
     let mut max_rss = 0u64;
     let mut dropped_after = None;
     const EVENTS: usize = 1600;
+    let mut ids = Vec::new();
     for batch in 0..EVENTS / 50 {
-        publish_many(&mut pubc, "firehose", 50, 64 << 10, "f");
+        ids.extend(publish_many(&mut pubc, "firehose", 50, 64 << 10, "f"));
         let j = stats_on(&mut st);
         max_rss = max_rss.max(num(&j, &["rss_bytes"]));
         if dropped_after.is_none() && num(&j, &["slow_consumers_dropped"]) >= 1 {
@@ -974,7 +1146,108 @@ fn slow_consumer_is_dropped_and_memory_stays_bounded() {
         slow.closed_within(Duration::from_secs(10)),
         "slow consumer not disconnected"
     );
+    // What it did receive is a prefix of what was published...
+    let mut last = None;
+    let mut n = 0;
+    while let Some(e) = slow.next_event(Duration::from_millis(200)) {
+        assert_eq!(e.id.as_ref(), Some(&ids[n]), "event {n}");
+        last = e.id;
+        n += 1;
+    }
+    let last = last.expect("the slow consumer got nothing before it was dropped");
+    println!("slow consumer: got {n} events (a prefix) before the drop, the last {last}");
     canary.finish(10, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
+#[test]
+fn dropped_slow_consumer_resumes_from_its_last_event_id() {
+    // Small frames and a history under one write budget (see
+    // `catch_up_larger_than_one_write_budget_is_delivered`).
+    let mut s = Server::start(&[
+        "--heartbeat",
+        "0",
+        "--history-bytes",
+        "131072",
+        "--max-pending-bytes",
+        "65536",
+    ]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let mut pubc = Conn::open(s.addr);
+    let mut st = Conn::open(s.addr);
+    let mut slow = stalled_subscriber(s.addr, "resume");
+    assert!(wait_until(T, || get(s.addr, "/streams/resume").json()
+        ["subscribers"]
+        == 1));
+    let mut ids = Vec::new();
+    while num(&stats_on(&mut st), &["slow_consumers_dropped"]) == 0 {
+        ids.extend(publish_many(&mut pubc, "resume", 16, 16 << 10, "r"));
+        assert!(ids.len() < 20_000, "never dropped");
+    }
+    // A few more after the drop.
+    ids.extend(publish_many(&mut pubc, "resume", 16, 16 << 10, "r"));
+    assert!(
+        slow.closed_within(Duration::from_secs(10)),
+        "not disconnected"
+    );
+    let mut last = None;
+    let mut n = 0;
+    while let Some(e) = slow.next_event(Duration::from_millis(200)) {
+        assert_eq!(e.id.as_ref(), Some(&ids[n]), "event {n}: not a prefix");
+        last = e.id;
+        n += 1;
+    }
+    let last = last.expect("nothing received before the drop");
+    let mut again = Sse::open(
+        s.addr,
+        "/events?stream=resume",
+        &format!("Last-Event-ID: {last}\r\n"),
+    );
+    let g = again.next_event(T).expect("gap");
+    assert_eq!(g.event.as_deref(), Some("gap"), "{g:?}");
+    let gv: serde_json::Value = serde_json::from_str(&g.data()).unwrap();
+    assert_eq!(
+        gv,
+        serde_json::json!({"last_event_id": last, "streams": ["resume"]})
+    );
+    let retained = num(&get(s.addr, "/streams/resume").json(), &["history"]) as usize;
+    for (i, id) in ids.iter().enumerate().skip(ids.len() - retained) {
+        let e = again
+            .next_event(T)
+            .unwrap_or_else(|| panic!("retained event {i} of {} missing", ids.len()));
+        assert_eq!(e.id.as_ref(), Some(id), "event {i}");
+    }
+    println!(
+        "resume after drop: {} published, {n} received before the drop, gap, then the {retained} retained",
+        ids.len()
+    );
+    // And live from there.
+    let live = publish(s.addr, "resume", "live");
+    assert_eq!(again.next_event(T).unwrap().id, Some(live));
+    canary.finish(5, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
+#[test]
+#[ignore = "server bug: flush_subscriber stops at WRITE_BUDGET (256 KiB) without rescheduling; a catch-up larger than that stalls until the next publish to the stream"]
+fn catch_up_larger_than_one_write_budget_is_delivered() {
+    let mut s = Server::start(&["--heartbeat", "0", "--history-bytes", "8388608"]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let mut pubc = Conn::open(s.addr);
+    // 1.25 MiB of history, then a resume from the first event.
+    let ids = publish_many(&mut pubc, "big", 20, 64 << 10, "b");
+    let mut sub = Sse::open(
+        s.addr,
+        "/events?stream=big",
+        &format!("Last-Event-ID: {}\r\n", ids[0]),
+    );
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        let e = sub
+            .next_event(T)
+            .unwrap_or_else(|| panic!("catch-up stalled before event {i} of {}", ids.len()));
+        assert_eq!(e.id.as_ref(), Some(id));
+    }
+    canary.finish(3, Duration::from_secs(1));
     assert_alive(&mut s);
 }
 
@@ -1474,6 +1747,35 @@ fn long_request_line_in_a_whole_head_is_414() {
     assert_json_error(&r, 414, "long request line, whole head");
     assert!(c.closed_within(T));
     assert_eq!(rejected(&stats(s.addr), "uri_too_long"), 1);
+    canary.finish(3, Duration::from_secs(1));
+    assert_alive(&mut s);
+}
+
+#[test]
+#[ignore = "server bug: error responses to HEAD carry a body (hub.error ignores the method), so a keep-alive client reads the JSON as the start of the next response"]
+fn head_error_responses_have_no_body() {
+    let mut s = Server::start(&["--heartbeat", "0"]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let mut c = Conn::open(s.addr);
+    // Pipelined: the 404 to HEAD must be followed directly by the next response.
+    c.send(b"HEAD /nowhere HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(io::BufRead::read_line(&mut c.reader, &mut line).unwrap() > 0);
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+    let mut next = [0u8; 12];
+    c.reader.read_exact(&mut next).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&next),
+        "HTTP/1.1 200",
+        "the response to HEAD had a body; head was {head:?}"
+    );
     canary.finish(3, Duration::from_secs(1));
     assert_alive(&mut s);
 }
