@@ -94,8 +94,11 @@ pub enum ConfigError {
     MissingValue(String),
     /// A value that does not parse or is out of range.
     BadValue {
+        /// The flag, as typed.
         flag: String,
+        /// The value given.
         value: String,
+        /// What was wrong with it.
         why: String,
     },
 }
@@ -343,7 +346,12 @@ impl Config {
             "history-bytes" => self.history_bytes = num(name, v)?,
             "max-streams" => self.max_streams = num(name, v)?,
             "max-streams-per-conn" => {
-                self.max_streams_per_conn = num(name, v)?.max(1);
+                let n = num(name, v)?;
+                // The write path merges at most 64 streams per connection.
+                if !(1..=64).contains(&n) {
+                    return Err(bad(name, v, "must be 1..=64"));
+                }
+                self.max_streams_per_conn = n;
             }
             "no-auto-streams" => {
                 self.auto_streams = match v {

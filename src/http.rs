@@ -11,26 +11,42 @@ use std::borrow::Cow;
 /// Request methods the router distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `HEAD`.
     Head,
+    /// `POST`.
     Post,
+    /// `PUT`.
     Put,
+    /// `DELETE`.
     Delete,
+    /// `OPTIONS`.
     Options,
+    /// `PATCH`.
     Patch,
+    /// Anything else.
     Other,
 }
 
 /// What is wrong with a request, mapped to a status and a fixed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpError {
+    /// 400, with the reason.
     BadRequest(&'static str),
+    /// 411: a body without a length.
     LengthRequired,
+    /// 413: over `--max-body`.
     PayloadTooLarge,
+    /// 414: request line over `--max-header-bytes`.
     UriTooLong,
+    /// 431: headers over `--max-header-bytes`.
     HeadersTooLarge,
+    /// 505: not HTTP/1.0 or 1.1.
     VersionNotSupported,
+    /// 501, with the reason.
     NotImplemented(&'static str),
+    /// 408: the request did not arrive in time.
     Timeout,
 }
 
@@ -80,22 +96,28 @@ impl HttpError {
 /// Size limits the parser enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Largest request head.
     pub max_header_bytes: usize,
+    /// Largest request body.
     pub max_body: usize,
 }
 
 /// A parsed request borrowing from the buffer it was read into.
 #[derive(Debug)]
 pub struct Request<'b> {
+    /// The method.
     pub method: Method,
     /// The path, not percent-decoded.
     pub path: &'b str,
     /// The raw query string (after `?`), possibly empty.
     pub query: &'b str,
+    /// Whether the request said HTTP/1.0.
     pub http10: bool,
     /// Whether the connection may serve another request after this one.
     pub keep_alive: bool,
+    /// Every header, in order.
     pub headers: Vec<(&'b str, &'b [u8])>,
+    /// The decoded body (borrowed unless it was chunked).
     pub body: Cow<'b, [u8]>,
 }
 

@@ -90,30 +90,46 @@ impl Peers {
 /// A publish request, validated.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The data (split into `data:` lines on the wire).
     pub data: String,
+    /// The event type; `None` is `message`.
     pub event: Option<String>,
+    /// A `retry:` to send with the event.
     pub retry: Option<u32>,
 }
 
 /// The shared state of the server.
 pub struct Hub {
+    /// The configuration.
     pub cfg: Config,
+    /// Every connection; the key is the poll token.
     pub conns: Slab<Conn>,
+    /// Every stream and the id clock.
     pub streams: Streams,
+    /// Counters for `/stats` and `/metrics`.
     pub counters: Counters,
+    /// Timers (sweep, accept back-off, shutdown, ticks).
     pub timers: Timers,
+    /// Per-peer connection counts.
     pub peers: Peers,
+    /// The built-in apps' state.
     pub apps: Apps,
     /// Milliseconds since `start`, read once per loop turn.
     pub now_ms: u64,
+    /// When the server started.
     pub start: Instant,
     /// Unix time of `start` in µs (ids and app timestamps derive from it).
     pub start_unix_us: u64,
+    /// Set once shutdown has begun.
     pub shutting_down: bool,
+    /// The connection cap in force.
     pub max_connections: usize,
+    /// Randomness for retry jitter and the apps.
     pub rng: SmallRng,
     closing: Vec<u32>,
     resume_read: Vec<u32>,
+    /// Subscribers that used their write budget this turn and are owed more.
+    again: Vec<u32>,
     sweep_at: Option<u64>,
     last_sweep: u64,
     next_gen: u32,
@@ -192,6 +208,7 @@ impl Hub {
             rng: SmallRng::from_entropy(),
             closing: Vec::new(),
             resume_read: Vec::new(),
+            again: Vec::new(),
             sweep_at: None,
             last_sweep: 0,
             next_gen: 0,
@@ -271,6 +288,12 @@ impl Hub {
                 self.closing.push(key);
             }
         }
+    }
+
+    /// Whether work is owed without waiting for readiness (the loop then
+    /// polls without sleeping).
+    pub fn busy(&self) -> bool {
+        !self.again.is_empty()
     }
 
     /// Takes the connections marked for closing.
@@ -641,6 +664,15 @@ impl Hub {
     /// since the last call. Blocked subscribers are skipped (their writable
     /// edge resumes them) unless they lag past `--max-pending-bytes`.
     pub fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.again) {
+            let ready = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| !c.blocked() && !c.has(flags::CLOSING));
+            if ready {
+                self.flush_subscriber(key);
+            }
+        }
         let dirty = self.streams.take_dirty();
         for &s in &dirty {
             let mut i = 0;
@@ -712,10 +744,7 @@ impl Hub {
                 let mut from: Option<u64> = None;
                 for cur in cs.as_mut_slice() {
                     if let Some(s) = self.streams.get(cur.stream) {
-                        if s.lost_after(cur.last_id)
-                            && s.frame(s.seq_after(cur.last_id))
-                                .is_none_or(|f| f.id > cur.last_id)
-                        {
+                        if s.lost_after(cur.last_id) {
                             from = Some(from.map_or(cur.last_id, |f| f.min(cur.last_id)));
                             names.push(&s.name);
                             cur.last_id = s.first_seq_id_floor();
@@ -836,8 +865,6 @@ impl Hub {
                     break;
                 }
             }
-            let frames = iov[..n_iov].len();
-            let _ = frames;
             if let Some(last) = sent_to {
                 let count = ids[..n_iov].iter().take_while(|&&id| id <= last).count();
                 self.counters.frames_written += count as u64;
@@ -853,7 +880,8 @@ impl Hub {
                     since: tick,
                 }));
             } else if written < total {
-                // WouldBlock with nothing written: wait for the writable edge.
+                // The socket filled at a frame boundary: an empty Out marks the
+                // connection blocked until its writable edge.
                 conn.out = Some(Box::new(Out {
                     buf: Vec::new(),
                     pos: 0,
@@ -861,14 +889,13 @@ impl Hub {
                 }));
             }
             budget = budget.saturating_sub(written);
+            if conn.out.is_none() && more && budget == 0 {
+                // Still writable and still owed frames: no edge will come, so
+                // continue next turn, after everyone else had a go.
+                self.again.push(key);
+            }
             if conn.out.is_some() || !more || budget == 0 {
                 break;
-            }
-        }
-        if let Some(c) = self.conns.get_mut(key as usize) {
-            // An empty Out only marks "waiting for writable".
-            if c.out.as_ref().is_some_and(|o| o.pending().is_empty()) && budget > 0 {
-                // keep the marker: the socket said WouldBlock
             }
         }
         self.after_stream_write(key);
@@ -883,6 +910,12 @@ impl Hub {
             return;
         }
         self.sweep_at = None;
+        // Cancelled entries (superseded sweeps, ticks of closed connections)
+        // are dropped lazily; compact when they could have piled up.
+        if self.timers.len() > 64 {
+            let (conns, sweep_at) = (&self.conns, self.sweep_at);
+            self.timers.retain(|w, t| timer_live(conns, sweep_at, w, t));
+        }
         self.last_sweep = self.now_ms;
         let now = self.now_tick();
         let write_ticks = Self::ticks(self.cfg.write_timeout);
@@ -919,11 +952,16 @@ impl Hub {
             }
             match &c.phase {
                 Phase::Http(buf) => {
-                    if c.has(flags::IDLE) {
-                        // Idle keep-alive, or a lingering close: just go.
+                    if c.has(flags::IDLE) || buf.is_none() {
+                        // Idle keep-alive, a lingering close, or a connection
+                        // that never sent a byte (browsers open spare ones):
+                        // just go. A 408 there could be read as the answer
+                        // to the next request the client sends.
+                        if buf.is_none() && !c.has(flags::IDLE) {
+                            self.counters.reject("idle_before_request");
+                        }
                         self.close(key);
                     } else {
-                        let _ = buf;
                         self.counters
                             .reject(crate::http::HttpError::Timeout.reason());
                         let e = crate::http::HttpError::Timeout;
@@ -976,7 +1014,12 @@ impl Hub {
             g.history_events += s.retained();
             g.history_bytes += s.retained_bytes();
         }
-        g.timers = self.timers.len();
+        g.timers = self
+            .timers
+            .iter()
+            .filter(|(w, t)| timer_live(&self.conns, self.sweep_at, *w, t))
+            .count();
+        g.timer_entries = self.timers.len();
         g.connection_size = crate::conn::CONN_SIZE;
         g.uptime_secs = self.start.elapsed().as_secs_f64();
         g.rss_bytes = crate::stats::rss_bytes();
@@ -1066,6 +1109,19 @@ impl Hub {
         for k in keys {
             self.close(k);
         }
+    }
+}
+
+/// Whether a timer entry still means something: the current sweep, any
+/// one-off timer, or the tick of a live ticking connection of that
+/// generation.
+fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -> bool {
+    match *t {
+        Timer::Sweep => sweep_at == Some(when),
+        Timer::Tick { key, gen } => {
+            matches!(conns.get(key as usize), Some(Conn { phase: Phase::App(tk), .. }) if tk.gen == gen)
+        }
+        Timer::ResumeAccept | Timer::ShutdownDeadline => true,
     }
 }
 

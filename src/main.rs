@@ -32,6 +32,13 @@ fn serve(args: &[String]) -> i32 {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A bug must not leave a hung half-server behind: log it and exit
+    // non-zero so a supervisor restarts us; clients resume by Last-Event-ID.
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("internal error, exiting: {info}");
+        eprintln!("ssed: internal error, exiting: {info}");
+        std::process::exit(70);
+    }));
     let server = match Server::bind(*cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -32,6 +32,9 @@ const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 const INBOX_LIMIT: usize = 65_536;
 /// Back-off after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
+/// Reads of one connection per loop turn (64 KiB each), so a flooding peer
+/// cannot starve the others.
+const READS_PER_TURN: usize = 16;
 /// Connections accepted per listener per loop turn, so a connect storm
 /// cannot starve established connections; the rest wait one turn.
 const ACCEPT_BATCH: usize = 256;
@@ -151,6 +154,7 @@ impl Bound {
             shared: self.shared,
             accept_paused: false,
             accept_more: Vec::new(),
+            read_again: Vec::new(),
         };
         r.run()
     }
@@ -166,6 +170,8 @@ struct Reactor {
     accept_paused: bool,
     /// Listeners that still had connections waiting when their batch ran out.
     accept_more: Vec<usize>,
+    /// Connections that used their read budget and may have more input.
+    read_again: Vec<u32>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -177,14 +183,15 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             self.hub.tick_clock();
-            let timeout = if self.accept_more.is_empty() {
-                self.hub
-                    .timers
-                    .next_at()
-                    .map(|t| Duration::from_millis(t.saturating_sub(self.hub.now_ms)))
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout =
+                if self.accept_more.is_empty() && self.read_again.is_empty() && !self.hub.busy() {
+                    self.hub
+                        .timers
+                        .next_at()
+                        .map(|t| Duration::from_millis(t.saturating_sub(self.hub.now_ms)))
+                } else {
+                    Some(Duration::ZERO)
+                };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -193,6 +200,9 @@ impl Reactor {
             self.hub.tick_clock();
             for i in std::mem::take(&mut self.accept_more) {
                 self.accept(i);
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.on_readable(key);
             }
             for ev in events.iter() {
                 let t = ev.token();
@@ -421,7 +431,7 @@ impl Reactor {
     /// The readable edge: read until WouldBlock, routing complete requests
     /// as they arrive. Streaming connections' input is read and dropped.
     fn on_readable(&mut self, key: u32) {
-        loop {
+        for _ in 0..READS_PER_TURN {
             let lingering = self.hub.lingering(key);
             let Some(conn) = self.hub.conns.get_mut(key as usize) else {
                 return;
@@ -493,6 +503,11 @@ impl Reactor {
                     }
                 }
             }
+        }
+        // Still readable after a full budget: no new edge will come, so
+        // carry on next turn, after everyone else.
+        if !self.read_again.contains(&key) {
+            self.read_again.push(key);
         }
     }
 }

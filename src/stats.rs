@@ -9,17 +9,29 @@ use std::fmt::Write as _;
 /// render time by the server, which owns the things they measure.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
+    /// Connections accepted.
     pub accepted: u64,
+    /// Connections closed.
     pub closed: u64,
+    /// Requests parsed.
     pub requests: u64,
+    /// Events published.
     pub events_published: u64,
+    /// Event frames written to subscribers.
     pub frames_written: u64,
+    /// Bytes written to sockets.
     pub bytes_written: u64,
+    /// Heartbeats written.
     pub heartbeats: u64,
+    /// `gap` events sent.
     pub gaps_sent: u64,
+    /// Subscribers dropped for lagging past `--max-pending-bytes`.
     pub slow_consumers_dropped: u64,
+    /// Subscribers dropped by `--write-timeout`.
     pub write_timeouts: u64,
+    /// Failed `accept` calls.
     pub accept_errors: u64,
+    /// Times accepting was paused (EMFILE/ENFILE).
     pub accept_paused: u64,
     /// Rejections by reason (`bad_request`, `timeout`, `over_capacity`…).
     pub rejected: BTreeMap<&'static str, u64>,
@@ -35,20 +47,37 @@ impl Counters {
 /// Point-in-time values owned by the server.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
+    /// Open connections.
     pub connections: usize,
+    /// Connections reading requests.
     pub http_connections: usize,
+    /// Connections streaming from streams.
     pub sse_connections: usize,
+    /// Connections streaming from app timers.
     pub app_connections: usize,
+    /// Streaming connections waiting for their socket.
     pub blocked_subscribers: usize,
+    /// Public streams.
     pub streams: usize,
+    /// Internal (app) streams.
     pub internal_streams: usize,
+    /// Events retained in all histories.
     pub history_events: usize,
+    /// Bytes retained in all histories.
     pub history_bytes: usize,
+    /// Live timers (the sweep, ticking connections, one-offs).
     pub timers: usize,
+    /// Timer heap entries, cancelled ones not yet dropped included.
+    pub timer_entries: usize,
+    /// `size_of::<Conn>()`.
     pub connection_size: usize,
+    /// Seconds since start.
     pub uptime_secs: f64,
+    /// Resident set size.
     pub rss_bytes: u64,
+    /// Distinct peer addresses connected.
     pub per_ip_entries: usize,
+    /// The connection cap in force.
     pub max_connections: usize,
 }
 
@@ -73,6 +102,7 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
         "internal_streams": g.internal_streams,
         "history": { "events": g.history_events, "bytes": g.history_bytes },
         "timers": g.timers,
+        "timer_entries": g.timer_entries,
         "requests": c.requests,
         "events_published": c.events_published,
         "frames_written": c.frames_written,

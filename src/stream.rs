@@ -56,12 +56,15 @@ impl IdClock {
 /// History bounds of every stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Events retained per stream.
     pub history: usize,
+    /// Bytes retained per stream.
     pub history_bytes: usize,
 }
 
 /// One stream: its retained frames and its subscribers.
 pub struct Stream {
+    /// The stream's name.
     pub name: Box<str>,
     ring: VecDeque<Frame>,
     ring_bytes: usize,
@@ -73,16 +76,21 @@ pub struct Stream {
     /// Connection keys reading this stream; a connection's cursor stores its
     /// index here so removal is a swap-remove.
     pub subs: Vec<u32>,
+    /// Events ever published to it.
     pub published: u64,
+    /// Id of its newest event (0: none yet).
     pub last_id: u64,
     dirty: bool,
     /// Internal streams (used by the built-in apps) are not listed and cannot
     /// be subscribed to through `/events`.
     pub internal: bool,
+    /// This stream's history bounds (internal streams may be tighter than
+    /// the server-wide `--history`/`--history-bytes`).
+    limits: Limits,
 }
 
 impl Stream {
-    fn new(name: &str, lost_upto: u64, internal: bool) -> Self {
+    fn new(name: &str, lost_upto: u64, internal: bool, limits: Limits) -> Self {
         Stream {
             name: name.into(),
             ring: VecDeque::new(),
@@ -95,6 +103,7 @@ impl Stream {
             last_id: 0,
             dirty: false,
             internal,
+            limits,
         }
     }
 
@@ -149,7 +158,8 @@ impl Stream {
         self.ring.iter().skip(skip)
     }
 
-    fn push(&mut self, id: u64, bytes: Rc<[u8]>, limits: Limits) {
+    fn push(&mut self, id: u64, bytes: Rc<[u8]>) {
+        let limits = self.limits;
         let len = bytes.len();
         self.ring.push_back(Frame {
             id,
@@ -234,7 +244,9 @@ impl Resume {
 /// streams to name in a `gap` event (empty: no gap).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Each stream and the sequence it starts at.
     pub starts: Vec<(u32, u64)>,
+    /// Streams whose events after the cursor may be missing.
     pub gap: Vec<u32>,
 }
 
@@ -249,8 +261,11 @@ pub struct Streams {
     tombstones: HashMap<Box<str>, u64>,
     dirty: Vec<u32>,
     public: usize,
+    /// The server-wide id counter.
     pub ids: IdClock,
+    /// History bounds.
     pub limits: Limits,
+    /// Cap on public streams.
     pub max_streams: usize,
 }
 
@@ -297,6 +312,29 @@ impl Streams {
         create: bool,
         internal: bool,
     ) -> Result<u32, StreamError> {
+        let limits = self.limits;
+        self.create_with(name, create, internal, limits)
+    }
+
+    /// Finds or makes an internal stream (one the apps own) whose history is
+    /// bounded by `cap` as well as by the server-wide limits: apps make one
+    /// stream per member or user, so the server-wide bounds multiplied by
+    /// their number would be no bound at all.
+    pub fn get_or_create_internal(&mut self, name: &str, cap: Limits) -> Result<u32, StreamError> {
+        let limits = Limits {
+            history: self.limits.history.min(cap.history),
+            history_bytes: self.limits.history_bytes.min(cap.history_bytes),
+        };
+        self.create_with(name, true, true, limits)
+    }
+
+    fn create_with(
+        &mut self,
+        name: &str,
+        create: bool,
+        internal: bool,
+        limits: Limits,
+    ) -> Result<u32, StreamError> {
         if let Some(i) = self.find(name) {
             return Ok(i);
         }
@@ -313,7 +351,7 @@ impl Streams {
             self.public += 1;
         }
         let lost = self.tombstones.remove(name).unwrap_or(0);
-        let idx = self.slots.insert(Stream::new(name, lost, internal)) as u32;
+        let idx = self.slots.insert(Stream::new(name, lost, internal, limits)) as u32;
         self.by_name.insert(name.into(), idx);
         Ok(idx)
     }
@@ -336,10 +374,9 @@ impl Streams {
     /// Appends an already-encoded frame with id `id` to each stream in
     /// `targets` and marks them dirty. The bytes are shared, not copied.
     pub fn append(&mut self, targets: &[u32], id: u64, bytes: Rc<[u8]>) {
-        let limits = self.limits;
         for &t in targets {
             if let Some(s) = self.slots.get_mut(t as usize) {
-                s.push(id, bytes.clone(), limits);
+                s.push(id, bytes.clone());
                 if !s.dirty {
                     s.dirty = true;
                     self.dirty.push(t);

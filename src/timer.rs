@@ -19,7 +19,12 @@ pub enum Timer {
     /// Give up flushing and close everything on shutdown.
     ShutdownDeadline,
     /// A ticking app connection is due; `gen` guards against a reused slab key.
-    Tick { key: u32, gen: u32 },
+    Tick {
+        /// The connection.
+        key: u32,
+        /// Its ticker generation when scheduled.
+        gen: u32,
+    },
 }
 
 /// A min-heap of `(when_ms, timer)`.
@@ -58,8 +63,13 @@ impl Timers {
     }
 
     /// Drops entries `keep` rejects (used when cancelled entries pile up).
-    pub fn retain(&mut self, mut keep: impl FnMut(&Timer) -> bool) {
-        self.heap.retain(|Reverse((_, t))| keep(t));
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, &Timer) -> bool) {
+        self.heap.retain(|Reverse((w, t))| keep(*w, t));
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Timer)> {
+        self.heap.iter().map(|Reverse((w, t))| (*w, t))
     }
 }
 

@@ -3,32 +3,88 @@
 //! paths and rides on the hub's mechanisms: streams with shared history
 //! for delivery, ticking connections for per-connection timers.
 //!
-//! Apps never touch sockets or `Poll`; they reply through the hub.
+//! Apps never touch sockets or `Poll`; they reply through the hub. This
+//! module only dispatches: which app owns a request, and the two small
+//! helpers every app shares (scaled tick intervals, publishing into an
+//! internal stream under a tighter history bound than the core's).
+//!
+//! | path | app | module |
+//! |---|---|---|
+//! | `/streaming/sse` | chamber (seed 002) | [`chamber`] |
+//! | any unrouted `GET` with `Accept: text/event-stream` | workerman (seed 003) | [`workerman`] |
+//! | `/notification/events`, `/events` + `Member-ID` without `stream` | member notifications (seed 001) | [`members`] |
+//! | `/api/...` | MongooseIM client API (seed 000) | [`mongoose`] |
+
+pub mod chamber;
+pub mod ids;
+pub mod members;
+pub mod mongoose;
+pub mod workerman;
 
 use crate::config::Config;
 use crate::http::Request;
 use crate::hub::Hub;
 
 /// State of every app.
-#[derive(Default)]
-pub struct Apps {}
+pub struct Apps {
+    /// Member notifications: per-member history index and device table.
+    pub members: members::Members,
+    /// MongooseIM client API: users, rooms, archives.
+    pub mongoose: mongoose::Mongoose,
+}
+
+impl Default for Apps {
+    fn default() -> Self {
+        Apps::new(&Config::default())
+    }
+}
 
 impl Apps {
-    /// App state for a server configured with `cfg`.
-    pub fn new(_cfg: &Config) -> Apps {
-        Apps {}
+    /// App state for a server configured with `cfg` (reads `--users`).
+    pub fn new(cfg: &Config) -> Apps {
+        Apps {
+            members: members::Members::default(),
+            mongoose: mongoose::Mongoose::new(cfg.users_file.as_deref()),
+        }
     }
 
     /// A connection went away; drop whatever refers to it.
-    pub fn on_close(&mut self, _key: u32) {}
+    pub fn on_close(&mut self, key: u32) {
+        self.members.on_close(key);
+    }
 }
 
 /// Routes requests for app-owned paths; `false` when the path is not an app's.
-pub fn route(_hub: &mut Hub, _key: u32, _req: &Request<'_>, _cors: &str) -> bool {
-    false
+pub fn route(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool {
+    match req.path {
+        "/streaming/sse" => chamber::handle(hub, key, req),
+        "/notification/events" => members::handle(hub, key, req, cors),
+        // The mkapiczy service lived at `/events`; its requests carry a
+        // member id and never a `stream`, so they cannot be core requests.
+        "/events" if members::wants(req) => members::handle(hub, key, req, cors),
+        "/api" => mongoose::handle(hub, key, req, cors, ""),
+        p if p.starts_with("/api/") => mongoose::handle(hub, key, req, cors, &p[4..]),
+        _ => return false,
+    }
+    true
 }
 
 /// Paths nobody routed: the Accept-detected stream, else `false` (404).
-pub fn fallback(_hub: &mut Hub, _key: u32, _req: &Request<'_>, _cors: &str) -> bool {
-    false
+pub fn fallback(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool {
+    workerman::fallback(hub, key, req, cors)
+}
+
+/// An app's nominal interval multiplied by `--tick-scale` (a test knob),
+/// at least 1 ms.
+pub fn scaled(hub: &Hub, ms: u64) -> u64 {
+    ((ms as f64) * hub.cfg.tick_scale).round().max(1.0) as u64
+}
+
+/// Whether `s` is a safe identifier for member and device ids: 1..=128
+/// bytes of letters, digits and `._:@-` (they become part of internal
+/// stream names and JSON; anything else is refused with 400).
+pub fn valid_ident(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }

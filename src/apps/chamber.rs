@@ -1,0 +1,110 @@
+//! chamber's `GET /streaming/sse` (seed 002): an endless stream of random
+//! events, the first at once and then one every 4 s, each with a random
+//! 32-hex-digit id, type `?event=` (default `random`) and data
+//! `{"message": <?data= or 10..=50 random letters and digits>, "elapsed":
+//! <seconds since the request, 6 decimals>}`, with
+//! `Access-Control-Allow-Origin: *` whatever `--cors-origin` says.
+//!
+//! It owns nothing but a closure per connection, driven by the reactor's
+//! timer heap (`Hub::start_ticker`): no thread, no per-connection timer
+//! object. It must not keep state outside that closure, so the connection
+//! and its tick die together. Per-connection memory is bounded by the
+//! request line (`?event=` is at most 64 bytes, `?data=` at most
+//! `--max-header-bytes`).
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::ids;
+use crate::frame;
+use crate::http::{Method, Request};
+use crate::hub::Hub;
+use crate::router::fail;
+
+/// The seed's interval between events.
+const INTERVAL_MS: u64 = 4000;
+/// Event type when `?event=` is absent.
+const DEFAULT_EVENT: &str = "random";
+
+/// The `data:` line's JSON, spelled as chamber's Lua prints it (a space
+/// after each `:` and `,`, elapsed with 6 decimals).
+pub fn data_json(message: &str, elapsed_ms: u64) -> String {
+    let msg = Value::String(message.to_string());
+    format!(
+        "{{\"message\": {msg}, \"elapsed\": {:.6}}}",
+        elapsed_ms as f64 / 1000.0
+    )
+}
+
+/// `GET /streaming/sse`.
+pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>) {
+    // chamber answers with `*` whatever the server's CORS settings are.
+    let cors = "Access-Control-Allow-Origin: *\r\n";
+    if !matches!(req.method, Method::Get | Method::Head) {
+        let extra = format!("{cors}Allow: GET\r\n");
+        return fail(hub, key, req, 405, "method not allowed; use GET", &extra);
+    }
+    let event = req
+        .query_first("event")
+        .map(|e| e.into_owned())
+        .unwrap_or_else(|| DEFAULT_EVENT.to_string());
+    if !frame::valid_event_type(&event) {
+        return fail(
+            hub,
+            key,
+            req,
+            400,
+            "bad ?event=: 1..=64 visible ASCII characters without ':'",
+            cors,
+        );
+    }
+    let data = req.query_first("data").map(|d| d.into_owned());
+    // The seed's head lists `Date` and `Connection: keep-alive`; HTTP/1.0
+    // streams end with the connection, so keep-alive is only claimed for 1.1.
+    let date = ids::http_date(hub.unix_us_precise() / 1_000_000);
+    let extra = if req.http10 {
+        format!("Date: {date}\r\n{cors}")
+    } else {
+        format!("Date: {date}\r\n{cors}Connection: keep-alive\r\n")
+    };
+    hub.start_stream(key, req.http10, &extra, true);
+    if req.method == Method::Head {
+        hub.end_stream(key);
+        return;
+    }
+    let start = hub.now_ms;
+    let mut rng = SmallRng::seed_from_u64(hub.rng.gen());
+    let interval = super::scaled(hub, INTERVAL_MS);
+    hub.start_ticker(
+        key,
+        interval,
+        0,
+        Box::new(move |now_ms| {
+            let message = match &data {
+                Some(d) => d.clone(),
+                None => ids::random_alnum(&mut rng, 10..=50),
+            };
+            let id = ids::random_hex(&mut rng, 32);
+            let body = data_json(&message, now_ms.saturating_sub(start));
+            ids::frame_typed(&id, &event, &body)
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_spelled_like_the_seed() {
+        assert_eq!(
+            data_json("hello", 4003),
+            r#"{"message": "hello", "elapsed": 4.003000}"#
+        );
+        assert_eq!(
+            data_json("a\"b\nc", 0),
+            r#"{"message": "a\"b\nc", "elapsed": 0.000000}"#
+        );
+    }
+}

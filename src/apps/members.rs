@@ -1,0 +1,365 @@
+//! Member notifications (seed 001, mkapiczy's server-sent-events service)
+//! at `/notification/events`, and at `/events` for requests that carry a
+//! member id and no `stream`.
+//!
+//! - `GET` with `Member-ID` (or `MemberId`), optional `Device-Id`, optional
+//!   `Last-Event-ID` (header, or `?last_event_id=`): an event stream of
+//!   that member's notifications. A second connection for the same member
+//!   and device replaces the first, which is ended. A Last-Event-ID replays
+//!   what the member missed; one this server does not know (too old, or
+//!   from before a restart) gets a `gap` event and then everything
+//!   retained, so nothing is lost silently.
+//! - `POST` with `Member-ID` and body `{"event":{"type":"T","body":{...}}}`
+//!   (publish rights as for `/events`): every device of the member gets
+//!   `id: <uuid v4>`, `event: T`, `data: <body + "timestamp": ISO-8601
+//!   UTC>`. Reply `200 {"id":"<uuid>","devices":N}`, N being how many
+//!   connections the event was queued to.
+//!
+//! Delivery rides on the core: one internal stream `!member/<id>` per
+//! member holds the encoded frames (shared by that member's devices), and
+//! a bounded uuid → server-id index turns a uuid Last-Event-ID into a
+//! position in it. This module owns that index and the device table; it
+//! must not write frames to sockets itself.
+//!
+//! Bounds: at most [`MAX_MEMBERS`] members have state; when full, the
+//! least recently used member without a connected device is forgotten (its
+//! history with it), and if every member has a device the request gets
+//! 503. Per member: the last [`HISTORY`] events and at most
+//! [`HISTORY_BYTES`] of them (fewer if `--history`/`--history-bytes` are
+//! lower), and the uuid index holds the same number of entries. An event
+//! body is at most [`MAX_EVENT_BYTES`]. The device table has one entry per
+//! open connection that sent a `Device-Id`.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::{json, Map, Value};
+
+use super::ids;
+use crate::frame;
+use crate::http::{Method, Request};
+use crate::hub::Hub;
+use crate::router::{authorize, fail, ok_json};
+use crate::stream::{Limits, Resume};
+
+/// Members with state, at most.
+pub const MAX_MEMBERS: usize = 4096;
+/// Events retained per member.
+pub const HISTORY: usize = 100;
+/// Bytes of encoded events retained per member.
+pub const HISTORY_BYTES: usize = 64 << 10;
+/// Largest accepted POST body.
+pub const MAX_EVENT_BYTES: usize = 32 << 10;
+
+const CAP: Limits = Limits {
+    history: HISTORY,
+    history_bytes: HISTORY_BYTES,
+};
+
+/// One member: its internal stream and the uuid → server id index.
+struct Member {
+    stream: u32,
+    ids: VecDeque<(Box<str>, u64)>,
+    last_used: u64,
+}
+
+/// State of the member-notification app.
+#[derive(Default)]
+pub struct Members {
+    members: HashMap<Box<str>, Member>,
+    /// (member, device) → the connection currently serving it.
+    devices: HashMap<(Box<str>, Box<str>), u32>,
+    /// The reverse, so a freed connection drops its entry.
+    by_key: HashMap<u32, (Box<str>, Box<str>)>,
+    /// A use counter for least-recently-used eviction.
+    uses: u64,
+}
+
+impl Members {
+    /// A connection was freed: forget its device registration, unless a
+    /// newer connection already took the device over.
+    pub fn on_close(&mut self, key: u32) {
+        if let Some(md) = self.by_key.remove(&key) {
+            if self.devices.get(&md) == Some(&key) {
+                self.devices.remove(&md);
+            }
+        }
+    }
+
+    /// Members with state (for tests and stats).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether no member has state.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// The member id of a request, from `Member-ID` or `MemberId`.
+fn member_id<'r>(req: &'r Request<'_>) -> Option<&'r str> {
+    req.header_str("member-id")
+        .or_else(|| req.header_str("memberid"))
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether an `/events` request is the member app's: it has a member id
+/// and no `stream` parameter.
+pub fn wants(req: &Request<'_>) -> bool {
+    member_id(req).is_some()
+        && req.query_all("stream").next().is_none()
+        && req.query_all("topic").next().is_none()
+}
+
+/// `/notification/events` (and member requests to `/events`).
+pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
+    match req.method {
+        Method::Get => subscribe(hub, key, req, cors),
+        Method::Post => publish(hub, key, req, cors),
+        _ => {
+            let extra = format!("{cors}Allow: GET, POST, OPTIONS\r\n");
+            fail(
+                hub,
+                key,
+                req,
+                405,
+                "method not allowed; use GET, POST",
+                &extra,
+            )
+        }
+    }
+}
+
+/// Checks the member id header; replies 400 and returns `None` if bad.
+fn checked_member(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> Option<String> {
+    match member_id(req) {
+        None => {
+            fail(
+                hub,
+                key,
+                req,
+                400,
+                "missing member id: send a Member-ID (or MemberId) header",
+                cors,
+            );
+            None
+        }
+        Some(m) if !super::valid_ident(m) => {
+            fail(
+                hub,
+                key,
+                req,
+                400,
+                "bad Member-ID: 1..=128 letters, digits or . _ : @ -",
+                cors,
+            );
+            None
+        }
+        Some(m) => Some(m.to_string()),
+    }
+}
+
+/// The member's state, created if needed (evicting an idle member when
+/// full); `None` when every member slot has a connected device.
+fn ensure(hub: &mut Hub, member: &str) -> Option<u32> {
+    let m = &mut hub.apps.members;
+    m.uses += 1;
+    let now = m.uses;
+    if let Some(st) = m.members.get_mut(member) {
+        st.last_used = now;
+        return Some(st.stream);
+    }
+    if m.members.len() >= MAX_MEMBERS {
+        let streams = &hub.streams;
+        let victim = m
+            .members
+            .iter()
+            .filter(|(_, st)| streams.get(st.stream).is_none_or(|s| s.subs.is_empty()))
+            .min_by_key(|(_, st)| st.last_used)
+            .map(|(name, st)| (name.clone(), st.stream));
+        let (name, idx) = victim?;
+        m.members.remove(&name);
+        hub.streams.remove(idx);
+    }
+    let idx = hub
+        .streams
+        .get_or_create_internal(&format!("!member/{member}"), CAP)
+        .ok()?;
+    hub.apps.members.members.insert(
+        member.into(),
+        Member {
+            stream: idx,
+            ids: VecDeque::new(),
+            last_used: now,
+        },
+    );
+    Some(idx)
+}
+
+fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
+    let Some(member) = checked_member(hub, key, req, cors) else {
+        return;
+    };
+    let device = req.header_str("device-id").filter(|d| !d.is_empty());
+    if device.is_some_and(|d| !super::valid_ident(d)) {
+        return fail(
+            hub,
+            key,
+            req,
+            400,
+            "bad Device-Id: 1..=128 letters, digits or . _ : @ -",
+            cors,
+        );
+    }
+    let raw: Option<String> = match req.header_str("last-event-id") {
+        Some(v) => Some(v.to_string()),
+        None => req.query_first("last_event_id").map(|v| v.into_owned()),
+    }
+    .filter(|r| !r.trim().is_empty());
+    let Some(idx) = ensure(hub, &member) else {
+        return fail(
+            hub,
+            key,
+            req,
+            503,
+            "too many members are connected; retry later",
+            &format!("{cors}Retry-After: 1\r\n"),
+        );
+    };
+    let resume = match &raw {
+        None => Resume::Live,
+        Some(r) => {
+            let r = r.trim();
+            let known = hub
+                .apps
+                .members
+                .members
+                .get(member.as_str())
+                .and_then(|st| st.ids.iter().find(|(u, _)| &**u == r).map(|(_, id)| *id));
+            match known {
+                Some(id) => Resume::After(id, r.to_string()),
+                // Unknown (evicted, from before a restart, or bogus): the
+                // core sends `gap`, then all that is retained.
+                None => Resume::Unparsable(r.to_string()),
+            }
+        }
+    };
+    if let Some(d) = device {
+        let md: (Box<str>, Box<str>) = (member.as_str().into(), d.into());
+        let m = &mut hub.apps.members;
+        let old = m.devices.insert(md.clone(), key);
+        m.by_key.insert(key, md);
+        if let Some(old) = old.filter(|&o| o != key) {
+            m.by_key.remove(&old);
+            log::debug!("member {member} device {d}: connection {old} replaced by {key}");
+            hub.end_stream(old);
+        }
+    }
+    let plan = hub.streams.plan(&[idx], &resume);
+    hub.start_stream(key, req.http10, cors, true);
+    hub.subscribe(key, &plan, raw.as_deref().map(str::trim).unwrap_or(""));
+}
+
+/// Parses `{"event":{"type":"T","body":{...}}}` into the type and body.
+fn parse_event(body: &[u8]) -> Result<(String, Map<String, Value>), String> {
+    let text = std::str::from_utf8(body).map_err(|_| "request body must be UTF-8".to_string())?;
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let shape = "body must be {\"event\":{\"type\":\"TYPE\",\"body\":{...}}}";
+    let ev = v
+        .get("event")
+        .and_then(Value::as_object)
+        .ok_or_else(|| shape.to_string())?;
+    let t = match ev.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        _ => return Err(format!("missing event.type: {shape}")),
+    };
+    if !frame::valid_event_type(&t) {
+        return Err(format!(
+            "bad event.type {t:?}: 1..=64 visible ASCII characters without ':'"
+        ));
+    }
+    let body = match ev.get("body") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => return Err(format!("event.body must be an object: {shape}")),
+    };
+    Ok((t, body))
+}
+
+fn publish(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
+    if !authorize(hub, key, req, cors) {
+        return;
+    }
+    let Some(member) = checked_member(hub, key, req, cors) else {
+        return;
+    };
+    if req.body.len() > MAX_EVENT_BYTES {
+        let msg = format!("event body is larger than {MAX_EVENT_BYTES} bytes");
+        return fail(hub, key, req, 413, &msg, cors);
+    }
+    let (etype, mut body) = match parse_event(&req.body) {
+        Ok(x) => x,
+        Err(msg) => {
+            hub.counters.reject("bad_event");
+            return fail(hub, key, req, 400, &msg, cors);
+        }
+    };
+    let Some(idx) = ensure(hub, &member) else {
+        return fail(
+            hub,
+            key,
+            req,
+            503,
+            "too many members are connected; retry later",
+            &format!("{cors}Retry-After: 1\r\n"),
+        );
+    };
+    let now = hub.unix_us_precise();
+    body.insert("timestamp".into(), Value::String(ids::iso8601_utc(now)));
+    let uuid = ids::uuid_v4(&mut hub.rng);
+    let data = Value::Object(body).to_string();
+    let id = hub.streams.ids.next(now);
+    let bytes = frame::encode(Some(&uuid), Some(&etype), &data, None);
+    let (_, devices) = hub.publish_frame(&[idx], id, bytes.into());
+    if let Some(st) = hub.apps.members.members.get_mut(member.as_str()) {
+        st.ids.push_back((uuid.as_str().into(), id));
+        while st.ids.len() > HISTORY {
+            st.ids.pop_front();
+        }
+    }
+    ok_json(
+        hub,
+        key,
+        req,
+        cors,
+        &json!({ "id": uuid, "devices": devices }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_bodies() {
+        let (t, b) = parse_event(br#"{"event":{"type":"ORDER_SHIPPED","body":{"a":1}}}"#).unwrap();
+        assert_eq!(t, "ORDER_SHIPPED");
+        assert_eq!(b.get("a"), Some(&json!(1)));
+        let (_, b) = parse_event(br#"{"event":{"type":"PING"}}"#).unwrap();
+        assert!(b.is_empty());
+        for bad in [
+            &br#"{"event":{"body":{}}}"#[..],
+            br#"{"event":{"type":"A B","body":{}}}"#,
+            br#"{"event":{"type":"T","body":[1]}}"#,
+            br#"{"type":"T"}"#,
+            br#"not json"#,
+            b"\xff",
+        ] {
+            assert!(
+                parse_event(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! workerman's Accept-detected SSE (seed 003): a `GET` on a path that no
+//! route claims, with `Accept: text/event-stream`, becomes an event stream
+//! that sends `event: message`, `id: 1`, `data: hello` every 2 s, the
+//! first one 2 s after the request (workerman's `Timer::add(2, ...)`).
+//!
+//! The seed's PHP must delete its timer when the connection goes or timers
+//! pile up; here the tick is an entry in the reactor's timer heap tagged
+//! with the connection's generation, so it dies with the connection
+//! (`Hub::on_tick` drops entries of freed or reused keys). This module
+//! keeps no state at all.
+
+use crate::http::{Method, Request};
+use crate::hub::Hub;
+
+/// The seed's interval.
+const INTERVAL_MS: u64 = 2000;
+/// The one frame this app sends, in workerman's field order (`event`,
+/// `id`, `data`). Spelled here because `frame::encode` leaves
+/// `event: message` out and the seed writes it.
+const FRAME: &[u8] = b"event: message\nid: 1\ndata: hello\n\n";
+
+/// Takes over an unrouted `GET` that asks for an event stream; `false`
+/// (so the core answers 404) for anything else.
+pub fn fallback(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool {
+    if req.method != Method::Get || !req.accepts_event_stream() {
+        return false;
+    }
+    hub.start_stream(key, req.http10, cors, true);
+    let interval = super::scaled(hub, INTERVAL_MS);
+    hub.start_ticker(key, interval, interval, Box::new(|_| FRAME.to_vec()));
+    true
+}
