@@ -1146,24 +1146,100 @@ fn slow_consumer_is_dropped_and_memory_stays_bounded() {
         slow.closed_within(Duration::from_secs(10)),
         "slow consumer not disconnected"
     );
-    // What it did receive is a prefix of what was published...
-    let mut last = None;
-    let mut n = 0;
-    while let Some(e) = slow.next_event(Duration::from_millis(200)) {
-        assert_eq!(e.id.as_ref(), Some(&ids[n]), "event {n}");
-        last = e.id;
-        n += 1;
-    }
-    let last = last.expect("the slow consumer got nothing before it was dropped");
-    println!("slow consumer: got {n} events (a prefix) before the drop, the last {last}");
+    // What it did receive lost nothing silently.
+    let (n, last) = check_no_silent_loss(&mut slow, &ids);
+    println!("slow consumer: got {n} events before the drop, the last {last}");
     canary.finish(10, Duration::from_secs(2));
     assert_alive(&mut s);
 }
 
 #[test]
+#[ignore = "server bug: up to READS_PER_TURN reads of pipelined/back-to-back publishes are all appended before flush_dirty runs, so the history ring wraps within one turn and even an idle, fast subscriber gets a gap and loses events"]
+fn fast_subscriber_gets_every_pipelined_publish_without_gap() {
+    const N: usize = 3000; // --history is 1000
+    let mut s = Server::start(&["--heartbeat", "0"]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let mut sub = Sse::open(s.addr, "/events?stream=pipe", "");
+    let mut batch = Vec::new();
+    for i in 0..N {
+        let body = i.to_string();
+        batch.extend_from_slice(
+            format!(
+                "POST /events?stream=pipe HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let mut pubc = Conn::open(s.addr);
+    let writer = {
+        let mut w = pubc.reader.get_ref().try_clone().unwrap();
+        thread::spawn(move || w.write_all(&batch).unwrap())
+    };
+    for i in 0..N {
+        assert_eq!(pubc.response().status, 200, "publish {i}");
+    }
+    writer.join().unwrap();
+    for i in 0..N {
+        let e = sub
+            .next_event(T)
+            .unwrap_or_else(|| panic!("event {i} of {N} missing"));
+        assert_eq!(
+            (e.event.as_deref(), e.data()),
+            (None, i.to_string()),
+            "event {i} of {N} (an idle subscriber that reads everything)"
+        );
+    }
+    assert_eq!(stats(s.addr)["gaps_sent"], 0);
+    canary.finish(3, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
+/// Reads what a (closed) subscriber was sent and checks it lost nothing
+/// silently: events of `ids` in order, starting with the first, where every
+/// jump is announced by a `gap` naming the last id before it. Returns how
+/// many events arrived and the last id.
+fn check_no_silent_loss(sub: &mut Sse, ids: &[String]) -> (usize, String) {
+    let mut pos: Option<usize> = None;
+    let mut gap_from: Option<String> = None;
+    let mut n = 0;
+    while let Some(e) = sub.next_event(Duration::from_millis(200)) {
+        if e.event.as_deref() == Some("gap") {
+            let g: serde_json::Value = serde_json::from_str(&e.data()).unwrap();
+            let from = g["last_event_id"].as_str().unwrap().to_string();
+            match pos {
+                Some(p) => assert_eq!(from, ids[p], "gap does not name the last delivered id"),
+                // Before anything was delivered it names the subscription's
+                // starting point, which precedes every event here.
+                None => assert!(
+                    from.parse::<u64>().unwrap() < ids[0].parse::<u64>().unwrap(),
+                    "first gap names {from}, after the first event {}",
+                    ids[0]
+                ),
+            }
+            gap_from = Some(from);
+            continue;
+        }
+        let id = e.id.clone().expect("event without id");
+        let p = ids
+            .iter()
+            .position(|i| *i == id)
+            .unwrap_or_else(|| panic!("unknown id {id}"));
+        let expected = pos.map_or(0, |q| q + 1);
+        assert!(
+            p == expected || (p > expected && gap_from.is_some()),
+            "event {n}: id #{p}, expected #{expected}, no gap announced"
+        );
+        gap_from = None;
+        pos = Some(p);
+        n += 1;
+    }
+    let last = pos.map(|p| ids[p].clone()).expect("nothing received");
+    (n, last)
+}
+
+#[test]
 fn dropped_slow_consumer_resumes_from_its_last_event_id() {
-    // Small frames and a history under one write budget (see
-    // `catch_up_larger_than_one_write_budget_is_delivered`).
     let mut s = Server::start(&[
         "--heartbeat",
         "0",
@@ -1190,14 +1266,7 @@ fn dropped_slow_consumer_resumes_from_its_last_event_id() {
         slow.closed_within(Duration::from_secs(10)),
         "not disconnected"
     );
-    let mut last = None;
-    let mut n = 0;
-    while let Some(e) = slow.next_event(Duration::from_millis(200)) {
-        assert_eq!(e.id.as_ref(), Some(&ids[n]), "event {n}: not a prefix");
-        last = e.id;
-        n += 1;
-    }
-    let last = last.expect("nothing received before the drop");
+    let (n, last) = check_no_silent_loss(&mut slow, &ids);
     let mut again = Sse::open(
         s.addr,
         "/events?stream=resume",
@@ -1229,7 +1298,6 @@ fn dropped_slow_consumer_resumes_from_its_last_event_id() {
 }
 
 #[test]
-#[ignore = "server bug: flush_subscriber stops at WRITE_BUDGET (256 KiB) without rescheduling; a catch-up larger than that stalls until the next publish to the stream"]
 fn catch_up_larger_than_one_write_budget_is_delivered() {
     let mut s = Server::start(&["--heartbeat", "0", "--history-bytes", "8388608"]);
     let canary = Canary::start(s.addr, LOCAL, "canary");
