@@ -921,6 +921,55 @@ fn dribbled_chunked_body_does_not_stall_others() {
 }
 
 #[test]
+fn partial_request_bodies_cost_at_most_their_limit_each() {
+    const N: usize = 50;
+    const MAX_BODY: u64 = 1 << 20;
+    let mut s = Server::start(&["--heartbeat", "0", "--header-timeout", "30"]);
+    let pid = s.child.id();
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    canary.wait_more(2);
+    let idle_rss = proc_status_bytes(pid, "VmRSS");
+    let mut body = b"POST /events?stream=held HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+    body.resize(body.len() + (1 << 20) - 1, b'h');
+    let held: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.write_all(&body).unwrap();
+            c
+        })
+        .collect();
+    // Wait until the server has read (nearly) all of it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proc_status_bytes(pid, "VmRSS") < idle_rss + (N as u64 - 2) * MAX_BODY {
+        assert!(
+            Instant::now() < deadline,
+            "server did not buffer the bodies"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    canary.wait_more(3);
+    let hwm = proc_status_bytes(pid, "VmHWM");
+    let per_conn = MAX_BODY + 8192 + (64 << 10);
+    let bound = idle_rss + N as u64 * per_conn + 8 * MIB;
+    println!(
+        "partial bodies: {N} connections x 1 MiB - 1 byte held; RSS idle {:.1} MiB, peak {:.1} MiB, bound {:.1} MiB ({:.2} MiB per connection)",
+        mib(idle_rss),
+        mib(hwm),
+        mib(bound),
+        mib(hwm.saturating_sub(idle_rss)) / N as f64
+    );
+    assert!(hwm <= bound, "peak RSS {hwm} over {bound}");
+    drop(held);
+    let (ok, j) = poll_stats(s.addr, T, |st| num(st, &["connections", "total"]) == 3);
+    assert!(ok, "{j}");
+    let after = proc_status_bytes(pid, "VmRSS");
+    println!("partial bodies: RSS after close {:.1} MiB", mib(after));
+    assert!(after <= idle_rss + 8 * MIB, "memory not returned: {after}");
+    canary.finish(10, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
+#[test]
 fn idle_keepalive_closes_but_subscribers_stay() {
     let mut s = Server::start(&["--heartbeat", "0", "--idle-timeout", "1"]);
     let canary = Canary::start(s.addr, LOCAL, "canary");
@@ -1236,6 +1285,105 @@ fn check_no_silent_loss(sub: &mut Sse, ids: &[String]) -> (usize, String) {
     }
     let last = pos.map(|p| ids[p].clone()).expect("nothing received");
     (n, last)
+}
+
+#[test]
+fn many_stalled_subscribers_share_history_and_are_all_dropped() {
+    const SUBS: usize = 50;
+    let mut s = Server::start(&["--heartbeat", "0", "--max-body", "131072"]);
+    let pid = s.child.id();
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let mut pubc = Conn::open(s.addr);
+    let mut st = Conn::open(s.addr);
+    publish_many(&mut pubc, "warm", 20, 64 << 10, "w");
+    let idle_rss = proc_status_bytes(pid, "VmRSS");
+    let mut subs: Vec<Sse> = (0..SUBS)
+        .map(|_| stalled_subscriber(s.addr, "crowd"))
+        .collect();
+    let mut published = 0;
+    while num(&stats_on(&mut st), &["slow_consumers_dropped"]) < SUBS as u64 {
+        publish_many(&mut pubc, "crowd", 16, 64 << 10, "c");
+        published += 16;
+        assert!(published < 4000, "not all dropped: {}", stats_on(&mut st));
+    }
+    let hwm = proc_status_bytes(pid, "VmHWM");
+    // Shared frames: the history once, plus at most one partly written
+    // frame per subscriber, plus slack.
+    let bound = idle_rss + (1 << 20) + SUBS as u64 * (65 << 10) + 8 * MIB;
+    println!(
+        "{SUBS} stalled subscribers: all dropped after {published} x 64 KiB; RSS idle {:.1} MiB, peak {:.1} MiB, bound {:.1} MiB",
+        mib(idle_rss),
+        mib(hwm),
+        mib(bound)
+    );
+    assert!(hwm <= bound, "peak RSS {hwm} over {bound}");
+    for (i, sub) in subs.iter_mut().enumerate() {
+        assert!(sub.closed_within(T), "subscriber {i} not disconnected");
+    }
+    let j = stats_on(&mut st);
+    assert_eq!(num(&j, &["connections", "sse"]), 1, "only the canary: {j}");
+    canary.finish(10, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
+#[test]
+fn sigterm_during_abuse_exits_zero_within_shutdown_timeout() {
+    let mut s = Server::start(&[
+        "--heartbeat",
+        "0",
+        "--shutdown-timeout",
+        "2",
+        "--max-pending-bytes",
+        "1073741824",
+    ]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    // A stalled subscriber with megabytes queued, a half-sent request, a
+    // half-sent body and an idle keep-alive connection.
+    let _stalled = stalled_subscriber(s.addr, "term");
+    let mut pubc = Conn::open(s.addr);
+    let mut st = Conn::open(s.addr);
+    let mut n = 0;
+    while num(&stats_on(&mut st), &["connections", "blocked"]) == 0 {
+        publish_many(&mut pubc, "term", 16, 64 << 10, "t");
+        n += 16;
+        assert!(n < 2000, "never blocked");
+    }
+    let mut half_head = TcpStream::connect(s.addr).unwrap();
+    half_head.write_all(b"GET /healthz HTTP/1.1\r\nX-").unwrap();
+    let mut half_body = TcpStream::connect(s.addr).unwrap();
+    half_body
+        .write_all(b"POST /events?stream=term HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    let mut idle = Conn::open(s.addr);
+    assert_eq!(
+        idle.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
+    canary.finish(5, Duration::from_secs(2));
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = t0 + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    println!("SIGTERM under abuse: exited {status:?} after {took:?} (--shutdown-timeout 2)");
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    for (what, c) in [("half head", &mut half_head), ("half body", &mut half_body)] {
+        let (_, eof) = read_to_end_within(c, T);
+        assert!(eof, "{what} connection left open");
+    }
+    assert!(idle.closed_within(T));
 }
 
 #[test]
