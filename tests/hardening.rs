@@ -948,6 +948,13 @@ fn partial_request_bodies_cost_at_most_their_limit_each() {
         thread::sleep(Duration::from_millis(50));
     }
     canary.wait_more(3);
+    let j = stats(s.addr);
+    assert_eq!(num(&j, &["connections", "http"]), N as u64 + 2, "{j}");
+    assert_eq!(
+        get(s.addr, "/streams/held").status,
+        404,
+        "a partial body was published"
+    );
     let hwm = proc_status_bytes(pid, "VmHWM");
     let per_conn = MAX_BODY + 8192 + (64 << 10);
     let bound = idle_rss + N as u64 * per_conn + 8 * MIB;
@@ -974,6 +981,7 @@ fn idle_keepalive_closes_but_subscribers_stay() {
     let mut s = Server::start(&["--heartbeat", "0", "--idle-timeout", "1"]);
     let canary = Canary::start(s.addr, LOCAL, "canary");
     let mut quiet = Sse::open(s.addr, "/events?stream=quiet", "");
+    let before = stats(s.addr);
     let mut c = Conn::open(s.addr);
     assert_eq!(
         c.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -990,6 +998,16 @@ fn idle_keepalive_closes_but_subscribers_stay() {
         "idle close after {when:?}, --idle-timeout 1"
     );
     println!("idle timeout: closed after {when:?}");
+    let after = stats(s.addr);
+    assert!(
+        num(&after, &["connections", "closed"]) > num(&before, &["connections", "closed"]),
+        "{after}"
+    );
+    assert_eq!(
+        num(&after, &["connections", "total"]),
+        num(&before, &["connections", "total"]),
+        "the idle connection is gone: {after}"
+    );
     // A quiet subscriber (no heartbeat, nothing published) outlives it.
     thread::sleep(Duration::from_millis(1500));
     let id = publish(s.addr, "quiet", "still here");
