@@ -97,11 +97,21 @@ impl std::fmt::Debug for Ticker {
     }
 }
 
+/// An incomplete request: its bytes so far, and how far a chunked body in
+/// them has been checked.
+#[derive(Debug, Default)]
+pub struct ReqBuf {
+    /// The request's bytes (and any pipelined ones after it).
+    pub data: Vec<u8>,
+    /// Progress through a chunked body, so each read only walks new chunks.
+    pub scan: crate::http::Scan,
+}
+
 /// What a connection is doing.
 #[derive(Debug)]
 pub enum Phase {
     /// Reading requests; the buffer holds an incomplete one, if any.
-    Http(Option<Box<Vec<u8>>>),
+    Http(Option<Box<ReqBuf>>),
     /// Streaming events from shared history.
     Sse(Cursors),
     /// Streaming events from a per-connection timer.

@@ -167,6 +167,16 @@ const MAX_HEADERS: usize = 64;
 
 /// Parses one request from the front of `buf`.
 pub fn parse(buf: &[u8], limits: Limits) -> Result<Parsed<'_>, HttpError> {
+    parse_resume(buf, limits, &mut Scan::default())
+}
+
+/// Parses one request from the front of `buf`, resuming a chunked body's
+/// check where `scan` says the previous attempt on the same bytes stopped.
+pub fn parse_resume<'b>(
+    buf: &'b [u8],
+    limits: Limits,
+    scan: &mut Scan,
+) -> Result<Parsed<'b>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -201,7 +211,12 @@ pub fn parse(buf: &[u8], limits: Limits) -> Result<Parsed<'_>, HttpError> {
         Err(_) => return Err(HttpError::BadRequest("malformed request")),
     };
     if head_len > limits.max_header_bytes {
-        return Err(HttpError::HeadersTooLarge);
+        let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(head_len);
+        return Err(if line_len > limits.max_header_bytes {
+            HttpError::UriTooLong
+        } else {
+            HttpError::HeadersTooLarge
+        });
     }
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
@@ -278,6 +293,12 @@ pub fn parse(buf: &[u8], limits: Limits) -> Result<Parsed<'_>, HttpError> {
     };
     let rest = &buf[head_len..];
     let (body, used): (Cow<'_, [u8]>, usize) = if chunked {
+        // Check only the chunks that arrived since the last attempt; decode
+        // (one more pass) only once the body is complete.
+        if let Err(more) = walk_chunks(rest, *scan, limits.max_body, None)? {
+            *scan = more;
+            return Ok(Parsed::Partial);
+        }
         match decode_chunked(rest, limits.max_body)? {
             Some((b, n)) => (Cow::Owned(b), n),
             None => return Ok(Parsed::Partial),
@@ -325,20 +346,46 @@ fn strip_absolute_form(path: &str) -> &str {
 
 const MAX_CHUNK_LINE: usize = 32;
 
+/// How far a chunked body has been checked, so that a body arriving in
+/// many reads is walked once, not once per read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Offset (from the body's start) of the first chunk not yet complete.
+    at: usize,
+    /// Body bytes in the complete chunks before it.
+    body: usize,
+}
+
 /// Decodes a chunked body at the front of `buf`: `Ok(None)` while
 /// incomplete, otherwise the body and the bytes consumed. Chunk extensions
 /// and trailers are refused: they are rarely legitimate and a favourite of
 /// request smuggling.
 pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
     let mut body = Vec::new();
-    let mut pos = 0usize;
+    match walk_chunks(buf, Scan::default(), max_body, Some(&mut body))? {
+        Ok(used) => Ok(Some((body, used))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Walks chunks from `from`: `Ok(Ok(used))` at the end of the body,
+/// `Ok(Err(scan))` when more bytes are needed (resume from `scan`). With a
+/// `sink`, chunk data is appended to it.
+fn walk_chunks(
+    buf: &[u8],
+    from: Scan,
+    max_body: usize,
+    mut sink: Option<&mut Vec<u8>>,
+) -> Result<Result<usize, Scan>, HttpError> {
+    let mut scan = from;
     loop {
-        let rest = &buf[pos..];
+        let pos = scan.at;
+        let rest = buf.get(pos..).unwrap_or(&[]);
         let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
             if rest.len() > MAX_CHUNK_LINE {
                 return Err(HttpError::BadRequest("chunk size line too long"));
             }
-            return Ok(None);
+            return Ok(Err(scan));
         };
         if eol > MAX_CHUNK_LINE {
             return Err(HttpError::BadRequest("chunk size line too long"));
@@ -356,28 +403,32 @@ pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, us
             std::str::from_utf8(line).map_err(|_| HttpError::BadRequest("bad chunk size"))?;
         let size =
             usize::from_str_radix(text, 16).map_err(|_| HttpError::BadRequest("bad chunk size"))?;
-        pos += eol + 1;
+        let data = pos + eol + 1;
         if size == 0 {
-            let rest = &buf[pos..];
-            if rest.len() < 2 {
-                return Ok(None);
-            }
-            if &rest[..2] != b"\r\n" {
+            let Some(end) = buf.get(data..data + 2) else {
+                return Ok(Err(scan));
+            };
+            if end != b"\r\n" {
                 return Err(HttpError::BadRequest("trailers are not accepted"));
             }
-            return Ok(Some((body, pos + 2)));
+            return Ok(Ok(data + 2));
         }
-        if body.len().saturating_add(size) > max_body {
+        if scan.body.saturating_add(size) > max_body {
             return Err(HttpError::PayloadTooLarge);
         }
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+        let Some(chunk) = buf.get(data..data + size + 2) else {
+            return Ok(Err(scan));
+        };
+        if &chunk[size..] != b"\r\n" {
             return Err(HttpError::BadRequest("chunk data must end in CRLF"));
         }
-        pos += size + 2;
+        if let Some(out) = sink.as_deref_mut() {
+            out.extend_from_slice(&chunk[..size]);
+        }
+        scan = Scan {
+            at: data + size + 2,
+            body: scan.body + size,
+        };
     }
 }
 
@@ -552,6 +603,39 @@ mod tests {
     }
 
     #[test]
+    fn chunked_scan_resumes_where_it_stopped() {
+        let mut req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let head = req.len();
+        let mut scan = Scan::default();
+        for i in 0..50u8 {
+            req.extend_from_slice(b"1\r\n");
+            req.push(b'a' + i % 26);
+            req.extend_from_slice(b"\r\n");
+            assert!(matches!(
+                parse_resume(&req, L, &mut scan),
+                Ok(Parsed::Partial)
+            ));
+            // The walk stopped after the last complete chunk, not at the start.
+            assert_eq!(
+                scan,
+                Scan {
+                    at: req.len() - head,
+                    body: i as usize + 1
+                }
+            );
+        }
+        req.extend_from_slice(b"0\r\n\r\n");
+        match parse_resume(&req, L, &mut scan) {
+            Ok(Parsed::Complete(r, n)) => {
+                assert_eq!(n, req.len());
+                assert_eq!(r.body.len(), 50);
+                assert_eq!(&r.body[..3], b"abc");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn smuggling_shapes_rejected() {
         let bad: &[&[u8]] = &[
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -584,6 +668,12 @@ mod tests {
         assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), 505);
         let long_line = [b"GET /".as_slice(), &vec![b'a'; 9000]].concat();
         assert_eq!(e(&long_line), 414);
+        let whole = [b"GET /".as_slice(), &vec![b'a'; 9000], b" HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(
+            e(&whole),
+            414,
+            "request line too long, whole head in one read"
+        );
         let long_head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 9000]].concat();
         assert_eq!(e(&long_head), 431);
     }

@@ -627,9 +627,15 @@ impl Hub {
     /// Publishes an already-encoded frame with a server id (apps that spell
     /// their own `id:` use this).
     pub fn publish_frame(&mut self, targets: &[u32], id: u64, bytes: Rc<[u8]>) -> (u64, usize) {
-        self.streams.append(targets, id, bytes);
+        let pressure = self.streams.append(targets, id, bytes);
         self.counters.events_published += 1;
-        (id, self.audience(targets))
+        let n = self.audience(targets);
+        if pressure {
+            // Many publishes in one turn (pipelined or batched): write now,
+            // while every caught-up subscriber's next frame is still retained.
+            self.flush_dirty();
+        }
+        (id, n)
     }
 
     /// Distinct connections reading any of `targets`.

@@ -115,12 +115,24 @@ fn cors_headers(hub: &Hub, req: &Request<'_>) -> String {
 
 /// A 200 response.
 pub fn ok(hub: &mut Hub, key: u32, req: &Request<'_>, ctype: &str, extra: &str, body: &[u8]) {
-    let body = if req.method == Method::Head {
-        &b""[..]
-    } else {
-        body
-    };
-    let resp = http::response(200, req.http10, req.keep_alive, ctype, extra, body);
+    reply(hub, key, req, 200, ctype, extra, body);
+}
+
+/// A response to `req`: a `HEAD` gets the head that `GET` would (its
+/// `Content-Length` included) and no body, so keep-alive framing holds.
+pub fn reply(
+    hub: &mut Hub,
+    key: u32,
+    req: &Request<'_>,
+    status: u16,
+    ctype: &str,
+    extra: &str,
+    body: &[u8],
+) {
+    let mut resp = http::response(status, req.http10, req.keep_alive, ctype, extra, body);
+    if req.method == Method::Head {
+        resp.truncate(resp.len() - body.len());
+    }
     hub.respond(key, &resp, req.keep_alive);
 }
 
@@ -138,7 +150,15 @@ pub fn ok_json(hub: &mut Hub, key: u32, req: &Request<'_>, extra: &str, v: &Valu
 
 /// A JSON error response; the connection stays open when framing is intact.
 pub fn fail(hub: &mut Hub, key: u32, req: &Request<'_>, status: u16, msg: &str, extra: &str) {
-    hub.error(key, status, msg, req.http10, req.keep_alive, extra);
+    reply(
+        hub,
+        key,
+        req,
+        status,
+        "application/json",
+        extra,
+        &http::error_body(msg),
+    );
 }
 
 fn not_allowed(hub: &mut Hub, key: u32, req: &Request<'_>, allow: &str) {

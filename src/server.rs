@@ -18,7 +18,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::conn::{flags, Conn, Phase};
+use crate::conn::{flags, Conn, Phase, ReqBuf};
 use crate::http::{self, Parsed};
 use crate::hub::{Hub, Outgoing};
 use crate::timer::Timer;
@@ -412,15 +412,15 @@ impl Reactor {
             _ => None,
         };
         if let Some(mut buf) = pending {
-            let used = process(&mut self.hub, key, &buf);
-            buf.drain(..used);
+            let used = process(&mut self.hub, key, &buf.data, &mut buf.scan);
+            buf.data.drain(..used);
             if let Some(Conn {
                 phase: Phase::Http(slot),
                 flags: f,
                 ..
             }) = self.hub.conns.get_mut(key as usize)
             {
-                if !buf.is_empty() && *f & (flags::CLOSING | flags::CLOSE_AFTER_FLUSH) == 0 {
+                if !buf.data.is_empty() && *f & (flags::CLOSING | flags::CLOSE_AFTER_FLUSH) == 0 {
                     *slot = Some(buf);
                 }
             }
@@ -466,23 +466,29 @@ impl Reactor {
                 _ => None,
             };
             let limit = self.hub.cfg.max_header_bytes + self.hub.cfg.max_body + (64 << 10);
-            let leftover: Option<Box<Vec<u8>>> = match pending {
+            let leftover: Option<Box<ReqBuf>> = match pending {
                 Some(mut buf) => {
-                    if buf.len() + n > limit {
+                    if buf.data.len() + n > limit {
                         let e = http::HttpError::PayloadTooLarge;
                         self.hub.counters.reject(e.reason());
                         self.hub
                             .error(key, e.status(), e.message(), false, false, "");
                         return;
                     }
-                    buf.extend_from_slice(&self.rbuf[..n]);
-                    let used = process(&mut self.hub, key, &buf);
-                    buf.drain(..used);
-                    (!buf.is_empty()).then_some(buf)
+                    buf.data.extend_from_slice(&self.rbuf[..n]);
+                    let used = process(&mut self.hub, key, &buf.data, &mut buf.scan);
+                    buf.data.drain(..used);
+                    (!buf.data.is_empty()).then_some(buf)
                 }
                 None => {
-                    let used = process(&mut self.hub, key, &self.rbuf[..n]);
-                    (used < n).then(|| Box::new(self.rbuf[used..n].to_vec()))
+                    let mut scan = http::Scan::default();
+                    let used = process(&mut self.hub, key, &self.rbuf[..n], &mut scan);
+                    (used < n).then(|| {
+                        Box::new(ReqBuf {
+                            data: self.rbuf[used..n].to_vec(),
+                            scan,
+                        })
+                    })
                 }
             };
             let header_deadline = self.hub.header_deadline();
@@ -513,8 +519,10 @@ impl Reactor {
 }
 
 /// Parses and routes every complete request at the front of `data`;
-/// returns how many bytes were used.
-fn process(hub: &mut Hub, key: u32, data: &[u8]) -> usize {
+/// returns how many bytes were used. `scan` is the progress through the
+/// first request's chunked body, and is left describing the request at the
+/// front of what remains.
+fn process(hub: &mut Hub, key: u32, data: &[u8], scan: &mut http::Scan) -> usize {
     let limits = http::Limits {
         max_header_bytes: hub.cfg.max_header_bytes,
         max_body: hub.cfg.max_body,
@@ -527,7 +535,7 @@ fn process(hub: &mut Hub, key: u32, data: &[u8]) -> usize {
                     && !c.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH | flags::READ_PAUSED) => {}
             _ => return data.len(),
         }
-        match http::parse(&data[off..], limits) {
+        match http::parse_resume(&data[off..], limits, scan) {
             Ok(Parsed::Partial) => break,
             Err(e) => {
                 hub.counters.reject(e.reason());
@@ -536,6 +544,7 @@ fn process(hub: &mut Hub, key: u32, data: &[u8]) -> usize {
             }
             Ok(Parsed::Complete(req, used)) => {
                 off += used;
+                *scan = http::Scan::default();
                 hub.counters.requests += 1;
                 crate::router::handle(hub, key, &req);
                 let idle = hub.idle_deadline();

@@ -81,6 +81,10 @@ pub struct Stream {
     /// Id of its newest event (0: none yet).
     pub last_id: u64,
     dirty: bool,
+    /// Where the history stood when the stream last became dirty: frames
+    /// after it have not been offered to subscribers yet.
+    dirty_seq: u64,
+    dirty_offset: u64,
     /// Internal streams (used by the built-in apps) are not listed and cannot
     /// be subscribed to through `/events`.
     pub internal: bool,
@@ -102,6 +106,8 @@ impl Stream {
             published: 0,
             last_id: 0,
             dirty: false,
+            dirty_seq: 0,
+            dirty_offset: 0,
             internal,
             limits,
         }
@@ -373,16 +379,28 @@ impl Streams {
 
     /// Appends an already-encoded frame with id `id` to each stream in
     /// `targets` and marks them dirty. The bytes are shared, not copied.
-    pub fn append(&mut self, targets: &[u32], id: u64, bytes: Rc<[u8]>) {
+    /// Returns whether so much has been appended since the streams were last
+    /// flushed that they must be flushed now.
+    pub fn append(&mut self, targets: &[u32], id: u64, bytes: Rc<[u8]>) -> bool {
+        let mut pressure = false;
         for &t in targets {
             if let Some(s) = self.slots.get_mut(t as usize) {
-                s.push(id, bytes.clone());
                 if !s.dirty {
                     s.dirty = true;
+                    s.dirty_seq = s.next_seq();
+                    s.dirty_offset = s.end_offset;
                     self.dirty.push(t);
                 }
+                s.push(id, bytes.clone());
+                // Half the ring published since subscribers were last offered
+                // frames: flush before the ring overtakes even fast readers.
+                let frames = s.next_seq() - s.dirty_seq;
+                let bytes_in = s.end_offset - s.dirty_offset;
+                pressure |= frames as usize >= (s.limits.history / 2).max(1)
+                    || bytes_in as usize >= (s.limits.history_bytes / 2).max(1);
             }
         }
+        pressure
     }
 
     /// Takes the list of streams published to since the last call.

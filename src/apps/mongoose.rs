@@ -354,15 +354,15 @@ impl Ctx<'_, '_> {
         } else {
             "application/json"
         };
-        let resp = crate::http::response(
+        crate::router::reply(
+            self.hub,
+            self.key,
+            self.req,
             status,
-            self.req.http10,
-            self.req.keep_alive,
             ctype,
             self.cors,
             body.as_bytes(),
         );
-        self.hub.respond(self.key, &resp, self.req.keep_alive);
     }
     fn not_allowed(&mut self, allow: &str) {
         let extra = format!("{}Allow: {allow}\r\n", self.cors);
