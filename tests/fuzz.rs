@@ -331,6 +331,62 @@ fn parser_survives_mutated_requests() {
     );
 }
 
+#[test]
+fn chunked_bodies_round_trip() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let limits = Limits {
+        max_header_bytes: 8192,
+        max_body: 1 << 20,
+    };
+    for case in 0..3_000 {
+        let body: Vec<u8> = (0..rng.gen_range(0..3000)).map(|_| rng.gen()).collect();
+        let mut wire = Vec::new();
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let n = rng.gen_range(1..=rest.len().min(700));
+            let hex = if rng.gen_bool(0.5) {
+                format!("{n:x}")
+            } else {
+                format!("{n:0w$X}", w = rng.gen_range(1..=16))
+            };
+            wire.extend_from_slice(hex.as_bytes());
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let end = wire.len();
+        wire.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        match http::decode_chunked(&wire, limits.max_body) {
+            Ok(Some((b, used))) => {
+                assert_eq!((b.len(), used), (body.len(), end), "case {case}");
+                assert!(b == body, "case {case}: body differs");
+            }
+            other => panic!("case {case}: {other:?}"),
+        }
+        // Every strict prefix is incomplete.
+        let k = rng.gen_range(0..end);
+        assert!(
+            matches!(http::decode_chunked(&wire[..k], limits.max_body), Ok(None)),
+            "case {case}: prefix {k}"
+        );
+        // And inside a request, followed by a pipelined one.
+        let mut req =
+            b"POST /events?stream=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let head = req.len();
+        req.extend_from_slice(&wire);
+        match http::parse(&req, limits) {
+            Ok(Parsed::Complete(r, used)) => {
+                assert_eq!(used, head + end, "case {case}");
+                assert!(*r.body == body[..], "case {case}: body differs");
+            }
+            other => panic!("case {case}: {other:?}"),
+        }
+    }
+}
+
 /// `SO_LINGER {on, 0}`: closing sends a RST.
 fn set_linger0(s: &TcpStream) {
     let l = libc::linger {
