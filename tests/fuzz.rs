@@ -98,11 +98,27 @@ fn corpus() -> Vec<Vec<u8>> {
         "Member-ID: m1\r\nContent-Type: application/json\r\n",
         r#"{"event":{"type":"T","body":{"a":1}}}"#,
     ));
-    c.push(post(
+    // The MongooseIM app, as user@d (password pw; see the users file).
+    let api = "Authorization: Basic dXNlckBkOnB3\r\nContent-Type: application/json\r\n";
+    c.push(post("/api/messages", api, r#"{"to":"other@d","body":"x"}"#));
+    c.push(post("/api/rooms", api, r#"{"name":"r","subject":"s"}"#));
+    c.push(post("/api/rooms/r1/users", api, r#"{"user":"other@d"}"#));
+    c.push(post("/api/rooms/r1/messages", api, r#"{"body":"hi"}"#));
+    for get in [
+        "/api/rooms",
+        "/api/rooms/r1",
+        "/api/rooms/r1/messages?limit=5&before=99999999999999",
+        "/api/messages/other@d?limit=2",
         "/api/messages",
-        "Authorization: Basic dXNlckBkOnB3\r\nContent-Type: application/json\r\n",
-        r#"{"to":"a@b","body":"x"}"#,
-    ));
+    ] {
+        c.push(
+            format!("GET {get} HTTP/1.1\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n").into_bytes(),
+        );
+    }
+    c.push(
+        b"DELETE /api/rooms/r1/users/other@d HTTP/1.1\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n"
+            .to_vec(),
+    );
     c
 }
 
@@ -470,7 +486,11 @@ fn check_answers(bytes: &[u8], sent_head: bool) -> Result<usize, String> {
 #[test]
 fn live_server_survives_mutated_requests() {
     let seed = seed();
+    let users = std::env::temp_dir().join(format!("ssed-fuzz-users-{}", std::process::id()));
+    std::fs::write(&users, "user@d:pw\nother@d:pw2\n").unwrap();
     let mut s = Server::start(&[
+        "--users",
+        users.to_str().unwrap(),
         "--heartbeat",
         "0",
         "--header-timeout",
@@ -590,6 +610,7 @@ fn live_server_survives_mutated_requests() {
         canary.next_event(T).unwrap().id.as_deref(),
         Some(id.as_str())
     );
+    let _ = std::fs::remove_file(&users);
 }
 
 /// One connection: 1..=8 mutated requests written back to back, then a
