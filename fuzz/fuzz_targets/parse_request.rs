@@ -1,6 +1,7 @@
-//! Coverage-guided fuzzing of the request parser: `ssed::http::parse` and
-//! `ssed::http::decode_chunked` must never panic, never report consuming
-//! more than they were given, and agree with themselves on prefixes.
+//! Coverage-guided fuzzing of the request parser: `ssed::http::parse`,
+//! `parse_resume` and `decode_chunked` must never panic, never report
+//! consuming more than they were given, agree with themselves on prefixes,
+//! and a resumed parse must agree with one from scratch.
 
 #![no_main]
 
@@ -55,6 +56,22 @@ fuzz_target!(|input: &[u8]| {
             ));
             assert!(!e.message().is_empty());
         }
+    }
+
+    // Fed in two pieces, resuming the chunked scan, the parse agrees with
+    // one from scratch at each step.
+    let summary = |r: &Result<Parsed<'_>, http::HttpError>| match r {
+        Ok(Parsed::Partial) => (0, 0, 0),
+        Ok(Parsed::Complete(req, used)) => (1, *used, req.body.len()),
+        Err(e) => (2, usize::from(e.status()), 0),
+    };
+    let cut = data.len() / 2;
+    let mut scan = http::Scan::default();
+    let first = http::parse_resume(&data[..cut], limits, &mut scan);
+    assert_eq!(summary(&first), summary(&http::parse(&data[..cut], limits)));
+    if matches!(first, Ok(Parsed::Partial)) {
+        let second = http::parse_resume(data, limits, &mut scan);
+        assert_eq!(summary(&second), summary(&http::parse(data, limits)));
     }
 
     match http::decode_chunked(data, limits.max_body) {
