@@ -1241,6 +1241,53 @@ fn pipelining_client_that_never_reads_is_paused_then_closed() {
     assert_alive(&mut s);
 }
 
+#[test]
+#[ignore = "server bug: when output passes PIPELINE_OUT_LIMIT mid-batch, process() sets READ_PAUSED and its loop then returns data.len(), so the pipelined requests still in the buffer are dropped; the client waits forever (252 of 1001 answered here)"]
+fn pipelined_requests_survive_output_backpressure() {
+    const N: usize = 1000;
+    let mut s = Server::start(&["--heartbeat", "0"]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    // A client with a small window pipelines N requests with large answers
+    // (the demo page) and a last /healthz, and only then reads: the server's
+    // output backs up and it must pause reading, not lose requests.
+    let c = connect_from(LOCAL, s.addr, Some(4096)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut batch = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(N);
+    batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut w = c.try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&batch));
+    canary.wait_more(3);
+    let mut c = c;
+    let mut buf = Vec::new();
+    let mut got = 0usize;
+    let mut last = None;
+    let mut b = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got < N + 1 {
+        while let Some((r, used)) = parse_response(&buf) {
+            assert_eq!(r.status, 200, "response {got}");
+            buf.drain(..used);
+            got += 1;
+            last = Some(r);
+        }
+        if got == N + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "30 s and only {got} responses");
+        match c.read(&mut b) {
+            Ok(0) => panic!("closed after {got} of {} responses", N + 1),
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+            Err(e) => panic!("stalled after {got} of {} responses ({e})", N + 1),
+        }
+    }
+    let last = last.unwrap();
+    assert_eq!((last.status, last.text().as_str()), (200, "ok"));
+    writer.join().unwrap().unwrap();
+    assert!(num(&stats(s.addr), &["requests"]) as usize > N + 1);
+    canary.finish(5, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Slow consumers.
 // ---------------------------------------------------------------------------
