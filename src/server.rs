@@ -30,6 +30,8 @@ const READ_BUF: usize = 64 << 10;
 const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 const INBOX_LIMIT: usize = 65_536;
+/// Pending connections the kernel may queue per listener.
+const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Back-off after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Reads of one connection per loop turn (64 KiB each), so a flooding peer
@@ -117,6 +119,14 @@ impl Bound {
         let mut addrs = Vec::new();
         for (i, a) in cfg.listen.iter().enumerate() {
             let mut l = TcpListener::bind(*a)?;
+            // mio listens with a backlog of 1024; a connect storm of
+            // thousands of subscribers (a restart, a benchmark) would see
+            // SYNs dropped and 1 s retransmits. Linux lets listen(2) be
+            // called again to raise it (the kernel caps it at somaxconn).
+            // SAFETY: listen on a socket we own.
+            unsafe {
+                libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), LISTEN_BACKLOG);
+            }
             poll.registry()
                 .register(&mut l, listener_token(i), Interest::READABLE)?;
             addrs.push(l.local_addr()?);
