@@ -1,7 +1,11 @@
 //! Randomised hostile input, seeded and reproducible: generated and mutated
 //! requests (cut, spliced, byte-flipped, repeated) thrown first at the
-//! parser in-process (`ssed::http::parse`, `ssed::http::decode_chunked`),
-//! then at a live server over many connections.
+//! parser in-process (`ssed::http::parse`, `parse_resume`,
+//! `decode_chunked`: no panic, consumed lengths within the input, prefixes
+//! and resumed parses consistent, chunked bodies round-trip), then at a
+//! live server over many connections (answers well-formed, error bodies
+//! JSON, an unrelated subscriber unaffected, memory and connections back
+//! to baseline).
 //!
 //! The seed is printed at the start; set `SSED_FUZZ_SEED=N` to replay a run.
 //! The coverage-guided twin of this test is `fuzz/` (cargo-fuzz).

@@ -1,7 +1,9 @@
 //! Issue 6, hardening, over real sockets against the real binary: admission
-//! control and fd exhaustion, timeouts (slowloris, body, idle, write stall),
-//! slow consumers (bounded memory, drop, gap), hostile input, and
-//! leak-free connection churn.
+//! control, connect bursts and fd exhaustion; timeouts (slowloris, body,
+//! idle, write stall) and slow-input costs; pipelining back-pressure; slow
+//! consumers (bounded memory, drop, gap, resume); hostile input; shutdown
+//! under abuse; and leak-free connection churn. The seeded fuzzer is
+//! `tests/fuzz.rs`.
 //!
 //! Every test runs an unrelated "canary" subscriber next to the abuse and
 //! asserts it kept receiving events, and asserts `/stats` counters moved.
