@@ -540,9 +540,12 @@ fn process(hub: &mut Hub, key: u32, data: &[u8], scan: &mut http::Scan) -> usize
     let mut off = 0;
     while off < data.len() {
         match hub.conns.get(key as usize) {
+            // Paused for back-pressure: keep the rest for when output drains.
+            Some(c) if c.has(flags::READ_PAUSED) => break,
             Some(c)
                 if matches!(c.phase, Phase::Http(_))
-                    && !c.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH | flags::READ_PAUSED) => {}
+                    && !c.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) => {}
+            // Streaming or closing: later pipelined bytes mean nothing.
             _ => return data.len(),
         }
         match http::parse_resume(&data[off..], limits, scan) {
