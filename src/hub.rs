@@ -19,7 +19,7 @@ use slab::Slab;
 
 use crate::apps::Apps;
 use crate::config::Config;
-use crate::conn::{flags, Conn, Cursor, Cursors, Out, Phase, Tick, TickFn, Ticker, NEVER};
+use crate::conn::{flags, Conn, Cursor, Cursors, Out, Phase, ReqBuf, Tick, TickFn, Ticker, NEVER};
 use crate::frame;
 use crate::stats::{Counters, Gauges};
 use crate::stream::{Limits, Plan, Streams};
@@ -36,6 +36,9 @@ const LINGER_MS: u64 = 2000;
 const SWEEP_SPACING_MS: u64 = 250;
 /// Ticks are 100 ms.
 pub const TICK_MS: u64 = 100;
+/// All incomplete requests together may hold this much (or four maximal
+/// requests, if more): without it, every connection may hold `--max-body`.
+const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
 
 /// Per-peer connection counts.
 #[derive(Default)]
@@ -130,6 +133,8 @@ pub struct Hub {
     resume_read: Vec<u32>,
     /// Subscribers that used their write budget this turn and are owed more.
     again: Vec<u32>,
+    /// Bytes held in all connections' request buffers (incomplete requests).
+    buffered: usize,
     /// Fan-out passes in progress: a stream and the next subscriber index.
     passes: std::collections::VecDeque<(u32, usize)>,
     sweep_at: Option<u64>,
@@ -211,6 +216,7 @@ impl Hub {
             closing: Vec::new(),
             resume_read: Vec::new(),
             again: Vec::new(),
+            buffered: 0,
             passes: std::collections::VecDeque::new(),
             sweep_at: None,
             last_sweep: 0,
@@ -299,6 +305,44 @@ impl Hub {
         !self.again.is_empty() || !self.passes.is_empty()
     }
 
+    /// Takes a connection's incomplete request out of it (for parsing).
+    pub fn take_reqbuf(&mut self, key: u32) -> Option<Box<ReqBuf>> {
+        let c = self.conns.get_mut(key as usize)?;
+        let Phase::Http(b) = &mut c.phase else {
+            return None;
+        };
+        let b = b.take()?;
+        self.buffered = self.buffered.saturating_sub(b.data.capacity());
+        Some(b)
+    }
+
+    /// Puts an incomplete request back, unless the connection has moved on
+    /// (streaming, closing), in which case it is dropped.
+    pub fn put_reqbuf(&mut self, key: u32, b: Box<ReqBuf>) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if b.data.is_empty() || c.has(flags::CLOSING | flags::CLOSE_AFTER_FLUSH) {
+            return;
+        }
+        if let Phase::Http(slot @ None) = &mut c.phase {
+            self.buffered += b.data.capacity();
+            *slot = Some(b);
+        }
+    }
+
+    /// Whether `more` bytes of incomplete requests still fit the server-wide
+    /// budget: `--max-body` bounds one request, this bounds all of them.
+    pub fn buffer_fits(&self, more: usize) -> bool {
+        let budget = REQUEST_BUFFER_BUDGET.max(4 * (self.cfg.max_body + self.cfg.max_header_bytes));
+        self.buffered + more <= budget
+    }
+
+    /// Bytes held in request buffers.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
     /// Takes the connections marked for closing.
     pub fn take_closing(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.closing)
@@ -312,7 +356,8 @@ impl Hub {
     /// Frees a closed connection's resources: its stream slots, its peer
     /// count, its app registrations. The caller deregisters the socket.
     pub fn forget(&mut self, key: u32) -> Option<Conn> {
-        let conn = self.conns.try_remove(key as usize)?;
+        let mut conn = self.conns.try_remove(key as usize)?;
+        release_reqbuf(&mut self.buffered, &mut conn.phase);
         if let Phase::Sse(cursors) = &conn.phase {
             for c in cursors.as_slice() {
                 self.unlink(key, *c);
@@ -450,6 +495,7 @@ impl Hub {
             return;
         };
         let _ = c.sock.shutdown(Shutdown::Write);
+        release_reqbuf(&mut self.buffered, &mut c.phase);
         c.phase = Phase::Http(None);
         c.flags |= flags::CLOSE_AFTER_FLUSH | flags::IDLE;
         let d = ms_to_ticks(self.now_ms + LINGER_MS);
@@ -510,9 +556,7 @@ impl Hub {
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
             c.flags &= !(flags::IDLE | flags::READ_PAUSED);
-            if let Phase::Http(buf) = &mut c.phase {
-                *buf = None;
-            }
+            release_reqbuf(&mut self.buffered, &mut c.phase);
         }
         self.send(key, &head);
     }
@@ -1054,6 +1098,7 @@ impl Hub {
         g.uptime_secs = self.start.elapsed().as_secs_f64();
         g.rss_bytes = crate::stats::rss_bytes();
         g.per_ip_entries = self.peers.len();
+        g.buffered_request_bytes = self.buffered;
         g.max_connections = self.max_connections;
         g
     }
@@ -1138,6 +1183,15 @@ impl Hub {
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for k in keys {
             self.close(k);
+        }
+    }
+}
+
+/// Drops a connection's request buffer, if any, from the accounting.
+fn release_reqbuf(buffered: &mut usize, phase: &mut Phase) {
+    if let Phase::Http(b) = phase {
+        if let Some(b) = b.take() {
+            *buffered = buffered.saturating_sub(b.data.capacity());
         }
     }
 }

@@ -421,26 +421,10 @@ impl Reactor {
     /// Output drained on a connection whose input was paused: route the
     /// requests already buffered, then read on.
     fn resume_read(&mut self, key: u32) {
-        let Some(conn) = self.hub.conns.get_mut(key as usize) else {
-            return;
-        };
-        let pending = match &mut conn.phase {
-            Phase::Http(b) => b.take(),
-            _ => None,
-        };
-        if let Some(mut buf) = pending {
+        if let Some(mut buf) = self.hub.take_reqbuf(key) {
             let used = process(&mut self.hub, key, &buf.data, &mut buf.scan);
             buf.data.drain(..used);
-            if let Some(Conn {
-                phase: Phase::Http(slot),
-                flags: f,
-                ..
-            }) = self.hub.conns.get_mut(key as usize)
-            {
-                if !buf.data.is_empty() && *f & (flags::CLOSING | flags::CLOSE_AFTER_FLUSH) == 0 {
-                    *slot = Some(buf);
-                }
-            }
+            self.hub.put_reqbuf(key, buf);
         }
         self.on_readable(key);
     }
@@ -478,20 +462,18 @@ impl Reactor {
             }
             let was_idle = conn.has(flags::IDLE);
             conn.flags &= !flags::IDLE;
-            let pending = match &mut conn.phase {
-                Phase::Http(b) => b.take(),
-                _ => None,
-            };
+            let pending = self.hub.take_reqbuf(key);
+            let held = pending.as_ref().map_or(0, |b| b.data.len());
             let limit = self.hub.cfg.max_header_bytes + self.hub.cfg.max_body + (64 << 10);
+            if held + n > limit {
+                let e = http::HttpError::PayloadTooLarge;
+                self.hub.counters.reject(e.reason());
+                self.hub
+                    .error(key, e.status(), e.message(), false, false, "");
+                return;
+            }
             let leftover: Option<Box<ReqBuf>> = match pending {
                 Some(mut buf) => {
-                    if buf.data.len() + n > limit {
-                        let e = http::HttpError::PayloadTooLarge;
-                        self.hub.counters.reject(e.reason());
-                        self.hub
-                            .error(key, e.status(), e.message(), false, false, "");
-                        return;
-                    }
                     buf.data.extend_from_slice(&self.rbuf[..n]);
                     let used = process(&mut self.hub, key, &buf.data, &mut buf.scan);
                     buf.data.drain(..used);
@@ -508,18 +490,29 @@ impl Reactor {
                     })
                 }
             };
-            let header_deadline = self.hub.header_deadline();
-            let Some(conn) = self.hub.conns.get_mut(key as usize) else {
+            let Some(rest) = leftover else { continue };
+            if !self.hub.buffer_fits(rest.data.capacity()) {
+                // Many peers each holding a large unfinished request: refuse
+                // this one rather than let the sum grow with the peer count.
+                self.hub.counters.reject("buffer_budget");
+                let msg = "server is holding too many unfinished requests; retry later";
+                self.hub
+                    .error(key, 503, msg, false, false, "Retry-After: 1\r\n");
                 return;
-            };
-            let open = !conn.has(flags::CLOSE_AFTER_FLUSH) && !conn.has(flags::CLOSING);
+            }
             // A request that began in this read (after an idle gap, or after
             // one completed just now) gets a fresh header deadline; bytes
             // dribbled into the same request never extend it (slowloris).
-            let new_request = was_idle || conn.has(flags::IDLE);
-            if let (Phase::Http(slot), Some(rest)) = (&mut conn.phase, leftover) {
-                if open {
-                    *slot = Some(rest);
+            let new_request = was_idle
+                || self
+                    .hub
+                    .conns
+                    .get(key as usize)
+                    .is_some_and(|c| c.has(flags::IDLE));
+            self.hub.put_reqbuf(key, rest);
+            let header_deadline = self.hub.header_deadline();
+            if let Some(conn) = self.hub.conns.get_mut(key as usize) {
+                if matches!(conn.phase, Phase::Http(Some(_))) {
                     conn.flags &= !flags::IDLE;
                     if new_request {
                         self.hub.set_deadline(key, header_deadline);

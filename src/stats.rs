@@ -75,6 +75,8 @@ pub struct Gauges {
     pub uptime_secs: f64,
     /// Resident set size.
     pub rss_bytes: u64,
+    /// Bytes held in incomplete requests' buffers.
+    pub buffered_request_bytes: usize,
     /// Distinct peer addresses connected.
     pub per_ip_entries: usize,
     /// The connection cap in force.
@@ -101,6 +103,7 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
         "streams": g.streams,
         "internal_streams": g.internal_streams,
         "history": { "events": g.history_events, "bytes": g.history_bytes },
+        "buffered_request_bytes": g.buffered_request_bytes,
         "timers": g.timers,
         "timer_entries": g.timer_entries,
         "requests": c.requests,

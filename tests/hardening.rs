@@ -2362,3 +2362,72 @@ fn hundred_thousand_connection_cycles_leak_nothing() {
     canary.finish(20, Duration::from_secs(3));
     assert_alive(&mut s);
 }
+
+/// Many peers each holding a large unfinished request cannot make the
+/// server hold more than its request-buffer budget (64 MiB): past it the
+/// next such request is refused with 503, and the memory is given back when
+/// the peers go.
+#[test]
+fn unfinished_requests_share_one_buffer_budget() {
+    let mut s = Server::start(&[
+        "--heartbeat",
+        "0",
+        "--max-connections-per-ip",
+        "5000",
+        "--header-timeout",
+        "60",
+    ]);
+    let canary = Canary::start(s.addr, LOCAL, "canary");
+    let body_len = 1_000_000;
+    let part = vec![b'x'; body_len - 1000];
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        let head = format!("POST /events?stream=big HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n");
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(&part).unwrap();
+        conns.push(c);
+    }
+    // Every connection is either holding its request or was refused.
+    let mut refused = 0;
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match c.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => break,
+            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("Retry-After: 1\r\n"), "{text}");
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("unfinished requests"));
+        refused += 1;
+    }
+    let st = stats(s.addr);
+    let held = st["buffered_request_bytes"].as_u64().unwrap();
+    assert!(
+        refused >= 20,
+        "only {refused} of 100 refused; {held} bytes held"
+    );
+    assert!(
+        held <= (64 << 20) + 2 * body_len as u64,
+        "{held} bytes held"
+    );
+    assert!(st["rejected"]["buffer_budget"].as_u64().unwrap() >= 20);
+    drop(conns);
+    assert!(wait_until(Duration::from_secs(10), || stats(s.addr)
+        ["buffered_request_bytes"]
+        == 0));
+    canary.finish(1, Duration::from_secs(2));
+    assert_alive(&mut s);
+}
