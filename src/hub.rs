@@ -312,7 +312,7 @@ impl Hub {
             return None;
         };
         let b = b.take()?;
-        self.buffered = self.buffered.saturating_sub(b.data.capacity());
+        self.buffered = self.buffered.saturating_sub(b.data.len());
         Some(b)
     }
 
@@ -326,7 +326,7 @@ impl Hub {
             return;
         }
         if let Phase::Http(slot @ None) = &mut c.phase {
-            self.buffered += b.data.capacity();
+            self.buffered += b.data.len();
             *slot = Some(b);
         }
     }
@@ -1191,7 +1191,7 @@ impl Hub {
 fn release_reqbuf(buffered: &mut usize, phase: &mut Phase) {
     if let Phase::Http(b) = phase {
         if let Some(b) = b.take() {
-            *buffered = buffered.saturating_sub(b.data.capacity());
+            *buffered = buffered.saturating_sub(b.data.len());
         }
     }
 }

@@ -491,7 +491,7 @@ impl Reactor {
                 }
             };
             let Some(rest) = leftover else { continue };
-            if !self.hub.buffer_fits(rest.data.capacity()) {
+            if !self.hub.buffer_fits(rest.data.len()) {
                 // Many peers each holding a large unfinished request: refuse
                 // this one rather than let the sum grow with the peer count.
                 self.hub.counters.reject("buffer_budget");
