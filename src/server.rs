@@ -170,6 +170,7 @@ impl Bound {
             rbuf: vec![0; READ_BUF],
             shared: self.shared,
             accept_paused: false,
+            accept_warned: false,
             accept_more: Vec::new(),
             read_again: Vec::new(),
         };
@@ -185,6 +186,8 @@ struct Reactor {
     rbuf: Vec<u8>,
     shared: Arc<Shared>,
     accept_paused: bool,
+    /// A descriptor-exhaustion episode has been logged.
+    accept_warned: bool,
     /// Listeners that still had connections waiting when their batch ran out.
     accept_more: Vec<usize>,
     /// Connections that used their read budget and may have more input.
@@ -329,7 +332,13 @@ impl Reactor {
                 return;
             };
             match l.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr),
+                Ok((sock, addr)) => {
+                    if self.accept_warned {
+                        log::warn!("accepting again");
+                        self.accept_warned = false;
+                    }
+                    self.admit(sock, addr)
+                }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -342,7 +351,14 @@ impl Reactor {
                             | Some(libc::ENOBUFS)
                             | Some(libc::ENOMEM)
                     ) {
-                        log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms");
+                        // Once per episode: the back-off repeats every 100 ms
+                        // until descriptors free up.
+                        if self.accept_warned {
+                            log::debug!("accept: {e}; still pausing");
+                        } else {
+                            log::warn!("accept: {e}; pausing accepts ({ACCEPT_BACKOFF_MS} ms steps) until descriptors free up");
+                            self.accept_warned = true;
+                        }
                         self.hub.counters.accept_paused += 1;
                         self.accept_paused = true;
                         self.hub
