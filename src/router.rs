@@ -287,6 +287,19 @@ fn resolve(
     Some(out)
 }
 
+/// The cursor a subscriber resumes from: the `Last-Event-ID` header, else
+/// the `last_event_id` query parameter (EventSource cannot set headers on
+/// its first connection). The header wins: EventSource keeps the query on
+/// every reconnect while its header moves on. Not-UTF-8 stays unparsable
+/// (so it gets a `gap`) rather than vanishing.
+pub fn last_event_id(req: &Request<'_>) -> Option<String> {
+    let raw = match req.header("last-event-id") {
+        Some(v) => String::from_utf8_lossy(v).trim().to_string(),
+        None => req.query_first("last_event_id").map(Cow::into_owned)?,
+    };
+    (!raw.trim().is_empty()).then_some(raw)
+}
+
 fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
     let names: Vec<String> = req.query_all("stream").map(Cow::into_owned).collect();
     if names.is_empty() {
@@ -309,11 +322,7 @@ fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
     let Some(idx) = resolve(hub, key, req, &names, cors) else {
         return;
     };
-    let raw: Option<String> = match req.header("last-event-id") {
-        Some(v) => Some(String::from_utf8_lossy(v).trim().to_string()),
-        None => req.query_first("last_event_id").map(Cow::into_owned),
-    };
-    let raw = raw.filter(|r| !r.is_empty());
+    let raw = last_event_id(req);
     let plan = hub.streams.plan(&idx, &Resume::parse(raw.as_deref()));
     hub.start_stream(key, req.http10, cors, true);
     hub.subscribe(key, &plan, raw.as_deref().unwrap_or(""));

@@ -211,11 +211,7 @@ fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
             cors,
         );
     }
-    let raw: Option<String> = match req.header_str("last-event-id") {
-        Some(v) => Some(v.to_string()),
-        None => req.query_first("last_event_id").map(|v| v.into_owned()),
-    }
-    .filter(|r| !r.trim().is_empty());
+    let raw = crate::router::last_event_id(req);
     let Some(idx) = ensure(hub, &member) else {
         return fail(
             hub,

@@ -522,11 +522,7 @@ fn sse(cx: &mut Ctx<'_, '_>) {
     let Some(idx) = user_stream(cx.hub, &cx.me) else {
         return cx.fail(500, "no event stream for this user");
     };
-    let raw: Option<String> = match cx.req.header_str("last-event-id") {
-        Some(v) => Some(v.to_string()),
-        None => cx.req.query_first("last_event_id").map(|v| v.into_owned()),
-    }
-    .filter(|r| !r.is_empty());
+    let raw = crate::router::last_event_id(cx.req);
     let plan = cx.hub.streams.plan(&[idx], &Resume::parse(raw.as_deref()));
     cx.hub.start_stream(cx.key, cx.req.http10, cx.cors, true);
     cx.hub
