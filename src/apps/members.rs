@@ -97,6 +97,29 @@ impl Members {
 }
 
 /// The member id of a request, from `Member-ID` or `MemberId`.
+/// [`ensure`], answering 503 itself when every member slot is in use.
+fn ensure_or_busy(
+    hub: &mut Hub,
+    key: u32,
+    req: &Request<'_>,
+    cors: &str,
+    member: &str,
+) -> Option<u32> {
+    let idx = ensure(hub, member);
+    if idx.is_none() {
+        let extra = format!("{cors}Retry-After: 1\r\n");
+        fail(
+            hub,
+            key,
+            req,
+            503,
+            "too many members are connected; retry later",
+            &extra,
+        );
+    }
+    idx
+}
+
 fn member_id<'r>(req: &'r Request<'_>) -> Option<&'r str> {
     req.header_str("member-id")
         .or_else(|| req.header_str("memberid"))
@@ -212,15 +235,8 @@ fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
         );
     }
     let raw = crate::router::last_event_id(req);
-    let Some(idx) = ensure(hub, &member) else {
-        return fail(
-            hub,
-            key,
-            req,
-            503,
-            "too many members are connected; retry later",
-            &format!("{cors}Retry-After: 1\r\n"),
-        );
+    let Some(idx) = ensure_or_busy(hub, key, req, cors, &member) else {
+        return;
     };
     let resume = match &raw {
         None => Resume::Live,
@@ -300,15 +316,8 @@ fn publish(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
             return fail(hub, key, req, 400, &msg, cors);
         }
     };
-    let Some(idx) = ensure(hub, &member) else {
-        return fail(
-            hub,
-            key,
-            req,
-            503,
-            "too many members are connected; retry later",
-            &format!("{cors}Retry-After: 1\r\n"),
-        );
+    let Some(idx) = ensure_or_busy(hub, key, req, cors, &member) else {
+        return;
     };
     let now = hub.unix_us_precise();
     body.insert("timestamp".into(), Value::String(ids::iso8601_utc(now)));

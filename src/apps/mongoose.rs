@@ -604,6 +604,16 @@ fn messages(cx: &mut Ctx<'_, '_>, with: Option<&str>) {
 }
 
 /// A room id from a path (a bare id or `id@muclight.domain`) that exists.
+/// The requesting user's role in room `id`, if they are in it.
+fn my_role(cx: &Ctx<'_, '_>, id: &str) -> Option<Role> {
+    cx.hub
+        .apps
+        .mongoose
+        .rooms
+        .get(id)
+        .and_then(|r| r.role(&cx.me))
+}
+
 fn find_room(cx: &mut Ctx<'_, '_>, raw: &str) -> Option<String> {
     let (id, domain) = match raw.split_once('@') {
         Some((i, d)) => (i, Some(d.to_lowercase())),
@@ -699,13 +709,7 @@ fn create_room_with_id(cx: &mut Ctx<'_, '_>, raw: &str) {
 /// `PUT /api/rooms/ID/config`: the owner renames the room.
 fn change_config(cx: &mut Ctx<'_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
-    let role = cx
-        .hub
-        .apps
-        .mongoose
-        .rooms
-        .get(id.as_str())
-        .and_then(|r| r.role(&cx.me));
+    let role = my_role(cx, &id);
     if role != Some(Role::Owner) {
         return cx.fail(403, "only the room's owner may change its configuration");
     }
@@ -800,13 +804,7 @@ fn member_list(hub: &Hub, room_id: &str) -> Vec<String> {
 
 fn add_user(cx: &mut Ctx<'_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
-    let role = cx
-        .hub
-        .apps
-        .mongoose
-        .rooms
-        .get(id.as_str())
-        .and_then(|r| r.role(&cx.me));
+    let role = my_role(cx, &id);
     if role != Some(Role::Owner) {
         return cx.fail(403, "only the room's owner may add users");
     }
@@ -881,13 +879,7 @@ fn remove_user(cx: &mut Ctx<'_, '_>, raw: &str, target: &str) {
 
 fn send_room_message(cx: &mut Ctx<'_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
-    let member = cx
-        .hub
-        .apps
-        .mongoose
-        .rooms
-        .get(id.as_str())
-        .is_some_and(|r| r.role(&cx.me).is_some());
+    let member = my_role(cx, &id).is_some();
     if !member {
         return cx.fail(403, "you are not a member of this room");
     }
