@@ -9,11 +9,10 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ssed::stream::{Limits, Resume, Streams};
-use ssed::{frame, http, Config, Event, Server};
+use ssed::internals::{frame, http, Broker, Limits, Origin, Resume};
+use ssed::{Config, Event, Server};
 
 fn bench(name: &str, iters: u64, mut f: impl FnMut()) {
     for _ in 0..iters / 10 {
@@ -63,7 +62,7 @@ fn main() {
     }
 
     if want("history") {
-        let mut streams = Streams::new(
+        let mut broker = Broker::new(
             1,
             Limits {
                 history: 1000,
@@ -71,19 +70,20 @@ fn main() {
             },
             10,
         );
-        let Ok(s) = streams.get_or_create("bench", true, false) else {
+        let Ok(s) = broker.resolve(&["bench"], true) else {
             return;
         };
-        let bytes: Rc<[u8]> = Rc::from(frame::encode_numbered(1, None, &"x".repeat(64), None));
+        let sse = frame::encode_numbered(1, None, &"x".repeat(64), None);
         let mut now = 1u64;
         bench("history: append (ring full, evicting)", 2_000_000, || {
             now += 1;
-            let id = streams.ids.next(now);
-            streams.append(&[s], id, bytes.clone());
+            let _ = black_box(broker.append(Origin::Local, &s, now, &sse));
         });
-        let mid = streams.get(s).map_or(0, |st| st.last_id - 500);
+        let mid = broker.ids().last() - 500;
         bench("history: resume plan (id lookup)", 2_000_000, || {
-            black_box(streams.plan(&[s], &Resume::After(black_box(mid), String::new())));
+            let c = broker.subscribe(1, &s, &Resume::After(black_box(mid), String::new()));
+            broker.unsubscribe(1, &c.cursors);
+            black_box(c);
         });
     }
 

@@ -43,64 +43,50 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
-pub mod apps;
+// Layers, lowest first; each module uses only those above it in this list
+// (a test checks it): syntax and data, then the broker, then handlers,
+// then routing, then the reactor that runs it all.
+mod api;
+mod apps;
+mod broker;
 pub mod client;
-pub mod config;
-pub mod conn;
-pub mod frame;
-pub mod http;
-pub mod hub;
-pub mod router;
-mod server;
-pub mod stats;
-pub mod stream;
-pub mod timer;
+mod config;
+mod event;
+mod frame;
+mod handler;
+mod http;
+mod reactor;
+mod router;
+mod stats;
+
+#[doc(hidden)]
+pub mod internals;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
-pub use config::{Command, Config, ConfigError};
+pub use config::{help, Command, Config, ConfigError};
+pub use event::Event;
 
-/// An event to publish: data, an optional type, an optional `retry`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub(crate) data: String,
-    pub(crate) event: Option<String>,
-    pub(crate) retry: Option<u32>,
-}
+/// How long [`Publisher::publish`] waits for the loop to take an event.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
-impl Event {
-    /// An event of type `message` carrying `data` (newlines become
-    /// several `data:` lines on the wire).
-    pub fn new(data: impl Into<String>) -> Event {
-        Event {
-            data: data.into(),
-            event: None,
-            retry: None,
-        }
-    }
-    /// Sets the event type (`event:` line). Invalid types (empty, over 64
-    /// bytes, non-visible ASCII or `:`) are ignored, leaving `message`.
-    pub fn event(mut self, t: impl Into<String>) -> Event {
-        let t = t.into();
-        self.event = frame::valid_event_type(&t).then_some(t);
-        self
-    }
-    /// Asks clients to reconnect after `ms` milliseconds.
-    pub fn retry(mut self, ms: u32) -> Event {
-        self.retry = Some(ms);
-        self
-    }
-}
-
-/// Why a [`Publisher`] could not hand an event over.
+/// Why a [`Publisher`] could not publish an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
     /// The server has stopped.
     Stopped,
     /// Too many publishes are waiting for the loop.
     Full,
+    /// The loop did not answer in time.
+    Timeout,
+    /// The event itself is invalid (its type, NUL bytes in its data).
+    BadEvent(String),
+    /// The server refused it (stream name, `--no-auto-streams`,
+    /// `--max-streams`, size, a failing journal).
+    Refused(String),
 }
 
 impl std::fmt::Display for PublishError {
@@ -108,6 +94,8 @@ impl std::fmt::Display for PublishError {
         match self {
             PublishError::Stopped => write!(f, "server has stopped"),
             PublishError::Full => write!(f, "publish queue is full"),
+            PublishError::Timeout => write!(f, "the server did not take the event in time"),
+            PublishError::BadEvent(m) | PublishError::Refused(m) => write!(f, "{m}"),
         }
     }
 }
@@ -117,36 +105,47 @@ impl std::error::Error for PublishError {}
 /// Publishes events into a running [`Server`] from any thread.
 #[derive(Clone)]
 pub struct Publisher {
-    shared: Arc<server::Shared>,
+    shared: Arc<reactor::Shared>,
 }
 
 impl Publisher {
-    /// Queues `event` for `stream` (created if needed) and wakes the loop.
-    /// Names outside the public alphabet make internal streams that
-    /// `/events` cannot read.
-    pub fn publish(&self, stream: &str, event: Event) -> Result<(), PublishError> {
+    /// Publishes `event` to `stream` and returns its id, following the
+    /// rules of `POST /events` (stream names, event types, auto-creation,
+    /// `--max-streams`). Names outside the public alphabet make internal
+    /// streams that `/events` cannot read. Waits for the loop to take it.
+    pub fn publish(&self, stream: &str, event: Event) -> Result<u64, PublishError> {
         if self.shared.shutdown.load(Ordering::SeqCst) {
             return Err(PublishError::Stopped);
         }
+        event.check().map_err(PublishError::BadEvent)?;
+        let (tx, rx) = mpsc::channel();
         {
             let mut q = self
                 .shared
                 .inbox
                 .lock()
                 .map_err(|_| PublishError::Stopped)?;
-            if q.len() >= server::inbox_limit() {
+            if q.len() >= reactor::inbox_limit() {
                 return Err(PublishError::Full);
             }
-            q.push_back(server::Command::Publish(stream.to_string(), event));
+            q.push_back(reactor::Command::Publish(stream.to_string(), event, tx));
         }
-        self.shared.waker.wake().map_err(|_| PublishError::Stopped)
+        self.shared
+            .waker
+            .wake()
+            .map_err(|_| PublishError::Stopped)?;
+        match rx.recv_timeout(PUBLISH_WAIT) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(PublishError::Timeout),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(PublishError::Stopped),
+        }
     }
 }
 
 /// Asks a running [`Server`] to shut down gracefully.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    shared: Arc<server::Shared>,
+    shared: Arc<reactor::Shared>,
 }
 
 impl ShutdownHandle {
@@ -160,14 +159,14 @@ impl ShutdownHandle {
 
 /// An SSE server: bind it, take publishers and a shutdown handle, run it.
 pub struct Server {
-    bound: server::Bound,
+    bound: reactor::Bound,
 }
 
 impl Server {
     /// Binds every `cfg.listen` address (port 0 picks a free port).
     pub fn bind(cfg: Config) -> std::io::Result<Server> {
         Ok(Server {
-            bound: server::Bound::bind(cfg)?,
+            bound: reactor::Bound::bind(cfg)?,
         })
     }
     /// The bound addresses, in `--listen` order.

@@ -19,7 +19,7 @@ fn serve(args: &[String]) -> i32 {
     let cfg = match Config::from_args(args, |k| std::env::var(k).ok()) {
         Ok(Command::Serve(cfg)) => cfg,
         Ok(Command::Help) => {
-            print!("{}", ssed::config::help());
+            print!("{}", ssed::help());
             return 0;
         }
         Ok(Command::Version) => {
@@ -42,7 +42,7 @@ fn serve(args: &[String]) -> i32 {
     let server = match Server::bind(*cfg) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ssed: cannot listen: {e}");
+            eprintln!("ssed: {e}");
             return 1;
         }
     };

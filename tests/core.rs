@@ -547,9 +547,15 @@ fn errors_404_405_with_allow() {
         b"PUT /events?stream=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow").as_deref(), Some("GET, POST, OPTIONS"));
+    assert_eq!(
+        r.header("allow").as_deref(),
+        Some("GET, HEAD, POST, OPTIONS")
+    );
     let r = request(s.addr, b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-    assert_eq!((r.status, r.header("allow").as_deref()), (405, Some("GET")));
+    assert_eq!(
+        (r.status, r.header("allow").as_deref()),
+        (405, Some("GET, HEAD"))
+    );
     let r = get(s.addr, "/");
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));

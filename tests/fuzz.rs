@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ssed::http::{self, Limits, Parsed};
+use ssed::internals::http::{self, Limits, Parsed};
 
 use common::*;
 

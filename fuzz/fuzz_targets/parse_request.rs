@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ssed::http::{self, Limits, Parsed};
+use ssed::internals::http::{self, Limits, Parsed};
 
 fuzz_target!(|input: &[u8]| {
     // An odd first byte selects small limits so the limit paths are reached;

@@ -6,7 +6,7 @@
 //! `Access-Control-Allow-Origin: *` whatever `--cors-origin` says.
 //!
 //! It owns nothing but a closure per connection, driven by the reactor's
-//! timer heap (`Hub::start_ticker`): no thread, no per-connection timer
+//! timer heap (`Cx::ticker`): no thread, no per-connection timer
 //! object. It must not keep state outside that closure, so the connection
 //! and its tick die together. Per-connection memory is bounded by the
 //! request line (`?event=` is at most 64 bytes, `?data=` at most
@@ -18,9 +18,8 @@ use serde_json::Value;
 
 use super::ids;
 use crate::frame;
+use crate::handler::Cx;
 use crate::http::{Method, Request};
-use crate::hub::Hub;
-use crate::router::fail;
 
 /// The seed's interval between events.
 const INTERVAL_MS: u64 = 4000;
@@ -38,46 +37,36 @@ pub fn data_json(message: &str, elapsed_ms: u64) -> String {
 }
 
 /// `GET /streaming/sse`.
-pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>) {
+pub fn handle(cx: &mut Cx<'_>, req: &Request<'_>) {
     // chamber answers with `*` whatever the server's CORS settings are.
-    let cors = "Access-Control-Allow-Origin: *\r\n";
+    cx.cors = vec![("Access-Control-Allow-Origin", "*".into())];
     if !matches!(req.method, Method::Get | Method::Head) {
-        let extra = format!("{cors}Allow: GET\r\n");
-        return fail(hub, key, req, 405, "method not allowed; use GET", &extra);
+        return cx.not_allowed(req, "GET");
     }
     let event = req
         .query_first("event")
         .map(|e| e.into_owned())
         .unwrap_or_else(|| DEFAULT_EVENT.to_string());
     if !frame::valid_event_type(&event) {
-        return fail(
-            hub,
-            key,
+        return cx.fail(
             req,
             400,
             "bad ?event=: 1..=64 visible ASCII characters without ':'",
-            cors,
         );
     }
     let data = req.query_first("data").map(|d| d.into_owned());
     // The seed's head lists `Date` and `Connection: keep-alive`; HTTP/1.0
     // streams end with the connection, so keep-alive is only claimed for 1.1.
-    let date = ids::http_date(hub.unix_us_precise() / 1_000_000);
-    let extra = if req.http10 {
-        format!("Date: {date}\r\n{cors}")
-    } else {
-        format!("Date: {date}\r\n{cors}Connection: keep-alive\r\n")
-    };
-    hub.start_stream(key, req.http10, &extra, true);
-    if req.method == Method::Head {
-        hub.end_stream(key);
-        return;
+    let mut headers = vec![("Date", ids::http_date(cx.unix_us / 1_000_000))];
+    if !req.http10 {
+        headers.push(("Connection", "keep-alive".into()));
     }
-    let start = hub.now_ms;
-    let mut rng = SmallRng::seed_from_u64(hub.rng.gen());
-    let interval = super::scaled(hub, INTERVAL_MS);
-    hub.start_ticker(
-        key,
+    let start = cx.now_ms;
+    let mut rng = SmallRng::seed_from_u64(cx.rng.gen());
+    let interval = super::scaled(cx.cfg, INTERVAL_MS);
+    cx.ticker(
+        req,
+        &headers,
         interval,
         0,
         Box::new(move |now_ms| {

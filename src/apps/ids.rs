@@ -29,6 +29,7 @@ pub fn uuid_v4(rng: &mut impl Rng) -> String {
 }
 
 /// Whether `s` looks like a UUID (8-4-4-4-12 hex digits).
+#[cfg(test)]
 pub fn is_uuid(s: &str) -> bool {
     s.len() == 36
         && s.bytes().enumerate().all(|(i, c)| match i {

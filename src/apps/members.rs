@@ -35,11 +35,11 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::{json, Map, Value};
 
 use super::ids;
+use crate::broker::{Limits, Origin, Resume};
 use crate::frame;
+use crate::handler::{last_event_id, Action, Cx};
+use crate::http::Response;
 use crate::http::{Method, Request};
-use crate::hub::Hub;
-use crate::router::{authorize, fail, ok_json};
-use crate::stream::{Limits, Resume};
 
 /// Members with state, at most.
 pub const MAX_MEMBERS: usize = 4096;
@@ -84,42 +84,25 @@ impl Members {
             }
         }
     }
-
-    /// Members with state (for tests and stats).
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Whether no member has state.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
 }
 
-/// The member id of a request, from `Member-ID` or `MemberId`.
 /// [`ensure`], answering 503 itself when every member slot is in use.
 fn ensure_or_busy(
-    hub: &mut Hub,
-    key: u32,
+    cx: &mut Cx<'_>,
+    m: &mut Members,
     req: &Request<'_>,
-    cors: &str,
     member: &str,
 ) -> Option<u32> {
-    let idx = ensure(hub, member);
+    let idx = ensure(cx, m, member);
     if idx.is_none() {
-        let extra = format!("{cors}Retry-After: 1\r\n");
-        fail(
-            hub,
-            key,
-            req,
-            503,
-            "too many members are connected; retry later",
-            &extra,
-        );
+        let resp = Response::error(503, "too many members are connected; retry later")
+            .header("Retry-After", "1");
+        cx.reply(req, resp);
     }
     idx
 }
 
+/// The member id of a request, from `Member-ID` or `MemberId`.
 fn member_id<'r>(req: &'r Request<'_>) -> Option<&'r str> {
     req.header_str("member-id")
         .or_else(|| req.header_str("memberid"))
@@ -135,46 +118,30 @@ pub fn wants(req: &Request<'_>) -> bool {
 }
 
 /// `/notification/events` (and member requests to `/events`).
-pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
+pub fn handle(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
     match req.method {
-        Method::Get => subscribe(hub, key, req, cors),
-        Method::Post => publish(hub, key, req, cors),
-        _ => {
-            let extra = format!("{cors}Allow: GET, POST, OPTIONS\r\n");
-            fail(
-                hub,
-                key,
-                req,
-                405,
-                "method not allowed; use GET, POST",
-                &extra,
-            )
-        }
+        Method::Get | Method::Head => subscribe(cx, m, req),
+        Method::Post => publish(cx, m, req),
+        _ => cx.not_allowed(req, "GET, HEAD, POST, OPTIONS"),
     }
 }
 
 /// Checks the member id header; replies 400 and returns `None` if bad.
-fn checked_member(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> Option<String> {
+fn checked_member(cx: &mut Cx<'_>, req: &Request<'_>) -> Option<String> {
     match member_id(req) {
         None => {
-            fail(
-                hub,
-                key,
+            cx.fail(
                 req,
                 400,
                 "missing member id: send a Member-ID (or MemberId) header",
-                cors,
             );
             None
         }
         Some(m) if !super::valid_ident(m) => {
-            fail(
-                hub,
-                key,
+            cx.fail(
                 req,
                 400,
                 "bad Member-ID: 1..=128 letters, digits or . _ : @ -",
-                cors,
             );
             None
         }
@@ -184,8 +151,7 @@ fn checked_member(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> Opt
 
 /// The member's state, created if needed (evicting an idle member when
 /// full); `None` when every member slot has a connected device.
-fn ensure(hub: &mut Hub, member: &str) -> Option<u32> {
-    let m = &mut hub.apps.members;
+fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str) -> Option<u32> {
     m.uses += 1;
     let now = m.uses;
     if let Some(st) = m.members.get_mut(member) {
@@ -193,22 +159,19 @@ fn ensure(hub: &mut Hub, member: &str) -> Option<u32> {
         return Some(st.stream);
     }
     if m.members.len() >= MAX_MEMBERS {
-        let streams = &hub.streams;
+        let broker = &*cx.broker;
         let victim = m
             .members
             .iter()
-            .filter(|(_, st)| streams.get(st.stream).is_none_or(|s| s.subs.is_empty()))
+            .filter(|(_, st)| broker.get(st.stream).is_none_or(|s| s.subs.is_empty()))
             .min_by_key(|(_, st)| st.last_used)
             .map(|(name, st)| (name.clone(), st.stream));
         let (name, idx) = victim?;
         m.members.remove(&name);
-        hub.streams.remove(idx);
+        cx.broker.delete(Origin::Local, idx);
     }
-    let idx = hub
-        .streams
-        .get_or_create_internal(&format!("!member/{member}"), CAP)
-        .ok()?;
-    hub.apps.members.members.insert(
+    let idx = cx.broker.internal(&format!("!member/{member}"), Some(CAP));
+    m.members.insert(
         member.into(),
         Member {
             stream: idx,
@@ -219,32 +182,26 @@ fn ensure(hub: &mut Hub, member: &str) -> Option<u32> {
     Some(idx)
 }
 
-fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
-    let Some(member) = checked_member(hub, key, req, cors) else {
+fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
+    let Some(member) = checked_member(cx, req) else {
         return;
     };
     let device = req.header_str("device-id").filter(|d| !d.is_empty());
     if device.is_some_and(|d| !super::valid_ident(d)) {
-        return fail(
-            hub,
-            key,
+        return cx.fail(
             req,
             400,
             "bad Device-Id: 1..=128 letters, digits or . _ : @ -",
-            cors,
         );
     }
-    let raw = crate::router::last_event_id(req);
-    let Some(idx) = ensure_or_busy(hub, key, req, cors, &member) else {
+    let raw = last_event_id(req);
+    let Some(idx) = ensure_or_busy(cx, m, req, &member) else {
         return;
     };
     let resume = match &raw {
         None => Resume::Live,
         Some(r) => {
-            let r = r.trim();
-            let known = hub
-                .apps
-                .members
+            let known = m
                 .members
                 .get(member.as_str())
                 .and_then(|st| st.ids.iter().find(|(u, _)| &**u == r).map(|(_, id)| *id));
@@ -256,20 +213,18 @@ fn subscribe(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
             }
         }
     };
-    if let Some(d) = device {
+    if let Some(d) = device.filter(|_| req.method == Method::Get) {
         let md: (Box<str>, Box<str>) = (member.as_str().into(), d.into());
-        let m = &mut hub.apps.members;
+        let key = cx.conn;
         let old = m.devices.insert(md.clone(), key);
         m.by_key.insert(key, md);
         if let Some(old) = old.filter(|&o| o != key) {
             m.by_key.remove(&old);
             log::debug!("member {member} device {d}: connection {old} replaced by {key}");
-            hub.end_stream(old);
+            cx.end(old);
         }
     }
-    let plan = hub.streams.plan(&[idx], &resume);
-    hub.start_stream(key, req.http10, cors, true);
-    hub.subscribe(key, &plan, raw.as_deref().map(str::trim).unwrap_or(""));
+    cx.stream(req, &[idx], &resume, &[]);
 }
 
 /// Parses `{"event":{"type":"T","body":{...}}}` into the type and body.
@@ -298,47 +253,49 @@ fn parse_event(body: &[u8]) -> Result<(String, Map<String, Value>), String> {
     Ok((t, body))
 }
 
-fn publish(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) {
-    if !authorize(hub, key, req, cors) {
+fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
+    if !cx.authorize(req) {
         return;
     }
-    let Some(member) = checked_member(hub, key, req, cors) else {
+    let Some(member) = checked_member(cx, req) else {
         return;
     };
     if req.body.len() > MAX_EVENT_BYTES {
         let msg = format!("event body is larger than {MAX_EVENT_BYTES} bytes");
-        return fail(hub, key, req, 413, &msg, cors);
+        return cx.fail(req, 413, &msg);
     }
     let (etype, mut body) = match parse_event(&req.body) {
         Ok(x) => x,
         Err(msg) => {
-            hub.counters.reject("bad_event");
-            return fail(hub, key, req, 400, &msg, cors);
+            cx.counters.reject("bad_event");
+            return cx.fail(req, 400, &msg);
         }
     };
-    let Some(idx) = ensure_or_busy(hub, key, req, cors, &member) else {
+    let Some(idx) = ensure_or_busy(cx, m, req, &member) else {
         return;
     };
-    let now = hub.unix_us_precise();
+    let now = cx.unix_us;
     body.insert("timestamp".into(), Value::String(ids::iso8601_utc(now)));
-    let uuid = ids::uuid_v4(&mut hub.rng);
+    let uuid = ids::uuid_v4(cx.rng);
     let data = Value::Object(body).to_string();
-    let id = hub.streams.ids.next(now);
     let bytes = frame::encode(Some(&uuid), Some(&etype), &data, None);
-    let (_, devices) = hub.publish_frame(&[idx], id, bytes.into());
-    if let Some(st) = hub.apps.members.members.get_mut(member.as_str()) {
-        st.ids.push_back((uuid.as_str().into(), id));
+    let p = match cx
+        .broker
+        .publish_with(Origin::Local, &[idx], now, |_| bytes)
+    {
+        Ok(p) => p,
+        Err(e) => return cx.fail(req, e.status(), &e.message()),
+    };
+    if p.pressure {
+        cx.actions.push(Action::Flush);
+    }
+    if let Some(st) = m.members.get_mut(member.as_str()) {
+        st.ids.push_back((uuid.as_str().into(), p.id));
         while st.ids.len() > HISTORY {
             st.ids.pop_front();
         }
     }
-    ok_json(
-        hub,
-        key,
-        req,
-        cors,
-        &json!({ "id": uuid, "devices": devices }),
-    );
+    cx.ok_json(req, &json!({ "id": uuid, "devices": p.audience }));
 }
 
 #[cfg(test)]

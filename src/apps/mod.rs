@@ -3,10 +3,10 @@
 //! paths and rides on the hub's mechanisms: streams with shared history
 //! for delivery, ticking connections for per-connection timers.
 //!
-//! Apps never touch sockets or `Poll`; they reply through the hub. This
-//! module only dispatches: which app owns a request, and the two small
-//! helpers every app shares (scaled tick intervals, publishing into an
-//! internal stream under a tighter history bound than the core's).
+//! Apps never touch sockets or `Poll`: they get a narrow context ([`Cx`]:
+//! the broker, `now`, randomness) and their own state, and return actions.
+//! This module only dispatches: which app owns a request, and the small
+//! helpers every app shares.
 //!
 //! | path | app | module |
 //! |---|---|---|
@@ -22,8 +22,8 @@ pub mod mongoose;
 pub mod workerman;
 
 use crate::config::Config;
+use crate::handler::Cx;
 use crate::http::Request;
-use crate::hub::Hub;
 
 /// State of every app.
 pub struct Apps {
@@ -55,29 +55,29 @@ impl Apps {
 }
 
 /// Routes requests for app-owned paths; `false` when the path is not an app's.
-pub fn route(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool {
+pub fn route(cx: &mut Cx<'_>, apps: &mut Apps, req: &Request<'_>) -> bool {
     match req.path {
-        "/streaming/sse" => chamber::handle(hub, key, req),
-        "/notification/events" => members::handle(hub, key, req, cors),
+        "/streaming/sse" => chamber::handle(cx, req),
+        "/notification/events" => members::handle(cx, &mut apps.members, req),
         // The mkapiczy service lived at `/events`; its requests carry a
         // member id and never a `stream`, so they cannot be core requests.
-        "/events" if members::wants(req) => members::handle(hub, key, req, cors),
-        "/api" => mongoose::handle(hub, key, req, cors, ""),
-        p if p.starts_with("/api/") => mongoose::handle(hub, key, req, cors, &p[4..]),
+        "/events" if members::wants(req) => members::handle(cx, &mut apps.members, req),
+        "/api" => mongoose::handle(cx, &mut apps.mongoose, req, ""),
+        p if p.starts_with("/api/") => mongoose::handle(cx, &mut apps.mongoose, req, &p[4..]),
         _ => return false,
     }
     true
 }
 
 /// Paths nobody routed: the Accept-detected stream, else `false` (404).
-pub fn fallback(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool {
-    workerman::fallback(hub, key, req, cors)
+pub fn fallback(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
+    workerman::fallback(cx, req)
 }
 
 /// An app's nominal interval multiplied by `--tick-scale` (a test knob),
 /// at least 1 ms.
-pub fn scaled(hub: &Hub, ms: u64) -> u64 {
-    ((ms as f64) * hub.cfg.tick_scale).round().max(1.0) as u64
+pub fn scaled(cfg: &Config, ms: u64) -> u64 {
+    ((ms as f64) * cfg.tick_scale).round().max(1.0) as u64
 }
 
 /// Whether `s` is a safe identifier for member and device ids: 1..=128

@@ -54,10 +54,10 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use super::ids;
+use crate::broker::{Limits, Origin, Resume};
+use crate::handler::{last_event_id, Action, Cx};
+use crate::http::Response;
 use crate::http::{Method, Request};
-use crate::hub::Hub;
-use crate::router::{fail, ok_json};
-use crate::stream::{Limits, Resume};
 
 /// Users read from `--users`, at most.
 pub const MAX_USERS: usize = 10_000;
@@ -85,7 +85,7 @@ const STREAM_CAP: Limits = Limits {
     history_bytes: STREAM_BYTES,
 };
 
-const REALM: &str = "WWW-Authenticate: Basic realm=\"ssed\"\r\n";
+const REALM_VALUE: &str = "Basic realm=\"ssed\"";
 
 /// A bounded archive, oldest first.
 struct Archive<T> {
@@ -267,11 +267,6 @@ impl Mongoose {
         }
     }
 
-    /// Number of users loaded.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
-
     /// The user a request authenticates as, from `Authorization: Basic`.
     fn authenticate(&self, req: &Request<'_>) -> Result<String, &'static str> {
         let missing = "authentication required: HTTP Basic with user@domain:password";
@@ -332,48 +327,30 @@ fn decode_segment(s: &str) -> Option<Cow<'_, str>> {
 }
 
 /// Everything a handler needs about the request.
-struct Ctx<'a, 'r> {
-    hub: &'a mut Hub,
-    key: u32,
+struct Ctx<'a, 'c, 'r> {
+    core: &'a mut Cx<'c>,
+    mg: &'a mut Mongoose,
     req: &'a Request<'r>,
-    cors: &'a str,
     me: String,
 }
 
-impl Ctx<'_, '_> {
+impl Ctx<'_, '_, '_> {
     fn fail(&mut self, status: u16, msg: &str) {
-        fail(self.hub, self.key, self.req, status, msg, self.cors);
+        self.core.fail(self.req, status, msg);
     }
     fn json(&mut self, v: &Value) {
-        ok_json(self.hub, self.key, self.req, self.cors, v);
+        self.core.ok_json(self.req, v);
     }
     fn status(&mut self, status: u16, body: Option<&Value>) {
-        let body = body.map(|v| v.to_string()).unwrap_or_default();
-        let ctype = if status == 204 {
-            "text/plain"
-        } else {
-            "application/json"
+        let resp = match body {
+            _ if status == 204 => Response::no_content(),
+            Some(v) => Response::json(status, v),
+            None => Response::new(status, "application/json", Vec::new()),
         };
-        crate::router::reply(
-            self.hub,
-            self.key,
-            self.req,
-            status,
-            ctype,
-            self.cors,
-            body.as_bytes(),
-        );
+        self.core.reply(self.req, resp);
     }
     fn not_allowed(&mut self, allow: &str) {
-        let extra = format!("{}Allow: {allow}\r\n", self.cors);
-        fail(
-            self.hub,
-            self.key,
-            self.req,
-            405,
-            &format!("method not allowed; use {allow}"),
-            &extra,
-        );
+        self.core.not_allowed(self.req, allow);
     }
     /// The JSON object body, or a 400.
     fn body_object(&mut self) -> Option<serde_json::Map<String, Value>> {
@@ -415,30 +392,24 @@ impl Ctx<'_, '_> {
 }
 
 /// Routes `/api` + `rest`.
-pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str, rest: &str) {
-    let me = match hub.apps.mongoose.authenticate(req) {
+pub fn handle(core: &mut Cx<'_>, mg: &mut Mongoose, req: &Request<'_>, rest: &str) {
+    let me = match mg.authenticate(req) {
         Ok(me) => me,
         Err(msg) => {
-            hub.counters.reject("unauthorized");
-            let extra = format!("{cors}{REALM}");
-            return fail(hub, key, req, 401, msg, &extra);
+            core.counters.reject("unauthorized");
+            let resp = Response::error(401, msg).header("WWW-Authenticate", REALM_VALUE);
+            return core.reply(req, resp);
         }
     };
     let mut segs: Vec<Cow<'_, str>> = Vec::new();
     for s in rest.strip_prefix('/').unwrap_or(rest).split('/') {
         match decode_segment(s) {
             Some(d) => segs.push(d),
-            None => return fail(hub, key, req, 400, "path is not UTF-8", cors),
+            None => return core.fail(req, 400, "path is not UTF-8"),
         }
     }
     let segs: Vec<&str> = segs.iter().map(|s| &**s).collect();
-    let mut cx = Ctx {
-        hub,
-        key,
-        req,
-        cors,
-        me,
-    };
+    let mut cx = Ctx { core, mg, req, me };
     let m = req.method;
     match segs.as_slice() {
         ["sse"] => match m {
@@ -486,25 +457,31 @@ pub fn handle(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str, rest: &str
 }
 
 /// The internal stream of a local user, created on first use.
-fn user_stream(hub: &mut Hub, jid: &str) -> Option<u32> {
-    let user = hub.apps.mongoose.users.get_mut(jid)?;
+fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
+    let user = mg.users.get_mut(jid)?;
     if let Some(s) = user.stream {
         return Some(s);
     }
-    let s = hub
-        .streams
-        .get_or_create_internal(&format!("!user/{jid}"), STREAM_CAP)
-        .ok()?;
+    let s = core
+        .broker
+        .internal(&format!("!user/{jid}"), Some(STREAM_CAP));
     user.stream = Some(s);
     Some(s)
 }
 
 /// Publishes one event (type `etype`, JSON `data`) once to the streams of
 /// every local user in `to`.
-fn deliver(hub: &mut Hub, to: &[&str], etype: &str, data: &Value, now_us: u64) {
+fn deliver(
+    core: &mut Cx<'_>,
+    mg: &mut Mongoose,
+    to: &[&str],
+    etype: &str,
+    data: &Value,
+    now_us: u64,
+) {
     let mut targets: Vec<u32> = Vec::with_capacity(to.len());
     for u in to {
-        if let Some(s) = user_stream(hub, u) {
+        if let Some(s) = user_stream(core, mg, u) {
             if !targets.contains(&s) {
                 targets.push(s);
             }
@@ -513,23 +490,29 @@ fn deliver(hub: &mut Hub, to: &[&str], etype: &str, data: &Value, now_us: u64) {
     if targets.is_empty() {
         return;
     }
-    let id = hub.streams.ids.next(now_us);
-    let frame = ids::frame_typed(&id.to_string(), etype, &data.to_string());
-    hub.publish_frame(&targets, id, frame.into());
+    let data = data.to_string();
+    let published = core
+        .broker
+        .publish_with(Origin::Local, &targets, now_us, |id| {
+            ids::frame_typed(&id.to_string(), etype, &data)
+        });
+    match published {
+        Ok(p) if p.pressure => core.actions.push(Action::Flush),
+        Ok(_) => {}
+        Err(e) => log::warn!("api event not delivered: {}", e.message()),
+    }
 }
 
-fn sse(cx: &mut Ctx<'_, '_>) {
-    let Some(idx) = user_stream(cx.hub, &cx.me) else {
+fn sse(cx: &mut Ctx<'_, '_, '_>) {
+    let Some(idx) = user_stream(cx.core, cx.mg, &cx.me) else {
         return cx.fail(500, "no event stream for this user");
     };
-    let raw = crate::router::last_event_id(cx.req);
-    let plan = cx.hub.streams.plan(&[idx], &Resume::parse(raw.as_deref()));
-    cx.hub.start_stream(cx.key, cx.req.http10, cx.cors, true);
-    cx.hub
-        .subscribe(cx.key, &plan, raw.as_deref().unwrap_or(""));
+    let raw = last_event_id(cx.req);
+    cx.core
+        .stream(cx.req, &[idx], &Resume::parse(raw.as_deref()), &[]);
 }
 
-fn send_message(cx: &mut Ctx<'_, '_>) {
+fn send_message(cx: &mut Ctx<'_, '_, '_>) {
     let Some(obj) = cx.body_object() else { return };
     let (Some(Value::String(to)), Some(Value::String(body))) = (obj.get("to"), obj.get("body"))
     else {
@@ -547,10 +530,10 @@ fn send_message(cx: &mut Ctx<'_, '_>) {
             &format!("message body is larger than {MAX_BODY} bytes"),
         );
     }
-    let now = cx.hub.unix_us_precise();
-    let id = ids::uuid_v4(&mut cx.hub.rng);
+    let now = cx.core.unix_us;
+    let id = ids::uuid_v4(&mut *cx.core.rng);
     let data = json!({ "to": to, "timestamp": now, "id": id, "from": cx.me, "body": body });
-    deliver(cx.hub, &[to.as_str()], "message", &data, now);
+    deliver(cx.core, cx.mg, &[to.as_str()], "message", &data, now);
     let size = body.len() + to.len() + cx.me.len() + 96;
     let msg = Rc::new(Chat {
         id: id.clone(),
@@ -559,7 +542,7 @@ fn send_message(cx: &mut Ctx<'_, '_>) {
         body: body.as_str().into(),
         ts_us: now,
     });
-    let users = &mut cx.hub.apps.mongoose.users;
+    let users = &mut cx.mg.users;
     if let Some(u) = users.get_mut(cx.me.as_str()) {
         u.archive.push(msg.clone(), size);
     }
@@ -571,7 +554,7 @@ fn send_message(cx: &mut Ctx<'_, '_>) {
     cx.json(&json!({ "id": id }));
 }
 
-fn messages(cx: &mut Ctx<'_, '_>, with: Option<&str>) {
+fn messages(cx: &mut Ctx<'_, '_, '_>, with: Option<&str>) {
     let with = match with.map(bare_jid) {
         None => None,
         Some(Some(w)) => Some(w),
@@ -580,7 +563,7 @@ fn messages(cx: &mut Ctx<'_, '_>, with: Option<&str>) {
     let Some((limit, before)) = cx.paging() else {
         return;
     };
-    let Some(user) = cx.hub.apps.mongoose.users.get(cx.me.as_str()) else {
+    let Some(user) = cx.mg.users.get(cx.me.as_str()) else {
         return cx.fail(401, "unknown user");
     };
     let me = cx.me.as_str();
@@ -605,24 +588,17 @@ fn messages(cx: &mut Ctx<'_, '_>, with: Option<&str>) {
 
 /// A room id from a path (a bare id or `id@muclight.domain`) that exists.
 /// The requesting user's role in room `id`, if they are in it.
-fn my_role(cx: &Ctx<'_, '_>, id: &str) -> Option<Role> {
-    cx.hub
-        .apps
-        .mongoose
-        .rooms
-        .get(id)
-        .and_then(|r| r.role(&cx.me))
+fn my_role(cx: &Ctx<'_, '_, '_>, id: &str) -> Option<Role> {
+    cx.mg.rooms.get(id).and_then(|r| r.role(&cx.me))
 }
 
-fn find_room(cx: &mut Ctx<'_, '_>, raw: &str) -> Option<String> {
+fn find_room(cx: &mut Ctx<'_, '_, '_>, raw: &str) -> Option<String> {
     let (id, domain) = match raw.split_once('@') {
         Some((i, d)) => (i, Some(d.to_lowercase())),
         None => (raw, None),
     };
     let found = cx
-        .hub
-        .apps
-        .mongoose
+        .mg
         .rooms
         .get(id)
         .is_some_and(|r| domain.as_deref().is_none_or(|d| *r.domain == *d));
@@ -642,7 +618,7 @@ fn room_string(obj: &serde_json::Map<String, Value>, k: &str) -> Option<String> 
 }
 
 /// The `{"name","subject"}` body of room creation and configuration.
-fn name_and_subject(cx: &mut Ctx<'_, '_>) -> Option<(String, String)> {
+fn name_and_subject(cx: &mut Ctx<'_, '_, '_>) -> Option<(String, String)> {
     let obj = cx.body_object()?;
     match (room_string(&obj, "name"), room_string(&obj, "subject")) {
         (Some(n), Some(s)) => Some((n, s)),
@@ -657,14 +633,14 @@ fn name_and_subject(cx: &mut Ctx<'_, '_>) -> Option<(String, String)> {
 }
 
 /// Creates a room owned by the caller; `id` of `None` draws a fresh one.
-fn new_room(cx: &mut Ctx<'_, '_>, id: Option<String>) {
+fn new_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>) {
     let Some((name, subject)) = name_and_subject(cx) else {
         return;
     };
-    if cx.hub.apps.mongoose.rooms.len() >= MAX_ROOMS {
+    if cx.mg.rooms.len() >= MAX_ROOMS {
         return cx.fail(503, &format!("too many rooms (at most {MAX_ROOMS})"));
     }
-    let now = cx.hub.unix_us_precise();
+    let now = cx.core.unix_us;
     let domain = cx.me.split_once('@').map_or("", |(_, d)| d);
     let room = Room {
         domain: format!("muclight.{domain}").into(),
@@ -673,19 +649,19 @@ fn new_room(cx: &mut Ctx<'_, '_>, id: Option<String>) {
         members: vec![(cx.me.as_str().into(), Role::Owner)],
         archive: Archive::default(),
     };
-    let mg = &mut cx.hub.apps.mongoose;
+    let mg = &mut cx.mg;
     let id = id.unwrap_or_else(|| mg.new_room_id(now));
     mg.rooms.insert(id.as_str().into(), room);
     cx.status(201, Some(&json!({ "id": id })));
 }
 
 /// `POST /api/rooms`.
-fn create_room(cx: &mut Ctx<'_, '_>) {
+fn create_room(cx: &mut Ctx<'_, '_, '_>) {
     new_room(cx, None);
 }
 
 /// `PUT /api/rooms/ID` (ID bare, or `ID@muclight.<caller's domain>`).
-fn create_room_with_id(cx: &mut Ctx<'_, '_>, raw: &str) {
+fn create_room_with_id(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let own = format!("muclight.{}", cx.me.split_once('@').map_or("", |(_, d)| d));
     let id = match raw.split_once('@') {
         Some((i, d)) if d.eq_ignore_ascii_case(&own) => i,
@@ -700,14 +676,14 @@ fn create_room_with_id(cx: &mut Ctx<'_, '_>, raw: &str) {
     if !super::valid_ident(id) {
         return cx.fail(400, "invalid_room_id: 1..=128 letters, digits or . _ : -");
     }
-    if cx.hub.apps.mongoose.rooms.contains_key(id) {
+    if cx.mg.rooms.contains_key(id) {
         return cx.fail(400, "Failed to create room: a room with this id exists");
     }
     new_room(cx, Some(id.to_string()));
 }
 
 /// `PUT /api/rooms/ID/config`: the owner renames the room.
-fn change_config(cx: &mut Ctx<'_, '_>, raw: &str) {
+fn change_config(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
     let role = my_role(cx, &id);
     if role != Some(Role::Owner) {
@@ -716,18 +692,16 @@ fn change_config(cx: &mut Ctx<'_, '_>, raw: &str) {
     let Some((name, subject)) = name_and_subject(cx) else {
         return;
     };
-    if let Some(room) = cx.hub.apps.mongoose.rooms.get_mut(id.as_str()) {
+    if let Some(room) = cx.mg.rooms.get_mut(id.as_str()) {
         room.name = name.into();
         room.subject = subject.into();
     }
     cx.status(204, None);
 }
 
-fn list_rooms(cx: &mut Ctx<'_, '_>) {
+fn list_rooms(cx: &mut Ctx<'_, '_, '_>) {
     let mut list: Vec<(&str, Value)> = cx
-        .hub
-        .apps
-        .mongoose
+        .mg
         .rooms
         .iter()
         .filter(|(_, r)| r.role(&cx.me).is_some())
@@ -744,9 +718,9 @@ fn list_rooms(cx: &mut Ctx<'_, '_>) {
     cx.json(&v);
 }
 
-fn room_details(cx: &mut Ctx<'_, '_>, raw: &str) {
+fn room_details(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
-    let Some(room) = cx.hub.apps.mongoose.rooms.get(id.as_str()) else {
+    let Some(room) = cx.mg.rooms.get(id.as_str()) else {
         return;
     };
     if room.role(&cx.me).is_none() {
@@ -763,15 +737,16 @@ fn room_details(cx: &mut Ctx<'_, '_>, raw: &str) {
 /// Records an affiliation change in the room archive and sends it to
 /// `recipients`.
 fn affiliation_event(
-    hub: &mut Hub,
+    core: &mut Cx<'_>,
+    mg: &mut Mongoose,
     room_id: &str,
     user: &str,
     affiliation: &'static str,
     recipients: &[&str],
 ) {
-    let now = hub.unix_us_precise();
-    let id = ids::uuid_v4(&mut hub.rng);
-    let Some(room) = hub.apps.mongoose.rooms.get_mut(room_id) else {
+    let now = core.unix_us;
+    let id = ids::uuid_v4(&mut *core.rng);
+    let Some(room) = mg.rooms.get_mut(room_id) else {
         return;
     };
     let data = json!({
@@ -790,19 +765,17 @@ fn affiliation_event(
         }),
         size,
     );
-    deliver(hub, recipients, "room.message", &data, now);
+    deliver(core, mg, recipients, "room.message", &data, now);
 }
 
-fn member_list(hub: &Hub, room_id: &str) -> Vec<String> {
-    hub.apps
-        .mongoose
-        .rooms
+fn member_list(mg: &Mongoose, room_id: &str) -> Vec<String> {
+    mg.rooms
         .get(room_id)
         .map(|r| r.members.iter().map(|(u, _)| u.to_string()).collect())
         .unwrap_or_default()
 }
 
-fn add_user(cx: &mut Ctx<'_, '_>, raw: &str) {
+fn add_user(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
     let role = my_role(cx, &id);
     if role != Some(Role::Owner) {
@@ -812,7 +785,7 @@ fn add_user(cx: &mut Ctx<'_, '_>, raw: &str) {
     let Some(user) = obj.get("user").and_then(Value::as_str).and_then(bare_jid) else {
         return cx.fail(400, "body must be {\"user\":\"user@domain\"}");
     };
-    let Some(room) = cx.hub.apps.mongoose.rooms.get_mut(id.as_str()) else {
+    let Some(room) = cx.mg.rooms.get_mut(id.as_str()) else {
         return;
     };
     if room.role(&user).is_some() {
@@ -825,13 +798,13 @@ fn add_user(cx: &mut Ctx<'_, '_>, raw: &str) {
         );
     }
     room.members.push((user.as_str().into(), Role::Member));
-    let members = member_list(cx.hub, &id);
+    let members = member_list(cx.mg, &id);
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
-    affiliation_event(cx.hub, &id, &user, "member", &to);
+    affiliation_event(cx.core, cx.mg, &id, &user, "member", &to);
     cx.status(204, None);
 }
 
-fn remove_user(cx: &mut Ctx<'_, '_>, raw: &str, target: &str) {
+fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
     let Some(id) = find_room(cx, raw) else { return };
     if target.is_empty() {
         return cx.fail(400, "Missing JID");
@@ -839,7 +812,7 @@ fn remove_user(cx: &mut Ctx<'_, '_>, raw: &str, target: &str) {
     let Some(target) = bare_jid(target) else {
         return cx.fail(400, &format!("Invalid user JID: {target}"));
     };
-    let Some(room) = cx.hub.apps.mongoose.rooms.get_mut(id.as_str()) else {
+    let Some(room) = cx.mg.rooms.get_mut(id.as_str()) else {
         return;
     };
     match room.role(&cx.me) {
@@ -866,18 +839,18 @@ fn remove_user(cx: &mut Ctx<'_, '_>, raw: &str, target: &str) {
     };
     let empty = room.members.is_empty();
     let to: Vec<&str> = before.iter().map(String::as_str).collect();
-    affiliation_event(cx.hub, &id, &target, "none", &to);
+    affiliation_event(cx.core, cx.mg, &id, &target, "none", &to);
     if let Some(p) = promoted {
         let after: Vec<&str> = to.iter().copied().filter(|u| *u != target).collect();
-        affiliation_event(cx.hub, &id, &p, "owner", &after);
+        affiliation_event(cx.core, cx.mg, &id, &p, "owner", &after);
     }
     if empty {
-        cx.hub.apps.mongoose.rooms.remove(id.as_str());
+        cx.mg.rooms.remove(id.as_str());
     }
     cx.status(204, None);
 }
 
-fn send_room_message(cx: &mut Ctx<'_, '_>, raw: &str) {
+fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
     let member = my_role(cx, &id).is_some();
     if !member {
@@ -895,14 +868,14 @@ fn send_room_message(cx: &mut Ctx<'_, '_>, raw: &str) {
             &format!("message body is larger than {MAX_BODY} bytes"),
         );
     }
-    let now = cx.hub.unix_us_precise();
-    let msg_id = ids::uuid_v4(&mut cx.hub.rng);
+    let now = cx.core.unix_us;
+    let msg_id = ids::uuid_v4(&mut *cx.core.rng);
     let data = json!({
         "type": "message", "timestamp": now, "room": id, "id": msg_id,
         "from": cx.me, "body": body,
     });
     let size = body.len() + cx.me.len() + 96;
-    if let Some(room) = cx.hub.apps.mongoose.rooms.get_mut(id.as_str()) {
+    if let Some(room) = cx.mg.rooms.get_mut(id.as_str()) {
         room.archive.push(
             Rc::new(RoomItem {
                 id: msg_id.clone(),
@@ -915,18 +888,18 @@ fn send_room_message(cx: &mut Ctx<'_, '_>, raw: &str) {
             size,
         );
     }
-    let members = member_list(cx.hub, &id);
+    let members = member_list(cx.mg, &id);
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
-    deliver(cx.hub, &to, "room.message", &data, now);
+    deliver(cx.core, cx.mg, &to, "room.message", &data, now);
     cx.json(&json!({ "id": msg_id }));
 }
 
-fn room_messages(cx: &mut Ctx<'_, '_>, raw: &str) {
+fn room_messages(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
     let Some((limit, before)) = cx.paging() else {
         return;
     };
-    let Some(room) = cx.hub.apps.mongoose.rooms.get(id.as_str()) else {
+    let Some(room) = cx.mg.rooms.get(id.as_str()) else {
         return;
     };
     if room.role(&cx.me).is_none() {

@@ -6,11 +6,11 @@
 //! The seed's PHP must delete its timer when the connection goes or timers
 //! pile up; here the tick is an entry in the reactor's timer heap tagged
 //! with the connection's generation, so it dies with the connection
-//! (`Hub::on_tick` drops entries of freed or reused keys). This module
+//! (the reactor drops entries of freed or reused keys). This module
 //! keeps no state at all.
 
+use crate::handler::Cx;
 use crate::http::{Method, Request};
-use crate::hub::Hub;
 
 /// The seed's interval.
 const INTERVAL_MS: u64 = 2000;
@@ -21,12 +21,11 @@ const FRAME: &[u8] = b"event: message\nid: 1\ndata: hello\n\n";
 
 /// Takes over an unrouted `GET` that asks for an event stream; `false`
 /// (so the core answers 404) for anything else.
-pub fn fallback(hub: &mut Hub, key: u32, req: &Request<'_>, cors: &str) -> bool {
-    if req.method != Method::Get || !req.accepts_event_stream() {
+pub fn fallback(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
+    if !matches!(req.method, Method::Get | Method::Head) || !req.accepts_event_stream() {
         return false;
     }
-    hub.start_stream(key, req.http10, cors, true);
-    let interval = super::scaled(hub, INTERVAL_MS);
-    hub.start_ticker(key, interval, interval, Box::new(|_| FRAME.to_vec()));
+    let interval = super::scaled(cx.cfg, INTERVAL_MS);
+    cx.ticker(req, &[], interval, interval, Box::new(|_| FRAME.to_vec()));
     true
 }

@@ -1,58 +1,21 @@
 //! One connection's state, kept small because it is multiplied by every
-//! open socket. A connection is a socket, one deadline, and a phase:
-//! reading requests, streaming from shared history, or streaming from a
-//! ticking app. Buffers exist only while needed: the request buffer while
-//! a request is incomplete, the output buffer while a write is unfinished.
+//! open socket. A connection is a socket, one deadline, and a state with
+//! explicit variants (reading, streaming, ticking, draining, lingering,
+//! closing). Buffers exist only while needed: the request buffer while a
+//! request is incomplete, the output buffer while a write is unfinished.
 //!
-//! This module holds data and small helpers only; the reactor
-//! (`server.rs`) drives it.
+//! Data and small helpers only; the reactor drives it.
 
 use mio::net::TcpStream;
+
+use crate::broker::Cursors;
+use crate::handler::TickFn;
 
 /// Ticks are 100 ms since server start; `u32` lasts 13 years.
 pub type Tick = u32;
 
 /// No deadline.
 pub const NEVER: Tick = Tick::MAX;
-
-/// A subscriber's place in one stream: the stream, its slot in that
-/// stream's subscriber list (for O(1) removal), and the id of the last
-/// event it was given (its position; frames are found by id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Index of the stream in the registry.
-    pub stream: u32,
-    /// Index of this connection in that stream's subscriber list.
-    pub slot: u32,
-    /// Id of the last event handed to this subscriber.
-    pub last_id: u64,
-}
-
-/// The streams a subscriber reads: inline for one, boxed for more.
-#[derive(Debug)]
-pub enum Cursors {
-    /// One stream, inline.
-    One(Cursor),
-    /// Several streams, merged in id order.
-    Many(Box<[Cursor]>),
-}
-
-impl Cursors {
-    /// All cursors as a slice.
-    pub fn as_slice(&self) -> &[Cursor] {
-        match self {
-            Cursors::One(c) => std::slice::from_ref(c),
-            Cursors::Many(v) => v,
-        }
-    }
-    /// All cursors, mutably.
-    pub fn as_mut_slice(&mut self) -> &mut [Cursor] {
-        match self {
-            Cursors::One(c) => std::slice::from_mut(c),
-            Cursors::Many(v) => v,
-        }
-    }
-}
 
 /// Bytes accepted for a socket but not yet written: a response, the SSE
 /// head, or the unwritten tail of a frame after a short write.
@@ -72,10 +35,6 @@ impl Out {
         self.buf.get(self.pos..).unwrap_or(&[])
     }
 }
-
-/// Produces the next frame of a ticking app connection given the time in
-/// ms since server start.
-pub type TickFn = Box<dyn FnMut(u64) -> Vec<u8>>;
 
 /// A connection fed by its own timer (the chamber and workerman apps)
 /// instead of a stream.
@@ -109,27 +68,40 @@ pub struct ReqBuf {
 
 /// What a connection is doing.
 #[derive(Debug)]
-pub enum Phase {
-    /// Reading requests; the buffer holds an incomplete one, if any.
-    Http(Option<Box<ReqBuf>>),
+pub enum State {
+    /// Reading requests. `buf` holds an incomplete one; `idle` is set
+    /// between requests (the idle timeout applies); `paused` while output
+    /// backs up (pipelining back-pressure: input waits until it drains).
+    Reading {
+        /// The incomplete request, if any.
+        buf: Option<Box<ReqBuf>>,
+        /// Between requests.
+        idle: bool,
+        /// Input waits for output to drain.
+        paused: bool,
+    },
     /// Streaming events from shared history.
-    Sse(Cursors),
+    Streaming(Cursors),
     /// Streaming events from a per-connection timer.
-    App(Box<Ticker>),
+    Ticking(Box<Ticker>),
+    /// A final response is being written; the socket closes once it drains.
+    Draining,
+    /// Half-closed after a final response, waiting briefly for the peer's
+    /// FIN so the response is not destroyed by a reset.
+    Lingering,
+    /// To be freed at the end of the loop turn.
+    Closing,
 }
 
-/// Flag bits.
-pub mod flags {
-    /// Close once the output buffer drains.
-    pub const CLOSE_AFTER_FLUSH: u8 = 1;
-    /// Scheduled for closing at the end of the loop turn.
-    pub const CLOSING: u8 = 2;
-    /// Input is not read until output drains (pipelining back-pressure).
-    pub const READ_PAUSED: u8 = 4;
-    /// Between requests on a keep-alive connection (idle timeout applies).
-    pub const IDLE: u8 = 8;
-    /// Counted against per-peer limits.
-    pub const COUNTED: u8 = 16;
+impl State {
+    /// A connection ready for its first (or next) request.
+    pub fn reading() -> State {
+        State::Reading {
+            buf: None,
+            idle: false,
+            paused: false,
+        }
+    }
 }
 
 /// One connection.
@@ -141,12 +113,12 @@ pub struct Conn {
     pub deadline: Tick,
     /// Slot of the peer address in the per-IP table.
     pub peer: u32,
-    /// Bits from [`flags`].
-    pub flags: u8,
+    /// Its stream's body is chunk-framed (HTTP/1.1 streams).
+    pub chunked: bool,
     /// Unwritten bytes; `None` while the socket is drained.
     pub out: Option<Box<Out>>,
     /// What the connection is doing.
-    pub phase: Phase,
+    pub state: State,
 }
 
 impl Conn {
@@ -156,23 +128,23 @@ impl Conn {
             sock,
             deadline,
             peer,
-            flags: 0,
+            chunked: false,
             out: None,
-            phase: Phase::Http(None),
+            state: State::reading(),
         }
-    }
-    /// Whether a flag is set.
-    pub fn has(&self, f: u8) -> bool {
-        self.flags & f != 0
     }
     /// Whether bytes are waiting for the socket to drain.
     pub fn blocked(&self) -> bool {
         self.out.is_some()
     }
+    /// Whether it is being closed.
+    pub fn closing(&self) -> bool {
+        matches!(self.state, State::Closing)
+    }
 }
 
 /// The budget (see ../shared/design/core-layout.md): 48 bytes in release
-/// builds. Debug builds of mio add a selector id to every socket, hence 64.
+/// builds. Debug builds of mio add a selector id to every socket, hence 56.
 pub const CONN_SIZE: usize = std::mem::size_of::<Conn>();
 #[cfg(not(debug_assertions))]
 const _: () = assert!(CONN_SIZE <= 48);
@@ -185,6 +157,10 @@ mod tests {
     fn conn_is_small() {
         // Printed so the figure shows up in test logs next to the budget.
         println!("size_of::<Conn>() = {}", super::CONN_SIZE);
-        assert_eq!(std::mem::size_of::<super::Cursor>(), 16);
+        println!(
+            "size_of::<State>() = {}",
+            std::mem::size_of::<super::State>()
+        );
+        assert_eq!(std::mem::size_of::<crate::broker::Cursor>(), 16);
     }
 }

@@ -57,11 +57,6 @@ impl Timers {
         self.heap.len()
     }
 
-    /// Whether no timer is pending.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
-
     /// Drops entries `keep` rejects (used when cancelled entries pile up).
     pub fn retain(&mut self, mut keep: impl FnMut(u64, &Timer) -> bool) {
         self.heap.retain(|Reverse((w, t))| keep(*w, t));

@@ -1,0 +1,204 @@
+//! One stream's retained history: a ring of shared, encoded-once frames,
+//! its byte accounting, and the record of what has been dropped from it.
+//!
+//! A frame is stored once with HTTP/1.1 chunk framing around the SSE bytes
+//! (`<hex len>\r\n` … `\r\n`), so a chunked connection writes it whole and
+//! an identity (HTTP/1.0) connection writes the inner slice: one encoding,
+//! shared by both. Nothing here knows about connections or sockets.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use slab::Slab;
+
+/// One encoded event, shared by every ring it was published to.
+#[derive(Clone)]
+pub struct Frame {
+    /// The server-assigned id; strictly increasing within a ring.
+    pub id: u64,
+    /// Offset of this frame in the stream's byte history, to measure lag in O(1).
+    pub start: u64,
+    /// Chunk header, SSE bytes, chunk trailer.
+    bytes: Rc<[u8]>,
+    /// Length of the chunk header.
+    head: u8,
+}
+
+impl Frame {
+    /// Wraps SSE bytes in chunk framing.
+    pub fn new(id: u64, sse: &[u8]) -> Frame {
+        let head = format!("{:x}\r\n", sse.len());
+        let mut b = Vec::with_capacity(head.len() + sse.len() + 2);
+        b.extend_from_slice(head.as_bytes());
+        b.extend_from_slice(sse);
+        b.extend_from_slice(b"\r\n");
+        Frame {
+            id,
+            start: 0,
+            head: head.len() as u8,
+            bytes: b.into(),
+        }
+    }
+    /// The bytes a connection writes: chunk-framed or bare.
+    pub fn wire(&self, chunked: bool) -> &[u8] {
+        if chunked {
+            &self.bytes
+        } else {
+            let end = self.bytes.len().saturating_sub(2);
+            self.bytes.get(self.head as usize..end).unwrap_or(&[])
+        }
+    }
+    /// The SSE bytes alone.
+    pub fn sse(&self) -> &[u8] {
+        self.wire(false)
+    }
+    /// Bytes this frame holds in memory (what history budgets count).
+    pub fn cost(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// History bounds of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Events retained.
+    pub history: usize,
+    /// Encoded bytes retained.
+    pub history_bytes: usize,
+}
+
+/// One stream: its retained frames and its subscribers.
+pub struct Stream {
+    /// The stream's name.
+    pub name: Box<str>,
+    ring: VecDeque<Frame>,
+    ring_bytes: usize,
+    end_offset: u64,
+    /// The highest id dropped from this stream's history (0: none), so a
+    /// resume from below it knows events may be missing.
+    lost_upto: u64,
+    /// Connection keys reading this stream. A slab, so a subscriber's slot
+    /// never moves: leaving is O(1) and a fan-out pass walking the slots
+    /// is not disturbed by others leaving.
+    pub subs: Slab<u32>,
+    /// Events ever published to it.
+    pub published: u64,
+    /// Id of its newest event (0: none yet).
+    pub last_id: u64,
+    pub(super) dirty: bool,
+    /// Frames and bytes appended since the stream last became dirty.
+    pub(super) dirty_frames: usize,
+    pub(super) dirty_bytes: usize,
+    /// Internal streams (used by the built-in apps) are not listed and
+    /// cannot be subscribed to through `/events`.
+    pub internal: bool,
+    pub(super) limits: Limits,
+}
+
+impl Stream {
+    pub(super) fn new(name: &str, lost_upto: u64, internal: bool, limits: Limits) -> Self {
+        Stream {
+            name: name.into(),
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            end_offset: 0,
+            lost_upto,
+            subs: Slab::new(),
+            published: 0,
+            last_id: 0,
+            dirty: false,
+            dirty_frames: 0,
+            dirty_bytes: 0,
+            internal,
+            limits,
+        }
+    }
+
+    /// Retained frame count.
+    pub fn retained(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Retained bytes.
+    pub fn retained_bytes(&self) -> usize {
+        self.ring_bytes
+    }
+
+    /// The highest id dropped from this stream (0: none).
+    pub fn lost_upto(&self) -> u64 {
+        self.lost_upto
+    }
+
+    /// Index of the first retained frame with an id above `id`.
+    pub(super) fn index_after(&self, id: u64) -> usize {
+        self.ring.partition_point(|f| f.id <= id)
+    }
+
+    /// The frame at ring index `i`.
+    pub(super) fn at(&self, i: usize) -> Option<&Frame> {
+        self.ring.get(i)
+    }
+
+    /// Retained frames with an id above `id`.
+    pub fn frames_after(&self, id: u64) -> impl Iterator<Item = &Frame> {
+        self.ring.range(self.index_after(id)..)
+    }
+
+    /// Bytes a subscriber positioned at `id` still has to be sent.
+    pub fn lag_bytes(&self, id: u64) -> u64 {
+        match self.ring.get(self.index_after(id)) {
+            Some(f) => self.end_offset - f.start,
+            None => 0,
+        }
+    }
+
+    /// Whether events with an id above `id` may have left this stream.
+    pub fn lost_after(&self, id: u64) -> bool {
+        self.lost_upto > id
+    }
+
+    /// Where a subscriber that fell out of the history continues from: the
+    /// id just below the oldest retained frame.
+    pub fn floor(&self) -> u64 {
+        match self.ring.front() {
+            Some(f) => f.id.saturating_sub(1),
+            None => self.last_id.max(self.lost_upto),
+        }
+    }
+
+    /// Id of the oldest retained frame.
+    pub fn first_id(&self) -> Option<u64> {
+        self.ring.front().map(|f| f.id)
+    }
+
+    /// Appends a frame, evicting from the front past either bound. The
+    /// caller has checked that the frame alone fits the byte bound.
+    pub(super) fn push(&mut self, mut f: Frame) -> usize {
+        let len = f.cost();
+        f.start = self.end_offset;
+        self.last_id = f.id;
+        self.ring.push_back(f);
+        self.end_offset += len as u64;
+        self.ring_bytes += len;
+        self.published += 1;
+        let mut freed = 0;
+        while self.ring.len() > self.limits.history.max(1)
+            || (self.ring_bytes > self.limits.history_bytes && self.ring.len() > 1)
+        {
+            freed += self.evict_front();
+        }
+        freed
+    }
+
+    /// Drops the oldest frame; returns the bytes freed.
+    pub(super) fn evict_front(&mut self) -> usize {
+        match self.ring.pop_front() {
+            Some(f) => {
+                self.ring_bytes -= f.cost();
+                self.lost_upto = self.lost_upto.max(f.id);
+                f.cost()
+            }
+            None => 0,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Internals exposed for the benchmarks and the fuzz targets only: not
+//! part of the API, hidden from the docs, and free to change.
+
+pub use crate::broker::{Broker, Cursors, Limits, Origin, Resume};
+
+/// The request parser.
+pub mod http {
+    pub use crate::http::{
+        decode_chunked, parse, parse_resume, HttpError, Limits, Parsed, Request, Scan,
+    };
+}
+
+/// SSE encoding.
+pub mod frame {
+    pub use crate::frame::{encode, encode_numbered};
+}

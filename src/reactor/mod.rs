@@ -1,0 +1,969 @@
+//! The reactor: one `mio::Poll`, the listeners, the waker, the one
+//! reactor-wide read buffer, every connection, and the loop that turns
+//! readiness into handler calls and carries out the actions they return.
+//! It is the only code that touches `Poll`, sockets, the clock, or
+//! `write`/`writev`.
+//!
+//! One loop turn: poll (until the nearest timer) → handle readiness
+//! (accept, read + route requests, drain writes) → fire due timers (a
+//! slice of the sweep, ticks) → fan newly published frames out to
+//! subscribers → free closed connections.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the loop, accept, reads, request routing, carrying out actions |
+//! | `write.rs` | the write path: responses, catch-up, the fan-out pass, ends |
+//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
+//! | `conn.rs` | the connection struct and its states |
+//! | `timer.rs` | the deadline heap |
+//! | `peers.rs` | per-address connection counts |
+
+mod conn;
+mod peers;
+mod sweep;
+pub(crate) mod timer;
+mod write;
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use slab::Slab;
+
+use crate::apps::Apps;
+use crate::broker::{Broker, Limits};
+use crate::config::Config;
+use crate::handler::{Action, Cx};
+use crate::http::{self, Parsed, Response};
+use crate::stats::{Counters, Gauges};
+use crate::{Event, PublishError};
+pub use conn::CONN_SIZE;
+use conn::{Conn, ReqBuf, State, Tick, NEVER};
+use peers::Peers;
+use timer::{Timer, Timers};
+
+const WAKER: Token = Token(usize::MAX);
+const READ_BUF: usize = 64 << 10;
+/// Output a pipelining client may have queued before its input is paused.
+const PIPELINE_OUT_LIMIT: usize = 64 << 10;
+/// Cross-thread publishes waiting for the loop, at most.
+pub(crate) const INBOX_LIMIT: usize = 65_536;
+/// Subscribers written to per loop turn; a larger fan-out continues next
+/// turn (see `write.rs`). Smaller passes let more events arrive while a
+/// pass is under way, so late subscribers get more of them per write:
+/// with 10,000 subscribers and a reply-paced publisher, 2048 gave ~0.8 M
+/// deliveries/s at 1.25 µs of server CPU each, 512 gave ~1.8 M at 0.53 µs
+/// with the same p50 latency (`ssed-bench fanout`, docs/BENCHMARKS.md).
+const FLUSH_BUDGET: usize = 512;
+/// Pending connections the kernel may queue per listener.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+/// Back-off after EMFILE/ENFILE.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+/// Reads of one connection per loop turn (64 KiB each), so a flooding peer
+/// cannot starve the others.
+const READS_PER_TURN: usize = 16;
+/// Connections accepted per listener per loop turn, so a connect storm
+/// cannot starve established connections; the rest wait one turn.
+const ACCEPT_BATCH: usize = 256;
+/// All incomplete requests together may hold this much (or four maximal
+/// requests, if more): without it, every connection may hold `--max-body`.
+const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
+/// Ticks are 100 ms.
+const TICK_MS: u64 = 100;
+
+fn listener_token(i: usize) -> Token {
+    Token(usize::MAX - 1 - i)
+}
+
+/// Messages from other threads.
+pub(crate) enum Command {
+    /// Publish an event; the id (or why not) goes back on the channel.
+    Publish(String, Event, mpsc::Sender<Result<u64, PublishError>>),
+}
+
+/// State shared with [`crate::Publisher`] and [`crate::ShutdownHandle`].
+pub(crate) struct Shared {
+    pub inbox: Mutex<VecDeque<Command>>,
+    pub shutdown: AtomicBool,
+    pub waker: Waker,
+}
+
+/// Set by the SIGTERM/SIGINT handler.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+static SIGNAL_SHARED: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+    // Waking is a write(2) on an eventfd: safe in a signal handler.
+    if let Some(s) = SIGNAL_SHARED.get() {
+        let _ = s.waker.wake();
+    }
+}
+
+fn install_signal_handlers(shared: &Arc<Shared>) {
+    let _ = SIGNAL_SHARED.set(shared.clone());
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only touches an atomic and an eventfd write.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    // SAFETY: ignoring SIGPIPE so a write to a closed socket is an error, not death.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// The open-file limit minus a reserve for listeners, logs and the poll fd.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let cur = if ok { lim.rlim_cur } else { 1024 };
+    (cur.min(1 << 24) as usize).saturating_sub(64).max(16)
+}
+
+/// A bound server not yet running: `Send`, so it can be bound on one
+/// thread and run on another (the reactor, with its `Rc` frames, is built
+/// by `run` on the loop's own thread).
+pub(crate) struct Bound {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    pub addrs: Vec<SocketAddr>,
+    pub shared: Arc<Shared>,
+    cfg: Config,
+    max: usize,
+}
+
+impl Bound {
+    pub fn bind(cfg: Config) -> io::Result<Bound> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for (i, a) in cfg.listen.iter().enumerate() {
+            let mut l = TcpListener::bind(*a)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
+            // mio listens with a backlog of 1024; a connect storm of
+            // thousands of subscribers (a restart, a benchmark) would see
+            // SYNs dropped and 1 s retransmits. Linux lets listen(2) be
+            // called again to raise it (the kernel caps it at somaxconn).
+            // SAFETY: listen on a socket we own.
+            unsafe {
+                libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), LISTEN_BACKLOG);
+            }
+            poll.registry()
+                .register(&mut l, listener_token(i), Interest::READABLE)?;
+            addrs.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        let max = if cfg.max_connections == 0 {
+            default_max_connections()
+        } else {
+            cfg.max_connections
+        };
+        let shared = Arc::new(Shared {
+            inbox: Mutex::new(VecDeque::new()),
+            shutdown: AtomicBool::new(false),
+            waker,
+        });
+        if cfg.handle_signals {
+            install_signal_handlers(&shared);
+        }
+        Ok(Bound {
+            poll,
+            listeners,
+            addrs,
+            shared,
+            cfg,
+            max,
+        })
+    }
+
+    pub fn run(self) -> io::Result<()> {
+        let clock = Clock::new();
+        let limits = Limits {
+            history: self.cfg.history,
+            history_bytes: self.cfg.history_bytes,
+        };
+        let broker = Broker::new(clock.start_unix_us, limits, self.cfg.max_streams);
+        let mut r = Reactor {
+            poll: self.poll,
+            listeners: self.listeners,
+            shared: self.shared,
+            rbuf: vec![0; READ_BUF],
+            conns: Slab::new(),
+            broker,
+            apps: Apps::new(&self.cfg),
+            cfg: self.cfg,
+            counters: Counters::default(),
+            timers: Timers::default(),
+            peers: Peers::default(),
+            clock,
+            rng: SmallRng::from_entropy(),
+            max_connections: self.max,
+            shutting_down: false,
+            closing: Vec::new(),
+            resume_read: Vec::new(),
+            again: Vec::new(),
+            buffered: 0,
+            passes: VecDeque::new(),
+            dirty: Vec::new(),
+            sweep: sweep::Sweep::default(),
+            next_gen: 0,
+            accept_paused: false,
+            accept_warned: false,
+            accept_more: Vec::new(),
+            read_again: Vec::new(),
+        };
+        r.run()
+    }
+}
+
+/// The loop's clock: read once per turn (and precisely for ids).
+struct Clock {
+    start: Instant,
+    /// Unix time of `start` in µs.
+    start_unix_us: u64,
+    /// Milliseconds since `start`, as of this turn.
+    now_ms: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let start_unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Clock {
+            start: Instant::now(),
+            start_unix_us,
+            now_ms: 0,
+        }
+    }
+    fn tick(&mut self) {
+        self.now_ms = self.start.elapsed().as_millis() as u64;
+    }
+    fn now_tick(&self) -> Tick {
+        Tick::try_from(self.now_ms / TICK_MS).unwrap_or(NEVER - 1)
+    }
+    /// Wall-clock unix time in µs, finer than the per-turn clock (for ids
+    /// and timestamps that users compare with their own clocks).
+    fn unix_us(&self) -> u64 {
+        self.start_unix_us + self.start.elapsed().as_micros() as u64
+    }
+}
+
+fn ms_to_ticks(ms: u64) -> Tick {
+    Tick::try_from(ms.div_ceil(TICK_MS)).unwrap_or(NEVER - 1)
+}
+
+fn ticks(d: Duration) -> Tick {
+    if d.is_zero() {
+        NEVER
+    } else {
+        ms_to_ticks(d.as_millis() as u64)
+    }
+}
+
+/// The reactor and everything it owns.
+pub(crate) struct Reactor {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+    rbuf: Vec<u8>,
+    conns: Slab<Conn>,
+    broker: Broker,
+    apps: Apps,
+    cfg: Config,
+    counters: Counters,
+    timers: Timers,
+    peers: Peers,
+    clock: Clock,
+    rng: SmallRng,
+    max_connections: usize,
+    shutting_down: bool,
+    /// Connections to free at the end of the turn.
+    closing: Vec<u32>,
+    /// Connections whose paused input may be read again.
+    resume_read: Vec<u32>,
+    /// Subscribers that used their write budget this turn and are owed more.
+    again: Vec<u32>,
+    /// Bytes held in all connections' request buffers (incomplete requests).
+    buffered: usize,
+    /// Fan-out passes in progress: a stream and the next subscriber slot.
+    passes: VecDeque<(u32, usize)>,
+    /// Reused buffer for the broker's dirty streams.
+    dirty: Vec<u32>,
+    sweep: sweep::Sweep,
+    next_gen: u32,
+    accept_paused: bool,
+    /// A descriptor-exhaustion episode has been logged.
+    accept_warned: bool,
+    /// Listeners that still had connections waiting when their batch ran out.
+    accept_more: Vec<usize>,
+    /// Connections that used their read budget and may have more input.
+    read_again: Vec<u32>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Reactor {
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.clock.tick();
+            let busy = !self.again.is_empty() || !self.passes.is_empty();
+            let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
+                self.timers
+                    .next_at()
+                    .map(|t| Duration::from_millis(t.saturating_sub(self.clock.now_ms)))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.clock.tick();
+            for i in std::mem::take(&mut self.accept_more) {
+                self.accept(i);
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.on_readable(key);
+            }
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    self.drain_inbox();
+                } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
+                    self.accept(usize::MAX - 1 - t.0);
+                } else {
+                    let key = t.0 as u32;
+                    if ev.is_writable() {
+                        self.on_writable(key);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.on_readable(key);
+                    }
+                }
+            }
+            while let Some((when, t)) = self.timers.pop_due(self.clock.now_ms) {
+                match t {
+                    Timer::Sweep => self.sweep(when),
+                    Timer::ResumeAccept => {
+                        self.accept_paused = false;
+                        for i in 0..self.listeners.len() {
+                            self.accept(i);
+                        }
+                    }
+                    Timer::ShutdownDeadline => self.close_all(),
+                    Timer::Tick { key, gen } => self.on_tick(key, gen),
+                }
+            }
+            for key in std::mem::take(&mut self.resume_read) {
+                self.resume_reading(key);
+            }
+            self.flush_dirty(FLUSH_BUDGET);
+            self.reap();
+            if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
+                self.begin_shutdown();
+            }
+            if self.shutting_down && self.conns.is_empty() {
+                log::info!("shut down cleanly");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Frees the connections closed this turn.
+    fn reap(&mut self) {
+        while !self.closing.is_empty() {
+            for key in std::mem::take(&mut self.closing) {
+                let Some(mut conn) = self.conns.try_remove(key as usize) else {
+                    continue;
+                };
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+                self.peers.remove(conn.peer);
+                self.apps.on_close(key);
+                self.counters.closed += 1;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        log::info!("shutting down: flushing {} connections", self.conns.len());
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+        self.listeners.clear();
+        self.shutting_down = true;
+        let deadline = self.clock.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
+        self.timers.add(deadline, Timer::ShutdownDeadline);
+        self.flush_dirty(usize::MAX);
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for k in keys {
+            let Some(c) = self.conns.get_mut(k as usize) else {
+                continue;
+            };
+            match c.state {
+                State::Streaming(_) | State::Ticking(_) => self.end_stream(k),
+                State::Reading { .. } if c.out.is_none() => self.close(k),
+                State::Reading { .. } => c.state = State::Draining,
+                _ => {}
+            }
+        }
+        self.reap();
+    }
+
+    /// Closes everything now (shutdown timeout).
+    fn close_all(&mut self) {
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for k in keys {
+            self.close(k);
+        }
+    }
+
+    /// A handler context for a request on `key` (the reactor's fields, split
+    /// so the rest stay usable while it lives).
+    fn context(&mut self, key: u32) -> Cx<'_> {
+        let peer = self
+            .conns
+            .get(key as usize)
+            .and_then(|c| self.peers.ip(c.peer));
+        Cx {
+            broker: &mut self.broker,
+            cfg: &self.cfg,
+            counters: &mut self.counters,
+            rng: &mut self.rng,
+            now_ms: self.clock.now_ms,
+            unix_us: self.clock.unix_us(),
+            conn: key,
+            peer,
+            cors: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        let cmds: Vec<Command> = match self.shared.inbox.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(p) => p.into_inner().drain(..).collect(),
+        };
+        for c in cmds {
+            match c {
+                Command::Publish(stream, ev, reply) => {
+                    let mut cx = self.context(u32::MAX);
+                    let res = crate::api::publish_event(&mut cx, &stream, &ev);
+                    let actions = std::mem::take(&mut cx.actions);
+                    if let Err(e) = &res {
+                        log::debug!("library publish to {stream:?} refused: {e}");
+                    }
+                    // The publisher may have stopped waiting.
+                    let _ = reply.send(res);
+                    self.act(u32::MAX, actions);
+                }
+            }
+        }
+    }
+
+    /// Carries out what a handler decided for connection `key`.
+    fn act(&mut self, key: u32, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Respond { bytes, close } => self.respond(key, &bytes, close),
+                Action::Stream {
+                    head,
+                    chunked,
+                    prelude,
+                    cursors,
+                } => {
+                    if !self.begin_stream(key, &head, chunked) {
+                        // The connection went while the handler decided.
+                        self.broker.unsubscribe(key, &cursors);
+                        continue;
+                    }
+                    if let Some(c) = self.conns.get_mut(key as usize) {
+                        c.state = State::Streaming(cursors);
+                    }
+                    self.send_sse(key, &prelude);
+                    self.flush_subscriber(key);
+                    self.after_stream_write(key);
+                }
+                Action::Tick {
+                    head,
+                    chunked,
+                    prelude,
+                    interval_ms,
+                    first_in_ms,
+                    next,
+                } => {
+                    if !self.begin_stream(key, &head, chunked) {
+                        continue;
+                    }
+                    self.next_gen = self.next_gen.wrapping_add(1);
+                    let gen = self.next_gen;
+                    if let Some(c) = self.conns.get_mut(key as usize) {
+                        c.state = State::Ticking(Box::new(conn::Ticker {
+                            gen,
+                            interval_ms: interval_ms.max(1),
+                            next,
+                        }));
+                        self.timers
+                            .add(self.clock.now_ms + first_in_ms, Timer::Tick { key, gen });
+                    }
+                    self.send_sse(key, &prelude);
+                    self.after_stream_write(key);
+                }
+                Action::End(k) => self.end_stream(k),
+                Action::DeleteStream(idx) => self.delete_stream(idx),
+                Action::Flush => self.flush_dirty(usize::MAX),
+                Action::Stats {
+                    prometheus,
+                    http10,
+                    keep_alive,
+                    head_only,
+                    headers,
+                } => {
+                    self.counters.events_published = self.broker.published;
+                    self.counters.gaps_sent = self.broker.gaps;
+                    let g = self.gauges();
+                    let resp = if prometheus {
+                        Response::new(
+                            200,
+                            "text/plain; version=0.0.4",
+                            crate::stats::prometheus(&self.counters, &g),
+                        )
+                    } else {
+                        Response::json(200, &crate::stats::json(&self.counters, &g))
+                    };
+                    let bytes = resp.with(&headers).encode(http10, keep_alive, head_only);
+                    self.respond(key, &bytes, !keep_alive);
+                }
+            }
+        }
+    }
+
+    /// Gauges for `/stats` and `/metrics`.
+    fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            connections: self.conns.len(),
+            ..Gauges::default()
+        };
+        for (_, c) in self.conns.iter() {
+            match c.state {
+                State::Streaming(_) => g.sse_connections += 1,
+                State::Ticking(_) => g.app_connections += 1,
+                _ => g.http_connections += 1,
+            }
+            if c.blocked() && matches!(c.state, State::Streaming(_) | State::Ticking(_)) {
+                g.blocked_subscribers += 1;
+            }
+        }
+        for (_, s) in self.broker.iter() {
+            if s.internal {
+                g.internal_streams += 1;
+            } else {
+                g.streams += 1;
+            }
+            g.history_events += s.retained();
+            g.history_bytes += s.retained_bytes();
+        }
+        g.timers = self
+            .timers
+            .iter()
+            .filter(|(w, t)| self.timer_live(*w, t))
+            .count();
+        g.timer_entries = self.timers.len();
+        g.connection_size = CONN_SIZE;
+        g.uptime_secs = self.clock.start.elapsed().as_secs_f64();
+        g.rss_bytes = crate::stats::rss_bytes();
+        g.per_ip_entries = self.peers.len();
+        g.buffered_request_bytes = self.buffered;
+        g.max_connections = self.max_connections;
+        g
+    }
+
+    /// Whether a timer entry still means something: the current sweep, any
+    /// one-off timer, or the tick of a live ticking connection of that
+    /// generation.
+    fn timer_live(&self, when: u64, t: &Timer) -> bool {
+        timer_live(&self.conns, self.sweep.at, when, t)
+    }
+
+    fn accept(&mut self, i: usize) {
+        if self.accept_paused || self.shutting_down {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some(l) = self.listeners.get(i) else {
+                return;
+            };
+            match l.accept() {
+                Ok((sock, addr)) => {
+                    if self.accept_warned {
+                        log::warn!("accepting again");
+                        self.accept_warned = false;
+                    }
+                    self.admit(sock, addr)
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.counters.accept_errors += 1;
+                    let raw = e.raw_os_error();
+                    if matches!(
+                        raw,
+                        Some(libc::EMFILE)
+                            | Some(libc::ENFILE)
+                            | Some(libc::ENOBUFS)
+                            | Some(libc::ENOMEM)
+                    ) {
+                        // Once per episode: the back-off repeats every 100 ms
+                        // until descriptors free up.
+                        if self.accept_warned {
+                            log::debug!("accept: {e}; still pausing");
+                        } else {
+                            log::warn!("accept: {e}; pausing accepts ({ACCEPT_BACKOFF_MS} ms steps) until descriptors free up");
+                            self.accept_warned = true;
+                        }
+                        self.counters.accept_paused += 1;
+                        self.accept_paused = true;
+                        self.timers
+                            .add(self.clock.now_ms + ACCEPT_BACKOFF_MS, Timer::ResumeAccept);
+                        return;
+                    }
+                    // ECONNABORTED and friends concern one connection only.
+                    log::debug!("accept: {e}");
+                }
+            }
+        }
+        if !self.accept_more.contains(&i) {
+            self.accept_more.push(i);
+        }
+    }
+
+    fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
+        self.counters.accepted += 1;
+        let _ = sock.set_nodelay(true);
+        let over = self.conns.len() >= self.max_connections;
+        let peer = if over {
+            None
+        } else {
+            self.peers.add(addr.ip(), self.cfg.max_connections_per_ip)
+        };
+        let Some(peer) = peer else {
+            let (reason, msg) = if over {
+                (
+                    "over_capacity",
+                    "server is at --max-connections; retry later",
+                )
+            } else {
+                (
+                    "per_ip_limit",
+                    "too many connections from your address (--max-connections-per-ip)",
+                )
+            };
+            self.counters.reject(reason);
+            let resp = Response::error(503, msg)
+                .header("Retry-After", "1")
+                .encode(false, false, false);
+            // A fresh socket has an empty send buffer; if even this does not
+            // fit, the peer just sees the close.
+            let _ = std::io::Write::write(&mut sock, &resp);
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+            let _ = sock.read(&mut self.rbuf);
+            return;
+        };
+        let deadline = self.header_deadline();
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("register: {e}");
+            self.peers.remove(peer);
+            return;
+        }
+        entry.insert(Conn::new(sock, peer, deadline));
+        self.set_deadline(key as u32, deadline);
+    }
+
+    /// Deadline for a connection waiting for (the rest of) a request.
+    fn header_deadline(&self) -> Tick {
+        self.clock
+            .now_tick()
+            .saturating_add(ticks(self.cfg.header_timeout))
+    }
+
+    /// Deadline for an idle keep-alive connection.
+    fn idle_deadline(&self) -> Tick {
+        self.clock
+            .now_tick()
+            .saturating_add(ticks(self.cfg.idle_timeout))
+    }
+
+    /// Takes a connection's incomplete request out of it (for parsing).
+    fn take_reqbuf(&mut self, key: u32) -> Option<Box<ReqBuf>> {
+        let c = self.conns.get_mut(key as usize)?;
+        let State::Reading { buf, .. } = &mut c.state else {
+            return None;
+        };
+        let b = buf.take()?;
+        self.buffered = self.buffered.saturating_sub(b.data.len());
+        Some(b)
+    }
+
+    /// Puts an incomplete request back, unless the connection has moved on
+    /// (streaming, closing), in which case it is dropped.
+    fn put_reqbuf(&mut self, key: u32, b: Box<ReqBuf>) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if b.data.is_empty() {
+            return;
+        }
+        if let State::Reading {
+            buf: slot @ None, ..
+        } = &mut c.state
+        {
+            self.buffered += b.data.len();
+            *slot = Some(b);
+        }
+    }
+
+    /// Whether `more` bytes of incomplete requests still fit the server-wide
+    /// budget: `--max-body` bounds one request, this bounds all of them.
+    fn buffer_fits(&self, more: usize) -> bool {
+        let budget = REQUEST_BUFFER_BUDGET.max(4 * (self.cfg.max_body + self.cfg.max_header_bytes));
+        self.buffered + more <= budget
+    }
+
+    /// Output drained on a connection whose input was paused: route the
+    /// requests already buffered, then read on.
+    fn resume_reading(&mut self, key: u32) {
+        if let Some(mut buf) = self.take_reqbuf(key) {
+            let used = self.process(key, &buf.data, &mut buf.scan);
+            buf.data.drain(..used);
+            self.put_reqbuf(key, buf);
+        }
+        self.on_readable(key);
+    }
+
+    /// The readable edge: read until WouldBlock, routing complete requests
+    /// as they arrive. Input on connections that are not reading requests
+    /// is read and dropped.
+    fn on_readable(&mut self, key: u32) {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        self.read_into(key, &mut rbuf);
+        self.rbuf = rbuf;
+    }
+
+    fn read_into(&mut self, key: u32, rbuf: &mut [u8]) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return;
+            };
+            let (discard, was_idle) = match conn.state {
+                State::Closing => return,
+                State::Reading { paused: true, .. } => return,
+                State::Reading { idle, .. } => (false, idle),
+                _ => (true, false),
+            };
+            let n = match conn.sock.read(rbuf) {
+                Ok(0) => {
+                    self.close(key);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            };
+            if discard {
+                continue;
+            }
+            if let State::Reading { idle, .. } = &mut conn.state {
+                *idle = false;
+            }
+            let pending = self.take_reqbuf(key);
+            let held = pending.as_ref().map_or(0, |b| b.data.len());
+            let limit = self.cfg.max_header_bytes + self.cfg.max_body + (64 << 10);
+            if held + n > limit {
+                let e = http::HttpError::PayloadTooLarge;
+                self.counters.reject(e.reason());
+                self.error(key, e.status(), e.message(), None);
+                return;
+            }
+            let leftover: Option<Box<ReqBuf>> = match pending {
+                Some(mut buf) => {
+                    buf.data.extend_from_slice(&rbuf[..n]);
+                    let used = self.process(key, &buf.data, &mut buf.scan);
+                    buf.data.drain(..used);
+                    (!buf.data.is_empty()).then_some(buf)
+                }
+                None => {
+                    let mut scan = http::Scan::default();
+                    let used = self.process(key, &rbuf[..n], &mut scan);
+                    (used < n).then(|| {
+                        Box::new(ReqBuf {
+                            data: rbuf[used..n].to_vec(),
+                            scan,
+                        })
+                    })
+                }
+            };
+            let Some(rest) = leftover else { continue };
+            if !self.buffer_fits(rest.data.len()) {
+                // Many peers each holding a large unfinished request: refuse
+                // this one rather than let the sum grow with the peer count.
+                self.counters.reject("buffer_budget");
+                let msg = "server is holding too many unfinished requests; retry later";
+                self.error(key, 503, msg, Some(("Retry-After", "1")));
+                return;
+            }
+            // A request that began in this read (after an idle gap, or after
+            // one completed just now) gets a fresh header deadline; bytes
+            // dribbled into the same request never extend it (slowloris).
+            let new_request = was_idle
+                || matches!(
+                    self.conns.get(key as usize),
+                    Some(Conn {
+                        state: State::Reading { idle: true, .. },
+                        ..
+                    })
+                );
+            self.put_reqbuf(key, rest);
+            let header_deadline = self.header_deadline();
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                if let State::Reading {
+                    buf: Some(_), idle, ..
+                } = &mut conn.state
+                {
+                    *idle = false;
+                    if new_request {
+                        self.set_deadline(key, header_deadline);
+                    }
+                }
+            }
+        }
+        // Still readable after a full budget: no new edge will come, so
+        // carry on next turn, after everyone else.
+        if !self.read_again.contains(&key) {
+            self.read_again.push(key);
+        }
+    }
+
+    /// Parses and routes every complete request at the front of `data`;
+    /// returns how many bytes were used. `scan` is the progress through the
+    /// first request's chunked body, and is left describing the request at
+    /// the front of what remains.
+    fn process(&mut self, key: u32, data: &[u8], scan: &mut http::Scan) -> usize {
+        let limits = http::Limits {
+            max_header_bytes: self.cfg.max_header_bytes,
+            max_body: self.cfg.max_body,
+        };
+        let mut off = 0;
+        while off < data.len() {
+            match self.conns.get(key as usize).map(|c| &c.state) {
+                // Paused for back-pressure: keep the rest for when output drains.
+                Some(State::Reading { paused: true, .. }) => break,
+                Some(State::Reading { .. }) => {}
+                // Streaming or closing: later pipelined bytes mean nothing.
+                Some(State::Streaming(_) | State::Ticking(_)) => {
+                    self.counters.reject("pipelined_after_stream");
+                    return data.len();
+                }
+                _ => return data.len(),
+            }
+            match http::parse_resume(&data[off..], limits, scan) {
+                Ok(Parsed::Partial) => break,
+                Err(e) => {
+                    self.counters.reject(e.reason());
+                    self.error(key, e.status(), e.message(), None);
+                    return data.len();
+                }
+                Ok(Parsed::Complete(req, used)) => {
+                    off += used;
+                    *scan = http::Scan::default();
+                    self.counters.requests += 1;
+                    let mut apps = std::mem::take(&mut self.apps);
+                    let mut cx = self.context(key);
+                    crate::router::handle(&mut cx, &mut apps, &req);
+                    let actions = std::mem::take(&mut cx.actions);
+                    self.apps = apps;
+                    self.act(key, actions);
+                    let idle = self.idle_deadline();
+                    if let Some(c) = self.conns.get_mut(key as usize) {
+                        if let State::Reading {
+                            idle: i, paused, ..
+                        } = &mut c.state
+                        {
+                            *i = true;
+                            match &c.out {
+                                None => self.set_deadline(key, idle),
+                                Some(o) if o.pending().len() > PIPELINE_OUT_LIMIT => {
+                                    *paused = true;
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        off
+    }
+
+    /// A JSON error that ends the connection (the request's framing can no
+    /// longer be trusted, or the server refuses to hold more of it).
+    fn error(&mut self, key: u32, status: u16, msg: &str, header: Option<(&'static str, &str)>) {
+        let mut resp = Response::error(status, msg);
+        if let Some((n, v)) = header {
+            resp = resp.header(n, v);
+        }
+        self.respond(key, &resp.encode(false, false, false), true);
+    }
+}
+
+/// Whether a timer entry still means something (see `Reactor::timer_live`).
+fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -> bool {
+    match *t {
+        Timer::Sweep => sweep_at == Some(when),
+        Timer::Tick { key, gen } => matches!(
+            conns.get(key as usize),
+            Some(Conn { state: State::Ticking(tk), .. }) if tk.gen == gen
+        ),
+        Timer::ResumeAccept | Timer::ShutdownDeadline => true,
+    }
+}
+
+/// Bound on queued cross-thread publishes.
+pub(crate) fn inbox_limit() -> usize {
+    INBOX_LIMIT
+}

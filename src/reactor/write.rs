@@ -1,0 +1,518 @@
+//! The write path: responses, stream heads, catch-up, the fan-out pass
+//! that moves shared frames from the broker's rings onto sockets, partial
+//! writes, slow subscribers, and the ways a connection ends.
+//!
+//! A drained subscriber gets one `writev` of every frame it is owed (the
+//! broker's merge, in id order); a short write copies only the unwritten
+//! tail of one frame into the connection's `Out` and waits for the
+//! writable edge. Closing is deferred: `close` marks a connection, `reap`
+//! frees it at the end of the turn, so no code frees a connection another
+//! is still looking at.
+
+use std::io::{self, IoSlice, Write};
+use std::net::Shutdown;
+
+use super::conn::{Conn, Out, State, NEVER};
+use super::{ms_to_ticks, ticks, Reactor, Timer};
+use crate::broker::Origin;
+use crate::frame;
+
+/// Frames gathered into one `writev`.
+const MAX_IOV: usize = 64;
+/// Bytes written to one subscriber per turn before others get a go.
+const WRITE_BUDGET: usize = 256 << 10;
+/// How long a closing connection waits for its peer's FIN after we sent
+/// ours, so an error response is not destroyed by a reset.
+const LINGER_MS: u64 = 2000;
+/// The last chunk of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Writes as much of `bufs` as the socket takes; `Ok(0)` on WouldBlock.
+fn write_vectored(sock: &mut mio::net::TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match sock.write_vectored(bufs) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Wraps SSE bytes in one chunk.
+fn chunk(sse: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:x}\r\n", sse.len()).into_bytes();
+    v.extend_from_slice(sse);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+impl Reactor {
+    /// Marks a connection to be freed at the end of the turn, leaving the
+    /// streams it read and releasing its request buffer.
+    pub(super) fn close(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match std::mem::replace(&mut c.state, State::Closing) {
+            State::Closing => return,
+            State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
+            State::Reading { buf: Some(b), .. } => {
+                self.buffered = self.buffered.saturating_sub(b.data.len());
+            }
+            _ => {}
+        }
+        self.closing.push(key);
+    }
+
+    /// Queues raw bytes for a connection: written at once if its socket is
+    /// drained, appended to its output buffer otherwise.
+    pub(super) fn send(&mut self, key: u32, bytes: &[u8]) {
+        let tick = self.clock.now_tick();
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.closing() || bytes.is_empty() {
+            return;
+        }
+        if let Some(out) = conn.out.as_mut() {
+            out.buf.extend_from_slice(bytes);
+            return;
+        }
+        let mut done = 0;
+        while done < bytes.len() {
+            match write_vectored(&mut conn.sock, &[IoSlice::new(&bytes[done..])]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    self.counters.bytes_written += n as u64;
+                }
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        if done < bytes.len() {
+            conn.out = Some(Box::new(Out {
+                buf: bytes[done..].to_vec(),
+                pos: 0,
+                since: tick,
+            }));
+        }
+    }
+
+    /// Queues SSE bytes for a streaming connection, chunk-framed if its
+    /// body is chunked.
+    pub(super) fn send_sse(&mut self, key: u32, sse: &[u8]) {
+        if sse.is_empty() {
+            return;
+        }
+        match self.conns.get(key as usize) {
+            Some(c) if c.chunked => self.send(key, &chunk(sse)),
+            Some(_) => self.send(key, sse),
+            None => {}
+        }
+    }
+
+    /// Sends a complete response; `close` ends the connection once it is out.
+    pub(super) fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
+        self.send(key, bytes);
+        if close {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                if let State::Reading { buf, .. } = &mut c.state {
+                    if let Some(b) = buf.take() {
+                        self.buffered = self.buffered.saturating_sub(b.data.len());
+                    }
+                    c.state = State::Draining;
+                }
+            }
+        }
+        self.after_write(key);
+    }
+
+    /// What follows a write on a connection that is not streaming: a final
+    /// response that is out lingers; backed-up output gets a write deadline.
+    fn after_write(&mut self, key: u32) {
+        let tick = self.clock.now_tick();
+        let write_ticks = ticks(self.cfg.write_timeout);
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if c.out.is_none() && matches!(c.state, State::Draining) {
+            self.linger(key);
+        } else if c.out.is_some() {
+            c.deadline = c.deadline.min(tick.saturating_add(write_ticks));
+            let d = c.deadline;
+            self.want_sweep(d);
+        }
+    }
+
+    /// Half-closes a connection and waits briefly for the peer's FIN before
+    /// freeing it, so a final response is not lost to a reset.
+    fn linger(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.state = State::Lingering;
+        let d = ms_to_ticks(self.clock.now_ms + LINGER_MS);
+        self.set_deadline(key, d);
+    }
+
+    /// Drains `conn.out`. `Ok(true)` when empty (and freed), `Ok(false)`
+    /// when the socket is full.
+    fn drain_out(&mut self, key: u32) -> io::Result<bool> {
+        let tick = self.clock.now_tick();
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return Ok(true);
+        };
+        let Some(out) = conn.out.as_mut() else {
+            return Ok(true);
+        };
+        while !out.pending().is_empty() {
+            let n = write_vectored(&mut conn.sock, &[IoSlice::new(out.pending())])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            out.pos += n;
+            out.since = tick;
+            self.counters.bytes_written += n as u64;
+        }
+        conn.out = None;
+        Ok(true)
+    }
+
+    /// The writable edge: drain output, then stream frames or resume reads.
+    pub(super) fn on_writable(&mut self, key: u32) {
+        match self.conns.get(key as usize) {
+            Some(c) if !c.closing() && c.out.is_some() => {}
+            _ => return,
+        }
+        match self.drain_out(key) {
+            Err(_) => return self.close(key),
+            Ok(false) => return,
+            Ok(true) => {}
+        }
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match &mut conn.state {
+            State::Streaming(_) => {
+                self.flush_subscriber(key);
+                self.after_stream_write(key);
+            }
+            State::Ticking(_) => self.after_stream_write(key),
+            State::Reading { paused, .. } => {
+                if *paused {
+                    *paused = false;
+                    self.resume_read.push(key);
+                }
+                self.after_write(key);
+            }
+            State::Draining => self.after_write(key),
+            State::Lingering | State::Closing => {}
+        }
+    }
+
+    /// Writes a stream's response head and turns the connection's input
+    /// off; `false` if the connection is gone.
+    pub(super) fn begin_stream(&mut self, key: u32, head: &[u8], chunked: bool) -> bool {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
+        match &mut c.state {
+            State::Reading { buf, .. } => {
+                if let Some(b) = buf.take() {
+                    self.buffered = self.buffered.saturating_sub(b.data.len());
+                }
+            }
+            _ => return false,
+        }
+        c.chunked = chunked;
+        // Streaming until the stream ends; later input is discarded.
+        c.state = State::Draining;
+        self.send(key, head);
+        self.conns
+            .get(key as usize)
+            .is_some_and(|c| matches!(c.state, State::Draining))
+    }
+
+    /// Deadline bookkeeping after writing to a streaming connection.
+    pub(super) fn after_stream_write(&mut self, key: u32) {
+        let d = match self.conns.get(key as usize) {
+            Some(c) if c.closing() => return,
+            Some(c) => match &c.out {
+                Some(out) => out.since.saturating_add(ticks(self.cfg.write_timeout)),
+                None => self
+                    .clock
+                    .now_tick()
+                    .saturating_add(ticks(self.cfg.heartbeat)),
+            },
+            None => return,
+        };
+        self.set_deadline(key, d);
+    }
+
+    /// A ticking connection is due.
+    pub(super) fn on_tick(&mut self, key: u32, gen: u32) {
+        let now = self.clock.now_ms;
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let blocked = c.out.is_some();
+        let State::Ticking(t) = &mut c.state else {
+            return;
+        };
+        if t.gen != gen {
+            return;
+        }
+        let interval = t.interval_ms;
+        // A peer that is not reading gets no new ticks queued behind it.
+        let bytes = if blocked { None } else { Some((t.next)(now)) };
+        self.timers.add(now + interval, Timer::Tick { key, gen });
+        if let Some(b) = bytes {
+            self.counters.frames_written += 1;
+            self.send_sse(key, &b);
+            self.after_stream_write(key);
+        }
+    }
+
+    /// Writes new frames to the subscribers of streams published to, at
+    /// most `budget` subscribers per call: a pass over a large audience is
+    /// spread over loop turns so accepts and reads are not held up, and
+    /// subscribers late in a pass receive what was published meanwhile in
+    /// the same write. Blocked subscribers are skipped (their writable edge
+    /// resumes them) unless they lag past `--max-pending-bytes`.
+    pub(super) fn flush_dirty(&mut self, mut budget: usize) {
+        for key in std::mem::take(&mut self.again) {
+            let ready = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| !c.blocked() && !c.closing());
+            if ready {
+                self.flush_subscriber(key);
+            }
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.broker.take_dirty(&mut dirty);
+        for s in dirty.drain(..) {
+            // A pass not yet begun already covers what was just published.
+            if !self.passes.contains(&(s, 0)) {
+                self.passes.push_back((s, 0));
+            }
+        }
+        self.dirty = dirty;
+        while budget > 0 {
+            let Some(&(s, i)) = self.passes.front() else {
+                break;
+            };
+            let Some(slot) = self.broker.subscriber_at(s, i) else {
+                self.passes.pop_front();
+                continue;
+            };
+            if let Some(p) = self.passes.front_mut() {
+                p.1 += 1;
+            }
+            let Some(key) = slot else { continue };
+            budget -= 1;
+            let blocked = self
+                .conns
+                .get(key as usize)
+                .is_none_or(|c| c.blocked() || c.closing());
+            if blocked {
+                self.check_lag(key);
+            } else {
+                self.flush_subscriber(key);
+            }
+        }
+    }
+
+    fn check_lag(&mut self, key: u32) {
+        let lag = match self.conns.get(key as usize) {
+            Some(Conn {
+                state: State::Streaming(cs),
+                out: Some(out),
+                ..
+            }) => out.pending().len() as u64 + self.broker.lag(cs),
+            _ => return,
+        };
+        if lag > self.cfg.max_pending_bytes as u64 {
+            log::info!(
+                "dropping slow subscriber {key}: more than {} bytes behind",
+                self.cfg.max_pending_bytes
+            );
+            self.counters.slow_consumers_dropped += 1;
+            self.close(key);
+        }
+    }
+
+    /// Writes everything a subscriber is owed, in id order across its
+    /// streams, in batches of up to `MAX_IOV` frames per `writev`.
+    pub(super) fn flush_subscriber(&mut self, key: u32) {
+        let tick = self.clock.now_tick();
+        let mut budget = WRITE_BUDGET;
+        loop {
+            // A gap first, for any stream that dropped frames this
+            // subscriber had not been sent yet.
+            let gap = match self.conns.get_mut(key as usize) {
+                Some(Conn {
+                    state: State::Streaming(cs),
+                    ..
+                }) => self.broker.take_gap(cs),
+                _ => return,
+            };
+            if let Some(g) = gap {
+                self.send_sse(key, &g);
+            }
+            let Reactor {
+                conns,
+                broker,
+                counters,
+                again,
+                ..
+            } = self;
+            let Some(conn) = conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.out.is_some() {
+                break;
+            }
+            let chunked = conn.chunked;
+            let State::Streaming(cs) = &mut conn.state else {
+                return;
+            };
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut ids = [0u64; MAX_IOV];
+            let mut n_iov = 0;
+            let mut total = 0usize;
+            let mut more = false;
+            for f in broker.merge(cs) {
+                if n_iov == MAX_IOV || total >= budget {
+                    more = true;
+                    break;
+                }
+                let w = f.wire(chunked);
+                iov[n_iov] = IoSlice::new(w);
+                ids[n_iov] = f.id;
+                n_iov += 1;
+                total += w.len();
+            }
+            if n_iov == 0 {
+                break;
+            }
+            let written = match write_vectored(&mut conn.sock, &iov[..n_iov]) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            };
+            // Advance past whole frames; copy the unwritten tail of a partial one.
+            let mut left = written;
+            let mut sent_to = None;
+            let mut sent = 0;
+            let mut tail: Option<Vec<u8>> = None;
+            for (i, slice) in iov[..n_iov].iter().enumerate() {
+                if left >= slice.len() {
+                    left -= slice.len();
+                    sent_to = Some(ids[i]);
+                    sent += 1;
+                } else {
+                    if left > 0 {
+                        tail = Some(slice[left..].to_vec());
+                        sent_to = Some(ids[i]);
+                        sent += 1;
+                    }
+                    break;
+                }
+            }
+            counters.frames_written += sent;
+            counters.bytes_written += written as u64;
+            if let Some(last) = sent_to {
+                cs.advance(last);
+            }
+            if let Some(t) = tail {
+                conn.out = Some(Box::new(Out {
+                    buf: t,
+                    pos: 0,
+                    since: tick,
+                }));
+            } else if written < total {
+                // The socket filled at a frame boundary: an empty Out marks
+                // the connection blocked until its writable edge.
+                conn.out = Some(Box::new(Out {
+                    buf: Vec::new(),
+                    pos: 0,
+                    since: tick,
+                }));
+            }
+            budget = budget.saturating_sub(written);
+            if conn.out.is_none() && more && budget == 0 {
+                // Still writable and still owed frames: no edge will come, so
+                // continue next turn, after everyone else had a go.
+                again.push(key);
+            }
+            if conn.out.is_some() || !more || budget == 0 {
+                break;
+            }
+        }
+        self.after_stream_write(key);
+        self.check_lag(key);
+    }
+
+    /// Ends a streaming connection gracefully: what is queued is flushed
+    /// (with the last chunk of a chunked body), then the socket closes.
+    pub(super) fn end_stream(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match std::mem::replace(&mut c.state, State::Draining) {
+            State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
+            State::Ticking(_) => {}
+            other => {
+                // Not a stream: put it back and close it.
+                c.state = other;
+                return self.close(key);
+            }
+        }
+        if c.chunked {
+            self.send(key, LAST_CHUNK);
+        }
+        match self.conns.get(key as usize) {
+            Some(c) if c.out.is_some() => self.after_write(key),
+            Some(_) => self.close(key),
+            None => {}
+        }
+    }
+
+    /// Flushes a stream's subscribers, deletes it, and ends their streams.
+    pub(super) fn delete_stream(&mut self, idx: u32) {
+        // Flush first so subscribers that can take it get what was published.
+        for k in self.broker.subscribers(idx) {
+            if self.conns.get(k as usize).is_some_and(|c| !c.blocked()) {
+                self.flush_subscriber(k);
+            }
+        }
+        for k in self.broker.delete(Origin::Local, idx) {
+            self.end_stream(k);
+        }
+    }
+
+    /// Sets a connection's deadline and makes sure a sweep will see it.
+    pub(super) fn set_deadline(&mut self, key: u32, d: super::Tick) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.deadline = d;
+            if d != NEVER {
+                self.want_sweep(d);
+            }
+        }
+    }
+
+    /// Writes a heartbeat comment.
+    pub(super) fn heartbeat(&mut self, key: u32) {
+        self.counters.heartbeats += 1;
+        self.send_sse(key, frame::HEARTBEAT);
+        self.after_stream_write(key);
+    }
+}
