@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod apps;
+pub(crate) mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
