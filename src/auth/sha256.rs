@@ -46,41 +46,28 @@ impl Sha256 {
     }
 
     /// Feeds more message bytes.
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         self.len = self.len.wrapping_add(data.len() as u64);
-        if self.filled > 0 {
-            let take = (64 - self.filled).min(data.len());
-            self.block[self.filled..self.filled + take].copy_from_slice(&data[..take]);
-            self.filled += take;
-            data = &data[take..];
-            if self.filled < 64 {
-                return;
+        // Byte at a time keeps one code path; tokens are a few KiB at most.
+        for &b in data {
+            self.block[self.filled] = b;
+            self.filled += 1;
+            if self.filled == 64 {
+                compress(&mut self.state, &self.block);
+                self.filled = 0;
             }
-            let block = self.block;
-            compress(&mut self.state, &block);
-            self.filled = 0;
         }
-        let mut chunks = data.chunks_exact(64);
-        for chunk in &mut chunks {
-            let mut block = [0u8; 64];
-            block.copy_from_slice(chunk);
-            compress(&mut self.state, &block);
-        }
-        let rest = chunks.remainder();
-        self.block[..rest.len()].copy_from_slice(rest);
-        self.filled = rest.len();
     }
 
     /// Pads, processes the last block(s) and returns the digest.
     pub fn finalize(mut self) -> [u8; 32] {
+        // Captured first: the padding below goes through `update` too.
         let bits = self.len.wrapping_mul(8);
-        // Padding goes through `update`, so `len` must be captured first.
-        let mut pad = [0u8; 64];
-        pad[0] = 0x80;
-        // One 0x80 byte, zeros, then 8 length bytes must end on a block edge.
-        let zeros = (55usize.wrapping_sub(self.filled)) % 64;
-        let pad_len = 1 + zeros;
-        self.update(&pad[..pad_len]);
+        self.update(&[0x80]);
+        // At most 63 zeros, so the 8 length bytes end on a block edge.
+        while self.filled != 56 {
+            self.update(&[0]);
+        }
         self.update(&bits.to_be_bytes());
         let mut out = [0u8; 32];
         for (o, w) in out.chunks_exact_mut(4).zip(self.state) {
