@@ -44,6 +44,8 @@
 #![warn(missing_docs)]
 
 pub mod apps;
+#[allow(dead_code)]
+pub(crate) mod bus;
 pub mod client;
 pub mod config;
 pub mod conn;
