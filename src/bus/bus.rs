@@ -416,10 +416,7 @@ impl Bus {
                     self.done(sent, BusOutput::Failed { req, error });
                 }
                 v => {
-                    let out = match v.bytes().and_then(num).or(match v {
-                        Value::Int(n) => u64::try_from(*n).ok(),
-                        _ => None,
-                    }) {
+                    let out = match v.bytes().and_then(num) {
                         Some(id) => BusOutput::Published { req, id },
                         None => {
                             let error = BusError::Protocol("bad publish reply".into());

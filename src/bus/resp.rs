@@ -11,7 +11,8 @@ use std::fmt;
 
 /// Default largest bulk string accepted: 64 MiB plus a margin for framing.
 pub const DEFAULT_MAX_BULK: usize = (64 << 20) + (64 << 10);
-/// Largest array length accepted.
+/// Largest array length accepted, also counted over all the arrays
+/// nested in one value (so one reply holds at most this many items).
 pub const MAX_ARRAY: usize = 1 << 20;
 /// Deepest array nesting accepted (the outermost array is depth 1).
 pub const MAX_DEPTH: usize = 8;
@@ -151,6 +152,8 @@ pub struct Decoder {
     bulk: Option<usize>,
     /// Open arrays: items so far and the declared length.
     stack: Vec<(Vec<Value>, usize)>,
+    /// Items declared by every array of the current value.
+    items: usize,
 }
 
 impl Default for Decoder {
@@ -168,6 +171,7 @@ impl Decoder {
             scanned: 0,
             bulk: None,
             stack: Vec::new(),
+            items: 0,
         }
     }
 
@@ -177,6 +181,7 @@ impl Decoder {
         self.scanned = 0;
         self.bulk = None;
         self.stack.clear();
+        self.items = 0;
     }
 
     /// Decodes the next value from `buf` (see the type's contract):
@@ -248,12 +253,15 @@ impl Decoder {
                 -1 => Value::Array(None),
                 0 => Value::Array(Some(Vec::new())),
                 n if n < 0 => return Err(RespError::BadNumber),
-                n if n as u64 > MAX_ARRAY as u64 => return Err(RespError::ArrayTooLong(n)),
+                n if n as u64 > (MAX_ARRAY - self.items) as u64 => {
+                    return Err(RespError::ArrayTooLong(n))
+                }
                 n => {
                     if self.stack.len() >= MAX_DEPTH {
                         return Err(RespError::TooDeep);
                     }
                     let n = n as usize;
+                    self.items += n;
                     self.stack.push((Vec::with_capacity(n.min(64)), n));
                     self.pos = next;
                     self.scanned = 0;
@@ -397,6 +405,13 @@ mod tests {
         assert_eq!(
             Decoder::default().decode(&long),
             Err(RespError::LineTooLong)
+        );
+        // 1M items in all, not per array.
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(b"*2\r\n*1048574\r\n"), Ok(None));
+        assert_eq!(
+            d.decode(b"*2\r\n*1048574\r\n*2\r\n"),
+            Err(RespError::ArrayTooLong(2))
         );
         // Depth 8 is fine.
         let mut deep = b"*1\r\n".repeat(8);
