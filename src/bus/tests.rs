@@ -352,6 +352,28 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
 }
 
 #[test]
+fn large_payload_round_trips() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 2000));
+    net.up(a);
+    let payload: Vec<u8> = (0..6 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let id = net.publish(a, 1, &["big"], &payload, 0);
+    let want = message(id, &[("big", 0)], &payload);
+    net.wait(a, 5_000, |o| *o == want);
+    let got = net.fetch(a, 2, "big", 0, 10);
+    let entries = vec![(id, 0, payload)];
+    assert_eq!(
+        got,
+        BusOutput::Fetched {
+            req: 2,
+            entries,
+            first_retained: Some(id)
+        }
+    );
+}
+
+#[test]
 fn script_flush_falls_back_to_eval() {
     let Some(redis) = Redis::start() else { return };
     let mut net = Net::new();
