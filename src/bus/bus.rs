@@ -1,0 +1,640 @@
+//! The bus state machine the reactor drives: two connections (pipelined
+//! commands; pub/sub), the handshake (AUTH, SELECT, SCRIPT LOAD,
+//! SUBSCRIBE), deadlines, reconnect with backoff, and the outputs.
+//!
+//! Owns both connections and every request in flight. It must not block,
+//! read a clock for deadlines (the caller passes `now_ms`; `Instant` is
+//! used only to measure latency), or hold unbounded state: requests in
+//! flight are capped, and each wakeup reads a bounded number of bytes.
+//!
+//! Any disconnect or timeout of either connection fails every request in
+//! flight, emits [`BusOutput::Down`] (if it was up), closes both and
+//! retries after 100 ms doubling to 5 s, plus up to 25 % jitter.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::{Registry, Token};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::client::{Conn, Drain, Kind, Pending};
+use super::resp::{parse_int, Value, DEFAULT_MAX_BULK};
+use super::script::{parse_envelope, Keys, PublishArgs, MAX_ID, MAX_STREAMS, PUBLISH_LUA};
+use super::url::RedisUrl;
+use super::BusError;
+
+/// Bytes read per connection per wakeup before yielding (see `next_deadline`).
+const READ_BUDGET: usize = 4 << 20;
+/// Most entries one fetch returns.
+pub const MAX_FETCH: usize = 10_000;
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 5_000;
+
+/// How to reach Redis and how to use it.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Where Redis is.
+    pub url: RedisUrl,
+    /// Key prefix `P` (see `script`).
+    pub prefix: String,
+    /// `MAXLEN ~` of each Redis stream.
+    pub history: usize,
+    /// Deadline of each command and of each handshake step; also the
+    /// pub/sub PING interval.
+    pub command_timeout: Duration,
+    /// Publishes plus fetches waiting for replies at once.
+    pub max_in_flight: usize,
+    /// Largest bulk accepted from Redis.
+    pub max_bulk: usize,
+    /// Largest unread reply buffered (a fetch's `max` x payload must fit).
+    pub max_reply: usize,
+}
+
+impl BusConfig {
+    /// Defaults: prefix `ssed`, history 1000, 2 s timeout, 1024 in flight.
+    pub fn new(url: RedisUrl) -> BusConfig {
+        BusConfig {
+            url,
+            prefix: "ssed".into(),
+            history: 1000,
+            command_timeout: Duration::from_secs(2),
+            max_in_flight: 1024,
+            max_bulk: DEFAULT_MAX_BULK,
+            max_reply: 2 * DEFAULT_MAX_BULK,
+        }
+    }
+}
+
+/// What the bus tells its owner; see [`Bus::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusOutput {
+    /// A publish got this id.
+    Published {
+        /// The caller's request number.
+        req: u64,
+        /// The allocated id.
+        id: u64,
+    },
+    /// A publish or fetch failed. After `Timeout`/`Disconnected` a
+    /// publish may still have happened (its `Message` may arrive).
+    Failed {
+        /// The caller's request number.
+        req: u64,
+        /// Why.
+        error: BusError,
+    },
+    /// A publish announced on pub/sub, by any node (this one included).
+    Message {
+        /// Its id.
+        id: u64,
+        /// Each target stream and that stream's previous id (0: none).
+        streams: Vec<(String, u64)>,
+        /// The publisher's payload.
+        payload: Vec<u8>,
+    },
+    /// Entries of a stream after the asked id, oldest first.
+    Fetched {
+        /// The caller's request number.
+        req: u64,
+        /// (id, prev, payload) each.
+        entries: Vec<(u64, u64, Vec<u8>)>,
+        /// The oldest id Redis still holds for the stream.
+        first_retained: Option<u64>,
+    },
+    /// Connected, script loaded and subscribed: catch up every stream.
+    Up,
+    /// A connection was lost: messages may have been missed.
+    Down,
+}
+
+/// Counters for stats; see [`Bus::status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusStatus {
+    /// Up (both connections ready).
+    pub connected: bool,
+    /// Connection attempts after the first.
+    pub reconnects: u64,
+    /// Publishes and fetches waiting for replies.
+    pub in_flight: usize,
+    /// Latency of the last completed publish or fetch, µs.
+    pub last_latency_us: u64,
+    /// Moving average (1/8 weight) of that latency, µs.
+    pub avg_latency_us: u64,
+    /// Pub/sub messages received.
+    pub messages: u64,
+    /// Publishes that got an id.
+    pub publishes: u64,
+    /// Failed requests, bad messages and connection failures.
+    pub errors: u64,
+    /// The most recent error, for logs and stats pages.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Cmd = 0,
+    Sub = 1,
+}
+
+/// The Redis bus; see the module doc.
+pub struct Bus {
+    cfg: BusConfig,
+    keys: Keys,
+    timeout_ms: u64,
+    tokens: [Token; 2],
+    conns: [Option<Conn>; 2],
+    ready: [bool; 2],
+    more: [bool; 2],
+    up: bool,
+    sha: Option<Vec<u8>>,
+    reloading: bool,
+    broken: Option<BusError>,
+    retry_at: Option<u64>,
+    attempts: u32,
+    next_ping: Option<u64>,
+    out: VecDeque<BusOutput>,
+    st: BusStatus,
+    rng: SmallRng,
+}
+
+fn text(e: &[u8]) -> String {
+    String::from_utf8_lossy(&e[..e.len().min(512)]).into_owned()
+}
+
+fn num(b: &[u8]) -> Option<u64> {
+    parse_int(b).and_then(|n| u64::try_from(n).ok())
+}
+
+/// One XRANGE entry `[b"N-1", [f, payload, p, prev]]` as (N, prev, payload).
+fn entry(v: &Value) -> Option<(u64, u64, Vec<u8>)> {
+    let [id, fields] = v.items()? else {
+        return None;
+    };
+    let (ms, _) = id
+        .bytes()?
+        .split_at(id.bytes()?.iter().position(|&b| b == b'-')?);
+    let (mut payload, mut prev) = (None, None);
+    for kv in fields.items()?.chunks(2) {
+        match (kv[0].bytes()?, kv.get(1)?.bytes()?) {
+            (b"f", f) => payload = Some(f.to_vec()),
+            (b"p", p) => prev = Some(num(p)?),
+            _ => {}
+        }
+    }
+    Some((num(ms)?, prev?, payload?))
+}
+
+type Fetched = (Vec<(u64, u64, Vec<u8>)>, Option<u64>);
+
+/// The EXEC reply of a fetch: `[first entry, entries after]`.
+fn fetched(v: &Value) -> Result<Fetched, BusError> {
+    let bad = || BusError::Protocol("bad XRANGE reply".into());
+    let items = match v {
+        Value::Error(e) => return Err(BusError::Redis(text(e))),
+        v => v.items().ok_or_else(bad)?,
+    };
+    let [first, range] = items else {
+        return Err(bad());
+    };
+    for r in [first, range] {
+        if let Value::Error(e) = r {
+            return Err(BusError::Redis(text(e)));
+        }
+    }
+    let first = match first.items().ok_or_else(bad)?.first() {
+        Some(e) => Some(entry(e).ok_or_else(bad)?.0),
+        None => None,
+    };
+    let entries = range.items().ok_or_else(bad)?.iter().map(entry);
+    Ok((entries.collect::<Option<Vec<_>>>().ok_or_else(bad)?, first))
+}
+
+impl Bus {
+    /// Starts connecting (nonblocking) with the two tokens.
+    pub fn new(
+        cfg: BusConfig,
+        registry: &Registry,
+        cmd_token: Token,
+        sub_token: Token,
+        now_ms: u64,
+    ) -> Bus {
+        let mut bus = Bus {
+            keys: Keys::new(&cfg.prefix),
+            timeout_ms: u64::try_from(cfg.command_timeout.as_millis())
+                .unwrap_or(u64::MAX / 4)
+                .max(1),
+            cfg,
+            tokens: [cmd_token, sub_token],
+            conns: [None, None],
+            ready: [false; 2],
+            more: [false; 2],
+            up: false,
+            sha: None,
+            reloading: false,
+            broken: None,
+            retry_at: None,
+            attempts: 0,
+            next_ping: None,
+            out: VecDeque::new(),
+            st: BusStatus::default(),
+            rng: SmallRng::from_entropy(),
+        };
+        bus.connect(registry, now_ms);
+        bus
+    }
+
+    fn connect(&mut self, registry: &Registry, now: u64) {
+        if self.retry_at.take().is_some() {
+            self.st.reconnects += 1;
+        }
+        let dl = now + self.timeout_ms;
+        for side in [Side::Cmd, Side::Sub] {
+            let (c, url) = (&self.cfg, &self.cfg.url);
+            let token = self.tokens[side as usize];
+            let mut conn = match Conn::connect(&url.addr, registry, token, c.max_bulk, c.max_reply)
+            {
+                Ok(conn) => conn,
+                Err(e) => return self.drop_all(registry, e, now),
+            };
+            if let Some(pw) = &url.password {
+                let mut args: Vec<&[u8]> = vec![b"AUTH"];
+                args.extend(url.username.as_deref().map(str::as_bytes));
+                args.push(pw.as_bytes());
+                conn.send(&args, Kind::Setup, dl);
+            }
+            if side == Side::Cmd {
+                if url.db != 0 {
+                    conn.send(&[b"SELECT", url.db.to_string().as_bytes()], Kind::Setup, dl);
+                }
+                let load = Kind::Load { handshake: true };
+                conn.send(&[b"SCRIPT", b"LOAD", PUBLISH_LUA.as_bytes()], load, dl);
+            } else {
+                conn.send(
+                    &[b"SUBSCRIBE", self.keys.channel.as_bytes()],
+                    Kind::Subscribe,
+                    dl,
+                );
+            }
+            self.conns[side as usize] = Some(conn);
+        }
+    }
+
+    /// Fails everything in flight, closes both, schedules a reconnect.
+    fn drop_all(&mut self, registry: &Registry, err: BusError, now: u64) {
+        for conn in self.conns.iter_mut().filter_map(Option::take) {
+            for p in &conn.pending {
+                if let Kind::Publish { req, .. } | Kind::Fetch { req } = p.kind {
+                    let error = err.clone();
+                    self.out.push_back(BusOutput::Failed { req, error });
+                }
+            }
+            conn.close(registry);
+        }
+        self.st.in_flight = 0;
+        self.st.errors += 1;
+        self.st.last_error = Some(err.to_string());
+        (self.ready, self.more, self.reloading) = ([false; 2], [false; 2], false);
+        (self.broken, self.next_ping) = (None, None);
+        if std::mem::take(&mut self.up) {
+            warn!("redis bus down: {err}");
+            self.out.push_back(BusOutput::Down);
+        } else {
+            log::debug!("redis bus connect failed: {err}");
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        let delay = (BACKOFF_MIN_MS << (self.attempts - 1).min(6)).min(BACKOFF_MAX_MS);
+        self.retry_at = Some(now + delay + self.rng.gen_range(0..=delay / 4));
+    }
+
+    /// Handles readiness of either socket.
+    pub fn on_event(&mut self, registry: &Registry, token: Token, now_ms: u64) {
+        let side = match self.tokens.iter().position(|&t| t == token) {
+            Some(0) => Side::Cmd,
+            Some(_) => Side::Sub,
+            None => return,
+        };
+        if let Err(e) = self.service(side, now_ms) {
+            self.drop_all(registry, e, now_ms);
+        }
+    }
+
+    fn service(&mut self, side: Side, now: u64) -> Result<(), BusError> {
+        let Some(conn) = self.conns[side as usize].as_mut() else {
+            return Ok(());
+        };
+        conn.flush()?;
+        let mut replies = Vec::new();
+        let read = conn.read(READ_BUDGET, &mut replies);
+        for v in replies {
+            match side {
+                Side::Cmd => self.on_cmd_reply(v, now)?,
+                Side::Sub => self.on_sub_reply(v, now)?,
+            }
+        }
+        self.more[side as usize] = read? == Drain::More;
+        match self.conns[side as usize].as_mut() {
+            Some(conn) => conn.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn maybe_up(&mut self, now: u64) {
+        if self.ready == [true; 2] && !self.up {
+            self.up = true;
+            self.attempts = 0;
+            self.next_ping = Some(now + self.timeout_ms);
+            info!("redis bus up");
+            self.out.push_back(BusOutput::Up);
+        }
+    }
+
+    fn done(&mut self, sent: Instant, out: BusOutput) {
+        self.st.in_flight = self.st.in_flight.saturating_sub(1);
+        let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.st.last_latency_us = us;
+        self.st.avg_latency_us = match self.st.avg_latency_us {
+            0 => us,
+            avg => avg - avg / 8 + us / 8,
+        };
+        match out {
+            BusOutput::Published { .. } => self.st.publishes += 1,
+            BusOutput::Failed { ref error, .. } => {
+                self.st.errors += 1;
+                self.st.last_error = Some(error.to_string());
+            }
+            _ => {}
+        }
+        self.out.push_back(out);
+    }
+
+    fn on_cmd_reply(&mut self, v: Value, now: u64) -> Result<(), BusError> {
+        let unexpected = || BusError::Protocol("unexpected reply".into());
+        let conn = self.conns[0].as_mut().ok_or_else(unexpected)?;
+        let Pending { kind, sent, .. } = conn.pending.pop_front().ok_or_else(unexpected)?;
+        if let (Value::Error(e), Kind::Setup | Kind::Load { .. }) = (&v, &kind) {
+            return Err(BusError::Redis(text(e)));
+        }
+        match kind {
+            Kind::Setup | Kind::Ignore => {}
+            Kind::Load { handshake } => {
+                self.sha = Some(v.bytes().ok_or_else(unexpected)?.to_vec());
+                self.reloading = false;
+                if handshake {
+                    self.ready[0] = true;
+                    self.maybe_up(now);
+                }
+            }
+            Kind::Publish { req, args, eval } => match &v {
+                Value::Error(e) if e.starts_with(b"NOSCRIPT") && !eval => {
+                    // Redis restarted or SCRIPT FLUSH: send the text this
+                    // time, and reload it once for the publishes after.
+                    args.encode(b"EVAL", PUBLISH_LUA.as_bytes(), conn.wbuf());
+                    let kind = Kind::Publish {
+                        req,
+                        args,
+                        eval: true,
+                    };
+                    let deadline = now + self.timeout_ms;
+                    conn.pending.push_back(Pending {
+                        kind,
+                        deadline,
+                        sent,
+                    });
+                    if !std::mem::replace(&mut self.reloading, true) {
+                        let load = Kind::Load { handshake: false };
+                        conn.send(
+                            &[b"SCRIPT", b"LOAD", PUBLISH_LUA.as_bytes()],
+                            load,
+                            deadline,
+                        );
+                    }
+                }
+                Value::Error(e) => {
+                    let error = BusError::Redis(text(e));
+                    self.done(sent, BusOutput::Failed { req, error });
+                }
+                v => {
+                    let out = match v.bytes().and_then(num) {
+                        Some(id) => BusOutput::Published { req, id },
+                        None => {
+                            let error = BusError::Protocol("bad publish reply".into());
+                            BusOutput::Failed { req, error }
+                        }
+                    };
+                    self.done(sent, out);
+                }
+            },
+            Kind::Fetch { req } => {
+                let out = match fetched(&v) {
+                    Ok((entries, first_retained)) => BusOutput::Fetched {
+                        req,
+                        entries,
+                        first_retained,
+                    },
+                    Err(error) => BusOutput::Failed { req, error },
+                };
+                self.done(sent, out);
+            }
+            Kind::Subscribe | Kind::Ping => return Err(unexpected()),
+        }
+        Ok(())
+    }
+
+    fn on_sub_reply(&mut self, v: Value, now: u64) -> Result<(), BusError> {
+        if let Some([kind, _, data]) = v.items() {
+            if kind.bytes() == Some(b"message") {
+                match data.bytes().and_then(parse_envelope) {
+                    Some(e) => {
+                        self.st.messages += 1;
+                        let (id, streams, payload) = (e.id, e.streams, e.payload);
+                        self.out.push_back(BusOutput::Message {
+                            id,
+                            streams,
+                            payload,
+                        });
+                    }
+                    None => {
+                        warn!("redis bus: ignoring a malformed message");
+                        self.st.errors += 1;
+                        self.st.last_error = Some("malformed pub/sub message".into());
+                    }
+                }
+                return Ok(());
+            }
+        }
+        let unexpected = || BusError::Protocol("unexpected pub/sub reply".into());
+        let conn = self.conns[1].as_mut().ok_or_else(unexpected)?;
+        let p = conn.pending.pop_front().ok_or_else(unexpected)?;
+        if let Value::Error(e) = &v {
+            return Err(BusError::Redis(text(e)));
+        }
+        match p.kind {
+            Kind::Subscribe => {
+                self.ready[1] = true;
+                self.maybe_up(now);
+            }
+            Kind::Setup | Kind::Ping => {}
+            _ => return Err(unexpected()),
+        }
+        Ok(())
+    }
+
+    /// Handles time: reconnects, deadlines, pings, and reads left over
+    /// from a wakeup's budget. Call it when `next_deadline` is due.
+    pub fn on_timer(&mut self, registry: &Registry, now_ms: u64) {
+        if let Some(e) = self.broken.take() {
+            return self.drop_all(registry, e, now_ms);
+        }
+        if self.retry_at.is_some_and(|t| t <= now_ms) {
+            return self.connect(registry, now_ms);
+        }
+        let late = |c: &Option<Conn>| {
+            c.as_ref()
+                .and_then(|c| c.pending.front())
+                .is_some_and(|p| p.deadline <= now_ms)
+        };
+        if self.conns.iter().any(late) {
+            return self.drop_all(registry, BusError::Timeout, now_ms);
+        }
+        if self.next_ping.is_some_and(|t| t <= now_ms) {
+            self.next_ping = Some(now_ms + self.timeout_ms);
+            if let Some(sub) = self.conns[1].as_mut() {
+                sub.send(&[b"PING"], Kind::Ping, now_ms + self.timeout_ms);
+                if let Err(e) = sub.flush() {
+                    return self.drop_all(registry, e, now_ms);
+                }
+            }
+        }
+        for side in [Side::Cmd, Side::Sub] {
+            if self.more[side as usize] {
+                if let Err(e) = self.service(side, now_ms) {
+                    return self.drop_all(registry, e, now_ms);
+                }
+            }
+        }
+    }
+
+    /// When `on_timer` wants to run next (ms, same clock as `now_ms`);
+    /// 0 means at once.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.more.contains(&true) || self.broken.is_some() {
+            return Some(0);
+        }
+        let fronts = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.pending.front());
+        let deadlines = fronts.map(|p| p.deadline);
+        deadlines.chain(self.retry_at).chain(self.next_ping).min()
+    }
+
+    fn check(&self) -> Result<(), BusError> {
+        if !self.up || self.broken.is_some() {
+            Err(BusError::Unavailable)
+        } else if self.st.in_flight >= self.cfg.max_in_flight {
+            Err(BusError::Busy)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sent(&mut self) {
+        self.st.in_flight += 1;
+        if let Some(Err(e)) = self.conns[0].as_mut().map(Conn::flush) {
+            self.broken = Some(e); // no registry here: on_timer closes
+        }
+    }
+
+    /// Publishes `payload` to `streams` with an id above `floor_id` (the
+    /// highest id this node has seen); the outcome comes from `poll`.
+    pub fn publish(
+        &mut self,
+        req: u64,
+        streams: &[&str],
+        payload: &[u8],
+        floor_id: u64,
+        now_ms: u64,
+    ) -> Result<(), BusError> {
+        self.check()?;
+        if streams.is_empty() || streams.len() > MAX_STREAMS {
+            return Err(BusError::Invalid("need 1 to 256 streams"));
+        }
+        if streams
+            .iter()
+            .enumerate()
+            .any(|(i, s)| streams[..i].contains(s))
+        {
+            return Err(BusError::Invalid("duplicate stream"));
+        }
+        if floor_id > MAX_ID {
+            return Err(BusError::Invalid("floor id over 2^53"));
+        }
+        let (Some(sha), Some(conn)) = (&self.sha, self.conns[0].as_mut()) else {
+            return Err(BusError::Unavailable);
+        };
+        let args = PublishArgs::new(&self.keys, streams, payload, floor_id, self.cfg.history);
+        args.encode(b"EVALSHA", sha, conn.wbuf());
+        let kind = Kind::Publish {
+            req,
+            args,
+            eval: false,
+        };
+        conn.expect(kind, now_ms + self.timeout_ms);
+        self.sent();
+        Ok(())
+    }
+
+    /// Asks for up to `max` (capped at [`MAX_FETCH`]) entries of `stream`
+    /// after `after_id`, plus the oldest id retained, atomically.
+    pub fn fetch(
+        &mut self,
+        req: u64,
+        stream: &str,
+        after_id: u64,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<(), BusError> {
+        self.check()?;
+        let Some(conn) = self.conns[0].as_mut() else {
+            return Err(BusError::Unavailable);
+        };
+        let key = self.keys.stream(stream);
+        let (key, dl) = (key.as_bytes(), now_ms + self.timeout_ms);
+        let start = format!("({after_id}-1");
+        let count = max.clamp(1, MAX_FETCH).to_string();
+        conn.send(&[b"MULTI"], Kind::Ignore, dl);
+        conn.send(
+            &[b"XRANGE", key, b"-", b"+", b"COUNT", b"1"],
+            Kind::Ignore,
+            dl,
+        );
+        let range: [&[u8]; 6] = [
+            b"XRANGE",
+            key,
+            start.as_bytes(),
+            b"+",
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        conn.send(&range, Kind::Ignore, dl);
+        conn.send(&[b"EXEC"], Kind::Fetch { req }, dl);
+        self.sent();
+        Ok(())
+    }
+
+    /// The next output, oldest first. Drain it after every call above.
+    pub fn poll(&mut self) -> Option<BusOutput> {
+        self.out.pop_front()
+    }
+
+    /// Counters and state.
+    pub fn status(&self) -> BusStatus {
+        BusStatus {
+            connected: self.up,
+            ..self.st.clone()
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! One nonblocking Redis connection (TCP or Unix) driven by readiness:
+//! connect-in-progress detection, a write buffer, and a bounded read
+//! buffer decoded into RESP values, with a FIFO of what each expected
+//! reply answers and by when.
+//!
+//! Owns the socket and its buffers. It must not block, interpret replies
+//! (that is `bus.rs`), or hold more unread input than `max_reply` bytes.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::ToSocketAddrs;
+use std::time::Instant;
+
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+
+use super::resp::{encode_command, Decoder, Value};
+use super::script::PublishArgs;
+use super::url::RedisAddr;
+use super::BusError;
+
+const CHUNK: usize = 64 << 10;
+
+/// What an expected reply answers.
+#[derive(Debug)]
+pub enum Kind {
+    /// AUTH or SELECT during the handshake: must not be an error.
+    Setup,
+    /// SCRIPT LOAD: the reply is the SHA1; `handshake` when part of connect.
+    Load { handshake: bool },
+    /// A publish, with its arguments kept for a NOSCRIPT retry as EVAL.
+    Publish {
+        req: u64,
+        args: PublishArgs,
+        eval: bool,
+    },
+    /// MULTI / a QUEUED reply: ignored (EXEC carries the outcome).
+    Ignore,
+    /// EXEC of a fetch.
+    Fetch { req: u64 },
+    /// SUBSCRIBE confirmation.
+    Subscribe,
+    /// PING on the pub/sub connection.
+    Ping,
+}
+
+/// An expected reply.
+#[derive(Debug)]
+pub struct Pending {
+    /// What it answers.
+    pub kind: Kind,
+    /// Reactor time (ms) by which it must arrive.
+    pub deadline: u64,
+    /// When it was queued, for latency.
+    pub sent: Instant,
+}
+
+enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// One connection.
+pub struct Conn {
+    sock: Sock,
+    connecting: bool,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    dec: Decoder,
+    max_reply: usize,
+    /// Expected replies, oldest first.
+    pub pending: VecDeque<Pending>,
+}
+
+/// Whether a read stopped at `WouldBlock` or at its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// The socket has nothing more for now.
+    Done,
+    /// The budget ran out first: read again without waiting for an event.
+    More,
+}
+
+fn io_err(e: io::Error) -> BusError {
+    BusError::Io(e.to_string())
+}
+
+impl Conn {
+    /// Starts a nonblocking connect and registers the socket. Host names
+    /// are resolved here, blocking; IP literals never block.
+    pub fn connect(
+        addr: &RedisAddr,
+        registry: &Registry,
+        token: Token,
+        max_bulk: usize,
+        max_reply: usize,
+    ) -> Result<Conn, BusError> {
+        let mut sock = match addr {
+            RedisAddr::Tcp { host, port } => {
+                let sa = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(io_err)?
+                    .next()
+                    .ok_or_else(|| BusError::Io(format!("{host} has no address")))?;
+                let s = TcpStream::connect(sa).map_err(io_err)?;
+                let _ = s.set_nodelay(true);
+                Sock::Tcp(s)
+            }
+            RedisAddr::Unix(path) => Sock::Unix(UnixStream::connect(path).map_err(io_err)?),
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match &mut sock {
+            Sock::Tcp(s) => registry.register(s, token, interest),
+            Sock::Unix(s) => registry.register(s, token, interest),
+        }
+        .map_err(io_err)?;
+        Ok(Conn {
+            sock,
+            connecting: true,
+            wbuf: Vec::new(),
+            wpos: 0,
+            rbuf: Vec::new(),
+            rpos: 0,
+            dec: Decoder::new(max_bulk),
+            max_reply,
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// Deregisters and closes.
+    pub fn close(mut self, registry: &Registry) {
+        let _ = match &mut self.sock {
+            Sock::Tcp(s) => registry.deregister(s),
+            Sock::Unix(s) => registry.deregister(s),
+        };
+    }
+
+    /// Queues a command and what its reply answers.
+    pub fn send(&mut self, args: &[&[u8]], kind: Kind, deadline: u64) {
+        encode_command(args, &mut self.wbuf);
+        self.expect(kind, deadline);
+    }
+
+    /// Gives access to the write buffer for prebuilt commands.
+    pub fn wbuf(&mut self) -> &mut Vec<u8> {
+        &mut self.wbuf
+    }
+
+    /// Records an expected reply.
+    pub fn expect(&mut self, kind: Kind, deadline: u64) {
+        self.pending.push_back(Pending {
+            kind,
+            deadline,
+            sent: Instant::now(),
+        });
+    }
+
+    /// Finishes a connect in progress: `Ok(false)` while still connecting.
+    fn check_connected(&mut self) -> Result<bool, BusError> {
+        if !self.connecting {
+            return Ok(true);
+        }
+        let (err, peer) = match &self.sock {
+            Sock::Tcp(s) => (s.take_error(), s.peer_addr().map(|_| ())),
+            Sock::Unix(s) => (s.take_error(), s.peer_addr().map(|_| ())),
+        };
+        if let Some(e) = err.map_err(io_err)? {
+            return Err(io_err(e));
+        }
+        match peer {
+            Ok(()) => {
+                self.connecting = false;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// Writes what it can; never blocks.
+    pub fn flush(&mut self) -> Result<(), BusError> {
+        if !self.check_connected()? {
+            return Ok(());
+        }
+        while self.wpos < self.wbuf.len() {
+            let r = match &mut self.sock {
+                Sock::Tcp(s) => s.write(&self.wbuf[self.wpos..]),
+                Sock::Unix(s) => s.write(&self.wbuf[self.wpos..]),
+            };
+            match r {
+                Ok(0) => return Err(BusError::Disconnected),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        } else if self.wpos > CHUNK && self.wpos * 2 > self.wbuf.len() {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads until `WouldBlock` or about `budget` bytes, appending every
+    /// complete reply to `out`. EOF, I/O and protocol errors are `Err`.
+    pub fn read(&mut self, budget: usize, out: &mut Vec<Value>) -> Result<Drain, BusError> {
+        if !self.check_connected()? {
+            return Ok(Drain::Done);
+        }
+        let mut taken = 0;
+        loop {
+            if taken >= budget {
+                return Ok(Drain::More);
+            }
+            if self.rpos == self.rbuf.len() {
+                self.rbuf.clear();
+                self.rpos = 0;
+            } else if self.rpos > CHUNK && self.rpos * 2 > self.rbuf.len() {
+                self.rbuf.drain(..self.rpos); // the decoder's view is unchanged
+                self.rpos = 0;
+            }
+            if self.rbuf.len() - self.rpos > self.max_reply {
+                return Err(BusError::Protocol(format!(
+                    "reply over {} bytes",
+                    self.max_reply
+                )));
+            }
+            let old = self.rbuf.len();
+            self.rbuf.resize(old + CHUNK, 0);
+            let r = match &mut self.sock {
+                Sock::Tcp(s) => s.read(&mut self.rbuf[old..]),
+                Sock::Unix(s) => s.read(&mut self.rbuf[old..]),
+            };
+            let n = match r {
+                Ok(n) => n,
+                Err(e) => {
+                    self.rbuf.truncate(old);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return Ok(Drain::Done),
+                        io::ErrorKind::Interrupted => continue,
+                        _ => return Err(io_err(e)),
+                    }
+                }
+            };
+            self.rbuf.truncate(old + n);
+            if n == 0 {
+                return Err(BusError::Disconnected);
+            }
+            taken += n;
+            while let Some((v, used)) = self
+                .dec
+                .decode(&self.rbuf[self.rpos..])
+                .map_err(|e| BusError::Protocol(e.to_string()))?
+            {
+                self.rpos += used;
+                out.push(v);
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Scale-out through Redis (issue 12): several ssed nodes allocate ids,
+//! keep per-stream history and fan events out through one Redis.
+//!
+//! Owns the Redis side only: the wire format ([`resp`]), URLs ([`url`]),
+//! the data model and publish script ([`script`]), a nonblocking
+//! connection ([`client`]) and the state machine the reactor drives
+//! ([`Bus`]). It must not touch the server core, spawn threads or block
+//! the reactor (except resolving a host name on connect).
+
+#[allow(clippy::module_inception)]
+mod bus;
+pub mod client;
+pub mod resp;
+pub mod script;
+pub mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+// The lead wires these into the server; until then nothing outside uses them.
+#[allow(unused_imports)]
+pub use bus::{Bus, BusConfig, BusOutput, BusStatus};
+#[allow(unused_imports)]
+pub use url::{RedisAddr, RedisUrl, UrlError};
+
+/// Why a bus request failed or was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusError {
+    /// Not connected (or not yet subscribed and scripted): refused at once.
+    Unavailable,
+    /// `max_in_flight` requests are already waiting: refused at once.
+    Busy,
+    /// No reply within the command timeout; the outcome is unknown.
+    Timeout,
+    /// The connection dropped first; the outcome is unknown.
+    Disconnected,
+    /// A socket error (connect refused, reset, ...).
+    Io(String),
+    /// Redis answered with an error (text as sent, cut to 512 bytes).
+    Redis(String),
+    /// Redis sent something this client cannot accept.
+    Protocol(String),
+    /// The request itself is unusable (no streams, duplicates, ...).
+    Invalid(&'static str),
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusError::Unavailable => write!(f, "redis bus is not connected"),
+            BusError::Busy => write!(f, "too many redis requests in flight"),
+            BusError::Timeout => write!(f, "redis did not answer in time"),
+            BusError::Disconnected => write!(f, "redis connection closed"),
+            BusError::Io(e) => write!(f, "redis connection: {e}"),
+            BusError::Redis(e) => write!(f, "redis error: {e}"),
+            BusError::Protocol(e) => write!(f, "redis protocol: {e}"),
+            BusError::Invalid(e) => write!(f, "invalid bus request: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BusError {}

@@ -1,0 +1,533 @@
+//! Bus tests against a real `redis-server` that each test starts on a free
+//! port and kills at the end. They fail when redis-server is missing,
+//! unless `SSED_SKIP_REDIS=1`. The loop waits on mio events, not sleeps.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use super::resp::{encode_command, Decoder, Value};
+use super::{Bus, BusConfig, BusError, BusOutput, RedisUrl};
+
+/// A redis-server child process, killed on drop.
+struct Redis {
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Option<Redis> {
+        if std::env::var("SSED_SKIP_REDIS").as_deref() == Ok("1") {
+            eprintln!("SSED_SKIP_REDIS=1: skipping a Redis-backed test");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let extra = extra
+            .iter()
+            .map(|s| s.replace("{port}", &port.to_string()))
+            .collect();
+        let mut r = Redis {
+            port,
+            extra,
+            child: None,
+        };
+        r.spawn();
+        Some(r)
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): the Redis-backed bus tests need it \
+                     (apt-get install -y redis-server), or set SSED_SKIP_REDIS=1 to skip them"
+                )
+            });
+        self.child = Some(child);
+        let start = Instant::now();
+        while self.try_cmd(&[b"PING"]).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    fn url(&self) -> RedisUrl {
+        format!("redis://127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    /// One blocking command on a fresh connection (any reply counts).
+    fn try_cmd(&self, args: &[&[u8]]) -> std::io::Result<Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut wire = Vec::new();
+        encode_command(args, &mut wire);
+        s.write_all(&wire)?;
+        let (mut buf, mut dec) = (Vec::new(), Decoder::default());
+        loop {
+            let mut chunk = [0; 4096];
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((v, _)) = dec.decode(&buf).unwrap() {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn cmd(&self, args: &[&[u8]]) -> Value {
+        self.try_cmd(args).unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Buses on one mio poll; bus `i` has tokens `2i` and `2i + 1`.
+struct Net {
+    poll: Poll,
+    events: Events,
+    buses: Vec<Bus>,
+    outs: Vec<VecDeque<BusOutput>>,
+    start: Instant,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            poll: Poll::new().unwrap(),
+            events: Events::with_capacity(64),
+            buses: Vec::new(),
+            outs: Vec::new(),
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn add(&mut self, cfg: BusConfig) -> usize {
+        let i = self.buses.len();
+        let (reg, now) = (self.poll.registry(), self.now());
+        self.buses
+            .push(Bus::new(cfg, reg, Token(2 * i), Token(2 * i + 1), now));
+        self.outs.push(VecDeque::new());
+        i
+    }
+
+    /// One reactor turn: wait for events or the next deadline (<= 50 ms).
+    fn turn(&mut self) {
+        let now = self.now();
+        let next = self.buses.iter().filter_map(Bus::next_deadline).min();
+        let wait = next.map_or(50, |d| d.saturating_sub(now).min(50));
+        self.poll
+            .poll(&mut self.events, Some(Duration::from_millis(wait)))
+            .unwrap();
+        let now = self.now();
+        let reg = self.poll.registry();
+        for ev in self.events.iter() {
+            self.buses[ev.token().0 / 2].on_event(reg, ev.token(), now);
+        }
+        for (bus, out) in self.buses.iter_mut().zip(&mut self.outs) {
+            if bus.next_deadline().is_some_and(|d| d <= now) {
+                bus.on_timer(reg, now);
+            }
+            out.extend(std::iter::from_fn(|| bus.poll()));
+        }
+    }
+
+    /// Turns until bus `i` has output something matching `want` and takes
+    /// the first such output (others stay queued), or panics after `ms`.
+    fn wait(&mut self, i: usize, ms: u64, want: impl Fn(&BusOutput) -> bool) -> BusOutput {
+        let deadline = self.now() + ms;
+        loop {
+            if let Some(at) = self.outs[i].iter().position(&want) {
+                return self.outs[i].remove(at).unwrap();
+            }
+            assert!(self.now() < deadline, "bus {i}: timed out waiting");
+            self.turn();
+        }
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        let deadline = self.now() + ms;
+        while self.now() < deadline {
+            self.turn();
+        }
+    }
+
+    fn up(&mut self, i: usize) {
+        self.wait(i, 10_000, |o| *o == BusOutput::Up);
+    }
+
+    fn published(&mut self, i: usize, req: u64) -> u64 {
+        match self.wait(i, 5_000, |o| output_req(o) == Some(req)) {
+            BusOutput::Published { id, .. } => id,
+            other => panic!("req {req}: {other:?}"),
+        }
+    }
+
+    fn publish(&mut self, i: usize, req: u64, streams: &[&str], payload: &[u8], floor: u64) -> u64 {
+        let now = self.now();
+        self.buses[i]
+            .publish(req, streams, payload, floor, now)
+            .unwrap();
+        self.published(i, req)
+    }
+
+    fn fetch(&mut self, i: usize, req: u64, s: &str, after: u64, max: usize) -> BusOutput {
+        let now = self.now();
+        self.buses[i].fetch(req, s, after, max, now).unwrap();
+        self.wait(i, 5_000, |o| output_req(o) == Some(req))
+    }
+}
+
+fn output_req(o: &BusOutput) -> Option<u64> {
+    match o {
+        BusOutput::Published { req, .. }
+        | BusOutput::Failed { req, .. }
+        | BusOutput::Fetched { req, .. } => Some(*req),
+        _ => None,
+    }
+}
+
+fn config(url: RedisUrl, timeout_ms: u64) -> BusConfig {
+    BusConfig {
+        prefix: "t".into(),
+        command_timeout: Duration::from_millis(timeout_ms),
+        ..BusConfig::new(url)
+    }
+}
+
+fn message(id: u64, streams: &[(&str, u64)], payload: &[u8]) -> BusOutput {
+    BusOutput::Message {
+        id,
+        streams: streams.iter().map(|&(s, p)| (s.to_string(), p)).collect(),
+        payload: payload.to_vec(),
+    }
+}
+
+#[test]
+fn publishes_fan_out_with_prev_chain_and_fetch() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let (a, b) = (
+        net.add(config(redis.url(), 1000)),
+        net.add(config(redis.url(), 1000)),
+    );
+    net.up(a);
+    net.up(b);
+    let bin = b"\x00\xff bin\r\n";
+    let now = net.now();
+    // Pipelined: three in flight at once.
+    net.buses[a].publish(1, &["a"], b"p1", 0, now).unwrap();
+    net.buses[a].publish(2, &["a"], b"p2", 0, now).unwrap();
+    net.buses[a].publish(3, &["a", "b"], bin, 0, now).unwrap();
+    let (id1, id2, id3) = (
+        net.published(a, 1),
+        net.published(a, 2),
+        net.published(a, 3),
+    );
+    assert!(id1 < id2 && id2 < id3, "{id1} {id2} {id3}");
+    let floor = id3 + 1_000_000_000_000;
+    let id4 = net.publish(a, 4, &["b"], b"p4", floor);
+    assert_eq!(id4, floor + 1, "the floor wins over the clock");
+
+    let want = [
+        message(id1, &[("a", 0)], b"p1"),
+        message(id2, &[("a", id1)], b"p2"),
+        message(id3, &[("a", id2), ("b", 0)], bin),
+        message(id4, &[("b", id3)], b"p4"),
+    ];
+    for w in &want {
+        let got = net.wait(b, 5_000, |o| matches!(o, BusOutput::Message { .. }));
+        assert_eq!(&got, w);
+        // The publisher hears its own publishes too.
+        assert_eq!(
+            &net.wait(a, 5_000, |o| matches!(o, BusOutput::Message { .. })),
+            w
+        );
+    }
+
+    let got = net.fetch(b, 10, "a", id1, 10);
+    let entries = vec![(id2, id1, b"p2".to_vec()), (id3, id2, bin.to_vec())];
+    let first_retained = Some(id1);
+    assert_eq!(
+        got,
+        BusOutput::Fetched {
+            req: 10,
+            entries,
+            first_retained
+        }
+    );
+    let got = net.fetch(b, 11, "a", 0, 1);
+    let entries = vec![(id1, 0, b"p1".to_vec())];
+    assert_eq!(
+        got,
+        BusOutput::Fetched {
+            req: 11,
+            entries,
+            first_retained
+        }
+    );
+    let got = net.fetch(b, 12, "a", id3, 10);
+    assert_eq!(
+        got,
+        BusOutput::Fetched {
+            req: 12,
+            entries: vec![],
+            first_retained
+        }
+    );
+    let got = net.fetch(b, 13, "nothing", 0, 10);
+    let (entries, first_retained) = (vec![], None);
+    assert_eq!(
+        got,
+        BusOutput::Fetched {
+            req: 13,
+            entries,
+            first_retained
+        }
+    );
+
+    let now = net.now();
+    assert!(matches!(
+        net.buses[a].publish(5, &[], b"", 0, now),
+        Err(BusError::Invalid(_))
+    ));
+    assert!(matches!(
+        net.buses[a].publish(5, &["x", "x"], b"", 0, now),
+        Err(BusError::Invalid(_))
+    ));
+    let (sa, sb) = (net.buses[a].status(), net.buses[b].status());
+    assert!(sa.connected && sa.in_flight == 0 && sa.publishes == 4 && sa.avg_latency_us > 0);
+    assert_eq!((sb.messages, sb.errors), (4, 0));
+}
+
+#[test]
+fn large_payload_round_trips() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 2000));
+    net.up(a);
+    let payload: Vec<u8> = (0..6 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let id = net.publish(a, 1, &["big"], &payload, 0);
+    let want = message(id, &[("big", 0)], &payload);
+    net.wait(a, 5_000, |o| *o == want);
+    let got = net.fetch(a, 2, "big", 0, 10);
+    let entries = vec![(id, 0, payload)];
+    assert_eq!(
+        got,
+        BusOutput::Fetched {
+            req: 2,
+            entries,
+            first_retained: Some(id)
+        }
+    );
+}
+
+#[test]
+fn script_flush_falls_back_to_eval() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 1000));
+    net.up(a);
+    let id1 = net.publish(a, 1, &["s"], b"x", 0);
+    assert_eq!(
+        redis.cmd(&[b"SCRIPT", b"FLUSH"]),
+        Value::Simple(b"OK".to_vec())
+    );
+    let now = net.now();
+    net.buses[a].publish(2, &["s"], b"y", 0, now).unwrap();
+    net.buses[a].publish(3, &["s"], b"z", 0, now).unwrap();
+    let (id2, id3) = (net.published(a, 2), net.published(a, 3));
+    let id4 = net.publish(a, 4, &["s"], b"w", 0);
+    let mut ids = [id1, id2, id3, id4];
+    ids.sort();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]) && id1 == ids[0] && id4 == ids[3]);
+    assert!(
+        net.buses[a].status().connected,
+        "NOSCRIPT must not reconnect"
+    );
+}
+
+#[test]
+fn killed_pubsub_connection_gives_down_then_up() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 1000));
+    net.up(a);
+    let killed = redis.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
+    assert_eq!(killed, Value::Int(1));
+    net.wait(a, 5_000, |o| *o == BusOutput::Down);
+    assert!(!net.buses[a].status().connected);
+    net.up(a);
+    net.publish(a, 1, &["s"], b"x", 0);
+    assert!(net.buses[a].status().reconnects >= 1);
+}
+
+#[test]
+fn redis_restart_fails_fast_then_recovers_above_the_floor() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 1000));
+    net.up(a);
+    let id1 = net.publish(a, 1, &["s"], b"x", 0);
+    redis.kill();
+    let t0 = Instant::now();
+    let now = net.now();
+    // Not yet noticed: accepted, then failed by the disconnect.
+    net.buses[a].publish(2, &["s"], b"y", 0, now).unwrap();
+    match net.wait(a, 5_000, |o| output_req(o) == Some(2)) {
+        BusOutput::Failed { error, .. } => assert_ne!(error, BusError::Timeout),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    net.wait(a, 5_000, |o| *o == BusOutput::Down);
+    let now = net.now();
+    assert_eq!(
+        net.buses[a].publish(3, &["s"], b"z", 0, now),
+        Err(BusError::Unavailable)
+    );
+    // Let a few reconnects fail, then bring Redis back on the same port.
+    net.run_for(700);
+    redis.spawn();
+    net.up(a);
+    let floor = id1 + 1_000_000_000_000;
+    assert_eq!(net.publish(a, 4, &["s"], b"w", floor), floor + 1);
+    // The restarted Redis lost the stream: prev starts again at 0.
+    let want = message(floor + 1, &[("s", 0)], b"w");
+    net.wait(a, 5_000, |o| *o == want);
+}
+
+#[test]
+fn stopped_redis_times_out_then_recovers() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let cfg = BusConfig {
+        max_in_flight: 2,
+        ..config(redis.url(), 500)
+    };
+    let a = net.add(cfg);
+    net.up(a);
+    let id1 = net.publish(a, 1, &["s"], b"x", 0);
+    redis.signal(libc::SIGSTOP);
+    let t0 = Instant::now();
+    let now = net.now();
+    net.buses[a].publish(2, &["s"], b"y", 0, now).unwrap();
+    net.buses[a].publish(3, &["s"], b"y", 0, now).unwrap();
+    assert_eq!(
+        net.buses[a].publish(4, &["s"], b"y", 0, now),
+        Err(BusError::Busy)
+    );
+    assert_eq!(net.buses[a].status().in_flight, 2);
+    for req in [2, 3] {
+        let got = net.wait(a, 5_000, |o| output_req(o) == Some(req));
+        assert_eq!(
+            got,
+            BusOutput::Failed {
+                req,
+                error: BusError::Timeout
+            }
+        );
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    net.wait(a, 1_000, |o| *o == BusOutput::Down);
+    redis.signal(libc::SIGCONT);
+    net.up(a);
+    assert!(net.publish(a, 5, &["s"], b"z", 0) > id1);
+}
+
+#[test]
+fn unix_socket_with_password_and_db() {
+    let dir = std::env::temp_dir();
+    let sock = dir.join(format!("ssed-bus-{}.sock", std::process::id()));
+    let sock_s = sock.to_str().unwrap();
+    let args = ["--unixsocket", sock_s, "--requirepass", "s3cret"];
+    let Some(redis) = Redis::start_with(&args) else {
+        return;
+    };
+    let mut net = Net::new();
+    let url = format!("unix:{sock_s}?password=s3cret&db=3")
+        .parse()
+        .unwrap();
+    let a = net.add(config(url, 1000));
+    net.up(a);
+    let id = net.publish(a, 1, &["s"], b"x", 0);
+    assert!(id > 0);
+    let got = net.fetch(a, 2, "s", 0, 10);
+    let entries = vec![(id, 0, b"x".to_vec())];
+    let want = BusOutput::Fetched {
+        req: 2,
+        entries,
+        first_retained: Some(id),
+    };
+    assert_eq!(got, want);
+    // A wrong password never comes up and says why.
+    let bad = format!("redis://:nope@127.0.0.1:{}", redis.port)
+        .parse()
+        .unwrap();
+    let b = net.add(config(bad, 1000));
+    net.run_for(500);
+    let st = net.buses[b].status();
+    assert!(!st.connected && st.last_error.unwrap().contains("WRONGPASS"));
+    assert!(net.outs[b].is_empty());
+    let _ = std::fs::remove_file(&sock);
+}
