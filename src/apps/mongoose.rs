@@ -1239,7 +1239,7 @@ fn name_and_subject(cx: &mut Ctx<'_, '_>) -> Option<(String, String)> {
         }
         _ => {
             let msg = format!(
-                "Validation failed: name and subject must be strings of at most {MAX_NAME} bytes"
+                "Validation failed for name and subject: strings of at most {MAX_NAME} bytes"
             );
             cx.fail(400, &msg);
             None
