@@ -43,7 +43,12 @@ fn serve(args: &[String]) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ssed: {e}");
-            return 1;
+            // A configuration file that cannot be used is a usage error.
+            return if e.kind() == std::io::ErrorKind::InvalidInput {
+                2
+            } else {
+                1
+            };
         }
     };
     let mut out = std::io::stdout().lock();

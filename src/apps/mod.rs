@@ -35,17 +35,28 @@ pub struct Apps {
 
 impl Default for Apps {
     fn default() -> Self {
-        Apps::new(&Config::default())
+        Apps::new(None)
     }
 }
 
 impl Apps {
-    /// App state for a server configured with `cfg` (reads `--users`).
-    pub fn new(cfg: &Config) -> Apps {
+    /// App state; `users` from `--users` (none: `/api` refuses everyone).
+    pub fn new(users: Option<mongoose::Users>) -> Apps {
         Apps {
             members: members::Members::default(),
-            mongoose: mongoose::Mongoose::new(cfg.users_file.as_deref()),
+            mongoose: users
+                .map(mongoose::Mongoose::from_users)
+                .unwrap_or_default(),
         }
+    }
+
+    /// Reads `--users`, if set: a file that cannot be used is an error at
+    /// start (the binary exits 2), never a silently disabled `/api`.
+    pub fn load_users(cfg: &Config) -> Result<Option<mongoose::Users>, mongoose::UsersError> {
+        cfg.users_file
+            .as_deref()
+            .map(mongoose::load_users)
+            .transpose()
     }
 
     /// A connection went away; drop whatever refers to it.

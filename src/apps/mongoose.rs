@@ -1,57 +1,92 @@
 //! MongooseIM's client REST API (seed 000) under `/api`: one-to-one
-//! messages, MUC Light rooms, and `GET /api/sse` streaming the user's
-//! `message` and `room.message` events with the seed's JSON fields.
+//! messages, MUC Light rooms, contacts (the roster), and `GET /api/sse`
+//! streaming the user's `message` and `room.message` events with the
+//! seed's JSON fields.
 //!
-//! Every request needs HTTP Basic auth as `user@domain:password` from
-//! `--users FILE` (one such line per user; blank lines and `#` comments
-//! skipped; JIDs compared lowercased); without valid credentials: 401 with
-//! `WWW-Authenticate: Basic realm="ssed"`. Status codes follow MongooseIM's
-//! cowboy handlers (and its test suite):
+//! Every request but `OPTIONS` needs HTTP Basic auth (the scheme name in
+//! any case, RFC 7617) as `user@domain:password` from `--users FILE` (see
+//! [`load_users`]); without valid credentials: 401 with
+//! `WWW-Authenticate: Basic realm="ssed"`. Status codes, reasons and the
+//! order of checks follow MongooseIM's cowboy handlers and its
+//! `rest_client_SUITE`:
 //!
 //! | request | success | refused |
 //! |---|---|---|
+//! | `OPTIONS` any route below | 200, `Allow:` the route's methods, no auth | 404 unknown path |
 //! | `GET /api/sse` | event stream | |
 //! | `POST /api/messages {"to","body"}` | 200 `{"id"}` | 400 |
 //! | `GET /api/messages[/WITH]?limit=&before=` | 200 `[{"id","from","to","body","timestamp"}]` (ms, oldest first) | 400 |
+//! | `GET /api/contacts` | 200 `[{"jid","subscription","ask"}]` | |
+//! | `POST /api/contacts {"jid"}` | 204 | 400, 404 unknown user, 409 over [`MAX_CONTACTS`] |
+//! | `PUT /api/contacts/JID {"action":"invite"\|"accept"}` | 204 | 400, 404 not a contact |
+//! | `DELETE /api/contacts/JID` | 204 | 400, 404 not a contact |
+//! | `DELETE /api/contacts {"to_delete":[JID...]}` | 200 `{"not_deleted":[JID...]}` | 400 |
 //! | `POST /api/rooms {"name","subject"}` | 201 `{"id"}` | 400, 503 over [`MAX_ROOMS`] |
-//! | `PUT /api/rooms/ID {"name","subject"}` | 201 `{"id"}` | 400 (exists, foreign domain) |
+//! | `PUT /api/rooms/ID {"name","subject"}` | 201 `{"id"}` | 400 (no or bad id, foreign domain), 403 exists |
 //! | `GET /api/rooms` | 200 `[{"id","name","subject"}]` | |
 //! | `GET /api/rooms/ID` | 200 `{"name","subject","participants":[{"user","role"}]}` | 403 non-member, 404 |
-//! | `PUT /api/rooms/ID/config {"name","subject"}` | 204 | 403 non-owner, 404 |
+//! | `PUT /api/rooms/ID/config {"name","subject"}` | 204 | 400, 403 non-owner, 404 |
 //! | `POST /api/rooms/ID/users {"user"}` | 204, `affiliation` `member` to all members | 403 non-owner, 404 |
-//! | `DELETE /api/rooms/ID/users/USER` | 204, `affiliation` `none` to all members before | 403 (a member may only remove itself), 404 |
-//! | `POST /api/rooms/ID/messages {"body"}` | 200 `{"id"}`, `room.message` to all members | 400, 403 non-member, 404 |
-//! | `GET /api/rooms/ID/messages?limit=&before=` | 200 `[{"id","from","timestamp","type",...}]` | 403 non-member, 404 |
+//! | `DELETE /api/rooms/ID/users/USER` | 204, `affiliation` `none` to all members before | 400, 403 (a member may only remove itself), 404 |
+//! | `POST /api/rooms/ID/messages {"body","markable","chat_marker"}` | 200 `{"id"}`, `room.message` to all members | 400, 403 non-member, 404 |
+//! | `GET /api/rooms/ID/messages?limit=&before=` | 200 `[{"id","from","timestamp","type",...}]` | 400, 403 non-member, 404 |
 //!
-//! When the owner leaves, the longest-standing member becomes owner (an
-//! `owner` affiliation event), as in MUC Light; an emptied room is deleted.
-//! `?limit=` defaults to and is capped at 50 (MongooseIM's
-//! `max_result_limit`); `?before=` is in ms.
+//! Errors under `/api` are MongooseIM's: the reason alone, as the JSON
+//! string its handlers write (`jiffy:encode(Reason)`: `"Missing message
+//! body"`), not ssed's `{"error": ...}` object; a 405 also carries `Allow`.
+//! A query string on the history routes may hold only `limit` and `before`
+//! (anything else is 400 `"Invalid query string"`, as MongooseIM refuses
+//! keys it does not know). `?limit=` defaults to and is capped at 50
+//! (MongooseIM's `max_result_limit`; a room's is refused above 500 as
+//! there); `?before=` is in ms. A room is named by its id or by
+//! `ID@muclight.<caller's domain>`.
+//!
+//! A room message holds a `body`, a chat marker
+//! `{"chat_marker":{"type":"received"|"displayed"|"acknowledged","id"}}`,
+//! or both; `"markable": true` marks a message with a body. They are
+//! archived and delivered as they came and come back in history (a marker
+//! as `chat_marker`, else `markable: true`), as MongooseIM's MUC Light does.
+//!
+//! Contacts follow RFC 6121's subscription states as MongooseIM reports
+//! them: `subscription` `none`/`to`/`from`/`both`, `ask` `none`/`out`/`in`/
+//! `both` (pending requests). `invite` asks for the contact's presence (our
+//! `ask` becomes `out`, theirs `in`, their item created if need be);
+//! `accept` approves a pending `in` (ours gains `from`, theirs `to`);
+//! deleting a contact also cancels both subscriptions on the contact's
+//! side. Only users of the file can be contacts (others are 404).
+//!
+//! When the owner leaves a room, the longest-standing member becomes owner
+//! (an `owner` affiliation event), as in MUC Light; an emptied room is
+//! deleted.
 //!
 //! Delivery rides on the core: each user has one internal stream
 //! `!user/<jid>`; all of a user's `/api/sse` connections read it (so each
 //! gets every event), and a room event is one frame published once to
-//! every member's stream. SSE ids are the server's numeric ids, so a
+//! every member's stream. Frames are `id:`, `event:`, `data:` in that
+//! order for both event types. SSE ids are the server's numeric ids, so a
 //! reconnecting client resumes with Last-Event-ID like any core
 //! subscriber (MongooseIM numbers events per connection from 1; clients
-//! do not rely on the values). This module owns users, rooms and the
-//! message archives; it never writes to sockets.
+//! do not rely on the values). This module owns users, contacts, rooms and
+//! the message archives; it never writes to sockets.
 //!
 //! Bounds (memory): users are those of the file, at most [`MAX_USERS`].
 //! Per user: an archive of the last [`ARCHIVE`] messages and at most
-//! [`ARCHIVE_BYTES`] (entries are shared between sender and recipient), and
-//! an event stream history of [`STREAM_HISTORY`] events / [`STREAM_BYTES`].
-//! At most [`MAX_ROOMS`] rooms, each with at most [`MAX_ROOM_MEMBERS`]
-//! members and an archive like a user's. Bodies at most [`MAX_BODY`]
-//! bytes, room names and subjects at most [`MAX_NAME`]. An emptied room
-//! is deleted.
+//! [`ARCHIVE_BYTES`] (entries are shared between sender and recipient), an
+//! event stream history of [`STREAM_HISTORY`] events / [`STREAM_BYTES`],
+//! and at most [`MAX_CONTACTS`] contacts (an invitation to a user whose
+//! list is full still leaves the inviter's `ask: out`, but is not recorded
+//! on the full side). At most [`MAX_ROOMS`] rooms, each with at most
+//! [`MAX_ROOM_MEMBERS`] members and an archive like a user's. Bodies at
+//! most [`MAX_BODY`] bytes, room names, subjects and chat marker ids at
+//! most [`MAX_NAME`].
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::ids;
 use crate::broker::{Limits, Origin, Resume};
@@ -73,12 +108,16 @@ pub const STREAM_BYTES: usize = 128 << 10;
 pub const MAX_ROOMS: usize = 1000;
 /// Members of one room, at most.
 pub const MAX_ROOM_MEMBERS: usize = 100;
+/// Contacts (roster items) of one user, at most.
+pub const MAX_CONTACTS: usize = 1000;
 /// Largest message body.
 pub const MAX_BODY: usize = 64 << 10;
-/// Longest room name or subject.
+/// Longest room name, subject or chat marker id.
 pub const MAX_NAME: usize = 1024;
 /// `?limit=` default and maximum, as MongooseIM's `max_result_limit`.
 pub const DEFAULT_LIMIT: usize = 50;
+/// Largest `?limit=` a room history accepts (MongooseIM refuses more).
+const MAX_ROOM_LIMIT: usize = 500;
 
 const STREAM_CAP: Limits = Limits {
     history: STREAM_HISTORY,
@@ -86,6 +125,155 @@ const STREAM_CAP: Limits = Limits {
 };
 
 const REALM_VALUE: &str = "Basic realm=\"ssed\"";
+
+/// MongooseIM's reason when the caller is not in the room.
+const NOT_MEMBER: &str = "Given user does not occupy this room";
+
+// ------------------------------------------------------------------ users
+
+/// The users of a `--users` file: bare JID (lowercased) → password.
+#[derive(Debug, Default)]
+pub struct Users {
+    entries: Vec<(Box<str>, Box<str>)>,
+}
+
+impl Users {
+    /// Number of users.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Why a `--users` file was refused.
+#[derive(Debug)]
+pub enum UsersErrorKind {
+    /// Missing or unreadable.
+    Read(std::io::Error),
+    /// Not UTF-8.
+    NotUtf8 {
+        /// Byte offset of the first bad byte.
+        offset: usize,
+    },
+    /// A JID listed twice (compared lowercased).
+    Duplicate {
+        /// The JID, lowercased.
+        jid: String,
+        /// The 1-based line of the second listing.
+        line: usize,
+        /// The 1-based line of the first.
+        first: usize,
+    },
+    /// `user@domain:` with nothing after the colon: such a user could
+    /// never log in, so it is a mistake in the file, not a user.
+    EmptyPassword {
+        /// The 1-based line.
+        line: usize,
+    },
+}
+
+/// A `--users` file that cannot be used; `Display` names the path and the
+/// reason (the caller turns it into exit status 2).
+#[derive(Debug)]
+pub struct UsersError {
+    path: PathBuf,
+    kind: UsersErrorKind,
+}
+
+impl UsersError {
+    /// What is wrong with it.
+    #[cfg(test)]
+    pub fn kind(&self) -> &UsersErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for UsersError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--users {}: ", self.path.display())?;
+        match &self.kind {
+            UsersErrorKind::Read(e) => write!(f, "cannot read: {e}"),
+            UsersErrorKind::NotUtf8 { offset } => {
+                write!(f, "not UTF-8 (first bad byte at offset {offset})")
+            }
+            UsersErrorKind::Duplicate { jid, line, first } => {
+                write!(
+                    f,
+                    "line {line}: duplicate user {jid} (first on line {first})"
+                )
+            }
+            UsersErrorKind::EmptyPassword { line } => write!(f, "line {line}: empty password"),
+        }
+    }
+}
+
+impl std::error::Error for UsersError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            UsersErrorKind::Read(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a users file: `user@domain:password` per line (the password is
+/// everything after the first `:`); blank lines and `#` comments skipped;
+/// a leading UTF-8 BOM ignored (editors on Windows write one). Lines that
+/// are not `user@domain:password` are skipped with a warning; users past
+/// [`MAX_USERS`] are ignored with a warning.
+pub fn load_users(path: &Path) -> Result<Users, UsersError> {
+    let err = |kind| UsersError {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(UsersErrorKind::Read(e)))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        err(UsersErrorKind::NotUtf8 {
+            offset: e.utf8_error().valid_up_to(),
+        })
+    })?;
+    parse_users(&text).map_err(err)
+}
+
+fn parse_users(text: &str) -> Result<Users, UsersErrorKind> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut users = Users::default();
+    // JID → line, to name both lines of a duplicate.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((jid, password)) = line
+            .split_once(':')
+            .and_then(|(j, p)| Some((bare_jid(j.trim())?, p)))
+        else {
+            log::warn!("--users line {line_no}: not user@domain:password; skipped");
+            continue;
+        };
+        if password.is_empty() {
+            return Err(UsersErrorKind::EmptyPassword { line: line_no });
+        }
+        if let Some(&first) = seen.get(&jid) {
+            return Err(UsersErrorKind::Duplicate {
+                jid,
+                line: line_no,
+                first,
+            });
+        }
+        if users.entries.len() >= MAX_USERS {
+            log::warn!("--users: more than {MAX_USERS} users; the rest are ignored");
+            break;
+        }
+        users.entries.push((jid.as_str().into(), password.into()));
+        seen.insert(jid, line_no);
+    }
+    Ok(users)
+}
+
+// ----------------------------------------------------------------- state
 
 /// A bounded archive, oldest first.
 struct Archive<T> {
@@ -126,11 +314,17 @@ struct Chat {
     ts_us: u64,
 }
 
+/// XEP-0333 chat marker types MongooseIM accepts.
+const MARKER_TYPES: [&str; 3] = ["received", "displayed", "acknowledged"];
+
 /// What happened in a room.
 enum RoomKind {
     Message {
         from: Box<str>,
-        body: Box<str>,
+        body: Option<Box<str>>,
+        /// (type, id of the marked message); `type` is one of [`MARKER_TYPES`].
+        marker: Option<(&'static str, Box<str>)>,
+        markable: bool,
     },
     Affiliation {
         user: Box<str>,
@@ -179,10 +373,81 @@ impl Room {
     }
 }
 
+/// RFC 6121 subscription state of one roster item.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sub {
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Sub {
+    fn as_str(self) -> &'static str {
+        match self {
+            Sub::None => "none",
+            Sub::To => "to",
+            Sub::From => "from",
+            Sub::Both => "both",
+        }
+    }
+    /// Whether we receive the contact's presence.
+    fn has_to(self) -> bool {
+        matches!(self, Sub::To | Sub::Both)
+    }
+    /// Whether the contact receives ours.
+    fn has_from(self) -> bool {
+        matches!(self, Sub::From | Sub::Both)
+    }
+    fn with_to(self) -> Sub {
+        if self.has_from() {
+            Sub::Both
+        } else {
+            Sub::To
+        }
+    }
+    fn with_from(self) -> Sub {
+        if self.has_to() {
+            Sub::Both
+        } else {
+            Sub::From
+        }
+    }
+}
+
+/// One roster item.
+#[derive(Clone, Copy, Debug)]
+struct Contact {
+    sub: Sub,
+    /// We asked for the contact's presence and wait for approval.
+    pending_out: bool,
+    /// The contact asked for ours.
+    pending_in: bool,
+}
+
+impl Contact {
+    const NEW: Contact = Contact {
+        sub: Sub::None,
+        pending_out: false,
+        pending_in: false,
+    };
+    /// MongooseIM's `ask`.
+    fn ask(&self) -> &'static str {
+        match (self.pending_out, self.pending_in) {
+            (false, false) => "none",
+            (true, false) => "out",
+            (false, true) => "in",
+            (true, true) => "both",
+        }
+    }
+}
+
 struct User {
     password: Box<str>,
     stream: Option<u32>,
     archive: Archive<Chat>,
+    /// Sorted by JID, so listings are stable.
+    contacts: BTreeMap<Box<str>, Contact>,
 }
 
 /// State of the MongooseIM app.
@@ -209,37 +474,6 @@ pub fn bare_jid(s: &str) -> Option<String> {
     (ok_part(local) && ok_part(domain)).then(|| s.to_lowercase())
 }
 
-/// Parses a users file: `user@domain:password` per line.
-fn parse_users(text: &str) -> HashMap<Box<str>, User> {
-    let mut users = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((jid, password)) = line
-            .split_once(':')
-            .and_then(|(j, p)| Some((bare_jid(j)?, p)))
-        else {
-            log::warn!("--users line {}: not user@domain:password; skipped", n + 1);
-            continue;
-        };
-        if users.len() >= MAX_USERS {
-            log::warn!("--users: more than {MAX_USERS} users; the rest are ignored");
-            break;
-        }
-        users.insert(
-            jid.into(),
-            User {
-                password: password.into(),
-                stream: None,
-                archive: Archive::default(),
-            },
-        );
-    }
-    users
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, y) in b.iter().enumerate() {
@@ -248,38 +482,70 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// `(user, password)` from an `Authorization` value `Basic <base64>`; the
+/// scheme name is case-insensitive (RFC 7617 §2, RFC 7235 §2.1) and may
+/// be followed by more than one space.
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let (scheme, cred) = header.trim().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = ids::base64_decode(cred.trim())?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
 impl Mongoose {
     /// Loads users from `file` (none without one: every request is 401).
+    #[cfg(test)]
+    /// A file that cannot be used is logged and leaves no users; callers
+    /// that must refuse to start use [`load_users`] and [`Mongoose::from_users`].
     pub fn new(file: Option<&Path>) -> Mongoose {
-        let users = match file {
-            None => HashMap::new(),
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(text) => parse_users(&text),
-                Err(e) => {
-                    log::error!("--users {}: {e}; /api will refuse everyone", p.display());
-                    HashMap::new()
-                }
-            },
-        };
+        match file.map(load_users) {
+            None => Mongoose::default(),
+            Some(Ok(users)) => Mongoose::from_users(users),
+            Some(Err(e)) => {
+                log::error!("{e}; /api will refuse everyone");
+                Mongoose::default()
+            }
+        }
+    }
+
+    /// The app serving `users`.
+    pub fn from_users(users: Users) -> Mongoose {
+        let users = users
+            .entries
+            .into_iter()
+            .map(|(jid, password)| {
+                let user = User {
+                    password,
+                    stream: None,
+                    archive: Archive::default(),
+                    contacts: BTreeMap::new(),
+                };
+                (jid, user)
+            })
+            .collect();
         Mongoose {
             users,
             ..Mongoose::default()
         }
     }
 
+    /// Number of users loaded.
+    #[cfg(test)]
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// The user a request authenticates as, from `Authorization: Basic`.
     fn authenticate(&self, req: &Request<'_>) -> Result<String, &'static str> {
-        let missing = "authentication required: HTTP Basic with user@domain:password";
+        let missing = "Authentication required: HTTP Basic with user@domain:password";
         let h = req.header_str("authorization").ok_or(missing)?;
-        let (scheme, cred) = h.split_once(' ').ok_or(missing)?;
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(missing);
-        }
-        let bad = "invalid credentials";
-        let raw = ids::base64_decode(cred.trim()).ok_or(bad)?;
-        let text = String::from_utf8(raw).map_err(|_| bad)?;
-        let (jid, password) = text.split_once(':').ok_or(bad)?;
-        let jid = bare_jid(jid).ok_or(bad)?;
+        let bad = "Invalid credentials";
+        let (jid, password) = basic_credentials(h).ok_or(bad)?;
+        let jid = bare_jid(&jid).ok_or(bad)?;
         let user = self.users.get(jid.as_str()).ok_or(bad)?;
         if constant_time_eq(password.as_bytes(), user.password.as_bytes()) {
             Ok(jid)
@@ -299,6 +565,64 @@ impl Mongoose {
             (us / 1_000_000) % 1_000_000,
             us % 1_000_000
         )
+    }
+
+    /// `owner`'s item for `contact`; created when `create` and there is
+    /// room for it.
+    fn contact_mut(&mut self, owner: &str, contact: &str, create: bool) -> Option<&mut Contact> {
+        let user = self.users.get_mut(owner)?;
+        if create && !user.contacts.contains_key(contact) && user.contacts.len() < MAX_CONTACTS {
+            user.contacts.insert(contact.into(), Contact::NEW);
+        }
+        user.contacts.get_mut(contact)
+    }
+
+    /// `me` asks for `contact`'s presence (an outbound `subscribe`).
+    fn invite(&mut self, me: &str, contact: &str) {
+        if let Some(c) = self.contact_mut(me, contact, false) {
+            if !c.sub.has_to() {
+                c.pending_out = true;
+            }
+        }
+        // The inbound side; a full list drops the request (module doc).
+        if let Some(c) = self.contact_mut(contact, me, true) {
+            if !c.sub.has_from() {
+                c.pending_in = true;
+            }
+        }
+    }
+
+    /// `me` approves `contact`'s pending request (an outbound `subscribed`);
+    /// without one there is nothing to approve (RFC 6121 §3.1.4).
+    fn accept(&mut self, me: &str, contact: &str) {
+        match self.contact_mut(me, contact, false) {
+            Some(c) if c.pending_in => {
+                c.pending_in = false;
+                c.sub = c.sub.with_from();
+            }
+            _ => return,
+        }
+        if let Some(c) = self.contact_mut(contact, me, false) {
+            if c.pending_out {
+                c.pending_out = false;
+                c.sub = c.sub.with_to();
+            }
+        }
+    }
+
+    /// Removes `contact` from `me`'s list, cancelling both subscriptions
+    /// (RFC 6121 §2.5.3); `false` if it was not there.
+    fn remove_contact(&mut self, me: &str, contact: &str) -> bool {
+        let removed = self
+            .users
+            .get_mut(me)
+            .is_some_and(|u| u.contacts.remove(contact).is_some());
+        if removed {
+            if let Some(c) = self.contact_mut(contact, me, false) {
+                *c = Contact::NEW;
+            }
+        }
+        removed
     }
 }
 
@@ -326,6 +650,67 @@ fn decode_segment(s: &str) -> Option<Cow<'_, str>> {
     String::from_utf8(out).ok().map(Cow::Owned)
 }
 
+/// MongooseIM's error body: the reason as a JSON string.
+fn reason_body(msg: &str) -> Vec<u8> {
+    Value::String(msg.to_string()).to_string().into_bytes()
+}
+
+/// An error reply under `/api`.
+fn api_error(status: u16, msg: &str) -> Response {
+    Response::new(status, "application/json", reason_body(msg))
+}
+
+// ----------------------------------------------------------------- routes
+
+/// The handlers MongooseIM has, with their path bindings.
+enum Route<'s> {
+    Sse,
+    Messages(Option<&'s str>),
+    Contacts(Option<&'s str>),
+    Rooms(Option<&'s str>),
+    RoomConfig(&'s str),
+    RoomUsers(&'s str, Option<&'s str>),
+    RoomMessages(&'s str),
+}
+
+/// An optional binding: cowboy's `[:x]` matches a trailing slash as absent.
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl<'s> Route<'s> {
+    fn parse(segs: &[&'s str]) -> Option<Route<'s>> {
+        Some(match *segs {
+            ["sse"] => Route::Sse,
+            ["messages"] => Route::Messages(None),
+            ["messages", w] => Route::Messages(opt(w)),
+            ["contacts"] => Route::Contacts(None),
+            ["contacts", j] => Route::Contacts(opt(j)),
+            ["rooms"] => Route::Rooms(None),
+            ["rooms", id] => Route::Rooms(opt(id)),
+            ["rooms", id, "config"] => Route::RoomConfig(id),
+            ["rooms", id, "users"] => Route::RoomUsers(id, None),
+            ["rooms", id, "users", u] => Route::RoomUsers(id, opt(u)),
+            ["rooms", id, "messages"] => Route::RoomMessages(id),
+            _ => return None,
+        })
+    }
+
+    /// The methods the route answers (`Allow`), OPTIONS included as in
+    /// every MongooseIM handler.
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Sse | Route::Messages(Some(_)) => "OPTIONS, GET",
+            Route::Messages(None) | Route::RoomMessages(_) => "OPTIONS, GET, POST",
+            Route::Contacts(_) => "OPTIONS, GET, POST, PUT, DELETE",
+            Route::Rooms(None) => "OPTIONS, GET, POST, PUT",
+            Route::Rooms(Some(_)) => "OPTIONS, GET, PUT",
+            Route::RoomConfig(_) => "OPTIONS, PUT",
+            Route::RoomUsers(..) => "OPTIONS, POST, DELETE",
+        }
+    }
+}
+
 /// Everything a handler needs about the request.
 struct Ctx<'a, 'c, 'r> {
     core: &'a mut Cx<'c>,
@@ -336,7 +721,7 @@ struct Ctx<'a, 'c, 'r> {
 
 impl Ctx<'_, '_, '_> {
     fn fail(&mut self, status: u16, msg: &str) {
-        self.core.fail(self.req, status, msg);
+        self.core.reply(self.req, api_error(status, msg));
     }
     fn json(&mut self, v: &Value) {
         self.core.ok_json(self.req, v);
@@ -350,28 +735,53 @@ impl Ctx<'_, '_, '_> {
         self.core.reply(self.req, resp);
     }
     fn not_allowed(&mut self, allow: &str) {
-        self.core.not_allowed(self.req, allow);
+        let resp = api_error(405, "Method not allowed").header("Allow", allow);
+        self.core.reply(self.req, resp);
     }
-    /// The JSON object body, or a 400.
-    fn body_object(&mut self) -> Option<serde_json::Map<String, Value>> {
+    /// `muclight.<caller's domain>`.
+    fn muc_domain(&self) -> String {
+        format!(
+            "muclight.{}",
+            self.me.split_once('@').map_or("", |(_, d)| d)
+        )
+    }
+    /// The JSON object body, or a 400 as MongooseIM's `parse_body`.
+    fn body_object(&mut self) -> Option<Map<String, Value>> {
         let parsed = std::str::from_utf8(&self.req.body)
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(t).ok());
         match parsed {
             Some(Value::Object(o)) => Some(o),
             _ => {
-                self.fail(400, "Invalid request body: expected a JSON object");
+                self.fail(400, "Invalid request body");
                 None
             }
         }
     }
-    /// `?limit=` and `?before=` (ms), or a 400.
-    fn paging(&mut self) -> Option<(usize, Option<u64>)> {
+    /// `?limit=` and `?before=` (ms → µs), or a 400. Other keys are refused
+    /// as MongooseIM's `parse_qs` refuses keys it has no atom for.
+    fn paging(&mut self, max_limit: usize) -> Option<(usize, Option<u64>)> {
+        let known = self
+            .req
+            .query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .all(|p| {
+                let k = p.split_once('=').map_or(p, |(k, _)| k);
+                matches!(
+                    crate::http::decode_component(k).as_deref(),
+                    Some("limit" | "before")
+                )
+            });
+        if !known {
+            self.fail(400, "Invalid query string");
+            return None;
+        }
         let limit = match self.req.query_first("limit") {
             None => DEFAULT_LIMIT,
-            Some(l) => match l.trim().parse::<usize>() {
-                Ok(n) => n.min(DEFAULT_LIMIT),
-                Err(_) => {
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if n <= max_limit => n.min(DEFAULT_LIMIT),
+                _ => {
                     self.fail(400, "Invalid limit");
                     return None;
                 }
@@ -379,7 +789,7 @@ impl Ctx<'_, '_, '_> {
         };
         let before = match self.req.query_first("before") {
             None => None,
-            Some(b) => match b.trim().parse::<u64>() {
+            Some(b) => match b.parse::<u64>() {
                 Ok(n) => Some(n.saturating_mul(1000)),
                 Err(_) => {
                     self.fail(400, "Invalid value of 'before'");
@@ -393,68 +803,68 @@ impl Ctx<'_, '_, '_> {
 
 /// Routes `/api` + `rest`.
 pub fn handle(core: &mut Cx<'_>, mg: &mut Mongoose, req: &Request<'_>, rest: &str) {
+    let mut decoded: Vec<Cow<'_, str>> = Vec::new();
+    for s in rest.strip_prefix('/').unwrap_or(rest).split('/') {
+        match decode_segment(s) {
+            Some(d) => decoded.push(d),
+            None => return core.reply(req, api_error(400, "Path is not UTF-8")),
+        }
+    }
+    let segs: Vec<&str> = decoded.iter().map(|s| &**s).collect();
+    let route = Route::parse(&segs);
+    // MongooseIM answers OPTIONS before authentication
+    // (`is_noauth_http_method`), with cowboy's default: 200 and `Allow`.
+    if req.method == Method::Options {
+        return match route {
+            Some(r) => {
+                let resp = Response::new(200, "text/plain", Vec::new()).header("Allow", r.allow());
+                core.reply(req, resp);
+            }
+            None => core.reply(req, api_error(404, "Not found")),
+        };
+    }
     let me = match mg.authenticate(req) {
         Ok(me) => me,
         Err(msg) => {
             core.counters.reject("unauthorized");
-            let resp = Response::error(401, msg).header("WWW-Authenticate", REALM_VALUE);
+            let resp = api_error(401, msg).header("WWW-Authenticate", REALM_VALUE);
             return core.reply(req, resp);
         }
     };
-    let mut segs: Vec<Cow<'_, str>> = Vec::new();
-    for s in rest.strip_prefix('/').unwrap_or(rest).split('/') {
-        match decode_segment(s) {
-            Some(d) => segs.push(d),
-            None => return core.fail(req, 400, "path is not UTF-8"),
-        }
-    }
-    let segs: Vec<&str> = segs.iter().map(|s| &**s).collect();
     let mut cx = Ctx { core, mg, req, me };
+    let Some(route) = route else {
+        return cx.fail(404, "Not found");
+    };
     let m = req.method;
-    match segs.as_slice() {
-        ["sse"] => match m {
-            Method::Get => sse(&mut cx),
-            _ => cx.not_allowed("GET"),
-        },
-        ["messages"] => match m {
-            Method::Get => messages(&mut cx, None),
-            Method::Post => send_message(&mut cx),
-            _ => cx.not_allowed("GET, POST"),
-        },
-        ["messages", with] => match m {
-            Method::Get => messages(&mut cx, Some(with)),
-            _ => cx.not_allowed("GET"),
-        },
-        ["rooms"] => match m {
-            Method::Get => list_rooms(&mut cx),
-            Method::Post => create_room(&mut cx),
-            _ => cx.not_allowed("GET, POST"),
-        },
-        ["rooms", id] => match m {
-            Method::Get => room_details(&mut cx, id),
-            Method::Put => create_room_with_id(&mut cx, id),
-            _ => cx.not_allowed("GET, PUT"),
-        },
-        ["rooms", id, "config"] => match m {
-            Method::Put => change_config(&mut cx, id),
-            _ => cx.not_allowed("PUT"),
-        },
-        ["rooms", id, "users"] => match m {
-            Method::Post => add_user(&mut cx, id),
-            _ => cx.not_allowed("POST"),
-        },
-        ["rooms", id, "users", user] => match m {
-            Method::Delete => remove_user(&mut cx, id, user),
-            _ => cx.not_allowed("DELETE"),
-        },
-        ["rooms", id, "messages"] => match m {
-            Method::Get => room_messages(&mut cx, id),
-            Method::Post => send_room_message(&mut cx, id),
-            _ => cx.not_allowed("GET, POST"),
-        },
-        _ => cx.fail(404, "no such path under /api"),
+    match (&route, m) {
+        (Route::Sse, Method::Get) => sse(&mut cx),
+        (Route::Messages(None), Method::Post) => send_message(&mut cx),
+        (Route::Messages(with), Method::Get) => messages(&mut cx, *with),
+        (Route::Contacts(None), Method::Get) => list_contacts(&mut cx),
+        (Route::Contacts(Some(_)), Method::Get) => cx.fail(404, "JID provided but not supported"),
+        // MongooseIM takes the JID of a new contact from the body only.
+        (Route::Contacts(_), Method::Post) => add_contact(&mut cx),
+        (Route::Contacts(None), Method::Put) => cx.fail(400, "Missing JID"),
+        (Route::Contacts(Some(j)), Method::Put) => change_contact(&mut cx, j),
+        (Route::Contacts(None), Method::Delete) => delete_contacts(&mut cx),
+        (Route::Contacts(Some(j)), Method::Delete) => delete_contact(&mut cx, j),
+        (Route::Rooms(None), Method::Get) => list_rooms(&mut cx),
+        (Route::Rooms(None), Method::Post) => new_room(&mut cx, None),
+        (Route::Rooms(None), Method::Put) => cx.fail(400, "Missing room ID"),
+        (Route::Rooms(Some(id)), Method::Get) => room_details(&mut cx, id),
+        (Route::Rooms(Some(id)), Method::Put) => create_room_with_id(&mut cx, id),
+        (Route::RoomConfig(id), Method::Put) => change_config(&mut cx, id),
+        (Route::RoomUsers(id, _), Method::Post) => add_user(&mut cx, id),
+        (Route::RoomUsers(id, user), Method::Delete) => {
+            remove_user(&mut cx, id, user.unwrap_or(""))
+        }
+        (Route::RoomMessages(id), Method::Get) => room_messages(&mut cx, id),
+        (Route::RoomMessages(id), Method::Post) => send_room_message(&mut cx, id),
+        _ => cx.not_allowed(route.allow()),
     }
 }
+
+// ----------------------------------------------------------- delivery
 
 /// The internal stream of a local user, created on first use.
 fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
@@ -467,6 +877,15 @@ fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
         .internal(&format!("!user/{jid}"), Some(STREAM_CAP));
     user.stream = Some(s);
     Some(s)
+}
+
+/// One event frame: `id:`, then `event:` (written even for `message`, as
+/// MongooseIM's lasse handler does), then `data:` — one order for every
+/// type.
+fn frame(id: &str, etype: &str, data: &str) -> Vec<u8> {
+    let mut out = format!("id: {id}\nevent: {etype}\n").into_bytes();
+    out.extend_from_slice(&crate::frame::encode(None, None, data, None));
+    out
 }
 
 /// Publishes one event (type `etype`, JSON `data`) once to the streams of
@@ -494,7 +913,7 @@ fn deliver(
     let published = core
         .broker
         .publish_with(Origin::Local, &targets, now_us, |id| {
-            ids::frame_typed(&id.to_string(), etype, &data)
+            frame(&id.to_string(), etype, &data)
         });
     match published {
         Ok(p) if p.pressure => core.actions.push(Action::Flush),
@@ -505,7 +924,7 @@ fn deliver(
 
 fn sse(cx: &mut Ctx<'_, '_, '_>) {
     let Some(idx) = user_stream(cx.core, cx.mg, &cx.me) else {
-        return cx.fail(500, "no event stream for this user");
+        return cx.fail(500, "No event stream for this user");
     };
     let raw = last_event_id(cx.req);
     cx.core
@@ -514,20 +933,23 @@ fn sse(cx: &mut Ctx<'_, '_, '_>) {
 
 fn send_message(cx: &mut Ctx<'_, '_, '_>) {
     let Some(obj) = cx.body_object() else { return };
-    let (Some(Value::String(to)), Some(Value::String(body))) = (obj.get("to"), obj.get("body"))
-    else {
-        return cx.fail(
-            400,
-            "body must be {\"to\":\"user@domain\",\"body\":\"text\"}",
-        );
+    // MongooseIM checks the recipient, then the body.
+    let to = match obj.get("to") {
+        None => return cx.fail(400, "Missing recipient JID"),
+        Some(to) => match to.as_str().and_then(bare_jid) {
+            Some(to) => to,
+            None => return cx.fail(400, "Invalid recipient JID"),
+        },
     };
-    let Some(to) = bare_jid(to) else {
-        return cx.fail(400, "\"to\" must be a bare JID user@domain");
+    let body = match obj.get("body") {
+        None => return cx.fail(400, "Missing message body"),
+        Some(Value::String(b)) => b,
+        Some(_) => return cx.fail(400, "Invalid message body"),
     };
     if body.len() > MAX_BODY {
         return cx.fail(
             413,
-            &format!("message body is larger than {MAX_BODY} bytes"),
+            &format!("Message body is larger than {MAX_BODY} bytes"),
         );
     }
     let now = cx.core.unix_us;
@@ -558,13 +980,13 @@ fn messages(cx: &mut Ctx<'_, '_, '_>, with: Option<&str>) {
     let with = match with.map(bare_jid) {
         None => None,
         Some(Some(w)) => Some(w),
-        Some(None) => return cx.fail(400, "invalid JID: expected user@domain"),
+        Some(None) => return cx.fail(400, "Invalid interlocutor JID"),
     };
-    let Some((limit, before)) = cx.paging() else {
+    let Some((limit, before)) = cx.paging(usize::MAX) else {
         return;
     };
     let Some(user) = cx.mg.users.get(cx.me.as_str()) else {
-        return cx.fail(401, "unknown user");
+        return cx.fail(401, "Unknown user");
     };
     let me = cx.me.as_str();
     let mut picked: Vec<Value> = user
@@ -586,45 +1008,202 @@ fn messages(cx: &mut Ctx<'_, '_, '_>, with: Option<&str>) {
     cx.json(&Value::Array(picked));
 }
 
-/// A room id from a path (a bare id or `id@muclight.domain`) that exists.
+// ------------------------------------------------------------- contacts
+
+/// A contact's JID (from the path or a body), or a 400 in MongooseIM's words.
+fn contact_jid(cx: &mut Ctx<'_, '_, '_>, raw: &str) -> Option<String> {
+    let jid = bare_jid(raw);
+    if jid.is_none() {
+        cx.fail(400, &format!("Invalid JID: {raw}"));
+    }
+    jid
+}
+
+fn list_contacts(cx: &mut Ctx<'_, '_, '_>) {
+    let list: Vec<Value> = cx
+        .mg
+        .users
+        .get(cx.me.as_str())
+        .map(|u| {
+            u.contacts
+                .iter()
+                .map(|(jid, c)| {
+                    json!({ "jid": &**jid, "subscription": c.sub.as_str(), "ask": c.ask() })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    cx.json(&Value::Array(list));
+}
+
+fn add_contact(cx: &mut Ctx<'_, '_, '_>) {
+    let Some(obj) = cx.body_object() else { return };
+    let raw = match obj.get("jid") {
+        None => return cx.fail(400, "Missing JID"),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let Some(jid) = contact_jid(cx, &raw) else {
+        return;
+    };
+    let mg = &mut cx.mg;
+    if !mg.users.contains_key(jid.as_str()) {
+        return cx.fail(404, &format!("User {jid} does not exist"));
+    }
+    let Some(me) = mg.users.get_mut(cx.me.as_str()) else {
+        return cx.fail(401, "Unknown user");
+    };
+    if !me.contacts.contains_key(jid.as_str()) {
+        if me.contacts.len() >= MAX_CONTACTS {
+            return cx.fail(409, &format!("Too many contacts (at most {MAX_CONTACTS})"));
+        }
+        me.contacts.insert(jid.as_str().into(), Contact::NEW);
+    }
+    cx.status(204, None);
+}
+
+fn has_contact(cx: &Ctx<'_, '_, '_>, jid: &str) -> bool {
+    cx.mg
+        .users
+        .get(cx.me.as_str())
+        .is_some_and(|u| u.contacts.contains_key(jid))
+}
+
+/// `PUT /api/contacts/JID {"action"}`.
+fn change_contact(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
+    let Some(jid) = contact_jid(cx, raw) else {
+        return;
+    };
+    let Some(obj) = cx.body_object() else { return };
+    let invite = match obj.get("action") {
+        None => return cx.fail(400, "Missing action"),
+        Some(a) if a == "invite" => true,
+        Some(a) if a == "accept" => false,
+        Some(_) => return cx.fail(400, "Invalid action"),
+    };
+    if !has_contact(cx, &jid) {
+        return cx.fail(404, &format!("Contact {jid} not found"));
+    }
+    let mg = &mut cx.mg;
+    if invite {
+        mg.invite(&cx.me, &jid);
+    } else {
+        mg.accept(&cx.me, &jid);
+    }
+    cx.status(204, None);
+}
+
+fn delete_contact(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
+    let Some(jid) = contact_jid(cx, raw) else {
+        return;
+    };
+    if cx.mg.remove_contact(&cx.me, &jid) {
+        cx.status(204, None);
+    } else {
+        cx.fail(404, &format!("Contact {jid} not found"));
+    }
+}
+
+/// `DELETE /api/contacts {"to_delete":[...]}`: every JID is checked before
+/// any is deleted, as MongooseIM parses the whole list first.
+fn delete_contacts(cx: &mut Ctx<'_, '_, '_>) {
+    let Some(obj) = cx.body_object() else { return };
+    let Some(Value::Array(list)) = obj.get("to_delete") else {
+        return cx.fail(400, "Invalid request body");
+    };
+    let mut jids = Vec::with_capacity(list.len());
+    for v in list {
+        let raw = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        let Some(jid) = contact_jid(cx, &raw) else {
+            return;
+        };
+        jids.push(jid);
+    }
+    let mg = &mut cx.mg;
+    let not_deleted: Vec<String> = jids
+        .into_iter()
+        .filter(|j| !mg.remove_contact(&cx.me, j))
+        .collect();
+    cx.json(&json!({ "not_deleted": not_deleted }));
+}
+
+// ---------------------------------------------------------------- rooms
+
 /// The requesting user's role in room `id`, if they are in it.
 fn my_role(cx: &Ctx<'_, '_, '_>, id: &str) -> Option<Role> {
     cx.mg.rooms.get(id).and_then(|r| r.role(&cx.me))
 }
 
-fn find_room(cx: &mut Ctx<'_, '_, '_>, raw: &str) -> Option<String> {
+/// A room id from a path: a bare id or `id@muclight.<caller's domain>`
+/// (MongooseIM's `get_room_jid`), lowercased as nodeprep does; a 400
+/// otherwise. Nothing is looked up.
+fn room_id(cx: &mut Ctx<'_, '_, '_>, raw: &str) -> Option<String> {
     let (id, domain) = match raw.split_once('@') {
-        Some((i, d)) => (i, Some(d.to_lowercase())),
+        Some((i, d)) => (i, Some(d)),
         None => (raw, None),
     };
+    let err = if raw.is_empty() {
+        Some("Missing room ID")
+    } else if !super::valid_ident(id) || domain.is_some_and(str::is_empty) {
+        Some("Invalid room ID")
+    } else if domain.is_some_and(|d| !d.eq_ignore_ascii_case(&cx.muc_domain())) {
+        Some("Invalid MUC Light domain")
+    } else {
+        None
+    };
+    match err {
+        Some(e) => {
+            cx.fail(400, e);
+            None
+        }
+        None => Some(id.to_lowercase()),
+    }
+}
+
+/// A room id from a path that names an existing room of the caller's
+/// MUC Light domain; else a 400, or a 404 saying `missing`.
+fn find_room_as(cx: &mut Ctx<'_, '_, '_>, raw: &str, missing: &str) -> Option<String> {
+    let id = room_id(cx, raw)?;
+    let own = cx.muc_domain();
     let found = cx
         .mg
         .rooms
-        .get(id)
-        .is_some_and(|r| domain.as_deref().is_none_or(|d| *r.domain == *d));
+        .get(id.as_str())
+        .is_some_and(|r| *r.domain == *own);
     if found {
-        Some(id.to_string())
+        Some(id)
     } else {
-        cx.fail(404, "Room does not exist");
+        cx.fail(404, missing);
         None
     }
 }
 
-fn room_string(obj: &serde_json::Map<String, Value>, k: &str) -> Option<String> {
-    match obj.get(k) {
-        Some(Value::String(s)) if s.len() <= MAX_NAME => Some(s.clone()),
-        _ => None,
-    }
+fn find_room(cx: &mut Ctx<'_, '_, '_>, raw: &str) -> Option<String> {
+    find_room_as(cx, raw, "Room not found")
 }
 
-/// The `{"name","subject"}` body of room creation and configuration.
+/// The `{"name","subject"}` body of room creation and configuration, or a
+/// 400 in MongooseIM's words.
 fn name_and_subject(cx: &mut Ctx<'_, '_, '_>) -> Option<(String, String)> {
     let obj = cx.body_object()?;
-    match (room_string(&obj, "name"), room_string(&obj, "subject")) {
-        (Some(n), Some(s)) => Some((n, s)),
+    let (name, subject) = match (obj.get("name"), obj.get("subject")) {
+        (None, _) => {
+            cx.fail(400, "Missing room name");
+            return None;
+        }
+        (_, None) => {
+            cx.fail(400, "Missing room subject");
+            return None;
+        }
+        (Some(n), Some(s)) => (n, s),
+    };
+    match (name, subject) {
+        (Value::String(n), Value::String(s)) if n.len() <= MAX_NAME && s.len() <= MAX_NAME => {
+            Some((n.clone(), s.clone()))
+        }
         _ => {
             let msg = format!(
-                "body must be {{\"name\":\"...\",\"subject\":\"...\"}}, strings of at most {MAX_NAME} bytes"
+                "Validation failed for name and subject: strings of at most {MAX_NAME} bytes"
             );
             cx.fail(400, &msg);
             None
@@ -637,13 +1216,16 @@ fn new_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>) {
     let Some((name, subject)) = name_and_subject(cx) else {
         return;
     };
+    insert_room(cx, id, name, subject);
+}
+
+fn insert_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>, name: String, subject: String) {
     if cx.mg.rooms.len() >= MAX_ROOMS {
-        return cx.fail(503, &format!("too many rooms (at most {MAX_ROOMS})"));
+        return cx.fail(503, &format!("Too many rooms (at most {MAX_ROOMS})"));
     }
     let now = cx.core.unix_us;
-    let domain = cx.me.split_once('@').map_or("", |(_, d)| d);
     let room = Room {
-        domain: format!("muclight.{domain}").into(),
+        domain: cx.muc_domain().into(),
         name: name.into(),
         subject: subject.into(),
         members: vec![(cx.me.as_str().into(), Role::Owner)],
@@ -655,43 +1237,30 @@ fn new_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>) {
     cx.status(201, Some(&json!({ "id": id })));
 }
 
-/// `POST /api/rooms`.
-fn create_room(cx: &mut Ctx<'_, '_, '_>) {
-    new_room(cx, None);
-}
-
 /// `PUT /api/rooms/ID` (ID bare, or `ID@muclight.<caller's domain>`).
 fn create_room_with_id(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
-    let own = format!("muclight.{}", cx.me.split_once('@').map_or("", |(_, d)| d));
-    let id = match raw.split_once('@') {
-        Some((i, d)) if d.eq_ignore_ascii_case(&own) => i,
-        Some(_) => {
-            return cx.fail(
-                400,
-                "invalid_room_id: the room JID's domain is not this server's MUC Light domain",
-            )
-        }
-        None => raw,
-    };
-    if !super::valid_ident(id) {
-        return cx.fail(400, "invalid_room_id: 1..=128 letters, digits or . _ : -");
-    }
-    if cx.mg.rooms.contains_key(id) {
-        return cx.fail(400, "Failed to create room: a room with this id exists");
-    }
-    new_room(cx, Some(id.to_string()));
-}
-
-/// `PUT /api/rooms/ID/config`: the owner renames the room.
-fn change_config(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
-    let Some(id) = find_room(cx, raw) else { return };
-    let role = my_role(cx, &id);
-    if role != Some(Role::Owner) {
-        return cx.fail(403, "only the room's owner may change its configuration");
-    }
+    let Some(id) = room_id(cx, raw) else { return };
     let Some((name, subject)) = name_and_subject(cx) else {
         return;
     };
+    if cx.mg.rooms.contains_key(id.as_str()) {
+        return cx.fail(403, "Room already exists");
+    }
+    insert_room(cx, Some(id), name, subject);
+}
+
+/// `PUT /api/rooms/ID/config`: the owner renames the room. The body is
+/// checked first, as MongooseIM does.
+fn change_config(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
+    let Some(_) = room_id(cx, raw) else { return };
+    let Some((name, subject)) = name_and_subject(cx) else {
+        return;
+    };
+    let Some(id) = find_room(cx, raw) else { return };
+    let role = my_role(cx, &id);
+    if role != Some(Role::Owner) {
+        return cx.fail(403, "Only the room's owner may change its configuration");
+    }
     if let Some(room) = cx.mg.rooms.get_mut(id.as_str()) {
         room.name = name.into();
         room.subject = subject.into();
@@ -724,7 +1293,7 @@ fn room_details(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
         return;
     };
     if room.role(&cx.me).is_none() {
-        return cx.fail(403, "you are not a member of this room");
+        return cx.fail(403, NOT_MEMBER);
     }
     let v = json!({
         "name": &*room.name,
@@ -779,11 +1348,15 @@ fn add_user(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let Some(id) = find_room(cx, raw) else { return };
     let role = my_role(cx, &id);
     if role != Some(Role::Owner) {
-        return cx.fail(403, "only the room's owner may add users");
+        return cx.fail(403, "Only the room's owner may add users");
     }
     let Some(obj) = cx.body_object() else { return };
-    let Some(user) = obj.get("user").and_then(Value::as_str).and_then(bare_jid) else {
-        return cx.fail(400, "body must be {\"user\":\"user@domain\"}");
+    let user = match obj.get("user") {
+        None => return cx.fail(400, "Missing user JID"),
+        Some(u) => match u.as_str().and_then(bare_jid) {
+            Some(u) => u,
+            None => return cx.fail(400, "Invalid user JID"),
+        },
     };
     let Some(room) = cx.mg.rooms.get_mut(id.as_str()) else {
         return;
@@ -794,7 +1367,7 @@ fn add_user(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     if room.members.len() >= MAX_ROOM_MEMBERS {
         return cx.fail(
             409,
-            &format!("room is full (at most {MAX_ROOM_MEMBERS} members)"),
+            &format!("Room is full (at most {MAX_ROOM_MEMBERS} members)"),
         );
     }
     room.members.push((user.as_str().into(), Role::Member));
@@ -805,7 +1378,10 @@ fn add_user(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
 }
 
 fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
-    let Some(id) = find_room(cx, raw) else { return };
+    // MongooseIM's reason on this route (its suite's `user_removal_errors`).
+    let Some(id) = find_room_as(cx, raw, "Room does not exist") else {
+        return;
+    };
     if target.is_empty() {
         return cx.fail(400, "Missing JID");
     }
@@ -816,10 +1392,10 @@ fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
         return;
     };
     match room.role(&cx.me) {
-        None => return cx.fail(403, "you are not a member of this room"),
+        None => return cx.fail(403, NOT_MEMBER),
         // Members may only remove themselves (leave), as in MongooseIM.
         Some(Role::Member) if target != cx.me => {
-            return cx.fail(403, "only the room's owner may remove other users")
+            return cx.fail(403, "Only the room's owner may remove other users")
         }
         _ => {}
     }
@@ -850,31 +1426,93 @@ fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
     cx.status(204, None);
 }
 
-fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
-    let Some(id) = find_room(cx, raw) else { return };
-    let member = my_role(cx, &id).is_some();
-    if !member {
-        return cx.fail(403, "you are not a member of this room");
-    }
-    let Some(obj) = cx.body_object() else { return };
+/// What a room message carries: MongooseIM's `get_body`, `get_marker`,
+/// `get_markable` and `verify_children`, checked in that order.
+struct RoomPayload {
+    body: Option<String>,
+    marker: Option<(&'static str, String)>,
+    markable: bool,
+}
+
+fn room_payload(obj: &Map<String, Value>) -> Result<RoomPayload, &'static str> {
     let body = match obj.get("body") {
-        Some(Value::String(b)) => b.clone(),
-        Some(_) => return cx.fail(400, "Invalid message body: it must be a string"),
-        None => return cx.fail(400, "No valid message elements: send {\"body\":\"text\"}"),
+        None => None,
+        Some(Value::String(b)) => Some(b.clone()),
+        Some(_) => return Err("Invalid message body"),
     };
-    if body.len() > MAX_BODY {
+    let marker = match obj.get("chat_marker") {
+        None => None,
+        Some(m) => {
+            let kind = m.get("type").and_then(Value::as_str);
+            let kind = MARKER_TYPES.iter().copied().find(|t| Some(*t) == kind);
+            match (kind, m.get("id").and_then(Value::as_str)) {
+                (Some(k), Some(id)) if id.len() <= MAX_NAME => Some((k, id.to_string())),
+                _ => return Err("Invalid chat marker"),
+            }
+        }
+    };
+    // `markable` counts only on a message with a body, and only as `true`.
+    let markable = body.is_some() && obj.get("markable") == Some(&Value::Bool(true));
+    if body.is_none() && marker.is_none() {
+        return Err("No valid message elements");
+    }
+    Ok(RoomPayload {
+        body,
+        marker,
+        markable,
+    })
+}
+
+/// The JSON of a room message's optional parts, into `v`: the body, then
+/// the first chat-marker element (a marker before `markable`), as
+/// MongooseIM's `add_chat_marker` reads them back.
+fn message_parts(
+    v: &mut Map<String, Value>,
+    body: Option<&str>,
+    marker: Option<(&str, &str)>,
+    markable: bool,
+) {
+    if let Some(b) = body {
+        v.insert("body".into(), b.into());
+    }
+    if let Some((t, id)) = marker {
+        v.insert("chat_marker".into(), json!({ "type": t, "id": id }));
+    } else if markable {
+        v.insert("markable".into(), true.into());
+    }
+}
+
+fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
+    let Some(_) = room_id(cx, raw) else { return };
+    let Some(obj) = cx.body_object() else { return };
+    let p = match room_payload(&obj) {
+        Ok(p) => p,
+        Err(e) => return cx.fail(400, e),
+    };
+    if p.body.as_ref().is_some_and(|b| b.len() > MAX_BODY) {
         return cx.fail(
             413,
-            &format!("message body is larger than {MAX_BODY} bytes"),
+            &format!("Message body is larger than {MAX_BODY} bytes"),
         );
+    }
+    let Some(id) = find_room(cx, raw) else { return };
+    if my_role(cx, &id).is_none() {
+        return cx.fail(403, NOT_MEMBER);
     }
     let now = cx.core.unix_us;
     let msg_id = ids::uuid_v4(&mut *cx.core.rng);
-    let data = json!({
-        "type": "message", "timestamp": now, "room": id, "id": msg_id,
-        "from": cx.me, "body": body,
-    });
-    let size = body.len() + cx.me.len() + 96;
+    let mut data = Map::new();
+    data.insert("type".into(), "message".into());
+    data.insert("timestamp".into(), now.into());
+    data.insert("room".into(), id.as_str().into());
+    data.insert("id".into(), msg_id.as_str().into());
+    data.insert("from".into(), cx.me.as_str().into());
+    let marker = p.marker.as_ref().map(|(t, i)| (*t, i.as_str()));
+    message_parts(&mut data, p.body.as_deref(), marker, p.markable);
+    let size = p.body.as_ref().map_or(0, String::len)
+        + p.marker.as_ref().map_or(0, |(_, i)| i.len())
+        + cx.me.len()
+        + 96;
     if let Some(room) = cx.mg.rooms.get_mut(id.as_str()) {
         room.archive.push(
             Rc::new(RoomItem {
@@ -882,7 +1520,9 @@ fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
                 ts_us: now,
                 kind: RoomKind::Message {
                     from: cx.me.as_str().into(),
-                    body: body.into(),
+                    body: p.body.map(Into::into),
+                    marker: p.marker.map(|(t, i)| (t, i.into())),
+                    markable: p.markable,
                 },
             }),
             size,
@@ -890,20 +1530,28 @@ fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     }
     let members = member_list(cx.mg, &id);
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
-    deliver(cx.core, cx.mg, &to, "room.message", &data, now);
+    deliver(
+        cx.core,
+        cx.mg,
+        &to,
+        "room.message",
+        &Value::Object(data),
+        now,
+    );
     cx.json(&json!({ "id": msg_id }));
 }
 
 fn room_messages(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
-    let Some(id) = find_room(cx, raw) else { return };
-    let Some((limit, before)) = cx.paging() else {
+    let Some(_) = room_id(cx, raw) else { return };
+    let Some((limit, before)) = cx.paging(MAX_ROOM_LIMIT) else {
         return;
     };
+    let Some(id) = find_room(cx, raw) else { return };
     let Some(room) = cx.mg.rooms.get(id.as_str()) else {
         return;
     };
     if room.role(&cx.me).is_none() {
-        return cx.fail(403, "you are not a member of this room");
+        return cx.fail(403, NOT_MEMBER);
     }
     let room_jid = format!("{id}@{}", room.domain);
     let mut picked: Vec<Value> = room
@@ -913,10 +1561,21 @@ fn room_messages(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
         .filter(|m| before.is_none_or(|b| m.ts_us < b))
         .take(limit)
         .map(|m| match &m.kind {
-            RoomKind::Message { from, body } => json!({
-                "id": m.id, "from": &**from, "timestamp": m.ts_us / 1000,
-                "type": "message", "body": &**body,
-            }),
+            RoomKind::Message {
+                from,
+                body,
+                marker,
+                markable,
+            } => {
+                let mut v = Map::new();
+                v.insert("id".into(), m.id.as_str().into());
+                v.insert("from".into(), (**from).into());
+                v.insert("timestamp".into(), (m.ts_us / 1000).into());
+                v.insert("type".into(), "message".into());
+                let marker = marker.as_ref().map(|(t, i)| (*t, &**i));
+                message_parts(&mut v, body.as_deref(), marker, *markable);
+                Value::Object(v)
+            }
             RoomKind::Affiliation { user, affiliation } => json!({
                 "id": m.id, "from": room_jid, "timestamp": m.ts_us / 1000,
                 "type": "affiliation", "affiliation": affiliation, "user": &**user,
@@ -944,13 +1603,271 @@ mod tests {
         assert_eq!(bare_jid("a b@c"), None);
     }
 
+    fn parsed(text: &str) -> Users {
+        match parse_users(text) {
+            Ok(u) => u,
+            Err(e) => panic!("{text:?}: {e:?}"),
+        }
+    }
+
+    fn password<'u>(u: &'u Users, jid: &str) -> Option<&'u str> {
+        u.entries
+            .iter()
+            .find(|(j, _)| &**j == jid)
+            .map(|(_, p)| &**p)
+    }
+
     #[test]
     fn users_file() {
-        let u = parse_users(
+        let u = parsed(
             "# comment\n\nalice@wonderland.lit:secret\nbad line\nrabbit@wonderland.lit:pa:ss\n",
         );
         assert_eq!(u.len(), 2);
-        assert_eq!(&*u["rabbit@wonderland.lit"].password, "pa:ss");
+        assert_eq!(password(&u, "rabbit@wonderland.lit"), Some("pa:ss"));
+    }
+
+    #[test]
+    fn users_file_bom_is_stripped() {
+        let u = parsed("\u{feff}alice@wonderland.lit:secret\n");
+        assert_eq!(password(&u, "alice@wonderland.lit"), Some("secret"));
+        // Only at the very start: elsewhere it is part of a (bad) line.
+        let u = parsed("alice@wonderland.lit:secret\n\u{feff}# not a comment\n");
+        assert_eq!(u.len(), 1);
+    }
+
+    #[test]
+    fn users_file_duplicate_names_both_lines() {
+        let e = parse_users("a@x:1\n\n# c\nA@X:2\n");
+        match e {
+            Err(UsersErrorKind::Duplicate { jid, line, first }) => {
+                assert_eq!((jid.as_str(), line, first), ("a@x", 4, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn users_file_empty_password_names_the_line() {
+        match parse_users("a@x:1\nb@x:\n") {
+            Err(UsersErrorKind::EmptyPassword { line: 2 }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Spaces are trimmed, so a password of spaces is empty too.
+        assert!(matches!(
+            parse_users("b@x:   \n"),
+            Err(UsersErrorKind::EmptyPassword { line: 1 })
+        ));
+    }
+
+    fn temp(name: &str, bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ssed-users-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn load_users_missing_file_is_an_error_naming_the_path() {
+        let p = std::env::temp_dir().join("ssed-users-does-not-exist.txt");
+        let e = load_users(&p).unwrap_err();
+        assert!(matches!(e.kind(), UsersErrorKind::Read(_)));
+        let msg = e.to_string();
+        assert!(msg.contains("ssed-users-does-not-exist.txt"), "{msg}");
+        assert!(msg.contains("cannot read"), "{msg}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn load_users_unreadable_file_is_an_error() {
+        // A directory exists but cannot be read as a file (works as root too).
+        let e = load_users(&std::env::temp_dir()).unwrap_err();
+        assert!(matches!(e.kind(), UsersErrorKind::Read(_)), "{e}");
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn load_users_non_utf8_file_is_an_error() {
+        let p = temp("latin1", b"alice@x:caf\xe9\n");
+        let e = load_users(&p).unwrap_err();
+        assert!(
+            matches!(e.kind(), UsersErrorKind::NotUtf8 { offset: 11 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn load_users_reports_duplicates_and_empty_passwords_with_the_path() {
+        let p = temp("dup", b"a@x:1\na@x:2\n");
+        let msg = load_users(&p).unwrap_err().to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("line 2: duplicate user a@x (first on line 1)"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_file(p);
+        let p = temp("empty", b"a@x:\n");
+        let msg = load_users(&p).unwrap_err().to_string();
+        assert!(msg.contains("line 1: empty password"), "{msg}");
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn load_users_reads_a_good_file_and_new_uses_it() {
+        let p = temp("good", "\u{feff}alice@x:s\nbob@x:t\n".as_bytes());
+        assert_eq!(load_users(&p).map(|u| u.len()).ok(), Some(2));
+        assert_eq!(Mongoose::new(Some(&p)).user_count(), 2);
+        let _ = std::fs::remove_file(&p);
+        // A bad file leaves no users (and is logged).
+        assert_eq!(Mongoose::new(Some(&p)).user_count(), 0);
+        assert_eq!(Mongoose::new(None).user_count(), 0);
+    }
+
+    #[test]
+    fn basic_scheme_is_case_insensitive() {
+        // "alice@localhost:secret"
+        let b64 = "YWxpY2VAbG9jYWxob3N0OnNlY3JldA==";
+        let want = Some(("alice@localhost".to_string(), "secret".to_string()));
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            assert_eq!(
+                basic_credentials(&format!("{scheme} {b64}")),
+                want,
+                "{scheme}"
+            );
+        }
+        assert_eq!(basic_credentials(&format!("basic   {b64}")), want);
+        assert_eq!(basic_credentials(&format!("Bearer {b64}")), None);
+        assert_eq!(basic_credentials("Basic"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+
+    #[test]
+    fn contact_states_follow_rfc_6121() {
+        let mut m = Mongoose::from_users(parsed("a@x:1\nb@x:2\n"));
+        let item = |m: &Mongoose, o: &str, c: &str| {
+            m.users[o]
+                .contacts
+                .get(c)
+                .map(|c| (c.sub.as_str(), c.ask()))
+        };
+        m.users
+            .get_mut("a@x")
+            .unwrap()
+            .contacts
+            .insert("b@x".into(), Contact::NEW);
+        m.invite("a@x", "b@x");
+        assert_eq!(item(&m, "a@x", "b@x"), Some(("none", "out")));
+        assert_eq!(item(&m, "b@x", "a@x"), Some(("none", "in")));
+        m.accept("b@x", "a@x");
+        assert_eq!(item(&m, "a@x", "b@x"), Some(("to", "none")));
+        assert_eq!(item(&m, "b@x", "a@x"), Some(("from", "none")));
+        // Accepting with nothing pending changes nothing.
+        m.accept("b@x", "a@x");
+        assert_eq!(item(&m, "b@x", "a@x"), Some(("from", "none")));
+        m.invite("b@x", "a@x");
+        m.accept("a@x", "b@x");
+        assert_eq!(item(&m, "a@x", "b@x"), Some(("both", "none")));
+        assert_eq!(item(&m, "b@x", "a@x"), Some(("both", "none")));
+        assert!(m.remove_contact("a@x", "b@x"));
+        assert!(!m.remove_contact("a@x", "b@x"));
+        assert_eq!(item(&m, "a@x", "b@x"), None);
+        assert_eq!(item(&m, "b@x", "a@x"), Some(("none", "none")));
+    }
+
+    #[test]
+    fn contacts_are_bounded() {
+        let mut m = Mongoose::from_users(parsed("a@x:1\nb@x:2\n"));
+        let a = m.users.get_mut("a@x").unwrap();
+        for i in 0..MAX_CONTACTS {
+            a.contacts.insert(format!("c{i}@x").into(), Contact::NEW);
+        }
+        m.users
+            .get_mut("b@x")
+            .unwrap()
+            .contacts
+            .insert("a@x".into(), Contact::NEW);
+        // b invites a, whose list is full: b still asks, a records nothing.
+        m.invite("b@x", "a@x");
+        assert_eq!(m.users["a@x"].contacts.len(), MAX_CONTACTS);
+        assert_eq!(m.users["b@x"].contacts["a@x"].ask(), "out");
+    }
+
+    #[test]
+    fn room_payloads() {
+        let obj = |s: &str| match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => o,
+            _ => panic!("{s}"),
+        };
+        let err = |s: &str| room_payload(&obj(s)).err();
+        assert_eq!(
+            err(r#"{"body":{"body":"x"}}"#),
+            Some("Invalid message body")
+        );
+        assert_eq!(err(r#"{"no_body":"x"}"#), Some("No valid message elements"));
+        assert_eq!(
+            err(r#"{"markable":true}"#),
+            Some("No valid message elements")
+        );
+        assert_eq!(
+            err(r#"{"chat_marker":{"type":"bad","id":"i"}}"#),
+            Some("Invalid chat marker")
+        );
+        assert_eq!(
+            err(r#"{"chat_marker":{"type":"received"}}"#),
+            Some("Invalid chat marker")
+        );
+        let p = room_payload(&obj(r#"{"chat_marker":{"type":"displayed","id":"i"}}"#)).unwrap();
+        assert_eq!(p.marker, Some(("displayed", "i".to_string())));
+        assert!(p.body.is_none() && !p.markable);
+        let p = room_payload(&obj(r#"{"body":"b","markable":true}"#)).unwrap();
+        assert!(p.markable);
+        let p = room_payload(&obj(r#"{"body":"b","markable":"yes"}"#)).unwrap();
+        assert!(!p.markable);
+    }
+
+    #[test]
+    fn frames_write_id_then_event_then_data() {
+        assert_eq!(
+            frame("7", "message", "{}"),
+            b"id: 7\nevent: message\ndata: {}\n\n"
+        );
+        assert_eq!(
+            frame("8", "room.message", "a\nb"),
+            b"id: 8\nevent: room.message\ndata: a\ndata: b\n\n"
+        );
+    }
+
+    #[test]
+    fn reasons_are_json_strings() {
+        assert_eq!(
+            reason_body("Missing message body"),
+            b"\"Missing message body\""
+        );
+        assert_eq!(
+            reason_body("Invalid value of 'before'"),
+            b"\"Invalid value of 'before'\""
+        );
+    }
+
+    #[test]
+    fn routes_and_their_methods() {
+        let allow = |p: &[&str]| Route::parse(p).map(|r| r.allow());
+        assert_eq!(
+            allow(&["contacts", "a@b"]),
+            Some("OPTIONS, GET, POST, PUT, DELETE")
+        );
+        assert_eq!(allow(&["rooms"]), Some("OPTIONS, GET, POST, PUT"));
+        assert_eq!(
+            allow(&["rooms", "r", "users", ""]),
+            Some("OPTIONS, POST, DELETE")
+        );
+        assert!(matches!(
+            Route::parse(&["rooms", ""]),
+            Some(Route::Rooms(None))
+        ));
+        assert!(Route::parse(&["nothing"]).is_none());
+        assert!(Route::parse(&[""]).is_none());
     }
 
     #[test]

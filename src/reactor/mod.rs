@@ -147,10 +147,13 @@ pub(crate) struct Bound {
     pub shared: Arc<Shared>,
     cfg: Config,
     max: usize,
+    users: Option<crate::apps::mongoose::Users>,
 }
 
 impl Bound {
     pub fn bind(cfg: Config) -> io::Result<Bound> {
+        let users = Apps::load_users(&cfg)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut listeners = Vec::new();
@@ -191,6 +194,7 @@ impl Bound {
             shared,
             cfg,
             max,
+            users,
         })
     }
 
@@ -208,7 +212,7 @@ impl Bound {
             rbuf: vec![0; READ_BUF],
             conns: Slab::new(),
             broker,
-            apps: Apps::new(&self.cfg),
+            apps: Apps::new(self.users),
             cfg: self.cfg,
             counters: Counters::default(),
             timers: Timers::default(),
