@@ -50,6 +50,9 @@ pub mod conn;
 pub mod frame;
 pub mod http;
 pub mod hub;
+// Durable history (issue 13); the server wires it in separately.
+#[allow(dead_code)]
+pub(crate) mod journal;
 pub mod router;
 mod server;
 pub mod stats;
