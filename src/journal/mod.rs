@@ -206,6 +206,8 @@ pub struct JournalStats {
 pub struct CompactStats {
     /// Segment files read.
     pub segments_read: usize,
+    /// Bytes read (bounded by about three segments per call).
+    pub bytes_read: u64,
     /// Segment files removed.
     pub segments_removed: usize,
     /// Segment files written (rewrites).
@@ -240,8 +242,6 @@ pub struct Journal {
     fsync: Fsync,
     max_bytes: u64,
     segment_bytes: u64,
-    /// Holds the `flock` for the journal's life.
-    _lock: File,
     /// Oldest first; the last one is being appended to.
     segs: Vec<Seg>,
     cur: Arc<File>,
@@ -261,6 +261,9 @@ pub struct Journal {
     /// Bytes compaction freed since the cursor last wrapped around.
     pass_freed: u64,
     over_budget: bool,
+    /// Holds the `flock` for the journal's life. Declared last so it is
+    /// released only after the fsync thread (in `sync`) has finished.
+    _lock: File,
 }
 
 /// Makes `write(2)` past `RLIMIT_FSIZE` fail with `EFBIG` instead of killing
@@ -331,6 +334,9 @@ impl Journal {
     /// and returns everything it holds.
     pub fn open(cfg: JournalConfig) -> Result<(Journal, Replay), JournalError> {
         let t0 = Instant::now();
+        if cfg.fsync == Fsync::Interval(Duration::ZERO) {
+            return Err(JournalError::Invalid("fsync interval must be positive"));
+        }
         let dir = cfg.dir.clone();
         fs::create_dir_all(&dir).map_err(|e| JournalError::io("create", &dir, e))?;
         let lock = lock_dir(&dir)?;
@@ -385,6 +391,13 @@ impl Journal {
                 }
                 rp.max_id = rp.max_id.max(rec.id());
                 rp.records.push(rec);
+            }
+            if scan.file_len < HEADER_LEN && i + 1 == seqs.len() {
+                // A crash while rolling: the new segment never got its
+                // header, so it never held a record. Nothing is lost.
+                log::info!("journal: removing unfinished segment {}", path.display());
+                fs::remove_file(&path).map_err(|e| JournalError::io("remove", &path, e))?;
+                continue;
             }
             let Some(why) = scan.problem else {
                 segs.push(Seg {
@@ -639,23 +652,33 @@ impl Journal {
                 .map_err(|e| JournalError::io("roll", &self.dir, e))?;
         }
         let budget = 2 * self.segment_bytes;
+        // Once started, free down to a low-water mark: a run of compaction
+        // frees a good share of a segment instead of a few bytes per call,
+        // and the merged runs keep the file count down.
+        let low = self.max_bytes - (self.segment_bytes).min(self.max_bytes / 4);
         let mut read = 0u64;
-        while self.needs_compaction() && read < budget && self.segs.len() > 1 {
+        // A segment read but left for the next group (it did not fit).
+        let mut carry: Option<(u64, record::Scan)> = None;
+        while self.total_bytes() > low && read < budget && self.segs.len() > 1 {
             let sealed = self.segs.len() - 1;
             let mut start = self.segs.partition_point(|s| s.seq < self.cursor);
             if start >= sealed {
                 // A whole pass: if it freed next to nothing, what is retained
-                // alone exceeds the budget and the oldest of it has to go.
+                // alone exceeds the budget and the oldest of it has to go
+                // (at least half a segment's worth, so tiny rewritten files
+                // at the front are not all that goes).
                 let drop = self.pass_freed < self.segment_bytes / 8;
                 self.cursor = 0;
                 self.pass_freed = 0;
                 start = 0;
                 if drop {
-                    let s = self.segs[0];
-                    let scan = record::read_segment(&seg_path(&self.dir, s.seq))?;
-                    read += s.bytes;
-                    st.segments_read += 1;
-                    self.rewrite(0, vec![scan], retained, last_id, &mut st, true)?;
+                    let (mut scans, mut bytes) = (Vec::new(), 0);
+                    while scans.len() < sealed && bytes < self.segment_bytes / 2 {
+                        let s = self.segs[scans.len()];
+                        scans.push(self.scan(s, &mut carry, &mut read, &mut st)?);
+                        bytes += s.bytes;
+                    }
+                    self.rewrite(0, scans, retained, last_id, &mut st, true)?;
                     continue;
                 }
             }
@@ -664,32 +687,38 @@ impl Journal {
             let mut scans = Vec::new();
             let mut kept_bytes = 0;
             let mut freed = 0;
+            let mut out_of_budget = false;
             for s in self.segs[start..sealed].iter().copied() {
                 if !scans.is_empty() && read + s.bytes > budget {
+                    out_of_budget = true;
                     break;
                 }
-                let scan = record::read_segment(&seg_path(&self.dir, s.seq))?;
-                read += s.bytes;
-                st.segments_read += 1;
+                let scan = self.scan(s, &mut carry, &mut read, &mut st)?;
                 let k: u64 = scan
                     .records
                     .iter()
                     .filter(|(r, _)| keep(r, retained))
                     .map(|(_, n)| n)
                     .sum();
+                if scans.is_empty() && k * 8 >= s.bytes * 7 && 2 * s.bytes >= self.segment_bytes {
+                    break; // a big, nearly all retained head: step over it
+                }
                 if !scans.is_empty() && kept_bytes + k > self.segment_bytes {
+                    carry = Some((s.seq, scan));
                     break;
                 }
                 kept_bytes += k;
                 freed += s.bytes.saturating_sub(k);
                 scans.push(scan);
-                if self.total_bytes() - freed <= self.max_bytes {
+                if self.total_bytes() - freed <= low {
                     break;
                 }
             }
-            let input = self.segs[start].bytes;
-            if scans.len() == 1 && kept_bytes * 8 >= input * 7 {
-                // Nearly all retained: rewriting it alone would free little.
+            if scans.is_empty() || (scans.len() == 1 && freed * 8 < self.segs[start].bytes) {
+                if out_of_budget {
+                    break; // the next call merges this run further
+                }
+                // Rewriting would free next to nothing.
                 self.cursor = self.segs[start].seq + 1;
                 continue;
             }
@@ -700,6 +729,25 @@ impl Journal {
             self.over_budget = false;
         }
         Ok(st)
+    }
+
+    /// Reads segment `s`, or takes it from `carry` if it was read already.
+    fn scan(
+        &self,
+        s: Seg,
+        carry: &mut Option<(u64, record::Scan)>,
+        read: &mut u64,
+        st: &mut CompactStats,
+    ) -> Result<record::Scan, JournalError> {
+        if let Some((seq, scan)) = carry.take() {
+            if seq == s.seq {
+                return Ok(scan);
+            }
+        }
+        *read += s.bytes;
+        st.segments_read += 1;
+        st.bytes_read += s.bytes;
+        record::read_segment(&seg_path(&self.dir, s.seq))
     }
 
     /// Replaces the segments from `start` that `scans` read by one file named
@@ -821,7 +869,10 @@ impl Journal {
         st.segments_removed += gone.len();
         self.segs.retain(|s| !gone.contains(&s.seq));
         self.pass_freed += before.saturating_sub(packed.len() as u64);
-        self.cursor = target + 1;
+        // A small result is the head of the next run, so the survivors of
+        // many runs end up merged instead of as many little files.
+        let small = 2 * (packed.len() as u64) < self.segment_bytes;
+        self.cursor = if small { target } else { target + 1 };
         Ok(())
     }
 }
