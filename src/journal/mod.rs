@@ -631,13 +631,16 @@ impl Journal {
         st
     }
 
-    /// Frees disk while over budget, reading at most about two segments per
-    /// call: runs of old segments are merged into one file holding only what
+    /// Frees disk while over budget, reading at most about three segments
+    /// per call (call again while [`Journal::needs_compaction`]): runs of old segments are merged into one file holding only what
     /// is still `retained` (an event is kept if any of its streams retains
     /// its id; the newest tombstone per stream; a fresh clock at
     /// `last_id`). A segment that is almost all retained is skipped, and
     /// only when a full pass frees nothing is retained history dropped,
     /// oldest first, so the directory stays within budget plus one segment.
+    /// Once over budget it frees down to about a segment below it. The
+    /// rewrite is fsynced here (unless [`Fsync::Never`]) before it replaces
+    /// anything: this call blocks for that one fsync.
     pub fn compact(
         &mut self,
         retained: &dyn Fn(&str, u64) -> bool,
