@@ -682,3 +682,10 @@ fn throughput() {
         }
     }
 }
+
+#[test]
+fn the_journal_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<Journal>();
+    send::<JournalError>();
+}
