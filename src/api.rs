@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 
 use crate::broker::{BrokerError, Origin, Resume};
+use crate::event::Event;
 use crate::handler::{last_event_id, Action, Cx};
 use crate::http::{self, Method, Request};
-use crate::Event;
 
 /// The demo page, embedded in the binary.
 const DEMO_PAGE: &str = include_str!("apps/demo.html");
@@ -266,19 +266,19 @@ pub fn publish_event(
     cx: &mut Cx<'_>,
     stream: &str,
     ev: &Event,
-) -> Result<u64, crate::PublishError> {
-    ev.check().map_err(crate::PublishError::BadEvent)?;
+) -> Result<u64, crate::event::PublishError> {
+    ev.check().map_err(crate::event::PublishError::BadEvent)?;
     let targets = if crate::broker::valid_name(stream) {
         cx.broker
             .resolve(&[stream], cx.cfg.auto_streams)
-            .map_err(|(_, e)| crate::PublishError::Refused(e.message()))?
+            .map_err(|(_, e)| crate::event::PublishError::Refused(e.message()))?
     } else {
         vec![cx.broker.internal(stream, None)]
     };
     let p = cx
         .broker
         .publish(Origin::Local, &targets, ev, cx.unix_us)
-        .map_err(|e| crate::PublishError::Refused(e.message()))?;
+        .map_err(|e| crate::event::PublishError::Refused(e.message()))?;
     if p.pressure {
         cx.actions.push(Action::Flush);
     }

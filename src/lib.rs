@@ -75,39 +75,10 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 pub use config::{help, Command, Config, ConfigError};
-pub use event::Event;
+pub use event::{Event, PublishError};
 
 /// How long [`Publisher::publish`] waits for the loop to take an event.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
-
-/// Why a [`Publisher`] could not publish an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishError {
-    /// The server has stopped.
-    Stopped,
-    /// Too many publishes are waiting for the loop.
-    Full,
-    /// The loop did not answer in time.
-    Timeout,
-    /// The event itself is invalid (its type, NUL bytes in its data).
-    BadEvent(String),
-    /// The server refused it (stream name, `--no-auto-streams`,
-    /// `--max-streams`, size, a failing journal).
-    Refused(String),
-}
-
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PublishError::Stopped => write!(f, "server has stopped"),
-            PublishError::Full => write!(f, "publish queue is full"),
-            PublishError::Timeout => write!(f, "the server did not take the event in time"),
-            PublishError::BadEvent(m) | PublishError::Refused(m) => write!(f, "{m}"),
-        }
-    }
-}
-
-impl std::error::Error for PublishError {}
 
 /// Publishes events into a running [`Server`] from any thread.
 #[derive(Clone)]

@@ -418,7 +418,7 @@ impl Broker {
         &mut self,
         origin: Origin,
         targets: &[u32],
-        ev: &crate::Event,
+        ev: &crate::event::Event,
         now_us: u64,
     ) -> Result<Published, BrokerError> {
         self.publish_with(origin, targets, now_us, |id| {

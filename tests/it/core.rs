@@ -1,13 +1,11 @@
 //! Core behaviour over real sockets: framing, multi-stream delivery,
 //! resume, gaps, heartbeats, publishing, auth, keep-alive, operations.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn frame_bytes_are_exact() {

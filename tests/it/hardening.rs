@@ -12,8 +12,6 @@
 //!
 //! Figures (RSS, CPU) are printed; run with `--nocapture` to see them.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -24,7 +22,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 

@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
-mod common;
-use common::{Conn, Response, Server, Sse, T};
+use crate::common::{Conn, Response, Server, Sse, T};
 
 const ALICE: (&str, &str) = ("alice@localhost", "makota");
 const BOB: (&str, &str) = ("bob@localhost", "makrolika");

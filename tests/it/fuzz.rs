@@ -10,8 +10,6 @@
 //! The seed is printed at the start; set `SSED_FUZZ_SEED=N` to replay a run.
 //! The coverage-guided twin of this test is `fuzz/` (cargo-fuzz).
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -24,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssed::internals::http::{self, Limits, Parsed};
 
-use common::*;
+use crate::common::*;
 
 /// Direct parser runs.
 const DIRECT_CASES: usize = 100_000;

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-use common::Server;
+use crate::common::Server;
 
 /// A complete HTTP response.
 #[derive(Debug)]

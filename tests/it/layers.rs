@@ -1,0 +1,152 @@
+//! The architecture's import rule, checked on the sources: each top-level
+//! module of `src/` uses only modules of lower layers (no cycles, no
+//! reaching up), and the broker does no I/O. See docs/ARCHITECTURE.md.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Layer of each top-level module (lower numbers are lower layers).
+const LAYERS: &[(&str, u8)] = &[
+    ("config", 0),
+    ("frame", 0),
+    ("http", 0),
+    ("stats", 0),
+    ("auth", 0),
+    ("bus", 0),
+    ("journal", 0),
+    ("client", 0),
+    ("event", 1),
+    ("broker", 2),
+    ("handler", 3),
+    ("api", 4),
+    ("apps", 4),
+    ("router", 5),
+    ("reactor", 6),
+];
+
+fn layer(m: &str) -> Option<u8> {
+    LAYERS.iter().find(|(n, _)| *n == m).map(|(_, l)| *l)
+}
+
+/// Source text without comment lines (docs may name anything).
+fn code(f: &Path) -> String {
+    std::fs::read_to_string(f)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The top-level modules a source file names through `crate::`.
+fn uses(src: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let names: Vec<String> = if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner.find('}').unwrap_or(inner.len());
+            inner[..end]
+                .split(',')
+                .map(|s| s.trim().split("::").next().unwrap_or("").to_string())
+                .collect()
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            vec![rest[..end].to_string()]
+        };
+        out.extend(names.into_iter().filter(|n| !n.is_empty()));
+    }
+    out
+}
+
+#[test]
+fn modules_use_only_lower_layers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut bad = Vec::new();
+    for (m, l) in LAYERS {
+        let mut files = Vec::new();
+        let dir = root.join(m);
+        if dir.is_dir() {
+            sources(&dir, &mut files);
+        } else {
+            files.push(root.join(format!("{m}.rs")));
+        }
+        for f in files {
+            let src = code(&f);
+            for u in uses(&src) {
+                if u == *m {
+                    continue;
+                }
+                match layer(&u) {
+                    Some(ul) if ul < *l => {}
+                    Some(ul) => {
+                        bad.push(format!("{} (layer {l}) uses {u} (layer {ul})", f.display()))
+                    }
+                    // Items of the crate root (`crate::Event`) reach up.
+                    None => bad.push(format!("{} uses crate::{u}", f.display())),
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "layering broken:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn every_module_is_in_a_layer() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    for line in lib.lines() {
+        let l = line.trim();
+        let Some(name) = l
+            .strip_prefix("mod ")
+            .or_else(|| l.strip_prefix("pub mod "))
+        else {
+            continue;
+        };
+        let name = name.trim_end_matches(';');
+        assert!(
+            name == "internals" || layer(name).is_some(),
+            "module {name} has no layer in tests/it/layers.rs"
+        );
+    }
+}
+
+#[test]
+fn broker_does_no_io() {
+    let mut files = Vec::new();
+    sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/broker"),
+        &mut files,
+    );
+    for f in files {
+        if f.ends_with("tests.rs") {
+            continue;
+        }
+        let src = code(&f);
+        for banned in [
+            "mio",
+            "libc",
+            "std::net",
+            "std::fs",
+            "std::io",
+            "Instant",
+            "SystemTime",
+            "thread",
+        ] {
+            assert!(!src.contains(banned), "{} mentions {banned}", f.display());
+        }
+    }
+}
