@@ -121,13 +121,15 @@ fn chunked_bodies_are_decoded() {
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
               Transfer-Encoding: chunked\r\n\r\n",
         );
-        // Chunk borders fall inside lines and inside a CRLF.
+        // Chunk borders fall inside lines and inside a CRLF. One write: the
+        // borders are in the chunk framing, whatever TCP does with the
+        // segments (reads split at every byte are `http::tests`' job).
+        let mut body = Vec::new();
         for chunk in ["id: 1\r", "\ndata: he", "llo\r\n\r\nda", "ta: two\n\n"] {
-            let _ = write!(s, "{:x}\r\n{chunk}\r\n", chunk.len());
-            let _ = s.flush();
-            std::thread::sleep(Duration::from_millis(5));
+            let _ = write!(body, "{:x}\r\n{chunk}\r\n", chunk.len());
         }
-        let _ = s.write_all(b"0\r\n\r\n");
+        body.extend_from_slice(b"0\r\n\r\n");
+        let _ = s.write_all(&body);
         // Keep the socket open: the end of the chunked body alone must end
         // this response.
         std::thread::sleep(Duration::from_secs(5));
@@ -256,18 +258,28 @@ fn stop_handle_unblocks_a_blocked_read() {
 
 #[test]
 fn stop_wakes_a_backoff_sleep() {
-    let client = Client::new("http://127.0.0.1:9")
-        .unwrap()
-        .retry(Duration::from_secs(60))
-        .max_failures(None);
+    // The stream asks for a ten-minute reconnection delay, then ends: the
+    // client goes to sleep for it. Stopping must end that sleep at once.
+    let f = fake(vec![sse("retry: 600000\nid: 1\ndata: a\n\n")]);
+    let client = Client::new(&f.url).unwrap().max_failures(None).stream("s");
     let mut events = client.events();
     let stop = events.stop_handle();
-    let started = Instant::now();
-    let worker = std::thread::spawn(move || events.next().is_none());
-    std::thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let first = events.next();
+        let _ = tx.send(first.and_then(|e| e.ok()).map(|e| e.data));
+        // The fake has closed the stream: this call sleeps 600 s unless woken.
+        events.next().is_none()
+    });
+    assert_eq!(rx.recv().unwrap().as_deref(), Some("a"));
+    let stopped = Instant::now();
     stop.stop();
-    assert!(worker.join().unwrap());
-    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(worker.join().unwrap(), "the iterator ends once stopped");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "stop took {:?}: the 600 s reconnection sleep was not woken",
+        stopped.elapsed()
+    );
 }
 
 #[test]

@@ -135,12 +135,11 @@ fn subscribers(addr: SocketAddr, stream: &str) -> u64 {
     v["subscribers"].as_u64().unwrap()
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        crate::common::wait_until(DEADLINE, cond),
+        "timed out waiting for {what}"
+    );
 }
 
 /// Runs the client's iterator on a thread, forwarding each item with the

@@ -239,11 +239,21 @@ fn heartbeat_arrives_when_quiet() {
 
 #[test]
 fn no_heartbeat_when_disabled() {
-    let s = Server::start(&["--heartbeat", "0"]);
-    let mut sub = Sse::open(s.addr, "/events?stream=hb", "");
-    sub.next_block(T).unwrap(); // retry
-    assert!(sub.next_block(Duration::from_millis(1500)).is_none());
-    assert_eq!(stats(s.addr)["heartbeats"], 0);
+    // A control server with 1 s heartbeats paces the test: by the time its
+    // subscriber has had two, the disabled one would have had some too.
+    let off = Server::start(&["--heartbeat", "0"]);
+    let on = Server::start(&["--heartbeat", "1"]);
+    let mut quiet = Sse::open(off.addr, "/events?stream=hb", "");
+    let mut control = Sse::open(on.addr, "/events?stream=hb", "");
+    quiet.next_block(T).unwrap(); // retry
+    control.next_block(T).unwrap(); // retry
+    for _ in 0..2 {
+        let b = control.next_block(T).expect("control heartbeat");
+        assert_eq!(b.raw, ":\n\n");
+    }
+    assert!(quiet.next_block(Duration::from_millis(1)).is_none());
+    assert_eq!(stats(off.addr)["heartbeats"], 0);
+    assert!(stats(on.addr)["heartbeats"].as_u64().unwrap() >= 2);
 }
 
 #[test]

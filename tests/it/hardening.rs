@@ -463,11 +463,11 @@ fn admission_max_connections_503_with_retry_after() {
     let idle: Vec<TcpStream> = (0..3)
         .map(|_| connect_from(LOCAL, s.addr, None).unwrap())
         .collect();
-    let deadline = Instant::now() + T;
-    while num(&stats_on(&mut st), &["connections", "total"]) < 6 {
-        assert!(Instant::now() < deadline, "server did not accept 6");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(T, || !(num(&stats_on(&mut st), &["connections", "total"])
+            < 6)),
+        "server did not accept 6"
+    );
     for i in 0..3 {
         let r = rejected_connection(LOCAL, s.addr);
         assert_json_error(&r, 503, "over --max-connections");
@@ -500,11 +500,11 @@ fn admission_max_connections_503_with_retry_after() {
     }
     // Freeing a slot admits the next one.
     drop(idle);
-    let deadline = Instant::now() + T;
-    while num(&stats_on(&mut st), &["connections", "total"]) > 3 {
-        assert!(Instant::now() < deadline, "closed connections not freed");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(T, || !(num(&stats_on(&mut st), &["connections", "total"])
+            > 3)),
+        "closed connections not freed"
+    );
     let r = get(s.addr, "/healthz");
     assert_eq!(r.status, 200);
     canary.finish(5, Duration::from_secs(2));
@@ -522,11 +522,11 @@ fn admission_per_ip_limit_counts_addresses_separately() {
     let from_one: Vec<TcpStream> = (0..3)
         .map(|_| connect_from(LOCAL, s.addr, None).unwrap())
         .collect();
-    let deadline = Instant::now() + T;
-    while num(&stats_on(&mut st), &["connections", "total"]) < 6 {
-        assert!(Instant::now() < deadline, "server did not accept 6");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(T, || !(num(&stats_on(&mut st), &["connections", "total"])
+            < 6)),
+        "server did not accept 6"
+    );
     let r = rejected_connection(LOCAL, s.addr);
     assert_json_error(&r, 503, "4th connection from 127.0.0.1");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{}", r.head);
@@ -551,11 +551,11 @@ fn admission_per_ip_limit_counts_addresses_separately() {
     assert_eq!(num(&j, &["connections", "total"]), 9, "{j}");
     // Closing 127.0.0.1's connections gives its budget back.
     drop(from_one);
-    let deadline = Instant::now() + T;
-    while num(&stats_on(&mut st), &["connections", "peers"]) != 2 {
-        assert!(Instant::now() < deadline, "peer entry not released");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(T, || !(num(&stats_on(&mut st), &["connections", "peers"])
+            != 2)),
+        "peer entry not released"
+    );
     let mut again = conn_from(LOCAL, s.addr);
     assert_eq!(
         again
@@ -760,11 +760,13 @@ fn fd_exhaustion_pauses_accept_without_spinning_then_recovers() {
         thread::sleep(Duration::from_millis(100));
     }
     canary.finish(10, Duration::from_secs(2));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while num(&stats_on(&mut st), &["connections", "total"]) > 1 {
-        assert!(Instant::now() < deadline, "connections not released");
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !(num(
+            &stats_on(&mut st),
+            &["connections", "total"]
+        ) > 1)),
+        "connections not released"
+    );
     assert_alive(&mut s);
 }
 
@@ -1033,14 +1035,13 @@ fn partial_request_bodies_cost_at_most_their_limit_each() {
         })
         .collect();
     // Wait until the server has read (nearly) all of it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proc_status_bytes(pid, "VmRSS") < idle_rss + (N as u64 - 2) * MAX_BODY {
-        assert!(
-            Instant::now() < deadline,
-            "server did not buffer the bodies"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(20), || !(proc_status_bytes(
+            pid, "VmRSS"
+        ) < idle_rss
+            + (N as u64 - 2) * MAX_BODY)),
+        "server did not buffer the bodies"
+    );
     canary.wait_more(3);
     let j = stats(s.addr);
     assert_eq!(num(&j, &["connections", "http"]), N as u64 + 2, "{j}");
