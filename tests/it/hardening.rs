@@ -761,10 +761,9 @@ fn fd_exhaustion_pauses_accept_without_spinning_then_recovers() {
     }
     canary.finish(10, Duration::from_secs(2));
     assert!(
-        wait_until(Duration::from_secs(10), || !(num(
-            &stats_on(&mut st),
-            &["connections", "total"]
-        ) > 1)),
+        wait_until(Duration::from_secs(10), || {
+            num(&stats_on(&mut st), &["connections", "total"]) <= 1
+        }),
         "connections not released"
     );
     assert_alive(&mut s);
@@ -1036,10 +1035,9 @@ fn partial_request_bodies_cost_at_most_their_limit_each() {
         .collect();
     // Wait until the server has read (nearly) all of it.
     assert!(
-        wait_until(Duration::from_secs(20), || !(proc_status_bytes(
-            pid, "VmRSS"
-        ) < idle_rss
-            + (N as u64 - 2) * MAX_BODY)),
+        wait_until(Duration::from_secs(20), || {
+            proc_status_bytes(pid, "VmRSS") >= idle_rss + (N as u64 - 2) * MAX_BODY
+        }),
         "server did not buffer the bodies"
     );
     canary.wait_more(3);
