@@ -260,25 +260,23 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
 }
 
 /// Publishes one event from the library: the same checks as `POST
-/// /events`. Names outside the public alphabet are internal streams (not
-/// readable through `/events`), created as needed.
+/// /events` (stream name, event type, auto-creation, `--max-streams`,
+/// size).
 pub fn publish_event(
     cx: &mut Cx<'_>,
     stream: &str,
     ev: &Event,
 ) -> Result<u64, crate::event::PublishError> {
-    ev.check().map_err(crate::event::PublishError::BadEvent)?;
-    let targets = if crate::broker::valid_name(stream) {
-        cx.broker
-            .resolve(&[stream], cx.cfg.auto_streams)
-            .map_err(|(_, e)| crate::event::PublishError::Refused(e.message()))?
-    } else {
-        vec![cx.broker.internal(stream, None)]
-    };
+    use crate::event::PublishError;
+    ev.check().map_err(PublishError::BadEvent)?;
+    let targets = cx
+        .broker
+        .resolve(&[stream], cx.cfg.auto_streams)
+        .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
     let p = cx
         .broker
         .publish(Origin::Local, &targets, ev, cx.unix_us)
-        .map_err(|e| crate::event::PublishError::Refused(e.message()))?;
+        .map_err(|e| PublishError::Refused(e.message()))?;
     if p.pressure {
         cx.actions.push(Action::Flush);
     }

@@ -88,9 +88,9 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes `event` to `stream` and returns its id, following the
-    /// rules of `POST /events` (stream names, event types, auto-creation,
-    /// `--max-streams`). Names outside the public alphabet make internal
-    /// streams that `/events` cannot read. Waits for the loop to take it.
+    /// rules of `POST /events`: the stream name, the event type,
+    /// auto-creation (`--no-auto-streams`), `--max-streams`, the history
+    /// bounds. Waits for the loop to take it.
     pub fn publish(&self, stream: &str, event: Event) -> Result<u64, PublishError> {
         if self.shared.shutdown.load(Ordering::SeqCst) {
             return Err(PublishError::Stopped);
