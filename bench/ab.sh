@@ -39,8 +39,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     for label in A B; do
         bin="$A"; [ "$label" = B ] && bin="$B"
         run "$label" "$bin" density density --n "$N_BIG"
-        run "$label" "$bin" fanout-big fanout --n "$N_BIG" --m 200 --size 64 --max-seconds 180
-        run "$label" "$bin" fanout-1000 fanout --n 1000 --m 200 --size 64 --max-seconds 120
+        run "$label" "$bin" fanout-big fanout --n "$N_BIG" --m 200 --size 64 --max-seconds 180 --publish "http://127.0.0.1:$PORT/events?stream=ab"
+        run "$label" "$bin" fanout-1000 fanout --n 1000 --m 200 --size 64 --max-seconds 120 --publish "http://127.0.0.1:$PORT/events?stream=ab"
     done
 done
 python3 - "$OUT" <<'PY'

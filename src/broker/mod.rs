@@ -513,7 +513,7 @@ impl Broker {
                 let mut keys: Vec<u32> = targets
                     .iter()
                     .filter_map(|&t| self.get(t))
-                    .flat_map(|s| s.subs.iter().map(|(_, &k)| k))
+                    .flat_map(|s| s.subs.iter())
                     .collect();
                 keys.sort_unstable();
                 keys.dedup();
@@ -566,7 +566,7 @@ impl Broker {
         let (mut cursors, gap) = self.plan(targets, resume);
         for c in cursors.iter_mut() {
             if let Some(s) = self.streams.get_mut(c.stream as usize) {
-                c.slot = s.subs.insert(conn) as u32;
+                c.slot = s.subs.insert(conn);
             }
         }
         let gap = (!gap.is_empty()).then(|| {
@@ -588,9 +588,7 @@ impl Broker {
     pub fn unsubscribe(&mut self, conn: u32, cursors: &Cursors) {
         for c in cursors.as_slice() {
             if let Some(s) = self.streams.get_mut(c.stream as usize) {
-                if s.subs.get(c.slot as usize) == Some(&conn) {
-                    s.subs.remove(c.slot as usize);
-                }
+                s.subs.remove(c.slot, conn);
             }
         }
     }
@@ -634,16 +632,13 @@ impl Broker {
     /// end, `Some(None)` for a free slot.
     pub fn subscriber_at(&self, stream: u32, i: usize) -> Option<Option<u32>> {
         let s = self.get(stream)?;
-        if i >= s.subs.capacity() {
-            return None;
-        }
-        Some(s.subs.get(i).copied())
+        s.subs.at(i)
     }
 
     /// The connections reading a stream.
     pub fn subscribers(&self, stream: u32) -> Vec<u32> {
         self.get(stream)
-            .map(|s| s.subs.iter().map(|(_, &k)| k).collect())
+            .map(|s| s.subs.iter().collect())
             .unwrap_or_default()
     }
 
@@ -669,7 +664,7 @@ impl Broker {
             sink.delete(origin, &s.name, floor);
         }
         self.dirty.retain(|&d| d != idx);
-        s.subs.iter().map(|(_, &k)| k).collect()
+        s.subs.iter().collect()
     }
 
     /// Records a deletion that happened before this broker existed (a
