@@ -655,7 +655,10 @@ mod tests {
 
     #[test]
     fn workers_reuse_port_redis() {
-        let c = serve(&["--reuse-port", "--workers", "3", "--redis", "redis://h:1"], &[]);
+        let c = serve(
+            &["--reuse-port", "--workers", "3", "--redis", "redis://h:1"],
+            &[],
+        );
         assert!(c.reuse_port);
         assert_eq!(c.workers, 3);
         assert_eq!(c.redis.as_deref(), Some("redis://h:1"));

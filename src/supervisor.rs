@@ -75,7 +75,9 @@ impl SuperviseError {
     /// config), else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
-            SuperviseError::Startup { status, .. } => status.code().filter(|c| *c != 0).unwrap_or(1),
+            SuperviseError::Startup { status, .. } => {
+                status.code().filter(|c| *c != 0).unwrap_or(1)
+            }
             _ => 1,
         }
     }

@@ -161,7 +161,8 @@ impl Bound {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for (i, a) in cfg.listen.iter().enumerate() {
-            let cannot = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+            let cannot =
+                |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
             let mut l = if cfg.reuse_port {
                 TcpListener::from_std(
                     listen::bind_reuse_port(*a, Some(LISTEN_BACKLOG)).map_err(cannot)?,
