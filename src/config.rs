@@ -54,6 +54,12 @@ pub struct Config {
     pub tick_scale: f64,
     /// Handle SIGTERM/SIGINT (the binary sets this; embedders may not want it).
     pub handle_signals: bool,
+    /// Set `SO_REUSEPORT` on the listeners, so several processes can serve one port.
+    pub reuse_port: bool,
+    /// Worker processes the binary supervises on one port (0: serve in this process).
+    pub workers: usize,
+    /// Redis URL for scale-out (stored here; the bus wiring reads it).
+    pub redis: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +87,9 @@ impl Default for Config {
             users_file: None,
             tick_scale: 1.0,
             handle_signals: false,
+            reuse_port: false,
+            workers: 0,
+            redis: None,
         }
     }
 }
@@ -262,7 +271,28 @@ const FLAGS: &[Flag] = &[
         default: "1.0",
         help: "test knob: multiplies the built-in apps' tick intervals",
     },
+    Flag {
+        name: "redis",
+        value: "URL",
+        default: "none",
+        help: "redis://[:password@]host:port[/db] or unix:/path: share streams across nodes",
+    },
+    Flag {
+        name: "reuse-port",
+        value: "",
+        default: "off",
+        help: "set SO_REUSEPORT so several processes can listen on one port",
+    },
+    Flag {
+        name: "workers",
+        value: "N",
+        default: "0",
+        help: "supervise N worker processes on one port (needs --redis; 0: one process)",
+    },
 ];
+
+/// The most workers `--workers` accepts.
+pub const MAX_WORKERS: usize = 256;
 
 /// Environment variable for a flag: `SSED_` + upper-case name, `-` → `_`.
 fn env_name(flag: &str) -> String {
@@ -304,6 +334,15 @@ fn num(flag: &str, v: &str) -> Result<usize, ConfigError> {
     v.trim()
         .parse::<usize>()
         .map_err(|_| bad(flag, v, "expected a whole number"))
+}
+
+/// A valueless flag (or its env twin): present means on.
+fn switch(flag: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "" | "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(bad(flag, v, "expected true or false")),
+    }
 }
 
 fn secs(flag: &str, v: &str) -> Result<Duration, ConfigError> {
@@ -402,6 +441,20 @@ impl Config {
                 }
                 self.tick_scale = x;
             }
+            "redis" => {
+                if v.trim().is_empty() {
+                    return Err(bad(name, v, "must not be empty"));
+                }
+                self.redis = Some(v.trim().to_string());
+            }
+            "reuse-port" => self.reuse_port = switch(name, v)?,
+            "workers" => {
+                let n = num(name, v)?;
+                if n > MAX_WORKERS {
+                    return Err(bad(name, v, "must be 0..=256"));
+                }
+                self.workers = n;
+            }
             _ => return Err(ConfigError::UnknownFlag(format!("--{name}"))),
         }
         Ok(())
@@ -465,8 +518,49 @@ impl Config {
         if cfg.listen.is_empty() {
             cfg.listen = Config::default().listen;
         }
+        if cfg.workers > 0 && cfg.redis.is_none() {
+            // Each worker has its own streams and history; without a shared
+            // bus a publish would reach only one worker's subscribers.
+            return Err(bad(
+                "workers",
+                &cfg.workers.to_string(),
+                "needs --redis URL (without it each worker has its own streams, so a publish reaches only the subscribers of the worker that took it)",
+            ));
+        }
         Ok(Command::Serve(Box::new(cfg)))
     }
+}
+
+/// `args` without the flags named in `drop` (and their values), read with
+/// the same rules as [`Config::from_args`]: the supervisor uses it to give
+/// its workers the command line it was given, minus `--workers`.
+pub fn without_flags(args: &[String], drop: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(body) = a.strip_prefix("--") else {
+            out.push(a.clone());
+            continue;
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (body, false),
+        };
+        let takes_value = FLAGS
+            .iter()
+            .find(|f| f.name == name)
+            .is_some_and(|f| !f.value.is_empty());
+        let value = if takes_value && !inline {
+            it.next()
+        } else {
+            None
+        };
+        if !drop.contains(&name) {
+            out.push(a.clone());
+            out.extend(value.cloned());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -557,6 +651,54 @@ mod tests {
             Err(ConfigError::BadValue { .. })
         ));
         assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn workers_reuse_port_redis() {
+        let c = serve(
+            &["--reuse-port", "--workers", "3", "--redis", "redis://h:1"],
+            &[],
+        );
+        assert!(c.reuse_port);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.redis.as_deref(), Some("redis://h:1"));
+        let c = serve(
+            &[],
+            &[
+                ("SSED_REUSE_PORT", "1"),
+                ("SSED_WORKERS", "2"),
+                ("SSED_REDIS", "redis://h:2"),
+            ],
+        );
+        assert!(c.reuse_port && c.workers == 2);
+        assert!(!serve(&[], &[]).reuse_port);
+        let e = parse(&["--workers", "2"], &[]).unwrap_err().to_string();
+        assert!(e.contains("--workers") && e.contains("--redis"), "{e}");
+        assert!(!e.contains('\n'));
+        assert!(parse(&["--workers", "257", "--redis", "x"], &[]).is_err());
+        assert!(parse(&["--reuse-port=maybe"], &[]).is_err());
+    }
+
+    #[test]
+    fn without_flags_drops_flag_and_value() {
+        let a: Vec<String> = [
+            "serve",
+            "--workers",
+            "2",
+            "--publish-token",
+            "--workers",
+            "--workers=3",
+            "--reuse-port",
+            "--history",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            without_flags(&a, &["workers", "reuse-port"]),
+            ["serve", "--publish-token", "--workers", "--history", "5"]
+        );
     }
 
     #[test]

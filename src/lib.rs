@@ -47,6 +47,7 @@
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
 // it). 1: config, event, frame, http, stats, auth, bus, journal.
 // 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
+// 7: supervisor (the `--workers` process manager).
 // `client` stands apart and uses none of them.
 mod api;
 mod apps;
@@ -65,6 +66,8 @@ mod journal;
 mod reactor;
 mod router;
 mod stats;
+#[cfg(unix)]
+mod supervisor;
 
 #[doc(hidden)]
 pub mod internals;
@@ -76,6 +79,8 @@ use std::time::Duration;
 
 pub use config::{help, Command, Config, ConfigError};
 pub use event::{Event, PublishError};
+#[cfg(unix)]
+pub use supervisor::{supervise, SuperviseError};
 
 /// How long [`Publisher::publish`] waits for the loop to take an event.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);

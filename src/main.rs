@@ -39,6 +39,9 @@ fn serve(args: &[String]) -> i32 {
         eprintln!("ssed: internal error, exiting: {info}");
         std::process::exit(70);
     }));
+    if cfg.workers > 0 {
+        return supervise(&cfg, args);
+    }
     let server = match Server::bind(*cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -64,4 +67,21 @@ fn serve(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+#[cfg(unix)]
+fn supervise(cfg: &Config, args: &[String]) -> i32 {
+    match ssed::supervise(cfg, args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ssed: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn supervise(_cfg: &Config, _args: &[String]) -> i32 {
+    eprintln!("ssed: --workers needs a Unix system");
+    2
 }

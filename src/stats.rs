@@ -86,6 +86,8 @@ pub struct Gauges {
 /// `/stats` as JSON.
 pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
     serde_json::json!({
+        // Tells apart the workers behind one port (`--workers`).
+        "pid": std::process::id(),
         "uptime_secs": g.uptime_secs,
         "rss_bytes": g.rss_bytes,
         "connections": {

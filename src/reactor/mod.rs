@@ -15,10 +15,12 @@
 //! | `write.rs` | the write path: responses, catch-up, the fan-out pass, ends |
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
+//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
 
 mod conn;
+pub(crate) mod listen;
 mod peers;
 mod sweep;
 pub(crate) mod timer;
@@ -159,16 +161,24 @@ impl Bound {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for (i, a) in cfg.listen.iter().enumerate() {
-            let mut l = TcpListener::bind(*a)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
-            // mio listens with a backlog of 1024; a connect storm of
-            // thousands of subscribers (a restart, a benchmark) would see
-            // SYNs dropped and 1 s retransmits. Linux lets listen(2) be
-            // called again to raise it (the kernel caps it at somaxconn).
-            // SAFETY: listen on a socket we own.
-            unsafe {
-                libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), LISTEN_BACKLOG);
-            }
+            let cannot =
+                |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+            let mut l = if cfg.reuse_port {
+                TcpListener::from_std(
+                    listen::bind_reuse_port(*a, Some(LISTEN_BACKLOG)).map_err(cannot)?,
+                )
+            } else {
+                let l = TcpListener::bind(*a).map_err(cannot)?;
+                // mio listens with a backlog of 1024; a connect storm of
+                // thousands of subscribers (a restart, a benchmark) would see
+                // SYNs dropped and 1 s retransmits. Linux lets listen(2) be
+                // called again to raise it (the kernel caps it at somaxconn).
+                // SAFETY: listen on a socket we own.
+                unsafe {
+                    libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), LISTEN_BACKLOG);
+                }
+                l
+            };
             poll.registry()
                 .register(&mut l, listener_token(i), Interest::READABLE)?;
             addrs.push(l.local_addr()?);

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("apps", 4),
     ("router", 5),
     ("reactor", 6),
+    ("supervisor", 7),
 ];
 
 fn layer(m: &str) -> Option<u8> {

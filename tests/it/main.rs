@@ -12,3 +12,4 @@ mod hardening;
 mod layers;
 mod library;
 mod mongoose;
+mod workers;
