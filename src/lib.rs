@@ -80,6 +80,7 @@ use std::time::Duration;
 pub use config::{help, Command, Config, ConfigError};
 pub use event::{Event, PublishError};
 #[cfg(unix)]
+#[doc(hidden)] // for the binary's `--workers`; not part of the library API
 pub use supervisor::{supervise, SuperviseError};
 
 /// How long [`Publisher::publish`] waits for the loop to take an event.
