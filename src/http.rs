@@ -445,7 +445,7 @@ pub fn query_pairs(q: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)
 fn decode_lossy(s: &str) -> Cow<'_, str> {
     match decode_component(s) {
         Some(c) => c,
-        None => Cow::Owned(String::from_utf8_lossy(&decode_bytes(s)).into_owned()),
+        None => Cow::Owned(String::from_utf8_lossy(&decode_bytes(s, true)).into_owned()),
     }
 }
 
@@ -455,16 +455,31 @@ pub fn decode_component(s: &str) -> Option<Cow<'_, str>> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Some(Cow::Borrowed(s));
     }
-    String::from_utf8(decode_bytes(s)).ok().map(Cow::Owned)
+    String::from_utf8(decode_bytes(s, true))
+        .ok()
+        .map(Cow::Owned)
 }
 
-fn decode_bytes(s: &str) -> Vec<u8> {
+/// Percent-decodes one path segment (`+` stays `+`); `None` when the
+/// result is not UTF-8.
+pub fn decode_path(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    String::from_utf8(decode_bytes(s, false))
+        .ok()
+        .map(Cow::Owned)
+}
+
+/// The one percent-decoder: `%XX` → the byte (a `%` not followed by two
+/// hex digits stays as it is), and `+` → space in query components.
+fn decode_bytes(s: &str, plus_is_space: bool) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
@@ -638,15 +653,6 @@ pub fn stream_head(http10: bool, chunked: bool, headers: &[(&'static str, String
     out
 }
 
-/// Compares two secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, y) in b.iter().enumerate() {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ y) as usize;
-    }
-    diff == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,5 +802,8 @@ mod tests {
         assert_eq!(decode_component("%ff"), None);
         assert_eq!(decode_component("100%").as_deref(), Some("100%"));
         assert_eq!(decode_component("%4").as_deref(), Some("%4"));
+        assert_eq!(decode_path("a+b%2Fc").as_deref(), Some("a+b/c"));
+        assert_eq!(decode_path("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(decode_path("%ff"), None);
     }
 }

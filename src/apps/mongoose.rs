@@ -89,6 +89,7 @@ use std::rc::Rc;
 use serde_json::{json, Map, Value};
 
 use super::ids;
+use crate::auth::hmac::constant_time_eq;
 use crate::broker::{Limits, Origin, Resume};
 use crate::handler::{last_event_id, Action, Cx};
 use crate::http::Response;
@@ -474,14 +475,6 @@ pub fn bare_jid(s: &str) -> Option<String> {
     (ok_part(local) && ok_part(domain)).then(|| s.to_lowercase())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, y) in b.iter().enumerate() {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ y) as usize;
-    }
-    diff == 0
-}
-
 /// `(user, password)` from an `Authorization` value `Basic <base64>`; the
 /// scheme name is case-insensitive (RFC 7617 §2, RFC 7235 §2.1) and may
 /// be followed by more than one space.
@@ -547,7 +540,7 @@ impl Mongoose {
         let (jid, password) = basic_credentials(h).ok_or(bad)?;
         let jid = bare_jid(&jid).ok_or(bad)?;
         let user = self.users.get(jid.as_str()).ok_or(bad)?;
-        if constant_time_eq(password.as_bytes(), user.password.as_bytes()) {
+        if constant_time_eq(user.password.as_bytes(), password.as_bytes()) {
             Ok(jid)
         } else {
             Err(bad)
@@ -624,30 +617,6 @@ impl Mongoose {
         }
         removed
     }
-}
-
-/// Percent-decodes a path segment (`+` stays `+`); `None` if not UTF-8.
-fn decode_segment(s: &str) -> Option<Cow<'_, str>> {
-    if !s.contains('%') {
-        return Some(Cow::Borrowed(s));
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let hex = |j: usize| b.get(j).and_then(|&h| (h as char).to_digit(16));
-        match (c, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// MongooseIM's error body: the reason as a JSON string.
@@ -805,7 +774,7 @@ impl Ctx<'_, '_, '_> {
 pub fn handle(core: &mut Cx<'_>, mg: &mut Mongoose, req: &Request<'_>, rest: &str) {
     let mut decoded: Vec<Cow<'_, str>> = Vec::new();
     for s in rest.strip_prefix('/').unwrap_or(rest).split('/') {
-        match decode_segment(s) {
+        match crate::http::decode_path(s) {
             Some(d) => decoded.push(d),
             None => return core.reply(req, api_error(400, "Path is not UTF-8")),
         }
@@ -1893,8 +1862,11 @@ mod tests {
 
     #[test]
     fn segments() {
-        assert_eq!(decode_segment("a%40b+c").as_deref(), Some("a@b+c"));
-        assert_eq!(decode_segment("%ff"), None);
-        assert_eq!(decode_segment("%4").as_deref(), Some("%4"));
+        assert_eq!(
+            crate::http::decode_path("a%40b+c").as_deref(),
+            Some("a@b+c")
+        );
+        assert_eq!(crate::http::decode_path("%ff"), None);
+        assert_eq!(crate::http::decode_path("%4").as_deref(), Some("%4"));
     }
 }
