@@ -80,6 +80,11 @@ const TICK_MS: u64 = 100;
 /// Connections admitted past `--max-connections` to answer `/healthz`
 /// (and nothing else), so monitoring sees a full server as alive.
 const HEALTHZ_RESERVE: usize = 8;
+/// How long a connection in that reserve may take to send its request.
+const RESERVE_WAIT_MS: u64 = 1000;
+/// The 503 past `--max-connections`.
+const OVER_CAP_MSG: &str =
+    "server is at --max-connections; retry later (only /healthz is answered past it)";
 
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
@@ -713,10 +718,7 @@ impl Reactor {
         };
         let Some(peer) = peer else {
             let (reason, msg) = if over {
-                (
-                    "over_capacity",
-                    "server is at --max-connections; retry later",
-                )
+                ("over_capacity", OVER_CAP_MSG)
             } else {
                 (
                     "per_ip_limit",
@@ -734,7 +736,11 @@ impl Reactor {
             let _ = sock.read(&mut self.rbuf);
             return;
         };
-        let deadline = self.header_deadline();
+        let deadline = if over {
+            self.clock.now_tick().saturating_add(ms_to_ticks(RESERVE_WAIT_MS))
+        } else {
+            self.header_deadline()
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -999,8 +1005,7 @@ impl Reactor {
             self.respond(key, &bytes, true);
         } else {
             self.counters.reject("over_capacity");
-            let msg = "server is at --max-connections; retry later (only /healthz is answered past it)";
-            self.error(key, 503, msg, Some(("Retry-After", "1")));
+            self.error(key, 503, OVER_CAP_MSG, Some(("Retry-After", "1")));
         }
     }
 
