@@ -100,7 +100,7 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 /// stays small). The port is chosen at connect time
 /// (`IP_BIND_ADDRESS_NO_PORT`), so each source address gets the whole
 /// ephemeral range per destination.
-fn connect_from(src: Ipv4Addr, dst: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpStream> {
+pub(crate) fn connect_from(src: Ipv4Addr, dst: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpStream> {
     let SocketAddr::V4(dst) = dst else {
         panic!("IPv4 only")
     };
