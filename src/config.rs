@@ -410,8 +410,9 @@ impl Config {
                     vec![v]
                 };
                 for p in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
-                    let ip: std::net::IpAddr =
-                        p.parse().map_err(|_| bad(name, p, "expected an IP address"))?;
+                    let ip: std::net::IpAddr = p
+                        .parse()
+                        .map_err(|_| bad(name, p, "expected an IP address"))?;
                     self.trusted_proxies.push(ip);
                 }
             }
@@ -551,7 +552,10 @@ mod tests {
         assert_eq!(c.retry_ms, 300);
         assert_eq!(c.history, 5);
         assert_eq!(c.listen.len(), 2);
-        let c = serve(&["--trusted-proxy", "127.0.0.1", "--trusted-proxy=::1"], &[]);
+        let c = serve(
+            &["--trusted-proxy", "127.0.0.1", "--trusted-proxy=::1"],
+            &[],
+        );
         assert_eq!(c.trusted_proxies.len(), 2);
         let c = serve(&[], &[("SSED_TRUSTED_PROXY", "10.0.0.1, 10.0.0.2")]);
         assert_eq!(c.trusted_proxies.len(), 2);

@@ -394,11 +394,16 @@ pub fn publish_allowed(
 ) -> Result<(), (u16, &'static str)> {
     match token {
         Some(t) => {
-            let given = authorization.and_then(|a| a.strip_prefix(b"Bearer ")).unwrap_or(b"");
+            let given = authorization
+                .and_then(|a| a.strip_prefix(b"Bearer "))
+                .unwrap_or(b"");
             if http::constant_time_eq(given.trim_ascii(), t.as_bytes()) {
                 Ok(())
             } else {
-                Err((401, "publishing needs 'Authorization: Bearer <token>' matching --publish-token"))
+                Err((
+                    401,
+                    "publishing needs 'Authorization: Bearer <token>' matching --publish-token",
+                ))
             }
         }
         None => local.map_err(|why| (403, why.message())),
@@ -424,7 +429,13 @@ mod tests {
     use super::*;
 
     fn req(raw: &[u8]) -> Request<'_> {
-        match http::parse(raw, http::Limits { max_header_bytes: 8192, max_body: 1024 }) {
+        match http::parse(
+            raw,
+            http::Limits {
+                max_header_bytes: 8192,
+                max_body: 1024,
+            },
+        ) {
             Ok(http::Parsed::Complete(r, _)) => r,
             other => panic!("{other:?}"),
         }
@@ -442,13 +453,22 @@ mod tests {
         assert_eq!(publish_allowed(local(far), None, None).unwrap_err().0, 403);
         assert_eq!(plainly_local(None, &plain, false), Err(NotLocal::Remote));
         assert!(publish_allowed(local(far), Some(b"Bearer s3cret"), Some("s3cret")).is_ok());
-        assert_eq!(publish_allowed(local(lo), None, Some("s3cret")).unwrap_err().0, 401);
         assert_eq!(
-            publish_allowed(local(lo), Some(b"Bearer s3cre"), Some("s3cret")).unwrap_err().0,
+            publish_allowed(local(lo), None, Some("s3cret"))
+                .unwrap_err()
+                .0,
             401
         );
         assert_eq!(
-            publish_allowed(local(lo), Some(b"Basic s3cret"), Some("s3cret")).unwrap_err().0,
+            publish_allowed(local(lo), Some(b"Bearer s3cre"), Some("s3cret"))
+                .unwrap_err()
+                .0,
+            401
+        );
+        assert_eq!(
+            publish_allowed(local(lo), Some(b"Basic s3cret"), Some("s3cret"))
+                .unwrap_err()
+                .0,
             401
         );
     }
@@ -460,18 +480,54 @@ mod tests {
         let h = "POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n";
         let with = |extra: &str| format!("{h}{extra}\r\n");
         assert_eq!(check(with("").as_bytes(), false), Ok(()));
-        for f in ["X-Forwarded-For: 1.2.3.4\r\n", "Forwarded: for=1.2.3.4\r\n", "X-Real-IP: 1.2.3.4\r\n"] {
-            assert_eq!(check(with(f).as_bytes(), false), Err(NotLocal::Forwarded), "{f}");
-            assert_eq!(check(with(f).as_bytes(), true), Ok(()), "{f} from a trusted proxy");
+        for f in [
+            "X-Forwarded-For: 1.2.3.4\r\n",
+            "Forwarded: for=1.2.3.4\r\n",
+            "X-Real-IP: 1.2.3.4\r\n",
+        ] {
+            assert_eq!(
+                check(with(f).as_bytes(), false),
+                Err(NotLocal::Forwarded),
+                "{f}"
+            );
+            assert_eq!(
+                check(with(f).as_bytes(), true),
+                Ok(()),
+                "{f} from a trusted proxy"
+            );
         }
-        assert_eq!(check(with("Origin: http://127.0.0.1:8080\r\n").as_bytes(), false), Ok(()));
-        assert_eq!(check(with("Origin: HTTP://127.0.0.1:8080\r\n").as_bytes(), false), Err(NotLocal::CrossOrigin));
-        assert_eq!(check(with("Origin: http://127.0.0.1:9999\r\n").as_bytes(), false), Err(NotLocal::CrossOrigin));
-        assert_eq!(check(with("Origin: http://evil.example\r\n").as_bytes(), false), Err(NotLocal::CrossOrigin));
-        assert_eq!(check(with("Origin: null\r\n").as_bytes(), false), Err(NotLocal::CrossOrigin));
-        assert_eq!(check(with("Sec-Fetch-Site: cross-site\r\n").as_bytes(), false), Err(NotLocal::CrossOrigin));
-        assert_eq!(check(with("Sec-Fetch-Site: same-site\r\n").as_bytes(), false), Err(NotLocal::CrossOrigin));
-        assert_eq!(check(with("Sec-Fetch-Site: same-origin\r\n").as_bytes(), false), Ok(()));
+        assert_eq!(
+            check(with("Origin: http://127.0.0.1:8080\r\n").as_bytes(), false),
+            Ok(())
+        );
+        assert_eq!(
+            check(with("Origin: HTTP://127.0.0.1:8080\r\n").as_bytes(), false),
+            Err(NotLocal::CrossOrigin)
+        );
+        assert_eq!(
+            check(with("Origin: http://127.0.0.1:9999\r\n").as_bytes(), false),
+            Err(NotLocal::CrossOrigin)
+        );
+        assert_eq!(
+            check(with("Origin: http://evil.example\r\n").as_bytes(), false),
+            Err(NotLocal::CrossOrigin)
+        );
+        assert_eq!(
+            check(with("Origin: null\r\n").as_bytes(), false),
+            Err(NotLocal::CrossOrigin)
+        );
+        assert_eq!(
+            check(with("Sec-Fetch-Site: cross-site\r\n").as_bytes(), false),
+            Err(NotLocal::CrossOrigin)
+        );
+        assert_eq!(
+            check(with("Sec-Fetch-Site: same-site\r\n").as_bytes(), false),
+            Err(NotLocal::CrossOrigin)
+        );
+        assert_eq!(
+            check(with("Sec-Fetch-Site: same-origin\r\n").as_bytes(), false),
+            Ok(())
+        );
         // DNS rebinding: the page's origin equals Host, but Host is not loopback.
         let rebound = b"POST / HTTP/1.1\r\nHost: evil.example:8080\r\nOrigin: http://evil.example:8080\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(check(rebound, false), Err(NotLocal::CrossOrigin));
@@ -493,13 +549,28 @@ mod tests {
         assert_eq!(f(""), None);
         assert_eq!(f("X-Forwarded-For: 203.0.113.5\r\n"), ip("203.0.113.5"));
         // A client's own claim on the left is skipped past.
-        assert_eq!(f("X-Forwarded-For: 127.0.0.1, 203.0.113.5\r\n"), ip("203.0.113.5"));
-        assert_eq!(f("X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 203.0.113.5, 127.0.0.1\r\n"), ip("203.0.113.5"));
+        assert_eq!(
+            f("X-Forwarded-For: 127.0.0.1, 203.0.113.5\r\n"),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            f("X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 203.0.113.5, 127.0.0.1\r\n"),
+            ip("203.0.113.5")
+        );
         assert_eq!(f("X-Forwarded-For: 127.0.0.1\r\n"), ip("127.0.0.1"));
         assert_eq!(f("X-Forwarded-For: unknown\r\n"), Some(None));
-        assert_eq!(f("Forwarded: for=192.0.2.60;proto=http;by=203.0.113.43\r\n"), ip("192.0.2.60"));
-        assert_eq!(f("Forwarded: for=\"[2001:db8:cafe::17]:4711\"\r\n"), ip("2001:db8:cafe::17"));
-        assert_eq!(f("Forwarded: for=192.0.2.1:80, for=127.0.0.1\r\n"), ip("192.0.2.1"));
+        assert_eq!(
+            f("Forwarded: for=192.0.2.60;proto=http;by=203.0.113.43\r\n"),
+            ip("192.0.2.60")
+        );
+        assert_eq!(
+            f("Forwarded: for=\"[2001:db8:cafe::17]:4711\"\r\n"),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            f("Forwarded: for=192.0.2.1:80, for=127.0.0.1\r\n"),
+            ip("192.0.2.1")
+        );
         assert_eq!(f("Forwarded: for=_hidden\r\n"), Some(None));
     }
 

@@ -291,7 +291,9 @@ pub fn parse_resume<'b>(
         return Err(HttpError::BadRequest("more than one Host header"));
     }
     if hosts == 0 && !http10 {
-        return Err(HttpError::BadRequest("HTTP/1.1 requests need a Host header"));
+        return Err(HttpError::BadRequest(
+            "HTTP/1.1 requests need a Host header",
+        ));
     }
     if chunked && content_length.is_some() {
         return Err(HttpError::BadRequest(
@@ -779,9 +781,12 @@ mod tests {
             assert_eq!(e.status(), 400, "{}", String::from_utf8_lossy(b));
         }
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", L)
-                .unwrap_err()
-                .status(),
+            parse(
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+                L
+            )
+            .unwrap_err()
+            .status(),
             501
         );
     }
@@ -797,28 +802,52 @@ mod tests {
         assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), 505);
         let long_line = [b"GET /".as_slice(), &vec![b'a'; 9000]].concat();
         assert_eq!(e(&long_line), 414);
-        let whole = [b"GET /".as_slice(), &vec![b'a'; 9000], b" HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
+        let whole = [
+            b"GET /".as_slice(),
+            &vec![b'a'; 9000],
+            b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        .concat();
         assert_eq!(
             e(&whole),
             414,
             "request line too long, whole head in one read"
         );
-        let long_head = [b"GET / HTTP/1.1\r\nHost: x\r\nX: ".as_slice(), &vec![b'a'; 9000]].concat();
+        let long_head = [
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: ".as_slice(),
+            &vec![b'a'; 9000],
+        ]
+        .concat();
         assert_eq!(e(&long_head), 431);
     }
 
     #[test]
     fn host_method_and_request_line_rules() {
         let e = |b: &[u8]| parse(b, L).unwrap_err();
-        assert_eq!(e(b"GET / HTTP/1.1\r\n\r\n"), HttpError::BadRequest("HTTP/1.1 requests need a Host header"));
-        assert_eq!(e(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").status(), 400);
-        assert_eq!(e(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n").status(), 400);
-        assert!(matches!(parse(b"GET / HTTP/1.0\r\n\r\n", L), Ok(Parsed::Complete(..))));
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\n\r\n"),
+            HttpError::BadRequest("HTTP/1.1 requests need a Host header")
+        );
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").status(),
+            400
+        );
+        assert_eq!(
+            e(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n").status(),
+            400
+        );
+        assert!(matches!(
+            parse(b"GET / HTTP/1.0\r\n\r\n", L),
+            Ok(Parsed::Complete(..))
+        ));
         for m in ["get", "Get", "TRACE", "CONNECT"] {
             let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
             assert_eq!(e(raw.as_bytes()).status(), 501, "{m}");
         }
-        assert_eq!(e(b"GET /heal thz HTTP/1.1\r\nHost: a\r\n\r\n").status(), 400);
+        assert_eq!(
+            e(b"GET /heal thz HTTP/1.1\r\nHost: a\r\n\r\n").status(),
+            400
+        );
         assert_eq!(e(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n").status(), 505);
         assert_eq!(e(b"GET / FTP/1.1\r\nHost: a\r\n\r\n").status(), 400);
     }

@@ -737,7 +737,9 @@ impl Reactor {
             return;
         };
         let deadline = if over {
-            self.clock.now_tick().saturating_add(ms_to_ticks(RESERVE_WAIT_MS))
+            self.clock
+                .now_tick()
+                .saturating_add(ms_to_ticks(RESERVE_WAIT_MS))
         } else {
             self.header_deadline()
         };

@@ -549,7 +549,10 @@ fn errors_404_405_with_allow() {
         r.header("allow").as_deref(),
         Some("GET, HEAD, POST, OPTIONS")
     );
-    let r = request(s.addr, b"POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = request(
+        s.addr,
+        b"POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(
         (r.status, r.header("allow").as_deref()),
         (405, Some("GET, HEAD"))
@@ -600,7 +603,11 @@ fn header_and_idle_timeouts() {
     assert!(r.json()["error"].is_string());
     assert!(slow.closed_within(T));
     let mut idle = Conn::open(s.addr);
-    assert_eq!(idle.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    assert_eq!(
+        idle.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
     assert!(
         idle.closed_within(T),
         "idle keep-alive connection was not closed"

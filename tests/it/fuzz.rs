@@ -114,7 +114,8 @@ fn corpus() -> Vec<Vec<u8>> {
         "/api/messages",
     ] {
         c.push(
-            format!("GET {get} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n").into_bytes(),
+            format!("GET {get} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n")
+                .into_bytes(),
         );
     }
     c.push(
@@ -429,7 +430,8 @@ fn chunked_bodies_round_trip() {
         // And inside a request, followed by a pipelined one, whole and fed
         // in pieces as reads would deliver it.
         let mut req =
-            b"POST /events?stream=a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            b"POST /events?stream=a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
         let head = req.len();
         req.extend_from_slice(&wire);
         check_incremental(&req, limits, &mut rng);

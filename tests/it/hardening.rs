@@ -100,7 +100,11 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 /// stays small). The port is chosen at connect time
 /// (`IP_BIND_ADDRESS_NO_PORT`), so each source address gets the whole
 /// ephemeral range per destination.
-pub(crate) fn connect_from(src: Ipv4Addr, dst: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpStream> {
+pub(crate) fn connect_from(
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    rcvbuf: Option<i32>,
+) -> io::Result<TcpStream> {
     let SocketAddr::V4(dst) = dst else {
         panic!("IPv4 only")
     };
@@ -877,7 +881,10 @@ fn slowloris_on_a_keepalive_connection_after_a_request() {
     );
     // The second request starts with its first byte, then dribbles: its
     // deadline runs from that first byte and is never extended.
-    let payload = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: {}", "a".repeat(200));
+    let payload = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: {}",
+        "a".repeat(200)
+    );
     let sock = c.reader.get_mut();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -1513,7 +1520,9 @@ fn sigterm_during_abuse_exits_zero_within_shutdown_timeout() {
         assert!(n < 2000, "never blocked");
     }
     let mut half_head = TcpStream::connect(s.addr).unwrap();
-    half_head.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-").unwrap();
+    half_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-")
+        .unwrap();
     let mut half_body = TcpStream::connect(s.addr).unwrap();
     half_body
         .write_all(b"POST /events?stream=term HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")

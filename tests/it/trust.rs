@@ -50,9 +50,17 @@ fn forwarded_and_cross_origin_requests_lose_the_loopback_privilege() {
     assert_eq!(by.status(), 200);
     let own = format!("Origin: http://{}\r\n", s.addr);
     // Plainly local, and the page ssed serves itself: allowed.
-    assert_eq!(post_with(s.addr, "/events?stream=by", "", "plain").status, 200);
+    assert_eq!(
+        post_with(s.addr, "/events?stream=by", "", "plain").status,
+        200
+    );
     expect(&mut by, "plain");
-    let r = post_with(s.addr, "/events?stream=by", &format!("{own}Sec-Fetch-Site: same-origin\r\n"), "own");
+    let r = post_with(
+        s.addr,
+        "/events?stream=by",
+        &format!("{own}Sec-Fetch-Site: same-origin\r\n"),
+        "own",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     expect(&mut by, "own");
     let refused = [
@@ -93,10 +101,17 @@ fn forwarded_and_cross_origin_requests_lose_the_loopback_privilege() {
         "rebound",
     );
     assert_error(&r, 403, "another origin");
-    assert_eq!(post_with(s.addr, "/events?stream=by", "", "after").status, 200);
+    assert_eq!(
+        post_with(s.addr, "/events?stream=by", "", "after").status,
+        200
+    );
     expect(&mut by, "after");
     let j = stats(s.addr);
-    assert_eq!(rejected(&j, "forbidden_not_local"), 2 * refused.len() as u64 + 2, "{j}");
+    assert_eq!(
+        rejected(&j, "forbidden_not_local"),
+        2 * refused.len() as u64 + 2,
+        "{j}"
+    );
     assert_eq!(j["events_published"], 3, "{j}");
 }
 
@@ -110,15 +125,34 @@ fn trusted_proxy_judges_and_counts_the_forwarded_client() {
         "--max-connections-per-ip",
         "2",
     ]);
-    let mut by = Sse::on(connect_from(Ipv4Addr::new(127, 0, 0, 3), s.addr, None).unwrap(), "/events?stream=by", "");
+    let mut by = Sse::on(
+        connect_from(Ipv4Addr::new(127, 0, 0, 3), s.addr, None).unwrap(),
+        "/events?stream=by",
+        "",
+    );
     // A client the proxy forwarded from the internet is not local...
-    let r = post_with(s.addr, "/events?stream=by", "X-Forwarded-For: 203.0.113.7\r\n", "far");
+    let r = post_with(
+        s.addr,
+        "/events?stream=by",
+        "X-Forwarded-For: 203.0.113.7\r\n",
+        "far",
+    );
     assert_error(&r, 403, "loopback only");
     // ...nor one whose claim of loopback the proxy appended a real address to.
-    let r = post_with(s.addr, "/events?stream=by", "X-Forwarded-For: 127.0.0.1, 203.0.113.7\r\n", "far");
+    let r = post_with(
+        s.addr,
+        "/events?stream=by",
+        "X-Forwarded-For: 127.0.0.1, 203.0.113.7\r\n",
+        "far",
+    );
     assert_error(&r, 403, "loopback only");
     // A client on the proxy's own host is.
-    let r = post_with(s.addr, "/events?stream=by", "X-Forwarded-For: 127.0.0.1\r\n", "near");
+    let r = post_with(
+        s.addr,
+        "/events?stream=by",
+        "X-Forwarded-For: 127.0.0.1\r\n",
+        "near",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     expect(&mut by, "near");
     // Per-address limits use the forwarded address: 2 per client, while the
@@ -128,11 +162,16 @@ fn trusted_proxy_judges_and_counts_the_forwarded_client() {
     let a2 = Sse::open(s.addr, "/events?stream=x", &fwd("203.0.113.7"));
     assert_eq!((a1.status(), a2.status()), (200, 200));
     let mut c = Conn::open(s.addr);
-    let r = c.request(b"GET /events?stream=x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n");
+    let r = c.request(
+        b"GET /events?stream=x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n",
+    );
     assert_error(&r, 503, "--max-connections-per-ip");
     let b1 = Sse::open(s.addr, "/events?stream=x", &fwd("203.0.113.8"));
     assert_eq!(b1.status(), 200);
-    assert_eq!(publish(s.addr, "by", "still"), publish_id_probe(&mut by, "still"));
+    assert_eq!(
+        publish(s.addr, "by", "still"),
+        publish_id_probe(&mut by, "still")
+    );
     let j = stats(s.addr);
     assert_eq!(rejected(&j, "forbidden"), 2, "{j}");
     assert_eq!(rejected(&j, "per_ip_limit"), 1, "{j}");
@@ -169,14 +208,19 @@ impl Nginx {
             }
             panic!("nginx is not installed: apt-get install -y nginx-light (or SSED_SKIP_NGINX=1 to skip)");
         };
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
         let start = readme.find("## Behind nginx").expect("README section");
         let block = &readme[start..];
         let block = &block[block.find("```nginx\n").expect("nginx block") + 9..];
         let block = &block[..block.find("```").unwrap()];
         assert!(block.contains("127.0.0.1:8080"), "{block}");
         let block = block.replace("127.0.0.1:8080", &upstream.to_string());
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = std::env::temp_dir().join(format!("ssed-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
@@ -251,7 +295,10 @@ fn through_nginx_an_anonymous_publish_is_refused_and_events_flow() {
     assert_error(&r, 403, "through a proxy");
     assert_error(&r, 403, "--publish-token");
     // The same from the box itself, not through nginx, is fine.
-    assert_eq!(post_with(open.addr, "/events?stream=px", "", "direct").status, 200);
+    assert_eq!(
+        post_with(open.addr, "/events?stream=px", "", "direct").status,
+        200
+    );
     expect(&mut sub, "direct");
     let j = stats(open.addr);
     assert_eq!(rejected(&j, "forbidden_not_local"), 1, "{j}");
@@ -265,9 +312,16 @@ fn through_nginx_an_anonymous_publish_is_refused_and_events_flow() {
     assert_error(&r, 401, "--publish-token");
     for i in 0..5 {
         let t0 = Instant::now();
-        let r = post_with(n.addr(), "/events?stream=px", "Authorization: Bearer s3cret\r\n", &format!("e{i}"));
+        let r = post_with(
+            n.addr(),
+            "/events?stream=px",
+            "Authorization: Bearer s3cret\r\n",
+            &format!("e{i}"),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
-        let ev = sub.next_event(Duration::from_secs(2)).expect("event through nginx");
+        let ev = sub
+            .next_event(Duration::from_secs(2))
+            .expect("event through nginx");
         assert_eq!(ev.data(), format!("e{i}"));
         println!("through nginx: publish -> delivery {:?}", t0.elapsed());
         expect(&mut by, &format!("e{i}"));
@@ -292,20 +346,31 @@ fn through_nginx_with_trusted_proxy_the_client_address_is_used() {
     let mut by = Sse::open(s.addr, "/events?stream=tp", "");
     // The client is 127.0.0.1 (this test): local, judged by what nginx
     // forwarded; a client-supplied claim is to the left of nginx's.
-    assert_eq!(post_with(n.addr(), "/events?stream=tp", "", "near").status, 200);
+    assert_eq!(
+        post_with(n.addr(), "/events?stream=tp", "", "near").status,
+        200
+    );
     expect(&mut by, "near");
     // From 127.0.0.4, one connection per address: a second through nginx is 503.
-    let first = Sse::on(connect_from(Ipv4Addr::new(127, 0, 0, 4), n.addr(), None).unwrap(), "/events?stream=tp", "");
+    let first = Sse::on(
+        connect_from(Ipv4Addr::new(127, 0, 0, 4), n.addr(), None).unwrap(),
+        "/events?stream=tp",
+        "",
+    );
     assert_eq!(first.status(), 200);
     let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 4), n.addr(), None).unwrap();
-    c.write_all(b"GET /events?stream=tp HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /events?stream=tp HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
     c.set_read_timeout(Some(T)).unwrap();
     let mut got = Vec::new();
     let _ = c.read_to_end(&mut got);
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("max-connections-per-ip"), "{text}");
-    assert_eq!(publish(s.addr, "tp", "still"), publish_id_probe(&mut by, "still"));
+    assert_eq!(
+        publish(s.addr, "tp", "still"),
+        publish_id_probe(&mut by, "still")
+    );
     let j = stats(s.addr);
     assert_eq!(rejected(&j, "per_ip_limit"), 1, "{j}");
 }
@@ -317,15 +382,26 @@ fn member_streams_are_bounded_per_peer_address() {
     let s = Server::start(&["--heartbeat", "0"]);
     let three = Ipv4Addr::new(127, 0, 0, 3);
     let member = |src: Ipv4Addr, id: &str| {
-        Sse::on(connect_from(src, s.addr, None).unwrap(), "/notification/events", &format!("Member-ID: {id}\r\n"))
+        Sse::on(
+            connect_from(src, s.addr, None).unwrap(),
+            "/notification/events",
+            &format!("Member-ID: {id}\r\n"),
+        )
     };
     // A bystander member with history, from another address.
     let mut by = member(three, "keeper");
     let body = r#"{"event":{"type":"T","body":{"n":1}}}"#;
-    let r = post_with(s.addr, "/notification/events", "Member-ID: keeper\r\n", body);
+    let r = post_with(
+        s.addr,
+        "/notification/events",
+        "Member-ID: keeper\r\n",
+        body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let first = by.next_event(T).expect("member event");
-    let held: Vec<Sse> = (0..64).map(|i| member(Ipv4Addr::LOCALHOST, &format!("m{i}"))).collect();
+    let held: Vec<Sse> = (0..64)
+        .map(|i| member(Ipv4Addr::LOCALHOST, &format!("m{i}")))
+        .collect();
     assert!(held.iter().all(|h| h.status() == 200));
     let mut c = Conn::open(s.addr);
     let r = c.request(b"GET /notification/events HTTP/1.1\r\nHost: t\r\nMember-ID: m64\r\nAccept: text/event-stream\r\n\r\n");
@@ -333,16 +409,27 @@ fn member_streams_are_bounded_per_peer_address() {
     // Another address is not held back, and publishing still works.
     let other = member(Ipv4Addr::new(127, 0, 0, 2), "m64");
     assert_eq!(other.status(), 200);
-    let r = post_with(s.addr, "/notification/events", "Member-ID: keeper\r\n", body);
+    let r = post_with(
+        s.addr,
+        "/notification/events",
+        "Member-ID: keeper\r\n",
+        body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(by.next_event(T).expect("bystander").event.as_deref(), Some("T"));
+    assert_eq!(
+        by.next_event(T).expect("bystander").event.as_deref(),
+        Some("T")
+    );
     // The keeper's history is intact: a resume from its first event replays the second.
     let mut again = member(three, "keeper");
     drop(again);
     again = Sse::on(
         connect_from(three, s.addr, None).unwrap(),
         "/notification/events",
-        &format!("Member-ID: keeper\r\nLast-Event-ID: {}\r\n", first.id.clone().unwrap()),
+        &format!(
+            "Member-ID: keeper\r\nLast-Event-ID: {}\r\n",
+            first.id.clone().unwrap()
+        ),
     );
     let replay = again.next_event(T).expect("replay");
     assert_eq!(replay.event.as_deref(), Some("T"));
@@ -363,7 +450,10 @@ fn member_gap_names_the_member_not_the_internal_stream() {
     let s = Server::start(&["--heartbeat", "0"]);
     let mut by = Sse::open(s.addr, "/events?stream=by", "");
     let body = r#"{"event":{"type":"T","body":{}}}"#;
-    assert_eq!(post_with(s.addr, "/notification/events", "Member-ID: m7\r\n", body).status, 200);
+    assert_eq!(
+        post_with(s.addr, "/notification/events", "Member-ID: m7\r\n", body).status,
+        200
+    );
     let mut sub = Sse::open(
         s.addr,
         "/notification/events",
@@ -375,7 +465,10 @@ fn member_gap_names_the_member_not_the_internal_stream() {
     assert_eq!(v["streams"], serde_json::json!(["m7"]), "{v}");
     assert_eq!(v["last_event_id"], "00000000-0000-4000-8000-000000000000");
     assert!(!gap.raw.contains("!member"), "{:?}", gap.raw);
-    assert_eq!(sub.next_event(T).expect("retained").event.as_deref(), Some("T"));
+    assert_eq!(
+        sub.next_event(T).expect("retained").event.as_deref(),
+        Some("T")
+    );
     publish(s.addr, "by", "alive");
     expect(&mut by, "alive");
     assert_eq!(stats(s.addr)["gaps_sent"], 1);
@@ -405,10 +498,18 @@ fn parser_refuses_what_rfc_9112_refuses() {
         let r = c.request(raw);
         assert_error(&r, status, needle);
         if closes {
-            assert!(c.closed_within(T), "{} kept open", String::from_utf8_lossy(raw));
+            assert!(
+                c.closed_within(T),
+                "{} kept open",
+                String::from_utf8_lossy(raw)
+            );
         } else {
             assert_eq!(r.header("allow"), None);
-            assert_eq!(c.request(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").status, 200);
+            assert_eq!(
+                c.request(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .status,
+                200
+            );
         }
     }
     // HTTP/1.0 needs no Host.
@@ -428,7 +529,10 @@ fn a_request_pipelined_after_a_subscribe_is_counted() {
     let mut by = Sse::open(s.addr, "/events?stream=by", "");
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.write_all(b"GET /events?stream=p HTTP/1.1\r\nHost: t\r\n\r\nPOST /events?stream=by HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nsneak").unwrap();
-    assert!(wait_until(T, || rejected(&stats(s.addr), "pipelined_after_stream") == 1));
+    assert!(wait_until(T, || rejected(
+        &stats(s.addr),
+        "pipelined_after_stream"
+    ) == 1));
     publish(s.addr, "by", "alive");
     expect(&mut by, "alive");
     assert_eq!(stats(s.addr)["events_published"], 1);
@@ -438,7 +542,9 @@ fn a_request_pipelined_after_a_subscribe_is_counted() {
 fn healthz_is_answered_past_the_connection_cap() {
     let s = Server::start(&["--heartbeat", "0", "--max-connections", "3"]);
     let mut by = Sse::open(s.addr, "/events?stream=by", "");
-    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
     // Wait until the cap is taken (a /healthz on a reserve slot says ok,
     // so probe with a request only ordinary slots answer).
     assert!(wait_until(T, || get(s.addr, "/streams").status == 503));
@@ -457,7 +563,8 @@ fn healthz_is_answered_past_the_connection_cap() {
 /// Frees the idle slots, then checks the bystander still receives.
 fn publish_when_free(s: &Server, idle: Vec<TcpStream>, by: &mut Sse) {
     drop(idle);
-    assert!(wait_until(T, || get(s.addr, "/healthz").status == 200 && stats(s.addr)["connections"]["total"].as_u64() <= Some(2)));
+    assert!(wait_until(T, || get(s.addr, "/healthz").status == 200
+        && stats(s.addr)["connections"]["total"].as_u64() <= Some(2)));
     publish(s.addr, "by", "alive");
     expect(by, "alive");
 }
@@ -485,7 +592,10 @@ fn users(name: &str, bytes: &[u8]) -> PathBuf {
 fn users_file_problems_exit_2_and_a_bom_is_stripped() {
     let missing = std::env::temp_dir().join("ssed-trust-no-such-users-file");
     let err = start_fails(&["--users", missing.to_str().unwrap()]);
-    assert!(err.contains("ssed-trust-no-such-users-file") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("ssed-trust-no-such-users-file") && err.contains("cannot read"),
+        "{err}"
+    );
     for (name, bytes, needle) in [
         ("latin1", &b"alice@x:caf\xe9\n"[..], "not UTF-8"),
         ("dup", b"alice@x:a\nalice@x:b\n", "line 2"),
