@@ -149,7 +149,7 @@ impl Cx<'_> {
     /// Checks publish rights for `req`, answering 401/403 itself when
     /// refused.
     pub fn authorize(&mut self, req: &Request<'_>) -> bool {
-        let local = plainly_local(self.peer, req, self.via_proxy);
+        let local = plainly_local(self.peer, req, self.via_proxy, &self.cfg.cors_origins);
         match publish_allowed(
             local,
             req.header("authorization"),
@@ -273,11 +273,14 @@ impl NotLocal {
 /// a token: a loopback client, no forwarding header (unless a trusted proxy
 /// sent it and `client` is what it forwarded), and no browser context of
 /// another origin. ssed's own origin is `http(s)://` + the request's `Host`,
-/// which must itself name loopback: a DNS-rebound name is not ssed's.
+/// which must itself name loopback: a DNS-rebound name is not ssed's. An
+/// origin the operator listed by name in `--cors-origin` (not `*`) counts
+/// as ssed's own: listing it is trusting that page.
 pub fn plainly_local(
     client: Option<IpAddr>,
     req: &Request<'_>,
     via_proxy: bool,
+    listed: &[String],
 ) -> Result<(), NotLocal> {
     match client {
         Some(ip) if ip.is_loopback() || ip.to_canonical().is_loopback() => {}
@@ -288,6 +291,12 @@ pub fn plainly_local(
         .any(|h| req.header(h).is_some());
     if forwarded && !via_proxy {
         return Err(NotLocal::Forwarded);
+    }
+    let origin_listed = req
+        .header_str("origin")
+        .is_some_and(|o| o != "*" && listed.iter().any(|l| l == o));
+    if origin_listed {
+        return Ok(());
     }
     if let Some(site) = req.header("sec-fetch-site") {
         // `same-site` ignores ports: another server on this host is
@@ -447,11 +456,14 @@ mod tests {
         let far: IpAddr = "203.0.113.9".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let plain = req(b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n\r\n");
-        let local = |ip| plainly_local(Some(ip), &plain, false);
+        let local = |ip| plainly_local(Some(ip), &plain, false, &[]);
         assert!(publish_allowed(local(lo), None, None).is_ok());
         assert!(publish_allowed(local(mapped), None, None).is_ok());
         assert_eq!(publish_allowed(local(far), None, None).unwrap_err().0, 403);
-        assert_eq!(plainly_local(None, &plain, false), Err(NotLocal::Remote));
+        assert_eq!(
+            plainly_local(None, &plain, false, &[]),
+            Err(NotLocal::Remote)
+        );
         assert!(publish_allowed(local(far), Some(b"Bearer s3cret"), Some("s3cret")).is_ok());
         assert_eq!(
             publish_allowed(local(lo), None, Some("s3cret"))
@@ -476,7 +488,7 @@ mod tests {
     #[test]
     fn only_plainly_local_requests_are_local() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let check = |raw: &[u8], via| plainly_local(Some(lo), &req(raw), via);
+        let check = |raw: &[u8], via| plainly_local(Some(lo), &req(raw), via, &[]);
         let h = "POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n";
         let with = |extra: &str| format!("{h}{extra}\r\n");
         assert_eq!(check(with("").as_bytes(), false), Ok(()));
@@ -535,6 +547,15 @@ mod tests {
         assert_eq!(check(v6, false), Ok(()));
         let named = b"POST / HTTP/1.1\r\nHost: localhost:8080\r\nOrigin: http://localhost:8080\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(check(named, false), Ok(()));
+        // An origin listed in --cors-origin is trusted; `*` trusts nobody.
+        let page = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nOrigin: http://127.0.0.2:3000\r\nSec-Fetch-Site: same-site\r\nContent-Length: 0\r\n\r\n";
+        let listed = ["http://127.0.0.2:3000".to_string()];
+        assert_eq!(plainly_local(Some(lo), &req(page), false, &listed), Ok(()));
+        let star = ["*".to_string()];
+        assert_eq!(
+            plainly_local(Some(lo), &req(page), false, &star),
+            Err(NotLocal::CrossOrigin)
+        );
     }
 
     #[test]
