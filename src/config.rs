@@ -48,6 +48,8 @@ pub struct Config {
     pub publish_token: Option<String>,
     /// Allowed CORS origins (`*` for any).
     pub cors_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` name the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `user@domain:password` lines for the `/api` app.
     pub users_file: Option<PathBuf>,
     /// Multiplies the built-in apps' tick intervals (test knob; 1.0 = the seeds' timings).
@@ -84,6 +86,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             publish_token: None,
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             users_file: None,
             tick_scale: 1.0,
             handle_signals: false,
@@ -260,6 +263,12 @@ const FLAGS: &[Flag] = &[
         help: "allowed CORS origin (repeatable, or *)",
     },
     Flag {
+        name: "trusted-proxy",
+        value: "ADDR",
+        default: "none",
+        help: "a reverse proxy's IP: its X-Forwarded-For/Forwarded name the client (repeatable; env: comma-separated)",
+    },
+    Flag {
         name: "users",
         value: "FILE",
         default: "none",
@@ -433,6 +442,19 @@ impl Config {
                         .filter(|p| !p.is_empty()),
                 );
             }
+            "trusted-proxy" => {
+                let parts: Vec<&str> = if from_env {
+                    v.split(',').collect()
+                } else {
+                    vec![v]
+                };
+                for p in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+                    let ip: std::net::IpAddr = p
+                        .parse()
+                        .map_err(|_| bad(name, p, "expected an IP address"))?;
+                    self.trusted_proxies.push(ip);
+                }
+            }
             "users" => self.users_file = Some(PathBuf::from(v)),
             "tick-scale" => {
                 let x: f64 = v.parse().map_err(|_| bad(name, v, "expected a number"))?;
@@ -478,6 +500,7 @@ impl Config {
         }
         let env_listen = std::mem::take(&mut cfg.listen);
         let env_cors = std::mem::take(&mut cfg.cors_origins);
+        let env_proxies = std::mem::take(&mut cfg.trusted_proxies);
         let mut args = args.iter().map(String::as_str).peekable();
         if args.peek() == Some(&"serve") {
             args.next();
@@ -514,6 +537,9 @@ impl Config {
         }
         if cfg.cors_origins.is_empty() {
             cfg.cors_origins = env_cors;
+        }
+        if cfg.trusted_proxies.is_empty() {
+            cfg.trusted_proxies = env_proxies;
         }
         if cfg.listen.is_empty() {
             cfg.listen = Config::default().listen;
@@ -620,6 +646,13 @@ mod tests {
         assert_eq!(c.retry_ms, 300);
         assert_eq!(c.history, 5);
         assert_eq!(c.listen.len(), 2);
+        let c = serve(
+            &["--trusted-proxy", "127.0.0.1", "--trusted-proxy=::1"],
+            &[],
+        );
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let c = serve(&[], &[("SSED_TRUSTED_PROXY", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(c.trusted_proxies.len(), 2);
         assert_eq!(
             serve(&[], &[("SSED_PUBLISH_TOKEN", "t")])
                 .publish_token
@@ -651,6 +684,10 @@ mod tests {
             Err(ConfigError::BadValue { .. })
         ));
         assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+        assert!(matches!(
+            parse(&["--trusted-proxy", "nginx"], &[]),
+            Err(ConfigError::BadValue { .. })
+        ));
     }
 
     #[test]

@@ -25,8 +25,6 @@ pub enum Method {
     Options,
     /// `PATCH`.
     Patch,
-    /// Anything else.
-    Other,
 }
 
 /// What is wrong with a request, mapped to a status and a fixed message.
@@ -193,7 +191,7 @@ pub fn parse_resume<'b>(
             return Ok(Parsed::Partial);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
-        Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
         Err(httparse::Error::Token) => {
             return Err(HttpError::BadRequest(
                 "malformed request line or header name",
@@ -226,7 +224,13 @@ pub fn parse_resume<'b>(
         "DELETE" => Method::Delete,
         "OPTIONS" => Method::Options,
         "PATCH" => Method::Patch,
-        _ => Method::Other,
+        // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET,
+        // and no route can answer what it does not know.
+        _ => {
+            return Err(HttpError::NotImplemented(
+                "unknown method; methods are case-sensitive: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH",
+            ))
+        }
     };
     let target = req.path.unwrap_or("/");
     let http10 = req.version == Some(0);
@@ -240,6 +244,7 @@ pub fn parse_resume<'b>(
     let mut chunked = false;
     let mut conn_close = false;
     let mut conn_keep = false;
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name;
         let value = h.value;
@@ -269,6 +274,8 @@ pub fn parse_resume<'b>(
                     "only chunked Transfer-Encoding is supported",
                 ));
             }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case("connection") {
             for tok in value.split(|&b| b == b',') {
                 let tok = tok.trim_ascii();
@@ -277,6 +284,16 @@ pub fn parse_resume<'b>(
             }
         }
         hs.push((name, value));
+    }
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
+    // without Host, and to any request with more than one.
+    if hosts > 1 {
+        return Err(HttpError::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && !http10 {
+        return Err(HttpError::BadRequest(
+            "HTTP/1.1 requests need a Host header",
+        ));
     }
     if chunked && content_length.is_some() {
         return Err(HttpError::BadRequest(
@@ -327,6 +344,19 @@ pub fn parse_resume<'b>(
         body,
     };
     Ok(Parsed::Complete(req, head_len + used))
+}
+
+/// What httparse's version error means: a request line of three parts
+/// whose last is `HTTP/x.y` but not 1.0/1.1 is an unsupported version;
+/// anything else (a space inside the target, say) is a malformed line.
+fn version_error(buf: &[u8]) -> HttpError {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, v] if v.starts_with(b"HTTP/") => HttpError::VersionNotSupported,
+        _ => HttpError::BadRequest("malformed request line: METHOD TARGET HTTP/1.1"),
+    }
 }
 
 /// `http://host:port/path` request targets are reduced to their path.
@@ -683,7 +713,7 @@ mod tests {
 
     #[test]
     fn partial_until_body_complete() {
-        let req = b"POST /events?stream=a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let req = b"POST /events?stream=a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
         for cut in 0..req.len() {
             assert!(
                 matches!(parse(&req[..cut], L), Ok(Parsed::Partial)),
@@ -697,7 +727,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies() {
-        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
         for cut in 0..req.len() {
             assert!(
                 matches!(parse(&req[..cut], L), Ok(Parsed::Partial)),
@@ -711,7 +741,7 @@ mod tests {
 
     #[test]
     fn chunked_scan_resumes_where_it_stopped() {
-        let mut req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let head = req.len();
         let mut scan = Scan::default();
         for i in 0..50u8 {
@@ -745,21 +775,24 @@ mod tests {
     #[test]
     fn smuggling_shapes_rejected() {
         let bad: &[&[u8]] = &[
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000000000005\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000000000005\r\n",
         ];
         for b in bad {
             let e = parse(b, L).expect_err(&String::from_utf8_lossy(b));
             assert_eq!(e.status(), 400, "{}", String::from_utf8_lossy(b));
         }
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", L)
-                .unwrap_err()
-                .status(),
+            parse(
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+                L
+            )
+            .unwrap_err()
+            .status(),
             501
         );
     }
@@ -767,22 +800,62 @@ mod tests {
     #[test]
     fn statuses_for_limits() {
         let e = |b: &[u8]| parse(b, L).unwrap_err().status();
-        assert_eq!(e(b"POST / HTTP/1.1\r\n\r\n"), 411);
+        assert_eq!(e(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 411);
         assert_eq!(
-            e(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
+            e(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n"),
             413
         );
         assert_eq!(e(b"GET / HTTP/2.0\r\n\r\n"), 505);
         let long_line = [b"GET /".as_slice(), &vec![b'a'; 9000]].concat();
         assert_eq!(e(&long_line), 414);
-        let whole = [b"GET /".as_slice(), &vec![b'a'; 9000], b" HTTP/1.1\r\n\r\n"].concat();
+        let whole = [
+            b"GET /".as_slice(),
+            &vec![b'a'; 9000],
+            b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        .concat();
         assert_eq!(
             e(&whole),
             414,
             "request line too long, whole head in one read"
         );
-        let long_head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 9000]].concat();
+        let long_head = [
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: ".as_slice(),
+            &vec![b'a'; 9000],
+        ]
+        .concat();
         assert_eq!(e(&long_head), 431);
+    }
+
+    #[test]
+    fn host_method_and_request_line_rules() {
+        let e = |b: &[u8]| parse(b, L).unwrap_err();
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\n\r\n"),
+            HttpError::BadRequest("HTTP/1.1 requests need a Host header")
+        );
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").status(),
+            400
+        );
+        assert_eq!(
+            e(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n").status(),
+            400
+        );
+        assert!(matches!(
+            parse(b"GET / HTTP/1.0\r\n\r\n", L),
+            Ok(Parsed::Complete(..))
+        ));
+        for m in ["get", "Get", "TRACE", "CONNECT"] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(e(raw.as_bytes()).status(), 501, "{m}");
+        }
+        assert_eq!(
+            e(b"GET /heal thz HTTP/1.1\r\nHost: a\r\n\r\n").status(),
+            400
+        );
+        assert_eq!(e(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n").status(), 505);
+        assert_eq!(e(b"GET / FTP/1.1\r\nHost: a\r\n\r\n").status(), 400);
     }
 
     #[test]
@@ -791,7 +864,7 @@ mod tests {
         assert!(r.http10 && !r.keep_alive);
         let (r, _) = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert!(r.keep_alive);
-        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(!r.keep_alive);
     }
 

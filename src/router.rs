@@ -25,6 +25,15 @@ pub fn handle(cx: &mut Cx<'_>, apps: &mut Apps, req: &Request<'_>) {
             .header("Access-Control-Max-Age", "600");
         return cx.reply(req, resp);
     }
+    if req.method == Method::Options && req.header("access-control-request-method").is_some() {
+        if let Some(origin) = req.header_str("origin") {
+            // A CORS preflight from an origin not allowed: say so, rather
+            // than a 405 whose Allow lists OPTIONS.
+            cx.counters.reject("cors_origin");
+            let msg = format!("origin {origin:?} is not allowed; allow it with --cors-origin (or SSED_CORS_ORIGIN)");
+            return cx.fail(req, 403, &msg);
+        }
+    }
     if apps::route(cx, apps, req) || crate::api::route(cx, req) || apps::fallback(cx, req) {
         return;
     }

@@ -33,6 +33,8 @@ pub struct Counters {
     pub accept_errors: u64,
     /// Times accepting was paused (EMFILE/ENFILE).
     pub accept_paused: u64,
+    /// `/healthz` answered on a connection admitted over the cap.
+    pub healthz_reserve: u64,
     /// Rejections by reason (`bad_request`, `timeout`, `over_capacity`…).
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -118,6 +120,7 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
         "write_timeouts": c.write_timeouts,
         "accept_errors": c.accept_errors,
         "accept_paused": c.accept_paused,
+        "healthz_reserve": c.healthz_reserve,
         "rejected": c.rejected,
     })
 }

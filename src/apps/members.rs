@@ -21,16 +21,24 @@
 //! position in it. This module owns that index and the device table; it
 //! must not write frames to sockets itself.
 //!
-//! Bounds: at most [`MAX_MEMBERS`] members have state; when full, the
-//! least recently used member without a connected device is forgotten (its
-//! history with it), and if every member has a device the request gets
-//! 503. Per member: the last [`HISTORY`] events and at most
+//! Bounds: at most [`MAX_MEMBERS`] members have state. Subscribing needs
+//! no credentials, so what subscribers can do to others is bounded: one
+//! peer address holds at most [`MAX_SUBSCRIPTIONS_PER_PEER`] member
+//! streams (429 past it), and when the table is full a subscription may
+//! only push out a member that has neither history nor a connected device
+//! (503 if there is none): it never evicts anyone's retained events. An
+//! authorised publish, when full, forgets the least recently used member
+//! without a device (empty ones first), else one with devices but no
+//! history (its devices' streams end), so subscribers cannot lock
+//! publishing out; only a table of members that all have both history and
+//! devices makes it 503. Per member: the last [`HISTORY`] events and at most
 //! [`HISTORY_BYTES`] of them (fewer if `--history`/`--history-bytes` are
 //! lower), and the uuid index holds the same number of entries. An event
 //! body is at most [`MAX_EVENT_BYTES`]. The device table has one entry per
 //! open connection that sent a `Device-Id`.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 
@@ -47,6 +55,8 @@ pub const MAX_MEMBERS: usize = 4096;
 pub const HISTORY: usize = 100;
 /// Bytes of encoded events retained per member.
 pub const HISTORY_BYTES: usize = 64 << 10;
+/// Member streams one peer address may hold open (429 past it).
+pub const MAX_SUBSCRIPTIONS_PER_PEER: usize = 64;
 /// Largest accepted POST body.
 pub const MAX_EVENT_BYTES: usize = 32 << 10;
 
@@ -72,6 +82,11 @@ pub struct Members {
     by_key: HashMap<u32, (Box<str>, Box<str>)>,
     /// A use counter for least-recently-used eviction.
     uses: u64,
+    /// Member streams open per peer address (`None`: a client a trusted
+    /// proxy could not name).
+    per_peer: HashMap<Option<IpAddr>, u32>,
+    /// The peer each member stream is counted under.
+    peer_of: HashMap<u32, Option<IpAddr>>,
 }
 
 impl Members {
@@ -83,6 +98,19 @@ impl Members {
                 self.devices.remove(&md);
             }
         }
+        self.uncount(key);
+    }
+
+    /// Stops counting connection `key` against its peer.
+    fn uncount(&mut self, key: u32) {
+        if let Some(peer) = self.peer_of.remove(&key) {
+            if let Some(n) = self.per_peer.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_peer.remove(&peer);
+                }
+            }
+        }
     }
 }
 
@@ -92,8 +120,9 @@ fn ensure_or_busy(
     m: &mut Members,
     req: &Request<'_>,
     member: &str,
+    publisher: bool,
 ) -> Option<u32> {
-    let idx = ensure(cx, m, member);
+    let idx = ensure(cx, m, member, publisher);
     if idx.is_none() {
         let resp = Response::error(503, "too many members are connected; retry later")
             .header("Retry-After", "1");
@@ -149,9 +178,10 @@ fn checked_member(cx: &mut Cx<'_>, req: &Request<'_>) -> Option<String> {
     }
 }
 
-/// The member's state, created if needed (evicting an idle member when
-/// full); `None` when every member slot has a connected device.
-fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str) -> Option<u32> {
+/// The member's state, created if needed (making room as the module doc
+/// says: an authorised `publisher` may push out more than a subscriber);
+/// `None` when there is no room.
+fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Option<u32> {
     m.uses += 1;
     let now = m.uses;
     if let Some(st) = m.members.get_mut(member) {
@@ -160,17 +190,35 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str) -> Option<u32> {
     }
     if m.members.len() >= MAX_MEMBERS {
         let broker = &*cx.broker;
+        let state = |st: &Member| {
+            let s = broker.get(st.stream);
+            let devices = s.is_some_and(|s| !s.subs.is_empty());
+            let history = s.is_some_and(|s| s.retained() > 0);
+            (devices, history)
+        };
+        // Subscriber: only members with neither. Publisher: any member
+        // without devices (empty first), else one with no history.
         let victim = m
             .members
             .iter()
-            .filter(|(_, st)| broker.get(st.stream).is_none_or(|s| s.subs.is_empty()))
-            .min_by_key(|(_, st)| st.last_used)
+            .filter(|(_, st)| match state(st) {
+                (false, false) => true,
+                (false, true) | (true, false) => publisher,
+                (true, true) => false,
+            })
+            .min_by_key(|(_, st)| {
+                let (devices, history) = state(st);
+                (devices, history, st.last_used)
+            })
             .map(|(name, st)| (name.clone(), st.stream));
         let (name, idx) = victim?;
         m.members.remove(&name);
-        cx.broker.delete(Origin::Local, idx);
+        log::debug!("members: table full; forgetting member {name} for {member}");
+        // Its devices (if any) are flushed and ended by the reactor.
+        cx.actions.push(Action::DeleteStream(idx));
     }
     let idx = cx.broker.internal(&format!("!member/{member}"), Some(CAP));
+    cx.broker.set_display(idx, member);
     m.members.insert(
         member.into(),
         Member {
@@ -195,9 +243,34 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         );
     }
     let raw = last_event_id(req);
-    let Some(idx) = ensure_or_busy(cx, m, req, &member) else {
+    let counted = req.method == Method::Get;
+    let held = m.per_peer.get(&cx.peer).copied().unwrap_or(0) as usize;
+    // A device reconnecting from the same address replaces its old stream,
+    // which does not count against the new one.
+    let replacing = device.and_then(|d| {
+        let old = *m.devices.get(&(member.as_str().into(), d.into()))?;
+        (m.peer_of.get(&old) == Some(&cx.peer)).then_some(old)
+    });
+    if counted && replacing.is_none() && held >= MAX_SUBSCRIPTIONS_PER_PEER {
+        cx.counters.reject("member_peer_limit");
+        let msg = format!(
+            "too many member streams from your address: at most {MAX_SUBSCRIPTIONS_PER_PEER}"
+        );
+        let resp = Response::error(429, &msg).header("Retry-After", "1");
+        return cx.reply(req, resp);
+    }
+    let Some(idx) = ensure_or_busy(cx, m, req, &member, false) else {
+        cx.counters.reject("too_many_members");
         return;
     };
+    if counted {
+        if let Some(old) = replacing {
+            m.uncount(old);
+        }
+        m.uncount(cx.conn);
+        *m.per_peer.entry(cx.peer).or_insert(0) += 1;
+        m.peer_of.insert(cx.conn, cx.peer);
+    }
     let resume = match &raw {
         None => Resume::Live,
         Some(r) => {
@@ -271,7 +344,8 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
             return cx.fail(req, 400, &msg);
         }
     };
-    let Some(idx) = ensure_or_busy(cx, m, req, &member) else {
+    let Some(idx) = ensure_or_busy(cx, m, req, &member, true) else {
+        cx.counters.reject("too_many_members");
         return;
     };
     let now = cx.unix_us;

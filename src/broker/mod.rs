@@ -383,6 +383,14 @@ impl Broker {
         Ok(out)
     }
 
+    /// Names the stream `idx` in `gap` events as `shown` (apps' internal
+    /// streams: the client never asked for `!app/...`).
+    pub fn set_display(&mut self, idx: u32, shown: &str) {
+        if let Some(s) = self.streams.get_mut(idx as usize) {
+            s.display = Some(shown.into());
+        }
+    }
+
     /// Finds or makes an internal stream (one the apps or the library own)
     /// whose history is bounded by `cap` as well as by the server-wide
     /// limits: apps make one stream per member or user, so the server-wide
@@ -574,7 +582,7 @@ impl Broker {
             let names: Vec<&str> = gap
                 .iter()
                 .filter_map(|&i| self.get(i))
-                .map(|s| &*s.name)
+                .map(|s| s.shown())
                 .collect();
             frame::gap(resume.raw(), &names)
         });
@@ -607,7 +615,7 @@ impl Broker {
             if let Some(s) = self.streams.get(c.stream as usize) {
                 if s.lost_after(c.last_id) {
                     from = Some(from.map_or(c.last_id, |f| f.min(c.last_id)));
-                    names.push(&s.name);
+                    names.push(s.shown());
                     c.last_id = s.floor();
                 }
             }

@@ -88,6 +88,9 @@ pub struct Stream {
     /// Internal streams (used by the built-in apps) are not listed and
     /// cannot be subscribed to through `/events`.
     pub internal: bool,
+    /// What a `gap` calls the stream, when not its name: an app's internal
+    /// stream is named for what its client asked for, not `!app/...`.
+    pub display: Option<Box<str>>,
     pub(super) limits: Limits,
 }
 
@@ -106,8 +109,14 @@ impl Stream {
             dirty_frames: 0,
             dirty_bytes: 0,
             internal,
+            display: None,
             limits,
         }
+    }
+
+    /// The name a `gap` event gives the stream.
+    pub fn shown(&self) -> &str {
+        self.display.as_deref().unwrap_or(&self.name)
     }
 
     /// Retained frame count.

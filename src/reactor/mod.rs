@@ -79,6 +79,14 @@ const ACCEPT_BATCH: usize = 256;
 const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
 /// Ticks are 100 ms.
 const TICK_MS: u64 = 100;
+/// Connections admitted past `--max-connections` to answer `/healthz`
+/// (and nothing else), so monitoring sees a full server as alive.
+const HEALTHZ_RESERVE: usize = 8;
+/// How long a connection in that reserve may take to send its request.
+const RESERVE_WAIT_MS: u64 = 1000;
+/// The 503 past `--max-connections`.
+const OVER_CAP_MSG: &str =
+    "server is at --max-connections; retry later (only /healthz is answered past it)";
 
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
@@ -181,7 +189,13 @@ impl Bound {
             };
             poll.registry()
                 .register(&mut l, listener_token(i), Interest::READABLE)?;
-            addrs.push(l.local_addr()?);
+            let local = l.local_addr()?;
+            if !local.ip().is_loopback() && cfg.publish_token.is_none() {
+                log::warn!(
+                    "listening on {local}, not a loopback address, without --publish-token: only plainly local requests may publish or delete; set --publish-token (or SSED_PUBLISH_TOKEN) to publish from elsewhere"
+                );
+            }
+            addrs.push(local);
             listeners.push(l);
         }
         let max = if cfg.max_connections == 0 {
@@ -243,6 +257,8 @@ impl Bound {
             accept_warned: false,
             accept_more: Vec::new(),
             read_again: Vec::new(),
+            reserve: Vec::new(),
+            proxied: std::collections::HashMap::new(),
         };
         r.run()
     }
@@ -332,6 +348,10 @@ pub(crate) struct Reactor {
     accept_more: Vec<usize>,
     /// Connections that used their read budget and may have more input.
     read_again: Vec<u32>,
+    /// Connections admitted over the cap: they may ask for `/healthz` only.
+    reserve: Vec<u32>,
+    /// Connections from a trusted proxy → their client's per-address slot.
+    proxied: std::collections::HashMap<u32, u32>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -416,6 +436,10 @@ impl Reactor {
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
                 self.peers.remove(conn.peer);
+                self.reserve.retain(|&k| k != key);
+                if let Some(slot) = self.proxied.remove(&key) {
+                    self.peers.remove(slot);
+                }
                 self.apps.on_close(key);
                 self.counters.closed += 1;
             }
@@ -465,6 +489,13 @@ impl Reactor {
             .conns
             .get(key as usize)
             .and_then(|c| self.peers.ip(c.peer));
+        let via_proxy = peer.is_some_and(|p| self.cfg.trusted_proxies.contains(&p));
+        self.context_for(key, peer, via_proxy)
+    }
+
+    /// A handler context whose client is `peer` (the forwarded one, when
+    /// `via_proxy`).
+    fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
         Cx {
             broker: &mut self.broker,
             cfg: &self.cfg,
@@ -474,6 +505,7 @@ impl Reactor {
             unix_us: self.clock.unix_us(),
             conn: key,
             peer,
+            via_proxy,
             cors: Vec::new(),
             actions: Vec::new(),
         }
@@ -681,17 +713,22 @@ impl Reactor {
         self.counters.accepted += 1;
         let _ = sock.set_nodelay(true);
         let over = self.conns.len() >= self.max_connections;
-        let peer = if over {
+        let reserve = over && self.reserve.len() < HEALTHZ_RESERVE && !self.shutting_down;
+        // A trusted proxy carries many clients: each is counted under its
+        // forwarded address at its first request instead.
+        let limit = if self.cfg.trusted_proxies.contains(&addr.ip()) {
+            usize::MAX
+        } else {
+            self.cfg.max_connections_per_ip
+        };
+        let peer = if over && !reserve {
             None
         } else {
-            self.peers.add(addr.ip(), self.cfg.max_connections_per_ip)
+            self.peers.add(addr.ip(), limit)
         };
         let Some(peer) = peer else {
             let (reason, msg) = if over {
-                (
-                    "over_capacity",
-                    "server is at --max-connections; retry later",
-                )
+                ("over_capacity", OVER_CAP_MSG)
             } else {
                 (
                     "per_ip_limit",
@@ -709,7 +746,13 @@ impl Reactor {
             let _ = sock.read(&mut self.rbuf);
             return;
         };
-        let deadline = self.header_deadline();
+        let deadline = if over {
+            self.clock
+                .now_tick()
+                .saturating_add(ms_to_ticks(RESERVE_WAIT_MS))
+        } else {
+            self.header_deadline()
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -723,6 +766,9 @@ impl Reactor {
         }
         entry.insert(Conn::new(sock, peer, deadline));
         self.set_deadline(key as u32, deadline);
+        if over {
+            self.reserve.push(key as u32);
+        }
     }
 
     /// Deadline for a connection waiting for (the rest of) a request.
@@ -926,8 +972,15 @@ impl Reactor {
                     off += used;
                     *scan = http::Scan::default();
                     self.counters.requests += 1;
+                    if self.reserve.contains(&key) {
+                        self.answer_reserve(key, &req);
+                        return data.len();
+                    }
+                    let Some((client, via_proxy)) = self.client_of(key, &req) else {
+                        return data.len();
+                    };
                     let mut apps = std::mem::take(&mut self.apps);
-                    let mut cx = self.context(key);
+                    let mut cx = self.context_for(key, client, via_proxy);
                     crate::router::handle(&mut cx, &mut apps, &req);
                     let actions = std::mem::take(&mut cx.actions);
                     self.apps = apps;
@@ -952,6 +1005,61 @@ impl Reactor {
             }
         }
         off
+    }
+
+    /// A connection admitted over the cap: `/healthz` is answered (and the
+    /// connection closed), anything else gets the over-capacity 503.
+    fn answer_reserve(&mut self, key: u32, req: &http::Request<'_>) {
+        let head_only = req.method == http::Method::Head;
+        if req.path == "/healthz" && (head_only || req.method == http::Method::Get) {
+            self.counters.healthz_reserve += 1;
+            let bytes = Response::new(200, "text/plain", "ok").encode(req.http10, false, head_only);
+            self.respond(key, &bytes, true);
+        } else {
+            self.counters.reject("over_capacity");
+            self.error(key, 503, OVER_CAP_MSG, Some(("Retry-After", "1")));
+        }
+    }
+
+    /// The client of a request: the peer, or, from a `--trusted-proxy`,
+    /// the address it forwarded, under which the connection is then also
+    /// counted for `--max-connections-per-ip` (`None`, with a 503 sent,
+    /// when that address is over it). The flag says the forwarding headers
+    /// were a trusted proxy's.
+    fn client_of(
+        &mut self,
+        key: u32,
+        req: &http::Request<'_>,
+    ) -> Option<(Option<std::net::IpAddr>, bool)> {
+        let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
+        let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
+            return Some((peer, false));
+        };
+        let client = match crate::handler::forwarded_client(req, &self.cfg.trusted_proxies) {
+            None => Some(proxy),
+            Some(c) => c,
+        };
+        let held = self.proxied.get(&key).copied();
+        let held_ip = held.and_then(|s| self.peers.ip(s));
+        let countable = client.filter(|c| !self.cfg.trusted_proxies.contains(c));
+        if held_ip != countable {
+            // The proxy may reuse the connection for another client.
+            if let Some(s) = held {
+                self.peers.remove(s);
+                self.proxied.remove(&key);
+            }
+            if let Some(c) = countable {
+                let Some(slot) = self.peers.add(c, self.cfg.max_connections_per_ip) else {
+                    self.counters.reject("per_ip_limit");
+                    let msg = "too many connections from your address (--max-connections-per-ip)";
+                    self.error(key, 503, msg, Some(("Retry-After", "1")));
+                    return None;
+                };
+                self.proxied.insert(key, slot);
+                log::debug!("connection {key}: client {c} via proxy {proxy}");
+            }
+        }
+        Some((client, true))
     }
 
     /// A JSON error that ends the connection (the request's framing can no

@@ -127,6 +127,12 @@ impl Reactor {
             return;
         }
         match &c.state {
+            State::Reading { .. } if self.reserve.contains(&key) => {
+                // Admitted over the cap for a health check that did not come
+                // at once: the answer everyone else past the cap gets.
+                self.counters.reject("over_capacity");
+                self.error(key, 503, super::OVER_CAP_MSG, Some(("Retry-After", "1")));
+            }
             State::Reading { buf, idle, .. } => {
                 if *idle || buf.is_none() {
                     // Idle keep-alive, or a connection that never sent a

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Headless-Chromium test of ssed's built-in demo page (GET /).
+# Headless-Chromium tests: ssed's built-in demo page (GET /), and CSRF from
+# a page of another loopback origin (csrf.mjs).
 #
 #   bash tests/browser/run.sh
 #
@@ -54,3 +55,5 @@ export SSED_BIN
 
 log "demo page in $("${CHROMIUM:-/usr/bin/chromium}" --version 2>/dev/null | head -n1)"
 node "$here/demo.mjs"
+log "CSRF from another origin"
+node "$here/csrf.mjs"

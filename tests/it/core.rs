@@ -366,7 +366,7 @@ fn bad_publishes_are_refused_with_json_errors() {
     }
     let r = request(
         s.addr,
-        b"POST /events?stream=b HTTP/1.1\r\nContent-Length: 2\r\n\r\n\xff\xfe",
+        b"POST /events?stream=b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n\xff\xfe",
     );
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("UTF-8"));
@@ -406,8 +406,8 @@ fn pipelined_requests_are_answered_in_order() {
     let mut c = Conn::open(s.addr);
     let mut batch = Vec::new();
     for i in 0..5 {
-        batch.extend_from_slice(format!("POST /events?stream=p HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\np{i}").as_bytes());
-        batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+        batch.extend_from_slice(format!("POST /events?stream=p HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\np{i}").as_bytes());
+        batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     }
     c.send(&batch);
     let mut last = 0u64;
@@ -430,7 +430,7 @@ fn chunked_publish_and_http10() {
     let mut sub = Sse::open(s.addr, "/events?stream=c", "");
     let r = request(
         s.addr,
-        b"POST /events?stream=c HTTP/1.1\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n",
+        b"POST /events?stream=c HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(sub.next_event(T).unwrap().data(), "chunked");
@@ -455,11 +455,11 @@ fn token_is_required_when_set() {
     let r = post(s.addr, "/events?stream=t", "text/plain", "x");
     assert_eq!(r.status, 401);
     assert!(r.json()["error"].as_str().unwrap().contains("Bearer"));
-    let r = request(s.addr, b"POST /events?stream=t HTTP/1.1\r\nAuthorization: Bearer wrong\r\nContent-Length: 1\r\n\r\nx");
+    let r = request(s.addr, b"POST /events?stream=t HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: 1\r\n\r\nx");
     assert_eq!(r.status, 401);
-    let r = request(s.addr, b"POST /events?stream=t HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: 1\r\n\r\nx");
+    let r = request(s.addr, b"POST /events?stream=t HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret\r\nContent-Length: 1\r\n\r\nx");
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = request(s.addr, b"DELETE /streams/t HTTP/1.1\r\n\r\n");
+    let r = request(s.addr, b"DELETE /streams/t HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 401);
     assert_eq!(stats(s.addr)["rejected"]["unauthorized"], 2 + 1);
 }
@@ -479,7 +479,7 @@ fn thousand_subscribers_each_get_hundred_events_in_order() {
     for i in 0..100 {
         let body = format!("{i}");
         let r = c.request(
-            format!("POST /events?stream=many HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            format!("POST /events?stream=many HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
                 .as_bytes(),
         );
         assert_eq!(r.json()["subscribers"], 1000);
@@ -534,7 +534,7 @@ fn streams_stats_and_metrics_move_with_traffic() {
     assert!(text.contains("ssed_frames_written_total 1\n"));
     assert!(text.contains("# TYPE ssed_connections gauge\n"));
     // DELETE closes subscribers and removes the stream.
-    let r = request(s.addr, b"DELETE /streams/m HTTP/1.1\r\n\r\n");
+    let r = request(s.addr, b"DELETE /streams/m HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.json()["closed"], 1);
     assert!(sub.closed_within(T));
     assert_eq!(get(s.addr, "/streams/m").status, 404);
@@ -552,14 +552,17 @@ fn errors_404_405_with_allow() {
     assert!(r.json()["error"].is_string());
     let r = request(
         s.addr,
-        b"PUT /events?stream=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"PUT /events?stream=a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 405);
     assert_eq!(
         r.header("allow").as_deref(),
         Some("GET, HEAD, POST, OPTIONS")
     );
-    let r = request(s.addr, b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    let r = request(
+        s.addr,
+        b"POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(
         (r.status, r.header("allow").as_deref()),
         (405, Some("GET, HEAD"))
@@ -604,13 +607,17 @@ fn header_and_idle_timeouts() {
         "0.5",
     ]);
     let mut slow = Conn::open(s.addr);
-    slow.send(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
+    slow.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ");
     let r = slow.response();
     assert_eq!(r.status, 408);
     assert!(r.json()["error"].is_string());
     assert!(slow.closed_within(T));
     let mut idle = Conn::open(s.addr);
-    assert_eq!(idle.request(b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
+    assert_eq!(
+        idle.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
     assert!(
         idle.closed_within(T),
         "idle keep-alive connection was not closed"
@@ -657,7 +664,7 @@ fn large_backlog_is_sent_in_full_without_new_publishes() {
     let mut ids = Vec::new();
     for _ in 0..64 {
         let r = c.request(
-            format!("POST /events?stream=big HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            format!("POST /events?stream=big HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
                 .as_bytes(),
         );
         ids.push(r.json()["id"].as_str().unwrap().to_string());
@@ -691,7 +698,7 @@ fn fanout_larger_than_one_turn_stays_complete_and_ordered_while_subscribers_leav
     for i in 0..50 {
         let body = format!("w{i}");
         let r = c.request(
-            format!("POST /events?stream=wide HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            format!("POST /events?stream=wide HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())
                 .as_bytes(),
         );
         ids.push(r.json()["id"].as_str().unwrap().to_string());

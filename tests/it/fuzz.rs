@@ -55,22 +55,22 @@ fn corpus() -> Vec<Vec<u8>> {
     }
     let mut c: Vec<Vec<u8>> = [
         "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
-        "HEAD /healthz HTTP/1.1\r\n\r\n",
+        "HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
         "GET /events?stream=fz HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\nLast-Event-ID: 5\r\n\r\n",
-        "GET /events?stream=fz&stream=fy&last_event_id=abc HTTP/1.1\r\n\r\n",
+        "GET /events?stream=fz&stream=fy&last_event_id=abc HTTP/1.1\r\nHost: t\r\n\r\n",
         "GET /stats HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-        "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
-        "GET /streams HTTP/1.1\r\n\r\n",
-        "GET /streams/fz HTTP/1.1\r\n\r\n",
-        "DELETE /streams/fy HTTP/1.1\r\n\r\n",
-        "OPTIONS /events HTTP/1.1\r\nOrigin: http://x\r\nAccess-Control-Request-Method: POST\r\n\r\n",
-        "GET / HTTP/1.1\r\nAccept: text/html\r\n\r\n",
-        "GET /streaming/sse?event=x&data=y HTTP/1.1\r\n\r\n",
-        "GET /anything/else HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
-        "GET /notification/events HTTP/1.1\r\nMember-ID: m1\r\nDevice-Id: d\r\n\r\n",
-        "GET /api/sse HTTP/1.1\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n",
-        "GET http://h:1/healthz HTTP/1.1\r\n\r\n",
-        "POST /events?stream=fz HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /streams HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /streams/fz HTTP/1.1\r\nHost: t\r\n\r\n",
+        "DELETE /streams/fy HTTP/1.1\r\nHost: t\r\n\r\n",
+        "OPTIONS /events HTTP/1.1\r\nHost: t\r\nOrigin: http://x\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nAccept: text/html\r\n\r\n",
+        "GET /streaming/sse?event=x&data=y HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /anything/else HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n",
+        "GET /notification/events HTTP/1.1\r\nHost: t\r\nMember-ID: m1\r\nDevice-Id: d\r\n\r\n",
+        "GET /api/sse HTTP/1.1\r\nHost: t\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n",
+        "GET http://h:1/healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        "POST /events?stream=fz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -114,11 +114,12 @@ fn corpus() -> Vec<Vec<u8>> {
         "/api/messages",
     ] {
         c.push(
-            format!("GET {get} HTTP/1.1\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n").into_bytes(),
+            format!("GET {get} HTTP/1.1\r\nHost: t\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n")
+                .into_bytes(),
         );
     }
     c.push(
-        b"DELETE /api/rooms/r1/users/other@d HTTP/1.1\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n"
+        b"DELETE /api/rooms/r1/users/other@d HTTP/1.1\r\nHost: t\r\nAuthorization: Basic dXNlckBkOnB3\r\n\r\n"
             .to_vec(),
     );
     c
@@ -155,7 +156,7 @@ const TOKENS: &[&[u8]] = &[
     b"HTTP/1.1",
     b"\xff\xfe",
     b"\xc3\x28",
-    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
 ];
 
 /// One mutation of a corpus entry (or of a splice of two).
@@ -412,7 +413,7 @@ fn chunked_bodies_round_trip() {
         }
         wire.extend_from_slice(b"0\r\n\r\n");
         let end = wire.len();
-        wire.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        wire.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
         match http::decode_chunked(&wire, limits.max_body) {
             Ok(Some((b, used))) => {
                 assert_eq!((b.len(), used), (body.len(), end), "case {case}");
@@ -429,7 +430,8 @@ fn chunked_bodies_round_trip() {
         // And inside a request, followed by a pipelined one, whole and fed
         // in pieces as reads would deliver it.
         let mut req =
-            b"POST /events?stream=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            b"POST /events?stream=a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
         let head = req.len();
         req.extend_from_slice(&wire);
         check_incremental(&req, limits, &mut rng);

@@ -100,7 +100,11 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 /// stays small). The port is chosen at connect time
 /// (`IP_BIND_ADDRESS_NO_PORT`), so each source address gets the whole
 /// ephemeral range per destination.
-fn connect_from(src: Ipv4Addr, dst: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpStream> {
+pub(crate) fn connect_from(
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    rcvbuf: Option<i32>,
+) -> io::Result<TcpStream> {
     let SocketAddr::V4(dst) = dst else {
         panic!("IPv4 only")
     };
@@ -487,16 +491,23 @@ fn admission_max_connections_503_with_retry_after() {
     assert_eq!(rejected(&j, "over_capacity"), 4, "{j}");
     assert_eq!(num(&j, &["connections", "total"]), 6);
     // A client that writes its request at once gets the 503 or a close,
-    // never a hang and never a 200.
+    // never a hang and never a 200; /healthz alone is answered past the
+    // cap (a small reserve of connections), so monitoring sees the truth.
     {
         let mut c = connect_from(LOCAL, s.addr, None).unwrap();
-        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _ = c.write_all(b"GET /streams HTTP/1.1\r\nHost: t\r\n\r\n");
         let (bytes, eof) = read_to_end_within(&mut c, T);
         assert!(eof, "eager client at capacity: no close");
         if !bytes.is_empty() {
             let (r, _) = parse_response(&bytes).expect("a whole response");
             assert_json_error(&r, 503, "eager client at capacity");
         }
+        let mut c = connect_from(LOCAL, s.addr, None).unwrap();
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        let (bytes, eof) = read_to_end_within(&mut c, T);
+        assert!(eof, "health check at capacity: no close");
+        let (r, _) = parse_response(&bytes).expect("a whole response");
+        assert_eq!(r.status, 200, "health check at capacity");
     }
     // Freeing a slot admits the next one.
     drop(idle);
@@ -871,7 +882,10 @@ fn slowloris_on_a_keepalive_connection_after_a_request() {
     );
     // The second request starts with its first byte, then dribbles: its
     // deadline runs from that first byte and is never extended.
-    let payload = format!("GET /healthz HTTP/1.1\r\nX-Slow: {}", "a".repeat(200));
+    let payload = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: {}",
+        "a".repeat(200)
+    );
     let sock = c.reader.get_mut();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -1505,10 +1519,12 @@ fn sigterm_during_abuse_exits_zero_within_shutdown_timeout() {
         assert!(n < 2000, "never blocked");
     }
     let mut half_head = TcpStream::connect(s.addr).unwrap();
-    half_head.write_all(b"GET /healthz HTTP/1.1\r\nX-").unwrap();
+    half_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-")
+        .unwrap();
     let mut half_body = TcpStream::connect(s.addr).unwrap();
     half_body
-        .write_all(b"POST /events?stream=term HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .write_all(b"POST /events?stream=term HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
         .unwrap();
     let mut idle = Conn::open(s.addr);
     assert_eq!(
@@ -1788,14 +1804,14 @@ fn hostile_input_gets_the_right_status_and_json() {
         "b".repeat(1100)
     );
     let many_headers = format!(
-        "GET / HTTP/1.1\r\n{}\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
         (0..100)
             .map(|i| format!("X-{i}: v\r\n"))
             .collect::<String>()
     );
-    let big_cl = "POST /events?stream=h HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1025\r\n\r\n";
+    let big_cl = "POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1025\r\n\r\n";
     let big_chunked = format!(
-        "POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n{}\r\n1\r\nz\r\n0\r\n\r\n",
+        "POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n{}\r\n1\r\nz\r\n0\r\n\r\n",
         "y".repeat(1024)
     );
     let cases = vec![
@@ -1803,73 +1819,73 @@ fn hostile_input_gets_the_right_status_and_json() {
         bad("bad request line 2", b"GET\r\n\r\n", 400, true),
         bad(
             "control byte in the target",
-            b"GET /heal\x01thz HTTP/1.1\r\n\r\n",
+            b"GET /heal\x01thz HTTP/1.1\r\nHost: t\r\n\r\n",
             400,
             true,
         ),
         bad(
             "NUL in header",
-            b"GET /healthz HTTP/1.1\r\nX-A: a\0b\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n",
             400,
             true,
         ),
         bad(
             "header line without a colon",
-            b"GET /healthz HTTP/1.1\r\nnocolon\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nnocolon\r\n\r\n",
             400,
             true,
         ),
         bad(
             "bad chunk size",
-            b"POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
             400,
             true,
         ),
         bad(
             "chunk extension",
-            b"POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\n\r\n",
             400,
             true,
         ),
         bad(
             "oversize chunk line",
-            b"POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
             400,
             true,
         ),
         bad(
             "chunk data without CRLF",
-            b"POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
             400,
             true,
         ),
         bad(
             "trailer",
-            b"POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
             400,
             true,
         ),
         bad(
             "Content-Length and Transfer-Encoding",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             400,
             true,
         ),
         bad(
             "duplicate differing Content-Length",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
             400,
             true,
         ),
         bad(
             "negative Content-Length",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
             400,
             true,
         ),
         bad(
             "Content-Length with a plus",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Length: +5\r\n\r\nhello",
             400,
             true,
         ),
@@ -1881,14 +1897,14 @@ fn hostile_input_gets_the_right_status_and_json() {
         ),
         bad(
             "POST without a length",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n\r\n",
             411,
             true,
         ),
         bad("body over --max-body", big_cl.as_bytes(), 413, true),
         bad(
             "huge Content-Length",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
             413,
             true,
         ),
@@ -1911,39 +1927,39 @@ fn hostile_input_gets_the_right_status_and_json() {
         bad("HTTP/1.2", b"GET /healthz HTTP/1.2\r\n\r\n", 505, true),
         bad(
             "Transfer-Encoding gzip",
-            b"POST /events?stream=h HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
             501,
             true,
         ),
         // Errors that leave framing intact: the connection stays usable.
         bad(
             "invalid UTF-8 body",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n\xc3\x28\xff",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n\xc3\x28\xff",
             400,
             false,
         ),
         bad(
             "NUL in event data",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\na\0b",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\na\0b",
             400,
             false,
         ),
         bad(
             "event type with a newline",
-            b"POST /events?stream=h&event=a%0Ab HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /events?stream=h&event=a%0Ab HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
             400,
             false,
         ),
         bad(
             "event type with a colon",
-            b"POST /events?stream=h&event=a:b HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /events?stream=h&event=a:b HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
             400,
             false,
         ),
         bad(
             "event type too long",
             format!(
-                "POST /events?stream=h&event={} HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
+                "POST /events?stream=h&event={} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
                 "e".repeat(65)
             )
             .as_bytes(),
@@ -1952,7 +1968,7 @@ fn hostile_input_gets_the_right_status_and_json() {
         ),
         bad(
             "absurd retry",
-            b"POST /events?stream=h&retry=99999999999 HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /events?stream=h&retry=99999999999 HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
             400,
             false,
         ),
@@ -1974,14 +1990,14 @@ fn hostile_input_gets_the_right_status_and_json() {
         ),
         bad(
             "over-long stream name (subscribe)",
-            format!("GET /events?stream={long_name} HTTP/1.1\r\n\r\n").as_bytes(),
+            format!("GET /events?stream={long_name} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
             400,
             false,
         ),
         bad(
             "over-long stream name (publish)",
             format!(
-                "POST /events?stream={long_name} HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx"
+                "POST /events?stream={long_name} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx"
             )
             .as_bytes(),
             400,
@@ -1989,32 +2005,32 @@ fn hostile_input_gets_the_right_status_and_json() {
         ),
         bad(
             "stream name with a newline",
-            b"GET /events?stream=a%0Ab HTTP/1.1\r\n\r\n",
+            b"GET /events?stream=a%0Ab HTTP/1.1\r\nHost: t\r\n\r\n",
             400,
             false,
         ),
         bad(
             "too many streams per connection",
-            b"GET /events?stream=a&stream=b&stream=c&stream=d&stream=e HTTP/1.1\r\n\r\n",
+            b"GET /events?stream=a&stream=b&stream=c&stream=d&stream=e HTTP/1.1\r\nHost: t\r\n\r\n",
             400,
             false,
         ),
         bad(
             "invalid JSON",
-            b"POST /events?stream=h HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{nope",
+            b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{nope",
             400,
             false,
         ),
-        bad("unknown path", b"GET /no/such/path HTTP/1.1\r\n\r\n", 404, false),
+        bad("unknown path", b"GET /no/such/path HTTP/1.1\r\nHost: t\r\n\r\n", 404, false),
         bad(
             "wrong method",
-            b"PUT /events?stream=h HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"PUT /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
             405,
             false,
         ),
         bad(
             "wrong method on /healthz",
-            b"DELETE /healthz HTTP/1.1\r\n\r\n",
+            b"DELETE /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
             405,
             false,
         ),
@@ -2062,7 +2078,7 @@ fn hostile_input_gets_the_right_status_and_json() {
     // the rest discarded, without the answer being lost to a reset.
     {
         let mut c = TcpStream::connect(s.addr).unwrap();
-        let mut req = b"POST /events?stream=h HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 2097152\r\n\r\n".to_vec();
+        let mut req = b"POST /events?stream=h HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 2097152\r\n\r\n".to_vec();
         req.resize(req.len() + (2 << 20), b'q');
         let _ = c.write_all(&req);
         let (bytes, eof) = read_to_end_within(&mut c, T);
@@ -2380,7 +2396,7 @@ fn unfinished_requests_share_one_buffer_budget() {
     let mut conns = Vec::new();
     for _ in 0..100 {
         let mut c = TcpStream::connect(s.addr).unwrap();
-        let head = format!("POST /events?stream=big HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n");
+        let head = format!("POST /events?stream=big HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n");
         c.write_all(head.as_bytes()).unwrap();
         c.write_all(&part).unwrap();
         conns.push(c);

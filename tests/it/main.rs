@@ -12,4 +12,5 @@ mod hardening;
 mod layers;
 mod library;
 mod mongoose;
+mod trust;
 mod workers;
