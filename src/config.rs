@@ -54,6 +54,13 @@ pub struct Config {
     pub tick_scale: f64,
     /// Handle SIGTERM/SIGINT (the binary sets this; embedders may not want it).
     pub handle_signals: bool,
+    /// Redis to share streams, ids and history through (`--redis`);
+    /// checked when the server binds (`redis://...` or `unix:/path`).
+    pub redis: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Deadline of each Redis command (publish, fetch, handshake step).
+    pub redis_timeout: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +88,9 @@ impl Default for Config {
             users_file: None,
             tick_scale: 1.0,
             handle_signals: false,
+            redis: None,
+            redis_prefix: "ssed".into(),
+            redis_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -262,6 +272,24 @@ const FLAGS: &[Flag] = &[
         default: "1.0",
         help: "test knob: multiplies the built-in apps' tick intervals",
     },
+    Flag {
+        name: "redis",
+        value: "URL",
+        default: "none",
+        help: "share streams, ids and history through Redis: redis://[:password@]host:port[/db] or unix:/path",
+    },
+    Flag {
+        name: "redis-prefix",
+        value: "PREFIX",
+        default: "ssed",
+        help: "prefix of every Redis key and channel",
+    },
+    Flag {
+        name: "redis-timeout",
+        value: "SECS",
+        default: "2",
+        help: "deadline of each Redis command; publishes answer 503 past it",
+    },
 ];
 
 /// Environment variable for a flag: `SSED_` + upper-case name, `-` → `_`.
@@ -401,6 +429,28 @@ impl Config {
                     return Err(bad(name, v, "must be in 0.001..=1000"));
                 }
                 self.tick_scale = x;
+            }
+            "redis" => {
+                let v = v.trim();
+                if v.is_empty() {
+                    return Err(bad(name, v, "must not be empty"));
+                }
+                self.redis = Some(v.to_string());
+            }
+            "redis-prefix" => {
+                let ok = (1..=64).contains(&v.len())
+                    && v.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+                if !ok {
+                    return Err(bad(name, v, "1..=64 visible characters"));
+                }
+                self.redis_prefix = v.to_string();
+            }
+            "redis-timeout" => {
+                let d = secs(name, v)?;
+                if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                    return Err(bad(name, v, "must be 0.01..=3600 seconds"));
+                }
+                self.redis_timeout = d;
             }
             _ => return Err(ConfigError::UnknownFlag(format!("--{name}"))),
         }
