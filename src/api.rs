@@ -282,8 +282,9 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
 fn fits(cx: &Cx<'_>, targets: &[u32], events: &[Event]) -> Result<(), BrokerError> {
     for e in events {
         // Ids have at most 16 digits below 2^53.
-        let n = crate::frame::encode_numbered(u64::pow(10, 15), e.event.as_deref(), &e.data, e.retry)
-            .len();
+        let n =
+            crate::frame::encode_numbered(u64::pow(10, 15), e.event.as_deref(), &e.data, e.retry)
+                .len();
         for &t in targets {
             if let Some(s) = cx.broker.get(t) {
                 if n + 16 > s.limits().history_bytes {

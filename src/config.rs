@@ -439,7 +439,8 @@ impl Config {
             }
             "redis-prefix" => {
                 let ok = (1..=64).contains(&v.len())
-                    && v.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+                    && v.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
                 if !ok {
                     return Err(bad(name, v, "1..=64 visible characters"));
                 }

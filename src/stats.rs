@@ -285,16 +285,66 @@ pub fn prometheus(c: &Counters, g: &Gauges) -> String {
     );
     if let Some(r) = &g.redis {
         for (name, kind, help, v) in [
-            ("redis_connected", "gauge", "1 while the Redis bus is up.", u64::from(r.connected)),
-            ("redis_reconnects_total", "counter", "Redis connection attempts after the first.", r.reconnects),
-            ("redis_in_flight", "gauge", "Redis publishes and fetches waiting for replies.", r.in_flight as u64),
-            ("redis_latency_avg_microseconds", "gauge", "Moving average of Redis command latency.", r.latency_avg_us),
-            ("redis_received_total", "counter", "Events received from the bus.", r.received),
-            ("redis_published_total", "counter", "Publishes Redis accepted.", r.published),
-            ("redis_fetches_total", "counter", "History fetches from Redis.", r.fetches),
-            ("redis_bus_gaps_total", "counter", "Holes the bus could not fill (subscribers get gap).", r.bus_gaps),
-            ("redis_errors_total", "counter", "Failed Redis commands and connections.", r.errors),
-            ("redis_unavailable_total", "counter", "Publishes answered 503 because of Redis.", r.unavailable),
+            (
+                "redis_connected",
+                "gauge",
+                "1 while the Redis bus is up.",
+                u64::from(r.connected),
+            ),
+            (
+                "redis_reconnects_total",
+                "counter",
+                "Redis connection attempts after the first.",
+                r.reconnects,
+            ),
+            (
+                "redis_in_flight",
+                "gauge",
+                "Redis publishes and fetches waiting for replies.",
+                r.in_flight as u64,
+            ),
+            (
+                "redis_latency_avg_microseconds",
+                "gauge",
+                "Moving average of Redis command latency.",
+                r.latency_avg_us,
+            ),
+            (
+                "redis_received_total",
+                "counter",
+                "Events received from the bus.",
+                r.received,
+            ),
+            (
+                "redis_published_total",
+                "counter",
+                "Publishes Redis accepted.",
+                r.published,
+            ),
+            (
+                "redis_fetches_total",
+                "counter",
+                "History fetches from Redis.",
+                r.fetches,
+            ),
+            (
+                "redis_bus_gaps_total",
+                "counter",
+                "Holes the bus could not fill (subscribers get gap).",
+                r.bus_gaps,
+            ),
+            (
+                "redis_errors_total",
+                "counter",
+                "Failed Redis commands and connections.",
+                r.errors,
+            ),
+            (
+                "redis_unavailable_total",
+                "counter",
+                "Publishes answered 503 because of Redis.",
+                r.unavailable,
+            ),
         ] {
             metric(name, kind, help, v.to_string());
         }

@@ -233,7 +233,9 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
 fn in_ring(cx: &Cx<'_>, idx: u32, uuid: &str) -> Option<u64> {
     let line = format!("id: {uuid}\n");
     let s = cx.broker.get(idx)?;
-    let f = s.frames_after(0).find(|f| f.sse().starts_with(line.as_bytes()))?;
+    let f = s
+        .frames_after(0)
+        .find(|f| f.sse().starts_with(line.as_bytes()))?;
     Some(f.id)
 }
 

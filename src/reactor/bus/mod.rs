@@ -238,10 +238,7 @@ impl Reactor {
 
     /// Carries out every output the bus has queued.
     fn bus_drain(&mut self) {
-        loop {
-            let Some(out) = self.bus.as_mut().and_then(|l| l.bus.poll()) else {
-                break;
-            };
+        while let Some(out) = self.bus.as_mut().and_then(|l| l.bus.poll()) {
             match out {
                 BusOutput::Published { req, id } => self.on_published(req, Ok(id)),
                 BusOutput::Failed { req, error } => {
@@ -272,7 +269,8 @@ impl Reactor {
     }
 
     fn on_published(&mut self, req: u64, r: Result<u64, BusError>) {
-        if let Some(Req::Publish { slot, index }) = self.bus.as_mut().and_then(|l| l.reqs.remove(&req))
+        if let Some(Req::Publish { slot, index }) =
+            self.bus.as_mut().and_then(|l| l.reqs.remove(&req))
         {
             self.publish_done(slot, index, r);
         }
@@ -467,7 +465,8 @@ impl Reactor {
             let last = self.broker.get(idx).map_or(0, |s| s.last_id);
             match l.sync.get_mut(name.as_str()) {
                 None if *prev == last => {
-                    l.sync.insert(name.as_str().into(), Sync::Live { reset: false });
+                    l.sync
+                        .insert(name.as_str().into(), Sync::Live { reset: false });
                     now_targets.push(idx);
                 }
                 None => fetch.push((name.clone(), false, *prev)),
@@ -617,7 +616,11 @@ impl Reactor {
         self.broker.observe(prev);
         // Events up to `prev` are missing; if Redis forgot `last` (it
         // restarted), anything before `id` may be.
-        let upto = if prev > last { prev } else { id.saturating_sub(1) };
+        let upto = if prev > last {
+            prev
+        } else {
+            id.saturating_sub(1)
+        };
         if last == 0 {
             // Nothing held here yet: only resumes from before `prev` lack
             // history, which is trimmed history, not a bus loss.
@@ -700,7 +703,9 @@ impl Reactor {
         // while this node was away is gone: mark it, take what comes next.
         let mut reset = false;
         if entries.is_empty() && held > 0 && first_retained.is_none_or(|f| f > held) {
-            let top = self.broker.ids().last();
+            // Above every id seen here, so even a subscriber at the newest
+            // is told; the next id Redis gives is above it (floor).
+            let top = self.broker.ids().last() + 1;
             self.lost(idx, top);
             reset = true;
         }

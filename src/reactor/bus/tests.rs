@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
-use crate::bus::resp::{encode_command, Decoder, Value};
 use super::machine::{Bus, BusConfig, BusOutput};
+use crate::bus::resp::{encode_command, Decoder, Value};
 use crate::bus::{BusError, RedisUrl};
 
 /// A redis-server child process, killed on drop.
