@@ -430,3 +430,58 @@ fn bad_redis_url_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Redis URL"));
 }
+
+#[test]
+fn pipelined_requests_wait_for_the_deferred_publish_in_order() {
+    let Some(r) = Redis::start() else { return };
+    let a = node(&r, &[]);
+    let mut c = Conn::open(a.addr);
+    let post = |d: &str| {
+        format!(
+            "POST /events?stream=pl HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{d}",
+            d.len()
+        )
+    };
+    let wire = format!(
+        "{}{}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        post("one"),
+        post("two")
+    );
+    c.send(wire.as_bytes());
+    let one = c.response();
+    let two = c.response();
+    let third = c.response();
+    assert_eq!((one.status, two.status, third.status), (200, 200, 200));
+    let id = |r: &Response| r.json()["id"].as_str().unwrap().parse::<u64>().unwrap();
+    assert!(id(&one) < id(&two));
+    assert_eq!(third.text(), "ok");
+}
+
+#[test]
+fn library_publisher_goes_through_redis() {
+    let Some(r) = Redis::start() else { return };
+    let b = node(&r, &[]);
+    let cfg = ssed::Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        redis: Some(r.url()),
+        ..ssed::Config::default()
+    };
+    let server = ssed::Server::bind(cfg).unwrap();
+    let (addr, publisher) = (server.local_addrs()[0], server.publisher());
+    let stop = server.shutdown_handle();
+    let th = std::thread::spawn(move || server.run());
+    assert!(wait_until(T, || connected(addr)));
+    let mut s = live(b.addr, "/events?stream=lib");
+    let id = publisher
+        .publish("lib", ssed::Event::new("from the library"))
+        .unwrap();
+    let e = s.next_event(T).unwrap();
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!(e.data(), "from the library");
+    drop(r);
+    assert!(wait_until(T, || !connected(addr)));
+    let err = publisher.publish("lib", ssed::Event::new("x")).unwrap_err();
+    assert!(err.to_string().contains("redis unavailable"), "{err}");
+    stop.shutdown();
+    th.join().unwrap().unwrap();
+}
