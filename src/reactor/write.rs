@@ -195,7 +195,10 @@ impl Reactor {
             Ok(true) => {}
         }
         // A connection waiting for Redis keeps its input paused.
-        let held = self.bus_holds(key);
+        let held = matches!(
+            self.conns.get(key as usize).map(|c| &c.state),
+            Some(State::Reading { paused: true, .. })
+        ) && self.bus_holds(key);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
