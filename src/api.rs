@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::broker::{BrokerError, Origin, Resume};
 use crate::event::Event;
-use crate::handler::{last_event_id, Action, Cx};
+use crate::handler::{bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -41,7 +41,12 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             }
         }
         "/healthz" => match req.method {
-            Method::Get | Method::Head => cx.ok(req, "text/plain", "ok"),
+            // Still 200 while Redis is down: a load balancer must not drop
+            // every node at once; the body says so.
+            Method::Get | Method::Head => match cx.redis {
+                Some(false) => cx.ok(req, "text/plain", "degraded: redis unavailable"),
+                _ => cx.ok(req, "text/plain", "ok"),
+            },
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         "/stats" | "/metrics" => match req.method {
@@ -227,6 +232,19 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let Some(targets) = resolve(cx, req, &names) else {
         return;
     };
+    if cx.redis.is_some() {
+        if let Err(e) = fits(cx, &targets, &events) {
+            cx.counters.reject("publish_refused");
+            return cx.fail(req, e.status(), &e.message());
+        }
+        let shape = Shape::of(req, &cx.cors);
+        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
+            targets,
+            payloads: events.iter().map(bus_payload).collect(),
+            reply: Deferred::Ids { batch, shape },
+        })));
+        return;
+    }
     let mut ids = Vec::with_capacity(events.len());
     let mut subscribers = 0;
     for e in &events {
@@ -259,20 +277,50 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     cx.ok_json(req, &body);
 }
 
+/// Refuses, before they go to Redis, events too large for a target's
+/// history (every node would refuse them on arrival).
+fn fits(cx: &Cx<'_>, targets: &[u32], events: &[Event]) -> Result<(), BrokerError> {
+    for e in events {
+        // Ids have at most 16 digits below 2^53.
+        let n =
+            crate::frame::encode_numbered(u64::pow(10, 15), e.event.as_deref(), &e.data, e.retry)
+                .len();
+        for &t in targets {
+            if let Some(s) = cx.broker.get(t) {
+                if n + 16 > s.limits().history_bytes {
+                    return Err(BrokerError::TooLarge(n));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Publishes one event from the library: the same checks as `POST
 /// /events` (stream name, event type, auto-creation, `--max-streams`,
-/// size).
+/// size). With `--redis` the event goes through the bus: `Ok(None)`, and
+/// the reactor answers the publisher when Redis has given the id.
 pub fn publish_event(
     cx: &mut Cx<'_>,
     stream: &str,
     ev: &Event,
-) -> Result<u64, crate::event::PublishError> {
+) -> Result<Option<u64>, crate::event::PublishError> {
     use crate::event::PublishError;
     ev.check().map_err(PublishError::BadEvent)?;
     let targets = cx
         .broker
         .resolve(&[stream], cx.cfg.auto_streams)
         .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
+    if cx.redis.is_some() {
+        fits(cx, &targets, std::slice::from_ref(ev))
+            .map_err(|e| PublishError::Refused(e.message()))?;
+        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
+            targets,
+            payloads: vec![bus_payload(ev)],
+            reply: Deferred::Library,
+        })));
+        return Ok(None);
+    }
     let p = cx
         .broker
         .publish(Origin::Local, &targets, ev, cx.unix_us)
@@ -280,7 +328,7 @@ pub fn publish_event(
     if p.pressure {
         cx.actions.push(Action::Flush);
     }
-    Ok(p.id)
+    Ok(Some(p.id))
 }
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {

@@ -60,8 +60,13 @@ pub struct Config {
     pub reuse_port: bool,
     /// Worker processes the binary supervises on one port (0: serve in this process).
     pub workers: usize,
-    /// Redis URL for scale-out (stored here; the bus wiring reads it).
+    /// Redis to share streams, ids and history through (`--redis`);
+    /// checked when the server binds (`redis://...` or `unix:/path`).
     pub redis: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Deadline of each Redis command (publish, fetch, handshake step).
+    pub redis_timeout: Duration,
 }
 
 impl Default for Config {
@@ -93,6 +98,8 @@ impl Default for Config {
             reuse_port: false,
             workers: 0,
             redis: None,
+            redis_prefix: "ssed".into(),
+            redis_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -284,7 +291,19 @@ const FLAGS: &[Flag] = &[
         name: "redis",
         value: "URL",
         default: "none",
-        help: "redis://[:password@]host:port[/db] or unix:/path: share streams across nodes",
+        help: "share streams, ids and history through Redis: redis://[:password@]host:port[/db] or unix:/path",
+    },
+    Flag {
+        name: "redis-prefix",
+        value: "PREFIX",
+        default: "ssed",
+        help: "prefix of every Redis key and channel",
+    },
+    Flag {
+        name: "redis-timeout",
+        value: "SECS",
+        default: "2",
+        help: "deadline of each Redis command; publishes answer 503 past it",
     },
     Flag {
         name: "reuse-port",
@@ -464,10 +483,27 @@ impl Config {
                 self.tick_scale = x;
             }
             "redis" => {
-                if v.trim().is_empty() {
+                let v = v.trim();
+                if v.is_empty() {
                     return Err(bad(name, v, "must not be empty"));
                 }
-                self.redis = Some(v.trim().to_string());
+                self.redis = Some(v.to_string());
+            }
+            "redis-prefix" => {
+                let ok = (1..=64).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+                if !ok {
+                    return Err(bad(name, v, "1..=64 visible characters"));
+                }
+                self.redis_prefix = v.to_string();
+            }
+            "redis-timeout" => {
+                let d = secs(name, v)?;
+                if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                    return Err(bad(name, v, "must be 0.01..=3600 seconds"));
+                }
+                self.redis_timeout = d;
             }
             "reuse-port" => self.reuse_port = switch(name, v)?,
             "workers" => {

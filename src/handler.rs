@@ -70,6 +70,13 @@ pub enum Action {
     /// Run the fan-out now: so much was published in one turn that the
     /// rings could overtake even fast readers before the loop sleeps.
     Flush,
+    /// With `--redis`: publish through the bus (Redis allocates the ids);
+    /// the connection's input waits and the reply goes out once Redis
+    /// accepted every event (or refused one).
+    BusPublish(Box<BusPublish>),
+    /// With `--redis`: start a stream once the targets' history is here
+    /// (the reactor loads it from Redis first when this node lacks it).
+    BusStream(Box<BusStream>),
     /// Answer with `/stats` (JSON) or `/metrics` (Prometheus): the reactor
     /// holds the gauges.
     Stats {
@@ -84,6 +91,121 @@ pub enum Action {
         /// CORS headers.
         headers: Headers,
     },
+}
+
+/// Events to publish through the bus, and how to answer once they are in.
+pub struct BusPublish {
+    /// Target streams.
+    pub targets: Vec<u32>,
+    /// One bus payload per event ([`bus_payload`], [`bus_payload_raw`]).
+    pub payloads: Vec<Vec<u8>>,
+    /// The reply to build from the ids.
+    pub reply: Deferred,
+}
+
+/// How a deferred publish is answered.
+pub enum Deferred {
+    /// `POST /events`: `{"id","subscribers"}`, or `{"ids",...}` for a batch.
+    Ids {
+        /// An array was posted.
+        batch: bool,
+        /// The response's framing.
+        shape: Shape,
+    },
+    /// A member notification: `{"id": uuid, "devices"}`; the reactor also
+    /// tells the app which id the uuid got.
+    Member {
+        /// The member.
+        member: String,
+        /// The event's uuid.
+        uuid: String,
+        /// The response's framing.
+        shape: Shape,
+    },
+    /// The library [`crate::Publisher`]: the id goes back on its channel.
+    Library,
+}
+
+/// What a response built later needs from its request.
+pub struct Shape {
+    /// HTTP/1.0.
+    pub http10: bool,
+    /// Keep the connection.
+    pub keep_alive: bool,
+    /// A `HEAD` request.
+    pub head_only: bool,
+    /// CORS headers.
+    pub cors: Headers,
+}
+
+impl Shape {
+    /// The framing of `req`'s response.
+    pub fn of(req: &Request<'_>, cors: &Headers) -> Shape {
+        Shape {
+            http10: req.http10,
+            keep_alive: req.keep_alive,
+            head_only: req.method == Method::Head,
+            cors: cors.clone(),
+        }
+    }
+    /// Encodes `resp` as the answer.
+    pub fn encode(&self, resp: Response) -> Vec<u8> {
+        resp.with(&self.cors)
+            .encode(self.http10, self.keep_alive, self.head_only)
+    }
+}
+
+/// A stream whose start waits for history from the bus.
+pub struct BusStream {
+    /// The response head.
+    pub head: Vec<u8>,
+    /// The body is chunk-framed.
+    pub chunked: bool,
+    /// SSE bytes before the first event (retry).
+    pub prelude: Vec<u8>,
+    /// The streams to read.
+    pub targets: Vec<u32>,
+    /// Where to start.
+    pub resume: Resume,
+}
+
+/// A bus payload for a core event: `E` + `{"d","e","r"}`; each node
+/// encodes the frame once the id is known.
+pub fn bus_payload(ev: &crate::event::Event) -> Vec<u8> {
+    let v = serde_json::json!({ "d": ev.data, "e": ev.event, "r": ev.retry });
+    let mut out = b"E".to_vec();
+    out.extend_from_slice(v.to_string().as_bytes());
+    out
+}
+
+/// A bus payload for an event whose SSE bytes do not depend on the id
+/// (the member app writes its own `id:` line): `R` + the bytes.
+pub fn bus_payload_raw(sse: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sse.len() + 1);
+    out.push(b'R');
+    out.extend_from_slice(sse);
+    out
+}
+
+/// The SSE bytes of a bus payload given its id; `None` when malformed.
+pub fn bus_frame(id: u64, payload: &[u8]) -> Option<Vec<u8>> {
+    match payload.split_first()? {
+        (b'E', json) => {
+            let v: Value = serde_json::from_slice(json).ok()?;
+            let data = v.get("d")?.as_str()?;
+            let event = match v.get("e") {
+                None | Some(Value::Null) => None,
+                Some(e) => Some(e.as_str().filter(|t| frame::valid_event_type(t))?),
+            };
+            let retry = match v.get("r") {
+                None | Some(Value::Null) => None,
+                Some(r) => Some(u32::try_from(r.as_u64()?).ok()?),
+            };
+            Some(frame::encode_numbered(id, event, data, retry))
+        }
+        (b'R', sse) if sse.ends_with(b"\n\n") => Some(sse.to_vec()),
+        _ => None,
+    }
 }
 
 /// A handler's view of the server for one request.
@@ -110,6 +232,9 @@ pub struct Cx<'a> {
     pub via_proxy: bool,
     /// CORS headers for this request's origin (empty when not allowed).
     pub cors: Headers,
+    /// With `--redis`: whether the bus is up (`None`: no Redis; publishes
+    /// and resumes then stay on this node).
+    pub redis: Option<bool>,
     /// What to do, in order.
     pub actions: Vec<Action>,
 }
@@ -203,6 +328,16 @@ impl Cx<'_> {
             return;
         }
         let mut prelude = self.prelude();
+        if self.redis.is_some() {
+            self.actions.push(Action::BusStream(Box::new(BusStream {
+                head: http::stream_head(req.http10, chunked, &hs),
+                chunked,
+                prelude,
+                targets: targets.to_vec(),
+                resume: resume.clone(),
+            })));
+            return;
+        }
         let c = self.broker.subscribe(self.conn, targets, resume);
         if let Some(g) = &c.gap {
             prelude.extend_from_slice(g);
@@ -594,5 +729,28 @@ mod tests {
             ip("192.0.2.1")
         );
         assert_eq!(f("Forwarded: for=_hidden\r\n"), Some(None));
+    }
+
+    #[test]
+    fn bus_payloads_round_trip() {
+        let ev = crate::event::Event {
+            data: "a\nb".into(),
+            event: Some("t".into()),
+            retry: Some(5),
+        };
+        let f = bus_frame(42, &bus_payload(&ev)).unwrap();
+        assert_eq!(f, frame::encode_numbered(42, Some("t"), "a\nb", Some(5)));
+        let raw = b"id: u\ndata: x\n\n";
+        assert_eq!(bus_frame(1, &bus_payload_raw(raw)).unwrap(), raw.to_vec());
+        for bad in [
+            &b""[..],
+            b"X",
+            b"E{",
+            b"E{\"d\":1}",
+            b"E{\"d\":\"x\",\"e\":\"a:b\"}",
+            b"Rdata: x",
+        ] {
+            assert!(bus_frame(1, bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -53,7 +53,6 @@ mod api;
 mod apps;
 mod auth;
 mod broker;
-#[allow(dead_code)] // wired by the scale-out work
 mod bus;
 pub mod client;
 mod config;

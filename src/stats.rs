@@ -83,6 +83,37 @@ pub struct Gauges {
     pub per_ip_entries: usize,
     /// The connection cap in force.
     pub max_connections: usize,
+    /// The Redis bus, with `--redis`.
+    pub redis: Option<RedisGauges>,
+}
+
+/// The Redis bus's state and counters (`--redis`).
+#[derive(Debug, Default, Clone)]
+pub struct RedisGauges {
+    /// Both connections up, script loaded, subscribed.
+    pub connected: bool,
+    /// Connection attempts after the first.
+    pub reconnects: u64,
+    /// Publishes and fetches waiting for Redis.
+    pub in_flight: usize,
+    /// Moving average of command latency, µs.
+    pub latency_avg_us: u64,
+    /// Latency of the last command, µs.
+    pub latency_last_us: u64,
+    /// Announcements received from the bus.
+    pub received: u64,
+    /// Publishes Redis accepted.
+    pub published: u64,
+    /// History fetches issued.
+    pub fetches: u64,
+    /// Streams marked lost (holes the bus could not fill: subscribers get `gap`).
+    pub bus_gaps: u64,
+    /// Failed commands, bad messages and connection failures.
+    pub errors: u64,
+    /// Publishes answered 503 (Redis unavailable, busy or timed out).
+    pub unavailable: u64,
+    /// The most recent error.
+    pub last_error: Option<String>,
 }
 
 /// `/stats` as JSON.
@@ -122,6 +153,20 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
         "accept_paused": c.accept_paused,
         "healthz_reserve": c.healthz_reserve,
         "rejected": c.rejected,
+        "redis": g.redis.as_ref().map(|r| serde_json::json!({
+            "connected": r.connected,
+            "reconnects": r.reconnects,
+            "in_flight": r.in_flight,
+            "latency_avg_us": r.latency_avg_us,
+            "latency_last_us": r.latency_last_us,
+            "received": r.received,
+            "published": r.published,
+            "fetches": r.fetches,
+            "bus_gaps": r.bus_gaps,
+            "errors": r.errors,
+            "unavailable": r.unavailable,
+            "last_error": r.last_error,
+        })),
     })
 }
 
@@ -243,6 +288,72 @@ pub fn prometheus(c: &Counters, g: &Gauges) -> String {
         "accept() failures (EMFILE and others).",
         c.accept_errors.to_string(),
     );
+    if let Some(r) = &g.redis {
+        for (name, kind, help, v) in [
+            (
+                "redis_connected",
+                "gauge",
+                "1 while the Redis bus is up.",
+                u64::from(r.connected),
+            ),
+            (
+                "redis_reconnects_total",
+                "counter",
+                "Redis connection attempts after the first.",
+                r.reconnects,
+            ),
+            (
+                "redis_in_flight",
+                "gauge",
+                "Redis publishes and fetches waiting for replies.",
+                r.in_flight as u64,
+            ),
+            (
+                "redis_latency_avg_microseconds",
+                "gauge",
+                "Moving average of Redis command latency.",
+                r.latency_avg_us,
+            ),
+            (
+                "redis_received_total",
+                "counter",
+                "Events received from the bus.",
+                r.received,
+            ),
+            (
+                "redis_published_total",
+                "counter",
+                "Publishes Redis accepted.",
+                r.published,
+            ),
+            (
+                "redis_fetches_total",
+                "counter",
+                "History fetches from Redis.",
+                r.fetches,
+            ),
+            (
+                "redis_bus_gaps_total",
+                "counter",
+                "Holes the bus could not fill (subscribers get gap).",
+                r.bus_gaps,
+            ),
+            (
+                "redis_errors_total",
+                "counter",
+                "Failed Redis commands and connections.",
+                r.errors,
+            ),
+            (
+                "redis_unavailable_total",
+                "counter",
+                "Publishes answered 503 because of Redis.",
+                r.unavailable,
+            ),
+        ] {
+            metric(name, kind, help, v.to_string());
+        }
+    }
     let _ = write!(s, "# HELP ssed_rejected_total Requests or connections rejected, by reason.\n# TYPE ssed_rejected_total counter\n");
     for (reason, n) in &c.rejected {
         let _ = writeln!(s, "ssed_rejected_total{{reason=\"{reason}\"}} {n}");

@@ -45,7 +45,7 @@ use serde_json::{json, Map, Value};
 use super::ids;
 use crate::broker::{Limits, Origin, Resume};
 use crate::frame;
-use crate::handler::{last_event_id, Action, Cx};
+use crate::handler::{bus_payload_raw, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::Response;
 use crate::http::{Method, Request};
 
@@ -277,7 +277,8 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
             let known = m
                 .members
                 .get(member.as_str())
-                .and_then(|st| st.ids.iter().find(|(u, _)| &**u == r).map(|(_, id)| *id));
+                .and_then(|st| st.ids.iter().find(|(u, _)| &**u == r).map(|(_, id)| *id))
+                .or_else(|| in_ring(cx, idx, r));
             match known {
                 Some(id) => Resume::After(id, r.to_string()),
                 // Unknown (evicted, from before a restart, or bogus): the
@@ -298,6 +299,29 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         }
     }
     cx.stream(req, &[idx], &resume, &[]);
+}
+
+/// The server id of the retained frame whose `id:` line is `uuid` (events
+/// that came from another node through the bus are not in the index).
+fn in_ring(cx: &Cx<'_>, idx: u32, uuid: &str) -> Option<u64> {
+    let line = format!("id: {uuid}\n");
+    let s = cx.broker.get(idx)?;
+    let f = s
+        .frames_after(0)
+        .find(|f| f.sse().starts_with(line.as_bytes()))?;
+    Some(f.id)
+}
+
+impl Members {
+    /// A member event published through the bus got server id `id`.
+    pub fn record(&mut self, member: &str, uuid: &str, id: u64) {
+        if let Some(st) = self.members.get_mut(member) {
+            st.ids.push_back((uuid.into(), id));
+            while st.ids.len() > HISTORY {
+                st.ids.pop_front();
+            }
+        }
+    }
 }
 
 /// Parses `{"event":{"type":"T","body":{...}}}` into the type and body.
@@ -353,6 +377,19 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
     let uuid = ids::uuid_v4(cx.rng);
     let data = Value::Object(body).to_string();
     let bytes = frame::encode(Some(&uuid), Some(&etype), &data, None);
+    if cx.redis.is_some() {
+        // Through the bus, so the member's devices on every node get it.
+        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
+            targets: vec![idx],
+            payloads: vec![bus_payload_raw(&bytes)],
+            reply: Deferred::Member {
+                member,
+                uuid,
+                shape: Shape::of(req, &cx.cors),
+            },
+        })));
+        return;
+    }
     let p = match cx
         .broker
         .publish_with(Origin::Local, &[idx], now, |_| bytes)

@@ -512,6 +512,38 @@ impl Broker {
         })
     }
 
+    /// Records that events of stream `idx` up to id `upto` may be missing
+    /// on this node (a hole a bus could not fill: trimmed history, a Redis
+    /// that lost its data). Retained frames at or below `upto` are dropped
+    /// like evicted ones, so subscribers not yet sent all of them get `gap`
+    /// on their next flush (the stream is marked dirty so they are visited)
+    /// and resumes from below `upto` get `gap`. Returns whether the stream
+    /// exists and its loss mark moved.
+    pub fn mark_lost(&mut self, idx: u32, upto: u64) -> bool {
+        let Some(s) = self.streams.get_mut(idx as usize) else {
+            return false;
+        };
+        if !s.mark_lost(upto) {
+            return false;
+        }
+        if !s.dirty {
+            s.dirty = true;
+            s.dirty_frames = 0;
+            s.dirty_bytes = 0;
+            self.dirty.push(idx);
+        }
+        self.ids.observe(upto);
+        true
+    }
+
+    /// Moves the id clock past an id seen elsewhere (a bus announcement's
+    /// predecessor), so a resume from it is one this node can place.
+    pub fn observe(&mut self, id: u64) {
+        if id > 0 {
+            self.ids.observe(id);
+        }
+    }
+
     /// Distinct connections reading any of `targets`.
     pub fn audience(&self, targets: &[u32]) -> usize {
         match targets {

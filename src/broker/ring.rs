@@ -119,6 +119,11 @@ impl Stream {
         self.display.as_deref().unwrap_or(&self.name)
     }
 
+    /// This stream's history bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Retained frame count.
     pub fn retained(&self) -> usize {
         self.ring.len()
@@ -193,6 +198,18 @@ impl Stream {
             freed += self.evict_front();
         }
         freed
+    }
+
+    /// Treats every event up to `upto` as possibly missing: drops the
+    /// retained frames at or below it and raises the loss mark. Returns
+    /// whether the mark moved.
+    pub(super) fn mark_lost(&mut self, upto: u64) -> bool {
+        while self.ring.front().is_some_and(|f| f.id <= upto) {
+            self.evict_front();
+        }
+        let moved = upto > self.lost_upto;
+        self.lost_upto = self.lost_upto.max(upto);
+        moved
     }
 
     /// Drops the oldest frame; returns the bytes freed.

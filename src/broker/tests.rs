@@ -277,3 +277,41 @@ fn model_resume_and_merge_match_a_naive_reference() {
         }
     }
 }
+
+#[test]
+fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
+    let mut b = broker(10);
+    let a = b.resolve(&["a"], true).unwrap()[0];
+    let ids: Vec<u64> = (0..3).map(|_| publish(&mut b, &[a], 1_000)).collect();
+    let mut caught = b.subscribe(1, &[a], &Resume::Live).cursors;
+    let mut behind = b
+        .subscribe(2, &[a], &Resume::After(ids[0], String::new()))
+        .cursors;
+    let mut dirty = Vec::new();
+    b.take_dirty(&mut dirty);
+    // A hole after the last event: up to 5000 may be missing.
+    assert!(b.mark_lost(a, 5_000));
+    assert!(!b.mark_lost(a, 4_000), "a lower mark changes nothing");
+    dirty.clear();
+    b.take_dirty(&mut dirty);
+    assert_eq!(dirty, vec![a], "subscribers are visited");
+    assert_eq!(b.get(a).unwrap().retained(), 0);
+    for cs in [&mut caught, &mut behind] {
+        let gap = String::from_utf8(b.take_gap(cs).unwrap()).unwrap();
+        assert!(gap.contains("event: gap"), "{gap}");
+        assert_eq!(cs.as_slice()[0].last_id, 5_000);
+        assert!(b.take_gap(cs).is_none(), "one gap only");
+    }
+    // A resume from below the mark gets a gap; from the mark, none.
+    assert!(b
+        .subscribe(3, &[a], &Resume::After(ids[2], String::new()))
+        .gap
+        .is_some());
+    let c = b.subscribe(4, &[a], &Resume::After(5_000, String::new()));
+    assert!(c.gap.is_none());
+    // Later events arrive normally.
+    let p = b.append(Origin::Bus, &[a], 6_000, b"data: x\n\n").unwrap();
+    assert_eq!(p.id, 6_000);
+    assert_eq!(ids_of(&b, &c.cursors), vec![6_000]);
+    assert!(!b.mark_lost(99, 1), "unknown stream");
+}

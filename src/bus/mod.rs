@@ -1,29 +1,19 @@
 //! Scale-out through Redis (issue 12): several ssed nodes allocate ids,
 //! keep per-stream history and fan events out through one Redis.
 //!
-//! Owns the Redis side only: the wire format ([`resp`]), URLs ([`url`]),
-//! the data model and publish script ([`script`]), a nonblocking
-//! connection ([`client`]) and the state machine the reactor drives
-//! ([`Bus`]). It must not touch the server core, spawn threads or block
-//! the reactor (except resolving a host name on connect).
+//! Owns the pure Redis side only: the wire format ([`resp`]), URLs
+//! ([`url`]), the data model and publish script ([`script`]), and the
+//! error type. It does no I/O: the connections and the state machine that
+//! drive them live under the reactor (`src/reactor/bus/`), the only code
+//! that touches sockets.
 
-#[allow(clippy::module_inception)]
-mod bus;
-pub mod client;
 pub mod resp;
 pub mod script;
 pub mod url;
 
-#[cfg(test)]
-mod tests;
-
 use std::fmt;
 
-// The lead wires these into the server; until then nothing outside uses them.
-#[allow(unused_imports)]
-pub use bus::{Bus, BusConfig, BusOutput, BusStatus};
-#[allow(unused_imports)]
-pub use url::{RedisAddr, RedisUrl, UrlError};
+pub use url::RedisUrl;
 
 /// Why a bus request failed or was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

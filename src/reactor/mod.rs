@@ -18,7 +18,9 @@
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
+//! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
+mod bus;
 mod conn;
 pub(crate) mod listen;
 mod peers;
@@ -158,12 +160,20 @@ pub(crate) struct Bound {
     cfg: Config,
     max: usize,
     users: Option<crate::apps::mongoose::Users>,
+    redis: Option<crate::bus::RedisUrl>,
 }
 
 impl Bound {
     pub fn bind(cfg: Config) -> io::Result<Bound> {
         let users = Apps::load_users(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let redis = match cfg.redis.as_deref() {
+            Some(u) => Some(
+                u.parse::<crate::bus::RedisUrl>()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            ),
+            None => None,
+        };
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut listeners = Vec::new();
@@ -219,6 +229,7 @@ impl Bound {
             cfg,
             max,
             users,
+            redis,
         })
     }
 
@@ -229,7 +240,11 @@ impl Bound {
             history_bytes: self.cfg.history_bytes,
         };
         let broker = Broker::new(clock.start_unix_us, limits, self.cfg.max_streams);
+        let bus = self
+            .redis
+            .map(|u| bus::Link::new(u, &self.cfg, self.poll.registry(), clock.now_ms));
         let mut r = Reactor {
+            bus,
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -312,6 +327,8 @@ fn ticks(d: Duration) -> Tick {
 
 /// The reactor and everything it owns.
 pub(crate) struct Reactor {
+    /// The Redis bus, with `--redis`.
+    bus: Option<bus::Link>,
     poll: Poll,
     listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
@@ -365,9 +382,12 @@ impl Reactor {
             self.clock.tick();
             let busy = !self.again.is_empty() || !self.passes.is_empty();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
-                self.timers
-                    .next_at()
-                    .map(|t| Duration::from_millis(t.saturating_sub(self.clock.now_ms)))
+                let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
+                let at = match (self.timers.next_at(), bus) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                at.map(|t| Duration::from_millis(t.saturating_sub(self.clock.now_ms)))
             } else {
                 Some(Duration::ZERO)
             };
@@ -387,6 +407,7 @@ impl Reactor {
                 let t = ev.token();
                 if t == WAKER {
                     self.drain_inbox();
+                } else if self.bus_event(t) {
                 } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
                     self.accept(usize::MAX - 1 - t.0);
                 } else {
@@ -412,6 +433,7 @@ impl Reactor {
                     Timer::Tick { key, gen } => self.on_tick(key, gen),
                 }
             }
+            self.bus_timer();
             for key in std::mem::take(&mut self.resume_read) {
                 self.resume_reading(key);
             }
@@ -441,6 +463,9 @@ impl Reactor {
                     self.peers.remove(slot);
                 }
                 self.apps.on_close(key);
+                if let Some(l) = self.bus.as_mut() {
+                    l.forget(key);
+                }
                 self.counters.closed += 1;
             }
         }
@@ -507,6 +532,7 @@ impl Reactor {
             peer,
             via_proxy,
             cors: Vec::new(),
+            redis: self.bus.as_ref().map(bus::Link::up),
             actions: Vec::new(),
         }
     }
@@ -521,12 +547,30 @@ impl Reactor {
                 Command::Publish(stream, ev, reply) => {
                     let mut cx = self.context(u32::MAX);
                     let res = crate::api::publish_event(&mut cx, &stream, &ev);
-                    let actions = std::mem::take(&mut cx.actions);
+                    let mut actions = std::mem::take(&mut cx.actions);
                     if let Err(e) = &res {
                         log::debug!("library publish to {stream:?} refused: {e}");
                     }
-                    // The publisher may have stopped waiting.
-                    let _ = reply.send(res);
+                    match res {
+                        // Through the bus: answered when Redis has the id.
+                        Ok(None) => {
+                            for a in std::mem::take(&mut actions) {
+                                match a {
+                                    Action::BusPublish(bp) => {
+                                        self.bus_publish(None, Some(reply.clone()), *bp)
+                                    }
+                                    a => actions.push(a),
+                                }
+                            }
+                        }
+                        // The publisher may have stopped waiting.
+                        Ok(Some(id)) => {
+                            let _ = reply.send(Ok(id));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                     self.act(u32::MAX, actions);
                 }
             }
@@ -543,19 +587,9 @@ impl Reactor {
                     chunked,
                     prelude,
                     cursors,
-                } => {
-                    if !self.begin_stream(key, &head, chunked) {
-                        // The connection went while the handler decided.
-                        self.broker.unsubscribe(key, &cursors);
-                        continue;
-                    }
-                    if let Some(c) = self.conns.get_mut(key as usize) {
-                        c.state = State::Streaming(cursors);
-                    }
-                    self.send_sse(key, &prelude);
-                    self.flush_subscriber(key);
-                    self.after_stream_write(key);
-                }
+                } => self.start_stream(key, &head, chunked, &prelude, cursors),
+                Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
+                Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
                     head,
                     chunked,
@@ -610,6 +644,28 @@ impl Reactor {
         }
     }
 
+    /// Turns connection `key` into an event stream reading `cursors`.
+    fn start_stream(
+        &mut self,
+        key: u32,
+        head: &[u8],
+        chunked: bool,
+        prelude: &[u8],
+        cursors: crate::broker::Cursors,
+    ) {
+        if !self.begin_stream(key, head, chunked) {
+            // The connection went while the handler decided.
+            self.broker.unsubscribe(key, &cursors);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.state = State::Streaming(cursors);
+        }
+        self.send_sse(key, prelude);
+        self.flush_subscriber(key);
+        self.after_stream_write(key);
+    }
+
     /// Gauges for `/stats` and `/metrics`.
     fn gauges(&self) -> Gauges {
         let mut g = Gauges {
@@ -647,6 +703,7 @@ impl Reactor {
         g.per_ip_entries = self.peers.len();
         g.buffered_request_bytes = self.buffered;
         g.max_connections = self.max_connections;
+        g.redis = self.bus.as_ref().map(bus::Link::gauges);
         g
     }
 

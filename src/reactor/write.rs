@@ -194,6 +194,11 @@ impl Reactor {
             Ok(false) => return,
             Ok(true) => {}
         }
+        // A connection waiting for Redis keeps its input paused.
+        let held = matches!(
+            self.conns.get(key as usize).map(|c| &c.state),
+            Some(State::Reading { paused: true, .. })
+        ) && self.bus_holds(key);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -204,7 +209,7 @@ impl Reactor {
             }
             State::Ticking(_) => self.after_stream_write(key),
             State::Reading { paused, .. } => {
-                if *paused {
+                if *paused && !held {
                     *paused = false;
                     self.resume_read.push(key);
                 }

@@ -12,5 +12,6 @@ mod hardening;
 mod layers;
 mod library;
 mod mongoose;
+mod redis;
 mod trust;
 mod workers;

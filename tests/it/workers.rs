@@ -428,7 +428,6 @@ fn a_worker_that_does_not_drain_makes_the_exit_code_non_zero() {
 // broker, so a publish taken by one worker never reaches the other's
 // subscribers. The lead un-ignores this after merging.
 #[test]
-#[ignore = "needs the redis branch"]
 fn a_publish_on_either_worker_reaches_subscribers_on_both() {
     let redis = Redis::start();
     let url = redis.url();

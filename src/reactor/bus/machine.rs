@@ -20,10 +20,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::client::{Conn, Drain, Kind, Pending};
-use super::resp::{parse_int, Value, DEFAULT_MAX_BULK};
-use super::script::{parse_envelope, Keys, PublishArgs, MAX_ID, MAX_STREAMS, PUBLISH_LUA};
-use super::url::RedisUrl;
-use super::BusError;
+use crate::bus::resp::{parse_int, Value, DEFAULT_MAX_BULK};
+use crate::bus::script::{parse_envelope, Keys, PublishArgs, MAX_ID, MAX_STREAMS, PUBLISH_LUA};
+use crate::bus::url::RedisUrl;
+use crate::bus::BusError;
 
 /// Bytes read per connection per wakeup before yielding (see `next_deadline`).
 const READ_BUDGET: usize = 4 << 20;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
-use super::resp::{encode_command, Decoder, Value};
-use super::{Bus, BusConfig, BusError, BusOutput, RedisUrl};
+use super::machine::{Bus, BusConfig, BusOutput};
+use crate::bus::resp::{encode_command, Decoder, Value};
+use crate::bus::{BusError, RedisUrl};
 
 /// A redis-server child process, killed on drop.
 struct Redis {

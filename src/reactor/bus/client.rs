@@ -14,10 +14,10 @@ use std::time::Instant;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
-use super::resp::{encode_command, Decoder, Value};
-use super::script::PublishArgs;
-use super::url::RedisAddr;
-use super::BusError;
+use crate::bus::resp::{encode_command, Decoder, Value};
+use crate::bus::script::PublishArgs;
+use crate::bus::url::RedisAddr;
+use crate::bus::BusError;
 
 const CHUNK: usize = 64 << 10;
 

@@ -1,0 +1,487 @@
+//! Scale-out through a real Redis (issue 12): each test starts its own
+//! `redis-server` on a free port and two (or three) `ssed --redis` nodes,
+//! and checks what crosses nodes on the wire: ids, data, types, resumes,
+//! gaps, and what happens when Redis is killed, restarted empty, stopped,
+//! or drops the pub/sub connections. They fail when redis-server is
+//! missing, unless `SSED_SKIP_REDIS=1`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A redis-server child, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if std::env::var("SSED_SKIP_REDIS").as_deref() == Ok("1") {
+            eprintln!("SSED_SKIP_REDIS=1: skipping a Redis-backed test");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let mut r = Redis { port, child: None };
+        r.spawn();
+        Some(r)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): the scale-out tests need it \
+                     (apt-get install -y redis-server), or set SSED_SKIP_REDIS=1 to skip them"
+                )
+            });
+        self.child = Some(child);
+        assert!(
+            wait_until(T, || self.try_cli(&["PING"]).as_deref() == Some("PONG")),
+            "redis-server did not start"
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped Redis must not outlive the test.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+        }
+        self.kill();
+    }
+}
+
+fn connected(addr: SocketAddr) -> bool {
+    stats(addr)["redis"]["connected"] == true
+}
+
+/// A node on `r`, once its bus is up.
+fn node(r: &Redis, extra: &[&str]) -> Server {
+    let url = r.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args);
+    assert!(wait_until(T, || connected(s.addr)), "bus never came up");
+    s
+}
+
+fn publish_typed(addr: SocketAddr, stream: &str, event: &str, data: &str) -> u64 {
+    let r = post(
+        addr,
+        &format!("/events?stream={stream}&event={event}"),
+        "text/plain",
+        data,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn pub_id(addr: SocketAddr, stream: &str, data: &str) -> u64 {
+    publish(addr, stream, data).parse().unwrap()
+}
+
+/// Publishes, retrying while the node reconnects (503); the id.
+fn publish_retrying(addr: SocketAddr, stream: &str, data: &str) -> u64 {
+    let deadline = Instant::now() + T;
+    loop {
+        let r = post(
+            addr,
+            &format!("/events?stream={stream}"),
+            "text/plain",
+            data,
+        );
+        if r.status == 200 {
+            return r.json()["id"].as_str().unwrap().parse().unwrap();
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "publishing never recovered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A live subscriber, with its retry line read (so it is registered).
+fn live(addr: SocketAddr, path: &str) -> Sse {
+    resume(addr, path, None)
+}
+
+fn resume(addr: SocketAddr, path: &str, last: Option<u64>) -> Sse {
+    let h = last.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
+    let mut s = Sse::open(addr, path, &h);
+    assert_eq!(s.status(), 200, "{}", s.head);
+    let retry = s.next_block(T).expect("retry line");
+    assert!(retry.retry.is_some(), "{retry:?}");
+    s
+}
+
+fn next_id(s: &mut Sse) -> u64 {
+    let e = s.next_event(T).expect("an event");
+    assert_ne!(e.event.as_deref(), Some("gap"), "unexpected gap: {e:?}");
+    e.id.expect("id").parse().unwrap()
+}
+
+#[test]
+fn publish_on_a_reaches_b_exactly_and_ids_increase_across_nodes() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let mut on_b = live(b.addr, "/events?stream=news");
+    let mut on_a = live(a.addr, "/events?stream=news");
+    let id = publish_typed(a.addr, "news", "update", "hello\nworld");
+    for s in [&mut on_b, &mut on_a] {
+        let e = s.next_event(T).expect("event");
+        assert_eq!(e.id, Some(id.to_string()));
+        assert_eq!(e.event.as_deref(), Some("update"));
+        assert_eq!(e.data(), "hello\nworld");
+    }
+    // Alternating nodes: one order of ids, every event delivered once.
+    let mut ids = vec![id];
+    for i in 0..10 {
+        let n = if i % 2 == 0 { b.addr } else { a.addr };
+        ids.push(pub_id(n, "news", &format!("e{i}")));
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for s in [&mut on_b, &mut on_a] {
+        let got: Vec<u64> = (0..10).map(|_| next_id(s)).collect();
+        assert_eq!(got, ids[1..]);
+    }
+    let st = stats(b.addr);
+    assert_eq!(st["redis"]["received"], 11);
+    assert_eq!(get(b.addr, "/healthz").text(), "ok");
+    let m = get(a.addr, "/metrics").text();
+    assert!(m.contains("ssed_redis_connected 1\n"), "{m}");
+}
+
+#[test]
+fn resume_on_a_from_ids_published_on_b() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let ids: Vec<u64> = (0..5)
+        .map(|i| pub_id(b.addr, "one", &format!("o{i}")))
+        .collect();
+    // A never held "one": it loads it from Redis before going live.
+    let mut s = resume(a.addr, "/events?stream=one", Some(ids[1]));
+    let got: Vec<u64> = (0..3).map(|_| next_id(&mut s)).collect();
+    assert_eq!(got, ids[2..]);
+    // Live continues with no hole.
+    let more = pub_id(b.addr, "one", "later");
+    assert_eq!(next_id(&mut s), more);
+
+    // Several streams, interleaved on B; the merge on A is in id order.
+    let mut all = Vec::new();
+    for i in 0..6 {
+        let st = if i % 2 == 0 { "two" } else { "three" };
+        all.push(pub_id(b.addr, st, &format!("m{i}")));
+    }
+    let mut s = resume(a.addr, "/events?stream=two&stream=three", Some(all[0]));
+    let got: Vec<u64> = (0..5).map(|_| next_id(&mut s)).collect();
+    assert_eq!(got, all[1..]);
+    // Straight after a publish on B, before A may have heard of it.
+    let x = pub_id(b.addr, "two", "fresh");
+    let y = pub_id(b.addr, "two", "fresher");
+    let mut s = resume(a.addr, "/events?stream=two", Some(x));
+    assert_eq!(next_id(&mut s), y);
+    assert_eq!(stats(a.addr)["redis"]["bus_gaps"], 0);
+}
+
+#[test]
+fn history_trimmed_in_redis_gives_gap() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let ids: Vec<u64> = (0..6)
+        .map(|i| pub_id(b.addr, "trim", &format!("t{i}")))
+        .collect();
+    assert_eq!(r.cli(&["XTRIM", "ssed:s:trim", "MAXLEN", "2"]), "4");
+    let mut s = resume(a.addr, "/events?stream=trim", Some(ids[0]));
+    let g = s.next_event(T).expect("gap");
+    assert_eq!(g.event.as_deref(), Some("gap"), "{g:?}");
+    assert!(g.data().contains("trim"), "{g:?}");
+    assert_eq!(next_id(&mut s), ids[4]);
+    assert_eq!(next_id(&mut s), ids[5]);
+    // From the newest trimmed-away predecessor's successor on, exact.
+    let mut s = resume(a.addr, "/events?stream=trim", Some(ids[4]));
+    assert_eq!(next_id(&mut s), ids[5]);
+}
+
+#[test]
+fn redis_killed_publish_fails_fast_subscribers_keep_heartbeats() {
+    let Some(mut r) = Redis::start() else { return };
+    let hb = ["--heartbeat", "0.2"];
+    let (a, b) = (node(&r, &hb), node(&r, &hb));
+    let mut s = live(b.addr, "/events?stream=k");
+    let id = pub_id(a.addr, "k", "before");
+    assert_eq!(next_id(&mut s), id);
+    r.kill();
+    assert!(wait_until(T, || !connected(a.addr)));
+    let t0 = Instant::now();
+    let resp = post(a.addr, "/events?stream=k", "text/plain", "during");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.json()["error"], "redis unavailable");
+    assert_eq!(resp.header("retry-after").as_deref(), Some("1"));
+    // The subscriber stays connected and keeps getting heartbeats.
+    for _ in 0..3 {
+        let blk = s.next_block(Duration::from_secs(2)).expect("heartbeat");
+        assert!(blk.comment, "{blk:?}");
+    }
+    let h = get(b.addr, "/healthz");
+    assert_eq!(h.status, 200);
+    assert!(h.text().contains("degraded"), "{}", h.text());
+    assert_eq!(stats(a.addr)["redis"]["connected"], false);
+}
+
+#[test]
+fn redis_back_empty_nodes_recover_old_ids_gap_no_id_reused() {
+    let Some(mut r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let mut s = live(b.addr, "/events?stream=e");
+    let old: Vec<u64> = (0..3)
+        .map(|i| pub_id(a.addr, "e", &format!("o{i}")))
+        .collect();
+    for &id in &old {
+        assert_eq!(next_id(&mut s), id);
+    }
+    r.kill();
+    r.spawn(); // empty: no save, no AOF
+    assert!(wait_until(T, || connected(a.addr) && connected(b.addr)));
+    // The live subscriber on B is told it may have missed events.
+    let g = s.next_event(T).expect("gap");
+    assert_eq!(g.event.as_deref(), Some("gap"), "{g:?}");
+    let new = publish_retrying(a.addr, "e", "new");
+    assert!(new > old[2], "id {new} reused or went back (old {old:?})");
+    assert_eq!(next_id(&mut s), new);
+    // Ids continue above what the nodes have seen, from B too.
+    let newer = publish_retrying(b.addr, "e", "newer");
+    assert!(newer > new);
+    assert_eq!(next_id(&mut s), newer);
+    // A resume from before the loss gets a gap, on either node and on a
+    // node that never held the stream.
+    let c = node(&r, &[]);
+    for n in [a.addr, b.addr, c.addr] {
+        let mut s = resume(n, "/events?stream=e", Some(old[0]));
+        let g = s.next_event(T).expect("gap");
+        assert_eq!(g.event.as_deref(), Some("gap"), "on {n}: {g:?}");
+        assert_eq!(next_id(&mut s), new);
+        assert_eq!(next_id(&mut s), newer);
+    }
+    // A resume from after the loss is exact.
+    let mut s = resume(c.addr, "/events?stream=e", Some(new));
+    assert_eq!(next_id(&mut s), newer);
+}
+
+#[test]
+fn pubsub_killed_node_catches_up_without_loss() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let mut s = live(b.addr, "/events?stream=p");
+    let first = pub_id(a.addr, "p", "first");
+    assert_eq!(next_id(&mut s), first);
+    let before = stats(b.addr)["redis"]["reconnects"].as_u64().unwrap();
+    let killed: u32 = r
+        .cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .parse()
+        .unwrap();
+    assert!(killed >= 2, "killed {killed}");
+    let ids: Vec<u64> = (0..20)
+        .map(|i| publish_retrying(a.addr, "p", &format!("x{i}")))
+        .collect();
+    let got: Vec<u64> = (0..20).map(|_| next_id(&mut s)).collect();
+    assert_eq!(got, ids);
+    assert!(wait_until(T, || stats(b.addr)["redis"]["reconnects"]
+        .as_u64()
+        .unwrap()
+        > before));
+    assert_eq!(stats(b.addr)["redis"]["bus_gaps"], 0);
+}
+
+#[test]
+fn script_flush_publishing_still_works() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let mut s = live(b.addr, "/events?stream=f");
+    assert_eq!(r.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let ids: Vec<u64> = (0..3)
+        .map(|i| pub_id(a.addr, "f", &format!("f{i}")))
+        .collect();
+    let got: Vec<u64> = (0..3).map(|_| next_id(&mut s)).collect();
+    assert_eq!(got, ids);
+}
+
+#[test]
+fn sigstop_redis_times_out_with_503_then_recovers_on_sigcont() {
+    let Some(r) = Redis::start() else { return };
+    let args = ["--redis-timeout", "0.5", "--heartbeat", "0.3"];
+    let (a, b) = (node(&r, &args), node(&r, &args));
+    let mut s = live(b.addr, "/events?stream=z");
+    r.signal(libc::SIGSTOP);
+    let t0 = Instant::now();
+    let resp = post(a.addr, "/events?stream=z", "text/plain", "stalled");
+    let took = t0.elapsed();
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // While Redis is stopped, other connections are not stalled.
+    let t0 = Instant::now();
+    assert_eq!(get(a.addr, "/healthz").status, 200);
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    let blk = s.next_block(Duration::from_secs(2)).expect("heartbeat");
+    assert!(blk.comment, "{blk:?}");
+    r.signal(libc::SIGCONT);
+    assert!(wait_until(T, || connected(a.addr) && connected(b.addr)));
+    let id = publish_retrying(a.addr, "z", "after");
+    // The stalled publish may have gone through after all; either way, the
+    // next id B delivers is real and nothing after it is missing.
+    let mut last = next_id_or_gap(&mut s);
+    while last < id {
+        last = next_id_or_gap(&mut s);
+    }
+    assert_eq!(last, id);
+}
+
+fn next_id_or_gap(s: &mut Sse) -> u64 {
+    loop {
+        let e = s.next_event(T).expect("an event");
+        if e.event.as_deref() != Some("gap") {
+            return e.id.expect("id").parse().unwrap();
+        }
+    }
+}
+
+#[test]
+fn member_notification_crosses_nodes() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let mut dev = Sse::open(
+        b.addr,
+        "/notification/events",
+        "Member-ID: m1\r\nDevice-Id: phone\r\n",
+    );
+    assert_eq!(dev.status(), 200);
+    assert!(dev.next_block(T).unwrap().retry.is_some());
+    let body = r#"{"event":{"type":"ORDER_SHIPPED","body":{"order":7}}}"#;
+    let resp = request(
+        a.addr,
+        format!(
+            "POST /notification/events HTTP/1.1\r\nHost: t\r\nMember-ID: m1\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let uuid = resp.json()["id"].as_str().unwrap().to_string();
+    let e = dev.next_event(T).expect("notification on B");
+    assert_eq!(e.id.as_deref(), Some(uuid.as_str()));
+    assert_eq!(e.event.as_deref(), Some("ORDER_SHIPPED"));
+    let data: serde_json::Value = serde_json::from_str(&e.data()).unwrap();
+    assert_eq!(data["order"], 7);
+    assert!(data["timestamp"].is_string());
+}
+
+#[test]
+fn bad_redis_url_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
+        .args(["--listen", "127.0.0.1:0", "--redis", "rediss://x:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Redis URL"));
+}
+
+#[test]
+fn pipelined_requests_wait_for_the_deferred_publish_in_order() {
+    let Some(r) = Redis::start() else { return };
+    let a = node(&r, &[]);
+    let mut c = Conn::open(a.addr);
+    let post = |d: &str| {
+        format!(
+            "POST /events?stream=pl HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{d}",
+            d.len()
+        )
+    };
+    let wire = format!(
+        "{}{}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        post("one"),
+        post("two")
+    );
+    c.send(wire.as_bytes());
+    let one = c.response();
+    let two = c.response();
+    let third = c.response();
+    assert_eq!((one.status, two.status, third.status), (200, 200, 200));
+    let id = |r: &Response| r.json()["id"].as_str().unwrap().parse::<u64>().unwrap();
+    assert!(id(&one) < id(&two));
+    assert_eq!(third.text(), "ok");
+}
+
+#[test]
+fn library_publisher_goes_through_redis() {
+    let Some(r) = Redis::start() else { return };
+    let b = node(&r, &[]);
+    let cfg = ssed::Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        redis: Some(r.url()),
+        ..ssed::Config::default()
+    };
+    let server = ssed::Server::bind(cfg).unwrap();
+    let (addr, publisher) = (server.local_addrs()[0], server.publisher());
+    let stop = server.shutdown_handle();
+    let th = std::thread::spawn(move || server.run());
+    assert!(wait_until(T, || connected(addr)));
+    let mut s = live(b.addr, "/events?stream=lib");
+    let id = publisher
+        .publish("lib", ssed::Event::new("from the library"))
+        .unwrap();
+    let e = s.next_event(T).unwrap();
+    assert_eq!(e.id, Some(id.to_string()));
+    assert_eq!(e.data(), "from the library");
+    drop(r);
+    assert!(wait_until(T, || !connected(addr)));
+    let err = publisher.publish("lib", ssed::Event::new("x")).unwrap_err();
+    assert!(err.to_string().contains("redis unavailable"), "{err}");
+    stop.shutdown();
+    th.join().unwrap().unwrap();
+}
