@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use crate::broker::{BrokerError, Origin, Resume};
+use crate::broker::{BrokerError, Create, Origin, Resume};
 use crate::event::Event;
 use crate::handler::{last_event_id, Action, Cx};
 use crate::http::{self, Method, Request};
@@ -36,8 +36,9 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             let name = http::decode_component(raw).unwrap_or(Cow::Borrowed(raw));
             match req.method {
                 Method::Get | Method::Head => one_stream(cx, req, &name),
+                Method::Put => create_stream(cx, req, &name),
                 Method::Delete => delete_stream(cx, req, &name),
-                _ => cx.not_allowed(req, "GET, HEAD, DELETE"),
+                _ => cx.not_allowed(req, "GET, HEAD, PUT, DELETE"),
             }
         }
         "/healthz" => match req.method {
@@ -63,11 +64,16 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
     true
 }
 
-/// Resolves public stream names, creating them if allowed; on failure
-/// replies with the error and returns `None`.
-fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String]) -> Option<Vec<u32>> {
+/// Resolves public stream names, creating them as `by` may; on failure
+/// replies with the error and returns `None` (having created nothing).
+fn resolve(
+    cx: &mut Cx<'_>,
+    req: &Request<'_>,
+    names: &[String],
+    by: Create,
+) -> Option<Vec<u32>> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    match cx.broker.resolve(&refs, cx.cfg.auto_streams) {
+    match cx.broker.resolve_as(&refs, by) {
         Ok(v) => Some(v),
         Err((i, e)) => {
             let n = &names[i];
@@ -76,8 +82,30 @@ fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String]) -> Option<Vec<u
                 BrokerError::Reserved => e.message(),
                 _ => format!("stream {n:?}: {}", e.message()),
             };
+            if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
+                cx.counters.reject("too_many_streams");
+            }
             cx.fail(req, e.status(), &msg);
             None
+        }
+    }
+}
+
+/// The names among `names` that do not exist yet: a publish that fails
+/// forgets the streams it made.
+fn missing(cx: &Cx<'_>, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| cx.broker.find(n).is_none())
+        .cloned()
+        .collect()
+}
+
+/// Drops the streams a failed request made (those still unused).
+fn forget(cx: &mut Cx<'_>, made: &[String]) {
+    for n in made {
+        if let Some(i) = cx.broker.find(n) {
+            cx.broker.discard_unused(i);
         }
     }
 }
@@ -98,7 +126,14 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         );
         return cx.fail(req, 400, &msg);
     }
-    let Some(idx) = resolve(cx, req, &names) else {
+    // Subscribers make streams in a pool of their own (no credentials are
+    // needed to subscribe); with --no-auto-streams they make none.
+    let by = if cx.cfg.auto_streams {
+        Create::Subscriber
+    } else {
+        Create::No
+    };
+    let Some(idx) = resolve(cx, req, &names, by) else {
         return;
     };
     let raw = last_event_id(req);
@@ -224,7 +259,9 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             "too many streams in one publish (--max-streams-per-conn)",
         );
     }
-    let Some(targets) = resolve(cx, req, &names) else {
+    // An authorised publish creates its streams, --no-auto-streams or not.
+    let made = missing(cx, &names);
+    let Some(targets) = resolve(cx, req, &names, Create::Publisher) else {
         return;
     };
     let mut ids = Vec::with_capacity(events.len());
@@ -240,6 +277,10 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             }
             Err(e) => {
                 cx.counters.reject("publish_refused");
+                if matches!(e, BrokerError::TooLarge { .. }) {
+                    cx.counters.reject("event_too_large");
+                }
+                forget(cx, &made);
                 // Events of a batch before the refused one stay published:
                 // say which.
                 let msg = if ids.is_empty() {
@@ -268,17 +309,27 @@ pub fn publish_event(
     ev: &Event,
 ) -> Result<u64, crate::event::PublishError> {
     ev.check().map_err(crate::event::PublishError::BadEvent)?;
+    let made = cx.broker.find(stream).is_none();
     let targets = if crate::broker::valid_name(stream) {
+        // The library is an authorised publisher: it creates streams even
+        // with --no-auto-streams.
         cx.broker
-            .resolve(&[stream], cx.cfg.auto_streams)
+            .resolve_as(&[stream], Create::Publisher)
             .map_err(|(_, e)| crate::event::PublishError::Refused(e.message()))?
     } else {
         vec![cx.broker.internal(stream, None)]
     };
-    let p = cx
-        .broker
-        .publish(Origin::Local, &targets, ev, cx.unix_us)
-        .map_err(|e| crate::event::PublishError::Refused(e.message()))?;
+    let p = match cx.broker.publish(Origin::Local, &targets, ev, cx.unix_us) {
+        Ok(p) => p,
+        Err(e) => {
+            if made {
+                for &t in &targets {
+                    cx.broker.discard_unused(t);
+                }
+            }
+            return Err(crate::event::PublishError::Refused(e.message()));
+        }
+    };
     if p.pressure {
         cx.actions.push(Action::Flush);
     }
@@ -317,6 +368,35 @@ fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
             cx.ok_json(req, &v);
         }
         None => cx.fail(req, 404, &format!("no stream named {name:?}")),
+    }
+}
+
+/// `PUT /streams/NAME`: creates a stream explicitly (publish rights
+/// needed), like r3labs/sse's `CreateStream`: 201 when made, 200 when it
+/// existed. It works with --no-auto-streams, and an explicit stream is
+/// kept while empty until --stream-idle-ttl.
+fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
+    if !cx.authorize(req) {
+        return;
+    }
+    match cx.broker.create(name) {
+        Ok((idx, created)) => {
+            let mut v = stream_json(cx, idx);
+            v["created"] = Value::Bool(created);
+            let status = if created { 201 } else { 200 };
+            cx.reply(req, http::Response::json(status, &v));
+        }
+        Err(e) => {
+            let msg = match e {
+                BrokerError::BadName => format!("bad stream name {name:?}: {}", e.message()),
+                BrokerError::Reserved => e.message(),
+                _ => format!("stream {name:?}: {}", e.message()),
+            };
+            if matches!(e, BrokerError::TooMany) {
+                cx.counters.reject("too_many_streams");
+            }
+            cx.fail(req, e.status(), &msg);
+        }
     }
 }
 

@@ -118,7 +118,7 @@ fn oversized_event_is_refused_not_kept() {
             5,
         )
         .unwrap_err();
-    assert!(matches!(e, BrokerError::TooLarge(_)));
+    assert!(matches!(e, BrokerError::TooLarge { .. }));
     assert_eq!(e.status(), 413);
     assert_eq!(b.get(a).unwrap().retained(), 0);
 }

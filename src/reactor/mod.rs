@@ -204,7 +204,11 @@ impl Bound {
             history: self.cfg.history,
             history_bytes: self.cfg.history_bytes,
         };
-        let broker = Broker::new(clock.start_unix_us, limits, self.cfg.max_streams);
+        let mut broker = Broker::new(clock.start_unix_us, limits, self.cfg.max_streams);
+        broker.set_memory(
+            self.cfg.history_total_bytes,
+            self.cfg.stream_idle_ttl.as_micros() as u64,
+        );
         let mut r = Reactor {
             poll: self.poll,
             listeners: self.listeners,
@@ -234,6 +238,7 @@ impl Bound {
             accept_more: Vec::new(),
             read_again: Vec::new(),
         };
+        r.schedule_expire(false);
         r.run()
     }
 }
@@ -347,6 +352,8 @@ impl Reactor {
                 }
             }
             self.clock.tick();
+            self.broker
+                .tick(self.clock.start_unix_us + self.clock.now_ms * 1000);
             for i in std::mem::take(&mut self.accept_more) {
                 self.accept(i);
             }
@@ -379,6 +386,7 @@ impl Reactor {
                         }
                     }
                     Timer::ShutdownDeadline => self.close_all(),
+                    Timer::Expire => self.expire_streams(),
                     Timer::Tick { key, gen } => self.on_tick(key, gen),
                 }
             }
@@ -551,6 +559,12 @@ impl Reactor {
                 } => {
                     self.counters.events_published = self.broker.published;
                     self.counters.gaps_sent = self.broker.gaps;
+                    let life = self.broker.lifecycle();
+                    self.counters.history_evicted_events = life.evicted_events;
+                    self.counters.history_evicted_bytes = life.evicted_bytes;
+                    self.counters.history_refused_too_large = life.refused_too_large;
+                    self.counters.streams_expired = life.expired;
+                    self.counters.streams_dropped_empty = life.dropped_empty;
                     let g = self.gauges();
                     let resp = if prometheus {
                         Response::new(
@@ -591,8 +605,11 @@ impl Reactor {
                 g.streams += 1;
             }
             g.history_events += s.retained();
-            g.history_bytes += s.retained_bytes();
         }
+        g.history_bytes = self.broker.total_bytes();
+        g.history_budget = self.broker.budget();
+        g.subscriber_streams = self.broker.unclaimed();
+        g.tombstones = self.broker.tombstones();
         g.timers = self
             .timers
             .iter()
@@ -963,7 +980,7 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
             conns.get(key as usize),
             Some(Conn { state: State::Ticking(tk), .. }) if tk.gen == gen
         ),
-        Timer::ResumeAccept | Timer::ShutdownDeadline => true,
+        Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,
     }
 }
 
