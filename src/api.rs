@@ -66,12 +66,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
 
 /// Resolves public stream names, creating them as `by` may; on failure
 /// replies with the error and returns `None` (having created nothing).
-fn resolve(
-    cx: &mut Cx<'_>,
-    req: &Request<'_>,
-    names: &[String],
-    by: Create,
-) -> Option<Vec<u32>> {
+fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> Option<Vec<u32>> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     match cx.broker.resolve_as(&refs, by) {
         Ok(v) => Some(v),

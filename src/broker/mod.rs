@@ -32,8 +32,8 @@ use slab::Slab;
 
 use crate::frame;
 pub use merge::Merge;
-pub use ring::{Claim, Frame, Limits, Stream};
 use ring::NIL;
+pub use ring::{Claim, Frame, Limits, Stream};
 
 /// Where a published event comes from, so sinks do not echo an event back
 /// to where it came from (a bus announcement is not re-announced; a
@@ -969,8 +969,7 @@ impl Broker {
             }
             s.subs.remove(c.slot as usize);
             s.touched_us = now;
-            if !s.internal && s.subs.is_empty() && s.retained() == 0 && s.claim != Claim::Explicit
-            {
+            if !s.internal && s.subs.is_empty() && s.retained() == 0 && s.claim != Claim::Explicit {
                 self.drop_stream(c.stream);
                 self.life.dropped_empty += 1;
             }
@@ -995,8 +994,8 @@ impl Broker {
             if s.internal || !s.subs.is_empty() {
                 continue;
             }
-            let idle =
-                self.idle_ttl_us > 0 && self.now_us.saturating_sub(s.touched_us) >= self.idle_ttl_us;
+            let idle = self.idle_ttl_us > 0
+                && self.now_us.saturating_sub(s.touched_us) >= self.idle_ttl_us;
             if idle || (s.retained() == 0 && s.claim != Claim::Explicit) {
                 doomed.push((i as u32, idle));
             }

@@ -401,10 +401,17 @@ fn events_over_a_bound_are_refused_and_never_kept() {
     // Over the budget alone.
     let e = publish_sized(&mut b, &[s[0]], 9000, 1_000).unwrap_err();
     assert_eq!(e.status(), 413);
-    assert!(e.message().contains("--history-total-bytes"), "{}", e.message());
+    assert!(
+        e.message().contains("--history-total-bytes"),
+        "{}",
+        e.message()
+    );
     // Fits once, not three times over.
     let e = publish_sized(&mut b, &s, 3000, 1_000).unwrap_err();
-    assert!(matches!(e, BrokerError::TooLarge { limit: 8192, .. }), "{e:?}");
+    assert!(
+        matches!(e, BrokerError::TooLarge { limit: 8192, .. }),
+        "{e:?}"
+    );
     publish_sized(&mut b, &[s[0]], 3000, 1_000).unwrap();
     assert_eq!(b.lifecycle().refused_too_large, 2);
     assert_eq!(b.get(s[1]).unwrap().retained(), 0);
@@ -437,7 +444,9 @@ fn events_over_a_bound_are_refused_and_never_kept() {
 #[test]
 fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
     let mut b = big_broker(1 << 20, 60 * SEC, 10);
-    let s = b.resolve_as(&["empty", "kept"], Create::Subscriber).unwrap();
+    let s = b
+        .resolve_as(&["empty", "kept"], Create::Subscriber)
+        .unwrap();
     assert_eq!(b.unclaimed(), 2);
     let c1 = b.subscribe(1, &s, &Resume::Live);
     let c2 = b.subscribe(2, &[s[0]], &Resume::Live);
@@ -470,15 +479,18 @@ fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
 fn a_read_stream_never_expires_and_a_read_restarts_the_ttl() {
     let mut b = big_broker(1 << 20, 10 * SEC, 10);
     let s = b.resolve(&["r", "q"], true).unwrap();
-    publish_sized(&mut b, &[s[0]], 10, 1 * SEC).unwrap();
-    publish_sized(&mut b, &[s[1]], 10, 1 * SEC).unwrap();
+    publish_sized(&mut b, &[s[0]], 10, SEC).unwrap();
+    publish_sized(&mut b, &[s[1]], 10, SEC).unwrap();
     let c = b.subscribe(1, &[s[0]], &Resume::Live);
     b.expire(100 * SEC, 100);
     assert!(b.find("r").is_some(), "it has a reader");
     assert!(b.find("q").is_none());
     b.unsubscribe(1, &c.cursors);
     b.expire(105 * SEC, 100);
-    assert!(b.find("r").is_some(), "the TTL runs from the reader leaving");
+    assert!(
+        b.find("r").is_some(),
+        "the TTL runs from the reader leaving"
+    );
     b.expire(111 * SEC, 100);
     assert!(b.find("r").is_none());
 }
@@ -510,13 +522,16 @@ fn ttl_zero_never_expires_but_empty_streams_still_go() {
     publish_sized(&mut b, &[s[0]], 10, 1_000).unwrap();
     b.expire(u64::MAX / 2, 100);
     assert!(b.find("full").is_some());
-    assert!(b.find("hollow").is_none(), "a publisher's empty stream nobody reads");
+    assert!(
+        b.find("hollow").is_none(),
+        "a publisher's empty stream nobody reads"
+    );
 }
 
 #[test]
 fn explicit_streams_are_kept_while_empty_until_the_ttl() {
     let mut b = big_broker(1 << 20, 10 * SEC, 10);
-    assert_eq!(b.create("made").unwrap().1, true);
+    assert!(b.create("made").unwrap().1);
     let (idx, created) = b.create("made").unwrap();
     assert!(!created);
     assert_eq!(b.get(idx).unwrap().claim, Claim::Explicit);

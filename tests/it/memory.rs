@@ -87,7 +87,10 @@ fn history_budget_bounds_memory_under_many_large_publishes() {
     let st = stats(s.addr);
     let held = num(&st, &["history", "bytes"]);
     assert!(held <= BUDGET, "history {held} > budget {BUDGET}: {st}");
-    assert!(held > BUDGET / 2, "the budget should be used, not emptied: {st}");
+    assert!(
+        held > BUDGET / 2,
+        "the budget should be used, not emptied: {st}"
+    );
     assert_eq!(num(&st, &["history", "budget"]), BUDGET);
     let evicted = num(&st, &["history", "evicted_events"]);
     assert!(evicted as usize >= n - 64, "evicted {evicted} of {n}: {st}");
@@ -97,7 +100,10 @@ fn history_budget_bounds_memory_under_many_large_publishes() {
     let mut resume = Sse::open(
         s.addr,
         "/events?stream=m1",
-        &format!("Last-Event-ID: {}\r\n", first_id.parse::<u64>().unwrap() - 1),
+        &format!(
+            "Last-Event-ID: {}\r\n",
+            first_id.parse::<u64>().unwrap() - 1
+        ),
     );
     let gap = resume.next_event(T).expect("gap");
     assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
@@ -216,7 +222,10 @@ fn streams_come_and_go_and_subscribers_cannot_lock_out_publishers() {
         "{}",
         r.text()
     );
-    assert_eq!(num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]), 8);
+    assert_eq!(
+        num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]),
+        8
+    );
     // ...and an authorised publisher still creates and publishes.
     let r = authed(s.addr, "POST", "/events?stream=news", "first");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -225,7 +234,10 @@ fn streams_come_and_go_and_subscribers_cannot_lock_out_publishers() {
     // Publishing to a subscriber's stream claims it for the publishers.
     let r = authed(s.addr, "POST", "/events?stream=a1", "claimed");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]), 7);
+    assert_eq!(
+        num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]),
+        7
+    );
 
     // Streams with no readers and no history go with their last reader.
     drop(hog);
@@ -261,8 +273,14 @@ fn streams_come_and_go_and_subscribers_cannot_lock_out_publishers() {
     assert!(gap.data().contains("\"old\""), "{gap:?}");
 
     let st = stats(s.addr);
-    assert!(num(&st, &["stream_lifecycle", "expired"]) >= 2, "old, news, a1: {st}");
-    assert!(num(&st, &["stream_lifecycle", "dropped_empty"]) >= 7, "{st}");
+    assert!(
+        num(&st, &["stream_lifecycle", "expired"]) >= 2,
+        "old, news, a1: {st}"
+    );
+    assert!(
+        num(&st, &["stream_lifecycle", "dropped_empty"]) >= 7,
+        "{st}"
+    );
     assert!(num(&st, &["stream_lifecycle", "tombstones"]) >= 1, "{st}");
     assert!(num(&st, &["rejected", "too_many_streams"]) >= 1, "{st}");
     assert_eq!(num(&st, &["rejected", "event_too_large"]), 1, "{st}");
@@ -281,7 +299,10 @@ fn without_auto_streams_publishers_and_put_create_streams() {
     let r = authed(s.addr, "PUT", "/streams/watch", "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["created"], false);
-    let r = request(s.addr, b"PUT /streams/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = request(
+        s.addr,
+        b"PUT /streams/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(get(s.addr, "/streams/x").status, 404);
     let r = authed(s.addr, "PUT", "/streams/bad%20name", "");
