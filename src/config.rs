@@ -552,12 +552,12 @@ mod tests {
         );
         assert_eq!(c.retry_ms, 300);
         assert_eq!(c.history, 5);
-        let c = serve(
+        let t = serve(
             &["--stream-idle-ttl", "2"],
             &[("SSED_HISTORY_TOTAL_BYTES", "65536")],
         );
-        assert_eq!(c.history_total_bytes, 65536);
-        assert_eq!(c.stream_idle_ttl, Duration::from_secs(2));
+        assert_eq!(t.history_total_bytes, 65536);
+        assert_eq!(t.stream_idle_ttl, Duration::from_secs(2));
         assert!(matches!(
             parse(&["--history-total-bytes", "10"], &[]),
             Err(ConfigError::BadValue { .. })
