@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use crate::broker::{BrokerError, Origin, Resume};
+use crate::broker::{BrokerError, Create, Origin, Resume};
 use crate::event::Event;
 use crate::handler::{bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::{self, Method, Request};
@@ -36,8 +36,9 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             let name = http::decode_component(raw).unwrap_or(Cow::Borrowed(raw));
             match req.method {
                 Method::Get | Method::Head => one_stream(cx, req, &name),
+                Method::Put => create_stream(cx, req, &name),
                 Method::Delete => delete_stream(cx, req, &name),
-                _ => cx.not_allowed(req, "GET, HEAD, DELETE"),
+                _ => cx.not_allowed(req, "GET, HEAD, PUT, DELETE"),
             }
         }
         "/healthz" => match req.method {
@@ -68,11 +69,11 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
     true
 }
 
-/// Resolves public stream names, creating them if allowed; on failure
-/// replies with the error and returns `None`.
-fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String]) -> Option<Vec<u32>> {
+/// Resolves public stream names, creating them as `by` may; on failure
+/// replies with the error and returns `None` (having created nothing).
+fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> Option<Vec<u32>> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    match cx.broker.resolve(&refs, cx.cfg.auto_streams) {
+    match cx.broker.resolve_as(&refs, by) {
         Ok(v) => Some(v),
         Err((i, e)) => {
             let n = &names[i];
@@ -81,8 +82,30 @@ fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String]) -> Option<Vec<u
                 BrokerError::Reserved => e.message(),
                 _ => format!("stream {n:?}: {}", e.message()),
             };
+            if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
+                cx.counters.reject("too_many_streams");
+            }
             cx.fail(req, e.status(), &msg);
             None
+        }
+    }
+}
+
+/// The names among `names` that do not exist yet: a publish that fails
+/// forgets the streams it made.
+fn missing(cx: &Cx<'_>, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| cx.broker.find(n).is_none())
+        .cloned()
+        .collect()
+}
+
+/// Drops the streams a failed request made (those still unused).
+fn forget(cx: &mut Cx<'_>, made: &[String]) {
+    for n in made {
+        if let Some(i) = cx.broker.find(n) {
+            cx.broker.discard_unused(i);
         }
     }
 }
@@ -103,7 +126,14 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         );
         return cx.fail(req, 400, &msg);
     }
-    let Some(idx) = resolve(cx, req, &names) else {
+    // Subscribers make streams in a pool of their own (no credentials are
+    // needed to subscribe); with --no-auto-streams they make none.
+    let by = if cx.cfg.auto_streams {
+        Create::Subscriber
+    } else {
+        Create::No
+    };
+    let Some(idx) = resolve(cx, req, &names, by) else {
         return;
     };
     let raw = last_event_id(req);
@@ -229,7 +259,9 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             "too many streams in one publish (--max-streams-per-conn)",
         );
     }
-    let Some(targets) = resolve(cx, req, &names) else {
+    // An authorised publish creates its streams, --no-auto-streams or not.
+    let made = missing(cx, &names);
+    let Some(targets) = resolve(cx, req, &names, Create::Publisher) else {
         return;
     };
     if cx.redis.is_some() {
@@ -258,6 +290,10 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             }
             Err(e) => {
                 cx.counters.reject("publish_refused");
+                if matches!(e, BrokerError::TooLarge { .. }) {
+                    cx.counters.reject("event_too_large");
+                }
+                forget(cx, &made);
                 // Events of a batch before the refused one stay published:
                 // say which.
                 let msg = if ids.is_empty() {
@@ -287,8 +323,13 @@ fn fits(cx: &Cx<'_>, targets: &[u32], events: &[Event]) -> Result<(), BrokerErro
                 .len();
         for &t in targets {
             if let Some(s) = cx.broker.get(t) {
-                if n + 16 > s.limits().history_bytes {
-                    return Err(BrokerError::TooLarge(n));
+                let cost = crate::broker::Frame::cost_for(n);
+                if cost > s.limits().history_bytes {
+                    return Err(BrokerError::TooLarge {
+                        size: cost,
+                        limit: s.limits().history_bytes,
+                        bound: "a stream's history (--history-bytes)",
+                    });
                 }
             }
         }
@@ -307,9 +348,12 @@ pub fn publish_event(
 ) -> Result<Option<u64>, crate::event::PublishError> {
     use crate::event::PublishError;
     ev.check().map_err(PublishError::BadEvent)?;
+    let made = cx.broker.find(stream).is_none();
+    // The library is an authorised publisher: it creates streams even with
+    // --no-auto-streams.
     let targets = cx
         .broker
-        .resolve(&[stream], cx.cfg.auto_streams)
+        .resolve_as(&[stream], Create::Publisher)
         .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
     if cx.redis.is_some() {
         fits(cx, &targets, std::slice::from_ref(ev))
@@ -321,10 +365,17 @@ pub fn publish_event(
         })));
         return Ok(None);
     }
-    let p = cx
-        .broker
-        .publish(Origin::Local, &targets, ev, cx.unix_us)
-        .map_err(|e| PublishError::Refused(e.message()))?;
+    let p = match cx.broker.publish(Origin::Local, &targets, ev, cx.unix_us) {
+        Ok(p) => p,
+        Err(e) => {
+            if made {
+                for &t in &targets {
+                    cx.broker.discard_unused(t);
+                }
+            }
+            return Err(PublishError::Refused(e.message()));
+        }
+    };
     if p.pressure {
         cx.actions.push(Action::Flush);
     }
@@ -363,6 +414,35 @@ fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
             cx.ok_json(req, &v);
         }
         None => cx.fail(req, 404, &format!("no stream named {name:?}")),
+    }
+}
+
+/// `PUT /streams/NAME`: creates a stream explicitly (publish rights
+/// needed), like r3labs/sse's `CreateStream`: 201 when made, 200 when it
+/// existed. It works with --no-auto-streams, and an explicit stream is
+/// kept while empty until --stream-idle-ttl.
+fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
+    if !cx.authorize(req) {
+        return;
+    }
+    match cx.broker.create(name) {
+        Ok((idx, created)) => {
+            let mut v = stream_json(cx, idx);
+            v["created"] = Value::Bool(created);
+            let status = if created { 201 } else { 200 };
+            cx.reply(req, http::Response::json(status, &v));
+        }
+        Err(e) => {
+            let msg = match e {
+                BrokerError::BadName => format!("bad stream name {name:?}: {}", e.message()),
+                BrokerError::Reserved => e.message(),
+                _ => format!("stream {name:?}: {}", e.message()),
+            };
+            if matches!(e, BrokerError::TooMany) {
+                cx.counters.reject("too_many_streams");
+            }
+            cx.fail(req, e.status(), &msg);
+        }
     }
 }
 

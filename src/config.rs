@@ -20,7 +20,12 @@ pub struct Config {
     pub history: usize,
     /// Bytes retained per stream.
     pub history_bytes: usize,
-    /// Maximum number of public streams.
+    /// Bytes of retained history in all streams together (encoded frames).
+    pub history_total_bytes: usize,
+    /// A stream nobody reads, unpublished for this long, is dropped; zero: never.
+    pub stream_idle_ttl: Duration,
+    /// Maximum number of public streams (publishers' pool; subscribers get
+    /// a pool of the same size for streams only they asked for).
     pub max_streams: usize,
     /// Maximum streams one connection may read.
     pub max_streams_per_conn: usize,
@@ -77,6 +82,8 @@ impl Default for Config {
             retry_ms: 2000,
             history: 1000,
             history_bytes: 1 << 20,
+            history_total_bytes: 256 << 20,
+            stream_idle_ttl: Duration::from_secs(3600),
             max_streams: 10_000,
             max_streams_per_conn: 16,
             auto_streams: true,
@@ -183,13 +190,25 @@ const FLAGS: &[Flag] = &[
         name: "history-bytes",
         value: "BYTES",
         default: "1048576",
-        help: "bytes retained per stream for resume",
+        help: "bytes retained per stream for resume; a larger encoded event is refused (413)",
+    },
+    Flag {
+        name: "history-total-bytes",
+        value: "BYTES",
+        default: "268435456",
+        help: "retained history of all streams together; past it the least recently used streams' oldest events go",
+    },
+    Flag {
+        name: "stream-idle-ttl",
+        value: "SECS",
+        default: "3600",
+        help: "a stream nobody reads, unread and unpublished this long, is dropped; 0: never",
     },
     Flag {
         name: "max-streams",
         value: "N",
         default: "10000",
-        help: "maximum number of streams",
+        help: "maximum number of streams publishers may create (subscribers: as many more)",
     },
     Flag {
         name: "max-streams-per-conn",
@@ -201,7 +220,7 @@ const FLAGS: &[Flag] = &[
         name: "no-auto-streams",
         value: "",
         default: "off",
-        help: "unknown streams are 404 instead of created",
+        help: "subscribing to an unknown stream is 404 (publishing or PUT /streams/NAME creates it)",
     },
     Flag {
         name: "max-body",
@@ -411,6 +430,14 @@ impl Config {
             }
             "history" => self.history = num(name, v)?,
             "history-bytes" => self.history_bytes = num(name, v)?,
+            "history-total-bytes" => {
+                let n = num(name, v)?;
+                if n < 4096 {
+                    return Err(bad(name, v, "must be at least 4096"));
+                }
+                self.history_total_bytes = n;
+            }
+            "stream-idle-ttl" => self.stream_idle_ttl = secs(name, v)?,
             "max-streams" => self.max_streams = num(name, v)?,
             "max-streams-per-conn" => {
                 let n = num(name, v)?;
@@ -681,6 +708,16 @@ mod tests {
         );
         assert_eq!(c.retry_ms, 300);
         assert_eq!(c.history, 5);
+        let t = serve(
+            &["--stream-idle-ttl", "2"],
+            &[("SSED_HISTORY_TOTAL_BYTES", "65536")],
+        );
+        assert_eq!(t.history_total_bytes, 65536);
+        assert_eq!(t.stream_idle_ttl, Duration::from_secs(2));
+        assert!(matches!(
+            parse(&["--history-total-bytes", "10"], &[]),
+            Err(ConfigError::BadValue { .. })
+        ));
         assert_eq!(c.listen.len(), 2);
         let c = serve(
             &["--trusted-proxy", "127.0.0.1", "--trusted-proxy=::1"],

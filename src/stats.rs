@@ -35,6 +35,16 @@ pub struct Counters {
     pub accept_paused: u64,
     /// `/healthz` answered on a connection admitted over the cap.
     pub healthz_reserve: u64,
+    /// Events evicted to keep the server-wide history budget.
+    pub history_evicted_events: u64,
+    /// Encoded bytes of those.
+    pub history_evicted_bytes: u64,
+    /// Events refused because their encoded frame exceeds a history bound.
+    pub history_refused_too_large: u64,
+    /// Streams dropped after `--stream-idle-ttl`.
+    pub streams_expired: u64,
+    /// Streams dropped with no readers and no history.
+    pub streams_dropped_empty: u64,
     /// Rejections by reason (`bad_request`, `timeout`, `over_capacity`…).
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -67,6 +77,12 @@ pub struct Gauges {
     pub history_events: usize,
     /// Bytes retained in all histories.
     pub history_bytes: usize,
+    /// The server-wide history budget (`--history-total-bytes`).
+    pub history_budget: usize,
+    /// Public streams only subscribers asked for.
+    pub subscriber_streams: usize,
+    /// Tombstones of dropped streams held.
+    pub tombstones: usize,
     /// Live timers (the sweep, ticking connections, one-offs).
     pub timers: usize,
     /// Timer heap entries, cancelled ones not yet dropped included.
@@ -137,7 +153,20 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
         "connection_struct_bytes": g.connection_size,
         "streams": g.streams,
         "internal_streams": g.internal_streams,
-        "history": { "events": g.history_events, "bytes": g.history_bytes },
+        "history": {
+            "events": g.history_events,
+            "bytes": g.history_bytes,
+            "budget": g.history_budget,
+            "evicted_events": c.history_evicted_events,
+            "evicted_bytes": c.history_evicted_bytes,
+            "refused_too_large": c.history_refused_too_large,
+        },
+        "stream_lifecycle": {
+            "subscriber_only": g.subscriber_streams,
+            "expired": c.streams_expired,
+            "dropped_empty": c.streams_dropped_empty,
+            "tombstones": g.tombstones,
+        },
         "buffered_request_bytes": g.buffered_request_bytes,
         "timers": g.timers,
         "timer_entries": g.timer_entries,
@@ -215,6 +244,30 @@ pub fn prometheus(c: &Counters, g: &Gauges) -> String {
         "gauge",
         "Bytes retained in stream histories.",
         g.history_bytes.to_string(),
+    );
+    metric(
+        "history_budget_bytes",
+        "gauge",
+        "Server-wide history budget (--history-total-bytes).",
+        g.history_budget.to_string(),
+    );
+    metric(
+        "history_evicted_bytes_total",
+        "counter",
+        "Encoded bytes evicted to keep the history budget.",
+        c.history_evicted_bytes.to_string(),
+    );
+    metric(
+        "events_refused_too_large_total",
+        "counter",
+        "Events refused because their encoded frame exceeds a history bound.",
+        c.history_refused_too_large.to_string(),
+    );
+    metric(
+        "streams_expired_total",
+        "counter",
+        "Streams dropped after --stream-idle-ttl.",
+        c.streams_expired.to_string(),
     );
     metric(
         "timers",

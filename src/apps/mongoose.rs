@@ -858,7 +858,8 @@ fn frame(id: &str, etype: &str, data: &str) -> Vec<u8> {
 }
 
 /// Publishes one event (type `etype`, JSON `data`) once to the streams of
-/// every local user in `to`.
+/// every local user in `to`; `Err` when the broker refused it (an encoded
+/// frame over a history bound: it was delivered to nobody).
 fn deliver(
     core: &mut Cx<'_>,
     mg: &mut Mongoose,
@@ -866,7 +867,7 @@ fn deliver(
     etype: &str,
     data: &Value,
     now_us: u64,
-) {
+) -> Result<(), crate::broker::BrokerError> {
     let mut targets: Vec<u32> = Vec::with_capacity(to.len());
     for u in to {
         if let Some(s) = user_stream(core, mg, u) {
@@ -876,7 +877,7 @@ fn deliver(
         }
     }
     if targets.is_empty() {
-        return;
+        return Ok(());
     }
     let data = data.to_string();
     let published = core
@@ -887,8 +888,12 @@ fn deliver(
     match published {
         Ok(p) if p.pressure => core.actions.push(Action::Flush),
         Ok(_) => {}
-        Err(e) => log::warn!("api event not delivered: {}", e.message()),
+        Err(e) => {
+            log::warn!("api event not delivered: {}", e.message());
+            return Err(e);
+        }
     }
+    Ok(())
 }
 
 fn sse(cx: &mut Ctx<'_, '_, '_>) {
@@ -924,7 +929,11 @@ fn send_message(cx: &mut Ctx<'_, '_, '_>) {
     let now = cx.core.unix_us;
     let id = ids::uuid_v4(&mut *cx.core.rng);
     let data = json!({ "to": to, "timestamp": now, "id": id, "from": cx.me, "body": body });
-    deliver(cx.core, cx.mg, &[to.as_str()], "message", &data, now);
+    // Refused (its encoded frame is over a history bound): say so, and
+    // archive nothing, rather than answer as if it were sent.
+    if let Err(e) = deliver(cx.core, cx.mg, &[to.as_str()], "message", &data, now) {
+        return cx.fail(e.status(), &e.message());
+    }
     let size = body.len() + to.len() + cx.me.len() + 96;
     let msg = Rc::new(Chat {
         id: id.clone(),
@@ -1303,7 +1312,7 @@ fn affiliation_event(
         }),
         size,
     );
-    deliver(core, mg, recipients, "room.message", &data, now);
+    let _ = deliver(core, mg, recipients, "room.message", &data, now);
 }
 
 fn member_list(mg: &Mongoose, room_id: &str) -> Vec<String> {
@@ -1499,14 +1508,18 @@ fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     }
     let members = member_list(cx.mg, &id);
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
-    deliver(
+    // Archived already (a room's history is its own); a refusal by the
+    // streams is still the client's to know.
+    if let Err(e) = deliver(
         cx.core,
         cx.mg,
         &to,
         "room.message",
         &Value::Object(data),
         now,
-    );
+    ) {
+        return cx.fail(e.status(), &e.message());
+    }
     cx.json(&json!({ "id": msg_id }));
 }
 

@@ -12,19 +12,28 @@
 //! Positions are ids everywhere: a cursor holds the id of the last event
 //! its subscriber was given; resume planning produces such ids; the merge
 //! yields frames with ids above them.
+//!
+//! Memory and lifecycle live here too: one server-wide budget for retained
+//! history (encoded bytes, `Frame::cost`), enforced by evicting from the
+//! least recently published-or-read stream (an intrusive LRU list through
+//! the streams, O(1) per publish); public streams that nobody reads are
+//! dropped when they hold no history, or after the idle TTL (`expire`,
+//! called by the caller in slices); tombstones, bounded, keep resumes of
+//! dropped streams honest.
 
 mod merge;
 mod ring;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use slab::Slab;
 
 use crate::frame;
 pub use merge::Merge;
-pub use ring::{Frame, Limits, Stream};
+use ring::NIL;
+pub use ring::{Claim, Frame, Limits, Stream};
 
 /// Where a published event comes from, so sinks do not echo an event back
 /// to where it came from (a bus announcement is not re-announced; a
@@ -213,10 +222,21 @@ pub enum BrokerError {
     NotFound,
     /// `--max-streams` exist already.
     TooMany,
+    /// `--max-streams` streams exist that only subscribers asked for (a
+    /// pool of their own, so they cannot use up the publishers' one).
+    TooManyUnclaimed,
     /// The name belongs to an internal stream.
     Reserved,
-    /// The encoded event alone is larger than a stream's history may hold.
-    TooLarge(usize),
+    /// The encoded event is larger than a history bound lets be kept.
+    TooLarge {
+        /// Its encoded size (chunk framing included; for the server-wide
+        /// budget, times the streams it goes to).
+        size: usize,
+        /// The bound it is over.
+        limit: usize,
+        /// Which bound, in words an operator can act on.
+        bound: &'static str,
+    },
     /// A sink (journal, bus) refused the event.
     Sink(String),
 }
@@ -230,9 +250,10 @@ impl BrokerError {
             }
             BrokerError::NotFound => "no such stream (auto-creation is off)".into(),
             BrokerError::TooMany => "too many streams exist (--max-streams)".into(),
+            BrokerError::TooManyUnclaimed => "too many streams exist that only subscribers asked for (--max-streams); it can be subscribed to once a publisher creates it".into(),
             BrokerError::Reserved => "that stream name is reserved".into(),
-            BrokerError::TooLarge(n) => format!(
-                "the encoded event is {n} bytes, more than a stream's history may hold (--history-bytes)"
+            BrokerError::TooLarge { size, limit, bound } => format!(
+                "the encoded event is {size} bytes, more than {bound} may hold ({limit} bytes); it was not published"
             ),
             BrokerError::Sink(m) => m.clone(),
         }
@@ -242,8 +263,8 @@ impl BrokerError {
         match self {
             BrokerError::BadName | BrokerError::Reserved => 400,
             BrokerError::NotFound => 404,
-            BrokerError::TooLarge(_) => 413,
-            BrokerError::TooMany | BrokerError::Sink(_) => 503,
+            BrokerError::TooLarge { .. } => 413,
+            BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::Sink(_) => 503,
         }
     }
 }
@@ -260,13 +281,106 @@ pub fn valid_name(name: &str) -> bool {
 /// events were dropped; bounded so deleting names cannot grow memory.
 const MAX_TOMBSTONES: usize = 4096;
 
+/// The server-wide history budget unless told otherwise (`--history-total-bytes`).
+pub const DEFAULT_TOTAL_BYTES: usize = 256 << 20;
+/// Idle time after which an unread, unpublished stream nobody reads is
+/// dropped, unless told otherwise (`--stream-idle-ttl`).
+pub const DEFAULT_IDLE_TTL_US: u64 = 3_600_000_000;
+
+/// Who asks for streams: whether missing ones are made, and which pool
+/// (`--max-streams` each) they count against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Only existing streams.
+    No,
+    /// A subscriber (no credentials needed): made in the subscribers' pool.
+    Subscriber,
+    /// An authorised publisher: made, or claimed, in the publishers' pool.
+    Publisher,
+}
+
+/// What the memory bound and the stream lifecycle did, for `/stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Events dropped from a history to keep the server-wide budget.
+    pub evicted_events: u64,
+    /// Encoded bytes of those.
+    pub evicted_bytes: u64,
+    /// Events refused because their encoded frame exceeds a history bound.
+    pub refused_too_large: u64,
+    /// Streams dropped after `--stream-idle-ttl` unread and unpublished.
+    pub expired: u64,
+    /// Streams dropped because nobody read them and they held no history.
+    pub dropped_empty: u64,
+}
+
+/// Floors of dropped streams, oldest forgotten first once full. A name
+/// whose tombstone was forgotten gets the highest forgotten floor instead:
+/// a resume from below it is told events may be missing, which is the
+/// honest answer when nothing more precise is kept.
+#[derive(Default)]
+struct Tombstones {
+    floors: HashMap<Box<str>, (u64, u64)>,
+    order: VecDeque<(u64, Box<str>)>,
+    seq: u64,
+    forgotten: u64,
+}
+
+impl Tombstones {
+    fn take(&mut self, name: &str) -> u64 {
+        self.floors
+            .remove(name)
+            .map_or(self.forgotten, |(f, _)| f.max(self.forgotten))
+    }
+    fn put(&mut self, name: &str, floor: u64) {
+        if floor <= self.forgotten {
+            return;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let e = self.floors.entry(name.into()).or_insert((0, 0));
+        *e = (e.0.max(floor), seq);
+        self.order.push_back((seq, name.into()));
+        while self.floors.len() > MAX_TOMBSTONES {
+            let Some((sq, n)) = self.order.pop_front() else {
+                break;
+            };
+            if self.floors.get(&n).is_some_and(|&(_, s)| s == sq) {
+                if let Some((f, _)) = self.floors.remove(&n) {
+                    self.forgotten = self.forgotten.max(f);
+                }
+            }
+        }
+        if self.order.len() > 2 * MAX_TOMBSTONES {
+            let floors = &self.floors;
+            self.order
+                .retain(|(sq, n)| floors.get(n).is_some_and(|&(_, s)| s == *sq));
+        }
+    }
+}
+
 /// Every stream, the id clock, and the sinks.
 pub struct Broker {
     streams: Slab<Stream>,
     by_name: HashMap<Box<str>, u32>,
-    tombstones: HashMap<Box<str>, u64>,
+    tombstones: Tombstones,
     dirty: Vec<u32>,
     public: usize,
+    /// Public streams only subscribers asked for (`Claim::Subscribers`).
+    unclaimed: usize,
+    /// Encoded bytes retained in every ring (a frame shared by several
+    /// rings counts once per ring: an upper bound of the memory held).
+    total_bytes: usize,
+    budget: usize,
+    idle_ttl_us: u64,
+    /// The latest time the caller passed in (unix µs).
+    now_us: u64,
+    /// Streams holding history, least recently published or read first.
+    lru_head: u32,
+    lru_tail: u32,
+    /// Where the next `expire` slice starts.
+    expire_pos: usize,
+    life: Lifecycle,
     ids: IdClock,
     limits: Limits,
     max_streams: usize,
@@ -283,9 +397,18 @@ impl Broker {
         Broker {
             streams: Slab::new(),
             by_name: HashMap::new(),
-            tombstones: HashMap::new(),
+            tombstones: Tombstones::default(),
             dirty: Vec::new(),
             public: 0,
+            unclaimed: 0,
+            total_bytes: 0,
+            budget: DEFAULT_TOTAL_BYTES,
+            idle_ttl_us: DEFAULT_IDLE_TTL_US,
+            now_us,
+            lru_head: NIL,
+            lru_tail: NIL,
+            expire_pos: 0,
+            life: Lifecycle::default(),
             ids: IdClock::new(now_us),
             limits,
             max_streams,
@@ -293,6 +416,45 @@ impl Broker {
             published: 0,
             gaps: 0,
         }
+    }
+
+    /// Sets the server-wide history budget (encoded bytes) and the idle
+    /// TTL of unread streams (0: streams never expire by idleness).
+    pub fn set_memory(&mut self, total_bytes: usize, idle_ttl_us: u64) {
+        self.budget = total_bytes.max(1);
+        self.idle_ttl_us = idle_ttl_us;
+        self.enforce_budget();
+    }
+
+    /// Encoded bytes retained in every history.
+    pub fn total_bytes(&self) -> usize {
+        self.total_bytes
+    }
+
+    /// The server-wide history budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// What the budget and the lifecycle did so far.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.life
+    }
+
+    /// Public streams that only subscribers asked for.
+    pub fn unclaimed(&self) -> usize {
+        self.unclaimed
+    }
+
+    /// Tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.floors.len()
+    }
+
+    /// Moves the broker's notion of now (unix µs) forward; subscribes and
+    /// unsubscribes are stamped with it.
+    pub fn tick(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
     }
 
     /// Adds a sink: every later event passes through it first.
@@ -343,39 +505,74 @@ impl Broker {
     }
 
     /// Checks public names and finds them, creating the missing ones when
-    /// `create`. All or nothing: when one fails, none is created.
+    /// `create` (as a publisher would). All or nothing: when one fails,
+    /// none is created.
     pub fn resolve(
         &mut self,
         names: &[&str],
         create: bool,
     ) -> Result<Vec<u32>, (usize, BrokerError)> {
-        let mut missing = 0;
+        let by = if create {
+            Create::Publisher
+        } else {
+            Create::No
+        };
+        self.resolve_as(names, by)
+    }
+
+    /// Checks public names and finds them, creating the missing ones as
+    /// `by` may (a publisher also claims existing subscriber-only streams
+    /// into its pool). All or nothing: when one fails, none is created and
+    /// none is claimed.
+    pub fn resolve_as(
+        &mut self,
+        names: &[&str],
+        by: Create,
+    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+        let (mut claimed, mut unclaimed) = (0, 0);
         for (i, n) in names.iter().enumerate() {
             if !valid_name(n) {
                 return Err((i, BrokerError::BadName));
             }
-            match self.find(n) {
-                Some(idx) if self.get(idx).is_some_and(|s| s.internal) => {
-                    return Err((i, BrokerError::Reserved))
-                }
-                Some(_) => {}
-                None if !create => return Err((i, BrokerError::NotFound)),
-                None => {
-                    if !names[..i].contains(n) {
-                        missing += 1;
-                    }
-                    if self.public + missing > self.max_streams {
-                        return Err((i, BrokerError::TooMany));
+            let first = !names[..i].contains(n);
+            match self.find(n).and_then(|idx| self.get(idx)) {
+                Some(s) if s.internal => return Err((i, BrokerError::Reserved)),
+                Some(s) => {
+                    if by == Create::Publisher && s.claim == Claim::Subscribers && first {
+                        claimed += 1;
                     }
                 }
+                None => match by {
+                    Create::No => return Err((i, BrokerError::NotFound)),
+                    Create::Subscriber => unclaimed += usize::from(first),
+                    Create::Publisher => claimed += usize::from(first),
+                },
+            }
+            if self.claimed() + claimed > self.max_streams {
+                return Err((i, BrokerError::TooMany));
+            }
+            if self.unclaimed + unclaimed > self.max_streams {
+                return Err((i, BrokerError::TooManyUnclaimed));
             }
         }
+        let claim = match by {
+            Create::Publisher => Claim::Publisher,
+            _ => Claim::Subscribers,
+        };
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             let idx = match self.find(n) {
                 Some(i) => i,
-                None => self.insert(n, false, self.limits),
+                None => self.insert(n, false, self.limits, claim),
             };
+            if by == Create::Publisher {
+                if let Some(s) = self.streams.get_mut(idx as usize) {
+                    if s.claim == Claim::Subscribers {
+                        s.claim = Claim::Publisher;
+                        self.unclaimed -= 1;
+                    }
+                }
+            }
             if !out.contains(&idx) {
                 out.push(idx);
             }
@@ -388,6 +585,46 @@ impl Broker {
     pub fn set_display(&mut self, idx: u32, shown: &str) {
         if let Some(s) = self.streams.get_mut(idx as usize) {
             s.display = Some(shown.into());
+        }
+    }
+
+    /// Public streams that count against the publishers' `--max-streams`.
+    fn claimed(&self) -> usize {
+        self.public - self.unclaimed
+    }
+
+    /// Creates a public stream explicitly (`PUT /streams/NAME`); `true`
+    /// when it was made, `false` when it existed. An explicit stream is
+    /// kept while empty, until the idle TTL.
+    pub fn create(&mut self, name: &str) -> Result<(u32, bool), BrokerError> {
+        let existed = self.find(name).is_some();
+        let idx = self
+            .resolve_as(&[name], Create::Publisher)
+            .map_err(|(_, e)| e)?
+            .first()
+            .copied()
+            .ok_or(BrokerError::NotFound)?;
+        if !existed {
+            if let Some(s) = self.streams.get_mut(idx as usize) {
+                s.claim = Claim::Explicit;
+            }
+        }
+        Ok((idx, !existed))
+    }
+
+    /// Drops a public stream made for a request that then failed, if it
+    /// is still unused (no readers, never published to, not explicit): a
+    /// request that fails creates nothing.
+    pub fn discard_unused(&mut self, idx: u32) {
+        let unused = self.get(idx).is_some_and(|s| {
+            !s.internal
+                && s.subs.is_empty()
+                && s.retained() == 0
+                && s.last_id == 0
+                && s.claim != Claim::Explicit
+        });
+        if unused {
+            self.drop_stream(idx);
         }
     }
 
@@ -406,19 +643,123 @@ impl Broker {
             },
             None => self.limits,
         };
-        self.insert(name, true, limits)
+        self.insert(name, true, limits, Claim::Publisher)
     }
 
-    fn insert(&mut self, name: &str, internal: bool, limits: Limits) -> u32 {
+    fn insert(&mut self, name: &str, internal: bool, limits: Limits, claim: Claim) -> u32 {
         if !internal {
             self.public += 1;
+            if claim == Claim::Subscribers {
+                self.unclaimed += 1;
+            }
         }
-        let lost = self.tombstones.remove(name).unwrap_or(0);
-        let idx = self
-            .streams
-            .insert(Stream::new(name, lost, internal, limits)) as u32;
+        let lost = self.tombstones.take(name);
+        let idx = self.streams.insert(Stream::new(
+            name,
+            lost,
+            internal,
+            limits,
+            claim,
+            self.now_us,
+        )) as u32;
         self.by_name.insert(name.into(), idx);
         idx
+    }
+
+    /// Removes a stream, leaving a tombstone when it held events; the
+    /// caller deals with its subscribers.
+    fn drop_stream(&mut self, idx: u32) -> Option<Stream> {
+        self.lru_unlink(idx);
+        let s = self.streams.try_remove(idx as usize)?;
+        self.by_name.remove(&s.name);
+        if !s.internal {
+            self.public -= 1;
+            if s.claim == Claim::Subscribers {
+                self.unclaimed -= 1;
+            }
+        }
+        self.total_bytes -= s.retained_bytes();
+        self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
+        self.dirty.retain(|&d| d != idx);
+        Some(s)
+    }
+
+    /// Takes `idx` out of the LRU list.
+    fn lru_unlink(&mut self, idx: u32) {
+        let Some(s) = self.streams.get_mut(idx as usize) else {
+            return;
+        };
+        if !s.in_lru {
+            return;
+        }
+        let (p, n) = (s.lru_prev, s.lru_next);
+        s.in_lru = false;
+        s.lru_prev = NIL;
+        s.lru_next = NIL;
+        match self.streams.get_mut(p as usize) {
+            Some(ps) => ps.lru_next = n,
+            None => self.lru_head = n,
+        }
+        match self.streams.get_mut(n as usize) {
+            Some(ns) => ns.lru_prev = p,
+            None => self.lru_tail = p,
+        }
+    }
+
+    /// Makes `idx` the most recently used stream holding history.
+    fn lru_use(&mut self, idx: u32) {
+        self.lru_unlink(idx);
+        let tail = self.lru_tail;
+        let Some(s) = self.streams.get_mut(idx as usize) else {
+            return;
+        };
+        s.in_lru = true;
+        s.lru_prev = tail;
+        s.lru_next = NIL;
+        match self.streams.get_mut(tail as usize) {
+            Some(ts) => ts.lru_next = idx,
+            None => self.lru_head = idx,
+        }
+        self.lru_tail = idx;
+    }
+
+    /// Stamps a read or publish: the idle TTL restarts, and a stream with
+    /// history becomes the last to be evicted from.
+    fn touch(&mut self, idx: u32) {
+        let now = self.now_us;
+        let listed = match self.streams.get_mut(idx as usize) {
+            Some(s) => {
+                s.touched_us = now;
+                s.in_lru
+            }
+            None => false,
+        };
+        if listed {
+            self.lru_use(idx);
+        }
+    }
+
+    /// Evicts the oldest events of the least recently used streams until
+    /// the retained total is within the budget.
+    fn enforce_budget(&mut self) {
+        while self.total_bytes > self.budget {
+            let v = self.lru_head;
+            let Some(s) = self.streams.get_mut(v as usize) else {
+                // Nothing listed: the accounting says otherwise only if it
+                // is broken; stop rather than spin.
+                break;
+            };
+            let freed = s.evict_front();
+            let empty = s.retained() == 0;
+            self.total_bytes -= freed;
+            if freed > 0 {
+                self.life.evicted_events += 1;
+                self.life.evicted_bytes += freed as u64;
+            }
+            if empty {
+                self.lru_unlink(v);
+            }
+        }
     }
 
     /// Publishes `ev` to `targets`, encoding it once.
@@ -429,6 +770,7 @@ impl Broker {
         ev: &crate::event::Event,
         now_us: u64,
     ) -> Result<Published, BrokerError> {
+        self.tick(now_us);
         self.publish_with(origin, targets, now_us, |id| {
             frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
         })
@@ -443,6 +785,7 @@ impl Broker {
         now_us: u64,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
+        self.tick(now_us);
         let id = self.ids.next(now_us);
         let sse = encode(id);
         self.append(origin, targets, id, &sse)
@@ -457,13 +800,35 @@ impl Broker {
         id: u64,
         sse: &[u8],
     ) -> Result<Published, BrokerError> {
-        let f = Frame::new(id, sse);
+        // Checked before the frame is built, so an oversized event is never
+        // copied, let alone kept.
+        let cost = Frame::cost_for(sse.len());
+        let mut rings = 0usize;
         for &t in targets {
-            if let Some(s) = self.get(t) {
-                if f.cost() > s.limits.history_bytes {
-                    return Err(BrokerError::TooLarge(sse.len()));
+            if let Some(s) = self.streams.get(t as usize) {
+                rings += 1;
+                if cost > s.limits.history_bytes {
+                    self.life.refused_too_large += 1;
+                    let bound = if s.limits.history_bytes == self.limits.history_bytes {
+                        "a stream's history (--history-bytes)"
+                    } else {
+                        "this app stream's history"
+                    };
+                    return Err(BrokerError::TooLarge {
+                        size: cost,
+                        limit: s.limits.history_bytes,
+                        bound,
+                    });
                 }
             }
+        }
+        if cost.saturating_mul(rings) > self.budget {
+            self.life.refused_too_large += 1;
+            return Err(BrokerError::TooLarge {
+                size: cost.saturating_mul(rings),
+                limit: self.budget,
+                bound: "the server-wide history budget (--history-total-bytes)",
+            });
         }
         if !self.sinks.is_empty() {
             let names: Vec<&str> = targets
@@ -481,6 +846,7 @@ impl Broker {
             }
         }
         self.ids.observe(id);
+        let f = Frame::new(id, sse);
         let mut pressure = false;
         for &t in targets {
             let Some(s) = self.streams.get_mut(t as usize) else {
@@ -498,12 +864,16 @@ impl Broker {
             }
             s.dirty_frames += 1;
             s.dirty_bytes += f.cost();
-            s.push(f.clone());
+            let freed = s.push(f.clone());
             // Half the ring published since subscribers were last offered
             // frames: flush before the ring overtakes even fast readers.
             pressure |= s.dirty_frames >= (s.limits.history / 2).max(1)
                 || s.dirty_bytes >= (s.limits.history_bytes / 2).max(1);
+            s.touched_us = self.now_us;
+            self.total_bytes = self.total_bytes + f.cost() - freed;
+            self.lru_use(t);
         }
+        self.enforce_budget();
         self.published += 1;
         Ok(Published {
             id,
@@ -608,6 +978,7 @@ impl Broker {
             if let Some(s) = self.streams.get_mut(c.stream as usize) {
                 c.slot = s.subs.insert(conn);
             }
+            self.touch(c.stream);
         }
         let gap = (!gap.is_empty()).then(|| {
             self.gaps += 1;
@@ -624,12 +995,65 @@ impl Broker {
         }
     }
 
-    /// Removes connection `conn` from every stream its cursors name.
+    /// Removes connection `conn` from every stream its cursors name. A
+    /// public stream left with no readers and no history is dropped at
+    /// once (unless it was created explicitly).
     pub fn unsubscribe(&mut self, conn: u32, cursors: &Cursors) {
+        let now = self.now_us;
         for c in cursors.as_slice() {
-            if let Some(s) = self.streams.get_mut(c.stream as usize) {
-                s.subs.remove(c.slot, conn);
+            let Some(s) = self.streams.get_mut(c.stream as usize) else {
+                continue;
+            };
+            if !s.subs.remove(c.slot, conn) {
+                continue;
             }
+            s.touched_us = now;
+            if !s.internal && s.subs.is_empty() && s.retained() == 0 && s.claim != Claim::Explicit {
+                self.drop_stream(c.stream);
+                self.life.dropped_empty += 1;
+            }
+        }
+    }
+
+    /// One slice of the lifecycle sweep: looks at up to `slots` stream
+    /// slots and drops the public streams nobody reads that have gone
+    /// unread and unpublished for the idle TTL, or that hold no history
+    /// (and were not created explicitly). Returns `true` when the slice
+    /// ended a pass over the table (the caller may rest before the next).
+    pub fn expire(&mut self, now_us: u64, slots: usize) -> bool {
+        self.tick(now_us);
+        let cap = self.streams.capacity();
+        let start = self.expire_pos.min(cap);
+        let end = start.saturating_add(slots.max(1)).min(cap);
+        let mut doomed: Vec<(u32, bool)> = Vec::new();
+        for i in start..end {
+            let Some(s) = self.streams.get(i) else {
+                continue;
+            };
+            if s.internal || !s.subs.is_empty() {
+                continue;
+            }
+            let idle = self.idle_ttl_us > 0
+                && self.now_us.saturating_sub(s.touched_us) >= self.idle_ttl_us;
+            if idle || (s.retained() == 0 && s.claim != Claim::Explicit) {
+                doomed.push((i as u32, idle));
+            }
+        }
+        for (i, idle) in doomed {
+            if self.drop_stream(i).is_some() {
+                if idle {
+                    self.life.expired += 1;
+                } else {
+                    self.life.dropped_empty += 1;
+                }
+            }
+        }
+        if end >= cap {
+            self.expire_pos = 0;
+            true
+        } else {
+            self.expire_pos = end;
+            false
         }
     }
 
@@ -686,34 +1110,20 @@ impl Broker {
     /// name knows events were dropped; returns the connections that read it
     /// (the caller ends them, and must flush them first).
     pub fn delete(&mut self, origin: Origin, idx: u32) -> Vec<u32> {
-        let Some(s) = self.streams.try_remove(idx as usize) else {
+        let Some(s) = self.drop_stream(idx) else {
             return Vec::new();
         };
-        self.by_name.remove(&s.name);
-        if !s.internal {
-            self.public -= 1;
-        }
-        if self.tombstones.len() >= MAX_TOMBSTONES {
-            self.tombstones.clear();
-        }
         let floor = s.last_id.max(s.lost_upto());
-        if floor > 0 {
-            self.tombstones.insert(s.name.clone(), floor);
-        }
         for sink in self.sinks.iter_mut() {
             sink.delete(origin, &s.name, floor);
         }
-        self.dirty.retain(|&d| d != idx);
         s.subs.iter().collect()
     }
 
     /// Records a deletion that happened before this broker existed (a
     /// journal being replayed).
     pub fn restore_tombstone(&mut self, name: &str, floor: u64) {
-        if self.tombstones.len() < MAX_TOMBSTONES {
-            let t = self.tombstones.entry(name.into()).or_insert(0);
-            *t = (*t).max(floor);
-        }
+        self.tombstones.put(name, floor);
         self.ids.observe(floor);
     }
 }

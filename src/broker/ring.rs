@@ -54,7 +54,35 @@ impl Frame {
     pub fn cost(&self) -> usize {
         self.bytes.len()
     }
+    /// What [`Frame::cost`] will be for `sse_len` SSE bytes, known before
+    /// the frame is built (so an oversized event is never copied).
+    pub fn cost_for(sse_len: usize) -> usize {
+        let mut hex = 1;
+        let mut n = sse_len >> 4;
+        while n > 0 {
+            hex += 1;
+            n >>= 4;
+        }
+        hex + 2 + sse_len + 2
+    }
 }
+
+/// Who a public stream exists for, which decides the pool it counts
+/// against (`--max-streams` each) and when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Only subscribers asked for it (no credentials needed): counted in
+    /// its own pool, so subscribers cannot use up the publishers' one.
+    Subscribers,
+    /// A publisher created it or published to it.
+    Publisher,
+    /// Created by `PUT /streams/NAME`: kept while empty (until the idle
+    /// TTL), as an explicit creation asks.
+    Explicit,
+}
+
+/// "No stream" in the LRU links.
+pub(super) const NIL: u32 = u32::MAX;
 
 /// History bounds of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +120,26 @@ pub struct Stream {
     /// stream is named for what its client asked for, not `!app/...`.
     pub display: Option<Box<str>>,
     pub(super) limits: Limits,
+    /// Who it exists for.
+    pub claim: Claim,
+    /// Unix µs of the last publish, subscribe or unsubscribe (idle TTL).
+    pub(super) touched_us: u64,
+    /// Neighbours in the broker's LRU list of streams holding history
+    /// (`prev` is older); `NIL` at the ends or when not listed.
+    pub(super) lru_prev: u32,
+    pub(super) lru_next: u32,
+    pub(super) in_lru: bool,
 }
 
 impl Stream {
-    pub(super) fn new(name: &str, lost_upto: u64, internal: bool, limits: Limits) -> Self {
+    pub(super) fn new(
+        name: &str,
+        lost_upto: u64,
+        internal: bool,
+        limits: Limits,
+        claim: Claim,
+        now_us: u64,
+    ) -> Self {
         Stream {
             name: name.into(),
             ring: VecDeque::new(),
@@ -111,6 +155,11 @@ impl Stream {
             internal,
             display: None,
             limits,
+            claim,
+            touched_us: now_us,
+            lru_prev: NIL,
+            lru_next: NIL,
+            in_lru: false,
         }
     }
 

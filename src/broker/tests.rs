@@ -118,7 +118,7 @@ fn oversized_event_is_refused_not_kept() {
             5,
         )
         .unwrap_err();
-    assert!(matches!(e, BrokerError::TooLarge(_)));
+    assert!(matches!(e, BrokerError::TooLarge { .. }));
     assert_eq!(e.status(), 413);
     assert_eq!(b.get(a).unwrap().retained(), 0);
 }
@@ -244,7 +244,6 @@ fn model_resume_and_merge_match_a_naive_reference() {
         if mine.is_empty() {
             mine.push(0);
         }
-        let targets: Vec<u32> = mine.iter().map(|&t| idx[t]).collect();
         // Every id, plus one below and one above what the clock handed
         // out (the contract: those start at the oldest retained event,
         // with a gap).
@@ -253,6 +252,10 @@ fn model_resume_and_merge_match_a_naive_reference() {
         cursors.push(b.ids().last() + 1);
         for cur in cursors {
             let outside = cur < b.ids().first() || cur > b.ids().last();
+            // Resolved afresh each time, as a request does: a stream with
+            // no history is dropped when its last reader leaves.
+            let idx = b.resolve(&refs, true).unwrap();
+            let targets: Vec<u32> = mine.iter().map(|&t| idx[t]).collect();
             let c = b.subscribe(1, &targets, &Resume::After(cur, cur.to_string()));
             let got = ids_of(&b, &c.cursors);
             let want: Vec<u64> = log
@@ -314,4 +317,395 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     assert_eq!(p.id, 6_000);
     assert_eq!(ids_of(&b, &c.cursors), vec![6_000]);
     assert!(!b.mark_lost(99, 1), "unknown stream");
+}
+
+// ------------------------------------------------ memory and lifecycle
+
+const SEC: u64 = 1_000_000;
+
+fn big_broker(total: usize, ttl_us: u64, max_streams: usize) -> Broker {
+    let mut b = Broker::new(
+        1_000,
+        Limits {
+            history: 100,
+            history_bytes: 1 << 20,
+        },
+        max_streams,
+    );
+    b.set_memory(total, ttl_us);
+    b
+}
+
+fn publish_sized(b: &mut Broker, s: &[u32], len: usize, now: u64) -> Result<u64, BrokerError> {
+    b.publish(
+        Origin::Local,
+        s,
+        &crate::event::Event::new("x".repeat(len)),
+        now,
+    )
+    .map(|p| p.id)
+}
+
+/// The LRU list holds exactly the streams with history, and the total is
+/// the sum of the rings.
+fn check_accounting(b: &Broker) {
+    let sum: usize = b.iter().map(|(_, s)| s.retained_bytes()).sum();
+    assert_eq!(b.total_bytes(), sum);
+    assert!(b.total_bytes() <= b.budget());
+    let mut listed = Vec::new();
+    let mut i = b.lru_head;
+    let mut prev = NIL;
+    while i != NIL {
+        let s = b.get(i).expect("listed stream exists");
+        assert!(s.in_lru);
+        assert_eq!(s.lru_prev, prev);
+        listed.push(i);
+        prev = i;
+        i = s.lru_next;
+    }
+    assert_eq!(b.lru_tail, prev);
+    let mut with_history: Vec<u32> = b
+        .iter()
+        .filter(|(_, s)| s.retained() > 0)
+        .map(|(i, _)| i)
+        .collect();
+    with_history.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(listed, with_history);
+}
+
+#[test]
+fn cost_is_known_before_the_frame_is_built() {
+    for len in [0, 1, 15, 16, 255, 256, 4095, 4096, 1 << 20, (1 << 20) + 7] {
+        let f = Frame::new(1, &vec![b'x'; len]);
+        assert_eq!(Frame::cost_for(len), f.cost(), "{len}");
+    }
+}
+
+#[test]
+fn budget_evicts_least_recently_published_or_read_first() {
+    // Room for three 1000-byte events, not four.
+    let one = Frame::cost_for(frame::encode_numbered(1_000, None, &"x".repeat(1000), None).len());
+    let mut b = big_broker(3 * one + one / 2, 0, 10);
+    let s = b.resolve(&["a", "b", "c", "d"], true).unwrap();
+    let ids: Vec<u64> = s
+        .iter()
+        .take(3)
+        .map(|&t| publish_sized(&mut b, &[t], 1000, 1_000).unwrap())
+        .collect();
+    assert_eq!(b.total_bytes(), 3 * one);
+    // Reading "a" makes it recent: "b" is now the least recently used.
+    let reader = b.subscribe(9, &[s[0]], &Resume::Live);
+    b.unsubscribe(9, &reader.cursors);
+    publish_sized(&mut b, &[s[3]], 1000, 1_000).unwrap();
+    assert_eq!(b.get(s[1]).unwrap().retained(), 0, "b was least recent");
+    assert_eq!(b.get(s[0]).unwrap().retained(), 1);
+    assert_eq!(b.get(s[2]).unwrap().retained(), 1);
+    assert_eq!(b.get(s[3]).unwrap().retained(), 1);
+    let life = b.lifecycle();
+    assert_eq!(life.evicted_events, 1);
+    assert_eq!(life.evicted_bytes, one as u64);
+    check_accounting(&b);
+    // A resume into "b" from before its evicted event is told so.
+    let c = b.subscribe(10, &[s[1]], &Resume::After(ids[1] - 1, "r".into()));
+    assert!(c.gap.is_some());
+    // Publishing to "c" makes it recent; "a" goes next.
+    publish_sized(&mut b, &[s[2]], 1000, 1_000).unwrap();
+    assert_eq!(b.get(s[0]).unwrap().retained(), 0);
+    check_accounting(&b);
+}
+
+#[test]
+fn a_lagging_subscriber_gets_a_gap_when_the_budget_evicts() {
+    let one = Frame::cost_for(frame::encode_numbered(1_000, None, &"x".repeat(500), None).len());
+    let mut b = big_broker(2 * one, 0, 10);
+    let s = b.resolve(&["slow", "busy"], true).unwrap();
+    let mut sub = b.subscribe(1, &[s[0]], &Resume::Live);
+    publish_sized(&mut b, &[s[0]], 500, 1_000).unwrap();
+    // The reader has not been sent it when another stream needs the room.
+    publish_sized(&mut b, &[s[1]], 500, 1_000).unwrap();
+    publish_sized(&mut b, &[s[1]], 500, 1_000).unwrap();
+    assert_eq!(b.get(s[0]).unwrap().retained(), 0);
+    let g = b.take_gap(&mut sub.cursors).expect("gap");
+    assert!(String::from_utf8(g).unwrap().contains("\"slow\""));
+    assert_eq!(b.merge(&sub.cursors).count(), 0);
+    check_accounting(&b);
+}
+
+#[test]
+fn events_over_a_bound_are_refused_and_never_kept() {
+    let mut b = big_broker(8192, 0, 10);
+    let s = b.resolve(&["a", "b", "c"], true).unwrap();
+    // Over the budget alone.
+    let e = publish_sized(&mut b, &[s[0]], 9000, 1_000).unwrap_err();
+    assert_eq!(e.status(), 413);
+    assert!(
+        e.message().contains("--history-total-bytes"),
+        "{}",
+        e.message()
+    );
+    // Fits once, not three times over.
+    let e = publish_sized(&mut b, &s, 3000, 1_000).unwrap_err();
+    assert!(
+        matches!(e, BrokerError::TooLarge { limit: 8192, .. }),
+        "{e:?}"
+    );
+    publish_sized(&mut b, &[s[0]], 3000, 1_000).unwrap();
+    assert_eq!(b.lifecycle().refused_too_large, 2);
+    assert_eq!(b.get(s[1]).unwrap().retained(), 0);
+    check_accounting(&b);
+    // Over --history-bytes: CR bytes become `data:` lines, and the encoded
+    // size is what counts.
+    let mut b = Broker::new(
+        1,
+        Limits {
+            history: 10,
+            history_bytes: 4096,
+        },
+        10,
+    );
+    let a = b.resolve(&["a"], true).unwrap()[0];
+    let ev = crate::event::Event::new("\r".repeat(1000));
+    let e = b.publish(Origin::Local, &[a], &ev, 5).unwrap_err();
+    match e {
+        BrokerError::TooLarge { size, limit, .. } => {
+            assert!(size > 6000, "{size}");
+            assert_eq!(limit, 4096);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.message().contains("--history-bytes"));
+    assert_eq!(b.get(a).unwrap().retained(), 0);
+    assert_eq!(b.total_bytes(), 0);
+}
+
+#[test]
+fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
+    let mut b = big_broker(1 << 20, 60 * SEC, 10);
+    let s = b
+        .resolve_as(&["empty", "kept"], Create::Subscriber)
+        .unwrap();
+    assert_eq!(b.unclaimed(), 2);
+    let c1 = b.subscribe(1, &s, &Resume::Live);
+    let c2 = b.subscribe(2, &[s[0]], &Resume::Live);
+    b.resolve(&["kept"], true).unwrap();
+    let id = publish_sized(&mut b, &[s[1]], 10, 2_000).unwrap();
+    b.unsubscribe(1, &c1.cursors);
+    assert!(b.find("empty").is_some(), "still read by 2");
+    b.unsubscribe(2, &c2.cursors);
+    assert!(b.find("empty").is_none());
+    assert!(b.find("kept").is_some(), "it holds history");
+    assert_eq!(b.lifecycle().dropped_empty, 1);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b.unclaimed(), 0);
+    // Kept until the TTL, counted from its last reader leaving.
+    b.tick(30 * SEC);
+    assert!(b.expire(59 * SEC, 100));
+    assert!(b.find("kept").is_some());
+    b.expire(100 * SEC, 100);
+    assert!(b.find("kept").is_none());
+    assert_eq!(b.lifecycle().expired, 1);
+    assert_eq!(b.total_bytes(), 0);
+    check_accounting(&b);
+    // Its tombstone keeps a resume honest.
+    let s2 = b.resolve_as(&["kept"], Create::Subscriber).unwrap();
+    let c = b.subscribe(3, &s2, &Resume::After(id - 1, "k".into()));
+    assert!(c.gap.is_some());
+}
+
+#[test]
+fn a_read_stream_never_expires_and_a_read_restarts_the_ttl() {
+    let mut b = big_broker(1 << 20, 10 * SEC, 10);
+    let s = b.resolve(&["r", "q"], true).unwrap();
+    publish_sized(&mut b, &[s[0]], 10, SEC).unwrap();
+    publish_sized(&mut b, &[s[1]], 10, SEC).unwrap();
+    let c = b.subscribe(1, &[s[0]], &Resume::Live);
+    b.expire(100 * SEC, 100);
+    assert!(b.find("r").is_some(), "it has a reader");
+    assert!(b.find("q").is_none());
+    b.unsubscribe(1, &c.cursors);
+    b.expire(105 * SEC, 100);
+    assert!(
+        b.find("r").is_some(),
+        "the TTL runs from the reader leaving"
+    );
+    b.expire(111 * SEC, 100);
+    assert!(b.find("r").is_none());
+}
+
+#[test]
+fn expire_works_in_slices() {
+    let mut b = big_broker(1 << 20, SEC, 100);
+    let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let s = b.resolve(&refs, true).unwrap();
+    for &t in &s {
+        publish_sized(&mut b, &[t], 10, 1_000).unwrap();
+    }
+    let mut calls = 1;
+    assert!(!b.expire(10 * SEC, 3));
+    assert_eq!(b.len(), 7, "one slice, three slots");
+    while !b.expire(10 * SEC, 3) {
+        calls += 1;
+    }
+    assert!(calls >= 3);
+    assert_eq!(b.len(), 0);
+    assert_eq!(b.lifecycle().expired, 10);
+}
+
+#[test]
+fn ttl_zero_never_expires_but_empty_streams_still_go() {
+    let mut b = big_broker(1 << 20, 0, 10);
+    let s = b.resolve(&["full", "hollow"], true).unwrap();
+    publish_sized(&mut b, &[s[0]], 10, 1_000).unwrap();
+    b.expire(u64::MAX / 2, 100);
+    assert!(b.find("full").is_some());
+    assert!(
+        b.find("hollow").is_none(),
+        "a publisher's empty stream nobody reads"
+    );
+}
+
+#[test]
+fn explicit_streams_are_kept_while_empty_until_the_ttl() {
+    let mut b = big_broker(1 << 20, 10 * SEC, 10);
+    assert!(b.create("made").unwrap().1);
+    let (idx, created) = b.create("made").unwrap();
+    assert!(!created);
+    assert_eq!(b.get(idx).unwrap().claim, Claim::Explicit);
+    let c = b.subscribe(1, &[idx], &Resume::Live);
+    b.unsubscribe(1, &c.cursors);
+    b.expire(5 * SEC, 100);
+    assert!(b.find("made").is_some());
+    b.expire(20 * SEC, 100);
+    assert!(b.find("made").is_none());
+    assert_eq!(b.create("bad name"), Err(BrokerError::BadName));
+}
+
+#[test]
+fn subscribers_cannot_use_up_the_publishers_pool() {
+    let mut b = big_broker(1 << 20, 0, 3);
+    let subs = b
+        .resolve_as(&["x1", "x2", "x3"], Create::Subscriber)
+        .unwrap();
+    let _c = b.subscribe(1, &subs, &Resume::Live);
+    assert_eq!(
+        b.resolve_as(&["x4"], Create::Subscriber),
+        Err((0, BrokerError::TooManyUnclaimed))
+    );
+    assert_eq!(BrokerError::TooManyUnclaimed.status(), 503);
+    // An authorised publisher still creates, and claims a subscriber's
+    // stream into its own pool.
+    let p = b.resolve_as(&["news", "x1"], Create::Publisher).unwrap();
+    assert_eq!(b.get(p[1]).unwrap().claim, Claim::Publisher);
+    assert_eq!(b.unclaimed(), 2);
+    // With x1 claimed, the subscribers have room again.
+    b.resolve_as(&["x4"], Create::Subscriber).unwrap();
+    // The publishers' pool has its own bound.
+    b.resolve(&["p3"], true).unwrap();
+    assert_eq!(b.resolve(&["p4"], true), Err((0, BrokerError::TooMany)));
+    // ...and a refused request claimed nothing.
+    assert_eq!(
+        b.resolve_as(&["x2", "p4"], Create::Publisher),
+        Err((0, BrokerError::TooMany))
+    );
+    assert_eq!(b.get(subs[1]).unwrap().claim, Claim::Subscribers);
+    assert_eq!(
+        b.resolve_as(&["nope"], Create::No),
+        Err((0, BrokerError::NotFound))
+    );
+}
+
+#[test]
+fn a_failed_publish_leaves_no_stream_behind() {
+    let mut b = big_broker(8192, 0, 10);
+    let s = b.resolve(&["new"], true).unwrap();
+    assert!(publish_sized(&mut b, &s, 10_000, 1_000).is_err());
+    b.discard_unused(s[0]);
+    assert!(b.find("new").is_none());
+    assert_eq!(b.len(), 0);
+    // A used stream is not discarded.
+    let s = b.resolve(&["used"], true).unwrap();
+    publish_sized(&mut b, &s, 10, 1_000).unwrap();
+    b.discard_unused(s[0]);
+    assert!(b.find("used").is_some());
+}
+
+#[test]
+fn tombstones_are_bounded_and_forgetting_stays_honest() {
+    let mut b = big_broker(64 << 20, SEC, 10);
+    let first = b.resolve(&["t0"], true).unwrap();
+    let id0 = publish_sized(&mut b, &first, 1, 1_000).unwrap();
+    b.delete(Origin::Local, first[0]);
+    for i in 1..(MAX_TOMBSTONES + 100) {
+        let n = format!("t{i}");
+        let s = b.resolve(&[n.as_str()], true).unwrap();
+        publish_sized(&mut b, &s, 1, 1_000).unwrap();
+        b.delete(Origin::Local, s[0]);
+        assert!(b.tombstones() <= MAX_TOMBSTONES);
+    }
+    // t0's tombstone was forgotten; a resume into it still gets a gap.
+    let s = b.resolve_as(&["t0"], Create::Subscriber).unwrap();
+    let c = b.subscribe(1, &s, &Resume::After(id0 - 1, String::new()));
+    assert!(c.gap.is_some());
+}
+
+/// Random publishes, reads, deletes and expiries keep the accounting
+/// exact and the total within the budget.
+#[test]
+fn model_budget_accounting_holds() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = SmallRng::seed_from_u64(0xb0d9e7);
+    for _ in 0..50 {
+        let mut b = Broker::new(
+            1_000,
+            Limits {
+                history: rng.gen_range(1..8),
+                history_bytes: rng.gen_range(200..2000),
+            },
+            8,
+        );
+        b.set_memory(rng.gen_range(300..5000), rng.gen_range(0..5) * SEC);
+        let mut now = 1_000u64;
+        let mut held: Vec<(u32, Cursors)> = Vec::new();
+        for step in 0..300u32 {
+            now += rng.gen_range(0..SEC / 2);
+            let name = format!("s{}", rng.gen_range(0..12));
+            match rng.gen_range(0..10) {
+                0..=4 => {
+                    if let Ok(t) = b.resolve(&[name.as_str()], true) {
+                        let _ = publish_sized(&mut b, &t, rng.gen_range(0..600), now);
+                    }
+                }
+                5 | 6 => {
+                    if let Ok(t) = b.resolve_as(&[name.as_str()], Create::Subscriber) {
+                        let c = b.subscribe(step, &t, &Resume::After(0, String::new()));
+                        held.push((step, c.cursors));
+                    }
+                }
+                7 if !held.is_empty() => {
+                    let (k, c) = held.swap_remove(rng.gen_range(0..held.len()));
+                    b.unsubscribe(k, &c);
+                }
+                8 => {
+                    b.expire(now, rng.gen_range(1..20));
+                }
+                _ => {
+                    if let Some(i) = b.find(&name) {
+                        if b.get(i).is_some_and(|s| s.subs.is_empty()) {
+                            b.delete(Origin::Local, i);
+                        }
+                    }
+                }
+            }
+            check_accounting(&b);
+            assert_eq!(
+                b.unclaimed(),
+                b.iter()
+                    .filter(|(_, s)| !s.internal && s.claim == Claim::Subscribers)
+                    .count()
+            );
+        }
+    }
 }

@@ -239,7 +239,11 @@ impl Bound {
             history: self.cfg.history,
             history_bytes: self.cfg.history_bytes,
         };
-        let broker = Broker::new(clock.start_unix_us, limits, self.cfg.max_streams);
+        let mut broker = Broker::new(clock.start_unix_us, limits, self.cfg.max_streams);
+        broker.set_memory(
+            self.cfg.history_total_bytes,
+            self.cfg.stream_idle_ttl.as_micros() as u64,
+        );
         let bus = self
             .redis
             .map(|u| bus::Link::new(u, &self.cfg, self.poll.registry(), clock.now_ms));
@@ -275,6 +279,7 @@ impl Bound {
             reserve: Vec::new(),
             proxied: std::collections::HashMap::new(),
         };
+        r.schedule_expire(false);
         r.run()
     }
 }
@@ -397,6 +402,8 @@ impl Reactor {
                 }
             }
             self.clock.tick();
+            self.broker
+                .tick(self.clock.start_unix_us + self.clock.now_ms * 1000);
             for i in std::mem::take(&mut self.accept_more) {
                 self.accept(i);
             }
@@ -430,6 +437,7 @@ impl Reactor {
                         }
                     }
                     Timer::ShutdownDeadline => self.close_all(),
+                    Timer::Expire => self.expire_streams(),
                     Timer::Tick { key, gen } => self.on_tick(key, gen),
                 }
             }
@@ -627,6 +635,12 @@ impl Reactor {
                 } => {
                     self.counters.events_published = self.broker.published;
                     self.counters.gaps_sent = self.broker.gaps;
+                    let life = self.broker.lifecycle();
+                    self.counters.history_evicted_events = life.evicted_events;
+                    self.counters.history_evicted_bytes = life.evicted_bytes;
+                    self.counters.history_refused_too_large = life.refused_too_large;
+                    self.counters.streams_expired = life.expired;
+                    self.counters.streams_dropped_empty = life.dropped_empty;
                     let g = self.gauges();
                     let resp = if prometheus {
                         Response::new(
@@ -689,8 +703,11 @@ impl Reactor {
                 g.streams += 1;
             }
             g.history_events += s.retained();
-            g.history_bytes += s.retained_bytes();
         }
+        g.history_bytes = self.broker.total_bytes();
+        g.history_budget = self.broker.budget();
+        g.subscriber_streams = self.broker.unclaimed();
+        g.tombstones = self.broker.tombstones();
         g.timers = self
             .timers
             .iter()
@@ -1138,7 +1155,7 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
             conns.get(key as usize),
             Some(Conn { state: State::Ticking(tk), .. }) if tk.gen == gen
         ),
-        Timer::ResumeAccept | Timer::ShutdownDeadline => true,
+        Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,
     }
 }
 

@@ -7,6 +7,10 @@
 //! on the next turn, so a table of 20,000 connections never holds the loop
 //! for a whole pass. With nothing due, no sweep is scheduled and the loop
 //! sleeps without a timeout.
+//!
+//! The stream lifecycle has its own, slower sweep: `Broker::expire` over
+//! [`STREAM_SLICE`] stream slots per turn, a pass every quarter of
+//! `--stream-idle-ttl` (between 250 ms and 60 s).
 
 use super::conn::{State, Tick, NEVER};
 use super::{ticks, Reactor, Timer, TICK_MS};
@@ -15,6 +19,8 @@ use super::{ticks, Reactor, Timer, TICK_MS};
 const SLICE: usize = 4096;
 /// Rounds of the sweep start at most this often.
 const SWEEP_SPACING_MS: u64 = 250;
+/// Stream slots the lifecycle sweep examines per loop turn.
+const STREAM_SLICE: usize = 1024;
 
 /// Where the sweep stands.
 #[derive(Debug, Default)]
@@ -102,6 +108,28 @@ impl Reactor {
             let next = self.sweep.next;
             self.want_sweep(next);
         }
+    }
+
+    /// Schedules the next slice of the stream lifecycle sweep: on the next
+    /// turn while a pass is under way, else after a rest.
+    pub(super) fn schedule_expire(&mut self, mid_pass: bool) {
+        let rest = match self.cfg.stream_idle_ttl.as_millis() as u64 {
+            0 => 60_000,
+            ttl => (ttl / 4).clamp(250, 60_000),
+        };
+        let at = if mid_pass {
+            self.clock.now_ms
+        } else {
+            self.clock.now_ms + rest
+        };
+        self.timers.add(at, Timer::Expire);
+    }
+
+    /// One slice of the stream lifecycle sweep (its timer fired).
+    pub(super) fn expire_streams(&mut self) {
+        let now = self.clock.unix_us();
+        let done = self.broker.expire(now, STREAM_SLICE);
+        self.schedule_expire(!done);
     }
 
     /// A connection's deadline passed.

@@ -18,6 +18,8 @@ pub enum Timer {
     ResumeAccept,
     /// Give up flushing and close everything on shutdown.
     ShutdownDeadline,
+    /// A slice of the stream lifecycle sweep (`Broker::expire`).
+    Expire,
     /// A ticking app connection is due; `gen` guards against a reused slab key.
     Tick {
         /// The connection.

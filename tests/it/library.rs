@@ -84,15 +84,19 @@ fn publisher_follows_the_rules_of_post_events() {
 }
 
 #[test]
-fn publisher_honours_no_auto_streams() {
-    let (_addr, p, stop, th) = start(Config {
+fn publisher_creates_streams_under_no_auto_streams() {
+    // The library is an authorised publisher (issue 14): it creates the
+    // stream; a subscriber still cannot create one.
+    let (addr, p, stop, th) = start(Config {
         auto_streams: false,
         ..Config::default()
     });
-    match p.publish("fresh", Event::new("x")) {
-        Err(PublishError::Refused(m)) => assert!(m.contains("auto-creation"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    let r = crate::common::get(addr, "/events?stream=fresh");
+    assert_eq!(r.status, 404);
+    let id = p.publish("fresh", Event::new("x")).unwrap();
+    let r = crate::common::get(addr, "/streams/fresh");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["last_id"], id.to_string());
     stop.shutdown();
     th.join().unwrap().unwrap();
 }

@@ -11,6 +11,7 @@ mod fuzz;
 mod hardening;
 mod layers;
 mod library;
+mod memory;
 mod mongoose;
 mod redis;
 mod trust;

@@ -1,0 +1,337 @@
+//! One memory bound and streams that come and go (issue 14, items 1 and
+//! 2), over real sockets against the real binary: the two memory
+//! reproductions end with the server's RSS under the history budget plus
+//! a stated overhead; subscribers cannot fill the stream table against a
+//! publisher; unread streams expire; a failed request creates nothing;
+//! `--no-auto-streams` still lets a publisher (and `PUT /streams/NAME`)
+//! create streams. Each test keeps a bystander subscriber and checks it
+//! kept receiving, and checks `/stats` counted what happened.
+
+use std::net::SocketAddr;
+
+use crate::common::*;
+
+const MIB: u64 = 1 << 20;
+/// The budget the memory tests run with (small, so they are quick).
+const BUDGET: u64 = 64 * MIB;
+/// What the server may hold beside retained history: the binary, the
+/// allocator's slack from megabyte-sized request bodies and encodings
+/// that come and go, buffers. Stated, not measured at run time.
+const OVERHEAD: u64 = 32 * MIB;
+
+fn rss_bytes(s: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+fn post_on(c: &mut Conn, path: &str, headers: &str, body: &[u8]) -> Response {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    c.request(&raw)
+}
+
+/// A bystander reading `watch` gets a fresh event: the server kept serving.
+fn bystander_receives(addr: SocketAddr, by: &mut Sse, auth: &str, tag: &str) {
+    let r = request(
+        addr,
+        format!(
+            "POST /events?stream=watch HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n{auth}Content-Length: {}\r\n\r\n{tag}",
+            tag.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ev = by.next_event(T).expect("bystander got nothing");
+    assert_eq!(ev.data(), tag);
+}
+
+fn num(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn history_budget_bounds_memory_under_many_large_publishes() {
+    let s = Server::start(&["--history-total-bytes", &BUDGET.to_string()]);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    let base = rss_bytes(&s);
+    // The issue's first reproduction: one keep-alive client posts bodies of
+    // ~1 MB to new streams m1, m2, ...; three times the budget in all.
+    let body = vec![b'a'; 1_040_000];
+    let n = (3 * BUDGET / 1_040_000) as usize;
+    let mut c = Conn::open(s.addr);
+    let mut first_id = String::new();
+    for i in 1..=n {
+        let r = post_on(&mut c, &format!("/events?stream=m{i}"), "", &body);
+        assert_eq!(r.status, 200, "m{i}: {}", r.text());
+        if i == 1 {
+            first_id = r.json()["id"].as_str().unwrap().to_string();
+        }
+        if i % 50 == 0 {
+            bystander_receives(s.addr, &mut by, "", &format!("still here {i}"));
+        }
+    }
+    let st = stats(s.addr);
+    let held = num(&st, &["history", "bytes"]);
+    assert!(held <= BUDGET, "history {held} > budget {BUDGET}: {st}");
+    assert!(
+        held > BUDGET / 2,
+        "the budget should be used, not emptied: {st}"
+    );
+    assert_eq!(num(&st, &["history", "budget"]), BUDGET);
+    let evicted = num(&st, &["history", "evicted_events"]);
+    assert!(evicted as usize >= n - 64, "evicted {evicted} of {n}: {st}");
+    assert!(num(&st, &["history", "evicted_bytes"]) >= evicted * 1_040_000);
+    // The oldest streams lost their event (and, unread, themselves): a
+    // resume from before it is told.
+    let mut resume = Sse::open(
+        s.addr,
+        "/events?stream=m1",
+        &format!(
+            "Last-Event-ID: {}\r\n",
+            first_id.parse::<u64>().unwrap() - 1
+        ),
+    );
+    let gap = resume.next_event(T).expect("gap");
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    assert!(gap.data().contains("\"m1\""), "{gap:?}");
+    let rss = rss_bytes(&s);
+    eprintln!(
+        "memory: {n} publishes of 1,040,000 bytes; rss {} MiB (at start {} MiB); history {} MiB; budget {} MiB",
+        rss / MIB,
+        base / MIB,
+        held / MIB,
+        BUDGET / MIB
+    );
+    assert!(
+        rss <= BUDGET + OVERHEAD,
+        "rss {rss} over budget {BUDGET} + overhead {OVERHEAD}"
+    );
+    bystander_receives(s.addr, &mut by, "", "after the flood");
+}
+
+#[test]
+fn oversized_encoded_events_are_refused_and_never_kept() {
+    let s = Server::start(&["--history-total-bytes", &BUDGET.to_string()]);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    // The issue's second reproduction: 1,048,000 CR bytes fit --max-body
+    // but encode to 1,048,000 `data:` lines, six times --history-bytes.
+    let body = vec![b'\r'; 1_048_000];
+    let mut c = Conn::open(s.addr);
+    let n = 40;
+    for i in 1..=n {
+        let r = post_on(&mut c, &format!("/events?stream=c{i}"), "", &body);
+        assert_eq!(r.status, 413, "c{i}: {}", r.text());
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("encoded event is") && msg.contains("--history-bytes"),
+            "{msg}"
+        );
+        if i % 10 == 0 {
+            bystander_receives(s.addr, &mut by, "", &format!("still here {i}"));
+        }
+    }
+    // A refused publish creates nothing.
+    let r = get(s.addr, "/streams/c1");
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Over the budget (many streams at once) is refused the same way.
+    let small = Server::start(&["--history-total-bytes", "65536"]);
+    let names: String = (0..16).map(|i| format!("&stream=w{i}")).collect();
+    let r = post(
+        small.addr,
+        &format!("/events?x=1{names}"),
+        "text/plain",
+        &"y".repeat(5000),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("--history-total-bytes"), "{}", r.text());
+    assert_eq!(stats(small.addr)["streams"], 0);
+
+    let st = stats(s.addr);
+    assert_eq!(num(&st, &["history", "refused_too_large"]), n, "{st}");
+    assert_eq!(num(&st, &["rejected", "event_too_large"]), n, "{st}");
+    assert!(num(&st, &["history", "bytes"]) < MIB, "{st}");
+    assert_eq!(st["streams"], 1, "only watch: {st}");
+    let rss = rss_bytes(&s);
+    eprintln!(
+        "memory: {n} refused CR publishes; rss {} MiB; budget {} MiB",
+        rss / MIB,
+        BUDGET / MIB
+    );
+    assert!(
+        rss <= BUDGET + OVERHEAD,
+        "rss {rss} over budget {BUDGET} + overhead {OVERHEAD}"
+    );
+    bystander_receives(s.addr, &mut by, "", "after the flood");
+}
+
+const AUTH: &str = "Authorization: Bearer s3cret\r\n";
+
+fn authed(addr: SocketAddr, method: &str, path: &str, body: &str) -> Response {
+    request(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n{AUTH}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn streams_come_and_go_and_subscribers_cannot_lock_out_publishers() {
+    let s = Server::start(&[
+        "--max-streams",
+        "8",
+        "--publish-token",
+        "s3cret",
+        "--stream-idle-ttl",
+        "1",
+        "--history-bytes",
+        "4096",
+    ]);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    bystander_receives(s.addr, &mut by, AUTH, "hello");
+
+    // Unauthenticated subscribers fill their own pool (8 streams)...
+    let names: String = (1..=8).map(|i| format!("&stream=a{i}")).collect();
+    let hog = Sse::open(s.addr, &format!("/events?x=1{names}"), "");
+    assert_eq!(hog.status(), 200);
+    let r = get(s.addr, "/events?stream=a9");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("only subscribers asked for"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]),
+        8
+    );
+    // ...and an authorised publisher still creates and publishes.
+    let r = authed(s.addr, "POST", "/events?stream=news", "first");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(s.addr, "/events?stream=news2", "text/plain", "anon");
+    assert_eq!(r.status, 401, "{}", r.text());
+    // Publishing to a subscriber's stream claims it for the publishers.
+    let r = authed(s.addr, "POST", "/events?stream=a1", "claimed");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]),
+        7
+    );
+
+    // Streams with no readers and no history go with their last reader.
+    drop(hog);
+    assert!(wait_until(T, || {
+        num(&stats(s.addr), &["stream_lifecycle", "subscriber_only"]) == 0
+    }));
+    assert_eq!(get(s.addr, "/streams/a2").status, 404);
+
+    // A request that fails creates nothing: a subscribe with one bad name,
+    // a publish refused as too large.
+    let r = get(s.addr, "/events?stream=ok1&stream=bad%20name");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("bad stream name"), "{}", r.text());
+    assert_eq!(get(s.addr, "/streams/ok1").status, 404);
+    let r = authed(s.addr, "POST", "/events?stream=huge", &"z".repeat(5000));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(get(s.addr, "/streams/huge").status, 404);
+
+    // Unread and unpublished for --stream-idle-ttl: dropped; its tombstone
+    // keeps a resume honest.
+    let r = authed(s.addr, "POST", "/events?stream=old", "one");
+    let first: u64 = r.json()["id"].as_str().unwrap().parse().unwrap();
+    authed(s.addr, "POST", "/events?stream=old", "two");
+    assert_eq!(get(s.addr, "/streams/old").status, 200);
+    assert!(wait_until(T, || get(s.addr, "/streams/old").status == 404));
+    let mut resume = Sse::open(
+        s.addr,
+        "/events?stream=old",
+        &format!("Last-Event-ID: {first}\r\n"),
+    );
+    let gap = resume.next_event(T).expect("gap");
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    assert!(gap.data().contains("\"old\""), "{gap:?}");
+
+    let st = stats(s.addr);
+    assert!(
+        num(&st, &["stream_lifecycle", "expired"]) >= 2,
+        "old, news, a1: {st}"
+    );
+    assert!(
+        num(&st, &["stream_lifecycle", "dropped_empty"]) >= 7,
+        "{st}"
+    );
+    assert!(num(&st, &["stream_lifecycle", "tombstones"]) >= 1, "{st}");
+    assert!(num(&st, &["rejected", "too_many_streams"]) >= 1, "{st}");
+    assert_eq!(num(&st, &["rejected", "event_too_large"]), 1, "{st}");
+    // The bystander's stream has a reader: it never expires.
+    bystander_receives(s.addr, &mut by, AUTH, "still here");
+}
+
+#[test]
+fn without_auto_streams_publishers_and_put_create_streams() {
+    let s = Server::start(&["--no-auto-streams", "--publish-token", "s3cret"]);
+    // PUT /streams/NAME: 201 when made, 200 when it exists; rights needed.
+    let r = authed(s.addr, "PUT", "/streams/watch", "");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["created"], true);
+    assert_eq!(r.json()["name"], "watch");
+    let r = authed(s.addr, "PUT", "/streams/watch", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["created"], false);
+    let r = request(
+        s.addr,
+        b"PUT /streams/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(get(s.addr, "/streams/x").status, 404);
+    let r = authed(s.addr, "PUT", "/streams/bad%20name", "");
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    bystander_receives(s.addr, &mut by, AUTH, "hello");
+
+    // Subscribers still get 404 for unknown streams.
+    let r = get(s.addr, "/events?stream=fresh");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("auto-creation is off"), "{}", r.text());
+    // An authorised publish creates the stream.
+    let r = authed(s.addr, "POST", "/events?stream=fresh", "made by publishing");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut sub = Sse::open(
+        s.addr,
+        "/events?stream=fresh",
+        &format!(
+            "Last-Event-ID: {}\r\n",
+            r.json()["id"].as_str().unwrap().parse::<u64>().unwrap() - 1
+        ),
+    );
+    assert_eq!(sub.status(), 200);
+    assert_eq!(sub.next_event(T).unwrap().data(), "made by publishing");
+
+    let st = stats(s.addr);
+    assert_eq!(st["streams"], 2, "{st}");
+    assert_eq!(num(&st, &["rejected", "unauthorized"]), 1, "{st}");
+    bystander_receives(s.addr, &mut by, AUTH, "still here");
+}
