@@ -204,7 +204,10 @@ impl Reactor {
             }
             State::Ticking(_) => self.after_stream_write(key),
             State::Reading { paused, .. } => {
-                if *paused {
+                // A reply waiting for an fsync keeps the input paused.
+                if *paused
+                    && !(!self.held.is_empty() && self.held.iter().any(|h| h.key() == Some(key)))
+                {
                     *paused = false;
                     self.resume_read.push(key);
                 }
