@@ -690,7 +690,10 @@ impl Journal {
         // Once started, free down to a low-water mark: a run of compaction
         // frees a good share of a segment instead of a few bytes per call,
         // and the merged runs keep the file count down.
-        let low = self.max_bytes - (self.segment_bytes).min(self.max_bytes / 4);
+        // With rewrites put in place by the fsync thread, appends go on
+        // while one is in flight: leave two segments of room instead of one.
+        let room = if self.sync.is_some() { 2 } else { 1 } * self.segment_bytes;
+        let low = self.max_bytes - room.min(self.max_bytes / 4);
         let mut read = 0u64;
         // A segment read but left for the next group (it did not fit).
         let mut carry: Option<(u64, record::Scan)> = None;
@@ -714,6 +717,9 @@ impl Journal {
                         bytes += s.bytes;
                     }
                     self.rewrite(0, scans, retained, last_id, &mut st, true)?;
+                    if self.inflight.is_some() {
+                        break; // one rewrite in flight at a time
+                    }
                     continue;
                 }
             }
@@ -758,6 +764,9 @@ impl Journal {
                 continue;
             }
             self.rewrite(start, scans, retained, last_id, &mut st, false)?;
+            if self.inflight.is_some() {
+                break; // one rewrite in flight at a time
+            }
         }
         st.bytes_after = self.total_bytes();
         if st.retained_dropped == 0 && !self.needs_compaction() {

@@ -190,8 +190,14 @@ fn run(s: &Shared, policy: Fsync, dir: &File, waker: Option<Arc<dyn Fn() + Send 
         let dir_dirty = std::mem::replace(&mut p.dir_dirty, false);
         let rewrites = std::mem::take(&mut p.rewrites);
         drop(p);
-        for r in rewrites {
-            finish_rewrite(c, dir, r);
+        if !rewrites.is_empty() {
+            for r in rewrites {
+                finish_rewrite(c, dir, r);
+            }
+            // The owner resumes compaction when it hears of it.
+            if let Some(w) = &waker {
+                w();
+            }
         }
         let t0 = Instant::now();
         let mut res = Ok(());

@@ -58,8 +58,8 @@ pub(crate) fn open(
     jc.max_bytes = cfg.journal_bytes;
     jc.segment_bytes =
         (cfg.journal_bytes / 8).clamp(crate::journal::MIN_SEGMENT_BYTES, MAX_SEGMENT);
-    // Only held replies need waking; the other policies release nothing.
-    jc.waker = (cfg.fsync == FsyncPolicy::Always).then_some(wake);
+    // Wakes the loop to release held replies and to go on compacting.
+    jc.waker = Some(wake);
     // A quota (RLIMIT_FSIZE) must be a write error, not death by SIGXFSZ.
     crate::journal::ignore_sigxfsz();
     match Journal::open(jc) {

@@ -205,9 +205,7 @@ impl Reactor {
             State::Ticking(_) => self.after_stream_write(key),
             State::Reading { paused, .. } => {
                 // A reply waiting for an fsync keeps the input paused.
-                if *paused
-                    && !(!self.held.is_empty() && self.held.iter().any(|h| h.key() == Some(key)))
-                {
+                if *paused && !self.held.iter().any(|h| h.key() == Some(key)) {
                     *paused = false;
                     self.resume_read.push(key);
                 }
