@@ -330,3 +330,21 @@ impl Held {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_with_redis_is_refused_and_no_dir_opens_nothing() {
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+        let mut cfg = Config::default();
+        assert!(matches!(open(&cfg, wake.clone()), Ok(None)));
+        cfg.data_dir = Some(std::env::temp_dir().join("ssed-durable-redis-never-created"));
+        cfg.redis = Some("redis://127.0.0.1:6379".into());
+        let err = open(&cfg, wake).err().unwrap();
+        assert!(err.contains("--data-dir and --redis"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(!cfg.data_dir.unwrap().exists());
+    }
+}
