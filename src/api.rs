@@ -301,7 +301,13 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
                 } else {
                     format!("{} (published before it: {})", e.message(), ids.join(", "))
                 };
-                return cx.fail(req, e.status(), &msg);
+                let mut resp = http::Response::error(e.status(), &msg);
+                if e.status() == 503 {
+                    // A journal that cannot write, or --max-streams: both
+                    // may pass.
+                    resp = resp.header("Retry-After", "1");
+                }
+                return cx.reply(req, resp);
             }
         }
     }

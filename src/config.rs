@@ -72,6 +72,23 @@ pub struct Config {
     pub redis_prefix: String,
     /// Deadline of each Redis command (publish, fetch, handshake step).
     pub redis_timeout: Duration,
+    /// Keep every stream's history and the id clock here (`--data-dir`).
+    pub data_dir: Option<PathBuf>,
+    /// When journal writes are fsynced (`--fsync`).
+    pub fsync: FsyncPolicy,
+    /// Disk budget of the journal (`--journal-bytes`).
+    pub journal_bytes: u64,
+}
+
+/// When journal writes reach the disk (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before each publish is acknowledged.
+    Always,
+    /// Every interval (default 100 ms).
+    Interval(Duration),
+    /// Left to the kernel.
+    Never,
 }
 
 impl Default for Config {
@@ -107,6 +124,9 @@ impl Default for Config {
             redis: None,
             redis_prefix: "ssed".into(),
             redis_timeout: Duration::from_secs(2),
+            data_dir: None,
+            fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            journal_bytes: 256 << 20,
         }
     }
 }
@@ -299,6 +319,24 @@ const FLAGS: &[Flag] = &[
         value: "FILE",
         default: "none",
         help: "user@domain:password lines for the /api app",
+    },
+    Flag {
+        name: "data-dir",
+        value: "DIR",
+        default: "none",
+        help: "keep history and the id clock in DIR through restarts (a journal)",
+    },
+    Flag {
+        name: "fsync",
+        value: "POLICY",
+        default: "interval",
+        help: "journal fsync: always (before each reply), interval (every 100 ms; or N ms), never",
+    },
+    Flag {
+        name: "journal-bytes",
+        value: "BYTES",
+        default: "268435456",
+        help: "disk budget of --data-dir (kept within it plus one segment)",
     },
     Flag {
         name: "tick-scale",
@@ -502,6 +540,34 @@ impl Config {
                 }
             }
             "users" => self.users_file = Some(PathBuf::from(v)),
+            "data-dir" => {
+                if v.is_empty() {
+                    return Err(bad(name, v, "must not be empty"));
+                }
+                self.data_dir = Some(PathBuf::from(v));
+            }
+            "fsync" => self.fsync = match v.trim() {
+                "always" => FsyncPolicy::Always,
+                "interval" => FsyncPolicy::Interval(Duration::from_millis(100)),
+                "never" => FsyncPolicy::Never,
+                t => match t.strip_suffix("ms").map(|n| n.trim().parse::<u64>()) {
+                    Some(Ok(ms)) if (1..=60_000).contains(&ms) => {
+                        FsyncPolicy::Interval(Duration::from_millis(ms))
+                    }
+                    _ => return Err(bad(
+                        name,
+                        v,
+                        "expected always, interval, never or an interval like 250ms (1..=60000)",
+                    )),
+                },
+            },
+            "journal-bytes" => {
+                let n = num(name, v)? as u64;
+                if n < 64 << 10 {
+                    return Err(bad(name, v, "must be at least 65536"));
+                }
+                self.journal_bytes = n;
+            }
             "tick-scale" => {
                 let x: f64 = v.parse().map_err(|_| bad(name, v, "expected a number"))?;
                 if !(0.001..=1000.0).contains(&x) {
@@ -694,6 +760,7 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.heartbeat, Duration::from_millis(500));
         assert!(!c.auto_streams);
+        assert_eq!(c.data_dir, None);
     }
 
     #[test]
@@ -818,5 +885,69 @@ mod tests {
             assert!(h.contains(&format!("--{}", f.name)), "{}", f.name);
             assert!(h.contains(&env_name(f.name)), "{}", f.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod durable_tests {
+    use super::*;
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match Config::from_args(&args, |k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })? {
+            Command::Serve(c) => Ok(*c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn journal_flags_and_env_twins() {
+        let c = serve(&[], &[]).unwrap();
+        assert_eq!(c.data_dir, None);
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(100)));
+        assert_eq!(c.journal_bytes, 256 << 20);
+        let c = serve(
+            &[
+                "--data-dir",
+                "/d",
+                "--fsync",
+                "always",
+                "--journal-bytes",
+                "65536",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.journal_bytes, 65536);
+        let c = serve(
+            &[],
+            &[
+                ("SSED_DATA_DIR", "/e"),
+                ("SSED_FSYNC", "250ms"),
+                ("SSED_JOURNAL_BYTES", "1000000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, Some(PathBuf::from("/e")));
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(250)));
+        assert_eq!(
+            serve(&["--fsync", "never"], &[]).unwrap().fsync,
+            FsyncPolicy::Never
+        );
+        for bad in [
+            &["--fsync", "sometimes"][..],
+            &["--fsync", "0ms"],
+            &["--journal-bytes", "100"],
+            &["--data-dir", ""],
+        ] {
+            assert!(serve(bad, &[]).is_err(), "{bad:?}");
+        }
+        assert!(help().contains("--data-dir DIR") && help().contains("SSED_FSYNC"));
     }
 }

@@ -60,7 +60,6 @@ mod event;
 mod frame;
 mod handler;
 mod http;
-#[allow(dead_code)] // wired by durable history
 mod journal;
 mod reactor;
 mod router;

@@ -101,6 +101,8 @@ pub struct Gauges {
     pub max_connections: usize,
     /// The Redis bus, with `--redis`.
     pub redis: Option<RedisGauges>,
+    /// The journal (`--data-dir`), when there is one.
+    pub journal: Option<JournalGauges>,
 }
 
 /// The Redis bus's state and counters (`--redis`).
@@ -130,6 +132,33 @@ pub struct RedisGauges {
     pub unavailable: u64,
     /// The most recent error.
     pub last_error: Option<String>,
+}
+
+/// What `/stats` and `/metrics` say about the journal.
+#[derive(Debug, Default, Clone)]
+pub struct JournalGauges {
+    /// Bytes in segment files.
+    pub bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Records appended since start.
+    pub records_written: u64,
+    /// Completed fsync rounds.
+    pub fsyncs: u64,
+    /// Last fsync round, µs.
+    pub fsync_last_us: u64,
+    /// Longest fsync round, µs.
+    pub fsync_max_us: u64,
+    /// Failed appends and fsync rounds.
+    pub write_errors: u64,
+    /// Compaction calls that did work.
+    pub compactions: u64,
+    /// Start-up: opening, repairing and replaying the journal, ms.
+    pub replay_ms: u64,
+    /// Start-up: events read back.
+    pub replayed_events: u64,
+    /// Replies waiting for an fsync (`--fsync always`).
+    pub held_replies: usize,
 }
 
 /// `/stats` as JSON.
@@ -195,6 +224,19 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
             "errors": r.errors,
             "unavailable": r.unavailable,
             "last_error": r.last_error,
+        })),
+        "journal": g.journal.as_ref().map(|j| serde_json::json!({
+            "bytes": j.bytes,
+            "segments": j.segments,
+            "records_written": j.records_written,
+            "fsyncs": j.fsyncs,
+            "fsync_last_us": j.fsync_last_us,
+            "fsync_max_us": j.fsync_max_us,
+            "write_errors": j.write_errors,
+            "compactions": j.compactions,
+            "replay_ms": j.replay_ms,
+            "replayed_events": j.replayed_events,
+            "held_replies": j.held_replies,
         })),
     })
 }
@@ -402,6 +444,72 @@ pub fn prometheus(c: &Counters, g: &Gauges) -> String {
                 "counter",
                 "Publishes answered 503 because of Redis.",
                 r.unavailable,
+            ),
+        ] {
+            metric(name, kind, help, v.to_string());
+        }
+    }
+    if let Some(j) = &g.journal {
+        for (name, kind, help, v) in [
+            (
+                "journal_bytes",
+                "gauge",
+                "Bytes in journal segment files.",
+                j.bytes,
+            ),
+            (
+                "journal_segments",
+                "gauge",
+                "Journal segment files.",
+                j.segments as u64,
+            ),
+            (
+                "journal_records_written_total",
+                "counter",
+                "Journal records appended.",
+                j.records_written,
+            ),
+            (
+                "journal_fsyncs_total",
+                "counter",
+                "Journal fsync rounds.",
+                j.fsyncs,
+            ),
+            (
+                "journal_fsync_last_microseconds",
+                "gauge",
+                "Duration of the last journal fsync round.",
+                j.fsync_last_us,
+            ),
+            (
+                "journal_fsync_max_microseconds",
+                "gauge",
+                "Longest journal fsync round.",
+                j.fsync_max_us,
+            ),
+            (
+                "journal_write_errors_total",
+                "counter",
+                "Failed journal appends and fsync rounds.",
+                j.write_errors,
+            ),
+            (
+                "journal_compactions_total",
+                "counter",
+                "Journal compaction calls that did work.",
+                j.compactions,
+            ),
+            (
+                "journal_replay_milliseconds",
+                "gauge",
+                "Time to open and replay the journal at start-up.",
+                j.replay_ms,
+            ),
+            (
+                "journal_replayed_events",
+                "gauge",
+                "Events read back from the journal at start-up.",
+                j.replayed_events,
             ),
         ] {
             metric(name, kind, help, v.to_string());

@@ -60,10 +60,14 @@ pub const MAX_SUBSCRIPTIONS_PER_PEER: usize = 64;
 /// Largest accepted POST body.
 pub const MAX_EVENT_BYTES: usize = 32 << 10;
 
-const CAP: Limits = Limits {
+/// History bounds of a member's stream.
+pub const CAP: Limits = Limits {
     history: HISTORY,
     history_bytes: HISTORY_BYTES,
 };
+
+/// Member streams are named this plus the member id.
+pub const STREAM_PREFIX: &str = "!member/";
 
 /// One member: its internal stream and the uuid → server id index.
 struct Member {
@@ -90,6 +94,45 @@ pub struct Members {
 }
 
 impl Members {
+    /// A member's stream was deleted (read back from a journal).
+    pub fn forget(&mut self, member: &str) {
+        self.members.remove(member);
+    }
+
+    /// A member event read back from a journal (its frame starts with
+    /// `id: <uuid>`): index the uuid so a resume across the restart is
+    /// exact. Members past [`MAX_MEMBERS`] keep their stream but not an
+    /// index (a resume gets `gap` and all that is retained).
+    pub fn restored(&mut self, member: &str, stream: u32, id: u64, frame: &[u8]) {
+        let Some(uuid) = frame
+            .strip_prefix(b"id: ")
+            .and_then(|r| r.split(|&b| b == b'\n').next())
+            .and_then(|u| std::str::from_utf8(u).ok())
+        else {
+            return;
+        };
+        if !self.members.contains_key(member) {
+            if self.members.len() >= MAX_MEMBERS || !super::valid_ident(member) {
+                return;
+            }
+            self.uses += 1;
+            self.members.insert(
+                member.into(),
+                Member {
+                    stream,
+                    ids: VecDeque::new(),
+                    last_used: self.uses,
+                },
+            );
+        }
+        if let Some(st) = self.members.get_mut(member) {
+            st.ids.push_back((uuid.into(), id));
+            while st.ids.len() > HISTORY {
+                st.ids.pop_front();
+            }
+        }
+    }
+
     /// A connection was freed: forget its device registration, unless a
     /// newer connection already took the device over.
     pub fn on_close(&mut self, key: u32) {
@@ -217,7 +260,9 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Op
         // Its devices (if any) are flushed and ended by the reactor.
         cx.actions.push(Action::DeleteStream(idx));
     }
-    let idx = cx.broker.internal(&format!("!member/{member}"), Some(CAP));
+    let idx = cx
+        .broker
+        .internal(&format!("{STREAM_PREFIX}{member}"), Some(CAP));
     cx.broker.set_display(idx, member);
     m.members.insert(
         member.into(),
@@ -395,7 +440,15 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         .publish_with(Origin::Local, &[idx], now, |_| bytes)
     {
         Ok(p) => p,
-        Err(e) => return cx.fail(req, e.status(), &e.message()),
+        Err(e) => {
+            let resp = Response::error(e.status(), &e.message());
+            let resp = if e.status() == 503 {
+                resp.header("Retry-After", "1")
+            } else {
+                resp
+            };
+            return cx.reply(req, resp);
+        }
     };
     if p.pressure {
         cx.actions.push(Action::Flush);

@@ -59,6 +59,33 @@ impl Apps {
             .transpose()
     }
 
+    /// The history cap an app gives its internal stream `name` (so a stream
+    /// read back from a journal gets the bounds it was created with).
+    pub fn internal_cap(name: &str) -> Option<crate::broker::Limits> {
+        if name.starts_with(members::STREAM_PREFIX) {
+            Some(members::CAP)
+        } else if name.starts_with("!user/") {
+            Some(mongoose::STREAM_CAP)
+        } else {
+            None
+        }
+    }
+
+    /// An event read back from a journal into internal stream `name`: the
+    /// apps rebuild what they index (the member app's uuid → id map).
+    pub fn restored(&mut self, name: &str, stream: u32, id: u64, frame: &[u8]) {
+        if let Some(member) = name.strip_prefix(members::STREAM_PREFIX) {
+            self.members.restored(member, stream, id, frame);
+        }
+    }
+
+    /// A deletion read back from a journal: forget what indexes the stream.
+    pub fn forgotten(&mut self, name: &str) {
+        if let Some(member) = name.strip_prefix(members::STREAM_PREFIX) {
+            self.members.forget(member);
+        }
+    }
+
     /// A connection went away; drop whatever refers to it.
     pub fn on_close(&mut self, key: u32) {
         self.members.on_close(key);

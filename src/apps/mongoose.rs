@@ -120,7 +120,8 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// Largest `?limit=` a room history accepts (MongooseIM refuses more).
 const MAX_ROOM_LIMIT: usize = 500;
 
-const STREAM_CAP: Limits = Limits {
+/// History bounds of a user's event stream.
+pub const STREAM_CAP: Limits = Limits {
     history: STREAM_HISTORY,
     history_bytes: STREAM_BYTES,
 };

@@ -385,6 +385,10 @@ pub struct Broker {
     limits: Limits,
     max_streams: usize,
     sinks: Vec<Box<dyn Sink>>,
+    /// A resume from an id below this gets `gap` whatever the stream's own
+    /// history says: events up to it may be missing everywhere (a journal
+    /// replay found damage, a missing segment, or compacted history).
+    lost_below: u64,
     /// Events ever published.
     pub published: u64,
     /// `gap` events handed out.
@@ -413,6 +417,7 @@ impl Broker {
             limits,
             max_streams,
             sinks: Vec::new(),
+            lost_below: 0,
             published: 0,
             gaps: 0,
         }
@@ -470,6 +475,11 @@ impl Broker {
     /// The server-wide history bounds.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// `--max-streams`.
+    pub fn max_streams(&self) -> usize {
+        self.max_streams
     }
 
     /// Number of public streams (internal ones are not counted against
@@ -955,7 +965,7 @@ impl Broker {
             let (last_id, g) = match resume {
                 Resume::Live => (s.last_id.max(self.ids.last()), false),
                 Resume::After(x, _) if *x >= self.ids.first() && *x <= self.ids.last() => {
-                    (s.floor().max(*x), s.lost_after(*x))
+                    (s.floor().max(*x), s.lost_after(*x) || *x < self.lost_below)
                 }
                 Resume::After(..) | Resume::Unparsable(_) => (s.floor(), true),
             };
@@ -1118,6 +1128,43 @@ impl Broker {
             sink.delete(origin, &s.name, floor);
         }
         s.subs.iter().collect()
+    }
+
+    /// Says that events with ids below `id` may be missing from every
+    /// stream (what a journal replay could not restore), so a resume from
+    /// below it gets `gap` instead of a silent hole.
+    pub fn mark_lost_below(&mut self, id: u64) {
+        self.lost_below = self.lost_below.max(id);
+    }
+
+    /// Moves the id clock past an id handed out before this broker existed.
+    pub fn observe_id(&mut self, id: u64) {
+        self.ids.observe(id);
+    }
+
+    /// Whether stream `name` still holds event `id` in its history (what a
+    /// journal must keep on disk).
+    pub fn retains(&self, name: &str, id: u64) -> bool {
+        self.find(name)
+            .and_then(|i| self.get(i))
+            .and_then(|s| s.first_id())
+            .is_some_and(|first| id >= first)
+    }
+
+    /// Finds or recreates a stream read back from a journal: a public name
+    /// comes back whatever `--no-auto-streams` and `--max-streams` say now
+    /// (it existed, and dropping its history silently would be worse; it
+    /// still counts against `--max-streams` for new ones); any other name is
+    /// an internal stream with history `cap`.
+    pub fn restore(&mut self, name: &str, cap: Option<Limits>) -> u32 {
+        if !valid_name(name) {
+            return self.internal(name, cap);
+        }
+        match self.find(name) {
+            Some(i) => i,
+            // Replayed history was published once: a publisher's stream.
+            None => self.insert(name, false, self.limits, Claim::Publisher),
+        }
     }
 
     /// Records a deletion that happened before this broker existed (a

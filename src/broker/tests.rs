@@ -709,3 +709,46 @@ fn model_budget_accounting_holds() {
         }
     }
 }
+
+#[test]
+fn lost_below_gaps_older_resumes_only() {
+    let mut b = broker(10);
+    let a = b.resolve(&["a"], true).unwrap()[0];
+    let ids: Vec<u64> = (0..4).map(|_| publish(&mut b, &[a], 1_000)).collect();
+    b.mark_lost_below(ids[2]);
+    let c = b.subscribe(1, &[a], &Resume::After(ids[1], String::new()));
+    assert!(c.gap.is_some());
+    assert_eq!(ids_of(&b, &c.cursors), ids[2..].to_vec());
+    let c = b.subscribe(2, &[a], &Resume::After(ids[2], String::new()));
+    assert!(c.gap.is_none());
+    assert_eq!(ids_of(&b, &c.cursors), ids[3..].to_vec());
+    let c = b.subscribe(3, &[a], &Resume::Live);
+    assert!(c.gap.is_none());
+}
+
+#[test]
+fn retains_and_restore() {
+    let mut b = Broker::new(
+        1,
+        Limits {
+            history: 2,
+            history_bytes: 1 << 20,
+        },
+        1,
+    );
+    let a = b.restore("a", None);
+    // Past --max-streams: a restored stream still comes back.
+    let z = b.restore("z", None);
+    assert_ne!(a, z);
+    assert_eq!(b.len(), 2);
+    assert!(b.resolve(&["y"], true).is_err());
+    let i = b.restore("!member/m", None);
+    assert!(b.get(i).unwrap().internal);
+    let ids: Vec<u64> = (0..3).map(|_| publish(&mut b, &[a], 10)).collect();
+    assert!(!b.retains("a", ids[0]));
+    assert!(b.retains("a", ids[1]) && b.retains("a", ids[2]));
+    assert!(!b.retains("z", ids[2]));
+    assert!(!b.retains("nope", ids[2]));
+    b.observe_id(1_000_000);
+    assert_eq!(b.ids().last(), 1_000_000);
+}

@@ -170,6 +170,14 @@ pub struct Replay {
     pub cut_after_id: u64,
     /// For each missing run of segments, the last event id before it.
     pub gaps: Vec<u64>,
+    /// The id of the first record after the last missing run of segments
+    /// (`u64::MAX` if nothing follows it; 0 if none is missing): a resume
+    /// from below it may have missed events.
+    pub hole_upto: u64,
+    /// The highest id vouched for up to the end of the last segment that
+    /// compaction rewrote (0 if none): compaction may have dropped events
+    /// at or below it, so a resume from below it may have missed events.
+    pub compacted_upto: u64,
     /// Bytes on disk after repair.
     pub bytes: u64,
     /// Segment files after repair.
@@ -261,6 +269,13 @@ pub struct Journal {
     /// Bytes compaction freed since the cursor last wrapped around.
     pass_freed: u64,
     over_budget: bool,
+    /// The segments (as they were) a rewrite handed to the fsync thread is
+    /// replacing, until it reports back; put back if it failed.
+    inflight: Option<Vec<Seg>>,
+    /// Rewrites the fsync thread has finished (done or failed) as last seen.
+    rewrites_seen: u64,
+    /// Failed rewrites as last seen.
+    failed_rewrites: u64,
     /// Holds the `flock` for the journal's life. Declared last so it is
     /// released only after the fsync thread (in `sync`) has finished.
     _lock: File,
@@ -376,10 +391,15 @@ impl Journal {
                         ),
                     );
                     rp.gaps.push(last);
+                    rp.hole_upto = u64::MAX;
                 }
             }
             let kept = scan.records.len();
+            let compacted = scan.compacted;
             for (rec, _) in scan.records {
+                if rp.hole_upto == u64::MAX {
+                    rp.hole_upto = rec.id();
+                }
                 if let Record::Event { id, .. } = rec {
                     // After a crash between a compaction's rename and its
                     // unlinks, old segments and their rewrite both exist;
@@ -391,6 +411,9 @@ impl Journal {
                 }
                 rp.max_id = rp.max_id.max(rec.id());
                 rp.records.push(rec);
+            }
+            if compacted {
+                rp.compacted_upto = rp.max_id;
             }
             if scan.file_len < HEADER_LEN && i + 1 == seqs.len() {
                 // A crash while rolling: the new segment never got its
@@ -497,6 +520,9 @@ impl Journal {
             cursor: 0,
             pass_freed: 0,
             over_budget: false,
+            inflight: None,
+            rewrites_seen: 0,
+            failed_rewrites: 0,
         };
         Ok((j, rp))
     }
@@ -639,8 +665,10 @@ impl Journal {
     /// only when a full pass frees nothing is retained history dropped,
     /// oldest first, so the directory stays within budget plus one segment.
     /// Once over budget it frees down to about a segment below it. The
-    /// rewrite is fsynced here (unless [`Fsync::Never`]) before it replaces
-    /// anything: this call blocks for that one fsync.
+    /// rewrite is written here but fsynced, renamed into place and its
+    /// originals unlinked by the fsync thread (unless [`Fsync::Never`]:
+    /// then here, without fsync), so this call never waits for a disk;
+    /// while that is under way, calls return at once without work.
     pub fn compact(
         &mut self,
         retained: &dyn Fn(&str, u64) -> bool,
@@ -650,6 +678,10 @@ impl Journal {
             bytes_before: self.total_bytes(),
             ..CompactStats::default()
         };
+        if !self.settle_rewrite() {
+            st.bytes_after = st.bytes_before;
+            return Ok(st);
+        }
         if self.needs_compaction() && self.segs.len() == 1 {
             self.roll()
                 .map_err(|e| JournalError::io("roll", &self.dir, e))?;
@@ -658,7 +690,10 @@ impl Journal {
         // Once started, free down to a low-water mark: a run of compaction
         // frees a good share of a segment instead of a few bytes per call,
         // and the merged runs keep the file count down.
-        let low = self.max_bytes - (self.segment_bytes).min(self.max_bytes / 4);
+        // With rewrites put in place by the fsync thread, appends go on
+        // while one is in flight: leave two segments of room instead of one.
+        let room = if self.sync.is_some() { 2 } else { 1 } * self.segment_bytes;
+        let low = self.max_bytes - room.min(self.max_bytes / 4);
         let mut read = 0u64;
         // A segment read but left for the next group (it did not fit).
         let mut carry: Option<(u64, record::Scan)> = None;
@@ -682,6 +717,9 @@ impl Journal {
                         bytes += s.bytes;
                     }
                     self.rewrite(0, scans, retained, last_id, &mut st, true)?;
+                    if self.inflight.is_some() {
+                        break; // one rewrite in flight at a time
+                    }
                     continue;
                 }
             }
@@ -726,12 +764,48 @@ impl Journal {
                 continue;
             }
             self.rewrite(start, scans, retained, last_id, &mut st, false)?;
+            if self.inflight.is_some() {
+                break; // one rewrite in flight at a time
+            }
         }
         st.bytes_after = self.total_bytes();
         if st.retained_dropped == 0 && !self.needs_compaction() {
             self.over_budget = false;
         }
         Ok(st)
+    }
+
+    /// Whether no rewrite is in flight any more (compaction may go on); a
+    /// failed one is undone in the books (its originals are still on disk).
+    fn settle_rewrite(&mut self) -> bool {
+        let Some(replaced) = &self.inflight else {
+            return true;
+        };
+        let Some(s) = &self.sync else {
+            return true;
+        };
+        let c = s.counters();
+        let failed = c.rewrites_failed.load(Ordering::Acquire);
+        let finished = c.rewrites_done.load(Ordering::Acquire) + failed;
+        if finished == self.rewrites_seen {
+            return false;
+        }
+        self.rewrites_seen = finished;
+        if failed > self.failed_rewrites {
+            self.failed_rewrites = failed;
+            let target = replaced.last().map_or(0, |s| s.seq);
+            let mut segs: Vec<Seg> = self
+                .segs
+                .iter()
+                .copied()
+                .filter(|s| s.seq != target)
+                .collect();
+            segs.extend(replaced.iter().copied());
+            segs.sort_unstable_by_key(|s| s.seq);
+            self.segs = segs;
+        }
+        self.inflight = None;
+        true
     }
 
     /// Reads segment `s`, or takes it from `carry` if it was read already.
@@ -838,37 +912,55 @@ impl Journal {
         let target = self.segs[end - 1].seq;
         let path = seg_path(&self.dir, target);
         let tmp = path.with_extension("tmp");
-        let sync = self.fsync != Fsync::Never;
-        let written = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&packed)?;
-            if sync {
-                f.sync_data()?;
-            }
-            // Atomic: a crash leaves either the old file or the new one.
-            fs::rename(&tmp, &path)?;
-            if sync {
-                File::open(&self.dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
+        let written = File::create(&tmp).and_then(|mut f| f.write_all(&packed));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(JournalError::io("rewrite", &path, e));
         }
+        let replaced: Vec<Seg> = self.segs[start..end].to_vec();
+        let olds: Vec<PathBuf> = replaced[..replaced.len() - 1]
+            .iter()
+            .map(|s| seg_path(&self.dir, s.seq))
+            .collect();
+        let mut gone: Vec<u64> = replaced[..replaced.len() - 1]
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        match &self.sync {
+            Some(s) => {
+                // The fsync before the rename (without it a power loss could
+                // leave an empty file in place of the originals), the
+                // rename, the directory fsync and the unlinks all happen on
+                // the fsync thread: the caller (the reactor) never waits for
+                // a disk. Until it reports back, compaction pauses; the
+                // books below already describe the result.
+                s.rewrite(sync::Rewrite {
+                    tmp,
+                    path: path.clone(),
+                    olds,
+                });
+                self.inflight = Some(replaced);
+            }
+            None => {
+                // Fsync::Never: nothing is fsynced anyway.
+                if let Err(e) = fs::rename(&tmp, &path) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(JournalError::io("rewrite", &path, e));
+                }
+                // The old files only hold copies now; a crash before these
+                // unlinks leaves copies that replay skips by id.
+                gone.clear();
+                for (p, s) in olds.iter().zip(&replaced) {
+                    match fs::remove_file(p) {
+                        Ok(()) => gone.push(s.seq),
+                        Err(e) => log::warn!("journal: cannot remove {}: {e}", p.display()),
+                    }
+                }
+            }
+        }
         st.segments_written += 1;
         let before: u64 = self.segs[start..end].iter().map(|s| s.bytes).sum();
         self.segs[end - 1].bytes = packed.len() as u64;
-        // The old files only hold copies now; a crash before these unlinks
-        // leaves copies that replay skips by id.
-        let mut gone = Vec::new();
-        for s in &self.segs[start..end - 1] {
-            let p = seg_path(&self.dir, s.seq);
-            match fs::remove_file(&p) {
-                Ok(()) => gone.push(s.seq),
-                Err(e) => log::warn!("journal: cannot remove {}: {e}", p.display()),
-            }
-        }
         st.segments_removed += gone.len();
         self.segs.retain(|s| !gone.contains(&s.seq));
         self.pass_freed += before.saturating_sub(packed.len() as u64);

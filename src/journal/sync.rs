@@ -2,11 +2,15 @@
 //! publishes how far durability has reached.
 //!
 //! Owns the thread and the shared durability counters. It must not write
-//! records or change files (the journal does); it only fsyncs descriptors it
-//! was handed, and it stops (after one last fsync) when the journal drops.
+//! records (the journal does); it fsyncs descriptors it was handed, and
+//! finishes compaction rewrites it was handed (fsync the new file, rename
+//! it into place, fsync the directory, unlink the originals) so the
+//! appending thread never waits for a disk. It stops (after one last round)
+//! when the journal drops.
 
 use super::Fsync;
-use std::fs::File;
+use std::fs::{self, File};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -26,7 +30,18 @@ struct Pending {
     sealed: Vec<Arc<File>>,
     /// A segment was created, so the directory entry needs an fsync.
     dir_dirty: bool,
+    /// Compaction output waiting to replace its originals.
+    rewrites: Vec<Rewrite>,
     stop: bool,
+}
+
+/// A compaction rewrite written to `tmp`, to be made durable and put in
+/// place of the segment at `path`; `olds` are the segments it also stands
+/// in for, unlinked once it is in place.
+pub struct Rewrite {
+    pub tmp: PathBuf,
+    pub path: PathBuf,
+    pub olds: Vec<PathBuf>,
 }
 
 /// Counters read without the lock.
@@ -37,6 +52,8 @@ pub struct Counters {
     pub last_us: AtomicU64,
     pub max_us: AtomicU64,
     pub errors: AtomicU64,
+    pub rewrites_done: AtomicU64,
+    pub rewrites_failed: AtomicU64,
 }
 
 struct Shared {
@@ -71,6 +88,7 @@ impl Syncer {
                 cur,
                 sealed: Vec::new(),
                 dir_dirty: false,
+                rewrites: Vec::new(),
                 stop: false,
             }),
             cv: Condvar::new(),
@@ -102,6 +120,12 @@ impl Syncer {
         p.dir_dirty = true;
     }
 
+    /// Hands over a compaction rewrite; the counters report when it is done.
+    pub fn rewrite(&self, r: Rewrite) {
+        lock(&self.shared.pending).rewrites.push(r);
+        self.shared.cv.notify_one();
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
     }
@@ -123,7 +147,9 @@ fn run(s: &Shared, policy: Fsync, dir: &File, waker: Option<Arc<dyn Fn() + Send 
     let mut failing = false;
     loop {
         let mut p = lock(&s.pending);
-        let dirty = |p: &Pending| p.written > synced || !p.sealed.is_empty() || p.dir_dirty;
+        let dirty = |p: &Pending| {
+            p.written > synced || !p.sealed.is_empty() || p.dir_dirty || !p.rewrites.is_empty()
+        };
         let pause = match policy {
             _ if failing => Some(RETRY),
             Fsync::Interval(d) => Some(d),
@@ -133,7 +159,8 @@ fn run(s: &Shared, policy: Fsync, dir: &File, waker: Option<Arc<dyn Fn() + Send 
             // Sleep the whole interval (waking early only to stop), then
             // sync whatever piled up: one fsync per interval at most.
             let until = Instant::now() + d;
-            while !p.stop {
+            // A rewrite does not wait: compaction is paused until it is done.
+            while !p.stop && p.rewrites.is_empty() {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -161,7 +188,17 @@ fn run(s: &Shared, policy: Fsync, dir: &File, waker: Option<Arc<dyn Fn() + Send 
         let sealed = std::mem::take(&mut p.sealed);
         let cur = p.cur.clone();
         let dir_dirty = std::mem::replace(&mut p.dir_dirty, false);
+        let rewrites = std::mem::take(&mut p.rewrites);
         drop(p);
+        if !rewrites.is_empty() {
+            for r in rewrites {
+                finish_rewrite(c, dir, r);
+            }
+            // The owner resumes compaction when it hears of it.
+            if let Some(w) = &waker {
+                w();
+            }
+        }
         let t0 = Instant::now();
         let mut res = Ok(());
         for f in sealed.iter().chain(std::iter::once(&cur)) {
@@ -204,4 +241,33 @@ fn run(s: &Shared, policy: Fsync, dir: &File, waker: Option<Arc<dyn Fn() + Send 
             return;
         }
     }
+}
+
+/// Makes a rewrite durable, puts it in place and unlinks its originals.
+/// Until the rename the originals are intact, so a failure only removes the
+/// rewrite (the journal puts the originals back in its books); a crash
+/// after the rename leaves copies that replay skips by id.
+fn finish_rewrite(c: &Counters, dir: &File, r: Rewrite) {
+    let placed = File::open(&r.tmp)
+        .and_then(|f| f.sync_data())
+        .and_then(|()| fs::rename(&r.tmp, &r.path));
+    if let Err(e) = placed {
+        log::warn!(
+            "journal: compaction could not put {} in place ({e}); keeping the originals",
+            r.path.display()
+        );
+        let _ = fs::remove_file(&r.tmp);
+        c.rewrites_failed.fetch_add(1, Ordering::Release);
+        return;
+    }
+    // The rename must be durable before the originals go.
+    if let Err(e) = dir.sync_all() {
+        log::warn!("journal: fsync of the directory failed after a compaction rename ({e})");
+    }
+    for p in &r.olds {
+        if let Err(e) = fs::remove_file(p) {
+            log::warn!("journal: cannot remove {}: {e}", p.display());
+        }
+    }
+    c.rewrites_done.fetch_add(1, Ordering::Release);
 }

@@ -16,12 +16,14 @@
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
+//! | `durable.rs` | the journal (`--data-dir`): replay, sink, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
 mod bus;
 mod conn;
+mod durable;
 pub(crate) mod listen;
 mod peers;
 mod sweep;
@@ -161,6 +163,7 @@ pub(crate) struct Bound {
     max: usize,
     users: Option<crate::apps::mongoose::Users>,
     redis: Option<crate::bus::RedisUrl>,
+    journal: Option<durable::Opened>,
 }
 
 impl Bound {
@@ -218,10 +221,19 @@ impl Bound {
             shutdown: AtomicBool::new(false),
             waker,
         });
+        let s = shared.clone();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = s.waker.wake();
+        });
+        // A data directory that cannot be used is a usage error (exit 2),
+        // reported before anything is served.
+        let journal = durable::open(&cfg, wake)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if cfg.handle_signals {
             install_signal_handlers(&shared);
         }
         Ok(Bound {
+            journal,
             poll,
             listeners,
             addrs,
@@ -247,15 +259,22 @@ impl Bound {
         let bus = self
             .redis
             .map(|u| bus::Link::new(u, &self.cfg, self.poll.registry(), clock.now_ms));
+        let mut apps = Apps::new(self.users);
+        let durable = self
+            .journal
+            .map(|o| durable::install(o, &mut broker, &mut apps));
         let mut r = Reactor {
             bus,
+            durable,
+            held: VecDeque::new(),
+            hold_from: None,
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
             rbuf: vec![0; READ_BUF],
             conns: Slab::new(),
             broker,
-            apps: Apps::new(self.users),
+            apps,
             cfg: self.cfg,
             counters: Counters::default(),
             timers: Timers::default(),
@@ -374,6 +393,13 @@ pub(crate) struct Reactor {
     reserve: Vec<u32>,
     /// Connections from a trusted proxy → their client's per-address slot.
     proxied: std::collections::HashMap<u32, u32>,
+    /// The journal (`--data-dir`).
+    durable: Option<std::rc::Rc<durable::Durable>>,
+    /// Replies waiting for an fsync, oldest (lowest ticket) first.
+    held: VecDeque<durable::Held>,
+    /// While a request's actions run: the journal ticket before it, so a
+    /// reply to a request that wrote the journal can be held.
+    hold_from: Option<u64>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -442,8 +468,12 @@ impl Reactor {
                 }
             }
             self.bus_timer();
+            self.release_held();
             for key in std::mem::take(&mut self.resume_read) {
                 self.resume_reading(key);
+            }
+            if let Some(d) = &self.durable {
+                d.compact(&self.broker);
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
@@ -474,6 +504,9 @@ impl Reactor {
                 if let Some(l) = self.bus.as_mut() {
                     l.forget(key);
                 }
+                if !self.held.is_empty() {
+                    self.held.retain(|h| h.key() != Some(key));
+                }
                 self.counters.closed += 1;
             }
         }
@@ -499,7 +532,11 @@ impl Reactor {
             };
             match c.state {
                 State::Streaming(_) | State::Ticking(_) => self.end_stream(k),
-                State::Reading { .. } if c.out.is_none() => self.close(k),
+                State::Reading { .. }
+                    if c.out.is_none() && !self.held.iter().any(|h| h.key() == Some(k)) =>
+                {
+                    self.close(k)
+                }
                 State::Reading { .. } => c.state = State::Draining,
                 _ => {}
             }
@@ -553,14 +590,16 @@ impl Reactor {
         for c in cmds {
             match c {
                 Command::Publish(stream, ev, reply) => {
+                    let before = self.journal_ticket();
                     let mut cx = self.context(u32::MAX);
                     let res = crate::api::publish_event(&mut cx, &stream, &ev);
                     let mut actions = std::mem::take(&mut cx.actions);
                     if let Err(e) = &res {
                         log::debug!("library publish to {stream:?} refused: {e}");
                     }
-                    match res {
-                        // Through the bus: answered when Redis has the id.
+                    let res = match res {
+                        // Through the bus: answered when Redis has the id
+                        // (--redis and --data-dir are never both set).
                         Ok(None) => {
                             for a in std::mem::take(&mut actions) {
                                 match a {
@@ -570,16 +609,23 @@ impl Reactor {
                                     a => actions.push(a),
                                 }
                             }
+                            self.act(u32::MAX, actions);
+                            continue;
+                        }
+                        Ok(Some(id)) => Ok(id),
+                        Err(e) => Err(e),
+                    };
+                    self.act(u32::MAX, actions);
+                    match self.durable.as_ref().and_then(|d| d.must_wait(before)) {
+                        Some(ticket) => {
+                            self.held
+                                .push_back(durable::Held::Lib { ticket, reply, res })
                         }
                         // The publisher may have stopped waiting.
-                        Ok(Some(id)) => {
-                            let _ = reply.send(Ok(id));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
+                        None => {
+                            let _ = reply.send(res);
                         }
                     }
-                    self.act(u32::MAX, actions);
                 }
             }
         }
@@ -589,7 +635,15 @@ impl Reactor {
     fn act(&mut self, key: u32, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Respond { bytes, close } => self.respond(key, &bytes, close),
+                Action::Respond { bytes, close } => {
+                    let wait = self
+                        .hold_from
+                        .and_then(|b| self.durable.as_ref().and_then(|d| d.must_wait(b)));
+                    match wait {
+                        Some(ticket) => self.hold(key, ticket, bytes, close),
+                        None => self.respond(key, &bytes, close),
+                    }
+                }
                 Action::Stream {
                     head,
                     chunked,
@@ -721,7 +775,66 @@ impl Reactor {
         g.buffered_request_bytes = self.buffered;
         g.max_connections = self.max_connections;
         g.redis = self.bus.as_ref().map(bus::Link::gauges);
+        g.journal = self.durable.as_ref().map(|d| d.gauges(self.held.len()));
         g
+    }
+
+    /// The journal's last ticket (0 without one).
+    fn journal_ticket(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.ticket())
+    }
+
+    /// Holds a response until the journal's fsync reaches `ticket`; the
+    /// connection's input stays paused meanwhile, so pipelined requests
+    /// wait their turn and answers keep their order.
+    fn hold(&mut self, key: u32, ticket: u64, bytes: Vec<u8>, close: bool) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            if let State::Reading { paused, .. } = &mut c.state {
+                *paused = true;
+            }
+        }
+        self.held.push_back(durable::Held::Conn {
+            ticket,
+            key,
+            bytes,
+            close,
+        });
+    }
+
+    /// Sends the held replies the journal's fsync now covers (the fsync
+    /// thread wakes the loop when it advances).
+    fn release_held(&mut self) {
+        let Some(d) = &self.durable else { return };
+        if self.held.is_empty() {
+            return;
+        }
+        let durable = d.durable();
+        while self.held.front().is_some_and(|h| h.ticket() <= durable) {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            match h {
+                durable::Held::Lib { reply, res, .. } => {
+                    let _ = reply.send(res);
+                }
+                durable::Held::Conn {
+                    key, bytes, close, ..
+                } => {
+                    self.respond(key, &bytes, close);
+                    if self.held.iter().any(|h| h.key() == Some(key)) {
+                        continue;
+                    }
+                    if let Some(c) = self.conns.get_mut(key as usize) {
+                        if let State::Reading { paused, .. } = &mut c.state {
+                            if *paused && c.out.is_none() {
+                                *paused = false;
+                                self.resume_read.push(key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Whether a timer entry still means something: the current sweep, any
@@ -1054,11 +1167,14 @@ impl Reactor {
                         return data.len();
                     };
                     let mut apps = std::mem::take(&mut self.apps);
+                    let before = self.journal_ticket();
                     let mut cx = self.context_for(key, client, via_proxy);
                     crate::router::handle(&mut cx, &mut apps, &req);
                     let actions = std::mem::take(&mut cx.actions);
                     self.apps = apps;
+                    self.hold_from = self.durable.is_some().then_some(before);
                     self.act(key, actions);
+                    self.hold_from = None;
                     let idle = self.idle_deadline();
                     if let Some(c) = self.conns.get_mut(key as usize) {
                         if let State::Reading {

@@ -209,7 +209,9 @@ impl Reactor {
             }
             State::Ticking(_) => self.after_stream_write(key),
             State::Reading { paused, .. } => {
-                if *paused && !held {
+                // A reply waiting for Redis or for an fsync keeps the input
+                // paused.
+                if *paused && !held && !self.held.iter().any(|h| h.key() == Some(key)) {
                     *paused = false;
                     self.resume_read.push(key);
                 }

@@ -7,6 +7,7 @@ mod bench_smoke;
 mod client;
 mod common;
 mod core;
+mod durable;
 mod fuzz;
 mod hardening;
 mod layers;

@@ -1,0 +1,350 @@
+//! Durable history wired in (issue 13): opening the journal at bind, its
+//! replay into the broker and the apps at start-up, the broker [`Sink`]
+//! that writes each local event and deletion to it, compaction calls from
+//! the loop, replies held until an fsync covers them (`--fsync always`),
+//! and the journal's numbers for `/stats`.
+//!
+//! It owns the journal handle (shared, on the loop thread, by the sink and
+//! the reactor). It must not fsync (the journal's thread does, and wakes
+//! the loop through the reactor's `mio::Waker`), must not block the loop
+//! (compaction reads a bounded amount per call) and must not interpret
+//! frames beyond what the apps ask for (the member app's `id:` line).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use crate::apps::Apps;
+use crate::broker::{Broker, Origin, Record as Outgoing, Sink, SinkError};
+use crate::config::{Config, FsyncPolicy};
+use crate::event::PublishError;
+use crate::journal::{Fsync, Journal, JournalConfig, JournalError, Record, Replay};
+use crate::stats::JournalGauges;
+
+/// Largest segment file: compaction reads about three per call on the
+/// loop thread, so this bounds how long one call can take (tens of ms).
+const MAX_SEGMENT: u64 = 4 << 20;
+
+/// A journal opened by `Bound::bind`, not yet replayed (`Send`: bind and
+/// run may be on different threads).
+pub(crate) struct Opened {
+    journal: Journal,
+    replay: Replay,
+    always: bool,
+}
+
+/// Why the journal could not be opened, as one line for the operator.
+pub(crate) fn open(
+    cfg: &Config,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) -> Result<Option<Opened>, String> {
+    let Some(dir) = &cfg.data_dir else {
+        return Ok(None);
+    };
+    if cfg.redis.is_some() {
+        return Err(
+            "--data-dir and --redis cannot be used together: Redis is the shared history \
+             of a scale-out deployment; pick one"
+                .into(),
+        );
+    }
+    let mut jc = JournalConfig::new(dir);
+    jc.fsync = match cfg.fsync {
+        FsyncPolicy::Always => Fsync::Always,
+        FsyncPolicy::Interval(d) => Fsync::Interval(d.max(Duration::from_millis(1))),
+        FsyncPolicy::Never => Fsync::Never,
+    };
+    jc.max_bytes = cfg.journal_bytes;
+    jc.segment_bytes =
+        (cfg.journal_bytes / 8).clamp(crate::journal::MIN_SEGMENT_BYTES, MAX_SEGMENT);
+    // Wakes the loop to release held replies and to go on compacting.
+    jc.waker = Some(wake);
+    // A quota (RLIMIT_FSIZE) must be a write error, not death by SIGXFSZ.
+    crate::journal::ignore_sigxfsz();
+    match Journal::open(jc) {
+        Ok((journal, replay)) => Ok(Some(Opened {
+            journal,
+            replay,
+            always: cfg.fsync == FsyncPolicy::Always,
+        })),
+        Err(e @ JournalError::Locked(_)) => Err(format!(
+            "{e}: another ssed is using --data-dir {}",
+            dir.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The journal as the loop sees it.
+pub(crate) struct Durable {
+    journal: RefCell<Journal>,
+    /// Ticket of the last record appended.
+    ticket: Cell<u64>,
+    always: bool,
+    replay_ms: u64,
+    replayed: u64,
+    compactions: Cell<u64>,
+    compact_failing: Cell<bool>,
+}
+
+/// The broker's hook: every local event and deletion goes to the journal
+/// before it enters the rings.
+struct JournalSink(Rc<Durable>);
+
+impl Sink for JournalSink {
+    fn append(&mut self, origin: Origin, rec: &Outgoing<'_>) -> Result<(), SinkError> {
+        if origin != Origin::Local {
+            return Ok(());
+        }
+        let r = Record::Event {
+            id: rec.id,
+            streams: rec.streams.iter().map(|s| s.to_string()).collect(),
+            frame: rec.frame.to_vec(),
+        };
+        self.0.append(&r).map_err(|e| {
+            SinkError(format!(
+                "{e}; publishing is refused until the journal (--data-dir) can be written again"
+            ))
+        })
+    }
+
+    fn delete(&mut self, origin: Origin, stream: &str, floor: u64) {
+        if origin != Origin::Local {
+            return;
+        }
+        let r = Record::Delete {
+            stream: stream.to_string(),
+            floor_id: floor,
+        };
+        // A deletion cannot be refused (the stream is gone already); the
+        // journal logged the failure, and after a restart the stream comes
+        // back with its history.
+        let _ = self.0.append(&r);
+    }
+}
+
+impl Durable {
+    fn append(&self, r: &Record) -> Result<(), JournalError> {
+        let mut j = self
+            .journal
+            .try_borrow_mut()
+            .map_err(|_| JournalError::Invalid("journal busy"))?;
+        let t = j.append(r)?;
+        self.ticket.set(t);
+        Ok(())
+    }
+
+    /// Ticket of the last record appended (to compare before and after a
+    /// request).
+    pub fn ticket(&self) -> u64 {
+        self.ticket.get()
+    }
+
+    /// With `--fsync always`, the ticket a reply must wait for if the
+    /// journal was written since `before` and that is not yet durable.
+    pub fn must_wait(&self, before: u64) -> Option<u64> {
+        let t = self.ticket.get();
+        (self.always && t > before && self.durable() < t).then_some(t)
+    }
+
+    /// The highest ticket known to be fsynced.
+    pub fn durable(&self) -> u64 {
+        self.journal.try_borrow().map_or(0, |j| j.durable())
+    }
+
+    /// Frees disk when over `--journal-bytes` (a bounded step per call).
+    pub fn compact(&self, broker: &Broker) {
+        let Ok(mut j) = self.journal.try_borrow_mut() else {
+            return;
+        };
+        if !j.needs_compaction() {
+            return;
+        }
+        match j.compact(&|name, id| broker.retains(name, id), broker.ids().last()) {
+            Ok(st) => {
+                if st.segments_written > 0 || st.segments_removed > 0 {
+                    self.compactions.set(self.compactions.get() + 1);
+                }
+                if self.compact_failing.replace(false) {
+                    log::warn!("journal: compaction works again");
+                }
+            }
+            Err(e) => {
+                if !self.compact_failing.replace(true) {
+                    log::warn!("journal: compaction failed ({e}); retrying every turn");
+                }
+            }
+        }
+    }
+
+    /// Numbers for `/stats` and `/metrics`.
+    pub fn gauges(&self, held: usize) -> JournalGauges {
+        let st = self
+            .journal
+            .try_borrow()
+            .map(|j| j.stats())
+            .unwrap_or_default();
+        JournalGauges {
+            bytes: st.bytes,
+            segments: st.segments,
+            records_written: st.records_written,
+            fsyncs: st.fsyncs,
+            fsync_last_us: st.fsync_last_us,
+            fsync_max_us: st.fsync_max_us,
+            write_errors: st.write_errors,
+            compactions: self.compactions.get(),
+            replay_ms: self.replay_ms,
+            replayed_events: self.replayed,
+            held_replies: held,
+        }
+    }
+}
+
+/// Replays an opened journal into `broker` and `apps` (within this run's
+/// `--history`/`--history-bytes`), marks what it could not restore as a
+/// gap, continues the id clock, and attaches the journal as a sink.
+pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Durable> {
+    let t0 = Instant::now();
+    let Opened {
+        journal,
+        replay,
+        always,
+    } = o;
+    let mut events = 0u64;
+    let mut too_large = 0u64;
+    let mut targets: Vec<u32> = Vec::new();
+    for rec in replay.records {
+        match rec {
+            Record::Event { id, streams, frame } => {
+                events += 1;
+                targets.clear();
+                for n in &streams {
+                    let t = broker.restore(n, Apps::internal_cap(n));
+                    if !targets.contains(&t) {
+                        targets.push(t);
+                    }
+                }
+                if broker.append(Origin::Replay, &targets, id, &frame).is_err() {
+                    // Larger than this run's --history-bytes somewhere:
+                    // keep it in the streams it fits.
+                    too_large += 1;
+                    for &t in &targets {
+                        let _ = broker.append(Origin::Replay, &[t], id, &frame);
+                    }
+                }
+                for (n, &t) in streams.iter().zip(&targets) {
+                    if n.starts_with('!') {
+                        apps.restored(n, t, id, &frame);
+                    }
+                }
+            }
+            Record::Delete { stream, floor_id } => {
+                apps.forgotten(&stream);
+                match broker.find(&stream) {
+                    Some(i) => {
+                        broker.delete(Origin::Replay, i);
+                    }
+                    None => broker.restore_tombstone(&stream, floor_id),
+                }
+                broker.observe_id(floor_id);
+            }
+            Record::Clock { last_id } => broker.observe_id(last_id),
+        }
+    }
+    broker.observe_id(replay.max_id);
+    // What the journal could not give back: a resume from before it gets
+    // `gap` (possible loss) rather than a silent hole.
+    let mut lost_below = replay.compacted_upto;
+    if replay.hole_upto != 0 {
+        lost_below = lost_below.max(replay.hole_upto);
+    }
+    if replay.cut || replay.hole_upto == u64::MAX {
+        // Ids of what was cut are unknown: every earlier resume is suspect.
+        lost_below = lost_below.max(broker.ids().last().saturating_add(1));
+    }
+    if lost_below > 0 {
+        broker.mark_lost_below(lost_below);
+    }
+    if too_large > 0 {
+        log::warn!(
+            "journal: {too_large} events are larger than --history-bytes allows in some of \
+             their streams and were kept only where they fit"
+        );
+    }
+    if broker.len() > broker.max_streams() {
+        log::warn!(
+            "journal: restored {} public streams, more than --max-streams; new streams are \
+             refused until some are deleted",
+            broker.len()
+        );
+    }
+    let replay_ms = u64::try_from((replay.elapsed + t0.elapsed()).as_millis()).unwrap_or(u64::MAX);
+    log::info!(
+        "journal: replayed {events} events into {} streams in {replay_ms} ms ({} bytes, {} segments of up to {} bytes)",
+        broker.len(),
+        replay.bytes,
+        replay.segments,
+        journal.segment_bytes()
+    );
+    let d = Rc::new(Durable {
+        always,
+        journal: RefCell::new(journal),
+        ticket: Cell::new(0),
+        replay_ms,
+        replayed: events,
+        compactions: Cell::new(0),
+        compact_failing: Cell::new(false),
+    });
+    broker.add_sink(Box::new(JournalSink(d.clone())));
+    d
+}
+
+/// A reply held until the journal's fsync covers `ticket`.
+pub(crate) enum Held {
+    /// Response bytes for connection `key` (paused meanwhile).
+    Conn {
+        ticket: u64,
+        key: u32,
+        bytes: Vec<u8>,
+        close: bool,
+    },
+    /// A library publish's answer.
+    Lib {
+        ticket: u64,
+        reply: mpsc::Sender<Result<u64, PublishError>>,
+        res: Result<u64, PublishError>,
+    },
+}
+
+impl Held {
+    pub fn ticket(&self) -> u64 {
+        match self {
+            Held::Conn { ticket, .. } | Held::Lib { ticket, .. } => *ticket,
+        }
+    }
+    pub fn key(&self) -> Option<u32> {
+        match self {
+            Held::Conn { key, .. } => Some(*key),
+            Held::Lib { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_with_redis_is_refused_and_no_dir_opens_nothing() {
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+        let mut cfg = Config::default();
+        assert!(matches!(open(&cfg, wake.clone()), Ok(None)));
+        cfg.data_dir = Some(std::env::temp_dir().join("ssed-durable-redis-never-created"));
+        cfg.redis = Some("redis://127.0.0.1:6379".into());
+        let err = open(&cfg, wake).err().unwrap();
+        assert!(err.contains("--data-dir and --redis"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(!cfg.data_dir.unwrap().exists());
+    }
+}
