@@ -55,9 +55,17 @@ pub(crate) fn open(
         FsyncPolicy::Interval(d) => Fsync::Interval(d.max(Duration::from_millis(1))),
         FsyncPolicy::Never => Fsync::Never,
     };
-    jc.max_bytes = cfg.journal_bytes;
-    jc.segment_bytes =
-        (cfg.journal_bytes / 8).clamp(crate::journal::MIN_SEGMENT_BYTES, MAX_SEGMENT);
+    let segment = (cfg.journal_bytes / 8).clamp(crate::journal::MIN_SEGMENT_BYTES, MAX_SEGMENT);
+    jc.segment_bytes = segment;
+    // The journal compacts towards three segments below --journal-bytes:
+    // while publishing floods, appends outrun compaction by up to about
+    // three segments (one rewrite waiting for its fsync, the segment being
+    // written, the one just sealed), and the directory must stay within
+    // the bound plus one segment all the same.
+    jc.max_bytes = cfg
+        .journal_bytes
+        .saturating_sub(3 * segment)
+        .max(2 * segment);
     // Wakes the loop to release held replies and to go on compacting.
     jc.waker = Some(wake);
     // A quota (RLIMIT_FSIZE) must be a write error, not death by SIGXFSZ.
