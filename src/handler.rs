@@ -236,7 +236,7 @@ impl Cx<'_> {
 }
 
 /// Whether HTTP/1.1 event streams are chunk-framed.
-pub const CHUNKED_STREAMS: bool = false;
+pub const CHUNKED_STREAMS: bool = true;
 
 /// Whether a request may publish: with a token configured, only a matching
 /// `Authorization: Bearer` (compared in constant time); without one, only

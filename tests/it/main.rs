@@ -11,3 +11,4 @@ mod fuzz;
 mod hardening;
 mod layers;
 mod mongoose;
+mod wire;
