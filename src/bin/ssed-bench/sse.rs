@@ -228,7 +228,7 @@ mod tests {
         ));
         assert_eq!(
             scan_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding:  Chunked\r\n\r\n"),
-            Head::Ok(47, true)
+            Head::Ok(48, true)
         );
     }
 
