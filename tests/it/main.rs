@@ -12,3 +12,4 @@ mod hardening;
 mod layers;
 mod mongoose;
 mod wire;
+mod contrib;
