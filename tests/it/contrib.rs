@@ -31,11 +31,9 @@ fn parse(unit: &str) -> HashMap<String, HashMap<String, Vec<String>>> {
 
 #[test]
 fn systemd_unit_has_the_key_options() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/contrib/ssed.service"
-    ))
-    .expect("contrib/ssed.service");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/ssed.service"))
+            .expect("contrib/ssed.service");
     let u = parse(&text);
     let svc = &u["Service"];
     let one = |k: &str| -> &str {
