@@ -120,19 +120,29 @@ fn fanout(n: usize, m: usize) {
     }
     // Wait until every subscriber has its response head and retry line.
     let mut buf = vec![0u8; 1 << 16];
+    let mut counters = Vec::with_capacity(n);
     for s in &mut subs {
         let mut got = Vec::new();
-        let ready = |g: &[u8]| {
-            g.windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .is_some_and(|h| g[h + 4..].ends_with(b"\n\n"))
-        };
-        while !ready(&got) {
+        let mut c = loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(k) => got.extend_from_slice(&buf[..k]),
             }
+            if let Some(h) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..h]).to_ascii_lowercase();
+                let mut c = Blocks::new(head.contains("\r\ntransfer-encoding: chunked"));
+                c.feed(&got[h + 4..]);
+                break c;
+            }
+        };
+        while c.count < 1 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => c.feed(&buf[..k]),
+            }
         }
+        c.count = 0;
+        counters.push(c);
     }
     let payload = "x".repeat(64);
     let t = Instant::now();
@@ -142,29 +152,14 @@ fn fanout(n: usize, m: usize) {
         }
     });
     let mut total = 0usize;
-    for s in &mut subs {
-        let mut events = 0;
-        let mut tail = 0usize;
-        while events < m {
+    for (s, c) in subs.iter_mut().zip(&mut counters) {
+        while c.count < m {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(k) => {
-                    // Count blank-line terminators, carrying a trailing '\n'.
-                    for &b in &buf[..k] {
-                        if b == b'\n' {
-                            tail += 1;
-                            if tail == 2 {
-                                events += 1;
-                                tail = 0;
-                            }
-                        } else {
-                            tail = 0;
-                        }
-                    }
-                }
+                Ok(k) => c.feed(&buf[..k]),
             }
         }
-        total += events;
+        total += c.count;
     }
     let el = t.elapsed();
     let _ = p.join();
@@ -176,4 +171,74 @@ fn fanout(n: usize, m: usize) {
         total as f64 / el.as_secs_f64(),
         el.as_secs_f64() * 1000.0
     );
+}
+
+/// Counts SSE blocks (blank-line ends) in an event-stream body, stripping
+/// chunk framing first when the body is chunked (HTTP/1.1 streams are).
+struct Blocks {
+    /// `None`: identity body. `Some(left)`: data bytes left in the current
+    /// chunk, 0 while in a size line or a chunk's CRLF.
+    chunk: Option<usize>,
+    size: usize,
+    in_size: bool,
+    newlines: u8,
+    count: usize,
+}
+
+impl Blocks {
+    fn new(chunked: bool) -> Blocks {
+        Blocks {
+            chunk: chunked.then_some(0),
+            size: 0,
+            in_size: true,
+            newlines: 0,
+            count: 0,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = match self.chunk {
+                None => bytes.len(),
+                Some(0) => {
+                    // Size line (hex digits, CRLF) or the CRLF after data.
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if b == b'\n' {
+                        if self.in_size {
+                            self.chunk = Some(self.size);
+                            self.in_size = self.size == 0;
+                            self.size = 0;
+                        } else {
+                            self.in_size = true;
+                        }
+                    } else if self.in_size {
+                        if let Some(d) = (b as char).to_digit(16) {
+                            self.size = self.size * 16 + d as usize;
+                        }
+                    }
+                    continue;
+                }
+                Some(left) => left.min(bytes.len()),
+            };
+            for &b in &bytes[..take] {
+                if b == b'\n' {
+                    self.newlines += 1;
+                    if self.newlines == 2 {
+                        self.count += 1;
+                        self.newlines = 0;
+                    }
+                } else {
+                    self.newlines = 0;
+                }
+            }
+            if let Some(left) = self.chunk {
+                self.chunk = Some(left - take);
+                if left == take {
+                    self.in_size = false;
+                }
+            }
+            bytes = &bytes[take..];
+        }
+    }
 }

@@ -163,6 +163,21 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// Names the environment variable a bad value came from, so the
+    /// message points at what the user actually typed.
+    fn named(self, var: String) -> ConfigError {
+        match self {
+            ConfigError::BadValue { value, why, .. } => ConfigError::BadValue {
+                flag: var,
+                value,
+                why,
+            },
+            other => other,
+        }
+    }
+}
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Command {
@@ -623,8 +638,9 @@ impl Config {
             ..Config::default()
         };
         for f in FLAGS {
-            if let Some(v) = env(&env_name(f.name)) {
-                cfg.set(f.name, &v, true)?;
+            let var = env_name(f.name);
+            if let Some(v) = env(&var) {
+                cfg.set(f.name, &v, true).map_err(|e| e.named(var))?;
             }
         }
         let env_listen = std::mem::take(&mut cfg.listen);
@@ -876,6 +892,22 @@ mod tests {
             without_flags(&a, &["workers", "reuse-port"]),
             ["serve", "--publish-token", "--workers", "--history", "5"]
         );
+    }
+
+    #[test]
+    fn bad_values_name_what_was_typed() {
+        let e = parse(&[], &[("SSED_MAX_BODY", "lots")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad value \"lots\" for SSED_MAX_BODY: expected a whole number"
+        );
+        let e = parse(&["--max-body", "lots"], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad value \"lots\" for --max-body: expected a whole number"
+        );
+        let e = parse(&[], &[("SSED_LISTEN", "127.0.0.1:1,nowhere")]).unwrap_err();
+        assert!(e.to_string().contains("for SSED_LISTEN"), "{e}");
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Event {
     }
 }
 
-/// Why a [`crate::Publisher`] could not publish an event.
+/// Why a [`Publisher`](crate::Publisher) could not publish an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
     /// The server has stopped.

@@ -381,7 +381,7 @@ impl Cx<'_> {
 }
 
 /// Whether HTTP/1.1 event streams are chunk-framed.
-pub const CHUNKED_STREAMS: bool = false;
+pub const CHUNKED_STREAMS: bool = true;
 
 /// Why a request does not get the loopback privilege.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,9 +17,10 @@
 //! let stop = server.shutdown_handle();
 //! let loop_thread = std::thread::spawn(move || server.run());
 //!
-//! // Subscribe over TCP.
+//! // Subscribe over TCP. HTTP/1.0 gets the bare SSE body until close
+//! // (HTTP/1.1 streams are chunked: use `ssed::client` or any SSE client).
 //! let mut sock = TcpStream::connect(addr).unwrap();
-//! sock.write_all(b"GET /events?stream=news HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+//! sock.write_all(b"GET /events?stream=news HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
 //! let mut reader = BufReader::new(sock);
 //! let mut line = String::new();
 //! while line != "\r\n" {

@@ -32,6 +32,8 @@ pub(crate) struct Opened {
     journal: Journal,
     replay: Replay,
     always: bool,
+    /// `--journal-bytes`: past it, publishing waits for compaction.
+    bound: u64,
 }
 
 /// Why the journal could not be opened, as one line for the operator.
@@ -75,6 +77,7 @@ pub(crate) fn open(
             journal,
             replay,
             always: cfg.fsync == FsyncPolicy::Always,
+            bound: cfg.journal_bytes,
         })),
         Err(e @ JournalError::Locked(_)) => Err(format!(
             "{e}: another ssed is using --data-dir {}",
@@ -90,6 +93,8 @@ pub(crate) struct Durable {
     /// Ticket of the last record appended.
     ticket: Cell<u64>,
     always: bool,
+    /// `--journal-bytes`.
+    bound: u64,
     replay_ms: u64,
     replayed: u64,
     compactions: Cell<u64>,
@@ -104,6 +109,17 @@ impl Sink for JournalSink {
     fn append(&mut self, origin: Origin, rec: &Outgoing<'_>) -> Result<(), SinkError> {
         if origin != Origin::Local {
             return Ok(());
+        }
+        // Compaction aims three segments below the bound; only a flood that
+        // outruns it (a rewrite waiting for its fsync on a slow disk) gets
+        // here. Refusing keeps the directory within the bound plus the one
+        // rewrite in progress, however slow the disk.
+        let size: usize = rec.frame.len() + rec.streams.iter().map(|s| s.len() + 2).sum::<usize>();
+        if self.0.total_bytes().saturating_add(size as u64 + 64) > self.0.bound {
+            return Err(SinkError(
+                "journal: --journal-bytes reached while compaction catches up; retry shortly"
+                    .into(),
+            ));
         }
         let r = Record::Event {
             id: rec.id,
@@ -133,6 +149,10 @@ impl Sink for JournalSink {
 }
 
 impl Durable {
+    fn total_bytes(&self) -> u64 {
+        self.journal.try_borrow().map_or(0, |j| j.total_bytes())
+    }
+
     fn append(&self, r: &Record) -> Result<(), JournalError> {
         let mut j = self
             .journal
@@ -218,6 +238,7 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
         journal,
         replay,
         always,
+        bound,
     } = o;
     let mut events = 0u64;
     let mut too_large = 0u64;
@@ -297,6 +318,7 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
     );
     let d = Rc::new(Durable {
         always,
+        bound,
         journal: RefCell::new(journal),
         ticket: Cell::new(0),
         replay_ms,

@@ -47,6 +47,30 @@ fn chunk(sse: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Where a `writev` of slices of `lens` that took `written` bytes stopped:
+/// how many slices it began (each is advanced past: a begun slice's rest
+/// goes to the connection's buffer) and, for a cut one, its index and the
+/// offset of its unwritten tail.
+fn split_write(
+    lens: impl Iterator<Item = usize>,
+    written: usize,
+) -> (usize, Option<(usize, usize)>) {
+    let mut left = written;
+    let mut sent = 0;
+    for (i, len) in lens.enumerate() {
+        if left >= len {
+            left -= len;
+            sent += 1;
+        } else {
+            if left > 0 {
+                return (sent + 1, Some((i, left)));
+            }
+            break;
+        }
+    }
+    (sent, None)
+}
+
 impl Reactor {
     /// Marks a connection to be freed at the end of the turn, leaving the
     /// streams it read and releasing its request buffer.
@@ -415,25 +439,13 @@ impl Reactor {
                     return;
                 }
             };
-            // Advance past whole frames; copy the unwritten tail of a partial one.
-            let mut left = written;
-            let mut sent_to = None;
-            let mut sent = 0;
-            let mut tail: Option<Vec<u8>> = None;
-            for (i, slice) in iov[..n_iov].iter().enumerate() {
-                if left >= slice.len() {
-                    left -= slice.len();
-                    sent_to = Some(ids[i]);
-                    sent += 1;
-                } else {
-                    if left > 0 {
-                        tail = Some(slice[left..].to_vec());
-                        sent_to = Some(ids[i]);
-                        sent += 1;
-                    }
-                    break;
-                }
-            }
+            // Advance past whole frames; copy the unwritten tail of a partial
+            // one (the cut may fall anywhere, chunk framing included).
+            let (sent, cut) = split_write(iov[..n_iov].iter().map(|s| s.len()), written);
+            let sent_to = sent.checked_sub(1).and_then(|i| ids.get(i).copied());
+            let tail =
+                cut.and_then(|(i, at)| iov.get(i).and_then(|s| s.get(at..)).map(<[u8]>::to_vec));
+            let sent = sent as u64;
             counters.frames_written += sent;
             counters.bytes_written += written as u64;
             if let Some(last) = sent_to {
@@ -521,5 +533,40 @@ impl Reactor {
         self.counters.heartbeats += 1;
         self.send_sse(key, frame::HEARTBEAT);
         self.after_stream_write(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_write;
+    use crate::broker::Frame;
+
+    /// Every possible cut of a batch of chunk-framed (and bare) frames,
+    /// including inside chunk headers and trailers: the bytes written plus
+    /// the kept tail are exactly the begun frames, and a cut frame is
+    /// counted as sent (its rest is queued, never re-sent).
+    #[test]
+    fn every_cut_resumes_exactly() {
+        let frames: Vec<Frame> = [1usize, 0x10, 0xff, 0x100, 3, 4097]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Frame::new(i as u64 + 1, &vec![b'x'; n]))
+            .collect();
+        for chunked in [true, false] {
+            let slices: Vec<&[u8]> = frames.iter().map(|f| f.wire(chunked)).collect();
+            let all: Vec<u8> = slices.concat();
+            for written in 0..=all.len() {
+                let (sent, cut) = split_write(slices.iter().map(|s| s.len()), written);
+                let mut out = all[..written].to_vec();
+                if let Some((i, at)) = cut {
+                    assert_eq!(i + 1, sent);
+                    assert!(at > 0 && at < slices[i].len());
+                    out.extend_from_slice(&slices[i][at..]);
+                }
+                assert_eq!(out, slices[..sent].concat(), "cut at {written}");
+                let whole: usize = slices[..sent].iter().map(|s| s.len()).sum();
+                assert!(whole >= written && (cut.is_some() || whole == written));
+            }
+        }
     }
 }

@@ -53,6 +53,7 @@ function assert(cond, msg) {
 }
 
 const stateText = (page) => page.locator('#state-text').textContent();
+const buttonText = (page) => page.locator('#connect').textContent();
 const waitState = (page, s) => page.waitForFunction(
   (want) => document.getElementById('state-text').textContent === want, s, { timeout: T });
 
@@ -61,10 +62,11 @@ async function publishFromPage(page, { stream, type, data }) {
   await page.fill('#pub-stream', stream);
   await page.fill('#pub-event', type);
   await page.fill('#pub-data', data);
-  const before = await page.locator('#pub-reply').textContent();
+  // Blank the reply first: two publishes may get the same answer.
+  await page.evaluate(() => { document.getElementById('pub-reply').textContent = ''; });
   await page.click('#publish');
   await page.waitForFunction(
-    (b) => document.getElementById('pub-reply').textContent !== b, before, { timeout: T });
+    () => document.getElementById('pub-reply').textContent !== '', null, { timeout: T });
   const cls = await page.locator('#pub-reply').getAttribute('class');
   const text = await page.locator('#pub-reply').textContent();
   return { ok: /\bok\b/.test(cls), text };
@@ -109,6 +111,7 @@ async function main() {
       await page.goto(`${server.base}/`, { timeout: T });
       await waitState(page, 'open');
       assert(await page.locator('#streams').inputValue() === 'demo', 'default stream is demo');
+      assert(await buttonText(page) === 'Disconnect', `button says ${await buttonText(page)} while connected`);
     });
 
     await check('the curl command the empty page suggests publishes to it', async () => {
@@ -122,9 +125,12 @@ async function main() {
 
     await check(`connecting to "${STREAM}" opens an EventSource to it`, async () => {
       await page.fill('#streams', STREAM);
-      await page.fill('#types', 'greeting, other');
+      await page.fill('#types', 'other');
+      // Other streams typed in: the button offers to connect to them.
+      assert(await buttonText(page) === 'Connect', `button says ${await buttonText(page)} with new streams typed`);
       await page.click('#connect');
       await waitState(page, 'open');
+      assert(await buttonText(page) === 'Disconnect', `button says ${await buttonText(page)} while connected`);
       const url = await page.locator('#url').textContent();
       // "resume from last id" is on: the id seen on "demo" is the cursor.
       const last = await page.locator('#last-id').textContent();
@@ -149,6 +155,17 @@ async function main() {
       assert(c.data === 'héllo ✓ 日本\nsecond line', `data cell ${JSON.stringify(c.data)}`);
       assert(/^\d\d:\d\d:\d\d\.\d{3}$/.test(c.time), `timestamp ${c.time}`);
       assert(await page.locator('#last-id').textContent() === first.id, 'last id shown');
+    });
+
+    await check('a type typed into the publish box is shown without listing it first', async () => {
+      const types = await page.locator('#types').inputValue();
+      assert(!types.includes('fresh.type'), `types field: ${types}`);
+      const r = await publishFromPage(page, { stream: STREAM, type: 'fresh.type', data: 'new kind' });
+      assert(r.ok, `reply not ok: ${r.text}`);
+      const c = await row(page, JSON.parse(r.text).id);
+      assert(c.type === 'fresh.type' && c.data === 'new kind', JSON.stringify(c));
+      assert(await stateText(page) === 'open', 'no reconnect needed');
+      assert(await page.locator('#reconnects').textContent() === '0', 'no reconnect happened');
     });
 
     await check('a rejected publish shows the server error', async () => {
@@ -201,16 +218,58 @@ async function main() {
       await page.screenshot({ path: path.join(root, 'target/demo.png'), fullPage: true });
     });
 
-    await check('Disconnect closes the connection', async () => {
-      await page.click('#disconnect');
+    await check('Disconnect closes the connection; the button then says Reconnect', async () => {
+      assert(await buttonText(page) === 'Disconnect', `button says ${await buttonText(page)}`);
+      await page.click('#connect');
       await waitState(page, 'closed');
       assert(await stateText(page) === 'closed', 'closed');
+      assert(await buttonText(page) === 'Reconnect', `button says ${await buttonText(page)} when closed`);
+      // The server sees the subscriber go.
+      const until = Date.now() + T;
+      for (;;) {
+        const st = await (await fetch(`${server.base}/streams/${STREAM}`, { signal: AbortSignal.timeout(T) })).json();
+        if (st.subscribers === 0) break;
+        assert(Date.now() < until, `still subscribed: ${JSON.stringify(st)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    });
+
+    await check('Reconnect opens it again and resumes', async () => {
+      const away = await publish(server.base, STREAM, 'while disconnected');
+      await page.click('#connect');
+      await waitState(page, 'open');
+      assert(await buttonText(page) === 'Disconnect', `button says ${await buttonText(page)}`);
+      const c = await row(page, away.id);
+      assert(c.data === 'while disconnected', JSON.stringify(c));
+    });
+
+    await check('with --publish-token the page publishes with the token typed in', async () => {
+      const tokened = await startSsed({ args: ['--publish-token', 's3cret'] });
+      const p2 = await context.newPage();
+      p2.on('pageerror', (e) => pageErrors.push(String(e)));
+      try {
+        await p2.goto(`${tokened.base}/`, { timeout: T });
+        await waitState(p2, 'open');
+        const no = await publishFromPage(p2, { stream: 'demo', type: '', data: 'no token' });
+        assert(!no.ok && /^HTTP 401: \S/.test(no.text), `without a token: ${no.text}`);
+        await p2.fill('#pub-token', 'wrong');
+        const bad = await publishFromPage(p2, { stream: 'demo', type: '', data: 'wrong token' });
+        assert(!bad.ok && /^HTTP 401: /.test(bad.text), `wrong token: ${bad.text}`);
+        await p2.fill('#pub-token', 's3cret');
+        const ok = await publishFromPage(p2, { stream: 'demo', type: '', data: 'with the token' });
+        assert(ok.ok, `with the token: ${ok.text}`);
+        const c = await row(p2, JSON.parse(ok.text).id);
+        assert(c.data === 'with the token', JSON.stringify(c));
+      } finally {
+        await p2.close();
+        await tokened.stop();
+      }
     });
 
     await check('no JavaScript errors on the page', async () => {
       // A 400 from the rejected publish is logged by Chromium as a failed
       // resource load; that one is expected.
-      const real = pageErrors.filter((e) => !/status of 400/.test(e));
+      const real = pageErrors.filter((e) => !/status of 40[013]/.test(e));
       assert(real.length === 0, real.join('\n'));
     });
   } catch (e) {

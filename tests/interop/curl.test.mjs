@@ -119,7 +119,28 @@ test('curl -N: response headers', { timeout: 20000 }, async () => {
     assert.match(out, /^cache-control: no-cache/im);
     assert.match(out, /^x-accel-buffering: no/im);
     assert.doesNotMatch(out, /^content-encoding:/im);
-    assert.doesNotMatch(out, /^transfer-encoding: chunked/im);
+    // HTTP/1.1 streams are chunked, so clients that fill a read buffer
+    // (sseclient-py over urllib3) see each event as it is sent.
+    assert.match(out, /^transfer-encoding: chunked\r$/im);
+    assert.doesNotMatch(out, /^content-length:/im);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('curl -0 -N: HTTP/1.0 streams are the bare body until close', { timeout: 20000 }, async () => {
+  const server = await startSsed();
+  try {
+    const out = await new Promise((resolve, reject) => {
+      const p = spawn('curl', ['-sS', '-0', '-N', '-D', '-', '--max-time', '1', `${server.base}/events?stream=old`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let s = '';
+      p.stdout.on('data', (d) => { s += d; });
+      p.once('exit', () => resolve(s));
+      p.once('error', reject);
+    });
+    assert.match(out, /^HTTP\/1\.0 200 OK\r\n/);
+    assert.doesNotMatch(out, /^transfer-encoding:/im);
+    assert.match(out, /\r\n\r\nretry: \d+\n\n$/);
   } finally {
     await server.stop();
   }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::Server;
+use crate::common::{head_is_chunked, Dechunked, Server};
 
 /// A complete HTTP response.
 #[derive(Debug)]
@@ -107,7 +107,8 @@ impl Ev {
 struct Sse {
     status: u16,
     headers: Vec<(String, String)>,
-    reader: BufReader<TcpStream>,
+    /// The body, de-chunked when the head says chunked.
+    reader: BufReader<Dechunked<BufReader<TcpStream>>>,
 }
 
 impl Sse {
@@ -131,12 +132,17 @@ impl Sse {
             }
             head.push_str(&line);
         }
+        let chunked = head_is_chunked(&head);
         let (status, headers) = parse_head(&head);
         Sse {
             status,
             headers,
-            reader,
+            reader: BufReader::new(Dechunked::new(reader, chunked)),
         }
+    }
+
+    fn sock(&self) -> &TcpStream {
+        self.reader.get_ref().inner.get_ref()
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -155,7 +161,7 @@ impl Sse {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no event within {within:?}");
-            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            self.sock().set_read_timeout(Some(left)).unwrap();
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
                 Ok(0) => return None,
@@ -215,7 +221,7 @@ impl Sse {
             if left.is_zero() {
                 return false;
             }
-            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            self.sock().set_read_timeout(Some(left)).unwrap();
             let pending = self.reader.buffer().len();
             self.reader.consume(pending);
             match self.reader.get_mut().read(&mut buf) {

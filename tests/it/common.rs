@@ -1,5 +1,7 @@
 //! Shared helpers for integration tests: start the real `ssed` binary on
 //! port 0, speak raw HTTP/1.1 to it, and read SSE frames with deadlines.
+//! Chunked event streams are decoded strictly (`Dechunk`), so a framing
+//! mistake fails the test that met it; the wire bytes are kept as well.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -197,11 +199,180 @@ impl Ev {
     }
 }
 
-/// An SSE subscription over a raw socket.
+/// A strict, incremental decoder of a chunked body as ssed sends one:
+/// `<hex>\r\n<data>\r\n` per chunk, no extensions, no trailers, nothing
+/// after the last chunk, and every chunk holding whole SSE blocks (one
+/// shared frame, or one per-connection write, is one chunk). It panics on
+/// anything else, so a test reading through it checks the framing too.
+#[derive(Debug, Default)]
+pub struct Dechunk {
+    state: DState,
+    line: Vec<u8>,
+    left: usize,
+    /// The last two data bytes of the current chunk.
+    tail: [u8; 2],
+    /// Non-empty chunks decoded.
+    pub chunks: usize,
+    /// The last chunk (`0\r\n\r\n`) arrived.
+    pub ended: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum DState {
+    #[default]
+    Size,
+    Data,
+    DataCr,
+    DataLf,
+    LastCr,
+    LastLf,
+    Done,
+}
+
+impl Dechunk {
+    /// Decodes `wire` (any split of the body) onto `out`.
+    pub fn feed(&mut self, wire: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < wire.len() {
+            let b = wire[i];
+            match self.state {
+                DState::Size => {
+                    i += 1;
+                    self.line.push(b);
+                    if !self.line.ends_with(b"\r\n") {
+                        assert!(
+                            self.line.len() <= 18,
+                            "chunk size line too long: {:?}",
+                            self.line
+                        );
+                        continue;
+                    }
+                    let hex = std::str::from_utf8(&self.line[..self.line.len() - 2])
+                        .unwrap_or_else(|_| panic!("chunk size not ASCII: {:?}", self.line));
+                    let n = usize::from_str_radix(hex, 16)
+                        .unwrap_or_else(|_| panic!("bad chunk size line {hex:?}"));
+                    self.line.clear();
+                    if n == 0 {
+                        self.state = DState::LastCr;
+                    } else {
+                        self.left = n;
+                        self.tail = [0, 0];
+                        self.state = DState::Data;
+                    }
+                }
+                DState::Data => {
+                    let take = self.left.min(wire.len() - i);
+                    let part = &wire[i..i + take];
+                    out.extend_from_slice(part);
+                    for &c in part.iter().rev().take(2).rev() {
+                        self.tail = [self.tail[1], c];
+                    }
+                    self.left -= take;
+                    i += take;
+                    if self.left == 0 {
+                        assert_eq!(
+                            &self.tail,
+                            b"\n\n",
+                            "a chunk ends inside an SSE block: {:?}",
+                            String::from_utf8_lossy(out)
+                        );
+                        self.chunks += 1;
+                        self.state = DState::DataCr;
+                    }
+                }
+                DState::DataCr | DState::LastCr => {
+                    assert_eq!(b, b'\r', "chunk data not followed by CRLF");
+                    i += 1;
+                    self.state = if self.state == DState::DataCr {
+                        DState::DataLf
+                    } else {
+                        DState::LastLf
+                    };
+                }
+                DState::DataLf | DState::LastLf => {
+                    assert_eq!(b, b'\n', "chunk data not followed by CRLF");
+                    i += 1;
+                    if self.state == DState::DataLf {
+                        self.state = DState::Size;
+                    } else {
+                        self.ended = true;
+                        self.state = DState::Done;
+                    }
+                }
+                DState::Done => panic!(
+                    "bytes after the last chunk: {:?}",
+                    String::from_utf8_lossy(&wire[i..])
+                ),
+            }
+        }
+    }
+}
+
+/// Whether a response head declares a chunked body.
+pub fn head_is_chunked(head: &str) -> bool {
+    head.lines().skip(1).any(|l| {
+        l.split_once(':').is_some_and(|(n, v)| {
+            n.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    })
+}
+
+/// A reader that yields a body decoded from `inner`: through a `Dechunk`
+/// when the head said chunked, as is otherwise.
+pub struct Dechunked<R> {
+    pub inner: R,
+    pub dechunk: Option<Dechunk>,
+    out: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> Dechunked<R> {
+    pub fn new(inner: R, chunked: bool) -> Self {
+        Dechunked {
+            inner,
+            dechunk: chunked.then(Dechunk::default),
+            out: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Dechunked<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.out.len() {
+            self.out.clear();
+            self.pos = 0;
+            let mut raw = [0u8; 16384];
+            let n = self.inner.read(&mut raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            match &mut self.dechunk {
+                Some(d) => d.feed(&raw[..n], &mut self.out),
+                None => self.out.extend_from_slice(&raw[..n]),
+            }
+        }
+        let n = b.len().min(self.out.len() - self.pos);
+        b[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// An SSE subscription over a raw socket. `buf` holds decoded SSE bytes;
+/// `wire` every body byte as it arrived (chunk framing included).
 pub struct Sse {
     pub stream: TcpStream,
     pub head: String,
     buf: Vec<u8>,
+    pub wire: Vec<u8>,
+    pub dechunk: Option<Dechunk>,
+    /// Bytes asked for per read, and a pause after each: a slow reader.
+    pub read_size: usize,
+    pub pace: Option<Duration>,
+    /// How much of `buf` holds no block end.
+    scanned: usize,
 }
 
 impl Sse {
@@ -219,12 +390,23 @@ impl Sse {
             stream: s,
             head: String::new(),
             buf: Vec::new(),
+            wire: Vec::new(),
+            dechunk: None,
+            read_size: 16384,
+            pace: None,
+            scanned: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(i) = find(&sse.buf, b"\r\n\r\n") {
                 sse.head = String::from_utf8_lossy(&sse.buf[..i + 4]).into_owned();
-                sse.buf.drain(..i + 4);
+                let rest = sse.buf.split_off(i + 4);
+                sse.buf.clear();
+                sse.wire.clear();
+                if head_is_chunked(&sse.head) {
+                    sse.dechunk = Some(Dechunk::default());
+                }
+                sse.take(&rest);
                 break;
             }
             assert!(
@@ -234,6 +416,22 @@ impl Sse {
             );
         }
         sse
+    }
+    /// Whether the body is chunk-framed.
+    pub fn chunked(&self) -> bool {
+        self.dechunk.is_some()
+    }
+    /// Whether the last chunk of a chunked body arrived.
+    pub fn ended(&self) -> bool {
+        self.dechunk.as_ref().is_some_and(|d| d.ended)
+    }
+    /// Takes body bytes off the wire.
+    fn take(&mut self, raw: &[u8]) {
+        self.wire.extend_from_slice(raw);
+        match &mut self.dechunk {
+            Some(d) => d.feed(raw, &mut self.buf),
+            None => self.buf.extend_from_slice(raw),
+        }
     }
     pub fn status(&self) -> u16 {
         self.head
@@ -249,10 +447,18 @@ impl Sse {
         }
         self.stream.set_read_timeout(Some(deadline - now)).unwrap();
         let mut b = [0u8; 16384];
-        match self.stream.read(&mut b) {
+        let want = self.read_size.clamp(1, b.len());
+        if let Some(p) = self.pace {
+            std::thread::sleep(p);
+        }
+        match self.stream.read(&mut b[..want]) {
             Ok(0) => false,
-            Ok(n) => {
+            Ok(n) if self.head.is_empty() => {
                 self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Ok(n) => {
+                self.take(&b[..n]);
                 true
             }
             Err(_) => false,
@@ -262,7 +468,12 @@ impl Sse {
     pub fn next_block(&mut self, timeout: Duration) -> Option<Ev> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(i) = find(&self.buf, b"\n\n") {
+            // Resume the search where the last one ended: a large event read
+            // in small pieces is scanned once, not once per piece.
+            let from = self.scanned.saturating_sub(1);
+            self.scanned = self.buf.len();
+            if let Some(i) = find(&self.buf[from..], b"\n\n").map(|i| i + from) {
+                self.scanned = 0;
                 let raw = String::from_utf8_lossy(&self.buf[..i + 2]).into_owned();
                 self.buf.drain(..i + 2);
                 let mut ev = Ev {
@@ -314,7 +525,7 @@ impl Sse {
             let mut b = [0u8; 4096];
             match self.stream.read(&mut b) {
                 Ok(0) => return true,
-                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Ok(n) => self.take(&b[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
                 Err(_) => return false,
             }

@@ -20,7 +20,14 @@ fn frame_bytes_are_exact() {
         assert!(sub.head.contains(h), "missing {h:?} in {}", sub.head);
     }
     assert!(!sub.head.to_ascii_lowercase().contains("content-encoding"));
-    assert!(!sub.head.to_ascii_lowercase().contains("transfer-encoding"));
+    // HTTP/1.1 streams are chunked: clients that fill a read buffer before
+    // parsing (sseclient-py over urllib3) see every event at once.
+    assert!(
+        sub.head.contains("Transfer-Encoding: chunked\r\n"),
+        "{}",
+        sub.head
+    );
+    assert!(!sub.head.to_ascii_lowercase().contains("content-length"));
     let retry = sub.next_block(T).expect("retry block");
     let ms: u32 = retry
         .retry
@@ -59,6 +66,18 @@ fn frame_bytes_are_exact() {
     assert_eq!(e.raw, format!("id: {id2}\nevent: update\ndata:\n\n"));
     let e = sub.next_block(T).unwrap();
     assert_eq!(e.raw, format!("id: {id3}\ndata: plain\n\n"));
+    // On the wire: one chunk per block, exactly.
+    let chunk = |s: String| format!("{:x}\r\n{s}\r\n", s.len());
+    let want = [
+        chunk(format!("retry: {ms}\n\n")),
+        chunk(format!(
+            "id: {id1}\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
+        )),
+        chunk(format!("id: {id2}\nevent: update\ndata:\n\n")),
+        chunk(format!("id: {id3}\ndata: plain\n\n")),
+    ]
+    .concat();
+    assert_eq!(String::from_utf8_lossy(&sub.wire), want);
 }
 
 #[test]

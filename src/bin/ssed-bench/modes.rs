@@ -281,7 +281,7 @@ fn churn_once(url: &Url, src: std::net::Ipv4Addr, req: &[u8]) -> Result<(), Stri
         match scan_head(&head) {
             Head::Partial if head.len() > 16 * 1024 => return Err("head too long".into()),
             Head::Partial => {}
-            Head::Ok(_) => return Ok(()),
+            Head::Ok(..) => return Ok(()),
             Head::Refused(line) => return Err(format!("server answered {line:?}")),
         }
     }

@@ -1,5 +1,7 @@
 //! Incremental parsing of an SSE response as a subscriber sees it: the
-//! HTTP response head, then `\n\n`-terminated blocks.
+//! HTTP response head, then `\n\n`-terminated blocks, through a chunked
+//! decoder when the head says `Transfer-Encoding: chunked` (ssed and most
+//! servers on HTTP/1.1), as is otherwise (HTTP/1.0, body until close).
 //!
 //! A block counts as an event when it holds a `data:` line; `retry:`
 //! blocks and `:` comments (heartbeats, nchan's `: hi`) do not. The first
@@ -13,8 +15,9 @@
 pub enum Head {
     /// More bytes needed.
     Partial,
-    /// A `200` head ended; the body starts at this offset of the buffer.
-    Ok(usize),
+    /// A `200` head ended; the body starts at this offset of the buffer
+    /// and is chunk-framed when the flag is set.
+    Ok(usize, bool),
     /// Any other status; the first line, for diagnostics.
     Refused(String),
 }
@@ -30,7 +33,13 @@ pub fn scan_head(buf: &[u8]) -> Head {
     let version = words.next().unwrap_or("");
     let status = words.next().unwrap_or("");
     if version.starts_with("HTTP/1.") && status == "200" {
-        Head::Ok(end + 4)
+        let chunked = buf[..end].split(|&b| b == b'\n').skip(1).any(|l| {
+            let l = String::from_utf8_lossy(l).to_ascii_lowercase();
+            l.split_once(':').is_some_and(|(n, v)| {
+                n.trim() == "transfer-encoding" && v.trim().ends_with("chunked")
+            })
+        });
+        Head::Ok(end + 4, chunked)
     } else {
         Head::Refused(first)
     }
@@ -39,9 +48,26 @@ pub fn scan_head(buf: &[u8]) -> Head {
 /// Bytes of each line kept: enough for `data: ` plus a 20-digit timestamp.
 const PREFIX: usize = 32;
 
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Chunk {
+    /// Not chunked: every byte is SSE.
+    #[default]
+    Identity,
+    /// In a size line: the size so far, and whether an extension began.
+    Size(u32, bool),
+    /// In chunk data: bytes left.
+    Data(u32),
+    /// After chunk data, up to the LF of its CRLF.
+    DataEnd,
+    /// After the last chunk: nothing more is SSE.
+    Done,
+}
+
 /// Per-connection parser state for the event stream body.
 #[derive(Debug, Clone, Default)]
 pub struct SseParser {
+    chunk: Chunk,
     line: [u8; PREFIX],
     line_len: u8,
     /// Bytes seen in the current line (may exceed what is kept).
@@ -51,12 +77,73 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    /// Feeds body bytes; calls `on_event(timestamp)` for each complete
-    /// event block, with the leading timestamp of its data if any.
+    /// A parser for a body that is chunk-framed or not.
+    pub fn new(chunked: bool) -> SseParser {
+        SseParser {
+            chunk: if chunked {
+                Chunk::Size(0, false)
+            } else {
+                Chunk::Identity
+            },
+            ..SseParser::default()
+        }
+    }
+
+    /// Feeds body bytes as they came off the wire; calls
+    /// `on_event(timestamp)` for each complete event block, with the
+    /// leading timestamp of its data if any.
     pub fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(Option<u64>)) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match self.chunk {
+                Chunk::Identity => {
+                    self.feed_sse(rest, &mut on_event);
+                    return;
+                }
+                Chunk::Data(left) => {
+                    let n = rest.len().min(left as usize);
+                    let (sse, after) = rest.split_at(n);
+                    self.feed_sse(sse, &mut on_event);
+                    rest = after;
+                    let left = left - n as u32;
+                    self.chunk = if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    };
+                }
+                Chunk::Size(size, ext) => {
+                    let b = rest[0];
+                    rest = &rest[1..];
+                    self.chunk = match b {
+                        b'\n' if size == 0 => Chunk::Done,
+                        b'\n' => Chunk::Data(size),
+                        _ if ext || b == b'\r' => Chunk::Size(size, ext),
+                        b';' => Chunk::Size(size, true),
+                        _ => match (b as char).to_digit(16) {
+                            // A size past u32 is not a stream worth measuring.
+                            Some(d) => {
+                                Chunk::Size(size.saturating_mul(16).saturating_add(d), false)
+                            }
+                            None => Chunk::Size(size, true),
+                        },
+                    };
+                }
+                Chunk::DataEnd => {
+                    if rest[0] == b'\n' {
+                        self.chunk = Chunk::Size(0, false);
+                    }
+                    rest = &rest[1..];
+                }
+                Chunk::Done => return,
+            }
+        }
+    }
+
+    fn feed_sse(&mut self, bytes: &[u8], on_event: &mut impl FnMut(Option<u64>)) {
         for &b in bytes {
             if b == b'\n' {
-                self.end_line(&mut on_event);
+                self.end_line(on_event);
             } else if b != b'\r' {
                 // CR is dropped rather than treated as a line end: the
                 // servers measured here end lines with LF only.
@@ -129,13 +216,20 @@ mod tests {
     fn head() {
         assert_eq!(scan_head(b"HTTP/1.1 200 OK\r\nA: b\r\n"), Head::Partial);
         let h = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nretry: 2000\n\n";
-        assert_eq!(scan_head(h), Head::Ok(52));
+        assert_eq!(scan_head(h), Head::Ok(52, false));
         assert_eq!(&h[52..], b"retry: 2000\n\n");
         assert_eq!(
             scan_head(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"),
             Head::Refused("HTTP/1.1 503 Service Unavailable".into())
         );
-        assert!(matches!(scan_head(b"HTTP/1.0 200 OK\r\n\r\n"), Head::Ok(_)));
+        assert!(matches!(
+            scan_head(b"HTTP/1.0 200 OK\r\n\r\n"),
+            Head::Ok(_, false)
+        ));
+        assert_eq!(
+            scan_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding:  Chunked\r\n\r\n"),
+            Head::Ok(48, true)
+        );
     }
 
     #[test]
@@ -161,6 +255,42 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(events(&bytes), whole);
+    }
+
+    /// The same events framed as ssed frames them on HTTP/1.1, split at
+    /// every byte, chunk headers and trailers included; the last chunk ends
+    /// the body.
+    #[test]
+    fn chunked_bodies_split_anywhere() {
+        let blocks: [&[u8]; 4] = [
+            b"retry: 1\n\n",
+            b"id: 5\ndata: 42 yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\n\n",
+            b":\n\n",
+            b"id: 6\ndata: 43\n\n",
+        ];
+        let mut body = Vec::new();
+        for b in blocks {
+            body.extend_from_slice(format!("{:x}\r\n", b.len()).as_bytes());
+            body.extend_from_slice(b);
+            body.extend_from_slice(b"\r\n");
+        }
+        // One event split across two chunks, with an extension.
+        body.extend_from_slice(b"5;x=y\r\ndata:\r\n5\r\n 44\n\n\r\n0\r\n\r\ndata: 99\n\n");
+        let run = |parts: &[&[u8]]| {
+            let mut p = SseParser::new(true);
+            let mut out = Vec::new();
+            for c in parts {
+                p.feed(c, |ts| out.push(ts));
+            }
+            out
+        };
+        let whole = run(&[&body]);
+        assert_eq!(whole, vec![Some(42), Some(43), Some(44)]);
+        for cut in 0..body.len() {
+            assert_eq!(run(&[&body[..cut], &body[cut..]]), whole, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(run(&bytes), whole);
     }
 
     #[test]

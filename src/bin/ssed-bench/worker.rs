@@ -282,12 +282,12 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
                             closing.push(key);
                             break;
                         }
-                        Head::Ok(at) => {
+                        Head::Ok(at, chunked) => {
                             let rest = head.split_off(at);
                             t.ok += 1;
                             pending -= 1;
                             // The body's first bytes may share this read.
-                            let mut p = SseParser::default();
+                            let mut p = SseParser::new(chunked);
                             feed(
                                 &mut p,
                                 &rest,
