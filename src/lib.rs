@@ -62,6 +62,7 @@ mod handler;
 mod http;
 #[allow(dead_code)] // wired by durable history
 mod journal;
+mod mercure;
 mod reactor;
 mod router;
 mod stats;

@@ -148,11 +148,14 @@ pub(crate) struct Bound {
     cfg: Config,
     max: usize,
     users: Option<crate::apps::mongoose::Users>,
+    auth: crate::handler::Auth,
 }
 
 impl Bound {
     pub fn bind(cfg: Config) -> io::Result<Bound> {
         let users = Apps::load_users(&cfg)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let auth = crate::handler::Auth::from_config(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -195,6 +198,7 @@ impl Bound {
             cfg,
             max,
             users,
+            auth,
         })
     }
 
@@ -213,6 +217,7 @@ impl Bound {
             conns: Slab::new(),
             broker,
             apps: Apps::new(self.users),
+            auth: self.auth,
             cfg: self.cfg,
             counters: Counters::default(),
             timers: Timers::default(),
@@ -293,6 +298,7 @@ pub(crate) struct Reactor {
     conns: Slab<Conn>,
     broker: Broker,
     apps: Apps,
+    auth: crate::handler::Auth,
     cfg: Config,
     counters: Counters,
     timers: Timers,
@@ -458,6 +464,7 @@ impl Reactor {
         Cx {
             broker: &mut self.broker,
             cfg: &self.cfg,
+            auth: &self.auth,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
