@@ -33,7 +33,7 @@ pub fn valid_topic(t: &str) -> bool {
 pub(super) struct Topics {
     selectors: Vec<(Selector, u32)>,
     aliases: HashMap<Box<str>, u64>,
-    alias_order: VecDeque<(u64, Box<str>)>,
+    pub(super) alias_order: VecDeque<(u64, Box<str>)>,
 }
 
 impl Topics {
