@@ -142,7 +142,9 @@ fn parse_publish(req: &Request<'_>) -> Result<Parsed, String> {
         .to_ascii_lowercase();
     let mut extra_streams = Vec::new();
     let mut batch = false;
-    let mut private = req.query_first("private").is_some_and(|v| private_value(&v));
+    let mut private = req
+        .query_first("private")
+        .is_some_and(|v| private_value(&v));
     let events = if ctype.starts_with("application/json") {
         let v: Value = serde_json::from_str(body).map_err(|e| format!("invalid JSON body: {e}"))?;
         match v {

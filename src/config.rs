@@ -474,8 +474,8 @@ impl Config {
                 self.subscriber_jwt_key = Some(jwt_key(name, v.as_bytes().to_vec())?)
             }
             "jwt-key-file" | "subscriber-jwt-key-file" => {
-                let mut bytes = std::fs::read(v)
-                    .map_err(|e| bad(name, v, &format!("cannot read it: {e}")))?;
+                let mut bytes =
+                    std::fs::read(v).map_err(|e| bad(name, v, &format!("cannot read it: {e}")))?;
                 // `echo KEY > file` adds a newline nobody means as key.
                 if bytes.ends_with(b"\n") {
                     bytes.pop();

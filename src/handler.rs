@@ -109,7 +109,9 @@ impl std::fmt::Display for AuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AuthError::ShortKey(k) => write!(f, "{k} is shorter than 256 bits (32 bytes)"),
-            AuthError::BadSelector(s) => write!(f, "--private-streams {s:?} is not a topic selector"),
+            AuthError::BadSelector(s) => {
+                write!(f, "--private-streams {s:?} is not a topic selector")
+            }
         }
     }
 }
@@ -125,7 +127,8 @@ impl Auth {
                 .transpose()
         };
         let publisher = key(&cfg.jwt_key, "--jwt-key")?;
-        let subscriber = key(&cfg.subscriber_jwt_key, "--subscriber-jwt-key")?.or(publisher.clone());
+        let subscriber =
+            key(&cfg.subscriber_jwt_key, "--subscriber-jwt-key")?.or(publisher.clone());
         let private_streams = cfg
             .private_streams
             .iter()
@@ -276,7 +279,11 @@ impl Cx<'_> {
         match auth::verify(token, key, self.unix_us / 1_000_000) {
             Ok(c) => Some(Some(Grants::from_claims(c))),
             Err(e) => {
-                self.deny(req, 401, &format!("subscriber token refused: {}", e.message()));
+                self.deny(
+                    req,
+                    401,
+                    &format!("subscriber token refused: {}", e.message()),
+                );
                 None
             }
         }
@@ -332,13 +339,21 @@ impl Cx<'_> {
             }
         }
         let Some(token) = bearer else {
-            self.deny(req, 401, "publishing needs 'Authorization: Bearer <JWT>' (or --publish-token)");
+            self.deny(
+                req,
+                401,
+                "publishing needs 'Authorization: Bearer <JWT>' (or --publish-token)",
+            );
             return None;
         };
         match auth::verify(token, key, self.unix_us / 1_000_000) {
             Ok(c) => Some(PublishRights::Topics(Grants::from_claims(c))),
             Err(e) => {
-                self.deny(req, 401, &format!("publisher token refused: {}", e.message()));
+                self.deny(
+                    req,
+                    401,
+                    &format!("publisher token refused: {}", e.message()),
+                );
                 None
             }
         }

@@ -50,14 +50,22 @@ fn is_exact(sel: &str) -> bool {
 /// only for `*` grants or the very same selector, so anything else stays
 /// public-only (never more than the token allows).
 fn covers(grants: Option<&Grants>, sel: &str) -> bool {
-    grants.is_some_and(|g| g.subscribe.iter().any(|s| s.as_str() == "*" || s.as_str() == sel))
+    grants.is_some_and(|g| {
+        g.subscribe
+            .iter()
+            .any(|s| s.as_str() == "*" || s.as_str() == sel)
+    })
 }
 
 fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     let topics: Vec<String> = req.query_all("topic").map(Cow::into_owned).collect();
     if topics.is_empty() {
         cx.counters.reject("bad_request");
-        return cx.fail(req, 400, "missing topic: subscribe with GET /.well-known/mercure?topic=SELECTOR");
+        return cx.fail(
+            req,
+            400,
+            "missing topic: subscribe with GET /.well-known/mercure?topic=SELECTOR",
+        );
     }
     if topics.len() > cx.cfg.max_streams_per_conn {
         let msg = format!(
@@ -95,7 +103,12 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     let mut sees: Vec<bool> = Vec::with_capacity(topics.len());
     for (&idx, name) in streams.iter().zip(dedup(&exact)) {
         targets.push(idx);
-        sees.push(exact.iter().position(|t| *t == name).is_some_and(|p| exact_sees[p]));
+        sees.push(
+            exact
+                .iter()
+                .position(|t| *t == name)
+                .is_some_and(|p| exact_sees[p]),
+        );
     }
     for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
         let idx = match cx.broker.selector_stream(sel) {
@@ -157,11 +170,18 @@ struct Update {
 }
 
 fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
-    let ctype = req.header_str("content-type").unwrap_or("").to_ascii_lowercase();
+    let ctype = req
+        .header_str("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if !ctype.starts_with("application/x-www-form-urlencoded") {
-        return Err("publish with Content-Type: application/x-www-form-urlencoded (topic=...&data=...)".into());
+        return Err(
+            "publish with Content-Type: application/x-www-form-urlencoded (topic=...&data=...)"
+                .into(),
+        );
     }
-    let body = std::str::from_utf8(&req.body).map_err(|_| "request body must be UTF-8".to_string())?;
+    let body =
+        std::str::from_utf8(&req.body).map_err(|_| "request body must be UTF-8".to_string())?;
     let mut u = Update {
         topics: Vec::new(),
         event: Event::new(""),
@@ -172,7 +192,9 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
         match &*k {
             "topic" => {
                 if u.topics.len() == max_topics {
-                    return Err(format!("too many topics: at most {max_topics} per update (--max-streams-per-conn)"));
+                    return Err(format!(
+                        "too many topics: at most {max_topics} per update (--max-streams-per-conn)"
+                    ));
                 }
                 if !valid_topic(&v) {
                     return Err(format!("bad topic {v:?}: 1..={MAX_TOPIC_BYTES} bytes without control characters, braces, or a lone *"));
@@ -197,7 +219,11 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
             "type" => u.event.event = Some(v.into_owned()),
             "retry" => match v.trim().parse::<u64>() {
                 Ok(n) if n <= MAX_RETRY_MS => u.event.retry = Some(n as u32),
-                _ => return Err(format!("bad retry {v:?}: milliseconds, at most {MAX_RETRY_MS}")),
+                _ => {
+                    return Err(format!(
+                        "bad retry {v:?}: milliseconds, at most {MAX_RETRY_MS}"
+                    ))
+                }
             },
             _ => {}
         }
@@ -233,12 +259,17 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let private = u.private || cx.targets_private(&targets);
     let ev = &u.event;
     let custom = u.id.as_deref();
-    let published = cx
-        .broker
-        .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| match custom {
-            Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
-            None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
-        });
+    let published =
+        cx.broker.publish_as(
+            Origin::Local,
+            &targets,
+            cx.unix_us,
+            private,
+            |id| match custom {
+                Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
+                None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
+            },
+        );
     match published {
         Ok(p) => {
             if p.pressure {

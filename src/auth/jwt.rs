@@ -140,7 +140,6 @@ pub fn verify(token: &str, key: &Key, now_unix_secs: u64) -> Result<Claims, JwtE
 }
 
 /// Signs `claims_json` as an HS256 JWT, for tests and token tools.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn mint_hs256(claims_json: &Value, key: &Key) -> String {
     let header = base64url::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = base64url::encode(claims_json.to_string().as_bytes());

@@ -9,9 +9,7 @@ pub mod jwt;
 pub mod selector;
 pub mod sha256;
 
-#[cfg(test)]
-pub use jwt::mint_hs256;
-pub use jwt::{verify, Claims, Key};
+pub use jwt::{mint_hs256, verify, Claims, Key};
 pub use selector::{any_match, Selector};
 
 /// Cookie Mercure clients use for the token when no other name is set

@@ -26,7 +26,9 @@ use slab::Slab;
 use crate::frame;
 pub use merge::Merge;
 pub use ring::{Frame, Limits, Stream};
-pub use topics::{valid_topic, MAX_ALIASES, MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES};
+#[cfg(test)]
+use topics::MAX_ALIASES;
+pub use topics::{valid_topic, MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES};
 
 /// Where a published event comes from, so sinks do not echo an event back
 /// to where it came from (a bus announcement is not re-announced; a

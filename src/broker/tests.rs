@@ -275,8 +275,7 @@ fn model_resume_and_merge_match_a_naive_reference() {
             let want: Vec<u64> = log
                 .iter()
                 .filter(|(id, ts, p)| {
-                    (outside || *id > cur)
-                        && ts.iter().any(|t| through(t, *p) && retained(*t, *id))
+                    (outside || *id > cur) && ts.iter().any(|t| through(t, *p) && retained(*t, *id))
                 })
                 .map(|(id, _, _)| *id)
                 .collect();
@@ -288,7 +287,12 @@ fn model_resume_and_merge_match_a_naive_reference() {
                 .iter()
                 .zip(&targets)
                 .map(|(t, &ti)| {
-                    let pos = cs.as_slice().iter().find(|x| x.stream == ti).unwrap().last_id;
+                    let pos = cs
+                        .as_slice()
+                        .iter()
+                        .find(|x| x.stream == ti)
+                        .unwrap()
+                        .last_id;
                     log.iter()
                         .filter(|(id, ts, p)| {
                             *id > pos && ts.contains(t) && through(t, *p) && retained(*t, *id)
@@ -416,5 +420,9 @@ fn topic_names() {
     let t = "https://example.com/books/1?x=y";
     assert!(b.resolve(&[t], true).is_err(), "/events keeps its alphabet");
     let i = b.resolve_topics(&[t], true).unwrap();
-    assert_eq!(b.resolve(&[t], false).unwrap(), i, "but reads an existing topic");
+    assert_eq!(
+        b.resolve(&[t], false).unwrap(),
+        i,
+        "but reads an existing topic"
+    );
 }

@@ -10,4 +10,5 @@ mod core;
 mod fuzz;
 mod hardening;
 mod layers;
+mod mercure;
 mod mongoose;
