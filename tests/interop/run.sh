@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interop suite: real SSE clients against a real ssed.
 #
-#   bash tests/interop/run.sh [eventsource|httpx-sse|curl|chromium ...]
+#   bash tests/interop/run.sh [eventsource|httpx-sse|pyjwt|curl|chromium ...]
 #
 # Installs what it needs (Debian chromium and curl if missing, the npm
 # packages of tests/interop/package-lock.json, httpx + httpx-sse in a venv
@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(eventsource httpx-sse curl chromium)
+[ ${#suites[@]} -gt 0 ] || suites=(eventsource httpx-sse pyjwt curl chromium)
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 # --- system packages -------------------------------------------------------
@@ -59,9 +59,9 @@ fi
 # --- Python packages (httpx, httpx-sse) ------------------------------------
 venv="$root/target/interop-venv"
 py="$venv/bin/python"
-if wants httpx-sse; then
-  if ! "$py" -c 'import httpx, httpx_sse' >/dev/null 2>&1; then
-    log "pip install httpx httpx-sse into target/interop-venv"
+if wants httpx-sse || wants pyjwt; then
+  if ! "$py" -c 'import httpx, httpx_sse, jwt' >/dev/null 2>&1; then
+    log "pip install httpx httpx-sse PyJWT into target/interop-venv"
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
       # Debian's own python3 needs python3-venv for ensurepip.
       log "apt-get install python3-venv"
@@ -95,7 +95,7 @@ versions="$root/target/interop-versions.txt"
   fi
   if [ -x "$py" ]; then
     echo "python: $("$py" -c 'import platform; print(platform.python_version())')"
-    "$py" -c 'import importlib.metadata as m; print("httpx-sse (PyPI):", m.version("httpx-sse")); print("httpx (PyPI):", m.version("httpx"))' 2>/dev/null || true
+    "$py" -c 'import importlib.metadata as m; print("httpx-sse (PyPI):", m.version("httpx-sse")); print("httpx (PyPI):", m.version("httpx")); print("PyJWT (PyPI):", m.version("PyJWT"))' 2>/dev/null || true
   fi
   echo "curl: $(curl --version | head -n1)"
   if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
@@ -135,11 +135,11 @@ run_node() { # label file
   count "$1" "$tap" "$rc"
 }
 
-run_python() {
-  local tap="$root/target/interop-httpx-sse.tap" rc=0
-  log "httpx-sse"
-  "$py" "$here/test_httpx_sse.py" | tee "$tap" || rc=$?
-  count httpx-sse "$tap" "$rc"
+run_python() { # label file
+  local tap="$root/target/interop-$1.tap" rc=0
+  log "$1"
+  "$py" "$here/$2" | tee "$tap" || rc=$?
+  count "$1" "$tap" "$rc"
 }
 
 for s in "${suites[@]}"; do
@@ -147,8 +147,9 @@ for s in "${suites[@]}"; do
     eventsource) run_node eventsource eventsource.test.mjs ;;
     curl) run_node curl curl.test.mjs ;;
     chromium) run_node chromium chromium.test.mjs ;;
-    httpx-sse) run_python ;;
-    *) echo "unknown client: $s (eventsource, httpx-sse, curl, chromium)" >&2; exit 2 ;;
+    httpx-sse) run_python httpx-sse test_httpx_sse.py ;;
+    pyjwt) run_python pyjwt test_pyjwt.py ;;
+    *) echo "unknown client: $s (eventsource, httpx-sse, pyjwt, curl, chromium)" >&2; exit 2 ;;
   esac
 done
 
