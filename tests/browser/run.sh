@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Headless-Chromium test of ssed's built-in demo page (GET /).
+# Headless-Chromium tests of ssed's built-in demo page (GET /) and of the
+# Mercure hub (tests/browser/mercure.mjs).
 #
 #   bash tests/browser/run.sh
 #
@@ -53,4 +54,8 @@ SSED_BIN=$(cd "$(dirname "$SSED_BIN")" && pwd)/$(basename "$SSED_BIN")
 export SSED_BIN
 
 log "demo page in $("${CHROMIUM:-/usr/bin/chromium}" --version 2>/dev/null | head -n1)"
-node "$here/demo.mjs"
+rc=0
+node "$here/demo.mjs" || rc=1
+log "Mercure hub (EventSource + fetch with JWTs)"
+node "$here/mercure.mjs" || rc=1
+exit $rc

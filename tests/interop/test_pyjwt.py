@@ -68,7 +68,7 @@ def test_accepted(base):
     t.start()
     assert ready.wait(5), "subscriber did not connect"
     deadline = time.monotonic() + 5
-    while httpx.get(f"{base}/stats", timeout=5).json().get("subscribers") != 1:
+    while httpx.get(f"{base}/stats", timeout=5).json()["connections"]["sse"] != 1:
         assert time.monotonic() < deadline, "subscription never showed in /stats"
         time.sleep(0.02)
     r = pub(base, publisher, {"topic": "https://example.com/books/1", "data": "private hello",

@@ -98,7 +98,7 @@ fn private_updates_reach_only_authorised_subscribers() {
         &format!("/events?stream={}", enc(topic)),
         &format!("Authorization: Bearer {t}\r\n"),
     );
-    wait_until(T, || stats(a)["subscribers"].as_u64() == Some(5));
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(5)));
     let p1 = hub_publish(a, &format!("topic={}&data=public-1", enc(topic)));
     let secret = hub_publish(a, &format!("topic={}&data=secret&private=on", enc(topic)));
     let p2 = hub_publish(a, &format!("topic={}&data=public-2", enc(topic)));
@@ -272,7 +272,7 @@ fn token_refusals() {
     assert_eq!(sub_status(&sub_ok, "/secret/1"), 200);
     // An anonymous `*` subscriber does not read a private stream's events.
     let mut star = hub_sub(a, "topic=*", "");
-    wait_until(T, || stats(a)["subscribers"].as_u64() >= Some(1));
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(1)));
     let r = post(a, "/events?stream=/secret/1", "text/plain", "hidden");
     assert_eq!(
         r.status, 401,
@@ -322,7 +322,7 @@ fn publish_form_shape_and_errors() {
     let a = srv.addr;
     let topic = "https://example.com/books/1?lang=fr#x";
     let mut s = hub_sub(a, &format!("topic={}&topic=urn:other", enc(topic)), "");
-    wait_until(T, || stats(a)["subscribers"].as_u64() == Some(1));
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(1)));
     // What Symfony's and the JS publishers send.
     let form = format!(
         "topic={}&topic=urn%3Aother&data=%7B%22title%22%3A%22Dune%22%7D&type=book&retry=1500",
@@ -374,7 +374,7 @@ fn custom_ids_resume_and_earliest() {
     let srv = Server::start(&["--jwt-key", KEY]);
     let a = srv.addr;
     let mut live = hub_sub(a, "topic=urn:t", "");
-    wait_until(T, || stats(a)["subscribers"].as_u64() == Some(1));
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(1)));
     assert_eq!(
         hub_publish(a, "topic=urn:t&data=one&id=urn:uuid:1"),
         "urn:uuid:1"
@@ -436,7 +436,7 @@ fn selector_subscriptions_see_streams_created_later() {
     let mut star = hub_sub(a, "topic=*", "");
     let t = sub_token(&["*"]);
     let mut star_authed = hub_sub(a, &format!("topic=*&authorization={t}"), "");
-    wait_until(T, || stats(a)["subscribers"].as_u64() == Some(3));
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(3)));
     let b42 = hub_publish(
         a,
         &format!("topic={}&data=b42", enc("https://example.com/books/42")),
