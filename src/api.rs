@@ -9,9 +9,11 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use crate::broker::{BrokerError, Create, Origin, Resume};
+use crate::broker::{BrokerError, Create, Origin};
 use crate::event::Event;
-use crate::handler::{bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
+use crate::handler::{
+    bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, PublishRights, Shape,
+};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -126,6 +128,13 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         );
         return cx.fail(req, 400, &msg);
     }
+    let Some(grants) = cx.subscriber(req) else {
+        return;
+    };
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let Some(sees) = cx.subscribe_rights(req, grants.as_ref(), &refs) else {
+        return;
+    };
     // Subscribers make streams in a pool of their own (no credentials are
     // needed to subscribe); with --no-auto-streams they make none.
     let by = if cx.cfg.auto_streams {
@@ -136,12 +145,32 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     let Some(idx) = resolve(cx, req, &names, by) else {
         return;
     };
+    // `resolve` drops repeated names; keep each target's own bit.
+    let sees: Vec<bool> = idx
+        .iter()
+        .map(|&i| {
+            let name = cx.broker.get(i).map(|s| &*s.name);
+            names
+                .iter()
+                .position(|n| Some(n.as_str()) == name)
+                .is_some_and(|p| sees[p])
+        })
+        .collect();
     let raw = last_event_id(req);
-    cx.stream(req, &idx, &Resume::parse(raw.as_deref()), &[]);
+    let resume = cx.resume(raw.as_deref());
+    cx.stream_as(req, &idx, &sees, &resume, &[]);
+}
+
+/// Whether a `private` field or query value asks for a private event
+/// (Mercure: present at all; `0`, `false` and `off` say no).
+pub(crate) fn private_value(v: &str) -> bool {
+    !matches!(v.trim(), "0" | "false" | "off")
 }
 
 /// Parses a publish body into events and extra target names.
-fn parse_publish(req: &Request<'_>) -> Result<(Vec<Event>, Vec<String>, bool), String> {
+type Parsed = (Vec<Event>, Vec<String>, bool, bool);
+
+fn parse_publish(req: &Request<'_>) -> Result<Parsed, String> {
     let body =
         std::str::from_utf8(&req.body).map_err(|_| "request body must be UTF-8".to_string())?;
     let ctype = req
@@ -150,6 +179,9 @@ fn parse_publish(req: &Request<'_>) -> Result<(Vec<Event>, Vec<String>, bool), S
         .to_ascii_lowercase();
     let mut extra_streams = Vec::new();
     let mut batch = false;
+    let mut private = req
+        .query_first("private")
+        .is_some_and(|v| private_value(&v));
     let events = if ctype.starts_with("application/json") {
         let v: Value = serde_json::from_str(body).map_err(|e| format!("invalid JSON body: {e}"))?;
         match v {
@@ -180,6 +212,7 @@ fn parse_publish(req: &Request<'_>) -> Result<(Vec<Event>, Vec<String>, bool), S
                 "event" | "type" => event = Some(v.into_owned()),
                 "retry" => retry = Some(parse_retry(&v)?),
                 "stream" | "topic" => extra_streams.push(v.into_owned()),
+                "private" => private |= private_value(&v),
                 _ => {}
             }
         }
@@ -199,7 +232,7 @@ fn parse_publish(req: &Request<'_>) -> Result<(Vec<Event>, Vec<String>, bool), S
     for e in &events {
         e.check()?;
     }
-    Ok((events, extra_streams, batch))
+    Ok((events, extra_streams, batch, private))
 }
 
 fn parse_retry(v: &str) -> Result<u32, String> {
@@ -231,11 +264,24 @@ fn json_event(v: &Value) -> Result<Event, String> {
     Ok(Event { data, event, retry })
 }
 
-fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    if !cx.authorize(req) {
-        return;
+/// 403 unless `rights` cover every name (answered here).
+fn covers(cx: &mut Cx<'_>, req: &Request<'_>, rights: &PublishRights, names: &[String]) -> bool {
+    match names.iter().find(|n| !rights.allows(n)) {
+        None => true,
+        Some(n) => {
+            cx.counters.reject("forbidden");
+            let msg = format!("the token's mercure.publish selectors do not match {n:?}");
+            cx.fail(req, 403, &msg);
+            false
+        }
     }
-    let (events, extra, batch) = match parse_publish(req) {
+}
+
+fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
+    let Some(rights) = cx.publish_rights(req) else {
+        return;
+    };
+    let (events, extra, batch, private) = match parse_publish(req) {
         Ok(x) => x,
         Err(msg) => {
             cx.counters.reject("bad_event");
@@ -259,11 +305,15 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             "too many streams in one publish (--max-streams-per-conn)",
         );
     }
+    if !covers(cx, req, &rights, &names) {
+        return;
+    }
     // An authorised publish creates its streams, --no-auto-streams or not.
     let made = missing(cx, &names);
     let Some(targets) = resolve(cx, req, &names, Create::Publisher) else {
         return;
     };
+    let private = private || cx.targets_private(&targets);
     if cx.redis.is_some() {
         if let Err(e) = fits(cx, &targets, &events) {
             cx.counters.reject("publish_refused");
@@ -272,7 +322,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
         let shape = Shape::of(req, &cx.cors);
         cx.actions.push(Action::BusPublish(Box::new(BusPublish {
             targets,
-            payloads: events.iter().map(bus_payload).collect(),
+            payloads: events.iter().map(|e| bus_payload(e, private)).collect(),
             reply: Deferred::Ids { batch, shape },
         })));
         return;
@@ -280,7 +330,12 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let mut ids = Vec::with_capacity(events.len());
     let mut subscribers = 0;
     for e in &events {
-        match cx.broker.publish(Origin::Local, &targets, e, cx.unix_us) {
+        let published = cx
+            .broker
+            .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| {
+                crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
+            });
+        match published {
             Ok(p) => {
                 ids.push(p.id.to_string());
                 subscribers = p.audience;
@@ -361,17 +416,22 @@ pub fn publish_event(
         .broker
         .resolve_as(&[stream], Create::Publisher)
         .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
+    let private = cx.targets_private(&targets);
     if cx.redis.is_some() {
         fits(cx, &targets, std::slice::from_ref(ev))
             .map_err(|e| PublishError::Refused(e.message()))?;
         cx.actions.push(Action::BusPublish(Box::new(BusPublish {
             targets,
-            payloads: vec![bus_payload(ev)],
+            payloads: vec![bus_payload(ev, private)],
             reply: Deferred::Library,
         })));
         return Ok(None);
     }
-    let p = match cx.broker.publish(Origin::Local, &targets, ev, cx.unix_us) {
+    let p = match cx
+        .broker
+        .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| {
+            crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
+        }) {
         Ok(p) => p,
         Err(e) => {
             if made {
@@ -453,7 +513,10 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 }
 
 fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    if !cx.authorize(req) {
+    let Some(rights) = cx.publish_rights(req) else {
+        return;
+    };
+    if !covers(cx, req, &rights, &[name.to_string()]) {
         return;
     }
     match cx.broker.find_public(name) {

@@ -78,6 +78,28 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     /// Disk budget of the journal (`--journal-bytes`).
     pub journal_bytes: u64,
+    /// HS256 key for publishers' JWTs (and subscribers' unless
+    /// `subscriber_jwt_key` is set).
+    pub jwt_key: Option<Secret>,
+    /// HS256 key for subscribers' JWTs.
+    pub subscriber_jwt_key: Option<Secret>,
+    /// Cookie a token may come in.
+    pub jwt_cookie: String,
+    /// Topic selectors of streams that only token holders may read.
+    pub private_streams: Vec<String>,
+}
+
+/// Shortest JWT key accepted: RFC 7518 §3.2 wants at least 256 bits.
+pub const MIN_JWT_KEY_BYTES: usize = 32;
+
+/// Key bytes that `Debug` does not print, so a logged config leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 /// When journal writes reach the disk (`--fsync`).
@@ -127,6 +149,10 @@ impl Default for Config {
             data_dir: None,
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             journal_bytes: 256 << 20,
+            jwt_key: None,
+            subscriber_jwt_key: None,
+            jwt_cookie: "mercureAuthorization".into(),
+            private_streams: Vec::new(),
         }
     }
 }
@@ -354,6 +380,42 @@ const FLAGS: &[Flag] = &[
         help: "disk budget of --data-dir (kept within it plus one segment)",
     },
     Flag {
+        name: "jwt-key",
+        value: "KEY",
+        default: "none",
+        help: "HS256 key (>= 32 bytes) for publishers' JWTs, and subscribers' unless --subscriber-jwt-key",
+    },
+    Flag {
+        name: "jwt-key-file",
+        value: "FILE",
+        default: "none",
+        help: "read --jwt-key from FILE (one trailing newline is dropped)",
+    },
+    Flag {
+        name: "subscriber-jwt-key",
+        value: "KEY",
+        default: "--jwt-key",
+        help: "HS256 key (>= 32 bytes) for subscribers' JWTs",
+    },
+    Flag {
+        name: "subscriber-jwt-key-file",
+        value: "FILE",
+        default: "none",
+        help: "read --subscriber-jwt-key from FILE",
+    },
+    Flag {
+        name: "jwt-cookie",
+        value: "NAME",
+        default: "mercureAuthorization",
+        help: "cookie a JWT may come in (after Authorization: Bearer and ?authorization=)",
+    },
+    Flag {
+        name: "private-streams",
+        value: "SELECTOR",
+        default: "none",
+        help: "streams matching this topic selector (*, a name, a URI template) need a subscribe JWT (repeatable)",
+    },
+    Flag {
         name: "tick-scale",
         value: "X",
         default: "1.0",
@@ -443,6 +505,18 @@ fn switch(flag: &str, v: &str) -> Result<bool, ConfigError> {
         "0" | "false" | "no" => Ok(false),
         _ => Err(bad(flag, v, "expected true or false")),
     }
+}
+
+/// A key from a flag; the value is never echoed into the error.
+fn jwt_key(flag: &str, bytes: Vec<u8>) -> Result<Secret, ConfigError> {
+    if bytes.len() < MIN_JWT_KEY_BYTES {
+        return Err(bad(
+            flag,
+            "<redacted>",
+            "shorter than 256 bits (32 bytes); generate one with: openssl rand -base64 32",
+        ));
+    }
+    Ok(Secret(bytes))
 }
 
 fn secs(flag: &str, v: &str) -> Result<Duration, ConfigError> {
@@ -583,6 +657,51 @@ impl Config {
                 }
                 self.journal_bytes = n;
             }
+            "jwt-key" => self.jwt_key = Some(jwt_key(name, v.as_bytes().to_vec())?),
+            "subscriber-jwt-key" => {
+                self.subscriber_jwt_key = Some(jwt_key(name, v.as_bytes().to_vec())?)
+            }
+            "jwt-key-file" | "subscriber-jwt-key-file" => {
+                let mut bytes =
+                    std::fs::read(v).map_err(|e| bad(name, v, &format!("cannot read it: {e}")))?;
+                // `echo KEY > file` adds a newline nobody means as key.
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                let key = Some(jwt_key(name, bytes).map_err(|_| {
+                    bad(name, v, "the key in it is shorter than 256 bits (32 bytes)")
+                })?);
+                if name == "jwt-key-file" {
+                    self.jwt_key = key;
+                } else {
+                    self.subscriber_jwt_key = key;
+                }
+            }
+            "jwt-cookie" => {
+                let ok = !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+                if !ok {
+                    return Err(bad(name, v, "expected a cookie name (a token)"));
+                }
+                self.jwt_cookie = v.to_string();
+            }
+            "private-streams" => {
+                let parts: Vec<&str> = if from_env {
+                    v.split(',').collect()
+                } else {
+                    vec![v]
+                };
+                for p in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+                    if p.len() > 2048 || p.matches('{').count() != p.matches('}').count() {
+                        return Err(bad(name, p, "expected a topic selector"));
+                    }
+                    self.private_streams.push(p.to_string());
+                }
+            }
             "tick-scale" => {
                 let x: f64 = v.parse().map_err(|_| bad(name, v, "expected a number"))?;
                 if !(0.001..=1000.0).contains(&x) {
@@ -646,6 +765,7 @@ impl Config {
         let env_listen = std::mem::take(&mut cfg.listen);
         let env_cors = std::mem::take(&mut cfg.cors_origins);
         let env_proxies = std::mem::take(&mut cfg.trusted_proxies);
+        let env_private = std::mem::take(&mut cfg.private_streams);
         let mut args = args.iter().map(String::as_str).peekable();
         if args.peek() == Some(&"serve") {
             args.next();
@@ -685,6 +805,9 @@ impl Config {
         }
         if cfg.trusted_proxies.is_empty() {
             cfg.trusted_proxies = env_proxies;
+        }
+        if cfg.private_streams.is_empty() {
+            cfg.private_streams = env_private;
         }
         if cfg.listen.is_empty() {
             cfg.listen = Config::default().listen;
@@ -908,6 +1031,34 @@ mod tests {
         );
         let e = parse(&[], &[("SSED_LISTEN", "127.0.0.1:1,nowhere")]).unwrap_err();
         assert!(e.to_string().contains("for SSED_LISTEN"), "{e}");
+    }
+
+    #[test]
+    fn jwt_flags() {
+        let key = "k".repeat(32);
+        let c = serve(
+            &["--jwt-key", &key, "--private-streams", "/a/{id}"],
+            &[("SSED_PRIVATE_STREAMS", "x,y"), ("SSED_JWT_COOKIE", "tok")],
+        );
+        assert_eq!(c.jwt_key, Some(Secret(key.clone().into_bytes())));
+        assert_eq!(c.private_streams, vec!["/a/{id}".to_string()]);
+        assert_eq!(c.jwt_cookie, "tok");
+        let c = serve(&[], &[("SSED_PRIVATE_STREAMS", "x, y")]);
+        assert_eq!(c.private_streams, vec!["x", "y"]);
+        assert!(!format!("{c:?}").contains(&key));
+        let short = "k".repeat(31);
+        let e = parse(&["--subscriber-jwt-key", &short], &[]).unwrap_err();
+        assert!(e.to_string().contains("256 bits"), "{e}");
+        assert!(!e.to_string().contains(&short), "{e}");
+        let dir = std::env::temp_dir().join(format!("ssed-jwt-{}", std::process::id()));
+        std::fs::write(&dir, format!("{key}\n")).unwrap();
+        let c = serve(&["--jwt-key-file", dir.to_str().unwrap()], &[]);
+        assert_eq!(c.jwt_key, Some(Secret(key.into_bytes())));
+        std::fs::write(&dir, "short\n").unwrap();
+        assert!(parse(&["--jwt-key-file", dir.to_str().unwrap()], &[]).is_err());
+        let _ = std::fs::remove_file(&dir);
+        assert!(parse(&["--jwt-cookie", "a;b"], &[]).is_err());
+        assert!(parse(&["--private-streams", "{x"], &[]).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rand::Rng;
 use serde_json::Value;
 
 use crate::auth::hmac::constant_time_eq;
+use crate::auth::{self, Grants, Key, Selector};
 use crate::broker::{Broker, Cursors, Resume};
 use crate::config::Config;
 use crate::frame;
@@ -165,14 +166,19 @@ pub struct BusStream {
     pub prelude: Vec<u8>,
     /// The streams to read.
     pub targets: Vec<u32>,
+    /// Per target, whether the subscriber may see private events there.
+    pub sees_private: Vec<bool>,
     /// Where to start.
     pub resume: Resume,
 }
 
-/// A bus payload for a core event: `E` + `{"d","e","r"}`; each node
-/// encodes the frame once the id is known.
-pub fn bus_payload(ev: &crate::event::Event) -> Vec<u8> {
-    let v = serde_json::json!({ "d": ev.data, "e": ev.event, "r": ev.retry });
+/// A bus payload for a core event: `E` + `{"d","e","r","p"}`; each node
+/// encodes the frame once the id is known (`p`: a private event).
+pub fn bus_payload(ev: &crate::event::Event, private: bool) -> Vec<u8> {
+    let mut v = serde_json::json!({ "d": ev.data, "e": ev.event, "r": ev.retry });
+    if private {
+        v["p"] = Value::Bool(true);
+    }
     let mut out = b"E".to_vec();
     out.extend_from_slice(v.to_string().as_bytes());
     out
@@ -187,8 +193,9 @@ pub fn bus_payload_raw(sse: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The SSE bytes of a bus payload given its id; `None` when malformed.
-pub fn bus_frame(id: u64, payload: &[u8]) -> Option<Vec<u8>> {
+/// The SSE bytes of a bus payload given its id, and whether the event is
+/// private; `None` when malformed.
+pub fn bus_frame(id: u64, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
     match payload.split_first()? {
         (b'E', json) => {
             let v: Value = serde_json::from_slice(json).ok()?;
@@ -201,10 +208,91 @@ pub fn bus_frame(id: u64, payload: &[u8]) -> Option<Vec<u8>> {
                 None | Some(Value::Null) => None,
                 Some(r) => Some(u32::try_from(r.as_u64()?).ok()?),
             };
-            Some(frame::encode_numbered(id, event, data, retry))
+            let private = v.get("p").and_then(Value::as_bool).unwrap_or(false);
+            Some((frame::encode_numbered(id, event, data, retry), private))
         }
-        (b'R', sse) if sse.ends_with(b"\n\n") => Some(sse.to_vec()),
+        (b'R', sse) if sse.ends_with(b"\n\n") => Some((sse.to_vec(), false)),
         _ => None,
+    }
+}
+
+/// JWT keys, the token cookie and the private-stream selectors, checked
+/// once at start. `Debug` prints no key.
+#[derive(Debug, Default)]
+pub struct Auth {
+    publisher: Option<Key>,
+    subscriber: Option<Key>,
+    cookie: String,
+    private_streams: Vec<Selector>,
+}
+
+/// Why the authorization settings were refused at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// A key shorter than 256 bits; names the setting.
+    ShortKey(&'static str),
+    /// A `--private-streams` value that is no selector.
+    BadSelector(String),
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::ShortKey(k) => write!(f, "{k} is shorter than 256 bits (32 bytes)"),
+            AuthError::BadSelector(s) => {
+                write!(f, "--private-streams {s:?} is not a topic selector")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+impl Auth {
+    /// Checks the configuration's keys and selectors.
+    pub fn from_config(cfg: &Config) -> Result<Auth, AuthError> {
+        let key = |k: &Option<crate::config::Secret>, what| {
+            k.as_ref()
+                .map(|s| Key::new(s.0.clone()).map_err(|_| AuthError::ShortKey(what)))
+                .transpose()
+        };
+        let publisher = key(&cfg.jwt_key, "--jwt-key")?;
+        let subscriber =
+            key(&cfg.subscriber_jwt_key, "--subscriber-jwt-key")?.or(publisher.clone());
+        let private_streams = cfg
+            .private_streams
+            .iter()
+            .map(|p| Selector::parse(p).map_err(|_| AuthError::BadSelector(p.clone())))
+            .collect::<Result<_, _>>()?;
+        Ok(Auth {
+            publisher,
+            subscriber,
+            cookie: cfg.jwt_cookie.clone(),
+            private_streams,
+        })
+    }
+    /// Whether stream `name` is readable only with a matching token.
+    pub fn is_private_stream(&self, name: &str) -> bool {
+        auth::any_match(&self.private_streams, name)
+    }
+}
+
+/// What a publisher may publish to.
+#[derive(Debug)]
+pub enum PublishRights {
+    /// Anything (`--publish-token`, or loopback with no keys configured).
+    All,
+    /// Topics a JWT's `mercure.publish` selectors match.
+    Topics(Grants),
+}
+
+impl PublishRights {
+    /// Whether publishing to `topic` is allowed.
+    pub fn allows(&self, topic: &str) -> bool {
+        match self {
+            PublishRights::All => true,
+            PublishRights::Topics(g) => g.can_publish(topic),
+        }
     }
 }
 
@@ -214,6 +302,8 @@ pub struct Cx<'a> {
     pub broker: &'a mut Broker,
     /// The configuration.
     pub cfg: &'a Config,
+    /// Keys and private streams.
+    pub auth: &'a Auth,
     /// Counters for `/stats`.
     pub counters: &'a mut Counters,
     /// Randomness (retry jitter, app ids).
@@ -300,6 +390,137 @@ impl Cx<'_> {
         }
     }
 
+    fn deny(&mut self, req: &Request<'_>, status: u16, msg: &str) {
+        let mut resp = Response::error(status, msg);
+        if status == 401 {
+            self.counters.reject("unauthorized");
+            resp = resp.header("WWW-Authenticate", "Bearer");
+        } else {
+            self.counters.reject("forbidden");
+        }
+        self.reply(req, resp);
+    }
+
+    /// Who is subscribing: `Some(None)` anonymous (no token, or no key
+    /// configured), `Some(Some(grants))` a valid token; `None` when a token
+    /// was presented and refused (answered 401 here; the reason never
+    /// quotes the token).
+    pub fn subscriber(&mut self, req: &Request<'_>) -> Option<Option<Grants>> {
+        let Some(key) = &self.auth.subscriber else {
+            return Some(None);
+        };
+        let query = req.query_first("authorization");
+        let Some(token) = auth::token_from_request_parts(
+            req.header("authorization"),
+            query.as_deref(),
+            req.header("cookie"),
+            &self.auth.cookie,
+        ) else {
+            return Some(None);
+        };
+        match auth::verify(token, key, self.unix_us / 1_000_000) {
+            Ok(c) => Some(Some(Grants::from_claims(c))),
+            Err(e) => {
+                self.deny(
+                    req,
+                    401,
+                    &format!("subscriber token refused: {}", e.message()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks that a subscriber may read `names`: a private stream needs a
+    /// token whose subscribe selectors match it (401 without a token, 403
+    /// with one that does not). Returns, per name, whether the subscriber
+    /// may see private events there; `None` when refused (answered here).
+    pub fn subscribe_rights(
+        &mut self,
+        req: &Request<'_>,
+        grants: Option<&Grants>,
+        names: &[&str],
+    ) -> Option<Vec<bool>> {
+        let mut sees = Vec::with_capacity(names.len());
+        for n in names {
+            let ok = grants.is_some_and(|g| g.can_subscribe(n));
+            if !ok && self.auth.is_private_stream(n) {
+                let (status, msg) = match grants {
+                    None => (401, format!("stream {n:?} is private: subscribing needs a JWT (Authorization: Bearer, ?authorization= or the {} cookie)", self.auth.cookie)),
+                    Some(_) => (403, format!("the token's mercure.subscribe selectors do not match stream {n:?}")),
+                };
+                self.deny(req, status, &msg);
+                return None;
+            }
+            sees.push(ok);
+        }
+        Some(sees)
+    }
+
+    /// What `req` may publish: `--publish-token` as the bearer grants
+    /// everything; else a JWT in `Authorization: Bearer` (never a cookie
+    /// or the query, which a cross-site form could send) grants what its
+    /// publish selectors match; else, with no key and no token configured,
+    /// loopback peers may publish anything. `None` when refused (answered
+    /// 401/403 here).
+    pub fn publish_rights(&mut self, req: &Request<'_>) -> Option<PublishRights> {
+        let header = req.header("authorization");
+        let Some(key) = &self.auth.publisher else {
+            // No JWT key: the token or the plainly-local rule, as always.
+            return self.authorize(req).then_some(PublishRights::All);
+        };
+        let bearer = auth::token_from_request_parts(header, None, None, "");
+        if let (Some(t), Some(want)) = (bearer, self.cfg.publish_token.as_deref()) {
+            if constant_time_eq(want.as_bytes(), t.as_bytes()) {
+                return Some(PublishRights::All);
+            }
+        }
+        let Some(token) = bearer else {
+            self.deny(
+                req,
+                401,
+                "publishing needs 'Authorization: Bearer <JWT>' (or --publish-token)",
+            );
+            return None;
+        };
+        match auth::verify(token, key, self.unix_us / 1_000_000) {
+            Ok(c) => Some(PublishRights::Topics(Grants::from_claims(c))),
+            Err(e) => {
+                self.deny(
+                    req,
+                    401,
+                    &format!("publisher token refused: {}", e.message()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Where a subscriber with Last-Event-ID `raw` starts: an id a
+    /// publisher chose (Mercure's `id` field) while it is remembered, else
+    /// ssed's own numeric id.
+    pub fn resume(&self, raw: Option<&str>) -> Resume {
+        match raw.map(str::trim) {
+            Some(r) => match self.broker.alias_id(r) {
+                Some(id) => Resume::After(id, r.to_string()),
+                None => Resume::parse(Some(r)),
+            },
+            None => Resume::Live,
+        }
+    }
+
+    /// Whether an event to `targets` is private because one of them is a
+    /// `--private-streams` stream (so a `*` subscription without a token
+    /// does not read it either).
+    pub fn targets_private(&self, targets: &[u32]) -> bool {
+        !self.auth.private_streams.is_empty()
+            && targets.iter().any(|&t| {
+                self.broker
+                    .get(t)
+                    .is_some_and(|s| self.auth.is_private_stream(&s.name))
+            })
+    }
+
     fn prelude(&mut self) -> Vec<u8> {
         let base = self.cfg.retry_ms;
         let ms = self
@@ -314,6 +535,18 @@ impl Cx<'_> {
         &mut self,
         req: &Request<'_>,
         targets: &[u32],
+        resume: &Resume,
+        headers: &[(&'static str, String)],
+    ) {
+        self.stream_as(req, targets, &[], resume, headers)
+    }
+
+    /// [`Cx::stream`] with a may-see-private bit per target.
+    pub fn stream_as(
+        &mut self,
+        req: &Request<'_>,
+        targets: &[u32],
+        sees_private: &[bool],
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
@@ -334,11 +567,14 @@ impl Cx<'_> {
                 chunked,
                 prelude,
                 targets: targets.to_vec(),
+                sees_private: sees_private.to_vec(),
                 resume: resume.clone(),
             })));
             return;
         }
-        let c = self.broker.subscribe(self.conn, targets, resume);
+        let c = self
+            .broker
+            .subscribe_as(self.conn, targets, sees_private, resume);
         if let Some(g) = &c.gap {
             prelude.extend_from_slice(g);
         }
@@ -738,10 +974,23 @@ mod tests {
             event: Some("t".into()),
             retry: Some(5),
         };
-        let f = bus_frame(42, &bus_payload(&ev)).unwrap();
-        assert_eq!(f, frame::encode_numbered(42, Some("t"), "a\nb", Some(5)));
+        let f = bus_frame(42, &bus_payload(&ev, false)).unwrap();
+        assert_eq!(
+            f,
+            (
+                frame::encode_numbered(42, Some("t"), "a\nb", Some(5)),
+                false
+            )
+        );
+        assert!(
+            bus_frame(42, &bus_payload(&ev, true)).unwrap().1,
+            "private survives the bus"
+        );
         let raw = b"id: u\ndata: x\n\n";
-        assert_eq!(bus_frame(1, &bus_payload_raw(raw)).unwrap(), raw.to_vec());
+        assert_eq!(
+            bus_frame(1, &bus_payload_raw(raw)).unwrap(),
+            (raw.to_vec(), false)
+        );
         for bad in [
             &b""[..],
             b"X",

@@ -14,3 +14,8 @@ pub mod http {
 pub mod frame {
     pub use crate::frame::{encode, encode_numbered};
 }
+
+/// Minting HS256 tokens (tests, token tools).
+pub mod auth {
+    pub use crate::auth::{mint_hs256, Key};
+}

@@ -20,7 +20,7 @@ pub fn handle(cx: &mut Cx<'_>, apps: &mut Apps, req: &Request<'_>) {
             )
             .header(
                 "Access-Control-Allow-Headers",
-                "Last-Event-ID, Authorization, Content-Type, Member-ID, Device-Id",
+                "Last-Event-ID, Authorization, Content-Type, Cache-Control, Member-ID, Device-Id",
             )
             .header("Access-Control-Max-Age", "600");
         return cx.reply(req, resp);
@@ -34,7 +34,11 @@ pub fn handle(cx: &mut Cx<'_>, apps: &mut Apps, req: &Request<'_>) {
             return cx.fail(req, 403, &msg);
         }
     }
-    if apps::route(cx, apps, req) || crate::api::route(cx, req) || apps::fallback(cx, req) {
+    if apps::route(cx, apps, req)
+        || crate::api::route(cx, req)
+        || crate::mercure::route(cx, req)
+        || apps::fallback(cx, req)
+    {
         return;
     }
     cx.fail(req, 404, "no such path");

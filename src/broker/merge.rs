@@ -2,6 +2,9 @@
 //! across every stream it reads, each frame once even when it was
 //! published to several of them.
 //!
+//! A private frame is yielded only through a cursor that may see private
+//! frames; other cursors step over it as if it were not there.
+//!
 //! An iterator over shared frames; it copies nothing and writes nothing.
 
 use super::ring::{Frame, Stream};
@@ -67,10 +70,15 @@ impl<'a> Iterator for Merge<'a> {
         if let [c] = self.cursors {
             // One stream: no comparison needed.
             let s = streams.get(c.stream as usize)?;
+            let sees = c.sees_private();
             let p = &mut self.pos.as_mut()[0];
-            let f = s.at(*p)?;
-            *p += 1;
-            return Some(f);
+            loop {
+                let f = s.at(*p)?;
+                *p += 1;
+                if f.visible(sees) {
+                    return Some(f);
+                }
+            }
         }
         let last = self.last;
         let pos = self.pos.as_mut();
@@ -79,8 +87,9 @@ impl<'a> Iterator for Merge<'a> {
             let Some(s) = streams.get(c.stream as usize) else {
                 continue;
             };
+            let sees = c.sees_private();
             while let Some(f) = s.at(pos[i]) {
-                if f.id <= last {
+                if f.id <= last || !f.visible(sees) {
                     pos[i] += 1;
                 } else {
                     break;

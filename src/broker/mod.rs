@@ -25,6 +25,7 @@ mod merge;
 mod ring;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -34,6 +35,9 @@ use crate::frame;
 pub use merge::Merge;
 use ring::NIL;
 pub use ring::{Claim, Frame, Limits, Stream};
+#[cfg(test)]
+use topics::MAX_ALIASES;
+pub use topics::{valid_topic, MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES};
 
 /// Where a published event comes from, so sinks do not echo an event back
 /// to where it came from (a bus announcement is not re-announced; a
@@ -108,15 +112,31 @@ impl IdClock {
 }
 
 /// A subscriber's place in one stream: the stream, its slot in that
-/// stream's subscriber slab, and the id of the last event it was given.
+/// stream's subscriber slab, whether it may see private frames there, and
+/// the id of the last event it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// Index of the stream.
     pub stream: u32,
-    /// Slot of this connection in that stream's subscriber slab.
+    /// Slot of this connection in that stream's subscriber slab, with
+    /// [`Cursor::SEES_PRIVATE`] as its high bit: the grant lives in bits
+    /// the slot never uses, so a cursor stays 16 bytes.
     pub slot: u32,
     /// Id of the last event handed to this subscriber.
     pub last_id: u64,
+}
+
+impl Cursor {
+    /// The bit of `slot` that lets this cursor see private frames.
+    pub const SEES_PRIVATE: u32 = 1 << 31;
+    /// The slot in the stream's subscriber slab.
+    pub fn slot(&self) -> usize {
+        (self.slot & !Self::SEES_PRIVATE) as usize
+    }
+    /// Whether private frames of this stream reach this subscriber.
+    pub fn sees_private(&self) -> bool {
+        self.slot & Self::SEES_PRIVATE != 0
+    }
 }
 
 /// The streams a subscriber reads: inline for one, boxed for more.
@@ -169,6 +189,8 @@ pub enum Resume {
     After(u64, String),
     /// A Last-Event-ID that is not an id this server can place.
     Unparsable(String),
+    /// Everything retained, without a `gap` (Mercure's `earliest`).
+    Earliest,
 }
 
 impl Resume {
@@ -185,6 +207,7 @@ impl Resume {
     fn raw(&self) -> &str {
         match self {
             Resume::Live => "",
+            Resume::Earliest => "earliest",
             Resume::After(_, r) | Resume::Unparsable(r) => r,
         }
     }
@@ -389,6 +412,7 @@ pub struct Broker {
     /// history says: events up to it may be missing everywhere (a journal
     /// replay found damage, a missing segment, or compacted history).
     lost_below: u64,
+    topics: topics::Topics,
     /// Events ever published.
     pub published: u64,
     /// `gap` events handed out.
@@ -418,6 +442,7 @@ impl Broker {
             max_streams,
             sinks: Vec::new(),
             lost_below: 0,
+            topics: topics::Topics::default(),
             published: 0,
             gaps: 0,
         }
@@ -516,7 +541,10 @@ impl Broker {
 
     /// Checks public names and finds them, creating the missing ones when
     /// `create` (as a publisher would). All or nothing: when one fails,
-    /// none is created.
+    /// none is created. A name outside the alphabet is accepted when a
+    /// public stream of that name exists (a Mercure topic, see
+    /// [`Broker::resolve_topics`]), so such streams can be read through
+    /// `/events` too.
     pub fn resolve(
         &mut self,
         names: &[&str],
@@ -539,9 +567,28 @@ impl Broker {
         names: &[&str],
         by: Create,
     ) -> Result<Vec<u32>, (usize, BrokerError)> {
+        self.resolve_by(names, by, valid_name)
+    }
+
+    /// [`Broker::resolve_as`] for Mercure topics: names are checked with
+    /// [`valid_topic`] instead of the `/events` alphabet.
+    pub fn resolve_topics(
+        &mut self,
+        names: &[&str],
+        by: Create,
+    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+        self.resolve_by(names, by, valid_topic)
+    }
+
+    fn resolve_by(
+        &mut self,
+        names: &[&str],
+        by: Create,
+        valid: fn(&str) -> bool,
+    ) -> Result<Vec<u32>, (usize, BrokerError)> {
         let (mut claimed, mut unclaimed) = (0, 0);
         for (i, n) in names.iter().enumerate() {
-            if !valid_name(n) {
+            if !valid(n) && self.find_public(n).is_none() {
                 return Err((i, BrokerError::BadName));
             }
             let first = !names[..i].contains(n);
@@ -691,6 +738,7 @@ impl Broker {
         self.total_bytes -= s.retained_bytes();
         self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
         self.dirty.retain(|&d| d != idx);
+        self.topics.forget(idx);
         Some(s)
     }
 
@@ -795,10 +843,23 @@ impl Broker {
         now_us: u64,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
+        self.publish_as(origin, targets, now_us, false, encode)
+    }
+
+    /// [`Broker::publish_with`] for an event that is `private` (reaches
+    /// only cursors that may see private frames) or not.
+    pub fn publish_as(
+        &mut self,
+        origin: Origin,
+        targets: &[u32],
+        now_us: u64,
+        private: bool,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Published, BrokerError> {
         self.tick(now_us);
         let id = self.ids.next(now_us);
         let sse = encode(id);
-        self.append(origin, targets, id, &sse)
+        self.append_as(origin, targets, id, &sse, private)
     }
 
     /// Appends an event whose id was assigned elsewhere (a journal being
@@ -810,6 +871,29 @@ impl Broker {
         id: u64,
         sse: &[u8],
     ) -> Result<Published, BrokerError> {
+        self.append_as(origin, targets, id, sse, false)
+    }
+
+    /// [`Broker::append`] of a private (or public) event. The same shared
+    /// frame also goes to every selector stream whose selector matches the
+    /// name of one of the public `targets`.
+    pub fn append_as(
+        &mut self,
+        origin: Origin,
+        targets: &[u32],
+        id: u64,
+        sse: &[u8],
+        private: bool,
+    ) -> Result<Published, BrokerError> {
+        let audience_of = targets;
+        let fanned;
+        let targets = match self.topics.fan_in(&self.streams, targets) {
+            Some(all) => {
+                fanned = all;
+                &fanned[..]
+            }
+            None => targets,
+        };
         // Checked before the frame is built, so an oversized event is never
         // copied, let alone kept.
         let cost = Frame::cost_for(sse.len());
@@ -841,7 +925,9 @@ impl Broker {
             });
         }
         if !self.sinks.is_empty() {
-            let names: Vec<&str> = targets
+            // Selector streams are derived: sinks (a journal, a bus) see
+            // only the streams the event was published to.
+            let names: Vec<&str> = audience_of
                 .iter()
                 .filter_map(|&t| self.streams.get(t as usize))
                 .map(|s| &*s.name)
@@ -856,7 +942,7 @@ impl Broker {
             }
         }
         self.ids.observe(id);
-        let f = Frame::new(id, sse);
+        let f = Frame::new(id, sse).with_private(private);
         let mut pressure = false;
         for &t in targets {
             let Some(s) = self.streams.get_mut(t as usize) else {
@@ -887,7 +973,7 @@ impl Broker {
         self.published += 1;
         Ok(Published {
             id,
-            audience: self.audience(targets),
+            audience: self.audience(audience_of),
             pressure,
         })
     }
@@ -957,21 +1043,33 @@ impl Broker {
     /// an id outside what this clock has handed out, or an unparsable one,
     /// starts at the oldest retained event with a gap; an id whose
     /// successors were evicted gets a gap and continues at what is left.
-    pub fn plan(&self, targets: &[u32], resume: &Resume) -> (Vec<Cursor>, Vec<u32>) {
+    ///
+    /// `sees_private[i]` (missing: `false`) says whether the subscriber may
+    /// see private frames of `targets[i]`; a gap is owed only for frames it
+    /// could have seen.
+    pub fn plan(
+        &self,
+        targets: &[u32],
+        sees_private: &[bool],
+        resume: &Resume,
+    ) -> (Vec<Cursor>, Vec<u32>) {
         let mut cursors = Vec::with_capacity(targets.len());
         let mut gap = Vec::new();
-        for &t in targets {
+        for (i, &t) in targets.iter().enumerate() {
             let Some(s) = self.get(t) else { continue };
+            let sees = sees_private.get(i).copied().unwrap_or(false);
             let (last_id, g) = match resume {
                 Resume::Live => (s.last_id.max(self.ids.last()), false),
-                Resume::After(x, _) if *x >= self.ids.first() && *x <= self.ids.last() => {
-                    (s.floor().max(*x), s.lost_after(*x) || *x < self.lost_below)
-                }
+                Resume::Earliest => (s.floor(), false),
+                Resume::After(x, _) if *x >= self.ids.first() && *x <= self.ids.last() => (
+                    s.floor().max(*x),
+                    s.lost_after(*x, sees) || *x < self.lost_below,
+                ),
                 Resume::After(..) | Resume::Unparsable(_) => (s.floor(), true),
             };
             cursors.push(Cursor {
                 stream: t,
-                slot: 0,
+                slot: if sees { Cursor::SEES_PRIVATE } else { 0 },
                 last_id,
             });
             if g {
@@ -983,10 +1081,22 @@ impl Broker {
 
     /// Subscribes connection `conn` to `targets` from `resume`.
     pub fn subscribe(&mut self, conn: u32, targets: &[u32], resume: &Resume) -> Catchup {
-        let (mut cursors, gap) = self.plan(targets, resume);
+        self.subscribe_as(conn, targets, &[], resume)
+    }
+
+    /// [`Broker::subscribe`] with a may-see-private bit per target (see
+    /// [`Broker::plan`]).
+    pub fn subscribe_as(
+        &mut self,
+        conn: u32,
+        targets: &[u32],
+        sees_private: &[bool],
+        resume: &Resume,
+    ) -> Catchup {
+        let (mut cursors, gap) = self.plan(targets, sees_private, resume);
         for c in cursors.iter_mut() {
             if let Some(s) = self.streams.get_mut(c.stream as usize) {
-                c.slot = s.subs.insert(conn);
+                c.slot = s.subs.insert(conn) | (c.slot & Cursor::SEES_PRIVATE);
             }
             self.touch(c.stream);
         }
@@ -1014,7 +1124,7 @@ impl Broker {
             let Some(s) = self.streams.get_mut(c.stream as usize) else {
                 continue;
             };
-            if !s.subs.remove(c.slot, conn) {
+            if !s.subs.remove(c.slot() as u32, conn) {
                 continue;
             }
             s.touched_us = now;
@@ -1073,17 +1183,22 @@ impl Broker {
     }
 
     /// The `gap` owed to a subscriber whose next events were evicted before
-    /// it was sent them; moves its cursors to what is retained.
+    /// it was sent them; moves its cursors to what is retained. Only events
+    /// it could have seen count, and a cursor that may not see private
+    /// frames is moved past those that follow it, so they neither cost a
+    /// later merge nor ever surface as a gap.
     pub fn take_gap(&mut self, cursors: &mut Cursors) -> Option<Vec<u8>> {
         let mut names: Vec<&str> = Vec::new();
         let mut from: Option<u64> = None;
         for c in cursors.as_mut_slice() {
             if let Some(s) = self.streams.get(c.stream as usize) {
-                if s.lost_after(c.last_id) {
+                let sees = c.sees_private();
+                if s.lost_after(c.last_id, sees) {
                     from = Some(from.map_or(c.last_id, |f| f.min(c.last_id)));
                     names.push(s.shown());
                     c.last_id = s.floor();
                 }
+                c.last_id = s.skip_invisible(c.last_id, sees);
             }
         }
         let g = from.map(|f| frame::gap(&f.to_string(), &names));
@@ -1098,7 +1213,10 @@ impl Broker {
         cursors
             .as_slice()
             .iter()
-            .filter_map(|c| self.get(c.stream).map(|s| s.lag_bytes(c.last_id)))
+            .filter_map(|c| {
+                self.get(c.stream)
+                    .map(|s| s.lag_bytes(c.last_id, c.sees_private()))
+            })
             .sum()
     }
 
@@ -1172,5 +1290,54 @@ impl Broker {
     pub fn restore_tombstone(&mut self, name: &str, floor: u64) {
         self.tombstones.put(name, floor);
         self.ids.observe(floor);
+    }
+}
+
+impl Broker {
+    /// The selector stream of `sel` (`*` or a URI template), made on first
+    /// use: an internal stream that receives every later event published to
+    /// a public stream whose name `sel` matches, so a selector subscription
+    /// also sees streams created after it. A resume from before it was made
+    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist; past that an
+    /// unread one is dropped, or [`BrokerError::TooMany`] when all are read.
+    pub fn selector_stream(&mut self, sel: &crate::auth::Selector) -> Result<u32, BrokerError> {
+        if let Some(i) = self.topics.find(sel.as_str()) {
+            return Ok(i);
+        }
+        if let Some(i) = self.find(sel.as_str()) {
+            // A name taken by some other internal stream.
+            let _ = i;
+            return Err(BrokerError::Reserved);
+        }
+        if self.topics.len() >= MAX_SELECTOR_STREAMS {
+            let unread = self
+                .topics
+                .streams()
+                .find(|&i| self.get(i).is_some_and(|s| s.subs.is_empty()));
+            match unread {
+                Some(i) => {
+                    self.delete(Origin::Local, i);
+                }
+                None => return Err(BrokerError::TooMany),
+            }
+        }
+        let idx = self.insert(sel.as_str(), true, self.limits, Claim::Publisher);
+        let made_at = self.ids.last();
+        if let Some(s) = self.streams.get_mut(idx as usize) {
+            s.lost_before(made_at);
+        }
+        self.topics.add(sel.clone(), idx);
+        Ok(idx)
+    }
+
+    /// Remembers that a publisher named event `id` `alias`, so a resume
+    /// from `alias` finds it (the oldest aliases go past [`MAX_ALIASES`]).
+    pub fn alias(&mut self, alias: &str, id: u64) {
+        self.topics.alias(alias, id);
+    }
+
+    /// The id a publisher-supplied alias stands for, while remembered.
+    pub fn alias_id(&self, alias: &str) -> Option<u64> {
+        self.topics.alias_id(alias)
     }
 }

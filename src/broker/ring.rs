@@ -16,10 +16,15 @@ pub struct Frame {
     pub id: u64,
     /// Offset of this frame in the stream's byte history, to measure lag in O(1).
     pub start: u64,
+    /// Offset among the stream's public frames only, so the lag of a
+    /// subscriber that may not see private frames is O(1) too.
+    pub(super) pub_start: u64,
     /// Chunk header, SSE bytes, chunk trailer.
     bytes: Rc<[u8]>,
     /// Length of the chunk header.
     head: u8,
+    /// Only subscribers whose cursor may see private frames get it.
+    pub private: bool,
 }
 
 impl Frame {
@@ -33,9 +38,20 @@ impl Frame {
         Frame {
             id,
             start: 0,
+            pub_start: 0,
             head: head.len() as u8,
             bytes: b.into(),
+            private: false,
         }
+    }
+    /// Marks the frame private (or not).
+    pub fn with_private(mut self, private: bool) -> Frame {
+        self.private = private;
+        self
+    }
+    /// Whether a cursor that may (or may not) see private frames gets it.
+    pub fn visible(&self, sees_private: bool) -> bool {
+        sees_private || !self.private
     }
     /// The bytes a connection writes: chunk-framed or bare.
     pub fn wire(&self, chunked: bool) -> &[u8] {
@@ -100,9 +116,15 @@ pub struct Stream {
     ring: VecDeque<Frame>,
     ring_bytes: usize,
     end_offset: u64,
+    /// Bytes of public frames ever pushed (see [`Frame::pub_start`]).
+    end_public: u64,
     /// The highest id dropped from this stream's history (0: none), so a
     /// resume from below it knows events may be missing.
     lost_upto: u64,
+    /// The same for public frames: what a subscriber that may not see
+    /// private frames is told about, so evicting a private frame never
+    /// shows up in its `gap`.
+    lost_public_upto: u64,
     /// Connection keys reading this stream.
     pub subs: Subs,
     /// Events ever published to it.
@@ -145,7 +167,9 @@ impl Stream {
             ring: VecDeque::new(),
             ring_bytes: 0,
             end_offset: 0,
+            end_public: 0,
             lost_upto,
+            lost_public_upto: lost_upto,
             subs: Subs::default(),
             published: 0,
             last_id: 0,
@@ -203,17 +227,46 @@ impl Stream {
         self.ring.range(self.index_after(id)..)
     }
 
-    /// Bytes a subscriber positioned at `id` still has to be sent.
-    pub fn lag_bytes(&self, id: u64) -> u64 {
+    /// Bytes a subscriber positioned at `id` still has to be sent (only
+    /// public frames count for one that may not see private frames).
+    pub fn lag_bytes(&self, id: u64, sees_private: bool) -> u64 {
         match self.ring.get(self.index_after(id)) {
-            Some(f) => self.end_offset - f.start,
+            Some(f) if sees_private => self.end_offset - f.start,
+            Some(f) => self.end_public - f.pub_start,
             None => 0,
         }
     }
 
-    /// Whether events with an id above `id` may have left this stream.
-    pub fn lost_after(&self, id: u64) -> bool {
-        self.lost_upto > id
+    /// Whether events with an id above `id` that this subscriber could see
+    /// may have left this stream.
+    pub fn lost_after(&self, id: u64, sees_private: bool) -> bool {
+        if sees_private {
+            self.lost_upto > id
+        } else {
+            self.lost_public_upto > id
+        }
+    }
+
+    /// The id of the last frame in the run of invisible frames right after
+    /// `id` (or `id` when the next frame is visible): a subscriber that may
+    /// not see them moves past them once, instead of every merge walking
+    /// over them again.
+    pub(super) fn skip_invisible(&self, id: u64, sees_private: bool) -> u64 {
+        if sees_private {
+            return id;
+        }
+        self.ring
+            .range(self.index_after(id)..)
+            .take_while(|f| !f.visible(false))
+            .last()
+            .map_or(id, |f| f.id)
+    }
+
+    /// Records that nothing up to `id` was ever here (a selector stream made
+    /// now), so a resume from before it gets a `gap`.
+    pub(super) fn lost_before(&mut self, id: u64) {
+        self.lost_upto = self.lost_upto.max(id);
+        self.lost_public_upto = self.lost_public_upto.max(id);
     }
 
     /// Where a subscriber that fell out of the history continues from: the
@@ -235,6 +288,10 @@ impl Stream {
     pub(super) fn push(&mut self, mut f: Frame) -> usize {
         let len = f.cost();
         f.start = self.end_offset;
+        f.pub_start = self.end_public;
+        if !f.private {
+            self.end_public += len as u64;
+        }
         self.last_id = f.id;
         self.ring.push_back(f);
         self.end_offset += len as u64;
@@ -258,6 +315,8 @@ impl Stream {
         }
         let moved = upto > self.lost_upto;
         self.lost_upto = self.lost_upto.max(upto);
+        // What was lost is unknown: public events may be among it.
+        self.lost_public_upto = self.lost_public_upto.max(upto);
         moved
     }
 
@@ -267,6 +326,9 @@ impl Stream {
             Some(f) => {
                 self.ring_bytes -= f.cost();
                 self.lost_upto = self.lost_upto.max(f.id);
+                if !f.private {
+                    self.lost_public_upto = self.lost_public_upto.max(f.id);
+                }
                 f.cost()
             }
             None => 0,

@@ -1,5 +1,6 @@
 //! Broker unit tests: resume planning, eviction gaps, tombstones, merge
-//! order, and a model test against a naive reference.
+//! order, private frames, selector streams, aliases, and a model test
+//! against a naive reference.
 
 use super::*;
 
@@ -18,6 +19,14 @@ fn publish(b: &mut Broker, s: &[u32], now: u64) -> u64 {
     b.publish(Origin::Local, s, &crate::event::Event::new("x"), now)
         .unwrap()
         .id
+}
+
+fn publish_private(b: &mut Broker, s: &[u32], now: u64, private: bool) -> u64 {
+    b.publish_as(Origin::Local, s, now, private, |id| {
+        frame::encode_numbered(id, None, "x", None)
+    })
+    .unwrap()
+    .id
 }
 
 fn ids_of(b: &Broker, cs: &Cursors) -> Vec<u64> {
@@ -220,7 +229,7 @@ fn model_resume_and_merge_match_a_naive_reference() {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let idx = b.resolve(&refs, true).unwrap();
         // (id, streams) of every event, and per stream its ids in order.
-        let mut log: Vec<(u64, Vec<usize>)> = Vec::new();
+        let mut log: Vec<(u64, Vec<usize>, bool)> = Vec::new();
         let mut per: Vec<Vec<u64>> = vec![Vec::new(); n_streams];
         for _ in 0..rng.gen_range(0..20) {
             let mut ts: Vec<usize> = (0..n_streams).filter(|_| rng.gen_bool(0.5)).collect();
@@ -229,11 +238,12 @@ fn model_resume_and_merge_match_a_naive_reference() {
             }
             let targets: Vec<u32> = ts.iter().map(|&t| idx[t]).collect();
             let now = 1_000 + rng.gen_range(0..3u64) * 7;
-            let id = publish(&mut b, &targets, now);
+            let private = rng.gen_bool(0.3);
+            let id = publish_private(&mut b, &targets, now, private);
             for &t in &ts {
                 per[t].push(id);
             }
-            log.push((id, ts));
+            log.push((id, ts, private));
         }
         let retained = |t: usize, id: u64| {
             let v = &per[t];
@@ -244,10 +254,17 @@ fn model_resume_and_merge_match_a_naive_reference() {
         if mine.is_empty() {
             mine.push(0);
         }
+        // Which of my streams let this subscriber see private events.
+        let sees: Vec<bool> = mine.iter().map(|_| rng.gen_bool(0.5)).collect();
+        let through = |t: &usize, private: bool| {
+            mine.iter()
+                .position(|m| m == t)
+                .is_some_and(|p| !private || sees[p])
+        };
         // Every id, plus one below and one above what the clock handed
         // out (the contract: those start at the oldest retained event,
         // with a gap).
-        let mut cursors: Vec<u64> = log.iter().map(|(id, _)| *id).collect();
+        let mut cursors: Vec<u64> = log.iter().map(|(id, _, _)| *id).collect();
         cursors.push(b.ids().first() - 1);
         cursors.push(b.ids().last() + 1);
         for cur in cursors {
@@ -256,27 +273,51 @@ fn model_resume_and_merge_match_a_naive_reference() {
             // no history is dropped when its last reader leaves.
             let idx = b.resolve(&refs, true).unwrap();
             let targets: Vec<u32> = mine.iter().map(|&t| idx[t]).collect();
-            let c = b.subscribe(1, &targets, &Resume::After(cur, cur.to_string()));
+            let c = b.subscribe_as(1, &targets, &sees, &Resume::After(cur, cur.to_string()));
             let got = ids_of(&b, &c.cursors);
             let want: Vec<u64> = log
                 .iter()
-                .filter(|(id, ts)| {
-                    (outside || *id > cur)
-                        && ts.iter().any(|t| mine.contains(t) && retained(*t, *id))
+                .filter(|(id, ts, p)| {
+                    (outside || *id > cur) && ts.iter().any(|t| through(t, *p) && retained(*t, *id))
                 })
-                .map(|(id, _)| *id)
+                .map(|(id, _, _)| *id)
                 .collect();
             assert_eq!(got, want, "case {case} cursor {cur}");
+            // What it is owed in bytes is what it can be sent.
+            let frame_cost = Frame::new(0, &frame::encode_numbered(1_000, None, "x", None)).cost();
+            let mut cs = c.cursors;
+            let lag_want: u64 = mine
+                .iter()
+                .zip(&targets)
+                .map(|(t, &ti)| {
+                    let pos = cs
+                        .as_slice()
+                        .iter()
+                        .find(|x| x.stream == ti)
+                        .unwrap()
+                        .last_id;
+                    log.iter()
+                        .filter(|(id, ts, p)| {
+                            *id > pos && ts.contains(t) && through(t, *p) && retained(*t, *id)
+                        })
+                        .count() as u64
+                })
+                .sum::<u64>()
+                * frame_cost as u64;
+            assert_eq!(b.lag(&cs), lag_want, "case {case} cursor {cur} lag");
             let lost = outside
-                || log.iter().any(|(id, ts)| {
-                    *id > cur && ts.iter().any(|t| mine.contains(t) && !retained(*t, *id))
+                || log.iter().any(|(id, ts, p)| {
+                    *id > cur && ts.iter().any(|t| through(t, *p) && !retained(*t, *id))
                 });
             assert_eq!(
                 c.gap.is_some(),
                 lost,
                 "case {case} cursor {cur} gap; history {history} mine {mine:?} log {log:?}"
             );
-            b.unsubscribe(1, &c.cursors);
+            // Later evictions of frames it may not see never surface as
+            // a gap, and the merge after a take_gap is unchanged.
+            assert!(b.take_gap(&mut cs).is_none() || lost);
+            b.unsubscribe(1, &cs);
         }
     }
 }
@@ -751,4 +792,112 @@ fn retains_and_restore() {
     assert!(!b.retains("nope", ids[2]));
     b.observe_id(1_000_000);
     assert_eq!(b.ids().last(), 1_000_000);
+}
+
+#[test]
+fn private_frames_reach_only_cursors_that_may_see_them() {
+    let mut b = broker(3);
+    let a = b.resolve(&["a"], true).unwrap()[0];
+    let mut anon = b.subscribe(1, &[a], &Resume::Live).cursors;
+    let mut authed = b.subscribe_as(2, &[a], &[true], &Resume::Live).cursors;
+    assert!(authed.as_slice()[0].sees_private());
+    assert!(!anon.as_slice()[0].sees_private());
+    assert_eq!(authed.as_slice()[0].slot(), 1);
+    let p1 = publish_private(&mut b, &[a], 5, true);
+    let pub1 = publish_private(&mut b, &[a], 5, false);
+    assert_eq!(ids_of(&b, &anon), vec![pub1]);
+    assert_eq!(ids_of(&b, &authed), vec![p1, pub1]);
+    anon.advance(pub1);
+    authed.advance(pub1);
+    // Private frames pile up and are evicted: the anonymous cursor owes
+    // nothing, is not behind, and gets no gap.
+    for _ in 0..5 {
+        publish_private(&mut b, &[a], 5, true);
+    }
+    assert_eq!(b.lag(&anon), 0);
+    assert!(b.lag(&authed) > 0);
+    assert!(b.take_gap(&mut anon).is_none());
+    assert!(ids_of(&b, &anon).is_empty());
+    // The cursor moved past them, so no merge walks them again.
+    assert_eq!(anon.as_slice()[0].last_id, b.get(a).unwrap().last_id);
+    assert!(b.take_gap(&mut authed).is_some());
+    // A resume from before the evicted private frames: gap only for those
+    // that may see them.
+    let c = b.subscribe(3, &[a], &Resume::After(pub1, pub1.to_string()));
+    assert!(c.gap.is_none());
+    let c = b.subscribe_as(4, &[a], &[true], &Resume::After(pub1, pub1.to_string()));
+    assert!(c.gap.is_some());
+}
+
+#[test]
+fn a_private_frame_on_two_streams_comes_through_the_one_that_may_see_it() {
+    let mut b = broker(10);
+    let x = b.resolve(&["x", "y"], true).unwrap();
+    let c = b.subscribe_as(1, &x, &[false, true], &Resume::Live);
+    let p = publish_private(&mut b, &x, 5, true);
+    let only_x = publish_private(&mut b, &x[..1], 5, true);
+    assert_eq!(ids_of(&b, &c.cursors), vec![p]);
+    assert!(only_x > p);
+}
+
+#[test]
+fn selector_streams_fan_in_later_streams() {
+    let mut b = broker(10);
+    let early = b.resolve(&["/books/1"], true).unwrap()[0];
+    let before = publish(&mut b, &[early], 5);
+    publish(&mut b, &[early], 5);
+    let sel = crate::auth::Selector::parse("/books/{id}").unwrap();
+    let s = b.selector_stream(&sel).unwrap();
+    assert_eq!(b.selector_stream(&sel).unwrap(), s, "one ring per selector");
+    assert!(b.get(s).unwrap().internal);
+    let c = b.subscribe(1, &[s], &Resume::Live);
+    let later = b.resolve(&["/books/2", "/other"], true).unwrap();
+    let i1 = publish(&mut b, &[later[0]], 5);
+    let _i2 = publish(&mut b, &[later[1]], 5);
+    let i3 = publish(&mut b, &later, 5);
+    assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
+    // Resuming from before the selector stream existed: gap.
+    let c = b.subscribe(2, &[s], &Resume::After(before, before.to_string()));
+    assert!(c.gap.is_some());
+    let c = b.subscribe(2, &[s], &Resume::Earliest);
+    assert!(c.gap.is_none());
+    assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
+    // Deleting a selector stream unregisters it.
+    b.delete(Origin::Local, s);
+    publish(&mut b, &[later[0]], 5);
+    assert!(b.get(s).is_none_or(|st| st.name.as_ref() != "/books/{id}"));
+}
+
+#[test]
+fn aliases_are_bounded_and_newest_wins() {
+    let mut b = broker(10);
+    b.alias("urn:a", 5);
+    b.alias("urn:a", 6);
+    assert_eq!(b.alias_id("urn:a"), Some(6));
+    for i in 0..MAX_ALIASES as u64 {
+        b.alias(&format!("k{i}"), i);
+    }
+    assert_eq!(b.alias_id("urn:a"), None);
+    assert_eq!(b.alias_id("k0"), Some(0));
+    assert!(b.topics.alias_order.len() <= MAX_ALIASES);
+}
+
+#[test]
+fn topic_names() {
+    assert!(valid_topic("https://example.com/books/1?x=%20y#z"));
+    assert!(valid_topic("ünïcode"));
+    assert!(!valid_topic(""));
+    assert!(!valid_topic("*"));
+    assert!(!valid_topic("/a/{id}"));
+    assert!(!valid_topic("a\nb"));
+    assert!(!valid_topic(&"a".repeat(MAX_TOPIC_BYTES + 1)));
+    let mut b = broker(10);
+    let t = "https://example.com/books/1?x=y";
+    assert!(b.resolve(&[t], true).is_err(), "/events keeps its alphabet");
+    let i = b.resolve_topics(&[t], Create::Publisher).unwrap();
+    assert_eq!(
+        b.resolve(&[t], false).unwrap(),
+        i,
+        "but reads an existing topic"
+    );
 }

@@ -95,6 +95,8 @@ pub(crate) struct Durable {
     always: bool,
     /// `--journal-bytes`.
     bound: u64,
+    /// Its segment size.
+    segment: u64,
     replay_ms: u64,
     replayed: u64,
     compactions: Cell<u64>,
@@ -115,7 +117,9 @@ impl Sink for JournalSink {
         // here. Refusing keeps the directory within the bound plus the one
         // rewrite in progress, however slow the disk.
         let size: usize = rec.frame.len() + rec.streams.iter().map(|s| s.len() + 2).sum::<usize>();
-        if self.0.total_bytes().saturating_add(size as u64 + 64) > self.0.bound {
+        // One segment of room stays for the rewrite being put in place (the
+        // new file and the old ones coexist until the old are unlinked).
+        if self.0.total_bytes().saturating_add(size as u64 + 64) > self.0.bound - self.0.segment {
             return Err(SinkError(
                 "journal: --journal-bytes reached while compaction catches up; retry shortly"
                     .into(),
@@ -316,9 +320,11 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
         replay.segments,
         journal.segment_bytes()
     );
+    let segment = journal.segment_bytes();
     let d = Rc::new(Durable {
         always,
         bound,
+        segment,
         journal: RefCell::new(journal),
         ticket: Cell::new(0),
         replay_ms,

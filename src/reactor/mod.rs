@@ -164,6 +164,7 @@ pub(crate) struct Bound {
     users: Option<crate::apps::mongoose::Users>,
     redis: Option<crate::bus::RedisUrl>,
     journal: Option<durable::Opened>,
+    auth: crate::handler::Auth,
 }
 
 impl Bound {
@@ -177,6 +178,8 @@ impl Bound {
             ),
             None => None,
         };
+        let auth = crate::handler::Auth::from_config(&cfg)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut listeners = Vec::new();
@@ -242,6 +245,7 @@ impl Bound {
             max,
             users,
             redis,
+            auth,
         })
     }
 
@@ -275,6 +279,7 @@ impl Bound {
             conns: Slab::new(),
             broker,
             apps,
+            auth: self.auth,
             cfg: self.cfg,
             counters: Counters::default(),
             timers: Timers::default(),
@@ -360,6 +365,7 @@ pub(crate) struct Reactor {
     conns: Slab<Conn>,
     broker: Broker,
     apps: Apps,
+    auth: crate::handler::Auth,
     cfg: Config,
     counters: Counters,
     timers: Timers,
@@ -569,6 +575,7 @@ impl Reactor {
         Cx {
             broker: &mut self.broker,
             cfg: &self.cfg,
+            auth: &self.auth,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,

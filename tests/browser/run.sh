@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Headless-Chromium tests: ssed's built-in demo page (GET /), and CSRF from
-# a page of another loopback origin (csrf.mjs).
+# Headless-Chromium tests: ssed's built-in demo page (GET /), CSRF from a
+# page of another loopback origin (csrf.mjs), and the Mercure hub
+# (mercure.mjs).
 #
 #   bash tests/browser/run.sh
 #
@@ -54,6 +55,10 @@ SSED_BIN=$(cd "$(dirname "$SSED_BIN")" && pwd)/$(basename "$SSED_BIN")
 export SSED_BIN
 
 log "demo page in $("${CHROMIUM:-/usr/bin/chromium}" --version 2>/dev/null | head -n1)"
-node "$here/demo.mjs"
+rc=0
+node "$here/demo.mjs" || rc=1
 log "CSRF from another origin"
-node "$here/csrf.mjs"
+node "$here/csrf.mjs" || rc=1
+log "Mercure hub (EventSource + fetch with JWTs)"
+node "$here/mercure.mjs" || rc=1
+exit $rc

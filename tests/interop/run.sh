@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interop suite: real SSE clients against a real ssed.
 #
-#   bash tests/interop/run.sh [eventsource|httpx-sse|sseclient-py|curl|chromium ...]
+#   bash tests/interop/run.sh [eventsource|httpx-sse|sseclient-py|pyjwt|curl|chromium ...]
 #
 # Installs what it needs (Debian chromium and curl if missing, the npm
 # packages of tests/interop/package-lock.json, httpx, httpx-sse, requests
@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(eventsource httpx-sse sseclient-py curl chromium)
+[ ${#suites[@]} -gt 0 ] || suites=(eventsource httpx-sse sseclient-py pyjwt curl chromium)
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 # --- system packages -------------------------------------------------------
@@ -59,8 +59,8 @@ fi
 # --- Python packages (httpx, httpx-sse, requests, sseclient-py) ------------
 venv="$root/target/interop-venv"
 py="$venv/bin/python"
-if wants httpx-sse || wants sseclient-py; then
-  if ! "$py" -c 'import httpx, httpx_sse, requests, sseclient' >/dev/null 2>&1; then
+if wants httpx-sse || wants sseclient-py || wants pyjwt; then
+  if ! "$py" -c 'import httpx, httpx_sse, requests, sseclient, jwt' >/dev/null 2>&1; then
     log "pip install -r tests/interop/requirements.txt into target/interop-venv"
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
       # Debian's own python3 needs python3-venv for ensurepip.
@@ -95,7 +95,7 @@ versions="$root/target/interop-versions.txt"
   fi
   if [ -x "$py" ]; then
     echo "python: $("$py" -c 'import platform; print(platform.python_version())')"
-    "$py" -c 'import importlib.metadata as m; print("httpx-sse (PyPI):", m.version("httpx-sse")); print("httpx (PyPI):", m.version("httpx")); print("sseclient-py (PyPI):", m.version("sseclient-py")); print("requests (PyPI):", m.version("requests"))' 2>/dev/null || true
+    "$py" -c 'import importlib.metadata as m; print("httpx-sse (PyPI):", m.version("httpx-sse")); print("httpx (PyPI):", m.version("httpx")); print("sseclient-py (PyPI):", m.version("sseclient-py")); print("requests (PyPI):", m.version("requests")); print("PyJWT (PyPI):", m.version("PyJWT"))' 2>/dev/null || true
   fi
   echo "curl: $(curl --version | head -n1)"
   if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
@@ -149,7 +149,8 @@ for s in "${suites[@]}"; do
     chromium) run_node chromium chromium.test.mjs ;;
     httpx-sse) run_python httpx-sse test_httpx_sse.py ;;
     sseclient-py) run_python sseclient-py test_sseclient_py.py ;;
-    *) echo "unknown client: $s (eventsource, httpx-sse, sseclient-py, curl, chromium)" >&2; exit 2 ;;
+    pyjwt) run_python pyjwt test_pyjwt.py ;;
+    *) echo "unknown client: $s (eventsource, httpx-sse, sseclient-py, pyjwt, curl, chromium)" >&2; exit 2 ;;
   esac
 done
 

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("handler", 3),
     ("api", 4),
     ("apps", 4),
+    ("mercure", 4),
     ("router", 5),
     ("reactor", 6),
     ("supervisor", 7),

@@ -14,6 +14,7 @@ mod hardening;
 mod layers;
 mod library;
 mod memory;
+mod mercure;
 mod mongoose;
 mod redis;
 mod trust;

@@ -53,6 +53,7 @@ struct Msg {
     id: u64,
     prev: u64,
     sse: std::rc::Rc<[u8]>,
+    private: bool,
 }
 
 enum Sync {
@@ -447,7 +448,7 @@ impl Reactor {
     /// Appends an announcement to the streams this node holds, or buffers
     /// it (fetch in flight), or starts a fetch (a predecessor it lacks).
     fn on_message(&mut self, id: u64, streams: &[(String, u64)], payload: &[u8]) {
-        let Some(sse) = bus_frame(id, payload) else {
+        let Some((sse, private)) = bus_frame(id, payload) else {
             log::warn!("redis bus: ignoring an announcement with a malformed payload (id {id})");
             if let Some(l) = self.bus.as_mut() {
                 l.bad += 1;
@@ -489,6 +490,7 @@ impl Reactor {
                             id,
                             prev: *prev,
                             sse: sse.clone(),
+                            private,
                         });
                     } else {
                         *overflow = (*overflow).max(id);
@@ -502,16 +504,20 @@ impl Reactor {
                 id,
                 prev,
                 sse: sse.clone(),
+                private,
             };
             self.start_fetch(&name, was_live, vec![msg]);
         }
         if !now_targets.is_empty() {
-            self.append_bus(&now_targets, id, &sse);
+            self.append_bus(&now_targets, id, &sse, private);
         }
     }
 
-    fn append_bus(&mut self, targets: &[u32], id: u64, sse: &[u8]) {
-        match self.broker.append(Origin::Bus, targets, id, sse) {
+    fn append_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
+        match self
+            .broker
+            .append_as(Origin::Bus, targets, id, sse, private)
+        {
             Ok(p) if p.pressure => self.flush_dirty(usize::MAX),
             Ok(_) => {}
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
@@ -599,7 +605,7 @@ impl Reactor {
                 self.hole(idx, last, m.prev, m.id);
             }
             reset = false;
-            self.append_bus(&[idx], m.id, &m.sse);
+            self.append_bus(&[idx], m.id, &m.sse, m.private);
         }
         if overflow > 0 {
             let top = self.broker.get(idx).map_or(0, |s| s.last_id).max(overflow);
@@ -667,7 +673,7 @@ impl Reactor {
             if *id <= last {
                 continue;
             }
-            let Some(sse) = bus_frame(*id, payload) else {
+            let Some((sse, private)) = bus_frame(*id, payload) else {
                 if let Some(l) = self.bus.as_mut() {
                     l.bad += 1;
                 }
@@ -677,7 +683,7 @@ impl Reactor {
                 self.hole(idx, last, *prev, *id);
             }
             self.broker.observe(*prev);
-            self.append_bus(&[idx], *id, &sse);
+            self.append_bus(&[idx], *id, &sse, private);
         }
         if full {
             // More than one page: keep buffering, fetch the next.
@@ -841,7 +847,9 @@ impl Reactor {
 
     fn begin_bus_stream(&mut self, key: u32, bs: BusStream, names: &[Box<str>], failed: bool) {
         let targets: Vec<u32> = names.iter().filter_map(|n| self.broker.find(n)).collect();
-        let c = self.broker.subscribe(key, &targets, &bs.resume);
+        let c = self
+            .broker
+            .subscribe_as(key, &targets, &bs.sees_private, &bs.resume);
         let mut prelude = bs.prelude;
         match (&c.gap, failed, &bs.resume) {
             (Some(g), _, _) => prelude.extend_from_slice(g),

@@ -1,0 +1,340 @@
+//! The Mercure hub endpoint, `/.well-known/mercure`: subscribing with
+//! `GET ?topic=SELECTOR` (exact topics, `*`, URI templates; resume by
+//! `Last-Event-ID` or `lastEventID`, `earliest` for everything retained)
+//! and publishing with a `POST` form (`topic`, `data`, `private`, `id`,
+//! `type`, `retry`), answered with the update's id as plain text.
+//!
+//! A topic is the stream of the same name (the mapping loses nothing; see
+//! the README); `*` and templates read selector streams the broker keeps.
+//! This module turns requests into broker calls and actions through
+//! [`Cx`]; it must not touch sockets or keep state of its own (the alias
+//! index and selector streams live in the broker).
+
+use std::borrow::Cow;
+
+use crate::auth::{Grants, Selector};
+use crate::broker::{valid_topic, BrokerError, Create, Origin, Resume, MAX_TOPIC_BYTES};
+use crate::event::Event;
+use crate::frame;
+use crate::handler::Cx;
+use crate::http::{self, Method, Request, Response};
+
+/// The endpoint's path.
+pub const PATH: &str = "/.well-known/mercure";
+/// Longest publisher-supplied event id.
+pub const MAX_ID_BYTES: usize = 256;
+/// A `retry` above this is refused.
+const MAX_RETRY_MS: u64 = 3_600_000;
+
+/// Routes the hub's path; `false` when the path is not the hub's.
+pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
+    if req.path != PATH {
+        return false;
+    }
+    match req.method {
+        Method::Get | Method::Head => subscribe(cx, req),
+        Method::Post => publish(cx, req),
+        _ => cx.not_allowed(req, "GET, HEAD, POST, OPTIONS"),
+    }
+    true
+}
+
+/// Whether `sel` is an exact topic (read from its own stream) rather than
+/// `*` or a template (read from a selector stream).
+fn is_exact(sel: &str) -> bool {
+    sel != "*" && !sel.contains('{')
+}
+
+/// Whether a token's grants cover every topic `sel` can match, which is
+/// what lets a selector stream's cursor see private updates: decidable
+/// only for `*` grants or the very same selector, so anything else stays
+/// public-only (never more than the token allows).
+fn covers(grants: Option<&Grants>, sel: &str) -> bool {
+    grants.is_some_and(|g| {
+        g.subscribe
+            .iter()
+            .any(|s| s.as_str() == "*" || s.as_str() == sel)
+    })
+}
+
+fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
+    let topics: Vec<String> = req.query_all("topic").map(Cow::into_owned).collect();
+    if topics.is_empty() {
+        cx.counters.reject("bad_request");
+        return cx.fail(
+            req,
+            400,
+            "missing topic: subscribe with GET /.well-known/mercure?topic=SELECTOR",
+        );
+    }
+    if topics.len() > cx.cfg.max_streams_per_conn {
+        let msg = format!(
+            "too many topics: at most {} per subscription (--max-streams-per-conn)",
+            cx.cfg.max_streams_per_conn
+        );
+        return cx.fail(req, 400, &msg);
+    }
+    let mut selectors = Vec::with_capacity(topics.len());
+    for t in &topics {
+        match Selector::parse(t) {
+            Ok(s) if !is_exact(t) || valid_topic(t) => selectors.push(s),
+            _ => {
+                let msg = format!("bad topic selector {t:?}: a topic of 1..={MAX_TOPIC_BYTES} bytes without control characters, *, or a URI template");
+                return cx.fail(req, 400, &msg);
+            }
+        }
+    }
+    let Some(grants) = cx.subscriber(req) else {
+        return;
+    };
+    let exact: Vec<&str> = topics
+        .iter()
+        .map(String::as_str)
+        .filter(|t| is_exact(t))
+        .collect();
+    let Some(exact_sees) = cx.subscribe_rights(req, grants.as_ref(), &exact) else {
+        return;
+    };
+    let by = if cx.cfg.auto_streams {
+        Create::Subscriber
+    } else {
+        Create::No
+    };
+    let streams = match cx.broker.resolve_topics(&exact, by) {
+        Ok(v) => v,
+        Err((i, e)) => return fail_broker(cx, req, exact.get(i).copied().unwrap_or(""), &e),
+    };
+    let mut targets: Vec<u32> = Vec::with_capacity(topics.len());
+    let mut sees: Vec<bool> = Vec::with_capacity(topics.len());
+    for (&idx, name) in streams.iter().zip(dedup(&exact)) {
+        targets.push(idx);
+        sees.push(
+            exact
+                .iter()
+                .position(|t| *t == name)
+                .is_some_and(|p| exact_sees[p]),
+        );
+    }
+    for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
+        let idx = match cx.broker.selector_stream(sel) {
+            Ok(i) => i,
+            Err(e) => return fail_broker(cx, req, sel.as_str(), &e),
+        };
+        if !targets.contains(&idx) {
+            targets.push(idx);
+            sees.push(covers(grants.as_ref(), sel.as_str()));
+        }
+    }
+    let resume = match last_event_id(req) {
+        Some(r) if r == "earliest" => Resume::Earliest,
+        r => cx.resume(r.as_deref()),
+    };
+    let last = cx.broker.ids().last().to_string();
+    cx.stream_as(req, &targets, &sees, &resume, &[("Last-Event-ID", last)]);
+}
+
+/// `names` without repeats, in first-seen order (what `resolve` returns
+/// indices for).
+fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::with_capacity(names.len());
+    for n in names {
+        if !out.contains(n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Mercure's resume cursor: the `Last-Event-ID` header, else the
+/// `lastEventID` query parameter.
+fn last_event_id(req: &Request<'_>) -> Option<String> {
+    let raw = match req.header("last-event-id") {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => req.query_first("lastEventID")?.into_owned(),
+    };
+    let raw = raw.trim();
+    (!raw.is_empty()).then(|| raw.to_string())
+}
+
+fn fail_broker(cx: &mut Cx<'_>, req: &Request<'_>, topic: &str, e: &BrokerError) {
+    let msg = match e {
+        BrokerError::BadName => format!(
+            "bad topic {topic:?}: 1..={MAX_TOPIC_BYTES} bytes without control characters, braces, or a lone *"
+        ),
+        _ => format!("topic {topic:?}: {}", e.message()),
+    };
+    cx.fail(req, e.status(), &msg);
+}
+
+/// A publish form, checked.
+struct Update {
+    topics: Vec<String>,
+    event: Event,
+    private: bool,
+    id: Option<String>,
+}
+
+fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
+    let ctype = req
+        .header_str("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ctype.starts_with("application/x-www-form-urlencoded") {
+        return Err(
+            "publish with Content-Type: application/x-www-form-urlencoded (topic=...&data=...)"
+                .into(),
+        );
+    }
+    let body =
+        std::str::from_utf8(&req.body).map_err(|_| "request body must be UTF-8".to_string())?;
+    let mut u = Update {
+        topics: Vec::new(),
+        event: Event::new(""),
+        private: false,
+        id: None,
+    };
+    for (k, v) in http::query_pairs(body) {
+        match &*k {
+            "topic" => {
+                if u.topics.len() == max_topics {
+                    return Err(format!(
+                        "too many topics: at most {max_topics} per update (--max-streams-per-conn)"
+                    ));
+                }
+                if !valid_topic(&v) {
+                    return Err(format!("bad topic {v:?}: 1..={MAX_TOPIC_BYTES} bytes without control characters, braces, or a lone *"));
+                }
+                if !u.topics.iter().any(|t| *t == *v) {
+                    u.topics.push(v.into_owned());
+                }
+            }
+            "data" => u.event.data = v.into_owned(),
+            // Mercure: the field's presence makes the update private.
+            "private" => u.private = !matches!(v.trim(), "0" | "false" | "off"),
+            "id" => {
+                let ok = !v.is_empty()
+                    && v.len() <= MAX_ID_BYTES
+                    && !v.starts_with('#')
+                    && !v.contains(['\r', '\n', '\0']);
+                if !ok {
+                    return Err(format!("bad id: 1..={MAX_ID_BYTES} bytes, not starting with '#', without CR, LF or NUL"));
+                }
+                u.id = Some(v.into_owned());
+            }
+            "type" => u.event.event = Some(v.into_owned()),
+            "retry" => match v.trim().parse::<u64>() {
+                Ok(n) if n <= MAX_RETRY_MS => u.event.retry = Some(n as u32),
+                _ => {
+                    return Err(format!(
+                        "bad retry {v:?}: milliseconds, at most {MAX_RETRY_MS}"
+                    ))
+                }
+            },
+            _ => {}
+        }
+    }
+    if u.topics.is_empty() {
+        return Err("missing topic: the form needs at least one topic field".into());
+    }
+    u.event.check()?;
+    Ok(u)
+}
+
+fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
+    let Some(rights) = cx.publish_rights(req) else {
+        return;
+    };
+    let u = match parse_form(req, cx.cfg.max_streams_per_conn) {
+        Ok(u) => u,
+        Err(msg) => {
+            cx.counters.reject("bad_event");
+            return cx.fail(req, 400, &msg);
+        }
+    };
+    if let Some(t) = u.topics.iter().find(|t| !rights.allows(t)) {
+        cx.counters.reject("forbidden");
+        let msg = format!("the token's mercure.publish selectors do not match topic {t:?}");
+        return cx.fail(req, 403, &msg);
+    }
+    if cx.redis.is_some() {
+        // Hub publishes (custom ids, the alias index) are not carried over
+        // the Redis bus yet: refuse plainly rather than publish on one node
+        // with a locally invented id.
+        cx.counters.reject("publish_refused");
+        return cx.reply(
+            req,
+            Response::error(
+                501,
+                "publishing through /.well-known/mercure is not supported with --redis yet; publish with POST /events",
+            ),
+        );
+    }
+    let names: Vec<&str> = u.topics.iter().map(String::as_str).collect();
+    let targets = match cx.broker.resolve_topics(&names, Create::Publisher) {
+        Ok(v) => v,
+        Err((i, e)) => return fail_broker(cx, req, names.get(i).copied().unwrap_or(""), &e),
+    };
+    let private = u.private || cx.targets_private(&targets);
+    let ev = &u.event;
+    let custom = u.id.as_deref();
+    let published =
+        cx.broker.publish_as(
+            Origin::Local,
+            &targets,
+            cx.unix_us,
+            private,
+            |id| match custom {
+                Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
+                None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
+            },
+        );
+    match published {
+        Ok(p) => {
+            if p.pressure {
+                cx.actions.push(crate::handler::Action::Flush);
+            }
+            let id = match custom {
+                Some(c) => {
+                    cx.broker.alias(c, p.id);
+                    c.to_string()
+                }
+                None => p.id.to_string(),
+            };
+            cx.reply(req, Response::text(200, id));
+        }
+        Err(e) => {
+            cx.counters.reject("publish_refused");
+            cx.fail(req, e.status(), &e.message());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_and_covers() {
+        assert!(is_exact("https://example.com/books/1"));
+        assert!(!is_exact("*"));
+        assert!(!is_exact("https://example.com/books/{id}"));
+        let g = Grants {
+            publish: vec![],
+            subscribe: vec![Selector::parse("/b/{id}").unwrap()],
+        };
+        assert!(covers(Some(&g), "/b/{id}"));
+        assert!(!covers(Some(&g), "*"));
+        assert!(!covers(Some(&g), "/b/{x}/c"));
+        assert!(!covers(None, "*"));
+        let all = Grants {
+            publish: vec![],
+            subscribe: vec![Selector::parse("*").unwrap()],
+        };
+        assert!(covers(Some(&all), "/anything/{x}"));
+    }
+
+    #[test]
+    fn dedup_keeps_order() {
+        assert_eq!(dedup(&["a", "b", "a", "c"]), vec!["a", "b", "c"]);
+    }
+}
