@@ -2,13 +2,7 @@
 
 import { EventSource } from 'eventsource';
 import { defineScenarios } from './lib/scenarios.mjs';
-
-export function eventsUrl(base, streams, lastEventId) {
-  const url = new URL('/events', base);
-  for (const s of streams) url.searchParams.append('stream', s);
-  if (lastEventId) url.searchParams.set('last_event_id', lastEventId);
-  return url;
-}
+import { eventsUrl } from './lib/ssed.mjs';
 
 const adapter = {
   async connect({ base, streams, lastEventId, types }) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop suite: real SSE clients against a real ssed.
 #
-#   bash tests/interop/run.sh [eventsource|httpx-sse|sseclient-py|pyjwt|curl|chromium ...]
+#   bash tests/interop/run.sh [eventsource|eventsource2|eventsource5|fetch-event-source|
+#                              httpx-sse|sseclient-py|pyjwt|curl|chromium ...]
 #
 # Installs what it needs (Debian chromium and curl if missing, the npm
 # packages of tests/interop/package-lock.json, httpx, httpx-sse, requests
@@ -26,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(eventsource httpx-sse sseclient-py pyjwt curl chromium)
+[ ${#suites[@]} -gt 0 ] || suites=(eventsource eventsource2 eventsource5 fetch-event-source httpx-sse sseclient-py pyjwt curl chromium)
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 # --- system packages -------------------------------------------------------
@@ -46,8 +47,9 @@ command -v node >/dev/null 2>&1 || { echo "node (>= 20) is required" >&2; exit 1
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || { echo "node >= 20 is required, found $(node --version)" >&2; exit 1; }
 
-# --- npm packages (eventsource, playwright-core) ---------------------------
-if wants eventsource || wants curl || wants chromium; then
+# --- npm packages (eventsource 4/2/5, fetch-event-source, playwright) ------
+if wants eventsource || wants eventsource2 || wants eventsource5 ||
+   wants fetch-event-source || wants curl || wants chromium; then
   stamp="$here/node_modules/.ssed-lock"
   if ! cmp -s "$here/package-lock.json" "$stamp" 2>/dev/null; then
     log "npm ci in tests/interop"
@@ -91,6 +93,9 @@ versions="$root/target/interop-versions.txt"
   echo "node: $(node --version)"
   if [ -f "$here/node_modules/eventsource/package.json" ]; then
     echo "eventsource (npm): $(node -p "require('$here/node_modules/eventsource/package.json').version")"
+    echo "eventsource2 (npm alias of eventsource): $(node -p "require('$here/node_modules/eventsource2/package.json').version")"
+    echo "eventsource5 (npm alias of eventsource): $(node -p "require('$here/node_modules/eventsource5/package.json').version")"
+    echo "@microsoft/fetch-event-source (npm): $(node -p "require('$here/node_modules/@microsoft/fetch-event-source/package.json').version")"
     echo "playwright-core (npm): $(node -p "require('$here/node_modules/playwright-core/package.json').version")"
   fi
   if [ -x "$py" ]; then
@@ -120,7 +125,7 @@ count() { # label tapfile exit-code
   if [ "$3" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
   total_pass=$((total_pass + p))
   total_fail=$((total_fail + f))
-  summary+=("$(printf '%-12s pass=%-3s fail=%s' "$1" "$p" "$f")")
+  summary+=("$(printf '%-18s pass=%-3s fail=%s' "$1" "$p" "$f")")
 }
 
 run_node() { # label file
@@ -145,12 +150,15 @@ run_python() { # label file
 for s in "${suites[@]}"; do
   case "$s" in
     eventsource) run_node eventsource eventsource.test.mjs ;;
+    eventsource2) run_node eventsource2 eventsource2.test.mjs ;;
+    eventsource5) run_node eventsource5 eventsource5.test.mjs ;;
+    fetch-event-source) run_node fetch-event-source fetch-event-source.test.mjs ;;
     curl) run_node curl curl.test.mjs ;;
     chromium) run_node chromium chromium.test.mjs ;;
     httpx-sse) run_python httpx-sse test_httpx_sse.py ;;
     sseclient-py) run_python sseclient-py test_sseclient_py.py ;;
     pyjwt) run_python pyjwt test_pyjwt.py ;;
-    *) echo "unknown client: $s (eventsource, httpx-sse, sseclient-py, pyjwt, curl, chromium)" >&2; exit 2 ;;
+    *) echo "unknown client: $s (eventsource, eventsource2, eventsource5, fetch-event-source, httpx-sse, sseclient-py, pyjwt, curl, chromium)" >&2; exit 2 ;;
   esac
 done
 

@@ -7,7 +7,9 @@
 //   }
 //
 // `events` holds every event the client dispatched, in order, `message` and
-// each of `types` (which includes `gap`). `opens` counts successful
+// each of `types` (which includes `gap`). An adapter that can set request
+// headers also takes `lastEventIdHeader` (sent as `Last-Event-ID` on the
+// first connection) and declares `headerResume: true`. `opens` counts successful
 // connections. The adapter reconnects by itself the way its client does
 // (EventSource) or the way a user of it would (curl, httpx-sse), always
 // resuming with the last id it saw.
@@ -105,6 +107,29 @@ export function defineScenarios(label, adapter, serverOpts = () => ({})) {
       assert.equal(got.events.filter((e) => e.type === 'gap').length, 0, 'no gap for a retained cursor');
     });
   });
+
+  if (adapter.headerResume) {
+    test(`${label}: a Last-Event-ID header the server does not know gives a gap`, { timeout: 30000 }, async () => {
+      await withServer(await serverOpts(), async (h, connect) => {
+        const s = name('unknown');
+        const kept = await publish(h.server.base, s, 'retained');
+        const unknown = '12345';
+        const c = await connect(adapter, { streams: [s], lastEventIdHeader: unknown });
+        const first = await eventsOf(c, 2, 'the gap event and the retained event');
+        assert.equal(first.events[0].type, 'gap', 'the first event is the gap');
+        const g = JSON.parse(first.events[0].data);
+        assert.equal(g.last_event_id, unknown, 'gap names the id the client sent');
+        assert.deepEqual(g.streams, [s], 'gap names the stream');
+        const r = await publish(h.server.base, s, 'live');
+        const got = await eventsOf(c, 3, 'the live event after the gap');
+        assert.deepEqual(got.events.map((e) => e.type), ['gap', 'message', 'message']);
+        assert.deepEqual(strip(got.events), [
+          { type: 'message', id: kept.id, data: 'retained' },
+          { type: 'message', id: r.id, data: 'live' },
+        ], 'the gap, then what the server still holds, then live');
+      });
+    });
+  }
 
   test(`${label}: resumes without loss after DELETE /streams/NAME`, { timeout: 30000 }, async () => {
     await withServer(await serverOpts(), async (h, connect) => {

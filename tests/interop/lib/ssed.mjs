@@ -135,6 +135,14 @@ export async function publish(base, stream, data, opts = {}) {
   return reply;
 }
 
+/** The subscribe URL: /events?stream=A&stream=B[&last_event_id=X]. */
+export function eventsUrl(base, streams, lastEventId) {
+  const url = new URL('/events', base);
+  for (const s of streams) url.searchParams.append('stream', s);
+  if (lastEventId) url.searchParams.set('last_event_id', lastEventId);
+  return url;
+}
+
 /** DELETE /streams/NAME: closes the stream's subscribers. */
 export async function deleteStream(base, name) {
   const r = await fetch(`${base}/streams/${encodeURIComponent(name)}`, { method: 'DELETE', signal: AbortSignal.timeout(5000) });
