@@ -485,3 +485,56 @@ fn library_publisher_goes_through_redis() {
     stop.shutdown();
     th.join().unwrap().unwrap();
 }
+
+#[test]
+fn private_events_cross_nodes_only_to_subscribers_who_may_see_them() {
+    use serde_json::json;
+    use ssed::internals::auth::{mint_hs256, Key};
+    let Some(r) = Redis::start() else { return };
+    const KEY: &str = "ssed-redis-private-test-key-0123456789";
+    let key = Key::new(KEY.as_bytes().to_vec()).unwrap();
+    let sub = mint_hs256(&json!({"mercure": {"subscribe": ["priv"]}}), &key);
+    let pubt = mint_hs256(&json!({"mercure": {"publish": ["*"]}}), &key);
+    let a = node(&r, &["--jwt-key", KEY]);
+    let b = node(&r, &["--jwt-key", KEY]);
+    let mut anon = live(b.addr, "/events?stream=priv");
+    let mut authed = live(b.addr, &format!("/events?stream=priv&authorization={sub}"));
+    let send = |q: &str, data: &str| {
+        let raw = format!(
+            "POST /events?stream=priv{q} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {pubt}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{data}",
+            data.len()
+        );
+        let resp = request(a.addr, raw.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()["id"].as_str().unwrap().to_string()
+    };
+    let secret = send("&private=1", "secret");
+    let public = send("", "public");
+    // The authorised subscriber on the other node gets both, in order.
+    let e = authed.next_event(T).expect("private event");
+    assert_eq!(
+        (e.id.as_deref(), e.data().as_str()),
+        (Some(secret.as_str()), "secret")
+    );
+    let e = authed.next_event(T).expect("public event");
+    assert_eq!(e.id.as_deref(), Some(public.as_str()));
+    // The anonymous one: the public event first; the private one, and its
+    // id, never.
+    let e = anon.next_event(T).expect("public event");
+    assert_eq!(
+        (e.id.as_deref(), e.data().as_str()),
+        (Some(public.as_str()), "public")
+    );
+    let wire = String::from_utf8_lossy(&anon.wire).into_owned();
+    assert!(!wire.contains("secret"));
+    assert!(!wire.contains(&secret));
+    // Hub publishes are not carried over the bus: refused plainly.
+    let form = "topic=priv&data=x";
+    let raw = format!(
+        "POST /.well-known/mercure HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {pubt}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    let resp = request(a.addr, raw.as_bytes());
+    assert_eq!(resp.status, 501, "{}", resp.text());
+    assert!(resp.text().contains("--redis"));
+}
