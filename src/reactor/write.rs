@@ -480,8 +480,10 @@ impl Reactor {
         self.check_lag(key);
     }
 
-    /// Ends a streaming connection gracefully: what is queued is flushed
-    /// (with the last chunk of a chunked body), then the socket closes.
+    /// Ends a streaming connection gracefully: what is queued is flushed,
+    /// then an HTTP/1.0 (body-until-close) stream's socket closes; a chunked
+    /// one gets its last chunk and goes back to reading requests (unless
+    /// the server is shutting down).
     pub(super) fn end_stream(&mut self, key: u32) {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
@@ -496,7 +498,30 @@ impl Reactor {
             }
         }
         if c.chunked {
+            c.chunked = false;
             self.send(key, LAST_CHUNK);
+            if !self.shutting_down {
+                // The chunked response is complete, so the connection may
+                // carry the next request: clients with a connection pool
+                // (Node's fetch, fetch-event-source) reuse it, and closing
+                // it under them would fail their next request.
+                if let Some(c) = self.conns.get_mut(key as usize) {
+                    if matches!(c.state, State::Draining) {
+                        c.state = State::Reading {
+                            buf: None,
+                            idle: true,
+                            paused: false,
+                        };
+                        let d = self
+                            .clock
+                            .now_tick()
+                            .saturating_add(ticks(self.cfg.idle_timeout));
+                        self.set_deadline(key, d);
+                        self.after_write(key);
+                    }
+                }
+                return;
+            }
         }
         match self.conns.get(key as usize) {
             Some(c) if c.out.is_some() => self.after_write(key),

@@ -341,6 +341,11 @@ impl<R: Read> Dechunked<R> {
 impl<R: Read> Read for Dechunked<R> {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.out.len() {
+            // A chunked body ends at its last chunk (the connection may
+            // stay open for the next request): that is the end of this body.
+            if self.dechunk.as_ref().is_some_and(|d| d.ended) {
+                return Ok(0);
+            }
             self.out.clear();
             self.pos = 0;
             let mut raw = [0u8; 16384];
@@ -510,6 +515,29 @@ impl Sse {
             let b = self.next_block(left)?;
             if !b.data.is_empty() {
                 return Some(b);
+            }
+        }
+    }
+    /// Whether the server ended the stream within `timeout`: the last
+    /// chunk of a chunked body (the connection then stays open for the next
+    /// request), or the close of an HTTP/1.0 body.
+    pub fn ended_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.ended() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(deadline - now)).unwrap();
+            let mut b = [0u8; 4096];
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(n) => self.take(&b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
             }
         }
     }

@@ -555,7 +555,7 @@ fn streams_stats_and_metrics_move_with_traffic() {
     // DELETE closes subscribers and removes the stream.
     let r = request(s.addr, b"DELETE /streams/m HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.json()["closed"], 1);
-    assert!(sub.closed_within(T));
+    assert!(sub.ended_within(T));
     assert_eq!(get(s.addr, "/streams/m").status, 404);
 }
 

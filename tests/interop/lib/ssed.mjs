@@ -127,7 +127,13 @@ export async function publish(base, stream, data, opts = {}) {
     if (opts.event) q.set('event', opts.event);
     headers['Content-Type'] = 'text/plain; charset=utf-8';
   }
-  const r = await fetch(`${base}/events?${q}`, { method: 'POST', body, headers, signal: AbortSignal.timeout(5000) });
+  let r;
+  try {
+    r = await fetch(`${base}/events?${q}`, { method: 'POST', body, headers, signal: AbortSignal.timeout(5000) });
+  } catch (e) {
+    // undici says only "fetch failed"; the cause says what the socket did.
+    throw new Error(`publish to ${stream}: ${e.message}: ${e.cause?.code ?? ''} ${e.cause?.message ?? e.cause ?? ''}`);
+  }
   const text = await r.text();
   if (r.status !== 200) throw new Error(`publish to ${stream} answered ${r.status}: ${text}`);
   const reply = JSON.parse(text);
