@@ -300,7 +300,9 @@ mod tests {
         let start = std::time::Instant::now();
         assert!(!sel.matches(&topic));
         assert!(sel.matches(&format!("{topic}x")));
-        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // Linear work is well under a second; exponential would never end.
+        // The bound is loose so a loaded machine cannot fail it.
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
     }
 
     #[test]

@@ -277,7 +277,6 @@ fn now_us() -> u64 {
 fn chamber_events_have_the_seed_fields_and_pace() {
     // 4 s × 0.05 = 200 ms between events.
     let srv = Server::start(&["--tick-scale", "0.05"]);
-    let t0 = Instant::now();
     let mut s = Sse::open(srv.addr, "/streaming/sse", &[]);
     assert_eq!(s.status, 200);
     assert_eq!(s.header("content-type"), Some("text/event-stream"));
@@ -287,14 +286,10 @@ fn chamber_events_have_the_seed_fields_and_pace() {
     let date = s.header("date").unwrap_or("");
     assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
     let mut elapsed = Vec::new();
-    for i in 0..3 {
+    for _ in 0..3 {
+        // "At once" is checked on the server's own clock below
+        // (`elapsed[0]`), not on this test's, which a loaded machine skews.
         let ev = s.next();
-        if i == 0 {
-            assert!(
-                t0.elapsed() < Duration::from_millis(150),
-                "first event at once"
-            );
-        }
         assert_eq!(ev.fields, ["id", "event", "data"]);
         let id = ev.id.clone().unwrap();
         assert_eq!(id.len(), 32, "{id}");
