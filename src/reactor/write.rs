@@ -492,9 +492,10 @@ impl Reactor {
             State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
             State::Ticking(_) => {}
             other => {
-                // Not a stream: put it back and close it.
+                // Not a stream (any more): nothing to end. Closing it could
+                // hit an unrelated connection that reuses the key.
                 c.state = other;
-                return self.close(key);
+                return;
             }
         }
         if c.chunked {
