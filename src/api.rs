@@ -382,18 +382,7 @@ fn fits(cx: &Cx<'_>, targets: &[u32], events: &[Event]) -> Result<(), BrokerErro
         let n =
             crate::frame::encode_numbered(u64::pow(10, 15), e.event.as_deref(), &e.data, e.retry)
                 .len();
-        for &t in targets {
-            if let Some(s) = cx.broker.get(t) {
-                let cost = crate::broker::Frame::cost_for(n);
-                if cost > s.limits().history_bytes {
-                    return Err(BrokerError::TooLarge {
-                        size: cost,
-                        limit: s.limits().history_bytes,
-                        bound: "a stream's history (--history-bytes)",
-                    });
-                }
-            }
-        }
+        cx.broker.check_size(targets, n)?;
     }
     Ok(())
 }

@@ -529,6 +529,25 @@ impl Cx<'_> {
         frame::retry(ms)
     }
 
+    /// The framing and headers of a stream response to `req`; `None` when
+    /// it is a `HEAD`, answered here with the head a `GET` would get, then
+    /// a close (a stream has no end for a Content-Length to describe).
+    fn stream_start(
+        &mut self,
+        req: &Request<'_>,
+        headers: &[(&'static str, String)],
+    ) -> Option<(bool, Headers)> {
+        let chunked = !req.http10 && CHUNKED_STREAMS;
+        let mut hs = self.cors.clone();
+        hs.extend_from_slice(headers);
+        if req.method == Method::Head {
+            let bytes = http::stream_head(req.http10, chunked, &hs);
+            self.actions.push(Action::Respond { bytes, close: true });
+            return None;
+        }
+        Some((chunked, hs))
+    }
+
     /// Starts an event stream on this connection reading `targets` from
     /// `resume`: the one place a subscription is planned and begun.
     pub fn stream(
@@ -550,16 +569,9 @@ impl Cx<'_> {
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
-        let chunked = !req.http10 && CHUNKED_STREAMS;
-        let mut hs = self.cors.clone();
-        hs.extend_from_slice(headers);
-        if req.method == Method::Head {
-            // The head a GET would get, then close: a stream has no end
-            // for a Content-Length to describe.
-            let bytes = http::stream_head(req.http10, chunked, &hs);
-            self.actions.push(Action::Respond { bytes, close: true });
+        let Some((chunked, hs)) = self.stream_start(req, headers) else {
             return;
-        }
+        };
         let mut prelude = self.prelude();
         if self.redis.is_some() {
             self.actions.push(Action::BusStream(Box::new(BusStream {
@@ -596,14 +608,9 @@ impl Cx<'_> {
         first_in_ms: u64,
         next: TickFn,
     ) {
-        let chunked = !req.http10 && CHUNKED_STREAMS;
-        let mut hs = self.cors.clone();
-        hs.extend_from_slice(headers);
-        if req.method == Method::Head {
-            let bytes = http::stream_head(req.http10, chunked, &hs);
-            self.actions.push(Action::Respond { bytes, close: true });
+        let Some((chunked, hs)) = self.stream_start(req, headers) else {
             return;
-        }
+        };
         let prelude = self.prelude();
         self.actions.push(Action::Tick {
             head: http::stream_head(req.http10, chunked, &hs),

@@ -862,6 +862,39 @@ impl Broker {
         self.append_as(origin, targets, id, &sse, private)
     }
 
+    /// Whether an event of `sse_len` SSE bytes may be kept in `targets`: no
+    /// larger than any target's history bytes, nor, times the rings it
+    /// goes to, than the server-wide budget.
+    pub fn check_size(&self, targets: &[u32], sse_len: usize) -> Result<(), BrokerError> {
+        let cost = Frame::cost_for(sse_len);
+        let mut rings = 0usize;
+        for &t in targets {
+            if let Some(s) = self.streams.get(t as usize) {
+                rings += 1;
+                if cost > s.limits.history_bytes {
+                    let bound = if s.limits.history_bytes == self.limits.history_bytes {
+                        "a stream's history (--history-bytes)"
+                    } else {
+                        "this app stream's history"
+                    };
+                    return Err(BrokerError::TooLarge {
+                        size: cost,
+                        limit: s.limits.history_bytes,
+                        bound,
+                    });
+                }
+            }
+        }
+        if cost.saturating_mul(rings) > self.budget {
+            return Err(BrokerError::TooLarge {
+                size: cost.saturating_mul(rings),
+                limit: self.budget,
+                bound: "the server-wide history budget (--history-total-bytes)",
+            });
+        }
+        Ok(())
+    }
+
     /// Appends an event whose id was assigned elsewhere (a journal being
     /// replayed, a bus), or by [`Broker::publish_with`].
     pub fn append(
@@ -896,33 +929,9 @@ impl Broker {
         };
         // Checked before the frame is built, so an oversized event is never
         // copied, let alone kept.
-        let cost = Frame::cost_for(sse.len());
-        let mut rings = 0usize;
-        for &t in targets {
-            if let Some(s) = self.streams.get(t as usize) {
-                rings += 1;
-                if cost > s.limits.history_bytes {
-                    self.life.refused_too_large += 1;
-                    let bound = if s.limits.history_bytes == self.limits.history_bytes {
-                        "a stream's history (--history-bytes)"
-                    } else {
-                        "this app stream's history"
-                    };
-                    return Err(BrokerError::TooLarge {
-                        size: cost,
-                        limit: s.limits.history_bytes,
-                        bound,
-                    });
-                }
-            }
-        }
-        if cost.saturating_mul(rings) > self.budget {
+        if let Err(e) = self.check_size(targets, sse.len()) {
             self.life.refused_too_large += 1;
-            return Err(BrokerError::TooLarge {
-                size: cost.saturating_mul(rings),
-                limit: self.budget,
-                bound: "the server-wide history budget (--history-total-bytes)",
-            });
+            return Err(e);
         }
         if !self.sinks.is_empty() {
             // Selector streams are derived: sinks (a journal, a bus) see
