@@ -9,11 +9,10 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
+use crate::access::{Op, PublishRights};
 use crate::broker::{BrokerError, Create, Origin};
 use crate::event::Event;
-use crate::handler::{
-    bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, PublishRights, Shape,
-};
+use crate::handler::{bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -30,14 +29,20 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             _ => cx.not_allowed(req, "GET, HEAD, POST, OPTIONS"),
         },
         "/streams" => match req.method {
-            Method::Get | Method::Head => list_streams(cx, req),
+            Method::Get | Method::Head if allowed(cx, req, Op::ListStreams) => {
+                list_streams(cx, req)
+            }
+            Method::Get | Method::Head => {}
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         p if p.starts_with("/streams/") => {
             let raw = &p["/streams/".len()..];
             let name = http::decode_component(raw).unwrap_or(Cow::Borrowed(raw));
             match req.method {
-                Method::Get | Method::Head => one_stream(cx, req, &name),
+                Method::Get | Method::Head if allowed(cx, req, Op::ListStreams) => {
+                    one_stream(cx, req, &name)
+                }
+                Method::Get | Method::Head => {}
                 Method::Put => create_stream(cx, req, &name),
                 Method::Delete => delete_stream(cx, req, &name),
                 _ => cx.not_allowed(req, "GET, HEAD, PUT, DELETE"),
@@ -46,6 +51,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
         "/healthz" => match req.method {
             // Still 200 while Redis is down: a load balancer must not drop
             // every node at once; the body says so.
+            Method::Get | Method::Head if !allowed(cx, req, Op::ReadStats) => {}
             Method::Get | Method::Head => match cx.redis {
                 Some(false) => cx.ok(req, "text/plain", "degraded: redis unavailable"),
                 _ => cx.ok(req, "text/plain", "ok"),
@@ -53,6 +59,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         "/stats" | "/metrics" => match req.method {
+            Method::Get | Method::Head if !allowed(cx, req, Op::ReadStats) => {}
             Method::Get | Method::Head => cx.actions.push(Action::Stats {
                 prometheus: req.path == "/metrics",
                 http10: req.http10,
@@ -69,6 +76,11 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Asks the access rule (a refusal is answered there).
+fn allowed(cx: &mut Cx<'_>, req: &Request<'_>, op: Op<'_>) -> bool {
+    cx.allow(req, op).is_some()
 }
 
 /// Resolves public stream names, creating them as `by` may; on failure
@@ -266,19 +278,17 @@ fn json_event(v: &Value) -> Result<Event, String> {
 
 /// 403 unless `rights` cover every name (answered here).
 fn covers(cx: &mut Cx<'_>, req: &Request<'_>, rights: &PublishRights, names: &[String]) -> bool {
-    match names.iter().find(|n| !rights.allows(n)) {
-        None => true,
-        Some(n) => {
-            cx.counters.reject("forbidden");
-            let msg = format!("the token's mercure.publish selectors do not match {n:?}");
-            cx.fail(req, 403, &msg);
+    match rights.covers(names) {
+        Ok(()) => true,
+        Err(d) => {
+            cx.deny(req, &d);
             false
         }
     }
 }
 
 fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let Some(rights) = cx.publish_rights(req) else {
+    let Some(rights) = cx.writer(req, Op::Publish) else {
         return;
     };
     let (events, extra, batch, private) = match parse_publish(req) {
@@ -477,7 +487,7 @@ fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 /// existed. It works with --no-auto-streams, and an explicit stream is
 /// kept while empty until --stream-idle-ttl.
 fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    if !cx.authorize(req) {
+    if cx.writer(req, Op::CreateStream(name)).is_none() {
         return;
     }
     match cx.broker.create(name) {
@@ -502,10 +512,7 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 }
 
 fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    let Some(rights) = cx.publish_rights(req) else {
-        return;
-    };
-    if !covers(cx, req, &rights, &[name.to_string()]) {
+    if cx.writer(req, Op::DeleteStream(name)).is_none() {
         return;
     }
     match cx.broker.find_public(name) {

@@ -12,7 +12,8 @@
 
 use std::borrow::Cow;
 
-use crate::auth::{Grants, Selector};
+use crate::access::{selector_sees_private, Op};
+use crate::auth::Selector;
 use crate::broker::{valid_topic, BrokerError, Create, Origin, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
@@ -43,18 +44,6 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
 /// `*` or a template (read from a selector stream).
 fn is_exact(sel: &str) -> bool {
     sel != "*" && !sel.contains('{')
-}
-
-/// Whether a token's grants cover every topic `sel` can match, which is
-/// what lets a selector stream's cursor see private updates: decidable
-/// only for `*` grants or the very same selector, so anything else stays
-/// public-only (never more than the token allows).
-fn covers(grants: Option<&Grants>, sel: &str) -> bool {
-    grants.is_some_and(|g| {
-        g.subscribe
-            .iter()
-            .any(|s| s.as_str() == "*" || s.as_str() == sel)
-    })
 }
 
 fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
@@ -122,7 +111,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         };
         if !targets.contains(&idx) {
             targets.push(idx);
-            sees.push(covers(grants.as_ref(), sel.as_str()));
+            sees.push(selector_sees_private(grants.as_ref(), sel.as_str()));
         }
     }
     let resume = match last_event_id(req) {
@@ -241,7 +230,7 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
 }
 
 fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let Some(rights) = cx.publish_rights(req) else {
+    let Some(rights) = cx.writer(req, Op::Publish) else {
         return;
     };
     let u = match parse_form(req, cx.cfg.max_streams_per_conn) {
@@ -251,10 +240,8 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             return cx.fail(req, 400, &msg);
         }
     };
-    if let Some(t) = u.topics.iter().find(|t| !rights.allows(t)) {
-        cx.counters.reject("forbidden");
-        let msg = format!("the token's mercure.publish selectors do not match topic {t:?}");
-        return cx.fail(req, 403, &msg);
+    if let Err(d) = rights.covers(&u.topics) {
+        return cx.deny(req, &d);
     }
     if cx.redis.is_some() {
         // Hub publishes (custom ids, the alias index) are not carried over
@@ -312,9 +299,10 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Grants;
 
     #[test]
-    fn exact_and_covers() {
+    fn exact_and_selector_sees_private() {
         assert!(is_exact("https://example.com/books/1"));
         assert!(!is_exact("*"));
         assert!(!is_exact("https://example.com/books/{id}"));
@@ -322,15 +310,15 @@ mod tests {
             publish: vec![],
             subscribe: vec![Selector::parse("/b/{id}").unwrap()],
         };
-        assert!(covers(Some(&g), "/b/{id}"));
-        assert!(!covers(Some(&g), "*"));
-        assert!(!covers(Some(&g), "/b/{x}/c"));
-        assert!(!covers(None, "*"));
+        assert!(selector_sees_private(Some(&g), "/b/{id}"));
+        assert!(!selector_sees_private(Some(&g), "*"));
+        assert!(!selector_sees_private(Some(&g), "/b/{x}/c"));
+        assert!(!selector_sees_private(None, "*"));
         let all = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
         };
-        assert!(covers(Some(&all), "/anything/{x}"));
+        assert!(selector_sees_private(Some(&all), "/anything/{x}"));
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub(crate) struct Bound {
     users: Option<crate::apps::mongoose::Users>,
     redis: Option<crate::bus::RedisUrl>,
     journal: Option<durable::Opened>,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
 }
 
 impl Bound {
@@ -178,7 +178,7 @@ impl Bound {
             ),
             None => None,
         };
-        let auth = crate::handler::Auth::from_config(&cfg)
+        let auth = crate::access::Access::from_config(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -365,7 +365,7 @@ pub(crate) struct Reactor {
     conns: Slab<Conn>,
     broker: Broker,
     apps: Apps,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
     cfg: Config,
     counters: Counters,
     timers: Timers,
@@ -575,7 +575,7 @@ impl Reactor {
         Cx {
             broker: &mut self.broker,
             cfg: &self.cfg,
-            auth: &self.auth,
+            access: &self.auth,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -1232,7 +1232,7 @@ impl Reactor {
         let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
             return Some((peer, false));
         };
-        let client = match crate::handler::forwarded_client(req, &self.cfg.trusted_proxies) {
+        let client = match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
             None => Some(proxy),
             Some(c) => c,
         };

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("journal", 0),
     ("client", 0),
     ("event", 1),
+    ("access", 1),
     ("broker", 2),
     ("handler", 3),
     ("api", 4),
