@@ -483,14 +483,18 @@ impl Cx<'_> {
 pub const CHUNKED_STREAMS: bool = true;
 
 /// The cursor a subscriber resumes from: the `Last-Event-ID` header, else
-/// the `last_event_id` query parameter (EventSource cannot set headers on
-/// its first connection). The header wins: EventSource keeps the query on
+/// the `last_event_id` query parameter, else Mercure's spelling
+/// `lastEventID` (the README says either endpoint takes either), since
+/// EventSource cannot set headers on its first connection. The header wins: EventSource keeps the query on
 /// every reconnect while its header moves on. Not-UTF-8 stays unparsable
 /// (so it gets a `gap`) rather than vanishing.
 pub fn last_event_id(req: &Request<'_>) -> Option<String> {
     let raw = match req.header("last-event-id") {
         Some(v) => String::from_utf8_lossy(v).trim().to_string(),
-        None => req.query_first("last_event_id").map(Cow::into_owned)?,
+        None => req
+            .query_first("last_event_id")
+            .or_else(|| req.query_first("lastEventID"))
+            .map(Cow::into_owned)?,
     };
     let raw = raw.trim();
     (!raw.is_empty()).then(|| raw.to_string())

@@ -244,7 +244,15 @@ pub fn parse_resume<'b>(
     let mut chunked = false;
     let mut conn_close = false;
     let mut conn_keep = false;
+    if (0..head_len).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
+        // A bare LF ends lines for some parsers and not others (request
+        // smuggling through a proxy that disagrees); nginx refuses it too.
+        return Err(HttpError::BadRequest(
+            "bare LF in the request head: every line must end with CRLF",
+        ));
+    }
     let mut hosts = 0;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
         let value = h.value;
@@ -276,6 +284,9 @@ pub fn parse_resume<'b>(
             }
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            check_host(value)?;
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
             for tok in value.split(|&b| b == b',') {
                 let tok = tok.trim_ascii();
@@ -309,6 +320,13 @@ pub fn parse_resume<'b>(
         !conn_close
     };
     let rest = &buf[head_len..];
+    // RFC 9110 §10.1.1: answer `100 Continue` before the body is read (a
+    // refusal at the head, as 411 or 413 above, is the final status
+    // instead); HTTP/1.0 clients get none.
+    let body_expected = chunked || content_length.is_some_and(|n| n > 0);
+    if expect_continue && !http10 && body_expected && rest.is_empty() {
+        scan.continue_due = true;
+    }
     let (body, used): (Cow<'_, [u8]>, usize) = if chunked {
         // Check only the chunks that arrived since the last attempt; decode
         // (one more pass) only once the body is complete.
@@ -344,6 +362,22 @@ pub fn parse_resume<'b>(
         body,
     };
     Ok(Parsed::Complete(req, head_len + used))
+}
+
+/// A `Host` value: one `host[:port]`, not empty, no list (`a, b`), no
+/// spaces, slashes or userinfo (nginx refuses the same with 400).
+fn check_host(value: &[u8]) -> Result<(), HttpError> {
+    let v = value.trim_ascii();
+    if v.is_empty() {
+        return Err(HttpError::BadRequest("empty Host header"));
+    }
+    let bad = |b: &u8| b.is_ascii_control() || b" ,/\\@\t".contains(b);
+    if v.iter().any(bad) {
+        return Err(HttpError::BadRequest(
+            "bad Host header: one host[:port] expected",
+        ));
+    }
+    Ok(())
 }
 
 /// What httparse's version error means: a request line of three parts
@@ -384,7 +418,20 @@ pub struct Scan {
     at: usize,
     /// Body bytes in the complete chunks before it.
     body: usize,
+    /// The head asked `Expect: 100-continue` and no body byte came yet:
+    /// the caller owes an interim `100 Continue` ([`Scan::take_continue`]).
+    continue_due: bool,
 }
+
+impl Scan {
+    /// Whether to send `HTTP/1.1 100 Continue` now (once: it clears).
+    pub fn take_continue(&mut self) -> bool {
+        std::mem::take(&mut self.continue_due)
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Decodes a chunked body at the front of `buf`: `Ok(None)` while
 /// incomplete, otherwise the body and the bytes consumed. Chunk extensions
@@ -458,6 +505,7 @@ fn walk_chunks(
         scan = Scan {
             at: data + size + 2,
             body: scan.body + size,
+            continue_due: false,
         };
     }
 }
@@ -757,7 +805,8 @@ mod tests {
                 scan,
                 Scan {
                     at: req.len() - head,
-                    body: i as usize + 1
+                    body: i as usize + 1,
+                    continue_due: false,
                 }
             );
         }

@@ -1156,7 +1156,12 @@ impl Reactor {
                 _ => return data.len(),
             }
             match http::parse_resume(&data[off..], limits, scan) {
-                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Partial) => {
+                    if scan.take_continue() {
+                        self.respond(key, http::CONTINUE, false);
+                    }
+                    break;
+                }
                 Err(e) => {
                     self.counters.reject(e.reason());
                     self.error(key, e.status(), e.message(), None);

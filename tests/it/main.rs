@@ -2,6 +2,7 @@
 //! harness (`common`: start the real server on port 0, subscribe, publish,
 //! `wait_until`). Every test talks to a real process or `Server` over TCP.
 
+mod access;
 mod apps;
 mod bench_smoke;
 mod client;
