@@ -172,6 +172,12 @@ pub enum UsersErrorKind {
         /// The 1-based line.
         line: usize,
     },
+    /// A line that is not `user@domain:password` (no colon, or no domain
+    /// before it): a typo would otherwise lock that user out silently.
+    BadLine {
+        /// The 1-based line.
+        line: usize,
+    },
 }
 
 /// A `--users` file that cannot be used; `Display` names the path and the
@@ -205,6 +211,9 @@ impl fmt::Display for UsersError {
                 )
             }
             UsersErrorKind::EmptyPassword { line } => write!(f, "line {line}: empty password"),
+            UsersErrorKind::BadLine { line } => {
+                write!(f, "line {line}: not user@domain:password")
+            }
         }
     }
 }
@@ -220,8 +229,8 @@ impl std::error::Error for UsersError {
 
 /// Reads a users file: `user@domain:password` per line (the password is
 /// everything after the first `:`); blank lines and `#` comments skipped;
-/// a leading UTF-8 BOM ignored (editors on Windows write one). Lines that
-/// are not `user@domain:password` are skipped with a warning; users past
+/// a leading UTF-8 BOM ignored (editors on Windows write one). A line
+/// that is not `user@domain:password` is an error naming it; users past
 /// [`MAX_USERS`] are ignored with a warning.
 pub fn load_users(path: &Path) -> Result<Users, UsersError> {
     let err = |kind| UsersError {
@@ -252,8 +261,7 @@ fn parse_users(text: &str) -> Result<Users, UsersErrorKind> {
             .split_once(':')
             .and_then(|(j, p)| Some((bare_jid(j.trim())?, p)))
         else {
-            log::warn!("--users line {line_no}: not user@domain:password; skipped");
-            continue;
+            return Err(UsersErrorKind::BadLine { line: line_no });
         };
         if password.is_empty() {
             return Err(UsersErrorKind::EmptyPassword { line: line_no });
@@ -1581,11 +1589,20 @@ mod tests {
 
     #[test]
     fn users_file() {
-        let u = parsed(
-            "# comment\n\nalice@wonderland.lit:secret\nbad line\nrabbit@wonderland.lit:pa:ss\n",
-        );
+        let u = parsed("# comment\n\nalice@wonderland.lit:secret\nrabbit@wonderland.lit:pa:ss\n");
         assert_eq!(u.len(), 2);
         assert_eq!(password(&u, "rabbit@wonderland.lit"), Some("pa:ss"));
+        for (text, line) in [
+            ("a@x:1\nbad line\n", 2),
+            ("# c\nnodomain:pw\n", 2),
+            ("@x:pw\n", 1),
+            ("a@:pw\n", 1),
+        ] {
+            match parse_users(text) {
+                Err(UsersErrorKind::BadLine { line: l }) => assert_eq!(l, line, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1593,8 +1610,10 @@ mod tests {
         let u = parsed("\u{feff}alice@wonderland.lit:secret\n");
         assert_eq!(password(&u, "alice@wonderland.lit"), Some("secret"));
         // Only at the very start: elsewhere it is part of a (bad) line.
-        let u = parsed("alice@wonderland.lit:secret\n\u{feff}# not a comment\n");
-        assert_eq!(u.len(), 1);
+        assert!(matches!(
+            parse_users("alice@wonderland.lit:secret\n\u{feff}# not a comment\n"),
+            Err(UsersErrorKind::BadLine { line: 2 })
+        ));
     }
 
     #[test]

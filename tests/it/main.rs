@@ -12,6 +12,7 @@ mod core;
 mod durable;
 mod fuzz;
 mod hardening;
+mod heads;
 mod layers;
 mod library;
 mod memory;

@@ -1136,3 +1136,29 @@ fn room_create_status_line_is_201_created() {
     let r = given_new_room_with_id(&api, ALICE, "put-room", "n");
     assert_eq!(status_line(&r), "HTTP/1.1 201 Created");
 }
+
+#[test]
+fn a_users_line_without_colon_or_domain_stops_start_up_naming_the_line() {
+    for (name, text, line) in [
+        ("nocolon", "alice@localhost:pw\nbob@localhost\n", 2),
+        ("nodomain", "# users\nalice:pw\n", 2),
+    ] {
+        let file = std::env::temp_dir().join(format!(
+            "ssed-mongoose-badline-{}-{name}.txt",
+            std::process::id()
+        ));
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssed"))
+            .args(["--listen", "127.0.0.1:0", "--users", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("line {line}: not user@domain:password")),
+            "{name}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{name}: it must not listen");
+    }
+}
