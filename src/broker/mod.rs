@@ -394,6 +394,9 @@ pub struct Broker {
     /// Encoded bytes retained in every ring (a frame shared by several
     /// rings counts once per ring: an upper bound of the memory held).
     total_bytes: usize,
+    /// Bytes the apps hold outside the rings (archives) but charge to the
+    /// same budget.
+    app_bytes: usize,
     budget: usize,
     idle_ttl_us: u64,
     /// The latest time the caller passed in (unix µs).
@@ -430,6 +433,7 @@ impl Broker {
             public: 0,
             unclaimed: 0,
             total_bytes: 0,
+            app_bytes: 0,
             budget: DEFAULT_TOTAL_BYTES,
             idle_ttl_us: DEFAULT_IDLE_TTL_US,
             now_us,
@@ -459,6 +463,13 @@ impl Broker {
     /// Encoded bytes retained in every history.
     pub fn total_bytes(&self) -> usize {
         self.total_bytes
+    }
+
+    /// Tells the budget what the apps hold outside the rings (the
+    /// MongooseIM archives); history is evicted so that both fit.
+    pub fn set_app_bytes(&mut self, bytes: usize) {
+        self.app_bytes = bytes;
+        self.enforce_budget();
     }
 
     /// The server-wide history budget.
@@ -800,7 +811,7 @@ impl Broker {
     /// Evicts the oldest events of the least recently used streams until
     /// the retained total is within the budget.
     fn enforce_budget(&mut self) {
-        while self.total_bytes > self.budget {
+        while self.total_bytes + self.app_bytes > self.budget {
             let v = self.lru_head;
             let Some(s) = self.streams.get_mut(v as usize) else {
                 // Nothing listed: the accounting says otherwise only if it
