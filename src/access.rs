@@ -21,6 +21,9 @@
 //!   them ([`Access::subscribe`], [`selector_sees_private`]).
 //! - **Reading metadata** (`/streams`, `/stats`, `/metrics`, `/healthz`,
 //!   the demo page) is public, as it always was.
+//! - **Browsers**: a page's origin may read replies only when listed in
+//!   `--cors-origin` ([`Access::cors`]), and a page of another origin
+//!   never counts as local for writes.
 //! - `/api` (MongooseIM) authenticates its own users with HTTP Basic
 //!   against `--users` ([`basic_user`]); JWTs and the publish token do not
 //!   apply there.
@@ -34,7 +37,7 @@ use std::net::IpAddr;
 use crate::auth::hmac::constant_time_eq;
 use crate::auth::{self, Grants, Key, Selector};
 use crate::config::Config;
-use crate::http::Request;
+use crate::http::{Headers, Request};
 
 /// What a route is about to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +215,26 @@ impl Access {
     /// Whether any `--private-streams` selector is set.
     pub fn has_private_streams(&self) -> bool {
         !self.private_streams.is_empty()
+    }
+
+    /// CORS headers for this request's `Origin`, if `--cors-origin`
+    /// allows it (empty otherwise): which pages may read the replies.
+    pub fn cors(&self, req: &Request<'_>) -> Headers {
+        let origins = &self.listed_origins;
+        if origins.is_empty() {
+            return Vec::new();
+        }
+        if origins.iter().any(|o| o == "*") {
+            return vec![("Access-Control-Allow-Origin", "*".into())];
+        }
+        match req.header_str("origin") {
+            Some(o) if origins.iter().any(|a| a == o) => vec![
+                ("Access-Control-Allow-Origin", o.to_string()),
+                ("Access-Control-Allow-Credentials", "true".into()),
+                ("Vary", "Origin".into()),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     /// The decision for `op` given the request's facts.

@@ -6,8 +6,10 @@
 //!
 //! Nothing here touches sockets, `Poll` or the clock. The helpers every
 //! handler shares live here once: replies built by `http::Response`, the
-//! 405 with `Allow`, publish rights, the Last-Event-ID reader, and the one
-//! place a subscription is planned and started.
+//! 405 with `Allow`, asking the access rule ([`Cx::allow`]; the rule
+//! itself is `crate::access`, and no handler decides access alone), the
+//! Last-Event-ID reader, and the one place a subscription is planned and
+//! started.
 
 use std::borrow::Cow;
 use std::net::IpAddr;

@@ -57,6 +57,7 @@ fn headers(c: Cred) -> String {
 }
 
 /// One route: method, target, extra headers, body.
+#[derive(Clone, Copy)]
 struct Route {
     name: &'static str,
     method: &'static str,
@@ -320,4 +321,40 @@ fn every_write_route_without_a_key_takes_only_plainly_local_requests() {
     }
     let s = stats(a);
     assert_eq!(s["rejected"]["forbidden_not_local"], 10, "{s}");
+}
+
+#[test]
+fn every_write_route_behind_a_trusted_proxy_judges_the_forwarded_client() {
+    let srv = Server::start(&["--trusted-proxy", "127.0.0.1"]);
+    let a = srv.addr;
+    for route in &WRITES {
+        let raw = b"PUT /streams/doomed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(request(a, raw).status, 200 | 201));
+        // The proxy relays a remote client: not local.
+        let r = send(a, route, Cred::Forwarded);
+        assert_eq!(r.status, 403, "{}: {r:?}", route.name);
+        assert!(
+            error(&r).contains("allowed from loopback only"),
+            "{}: {r:?}",
+            route.name
+        );
+        // The proxy relays a client on this host: local.
+        let local = Route {
+            extra: match route.name {
+                "POST /notification/events" => {
+                    "Member-ID: alice\r\nContent-Type: application/json\r\nX-Forwarded-For: 127.0.0.1\r\n"
+                }
+                "POST /events" => "Content-Type: text/plain\r\nX-Forwarded-For: 127.0.0.1\r\n",
+                "POST /.well-known/mercure" => {
+                    "Content-Type: application/x-www-form-urlencoded\r\nX-Forwarded-For: 127.0.0.1\r\n"
+                }
+                _ => "X-Forwarded-For: 127.0.0.1\r\n",
+            },
+            ..*route
+        };
+        let r = send(a, &local, Cred::LoopbackPlain);
+        assert!(matches!(r.status, 200 | 201), "{}: {r:?}", route.name);
+    }
+    let s = stats(a);
+    assert_eq!(s["rejected"]["forbidden"], 5, "{s}");
 }
