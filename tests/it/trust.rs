@@ -9,11 +9,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::components::{require, NGINX};
 use crate::hardening::connect_from;
 
 fn rejected(stats: &serde_json::Value, reason: &str) -> u64 {
@@ -196,18 +197,9 @@ struct Nginx {
 
 impl Nginx {
     /// Starts nginx proxying to `upstream` with the README's block verbatim;
-    /// `None` when nginx is missing and SSED_SKIP_NGINX=1.
+    /// `None` (the test skips) when nginx cannot run.
     fn start(upstream: SocketAddr) -> Option<Nginx> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            if std::env::var("SSED_SKIP_NGINX").as_deref() == Ok("1") {
-                eprintln!("nginx not installed; skipped (SSED_SKIP_NGINX=1)");
-                return None;
-            }
-            panic!("nginx is not installed: apt-get install -y nginx-light (or SSED_SKIP_NGINX=1 to skip)");
-        };
+        let bin = require(&NGINX)?;
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
         let start = readme.find("## Behind nginx").expect("README section");
