@@ -1,5 +1,5 @@
 //! The real outside programs some tests start (`redis-server`, `redis-cli`,
-//! `nginx`), found once per process. A test that needs one asks
+//! `nginx`, `curl`), found once per process. A test that needs one asks
 //! [`require`]: on a machine without it the test is skipped with one line
 //! on stderr naming the program and its install command, and the run ends
 //! with a summary of every skip (an `atexit` hook: libtest returns from
@@ -62,6 +62,15 @@ pub const NGINX: Component = Component {
     version_args: &["-v"],
     skip_env: Some("SSED_SKIP_NGINX"),
     install: "apt-get install -y nginx-light",
+};
+
+pub const CURL: Component = Component {
+    name: "curl",
+    env: "SSED_CURL",
+    candidates: &["curl"],
+    version_args: &["--version"],
+    skip_env: None,
+    install: "apt-get install -y curl",
 };
 
 /// Whether a missing component fails the test: `CI` set to anything but

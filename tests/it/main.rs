@@ -20,6 +20,7 @@ mod library;
 mod memory;
 mod mercure;
 mod mongoose;
+mod readme;
 mod redis;
 mod skips;
 mod trust;

@@ -323,6 +323,63 @@ fn through_nginx_an_anonymous_publish_is_refused_and_events_flow() {
     assert_eq!(j["events_published"], 5, "{j}");
 }
 
+/// The README's block proxies every route a deployment needs: the demo
+/// page, `/healthz`, `/streams` (`PUT` with the token: 201, no length, as
+/// curl sends it), `/events`, `/.well-known/mercure`, an app's stream and
+/// the MongooseIM API, `/stats` and `/metrics`.
+#[test]
+fn through_the_readme_block_every_route_answers() {
+    let Some((_s, n)) = nginx_case(&["--heartbeat", "0", "--publish-token", "s3cret"]) else {
+        return;
+    };
+    let a = n.addr();
+    let page = get(a, "/");
+    assert_eq!(page.status, 200, "{}", page.head);
+    assert!(page
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/html"));
+    assert_eq!(get(a, "/healthz").status, 200);
+    let r = request(
+        a,
+        b"PUT /streams/routes HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let listed = get(a, "/streams").json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "routes"),
+        "{listed}"
+    );
+    let mut events = Sse::open(a, "/events?stream=routes", "");
+    let mut hub = Sse::open(a, "/.well-known/mercure?topic=routes", "");
+    assert_eq!((events.status(), hub.status()), (200, 200), "{}", hub.head);
+    let r = post_with(
+        a,
+        "/events?stream=routes",
+        "Authorization: Bearer s3cret\r\n",
+        "both",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    expect(&mut events, "both");
+    expect(&mut hub, "both");
+    let mut chamber = Sse::open(a, "/streaming/sse?data=hi", "");
+    let e = chamber.next_event(T).expect("chamber's first event");
+    assert!(e.data().contains("\"hi\""), "{e:?}");
+    // The API answers itself: its own Basic challenge, not nginx's 404.
+    let api = get(a, "/api/contacts");
+    assert_eq!(api.status, 401, "{}", api.text());
+    assert_eq!(
+        api.header("www-authenticate").as_deref(),
+        Some("Basic realm=\"ssed\"")
+    );
+    assert_eq!(get(a, "/stats").status, 200);
+    assert!(get(a, "/metrics").text().contains("ssed_"));
+}
+
 #[test]
 fn through_nginx_with_trusted_proxy_the_client_address_is_used() {
     let Some((s, n)) = nginx_case(&[
