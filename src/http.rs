@@ -32,8 +32,6 @@ pub enum Method {
 pub enum HttpError {
     /// 400, with the reason.
     BadRequest(&'static str),
-    /// 411: a body without a length.
-    LengthRequired,
     /// 413: over `--max-body`.
     PayloadTooLarge,
     /// 414: request line over `--max-header-bytes`.
@@ -53,7 +51,6 @@ impl HttpError {
     pub fn status(self) -> u16 {
         match self {
             HttpError::BadRequest(_) => 400,
-            HttpError::LengthRequired => 411,
             HttpError::PayloadTooLarge => 413,
             HttpError::UriTooLong => 414,
             HttpError::HeadersTooLarge => 431,
@@ -66,9 +63,6 @@ impl HttpError {
     pub fn message(self) -> &'static str {
         match self {
             HttpError::BadRequest(m) | HttpError::NotImplemented(m) => m,
-            HttpError::LengthRequired => {
-                "a request body needs Content-Length or chunked Transfer-Encoding"
-            }
             HttpError::PayloadTooLarge => "request body is larger than --max-body",
             HttpError::UriTooLong => "request line is longer than --max-header-bytes",
             HttpError::HeadersTooLarge => "request headers are larger than --max-header-bytes",
@@ -80,7 +74,6 @@ impl HttpError {
     pub fn reason(self) -> &'static str {
         match self {
             HttpError::BadRequest(_) => "bad_request",
-            HttpError::LengthRequired => "length_required",
             HttpError::PayloadTooLarge => "body_too_large",
             HttpError::UriTooLong => "uri_too_long",
             HttpError::HeadersTooLarge => "headers_too_large",
@@ -347,9 +340,8 @@ pub fn parse_resume<'b>(
         }
         (Cow::Borrowed(&rest[..n]), n)
     } else {
-        if matches!(method, Method::Post | Method::Put | Method::Patch) {
-            return Err(HttpError::LengthRequired);
-        }
+        // RFC 9112 6.3: a request with neither header has no body, whatever
+        // its method (curl's bodiless `-X PUT` sends neither; nginx agrees).
         (Cow::Borrowed(&rest[..0]), 0)
     };
     let req = Request {
@@ -847,9 +839,24 @@ mod tests {
     }
 
     #[test]
+    fn no_length_and_no_chunking_is_an_empty_body() {
+        for m in ["PUT", "POST", "DELETE", "PATCH"] {
+            for v in ["1.1", "1.0"] {
+                let raw = format!("{m} /streams/news HTTP/{v}\r\nHost: x\r\n\r\n");
+                match parse(raw.as_bytes(), L) {
+                    Ok(Parsed::Complete(r, n)) => {
+                        assert_eq!(n, raw.len(), "{raw:?}");
+                        assert!(r.body.is_empty(), "{raw:?}");
+                    }
+                    _ => panic!("not a complete request: {raw:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn statuses_for_limits() {
         let e = |b: &[u8]| parse(b, L).unwrap_err().status();
-        assert_eq!(e(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 411);
         assert_eq!(
             e(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n"),
             413
