@@ -63,6 +63,7 @@ mod frame;
 mod handler;
 mod http;
 mod journal;
+mod memory;
 mod mercure;
 mod reactor;
 mod router;

@@ -267,6 +267,7 @@ impl Bound {
         let durable = self
             .journal
             .map(|o| durable::install(o, &mut broker, &mut apps));
+        let memory = memory_limits(&self.cfg);
         let mut r = Reactor {
             bus,
             durable,
@@ -291,7 +292,8 @@ impl Bound {
             closing: Vec::new(),
             resume_read: Vec::new(),
             again: Vec::new(),
-            buffered: 0,
+            memory: crate::memory::Account::new(memory),
+            trimmed_at: 0,
             passes: VecDeque::new(),
             dirty: Vec::new(),
             sweep: sweep::Sweep::default(),
@@ -380,8 +382,11 @@ pub(crate) struct Reactor {
     resume_read: Vec<u32>,
     /// Subscribers that used their write budget this turn and are owed more.
     again: Vec<u32>,
-    /// Bytes held in all connections' request buffers (incomplete requests).
-    buffered: usize,
+    /// The memory account: request buffers, unsent output, history (as
+    /// reported by the broker) and what other parts charge.
+    memory: crate::memory::Account,
+    /// When freed memory was last handed back to the system (ms).
+    trimmed_at: u64,
     /// Fan-out passes in progress: a stream and the next subscriber slot.
     passes: VecDeque<(u32, usize)>,
     /// Reused buffer for the broker's dirty streams.
@@ -483,6 +488,9 @@ impl Reactor {
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
+            self.memory
+                .report(crate::memory::Kind::History, self.broker.total_bytes());
+            self.maybe_trim();
             if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();
             }
@@ -501,6 +509,9 @@ impl Reactor {
                     continue;
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
+                if let Some(out) = conn.out.take() {
+                    self.free_out(out);
+                }
                 self.peers.remove(conn.peer);
                 self.reserve.retain(|&k| k != key);
                 if let Some(slot) = self.proxied.remove(&key) {
@@ -702,6 +713,8 @@ impl Reactor {
                     self.counters.history_refused_too_large = life.refused_too_large;
                     self.counters.streams_expired = life.expired;
                     self.counters.streams_dropped_empty = life.dropped_empty;
+                    self.memory
+                        .report(crate::memory::Kind::History, self.broker.total_bytes());
                     let g = self.gauges();
                     let resp = if prometheus {
                         Response::new(
@@ -779,7 +792,22 @@ impl Reactor {
         g.uptime_secs = self.clock.start.elapsed().as_secs_f64();
         g.rss_bytes = crate::stats::rss_bytes();
         g.per_ip_entries = self.peers.len();
-        g.buffered_request_bytes = self.buffered;
+        g.buffered_request_bytes = self.memory.used(crate::memory::Kind::Requests);
+        g.memory = crate::stats::MemoryGauges {
+            max: self.memory.limits().max,
+            used: self.memory.total(),
+            kinds: self
+                .memory
+                .usage()
+                .map(|u| crate::stats::KindGauge {
+                    name: u.kind.name(),
+                    used: u.used,
+                    limit: u.limit,
+                    peak: u.peak,
+                    refused: u.refused,
+                })
+                .collect(),
+        };
         g.max_connections = self.max_connections;
         g.redis = self.bus.as_ref().map(bus::Link::gauges);
         g.journal = self.durable.as_ref().map(|d| d.gauges(self.held.len()));
@@ -986,7 +1014,8 @@ impl Reactor {
             return None;
         };
         let b = buf.take()?;
-        self.buffered = self.buffered.saturating_sub(b.data.len());
+        self.memory
+            .release(crate::memory::Kind::Requests, b.data.len());
         Some(b)
     }
 
@@ -1003,16 +1032,26 @@ impl Reactor {
             buf: slot @ None, ..
         } = &mut c.state
         {
-            self.buffered += b.data.len();
+            // Checked by `buffer_fits` when it grew; put back whatever it is.
+            self.memory
+                .force(crate::memory::Kind::Requests, b.data.len());
             *slot = Some(b);
         }
     }
 
-    /// Whether `more` bytes of incomplete requests still fit the server-wide
-    /// budget: `--max-body` bounds one request, this bounds all of them.
-    fn buffer_fits(&self, more: usize) -> bool {
-        let budget = REQUEST_BUFFER_BUDGET.max(4 * (self.cfg.max_body + self.cfg.max_header_bytes));
-        self.buffered + more <= budget
+    /// Whether `more` bytes of incomplete requests still fit the memory
+    /// account (`--max-body` bounds one request, its `requests` limit all of
+    /// them, `--memory-max` everything); a refusal is counted there.
+    fn buffer_fits(&mut self, more: usize) -> bool {
+        let k = crate::memory::Kind::Requests;
+        match self.memory.charge(k, more) {
+            Ok(()) => {
+                // Charged for real by `put_reqbuf`.
+                self.memory.release(k, more);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Output drained on a connection whose input was paused: route the
@@ -1196,7 +1235,7 @@ impl Reactor {
                             *i = true;
                             match &c.out {
                                 None => self.set_deadline(key, idle),
-                                Some(o) if o.pending().len() > PIPELINE_OUT_LIMIT => {
+                                Some(o) if o.pending_len() > PIPELINE_OUT_LIMIT => {
                                     *paused = true;
                                 }
                                 Some(_) => {}
@@ -1285,6 +1324,14 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
         ),
         Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,
     }
+}
+
+/// The memory account's bounds from the configuration: `--memory-max`,
+/// history's own budget, and the request-buffer budget the reactor has
+/// always had (64 MiB, or four maximal requests if more).
+fn memory_limits(cfg: &Config) -> crate::memory::Limits {
+    let requests = REQUEST_BUFFER_BUDGET.max(4 * (cfg.max_body + cfg.max_header_bytes));
+    crate::memory::Limits::new(cfg.memory_max(), cfg.history_total_bytes, requests)
 }
 
 /// Bound on queued cross-thread publishes.
