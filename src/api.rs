@@ -157,7 +157,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         })
         .collect();
     let raw = last_event_id(req);
-    let resume = cx.resume(raw.as_deref());
+    let resume = cx.resume(raw.as_deref(), sees.contains(&true));
     cx.stream_as(req, &idx, &sees, &resume, &[]);
 }
 

@@ -498,10 +498,11 @@ impl Cx<'_> {
 
     /// Where a subscriber with Last-Event-ID `raw` starts: an id a
     /// publisher chose (Mercure's `id` field) while it is remembered, else
-    /// ssed's own numeric id.
-    pub fn resume(&self, raw: Option<&str>) -> Resume {
+    /// ssed's own numeric id. A private event's id is known only to a
+    /// subscriber that may see private events (`sees_private`).
+    pub fn resume(&self, raw: Option<&str>, sees_private: bool) -> Resume {
         match raw.map(str::trim) {
-            Some(r) => match self.broker.alias_id(r) {
+            Some(r) => match self.broker.alias_id(r, sees_private) {
                 Some(id) => Resume::After(id, r.to_string()),
                 None => Resume::parse(Some(r)),
             },

@@ -483,7 +483,11 @@ mod tests {
             format!("https://ex.com/users/mallory/{}b", "a{v}".repeat(16)),
             format!("{}", "{a}a".repeat(16)),
             format!("{}aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab", "{a}".repeat(16)),
-            format!("https://ex.com/users/mallory/{{v1}}{}", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab{a}".repeat(12)),
+            format!(
+                "https://ex.com/users/mallory/{{v1}}{}",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab{a}"
+                    .repeat(12)
+            ),
         ];
         let mut worst = 0.0f64;
         for t in &cases {
@@ -513,7 +517,11 @@ mod tests {
         assert!(Selector::parse(&ok).is_ok());
         let e = Selector::parse(&format!("{ok}{{w}}")).unwrap_err();
         assert_eq!(e, SelectorError::TooManyVars);
-        assert!(e.message().contains("at most 16 variables"), "{}", e.message());
+        assert!(
+            e.message().contains("at most 16 variables"),
+            "{}",
+            e.message()
+        );
         let long = format!("/{}{{v}}", "a".repeat(MAX_TEMPLATE_BYTES));
         assert_eq!(Selector::parse(&long), Err(SelectorError::TooLong));
         // Exact selectors keep their own, larger bound.
@@ -565,7 +573,9 @@ mod tests {
             let t: String = (0..rng.gen_range(1..6))
                 .map(|_| pieces[rng.gen_range(0..pieces.len())])
                 .collect();
-            let Ok(sel) = Selector::parse(&t) else { continue };
+            let Ok(sel) = Selector::parse(&t) else {
+                continue;
+            };
             let topic: Vec<u8> = (0..rng.gen_range(0..9))
                 .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
                 .collect();

@@ -37,7 +37,10 @@ use ring::NIL;
 pub use ring::{Claim, Frame, Limits, Stream};
 #[cfg(test)]
 use topics::MAX_ALIASES;
-pub use topics::{valid_topic, MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES};
+pub use topics::{
+    valid_topic, SelectorsFull, MAX_ANON_SELECTORS_PER_PEER, MAX_ANON_SELECTOR_STREAMS,
+    MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES,
+};
 
 /// Where a published event comes from, so sinks do not echo an event back
 /// to where it came from (a bus announcement is not re-announced; a
@@ -262,6 +265,9 @@ pub enum BrokerError {
     },
     /// A sink (journal, bus) refused the event.
     Sink(String),
+    /// No room for another `*`/URI-template selector stream in the pool
+    /// this subscriber draws from.
+    TooManySelectors(SelectorsFull),
 }
 
 impl BrokerError {
@@ -279,6 +285,15 @@ impl BrokerError {
                 "the encoded event is {size} bytes, more than {bound} may hold ({limit} bytes); it was not published"
             ),
             BrokerError::Sink(m) => m.clone(),
+            BrokerError::TooManySelectors(SelectorsFull::All) => format!(
+                "too many distinct URI-template selectors are subscribed to (at most {MAX_SELECTOR_STREAMS}, a fixed limit); subscribe to exact topics or retry later"
+            ),
+            BrokerError::TooManySelectors(SelectorsFull::Anonymous) => format!(
+                "too many distinct URI-template selectors are subscribed to without a token (at most {MAX_ANON_SELECTOR_STREAMS}); subscribe with a JWT, to exact topics, or retry later"
+            ),
+            BrokerError::TooManySelectors(SelectorsFull::Peer) => format!(
+                "too many distinct URI-template selectors from your address without a token (at most {MAX_ANON_SELECTORS_PER_PEER}); subscribe with a JWT, to exact topics, or retry later"
+            ),
         }
     }
     /// The HTTP status that goes with it.
@@ -287,7 +302,10 @@ impl BrokerError {
             BrokerError::BadName | BrokerError::Reserved => 400,
             BrokerError::NotFound => 404,
             BrokerError::TooLarge { .. } => 413,
-            BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::Sink(_) => 503,
+            BrokerError::TooMany
+            | BrokerError::TooManyUnclaimed
+            | BrokerError::TooManySelectors(_)
+            | BrokerError::Sink(_) => 503,
         }
     }
 }
@@ -1307,46 +1325,65 @@ impl Broker {
     /// use: an internal stream that receives every later event published to
     /// a public stream whose name `sel` matches, so a selector subscription
     /// also sees streams created after it. A resume from before it was made
-    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist; past that an
-    /// unread one is dropped, or [`BrokerError::TooMany`] when all are read.
-    pub fn selector_stream(&mut self, sel: &crate::auth::Selector) -> Result<u32, BrokerError> {
+    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist besides `*`;
+    /// one made for an anonymous subscriber (`anon`: its address) comes
+    /// from the anonymous pool and that address's share of it. Past a
+    /// bound an unread one of that pool is dropped, or
+    /// [`BrokerError::TooManySelectors`] when all are read.
+    pub fn selector_stream(
+        &mut self,
+        sel: &crate::auth::Selector,
+        anon: Option<std::net::IpAddr>,
+    ) -> Result<u32, BrokerError> {
         if let Some(i) = self.topics.find(sel.as_str()) {
             return Ok(i);
         }
-        if let Some(i) = self.find(sel.as_str()) {
+        if self.find(sel.as_str()).is_some() {
             // A name taken by some other internal stream.
-            let _ = i;
             return Err(BrokerError::Reserved);
         }
-        if self.topics.len() >= MAX_SELECTOR_STREAMS {
-            let unread = self
-                .topics
-                .streams()
-                .find(|&i| self.get(i).is_some_and(|s| s.subs.is_empty()));
-            match unread {
-                Some(i) => {
-                    self.delete(Origin::Local, i);
+        // At most three pools to make room in.
+        for _ in 0..3 {
+            match self.topics.room(&self.streams, sel, anon) {
+                Ok(()) => break,
+                Err((_, Some(unread))) => {
+                    self.delete(Origin::Local, unread);
                 }
-                None => return Err(BrokerError::TooMany),
+                Err((full, None)) => return Err(BrokerError::TooManySelectors(full)),
             }
+        }
+        if let Err((full, _)) = self.topics.room(&self.streams, sel, anon) {
+            return Err(BrokerError::TooManySelectors(full));
         }
         let idx = self.insert(sel.as_str(), true, self.limits, Claim::Publisher);
         let made_at = self.ids.last();
         if let Some(s) = self.streams.get_mut(idx as usize) {
             s.lost_before(made_at);
         }
-        self.topics.add(sel.clone(), idx);
+        self.topics.add(sel.clone(), idx, anon);
         Ok(idx)
+    }
+
+    /// Template matches run by the selector fan-in so far.
+    pub fn selector_matches_run(&self) -> u64 {
+        self.topics.matches_run
     }
 
     /// Remembers that a publisher named event `id` `alias`, so a resume
     /// from `alias` finds it (the oldest aliases go past [`MAX_ALIASES`]).
-    pub fn alias(&mut self, alias: &str, id: u64) {
-        self.topics.alias(alias, id);
+    /// `private`: the event was private, so only subscribers that may see
+    /// private events can resume from its alias.
+    pub fn alias(&mut self, alias: &str, id: u64, private: bool) {
+        self.topics.alias(alias, id, private);
     }
 
-    /// The id a publisher-supplied alias stands for, while remembered.
-    pub fn alias_id(&self, alias: &str) -> Option<u64> {
-        self.topics.alias_id(alias)
+    /// The id a publisher-supplied alias stands for, while remembered; a
+    /// private event's alias only for `sees_private` (to anyone else it is
+    /// as unknown as an alias never used, so a resume cannot probe for it).
+    pub fn alias_id(&self, alias: &str, sees_private: bool) -> Option<u64> {
+        self.topics
+            .alias_id(alias)
+            .filter(|&(_, private)| sees_private || !private)
+            .map(|(id, _)| id)
     }
 }
