@@ -48,6 +48,9 @@ pub enum Action {
         prelude: Vec<u8>,
         /// Positions in the streams, from `Broker::subscribe`.
         cursors: Cursors,
+        /// When the subscriber's token expires (unix seconds): the stream
+        /// ends then.
+        until: Option<u64>,
     },
     /// Turn this connection into a ticking stream.
     Tick {
@@ -170,6 +173,8 @@ pub struct BusStream {
     pub sees_private: Vec<bool>,
     /// Where to start.
     pub resume: Resume,
+    /// When the subscriber's token expires (unix seconds).
+    pub until: Option<u64>,
 }
 
 /// A bus payload for a core event: `E` + `{"d","e","r","p"}`; each node
@@ -570,6 +575,20 @@ impl Cx<'_> {
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
+        self.stream_until(req, targets, sees_private, resume, headers, None)
+    }
+
+    /// [`Cx::stream_as`] for a subscriber whose token expires at `until`
+    /// (unix seconds): the stream ends then.
+    pub fn stream_until(
+        &mut self,
+        req: &Request<'_>,
+        targets: &[u32],
+        sees_private: &[bool],
+        resume: &Resume,
+        headers: &[(&'static str, String)],
+        until: Option<u64>,
+    ) {
         let Some((chunked, hs)) = self.stream_start(req, headers) else {
             return;
         };
@@ -582,6 +601,7 @@ impl Cx<'_> {
                 targets: targets.to_vec(),
                 sees_private: sees_private.to_vec(),
                 resume: resume.clone(),
+                until,
             })));
             return;
         }
@@ -596,6 +616,7 @@ impl Cx<'_> {
             chunked,
             prelude,
             cursors: c.cursors,
+            until,
         });
     }
 

@@ -142,8 +142,28 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         Some(r) if r == "earliest" => Resume::Earliest,
         r => cx.resume(r.as_deref(), sees.contains(&true)),
     };
-    let last = cx.broker.ids().last().to_string();
-    cx.stream_as(req, &targets, &sees, &resume, &[("Last-Event-ID", last)]);
+    // The newest event this subscriber could have been sent, so the header
+    // tells nothing of private events it may not see ("earliest": none).
+    let last = targets
+        .iter()
+        .zip(&sees)
+        .filter_map(|(&t, &sees)| {
+            let s = cx.broker.get(t)?;
+            Some(if sees { s.last_id } else { s.last_public_id })
+        })
+        .max()
+        .filter(|&id| id > 0)
+        .map_or_else(|| "earliest".to_string(), |id| id.to_string());
+    // Mercure: the subscription ends when the token expires.
+    let until = grants.as_ref().and_then(|g| g.exp);
+    cx.stream_until(
+        req,
+        &targets,
+        &sees,
+        &resume,
+        &[("Last-Event-ID", last)],
+        until,
+    );
 }
 
 /// `names` without repeats, in first-seen order (what `resolve` returns
@@ -334,6 +354,7 @@ mod tests {
         let g = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("/b/{id}").unwrap()],
+            exp: None,
         };
         assert!(covers(Some(&g), "/b/{id}"));
         assert!(!covers(Some(&g), "*"));
@@ -342,6 +363,7 @@ mod tests {
         let all = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
+            exp: None,
         };
         assert!(covers(Some(&all), "/anything/{x}"));
     }
