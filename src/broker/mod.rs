@@ -431,6 +431,9 @@ pub struct Broker {
     /// replay found damage, a missing segment, or compacted history).
     lost_below: u64,
     topics: topics::Topics,
+    /// The newest event the budget evicted from a history: selector
+    /// streams keep nothing up to it (see `trim_selectors`).
+    budget_evicted_upto: u64,
     /// Events ever published.
     pub published: u64,
     /// `gap` events handed out.
@@ -461,6 +464,7 @@ impl Broker {
             sinks: Vec::new(),
             lost_below: 0,
             topics: topics::Topics::default(),
+            budget_evicted_upto: 0,
             published: 0,
             gaps: 0,
         }
@@ -753,7 +757,11 @@ impl Broker {
                 self.unclaimed -= 1;
             }
         }
-        self.total_bytes -= s.retained_bytes();
+        self.total_bytes -= if self.topics.is_selector(idx) {
+            s.retained() * topics::ENTRY_BYTES
+        } else {
+            s.retained_bytes()
+        };
         self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
         self.dirty.retain(|&d| d != idx);
         self.topics.forget(idx);
@@ -818,6 +826,14 @@ impl Broker {
     /// Evicts the oldest events of the least recently used streams until
     /// the retained total is within the budget.
     fn enforce_budget(&mut self) {
+        let evicted_before = self.life.evicted_events;
+        self.evict_to_budget();
+        if self.life.evicted_events != evicted_before {
+            self.trim_selectors();
+        }
+    }
+
+    fn evict_to_budget(&mut self) {
         while self.total_bytes > self.budget {
             let v = self.lru_head;
             let Some(s) = self.streams.get_mut(v as usize) else {
@@ -825,9 +841,14 @@ impl Broker {
                 // is broken; stop rather than spin.
                 break;
             };
+            let front = s.first_id().unwrap_or(0);
+            let internal = s.internal;
             let freed = s.evict_front();
             let empty = s.retained() == 0;
             self.total_bytes -= freed;
+            if !internal {
+                self.budget_evicted_upto = self.budget_evicted_upto.max(front);
+            }
             if freed > 0 {
                 self.life.evicted_events += 1;
                 self.life.evicted_bytes += freed as u64;
@@ -886,9 +907,16 @@ impl Broker {
     pub fn check_size(&self, targets: &[u32], sse_len: usize) -> Result<(), BrokerError> {
         let cost = Frame::cost_for(sse_len);
         let mut rings = 0usize;
+        let mut entries = 0usize;
         for &t in targets {
             if let Some(s) = self.streams.get(t as usize) {
-                rings += 1;
+                // A selector stream holds a place in the shared frame, not
+                // a copy of it.
+                if self.topics.is_selector(t) {
+                    entries += 1;
+                } else {
+                    rings += 1;
+                }
                 if cost > s.limits.history_bytes {
                     let bound = if s.limits.history_bytes == self.limits.history_bytes {
                         "a stream's history (--history-bytes)"
@@ -903,9 +931,12 @@ impl Broker {
                 }
             }
         }
-        if cost.saturating_mul(rings) > self.budget {
+        let size = cost
+            .saturating_mul(rings)
+            .saturating_add(entries.saturating_mul(topics::ENTRY_BYTES));
+        if size > self.budget {
             return Err(BrokerError::TooLarge {
-                size: cost.saturating_mul(rings),
+                size,
                 limit: self.budget,
                 bound: "the server-wide history budget (--history-total-bytes)",
             });
@@ -971,7 +1002,11 @@ impl Broker {
         self.ids.observe(id);
         let f = Frame::new(id, sse).with_private(private);
         let mut pressure = false;
-        for &t in targets {
+        for (i, &t) in targets.iter().enumerate() {
+            // Past the published-to streams come the selector streams
+            // fanned in: they hold a place in the shared frame, which costs
+            // an entry, not the bytes again (see `trim_selectors`).
+            let selector = i >= audience_of.len();
             let Some(s) = self.streams.get_mut(t as usize) else {
                 continue;
             };
@@ -987,6 +1022,16 @@ impl Broker {
             }
             s.dirty_frames += 1;
             s.dirty_bytes += f.cost();
+            if selector {
+                let before = s.retained();
+                s.push(f.clone());
+                let popped = (before + 1).saturating_sub(s.retained());
+                pressure |= s.dirty_frames >= (s.limits.history / 2).max(1)
+                    || s.dirty_bytes >= (s.limits.history_bytes / 2).max(1);
+                self.total_bytes = (self.total_bytes + topics::ENTRY_BYTES)
+                    .saturating_sub(popped * topics::ENTRY_BYTES);
+                continue;
+            }
             let freed = s.push(f.clone());
             // Half the ring published since subscribers were last offered
             // frames: flush before the ring overtakes even fast readers.
@@ -1362,6 +1407,36 @@ impl Broker {
         }
         self.topics.add(sel.clone(), idx, anon);
         Ok(idx)
+    }
+
+    /// Keeps selector streams within what the published-to streams hold.
+    /// A selector stream gets every frame its topics get, under the same
+    /// per-stream bounds, so by itself it never outlives them; only the
+    /// server-wide budget evicts from a published-to stream alone. Dropping
+    /// from every selector stream what is not newer than the newest frame
+    /// the budget evicted keeps them holding no frame that nothing else
+    /// holds (their readers get a `gap`, as any reader of an evicted frame).
+    fn trim_selectors(&mut self) {
+        let upto = self.budget_evicted_upto;
+        let sels: Vec<u32> = self.topics.streams().collect();
+        for idx in sels {
+            let Some(s) = self.streams.get_mut(idx as usize) else {
+                continue;
+            };
+            if s.first_id().is_none_or(|f| f > upto) {
+                continue;
+            }
+            while s.first_id().is_some_and(|f| f <= upto) {
+                s.evict_front();
+                self.total_bytes = self.total_bytes.saturating_sub(topics::ENTRY_BYTES);
+            }
+            if !s.dirty {
+                s.dirty = true;
+                s.dirty_frames = 0;
+                s.dirty_bytes = 0;
+                self.dirty.push(idx);
+            }
+        }
     }
 
     /// Template matches run by the selector fan-in so far.

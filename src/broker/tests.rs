@@ -1012,3 +1012,73 @@ fn anonymous_selectors_come_from_per_peer_pools() {
         "token holders keep room"
     );
 }
+
+#[test]
+fn selector_streams_cost_a_place_not_a_copy() {
+    let mut b = Broker::new(
+        1_000,
+        Limits {
+            history: 1000,
+            history_bytes: 1 << 20,
+        },
+        100,
+    );
+    b.set_memory(8 << 20, 0);
+    let victim = b.resolve(&["victim"], true).unwrap()[0];
+    for _ in 0..1000 {
+        publish_sized(&mut b, &[victim], 1000, 2_000).unwrap();
+    }
+    let hot = b.resolve(&["/u/m/x"], true).unwrap()[0];
+    let mut sels = Vec::new();
+    for i in 0..MAX_SELECTOR_STREAMS {
+        let sel = crate::auth::Selector::parse(&format!("/u/{{a}}/{{b}}{}", "{c}".repeat(i % 2)))
+            .unwrap();
+        let sel = if i < 2 {
+            sel
+        } else {
+            crate::auth::Selector::parse(&format!("/u/{{a{i}}}/x")).unwrap()
+        };
+        sels.push(b.selector_stream(&sel, None).unwrap());
+    }
+    let _c = b.subscribe(1, &sels, &Resume::Live);
+    let before = b.total_bytes();
+    for _ in 0..20 {
+        publish_sized(&mut b, &[hot], 4096, 3_000).unwrap();
+    }
+    let grew = b.total_bytes() - before;
+    // 20 frames once, plus one entry per selector stream and frame.
+    assert!(
+        grew <= 20 * (4200 + MAX_SELECTOR_STREAMS * topics::ENTRY_BYTES),
+        "{grew}"
+    );
+    assert_eq!(
+        b.get(victim).unwrap().retained(),
+        1000,
+        "the victim kept its history"
+    );
+    assert_eq!(b.lifecycle().evicted_events, 0);
+    // A large event is checked against the budget once, not once per
+    // selector (it used to be 300 KiB x 1,025 > 256 MiB: 413).
+    let mut b2 = Broker::new(
+        1_000,
+        Limits {
+            history: 1000,
+            history_bytes: 1 << 20,
+        },
+        100,
+    );
+    let hot2 = b2.resolve(&["/u/m/x"], true).unwrap()[0];
+    for i in 0..MAX_SELECTOR_STREAMS {
+        let sel = crate::auth::Selector::parse(&format!("/u/{{a{i}}}/x")).unwrap();
+        b2.selector_stream(&sel, None).unwrap();
+    }
+    publish_sized(&mut b2, &[hot2], 300 << 10, 2_000).unwrap();
+    // When the budget evicts a frame, selector streams drop it too: they
+    // never hold what no published-to stream holds.
+    b2.set_memory(64 << 10, 0);
+    assert_eq!(b2.get(hot2).unwrap().retained(), 0);
+    for i in b2.topics.streams().collect::<Vec<_>>() {
+        assert_eq!(b2.get(i).unwrap().retained(), 0, "selector stream {i}");
+    }
+    assert_eq!(b2.total_bytes(), 0);
+}

@@ -25,6 +25,9 @@ pub const MAX_ANON_SELECTOR_STREAMS: usize = 768;
 pub const MAX_ANON_SELECTORS_PER_PEER: usize = 32;
 /// Most publisher-supplied ids remembered for resume.
 pub const MAX_ALIASES: usize = 16_384;
+/// What a selector stream's place in a shared frame costs against the
+/// history budget (the ring entry), instead of the frame's bytes again.
+pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<super::ring::Frame>();
 /// Most (topic, selector) match results cached; past it the cache starts
 /// over, so it never holds more than this many entries.
 const MAX_CACHED_HITS: usize = 1 << 18;
@@ -88,6 +91,15 @@ impl Topics {
     /// Selector streams that count against [`MAX_SELECTOR_STREAMS`].
     pub(super) fn len(&self) -> usize {
         self.selectors.iter().filter(|e| !e.sel.is_any()).count()
+    }
+
+    /// Whether stream `idx` is a selector stream.
+    pub(super) fn is_selector(&self, idx: u32) -> bool {
+        !self.live.is_empty() && self.live.contains_key(&idx)
+    }
+
+    pub(super) fn streams(&self) -> impl Iterator<Item = u32> + '_ {
+        self.selectors.iter().map(|e| e.idx)
     }
 
     pub(super) fn find(&self, sel: &str) -> Option<u32> {
