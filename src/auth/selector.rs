@@ -481,7 +481,7 @@ mod tests {
             format!("https://ex.com/users/mallory/{}x", "{v}".repeat(16)),
             format!("https://ex.com/users/mallory/{}", "{v}a".repeat(16)),
             format!("https://ex.com/users/mallory/{}b", "a{v}".repeat(16)),
-            format!("{}", "{a}a".repeat(16)),
+            "{a}a".repeat(16),
             format!("{}aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab", "{a}".repeat(16)),
             format!(
                 "https://ex.com/users/mallory/{{v1}}{}",
