@@ -15,6 +15,7 @@ mod layers;
 mod library;
 mod memory;
 mod mercure;
+mod mercure_hardening;
 mod mongoose;
 mod redis;
 mod trust;
