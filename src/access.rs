@@ -780,10 +780,12 @@ mod tests {
         let all = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
+            exp: None,
         };
         let other = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("other").unwrap()],
+            exp: None,
         };
         assert_eq!(a.subscribe(None, &["news"]), Ok(vec![false]));
         assert_eq!(a.subscribe(None, &["secret"]).unwrap_err().status, 401);

@@ -169,8 +169,9 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         })
         .collect();
     let raw = last_event_id(req);
-    let resume = cx.resume(raw.as_deref());
-    cx.stream_as(req, &idx, &sees, &resume, &[]);
+    let resume = cx.resume(raw.as_deref(), sees.contains(&true));
+    let until = grants.as_ref().and_then(|g| g.exp);
+    cx.stream_until(req, &idx, &sees, &resume, &[], until);
 }
 
 /// Whether a `private` field or query value asks for a private event
@@ -449,12 +450,13 @@ pub fn publish_event(
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {
     match cx.broker.get(idx) {
+        // Public events only: the listing is open to anyone.
         Some(s) => json!({
             "name": &*s.name,
             "subscribers": s.subs.len(),
-            "last_id": if s.last_id == 0 { Value::Null } else { Value::String(s.last_id.to_string()) },
-            "history": s.retained(),
-            "published": s.published,
+            "last_id": if s.last_public_id == 0 { Value::Null } else { Value::String(s.last_public_id.to_string()) },
+            "history": s.retained_public(),
+            "published": s.published_public,
         }),
         None => Value::Null,
     }
@@ -530,7 +532,9 @@ fn list_streams(cx: &mut Cx<'_>, req: &Request<'_>) {
         },
     };
     let after = req.query_first("after");
-    let (page, more) = list_page(cx.broker, after.as_deref(), limit, |s| !s.internal);
+    let (page, more) = list_page(cx.broker, after.as_deref(), limit, |s| {
+        s.anonymous_visible()
+    });
     let next = more.then(|| page.last()).flatten().map(|(name, _)| {
         format!(
             "</streams?limit={limit}&after={}>; rel=\"next\"",
@@ -546,7 +550,8 @@ fn list_streams(cx: &mut Cx<'_>, req: &Request<'_>) {
 }
 
 fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    match cx.broker.find_public(name) {
+    let visible = |i: &u32| cx.broker.get(*i).is_some_and(|s| s.anonymous_visible());
+    match cx.broker.find_public(name).filter(visible) {
         Some(i) => {
             let v = stream_json(cx, i);
             cx.ok_json(req, &v);

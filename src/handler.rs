@@ -50,6 +50,9 @@ pub enum Action {
         prelude: Vec<u8>,
         /// Positions in the streams, from `Broker::subscribe`.
         cursors: Cursors,
+        /// When the subscriber's token expires (unix seconds): the stream
+        /// ends then.
+        until: Option<u64>,
     },
     /// Turn this connection into a ticking stream.
     Tick {
@@ -172,6 +175,8 @@ pub struct BusStream {
     pub sees_private: Vec<bool>,
     /// Where to start.
     pub resume: Resume,
+    /// When the subscriber's token expires (unix seconds).
+    pub until: Option<u64>,
 }
 
 /// A bus payload for a core event: `E` + `{"d","e","r","p"}`; each node
@@ -356,10 +361,11 @@ impl Cx<'_> {
 
     /// Where a subscriber with Last-Event-ID `raw` starts: an id a
     /// publisher chose (Mercure's `id` field) while it is remembered, else
-    /// ssed's own numeric id.
-    pub fn resume(&self, raw: Option<&str>) -> Resume {
+    /// ssed's own numeric id. A private event's id is known only to a
+    /// subscriber that may see private events (`sees_private`).
+    pub fn resume(&self, raw: Option<&str>, sees_private: bool) -> Resume {
         match raw.map(str::trim) {
-            Some(r) => match self.broker.alias_id(r) {
+            Some(r) => match self.broker.alias_id(r, sees_private) {
                 Some(id) => Resume::After(id, r.to_string()),
                 None => Resume::parse(Some(r)),
             },
@@ -427,6 +433,20 @@ impl Cx<'_> {
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
+        self.stream_until(req, targets, sees_private, resume, headers, None)
+    }
+
+    /// [`Cx::stream_as`] for a subscriber whose token expires at `until`
+    /// (unix seconds): the stream ends then.
+    pub fn stream_until(
+        &mut self,
+        req: &Request<'_>,
+        targets: &[u32],
+        sees_private: &[bool],
+        resume: &Resume,
+        headers: &[(&'static str, String)],
+        until: Option<u64>,
+    ) {
         let Some((chunked, hs)) = self.stream_start(req, headers) else {
             return;
         };
@@ -439,6 +459,7 @@ impl Cx<'_> {
                 targets: targets.to_vec(),
                 sees_private: sees_private.to_vec(),
                 resume: resume.clone(),
+                until,
             })));
             return;
         }
@@ -453,6 +474,7 @@ impl Cx<'_> {
             chunked,
             prelude,
             cursors: c.cursors,
+            until,
         });
     }
 

@@ -67,6 +67,11 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     for t in &topics {
         match Selector::parse(t) {
             Ok(s) if !is_exact(t) || valid_topic(t) => selectors.push(s),
+            Err(e) if t.contains('{') => {
+                cx.counters.reject("bad_request");
+                let msg = format!("bad URI template {t:?}: {}", e.message());
+                return cx.fail(req, 400, &msg);
+            }
             _ => {
                 let msg = format!("bad topic selector {t:?}: a topic of 1..={MAX_TOPIC_BYTES} bytes without control characters, *, or a URI template");
                 return cx.fail(req, 400, &msg);
@@ -104,10 +109,18 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
                 .is_some_and(|p| exact_sees[p]),
         );
     }
+    // Anonymous subscribers' selector streams come from a pool per client
+    // address, so a few of them cannot take every slot.
+    let anon = if grants.is_none() { cx.peer } else { None };
     for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
-        let idx = match cx.broker.selector_stream(sel) {
+        let idx = match cx.broker.selector_stream(sel, anon) {
             Ok(i) => i,
-            Err(e) => return fail_broker(cx, req, sel.as_str(), &e),
+            Err(e) => {
+                if matches!(e, BrokerError::TooManySelectors(_)) {
+                    cx.counters.reject("too_many_selectors");
+                }
+                return fail_broker(cx, req, sel.as_str(), &e);
+            }
         };
         if !targets.contains(&idx) {
             targets.push(idx);
@@ -116,10 +129,30 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     }
     let resume = match last_event_id(req) {
         Some(r) if r == "earliest" => Resume::Earliest,
-        r => cx.resume(r.as_deref()),
+        r => cx.resume(r.as_deref(), sees.contains(&true)),
     };
-    let last = cx.broker.ids().last().to_string();
-    cx.stream_as(req, &targets, &sees, &resume, &[("Last-Event-ID", last)]);
+    // The newest event this subscriber could have been sent, so the header
+    // tells nothing of private events it may not see ("earliest": none).
+    let last = targets
+        .iter()
+        .zip(&sees)
+        .filter_map(|(&t, &sees)| {
+            let s = cx.broker.get(t)?;
+            Some(if sees { s.last_id } else { s.last_public_id })
+        })
+        .max()
+        .filter(|&id| id > 0)
+        .map_or_else(|| "earliest".to_string(), |id| id.to_string());
+    // Mercure: the subscription ends when the token expires.
+    let until = grants.as_ref().and_then(|g| g.exp);
+    cx.stream_until(
+        req,
+        &targets,
+        &sees,
+        &resume,
+        &[("Last-Event-ID", last)],
+        until,
+    );
 }
 
 /// `names` without repeats, in first-seen order (what `resolve` returns
@@ -282,7 +315,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             }
             let id = match custom {
                 Some(c) => {
-                    cx.broker.alias(c, p.id);
+                    cx.broker.alias(c, p.id, private);
                     c.to_string()
                 }
                 None => p.id.to_string(),
@@ -309,6 +342,7 @@ mod tests {
         let g = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("/b/{id}").unwrap()],
+            exp: None,
         };
         assert!(selector_sees_private(Some(&g), "/b/{id}"));
         assert!(!selector_sees_private(Some(&g), "*"));
@@ -317,6 +351,7 @@ mod tests {
         let all = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
+            exp: None,
         };
         assert!(selector_sees_private(Some(&all), "/anything/{x}"));
     }

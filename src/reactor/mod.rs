@@ -273,6 +273,7 @@ impl Bound {
             durable,
             held: VecDeque::new(),
             hold_from: None,
+            token_exp: std::collections::HashMap::new(),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -411,6 +412,9 @@ pub(crate) struct Reactor {
     /// While a request's actions run: the journal ticket before it, so a
     /// reply to a request that wrote the journal can be held.
     hold_from: Option<u64>,
+    /// Streams opened with a token that expires → the tick they end at: a
+    /// side table, since few connections have one and `Conn` must not grow.
+    token_exp: std::collections::HashMap<u32, Tick>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -510,7 +514,7 @@ impl Reactor {
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
                 if let Some(out) = conn.out.take() {
-                    self.free_out(out);
+                    self.free_out(&out);
                 }
                 self.peers.remove(conn.peer);
                 self.reserve.retain(|&k| k != key);
@@ -667,7 +671,8 @@ impl Reactor {
                     chunked,
                     prelude,
                     cursors,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors),
+                    until,
+                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
                 Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
                 Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
@@ -740,6 +745,7 @@ impl Reactor {
         chunked: bool,
         prelude: &[u8],
         cursors: crate::broker::Cursors,
+        until: Option<u64>,
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
@@ -748,6 +754,13 @@ impl Reactor {
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
             c.state = State::Streaming(cursors);
+        }
+        if let Some(exp) = until {
+            // Rounded up to the next tick: never a moment before `exp`.
+            let left_us = (exp.saturating_mul(1_000_000)).saturating_sub(self.clock.unix_us());
+            let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
+            self.token_exp
+                .insert(key, self.clock.now_tick().saturating_add(t));
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -773,7 +786,8 @@ impl Reactor {
         for (_, s) in self.broker.iter() {
             if s.internal {
                 g.internal_streams += 1;
-            } else {
+            } else if s.anonymous_visible() {
+                // /stats is open to anyone: private-only streams are not told of.
                 g.streams += 1;
             }
             g.history_events += s.retained();

@@ -92,6 +92,9 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
         match std::mem::replace(&mut c.state, State::Closing) {
             State::Closing => return,
             State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
@@ -106,7 +109,7 @@ impl Reactor {
     /// Lets go of a connection's unsent bytes (it is being freed): copies
     /// go back to the account; a frame tail is noted as freed, since the
     /// connection may have been the frame's last holder.
-    pub(super) fn free_out(&mut self, out: Box<Out>) {
+    pub(super) fn free_out(&mut self, out: &Out) {
         self.memory.release(Kind::Output, out.copied());
         if let Some(t) = &out.tail {
             self.memory.note_freed(t.frame.cost());
@@ -384,6 +387,10 @@ impl Reactor {
             },
             None => return,
         };
+        let d = match self.token_exp.get(&key) {
+            Some(&exp) => d.min(exp),
+            None => d,
+        };
         self.set_deadline(key, d);
     }
 
@@ -485,6 +492,9 @@ impl Reactor {
     pub(super) fn flush_subscriber(&mut self, key: u32) {
         let tick = self.clock.now_tick();
         let mut budget = WRITE_BUDGET;
+        // Whether this subscriber was sent anything: only then does its
+        // heartbeat move, so events it may not see leave no timing trace.
+        let mut wrote = false;
         loop {
             // A gap first, for any stream that dropped frames this
             // subscriber had not been sent yet.
@@ -496,6 +506,7 @@ impl Reactor {
                 _ => return,
             };
             if let Some(g) = gap {
+                wrote = true;
                 self.send_sse(key, &g);
             }
             let Reactor {
@@ -534,6 +545,7 @@ impl Reactor {
             if n_iov == 0 {
                 break;
             }
+            wrote = true;
             let written = match write_vectored(&mut conn.sock, &iov[..n_iov]) {
                 Ok(n) => n,
                 Err(_) => {
@@ -583,7 +595,13 @@ impl Reactor {
                 break;
             }
         }
-        self.after_stream_write(key);
+        let blocked = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.out.is_some());
+        if wrote || blocked {
+            self.after_stream_write(key);
+        }
         self.check_lag(key);
     }
 
@@ -595,6 +613,9 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
         match std::mem::replace(&mut c.state, State::Draining) {
             State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
             State::Ticking(_) => {}

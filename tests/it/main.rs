@@ -21,6 +21,7 @@ mod layers;
 mod library;
 mod memory;
 mod mercure;
+mod mercure_hardening;
 mod mongoose;
 mod readme;
 mod redis;
