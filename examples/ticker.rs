@@ -20,7 +20,8 @@
 //!
 //! Tick 1 is published as the server starts, before anyone can connect:
 //! `last_event_id=0` reads it (and any other missed tick) from the
-//! history. `--listen` defaults to `127.0.0.1:0`, a free port, printed
+//! history, after a `gap` (0 is no id the server issued). `--listen`
+//! defaults to `127.0.0.1:0`, a free port, printed
 //! first as `listening on http://ADDR`. `tests/it/readme.rs` runs it.
 
 use std::error::Error;
