@@ -172,10 +172,15 @@ impl PublishRights {
     /// `Ok` when every name is covered, else the 403 for the first that
     /// is not.
     pub fn covers<S: AsRef<str>>(&self, names: &[S]) -> Result<(), Denied> {
+        self.covers_as(names, "")
+    }
+    /// [`PublishRights::covers`], the reason naming what the names are
+    /// (`"topic "` for the hub).
+    pub fn covers_as<S: AsRef<str>>(&self, names: &[S], what: &str) -> Result<(), Denied> {
         match names.iter().map(AsRef::as_ref).find(|n| !self.allows(n)) {
             None => Ok(()),
             Some(n) => Err(Denied::forbidden(format!(
-                "the token's mercure.publish selectors do not match {n:?}"
+                "the token's mercure.publish selectors do not match {what}{n:?}"
             ))),
         }
     }
