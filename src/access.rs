@@ -19,8 +19,9 @@
 //!   valid, and a `--private-streams` stream needs one whose subscribe
 //!   selectors match it. Private events reach only cursors that may see
 //!   them ([`Access::subscribe`], [`selector_sees_private`]).
-//! - **Reading metadata** (`/streams`, `/stats`, `/metrics`, `/healthz`,
-//!   the demo page) is public, as it always was.
+//! - **Reading metadata** (`/streams`, `/stats`, `/metrics`, `/healthz`)
+//!   and the apps' own streams (chamber, workerman, member notifications:
+//!   [`Op::AppStream`]) are public, as they always were.
 //! - **Browsers**: a page's origin may read replies only when listed in
 //!   `--cors-origin` ([`Access::cors`]), and a page of another origin
 //!   never counts as local for writes.
@@ -54,6 +55,9 @@ pub enum Op<'a> {
     MemberPublish(&'a str),
     /// Open an event stream (`GET /events`, the hub, the apps' streams).
     Subscribe,
+    /// Open an app's own stream that carries nothing private (chamber,
+    /// workerman, member notifications): no token is read.
+    AppStream,
     /// List streams or read one's counters (`GET /streams[/NAME]`).
     ListStreams,
     /// Read `/stats`, `/metrics` or `/healthz`.
@@ -172,10 +176,15 @@ impl PublishRights {
     /// `Ok` when every name is covered, else the 403 for the first that
     /// is not.
     pub fn covers<S: AsRef<str>>(&self, names: &[S]) -> Result<(), Denied> {
+        self.covers_as(names, "")
+    }
+    /// [`PublishRights::covers`], the reason naming what the names are
+    /// (`"topic "` for the hub).
+    pub fn covers_as<S: AsRef<str>>(&self, names: &[S], what: &str) -> Result<(), Denied> {
         match names.iter().map(AsRef::as_ref).find(|n| !self.allows(n)) {
             None => Ok(()),
             Some(n) => Err(Denied::forbidden(format!(
-                "the token's mercure.publish selectors do not match {n:?}"
+                "the token's mercure.publish selectors do not match {what}{n:?}"
             ))),
         }
     }
@@ -252,7 +261,7 @@ impl Access {
                 Ok(Allowed::Write(rights))
             }
             Op::Subscribe => self.subscriber(f).map(Allowed::Subscriber),
-            Op::ListStreams | Op::ReadStats => Ok(Allowed::Anyone),
+            Op::AppStream | Op::ListStreams | Op::ReadStats => Ok(Allowed::Anyone),
         }
     }
 
@@ -752,7 +761,7 @@ mod tests {
     fn reads_are_public_and_subscribing_checks_a_presented_token() {
         for a in [access(true, true), access(false, false)] {
             for c in CREDS {
-                for op in [Op::ListStreams, Op::ReadStats] {
+                for op in [Op::ListStreams, Op::ReadStats, Op::AppStream] {
                     assert_eq!(outcome(&a, op, c), Ok(()), "{op:?} with {c:?}");
                 }
             }

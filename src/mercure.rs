@@ -273,7 +273,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             return cx.fail(req, 400, &msg);
         }
     };
-    if let Err(d) = rights.covers(&u.topics) {
+    if let Err(d) = rights.covers_as(&u.topics, "topic ") {
         return cx.deny(req, &d);
     }
     if cx.redis.is_some() {

@@ -277,6 +277,9 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Op
 }
 
 fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
+    if cx.allow(req, Op::AppStream).is_none() {
+        return;
+    }
     let Some(member) = checked_member(cx, req) else {
         return;
     };
