@@ -198,7 +198,10 @@ fn scenario(subs: usize, n: usize) {
         (ok * 16).min(DISTINCT)
     );
     row(&format!("{label}: same topic"), &publish(addr, n, false, 0));
-    row(&format!("{label}: new topic each"), &publish(addr, n / 4, true, 1));
+    row(
+        &format!("{label}: new topic each"),
+        &publish(addr, n / 4, true, 1),
+    );
     drop(held);
     stop.shutdown();
     let _ = th.join();
