@@ -507,3 +507,79 @@ fn streams_listing_is_paged_and_unread_listings_are_bounded() {
     drop(idle);
     bystander_receives(s.addr, &mut by, AUTH, "after them");
 }
+
+/// Opens a subscription on `s` without reading past the head: the
+/// request is sent, nothing is read.
+fn stalled_subscriber(addr: SocketAddr, path: &str) -> std::net::TcpStream {
+    let mut t = small_window(addr);
+    std::io::Write::write_all(
+        &mut t,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    t
+}
+
+/// Issue 20 item 8: subscribers that stop reading in the middle of large
+/// events hold a position into the shared frame, not a copy of its rest:
+/// 200 of them, let lag far (`--max-pending-bytes` 16 MiB) behind three
+/// 1 MB events, stay far from 200 copies of a tail (up to 200 MB): the
+/// account's output stays small, a bystander keeps receiving, and once
+/// they are gone the freed memory is handed back (`memory.trims`).
+#[test]
+fn stalled_subscribers_share_large_frames_instead_of_copying_them() {
+    let s = Server::start(&["--write-timeout", "60", "--max-pending-bytes", "16777216"]);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    bystander_receives(s.addr, &mut by, "", "hello");
+    let base = rss_bytes(&s);
+    let n = 200;
+    let mut stalled: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| stalled_subscriber(s.addr, "/events?stream=big"))
+        .collect();
+    assert!(wait_until(6 * T, || num(
+        &stats(s.addr),
+        &["connections", "sse"]
+    ) == n as u64 + 1));
+    let body = vec![b'b'; 1_000_000];
+    let mut c = Conn::open(s.addr);
+    for i in 0..3 {
+        let r = post_on(&mut c, "/events?stream=big", "", &body);
+        assert_eq!(r.status, 200, "event {i}: {}", r.text());
+        bystander_receives(s.addr, &mut by, "", &format!("between big events {i}"));
+    }
+    let st = stats(s.addr);
+    let rss = rss_bytes(&s);
+    eprintln!(
+        "memory: {n} stalled subscribers, three 1 MB events: rss {} MiB (at start {} MiB); blocked {}, dropped {}, output {} KiB",
+        rss / MIB,
+        base / MIB,
+        num(&st, &["connections", "blocked"]),
+        num(&st, &["slow_consumers_dropped"]),
+        kind(&st, "output", "used") >> 10,
+    );
+    // Every one of them is stalled (inside a frame, or at its end).
+    assert_eq!(num(&st, &["connections", "blocked"]), n as u64, "{st}");
+    assert_eq!(num(&st, &["slow_consumers_dropped"]), 0, "{st}");
+    // Copies: at most small heads; the frames are shared (3 MB of history).
+    assert!(kind(&st, "output", "used") < 64 << 10, "{st}");
+    assert!(
+        rss <= base + 3 * MIB + OVERHEAD,
+        "rss {rss}, at start {base}"
+    );
+
+    // They go: what they held is freed and handed back.
+    for t in &stalled {
+        let _ = t.shutdown(std::net::Shutdown::Both);
+    }
+    stalled.clear();
+    assert!(wait_until(6 * T, || num(
+        &stats(s.addr),
+        &["connections", "sse"]
+    ) == 1));
+    bystander_receives(s.addr, &mut by, "", "after them");
+    let st = stats(s.addr);
+    assert_eq!(kind(&st, "output", "used"), 0, "{st}");
+    assert!(num(&st, &["memory", "trims"]) >= 1, "{st}");
+    assert!(rss_bytes(&s) <= base + 3 * MIB + OVERHEAD);
+}
