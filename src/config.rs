@@ -464,8 +464,8 @@ const FLAGS: &[Flag] = &[
 ];
 
 /// Room `--memory-max` must leave beside `--history-total-bytes` (the
-/// memory account's minimum headroom, 16 MiB).
-pub const MEMORY_HEADROOM: usize = 16 << 20;
+/// memory account's minimum headroom, 4 MiB).
+pub const MEMORY_HEADROOM: usize = 4 << 20;
 /// What `--memory-max` is beside `--history-total-bytes` when not given.
 pub const MEMORY_DEFAULT_HEADROOM: usize = 256 << 20;
 
@@ -960,7 +960,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("--history-total-bytes + 16777216"),
+            e.to_string().contains("--history-total-bytes + 4194304"),
             "{e}"
         );
         assert!(help().contains("SSED_MEMORY_MAX"));

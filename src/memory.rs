@@ -120,8 +120,9 @@ pub struct Limits {
     pub per_kind: [usize; 6],
 }
 
-/// Room left for the global bound past history, at least.
-pub const MIN_HEADROOM: usize = 16 << 20;
+/// Room left for the global bound past history, at least (config.rs's
+/// `MEMORY_HEADROOM` refuses a smaller `--memory-max`).
+pub const MIN_HEADROOM: usize = 4 << 20;
 
 impl Limits {
     /// The default division of `max`: history gets its own budget; every

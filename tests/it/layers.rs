@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("bus", 0),
     ("journal", 0),
     ("client", 0),
+    ("memory", 0),
     ("event", 1),
     ("access", 1),
     ("broker", 2),
