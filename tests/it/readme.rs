@@ -172,7 +172,7 @@ fn the_curl_examples_run_as_written() {
             .find(|r| r.args.contains(needle))
             .unwrap_or_else(|| panic!("no curl with {needle:?} in {log}"))
     };
-    assert_eq!(ran.len(), 13, "{log}");
+    assert_eq!(ran.len(), 14, "{log}");
     for r in &ran {
         let want_exit = if r.args.contains("-N") { 28 } else { 0 };
         assert_eq!(r.exit, want_exit, "{r:?}");
@@ -194,6 +194,9 @@ fn the_curl_examples_run_as_written() {
         assert!(!r.body.contains("data: first"), "{r:?}");
     }
     assert!(find("/streams").body.starts_with('['), "{log}");
+    let page = find("/streams?limit=1000&after=news");
+    assert!(page.body.starts_with('['), "{page:?}");
+    assert!(!page.body.contains("\"news\""), "{page:?}");
     assert!(find("/stats").body.starts_with('{'), "{log}");
     assert!(find("/metrics").body.contains("ssed_"), "{log}");
     // The subscriber saw every publish, then its stream ended with the
