@@ -292,3 +292,38 @@ fn bad_env_values_name_the_variable() {
     assert!(err.contains("SSED_MAX_BODY"), "{err}");
     assert!(!err.contains("--max-body"), "{err}");
 }
+
+/// A bodiless `PUT`, `DELETE` or `POST` with neither `Content-Length` nor
+/// `Transfer-Encoding` (what `curl -X PUT URL` sends) has an empty body
+/// (RFC 9112 6.3): each is answered, and the request pipelined after it on
+/// the same connection is read as a request, not as a body.
+#[test]
+fn requests_without_a_length_have_an_empty_body() {
+    let s = Server::start(&["--heartbeat", "0"]);
+    let mut c = Conn::open(s.addr);
+    c.send(
+        b"PUT /streams/news HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /streams/news HTTP/1.1\r\nHost: t\r\n\r\n\
+          PUT /streams/news HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let created = c.response();
+    assert_eq!(created.status, 201, "{}", created.text());
+    let listed = c.response();
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["name"], "news", "{}", listed.text());
+    assert_eq!(c.response().status, 200, "an existing stream is 200");
+    let mut sub = Sse::open(s.addr, "/events?stream=news", "");
+    let r = c.request(b"POST /events?stream=news HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = sub.next_event(T).expect("the empty event");
+    assert_eq!(
+        (e.id, e.data),
+        (
+            r.json()["id"].as_str().map(String::from),
+            vec![String::new()]
+        )
+    );
+    let r = c.request(b"DELETE /streams/news HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(sub.ended_within(T), "DELETE ends the subscriber's stream");
+}
