@@ -205,12 +205,13 @@ impl Topics {
             if c.upto < self.next_seq {
                 let from = self.selectors.partition_point(|e| e.seq <= c.upto);
                 let mut seen: HashMap<&str, bool> = HashMap::new();
+                let topic = crate::auth::selector::Topic::new(&s.name);
                 for e in &self.selectors[from..] {
                     let hit = match seen.get(e.sel.key()) {
                         Some(&h) => h,
                         None => {
                             self.matches_run += 1;
-                            let h = e.sel.matches(&s.name);
+                            let h = e.sel.matches_in(&topic);
                             seen.insert(e.sel.key(), h);
                             h
                         }
