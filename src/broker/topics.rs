@@ -1,7 +1,10 @@
 //! Mercure's additions to the broker: the registry of selector streams
 //! (one internal ring per distinct `*` or URI-template selector, fed with
-//! every later event whose public stream it matches) and the bounded index
-//! from publisher-supplied event ids to broker ids.
+//! every later event whose public stream it matches), the per-topic cache
+//! of which selector streams a topic feeds (so a publish matches a topic
+//! against a selector once, not on every publish), the pools selector
+//! streams come from (all, anonymous, per client address), and the bounded
+//! index from publisher-supplied event ids to broker ids.
 //!
 //! Bookkeeping only: it must not own frames (the rings do), decide who may
 //! read what, or do I/O.
