@@ -39,6 +39,14 @@ fn enc(s: &str) -> String {
 /// occur at every offset of an all-`a` topic), then a `b` that does not:
 /// a matcher does all the work and still says no. Distinct for each `i`.
 fn template(i: usize) -> String {
+    if std::env::var_os("ISSUE_TEMPLATES").is_some() {
+        // The issue's shape: 2 KB of variables (refused since: 400).
+        let mut t = format!("https://ex.com/users/mallory/{{v{i}}}");
+        while t.len() < 2040 {
+            t.push_str("{a}");
+        }
+        return t;
+    }
     let mut t = String::from("https://ex.com/users/mallory/");
     for j in 0..14 {
         t.push_str(&format!("{{v{j}}}"));

@@ -1,7 +1,10 @@
 //! Mercure's additions to the broker: the registry of selector streams
 //! (one internal ring per distinct `*` or URI-template selector, fed with
-//! every later event whose public stream it matches) and the bounded index
-//! from publisher-supplied event ids to broker ids.
+//! every later event whose public stream it matches), the per-topic cache
+//! of which selector streams a topic feeds (so a publish matches a topic
+//! against a selector once, not on every publish), the pools selector
+//! streams come from (all, anonymous, per client address), and the bounded
+//! index from publisher-supplied event ids to broker ids.
 //!
 //! Bookkeeping only: it must not own frames (the rings do), decide who may
 //! read what, or do I/O.
@@ -205,12 +208,13 @@ impl Topics {
             if c.upto < self.next_seq {
                 let from = self.selectors.partition_point(|e| e.seq <= c.upto);
                 let mut seen: HashMap<&str, bool> = HashMap::new();
+                let topic = crate::auth::selector::Topic::new(&s.name);
                 for e in &self.selectors[from..] {
                     let hit = match seen.get(e.sel.key()) {
                         Some(&h) => h,
                         None => {
                             self.matches_run += 1;
-                            let h = e.sel.matches(&s.name);
+                            let h = e.sel.matches_in(&topic);
                             seen.insert(e.sel.key(), h);
                             h
                         }
