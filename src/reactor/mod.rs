@@ -510,7 +510,7 @@ impl Reactor {
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
                 if let Some(out) = conn.out.take() {
-                    self.free_out(out);
+                    self.free_out(&out);
                 }
                 self.peers.remove(conn.peer);
                 self.reserve.retain(|&k| k != key);
@@ -1014,8 +1014,9 @@ impl Reactor {
             return None;
         };
         let b = buf.take()?;
+        // Put back (or freed with its connection) once parsed.
         self.memory
-            .release(crate::memory::Kind::Requests, b.data.len());
+            .lend(crate::memory::Kind::Requests, b.data.len());
         Some(b)
     }
 
@@ -1047,7 +1048,7 @@ impl Reactor {
         match self.memory.charge(k, more) {
             Ok(()) => {
                 // Charged for real by `put_reqbuf`.
-                self.memory.release(k, more);
+                self.memory.lend(k, more);
                 true
             }
             Err(_) => false,

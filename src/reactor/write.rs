@@ -106,7 +106,7 @@ impl Reactor {
     /// Lets go of a connection's unsent bytes (it is being freed): copies
     /// go back to the account; a frame tail is noted as freed, since the
     /// connection may have been the frame's last holder.
-    pub(super) fn free_out(&mut self, out: Box<Out>) {
+    pub(super) fn free_out(&mut self, out: &Out) {
         self.memory.release(Kind::Output, out.copied());
         if let Some(t) = &out.tail {
             self.memory.note_freed(t.frame.cost());
