@@ -495,6 +495,17 @@ fn streams_listing_is_paged_and_unread_listings_are_bounded() {
     // Past the limit only the short 503s are charged (one per connection).
     assert!(kind(&st, "output", "peak") <= limit + 8 * 256, "{st}");
     assert!(num(&st, &["rejected", "memory_output"]) > 0, "{st}");
+    let m = get(s.addr, "/metrics").text();
+    assert!(
+        m.contains(&format!(
+            "ssed_memory_kind_limit_bytes{{kind=\"output\"}} {limit}\n"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("ssed_memory_refused_total{kind=\"output\"} "),
+        "{m}"
+    );
     assert!(rss <= base + limit + OVERHEAD, "rss {rss}, before {base}");
     bystander_receives(s.addr, &mut by, AUTH, "while they do not read");
     // Nobody reads: --write-timeout (1 s) closes them and the account empties.
