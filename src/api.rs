@@ -9,11 +9,10 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
+use crate::access::{Op, PublishRights};
 use crate::broker::{BrokerError, Create, Origin};
 use crate::event::Event;
-use crate::handler::{
-    bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, PublishRights, Shape,
-};
+use crate::handler::{bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -30,14 +29,20 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             _ => cx.not_allowed(req, "GET, HEAD, POST, OPTIONS"),
         },
         "/streams" => match req.method {
-            Method::Get | Method::Head => list_streams(cx, req),
+            Method::Get | Method::Head if allowed(cx, req, Op::ListStreams) => {
+                list_streams(cx, req)
+            }
+            Method::Get | Method::Head => {}
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         p if p.starts_with("/streams/") => {
             let raw = &p["/streams/".len()..];
             let name = http::decode_component(raw).unwrap_or(Cow::Borrowed(raw));
             match req.method {
-                Method::Get | Method::Head => one_stream(cx, req, &name),
+                Method::Get | Method::Head if allowed(cx, req, Op::ListStreams) => {
+                    one_stream(cx, req, &name)
+                }
+                Method::Get | Method::Head => {}
                 Method::Put => create_stream(cx, req, &name),
                 Method::Delete => delete_stream(cx, req, &name),
                 _ => cx.not_allowed(req, "GET, HEAD, PUT, DELETE"),
@@ -46,6 +51,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
         "/healthz" => match req.method {
             // Still 200 while Redis is down: a load balancer must not drop
             // every node at once; the body says so.
+            Method::Get | Method::Head if !allowed(cx, req, Op::ReadStats) => {}
             Method::Get | Method::Head => match cx.redis {
                 Some(false) => cx.ok(req, "text/plain", "degraded: redis unavailable"),
                 _ => cx.ok(req, "text/plain", "ok"),
@@ -53,6 +59,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         "/stats" | "/metrics" => match req.method {
+            Method::Get | Method::Head if !allowed(cx, req, Op::ReadStats) => {}
             Method::Get | Method::Head => cx.actions.push(Action::Stats {
                 prometheus: req.path == "/metrics",
                 http10: req.http10,
@@ -69,6 +76,11 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Asks the access rule (a refusal is answered there).
+fn allowed(cx: &mut Cx<'_>, req: &Request<'_>, op: Op<'_>) -> bool {
+    cx.allow(req, op).is_some()
 }
 
 /// Resolves public stream names, creating them as `by` may; on failure
@@ -157,8 +169,9 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         })
         .collect();
     let raw = last_event_id(req);
-    let resume = cx.resume(raw.as_deref());
-    cx.stream_as(req, &idx, &sees, &resume, &[]);
+    let resume = cx.resume(raw.as_deref(), sees.contains(&true));
+    let until = grants.as_ref().and_then(|g| g.exp);
+    cx.stream_until(req, &idx, &sees, &resume, &[], until);
 }
 
 /// Whether a `private` field or query value asks for a private event
@@ -266,19 +279,17 @@ fn json_event(v: &Value) -> Result<Event, String> {
 
 /// 403 unless `rights` cover every name (answered here).
 fn covers(cx: &mut Cx<'_>, req: &Request<'_>, rights: &PublishRights, names: &[String]) -> bool {
-    match names.iter().find(|n| !rights.allows(n)) {
-        None => true,
-        Some(n) => {
-            cx.counters.reject("forbidden");
-            let msg = format!("the token's mercure.publish selectors do not match {n:?}");
-            cx.fail(req, 403, &msg);
+    match rights.covers(names) {
+        Ok(()) => true,
+        Err(d) => {
+            cx.deny(req, &d);
             false
         }
     }
 }
 
 fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let Some(rights) = cx.publish_rights(req) else {
+    let Some(rights) = cx.writer(req, Op::Publish) else {
         return;
     };
     let (events, extra, batch, private) = match parse_publish(req) {
@@ -439,12 +450,13 @@ pub fn publish_event(
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {
     match cx.broker.get(idx) {
+        // Public events only: the listing is open to anyone.
         Some(s) => json!({
             "name": &*s.name,
             "subscribers": s.subs.len(),
-            "last_id": if s.last_id == 0 { Value::Null } else { Value::String(s.last_id.to_string()) },
-            "history": s.retained(),
-            "published": s.published,
+            "last_id": if s.last_public_id == 0 { Value::Null } else { Value::String(s.last_public_id.to_string()) },
+            "history": s.retained_public(),
+            "published": s.published_public,
         }),
         None => Value::Null,
     }
@@ -520,7 +532,9 @@ fn list_streams(cx: &mut Cx<'_>, req: &Request<'_>) {
         },
     };
     let after = req.query_first("after");
-    let (page, more) = list_page(cx.broker, after.as_deref(), limit, |s| !s.internal);
+    let (page, more) = list_page(cx.broker, after.as_deref(), limit, |s| {
+        s.anonymous_visible()
+    });
     let next = more.then(|| page.last()).flatten().map(|(name, _)| {
         format!(
             "</streams?limit={limit}&after={}>; rel=\"next\"",
@@ -536,7 +550,8 @@ fn list_streams(cx: &mut Cx<'_>, req: &Request<'_>) {
 }
 
 fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    match cx.broker.find_public(name) {
+    let visible = |i: &u32| cx.broker.get(*i).is_some_and(|s| s.anonymous_visible());
+    match cx.broker.find_public(name).filter(visible) {
         Some(i) => {
             let v = stream_json(cx, i);
             cx.ok_json(req, &v);
@@ -550,7 +565,7 @@ fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 /// existed. It works with --no-auto-streams, and an explicit stream is
 /// kept while empty until --stream-idle-ttl.
 fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    if !cx.authorize(req) {
+    if cx.writer(req, Op::CreateStream(name)).is_none() {
         return;
     }
     match cx.broker.create(name) {
@@ -575,10 +590,7 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 }
 
 fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    let Some(rights) = cx.publish_rights(req) else {
-        return;
-    };
-    if !covers(cx, req, &rights, &[name.to_string()]) {
+    if cx.writer(req, Op::DeleteStream(name)).is_none() {
         return;
     }
     match cx.broker.find_public(name) {

@@ -164,7 +164,7 @@ pub(crate) struct Bound {
     users: Option<crate::apps::mongoose::Users>,
     redis: Option<crate::bus::RedisUrl>,
     journal: Option<durable::Opened>,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
 }
 
 impl Bound {
@@ -178,7 +178,7 @@ impl Bound {
             ),
             None => None,
         };
-        let auth = crate::handler::Auth::from_config(&cfg)
+        let auth = crate::access::Access::from_config(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -273,6 +273,7 @@ impl Bound {
             durable,
             held: VecDeque::new(),
             hold_from: None,
+            token_exp: std::collections::HashMap::new(),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -367,7 +368,7 @@ pub(crate) struct Reactor {
     conns: Slab<Conn>,
     broker: Broker,
     apps: Apps,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
     cfg: Config,
     counters: Counters,
     timers: Timers,
@@ -411,6 +412,9 @@ pub(crate) struct Reactor {
     /// While a request's actions run: the journal ticket before it, so a
     /// reply to a request that wrote the journal can be held.
     hold_from: Option<u64>,
+    /// Streams opened with a token that expires → the tick they end at: a
+    /// side table, since few connections have one and `Conn` must not grow.
+    token_exp: std::collections::HashMap<u32, Tick>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -586,7 +590,7 @@ impl Reactor {
         Cx {
             broker: &mut self.broker,
             cfg: &self.cfg,
-            auth: &self.auth,
+            access: &self.auth,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -667,7 +671,8 @@ impl Reactor {
                     chunked,
                     prelude,
                     cursors,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors),
+                    until,
+                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
                 Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
                 Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
@@ -740,6 +745,7 @@ impl Reactor {
         chunked: bool,
         prelude: &[u8],
         cursors: crate::broker::Cursors,
+        until: Option<u64>,
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
@@ -748,6 +754,13 @@ impl Reactor {
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
             c.state = State::Streaming(cursors);
+        }
+        if let Some(exp) = until {
+            // Rounded up to the next tick: never a moment before `exp`.
+            let left_us = (exp.saturating_mul(1_000_000)).saturating_sub(self.clock.unix_us());
+            let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
+            self.token_exp
+                .insert(key, self.clock.now_tick().saturating_add(t));
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -773,7 +786,8 @@ impl Reactor {
         for (_, s) in self.broker.iter() {
             if s.internal {
                 g.internal_streams += 1;
-            } else {
+            } else if s.anonymous_visible() {
+                // /stats is open to anyone: private-only streams are not told of.
                 g.streams += 1;
             }
             g.history_events += s.retained();
@@ -1196,7 +1210,12 @@ impl Reactor {
                 _ => return data.len(),
             }
             match http::parse_resume(&data[off..], limits, scan) {
-                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Partial) => {
+                    if scan.take_continue() {
+                        self.respond(key, http::CONTINUE, false);
+                    }
+                    break;
+                }
                 Err(e) => {
                     self.counters.reject(e.reason());
                     self.error(key, e.status(), e.message(), None);
@@ -1272,7 +1291,7 @@ impl Reactor {
         let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
             return Some((peer, false));
         };
-        let client = match crate::handler::forwarded_client(req, &self.cfg.trusted_proxies) {
+        let client = match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
             None => Some(proxy),
             Some(c) => c,
         };

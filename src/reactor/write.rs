@@ -92,6 +92,9 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
         match std::mem::replace(&mut c.state, State::Closing) {
             State::Closing => return,
             State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
@@ -391,6 +394,10 @@ impl Reactor {
             },
             None => return,
         };
+        let d = match self.token_exp.get(&key) {
+            Some(&exp) => d.min(exp),
+            None => d,
+        };
         self.set_deadline(key, d);
     }
 
@@ -492,6 +499,9 @@ impl Reactor {
     pub(super) fn flush_subscriber(&mut self, key: u32) {
         let tick = self.clock.now_tick();
         let mut budget = WRITE_BUDGET;
+        // Whether this subscriber was sent anything: only then does its
+        // heartbeat move, so events it may not see leave no timing trace.
+        let mut wrote = false;
         loop {
             // A gap first, for any stream that dropped frames this
             // subscriber had not been sent yet.
@@ -503,6 +513,7 @@ impl Reactor {
                 _ => return,
             };
             if let Some(g) = gap {
+                wrote = true;
                 self.send_sse(key, &g);
             }
             let Reactor {
@@ -541,6 +552,7 @@ impl Reactor {
             if n_iov == 0 {
                 break;
             }
+            wrote = true;
             let written = match write_vectored(&mut conn.sock, &iov[..n_iov]) {
                 Ok(n) => n,
                 Err(_) => {
@@ -590,7 +602,13 @@ impl Reactor {
                 break;
             }
         }
-        self.after_stream_write(key);
+        let blocked = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.out.is_some());
+        if wrote || blocked {
+            self.after_stream_write(key);
+        }
         self.check_lag(key);
     }
 
@@ -602,6 +620,9 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
         match std::mem::replace(&mut c.state, State::Draining) {
             State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
             State::Ticking(_) => {}
