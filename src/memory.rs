@@ -246,13 +246,21 @@ impl Account {
         self.peak[i] = self.peak[i].max(self.used[i]);
     }
 
-    /// Gives back `bytes` of `kind` (never below zero).
+    /// Gives back `bytes` of `kind` (never below zero): they are freed.
     pub fn release(&mut self, kind: Kind, bytes: usize) {
+        let b = self.lend(kind, bytes);
+        self.freed = self.freed.saturating_add(b);
+    }
+
+    /// Gives back `bytes` that are charged again at once (a request buffer
+    /// taken out to be parsed and put back): not counted as freed. Returns
+    /// what was given back.
+    pub fn lend(&mut self, kind: Kind, bytes: usize) -> usize {
         let i = kind.at();
         let b = bytes.min(self.used[i]);
         self.used[i] -= b;
         self.total -= b;
-        self.freed = self.freed.saturating_add(b);
+        b
     }
 
     /// Sets what a kind that keeps its own budget holds now (history).
@@ -397,7 +405,13 @@ mod tests {
         assert_eq!(a.total(), 0);
         a.note_freed(1000);
         assert_eq!(a.take_freed(), 1100);
-        assert_eq!(a.take_freed(), 0);
+        // Lent bytes come back at once: not freed.
+        a.charge(Kind::Requests, 500).unwrap();
+        assert_eq!(a.lend(Kind::Requests, 500), 500);
+        a.force(Kind::Requests, 700);
+        assert_eq!((a.used(Kind::Requests), a.freed()), (700, 0));
+        a.release(Kind::Requests, 700);
+        assert_eq!(a.take_freed(), 700);
         // A forced charge passes the bounds but still counts.
         a.force(Kind::Output, 9 * MIB);
         assert_eq!(a.used(Kind::Output), 9 * MIB);

@@ -633,6 +633,30 @@ mod tests {
             "# TYPE ssed_events_published_total counter\nssed_events_published_total 3\n"
         ));
         assert!(text.contains("ssed_rejected_total{reason=\"timeout\"} 1\n"));
+        let g = Gauges {
+            memory: MemoryGauges {
+                max: 100,
+                used: 7,
+                kinds: vec![KindGauge {
+                    name: "output",
+                    used: 7,
+                    limit: 25,
+                    peak: 9,
+                    refused: 2,
+                }],
+            },
+            ..Gauges::default()
+        };
+        let text = prometheus(&c, &g);
+        assert!(text.contains("ssed_memory_max_bytes 100\n"), "{text}");
+        assert!(text.contains("# TYPE ssed_memory_refused_total counter\nssed_memory_refused_total{kind=\"output\"} 2\n"), "{text}");
+        assert!(
+            text.contains("ssed_memory_kind_bytes{kind=\"output\"} 7\n"),
+            "{text}"
+        );
+        let j = json(&c, &g);
+        assert_eq!(j["memory"]["kinds"]["output"]["peak"], 9);
+        assert_eq!(j["memory"]["used"], 7);
         let j = json(&c, &Gauges::default());
         assert_eq!(j["events_published"], 3);
         assert_eq!(j["rejected"]["timeout"], 1);

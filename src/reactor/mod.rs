@@ -1028,8 +1028,9 @@ impl Reactor {
             return None;
         };
         let b = buf.take()?;
+        // Put back (or freed with its connection) once parsed.
         self.memory
-            .release(crate::memory::Kind::Requests, b.data.len());
+            .lend(crate::memory::Kind::Requests, b.data.len());
         Some(b)
     }
 
@@ -1061,7 +1062,7 @@ impl Reactor {
         match self.memory.charge(k, more) {
             Ok(()) => {
                 // Charged for real by `put_reqbuf`.
-                self.memory.release(k, more);
+                self.memory.lend(k, more);
                 true
             }
             Err(_) => false,

@@ -135,9 +135,10 @@ impl Reactor {
         }
     }
 
-    /// Output that would pass the memory account: a connection that was
-    /// sent nothing of this response yet gets a short 503 (charged past the
-    /// bound: it is small and one per connection); anything else is closed.
+    /// Output that would pass the memory account: a response of which
+    /// nothing was sent yet is replaced by a short 503 (charged past the
+    /// bound: it is small and one per connection); anything else (a
+    /// stream's bytes, a response already begun) closes the connection.
     fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
         self.counters.reject("memory_output");
         log::info!("connection {key}: {} output refused: {r}", r.kind().name());
@@ -170,6 +171,12 @@ impl Reactor {
     /// Queues raw bytes for a connection: written at once if its socket is
     /// drained, appended to its output buffer otherwise.
     pub(super) fn send(&mut self, key: u32, bytes: &[u8]) {
+        self.queue(key, bytes, false);
+    }
+
+    /// [`Reactor::send`]; `response` says the bytes are a whole response
+    /// to a request, which a refusal may replace with a short 503.
+    fn queue(&mut self, key: u32, bytes: &[u8], response: bool) {
         let tick = self.clock.now_tick();
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
@@ -201,7 +208,7 @@ impl Reactor {
         if done < bytes.len() {
             let rest = &bytes[done..];
             if let Err(r) = self.memory.charge(Kind::Output, rest.len()) {
-                return self.refuse_output(key, r, done == 0);
+                return self.refuse_output(key, r, response && done == 0);
             }
             conn.out = Some(Box::new(Out {
                 tail: None,
@@ -227,7 +234,7 @@ impl Reactor {
 
     /// Sends a complete response; `close` ends the connection once it is out.
     pub(super) fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
-        self.send(key, bytes);
+        self.queue(key, bytes, true);
         if close {
             if let Some(c) = self.conns.get_mut(key as usize) {
                 if let State::Reading { buf, .. } = &mut c.state {
