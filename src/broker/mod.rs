@@ -60,6 +60,8 @@ pub struct Record<'a> {
     pub streams: &'a [&'a str],
     /// Its encoded SSE bytes (without chunk framing).
     pub frame: &'a [u8],
+    /// Only subscribers allowed private frames may see it.
+    pub private: bool,
 }
 
 /// Why a sink refused an event.
@@ -945,6 +947,7 @@ impl Broker {
                 id,
                 streams: &names,
                 frame: sse,
+                private,
             };
             for s in self.sinks.iter_mut() {
                 s.append(origin, &rec).map_err(|e| BrokerError::Sink(e.0))?;

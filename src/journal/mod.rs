@@ -137,8 +137,9 @@ impl std::fmt::Display for JournalError {
             }
             JournalError::Version { path, version } => write!(
                 f,
-                "journal: {} has format version {version}; this build reads {}",
+                "journal: {} has format version {version}; this build reads {}..={}",
                 path.display(),
+                record::MIN_VERSION,
                 record::VERSION
             ),
             JournalError::Invalid(why) => write!(f, "journal: cannot record: {why}"),
@@ -374,9 +375,12 @@ impl Journal {
         let mut rp = Replay::default();
         let mut segs: Vec<Seg> = Vec::new();
         let mut last_event: Option<u64> = None;
+        // The format version of the segment appends would continue.
+        let mut tail_version = record::VERSION;
         for (i, &seq) in seqs.iter().enumerate() {
             let path = seg_path(&dir, seq);
             let scan = record::read_segment(&path)?;
+            let version = scan.version;
             if let Some(prev) = segs.last() {
                 if seq != prev.seq + 1 && !scan.compacted {
                     let last = last_event.unwrap_or(0);
@@ -427,6 +431,7 @@ impl Journal {
                     seq,
                     bytes: scan.file_len,
                 });
+                tail_version = version;
                 continue;
             };
             // Damage: keep what came before it, drop everything after it.
@@ -446,6 +451,7 @@ impl Journal {
                     seq,
                     bytes: scan.good_end,
                 });
+                tail_version = version;
             }
             for &s in later {
                 let p = seg_path(&dir, s);
@@ -499,7 +505,7 @@ impl Journal {
         rp.bytes = segs.iter().map(|s| s.bytes).sum();
         rp.segments = segs.len();
         rp.elapsed = t0.elapsed();
-        let j = Journal {
+        let mut j = Journal {
             dir,
             fsync: cfg.fsync,
             max_bytes,
@@ -524,6 +530,11 @@ impl Journal {
             rewrites_seen: 0,
             failed_rewrites: 0,
         };
+        if tail_version != record::VERSION && j.active().bytes > 0 {
+            // An older build's segment: records of this version go to a
+            // new one, so each file is of one format.
+            j.roll().map_err(|e| JournalError::io("roll", &j.dir, e))?;
+        }
         Ok((j, rp))
     }
 

@@ -129,6 +129,7 @@ impl Sink for JournalSink {
             id: rec.id,
             streams: rec.streams.iter().map(|s| s.to_string()).collect(),
             frame: rec.frame.to_vec(),
+            private: rec.private,
         };
         self.0.append(&r).map_err(|e| {
             SinkError(format!(
@@ -249,7 +250,12 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
     let mut targets: Vec<u32> = Vec::new();
     for rec in replay.records {
         match rec {
-            Record::Event { id, streams, frame } => {
+            Record::Event {
+                id,
+                streams,
+                frame,
+                private,
+            } => {
                 events += 1;
                 targets.clear();
                 for n in &streams {
@@ -258,12 +264,15 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
                         targets.push(t);
                     }
                 }
-                if broker.append(Origin::Replay, &targets, id, &frame).is_err() {
+                if broker
+                    .append_as(Origin::Replay, &targets, id, &frame, private)
+                    .is_err()
+                {
                     // Larger than this run's --history-bytes somewhere:
                     // keep it in the streams it fits.
                     too_large += 1;
                     for &t in &targets {
-                        let _ = broker.append(Origin::Replay, &[t], id, &frame);
+                        let _ = broker.append_as(Origin::Replay, &[t], id, &frame, private);
                     }
                 }
                 for (n, &t) in streams.iter().zip(&targets) {
