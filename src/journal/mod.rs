@@ -109,6 +109,9 @@ pub enum JournalError {
         /// Its version.
         version: u16,
     },
+    /// Something with a segment's name is not a regular file (a
+    /// directory, a socket...): not the journal's to read, skip or delete.
+    NotAFile(PathBuf),
     /// The record cannot be encoded (too many streams, too long).
     Invalid(&'static str),
     /// Appending failed (ENOSPC, EIO, EFBIG...); the journal is as it was
@@ -141,6 +144,12 @@ impl std::fmt::Display for JournalError {
                 path.display(),
                 record::MIN_VERSION,
                 record::VERSION
+            ),
+            JournalError::NotAFile(p) => write!(
+                f,
+                "journal: {} has a segment's name but is not a regular file; move it out of the \
+                 data directory",
+                p.display()
             ),
             JournalError::Invalid(why) => write!(f, "journal: cannot record: {why}"),
             JournalError::Write(e) => write!(f, "journal: write failed: {e}"),
@@ -363,6 +372,14 @@ impl Journal {
             let name = ent.file_name();
             let name = name.to_string_lossy();
             if let Some(seq) = parse_seg_name(&name) {
+                // Refused rather than skipped: the journal numbers new
+                // segments on from the ones it has and would run into this
+                // name later, mid-run; nor may it delete what it did not make.
+                let path = ent.path();
+                let meta = fs::metadata(&path).map_err(|e| JournalError::io("stat", &path, e))?;
+                if !meta.is_file() {
+                    return Err(JournalError::NotAFile(path));
+                }
                 seqs.push(seq);
             } else if name.ends_with(".tmp") {
                 // A rewrite that never got renamed: the originals are intact.

@@ -841,3 +841,39 @@ fn private_events_stay_private_across_restarts() {
         Some(2 * (3 + 1 + 3) as u64)
     );
 }
+
+/// A directory with a segment's name is not something the journal made nor
+/// may delete, and its number could be one the journal needs later: start-up
+/// is refused with one line naming it, and the directory is left as it was.
+/// Once it is moved away, the server starts with its history intact.
+#[test]
+fn a_directory_named_like_a_segment_refuses_start_up_naming_it() {
+    let d = Dir::new("segdir");
+    let srv = start(&["--data-dir", d.s()], None);
+    let id = publish(srv.addr, "s", "kept");
+    kill(srv);
+    let bogus = d.0.join("journal-00000000000000ff.seg");
+    std::fs::create_dir(&bogus).unwrap();
+    std::fs::write(bogus.join("inside"), b"an operator's file").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", d.s()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(bogus.to_str().unwrap()) && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "it never listened");
+    assert_eq!(
+        std::fs::read(bogus.join("inside")).unwrap(),
+        b"an operator's file"
+    );
+    std::fs::rename(&bogus, d.0.with_extension("moved")).unwrap();
+    let srv = start(&["--data-dir", d.s()], None);
+    let (_, got) = ids_on(srv.addr, "stream=s", 1, id.parse().unwrap());
+    assert_eq!(got, vec![id.parse::<u64>().unwrap()]);
+    let _ = std::fs::remove_dir_all(d.0.with_extension("moved"));
+}
