@@ -13,11 +13,13 @@
 //! consecutively; each is a [`record`] header followed by framed records.
 
 mod crc32;
+mod link;
 mod record;
 mod sync;
 #[cfg(test)]
 mod tests;
 
+pub use link::{Link, Refused};
 // The owner validates publishes against these limits before appending.
 #[allow(unused_imports)]
 pub use record::{Record, MAX_RECORD, MAX_STREAMS};
@@ -279,6 +281,15 @@ pub struct Journal {
     /// Bytes compaction freed since the cursor last wrapped around.
     pass_freed: u64,
     over_budget: bool,
+    /// Room an append is waiting for: compaction frees until the total is
+    /// at most this (0: nothing is waiting).
+    want_below: u64,
+    /// The total when a compaction call looked at everything and freed
+    /// nothing: no further call is made until the total or the room wanted
+    /// changes, so a journal that cannot shrink is not rewritten in a loop.
+    stalled_at: Option<u64>,
+    /// The stall was logged (once per run of them).
+    stall_logged: bool,
     /// The segments (as they were) a rewrite handed to the fsync thread is
     /// replacing, until it reports back; put back if it failed.
     inflight: Option<Vec<Seg>>,
@@ -543,6 +554,9 @@ impl Journal {
             cursor: 0,
             pass_freed: 0,
             over_budget: false,
+            want_below: 0,
+            stalled_at: None,
+            stall_logged: false,
             inflight: None,
             rewrites_seen: 0,
             failed_rewrites: 0,
@@ -590,6 +604,7 @@ impl Journal {
                 }
                 self.pos += n;
                 self.records_written += 1;
+                self.want_below = 0;
                 if let Some(s) = &self.sync {
                     s.written(self.pos, self.fsync == Fsync::Always);
                 }
@@ -655,9 +670,24 @@ impl Journal {
         self.segs.iter().map(|s| s.bytes).sum()
     }
 
-    /// The directory is over budget: call [`Journal::compact`].
+    /// The directory is over budget, or over what an append waits for:
+    /// call [`Journal::compact`] (unless the last call found nothing to
+    /// free and nothing changed since).
     pub fn needs_compaction(&self) -> bool {
-        self.total_bytes() > self.max_bytes
+        let t = self.total_bytes();
+        let over = t > self.max_bytes || (self.want_below > 0 && t > self.want_below);
+        over && self.stalled_at != Some(t)
+    }
+
+    /// Asks compaction to bring the total down to `below` (dropping the
+    /// oldest retained history if it must), for an append refused for room;
+    /// the next successful append withdraws the request.
+    pub fn want_room(&mut self, below: u64) {
+        let below = below.max(1);
+        if self.want_below != below {
+            self.want_below = below;
+            self.stalled_at = None;
+        }
     }
 
     /// The effective segment size (after clamping).
@@ -721,7 +751,12 @@ impl Journal {
         // With rewrites put in place by the fsync thread, appends go on
         // while one is in flight: leave two segments of room instead of one.
         let room = if self.sync.is_some() { 2 } else { 1 } * self.segment_bytes;
-        let low = self.max_bytes - room.min(self.max_bytes / 4);
+        let mut low = self.max_bytes - room.min(self.max_bytes / 4);
+        if self.want_below > 0 {
+            low = low.min(self.want_below);
+        }
+        // Dropping retained history was tried in this call.
+        let mut dropped = false;
         let mut read = 0u64;
         // A segment read but left for the next group (it did not fit).
         let mut carry: Option<(u64, record::Scan)> = None;
@@ -738,6 +773,7 @@ impl Journal {
                 self.pass_freed = 0;
                 start = 0;
                 if drop {
+                    dropped = true;
                     let (mut scans, mut bytes) = (Vec::new(), 0);
                     while scans.len() < sealed && bytes < self.segment_bytes / 2 {
                         let s = self.segs[scans.len()];
@@ -797,6 +833,21 @@ impl Journal {
             }
         }
         st.bytes_after = self.total_bytes();
+        // Even dropping retained history freed nothing: the next call
+        // would do the same, so wait for something to change. (A call that
+        // freed nothing otherwise moved the cursor on; the loop calls again
+        // only when woken for something else, so that is no busy loop.)
+        let idle = self.inflight.is_none() && st.bytes_after >= st.bytes_before;
+        self.stalled_at = (idle && dropped).then_some(st.bytes_after);
+        if st.bytes_after < st.bytes_before {
+            self.stall_logged = false;
+        } else if self.stalled_at.is_some() && !std::mem::replace(&mut self.stall_logged, true) {
+            log::warn!(
+                "journal: compaction cannot free anything below {} bytes; it resumes \
+                 when the journal changes",
+                st.bytes_after
+            );
+        }
         if st.retained_dropped == 0 && !self.needs_compaction() {
             self.over_budget = false;
         }
@@ -938,6 +989,13 @@ impl Journal {
         }
 
         let target = self.segs[end - 1].seq;
+        let before: u64 = self.segs[start..end].iter().map(|s| s.bytes).sum();
+        if packed.len() as u64 >= before {
+            // It would free nothing (a lone file compaction wrote already):
+            // step over it rather than write it again.
+            self.cursor = target + 1;
+            return Ok(());
+        }
         let path = seg_path(&self.dir, target);
         let tmp = path.with_extension("tmp");
         let written = File::create(&tmp).and_then(|mut f| f.write_all(&packed));
@@ -987,7 +1045,6 @@ impl Journal {
             }
         }
         st.segments_written += 1;
-        let before: u64 = self.segs[start..end].iter().map(|s| s.bytes).sum();
         self.segs[end - 1].bytes = packed.len() as u64;
         st.segments_removed += gone.len();
         self.segs.retain(|s| !gone.contains(&s.seq));

@@ -14,7 +14,6 @@ use std::net::Shutdown;
 
 use super::conn::{Conn, Out, State, NEVER};
 use super::{ms_to_ticks, ticks, Reactor, Timer};
-use crate::broker::Origin;
 use crate::frame;
 
 /// Frames gathered into one `writev`.
@@ -539,7 +538,10 @@ impl Reactor {
                 self.flush_subscriber(k);
             }
         }
-        for k in self.broker.delete(Origin::Local, idx) {
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            d.link.delete(name, floor);
+        }
+        for k in self.broker.delete(idx) {
             self.end_stream(k);
         }
     }

@@ -877,3 +877,136 @@ fn a_directory_named_like_a_segment_refuses_start_up_naming_it() {
     assert_eq!(got, vec![id.parse::<u64>().unwrap()]);
     let _ = std::fs::remove_dir_all(d.0.with_extension("moved"));
 }
+
+fn post_big(c: &mut Conn, stream: &str, n: usize) -> Response {
+    post_on(c, &format!("/events?stream={stream}"), &"x".repeat(n), "")
+}
+
+/// With a 64 KiB budget a 60 KB event can never be journaled: 413 at once,
+/// naming the flag, every time; small events go on, a bystander keeps
+/// receiving, and the refused events leave no trace but the counts.
+#[test]
+fn an_event_the_journal_budget_cannot_hold_is_413() {
+    let d = Dir::new("413");
+    let srv = start(
+        &[
+            "--data-dir",
+            d.s(),
+            "--journal-bytes",
+            "65536",
+            "--history-bytes",
+            "10000000",
+        ],
+        None,
+    );
+    let a = srv.addr;
+    let mut bystander = Sse::open(a, "/events?stream=b", "");
+    let mut big_reader = Sse::open(a, "/events?stream=big", "");
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(2)));
+    let mut c = Conn::open(a);
+    let mut small = Vec::new();
+    for i in 0..3 {
+        let r = post_big(&mut c, "big", 60_000);
+        assert_eq!(r.status, 413, "{}", r.text());
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            err.contains("--journal-bytes") && err.contains("not published"),
+            "{err}"
+        );
+        small.push(publish(a, "b", &format!("small-{i}")));
+    }
+    for (i, id) in small.iter().enumerate() {
+        let e = bystander.next_event(T).unwrap();
+        assert_eq!(
+            (e.id.as_deref(), e.data()),
+            (Some(id.as_str()), format!("small-{i}"))
+        );
+    }
+    // Nothing of the refused events reached anyone.
+    let later = publish(a, "big", "fits");
+    let e = big_reader.next_event(T).unwrap();
+    assert_eq!(
+        (e.id.as_deref(), e.data()),
+        (Some(later.as_str()), "fits".into())
+    );
+    let st = stats(a);
+    assert_eq!(st["journal"]["records_written"], 4, "{st}");
+    assert_eq!(st["rejected"]["event_too_large"], 3, "{st}");
+    assert_eq!(st["rejected"]["publish_refused"], 3, "{st}");
+    assert_eq!(st["journal"]["write_errors"], 0, "{st}");
+    assert_eq!(st["journal"]["compactions"], 0, "{st}");
+}
+
+/// `--journal-bytes 1MiB` and 400 KB events: every publish goes through
+/// (after at most a short "retry" while compaction drops the oldest), a
+/// bystander keeps receiving, the directory stays within the budget, and
+/// once idle compaction stops: its counter does not move however many loop
+/// turns pass.
+#[test]
+fn large_events_in_a_small_journal_do_not_wedge_it() {
+    let d = Dir::new("wedge");
+    let bound = 1u64 << 20;
+    let srv = start(
+        &[
+            "--data-dir",
+            d.s(),
+            "--journal-bytes",
+            &bound.to_string(),
+            "--history-bytes",
+            "100000000",
+        ],
+        None,
+    );
+    let a = srv.addr;
+    let mut bystander = Sse::open(a, "/events?stream=b", "");
+    let mut reader = Sse::open(a, "/events?stream=big", "");
+    assert!(wait_until(T, || stats(a)["connections"]["sse"].as_u64() == Some(2)));
+    let mut c = Conn::open(a);
+    let mut retries = 0;
+    for i in 0..6 {
+        let mut id = None;
+        assert!(
+            wait_until(T, || {
+                let r = post_big(&mut c, "big", 400_000);
+                if r.status == 200 {
+                    id = Some(r.json()["id"].as_str().unwrap().to_string());
+                    return true;
+                }
+                assert_eq!(r.status, 503, "{}", r.text());
+                assert!(r.text().contains("retry shortly"), "{}", r.text());
+                assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+                retries += 1;
+                false
+            }),
+            "publish {i} never went through"
+        );
+        let e = reader.next_event(T).unwrap();
+        assert_eq!(e.id, id);
+        assert_eq!(e.data().len(), 400_000);
+        let small = publish(a, "b", &format!("small-{i}"));
+        let e = bystander.next_event(T).unwrap();
+        assert_eq!(
+            (e.id.clone(), e.data()),
+            (Some(small), format!("small-{i}"))
+        );
+        assert!(d.bytes() <= bound + (128 << 10), "{} bytes", d.bytes());
+    }
+    let st = stats(a);
+    assert_eq!(st["journal"]["records_written"], 12, "{st}");
+    assert_eq!(st["journal"]["write_errors"], 0, "{st}");
+    assert!(st["journal"]["compactions"].as_u64().unwrap() >= 1, "{st}");
+    println!("400 KB events in a 1 MiB journal: {retries} retries");
+    // Idle: let pending rewrites settle, then many loop turns (requests)
+    // must not compact again.
+    let mut last = st["journal"]["compactions"].as_u64().unwrap();
+    assert!(wait_until(T, || {
+        let n = stats(a)["journal"]["compactions"].as_u64().unwrap();
+        std::mem::replace(&mut last, n) == n
+    }));
+    for _ in 0..50 {
+        assert_eq!(get(a, "/healthz").status, 200);
+    }
+    let st = stats(a);
+    assert_eq!(st["journal"]["compactions"].as_u64(), Some(last), "{st}");
+    assert!(st["journal"]["bytes"].as_u64().unwrap() <= bound, "{st}");
+}
