@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 
 use crate::access::{Op, PublishRights};
-use crate::broker::{BrokerError, Create, Origin};
+use crate::broker::{BrokerError, Create};
 use crate::event::Event;
-use crate::handler::{bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
+use crate::handler::{bus_payload, last_event_id, status, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -99,7 +99,7 @@ fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> 
             if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
                 cx.counters.reject("too_many_streams");
             }
-            cx.fail(req, e.status(), &msg);
+            cx.fail(req, status(&e), &msg);
             None
         }
     }
@@ -328,7 +328,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     if cx.redis.is_some() {
         if let Err(e) = fits(cx, &targets, &events) {
             cx.counters.reject("publish_refused");
-            return cx.fail(req, e.status(), &e.message());
+            return cx.fail(req, status(&e), &e.message());
         }
         let shape = Shape::of(req, &cx.cors);
         cx.actions.push(Action::BusPublish(Box::new(BusPublish {
@@ -341,11 +341,9 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let mut ids = Vec::with_capacity(events.len());
     let mut subscribers = 0;
     for e in &events {
-        let published = cx
-            .broker
-            .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| {
-                crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
-            });
+        let published = cx.publish_as(&targets, private, |id| {
+            crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
+        });
         match published {
             Ok(p) => {
                 ids.push(p.id.to_string());
@@ -356,7 +354,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             }
             Err(e) => {
                 cx.counters.reject("publish_refused");
-                if matches!(e, BrokerError::TooLarge { .. }) {
+                if e.too_large() {
                     cx.counters.reject("event_too_large");
                 }
                 forget(cx, &made);
@@ -427,11 +425,9 @@ pub fn publish_event(
         })));
         return Ok(None);
     }
-    let p = match cx
-        .broker
-        .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| {
-            crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
-        }) {
+    let p = match cx.publish_as(&targets, private, |id| {
+        crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
+    }) {
         Ok(p) => p,
         Err(e) => {
             if made {
@@ -584,7 +580,7 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
             if matches!(e, BrokerError::TooMany) {
                 cx.counters.reject("too_many_streams");
             }
-            cx.fail(req, e.status(), &msg);
+            cx.fail(req, status(&e), &msg);
         }
     }
 }

@@ -20,10 +20,11 @@ use serde_json::Value;
 
 use crate::access::{Access, Allowed, Denied, Facts, Op, PublishRights};
 use crate::auth::Grants;
-use crate::broker::{Broker, Cursors, Resume};
+use crate::broker::{Broker, BrokerError, Cursors, Published, Resume};
 use crate::config::Config;
 use crate::frame;
 use crate::http::{self, Headers, Method, Request, Response};
+use crate::journal::{self, Link};
 use crate::stats::Counters;
 
 /// Produces the next frame of a ticking connection given the time in ms
@@ -227,6 +228,9 @@ pub fn bus_frame(id: u64, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
 pub struct Cx<'a> {
     /// Streams and history.
     pub broker: &'a mut Broker,
+    /// With `--data-dir`: where a local event is written before it enters
+    /// the rings (publish through [`Cx::publish_as`], which does that).
+    pub journal: Option<&'a mut Link>,
     /// The configuration.
     pub cfg: &'a Config,
     /// The access rule (keys, tokens, private streams).
@@ -256,7 +260,82 @@ pub struct Cx<'a> {
     pub actions: Vec<Action>,
 }
 
+/// Why a local publish was refused: by the broker (names, bounds) or by
+/// the journal (`--data-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The broker refused it.
+    Broker(BrokerError),
+    /// The journal could not take it.
+    Journal(journal::Refused),
+}
+
+impl From<BrokerError> for Refusal {
+    fn from(e: BrokerError) -> Self {
+        Refusal::Broker(e)
+    }
+}
+
+impl Refusal {
+    /// A message for the client.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Broker(e) => e.message(),
+            Refusal::Journal(e) => e.message(),
+        }
+    }
+    /// The HTTP status that goes with it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Broker(e) => status(e),
+            Refusal::Journal(journal::Refused::TooLarge { .. }) => 413,
+            // Compaction catching up, or a disk that may recover: both pass.
+            Refusal::Journal(journal::Refused::Full | journal::Refused::Failed(_)) => 503,
+        }
+    }
+    /// Refused for its size (by a history bound or the journal's budget).
+    pub fn too_large(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Broker(BrokerError::TooLarge { .. })
+                | Refusal::Journal(journal::Refused::TooLarge { .. })
+        )
+    }
+}
+
+/// The HTTP status of a broker refusal.
+pub fn status(e: &BrokerError) -> u16 {
+    match e {
+        BrokerError::BadName | BrokerError::Reserved => 400,
+        BrokerError::NotFound => 404,
+        BrokerError::TooLarge { .. } => 413,
+        BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::TooManySelectors(_) => {
+            503
+        }
+    }
+}
+
 impl Cx<'_> {
+    /// Publishes a local event to `targets`: the broker checks and numbers
+    /// it, the journal (with `--data-dir`) writes it, then it enters the
+    /// rings. Refused by either, it is published nowhere.
+    pub fn publish_as(
+        &mut self,
+        targets: &[u32],
+        private: bool,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Published, Refusal> {
+        let p = self
+            .broker
+            .prepare_publish(targets, self.unix_us, private, encode)?;
+        if let Some(j) = self.journal.as_deref_mut() {
+            let names = self.broker.names_of(&p);
+            j.event(p.id, &names, &p.frame, p.private)
+                .map_err(Refusal::Journal)?;
+        }
+        Ok(self.broker.commit(p))
+    }
+
     /// Replies to `req` with `resp` (CORS headers added; a `HEAD` gets the
     /// head a `GET` would).
     pub fn reply(&mut self, req: &Request<'_>, resp: Response) {
@@ -527,6 +606,35 @@ pub fn last_event_id(req: &Request<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_map_to_statuses() {
+        let big = BrokerError::TooLarge {
+            size: 2,
+            limit: 1,
+            bound: "x",
+        };
+        for (e, want) in [
+            (BrokerError::BadName, 400),
+            (BrokerError::Reserved, 400),
+            (BrokerError::NotFound, 404),
+            (big.clone(), 413),
+            (BrokerError::TooMany, 503),
+            (BrokerError::TooManyUnclaimed, 503),
+        ] {
+            assert_eq!(status(&e), want, "{e:?}");
+            assert_eq!(Refusal::from(e).status(), want);
+        }
+        assert!(Refusal::from(big).too_large());
+        let j = |r| Refusal::Journal(r);
+        let huge = journal::Refused::TooLarge { size: 2, limit: 1 };
+        assert_eq!(j(huge.clone()).status(), 413);
+        assert!(j(huge.clone()).too_large());
+        assert!(j(huge).message().contains("--journal-bytes"));
+        assert_eq!(j(journal::Refused::Full).status(), 503);
+        assert!(!j(journal::Refused::Full).too_large());
+        assert_eq!(j(journal::Refused::Failed("disk".into())).status(), 503);
+    }
 
     #[test]
     fn bus_payloads_round_trip() {

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use crate::access::{selector_sees_private, Op};
 use crate::auth::Selector;
-use crate::broker::{valid_topic, BrokerError, Create, Origin, Resume, MAX_TOPIC_BYTES};
+use crate::broker::{valid_topic, BrokerError, Create, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
 use crate::handler::Cx;
@@ -185,7 +185,7 @@ fn fail_broker(cx: &mut Cx<'_>, req: &Request<'_>, topic: &str, e: &BrokerError)
         ),
         _ => format!("topic {topic:?}: {}", e.message()),
     };
-    cx.fail(req, e.status(), &msg);
+    cx.fail(req, crate::handler::status(e), &msg);
 }
 
 /// A publish form, checked.
@@ -297,17 +297,10 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let private = u.private || cx.targets_private(&targets);
     let ev = &u.event;
     let custom = u.id.as_deref();
-    let published =
-        cx.broker.publish_as(
-            Origin::Local,
-            &targets,
-            cx.unix_us,
-            private,
-            |id| match custom {
-                Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
-                None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
-            },
-        );
+    let published = cx.publish_as(&targets, private, |id| match custom {
+        Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
+        None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
+    });
     match published {
         Ok(p) => {
             if p.pressure {

@@ -44,7 +44,7 @@ use serde_json::{json, Map, Value};
 
 use super::ids;
 use crate::access::Op;
-use crate::broker::{Limits, Origin, Resume};
+use crate::broker::{Limits, Resume};
 use crate::frame;
 use crate::handler::{bus_payload_raw, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::Response;
@@ -444,10 +444,7 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         })));
         return;
     }
-    let p = match cx
-        .broker
-        .publish_with(Origin::Local, &[idx], now, |_| bytes)
-    {
+    let p = match cx.publish_as(&[idx], false, |_| bytes) {
         Ok(p) => p,
         Err(e) => {
             let resp = Response::error(e.status(), &e.message());

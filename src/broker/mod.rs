@@ -9,6 +9,10 @@
 //! value the caller stores (in its connection struct, where they cost no
 //! extra allocation) and hands back.
 //!
+//! Appends come in two phases, [`Broker::prepare`] (check, number) and
+//! [`Broker::commit`] (into the rings), so the caller can make an event
+//! durable in between; the broker holds no journal, sink or callback.
+//!
 //! Positions are ids everywhere: a cursor holds the id of the last event
 //! its subscriber was given; resume planning produces such ids; the merge
 //! yields frames with ids above them.
@@ -42,41 +46,25 @@ pub use topics::{
     MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES,
 };
 
-/// Where a published event comes from, so sinks do not echo an event back
-/// to where it came from (a bus announcement is not re-announced; a
-/// journal replay is not re-journaled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// Published on this node (HTTP, the library, an app).
-    Local,
-    /// Arrived from another node through the bus.
-    Bus,
-    /// Read back from the journal at start-up.
-    Replay,
-}
-
-/// An event on its way into the rings, as sinks see it.
-pub struct Record<'a> {
+/// An event checked and numbered but not yet in the rings: the first of
+/// an append's two phases ([`Broker::prepare`], then [`Broker::commit`]).
+/// Between them the caller makes it durable if it must (the journal); the
+/// broker itself writes nothing anywhere. Dropping it publishes nothing
+/// (its id stays used: ids only need to grow).
+#[derive(Debug)]
+#[must_use = "an event is published only once committed"]
+pub struct Prepared<'a> {
     /// Its id.
     pub id: u64,
-    /// The names of the streams it goes to.
-    pub streams: &'a [&'a str],
+    /// The streams it was published to (what a journal records).
+    pub targets: &'a [u32],
+    /// Those and the selector streams whose selectors match them, when any
+    /// do (what its frame enters).
+    fanned: Option<Vec<u32>>,
     /// Its encoded SSE bytes (without chunk framing).
-    pub frame: &'a [u8],
-}
-
-/// Why a sink refused an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkError(pub String);
-
-/// A consumer of every event before it enters the rings (the journal, the
-/// bus). A sink that fails vetoes the event: it is not delivered, and the
-/// publisher gets the error.
-pub trait Sink {
-    /// An event is about to be appended.
-    fn append(&mut self, origin: Origin, rec: &Record<'_>) -> Result<(), SinkError>;
-    /// A stream was deleted; `floor` is the highest id it ever held.
-    fn delete(&mut self, origin: Origin, stream: &str, floor: u64);
+    pub frame: std::borrow::Cow<'a, [u8]>,
+    /// Only subscribers allowed private frames may see it.
+    pub private: bool,
 }
 
 /// The server-wide id counter: `id = max(previous + 1, unix time in µs)`.
@@ -263,8 +251,6 @@ pub enum BrokerError {
         /// Which bound, in words an operator can act on.
         bound: &'static str,
     },
-    /// A sink (journal, bus) refused the event.
-    Sink(String),
     /// No room for another `*`/URI-template selector stream in the pool
     /// this subscriber draws from.
     TooManySelectors(SelectorsFull),
@@ -284,7 +270,6 @@ impl BrokerError {
             BrokerError::TooLarge { size, limit, bound } => format!(
                 "the encoded event is {size} bytes, more than {bound} may hold ({limit} bytes); it was not published"
             ),
-            BrokerError::Sink(m) => m.clone(),
             BrokerError::TooManySelectors(SelectorsFull::All) => format!(
                 "too many distinct URI-template selectors are subscribed to (at most {MAX_SELECTOR_STREAMS}, a fixed limit); subscribe to exact topics or retry later"
             ),
@@ -294,18 +279,6 @@ impl BrokerError {
             BrokerError::TooManySelectors(SelectorsFull::Peer) => format!(
                 "too many distinct URI-template selectors from your address without a token (at most {MAX_ANON_SELECTORS_PER_PEER}); subscribe with a JWT, to exact topics, or retry later"
             ),
-        }
-    }
-    /// The HTTP status that goes with it.
-    pub fn status(&self) -> u16 {
-        match self {
-            BrokerError::BadName | BrokerError::Reserved => 400,
-            BrokerError::NotFound => 404,
-            BrokerError::TooLarge { .. } => 413,
-            BrokerError::TooMany
-            | BrokerError::TooManyUnclaimed
-            | BrokerError::TooManySelectors(_)
-            | BrokerError::Sink(_) => 503,
         }
     }
 }
@@ -400,7 +373,7 @@ impl Tombstones {
     }
 }
 
-/// Every stream, the id clock, and the sinks.
+/// Every stream and the id clock.
 pub struct Broker {
     streams: Slab<Stream>,
     by_name: HashMap<Box<str>, u32>,
@@ -428,7 +401,6 @@ pub struct Broker {
     ids: IdClock,
     limits: Limits,
     max_streams: usize,
-    sinks: Vec<Box<dyn Sink>>,
     /// A resume from an id below this gets `gap` whatever the stream's own
     /// history says: events up to it may be missing everywhere (a journal
     /// replay found damage, a missing segment, or compacted history).
@@ -465,7 +437,6 @@ impl Broker {
             ids: IdClock::new(now_us),
             limits,
             max_streams,
-            sinks: Vec::new(),
             lost_below: 0,
             topics: topics::Topics::default(),
             budget_evicted_upto: 0,
@@ -518,11 +489,6 @@ impl Broker {
     /// unsubscribes are stamped with it.
     pub fn tick(&mut self, now_us: u64) {
         self.now_us = self.now_us.max(now_us);
-    }
-
-    /// Adds a sink: every later event passes through it first.
-    pub fn add_sink(&mut self, s: Box<dyn Sink>) {
-        self.sinks.push(s);
     }
 
     /// The id clock.
@@ -870,46 +836,57 @@ impl Broker {
         }
     }
 
-    /// Publishes `ev` to `targets`, encoding it once.
+    /// Publishes `ev` to `targets`, encoding it once: [`Broker::prepare`]
+    /// and [`Broker::commit`] with nothing in between, so nothing makes it
+    /// durable (handlers publish through `Cx::publish_as`, which does).
     pub fn publish(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         ev: &crate::event::Event,
         now_us: u64,
     ) -> Result<Published, BrokerError> {
-        self.tick(now_us);
-        self.publish_with(origin, targets, now_us, |id| {
+        self.publish_with(targets, now_us, |id| {
             frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
         })
     }
 
-    /// Publishes an event that `encode` spells given its id (apps that
-    /// write their own `id:` line use this).
+    /// Publishes an event that `encode` spells given its id (see
+    /// [`Broker::publish`]).
     pub fn publish_with(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         now_us: u64,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
-        self.publish_as(origin, targets, now_us, false, encode)
+        self.publish_as(targets, now_us, false, encode)
     }
 
     /// [`Broker::publish_with`] for an event that is `private` (reaches
     /// only cursors that may see private frames) or not.
     pub fn publish_as(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         now_us: u64,
         private: bool,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
+        let p = self.prepare_publish(targets, now_us, private, encode)?;
+        Ok(self.commit(p))
+    }
+
+    /// Phase one of publishing a new event: assigns its id, has `encode`
+    /// spell it, and checks that `targets` may keep it.
+    pub fn prepare_publish<'a>(
+        &mut self,
+        targets: &'a [u32],
+        now_us: u64,
+        private: bool,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Prepared<'a>, BrokerError> {
         self.tick(now_us);
         let id = self.ids.next(now_us);
         let sse = encode(id);
-        self.append_as(origin, targets, id, &sse, private)
+        self.prepare(targets, id, sse.into(), private)
     }
 
     /// Whether an event of `sse_len` SSE bytes may be kept in `targets`: no
@@ -956,62 +933,77 @@ impl Broker {
     }
 
     /// Appends an event whose id was assigned elsewhere (a journal being
-    /// replayed, a bus), or by [`Broker::publish_with`].
+    /// replayed, a bus): [`Broker::prepare`] and [`Broker::commit`].
     pub fn append(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         id: u64,
         sse: &[u8],
     ) -> Result<Published, BrokerError> {
-        self.append_as(origin, targets, id, sse, false)
+        self.append_as(targets, id, sse, false)
     }
 
-    /// [`Broker::append`] of a private (or public) event. The same shared
-    /// frame also goes to every selector stream whose selector matches the
-    /// name of one of the public `targets`.
+    /// [`Broker::append`] of a private (or public) event.
     pub fn append_as(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         id: u64,
         sse: &[u8],
         private: bool,
     ) -> Result<Published, BrokerError> {
-        let audience_of = targets;
-        let fanned;
-        let targets = match self.topics.fan_in(&self.streams, targets) {
-            Some(all) => {
-                fanned = all;
-                &fanned[..]
-            }
-            None => targets,
-        };
-        // Checked before the frame is built, so an oversized event is never
-        // copied, let alone kept.
-        if let Err(e) = self.check_size(targets, sse.len()) {
+        let p = self.prepare(targets, id, sse.into(), private)?;
+        Ok(self.commit(p))
+    }
+
+    /// Phase one of an append: finds the selector streams the event also
+    /// goes to (those whose selector matches the name of one of the public
+    /// `targets`) and checks that every ring may keep it, before any frame
+    /// is built, so an oversized event is never copied, let alone kept.
+    /// Changes nothing but the refusal count.
+    pub fn prepare<'a>(
+        &mut self,
+        targets: &'a [u32],
+        id: u64,
+        sse: std::borrow::Cow<'a, [u8]>,
+        private: bool,
+    ) -> Result<Prepared<'a>, BrokerError> {
+        let fanned = self.topics.fan_in(&self.streams, targets);
+        if let Err(e) = self.check_size(fanned.as_deref().unwrap_or(targets), sse.len()) {
             self.life.refused_too_large += 1;
             return Err(e);
         }
-        if !self.sinks.is_empty() {
-            // Selector streams are derived: sinks (a journal, a bus) see
-            // only the streams the event was published to.
-            let names: Vec<&str> = audience_of
-                .iter()
-                .filter_map(|&t| self.streams.get(t as usize))
-                .map(|s| &*s.name)
-                .collect();
-            let rec = Record {
-                id,
-                streams: &names,
-                frame: sse,
-            };
-            for s in self.sinks.iter_mut() {
-                s.append(origin, &rec).map_err(|e| BrokerError::Sink(e.0))?;
-            }
-        }
+        Ok(Prepared {
+            id,
+            targets,
+            fanned,
+            frame: sse,
+            private,
+        })
+    }
+
+    /// The names of the streams a prepared event was published to (what a
+    /// journal records; selector streams are derived, so not among them).
+    pub fn names_of<'b>(&'b self, p: &Prepared<'_>) -> Vec<&'b str> {
+        p.targets
+            .iter()
+            .filter_map(|&t| self.streams.get(t as usize))
+            .map(|s| &*s.name)
+            .collect()
+    }
+
+    /// Phase two of an append: the frame enters its rings (built once,
+    /// shared by all of them) and the id clock moves past its id.
+    pub fn commit(&mut self, p: Prepared<'_>) -> Published {
+        let Prepared {
+            id,
+            targets: audience_of,
+            fanned,
+            frame: sse,
+            private,
+        } = p;
+        let targets = fanned.as_deref().unwrap_or(audience_of);
         self.ids.observe(id);
-        let f = Frame::new(id, sse).with_private(private);
+        let f = Frame::new(id, &sse).with_private(private);
         let mut pressure = false;
         for (i, &t) in targets.iter().enumerate() {
             // Past the published-to streams come the selector streams
@@ -1054,11 +1046,11 @@ impl Broker {
         }
         self.enforce_budget();
         self.published += 1;
-        Ok(Published {
+        Published {
             id,
             audience: self.audience(audience_of),
             pressure,
-        })
+        }
     }
 
     /// Records that events of stream `idx` up to id `upto` may be missing
@@ -1320,15 +1312,18 @@ impl Broker {
     /// Deletes a stream, leaving a tombstone so a stream recreated under its
     /// name knows events were dropped; returns the connections that read it
     /// (the caller ends them, and must flush them first).
-    pub fn delete(&mut self, origin: Origin, idx: u32) -> Vec<u32> {
+    pub fn delete(&mut self, idx: u32) -> Vec<u32> {
         let Some(s) = self.drop_stream(idx) else {
             return Vec::new();
         };
-        let floor = s.last_id.max(s.lost_upto());
-        for sink in self.sinks.iter_mut() {
-            sink.delete(origin, &s.name, floor);
-        }
         s.subs.iter().collect()
+    }
+
+    /// The name of stream `idx` and the floor its deletion would leave in
+    /// its tombstone (what a journal records before [`Broker::delete`]).
+    pub fn tombstone_of(&self, idx: u32) -> Option<(&str, u64)> {
+        self.get(idx)
+            .map(|s| (&*s.name, s.last_id.max(s.lost_upto())))
     }
 
     /// Says that events with ids below `id` may be missing from every
@@ -1403,7 +1398,7 @@ impl Broker {
             match self.topics.room(&self.streams, sel, anon) {
                 Ok(()) => break,
                 Err((_, Some(unread))) => {
-                    self.delete(Origin::Local, unread);
+                    self.delete(unread);
                 }
                 Err((full, None)) => return Err(BrokerError::TooManySelectors(full)),
             }

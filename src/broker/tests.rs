@@ -16,13 +16,13 @@ fn broker(history: usize) -> Broker {
 }
 
 fn publish(b: &mut Broker, s: &[u32], now: u64) -> u64 {
-    b.publish(Origin::Local, s, &crate::event::Event::new("x"), now)
+    b.publish(s, &crate::event::Event::new("x"), now)
         .unwrap()
         .id
 }
 
 fn publish_private(b: &mut Broker, s: &[u32], now: u64, private: bool) -> u64 {
-    b.publish_as(Origin::Local, s, now, private, |id| {
+    b.publish_as(s, now, private, |id| {
         frame::encode_numbered(id, None, "x", None)
     })
     .unwrap()
@@ -120,15 +120,9 @@ fn oversized_event_is_refused_not_kept() {
     );
     let a = b.resolve(&["a"], true).unwrap()[0];
     let e = b
-        .publish(
-            Origin::Local,
-            &[a],
-            &crate::event::Event::new("x".repeat(100)),
-            5,
-        )
+        .publish(&[a], &crate::event::Event::new("x".repeat(100)), 5)
         .unwrap_err();
     assert!(matches!(e, BrokerError::TooLarge { .. }));
-    assert_eq!(e.status(), 413);
     assert_eq!(b.get(a).unwrap().retained(), 0);
 }
 
@@ -138,7 +132,7 @@ fn deleted_stream_leaves_a_tombstone() {
     let a = b.resolve(&["a"], true).unwrap()[0];
     let id = publish(&mut b, &[a], 1_000);
     b.subscribe(3, &[a], &Resume::Live);
-    assert_eq!(b.delete(Origin::Local, a), vec![3]);
+    assert_eq!(b.delete(a), vec![3]);
     let a2 = b.resolve(&["a"], true).unwrap()[0];
     let c = b.subscribe(4, &[a2], &Resume::After(id - 1, String::new()));
     assert!(c.gap.is_some());
@@ -354,7 +348,7 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     let c = b.subscribe(4, &[a], &Resume::After(5_000, String::new()));
     assert!(c.gap.is_none());
     // Later events arrive normally.
-    let p = b.append(Origin::Bus, &[a], 6_000, b"data: x\n\n").unwrap();
+    let p = b.append(&[a], 6_000, b"data: x\n\n").unwrap();
     assert_eq!(p.id, 6_000);
     assert_eq!(ids_of(&b, &c.cursors), vec![6_000]);
     assert!(!b.mark_lost(99, 1), "unknown stream");
@@ -378,13 +372,8 @@ fn big_broker(total: usize, ttl_us: u64, max_streams: usize) -> Broker {
 }
 
 fn publish_sized(b: &mut Broker, s: &[u32], len: usize, now: u64) -> Result<u64, BrokerError> {
-    b.publish(
-        Origin::Local,
-        s,
-        &crate::event::Event::new("x".repeat(len)),
-        now,
-    )
-    .map(|p| p.id)
+    b.publish(s, &crate::event::Event::new("x".repeat(len)), now)
+        .map(|p| p.id)
 }
 
 /// The LRU list holds exactly the streams with history, and the total is
@@ -479,7 +468,7 @@ fn events_over_a_bound_are_refused_and_never_kept() {
     let s = b.resolve(&["a", "b", "c"], true).unwrap();
     // Over the budget alone.
     let e = publish_sized(&mut b, &[s[0]], 9000, 1_000).unwrap_err();
-    assert_eq!(e.status(), 413);
+    assert!(matches!(e, BrokerError::TooLarge { .. }));
     assert!(
         e.message().contains("--history-total-bytes"),
         "{}",
@@ -507,7 +496,7 @@ fn events_over_a_bound_are_refused_and_never_kept() {
     );
     let a = b.resolve(&["a"], true).unwrap()[0];
     let ev = crate::event::Event::new("\r".repeat(1000));
-    let e = b.publish(Origin::Local, &[a], &ev, 5).unwrap_err();
+    let e = b.publish(&[a], &ev, 5).unwrap_err();
     match e {
         BrokerError::TooLarge { size, limit, .. } => {
             assert!(size > 6000, "{size}");
@@ -634,7 +623,6 @@ fn subscribers_cannot_use_up_the_publishers_pool() {
         b.resolve_as(&["x4"], Create::Subscriber),
         Err((0, BrokerError::TooManyUnclaimed))
     );
-    assert_eq!(BrokerError::TooManyUnclaimed.status(), 503);
     // An authorised publisher still creates, and claims a subscriber's
     // stream into its own pool.
     let p = b.resolve_as(&["news", "x1"], Create::Publisher).unwrap();
@@ -677,12 +665,12 @@ fn tombstones_are_bounded_and_forgetting_stays_honest() {
     let mut b = big_broker(64 << 20, SEC, 10);
     let first = b.resolve(&["t0"], true).unwrap();
     let id0 = publish_sized(&mut b, &first, 1, 1_000).unwrap();
-    b.delete(Origin::Local, first[0]);
+    b.delete(first[0]);
     for i in 1..(MAX_TOMBSTONES + 100) {
         let n = format!("t{i}");
         let s = b.resolve(&[n.as_str()], true).unwrap();
         publish_sized(&mut b, &s, 1, 1_000).unwrap();
-        b.delete(Origin::Local, s[0]);
+        b.delete(s[0]);
         assert!(b.tombstones() <= MAX_TOMBSTONES);
     }
     // t0's tombstone was forgotten; a resume into it still gets a gap.
@@ -735,7 +723,7 @@ fn model_budget_accounting_holds() {
                 _ => {
                     if let Some(i) = b.find(&name) {
                         if b.get(i).is_some_and(|s| s.subs.is_empty()) {
-                            b.delete(Origin::Local, i);
+                            b.delete(i);
                         }
                     }
                 }
@@ -867,7 +855,7 @@ fn selector_streams_fan_in_later_streams() {
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
     // Deleting a selector stream unregisters it.
-    b.delete(Origin::Local, s);
+    b.delete(s);
     publish(&mut b, &[later[0]], 5);
     assert!(b.get(s).is_none_or(|st| st.name.as_ref() != "/books/{id}"));
 }
@@ -975,7 +963,7 @@ fn anonymous_selectors_come_from_per_peer_pools() {
         Err(BrokerError::TooManySelectors(SelectorsFull::Peer))
     );
     let e = BrokerError::TooManySelectors(SelectorsFull::Peer);
-    assert_eq!(e.status(), 503);
+    assert_eq!(crate::handler::status(&e), 503);
     assert!(!e.message().contains("--max-streams"), "{}", e.message());
     // Another address, a token holder, and `*` still get theirs.
     assert!(b.selector_stream(&sel(1001), ip(2)).is_ok());

@@ -16,7 +16,7 @@
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
-//! | `durable.rs` | the journal (`--data-dir`): replay, sink, compaction, held replies |
+//! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
@@ -406,7 +406,7 @@ pub(crate) struct Reactor {
     /// Connections from a trusted proxy → their client's per-address slot.
     proxied: std::collections::HashMap<u32, u32>,
     /// The journal (`--data-dir`).
-    durable: Option<std::rc::Rc<durable::Durable>>,
+    durable: Option<durable::Durable>,
     /// Replies waiting for an fsync, oldest (lowest ticket) first.
     held: VecDeque<durable::Held>,
     /// While a request's actions run: the journal ticket before it, so a
@@ -487,7 +487,7 @@ impl Reactor {
             for key in std::mem::take(&mut self.resume_read) {
                 self.resume_reading(key);
             }
-            if let Some(d) = &self.durable {
+            if let Some(d) = &mut self.durable {
                 d.compact(&self.broker);
             }
             self.flush_dirty(FLUSH_BUDGET);
@@ -589,6 +589,7 @@ impl Reactor {
     fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
         Cx {
             broker: &mut self.broker,
+            journal: self.durable.as_mut().map(|d| &mut d.link),
             cfg: &self.cfg,
             access: &self.auth,
             counters: &mut self.counters,
@@ -638,7 +639,7 @@ impl Reactor {
                         Err(e) => Err(e),
                     };
                     self.act(u32::MAX, actions);
-                    match self.durable.as_ref().and_then(|d| d.must_wait(before)) {
+                    match self.durable.as_ref().and_then(|d| d.link.must_wait(before)) {
                         Some(ticket) => {
                             self.held
                                 .push_back(durable::Held::Lib { ticket, reply, res })
@@ -660,7 +661,7 @@ impl Reactor {
                 Action::Respond { bytes, close } => {
                     let wait = self
                         .hold_from
-                        .and_then(|b| self.durable.as_ref().and_then(|d| d.must_wait(b)));
+                        .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
                     match wait {
                         Some(ticket) => self.hold(key, ticket, bytes, close),
                         None => self.respond(key, &bytes, close),
@@ -830,7 +831,7 @@ impl Reactor {
 
     /// The journal's last ticket (0 without one).
     fn journal_ticket(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.ticket())
+        self.durable.as_ref().map_or(0, |d| d.link.ticket())
     }
 
     /// Holds a response until the journal's fsync reaches `ticket`; the
@@ -857,7 +858,7 @@ impl Reactor {
         if self.held.is_empty() {
             return;
         }
-        let durable = d.durable();
+        let durable = d.link.durable();
         while self.held.front().is_some_and(|h| h.ticket() <= durable) {
             let Some(h) = self.held.pop_front() else {
                 break;

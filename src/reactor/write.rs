@@ -18,7 +18,7 @@ use std::net::Shutdown;
 
 use super::conn::{Conn, Out, State, Tail, NEVER};
 use super::{ms_to_ticks, ticks, Reactor, Timer};
-use crate::broker::{Frame, Origin};
+use crate::broker::Frame;
 use crate::frame;
 use crate::http::Response;
 use crate::memory::{Kind, Refusal};
@@ -674,7 +674,10 @@ impl Reactor {
                 self.flush_subscriber(k);
             }
         }
-        for k in self.broker.delete(Origin::Local, idx) {
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            d.link.delete(name, floor);
+        }
+        for k in self.broker.delete(idx) {
             self.end_stream(k);
         }
     }

@@ -107,7 +107,7 @@ pub use users::{load_users, Users, UsersError};
 
 use super::ids;
 use crate::access;
-use crate::broker::{Limits, Origin, Resume};
+use crate::broker::{Limits, Resume};
 use crate::handler::{last_event_id, Action, Cx};
 use crate::http::Response;
 use crate::http::{Method, Request};
@@ -782,16 +782,16 @@ fn archive(core: &mut Cx<'_>, mg: &mut Mongoose, owner: Owner, item: Archived, s
 }
 
 /// Publishes one event (type `etype`, JSON `data`) once to the streams of
-/// every local user in `to`; `Err` when the broker refused it (an encoded
-/// frame over a history bound: it was delivered to nobody).
+/// every local user in `to`; `Err` when it was refused (an encoded frame
+/// over a history bound, a journal that cannot take it: it was delivered
+/// to nobody).
 fn deliver(
     core: &mut Cx<'_>,
     mg: &mut Mongoose,
     to: &[&str],
     etype: &str,
     data: &Value,
-    now_us: u64,
-) -> Result<(), crate::broker::BrokerError> {
+) -> Result<(), crate::handler::Refusal> {
     let mut targets: Vec<u32> = Vec::with_capacity(to.len());
     for u in to {
         if let Some(s) = user_stream(core, mg, u) {
@@ -804,11 +804,7 @@ fn deliver(
         return Ok(());
     }
     let data = data.to_string();
-    let published = core
-        .broker
-        .publish_with(Origin::Local, &targets, now_us, |id| {
-            frame(&id.to_string(), etype, &data)
-        });
+    let published = core.publish_as(&targets, false, |id| frame(&id.to_string(), etype, &data));
     match published {
         Ok(p) if p.pressure => core.actions.push(Action::Flush),
         Ok(_) => {}
@@ -855,7 +851,7 @@ fn send_message(cx: &mut Ctx<'_, '_, '_>) {
     let data = json!({ "to": to, "timestamp": now, "id": id, "from": cx.me, "body": body });
     // Refused (its encoded frame is over a history bound): say so, and
     // archive nothing, rather than answer as if it were sent.
-    if let Err(e) = deliver(cx.core, cx.mg, &[to.as_str()], "message", &data, now) {
+    if let Err(e) = deliver(cx.core, cx.mg, &[to.as_str()], "message", &data) {
         return cx.fail(e.status(), &e.message());
     }
     let size = body.len() + to.len() + cx.me.len() + 96;
@@ -1244,7 +1240,7 @@ fn affiliation_event(
     });
     let owner = Owner::Room(room_id.into());
     archive(core, mg, owner, Archived::Room(item), size);
-    let _ = deliver(core, mg, recipients, "room.message", &data, now);
+    let _ = deliver(core, mg, recipients, "room.message", &data);
 }
 
 fn member_list(mg: &Mongoose, room_id: &str) -> Vec<String> {
@@ -1440,14 +1436,7 @@ fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
     // Archived already (a room's history is its own); a refusal by the
     // streams is still the client's to know.
-    if let Err(e) = deliver(
-        cx.core,
-        cx.mg,
-        &to,
-        "room.message",
-        &Value::Object(data),
-        now,
-    ) {
+    if let Err(e) = deliver(cx.core, cx.mg, &to, "room.message", &Value::Object(data)) {
         return cx.fail(e.status(), &e.message());
     }
     cx.json(&json!({ "id": msg_id }));

@@ -30,7 +30,7 @@ use slab::Slab;
 
 use super::conn::State;
 use super::Reactor;
-use crate::broker::{Origin, Resume};
+use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
 use crate::event::PublishError;
 use crate::frame;
@@ -514,10 +514,7 @@ impl Reactor {
     }
 
     fn append_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
-        match self
-            .broker
-            .append_as(Origin::Bus, targets, id, sse, private)
-        {
+        match self.broker.append_as(targets, id, sse, private) {
             Ok(p) if p.pressure => self.flush_dirty(usize::MAX),
             Ok(_) => {}
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
