@@ -621,6 +621,10 @@ mod tests {
             (big.clone(), 413),
             (BrokerError::TooMany, 503),
             (BrokerError::TooManyUnclaimed, 503),
+            (
+                BrokerError::TooManySelectors(crate::broker::SelectorsFull::Peer),
+                503,
+            ),
         ] {
             assert_eq!(status(&e), want, "{e:?}");
             assert_eq!(Refusal::from(e).status(), want);
