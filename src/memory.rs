@@ -7,10 +7,11 @@
 //! Pure bookkeeping: no I/O, no allocation after construction, no clock.
 //! It does not know what the bytes are; the code that holds them charges
 //! before it holds them and releases when it lets go, and the account
-//! trusts it (a release never goes below zero). History is different: the
-//! broker keeps its own budget (`--history-total-bytes`) and evicts rather
-//! than refuses, so it is *reported* ([`Account::report`]) and only counts
-//! towards the global bound the other kinds are checked against.
+//! trusts it (a release never goes below zero). History and the apps'
+//! archives are different: the broker keeps one budget for both
+//! (`--history-total-bytes`) and evicts rather than refuses, so they are
+//! *reported* ([`Account::report`]) and count towards the global bound the
+//! other kinds are checked against.
 
 /// What a charge is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,7 +25,8 @@ pub enum Kind {
     /// subscriber's tail of a shared frame is a position, not a copy, and
     /// is not charged.
     Output,
-    /// App archives (the MongooseIM API's message and room archives).
+    /// App archives (the MongooseIM API's message and room archives),
+    /// reported: they live within the history budget.
     Archives,
     /// Replies fetched from the Redis bus, while they are held.
     Bus,
@@ -144,15 +146,14 @@ impl Limits {
     }
 
     /// A kind's limit.
-    // Read by the tests today; the parts that charge archives, bus fetches
-    // and selectors read and set their limits through these two.
+    // Read by the tests today; the parts that charge bus fetches and
+    // selectors read their limits through it.
     #[allow(dead_code)]
     pub fn of(&self, kind: Kind) -> usize {
         self.per_kind[kind.at()]
     }
 
     /// Changes one kind's limit (a feature with a bound of its own).
-    #[allow(dead_code)]
     pub fn with(mut self, kind: Kind, limit: usize) -> Limits {
         self.per_kind[kind.at()] = limit;
         self

@@ -458,6 +458,11 @@ impl Broker {
         self.total_bytes
     }
 
+    /// What the apps hold outside the rings (see [`Broker::set_app_bytes`]).
+    pub fn app_bytes(&self) -> usize {
+        self.app_bytes
+    }
+
     /// Tells the budget what the apps hold outside the rings (the
     /// MongooseIM archives); history is evicted so that both fit.
     pub fn set_app_bytes(&mut self, bytes: usize) {

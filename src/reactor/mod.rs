@@ -492,8 +492,7 @@ impl Reactor {
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
-            self.memory
-                .report(crate::memory::Kind::History, self.broker.total_bytes());
+            self.report_memory();
             self.maybe_trim();
             if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();
@@ -719,8 +718,7 @@ impl Reactor {
                     self.counters.history_refused_too_large = life.refused_too_large;
                     self.counters.streams_expired = life.expired;
                     self.counters.streams_dropped_empty = life.dropped_empty;
-                    self.memory
-                        .report(crate::memory::Kind::History, self.broker.total_bytes());
+                    self.report_memory();
                     let g = self.gauges();
                     let resp = if prometheus {
                         Response::new(
@@ -766,6 +764,15 @@ impl Reactor {
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
         self.after_stream_write(key);
+    }
+
+    /// Reports into the memory account what keeps a budget of its own:
+    /// history in the rings, and the apps' archives (both within
+    /// `--history-total-bytes`; the broker evicts history to keep them).
+    fn report_memory(&mut self) {
+        use crate::memory::Kind;
+        self.memory.report(Kind::History, self.broker.total_bytes());
+        self.memory.report(Kind::Archives, self.broker.app_bytes());
     }
 
     /// Gauges for `/stats` and `/metrics`.
@@ -1347,7 +1354,9 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
 /// always had (64 MiB, or four maximal requests if more).
 fn memory_limits(cfg: &Config) -> crate::memory::Limits {
     let requests = REQUEST_BUFFER_BUDGET.max(4 * (cfg.max_body + cfg.max_header_bytes));
+    let archives = cfg.history_total_bytes / crate::apps::mongoose::ARCHIVE_SHARE_DIVISOR;
     crate::memory::Limits::new(cfg.memory_max(), cfg.history_total_bytes, requests)
+        .with(crate::memory::Kind::Archives, archives)
 }
 
 /// Bound on queued cross-thread publishes.

@@ -597,3 +597,51 @@ fn stalled_subscribers_share_large_frames_instead_of_copying_them() {
     assert!(num(&st, &["memory", "trims"]) >= 1, "{st}");
     assert!(rss_bytes(&s) <= base + 3 * MIB + 16 * MIB);
 }
+
+/// The MongooseIM archives are in the account: reported (they live within
+/// `--history-total-bytes`, at most half of it), next to history.
+#[test]
+fn app_archives_are_reported_in_the_memory_account() {
+    let file = std::env::temp_dir().join(format!("ssed-memory-users-{}.txt", std::process::id()));
+    std::fs::write(&file, "alice@localhost:makota\nbob@localhost:makrolika\n").unwrap();
+    let budget = 4 * MIB;
+    let s = Server::start(&[
+        "--users",
+        file.to_str().unwrap(),
+        "--history-total-bytes",
+        &budget.to_string(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    let st = stats(s.addr);
+    assert_eq!(kind(&st, "archives", "limit"), budget / 2, "{st}");
+    assert_eq!(kind(&st, "archives", "used"), 0, "{st}");
+    // "alice@localhost:makota" in base64.
+    let auth = "Authorization: Basic YWxpY2VAbG9jYWxob3N0Om1ha290YQ==\r\n";
+    let text = "m".repeat(4000);
+    let body = format!(r#"{{"to":"bob@localhost","body":"{text}"}}"#);
+    for _ in 0..200 {
+        let r = request(
+            s.addr,
+            format!(
+                "POST /api/messages HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    bystander_receives(s.addr, &mut by, "", "after the messages");
+    let st = stats(s.addr);
+    // 200 messages of 4,000 bytes, each archive keeping its newest ones:
+    // hundreds of KB archived, within half the history budget; the
+    // account's total holds archives and history.
+    let archived = kind(&st, "archives", "used");
+    assert!((400_000..=budget / 2).contains(&archived), "{st}");
+    assert!(
+        num(&st, &["memory", "used"]) >= archived + kind(&st, "history", "used"),
+        "{st}"
+    );
+    assert!(kind(&st, "history", "used") + archived <= budget, "{st}");
+}
