@@ -303,6 +303,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 10,
             entries,
             first_retained
@@ -313,6 +314,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 11,
             entries,
             first_retained
@@ -322,6 +324,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 12,
             entries: vec![],
             first_retained
@@ -332,6 +335,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 13,
             entries,
             first_retained
@@ -367,6 +371,7 @@ fn large_payload_round_trips() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 2,
             entries,
             first_retained: Some(id)
@@ -516,6 +521,7 @@ fn unix_socket_with_password_and_db() {
     let got = net.fetch(a, 2, "s", 0, 10);
     let entries = vec![(id, 0, b"x".to_vec())];
     let want = BusOutput::Fetched {
+        more: false,
         req: 2,
         entries,
         first_retained: Some(id),
