@@ -445,7 +445,7 @@ mod tests {
         let base = "--url http://127.0.0.1:9/";
         for bad in [
             "--connections 1".to_string(), // no --url
-            format!("{base}"),             // no --connections
+            base.to_string(),              // no --connections
             format!("{base} --connections 0"),
             format!("{base} --connections {}", MAX_CONNECTIONS + 1),
             format!("{base} --connections 1 --pipeline 0"),
