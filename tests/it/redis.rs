@@ -777,3 +777,36 @@ fn redis_killed_mid_batch_answers_real_ids_or_503_never_made_up() {
         );
     }
 }
+
+#[test]
+fn resumes_of_a_stream_larger_than_a_fetch_page_never_drop_the_bus() {
+    let Some(r) = Redis::start() else { return };
+    let extra = ["--max-body", "2097152", "--history-bytes", "4194304"];
+    let (a, b) = (node(&r, &extra), node(&r, &extra));
+    // 20 MiB in Redis: more than one 16 MiB fetch page.
+    let big = "b".repeat(1 << 20);
+    let ids: Vec<u64> = (0..20).map(|_| pub_id(a.addr, "huge", &big)).collect();
+    let before = stats(b.addr)["redis"]["fetches"].as_u64().unwrap();
+    // Anonymous resumes on a node that never held the stream, while a
+    // bystander publishes there: the bus stays up, every publish lands.
+    let mut s = resume(b.addr, "/events?stream=huge", Some(ids[0]));
+    let mut last = 0;
+    while last != ids[19] {
+        let e = s.next_event(T).expect("an event");
+        if e.event.as_deref() != Some("gap") {
+            last = e.id.clone().unwrap().parse().unwrap();
+            assert_eq!(e.data().len(), big.len());
+        }
+    }
+    for i in 0..3 {
+        let mut again = resume(b.addr, "/events?stream=huge", Some(ids[0]));
+        assert!(again.next_event(T).is_some());
+        let by = post(b.addr, "/events?stream=by", "text/plain", &format!("b{i}"));
+        assert_eq!(by.status, 200, "{}", by.text());
+    }
+    let st = stats(b.addr);
+    assert_eq!(st["redis"]["reconnects"], 0, "{st}");
+    assert_eq!(st["redis"]["connected"], true);
+    let fetches = st["redis"]["fetches"].as_u64().unwrap() - before;
+    assert!(fetches >= 2, "paged: {fetches} fetches");
+}
