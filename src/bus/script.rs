@@ -32,64 +32,56 @@ use super::resp::{encode_array_header, encode_bulk};
 /// envelope below), with its own predecessor per stream.
 pub const PUBLISH_LUA: &str = r#"
 local function num(s) return tonumber(string.match(s, '^%d+')) or 0 end
-local function str(n) return string.format('%.0f', n) end
+local fmt = string.format
 local id = num(redis.call('GET', KEYS[1]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local floor = tonumber(ARGV[1]) + 1
 local k = #KEYS - 2
-local last = {}
+local last, tag = {}, {}
 for i = 1, k do
-  local prev = num(redis.call('HGET', KEYS[2], ARGV[3 + i]) or '0')
+  local name = ARGV[3 + i]
+  local prev = num(redis.call('HGET', KEYS[2], name) or '0')
   local top = redis.call('XREVRANGE', KEYS[2 + i], '+', '-', 'COUNT', 1)[1]
   if top then
     local tp = num(top[1])
     if tp > prev then prev = tp end
   end
   last[i] = prev
+  tag[i] = #name .. ' ' .. name .. ' '
 end
-local ids, plan = {}, {}
-local a = 4 + k
-while a <= #ARGV do
+local ids, hist, chan = {}, ARGV[2], ARGV[3]
+local a, argc = 4 + k, #ARGV
+while a <= argc do
   local n = tonumber(ARGV[a])
   local e = id + 1
   if now > e then e = now end
   if floor > e then e = floor end
-  for j = 1, n do
-    local s = tonumber(ARGV[a + j])
-    if last[s] + 1 > e then e = last[s] + 1 end
+  for j = a + 1, a + n do
+    local p = last[tonumber(ARGV[j])] + 1
+    if p > e then e = p end
   end
-  local prevs = {}
-  for j = 1, n do
-    local s = tonumber(ARGV[a + j])
-    prevs[j] = str(last[s])
+  local es = fmt('%.0f', e)
+  local payload = ARGV[a + n + 1]
+  local env = {'S1 ', es, ' ', n, ' '}
+  for j = a + 1, a + n do
+    local s = tonumber(ARGV[j])
+    local ps = fmt('%.0f', last[s])
+    redis.call('XADD', KEYS[2 + s], 'MAXLEN', '~', hist, es .. '-1', 'f', payload, 'p', ps)
+    env[#env + 1] = tag[s] .. ps .. ' '
     last[s] = e
   end
-  ids[#ids + 1] = str(e)
-  plan[#plan + 1] = {a, prevs}
+  env[#env + 1] = payload
+  redis.call('PUBLISH', chan, table.concat(env))
+  ids[#ids + 1] = es
   id = e
   a = a + n + 2
 end
-redis.call('SET', KEYS[1], str(id))
-for x, p in ipairs(plan) do
-  local a, prevs = p[1], p[2]
-  local n = tonumber(ARGV[a])
-  local es = ids[x]
-  local payload = ARGV[a + n + 1]
-  local env = {'S1 ', es, ' ', tostring(n), ' '}
-  for j = 1, n do
-    local s = tonumber(ARGV[a + j])
-    local name = ARGV[3 + s]
-    redis.call('XADD', KEYS[2 + s], 'MAXLEN', '~', ARGV[2], es .. '-1', 'f', payload, 'p', prevs[j])
-    env[#env + 1] = tostring(#name) .. ' ' .. name .. ' ' .. prevs[j] .. ' '
-  end
-  env[#env + 1] = payload
-  redis.call('PUBLISH', ARGV[3], table.concat(env))
-end
+redis.call('SET', KEYS[1], fmt('%.0f', id))
 local h = {}
 for i = 1, k do
   h[#h + 1] = ARGV[3 + i]
-  h[#h + 1] = str(last[i])
+  h[#h + 1] = fmt('%.0f', last[i])
 end
 redis.call('HSET', KEYS[2], unpack(h))
 return ids
