@@ -3,9 +3,10 @@
 //! SUBSCRIBE), deadlines, reconnect with backoff, and the outputs.
 //!
 //! Publishes are gathered into a batch that goes to Redis as one script
-//! call when the owner calls [`Bus::send_batch`] (the reactor does at the
-//! end of each loop turn) or the batch is full; every event keeps its own
-//! request, id and outcome. Fetches are pages bounded in bytes, so a
+//! call: at once when no batch is out (Redis is idle), else when the
+//! owner calls [`Bus::send_batch`] (the reactor does at the end of each
+//! loop turn) or the batch is full; every event keeps its own request,
+//! id and outcome. Fetches are pages bounded in bytes, so a
 //! stream holding more than a reply may carry never breaks the connection.
 //!
 //! Owns both connections and every request in flight. It must not block,
@@ -173,6 +174,8 @@ pub struct Bus {
     /// Publishes not yet sent, and their requests in the same order.
     batch: Batch,
     batch_reqs: Vec<u64>,
+    /// Publish script calls sent and not yet answered.
+    batches_out: usize,
 }
 
 fn text(e: &[u8]) -> String {
@@ -263,6 +266,7 @@ impl Bus {
             rng: SmallRng::from_entropy(),
             batch: Batch::default(),
             batch_reqs: Vec::new(),
+            batches_out: 0,
         };
         bus.connect(registry, now_ms);
         bus
@@ -321,6 +325,7 @@ impl Bus {
             conn.close(registry);
         }
         self.batch = Batch::default();
+        self.batches_out = 0;
         for req in std::mem::take(&mut self.batch_reqs) {
             let error = err.clone();
             self.out.push_back(BusOutput::Failed { req, error });
@@ -419,57 +424,63 @@ impl Bus {
                     self.maybe_up(now);
                 }
             }
-            Kind::Publish { reqs, args, eval } => match &v {
-                Value::Error(e) if e.starts_with(b"NOSCRIPT") && !eval => {
-                    // Redis restarted or SCRIPT FLUSH: send the text this
-                    // time, and reload it once for the publishes after.
-                    args.encode(b"EVAL", PUBLISH_LUA.as_bytes(), conn.wbuf());
-                    let kind = Kind::Publish {
-                        reqs,
-                        args,
-                        eval: true,
-                    };
-                    let deadline = now + self.timeout_ms;
-                    conn.pending.push_back(Pending {
-                        kind,
-                        deadline,
-                        sent,
-                    });
-                    if !std::mem::replace(&mut self.reloading, true) {
-                        let load = Kind::Load { handshake: false };
-                        conn.send(
-                            &[b"SCRIPT", b"LOAD", PUBLISH_LUA.as_bytes()],
-                            load,
-                            deadline,
-                        );
-                    }
-                }
-                Value::Error(e) => {
-                    let error = BusError::Redis(text(e));
-                    for req in reqs {
-                        let error = error.clone();
-                        self.done(sent, BusOutput::Failed { req, error });
-                    }
-                }
-                v => {
-                    // One id per event, in order; anything else answers
-                    // every event of the batch as failed, never a guess.
-                    let ids: Option<Vec<u64>> = v
-                        .items()
-                        .filter(|ids| ids.len() == reqs.len())
-                        .and_then(|ids| ids.iter().map(|i| i.bytes().and_then(num)).collect());
-                    for (i, req) in reqs.into_iter().enumerate() {
-                        let out = match ids.as_ref().and_then(|ids| ids.get(i)) {
-                            Some(&id) => BusOutput::Published { req, id },
-                            None => {
-                                let error = BusError::Protocol("bad publish reply".into());
-                                BusOutput::Failed { req, error }
-                            }
+            Kind::Publish { reqs, args, eval } => {
+                if let (Value::Error(e), false) = (&v, eval) {
+                    if e.starts_with(b"NOSCRIPT") {
+                        // Redis restarted or SCRIPT FLUSH: send the text
+                        // this time, and reload it once for the batches after.
+                        args.encode(b"EVAL", PUBLISH_LUA.as_bytes(), conn.wbuf());
+                        let kind = Kind::Publish {
+                            reqs,
+                            args,
+                            eval: true,
                         };
-                        self.done(sent, out);
+                        let deadline = now + self.timeout_ms;
+                        conn.pending.push_back(Pending {
+                            kind,
+                            deadline,
+                            sent,
+                        });
+                        if !std::mem::replace(&mut self.reloading, true) {
+                            let load = Kind::Load { handshake: false };
+                            conn.send(
+                                &[b"SCRIPT", b"LOAD", PUBLISH_LUA.as_bytes()],
+                                load,
+                                deadline,
+                            );
+                        }
+                        return Ok(());
                     }
                 }
-            },
+                self.batches_out = self.batches_out.saturating_sub(1);
+                match &v {
+                    Value::Error(e) => {
+                        let error = BusError::Redis(text(e));
+                        for req in reqs {
+                            let error = error.clone();
+                            self.done(sent, BusOutput::Failed { req, error });
+                        }
+                    }
+                    v => {
+                        // One id per event, in order; anything else answers
+                        // every event of the batch as failed, never a guess.
+                        let ids: Option<Vec<u64>> = v
+                            .items()
+                            .filter(|ids| ids.len() == reqs.len())
+                            .and_then(|ids| ids.iter().map(|i| i.bytes().and_then(num)).collect());
+                        for (i, req) in reqs.into_iter().enumerate() {
+                            let out = match ids.as_ref().and_then(|ids| ids.get(i)) {
+                                Some(&id) => BusOutput::Published { req, id },
+                                None => {
+                                    let error = BusError::Protocol("bad publish reply".into());
+                                    BusOutput::Failed { req, error }
+                                }
+                            };
+                            self.done(sent, out);
+                        }
+                    }
+                }
+            }
             Kind::Fetch { req } => {
                 let out = match fetched(&v) {
                     Ok((entries, first_retained, more)) => BusOutput::Fetched {
@@ -629,6 +640,7 @@ impl Bus {
             eval: false,
         };
         conn.expect(kind, now_ms + self.timeout_ms);
+        self.batches_out += 1;
         self.sent();
         false
     }
@@ -675,6 +687,11 @@ impl Bus {
         self.batch.push(streams, payload, floor_id);
         self.batch_reqs.push(req);
         self.st.in_flight += 1;
+        if self.batches_out == 0 {
+            // Redis is idle: waiting for the turn's end would only add
+            // latency. While a batch is out, the next one gathers.
+            let _ = self.send_batch(now_ms);
+        }
         Ok(())
     }
 
