@@ -8,8 +8,14 @@
 use std::fmt::Write as _;
 
 /// The heartbeat comment, written to a connection that has been quiet for
-/// `--heartbeat` seconds.
-pub const HEARTBEAT: &[u8] = b":\n\n";
+/// `--heartbeat` seconds. One comment line and no blank line: a blank line
+/// ends a block, and clients that dispatch blocks with no `data:` (httpx-sse
+/// once it has seen an `id:`, fetch-event-source, r3labs' Go client) would
+/// hand every heartbeat to the application as an empty event. A comment line
+/// is dropped by every parser and never ends the block it sits in, so a
+/// heartbeat is invisible whether it falls between blocks or inside the
+/// block the `retry:` line opened.
+pub const HEARTBEAT: &[u8] = b":\n";
 
 /// Encodes one event. `event` of `None` or `"message"` leaves the `event:`
 /// line out (EventSource's default type). Every CR, LF or CRLF in `data`
@@ -50,9 +56,15 @@ pub fn encode_numbered(id: u64, event: Option<&str>, data: &str, retry: Option<u
     encode(Some(fmt_u64(id, &mut buf)), event, data, retry)
 }
 
-/// The first body bytes of every stream: the per-connection reconnect delay.
+/// The first body bytes of every stream: the per-connection reconnect delay,
+/// as a `retry:` line with no blank line after it. The block it opens is
+/// ended by the first real event (or `gap`) on the connection, so no client
+/// sees a block without data: a standalone `retry: N\n\n` is dispatched as an
+/// empty event by several clients (r3labs' Go client, httpx-sse,
+/// fetch-event-source), though the spec says a block with no data is not.
+/// A spec parser applies the field as soon as it reads the line.
 pub fn retry(ms: u32) -> Vec<u8> {
-    format!("retry: {ms}\n\n").into_bytes()
+    format!("retry: {ms}\n").into_bytes()
 }
 
 /// The `gap` event: events after `last_event_id` may be missing from
@@ -134,6 +146,13 @@ mod tests {
             b"id: 1\ndata:\n\n"
         );
         assert_eq!(encode(None, None, "x\n", None), b"data: x\ndata:\n\n");
+    }
+
+    #[test]
+    fn retry_and_heartbeat_never_end_a_block() {
+        // No blank line: neither may end a block a client would dispatch.
+        assert_eq!(retry(1234), b"retry: 1234\n");
+        assert_eq!(HEARTBEAT, b":\n");
     }
 
     #[test]

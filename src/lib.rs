@@ -46,10 +46,11 @@
 
 // Layers (docs/ARCHITECTURE.md): each module uses only those of lower
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
-// it). 1: config, event, frame, http, stats, auth, bus, journal.
+// it). 1: config, event, frame, http, stats, auth, bus, journal, access.
 // 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
 // 7: supervisor (the `--workers` process manager).
 // `client` stands apart and uses none of them.
+mod access;
 mod api;
 mod apps;
 mod auth;
@@ -62,6 +63,7 @@ mod frame;
 mod handler;
 mod http;
 mod journal;
+mod memory;
 mod mercure;
 mod reactor;
 mod router;

@@ -43,6 +43,7 @@ use std::net::IpAddr;
 use serde_json::{json, Map, Value};
 
 use super::ids;
+use crate::access::Op;
 use crate::broker::{Limits, Origin, Resume};
 use crate::frame;
 use crate::handler::{bus_payload_raw, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
@@ -276,6 +277,9 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Op
 }
 
 fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
+    if cx.allow(req, Op::AppStream).is_none() {
+        return;
+    }
     let Some(member) = checked_member(cx, req) else {
         return;
     };
@@ -396,12 +400,17 @@ fn parse_event(body: &[u8]) -> Result<(String, Map<String, Value>), String> {
 }
 
 fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
-    if !cx.authorize(req) {
+    // Credentials first, so a refused client learns nothing of the
+    // member id's checks; then the rights over this member's stream.
+    if cx.writer(req, Op::Publish).is_none() {
         return;
     }
     let Some(member) = checked_member(cx, req) else {
         return;
     };
+    if cx.writer(req, Op::MemberPublish(&member)).is_none() {
+        return;
+    }
     if req.body.len() > MAX_EVENT_BYTES {
         let msg = format!("event body is larger than {MAX_EVENT_BYTES} bytes");
         return cx.fail(req, 413, &msg);

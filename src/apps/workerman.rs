@@ -9,6 +9,7 @@
 //! (the reactor drops entries of freed or reused keys). This module
 //! keeps no state at all.
 
+use crate::access::Op;
 use crate::handler::Cx;
 use crate::http::{Method, Request};
 
@@ -24,6 +25,9 @@ const FRAME: &[u8] = b"event: message\nid: 1\ndata: hello\n\n";
 pub fn fallback(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
     if !matches!(req.method, Method::Get | Method::Head) || !req.accepts_event_stream() {
         return false;
+    }
+    if cx.allow(req, Op::AppStream).is_none() {
+        return true;
     }
     let interval = super::scaled(cx.cfg, INTERVAL_MS);
     cx.ticker(req, &[], interval, interval, Box::new(|_| FRAME.to_vec()));

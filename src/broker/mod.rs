@@ -37,7 +37,10 @@ use ring::NIL;
 pub use ring::{Claim, Frame, Limits, Stream};
 #[cfg(test)]
 use topics::MAX_ALIASES;
-pub use topics::{valid_topic, MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES};
+pub use topics::{
+    valid_topic, SelectorsFull, MAX_ANON_SELECTORS_PER_PEER, MAX_ANON_SELECTOR_STREAMS,
+    MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES,
+};
 
 /// Where a published event comes from, so sinks do not echo an event back
 /// to where it came from (a bus announcement is not re-announced; a
@@ -262,6 +265,9 @@ pub enum BrokerError {
     },
     /// A sink (journal, bus) refused the event.
     Sink(String),
+    /// No room for another `*`/URI-template selector stream in the pool
+    /// this subscriber draws from.
+    TooManySelectors(SelectorsFull),
 }
 
 impl BrokerError {
@@ -279,6 +285,15 @@ impl BrokerError {
                 "the encoded event is {size} bytes, more than {bound} may hold ({limit} bytes); it was not published"
             ),
             BrokerError::Sink(m) => m.clone(),
+            BrokerError::TooManySelectors(SelectorsFull::All) => format!(
+                "too many distinct URI-template selectors are subscribed to (at most {MAX_SELECTOR_STREAMS}, a fixed limit); subscribe to exact topics or retry later"
+            ),
+            BrokerError::TooManySelectors(SelectorsFull::Anonymous) => format!(
+                "too many distinct URI-template selectors are subscribed to without a token (at most {MAX_ANON_SELECTOR_STREAMS}); subscribe with a JWT, to exact topics, or retry later"
+            ),
+            BrokerError::TooManySelectors(SelectorsFull::Peer) => format!(
+                "too many distinct URI-template selectors from your address without a token (at most {MAX_ANON_SELECTORS_PER_PEER}); subscribe with a JWT, to exact topics, or retry later"
+            ),
         }
     }
     /// The HTTP status that goes with it.
@@ -287,7 +302,10 @@ impl BrokerError {
             BrokerError::BadName | BrokerError::Reserved => 400,
             BrokerError::NotFound => 404,
             BrokerError::TooLarge { .. } => 413,
-            BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::Sink(_) => 503,
+            BrokerError::TooMany
+            | BrokerError::TooManyUnclaimed
+            | BrokerError::TooManySelectors(_)
+            | BrokerError::Sink(_) => 503,
         }
     }
 }
@@ -394,6 +412,9 @@ pub struct Broker {
     /// Encoded bytes retained in every ring (a frame shared by several
     /// rings counts once per ring: an upper bound of the memory held).
     total_bytes: usize,
+    /// Bytes the apps hold outside the rings (archives) but charge to the
+    /// same budget.
+    app_bytes: usize,
     budget: usize,
     idle_ttl_us: u64,
     /// The latest time the caller passed in (unix µs).
@@ -413,6 +434,9 @@ pub struct Broker {
     /// replay found damage, a missing segment, or compacted history).
     lost_below: u64,
     topics: topics::Topics,
+    /// The newest event the budget evicted from a history: selector
+    /// streams keep nothing up to it (see `trim_selectors`).
+    budget_evicted_upto: u64,
     /// Events ever published.
     pub published: u64,
     /// `gap` events handed out.
@@ -430,6 +454,7 @@ impl Broker {
             public: 0,
             unclaimed: 0,
             total_bytes: 0,
+            app_bytes: 0,
             budget: DEFAULT_TOTAL_BYTES,
             idle_ttl_us: DEFAULT_IDLE_TTL_US,
             now_us,
@@ -443,6 +468,7 @@ impl Broker {
             sinks: Vec::new(),
             lost_below: 0,
             topics: topics::Topics::default(),
+            budget_evicted_upto: 0,
             published: 0,
             gaps: 0,
         }
@@ -459,6 +485,13 @@ impl Broker {
     /// Encoded bytes retained in every history.
     pub fn total_bytes(&self) -> usize {
         self.total_bytes
+    }
+
+    /// Tells the budget what the apps hold outside the rings (the
+    /// MongooseIM archives); history is evicted so that both fit.
+    pub fn set_app_bytes(&mut self, bytes: usize) {
+        self.app_bytes = bytes;
+        self.enforce_budget();
     }
 
     /// The server-wide history budget.
@@ -735,7 +768,11 @@ impl Broker {
                 self.unclaimed -= 1;
             }
         }
-        self.total_bytes -= s.retained_bytes();
+        self.total_bytes -= if self.topics.is_selector(idx) {
+            s.retained() * topics::ENTRY_BYTES
+        } else {
+            s.retained_bytes()
+        };
         self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
         self.dirty.retain(|&d| d != idx);
         self.topics.forget(idx);
@@ -800,16 +837,29 @@ impl Broker {
     /// Evicts the oldest events of the least recently used streams until
     /// the retained total is within the budget.
     fn enforce_budget(&mut self) {
-        while self.total_bytes > self.budget {
+        let evicted_before = self.life.evicted_events;
+        self.evict_to_budget();
+        if self.life.evicted_events != evicted_before {
+            self.trim_selectors();
+        }
+    }
+
+    fn evict_to_budget(&mut self) {
+        while self.total_bytes + self.app_bytes > self.budget {
             let v = self.lru_head;
             let Some(s) = self.streams.get_mut(v as usize) else {
                 // Nothing listed: the accounting says otherwise only if it
                 // is broken; stop rather than spin.
                 break;
             };
+            let front = s.first_id().unwrap_or(0);
+            let internal = s.internal;
             let freed = s.evict_front();
             let empty = s.retained() == 0;
             self.total_bytes -= freed;
+            if !internal {
+                self.budget_evicted_upto = self.budget_evicted_upto.max(front);
+            }
             if freed > 0 {
                 self.life.evicted_events += 1;
                 self.life.evicted_bytes += freed as u64;
@@ -868,9 +918,16 @@ impl Broker {
     pub fn check_size(&self, targets: &[u32], sse_len: usize) -> Result<(), BrokerError> {
         let cost = Frame::cost_for(sse_len);
         let mut rings = 0usize;
+        let mut entries = 0usize;
         for &t in targets {
             if let Some(s) = self.streams.get(t as usize) {
-                rings += 1;
+                // A selector stream holds a place in the shared frame, not
+                // a copy of it.
+                if self.topics.is_selector(t) {
+                    entries += 1;
+                } else {
+                    rings += 1;
+                }
                 if cost > s.limits.history_bytes {
                     let bound = if s.limits.history_bytes == self.limits.history_bytes {
                         "a stream's history (--history-bytes)"
@@ -885,9 +942,12 @@ impl Broker {
                 }
             }
         }
-        if cost.saturating_mul(rings) > self.budget {
+        let size = cost
+            .saturating_mul(rings)
+            .saturating_add(entries.saturating_mul(topics::ENTRY_BYTES));
+        if size > self.budget {
             return Err(BrokerError::TooLarge {
-                size: cost.saturating_mul(rings),
+                size,
                 limit: self.budget,
                 bound: "the server-wide history budget (--history-total-bytes)",
             });
@@ -953,7 +1013,11 @@ impl Broker {
         self.ids.observe(id);
         let f = Frame::new(id, sse).with_private(private);
         let mut pressure = false;
-        for &t in targets {
+        for (i, &t) in targets.iter().enumerate() {
+            // Past the published-to streams come the selector streams
+            // fanned in: they hold a place in the shared frame, which costs
+            // an entry, not the bytes again (see `trim_selectors`).
+            let selector = i >= audience_of.len();
             let Some(s) = self.streams.get_mut(t as usize) else {
                 continue;
             };
@@ -969,6 +1033,16 @@ impl Broker {
             }
             s.dirty_frames += 1;
             s.dirty_bytes += f.cost();
+            if selector {
+                let before = s.retained();
+                s.push(f.clone());
+                let popped = (before + 1).saturating_sub(s.retained());
+                pressure |= s.dirty_frames >= (s.limits.history / 2).max(1)
+                    || s.dirty_bytes >= (s.limits.history_bytes / 2).max(1);
+                self.total_bytes = (self.total_bytes + topics::ENTRY_BYTES)
+                    .saturating_sub(popped * topics::ENTRY_BYTES);
+                continue;
+            }
             let freed = s.push(f.clone());
             // Half the ring published since subscribers were last offered
             // frames: flush before the ring overtakes even fast readers.
@@ -1307,46 +1381,95 @@ impl Broker {
     /// use: an internal stream that receives every later event published to
     /// a public stream whose name `sel` matches, so a selector subscription
     /// also sees streams created after it. A resume from before it was made
-    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist; past that an
-    /// unread one is dropped, or [`BrokerError::TooMany`] when all are read.
-    pub fn selector_stream(&mut self, sel: &crate::auth::Selector) -> Result<u32, BrokerError> {
+    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist besides `*`;
+    /// one made for an anonymous subscriber (`anon`: its address) comes
+    /// from the anonymous pool and that address's share of it. Past a
+    /// bound an unread one of that pool is dropped, or
+    /// [`BrokerError::TooManySelectors`] when all are read.
+    pub fn selector_stream(
+        &mut self,
+        sel: &crate::auth::Selector,
+        anon: Option<std::net::IpAddr>,
+    ) -> Result<u32, BrokerError> {
         if let Some(i) = self.topics.find(sel.as_str()) {
             return Ok(i);
         }
-        if let Some(i) = self.find(sel.as_str()) {
+        if self.find(sel.as_str()).is_some() {
             // A name taken by some other internal stream.
-            let _ = i;
             return Err(BrokerError::Reserved);
         }
-        if self.topics.len() >= MAX_SELECTOR_STREAMS {
-            let unread = self
-                .topics
-                .streams()
-                .find(|&i| self.get(i).is_some_and(|s| s.subs.is_empty()));
-            match unread {
-                Some(i) => {
-                    self.delete(Origin::Local, i);
+        // At most three pools to make room in.
+        for _ in 0..3 {
+            match self.topics.room(&self.streams, sel, anon) {
+                Ok(()) => break,
+                Err((_, Some(unread))) => {
+                    self.delete(Origin::Local, unread);
                 }
-                None => return Err(BrokerError::TooMany),
+                Err((full, None)) => return Err(BrokerError::TooManySelectors(full)),
             }
+        }
+        if let Err((full, _)) = self.topics.room(&self.streams, sel, anon) {
+            return Err(BrokerError::TooManySelectors(full));
         }
         let idx = self.insert(sel.as_str(), true, self.limits, Claim::Publisher);
         let made_at = self.ids.last();
         if let Some(s) = self.streams.get_mut(idx as usize) {
             s.lost_before(made_at);
         }
-        self.topics.add(sel.clone(), idx);
+        self.topics.add(sel.clone(), idx, anon);
         Ok(idx)
+    }
+
+    /// Keeps selector streams within what the published-to streams hold.
+    /// A selector stream gets every frame its topics get, under the same
+    /// per-stream bounds, so by itself it never outlives them; only the
+    /// server-wide budget evicts from a published-to stream alone. Dropping
+    /// from every selector stream what is not newer than the newest frame
+    /// the budget evicted keeps them holding no frame that nothing else
+    /// holds (their readers get a `gap`, as any reader of an evicted frame).
+    fn trim_selectors(&mut self) {
+        let upto = self.budget_evicted_upto;
+        let sels: Vec<u32> = self.topics.streams().collect();
+        for idx in sels {
+            let Some(s) = self.streams.get_mut(idx as usize) else {
+                continue;
+            };
+            if s.first_id().is_none_or(|f| f > upto) {
+                continue;
+            }
+            while s.first_id().is_some_and(|f| f <= upto) {
+                s.evict_front();
+                self.total_bytes = self.total_bytes.saturating_sub(topics::ENTRY_BYTES);
+            }
+            if !s.dirty {
+                s.dirty = true;
+                s.dirty_frames = 0;
+                s.dirty_bytes = 0;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    /// Template matches run by the selector fan-in so far.
+    pub fn selector_matches_run(&self) -> u64 {
+        self.topics.matches_run
     }
 
     /// Remembers that a publisher named event `id` `alias`, so a resume
     /// from `alias` finds it (the oldest aliases go past [`MAX_ALIASES`]).
-    pub fn alias(&mut self, alias: &str, id: u64) {
-        self.topics.alias(alias, id);
+    /// `private`: the event was private, so only subscribers that may see
+    /// private events can resume from its alias.
+    pub fn alias(&mut self, alias: &str, id: u64, private: bool) {
+        self.topics.alias(alias, id, private);
     }
 
-    /// The id a publisher-supplied alias stands for, while remembered.
-    pub fn alias_id(&self, alias: &str) -> Option<u64> {
-        self.topics.alias_id(alias)
+    /// The id a publisher-supplied alias stands for, while remembered; a
+    /// private event's alias only for `sees_private` (to anyone else it is
+    /// as unknown as an alias never used, so a resume cannot probe for it).
+    pub fn alias_id(&self, alias: &str, sees_private: bool) -> Option<u64> {
+        self.topics
+            .alias_id(alias)
+            .filter(|&(_, private)| sees_private || !private)
+            .map(|(id, _)| id)
     }
 }

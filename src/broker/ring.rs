@@ -129,6 +129,13 @@ pub struct Stream {
     pub subs: Subs,
     /// Events ever published to it.
     pub published: u64,
+    /// Public events ever published to it, the newest one's id (0: none),
+    /// and how many of them are retained: what a reader that may not see
+    /// private events may be told.
+    pub published_public: u64,
+    /// See [`Stream::published_public`].
+    pub last_public_id: u64,
+    retained_public: usize,
     /// Id of its newest event (0: none yet).
     pub last_id: u64,
     pub(super) dirty: bool,
@@ -172,6 +179,9 @@ impl Stream {
             lost_public_upto: lost_upto,
             subs: Subs::default(),
             published: 0,
+            published_public: 0,
+            last_public_id: 0,
+            retained_public: 0,
             last_id: 0,
             dirty: false,
             dirty_frames: 0,
@@ -190,6 +200,18 @@ impl Stream {
     /// The name a `gap` event gives the stream.
     pub fn shown(&self) -> &str {
         self.display.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Retained public frames.
+    pub fn retained_public(&self) -> usize {
+        self.retained_public
+    }
+
+    /// Whether a reader without a token may learn that this stream exists:
+    /// not when it only ever carried private events (its name, counts and
+    /// ids would tell of events it may not see).
+    pub fn anonymous_visible(&self) -> bool {
+        !self.internal && (self.published_public > 0 || self.published == 0)
     }
 
     /// This stream's history bounds.
@@ -291,6 +313,9 @@ impl Stream {
         f.pub_start = self.end_public;
         if !f.private {
             self.end_public += len as u64;
+            self.published_public += 1;
+            self.last_public_id = f.id;
+            self.retained_public += 1;
         }
         self.last_id = f.id;
         self.ring.push_back(f);
@@ -328,6 +353,7 @@ impl Stream {
                 self.lost_upto = self.lost_upto.max(f.id);
                 if !f.private {
                     self.lost_public_upto = self.lost_public_upto.max(f.id);
+                    self.retained_public -= 1;
                 }
                 f.cost()
             }

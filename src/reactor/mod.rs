@@ -164,7 +164,7 @@ pub(crate) struct Bound {
     users: Option<crate::apps::mongoose::Users>,
     redis: Option<crate::bus::RedisUrl>,
     journal: Option<durable::Opened>,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
 }
 
 impl Bound {
@@ -178,7 +178,7 @@ impl Bound {
             ),
             None => None,
         };
-        let auth = crate::handler::Auth::from_config(&cfg)
+        let auth = crate::access::Access::from_config(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -267,11 +267,13 @@ impl Bound {
         let durable = self
             .journal
             .map(|o| durable::install(o, &mut broker, &mut apps));
+        let memory = memory_limits(&self.cfg);
         let mut r = Reactor {
             bus,
             durable,
             held: VecDeque::new(),
             hold_from: None,
+            token_exp: std::collections::HashMap::new(),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -291,7 +293,8 @@ impl Bound {
             closing: Vec::new(),
             resume_read: Vec::new(),
             again: Vec::new(),
-            buffered: 0,
+            memory: crate::memory::Account::new(memory),
+            trimmed_at: 0,
             passes: VecDeque::new(),
             dirty: Vec::new(),
             sweep: sweep::Sweep::default(),
@@ -365,7 +368,7 @@ pub(crate) struct Reactor {
     conns: Slab<Conn>,
     broker: Broker,
     apps: Apps,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
     cfg: Config,
     counters: Counters,
     timers: Timers,
@@ -380,8 +383,11 @@ pub(crate) struct Reactor {
     resume_read: Vec<u32>,
     /// Subscribers that used their write budget this turn and are owed more.
     again: Vec<u32>,
-    /// Bytes held in all connections' request buffers (incomplete requests).
-    buffered: usize,
+    /// The memory account: request buffers, unsent output, history (as
+    /// reported by the broker) and what other parts charge.
+    memory: crate::memory::Account,
+    /// When freed memory was last handed back to the system (ms).
+    trimmed_at: u64,
     /// Fan-out passes in progress: a stream and the next subscriber slot.
     passes: VecDeque<(u32, usize)>,
     /// Reused buffer for the broker's dirty streams.
@@ -406,6 +412,9 @@ pub(crate) struct Reactor {
     /// While a request's actions run: the journal ticket before it, so a
     /// reply to a request that wrote the journal can be held.
     hold_from: Option<u64>,
+    /// Streams opened with a token that expires → the tick they end at: a
+    /// side table, since few connections have one and `Conn` must not grow.
+    token_exp: std::collections::HashMap<u32, Tick>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -484,6 +493,9 @@ impl Reactor {
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
+            self.memory
+                .report(crate::memory::Kind::History, self.broker.total_bytes());
+            self.maybe_trim();
             if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();
             }
@@ -502,6 +514,9 @@ impl Reactor {
                     continue;
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
+                if let Some(out) = conn.out.take() {
+                    self.free_out(&out);
+                }
                 self.peers.remove(conn.peer);
                 self.reserve.retain(|&k| k != key);
                 if let Some(slot) = self.proxied.remove(&key) {
@@ -576,7 +591,7 @@ impl Reactor {
         Cx {
             broker: &mut self.broker,
             cfg: &self.cfg,
-            auth: &self.auth,
+            access: &self.auth,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -657,7 +672,8 @@ impl Reactor {
                     chunked,
                     prelude,
                     cursors,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors),
+                    until,
+                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
                 Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
                 Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
@@ -703,6 +719,8 @@ impl Reactor {
                     self.counters.history_refused_too_large = life.refused_too_large;
                     self.counters.streams_expired = life.expired;
                     self.counters.streams_dropped_empty = life.dropped_empty;
+                    self.memory
+                        .report(crate::memory::Kind::History, self.broker.total_bytes());
                     let g = self.gauges();
                     let resp = if prometheus {
                         Response::new(
@@ -728,6 +746,7 @@ impl Reactor {
         chunked: bool,
         prelude: &[u8],
         cursors: crate::broker::Cursors,
+        until: Option<u64>,
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
@@ -736,6 +755,13 @@ impl Reactor {
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
             c.state = State::Streaming(cursors);
+        }
+        if let Some(exp) = until {
+            // Rounded up to the next tick: never a moment before `exp`.
+            let left_us = (exp.saturating_mul(1_000_000)).saturating_sub(self.clock.unix_us());
+            let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
+            self.token_exp
+                .insert(key, self.clock.now_tick().saturating_add(t));
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -761,7 +787,8 @@ impl Reactor {
         for (_, s) in self.broker.iter() {
             if s.internal {
                 g.internal_streams += 1;
-            } else {
+            } else if s.anonymous_visible() {
+                // /stats is open to anyone: private-only streams are not told of.
                 g.streams += 1;
             }
             g.history_events += s.retained();
@@ -780,7 +807,22 @@ impl Reactor {
         g.uptime_secs = self.clock.start.elapsed().as_secs_f64();
         g.rss_bytes = crate::stats::rss_bytes();
         g.per_ip_entries = self.peers.len();
-        g.buffered_request_bytes = self.buffered;
+        g.buffered_request_bytes = self.memory.used(crate::memory::Kind::Requests);
+        g.memory = crate::stats::MemoryGauges {
+            max: self.memory.limits().max,
+            used: self.memory.total(),
+            kinds: self
+                .memory
+                .usage()
+                .map(|u| crate::stats::KindGauge {
+                    name: u.kind.name(),
+                    used: u.used,
+                    limit: u.limit,
+                    peak: u.peak,
+                    refused: u.refused,
+                })
+                .collect(),
+        };
         g.max_connections = self.max_connections;
         g.redis = self.bus.as_ref().map(bus::Link::gauges);
         g.journal = self.durable.as_ref().map(|d| d.gauges(self.held.len()));
@@ -987,7 +1029,8 @@ impl Reactor {
             return None;
         };
         let b = buf.take()?;
-        self.buffered = self.buffered.saturating_sub(b.data.len());
+        self.memory
+            .release(crate::memory::Kind::Requests, b.data.len());
         Some(b)
     }
 
@@ -1004,16 +1047,26 @@ impl Reactor {
             buf: slot @ None, ..
         } = &mut c.state
         {
-            self.buffered += b.data.len();
+            // Checked by `buffer_fits` when it grew; put back whatever it is.
+            self.memory
+                .force(crate::memory::Kind::Requests, b.data.len());
             *slot = Some(b);
         }
     }
 
-    /// Whether `more` bytes of incomplete requests still fit the server-wide
-    /// budget: `--max-body` bounds one request, this bounds all of them.
-    fn buffer_fits(&self, more: usize) -> bool {
-        let budget = REQUEST_BUFFER_BUDGET.max(4 * (self.cfg.max_body + self.cfg.max_header_bytes));
-        self.buffered + more <= budget
+    /// Whether `more` bytes of incomplete requests still fit the memory
+    /// account (`--max-body` bounds one request, its `requests` limit all of
+    /// them, `--memory-max` everything); a refusal is counted there.
+    fn buffer_fits(&mut self, more: usize) -> bool {
+        let k = crate::memory::Kind::Requests;
+        match self.memory.charge(k, more) {
+            Ok(()) => {
+                // Charged for real by `put_reqbuf`.
+                self.memory.release(k, more);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Output drained on a connection whose input was paused: route the
@@ -1157,7 +1210,12 @@ impl Reactor {
                 _ => return data.len(),
             }
             match http::parse_resume(&data[off..], limits, scan) {
-                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Partial) => {
+                    if scan.take_continue() {
+                        self.respond(key, http::CONTINUE, false);
+                    }
+                    break;
+                }
                 Err(e) => {
                     self.counters.reject(e.reason());
                     self.error(key, e.status(), e.message(), None);
@@ -1192,7 +1250,7 @@ impl Reactor {
                             *i = true;
                             match &c.out {
                                 None => self.set_deadline(key, idle),
-                                Some(o) if o.pending().len() > PIPELINE_OUT_LIMIT => {
+                                Some(o) if o.pending_len() > PIPELINE_OUT_LIMIT => {
                                     *paused = true;
                                 }
                                 Some(_) => {}
@@ -1233,7 +1291,7 @@ impl Reactor {
         let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
             return Some((peer, false));
         };
-        let client = match crate::handler::forwarded_client(req, &self.cfg.trusted_proxies) {
+        let client = match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
             None => Some(proxy),
             Some(c) => c,
         };
@@ -1281,6 +1339,14 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
         ),
         Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,
     }
+}
+
+/// The memory account's bounds from the configuration: `--memory-max`,
+/// history's own budget, and the request-buffer budget the reactor has
+/// always had (64 MiB, or four maximal requests if more).
+fn memory_limits(cfg: &Config) -> crate::memory::Limits {
+    let requests = REQUEST_BUFFER_BUDGET.max(4 * (cfg.max_body + cfg.max_header_bytes));
+    crate::memory::Limits::new(cfg.memory_max(), cfg.history_total_bytes, requests)
 }
 
 /// Bound on queued cross-thread publishes.

@@ -2,14 +2,16 @@
 //! `redis-server` on a free port and two (or three) `ssed --redis` nodes,
 //! and checks what crosses nodes on the wire: ids, data, types, resumes,
 //! gaps, and what happens when Redis is killed, restarted empty, stopped,
-//! or drops the pub/sub connections. They fail when redis-server is
-//! missing, unless `SSED_SKIP_REDIS=1`.
+//! or drops the pub/sub connections. Without redis-server (or redis-cli)
+//! they are skipped (`components::require`), or fail under `CI=true`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::components::{require, REDIS_CLI, REDIS_SERVER};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -17,36 +19,36 @@ const T: Duration = Duration::from_secs(10);
 struct Redis {
     port: u16,
     child: Option<Child>,
+    server: PathBuf,
+    cli: PathBuf,
 }
 
 impl Redis {
     fn start() -> Option<Redis> {
-        if std::env::var("SSED_SKIP_REDIS").as_deref() == Ok("1") {
-            eprintln!("SSED_SKIP_REDIS=1: skipping a Redis-backed test");
-            return None;
-        }
+        let server = require(&REDIS_SERVER)?;
+        let cli = require(&REDIS_CLI)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let mut r = Redis { port, child: None };
+        let mut r = Redis {
+            port,
+            child: None,
+            server,
+            cli,
+        };
         r.spawn();
         Some(r)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.server)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): the scale-out tests need it \
-                     (apt-get install -y redis-server), or set SSED_SKIP_REDIS=1 to skip them"
-                )
-            });
+            .expect("spawn redis-server");
         self.child = Some(child);
         assert!(
             wait_until(T, || self.try_cli(&["PING"]).as_deref() == Some("PONG")),
@@ -71,7 +73,7 @@ impl Redis {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let out = Command::new(&self.cli)
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()

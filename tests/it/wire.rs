@@ -50,8 +50,9 @@ fn heartbeats_are_chunks_of_their_own() {
     let retry = sub.next_block(T).expect("retry");
     let ms = retry.retry.expect("retry field");
     let hb = sub.next_block(T).expect("heartbeat");
-    assert_eq!(hb.raw, ":\n\n");
-    let want = format!("{:x}\r\nretry: {ms}\n\n\r\n3\r\n:\n\n\r\n", 9 + ms.len());
+    assert_eq!(hb.raw, ":\n");
+    // Neither ends a block: no blank line on the wire.
+    let want = format!("{:x}\r\nretry: {ms}\n\r\n2\r\n:\n\r\n", 8 + ms.len());
     assert_eq!(String::from_utf8_lossy(&sub.wire), want);
 }
 
@@ -64,7 +65,7 @@ fn http10_streams_are_the_bare_body_until_close() {
     c.set_read_timeout(Some(T)).unwrap();
     let mut got = Vec::new();
     let mut b = [0u8; 4096];
-    while !got.ends_with(b"\n\n") {
+    while !got.ends_with(b"\n") {
         let n = c.read(&mut b).expect("read");
         assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&b[..n]);
@@ -90,9 +91,10 @@ fn http10_streams_are_the_bare_body_until_close() {
         !head.to_ascii_lowercase().contains("content-length"),
         "{head}"
     );
-    let retry = body.split("\n\n").next().unwrap_or("");
+    let retry = body.split('\n').next().unwrap_or("");
     assert!(retry.starts_with("retry: "), "{body:?}");
-    assert_eq!(body, format!("{retry}\n\nid: {id}\ndata: plain\n\n"));
+    // The retry line and the first event are one block.
+    assert_eq!(body, format!("{retry}\nid: {id}\ndata: plain\n\n"));
 }
 
 /// Publishes once the stream has its subscriber, so nothing races the

@@ -1,7 +1,8 @@
 //! Several processes on one port: `--reuse-port` lets independent `ssed`
 //! processes share a listen address; `--workers N` supervises N of them
 //! (restart on death, SIGTERM drains all, exit codes). Real binaries, a
-//! real redis-server for the `--redis` URL the supervisor requires, and
+//! real redis-server for the `--redis` URL the supervisor requires
+//! (skipped without one, `components::require`), and
 //! worker pids read from `/stats` to see which process took a connection.
 
 use std::collections::BTreeSet;
@@ -11,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{publish, wait_until, Sse, T};
+use crate::components::{require, REDIS_SERVER};
 
 /// A redis-server on a free port, stopped on drop.
 struct Redis {
@@ -19,25 +21,27 @@ struct Redis {
 }
 
 impl Redis {
-    fn start() -> Redis {
+    /// `None` (the test skips) when redis-server cannot run.
+    fn start() -> Option<Redis> {
+        let bin = require(&REDIS_SERVER)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
+        let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
+            .expect("spawn redis-server");
         let r = Redis { child, port };
         assert!(
             wait_until(T, || r.ping()),
             "redis-server did not answer PING"
         );
-        r
+        Some(r)
     }
 
     fn ping(&self) -> bool {
@@ -238,7 +242,7 @@ fn workers_without_redis_exit_2_with_the_reason() {
 
 #[test]
 fn workers_share_one_port_and_a_killed_worker_comes_back() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let sup = Proc::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--redis", &url]);
     let first = pids(sup.addr, 2, 400);
@@ -280,7 +284,7 @@ fn workers_share_one_port_and_a_killed_worker_comes_back() {
 
 #[test]
 fn sigterm_to_the_supervisor_drains_every_worker_and_exits_0() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut sup = Proc::start(&[
         "--listen",
@@ -317,7 +321,7 @@ fn sigterm_to_the_supervisor_drains_every_worker_and_exits_0() {
 
 #[test]
 fn a_worker_that_cannot_start_stops_the_supervisor_with_its_code() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut child = spawn(&[
         "--listen",
@@ -352,7 +356,7 @@ fn a_worker_that_cannot_start_stops_the_supervisor_with_its_code() {
 
 #[test]
 fn a_crash_looping_worker_stops_the_supervisor_with_exit_1() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut sup = Proc::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--redis", &url]);
     let mut known = pids(sup.addr, 2, 400);
@@ -394,7 +398,7 @@ fn a_crash_looping_worker_stops_the_supervisor_with_exit_1() {
 
 #[test]
 fn a_worker_that_does_not_drain_makes_the_exit_code_non_zero() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut sup = Proc::start(&[
         "--listen",
@@ -429,7 +433,7 @@ fn a_worker_that_does_not_drain_makes_the_exit_code_non_zero() {
 // subscribers. The lead un-ignores this after merging.
 #[test]
 fn a_publish_on_either_worker_reaches_subscribers_on_both() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let sup = Proc::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--redis", &url]);
     assert_eq!(pids(sup.addr, 2, 400).len(), 2);

@@ -875,6 +875,6 @@ impl Reactor {
             }
             _ => {}
         }
-        self.start_stream(key, &bs.head, bs.chunked, &prelude, c.cursors);
+        self.start_stream(key, &bs.head, bs.chunked, &prelude, c.cursors, bs.until);
     }
 }

@@ -1,6 +1,8 @@
 //! Bus tests against a real `redis-server` that each test starts on a free
-//! port and kills at the end. They fail when redis-server is missing,
-//! unless `SSED_SKIP_REDIS=1`. The loop waits on mio events, not sleeps.
+//! port and kills at the end. Without redis-server they are skipped with a
+//! line and a summary at exit, or fail under `CI=true` (the integration
+//! tests' component harness, included below). The loop waits on mio
+//! events, not sleeps.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -14,11 +16,16 @@ use super::machine::{Bus, BusConfig, BusOutput};
 use crate::bus::resp::{encode_command, Decoder, Value};
 use crate::bus::{BusError, RedisUrl};
 
+#[path = "../../../tests/it/components.rs"]
+mod components;
+use components::{require, REDIS_SERVER};
+
 /// A redis-server child process, killed on drop.
 struct Redis {
     port: u16,
     extra: Vec<String>,
     child: Option<Child>,
+    bin: std::path::PathBuf,
 }
 
 impl Redis {
@@ -27,10 +34,7 @@ impl Redis {
     }
 
     fn start_with(extra: &[&str]) -> Option<Redis> {
-        if std::env::var("SSED_SKIP_REDIS").as_deref() == Ok("1") {
-            eprintln!("SSED_SKIP_REDIS=1: skipping a Redis-backed test");
-            return None;
-        }
+        let bin = require(&REDIS_SERVER)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -43,6 +47,7 @@ impl Redis {
             port,
             extra,
             child: None,
+            bin,
         };
         r.spawn();
         Some(r)
@@ -50,7 +55,7 @@ impl Redis {
 
     fn spawn(&mut self) {
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.bin)
             .args([
                 "--port",
                 &port,
@@ -65,12 +70,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): the Redis-backed bus tests need it \
-                     (apt-get install -y redis-server), or set SSED_SKIP_REDIS=1 to skip them"
-                )
-            });
+            .expect("spawn redis-server");
         self.child = Some(child);
         let start = Instant::now();
         while self.try_cmd(&[b"PING"]).is_err() {
@@ -699,4 +699,43 @@ fn fetch_pages_stay_under_the_reply_cap_and_publishes_go_on() {
     assert_eq!(got, want);
     let s = net.buses[b].status();
     assert!(s.connected && s.reconnects == 0 && s.errors == 0, "{s:?}");
+}
+
+/// Without redis-server these tests skip (one line, a summary at exit), and
+/// fail instead under `CI=true`: this binary runs one of them again as a
+/// child with the server's path pointed at nothing.
+#[test]
+fn a_missing_redis_server_skips_or_fails_under_ci() {
+    const TEST: &str = "reactor::bus::tests::large_payload_round_trips";
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([TEST, "--exact", "--test-threads=1"])
+            .env("SSED_REDIS_SERVER", "/nonexistent/redis-server")
+            .env_remove("SSED_REQUIRE_COMPONENTS")
+            .env_remove("SSED_SKIP_REDIS");
+        match ci {
+            Some(v) => cmd.env("CI", v),
+            None => cmd.env_remove("CI"),
+        };
+        let out = cmd.output().expect("run the test binary");
+        // libtest reports a failure on stdout, the harness a skip on stderr.
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, err) = run(None);
+    assert!(ok, "{err}");
+    let line = format!("SKIPPED {TEST}: needs redis-server (cannot run /nonexistent/redis-server");
+    assert_eq!(err.matches("SKIPPED ").count(), 1, "{err}");
+    assert!(err.contains(&line), "{err}");
+    assert!(
+        err.contains(&format!(
+            "  redis-server: 1 test(s) skipped; install: apt-get install -y redis-server\n    {TEST}\n"
+        )),
+        "{err}"
+    );
+    let (ok, err) = run(Some("true"));
+    assert!(!ok, "{err}");
+    assert!(err.contains("needs redis-server"), "{err}");
+    assert!(!err.contains("SKIPPED "), "{err}");
 }
