@@ -426,6 +426,7 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             self.clock.tick();
+            self.bus_send();
             let busy = !self.again.is_empty() || !self.passes.is_empty();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);

@@ -18,6 +18,9 @@ USAGE:
                      [--max-seconds S] [--pid PID]
   ssed-bench churn   --url URL --cycles C [--max-seconds S] [--pid PID]
   ssed-bench idle    --url URL --n N --seconds S [--pid PID]
+  ssed-bench publish --url URL --connections N [--pipeline K]
+                     [--seconds S | --count C] [--size B] [--pid PID]
+                     [--redis-pid PID]
 
 COMMON OPTIONS:
   --json               print one JSON object instead of a table
@@ -157,6 +160,7 @@ pub enum Command {
     Fanout(FanoutOpts),
     Churn(ChurnOpts),
     Idle(IdleOpts),
+    Publish(crate::publish::PublishOpts),
     Worker(WorkerOpts),
     Help,
 }
@@ -342,6 +346,10 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 seconds: f.secs("seconds", 10.0)?,
             });
             (cmd, f.json)
+        }
+        "publish" => {
+            let (o, json) = crate::publish::parse(rest)?;
+            (Command::Publish(o), json)
         }
         "worker" => {
             let f = Flags::parse(

@@ -28,15 +28,14 @@ pub enum Kind {
     Setup,
     /// SCRIPT LOAD: the reply is the SHA1; `handshake` when part of connect.
     Load { handshake: bool },
-    /// A publish, with its arguments kept for a NOSCRIPT retry as EVAL.
+    /// A batch of publishes (one request each, in order), with its
+    /// arguments kept for a NOSCRIPT retry as EVAL.
     Publish {
-        req: u64,
+        reqs: Vec<u64>,
         args: PublishArgs,
         eval: bool,
     },
-    /// MULTI / a QUEUED reply: ignored (EXEC carries the outcome).
-    Ignore,
-    /// EXEC of a fetch.
+    /// A fetch page.
     Fetch { req: u64 },
     /// SUBSCRIBE confirmation.
     Subscribe,

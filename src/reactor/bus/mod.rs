@@ -204,6 +204,7 @@ impl Link {
 fn unavailable(e: &BusError) -> (u16, String) {
     match e {
         BusError::Invalid(m) => (400, format!("cannot publish: {m}")),
+        BusError::TooLarge { .. } => (413, format!("cannot publish: {e}")),
         _ => (503, "redis unavailable".into()),
     }
 }
@@ -230,6 +231,15 @@ impl Reactor {
             l.bus.on_timer(self.poll.registry(), now);
         }
         self.bus_drain();
+    }
+
+    /// Sends the publishes gathered this loop turn to Redis together
+    /// (one script call per batch), and answers any that failed at once.
+    pub(super) fn bus_send(&mut self) {
+        let now = self.clock.now_ms;
+        if self.bus.as_mut().is_some_and(|l| l.bus.send_batch(now)) {
+            self.bus_drain();
+        }
     }
 
     /// Whether connection `key` waits for the bus.
@@ -260,7 +270,8 @@ impl Reactor {
                     req,
                     entries,
                     first_retained,
-                } => self.on_fetched(req, entries, first_retained),
+                    more,
+                } => self.on_fetched(req, entries, first_retained, more),
                 BusOutput::Up => self.on_up(),
                 BusOutput::Down => {}
             }
@@ -648,12 +659,15 @@ impl Reactor {
         req: u64,
         entries: Vec<(u64, u64, Vec<u8>)>,
         first_retained: Option<u64>,
+        more: bool,
     ) {
         let Some(l) = self.bus.as_mut() else { return };
         let Some(Req::Fetch { stream: name }) = l.reqs.remove(&req) else {
             return;
         };
-        let full = entries.len() >= l.fetch_max;
+        let full = more || entries.len() >= l.fetch_max;
+        // The next page starts after this one even if an entry was unusable.
+        let page_end = entries.last().map_or(0, |e| e.0);
         let Some(Sync::Fetching { req: r, .. }) = l.sync.get(&name) else {
             return;
         };
@@ -685,7 +699,7 @@ impl Reactor {
         if full {
             // More than one page: keep buffering, fetch the next.
             let now = self.clock.now_ms;
-            let after = self.broker.get(idx).map_or(0, |s| s.last_id);
+            let after = self.broker.get(idx).map_or(0, |s| s.last_id).max(page_end);
             let Some(l) = self.bus.as_mut() else { return };
             let req2 = l.req();
             let max = l.fetch_max;

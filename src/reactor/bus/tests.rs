@@ -303,6 +303,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 10,
             entries,
             first_retained
@@ -313,6 +314,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 11,
             entries,
             first_retained
@@ -322,6 +324,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 12,
             entries: vec![],
             first_retained
@@ -332,6 +335,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 13,
             entries,
             first_retained
@@ -367,6 +371,7 @@ fn large_payload_round_trips() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 2,
             entries,
             first_retained: Some(id)
@@ -516,6 +521,7 @@ fn unix_socket_with_password_and_db() {
     let got = net.fetch(a, 2, "s", 0, 10);
     let entries = vec![(id, 0, b"x".to_vec())];
     let want = BusOutput::Fetched {
+        more: false,
         req: 2,
         entries,
         first_retained: Some(id),
@@ -531,6 +537,168 @@ fn unix_socket_with_password_and_db() {
     assert!(!st.connected && st.last_error.unwrap().contains("WRONGPASS"));
     assert!(net.outs[b].is_empty());
     let _ = std::fs::remove_file(&sock);
+}
+
+/// `cmdstat_<name>:calls=N` from INFO commandstats.
+fn calls(redis: &Redis, name: &str) -> u64 {
+    let Value::Bulk(info) = redis.cmd(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk")
+    };
+    let info = String::from_utf8(info.expect("INFO text")).unwrap();
+    let key = format!("cmdstat_{name}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|l| l.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn one_turn_of_publishes_is_one_script_call_with_an_id_and_chain_each() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let (a, b) = (
+        net.add(config(redis.url(), 2000)),
+        net.add(config(redis.url(), 2000)),
+    );
+    net.up(a);
+    net.up(b);
+    let now = net.now();
+    // One turn: 40 publishes, alternating streams, some to both.
+    let streams: [&[&str]; 3] = [&["m"], &["n"], &["m", "n"]];
+    for req in 0..40u64 {
+        let payload = format!("e{req}");
+        let s = streams[req as usize % 3];
+        net.buses[a]
+            .publish(req, s, payload.as_bytes(), 0, now)
+            .unwrap();
+    }
+    let ids: Vec<u64> = (0..40).map(|req| net.published(a, req)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // The first went at once (Redis was idle), the other 39 together.
+    assert_eq!(calls(&redis, "evalsha"), 2, "two script calls for the turn");
+    // Every event is announced on its own, with its own predecessors.
+    let mut last = [0u64; 2];
+    for (req, &id) in ids.iter().enumerate() {
+        let s = streams[req % 3];
+        let prevs: Vec<(&str, u64)> = s
+            .iter()
+            .map(|&name| (name, last[usize::from(name == "n")]))
+            .collect();
+        for &name in s {
+            last[usize::from(name == "n")] = id;
+        }
+        let want = message(id, &prevs, format!("e{req}").as_bytes());
+        assert_eq!(
+            net.wait(b, 5_000, |o| matches!(o, BusOutput::Message { .. })),
+            want
+        );
+    }
+    // A turn past the batch bound goes in several calls, ids still in order.
+    let now = net.now();
+    let n = crate::bus::script::MAX_BATCH_EVENTS as u64 + 10;
+    for req in 100..100 + n {
+        net.buses[a].publish(req, &["m"], b"x", 0, now).unwrap();
+    }
+    let more: Vec<u64> = (100..100 + n).map(|req| net.published(a, req)).collect();
+    assert!(more[0] > ids[39] && more.windows(2).all(|w| w[0] < w[1]));
+    // One at once, a full batch, the rest at the turn's end.
+    assert_eq!(calls(&redis, "evalsha"), 5);
+    assert_eq!(net.buses[a].status().in_flight, 0);
+}
+
+#[test]
+fn a_batch_failing_in_redis_fails_each_publish_never_an_id() {
+    let Some(redis) = Redis::start_with(&["--maxmemory", "1mb"]) else {
+        return;
+    };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 2000));
+    net.up(a);
+    let id = net.publish(a, 1, &["f"], b"ok", 0);
+    // Past maxmemory (noeviction), the script's first write is refused.
+    let fill = vec![b'z'; 2 << 20];
+    let _ = redis.cmd(&[b"SET", b"filler", &fill]);
+    let now = net.now();
+    for req in 2..6 {
+        net.buses[a].publish(req, &["f"], b"no", id, now).unwrap();
+    }
+    for req in 2..6 {
+        match net.wait(a, 5_000, |o| output_req(o) == Some(req)) {
+            BusOutput::Failed {
+                error: BusError::Redis(e),
+                ..
+            } => assert!(e.contains("OOM"), "{e}"),
+            other => panic!("req {req}: {other:?}"),
+        }
+    }
+    assert!(
+        net.buses[a].status().connected,
+        "a Redis error is not a disconnect"
+    );
+}
+
+#[test]
+fn fetch_pages_stay_under_the_reply_cap_and_publishes_go_on() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    // Scaled down: replies up to 96 KiB, pages of 32 KiB.
+    let small = BusConfig {
+        max_bulk: 64 << 10,
+        max_reply: 96 << 10,
+        fetch_bytes: 32 << 10,
+        ..config(redis.url(), 2000)
+    };
+    let (a, b) = (net.add(small.clone()), net.add(small));
+    net.up(a);
+    net.up(b);
+    // The stream holds 40 x 8 KiB = 320 KiB: more than any reply may be.
+    let payload = |i: usize| vec![b'a' + (i % 26) as u8; 8 << 10];
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let floor = ids.last().copied().unwrap_or(0);
+        ids.push(net.publish(a, i as u64, &["big"], &payload(i), floor));
+    }
+    // Too large for every node's replies: refused at publish.
+    let now = net.now();
+    let too = vec![0; net.buses[a].max_payload()];
+    assert!(matches!(
+        net.buses[a].publish(99, &["big"], &too, 0, now),
+        Err(BusError::TooLarge { .. })
+    ));
+    // B pages through it; a publish rides along between pages.
+    let (mut after, mut got, mut pages, mut req) = (0, Vec::new(), 0, 1000);
+    loop {
+        req += 1;
+        let BusOutput::Fetched {
+            entries,
+            first_retained,
+            more,
+            ..
+        } = net.fetch(b, req, "big", after, 1000)
+        else {
+            panic!("fetch failed")
+        };
+        assert_eq!(first_retained, Some(ids[0]));
+        let bytes: usize = entries.iter().map(|e| e.2.len()).sum();
+        assert!(bytes <= (32 << 10) + (8 << 10), "page of {bytes} bytes");
+        pages += 1;
+        after = entries.last().map_or(after, |e| e.0);
+        got.extend(entries);
+        let by = net.publish(b, 5000 + req, &["bystander"], b"still here", 0);
+        assert!(by > 0);
+        if !more {
+            break;
+        }
+    }
+    assert!(pages >= 8, "{pages} pages");
+    let want: Vec<(u64, u64, Vec<u8>)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, if i == 0 { 0 } else { ids[i - 1] }, payload(i)))
+        .collect();
+    assert_eq!(got, want);
+    let s = net.buses[b].status();
+    assert!(s.connected && s.reconnects == 0 && s.errors == 0, "{s:?}");
 }
 
 /// Without redis-server these tests skip (one line, a summary at exit), and
