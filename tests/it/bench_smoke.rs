@@ -229,7 +229,10 @@ fn every_second_connection_goes_to_the_second_url() {
     assert_eq!(r["connections"], 30, "{r}");
     assert_eq!(r["failed"], 30, "{r}");
     let e = r["first_error"].as_str().unwrap_or_default();
-    assert!(e.contains("refused") || e.contains(&closed.to_string()), "{r}");
+    assert!(
+        e.contains("refused") || e.contains(&closed.to_string()),
+        "{r}"
+    );
 }
 
 #[test]

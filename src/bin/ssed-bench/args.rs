@@ -236,7 +236,10 @@ impl Flags {
                 return Err(format!("unknown option --{name}"));
             }
             if REPEATABLE.contains(&name.as_str()) {
-                repeated.entry(name.clone()).or_default().push(value.clone());
+                repeated
+                    .entry(name.clone())
+                    .or_default()
+                    .push(value.clone());
             }
             if values.insert(name.clone(), value).is_some() && !REPEATABLE.contains(&name.as_str())
             {
@@ -572,7 +575,10 @@ mod tests {
         .contains("twice"));
         for bad in ["--pid 1,x", "--pid 0", "--pid ,", "--pid 1,,2", "--pid -3"] {
             assert!(
-                parse(&argv(&format!("density --url http://127.0.0.1:1/ --n 1 {bad}"))).is_err(),
+                parse(&argv(&format!(
+                    "density --url http://127.0.0.1:1/ --n 1 {bad}"
+                )))
+                .is_err(),
                 "{bad}"
             );
         }

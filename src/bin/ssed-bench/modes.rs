@@ -221,9 +221,7 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
     r.add("slab_after_kb", slab.map(|(_, a)| a), "kB");
     r.add(
         "slab_per_conn",
-        round2(slab.and_then(|(b, a)| {
-            (n > 0).then(|| (a as f64 - b as f64) * 1024.0 / n as f64)
-        })),
+        round2(slab.and_then(|(b, a)| (n > 0).then(|| (a as f64 - b as f64) * 1024.0 / n as f64))),
         "B (both ends, system-wide)",
     );
     if let Some(e) = ready.first_error.or(done.first_error) {

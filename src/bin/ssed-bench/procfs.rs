@@ -376,15 +376,19 @@ voluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t3\n";
             voluntary_ctxt: 5,
             nonvoluntary_ctxt: 1,
         };
-        let b = ProcSample {
-            pss_kb: None,
-            ..a
-        };
+        let b = ProcSample { pss_kb: None, ..a };
         let s = ProcSample::sum(&[a, a]);
         assert_eq!((s.rss_kb, s.anon_kb, s.pss_kb), (20, 8, Some(16)));
         assert_eq!((s.cpu_ns, s.voluntary_ctxt), (Some(200), 10));
         assert_eq!(ProcSample::sum(&[a, b]).pss_kb, None);
-        assert_eq!(ProcSample::sum(&[]), ProcSample { pss_kb: Some(0), cpu_ns: Some(0), ..Default::default() });
+        assert_eq!(
+            ProcSample::sum(&[]),
+            ProcSample {
+                pss_kb: Some(0),
+                cpu_ns: Some(0),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

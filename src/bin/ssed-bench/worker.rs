@@ -154,7 +154,10 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
                     });
                     pending += 1;
                 }
-                Err(e) => t.fail(format!("connect from {src} to {}: {e}", o.urls[target].addr)),
+                Err(e) => t.fail(format!(
+                    "connect from {src} to {}: {e}",
+                    o.urls[target].addr
+                )),
             }
         }
 
