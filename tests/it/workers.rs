@@ -468,3 +468,107 @@ fn a_publish_on_either_worker_reaches_subscribers_on_both() {
         }
     }
 }
+
+/// Runs `ssed-bench ARGS --json`, bounded at two minutes; its JSON report.
+fn bench(args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ssed-bench");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().expect("wait ssed-bench").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssed-bench {args:?} ran over two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("ssed-bench output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ssed-bench {args:?} failed: {text}");
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn supervisor_announces_once_every_worker_listens_and_bench_sums_them_all() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let mut child = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--redis",
+        &url,
+        "--heartbeat",
+        "0",
+    ]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let a = line.trim().strip_prefix("listening on http://");
+        addrs.push(a.unwrap_or_else(|| panic!("line {line:?}")).to_string());
+    }
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut err, &mut std::io::stderr());
+    });
+    let sup = Proc {
+        addr: addrs[0].parse().unwrap(),
+        child,
+    };
+    // Announced: all four workers already listen on both ports (each holds
+    // its own reuse-port socket per address, in state LISTEN).
+    let listeners = |port: &str| -> usize {
+        let port: u16 = port.rsplit(':').next().unwrap().parse().unwrap();
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        tcp.lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3
+                    && f[3] == "0A"
+                    && f[1].rsplit(':').next() == Some(&format!("{port:04X}"))
+            })
+            .count()
+    };
+    assert_eq!(listeners(&addrs[0]), 4);
+    assert_eq!(listeners(&addrs[1]), 4);
+
+    let r = bench(&[
+        "density",
+        "--url",
+        &format!("http://{}/events?stream=w", addrs[0]),
+        "--url",
+        &format!("http://{}/events?stream=w", addrs[1]),
+        "--n",
+        "100",
+        "--per-worker",
+        "50",
+        "--settle-ms",
+        "200",
+    ]);
+    assert_eq!(r["connections"], 100, "{r}");
+    assert_eq!(r["workers"], 2, "{r}");
+    // The workers, found from the ports and summed; not the supervisor.
+    assert_eq!(r["server_processes"], 4, "{r}");
+    let found: Vec<u32> = r["server_pid"]
+        .as_array()
+        .unwrap_or_else(|| panic!("server_pid is not a list: {r}"))
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(found.len(), 4);
+    for p in found {
+        assert_eq!(parent_of(p), Some(sup.child.id()), "{r}");
+    }
+    assert!(r["rss_after_kb"].as_u64().unwrap() > 0, "{r}");
+}

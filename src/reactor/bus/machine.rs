@@ -553,6 +553,17 @@ impl Bus {
                 .is_some_and(|p| p.deadline <= now_ms)
         };
         if self.conns.iter().any(late) {
+            // The reply may be waiting in the socket: a loop turn busy with
+            // an accept burst (more ready sockets than one poll returns) or
+            // a process starved of CPU sees the deadline before the
+            // readiness. Read what has arrived before calling Redis late.
+            for side in [Side::Cmd, Side::Sub] {
+                if let Err(e) = self.service(side, now_ms) {
+                    return self.drop_all(registry, e, now_ms);
+                }
+            }
+        }
+        if self.conns.iter().any(late) {
             return self.drop_all(registry, BusError::Timeout, now_ms);
         }
         if self.next_ping.is_some_and(|t| t <= now_ms) {
