@@ -223,6 +223,8 @@ impl<'a> Topic<'a> {
     /// Prepares `topic`. Bitsets are used when it is at most 1,024 bytes
     /// (every Mercure topic); a longer one is matched by the position-set
     /// walk, which is linear too.
+    // Word-parallel loops over several bitsets at once read best indexed.
+    #[allow(clippy::needless_range_loop)]
     pub fn new(topic: &'a str) -> Topic<'a> {
         let b = topic.as_bytes();
         let masks = (b.len() <= BITS_TOPIC_BYTES).then(|| {
@@ -511,6 +513,8 @@ fn shr(x: &Bits, k: usize) -> Bits {
 /// The offsets reachable from `s` by zero or more steps over `u` (each
 /// step from an offset in `u` to the next): one addition, whose carries
 /// run through each run of `u` from the first start in it to its end.
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
 fn fill(s: &Bits, u: &Bits) -> Bits {
     let mut out = [0u64; W];
     let mut carry = false;
@@ -528,6 +532,8 @@ fn fill(s: &Bits, u: &Bits) -> Bits {
 /// outside triplets (triplets never overlap, and a walk that enters one at
 /// its `%` leaves it at its end); inside one, only where a walk started
 /// there: its second byte if a start, its third if a start or after one.
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
 fn fill_tokens(s: &Bits, m: &Masks) -> Bits {
     let f = fill(s, &m.wide);
     let mut s1 = [0u64; W];
@@ -547,6 +553,8 @@ fn fill_tokens(s: &Bits, m: &Masks) -> Bits {
 /// them past it; a run of `k` variables takes `k` token steps (one byte
 /// from an unreserved character, three from a triplet), then any number
 /// more (`fill_tokens`).
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
 fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64) -> bool {
     let n = topic.len();
     *steps += 1;
