@@ -128,7 +128,10 @@ fn publish(addr: SocketAddr, n: usize, fresh: bool, salt: usize) -> Vec<Duration
         // 1,024 bytes: `a`s after the prefix every template matches (and,
         // for a new topic each time, a counter `{z}` would take too).
         let mut topic = String::from("https://ex.com/users/mallory/");
-        let tail = if fresh {
+        let tail = if fresh && salt == 2 {
+            // Percent-encoded value tokens, three bytes each.
+            format!("%41%2F{k:07}")
+        } else if fresh {
             format!("{:07}", salt * 1_000_000 + k)
         } else {
             String::new()
@@ -209,6 +212,10 @@ fn scenario(subs: usize, n: usize) {
     row(
         &format!("{label}: new topic each"),
         &publish(addr, n / 4, true, 1),
+    );
+    row(
+        &format!("{label}: new %-encoded topic each"),
+        &publish(addr, n / 4, true, 2),
     );
     drop(held);
     stop.shutdown();

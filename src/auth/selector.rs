@@ -205,6 +205,14 @@ pub struct Topic<'a> {
 struct Masks {
     /// Offsets of unreserved characters (one-byte value tokens).
     unres: Bits,
+    /// Offsets where a percent-encoded triplet (a three-byte token) starts.
+    pct: Bits,
+    /// `unres`, plus every byte of a triplet: what a run of tokens covers
+    /// when walked one byte at a time.
+    wide: Bits,
+    /// The second byte of each triplet, and the second and third.
+    inner1: Bits,
+    inner: Bits,
     /// Offsets of every byte (`0..len`).
     chars: Bits,
     /// Offsets of each byte value.
@@ -213,15 +221,19 @@ struct Masks {
 
 impl<'a> Topic<'a> {
     /// Prepares `topic`. Bitsets are used when it is at most 1,024 bytes
-    /// and holds no percent-encoded triplet (whose three-byte tokens the
-    /// bit operations below do not model); otherwise matching falls back
-    /// to the position-set walk, which is linear too.
+    /// (every Mercure topic); a longer one is matched by the position-set
+    /// walk, which is linear too.
+    // Word-parallel loops over several bitsets at once read best indexed.
+    #[allow(clippy::needless_range_loop)]
     pub fn new(topic: &'a str) -> Topic<'a> {
         let b = topic.as_bytes();
-        let pct = b.windows(3).any(|w| pct_len(w).is_some());
-        let masks = (b.len() <= BITS_TOPIC_BYTES && !pct).then(|| {
+        let masks = (b.len() <= BITS_TOPIC_BYTES).then(|| {
             let mut m = Masks {
                 unres: [0; W],
+                pct: [0; W],
+                wide: [0; W],
+                inner1: [0; W],
+                inner: [0; W],
                 chars: [0; W],
                 eq: vec![[0; W]; 256],
             };
@@ -229,9 +241,17 @@ impl<'a> Topic<'a> {
                 let (w, bit) = (i / 64, 1u64 << (i % 64));
                 m.eq[c as usize][w] |= bit;
                 m.chars[w] |= bit;
-                if value_token(&b[i..]) == Some(1) {
-                    m.unres[w] |= bit;
+                match value_token(&b[i..]) {
+                    Some(1) => m.unres[w] |= bit,
+                    Some(_) => m.pct[w] |= bit,
+                    None => {}
                 }
+            }
+            m.inner1 = shl(&m.pct, 1);
+            let inner2 = shl(&m.pct, 2);
+            for i in 0..W {
+                m.inner[i] = m.inner1[i] | inner2[i];
+                m.wide[i] = m.unres[i] | m.pct[i] | m.inner[i];
             }
             Box::new(m)
         });
@@ -493,6 +513,8 @@ fn shr(x: &Bits, k: usize) -> Bits {
 /// The offsets reachable from `s` by zero or more steps over `u` (each
 /// step from an offset in `u` to the next): one addition, whose carries
 /// run through each run of `u` from the first start in it to its end.
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
 fn fill(s: &Bits, u: &Bits) -> Bits {
     let mut out = [0u64; W];
     let mut carry = false;
@@ -505,10 +527,34 @@ fn fill(s: &Bits, u: &Bits) -> Bits {
     out
 }
 
+/// The offsets reachable from `s` by zero or more value tokens. Walking a
+/// triplet byte by byte (`fill` over `wide`) reaches the same offsets
+/// outside triplets (triplets never overlap, and a walk that enters one at
+/// its `%` leaves it at its end); inside one, only where a walk started
+/// there: its second byte if a start, its third if a start or after one.
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
+fn fill_tokens(s: &Bits, m: &Masks) -> Bits {
+    let f = fill(s, &m.wide);
+    let mut s1 = [0u64; W];
+    for i in 0..W {
+        s1[i] = s[i] & m.inner1[i];
+    }
+    let s1 = shl(&s1, 1);
+    let mut out = [0u64; W];
+    for i in 0..W {
+        out[i] = (f[i] & !m.inner[i]) | (s[i] & m.inner[i]) | s1[i];
+    }
+    out
+}
+
 /// [`template_matches`] over bitsets of offsets (a topic of at most 1,024
-/// bytes without percent-encoded triplets): a literal keeps the reached
-/// offsets where it occurs and moves them past it; a run of `k` variables
-/// takes `k` single-character steps, then any number more (`fill`).
+/// bytes): a literal keeps the reached offsets where it occurs and moves
+/// them past it; a run of `k` variables takes `k` token steps (one byte
+/// from an unreserved character, three from a triplet), then any number
+/// more (`fill_tokens`).
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
 fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64) -> bool {
     let n = topic.len();
     *steps += 1;
@@ -559,15 +605,20 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
             }
             Seg::Var(k) => {
                 for _ in 0..*k {
-                    *steps += W as u64;
-                    reach
-                        .iter_mut()
-                        .zip(m.unres.iter())
-                        .for_each(|(r, u)| *r &= u);
-                    reach = shl(&reach, 1);
+                    *steps += 2 * W as u64;
+                    let mut one = reach;
+                    let mut three = reach;
+                    for i in 0..W {
+                        one[i] &= m.unres[i];
+                        three[i] &= m.pct[i];
+                    }
+                    let (one, three) = (shl(&one, 1), shl(&three, 3));
+                    for i in 0..W {
+                        reach[i] = one[i] | three[i];
+                    }
                 }
-                *steps += W as u64;
-                reach = fill(&reach, &m.unres);
+                *steps += 2 * W as u64;
+                reach = fill_tokens(&reach, m);
             }
         }
         if reach.iter().all(|&w| w == 0) {
@@ -581,8 +632,16 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
 mod tests {
     use super::*;
 
+    /// Both matchers, which must agree.
     fn m(sel: &str, topic: &str) -> bool {
-        Selector::parse(sel).unwrap().matches(topic)
+        let s = Selector::parse(sel).unwrap();
+        let walk = s.matches(topic);
+        assert_eq!(
+            s.matches_in(&Topic::new(topic)),
+            walk,
+            "{sel:?} on {topic:?}"
+        );
+        walk
     }
 
     #[test]
@@ -813,8 +872,10 @@ mod tests {
             "/",
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab",
             "-",
+            "%4",
+            "1",
         ];
-        let alphabet = [b'a', b'a', b'a', b'b', b'/', b'-'];
+        let alphabet = [b'a', b'a', b'a', b'b', b'/', b'-', b'%', b'4', b'1'];
         for _ in 0..2_000 {
             let t: String = (0..rng.gen_range(1..10))
                 .map(|_| pieces[rng.gen_range(0..pieces.len())])
@@ -842,7 +903,9 @@ mod tests {
                     part.split_once('}').map_or("", |x| x.1)
                 };
                 if i > 0 {
-                    built.push_str(&"a".repeat(rng.gen_range(1..80)));
+                    for _ in 0..rng.gen_range(1..40) {
+                        built.push_str(if rng.gen_bool(0.2) { "%41" } else { "a" });
+                    }
                 }
                 built.push_str(lit);
             }
