@@ -38,7 +38,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local floor = tonumber(ARGV[1]) + 1
 local k = #KEYS - 2
-local last, tag = {}, {}
+local last, lasts, tag = {}, {}, {}
 for i = 1, k do
   local name = ARGV[3 + i]
   local prev = num(redis.call('HGET', KEYS[2], name) or '0')
@@ -48,6 +48,7 @@ for i = 1, k do
     if tp > prev then prev = tp end
   end
   last[i] = prev
+  lasts[i] = fmt('%.0f', prev)
   tag[i] = #name .. ' ' .. name .. ' '
 end
 local ids, hist, chan = {}, ARGV[2], ARGV[3]
@@ -66,10 +67,10 @@ while a <= argc do
   local env = {'S1 ', es, ' ', n, ' '}
   for j = a + 1, a + n do
     local s = tonumber(ARGV[j])
-    local ps = fmt('%.0f', last[s])
+    local ps = lasts[s]
     redis.call('XADD', KEYS[2 + s], 'MAXLEN', '~', hist, es .. '-1', 'f', payload, 'p', ps)
     env[#env + 1] = tag[s] .. ps .. ' '
-    last[s] = e
+    last[s], lasts[s] = e, es
   end
   env[#env + 1] = payload
   redis.call('PUBLISH', chan, table.concat(env))
@@ -81,7 +82,7 @@ redis.call('SET', KEYS[1], fmt('%.0f', id))
 local h = {}
 for i = 1, k do
   h[#h + 1] = ARGV[3 + i]
-  h[#h + 1] = fmt('%.0f', last[i])
+  h[#h + 1] = lasts[i]
 end
 redis.call('HSET', KEYS[2], unpack(h))
 return ids
