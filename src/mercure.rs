@@ -111,7 +111,13 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     }
     // Anonymous subscribers' selector streams come from a pool per client
     // address, so a few of them cannot take every slot.
-    let anon = if grants.is_none() { cx.peer } else { None };
+    let anon = match (&grants, cx.peer) {
+        (None, Some(std::net::IpAddr::V4(v4))) => Some(u128::from(v4.to_ipv6_mapped())),
+        (None, Some(std::net::IpAddr::V6(v6))) => Some(u128::from(v6)),
+        // Address unknown: one pool for all such.
+        (None, None) => Some(0),
+        (Some(_), _) => None,
+    };
     for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
         let idx = match cx.broker.selector_stream(sel, anon) {
             Ok(i) => i,

@@ -42,7 +42,7 @@ pub use ring::{Claim, Frame, Limits, Stream};
 #[cfg(test)]
 use topics::MAX_ALIASES;
 pub use topics::{
-    valid_topic, SelectorsFull, MAX_ANON_SELECTORS_PER_PEER, MAX_ANON_SELECTOR_STREAMS,
+    valid_topic, PeerKey, SelectorsFull, MAX_ANON_SELECTORS_PER_PEER, MAX_ANON_SELECTOR_STREAMS,
     MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES,
 };
 
@@ -1382,14 +1382,15 @@ impl Broker {
     /// a public stream whose name `sel` matches, so a selector subscription
     /// also sees streams created after it. A resume from before it was made
     /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist besides `*`;
-    /// one made for an anonymous subscriber (`anon`: its address) comes
+    /// one made for an anonymous subscriber (`anon`: its address as a
+    /// [`PeerKey`]) comes
     /// from the anonymous pool and that address's share of it. Past a
     /// bound an unread one of that pool is dropped, or
     /// [`BrokerError::TooManySelectors`] when all are read.
     pub fn selector_stream(
         &mut self,
         sel: &crate::auth::Selector,
-        anon: Option<std::net::IpAddr>,
+        anon: Option<PeerKey>,
     ) -> Result<u32, BrokerError> {
         if let Some(i) = self.topics.find(sel.as_str()) {
             return Ok(i);

@@ -908,7 +908,7 @@ fn selector_fan_in_matches_each_topic_once() {
         let v = if i % 2 == 0 { "{a}" } else { "{b}" };
         let sel =
             crate::auth::Selector::parse(&format!("/u/m/{}{v}", "{x}".repeat(i / 2 % 4))).unwrap();
-        let ip = std::net::IpAddr::from([10, 0, 0, (i % 8) as u8]);
+        let ip: PeerKey = 10 + (i % 8) as u128;
         if let Ok(s) = b.selector_stream(&sel, Some(ip)) {
             if !sels.contains(&s) {
                 sels.push(s);
@@ -950,7 +950,7 @@ fn selector_fan_in_matches_each_topic_once() {
 fn anonymous_selectors_come_from_per_peer_pools() {
     use super::topics::SelectorsFull;
     let mut b = broker(10);
-    let ip = |n: u8| Some(std::net::IpAddr::from([10, 0, 0, n]));
+    let ip = |n: u8| Some(n as PeerKey);
     let sel = |i: usize| crate::auth::Selector::parse(&format!("/t/{i}/{{x}}")).unwrap();
     let mut held = Vec::new();
     for i in 0..MAX_ANON_SELECTORS_PER_PEER {

@@ -10,12 +10,15 @@
 //! read what, or do I/O.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 
 use slab::Slab;
 
 use super::ring::Stream;
 use crate::auth::Selector;
+
+/// An anonymous subscriber's client address, as an opaque key (the caller
+/// maps addresses to it; the broker knows no sockets or addresses).
+pub type PeerKey = u128;
 
 /// Longest Mercure topic (a stream name through `/.well-known/mercure`).
 pub const MAX_TOPIC_BYTES: usize = 1024;
@@ -51,7 +54,7 @@ struct Entry {
     /// not been matched against yet (and a reused slab index is told apart).
     seq: u64,
     /// The address whose anonymous subscriber made it, if one did.
-    owner: Option<IpAddr>,
+    owner: Option<PeerKey>,
 }
 
 /// The selector streams a topic feeds, as far as registration `upto`.
@@ -83,7 +86,7 @@ pub(super) struct Topics {
     cache: HashMap<u32, Cached>,
     cached_hits: usize,
     anon: usize,
-    per_peer: HashMap<IpAddr, usize>,
+    per_peer: HashMap<PeerKey, usize>,
     aliases: HashMap<Box<str>, (u64, bool)>,
     pub(super) alias_order: VecDeque<(u64, Box<str>)>,
     /// Template matches run (what the cache saves shows here).
@@ -118,7 +121,7 @@ impl Topics {
         &self,
         streams: &Slab<Stream>,
         sel: &Selector,
-        owner: Option<IpAddr>,
+        owner: Option<PeerKey>,
     ) -> Result<(), (SelectorsFull, Option<u32>)> {
         if sel.is_any() {
             return Ok(());
@@ -148,7 +151,7 @@ impl Topics {
         Ok(())
     }
 
-    pub(super) fn add(&mut self, sel: Selector, idx: u32, owner: Option<IpAddr>) {
+    pub(super) fn add(&mut self, sel: Selector, idx: u32, owner: Option<PeerKey>) {
         self.next_seq += 1;
         let owner = owner.filter(|_| !sel.is_any());
         if let Some(ip) = owner {
