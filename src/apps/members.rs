@@ -100,14 +100,11 @@ impl Members {
         self.members.remove(member);
     }
 
-    /// A member event read back from a journal (its frame starts with
-    /// `id: <uuid>`): index the uuid so a resume across the restart is
-    /// exact. Members past [`MAX_MEMBERS`] keep their stream but not an
-    /// index (a resume gets `gap` and all that is retained).
-    pub fn restored(&mut self, member: &str, stream: u32, id: u64, sse: &[u8]) {
-        let Some(uuid) = frame::leading_id(sse) else {
-            return;
-        };
+    /// A member event with `uuid` read back from a journal: index it so a
+    /// resume across the restart is exact. Members past [`MAX_MEMBERS`]
+    /// keep their stream but not an index (a resume gets `gap` and all that
+    /// is retained).
+    pub fn restored(&mut self, member: &str, stream: u32, id: u64, uuid: &str) {
         if !self.members.contains_key(member) {
             if self.members.len() >= MAX_MEMBERS || !super::valid_ident(member) {
                 return;
