@@ -107,14 +107,14 @@ pub fn http_date(unix_secs: u64) -> String {
 /// An event frame that always spells its `event:` line. `frame::encode`
 /// leaves the line out for `message` (EventSource's default), but the
 /// originals (workerman, lasse in MongooseIM, chamber's nginx) write it,
-/// and raw-parsing clients of theirs may match on it.
+/// and raw-parsing clients of theirs may match on it. `message` leads with
+/// its `event:` line, other types follow `id:`, as they always have here.
 pub fn frame_typed(id: &str, event: &str, data: &str) -> Vec<u8> {
+    let b = crate::frame::Block::with_capacity(data.len() + 48);
     if event == "message" {
-        let mut out = b"event: message\n".to_vec();
-        out.extend_from_slice(&crate::frame::encode(Some(id), None, data, None));
-        out
+        b.event(event).id(id).data(data)
     } else {
-        crate::frame::encode(Some(id), Some(event), data, None)
+        b.id(id).event(event).data(data)
     }
 }
 

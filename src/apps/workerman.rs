@@ -16,9 +16,13 @@ use crate::http::{Method, Request};
 /// The seed's interval.
 const INTERVAL_MS: u64 = 2000;
 /// The one frame this app sends, in workerman's field order (`event`,
-/// `id`, `data`). Spelled here because `frame::encode` leaves
-/// `event: message` out and the seed writes it.
-const FRAME: &[u8] = b"event: message\nid: 1\ndata: hello\n\n";
+/// `id`, `data`), `event: message` spelled out as the seed writes it.
+fn frame() -> Vec<u8> {
+    crate::frame::Block::new()
+        .event("message")
+        .id("1")
+        .data("hello")
+}
 
 /// Takes over an unrouted `GET` that asks for an event stream; `false`
 /// (so the core answers 404) for anything else.
@@ -30,6 +34,14 @@ pub fn fallback(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
         return true;
     }
     let interval = super::scaled(cx.cfg, INTERVAL_MS);
-    cx.ticker(req, &[], interval, interval, Box::new(|_| FRAME.to_vec()));
+    cx.ticker(req, &[], interval, interval, Box::new(|_| frame()));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_seeds_frame() {
+        assert_eq!(super::frame(), b"event: message\nid: 1\ndata: hello\n\n");
+    }
 }

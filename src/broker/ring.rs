@@ -1,13 +1,15 @@
 //! One stream's retained history: a ring of shared, encoded-once frames,
 //! its byte accounting, and the record of what has been dropped from it.
 //!
-//! A frame is stored once with HTTP/1.1 chunk framing around the SSE bytes
-//! (`<hex len>\r\n` … `\r\n`), so a chunked connection writes it whole and
+//! A frame is stored once with HTTP/1.1 chunk framing (`frame::chunk`)
+//! around the SSE bytes, so a chunked connection writes it whole and
 //! an identity (HTTP/1.0) connection writes the inner slice: one encoding,
 //! shared by both. Nothing here knows about connections or sockets.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+use crate::frame;
 
 /// One encoded event, shared by every ring it was published to.
 #[derive(Clone)]
@@ -30,17 +32,13 @@ pub struct Frame {
 impl Frame {
     /// Wraps SSE bytes in chunk framing.
     pub fn new(id: u64, sse: &[u8]) -> Frame {
-        let head = format!("{:x}\r\n", sse.len());
-        let mut b = Vec::with_capacity(head.len() + sse.len() + 2);
-        b.extend_from_slice(head.as_bytes());
-        b.extend_from_slice(sse);
-        b.extend_from_slice(b"\r\n");
         Frame {
             id,
             start: 0,
             pub_start: 0,
-            head: head.len() as u8,
-            bytes: b.into(),
+            // At most 18 bytes (`frame::CHUNK_HEAD_MAX`).
+            head: frame::chunk_head_len(sse.len()) as u8,
+            bytes: frame::chunk(sse).into(),
             private: false,
         }
     }
@@ -58,7 +56,7 @@ impl Frame {
         if chunked {
             &self.bytes
         } else {
-            let end = self.bytes.len().saturating_sub(2);
+            let end = self.bytes.len().saturating_sub(frame::CHUNK_END.len());
             self.bytes.get(self.head as usize..end).unwrap_or(&[])
         }
     }
@@ -73,13 +71,7 @@ impl Frame {
     /// What [`Frame::cost`] will be for `sse_len` SSE bytes, known before
     /// the frame is built (so an oversized event is never copied).
     pub fn cost_for(sse_len: usize) -> usize {
-        let mut hex = 1;
-        let mut n = sse_len >> 4;
-        while n > 0 {
-            hex += 1;
-            n >>= 4;
-        }
-        hex + 2 + sse_len + 2
+        frame::chunk_len(sse_len)
     }
 }
 

@@ -170,7 +170,7 @@ pub(crate) struct Bound {
     cfg: Config,
     max: usize,
     users: Option<crate::apps::mongoose::Users>,
-    redis: Option<crate::bus::RedisUrl>,
+    redis: Option<(crate::bus::RedisUrl, bus::Target)>,
     journal: Option<durable::Opened>,
     auth: crate::access::Access,
 }
@@ -180,10 +180,17 @@ impl Bound {
         let users = Apps::load_users(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let redis = match cfg.redis.as_deref() {
-            Some(u) => Some(
-                u.parse::<crate::bus::RedisUrl>()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
-            ),
+            Some(u) => {
+                let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+                let url = u
+                    .parse::<crate::bus::RedisUrl>()
+                    .map_err(|e| bad(e.to_string()))?;
+                // Once, here: a lookup on the loop at every reconnect would
+                // stall every connection while the resolver waits.
+                let target =
+                    bus::Target::resolve(&url.addr).map_err(|e| bad(format!("--redis: {e}")))?;
+                Some((url, target))
+            }
             None => None,
         };
         let auth = crate::access::Access::from_config(&cfg)
@@ -270,7 +277,7 @@ impl Bound {
         );
         let bus = self
             .redis
-            .map(|u| bus::Link::new(u, &self.cfg, self.poll.registry(), clock.now_ms));
+            .map(|(u, t)| bus::Link::new(u, t, &self.cfg, self.poll.registry(), clock.now_ms));
         let mut apps = Apps::new(self.users);
         let durable = self
             .journal

@@ -30,8 +30,6 @@ const WRITE_BUDGET: usize = 256 << 10;
 /// How long a closing connection waits for its peer's FIN after we sent
 /// ours, so an error response is not destroyed by a reset.
 const LINGER_MS: u64 = 2000;
-/// The last chunk of a chunked body.
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Memory handed back to the system (`malloc_trim`) once this much was
 /// freed since the last time...
 const TRIM_AFTER_BYTES: usize = 16 << 20;
@@ -51,14 +49,6 @@ fn write_vectored(sock: &mut mio::net::TcpStream, bufs: &[IoSlice<'_>]) -> io::R
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Wraps SSE bytes in one chunk.
-fn chunk(sse: &[u8]) -> Vec<u8> {
-    let mut v = format!("{:x}\r\n", sse.len()).into_bytes();
-    v.extend_from_slice(sse);
-    v.extend_from_slice(b"\r\n");
-    v
 }
 
 /// Where a `writev` of slices of `lens` that took `written` bytes stopped:
@@ -226,7 +216,7 @@ impl Reactor {
             return;
         }
         match self.conns.get(key as usize) {
-            Some(c) if c.chunked => self.send(key, &chunk(sse)),
+            Some(c) if c.chunked => self.send(key, &frame::chunk(sse)),
             Some(_) => self.send(key, sse),
             None => {}
         }
@@ -635,7 +625,7 @@ impl Reactor {
         }
         if c.chunked {
             c.chunked = false;
-            self.send(key, LAST_CHUNK);
+            self.send(key, frame::LAST_CHUNK);
             if !self.shutting_down {
                 // The chunked response is complete, so the connection may
                 // carry the next request: clients with a connection pool

@@ -433,6 +433,23 @@ fn bad_redis_url_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Redis URL"));
 }
 
+/// The Redis host is looked up once, at start-up (never on a reconnect):
+/// a name that does not resolve is a start-up error that names it.
+#[test]
+fn unresolvable_redis_host_exits_2_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--redis", "redis://ssed-test.invalid:6379"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot resolve Redis host ssed-test.invalid"),
+        "{err}"
+    );
+}
+
 #[test]
 fn pipelined_requests_wait_for_the_deferred_publish_in_order() {
     let Some(r) = Redis::start() else { return };

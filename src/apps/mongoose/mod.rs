@@ -767,9 +767,10 @@ fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
 /// MongooseIM's lasse handler does), then `data:` — one order for every
 /// type.
 fn frame(id: &str, etype: &str, data: &str) -> Vec<u8> {
-    let mut out = format!("id: {id}\nevent: {etype}\n").into_bytes();
-    out.extend_from_slice(&crate::frame::encode(None, None, data, None));
-    out
+    crate::frame::Block::with_capacity(data.len() + 48)
+        .id(id)
+        .event(etype)
+        .data(data)
 }
 
 /// Archives `item` for `owner` within the archives' share of the history

@@ -26,7 +26,7 @@ use mio::{Registry, Token};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::client::{Conn, Drain, Kind, Pending};
+use super::client::{Conn, Drain, Kind, Pending, Target};
 use crate::bus::resp::{parse_int, Value, DEFAULT_MAX_BULK};
 use crate::bus::script::{
     parse_envelope, Batch, Keys, FETCH_LUA, MAX_ID, MAX_STREAMS, PUBLISH_LUA,
@@ -44,8 +44,10 @@ const BACKOFF_MAX_MS: u64 = 5_000;
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// Where Redis is.
+    /// Where Redis is, as given (credentials, database).
     pub url: RedisUrl,
+    /// Where Redis is, resolved once at start-up: every reconnect uses it.
+    pub target: Target,
     /// Key prefix `P` (see `script`).
     pub prefix: String,
     /// `MAXLEN ~` of each Redis stream.
@@ -65,9 +67,10 @@ pub struct BusConfig {
 
 impl BusConfig {
     /// Defaults: prefix `ssed`, history 1000, 2 s timeout, 1024 in flight.
-    pub fn new(url: RedisUrl) -> BusConfig {
+    pub fn new(url: RedisUrl, target: Target) -> BusConfig {
         BusConfig {
             url,
+            target,
             prefix: "ssed".into(),
             history: 1000,
             command_timeout: Duration::from_secs(2),
@@ -280,7 +283,7 @@ impl Bus {
         for side in [Side::Cmd, Side::Sub] {
             let (c, url) = (&self.cfg, &self.cfg.url);
             let token = self.tokens[side as usize];
-            let mut conn = match Conn::connect(&url.addr, registry, token, c.max_bulk, c.max_reply)
+            let mut conn = match Conn::connect(&c.target, registry, token, c.max_bulk, c.max_reply)
             {
                 Ok(conn) => conn,
                 Err(e) => return self.drop_all(registry, e, now),

@@ -37,6 +37,7 @@ use crate::frame;
 use crate::handler::{bus_frame, BusPublish, BusStream, Deferred, Shape};
 use crate::http::Response;
 use crate::stats::RedisGauges;
+pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
 
 /// The command connection's token.
@@ -124,11 +125,12 @@ impl Link {
     /// Starts connecting to `url`.
     pub(super) fn new(
         url: RedisUrl,
+        target: Target,
         cfg: &crate::config::Config,
         registry: &mio::Registry,
         now_ms: u64,
     ) -> Link {
-        let mut bc = BusConfig::new(url);
+        let mut bc = BusConfig::new(url, target);
         bc.prefix = cfg.redis_prefix.clone();
         bc.history = cfg.history.max(1);
         bc.command_timeout = cfg.redis_timeout;

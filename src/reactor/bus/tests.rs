@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
+use super::client::Target;
 use super::machine::{Bus, BusConfig, BusOutput};
 use crate::bus::resp::{encode_command, Decoder, Value};
 use crate::bus::{BusError, RedisUrl};
@@ -243,8 +244,13 @@ fn config(url: RedisUrl, timeout_ms: u64) -> BusConfig {
     BusConfig {
         prefix: "t".into(),
         command_timeout: Duration::from_millis(timeout_ms),
-        ..BusConfig::new(url)
+        ..resolved(url)
     }
+}
+
+fn resolved(url: RedisUrl) -> BusConfig {
+    let target = Target::resolve(&url.addr).unwrap();
+    BusConfig::new(url, target)
 }
 
 fn message(id: u64, streams: &[(&str, u64)], payload: &[u8]) -> BusOutput {
@@ -738,4 +744,50 @@ fn a_missing_redis_server_skips_or_fails_under_ci() {
     assert!(!ok, "{err}");
     assert!(err.contains("needs redis-server"), "{err}");
     assert!(!err.contains("SKIPPED "), "{err}");
+}
+
+/// Every connect, the first and each reconnect, goes to the address
+/// resolved at start-up: the URL's host name here cannot be resolved at
+/// all (`.invalid` is reserved), so a lookup on the reconnect path would
+/// fail instead of reaching the listener. Needs no Redis: the listener
+/// takes both connections, hangs them up, and takes the reconnects.
+#[test]
+fn reconnects_use_the_address_resolved_at_start_and_never_look_up() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url: RedisUrl = format!("redis://ssed-test.invalid:{}", addr.port())
+        .parse()
+        .unwrap();
+    assert!(
+        Target::resolve(&url.addr).is_err(),
+        "the name must not resolve"
+    );
+    let cfg = BusConfig {
+        prefix: "t".into(),
+        command_timeout: Duration::from_millis(5_000),
+        ..BusConfig::new(url, Target::Tcp(addr))
+    };
+    let mut net = Net::new();
+    let a = net.add(cfg);
+    let accept_two = |net: &mut Net| {
+        let deadline = net.now() + 10_000;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            assert!(net.now() < deadline, "bus did not connect to {addr}");
+            match listener.accept() {
+                Ok((s, _)) => got.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => net.turn(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    };
+    let first = accept_two(&mut net);
+    drop(first);
+    // Both hung up: the bus notices, backs off and connects again, to the
+    // stored address.
+    let second = accept_two(&mut net);
+    assert!(net.buses[a].status().reconnects >= 1);
+    drop(second);
 }
