@@ -79,6 +79,248 @@ fn the_flags_table_is_one_table_with_every_flag_of_help() {
     );
 }
 
+/// `ssed --help`'s flags: name (`--x`) → (placeholder, default).
+fn help_flags() -> std::collections::BTreeMap<String, (String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut flags = std::collections::BTreeMap::new();
+    for l in help.lines().filter(|l| l.starts_with("  --")) {
+        let Some(at) = l.find(" [default: ") else {
+            continue; // --help, --version
+        };
+        let rest = &l[at + " [default: ".len()..];
+        let default = &rest[..rest.find("] [env: ").expect("an [env: ] after [default: ]")];
+        let mut words = l.split_whitespace();
+        let name = words.next().unwrap().to_string();
+        let value = words
+            .next()
+            .filter(|w| w.chars().all(|c| c.is_ascii_uppercase()))
+            .unwrap_or("");
+        flags.insert(name, (value.to_string(), default.to_string()));
+    }
+    assert!(flags.len() > 30, "{help}");
+    flags
+}
+
+/// A default as the README writes it (`256 KiB`, `10 s`, `1 h`, `10,000`,
+/// `` `--x` + 256 MiB ``, `open-file limit − 64`), in the terms `--help`
+/// prints it for a flag whose value is `unit` (`BYTES`, `SECS`, `MS`, `N`).
+fn normalise_default(text: &str, unit: &str) -> String {
+    let text = text.replace('`', "").replace('−', "-");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        let digits = w.replace(',', "");
+        match digits.parse::<u64>() {
+            Ok(n) => {
+                let scale = match (words.get(i + 1).copied(), unit) {
+                    (Some("KiB"), _) => Some(1 << 10),
+                    (Some("MiB"), _) => Some(1 << 20),
+                    (Some("GiB"), _) => Some(1 << 30),
+                    (Some("s"), "MS") => Some(1000),
+                    (Some("s"), _) | (Some("ms"), "MS") => Some(1),
+                    (Some("min"), "SECS") => Some(60),
+                    (Some("h"), "SECS") => Some(3600),
+                    _ => None,
+                };
+                out.push((n * scale.unwrap_or(1)).to_string());
+                i += 1 + usize::from(scale.is_some());
+            }
+            Err(_) => {
+                out.push(w.to_string());
+                i += 1;
+            }
+        }
+    }
+    out.join(" ")
+}
+
+/// Every `(…)` right after a `` `--flag` `` in `cell`: the flag and the
+/// default, which is what the parentheses hold before a `, ` (`(16, at
+/// most 64)` states 16).
+fn flag_defaults(cell: &str) -> Vec<(String, Option<String>)> {
+    let mut found = Vec::new();
+    let mut rest = cell;
+    while let Some(at) = rest.find("`--") {
+        let after = &rest[at + 1..];
+        let end = after.find('`').expect("a closing backtick");
+        let flag = after[..end].to_string();
+        rest = &after[end + 1..];
+        let default = rest.strip_prefix(" (").map(|d| {
+            let mut depth = 0usize;
+            let close = d
+                .char_indices()
+                .find(|&(_, c)| match c {
+                    '(' => {
+                        depth += 1;
+                        false
+                    }
+                    ')' if depth == 0 => true,
+                    ')' => {
+                        depth -= 1;
+                        false
+                    }
+                    _ => false,
+                })
+                .map(|(i, _)| i)
+                .expect("a closing parenthesis");
+            let inner = &d[..close];
+            inner.split(", ").next().unwrap().to_string()
+        });
+        found.push((flag, default));
+    }
+    found
+}
+
+#[test]
+fn the_limits_table_states_every_bound_flag_with_the_default_help_prints() {
+    let readme = readme();
+    let limits = section(&readme, "## Limits and failure behaviour");
+    let help = help_flags();
+    let lines: Vec<&str> = limits.lines().collect();
+    let first = lines.iter().position(|l| l.starts_with('|')).unwrap();
+    let last = lines.iter().rposition(|l| l.starts_with('|')).unwrap();
+    for l in &lines[first..=last] {
+        assert!(l.starts_with('|'), "the limits table is split by {l:?}");
+    }
+    // Every flag the section names, in the table or the prose, exists.
+    for w in limits.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+        if w.starts_with("--") && w[2..].starts_with(|c: char| c.is_ascii_lowercase()) {
+            assert!(
+                help.contains_key(w),
+                "the limits section names {w}, which --help lacks"
+            );
+        }
+    }
+    let mut stated = std::collections::BTreeSet::new();
+    let mut named = std::collections::BTreeSet::new();
+    for row in &lines[first + 2..=last] {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(cells.len() >= 3, "a row of three cells: {row:?}");
+        for (flag, default) in flag_defaults(cells[1]) {
+            named.insert(flag.clone());
+            let Some(default) = default else { continue };
+            let (unit, in_help) = help
+                .get(&flag)
+                .unwrap_or_else(|| panic!("{flag} of the limits table is not in --help"));
+            assert_eq!(
+                normalise_default(&default, unit),
+                normalise_default(in_help, unit),
+                "the limits table says {flag} defaults to {default:?}; --help says {in_help:?} (row {row:?})"
+            );
+            stated.insert(flag);
+        }
+    }
+    let unstated: Vec<_> = named.difference(&stated).collect();
+    assert!(
+        unstated.is_empty(),
+        "flags of the limits table with no `(default)` in any row: {unstated:?}"
+    );
+    // Every flag with a number for a value bounds something a client can
+    // make the server do or hold, except these two, which pace what the
+    // server does on its own.
+    let not_bounds = ["--heartbeat", "--shutdown-timeout"];
+    let missing: Vec<_> = help
+        .iter()
+        .filter(|(f, (unit, _))| {
+            ["BYTES", "SECS", "N"].contains(&unit.as_str()) && !not_bounds.contains(&f.as_str())
+        })
+        .map(|(f, _)| f)
+        .filter(|f| !stated.contains(*f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "numeric flags with no row (and default) in the limits table: {missing:?}"
+    );
+}
+
+#[test]
+fn the_anonymous_client_bound_is_stated_with_the_defaults_in_force() {
+    let readme = readme();
+    let limits = section(&readme, "## Limits and failure behaviour");
+    let heading = "### What an anonymous client can make the server hold";
+    let at = limits
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("the limits section has no {heading:?}"));
+    let text = limits[at..].replace('`', "");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = help_flags();
+    let number = |flag: &str| -> u64 {
+        let (unit, d) = &help[flag];
+        normalise_default(d, unit).parse().unwrap()
+    };
+    // --memory-max's default is an expression: `--history-total-bytes + N`.
+    let (_, mm) = &help["--memory-max"];
+    let (base, plus) = mm.split_once(" + ").expect("--memory-max: FLAG + N");
+    let memory_max = number(base) + plus.parse::<u64>().unwrap();
+    // Every `--flag N[ unit]` (or `--flag (N…`) the text states is the
+    // default in force, and these are stated.
+    let mut seen = std::collections::BTreeSet::new();
+    let words: Vec<&str> = text.split(' ').collect();
+    for (i, w) in words.iter().enumerate() {
+        let flag = w
+            .trim_start_matches('(')
+            .trim_end_matches([',', ')', ':', ';']);
+        let Some((unit, _)) = help.get(flag) else {
+            continue;
+        };
+        let Some(next) = words.get(i + 1).map(|n| n.trim_start_matches('(')) else {
+            continue;
+        };
+        let next = next.trim_end_matches([',', ')', ':', ';']);
+        if !next.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let unit_word = words
+            .get(i + 2)
+            .map_or("", |u| u.trim_end_matches([',', ')', ':', ';']));
+        let said = normalise_default(&format!("{next} {unit_word}"), unit);
+        let said = said.split(' ').next().unwrap().to_string();
+        let want = if flag == "--memory-max" {
+            memory_max
+        } else {
+            number(flag)
+        };
+        assert_eq!(
+            said,
+            want.to_string(),
+            "{heading:?} states {flag} {next} {unit_word}; its default is {want}"
+        );
+        seen.insert(flag);
+    }
+    for flag in [
+        "--memory-max",
+        "--max-connections-per-ip",
+        "--max-streams",
+        "--history",
+    ] {
+        assert!(
+            seen.contains(flag),
+            "{heading:?} should state {flag} with its default"
+        );
+    }
+    for kind in [
+        "Connections",
+        "Request buffers",
+        "Unsent output",
+        "Subscriber-only streams",
+        "Selector streams",
+        "Member streams",
+        "History",
+        "Kernel memory",
+    ] {
+        assert!(
+            text.contains(&format!("**{kind}")),
+            "{heading:?} has no {kind:?} item"
+        );
+    }
+}
+
 /// One `curl` the README session ran: its arguments, the body it printed,
 /// the status and its exit code.
 #[derive(Debug)]
