@@ -111,7 +111,9 @@ impl Reactor {
     /// after they are gone). Rate-limited; a no-op on other C libraries.
     pub(super) fn maybe_trim(&mut self) {
         if self.memory.freed() < TRIM_AFTER_BYTES
-            || self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS
+            // `trimmed_at` 0: never trimmed, so the first trim may come at
+            // once (a server up for less than a second frees too).
+            || (self.trimmed_at != 0 && self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS)
         {
             return;
         }
