@@ -956,26 +956,8 @@ impl Broker {
         sse: &[u8],
         private: bool,
     ) -> Result<Published, BrokerError> {
-        // The two phases without the `Prepared` in between (the bus and
-        // replay hot path: nothing to write between them).
-        let fanned = self.fan_in_checked(targets, sse.len())?;
-        Ok(self.enter(id, targets, fanned.as_deref(), sse, private))
-    }
-
-    /// The targets plus the selector streams whose selector matches one of
-    /// them (`None`: no selector does), once every ring may keep an event
-    /// of `sse_len` bytes.
-    fn fan_in_checked(
-        &mut self,
-        targets: &[u32],
-        sse_len: usize,
-    ) -> Result<Option<Vec<u32>>, BrokerError> {
-        let fanned = self.topics.fan_in(&self.streams, targets);
-        if let Err(e) = self.check_size(fanned.as_deref().unwrap_or(targets), sse_len) {
-            self.life.refused_too_large += 1;
-            return Err(e);
-        }
-        Ok(fanned)
+        let p = self.prepare(targets, id, sse.into(), private)?;
+        Ok(self.commit(p))
     }
 
     /// Phase one of an append: finds the selector streams the event also
@@ -990,7 +972,11 @@ impl Broker {
         sse: std::borrow::Cow<'a, [u8]>,
         private: bool,
     ) -> Result<Prepared<'a>, BrokerError> {
-        let fanned = self.fan_in_checked(targets, sse.len())?;
+        let fanned = self.topics.fan_in(&self.streams, targets);
+        if let Err(e) = self.check_size(fanned.as_deref().unwrap_or(targets), sse.len()) {
+            self.life.refused_too_large += 1;
+            return Err(e);
+        }
         Ok(Prepared {
             id,
             targets,
@@ -1013,22 +999,16 @@ impl Broker {
     /// Phase two of an append: the frame enters its rings (built once,
     /// shared by all of them) and the id clock moves past its id.
     pub fn commit(&mut self, p: Prepared<'_>) -> Published {
-        self.enter(p.id, p.targets, p.fanned.as_deref(), &p.frame, p.private)
-    }
-
-    /// The frame of event `id` enters the rings of `fanned` (or, if
-    /// `None`, of `audience_of`); its audience is that of `audience_of`.
-    fn enter(
-        &mut self,
-        id: u64,
-        audience_of: &[u32],
-        fanned: Option<&[u32]>,
-        sse: &[u8],
-        private: bool,
-    ) -> Published {
-        let targets = fanned.unwrap_or(audience_of);
+        let Prepared {
+            id,
+            targets: audience_of,
+            fanned,
+            frame: sse,
+            private,
+        } = p;
+        let targets = fanned.as_deref().unwrap_or(audience_of);
         self.ids.observe(id);
-        let f = Frame::new(id, sse).with_private(private);
+        let f = Frame::new(id, &sse).with_private(private);
         let mut pressure = false;
         for (i, &t) in targets.iter().enumerate() {
             // Past the published-to streams come the selector streams
