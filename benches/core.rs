@@ -115,7 +115,7 @@ fn fanout(n: usize, m: usize) {
         let Ok(mut s) = TcpStream::connect(addr) else {
             return;
         };
-        let _ = s.write_all(b"GET /events?stream=fan HTTP/1.1\r\n\r\n");
+        let _ = s.write_all(b"GET /events?stream=fan HTTP/1.1\r\nHost: b\r\n\r\n");
         subs.push(s);
     }
     // Wait until every subscriber has its response head and retry line.
