@@ -1006,7 +1006,14 @@ fn large_events_in_a_small_journal_do_not_wedge_it() {
     for _ in 0..50 {
         assert_eq!(get(a, "/healthz").status, 200);
     }
+    // A rewrite paced by the fsync interval may still land once or twice
+    // after the settle check (progress, not a loop); the bug compacted on
+    // every turn, which 50 requests would show as dozens.
     let st = stats(a);
-    assert_eq!(st["journal"]["compactions"].as_u64(), Some(last), "{st}");
+    let now = st["journal"]["compactions"].as_u64().unwrap();
+    assert!(
+        now <= last + 2,
+        "compactions {last} -> {now} while idle: {st}"
+    );
     assert!(st["journal"]["bytes"].as_u64().unwrap() <= bound, "{st}");
 }
