@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::access::{Op, PublishRights};
 use crate::broker::{BrokerError, Create};
 use crate::event::Event;
-use crate::handler::{bus_payload, last_event_id, status, Action, BusPublish, Cx, Deferred, Shape};
+use crate::handler::{last_event_id, status, Action, Body, Cx, Publish, Reply};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -113,15 +113,6 @@ fn missing(cx: &Cx<'_>, names: &[String]) -> Vec<String> {
         .filter(|n| cx.broker.find(n).is_none())
         .cloned()
         .collect()
-}
-
-/// Drops the streams a failed request made (those still unused).
-fn forget(cx: &mut Cx<'_>, made: &[String]) {
-    for n in made {
-        if let Some(i) = cx.broker.find(n) {
-            cx.broker.discard_unused(i);
-        }
-    }
 }
 
 fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
@@ -325,86 +316,26 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
         return;
     };
     let private = private || cx.targets_private(&targets);
-    if cx.redis.is_some() {
-        if let Err(e) = fits(cx, &targets, &events) {
-            cx.counters.reject("publish_refused");
-            return cx.fail(req, status(&e), &e.message());
-        }
-        let shape = Shape::of(req, &cx.cors);
-        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
-            targets,
-            payloads: events.iter().map(|e| bus_payload(e, private)).collect(),
-            reply: Deferred::Ids { batch, shape },
-        })));
-        return;
-    }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut subscribers = 0;
-    for e in &events {
-        let published = cx.publish_as(&targets, private, |id| {
-            crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
-        });
-        match published {
-            Ok(p) => {
-                ids.push(p.id.to_string());
-                subscribers = p.audience;
-                if p.pressure {
-                    cx.actions.push(Action::Flush);
-                }
-            }
-            Err(e) => {
-                cx.counters.reject("publish_refused");
-                if e.too_large() {
-                    cx.counters.reject("event_too_large");
-                }
-                forget(cx, &made);
-                // Events of a batch before the refused one stay published:
-                // say which.
-                let msg = if ids.is_empty() {
-                    e.message()
-                } else {
-                    format!("{} (published before it: {})", e.message(), ids.join(", "))
-                };
-                let mut resp = http::Response::error(e.status(), &msg);
-                if e.status() == 503 {
-                    // A journal that cannot write, or --max-streams: both
-                    // may pass.
-                    resp = resp.header("Retry-After", "1");
-                }
-                return cx.reply(req, resp);
-            }
-        }
-    }
-    let body = if batch {
-        json!({ "ids": ids, "subscribers": subscribers })
-    } else {
-        json!({ "id": ids.first(), "subscribers": subscribers })
-    };
-    cx.ok_json(req, &body);
+    let made = made.iter().filter_map(|n| cx.broker.find(n)).collect();
+    let shape = cx.shape(req);
+    cx.publish(Publish {
+        targets,
+        events: events.into_iter().map(Body::Numbered).collect(),
+        private,
+        made,
+        reply: Reply::Ids { batch, shape },
+    });
 }
 
-/// Refuses, before they go to Redis, events too large for a target's
-/// history (every node would refuse them on arrival).
-fn fits(cx: &Cx<'_>, targets: &[u32], events: &[Event]) -> Result<(), BrokerError> {
-    for e in events {
-        // Ids have at most 16 digits below 2^53.
-        let n =
-            crate::frame::encode_numbered(u64::pow(10, 15), e.event.as_deref(), &e.data, e.retry)
-                .len();
-        cx.broker.check_size(targets, n)?;
-    }
-    Ok(())
-}
-
-/// Publishes one event from the library: the same checks as `POST
-/// /events` (stream name, event type, auto-creation, `--max-streams`,
-/// size). With `--redis` the event goes through the bus: `Ok(None)`, and
-/// the reactor answers the publisher when Redis has given the id.
+/// A library publish ([`crate::Publisher`]) decided: the same checks as
+/// `POST /events` (stream name, event type, auto-creation,
+/// `--max-streams`); the reactor applies it like any publish and sends
+/// the id (or why not) back on the publisher's channel.
 pub fn publish_event(
     cx: &mut Cx<'_>,
     stream: &str,
     ev: &Event,
-) -> Result<Option<u64>, crate::event::PublishError> {
+) -> Result<Publish, crate::event::PublishError> {
     use crate::event::PublishError;
     ev.check().map_err(PublishError::BadEvent)?;
     let made = cx.broker.find(stream).is_none();
@@ -415,33 +346,13 @@ pub fn publish_event(
         .resolve_as(&[stream], Create::Publisher)
         .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
     let private = cx.targets_private(&targets);
-    if cx.redis.is_some() {
-        fits(cx, &targets, std::slice::from_ref(ev))
-            .map_err(|e| PublishError::Refused(e.message()))?;
-        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
-            targets,
-            payloads: vec![bus_payload(ev, private)],
-            reply: Deferred::Library,
-        })));
-        return Ok(None);
-    }
-    let p = match cx.publish_as(&targets, private, |id| {
-        crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
-    }) {
-        Ok(p) => p,
-        Err(e) => {
-            if made {
-                for &t in &targets {
-                    cx.broker.discard_unused(t);
-                }
-            }
-            return Err(PublishError::Refused(e.message()));
-        }
-    };
-    if p.pressure {
-        cx.actions.push(Action::Flush);
-    }
-    Ok(Some(p.id))
+    Ok(Publish {
+        made: if made { targets.clone() } else { Vec::new() },
+        targets,
+        events: vec![Body::Numbered(ev.clone())],
+        private,
+        reply: Reply::Library,
+    })
 }
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {

@@ -17,8 +17,8 @@ use crate::auth::Selector;
 use crate::broker::{valid_topic, BrokerError, Create, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
-use crate::handler::Cx;
-use crate::http::{self, Method, Request, Response};
+use crate::handler::{Body, Cx, Publish, Reply};
+use crate::http::{self, Method, Request};
 
 /// The endpoint's path.
 pub const PATH: &str = "/.well-known/mercure";
@@ -282,50 +282,36 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     if let Err(d) = rights.covers_as(&u.topics, "topic ") {
         return cx.deny(req, &d);
     }
-    if cx.redis.is_some() {
-        // Hub publishes (custom ids, the alias index) are not carried over
-        // the Redis bus yet: refuse plainly rather than publish on one node
-        // with a locally invented id.
-        cx.counters.reject("publish_refused");
-        return cx.reply(
-            req,
-            Response::error(
-                501,
-                "publishing through /.well-known/mercure is not supported with --redis yet; publish with POST /events",
-            ),
-        );
-    }
     let names: Vec<&str> = u.topics.iter().map(String::as_str).collect();
     let targets = match cx.broker.resolve_topics(&names, Create::Publisher) {
         Ok(v) => v,
         Err((i, e)) => return fail_broker(cx, req, names.get(i).copied().unwrap_or(""), &e),
     };
     let private = u.private || cx.targets_private(&targets);
-    let ev = &u.event;
-    let custom = u.id.as_deref();
-    let published = cx.publish_as(&targets, private, |id| match custom {
-        Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
-        None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
+    // A publisher's own id is spelled into the frame (every node, and a
+    // journal read back, learns the alias from its `id:` line); ssed's
+    // numeric id otherwise.
+    let ev = u.event;
+    let body = match &u.id {
+        Some(c) => Body::Fixed(frame::encode(
+            Some(c),
+            ev.event.as_deref(),
+            &ev.data,
+            ev.retry,
+        )),
+        None => Body::Numbered(ev),
+    };
+    let shape = cx.shape(req);
+    cx.publish(Publish {
+        targets,
+        events: vec![body],
+        private,
+        made: Vec::new(),
+        reply: Reply::Hub {
+            shape,
+            custom: u.id,
+        },
     });
-    match published {
-        Ok(p) => {
-            if p.pressure {
-                cx.actions.push(crate::handler::Action::Flush);
-            }
-            let id = match custom {
-                Some(c) => {
-                    cx.broker.alias(c, p.id, private);
-                    c.to_string()
-                }
-                None => p.id.to_string(),
-            };
-            cx.reply(req, Response::text(200, id));
-        }
-        Err(e) => {
-            cx.counters.reject("publish_refused");
-            cx.fail(req, e.status(), &e.message());
-        }
-    }
 }
 
 #[cfg(test)]

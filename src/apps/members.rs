@@ -40,13 +40,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::ids;
 use crate::access::Op;
 use crate::broker::{Limits, Resume};
 use crate::frame;
-use crate::handler::{bus_payload_raw, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
+use crate::handler::{last_event_id, Action, Body, Cx, Publish, Reply};
 use crate::http::Response;
 use crate::http::{Method, Request};
 
@@ -119,12 +119,7 @@ impl Members {
                 },
             );
         }
-        if let Some(st) = self.members.get_mut(member) {
-            st.ids.push_back((uuid.into(), id));
-            while st.ids.len() > HISTORY {
-                st.ids.pop_front();
-            }
-        }
+        self.record(member, uuid, id);
     }
 
     /// A connection was freed: forget its device registration, unless a
@@ -354,9 +349,13 @@ fn in_ring(cx: &Cx<'_>, idx: u32, uuid: &str) -> Option<u64> {
 }
 
 impl Members {
-    /// A member event published through the bus got server id `id`.
+    /// A member event `uuid` got server id `id` (published here, or
+    /// arrived through the bus: both may tell, so a repeat is ignored).
     pub fn record(&mut self, member: &str, uuid: &str, id: u64) {
         if let Some(st) = self.members.get_mut(member) {
+            if st.ids.iter().rev().any(|(u, i)| *i == id && &**u == uuid) {
+                return;
+            }
             st.ids.push_back((uuid.into(), id));
             while st.ids.len() > HISTORY {
                 st.ids.pop_front();
@@ -426,41 +425,18 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         .id(&uuid)
         .event(&etype)
         .data(&data);
-    if cx.redis.is_some() {
-        // Through the bus, so the member's devices on every node get it.
-        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
-            targets: vec![idx],
-            payloads: vec![bus_payload_raw(&bytes)],
-            reply: Deferred::Member {
-                member,
-                uuid,
-                shape: Shape::of(req, &cx.cors),
-            },
-        })));
-        return;
-    }
-    let p = match cx.publish_as(&[idx], false, |_| bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            let resp = Response::error(e.status(), &e.message());
-            let resp = if e.status() == 503 {
-                resp.header("Retry-After", "1")
-            } else {
-                resp
-            };
-            return cx.reply(req, resp);
-        }
-    };
-    if p.pressure {
-        cx.actions.push(Action::Flush);
-    }
-    if let Some(st) = m.members.get_mut(member.as_str()) {
-        st.ids.push_back((uuid.as_str().into(), p.id));
-        while st.ids.len() > HISTORY {
-            st.ids.pop_front();
-        }
-    }
-    cx.ok_json(req, &json!({ "id": uuid, "devices": p.audience }));
+    let shape = cx.shape(req);
+    cx.publish(Publish {
+        targets: vec![idx],
+        events: vec![Body::Fixed(bytes)],
+        private: false,
+        made: Vec::new(),
+        reply: Reply::Member {
+            member,
+            uuid,
+            shape,
+        },
+    });
 }
 
 #[cfg(test)]
@@ -471,7 +447,7 @@ mod tests {
     fn event_bodies() {
         let (t, b) = parse_event(br#"{"event":{"type":"ORDER_SHIPPED","body":{"a":1}}}"#).unwrap();
         assert_eq!(t, "ORDER_SHIPPED");
-        assert_eq!(b.get("a"), Some(&json!(1)));
+        assert_eq!(b.get("a"), Some(&serde_json::json!(1)));
         let (_, b) = parse_event(br#"{"event":{"type":"PING"}}"#).unwrap();
         assert!(b.is_empty());
         for bad in [

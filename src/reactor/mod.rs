@@ -19,6 +19,7 @@
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
+//! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
 mod bus;
@@ -26,6 +27,7 @@ mod conn;
 mod durable;
 pub(crate) mod listen;
 mod peers;
+mod publish;
 mod sweep;
 pub(crate) mod timer;
 mod write;
@@ -604,7 +606,6 @@ impl Reactor {
     fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
         Cx {
             broker: &mut self.broker,
-            journal: self.durable.as_mut().map(|d| &mut d.link),
             cfg: &self.cfg,
             access: &self.auth,
             counters: &mut self.counters,
@@ -630,38 +631,17 @@ impl Reactor {
                 Command::Publish(stream, ev, reply) => {
                     let before = self.journal_ticket();
                     let mut cx = self.context(u32::MAX);
-                    let res = crate::api::publish_event(&mut cx, &stream, &ev);
-                    let mut actions = std::mem::take(&mut cx.actions);
-                    if let Err(e) = &res {
-                        log::debug!("library publish to {stream:?} refused: {e}");
-                    }
-                    let res = match res {
-                        // Through the bus: answered when Redis has the id
-                        // (--redis and --data-dir are never both set).
-                        Ok(None) => {
-                            for a in std::mem::take(&mut actions) {
-                                match a {
-                                    Action::BusPublish(bp) => {
-                                        self.bus_publish(None, Some(reply.clone()), *bp)
-                                    }
-                                    a => actions.push(a),
-                                }
-                            }
-                            self.act(u32::MAX, actions);
-                            continue;
+                    let decided = crate::api::publish_event(&mut cx, &stream, &ev);
+                    match decided {
+                        Ok(p) => {
+                            self.hold_from = self.durable.is_some().then_some(before);
+                            self.publish(publish::To::Library(reply), p);
+                            self.hold_from = None;
                         }
-                        Ok(Some(id)) => Ok(id),
-                        Err(e) => Err(e),
-                    };
-                    self.act(u32::MAX, actions);
-                    match self.durable.as_ref().and_then(|d| d.link.must_wait(before)) {
-                        Some(ticket) => {
-                            self.held
-                                .push_back(durable::Held::Lib { ticket, reply, res })
-                        }
-                        // The publisher may have stopped waiting.
-                        None => {
-                            let _ = reply.send(res);
+                        Err(e) => {
+                            log::debug!("library publish to {stream:?} refused: {e}");
+                            // The publisher may have stopped waiting.
+                            let _ = reply.send(Err(e));
                         }
                     }
                 }
@@ -673,15 +653,7 @@ impl Reactor {
     fn act(&mut self, key: u32, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Respond { bytes, close } => {
-                    let wait = self
-                        .hold_from
-                        .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
-                    match wait {
-                        Some(ticket) => self.hold(key, ticket, bytes, close),
-                        None => self.respond(key, &bytes, close),
-                    }
-                }
+                Action::Respond { bytes, close } => self.answer(key, bytes, close),
                 Action::Stream {
                     head,
                     chunked,
@@ -689,7 +661,7 @@ impl Reactor {
                     cursors,
                     until,
                 } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
-                Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
+                Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
                 Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
                     head,
@@ -718,7 +690,6 @@ impl Reactor {
                 }
                 Action::End(k) => self.end_stream(k),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
-                Action::Flush => self.flush_dirty(usize::MAX),
                 Action::Stats {
                     prometheus,
                     http10,

@@ -547,15 +547,35 @@ fn private_events_cross_nodes_only_to_subscribers_who_may_see_them() {
     let wire = String::from_utf8_lossy(&anon.wire).into_owned();
     assert!(!wire.contains("secret"));
     assert!(!wire.contains(&secret));
-    // Hub publishes are not carried over the bus: refused plainly.
-    let form = "topic=priv&data=x";
-    let raw = format!(
-        "POST /.well-known/mercure HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {pubt}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
+    // Hub publishes cross the bus too: a private update with the
+    // publisher's id reaches the authorised subscriber on the other node
+    // under that id, and never the anonymous one.
+    let hub = |form: &str| {
+        let raw = format!(
+            "POST /.well-known/mercure HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {pubt}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        );
+        let resp = request(a.addr, raw.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.text()
+    };
+    assert_eq!(
+        hub("topic=priv&data=hub-secret&private=on&id=urn:h1"),
+        "urn:h1"
     );
-    let resp = request(a.addr, raw.as_bytes());
-    assert_eq!(resp.status, 501, "{}", resp.text());
-    assert!(resp.text().contains("--redis"));
+    let after = hub("topic=priv&data=hub-public");
+    let e = authed.next_event(T).expect("private hub update");
+    assert_eq!(
+        (e.id.as_deref(), e.data().as_str()),
+        (Some("urn:h1"), "hub-secret")
+    );
+    let e = anon.next_event(T).expect("public hub update");
+    assert_eq!(
+        (e.id.as_deref(), e.data().as_str()),
+        (Some(after.as_str()), "hub-public")
+    );
+    let wire = String::from_utf8_lossy(&anon.wire).into_owned();
+    assert!(!wire.contains("hub-secret") && !wire.contains("urn:h1"));
 }
 
 /// One publisher's replies: (data, status, id) in the order sent.
