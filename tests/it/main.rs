@@ -23,6 +23,7 @@ mod memory;
 mod mercure;
 mod mercure_hardening;
 mod mongoose;
+mod publish_matrix;
 mod readme;
 mod redis;
 mod skips;

@@ -16,7 +16,7 @@ use crate::components::{require, REDIS_CLI, REDIS_SERVER};
 const T: Duration = Duration::from_secs(10);
 
 /// A redis-server child, killed on drop.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     child: Option<Child>,
     server: PathBuf,
@@ -24,7 +24,7 @@ struct Redis {
 }
 
 impl Redis {
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         let server = require(&REDIS_SERVER)?;
         let cli = require(&REDIS_CLI)?;
         let port = TcpListener::bind("127.0.0.1:0")
@@ -68,7 +68,7 @@ impl Redis {
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -99,12 +99,12 @@ impl Drop for Redis {
     }
 }
 
-fn connected(addr: SocketAddr) -> bool {
+pub(crate) fn connected(addr: SocketAddr) -> bool {
     stats(addr)["redis"]["connected"] == true
 }
 
 /// A node on `r`, once its bus is up.
-fn node(r: &Redis, extra: &[&str]) -> Server {
+pub(crate) fn node(r: &Redis, extra: &[&str]) -> Server {
     let url = r.url();
     let mut args = vec!["--redis", url.as_str()];
     args.extend_from_slice(extra);
