@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::access::{Op, PublishRights};
 use crate::broker::{BrokerError, Create};
 use crate::event::Event;
-use crate::handler::{last_event_id, status, Action, Body, Cx, Publish, Reply};
+use crate::handler::{last_event_id, status, Action, Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -89,30 +89,43 @@ fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> 
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     match cx.broker.resolve_as(&refs, by) {
         Ok(v) => Some(v),
-        Err((i, e)) => {
-            let n = &names[i];
-            let msg = match e {
-                BrokerError::BadName => format!("bad stream name {n:?}: {}", e.message()),
-                BrokerError::Reserved => e.message(),
-                _ => format!("stream {n:?}: {}", e.message()),
-            };
-            if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
-                cx.counters.reject("too_many_streams");
-            }
-            cx.fail(req, status(&e), &msg);
+        Err(e) => {
+            refuse_names(cx, req, names, e);
             None
         }
     }
 }
 
-/// The names among `names` that do not exist yet: a publish that fails
-/// forgets the streams it made.
-fn missing(cx: &Cx<'_>, names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .filter(|n| cx.broker.find(n).is_none())
-        .cloned()
-        .collect()
+/// Whether public `names` can be resolved as `by` may (the reactor does
+/// it when it applies the decision); on failure replies with the error.
+fn resolvable(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> bool {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    match cx.broker.check_resolve(&refs, by, false) {
+        Ok(()) => true,
+        Err(e) => {
+            refuse_names(cx, req, names, e);
+            false
+        }
+    }
+}
+
+/// Answers why name `i` of `names` cannot be resolved.
+fn refuse_names(
+    cx: &mut Cx<'_>,
+    req: &Request<'_>,
+    names: &[String],
+    (i, e): (usize, BrokerError),
+) {
+    let n = names.get(i).map_or("", String::as_str);
+    let msg = match e {
+        BrokerError::BadName => format!("bad stream name {n:?}: {}", e.message()),
+        BrokerError::Reserved => e.message(),
+        _ => format!("stream {n:?}: {}", e.message()),
+    };
+    if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
+        cx.counters.reject("too_many_streams");
+    }
+    cx.fail(req, status(&e), &msg);
 }
 
 fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
@@ -311,18 +324,18 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
         return;
     }
     // An authorised publish creates its streams, --no-auto-streams or not.
-    let made = missing(cx, &names);
-    let Some(targets) = resolve(cx, req, &names, Create::Publisher) else {
+    if !resolvable(cx, req, &names, Create::Publisher) {
         return;
-    };
-    let private = private || cx.targets_private(&targets);
-    let made = made.iter().filter_map(|n| cx.broker.find(n)).collect();
+    }
+    let private = private || cx.names_private(&names);
     let shape = cx.shape(req);
     cx.publish(Publish {
-        targets,
+        to: Targets::Names {
+            names,
+            topics: false,
+        },
         events: events.into_iter().map(Body::Numbered).collect(),
         private,
-        made,
         reply: Reply::Ids { batch, shape },
     });
 }
@@ -338,17 +351,18 @@ pub fn publish_event(
 ) -> Result<Publish, crate::event::PublishError> {
     use crate::event::PublishError;
     ev.check().map_err(PublishError::BadEvent)?;
-    let made = cx.broker.find(stream).is_none();
     // The library is an authorised publisher: it creates streams even with
     // --no-auto-streams.
-    let targets = cx
-        .broker
-        .resolve_as(&[stream], Create::Publisher)
+    cx.broker
+        .check_resolve(&[stream], Create::Publisher, false)
         .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
-    let private = cx.targets_private(&targets);
+    let names = vec![stream.to_string()];
+    let private = cx.names_private(&names);
     Ok(Publish {
-        made: if made { targets.clone() } else { Vec::new() },
-        targets,
+        to: Targets::Names {
+            names,
+            topics: false,
+        },
         events: vec![Body::Numbered(ev.clone())],
         private,
         reply: Reply::Library,

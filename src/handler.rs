@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::access::{Access, Allowed, Denied, Facts, Op, PublishRights};
 use crate::auth::Grants;
-use crate::broker::{Broker, BrokerError, Cursors, Resume};
+use crate::broker::{Broker, BrokerError, Resume};
 use crate::config::Config;
 use crate::frame;
 use crate::http::{self, Headers, Method, Request, Response};
@@ -41,20 +41,10 @@ pub enum Action {
         close: bool,
     },
     /// Turn this connection into an event stream: write `head`, then the
-    /// SSE bytes of `prelude` (retry, gap), then catch up from history.
-    Stream {
-        /// The response head.
-        head: Vec<u8>,
-        /// The body is chunk-framed.
-        chunked: bool,
-        /// SSE bytes before the first event.
-        prelude: Vec<u8>,
-        /// Positions in the streams, from `Broker::subscribe`.
-        cursors: Cursors,
-        /// When the subscriber's token expires (unix seconds): the stream
-        /// ends then.
-        until: Option<u64>,
-    },
+    /// SSE bytes of `prelude` (retry), then catch up from `resume`. The
+    /// reactor subscribes it (with `--redis`, once the targets' history is
+    /// here: it loads it from Redis first when this node lacks it).
+    Subscribe(Box<Subscribe>),
     /// Turn this connection into a ticking stream.
     Tick {
         /// The response head.
@@ -78,9 +68,6 @@ pub enum Action {
     /// every publish decision in one place (`reactor/publish.rs`), locally
     /// (into the journal with `--data-dir`) or through the Redis bus.
     Publish(Box<Publish>),
-    /// With `--redis`: start a stream once the targets' history is here
-    /// (the reactor loads it from Redis first when this node lacks it).
-    BusStream(Box<BusStream>),
     /// Answer with `/stats` (JSON) or `/metrics` (Prometheus): the reactor
     /// holds the gauges.
     Stats {
@@ -101,17 +88,30 @@ pub enum Action {
 /// ids are known (or the publish was refused). Handlers build it; the
 /// reactor applies it the same way whatever the deployment.
 pub struct Publish {
-    /// Target streams (resolved by the handler).
-    pub targets: Vec<u32>,
+    /// Where to.
+    pub to: Targets,
     /// The events, in order; each is spelled once its id is known.
     pub events: Vec<Body>,
     /// Private events reach only subscribers that may see private events.
     pub private: bool,
-    /// Streams the request created for this publish: dropped again (while
-    /// unused) when the publish is refused.
-    pub made: Vec<u32>,
     /// How to answer.
     pub reply: Reply,
+}
+
+/// The streams a publish goes to.
+pub enum Targets {
+    /// Streams that exist (the apps' internal streams).
+    Streams(Vec<u32>),
+    /// Public names, found or made by the reactor as a publisher makes
+    /// them (the handler checked they can be: `Broker::check_resolve`);
+    /// those it made are dropped again, while unused, if the publish is
+    /// refused.
+    Names {
+        /// The names (repeats are read once).
+        names: Vec<String>,
+        /// Mercure topics (`valid_topic`), not `/events` names.
+        topics: bool,
+    },
 }
 
 /// How an event is spelled once its id is known.
@@ -277,8 +277,9 @@ impl Shape {
     }
 }
 
-/// A stream whose start waits for history from the bus.
-pub struct BusStream {
+/// A subscription decided: what the reactor needs to plan it with the
+/// broker and start the stream.
+pub struct Subscribe {
     /// The response head.
     pub head: Vec<u8>,
     /// The body is chunk-framed.
@@ -547,16 +548,10 @@ impl Cx<'_> {
         }
     }
 
-    /// Whether an event to `targets` is private because one of them is a
-    /// `--private-streams` stream (so a `*` subscription without a token
-    /// does not read it either).
-    pub fn targets_private(&self, targets: &[u32]) -> bool {
-        self.access.has_private_streams()
-            && targets.iter().any(|&t| {
-                self.broker
-                    .get(t)
-                    .is_some_and(|s| self.access.is_private_stream(&s.name))
-            })
+    /// Whether an event to the public streams `names` is private because
+    /// one of them is a `--private-streams` stream.
+    pub fn names_private(&self, names: &[String]) -> bool {
+        self.access.has_private_streams() && names.iter().any(|n| self.access.is_private_stream(n))
     }
 
     fn prelude(&mut self) -> Vec<u8> {
@@ -624,32 +619,16 @@ impl Cx<'_> {
         let Some((chunked, hs)) = self.stream_start(req, headers) else {
             return;
         };
-        let mut prelude = self.prelude();
-        if self.redis.is_some() {
-            self.actions.push(Action::BusStream(Box::new(BusStream {
-                head: http::stream_head(req.http10, chunked, &hs),
-                chunked,
-                prelude,
-                targets: targets.to_vec(),
-                sees_private: sees_private.to_vec(),
-                resume: resume.clone(),
-                until,
-            })));
-            return;
-        }
-        let c = self
-            .broker
-            .subscribe_as(self.conn, targets, sees_private, resume);
-        if let Some(g) = &c.gap {
-            prelude.extend_from_slice(g);
-        }
-        self.actions.push(Action::Stream {
+        let prelude = self.prelude();
+        self.actions.push(Action::Subscribe(Box::new(Subscribe {
             head: http::stream_head(req.http10, chunked, &hs),
             chunked,
             prelude,
-            cursors: c.cursors,
+            targets: targets.to_vec(),
+            sees_private: sees_private.to_vec(),
+            resume: resume.clone(),
             until,
-        });
+        })));
     }
 
     /// Starts a ticking stream on this connection: `next` makes a frame

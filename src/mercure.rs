@@ -17,7 +17,7 @@ use crate::auth::Selector;
 use crate::broker::{valid_topic, BrokerError, Create, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
-use crate::handler::{Body, Cx, Publish, Reply};
+use crate::handler::{Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request};
 
 /// The endpoint's path.
@@ -283,11 +283,10 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
         return cx.deny(req, &d);
     }
     let names: Vec<&str> = u.topics.iter().map(String::as_str).collect();
-    let targets = match cx.broker.resolve_topics(&names, Create::Publisher) {
-        Ok(v) => v,
-        Err((i, e)) => return fail_broker(cx, req, names.get(i).copied().unwrap_or(""), &e),
-    };
-    let private = u.private || cx.targets_private(&targets);
+    if let Err((i, e)) = cx.broker.check_resolve(&names, Create::Publisher, true) {
+        return fail_broker(cx, req, names.get(i).copied().unwrap_or(""), &e);
+    }
+    let private = u.private || cx.names_private(&u.topics);
     // A publisher's own id is spelled into the frame (every node, and a
     // journal read back, learns the alias from its `id:` line); ssed's
     // numeric id otherwise.
@@ -303,10 +302,12 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     };
     let shape = cx.shape(req);
     cx.publish(Publish {
-        targets,
+        to: Targets::Names {
+            names: u.topics,
+            topics: true,
+        },
         events: vec![body],
         private,
-        made: Vec::new(),
         reply: Reply::Hub {
             shape,
             custom: u.id,

@@ -46,7 +46,7 @@ use super::ids;
 use crate::access::Op;
 use crate::broker::{Limits, Resume};
 use crate::frame;
-use crate::handler::{last_event_id, Action, Body, Cx, Publish, Reply};
+use crate::handler::{last_event_id, Action, Body, Cx, Publish, Reply, Targets};
 use crate::http::Response;
 use crate::http::{Method, Request};
 
@@ -427,10 +427,9 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         .data(&data);
     let shape = cx.shape(req);
     cx.publish(Publish {
-        targets: vec![idx],
+        to: Targets::Streams(vec![idx]),
         events: vec![Body::Fixed(bytes)],
         private: false,
-        made: Vec::new(),
         reply: Reply::Member {
             member,
             uuid,

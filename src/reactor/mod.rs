@@ -654,15 +654,9 @@ impl Reactor {
         for a in actions {
             match a {
                 Action::Respond { bytes, close } => self.answer(key, bytes, close),
-                Action::Stream {
-                    head,
-                    chunked,
-                    prelude,
-                    cursors,
-                    until,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
+                Action::Subscribe(s) if self.bus.is_some() => self.bus_stream(key, *s),
+                Action::Subscribe(s) => self.subscribe(key, *s),
                 Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
-                Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
                     head,
                     chunked,
@@ -721,6 +715,19 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Subscribes connection `key` from this node's history and starts
+    /// its stream (without `--redis`; see `bus_stream`).
+    fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+        let c = self
+            .broker
+            .subscribe_as(key, &s.targets, &s.sees_private, &s.resume);
+        let mut prelude = s.prelude;
+        if let Some(g) = &c.gap {
+            prelude.extend_from_slice(g);
+        }
+        self.start_stream(key, &s.head, s.chunked, &prelude, c.cursors, s.until);
     }
 
     /// Turns connection `key` into an event stream reading `cursors`.
@@ -1233,6 +1240,11 @@ impl Reactor {
                     crate::router::handle(&mut cx, &mut apps, &req);
                     let actions = std::mem::take(&mut cx.actions);
                     self.apps = apps;
+                    // The archives the request changed share the history budget.
+                    let archived = self.apps.mongoose.archived_bytes();
+                    if archived != self.broker.app_bytes() {
+                        self.broker.set_app_bytes(archived);
+                    }
                     self.hold_from = self.durable.is_some().then_some(before);
                     self.act(key, actions);
                     self.hold_from = None;

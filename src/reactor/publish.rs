@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 
 use super::{durable, Reactor};
 use crate::apps::Apps;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Create};
 use crate::event::PublishError;
-use crate::handler::{Publish, Refusal, Reply, Shape};
+use crate::handler::{Publish, Refusal, Reply, Shape, Targets};
 use crate::http::Response;
 use crate::journal::Link;
 
@@ -79,24 +79,53 @@ pub(super) struct Outcome {
     pub pressure: bool,
 }
 
-/// Publishes `p` on this node: per event, the broker numbers and checks it
-/// (prepare), the journal writes it (`--data-dir`), then it enters the
-/// rings (commit). A refused event stops the publish; events before it
-/// stay published. A publish to no stream publishes nothing and succeeds.
+/// The streams of a publish: found or made now (`made`: those made, to
+/// drop again if the publish is refused).
+pub(super) fn resolve(broker: &mut Broker, to: &Targets) -> Result<(Vec<u32>, Vec<u32>), Failure> {
+    match to {
+        Targets::Streams(v) => Ok((v.clone(), Vec::new())),
+        Targets::Names { names, topics } => {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut fresh: Vec<&str> = Vec::new();
+            for n in &refs {
+                if broker.find(n).is_none() && !fresh.contains(n) {
+                    fresh.push(n);
+                }
+            }
+            // Checked by the handler in this same turn: a failure here
+            // would be a bug, answered all the same.
+            let found = if *topics {
+                broker.resolve_topics(&refs, Create::Publisher)
+            } else {
+                broker.resolve_as(&refs, Create::Publisher)
+            };
+            let targets = found.map_err(|(_, e)| Failure::from(e))?;
+            let made = fresh.iter().filter_map(|n| broker.find(n)).collect();
+            Ok((targets, made))
+        }
+    }
+}
+
+/// Publishes `p` to `targets` on this node: per event, the broker numbers
+/// and checks it (prepare), the journal writes it (`--data-dir`), then it
+/// enters the rings (commit). A refused event stops the publish; events
+/// before it stay published, and the streams it `made` go while unused. A
+/// publish to no stream publishes nothing and succeeds.
 pub(super) fn apply_local(
     broker: &mut Broker,
     mut journal: Option<&mut Link>,
     apps: &mut Apps,
+    (targets, made): (&[u32], &[u32]),
     p: &Publish,
     now_us: u64,
 ) -> Outcome {
     let mut out = Outcome::default();
-    if p.targets.is_empty() {
+    if targets.is_empty() {
         return out;
     }
     for body in &p.events {
         let prepared =
-            match broker.prepare_publish(&p.targets, now_us, p.private, |id| body.encode(id)) {
+            match broker.prepare_publish(targets, now_us, p.private, |id| body.encode(id)) {
                 Ok(x) => x,
                 Err(e) => {
                     out.failure = Some(e.into());
@@ -115,7 +144,7 @@ pub(super) fn apply_local(
         entered(
             broker,
             apps,
-            &p.targets,
+            targets,
             prepared.id,
             &prepared.frame,
             p.private,
@@ -126,7 +155,7 @@ pub(super) fn apply_local(
         out.pressure |= published.pressure;
     }
     if out.failure.is_some() {
-        for &t in &p.made {
+        for &t in made {
             broker.discard_unused(t);
         }
     }
@@ -256,25 +285,42 @@ impl Reactor {
             Reply::Silent => To::Nobody,
             _ => to,
         };
-        if self.bus.is_some() && !p.targets.is_empty() {
+        let (targets, made) = match resolve(&mut self.broker, &p.to) {
+            Ok(x) => x,
+            Err(f) => {
+                let o = Outcome {
+                    failure: Some(f),
+                    ..Outcome::default()
+                };
+                return self.settle(to, p.reply, &[], o);
+            }
+        };
+        if self.bus.is_some() && !targets.is_empty() {
             // Every node would refuse an event too large for a target's
             // history on arrival: refuse it before it goes to Redis.
             let fits = p
                 .events
                 .iter()
-                .try_for_each(|b| self.broker.check_size(&p.targets, b.max_len()));
+                .try_for_each(|b| self.broker.check_size(&targets, b.max_len()));
             if let Err(e) = fits {
                 let o = Outcome {
                     failure: Some(e.into()),
                     ..Outcome::default()
                 };
-                return self.settle(to, p.reply, &p.made, o);
+                return self.settle(to, p.reply, &made, o);
             }
-            return self.bus_publish(to, p);
+            return self.bus_publish(to, targets, made, p);
         }
         let now_us = self.clock.unix_us();
         let journal = self.durable.as_mut().map(|d| &mut d.link);
-        let o = apply_local(&mut self.broker, journal, &mut self.apps, &p, now_us);
+        let o = apply_local(
+            &mut self.broker,
+            journal,
+            &mut self.apps,
+            (&targets, &made),
+            &p,
+            now_us,
+        );
         if o.pressure {
             self.flush_dirty(usize::MAX);
         }
@@ -355,7 +401,7 @@ impl Reactor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{Create, Limits};
+    use crate::broker::Limits;
     use crate::event::Event;
     use crate::handler::Body;
 
@@ -466,46 +512,59 @@ mod tests {
     fn local_publishes_number_refuse_and_alias() {
         let mut b = broker();
         let mut apps = Apps::default();
-        let t = b.resolve_as(&["s"], Create::Publisher).unwrap();
         let p = Publish {
-            targets: t.clone(),
+            to: Targets::Names {
+                names: vec!["s".into()],
+                topics: false,
+            },
             events: vec![
                 Body::Numbered(Event::new("a")),
                 Body::Fixed(crate::frame::encode(Some("urn:1"), None, "b", None)),
             ],
             private: true,
-            made: Vec::new(),
             reply: Reply::Library,
         };
-        let o = apply_local(&mut b, None, &mut apps, &p, 10);
+        let (t, made) = resolve(&mut b, &p.to).unwrap();
+        assert_eq!(made, t, "made for it");
+        let o = apply_local(&mut b, None, &mut apps, (&t, &made), &p, 10);
         assert_eq!(o.ids.len(), 2);
         assert!(o.failure.is_none());
+        assert!(b.find("s").is_some(), "published to: kept");
         // The custom id resumes, for those who may see private events only.
         assert_eq!(b.alias_id("urn:1", true), Some(o.ids[1]));
         assert_eq!(b.alias_id("urn:1", false), None);
         // Too large for the history: refused, and a stream it made goes.
-        let made = b.resolve_as(&["new"], Create::Publisher).unwrap();
         let big = Publish {
-            targets: made.clone(),
+            to: Targets::Names {
+                names: vec!["new".into(), "s".into()],
+                topics: false,
+            },
             events: vec![Body::Numbered(Event::new("x".repeat(1 << 17)))],
             private: false,
-            made: made.clone(),
             reply: Reply::Library,
         };
-        let o = apply_local(&mut b, None, &mut apps, &big, 20);
+        let (t, made) = resolve(&mut b, &big.to).unwrap();
+        assert_eq!(made.len(), 1);
+        let o = apply_local(&mut b, None, &mut apps, (&t, &made), &big, 20);
         let f = o.failure.unwrap();
         assert_eq!((f.status, f.too_large), (413, true));
         assert!(o.ids.is_empty());
         assert!(b.find("new").is_none());
+        assert!(b.find("s").is_some());
+        // A name the broker refuses: a failure, not a panic.
+        let bad = Targets::Names {
+            names: vec!["!x".into()],
+            topics: false,
+        };
+        assert_eq!(resolve(&mut b, &bad).unwrap_err().status, 400);
         // No target: nothing published, nothing refused.
         let none = Publish {
-            targets: Vec::new(),
+            to: Targets::Streams(Vec::new()),
             events: vec![Body::Numbered(Event::new("x"))],
             private: false,
-            made: Vec::new(),
             reply: Reply::Silent,
         };
-        let o = apply_local(&mut b, None, &mut apps, &none, 30);
+        let o = apply_local(&mut b, None, &mut apps, (&[], &[]), &none, 30);
         assert!(o.ids.is_empty() && o.failure.is_none());
     }
 

@@ -764,12 +764,11 @@ fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
 }
 
 /// Archives `item` for `owner` within the archives' share of the history
-/// budget, and tells the broker what the archives hold (it evicts history
-/// so that both together stay within the budget).
+/// budget (the reactor then tells the broker what the archives hold, and
+/// it evicts history so that both together stay within the budget).
 fn archive(core: &mut Cx<'_>, mg: &mut Mongoose, owner: Owner, item: Archived, size: usize) {
     let share = core.broker.budget() / ARCHIVE_SHARE_DIVISOR;
     mg.archive(owner, item, size, share);
-    core.broker.set_app_bytes(mg.ledger.bytes);
 }
 
 /// Decides the publish of one event (type `etype`, JSON `data`), once, to
@@ -793,18 +792,23 @@ fn deliver(
         }
     }
     core.publish(crate::handler::Publish {
-        targets,
+        to: crate::handler::Targets::Streams(targets),
         events: vec![crate::handler::Body::Typed {
             event: etype.to_string(),
             data: data.to_string(),
         }],
         private: false,
-        made: Vec::new(),
         reply,
     });
 }
 
 impl Mongoose {
+    /// What the archives hold (charged to the history budget by the
+    /// reactor after each request: `Broker::set_app_bytes`).
+    pub fn archived_bytes(&self) -> usize {
+        self.ledger.bytes
+    }
+
     /// A chat message was delivered: archive it for its sender and (if
     /// another user) its recipient, within the archives' `share` of the
     /// history budget; returns what the archives now hold.
@@ -1343,7 +1347,6 @@ fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
     }
     if empty {
         cx.mg.drop_room(&id);
-        cx.core.broker.set_app_bytes(cx.mg.ledger.bytes);
     }
     cx.status(204, None);
 }

@@ -32,7 +32,7 @@ use super::Reactor;
 use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
 use crate::frame;
-use crate::handler::{bus_frame, BusStream, Publish, Reply};
+use crate::handler::{bus_frame, Publish, Reply, Subscribe as BusStream};
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
@@ -288,11 +288,10 @@ impl Reactor {
 
     /// A publish decision through the bus (`publish.rs` decides that it
     /// goes here); answered once Redis gave every id or refused one.
-    pub(super) fn bus_publish(&mut self, who: To, p: Publish) {
+    pub(super) fn bus_publish(&mut self, who: To, targets: Vec<u32>, made: Vec<u32>, p: Publish) {
         let now = self.clock.now_ms;
         let floor = self.broker.ids().last();
-        let names: Vec<String> = p
-            .targets
+        let names: Vec<String> = targets
             .iter()
             .filter_map(|&t| self.broker.get(t))
             .map(|s| s.name.to_string())
@@ -309,8 +308,8 @@ impl Reactor {
             ids: vec![None; n],
             left: 0,
             error: None,
-            targets: p.targets,
-            made: p.made,
+            targets,
+            made,
             reply: p.reply,
         });
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
