@@ -5,8 +5,9 @@
 //! a generic framework anyway.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
+
+pub use crate::url::Url;
 
 /// Usage text printed by `--help` and on argument errors.
 pub const USAGE: &str = "\
@@ -45,54 +46,6 @@ URL is http://127.x.y.z:PORT/path?query (or localhost); other hosts are refused.
 /// by default (`--max-connections-per-ip`), so a run of 19,000 uses 19
 /// addresses and measures the server, not its per-IP limit.
 pub const DEFAULT_PER_SOURCE: usize = 1000;
-
-/// A parsed `http://` URL pointing at a loopback IPv4 address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    pub addr: SocketAddrV4,
-    /// Value for the `Host` header, as written in the URL.
-    pub host_header: String,
-    /// Path plus query, e.g. `/events?stream=bench`.
-    pub path_query: String,
-}
-
-impl Url {
-    /// Parses `http://HOST[:PORT][/PATH[?QUERY]]`, refusing anything that is
-    /// not on 127.0.0.0/8: this tool generates load and must never aim it at
-    /// another machine.
-    pub fn parse(s: &str) -> Result<Url, String> {
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{s}: only http:// URLs are supported"))?;
-        let (authority, path_query) = match rest.find(['/', '?']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_string()),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{s}: bad port {p:?}"))?,
-            ),
-            None => (authority, 80),
-        };
-        let ip: Ipv4Addr = if host.eq_ignore_ascii_case("localhost") {
-            Ipv4Addr::LOCALHOST
-        } else {
-            host.parse()
-                .map_err(|_| format!("{s}: host must be an IPv4 loopback address"))?
-        };
-        if !ip.is_loopback() {
-            return Err(format!("{s}: refusing a non-loopback target ({ip})"));
-        }
-        Ok(Url {
-            addr: SocketAddrV4::new(ip, port),
-            host_header: authority.to_string(),
-            path_query,
-        })
-    }
-}
 
 /// Most target URLs one run takes: each is one more listener a worker
 /// process round-robins over, not a reason for thousands.

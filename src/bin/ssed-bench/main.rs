@@ -21,6 +21,7 @@ mod publish;
 mod report;
 mod sse;
 mod stats;
+mod url;
 mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::args::Url;
 use crate::procfs;
 use crate::report::{round2, Report};
 use crate::stats::Histogram;
+use crate::url::Url;
 
 /// Most connections (each a file; ssed-bench stays under 20,000).
 pub const MAX_CONNECTIONS: usize = 10_000;
