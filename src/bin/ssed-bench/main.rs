@@ -13,6 +13,7 @@
 //! 20,000 files.
 
 mod args;
+mod flags;
 mod fleet;
 mod modes;
 mod net;
