@@ -83,19 +83,6 @@ fn allowed(cx: &mut Cx<'_>, req: &Request<'_>, op: Op<'_>) -> bool {
     cx.allow(req, op).is_some()
 }
 
-/// Resolves public stream names, creating them as `by` may; on failure
-/// replies with the error and returns `None` (having created nothing).
-fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> Option<Vec<u32>> {
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    match cx.broker.resolve_as(&refs, by) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            refuse_names(cx, req, names, e);
-            None
-        }
-    }
-}
-
 /// Whether public `names` can be resolved as `by` may (the reactor does
 /// it when it applies the decision); on failure replies with the error.
 fn resolvable(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> bool {
@@ -158,24 +145,27 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     } else {
         Create::No
     };
-    let Some(idx) = resolve(cx, req, &names, by) else {
+    if !resolvable(cx, req, &names, by) {
         return;
-    };
-    // `resolve` drops repeated names; keep each target's own bit.
-    let sees: Vec<bool> = idx
-        .iter()
-        .map(|&i| {
-            let name = cx.broker.get(i).map(|s| &*s.name);
-            names
-                .iter()
-                .position(|n| Some(n.as_str()) == name)
-                .is_some_and(|p| sees[p])
-        })
-        .collect();
+    }
+    // The reactor reads repeated names once; keep each target's own bit.
+    let mut distinct: Vec<String> = Vec::with_capacity(names.len());
+    let mut bits: Vec<bool> = Vec::with_capacity(names.len());
+    for (n, &b) in names.iter().zip(&sees) {
+        if !distinct.contains(n) {
+            distinct.push(n.clone());
+            bits.push(b);
+        }
+    }
     let raw = last_event_id(req);
-    let resume = cx.resume(raw.as_deref(), sees.contains(&true));
+    let resume = cx.resume(raw.as_deref(), bits.contains(&true));
     let until = grants.as_ref().and_then(|g| g.exp);
-    cx.stream_until(req, &idx, &sees, &resume, &[], until);
+    let to = Targets::Names {
+        names: distinct,
+        by,
+        topics: false,
+    };
+    cx.stream_until(req, to, &bits, &resume, &[], until);
 }
 
 /// Whether a `private` field or query value asks for a private event
@@ -332,6 +322,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     cx.publish(Publish {
         to: Targets::Names {
             names,
+            by: Create::Publisher,
             topics: false,
         },
         events: events.into_iter().map(Body::Numbered).collect(),
@@ -361,6 +352,7 @@ pub fn publish_event(
     Ok(Publish {
         to: Targets::Names {
             names,
+            by: Create::Publisher,
             topics: false,
         },
         events: vec![Body::Numbered(ev.clone())],

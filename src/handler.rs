@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::access::{Access, Allowed, Denied, Facts, Op, PublishRights};
 use crate::auth::Grants;
-use crate::broker::{Broker, BrokerError, Resume};
+use crate::broker::{Broker, BrokerError, Create, Resume};
 use crate::config::Config;
 use crate::frame;
 use crate::http::{self, Headers, Method, Request, Response};
@@ -98,20 +98,35 @@ pub struct Publish {
     pub reply: Reply,
 }
 
-/// The streams a publish goes to.
+/// The streams a publish goes to or a subscription reads. Handlers do not
+/// make streams: the reactor finds or makes them when it applies the
+/// decision, in this order (repeats once).
 pub enum Targets {
-    /// Streams that exist (the apps' internal streams).
+    /// Streams that exist.
     Streams(Vec<u32>),
-    /// Public names, found or made by the reactor as a publisher makes
-    /// them (the handler checked they can be: `Broker::check_resolve`);
-    /// those it made are dropped again, while unused, if the publish is
-    /// refused.
+    /// Public names, found or made as `by` may (the handler checked they
+    /// can be: `Broker::check_resolve`); those a refused publish made are
+    /// dropped again while unused.
     Names {
-        /// The names (repeats are read once).
+        /// The names.
         names: Vec<String>,
+        /// Who makes the missing ones.
+        by: Create,
         /// Mercure topics (`valid_topic`), not `/events` names.
         topics: bool,
     },
+    /// The apps' internal streams (made when missing: that cannot fail).
+    Internal(Vec<Internal>),
+}
+
+/// An app's internal stream.
+pub struct Internal {
+    /// Its name (`!member/ID`, `!user/JID`).
+    pub name: String,
+    /// Its history bounds (within the server's).
+    pub cap: Option<crate::broker::Limits>,
+    /// How `gap` events name it.
+    pub display: Option<String>,
 }
 
 /// How an event is spelled once its id is known.
@@ -287,8 +302,9 @@ pub struct Subscribe {
     /// SSE bytes before the first event (retry).
     pub prelude: Vec<u8>,
     /// The streams to read.
-    pub targets: Vec<u32>,
-    /// Per target, whether the subscriber may see private events there.
+    pub to: Targets,
+    /// Per target (once resolved), whether the subscriber may see private
+    /// events there.
     pub sees_private: Vec<bool>,
     /// Where to start.
     pub resume: Resume,
@@ -586,23 +602,23 @@ impl Cx<'_> {
     pub fn stream(
         &mut self,
         req: &Request<'_>,
-        targets: &[u32],
+        to: Targets,
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
-        self.stream_as(req, targets, &[], resume, headers)
+        self.stream_as(req, to, &[], resume, headers)
     }
 
     /// [`Cx::stream`] with a may-see-private bit per target.
     pub fn stream_as(
         &mut self,
         req: &Request<'_>,
-        targets: &[u32],
+        to: Targets,
         sees_private: &[bool],
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
-        self.stream_until(req, targets, sees_private, resume, headers, None)
+        self.stream_until(req, to, sees_private, resume, headers, None)
     }
 
     /// [`Cx::stream_as`] for a subscriber whose token expires at `until`
@@ -610,7 +626,7 @@ impl Cx<'_> {
     pub fn stream_until(
         &mut self,
         req: &Request<'_>,
-        targets: &[u32],
+        to: Targets,
         sees_private: &[bool],
         resume: &Resume,
         headers: &[(&'static str, String)],
@@ -624,7 +640,7 @@ impl Cx<'_> {
             head: http::stream_head(req.http10, chunked, &hs),
             chunked,
             prelude,
-            targets: targets.to_vec(),
+            to,
             sees_private: sees_private.to_vec(),
             resume: resume.clone(),
             until,

@@ -153,7 +153,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     let until = grants.as_ref().and_then(|g| g.exp);
     cx.stream_until(
         req,
-        &targets,
+        Targets::Streams(targets),
         &sees,
         &resume,
         &[("Last-Event-ID", last)],
@@ -304,6 +304,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     cx.publish(Publish {
         to: Targets::Names {
             names: u.topics,
+            by: Create::Publisher,
             topics: true,
         },
         events: vec![body],

@@ -654,7 +654,6 @@ impl Reactor {
         for a in actions {
             match a {
                 Action::Respond { bytes, close } => self.answer(key, bytes, close),
-                Action::Subscribe(s) if self.bus.is_some() => self.bus_stream(key, *s),
                 Action::Subscribe(s) => self.subscribe(key, *s),
                 Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
                 Action::Tick {
@@ -717,12 +716,24 @@ impl Reactor {
         }
     }
 
-    /// Subscribes connection `key` from this node's history and starts
-    /// its stream (without `--redis`; see `bus_stream`).
+    /// Subscribes connection `key`: finds or makes its streams, then
+    /// plans it from this node's history and starts its stream (with
+    /// `--redis`, `bus_stream` may load history first).
     fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+        let targets = match publish::resolve(&mut self.broker, &s.to) {
+            Ok((t, _)) => t,
+            Err(f) => {
+                // The handler checked the names in this same turn.
+                let resp = Response::error(f.status, &f.msg);
+                return self.respond(key, &resp.encode(false, false, false), true);
+            }
+        };
+        if self.bus.is_some() {
+            return self.bus_stream(key, &targets, s);
+        }
         let c = self
             .broker
-            .subscribe_as(key, &s.targets, &s.sees_private, &s.resume);
+            .subscribe_as(key, &targets, &s.sees_private, &s.resume);
         let mut prelude = s.prelude;
         if let Some(g) = &c.gap {
             prelude.extend_from_slice(g);

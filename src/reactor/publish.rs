@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::{durable, Reactor};
 use crate::apps::Apps;
-use crate::broker::{Broker, BrokerError, Create};
+use crate::broker::{Broker, BrokerError};
 use crate::event::PublishError;
 use crate::handler::{Publish, Refusal, Reply, Shape, Targets};
 use crate::http::Response;
@@ -79,12 +79,26 @@ pub(super) struct Outcome {
     pub pressure: bool,
 }
 
-/// The streams of a publish: found or made now (`made`: those made, to
-/// drop again if the publish is refused).
+/// The streams of a decision (a publish, a subscription): found or made
+/// now, as the handler decided (`made`: public streams made, which a
+/// refused publish drops again).
 pub(super) fn resolve(broker: &mut Broker, to: &Targets) -> Result<(Vec<u32>, Vec<u32>), Failure> {
     match to {
         Targets::Streams(v) => Ok((v.clone(), Vec::new())),
-        Targets::Names { names, topics } => {
+        Targets::Internal(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for i in list {
+                let idx = broker.internal(&i.name, i.cap);
+                if let Some(d) = &i.display {
+                    broker.set_display(idx, d);
+                }
+                if !out.contains(&idx) {
+                    out.push(idx);
+                }
+            }
+            Ok((out, Vec::new()))
+        }
+        Targets::Names { names, by, topics } => {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let mut fresh: Vec<&str> = Vec::new();
             for n in &refs {
@@ -95,9 +109,9 @@ pub(super) fn resolve(broker: &mut Broker, to: &Targets) -> Result<(Vec<u32>, Ve
             // Checked by the handler in this same turn: a failure here
             // would be a bug, answered all the same.
             let found = if *topics {
-                broker.resolve_topics(&refs, Create::Publisher)
+                broker.resolve_topics(&refs, *by)
             } else {
-                broker.resolve_as(&refs, Create::Publisher)
+                broker.resolve_as(&refs, *by)
             };
             let targets = found.map_err(|(_, e)| Failure::from(e))?;
             let made = fresh.iter().filter_map(|n| broker.find(n)).collect();
@@ -180,7 +194,7 @@ pub(super) fn entered(
         let Some(s) = broker.get(t) else { continue };
         if s.name.starts_with('!') {
             let name = s.name.clone();
-            apps.restored(&name, t, id, frame);
+            apps.restored(&name, id, frame);
         } else {
             public = true;
         }
@@ -401,7 +415,7 @@ impl Reactor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::Limits;
+    use crate::broker::{Create, Limits};
     use crate::event::Event;
     use crate::handler::Body;
 
@@ -515,6 +529,7 @@ mod tests {
         let p = Publish {
             to: Targets::Names {
                 names: vec!["s".into()],
+                by: Create::Publisher,
                 topics: false,
             },
             events: vec![
@@ -537,6 +552,7 @@ mod tests {
         let big = Publish {
             to: Targets::Names {
                 names: vec!["new".into(), "s".into()],
+                by: Create::Publisher,
                 topics: false,
             },
             events: vec![Body::Numbered(Event::new("x".repeat(1 << 17)))],
@@ -554,6 +570,7 @@ mod tests {
         // A name the broker refuses: a failure, not a panic.
         let bad = Targets::Names {
             names: vec!["!x".into()],
+            by: Create::Publisher,
             topics: false,
         };
         assert_eq!(resolve(&mut b, &bad).unwrap_err().status, 400);

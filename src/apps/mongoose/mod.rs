@@ -304,7 +304,6 @@ impl Contact {
 
 struct User {
     password: Box<str>,
-    stream: Option<u32>,
     archive: Archive<Chat>,
     /// Rooms this user created that still exist.
     rooms: usize,
@@ -362,7 +361,6 @@ impl Mongoose {
             .map(|(jid, password)| {
                 let user = User {
                     password,
-                    stream: None,
                     archive: Archive::default(),
                     rooms: 0,
                     contacts: BTreeMap::new(),
@@ -750,17 +748,15 @@ pub fn handle(core: &mut Cx<'_>, mg: &mut Mongoose, req: &Request<'_>, rest: &st
 
 // ----------------------------------------------------------- delivery
 
-/// The internal stream of a local user, created on first use.
-fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
-    let user = mg.users.get_mut(jid)?;
-    if let Some(s) = user.stream {
-        return Some(s);
-    }
-    let s = core
-        .broker
-        .internal(&format!("!user/{jid}"), Some(STREAM_CAP));
-    user.stream = Some(s);
-    Some(s)
+/// The internal stream of a local user (the reactor makes it on first
+/// use); `None` for a JID that is not a local user.
+fn user_stream(mg: &Mongoose, jid: &str) -> Option<crate::handler::Internal> {
+    mg.users.get(jid)?;
+    Some(crate::handler::Internal {
+        name: format!("!user/{jid}"),
+        cap: Some(STREAM_CAP),
+        display: None,
+    })
 }
 
 /// Archives `item` for `owner` within the archives' share of the history
@@ -783,16 +779,16 @@ fn deliver(
     data: &Value,
     reply: crate::handler::Reply,
 ) {
-    let mut targets: Vec<u32> = Vec::with_capacity(to.len());
+    let mut targets: Vec<crate::handler::Internal> = Vec::with_capacity(to.len());
     for u in to {
-        if let Some(s) = user_stream(core, mg, u) {
-            if !targets.contains(&s) {
+        if let Some(s) = user_stream(mg, u) {
+            if !targets.iter().any(|t| t.name == s.name) {
                 targets.push(s);
             }
         }
     }
     core.publish(crate::handler::Publish {
-        to: crate::handler::Targets::Streams(targets),
+        to: crate::handler::Targets::Internal(targets),
         events: vec![crate::handler::Body::Typed {
             event: etype.to_string(),
             data: data.to_string(),
@@ -832,12 +828,13 @@ impl Mongoose {
 }
 
 fn sse(cx: &mut Ctx<'_, '_, '_>) {
-    let Some(idx) = user_stream(cx.core, cx.mg, &cx.me) else {
+    let Some(s) = user_stream(cx.mg, &cx.me) else {
         return cx.fail(500, "No event stream for this user");
     };
     let raw = last_event_id(cx.req);
+    let to = crate::handler::Targets::Internal(vec![s]);
     cx.core
-        .stream(cx.req, &[idx], &Resume::parse(raw.as_deref()), &[]);
+        .stream(cx.req, to, &Resume::parse(raw.as_deref()), &[]);
 }
 
 fn send_message(cx: &mut Ctx<'_, '_, '_>) {

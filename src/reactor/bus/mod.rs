@@ -734,12 +734,11 @@ impl Reactor {
         }
     }
 
-    /// A stream action: start now when the history here suffices, else
-    /// wait for it from Redis.
-    pub(super) fn bus_stream(&mut self, key: u32, bs: BusStream) {
+    /// A subscription reading `targets`: start now when the history here
+    /// suffices, else wait for it from Redis.
+    pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: BusStream) {
         let last_seen = self.broker.ids().last();
-        let names: Vec<Box<str>> = bs
-            .targets
+        let names: Vec<Box<str>> = targets
             .iter()
             .filter_map(|&t| self.broker.get(t))
             .map(|s| s.name.clone())
