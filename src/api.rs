@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 
 use crate::access::{Op, PublishRights};
-use crate::broker::{BrokerError, Create};
+use crate::broker::{Broker, BrokerError, Create};
 use crate::event::Event;
 use crate::handler::{last_event_id, status, Action, Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request};
@@ -362,7 +362,11 @@ pub fn publish_event(
 }
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {
-    match cx.broker.get(idx) {
+    stream_entry(cx.broker, idx)
+}
+
+fn stream_entry(broker: &Broker, idx: u32) -> Value {
+    match broker.get(idx) {
         // Public events only: the listing is open to anyone.
         Some(s) => json!({
             "name": &*s.name,
@@ -481,25 +485,24 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
     if cx.writer(req, Op::CreateStream(name)).is_none() {
         return;
     }
-    match cx.broker.create(name) {
-        Ok((idx, created)) => {
-            let mut v = stream_json(cx, idx);
-            v["created"] = Value::Bool(created);
-            let status = if created { 201 } else { 200 };
-            cx.reply(req, http::Response::json(status, &v));
-        }
-        Err(e) => {
-            let msg = match e {
-                BrokerError::BadName => format!("bad stream name {name:?}: {}", e.message()),
-                BrokerError::Reserved => e.message(),
-                _ => format!("stream {name:?}: {}", e.message()),
-            };
-            if matches!(e, BrokerError::TooMany) {
-                cx.counters.reject("too_many_streams");
-            }
-            cx.fail(req, status(&e), &msg);
-        }
+    let names = [name.to_string()];
+    if !resolvable(cx, req, &names, Create::Publisher) {
+        return;
     }
+    let shape = cx.shape(req);
+    cx.actions.push(Action::CreateStream {
+        name: name.to_string(),
+        shape,
+    });
+}
+
+/// The answer to `PUT /streams/NAME` once the reactor made (`created`) or
+/// found stream `idx`: 201 or 200 with the stream's listing entry.
+pub fn created_stream(broker: &Broker, idx: u32, created: bool) -> http::Response {
+    let mut v = stream_entry(broker, idx);
+    v["created"] = Value::Bool(created);
+    let status = if created { 201 } else { 200 };
+    http::Response::json(status, &v)
 }
 
 fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {

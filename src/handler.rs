@@ -1,8 +1,13 @@
 //! What a request handler gets and what it gives back. A handler (the core
-//! API, the apps) sees a narrow context — the broker, the configuration,
-//! the counters, `now`, randomness, the peer — and turns a request into
-//! [`Action`]s: respond, start a stream with its catch-up, start a ticker,
-//! end other connections, delete a stream. The reactor carries them out.
+//! API, the apps) sees a narrow context — the broker (read-only), the
+//! configuration, the counters, `now`, randomness, the peer — and turns a
+//! request into [`Action`]s: respond, publish ([`Publish`]: targets, one
+//! [`Body`] per event, the private flag, how to [`Reply`]), subscribe
+//! ([`Subscribe`]), start a ticker, end other connections, create or
+//! delete a stream. The reactor carries them out: it makes the streams a
+//! decision names ([`Targets`]), applies every publish in one place, and
+//! renders every publish reply. No handler changes the broker or knows
+//! whether Redis or a journal is configured when it publishes.
 //!
 //! Nothing here touches sockets, `Poll` or the clock. The helpers every
 //! handler shares live here once: replies built by `http::Response`, the
@@ -62,6 +67,14 @@ pub enum Action {
     },
     /// End another connection's stream gracefully.
     End(u32),
+    /// Make public stream `name` explicitly (`PUT /streams/NAME`; the
+    /// handler checked it can be made) and answer with its entry.
+    CreateStream {
+        /// The name.
+        name: String,
+        /// The response's framing.
+        shape: Shape,
+    },
     /// Flush a stream's subscribers, delete it, end them.
     DeleteStream(u32),
     /// Publish events and answer from the outcome: the reactor applies
@@ -102,8 +115,6 @@ pub struct Publish {
 /// make streams: the reactor finds or makes them when it applies the
 /// decision, in this order (repeats once).
 pub enum Targets {
-    /// Streams that exist.
-    Streams(Vec<u32>),
     /// Public names, found or made as `by` may (the handler checked they
     /// can be: `Broker::check_resolve`); those a refused publish made are
     /// dropped again while unused.
@@ -117,6 +128,20 @@ pub enum Targets {
     },
     /// The apps' internal streams (made when missing: that cannot fail).
     Internal(Vec<Internal>),
+    /// A Mercure subscription: exact topics (found or made as `by` may;
+    /// checked by the handler), then selector streams (`*`, templates),
+    /// made in the pool of `anon`'s address (an anonymous subscriber) or
+    /// of token holders; a full pool refuses the subscription (503).
+    Topics {
+        /// Exact topics, without repeats.
+        exact: Vec<String>,
+        /// Who makes the missing ones.
+        by: Create,
+        /// Selectors, without repeats.
+        selectors: Vec<crate::auth::Selector>,
+        /// The anonymous subscriber's pool.
+        anon: Option<crate::broker::PeerKey>,
+    },
 }
 
 /// An app's internal stream.
@@ -310,6 +335,8 @@ pub struct Subscribe {
     pub resume: Resume,
     /// When the subscriber's token expires (unix seconds).
     pub until: Option<u64>,
+    /// The framing of a refusal (a full selector pool).
+    pub shape: Shape,
 }
 
 /// The SSE bytes of a bus payload ([`Body::payload`]) given its id, and
@@ -350,8 +377,9 @@ pub fn bus_frame(id: u64, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
 
 /// A handler's view of the server for one request.
 pub struct Cx<'a> {
-    /// Streams and history.
-    pub broker: &'a mut Broker,
+    /// Streams and history, read-only: handlers decide, the reactor
+    /// changes the broker when it applies their decisions.
+    pub broker: &'a Broker,
     /// The configuration.
     pub cfg: &'a Config,
     /// The access rule (keys, tokens, private streams).
@@ -644,6 +672,7 @@ impl Cx<'_> {
             sees_private: sees_private.to_vec(),
             resume: resume.clone(),
             until,
+            shape: Shape::of(req, &self.cors),
         })));
     }
 

@@ -94,14 +94,15 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     } else {
         Create::No
     };
-    let streams = match cx.broker.resolve_topics(&exact, by) {
-        Ok(v) => v,
-        Err((i, e)) => return fail_broker(cx, req, exact.get(i).copied().unwrap_or(""), &e),
-    };
-    let mut targets: Vec<u32> = Vec::with_capacity(topics.len());
+    if let Err((i, e)) = cx.broker.check_resolve(&exact, by, true) {
+        return fail_broker(cx, req, exact.get(i).copied().unwrap_or(""), &e);
+    }
+    // The reactor finds or makes these streams, in this order: exact
+    // topics, then selector streams (each once).
+    let mut reads: Vec<&str> = Vec::with_capacity(topics.len());
     let mut sees: Vec<bool> = Vec::with_capacity(topics.len());
-    for (&idx, name) in streams.iter().zip(dedup(&exact)) {
-        targets.push(idx);
+    for name in dedup(&exact) {
+        reads.push(name);
         sees.push(
             exact
                 .iter()
@@ -118,32 +119,26 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         (None, None) => Some(0),
         (Some(_), _) => None,
     };
-    for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
-        let idx = match cx.broker.selector_stream(sel, anon) {
-            Ok(i) => i,
-            Err(e) => {
-                if matches!(e, BrokerError::TooManySelectors(_)) {
-                    cx.counters.reject("too_many_selectors");
-                }
-                return fail_broker(cx, req, sel.as_str(), &e);
-            }
-        };
-        if !targets.contains(&idx) {
-            targets.push(idx);
+    let mut wanted: Vec<Selector> = Vec::new();
+    for sel in selectors.into_iter().filter(|s| !is_exact(s.as_str())) {
+        if !wanted.iter().any(|w| w.as_str() == sel.as_str()) {
             sees.push(selector_sees_private(grants.as_ref(), sel.as_str()));
+            wanted.push(sel);
         }
     }
+    reads.extend(wanted.iter().map(Selector::as_str));
     let resume = match last_event_id(req) {
         Some(r) if r == "earliest" => Resume::Earliest,
         r => cx.resume(r.as_deref(), sees.contains(&true)),
     };
     // The newest event this subscriber could have been sent, so the header
     // tells nothing of private events it may not see ("earliest": none).
-    let last = targets
+    // (A stream not made yet has published nothing.)
+    let last = reads
         .iter()
         .zip(&sees)
-        .filter_map(|(&t, &sees)| {
-            let s = cx.broker.get(t)?;
+        .filter_map(|(name, &sees)| {
+            let s = cx.broker.get(cx.broker.find(name)?)?;
             Some(if sees { s.last_id } else { s.last_public_id })
         })
         .max()
@@ -151,14 +146,13 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         .map_or_else(|| "earliest".to_string(), |id| id.to_string());
     // Mercure: the subscription ends when the token expires.
     let until = grants.as_ref().and_then(|g| g.exp);
-    cx.stream_until(
-        req,
-        Targets::Streams(targets),
-        &sees,
-        &resume,
-        &[("Last-Event-ID", last)],
-        until,
-    );
+    let to = Targets::Topics {
+        exact: dedup(&exact).into_iter().map(str::to_string).collect(),
+        by,
+        selectors: wanted,
+        anon,
+    };
+    cx.stream_until(req, to, &sees, &resume, &[("Last-Event-ID", last)], until);
 }
 
 /// `names` without repeats, in first-seen order (what `resolve` returns

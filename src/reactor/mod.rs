@@ -605,7 +605,7 @@ impl Reactor {
     /// `via_proxy`).
     fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
         Cx {
-            broker: &mut self.broker,
+            broker: &self.broker,
             cfg: &self.cfg,
             access: &self.auth,
             counters: &mut self.counters,
@@ -683,6 +683,16 @@ impl Reactor {
                 }
                 Action::End(k) => self.end_stream(k),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
+                Action::CreateStream { name, shape } => {
+                    let resp = match self.broker.create(&name) {
+                        Ok((idx, created)) => {
+                            crate::api::created_stream(&self.broker, idx, created)
+                        }
+                        // Checked by the handler in this same turn.
+                        Err(e) => Response::error(crate::handler::status(&e), &e.message()),
+                    };
+                    self.answer(key, shape.encode(resp), !shape.keep_alive);
+                }
                 Action::Stats {
                     prometheus,
                     http10,
@@ -723,9 +733,13 @@ impl Reactor {
         let targets = match publish::resolve(&mut self.broker, &s.to) {
             Ok((t, _)) => t,
             Err(f) => {
-                // The handler checked the names in this same turn.
+                // A full selector pool (names were checked by the handler).
+                if let Some(r) = f.reason {
+                    self.counters.reject(r);
+                }
                 let resp = Response::error(f.status, &f.msg);
-                return self.respond(key, &resp.encode(false, false, false), true);
+                let close = !s.shape.keep_alive;
+                return self.answer(key, s.shape.encode(resp), close);
             }
         };
         if self.bus.is_some() {

@@ -46,6 +46,8 @@ pub(super) struct Failure {
     pub msg: String,
     /// Refused for its size.
     pub too_large: bool,
+    /// The `/stats` rejection counter it is, if any beyond the caller's.
+    pub reason: Option<&'static str>,
 }
 
 impl From<Refusal> for Failure {
@@ -54,6 +56,7 @@ impl From<Refusal> for Failure {
             status: r.status(),
             msg: r.message(),
             too_large: r.too_large(),
+            reason: None,
         }
     }
 }
@@ -84,7 +87,6 @@ pub(super) struct Outcome {
 /// refused publish drops again).
 pub(super) fn resolve(broker: &mut Broker, to: &Targets) -> Result<(Vec<u32>, Vec<u32>), Failure> {
     match to {
-        Targets::Streams(v) => Ok((v.clone(), Vec::new())),
         Targets::Internal(list) => {
             let mut out = Vec::with_capacity(list.len());
             for i in list {
@@ -94,6 +96,33 @@ pub(super) fn resolve(broker: &mut Broker, to: &Targets) -> Result<(Vec<u32>, Ve
                 }
                 if !out.contains(&idx) {
                     out.push(idx);
+                }
+            }
+            Ok((out, Vec::new()))
+        }
+        Targets::Topics {
+            exact,
+            by,
+            selectors,
+            anon,
+        } => {
+            let refs: Vec<&str> = exact.iter().map(String::as_str).collect();
+            let mut out = broker
+                .resolve_topics(&refs, *by)
+                .map_err(|(_, e)| Failure::from(e))?;
+            for sel in selectors {
+                match broker.selector_stream(sel, *anon) {
+                    Ok(i) if !out.contains(&i) => out.push(i),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let full = matches!(e, BrokerError::TooManySelectors(_));
+                        return Err(Failure {
+                            status: crate::handler::status(&e),
+                            msg: format!("topic {:?}: {}", sel.as_str(), e.message()),
+                            too_large: false,
+                            reason: full.then_some("too_many_selectors"),
+                        });
+                    }
                 }
             }
             Ok((out, Vec::new()))
@@ -499,6 +528,7 @@ mod tests {
                 status: 503,
                 msg: "redis unavailable".into(),
                 too_large: false,
+                reason: None,
             }),
             pressure: false,
         };
@@ -576,7 +606,7 @@ mod tests {
         assert_eq!(resolve(&mut b, &bad).unwrap_err().status, 400);
         // No target: nothing published, nothing refused.
         let none = Publish {
-            to: Targets::Streams(Vec::new()),
+            to: Targets::Internal(Vec::new()),
             events: vec![Body::Numbered(Event::new("x"))],
             private: false,
             reply: Reply::Silent,

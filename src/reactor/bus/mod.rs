@@ -204,6 +204,7 @@ fn unavailable(e: &BusError) -> Failure {
         status,
         msg,
         too_large: status == 413,
+        reason: None,
     }
 }
 
