@@ -230,7 +230,7 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Op
         return Some(());
     }
     if m.members.len() >= MAX_MEMBERS {
-        let broker = &*cx.broker;
+        let broker = cx.broker;
         let state = |name: &str| {
             let s = broker.find(&stream_name(name)).and_then(|i| broker.get(i));
             let devices = s.is_some_and(|s| !s.subs.is_empty());
