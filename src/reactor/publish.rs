@@ -616,6 +616,50 @@ mod tests {
     }
 
     #[test]
+    fn decisions_name_streams_the_reactor_makes() {
+        let mut b = broker();
+        // Internal streams: made once, shown as asked, repeats read once.
+        let member = || crate::handler::Internal {
+            name: "!member/m".into(),
+            cap: None,
+            display: Some("m".into()),
+        };
+        let (t, made) = resolve(&mut b, &Targets::Internal(vec![member(), member()])).unwrap();
+        assert_eq!(t.len(), 1);
+        assert!(made.is_empty());
+        let s = b.get(t[0]).unwrap();
+        assert!(s.internal);
+        assert_eq!(s.display.as_deref(), Some("m"));
+        assert_eq!(
+            resolve(&mut b, &Targets::Internal(vec![member()]))
+                .unwrap()
+                .0,
+            t
+        );
+        // Mercure: exact topics first, then selector streams, each once.
+        let sel = |s: &str| crate::auth::Selector::parse(s).unwrap();
+        let topics = Targets::Topics {
+            exact: vec!["https://x/a".into()],
+            by: Create::Subscriber,
+            selectors: vec![sel("*"), sel("https://x/{id}")],
+            anon: Some(1),
+        };
+        let (t, _) = resolve(&mut b, &topics).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(b.find("https://x/a"), Some(t[0]));
+        assert!(b.get(t[1]).unwrap().internal && b.get(t[2]).unwrap().internal);
+        assert_eq!(resolve(&mut b, &topics).unwrap().0, t, "found again");
+        // Subscribers may not make streams with --no-auto-streams.
+        let none = Targets::Names {
+            names: vec!["absent".into()],
+            by: Create::No,
+            topics: false,
+        };
+        assert_eq!(resolve(&mut b, &none).unwrap_err().status, 404);
+        assert!(b.find("absent").is_none());
+    }
+
+    #[test]
     fn bodies_spell_the_same_frame_locally_and_through_the_bus() {
         let bodies = [
             Body::Numbered(Event {
