@@ -2,8 +2,10 @@
 //! item 1): every publisher — `POST /events`, the library `Publisher`
 //! through `Server`, member notifications, the MongooseIM API's message
 //! send, the Mercure hub — on every deployment shape: one node, two nodes
-//! on a real redis-server (published on one, read on the other), and one
-//! node with `--data-dir` restarted between publishing and resuming. Each
+//! on a real redis-server (published on one, read on the other),
+//! `--workers 2` on it (connections spread by the kernel; not for the
+//! library, which is one process), and one node with `--data-dir`
+//! restarted between publishing and resuming. Each
 //! cell checks the reply's status and body shape (the same in every
 //! shape), that the event reaches a subscriber under the right id, and
 //! that a resume by `Last-Event-ID` continues exactly with the next event
@@ -32,6 +34,9 @@ enum Deploy {
     Redis,
     /// One node with `--data-dir`, restarted before the resume.
     Journal,
+    /// `--workers 2` on one Redis: the kernel spreads connections, so
+    /// publishers and subscribers land on either worker.
+    Workers,
 }
 
 /// Who publishes.
@@ -106,10 +111,31 @@ impl Drop for Lib {
     }
 }
 
-/// A node: the binary, or the library.
+/// A `--workers` supervisor, stopped with SIGTERM (so it stops its
+/// workers) on drop.
+struct Sup {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node: the binary, the library, or a supervisor of workers.
 enum Node {
     Bin(Server),
     Lib(Lib),
+    Sup(Sup),
 }
 
 impl Node {
@@ -117,6 +143,7 @@ impl Node {
         match self {
             Node::Bin(s) => s.addr,
             Node::Lib(l) => l.addr,
+            Node::Sup(s) => s.addr,
         }
     }
 }
@@ -138,7 +165,7 @@ impl Setup {
     /// `None` when the cell needs a Redis this machine lacks (skipped).
     fn start(who: Who, deploy: Deploy) -> Option<Setup> {
         let redis = match deploy {
-            Deploy::Redis => Some(Redis::start()?),
+            Deploy::Redis | Deploy::Workers => Some(Redis::start()?),
             _ => None,
         };
         let users = (who == Who::Mongoose).then(|| {
@@ -161,7 +188,7 @@ impl Setup {
             users,
         };
         s.a = Some(s.node());
-        if let Some(r) = &s.redis {
+        if let (Some(r), Deploy::Redis) = (&s.redis, deploy) {
             let extra = s.args();
             let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
             s.b = Some(node(r, &refs));
@@ -196,9 +223,23 @@ impl Setup {
             args.push(d.to_str().unwrap().into());
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        match &self.redis {
-            Some(r) => Node::Bin(node(r, &refs)),
-            None => Node::Bin(Server::start(&refs)),
+        match (&self.redis, self.deploy) {
+            (Some(r), Deploy::Workers) => {
+                let url = r.url();
+                let (child, addrs) = Ssed::new()
+                    .args(["--workers", "2", "--redis", url.as_str()])
+                    .args(&refs)
+                    .launch();
+                let addr = addrs[0];
+                // Both workers' buses up: fresh connections land on either.
+                assert!(
+                    wait_until(T, || (0..8).all(|_| connected(addr))),
+                    "workers' buses never came up"
+                );
+                Node::Sup(Sup { child, addr })
+            }
+            (Some(r), _) => Node::Bin(node(r, &refs)),
+            (None, _) => Node::Bin(Server::start(&refs)),
         }
     }
 
@@ -221,11 +262,22 @@ impl Setup {
         }
     }
 
-    /// Every node to resume on.
+    /// Every node to resume on (with workers, several connections, which
+    /// the kernel spreads over them).
     fn resume_addrs(&self) -> Vec<SocketAddr> {
-        match &self.b {
-            Some(b) => vec![b.addr, self.pub_addr()],
-            None => vec![self.pub_addr()],
+        match (&self.b, self.deploy) {
+            (Some(b), _) => vec![b.addr, self.pub_addr()],
+            (None, Deploy::Workers) => vec![self.pub_addr(); 4],
+            (None, _) => vec![self.pub_addr()],
+        }
+    }
+
+    /// Live subscribers to open.
+    fn live(&self) -> usize {
+        if self.deploy == Deploy::Workers {
+            6
+        } else {
+            1
         }
     }
 }
@@ -462,15 +514,33 @@ fn receive(s: &Setup, sse: &mut Sse, sent: &Sent, what: &str) -> String {
 /// One cell; the reply shapes it saw, `None` when skipped.
 fn cell(who: Who, deploy: Deploy) -> Option<Vec<String>> {
     let mut s = Setup::start(who, deploy)?;
-    let mut live = subscribe(&s, s.sub_addr(), None, "d0");
+    let mut lives: Vec<Sse> = (0..s.live())
+        .map(|i| subscribe(&s, s.sub_addr(), None, &format!("l{i}")))
+        .collect();
     let first = publish(&s, 1, false);
-    let id1 = receive(&s, &mut live, &first, "live, first");
+    let ids1: Vec<String> = lives
+        .iter_mut()
+        .map(|l| receive(&s, l, &first, "live, first"))
+        .collect();
+    let id1 = ids1[0].clone();
+    assert!(
+        ids1.iter().all(|i| *i == id1),
+        "{who:?} {deploy:?}: {ids1:?}"
+    );
     if who == Who::Hub {
         // A private update: never for the anonymous subscriber.
         publish(&s, 9, true);
     }
     let second = publish(&s, 2, false);
-    let id2 = receive(&s, &mut live, &second, "live, second");
+    let ids2: Vec<String> = lives
+        .iter_mut()
+        .map(|l| receive(&s, l, &second, "live, second"))
+        .collect();
+    let id2 = ids2[0].clone();
+    assert!(
+        ids2.iter().all(|i| *i == id2),
+        "{who:?} {deploy:?}: {ids2:?}"
+    );
     assert_ne!(id1, id2);
     s.restart();
     for (i, addr) in s.resume_addrs().into_iter().enumerate() {
@@ -483,18 +553,29 @@ fn cell(who: Who, deploy: Deploy) -> Option<Vec<String>> {
             "{who:?} {deploy:?}: resumed stream repeats or leaks: {wire}"
         );
     }
-    let wire = String::from_utf8_lossy(&live.wire).into_owned();
-    assert!(
-        !wire.contains(&format!("{who:?}-{deploy:?}-9")),
-        "{who:?} {deploy:?}: the private update reached an anonymous subscriber"
-    );
+    for live in &lives {
+        let wire = String::from_utf8_lossy(&live.wire).into_owned();
+        assert!(
+            !wire.contains(&format!("{who:?}-{deploy:?}-9")),
+            "{who:?} {deploy:?}: the private update reached an anonymous subscriber"
+        );
+    }
     Some([first.shape, second.shape].into_iter().flatten().collect())
 }
 
 /// Runs `who` in every shape; the reply shapes must agree.
 fn row(who: Who) {
     let mut shapes: Vec<(Deploy, Vec<String>)> = Vec::new();
-    for d in [Deploy::Local, Deploy::Journal, Deploy::Redis] {
+    for d in [
+        Deploy::Local,
+        Deploy::Journal,
+        Deploy::Redis,
+        Deploy::Workers,
+    ] {
+        // The library is one process: it has no workers.
+        if who == Who::Library && d == Deploy::Workers {
+            continue;
+        }
         if let Some(sh) = cell(who, d) {
             shapes.push((d, sh));
         }
