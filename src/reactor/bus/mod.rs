@@ -32,7 +32,7 @@ use super::Reactor;
 use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
 use crate::frame;
-use crate::handler::{bus_frame, Publish, Reply, Subscribe as BusStream};
+use crate::handler::{bus_frame, Publish, Reply, Subscribe};
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
@@ -89,7 +89,7 @@ enum Req {
 struct Waiter {
     conn: u32,
     names: Vec<Box<str>>,
-    stream: BusStream,
+    stream: Subscribe,
     failed: bool,
 }
 
@@ -737,7 +737,7 @@ impl Reactor {
 
     /// A subscription reading `targets`: start now when the history here
     /// suffices, else wait for it from Redis.
-    pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: BusStream) {
+    pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: Subscribe) {
         let last_seen = self.broker.ids().last();
         let names: Vec<Box<str>> = targets
             .iter()
@@ -818,7 +818,7 @@ impl Reactor {
         }
     }
 
-    fn begin_bus_stream(&mut self, key: u32, bs: BusStream, names: &[Box<str>], failed: bool) {
+    fn begin_bus_stream(&mut self, key: u32, bs: Subscribe, names: &[Box<str>], failed: bool) {
         let targets: Vec<u32> = names.iter().filter_map(|n| self.broker.find(n)).collect();
         let c = self
             .broker
