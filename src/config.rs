@@ -164,6 +164,13 @@ pub enum ConfigError {
     UnknownFlag(String),
     /// A flag without its value.
     MissingValue(String),
+    /// A flag of a Cargo feature this binary was built without.
+    NotBuilt {
+        /// The flag, as typed (or its environment variable).
+        flag: String,
+        /// The feature it needs.
+        feature: &'static str,
+    },
     /// A value that does not parse or is out of range.
     BadValue {
         /// The flag, as typed.
@@ -180,6 +187,11 @@ impl std::fmt::Display for ConfigError {
         match self {
             ConfigError::UnknownFlag(x) => write!(f, "unknown flag {x} (see --help)"),
             ConfigError::MissingValue(x) => write!(f, "flag {x} needs a value"),
+            ConfigError::NotBuilt { flag, feature } => write!(
+                f,
+                "{flag} needs the `{feature}` feature, which this ssed was built without \
+                 (rebuild with: cargo build --release --features {feature})"
+            ),
             ConfigError::BadValue { flag, value, why } => {
                 write!(f, "bad value {value:?} for {flag}: {why}")
             }
@@ -812,6 +824,7 @@ impl Config {
         if cfg.listen.is_empty() {
             cfg.listen = Config::default().listen;
         }
+        cfg.check_features()?;
         if cfg.workers > 0 && cfg.redis.is_none() {
             // Each worker has its own streams and history; without a shared
             // bus a publish would reach only one worker's subscribers.
@@ -822,6 +835,58 @@ impl Config {
             ));
         }
         Ok(Command::Serve(Box::new(cfg)))
+    }
+}
+
+impl Config {
+    /// Refuses settings whose Cargo feature is not built in (a minimal
+    /// build), so `--redis` there is an error at start, never ignored.
+    pub fn check_features(&self) -> Result<(), ConfigError> {
+        let set: [(bool, &str, &'static str, bool); 6] = [
+            (
+                self.users_file.is_some(),
+                "--users",
+                "apps",
+                cfg!(feature = "apps"),
+            ),
+            (
+                self.redis.is_some(),
+                "--redis",
+                "redis",
+                cfg!(feature = "redis"),
+            ),
+            (
+                self.data_dir.is_some(),
+                "--data-dir",
+                "journal",
+                cfg!(feature = "journal"),
+            ),
+            (
+                self.jwt_key.is_some() || self.subscriber_jwt_key.is_some(),
+                "--jwt-key",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                !self.private_streams.is_empty(),
+                "--private-streams",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                self.workers > 0,
+                "--workers",
+                "workers",
+                cfg!(feature = "workers"),
+            ),
+        ];
+        match set.iter().find(|(on, _, _, built)| *on && !built) {
+            Some((_, flag, feature, _)) => Err(ConfigError::NotBuilt {
+                flag: flag.to_string(),
+                feature,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -969,6 +1034,7 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "workers")]
     #[test]
     fn workers_reuse_port_redis() {
         let c = serve(
@@ -1033,6 +1099,7 @@ mod tests {
         assert!(e.to_string().contains("for SSED_LISTEN"), "{e}");
     }
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn jwt_flags() {
         let key = "k".repeat(32);
@@ -1061,6 +1128,82 @@ mod tests {
         assert!(parse(&["--private-streams", "{x"], &[]).is_err());
     }
 
+    /// A flag of a feature not built in is refused, naming the feature,
+    /// from the command line and the environment alike.
+    #[test]
+    fn flags_of_features_not_built_are_refused() {
+        let key = "k".repeat(32);
+        type Case<'a> = (&'a [&'a str], (&'a str, &'a str), &'a str, bool);
+        let cases: [Case; 6] = [
+            (
+                &["--users", "/u"],
+                ("SSED_USERS", "/u"),
+                "apps",
+                cfg!(feature = "apps"),
+            ),
+            (
+                &["--redis", "redis://h:1"],
+                ("SSED_REDIS", "redis://h:1"),
+                "redis",
+                cfg!(feature = "redis"),
+            ),
+            (
+                &["--data-dir", "/d"],
+                ("SSED_DATA_DIR", "/d"),
+                "journal",
+                cfg!(feature = "journal"),
+            ),
+            (
+                &["--jwt-key", &key],
+                ("SSED_JWT_KEY", &key),
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                &["--private-streams", "p"],
+                ("SSED_PRIVATE_STREAMS", "p"),
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                &["--workers", "2", "--redis", "redis://h:1"],
+                ("SSED_WORKERS", "2"),
+                "workers",
+                cfg!(feature = "workers"),
+            ),
+        ];
+        for (args, env, feature, built) in cases {
+            let r = parse(args, &[]);
+            if built {
+                assert!(matches!(r, Ok(Command::Serve(_))), "{args:?}: {r:?}");
+                continue;
+            }
+            // `--workers` needs `--redis`, refused first when it is missing.
+            let want = if feature == "workers" && !cfg!(feature = "redis") {
+                ("--redis", "redis")
+            } else {
+                (args[0], feature)
+            };
+            let e = r.unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::NotBuilt { flag, feature: f } if (flag.as_str(), *f) == want),
+                "{args:?}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("--features {}", want.1)), "{msg}");
+            if feature != "workers" {
+                assert!(parse(&[], &[env]).is_err(), "{env:?}");
+            }
+            let mut cfg = Config::default();
+            assert!(cfg.check_features().is_ok());
+            cfg.redis = Some("x".into());
+            cfg.users_file = Some("/u".into());
+            cfg.data_dir = Some("/d".into());
+            cfg.private_streams = vec!["p".into()];
+            assert!(cfg.check_features().is_err());
+        }
+    }
+
     #[test]
     fn help_lists_every_flag_with_env() {
         let h = help();
@@ -1087,6 +1230,7 @@ mod durable_tests {
         }
     }
 
+    #[cfg(feature = "journal")]
     #[test]
     fn journal_flags_and_env_twins() {
         let c = serve(&[], &[]).unwrap();

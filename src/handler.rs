@@ -115,6 +115,7 @@ pub enum Deferred {
     },
     /// A member notification: `{"id": uuid, "devices"}`; the reactor also
     /// tells the app which id the uuid got.
+    #[cfg(feature = "apps")]
     Member {
         /// The member.
         member: String,

@@ -8,8 +8,15 @@ use ssed::{Command, Config, Server};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
+        #[cfg(feature = "cli")]
         Some("sub") => ssed::client::cli::run_sub(&args[1..]),
+        #[cfg(feature = "cli")]
         Some("pub") => ssed::client::cli::run_pub(&args[1..]),
+        #[cfg(not(feature = "cli"))]
+        Some(c @ ("sub" | "pub")) => {
+            eprintln!("ssed: `ssed {c}` needs the `cli` feature, which this ssed was built without (rebuild with: cargo build --release --features cli)");
+            2
+        }
         _ => serve(&args),
     };
     std::process::exit(code);
@@ -69,7 +76,7 @@ fn serve(args: &[String]) -> i32 {
     }
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "workers"))]
 fn supervise(cfg: &Config, args: &[String]) -> i32 {
     match ssed::supervise(cfg, args) {
         Ok(()) => 0,
@@ -80,8 +87,9 @@ fn supervise(cfg: &Config, args: &[String]) -> i32 {
     }
 }
 
-#[cfg(not(unix))]
+// Without the feature `Config::check_features` refuses `--workers` first.
+#[cfg(not(all(unix, feature = "workers")))]
 fn supervise(_cfg: &Config, _args: &[String]) -> i32 {
-    eprintln!("ssed: --workers needs a Unix system");
+    eprintln!("ssed: --workers needs a Unix system and the `workers` feature");
     2
 }

@@ -21,8 +21,10 @@
 //! | `peers.rs` | per-address connection counts |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
+#[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
 mod conn;
+#[cfg_attr(not(feature = "journal"), path = "durable_off.rs")]
 mod durable;
 pub(crate) mod listen;
 mod peers;
@@ -169,6 +171,8 @@ pub(crate) struct Bound {
 
 impl Bound {
     pub fn bind(cfg: Config) -> io::Result<Bound> {
+        cfg.check_features()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let users = Apps::load_users(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let redis = match cfg.redis.as_deref() {

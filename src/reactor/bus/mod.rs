@@ -415,6 +415,7 @@ impl Reactor {
                 };
                 (resp(shape, ok), !shape.keep_alive)
             }
+            #[cfg(feature = "apps")]
             Deferred::Member {
                 member,
                 uuid,
