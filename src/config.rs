@@ -485,8 +485,12 @@ pub fn help() -> String {
         } else {
             format!("--{} {}", f.name, f.value)
         };
+        let missing = match feature_of(f.name) {
+            Some((feature, false)) => format!(" [not in this build: feature {feature}]"),
+            _ => String::new(),
+        };
         s.push_str(&format!(
-            "  {left:<30} {} [default: {}] [env: {}]\n",
+            "  {left:<30} {} [default: {}] [env: {}]{missing}\n",
             f.help,
             f.default,
             env_name(f.name)
@@ -494,6 +498,23 @@ pub fn help() -> String {
     }
     s.push_str("  --help                         this text\n  --version                      print the version\n\nLogging: RUST_LOG=info (or debug, warn...).\n");
     s
+}
+
+/// The Cargo feature a flag belongs to, and whether this build has it.
+fn feature_of(flag: &str) -> Option<(&'static str, bool)> {
+    Some(match flag {
+        "users" | "tick-scale" => ("apps", cfg!(feature = "apps")),
+        "redis" | "redis-prefix" | "redis-timeout" => ("redis", cfg!(feature = "redis")),
+        "data-dir" | "fsync" | "journal-bytes" => ("journal", cfg!(feature = "journal")),
+        "jwt-key"
+        | "jwt-key-file"
+        | "subscriber-jwt-key"
+        | "subscriber-jwt-key-file"
+        | "jwt-cookie"
+        | "private-streams" => ("mercure", cfg!(feature = "mercure")),
+        "workers" => ("workers", cfg!(feature = "workers")),
+        _ => return None,
+    })
 }
 
 fn bad(flag: &str, value: &str, why: &str) -> ConfigError {
@@ -1202,6 +1223,27 @@ mod tests {
             cfg.private_streams = vec!["p".into()];
             assert!(cfg.check_features().is_err());
         }
+    }
+
+    #[test]
+    fn help_marks_flags_of_features_not_built() {
+        let h = help();
+        let line = |flag: &str| {
+            h.lines()
+                .find(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+                .unwrap_or_else(|| panic!("--{flag} not in help"))
+                .to_string()
+        };
+        for (flag, feature, built) in [
+            ("redis", "redis", cfg!(feature = "redis")),
+            ("data-dir", "journal", cfg!(feature = "journal")),
+            ("jwt-key", "mercure", cfg!(feature = "mercure")),
+            ("users", "apps", cfg!(feature = "apps")),
+        ] {
+            let marked = line(flag).contains(&format!("[not in this build: feature {feature}]"));
+            assert_eq!(marked, !built, "{}", line(flag));
+        }
+        assert!(!line("history").contains("not in this build"));
     }
 
     #[test]
