@@ -532,34 +532,29 @@ fn live_server_survives_mutated_requests() {
     let seed = seed();
     let users = std::env::temp_dir().join(format!("ssed-fuzz-users-{}", std::process::id()));
     std::fs::write(&users, "user@d:pw\nother@d:pw2\n").unwrap();
-    // Without the apps (a minimal build) their paths are fuzzed as 404s.
-    let users_flag: &[&str] = if cfg!(feature = "apps") {
-        &["--users", users.to_str().unwrap()]
-    } else {
-        &[]
-    };
-    let mut s = Server::start(
-        &[
-            users_flag,
-            &[
-                "--heartbeat",
-                "0",
-                "--header-timeout",
-                "2",
-                "--idle-timeout",
-                "2",
-                "--max-body",
-                "65536",
-                "--history",
-                "50",
-                "--max-connections-per-ip",
-                "5000",
-                "--tick-scale",
-                "0.05",
-            ],
-        ]
-        .concat(),
-    );
+    let mut args = vec![
+        "--users",
+        users.to_str().unwrap(),
+        "--heartbeat",
+        "0",
+        "--header-timeout",
+        "2",
+        "--idle-timeout",
+        "2",
+        "--max-body",
+        "65536",
+        "--history",
+        "50",
+        "--max-connections-per-ip",
+        "5000",
+        "--tick-scale",
+        "0.05",
+    ];
+    if !cfg!(feature = "apps") {
+        // A build without the apps fuzzes their paths as 404s.
+        args.drain(..2);
+    }
+    let mut s = Server::start(&args);
     let addr = s.addr;
     // An unrelated subscriber, checked between fuzz rounds.
     let mut canary = Sse::open(addr, "/events?stream=canary", "");
