@@ -485,16 +485,16 @@ pub fn help() -> String {
         } else {
             format!("--{} {}", f.name, f.value)
         };
-        let missing = match feature_of(f.name) {
-            Some((feature, false)) => format!(" [not in this build: feature {feature}]"),
-            _ => String::new(),
-        };
         s.push_str(&format!(
-            "  {left:<30} {} [default: {}] [env: {}]{missing}\n",
+            "  {left:<30} {} [default: {}] [env: {}]\n",
             f.help,
             f.default,
             env_name(f.name)
         ));
+        if let Some((feature, false)) = feature_of(f.name) {
+            s.pop();
+            s.push_str(&format!(" [not in this build: feature {feature}]\n"));
+        }
     }
     s.push_str("  --help                         this text\n  --version                      print the version\n\nLogging: RUST_LOG=info (or debug, warn...).\n");
     s
