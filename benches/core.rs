@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ssed::internals::{frame, http, Broker, Limits, Origin, Resume};
+use ssed::internals::{frame, http, Broker, Limits, Resume};
 use ssed::{Config, Event, Server};
 
 fn bench(name: &str, iters: u64, mut f: impl FnMut()) {
@@ -77,7 +77,7 @@ fn main() {
         let mut now = 1u64;
         bench("history: append (ring full, evicting)", 2_000_000, || {
             now += 1;
-            let _ = black_box(broker.append(Origin::Local, &s, now, &sse));
+            let _ = black_box(broker.append(&s, now, &sse));
         });
         let mid = broker.ids().last() - 500;
         bench("history: resume plan (id lookup)", 2_000_000, || {
@@ -115,7 +115,7 @@ fn fanout(n: usize, m: usize) {
         let Ok(mut s) = TcpStream::connect(addr) else {
             return;
         };
-        let _ = s.write_all(b"GET /events?stream=fan HTTP/1.1\r\n\r\n");
+        let _ = s.write_all(b"GET /events?stream=fan HTTP/1.1\r\nHost: b\r\n\r\n");
         subs.push(s);
     }
     // Wait until every subscriber has its response head and retry line.

@@ -15,12 +15,14 @@
 //! in the stream's history for subscribers that resume.
 //!
 //! ```sh
-//! cargo run --example server -- --listen 127.0.0.1:8080 --seconds 30
-//! curl -N 'http://127.0.0.1:8080/events?stream=messages&last_event_id=0'
+//! cargo run --example server -- --listen 127.0.0.1:8081 --seconds 30
+//! curl -N 'http://127.0.0.1:8081/events?stream=messages&last_event_id=0'
 //! ```
 //!
-//! `--seconds N` stops the server after N seconds (default: run until
-//! interrupted).
+//! It prints `listening on http://ADDR` first. `--listen` defaults to
+//! `127.0.0.1:0` (a free port, so it never collides with a server already
+//! on 8080); `--seconds N` stops the server after N seconds (default: run
+//! until interrupted). `tests/it/readme.rs` runs it.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -29,7 +31,7 @@ use std::time::Duration;
 use ssed::{Config, Event, Publisher, Server};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let mut listen: SocketAddr = "127.0.0.1:8080".parse()?;
+    let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
     let mut seconds: u64 = 0;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -14,9 +14,15 @@
 //! (default 10), then shuts the server down.
 //!
 //! ```sh
-//! cargo run --example ticker -- --listen 127.0.0.1:8080 --ticks 5
-//! curl -N 'http://127.0.0.1:8080/events?stream=time'
+//! cargo run --example ticker -- --listen 127.0.0.1:8081 --ticks 5
+//! curl -N 'http://127.0.0.1:8081/events?stream=time&last_event_id=0'
 //! ```
+//!
+//! Tick 1 is published as the server starts, before anyone can connect:
+//! `last_event_id=0` reads it (and any other missed tick) from the
+//! history, after a `gap` (0 is no id the server issued). `--listen`
+//! defaults to `127.0.0.1:0`, a free port, printed
+//! first as `listening on http://ADDR`. `tests/it/readme.rs` runs it.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -25,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ssed::{Config, Event, Server};
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let mut listen: SocketAddr = "127.0.0.1:8080".parse()?;
+    let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
     let mut ticks: u32 = 10;
     let mut interval_ms: u64 = 1000;
     let mut args = std::env::args().skip(1);

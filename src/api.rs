@@ -9,11 +9,10 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use crate::broker::{BrokerError, Create, Origin};
+use crate::access::{Op, PublishRights};
+use crate::broker::{BrokerError, Create};
 use crate::event::Event;
-use crate::handler::{
-    bus_payload, last_event_id, Action, BusPublish, Cx, Deferred, PublishRights, Shape,
-};
+use crate::handler::{bus_payload, last_event_id, status, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -30,14 +29,20 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             _ => cx.not_allowed(req, "GET, HEAD, POST, OPTIONS"),
         },
         "/streams" => match req.method {
-            Method::Get | Method::Head => list_streams(cx, req),
+            Method::Get | Method::Head if allowed(cx, req, Op::ListStreams) => {
+                list_streams(cx, req)
+            }
+            Method::Get | Method::Head => {}
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         p if p.starts_with("/streams/") => {
             let raw = &p["/streams/".len()..];
             let name = http::decode_component(raw).unwrap_or(Cow::Borrowed(raw));
             match req.method {
-                Method::Get | Method::Head => one_stream(cx, req, &name),
+                Method::Get | Method::Head if allowed(cx, req, Op::ListStreams) => {
+                    one_stream(cx, req, &name)
+                }
+                Method::Get | Method::Head => {}
                 Method::Put => create_stream(cx, req, &name),
                 Method::Delete => delete_stream(cx, req, &name),
                 _ => cx.not_allowed(req, "GET, HEAD, PUT, DELETE"),
@@ -46,6 +51,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
         "/healthz" => match req.method {
             // Still 200 while Redis is down: a load balancer must not drop
             // every node at once; the body says so.
+            Method::Get | Method::Head if !allowed(cx, req, Op::ReadStats) => {}
             Method::Get | Method::Head => match cx.redis {
                 Some(false) => cx.ok(req, "text/plain", "degraded: redis unavailable"),
                 _ => cx.ok(req, "text/plain", "ok"),
@@ -53,6 +59,7 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             _ => cx.not_allowed(req, "GET, HEAD"),
         },
         "/stats" | "/metrics" => match req.method {
+            Method::Get | Method::Head if !allowed(cx, req, Op::ReadStats) => {}
             Method::Get | Method::Head => cx.actions.push(Action::Stats {
                 prometheus: req.path == "/metrics",
                 http10: req.http10,
@@ -71,6 +78,11 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
     true
 }
 
+/// Asks the access rule (a refusal is answered there).
+fn allowed(cx: &mut Cx<'_>, req: &Request<'_>, op: Op<'_>) -> bool {
+    cx.allow(req, op).is_some()
+}
+
 /// Resolves public stream names, creating them as `by` may; on failure
 /// replies with the error and returns `None` (having created nothing).
 fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> Option<Vec<u32>> {
@@ -87,7 +99,7 @@ fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> 
             if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
                 cx.counters.reject("too_many_streams");
             }
-            cx.fail(req, e.status(), &msg);
+            cx.fail(req, status(&e), &msg);
             None
         }
     }
@@ -157,8 +169,9 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         })
         .collect();
     let raw = last_event_id(req);
-    let resume = cx.resume(raw.as_deref());
-    cx.stream_as(req, &idx, &sees, &resume, &[]);
+    let resume = cx.resume(raw.as_deref(), sees.contains(&true));
+    let until = grants.as_ref().and_then(|g| g.exp);
+    cx.stream_until(req, &idx, &sees, &resume, &[], until);
 }
 
 /// Whether a `private` field or query value asks for a private event
@@ -266,19 +279,17 @@ fn json_event(v: &Value) -> Result<Event, String> {
 
 /// 403 unless `rights` cover every name (answered here).
 fn covers(cx: &mut Cx<'_>, req: &Request<'_>, rights: &PublishRights, names: &[String]) -> bool {
-    match names.iter().find(|n| !rights.allows(n)) {
-        None => true,
-        Some(n) => {
-            cx.counters.reject("forbidden");
-            let msg = format!("the token's mercure.publish selectors do not match {n:?}");
-            cx.fail(req, 403, &msg);
+    match rights.covers(names) {
+        Ok(()) => true,
+        Err(d) => {
+            cx.deny(req, &d);
             false
         }
     }
 }
 
 fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let Some(rights) = cx.publish_rights(req) else {
+    let Some(rights) = cx.writer(req, Op::Publish) else {
         return;
     };
     let (events, extra, batch, private) = match parse_publish(req) {
@@ -317,7 +328,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     if cx.redis.is_some() {
         if let Err(e) = fits(cx, &targets, &events) {
             cx.counters.reject("publish_refused");
-            return cx.fail(req, e.status(), &e.message());
+            return cx.fail(req, status(&e), &e.message());
         }
         let shape = Shape::of(req, &cx.cors);
         cx.actions.push(Action::BusPublish(Box::new(BusPublish {
@@ -330,11 +341,9 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let mut ids = Vec::with_capacity(events.len());
     let mut subscribers = 0;
     for e in &events {
-        let published = cx
-            .broker
-            .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| {
-                crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
-            });
+        let published = cx.publish_as(&targets, private, |id| {
+            crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
+        });
         match published {
             Ok(p) => {
                 ids.push(p.id.to_string());
@@ -345,7 +354,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             }
             Err(e) => {
                 cx.counters.reject("publish_refused");
-                if matches!(e, BrokerError::TooLarge { .. }) {
+                if e.too_large() {
                     cx.counters.reject("event_too_large");
                 }
                 forget(cx, &made);
@@ -416,11 +425,9 @@ pub fn publish_event(
         })));
         return Ok(None);
     }
-    let p = match cx
-        .broker
-        .publish_as(Origin::Local, &targets, cx.unix_us, private, |id| {
-            crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
-        }) {
+    let p = match cx.publish_as(&targets, private, |id| {
+        crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
+    }) {
         Ok(p) => p,
         Err(e) => {
             if made {
@@ -439,31 +446,108 @@ pub fn publish_event(
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {
     match cx.broker.get(idx) {
+        // Public events only: the listing is open to anyone.
         Some(s) => json!({
             "name": &*s.name,
             "subscribers": s.subs.len(),
-            "last_id": if s.last_id == 0 { Value::Null } else { Value::String(s.last_id.to_string()) },
-            "history": s.retained(),
-            "published": s.published,
+            "last_id": if s.last_public_id == 0 { Value::Null } else { Value::String(s.last_public_id.to_string()) },
+            "history": s.retained_public(),
+            "published": s.published_public,
         }),
         None => Value::Null,
     }
 }
 
+/// Streams in one page of `GET /streams` unless `?limit=` asks for fewer
+/// or more...
+const LIST_DEFAULT: usize = 100;
+/// ...and at most: a listing is built whole in memory and written to a
+/// client that may never read it.
+const LIST_MAX: usize = 1000;
+
+/// One page of the stream listing: of the streams `keep` admits, those
+/// whose names sort after `after`, the first `limit` in name order, and
+/// whether more follow. A pass over the table keeping at most `limit + 1`
+/// names (borrowed, not copied) in a heap: O(streams × log limit) however
+/// large the table.
+fn list_page<'b>(
+    broker: &'b crate::broker::Broker,
+    after: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&crate::broker::Stream) -> bool,
+) -> (Vec<(&'b str, u32)>, bool) {
+    let mut heap: std::collections::BinaryHeap<(&str, u32)> =
+        std::collections::BinaryHeap::with_capacity(limit + 2);
+    for (i, s) in broker.iter() {
+        let name: &str = &s.name;
+        if after.is_some_and(|a| name <= a) || !keep(s) {
+            continue;
+        }
+        if heap.len() > limit && heap.peek().is_some_and(|&(top, _)| name >= top) {
+            continue;
+        }
+        heap.push((name, i));
+        if heap.len() > limit + 1 {
+            heap.pop();
+        }
+    }
+    let mut page = heap.into_sorted_vec();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    (page, more)
+}
+
+/// A query component with everything but unreserved characters (and the
+/// `/`, `:`, `@` stream names use) percent-encoded.
+fn query_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET /streams[?limit=N][&after=NAME]`: a page of streams in name order
+/// (the body stays the array it always was). When more follow, a
+/// `Link: </streams?limit=N&after=LAST>; rel="next"` header names the
+/// next page; its cursor is the page's last name.
 fn list_streams(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let mut list: Vec<(String, u32)> = cx
-        .broker
-        .iter()
-        .filter(|(_, s)| !s.internal)
-        .map(|(i, s)| (s.name.to_string(), i))
-        .collect();
-    list.sort();
-    let v = Value::Array(list.iter().map(|(_, i)| stream_json(cx, *i)).collect());
-    cx.ok_json(req, &v);
+    let limit = match req.query_first("limit") {
+        None => LIST_DEFAULT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=LIST_MAX).contains(&n) => n,
+            _ => {
+                cx.counters.reject("bad_request");
+                let msg = format!("bad limit {v:?}: expected 1..={LIST_MAX}");
+                return cx.fail(req, 400, &msg);
+            }
+        },
+    };
+    let after = req.query_first("after");
+    let (page, more) = list_page(cx.broker, after.as_deref(), limit, |s| {
+        s.anonymous_visible()
+    });
+    let next = more.then(|| page.last()).flatten().map(|(name, _)| {
+        format!(
+            "</streams?limit={limit}&after={}>; rel=\"next\"",
+            query_component(name)
+        )
+    });
+    let v = Value::Array(page.iter().map(|&(_, i)| stream_json(cx, i)).collect());
+    let mut resp = http::Response::json(200, &v);
+    if let Some(link) = next {
+        resp = resp.header("Link", link);
+    }
+    cx.reply(req, resp);
 }
 
 fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    match cx.broker.find_public(name) {
+    let visible = |i: &u32| cx.broker.get(*i).is_some_and(|s| s.anonymous_visible());
+    match cx.broker.find_public(name).filter(visible) {
         Some(i) => {
             let v = stream_json(cx, i);
             cx.ok_json(req, &v);
@@ -477,7 +561,7 @@ fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 /// existed. It works with --no-auto-streams, and an explicit stream is
 /// kept while empty until --stream-idle-ttl.
 fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    if !cx.authorize(req) {
+    if cx.writer(req, Op::CreateStream(name)).is_none() {
         return;
     }
     match cx.broker.create(name) {
@@ -496,16 +580,13 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
             if matches!(e, BrokerError::TooMany) {
                 cx.counters.reject("too_many_streams");
             }
-            cx.fail(req, e.status(), &msg);
+            cx.fail(req, status(&e), &msg);
         }
     }
 }
 
 fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    let Some(rights) = cx.publish_rights(req) else {
-        return;
-    };
-    if !covers(cx, req, &rights, &[name.to_string()]) {
+    if cx.writer(req, Op::DeleteStream(name)).is_none() {
         return;
     }
     match cx.broker.find_public(name) {
@@ -515,5 +596,57 @@ fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
             cx.ok_json(req, &json!({ "deleted": name, "closed": closed }));
         }
         None => cx.fail(req, 404, &format!("no stream named {name:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{list_page, query_component};
+    use crate::broker::{Broker, Create, Limits};
+
+    /// Paging through the listing visits every kept stream once, in name
+    /// order, whatever the page size, and says when more follow.
+    #[test]
+    fn pages_cover_every_stream_once_in_order() {
+        let limits = Limits {
+            history: 10,
+            history_bytes: 1 << 20,
+        };
+        let mut b = Broker::new(1, limits, 10_000);
+        let mut names: Vec<String> = (0..250)
+            .map(|i| format!("s{:03}", (i * 37) % 250))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        b.resolve_as(&refs, Create::Publisher).unwrap();
+        b.internal("!app/x", None);
+        names.sort();
+        for limit in [1, 7, 100, 250, 1000] {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let (page, more) = list_page(&b, after.as_deref(), limit, |s| !s.internal);
+                assert!(page.len() <= limit);
+                seen.extend(page.iter().map(|(n, _)| n.to_string()));
+                if !more {
+                    break;
+                }
+                assert_eq!(page.len(), limit);
+                after = page.last().map(|(n, _)| n.to_string());
+            }
+            assert_eq!(seen, names, "limit {limit}");
+        }
+        // A predicate leaves streams out without breaking the order.
+        let (page, more) = list_page(&b, Some("s100"), 3, |s| s.name.ends_with('5'));
+        let got: Vec<&str> = page.iter().map(|(n, _)| *n).collect();
+        assert_eq!(got, ["s105", "s115", "s125"]);
+        assert!(more);
+        // A cursor past the end: an empty last page.
+        assert_eq!(list_page(&b, Some("zzz"), 5, |_| true), (vec![], false));
+    }
+
+    #[test]
+    fn cursors_are_encoded_for_the_link_header() {
+        assert_eq!(query_component("a/b:c@d-e.f_g~h"), "a/b:c@d-e.f_g~h");
+        assert_eq!(query_component("x y&z>"), "x%20y%26z%3E");
     }
 }

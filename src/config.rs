@@ -22,6 +22,9 @@ pub struct Config {
     pub history_bytes: usize,
     /// Bytes of retained history in all streams together (encoded frames).
     pub history_total_bytes: usize,
+    /// Everything a client can make the server hold, together (`--memory-max`);
+    /// `None`: `history_total_bytes` + 256 MiB.
+    pub memory_max: Option<usize>,
     /// A stream nobody reads, unpublished for this long, is dropped; zero: never.
     pub stream_idle_ttl: Duration,
     /// Maximum number of public streams (publishers' pool; subscribers get
@@ -122,6 +125,7 @@ impl Default for Config {
             history: 1000,
             history_bytes: 1 << 20,
             history_total_bytes: 256 << 20,
+            memory_max: None,
             stream_idle_ttl: Duration::from_secs(3600),
             max_streams: 10_000,
             max_streams_per_conn: 16,
@@ -270,6 +274,12 @@ const FLAGS: &[Flag] = &[
         value: "BYTES",
         default: "268435456",
         help: "retained history of all streams together; past it the least recently used streams' oldest events go",
+    },
+    Flag {
+        name: "memory-max",
+        value: "BYTES",
+        default: "--history-total-bytes + 268435456",
+        help: "all a client can make the server hold together (history, request buffers, unsent responses, archives, bus fetches, selectors); past it such memory is refused (503, or the connection closed)",
     },
     Flag {
         name: "stream-idle-ttl",
@@ -465,6 +475,22 @@ const FLAGS: &[Flag] = &[
     },
 ];
 
+/// Room `--memory-max` must leave beside `--history-total-bytes` (the
+/// memory account's minimum headroom, 4 MiB).
+pub const MEMORY_HEADROOM: usize = 4 << 20;
+/// What `--memory-max` is beside `--history-total-bytes` when not given.
+pub const MEMORY_DEFAULT_HEADROOM: usize = 256 << 20;
+
+impl Config {
+    /// The memory account's global bound in force.
+    pub fn memory_max(&self) -> usize {
+        self.memory_max.unwrap_or(
+            self.history_total_bytes
+                .saturating_add(MEMORY_DEFAULT_HEADROOM),
+        )
+    }
+}
+
 /// The most workers `--workers` accepts.
 pub const MAX_WORKERS: usize = 256;
 
@@ -597,6 +623,7 @@ impl Config {
                 }
                 self.history_total_bytes = n;
             }
+            "memory-max" => self.memory_max = Some(num(name, v)?),
             "stream-idle-ttl" => self.stream_idle_ttl = secs(name, v)?,
             "max-streams" => self.max_streams = num(name, v)?,
             "max-streams-per-conn" => {
@@ -845,6 +872,18 @@ impl Config {
         if cfg.listen.is_empty() {
             cfg.listen = Config::default().listen;
         }
+        if let Some(m) = cfg.memory_max {
+            let least = cfg.history_total_bytes.saturating_add(MEMORY_HEADROOM);
+            if m < least {
+                return Err(bad(
+                    "memory-max",
+                    &m.to_string(),
+                    &format!(
+                        "must be at least --history-total-bytes + {MEMORY_HEADROOM} ({least})"
+                    ),
+                ));
+            }
+        }
         cfg.check_features()?;
         if cfg.workers > 0 && cfg.redis.is_none() {
             // Each worker has its own streams and history; without a shared
@@ -986,6 +1025,31 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(500));
         assert!(!c.auto_streams);
         assert_eq!(c.data_dir, None);
+    }
+
+    #[test]
+    fn memory_max_follows_the_history_budget_unless_given() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.memory_max(), (256 << 20) + (256 << 20));
+        let c = serve(&["--history-total-bytes", "1048576"], &[]);
+        assert_eq!(c.memory_max(), (1 << 20) + (256 << 20));
+        let c = serve(&[], &[("SSED_MEMORY_MAX", "314572800")]);
+        assert_eq!(c.memory_max(), 300 << 20);
+        let e = Config::from_args(
+            &[
+                "--history-total-bytes".into(),
+                "104857600".into(),
+                "--memory-max".into(),
+                "104857600".into(),
+            ],
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--history-total-bytes + 4194304"),
+            "{e}"
+        );
+        assert!(help().contains("SSED_MEMORY_MAX"));
     }
 
     #[test]

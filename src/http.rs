@@ -32,8 +32,6 @@ pub enum Method {
 pub enum HttpError {
     /// 400, with the reason.
     BadRequest(&'static str),
-    /// 411: a body without a length.
-    LengthRequired,
     /// 413: over `--max-body`.
     PayloadTooLarge,
     /// 414: request line over `--max-header-bytes`.
@@ -53,7 +51,6 @@ impl HttpError {
     pub fn status(self) -> u16 {
         match self {
             HttpError::BadRequest(_) => 400,
-            HttpError::LengthRequired => 411,
             HttpError::PayloadTooLarge => 413,
             HttpError::UriTooLong => 414,
             HttpError::HeadersTooLarge => 431,
@@ -66,9 +63,6 @@ impl HttpError {
     pub fn message(self) -> &'static str {
         match self {
             HttpError::BadRequest(m) | HttpError::NotImplemented(m) => m,
-            HttpError::LengthRequired => {
-                "a request body needs Content-Length or chunked Transfer-Encoding"
-            }
             HttpError::PayloadTooLarge => "request body is larger than --max-body",
             HttpError::UriTooLong => "request line is longer than --max-header-bytes",
             HttpError::HeadersTooLarge => "request headers are larger than --max-header-bytes",
@@ -80,7 +74,6 @@ impl HttpError {
     pub fn reason(self) -> &'static str {
         match self {
             HttpError::BadRequest(_) => "bad_request",
-            HttpError::LengthRequired => "length_required",
             HttpError::PayloadTooLarge => "body_too_large",
             HttpError::UriTooLong => "uri_too_long",
             HttpError::HeadersTooLarge => "headers_too_large",
@@ -244,7 +237,15 @@ pub fn parse_resume<'b>(
     let mut chunked = false;
     let mut conn_close = false;
     let mut conn_keep = false;
+    if (0..head_len).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
+        // A bare LF ends lines for some parsers and not others (request
+        // smuggling through a proxy that disagrees); nginx refuses it too.
+        return Err(HttpError::BadRequest(
+            "bare LF in the request head: every line must end with CRLF",
+        ));
+    }
     let mut hosts = 0;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
         let value = h.value;
@@ -276,6 +277,9 @@ pub fn parse_resume<'b>(
             }
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            check_host(value)?;
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
             for tok in value.split(|&b| b == b',') {
                 let tok = tok.trim_ascii();
@@ -309,6 +313,13 @@ pub fn parse_resume<'b>(
         !conn_close
     };
     let rest = &buf[head_len..];
+    // RFC 9110 §10.1.1: answer `100 Continue` before the body is read (a
+    // refusal at the head, as 411 or 413 above, is the final status
+    // instead); HTTP/1.0 clients get none.
+    let body_expected = chunked || content_length.is_some_and(|n| n > 0);
+    if expect_continue && !http10 && body_expected && rest.is_empty() {
+        scan.continue_due = true;
+    }
     let (body, used): (Cow<'_, [u8]>, usize) = if chunked {
         // Check only the chunks that arrived since the last attempt; decode
         // (one more pass) only once the body is complete.
@@ -329,9 +340,8 @@ pub fn parse_resume<'b>(
         }
         (Cow::Borrowed(&rest[..n]), n)
     } else {
-        if matches!(method, Method::Post | Method::Put | Method::Patch) {
-            return Err(HttpError::LengthRequired);
-        }
+        // RFC 9112 6.3: a request with neither header has no body, whatever
+        // its method (curl's bodiless `-X PUT` sends neither; nginx agrees).
         (Cow::Borrowed(&rest[..0]), 0)
     };
     let req = Request {
@@ -344,6 +354,22 @@ pub fn parse_resume<'b>(
         body,
     };
     Ok(Parsed::Complete(req, head_len + used))
+}
+
+/// A `Host` value: one `host[:port]`, not empty, no list (`a, b`), no
+/// spaces, slashes or userinfo (nginx refuses the same with 400).
+fn check_host(value: &[u8]) -> Result<(), HttpError> {
+    let v = value.trim_ascii();
+    if v.is_empty() {
+        return Err(HttpError::BadRequest("empty Host header"));
+    }
+    let bad = |b: &u8| b.is_ascii_control() || b" ,/\\@\t".contains(b);
+    if v.iter().any(bad) {
+        return Err(HttpError::BadRequest(
+            "bad Host header: one host[:port] expected",
+        ));
+    }
+    Ok(())
 }
 
 /// What httparse's version error means: a request line of three parts
@@ -384,7 +410,20 @@ pub struct Scan {
     at: usize,
     /// Body bytes in the complete chunks before it.
     body: usize,
+    /// The head asked `Expect: 100-continue` and no body byte came yet:
+    /// the caller owes an interim `100 Continue` ([`Scan::take_continue`]).
+    continue_due: bool,
 }
+
+impl Scan {
+    /// Whether to send `HTTP/1.1 100 Continue` now (once: it clears).
+    pub fn take_continue(&mut self) -> bool {
+        std::mem::take(&mut self.continue_due)
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Decodes a chunked body at the front of `buf`: `Ok(None)` while
 /// incomplete, otherwise the body and the bytes consumed. Chunk extensions
@@ -458,6 +497,7 @@ fn walk_chunks(
         scan = Scan {
             at: data + size + 2,
             body: scan.body + size,
+            continue_due: false,
         };
     }
 }
@@ -757,7 +797,8 @@ mod tests {
                 scan,
                 Scan {
                     at: req.len() - head,
-                    body: i as usize + 1
+                    body: i as usize + 1,
+                    continue_due: false,
                 }
             );
         }
@@ -798,9 +839,24 @@ mod tests {
     }
 
     #[test]
+    fn no_length_and_no_chunking_is_an_empty_body() {
+        for m in ["PUT", "POST", "DELETE", "PATCH"] {
+            for v in ["1.1", "1.0"] {
+                let raw = format!("{m} /streams/news HTTP/{v}\r\nHost: x\r\n\r\n");
+                match parse(raw.as_bytes(), L) {
+                    Ok(Parsed::Complete(r, n)) => {
+                        assert_eq!(n, raw.len(), "{raw:?}");
+                        assert!(r.body.is_empty(), "{raw:?}");
+                    }
+                    _ => panic!("not a complete request: {raw:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn statuses_for_limits() {
         let e = |b: &[u8]| parse(b, L).unwrap_err().status();
-        assert_eq!(e(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 411);
         assert_eq!(
             e(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n"),
             413

@@ -1,7 +1,7 @@
 //! Internals exposed for the benchmarks and the fuzz targets only: not
 //! part of the API, hidden from the docs, and free to change.
 
-pub use crate::broker::{Broker, Cursors, Limits, Origin, Resume};
+pub use crate::broker::{Broker, Cursors, Limits, Resume};
 
 /// The request parser.
 pub mod http {

@@ -60,13 +60,14 @@
 
 // Layers (docs/ARCHITECTURE.md): each module uses only those of lower
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
-// it). 1: config, event, frame, http, stats, auth, bus, journal.
+// it). 1: config, event, frame, http, stats, auth, bus, journal, access.
 // 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
 // 7: supervisor (the `--workers` process manager).
 // `client` stands apart and uses none of them.
 // Cargo features (Cargo.toml) leave modules out; where the core calls one,
 // a stub of the same shape (`off.rs`) stands in, refusing its flags at bind
 // and, with uninhabited types, letting the optimiser drop the call sites.
+mod access;
 mod api;
 #[cfg_attr(not(feature = "apps"), path = "apps/off.rs")]
 mod apps;
@@ -81,8 +82,9 @@ mod event;
 mod frame;
 mod handler;
 mod http;
-#[cfg(feature = "journal")]
+#[cfg_attr(not(feature = "journal"), path = "journal/off.rs")]
 mod journal;
+mod memory;
 #[cfg_attr(not(feature = "mercure"), path = "mercure_off.rs")]
 mod mercure;
 mod reactor;

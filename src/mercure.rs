@@ -12,8 +12,9 @@
 
 use std::borrow::Cow;
 
-use crate::auth::{Grants, Selector};
-use crate::broker::{valid_topic, BrokerError, Create, Origin, Resume, MAX_TOPIC_BYTES};
+use crate::access::{selector_sees_private, Op};
+use crate::auth::Selector;
+use crate::broker::{valid_topic, BrokerError, Create, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
 use crate::handler::Cx;
@@ -45,18 +46,6 @@ fn is_exact(sel: &str) -> bool {
     sel != "*" && !sel.contains('{')
 }
 
-/// Whether a token's grants cover every topic `sel` can match, which is
-/// what lets a selector stream's cursor see private updates: decidable
-/// only for `*` grants or the very same selector, so anything else stays
-/// public-only (never more than the token allows).
-fn covers(grants: Option<&Grants>, sel: &str) -> bool {
-    grants.is_some_and(|g| {
-        g.subscribe
-            .iter()
-            .any(|s| s.as_str() == "*" || s.as_str() == sel)
-    })
-}
-
 fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     let topics: Vec<String> = req.query_all("topic").map(Cow::into_owned).collect();
     if topics.is_empty() {
@@ -78,6 +67,11 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     for t in &topics {
         match Selector::parse(t) {
             Ok(s) if !is_exact(t) || valid_topic(t) => selectors.push(s),
+            Err(e) if t.contains('{') => {
+                cx.counters.reject("bad_request");
+                let msg = format!("bad URI template {t:?}: {}", e.message());
+                return cx.fail(req, 400, &msg);
+            }
             _ => {
                 let msg = format!("bad topic selector {t:?}: a topic of 1..={MAX_TOPIC_BYTES} bytes without control characters, *, or a URI template");
                 return cx.fail(req, 400, &msg);
@@ -115,22 +109,56 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
                 .is_some_and(|p| exact_sees[p]),
         );
     }
+    // Anonymous subscribers' selector streams come from a pool per client
+    // address, so a few of them cannot take every slot.
+    let anon = match (&grants, cx.peer) {
+        (None, Some(std::net::IpAddr::V4(v4))) => Some(u128::from(v4.to_ipv6_mapped())),
+        (None, Some(std::net::IpAddr::V6(v6))) => Some(u128::from(v6)),
+        // Address unknown: one pool for all such.
+        (None, None) => Some(0),
+        (Some(_), _) => None,
+    };
     for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
-        let idx = match cx.broker.selector_stream(sel) {
+        let idx = match cx.broker.selector_stream(sel, anon) {
             Ok(i) => i,
-            Err(e) => return fail_broker(cx, req, sel.as_str(), &e),
+            Err(e) => {
+                if matches!(e, BrokerError::TooManySelectors(_)) {
+                    cx.counters.reject("too_many_selectors");
+                }
+                return fail_broker(cx, req, sel.as_str(), &e);
+            }
         };
         if !targets.contains(&idx) {
             targets.push(idx);
-            sees.push(covers(grants.as_ref(), sel.as_str()));
+            sees.push(selector_sees_private(grants.as_ref(), sel.as_str()));
         }
     }
     let resume = match last_event_id(req) {
         Some(r) if r == "earliest" => Resume::Earliest,
-        r => cx.resume(r.as_deref()),
+        r => cx.resume(r.as_deref(), sees.contains(&true)),
     };
-    let last = cx.broker.ids().last().to_string();
-    cx.stream_as(req, &targets, &sees, &resume, &[("Last-Event-ID", last)]);
+    // The newest event this subscriber could have been sent, so the header
+    // tells nothing of private events it may not see ("earliest": none).
+    let last = targets
+        .iter()
+        .zip(&sees)
+        .filter_map(|(&t, &sees)| {
+            let s = cx.broker.get(t)?;
+            Some(if sees { s.last_id } else { s.last_public_id })
+        })
+        .max()
+        .filter(|&id| id > 0)
+        .map_or_else(|| "earliest".to_string(), |id| id.to_string());
+    // Mercure: the subscription ends when the token expires.
+    let until = grants.as_ref().and_then(|g| g.exp);
+    cx.stream_until(
+        req,
+        &targets,
+        &sees,
+        &resume,
+        &[("Last-Event-ID", last)],
+        until,
+    );
 }
 
 /// `names` without repeats, in first-seen order (what `resolve` returns
@@ -163,7 +191,7 @@ fn fail_broker(cx: &mut Cx<'_>, req: &Request<'_>, topic: &str, e: &BrokerError)
         ),
         _ => format!("topic {topic:?}: {}", e.message()),
     };
-    cx.fail(req, e.status(), &msg);
+    cx.fail(req, crate::handler::status(e), &msg);
 }
 
 /// A publish form, checked.
@@ -241,7 +269,7 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
 }
 
 fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let Some(rights) = cx.publish_rights(req) else {
+    let Some(rights) = cx.writer(req, Op::Publish) else {
         return;
     };
     let u = match parse_form(req, cx.cfg.max_streams_per_conn) {
@@ -251,10 +279,8 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             return cx.fail(req, 400, &msg);
         }
     };
-    if let Some(t) = u.topics.iter().find(|t| !rights.allows(t)) {
-        cx.counters.reject("forbidden");
-        let msg = format!("the token's mercure.publish selectors do not match topic {t:?}");
-        return cx.fail(req, 403, &msg);
+    if let Err(d) = rights.covers_as(&u.topics, "topic ") {
+        return cx.deny(req, &d);
     }
     if cx.redis.is_some() {
         // Hub publishes (custom ids, the alias index) are not carried over
@@ -277,17 +303,10 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let private = u.private || cx.targets_private(&targets);
     let ev = &u.event;
     let custom = u.id.as_deref();
-    let published =
-        cx.broker.publish_as(
-            Origin::Local,
-            &targets,
-            cx.unix_us,
-            private,
-            |id| match custom {
-                Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
-                None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
-            },
-        );
+    let published = cx.publish_as(&targets, private, |id| match custom {
+        Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
+        None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
+    });
     match published {
         Ok(p) => {
             if p.pressure {
@@ -295,7 +314,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
             }
             let id = match custom {
                 Some(c) => {
-                    cx.broker.alias(c, p.id);
+                    cx.broker.alias(c, p.id, private);
                     c.to_string()
                 }
                 None => p.id.to_string(),
@@ -312,25 +331,28 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Grants;
 
     #[test]
-    fn exact_and_covers() {
+    fn exact_and_selector_sees_private() {
         assert!(is_exact("https://example.com/books/1"));
         assert!(!is_exact("*"));
         assert!(!is_exact("https://example.com/books/{id}"));
         let g = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("/b/{id}").unwrap()],
+            exp: None,
         };
-        assert!(covers(Some(&g), "/b/{id}"));
-        assert!(!covers(Some(&g), "*"));
-        assert!(!covers(Some(&g), "/b/{x}/c"));
-        assert!(!covers(None, "*"));
+        assert!(selector_sees_private(Some(&g), "/b/{id}"));
+        assert!(!selector_sees_private(Some(&g), "*"));
+        assert!(!selector_sees_private(Some(&g), "/b/{x}/c"));
+        assert!(!selector_sees_private(None, "*"));
         let all = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
+            exp: None,
         };
-        assert!(covers(Some(&all), "/anything/{x}"));
+        assert!(selector_sees_private(Some(&all), "/anything/{x}"));
     }
 
     #[test]

@@ -1,17 +1,17 @@
-//! Routing: which handler answers a request. CORS is decided here once
-//! per request (preflights answered, allowed origins echoed into every
-//! reply through the context); the built-in apps get their paths first,
+//! Routing: which handler answers a request. CORS is asked of the access
+//! rule once per request (preflights answered here, allowed origins echoed
+//! into every reply through the context); the built-in apps get their paths first,
 //! the core API next, the Accept-detected app stream last.
 //!
 //! It dispatches only; handlers decide and return actions.
 
 use crate::apps::{self, Apps};
 use crate::handler::Cx;
-use crate::http::{Headers, Method, Request, Response};
+use crate::http::{Method, Request, Response};
 
 /// Routes one complete request.
 pub fn handle(cx: &mut Cx<'_>, apps: &mut Apps, req: &Request<'_>) {
-    cx.cors = cors_headers(&cx.cfg.cors_origins, req);
+    cx.cors = cx.access.cors(req);
     if req.method == Method::Options && !cx.cors.is_empty() {
         let resp = Response::no_content()
             .header(
@@ -42,22 +42,4 @@ pub fn handle(cx: &mut Cx<'_>, apps: &mut Apps, req: &Request<'_>) {
         return;
     }
     cx.fail(req, 404, "no such path");
-}
-
-/// CORS headers for this request's `Origin`, if it is allowed.
-fn cors_headers(origins: &[String], req: &Request<'_>) -> Headers {
-    if origins.is_empty() {
-        return Vec::new();
-    }
-    if origins.iter().any(|o| o == "*") {
-        return vec![("Access-Control-Allow-Origin", "*".into())];
-    }
-    match req.header_str("origin") {
-        Some(o) if origins.iter().any(|a| a == o) => vec![
-            ("Access-Control-Allow-Origin", o.to_string()),
-            ("Access-Control-Allow-Credentials", "true".into()),
-            ("Vary", "Origin".into()),
-        ],
-        _ => Vec::new(),
-    }
 }

@@ -45,6 +45,8 @@ pub struct Counters {
     pub streams_expired: u64,
     /// Streams dropped with no readers and no history.
     pub streams_dropped_empty: u64,
+    /// Times freed heap was handed back to the system (`malloc_trim`).
+    pub memory_trims: u64,
     /// Rejections by reason (`bad_request`, `timeout`, `over_capacity`…).
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -103,6 +105,34 @@ pub struct Gauges {
     pub redis: Option<RedisGauges>,
     /// The journal (`--data-dir`), when there is one.
     pub journal: Option<JournalGauges>,
+    /// The memory account.
+    pub memory: MemoryGauges,
+}
+
+/// The memory account (`--memory-max`) as `/stats` and `/metrics` show it.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryGauges {
+    /// The global bound.
+    pub max: usize,
+    /// Bytes held, all kinds together.
+    pub used: usize,
+    /// Each kind.
+    pub kinds: Vec<KindGauge>,
+}
+
+/// One kind of memory in the account.
+#[derive(Debug, Default, Clone)]
+pub struct KindGauge {
+    /// `history`, `requests`, `output`, `archives`, `bus`, `selectors`.
+    pub name: &'static str,
+    /// Bytes held now.
+    pub used: usize,
+    /// Its limit.
+    pub limit: usize,
+    /// The most held at once.
+    pub peak: usize,
+    /// Charges refused.
+    pub refused: u64,
 }
 
 /// The Redis bus's state and counters (`--redis`).
@@ -197,6 +227,17 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
             "tombstones": g.tombstones,
         },
         "buffered_request_bytes": g.buffered_request_bytes,
+        "memory": {
+            "max": g.memory.max,
+            "used": g.memory.used,
+            "trims": c.memory_trims,
+            "kinds": g.memory.kinds.iter().map(|k| (k.name.to_string(), serde_json::json!({
+                "used": k.used,
+                "limit": k.limit,
+                "peak": k.peak,
+                "refused": k.refused,
+            }))).collect::<serde_json::Map<_, _>>(),
+        },
         "timers": g.timers,
         "timer_entries": g.timer_entries,
         "requests": c.requests,
@@ -515,6 +556,45 @@ pub fn prometheus(c: &Counters, g: &Gauges) -> String {
             metric(name, kind, help, v.to_string());
         }
     }
+    metric(
+        "memory_max_bytes",
+        "gauge",
+        "The memory account's global bound (--memory-max).",
+        g.memory.max.to_string(),
+    );
+    metric(
+        "memory_used_bytes",
+        "gauge",
+        "Bytes held in the memory account, all kinds together.",
+        g.memory.used.to_string(),
+    );
+    for (name, help, value) in [
+        (
+            "memory_kind_bytes",
+            "Bytes held in the memory account, by kind.",
+            &(|k: &KindGauge| k.used as u64) as &dyn Fn(&KindGauge) -> u64,
+        ),
+        (
+            "memory_kind_limit_bytes",
+            "The memory account's limit of each kind.",
+            &|k: &KindGauge| k.limit as u64,
+        ),
+        (
+            "memory_refused_total",
+            "Charges the memory account refused, by kind.",
+            &|k: &KindGauge| k.refused,
+        ),
+    ] {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(s, "# HELP ssed_{name} {help}\n# TYPE ssed_{name} {kind}");
+        for k in &g.memory.kinds {
+            let _ = writeln!(s, "ssed_{name}{{kind=\"{}\"}} {}", k.name, value(k));
+        }
+    }
     let _ = write!(s, "# HELP ssed_rejected_total Requests or connections rejected, by reason.\n# TYPE ssed_rejected_total counter\n");
     for (reason, n) in &c.rejected {
         let _ = writeln!(s, "ssed_rejected_total{{reason=\"{reason}\"}} {n}");
@@ -553,6 +633,30 @@ mod tests {
             "# TYPE ssed_events_published_total counter\nssed_events_published_total 3\n"
         ));
         assert!(text.contains("ssed_rejected_total{reason=\"timeout\"} 1\n"));
+        let g = Gauges {
+            memory: MemoryGauges {
+                max: 100,
+                used: 7,
+                kinds: vec![KindGauge {
+                    name: "output",
+                    used: 7,
+                    limit: 25,
+                    peak: 9,
+                    refused: 2,
+                }],
+            },
+            ..Gauges::default()
+        };
+        let text = prometheus(&c, &g);
+        assert!(text.contains("ssed_memory_max_bytes 100\n"), "{text}");
+        assert!(text.contains("# TYPE ssed_memory_refused_total counter\nssed_memory_refused_total{kind=\"output\"} 2\n"), "{text}");
+        assert!(
+            text.contains("ssed_memory_kind_bytes{kind=\"output\"} 7\n"),
+            "{text}"
+        );
+        let j = json(&c, &g);
+        assert_eq!(j["memory"]["kinds"]["output"]["peak"], 9);
+        assert_eq!(j["memory"]["used"], 7);
         let j = json(&c, &Gauges::default());
         assert_eq!(j["events_published"], 3);
         assert_eq!(j["rejected"]["timeout"], 1);

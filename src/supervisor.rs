@@ -1,8 +1,8 @@
 //! The `--workers N` supervisor: the `ssed` binary, asked for workers,
 //! serves nothing itself. It reserves the listen addresses, starts N copies
 //! of itself (the same command line minus `--workers`, plus `--reuse-port`
-//! and the resolved `--listen` addresses), announces `listening on` once the
-//! first worker listens, restarts a worker that dies (with backoff, and
+//! and the resolved `--listen` addresses), announces `listening on` once
+//! every worker listens, restarts a worker that dies (with backoff, and
 //! gives up on a crash loop), and on SIGTERM/SIGINT passes the signal on
 //! and waits for every worker to drain.
 //!
@@ -51,7 +51,7 @@ pub enum SuperviseError {
     Setup(io::Error),
     /// A worker could not be started.
     Spawn(io::Error),
-    /// The first worker exited before it listened (bad config, port taken).
+    /// A worker exited before every worker listened (bad config, port taken).
     Startup {
         /// Worker number (1-based).
         worker: usize,
@@ -289,8 +289,8 @@ impl Supervisor {
 
 /// Runs the supervisor for `cfg` (parsed from `args`, the command line
 /// after the program name) until every worker has exited after a stop
-/// signal. Prints `listening on http://ADDR` lines to stdout once the
-/// first worker listens.
+/// signal. Prints `listening on http://ADDR` lines to stdout once every
+/// worker listens.
 pub fn supervise(cfg: &Config, args: &[String]) -> Result<(), SuperviseError> {
     let mut reserved = Vec::new();
     let mut addrs = Vec::new();
@@ -389,8 +389,8 @@ fn run(
                 continue;
             }
             if !sup.announced {
-                // Nothing ever listened: a bad config or a taken port, not
-                // a crash to retry.
+                // Died before the pool was up: a bad config or a taken
+                // port, not a crash to retry.
                 sup.signal_all(libc::SIGTERM);
                 stop = Some((
                     now + cfg.shutdown_timeout + DRAIN_GRACE,
@@ -449,7 +449,11 @@ fn run(
                 }
             }
         }
-        if !sup.announced && sup.slots.iter().any(|s| s.listening >= sup.listeners) {
+        // Every worker, not the first: the kernel spreads connections over
+        // the listeners that exist, so a client that starts at the
+        // announcement would otherwise pile onto the first few of 60 workers
+        // (and past their open-file limit).
+        if !sup.announced && sup.slots.iter().all(|s| s.listening >= sup.listeners) {
             sup.announced = true;
             let mut out = io::stdout().lock();
             for a in addrs {

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use super::ids;
+use crate::access::Op;
 use crate::frame;
 use crate::handler::Cx;
 use crate::http::{Method, Request};
@@ -42,6 +43,9 @@ pub fn handle(cx: &mut Cx<'_>, req: &Request<'_>) {
     cx.cors = vec![("Access-Control-Allow-Origin", "*".into())];
     if !matches!(req.method, Method::Get | Method::Head) {
         return cx.not_allowed(req, "GET");
+    }
+    if cx.allow(req, Op::AppStream).is_none() {
+        return;
     }
     let event = req
         .query_first("event")

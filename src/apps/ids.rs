@@ -1,5 +1,5 @@
 //! Small text helpers the apps share: uuid v4, random hex and alphanumeric
-//! strings, ISO-8601 UTC timestamps, base64 decoding (HTTP Basic auth) and
+//! strings, ISO-8601 UTC timestamps and
 //! an `event:` line that is written even for the `message` type.
 //!
 //! Written by hand because the crate takes no dependencies beyond the
@@ -104,47 +104,17 @@ pub fn http_date(unix_secs: u64) -> String {
     )
 }
 
-fn b64_value(c: u8) -> Option<u32> {
-    match c {
-        b'A'..=b'Z' => Some((c - b'A') as u32),
-        b'a'..=b'z' => Some((c - b'a') as u32 + 26),
-        b'0'..=b'9' => Some((c - b'0') as u32 + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
-
-/// Decodes standard base64 (padding optional); `None` on any bad symbol.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        acc = (acc << 6) | b64_value(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // A lone trailing symbol carries fewer than 8 bits: not base64.
-    (bits < 6).then_some(out)
-}
-
 /// An event frame that always spells its `event:` line. `frame::encode`
 /// leaves the line out for `message` (EventSource's default), but the
 /// originals (workerman, lasse in MongooseIM, chamber's nginx) write it,
-/// and raw-parsing clients of theirs may match on it.
+/// and raw-parsing clients of theirs may match on it. `message` leads with
+/// its `event:` line, other types follow `id:`, as they always have here.
 pub fn frame_typed(id: &str, event: &str, data: &str) -> Vec<u8> {
+    let b = crate::frame::Block::with_capacity(data.len() + 48);
     if event == "message" {
-        let mut out = b"event: message\n".to_vec();
-        out.extend_from_slice(&crate::frame::encode(Some(id), None, data, None));
-        out
+        b.event(event).id(id).data(data)
     } else {
-        crate::frame::encode(Some(id), Some(event), data, None)
+        b.id(id).event(event).data(data)
     }
 }
 
@@ -201,21 +171,6 @@ mod tests {
         assert_eq!(http_date(1_635_905_195), "Wed, 03 Nov 2021 02:06:35 GMT");
         assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(
-            base64_decode("YWxpY2VAbG9jYWxob3N0OnNlY3JldA==").as_deref(),
-            Some(&b"alice@localhost:secret"[..])
-        );
-        assert_eq!(base64_decode("").as_deref(), Some(&b""[..]));
-        assert_eq!(base64_decode("Zg").as_deref(), Some(&b"f"[..]));
-        assert_eq!(base64_decode("Zm8=").as_deref(), Some(&b"fo"[..]));
-        assert_eq!(base64_decode("Zm9v").as_deref(), Some(&b"foo"[..]));
-        assert_eq!(base64_decode("Z"), None);
-        assert_eq!(base64_decode("Zm9v!"), None);
-        assert_eq!(base64_decode("Zm 9v"), None);
     }
 
     #[test]

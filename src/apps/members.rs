@@ -43,7 +43,8 @@ use std::net::IpAddr;
 use serde_json::{json, Map, Value};
 
 use super::ids;
-use crate::broker::{Limits, Origin, Resume};
+use crate::access::Op;
+use crate::broker::{Limits, Resume};
 use crate::frame;
 use crate::handler::{bus_payload_raw, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
 use crate::http::Response;
@@ -99,18 +100,11 @@ impl Members {
         self.members.remove(member);
     }
 
-    /// A member event read back from a journal (its frame starts with
-    /// `id: <uuid>`): index the uuid so a resume across the restart is
-    /// exact. Members past [`MAX_MEMBERS`] keep their stream but not an
-    /// index (a resume gets `gap` and all that is retained).
-    pub fn restored(&mut self, member: &str, stream: u32, id: u64, frame: &[u8]) {
-        let Some(uuid) = frame
-            .strip_prefix(b"id: ")
-            .and_then(|r| r.split(|&b| b == b'\n').next())
-            .and_then(|u| std::str::from_utf8(u).ok())
-        else {
-            return;
-        };
+    /// A member event with `uuid` read back from a journal: index it so a
+    /// resume across the restart is exact. Members past [`MAX_MEMBERS`]
+    /// keep their stream but not an index (a resume gets `gap` and all that
+    /// is retained).
+    pub fn restored(&mut self, member: &str, stream: u32, id: u64, uuid: &str) {
         if !self.members.contains_key(member) {
             if self.members.len() >= MAX_MEMBERS || !super::valid_ident(member) {
                 return;
@@ -276,6 +270,9 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Op
 }
 
 fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
+    if cx.allow(req, Op::AppStream).is_none() {
+        return;
+    }
     let Some(member) = checked_member(cx, req) else {
         return;
     };
@@ -349,11 +346,10 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
 /// The server id of the retained frame whose `id:` line is `uuid` (events
 /// that came from another node through the bus are not in the index).
 fn in_ring(cx: &Cx<'_>, idx: u32, uuid: &str) -> Option<u64> {
-    let line = format!("id: {uuid}\n");
     let s = cx.broker.get(idx)?;
     let f = s
         .frames_after(0)
-        .find(|f| f.sse().starts_with(line.as_bytes()))?;
+        .find(|f| frame::leading_id(f.sse()) == Some(uuid))?;
     Some(f.id)
 }
 
@@ -396,12 +392,17 @@ fn parse_event(body: &[u8]) -> Result<(String, Map<String, Value>), String> {
 }
 
 fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
-    if !cx.authorize(req) {
+    // Credentials first, so a refused client learns nothing of the
+    // member id's checks; then the rights over this member's stream.
+    if cx.writer(req, Op::Publish).is_none() {
         return;
     }
     let Some(member) = checked_member(cx, req) else {
         return;
     };
+    if cx.writer(req, Op::MemberPublish(&member)).is_none() {
+        return;
+    }
     if req.body.len() > MAX_EVENT_BYTES {
         let msg = format!("event body is larger than {MAX_EVENT_BYTES} bytes");
         return cx.fail(req, 413, &msg);
@@ -421,7 +422,10 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
     body.insert("timestamp".into(), Value::String(ids::iso8601_utc(now)));
     let uuid = ids::uuid_v4(cx.rng);
     let data = Value::Object(body).to_string();
-    let bytes = frame::encode(Some(&uuid), Some(&etype), &data, None);
+    let bytes = frame::Block::with_capacity(data.len() + 64)
+        .id(&uuid)
+        .event(&etype)
+        .data(&data);
     if cx.redis.is_some() {
         // Through the bus, so the member's devices on every node get it.
         cx.actions.push(Action::BusPublish(Box::new(BusPublish {
@@ -435,10 +439,7 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         })));
         return;
     }
-    let p = match cx
-        .broker
-        .publish_with(Origin::Local, &[idx], now, |_| bytes)
-    {
+    let p = match cx.publish_as(&[idx], false, |_| bytes) {
         Ok(p) => p,
         Err(e) => {
             let resp = Response::error(e.status(), &e.message());

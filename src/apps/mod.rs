@@ -75,7 +75,10 @@ impl Apps {
     /// apps rebuild what they index (the member app's uuid → id map).
     pub fn restored(&mut self, name: &str, stream: u32, id: u64, frame: &[u8]) {
         if let Some(member) = name.strip_prefix(members::STREAM_PREFIX) {
-            self.members.restored(member, stream, id, frame);
+            // Member frames lead with their uuid's `id:` line.
+            if let Some(uuid) = crate::frame::leading_id(frame) {
+                self.members.restored(member, stream, id, uuid);
+            }
         }
     }
 

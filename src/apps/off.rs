@@ -9,6 +9,10 @@ use crate::http::Request;
 
 /// The MongooseIM app's users file: none in this build.
 pub mod mongoose {
+    /// The archives' share of `--history-total-bytes` in the memory
+    /// account: the same bound as with the apps (none are ever archived).
+    pub const ARCHIVE_SHARE_DIVISOR: usize = 2;
+
     /// Users from `--users`: uninhabited in this build.
     pub enum Users {}
 

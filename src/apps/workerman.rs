@@ -9,15 +9,20 @@
 //! (the reactor drops entries of freed or reused keys). This module
 //! keeps no state at all.
 
+use crate::access::Op;
 use crate::handler::Cx;
 use crate::http::{Method, Request};
 
 /// The seed's interval.
 const INTERVAL_MS: u64 = 2000;
 /// The one frame this app sends, in workerman's field order (`event`,
-/// `id`, `data`). Spelled here because `frame::encode` leaves
-/// `event: message` out and the seed writes it.
-const FRAME: &[u8] = b"event: message\nid: 1\ndata: hello\n\n";
+/// `id`, `data`), `event: message` spelled out as the seed writes it.
+fn frame() -> Vec<u8> {
+    crate::frame::Block::new()
+        .event("message")
+        .id("1")
+        .data("hello")
+}
 
 /// Takes over an unrouted `GET` that asks for an event stream; `false`
 /// (so the core answers 404) for anything else.
@@ -25,7 +30,18 @@ pub fn fallback(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
     if !matches!(req.method, Method::Get | Method::Head) || !req.accepts_event_stream() {
         return false;
     }
+    if cx.allow(req, Op::AppStream).is_none() {
+        return true;
+    }
     let interval = super::scaled(cx.cfg, INTERVAL_MS);
-    cx.ticker(req, &[], interval, interval, Box::new(|_| FRAME.to_vec()));
+    cx.ticker(req, &[], interval, interval, Box::new(|_| frame()));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_seeds_frame() {
+        assert_eq!(super::frame(), b"event: message\nid: 1\ndata: hello\n\n");
+    }
 }

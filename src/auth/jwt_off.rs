@@ -41,6 +41,8 @@ pub struct Claims {
     pub publish: Option<Vec<Selector>>,
     /// `mercure.subscribe` selectors.
     pub subscribe: Option<Vec<Selector>>,
+    /// When the token expires (unix seconds).
+    pub exp: Option<u64>,
 }
 
 /// No key exists to verify with.

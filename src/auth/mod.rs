@@ -29,6 +29,9 @@ pub struct Grants {
     pub publish: Vec<Selector>,
     /// Topics the bearer may subscribe to.
     pub subscribe: Vec<Selector>,
+    /// When the token expires (unix seconds): a subscription it opened
+    /// ends then.
+    pub exp: Option<u64>,
 }
 
 impl Grants {
@@ -37,6 +40,7 @@ impl Grants {
         Grants {
             publish: claims.publish.unwrap_or_default(),
             subscribe: claims.subscribe.unwrap_or_default(),
+            exp: claims.exp,
         }
     }
     /// Whether publishing to `topic` is allowed.

@@ -5,14 +5,23 @@
 
 /// Longest selector accepted, in bytes.
 pub const MAX_SELECTOR_BYTES: usize = 2048;
+/// Longest URI template accepted, in bytes: no topic is longer than 1,024
+/// bytes, and matching work grows with the template.
+pub const MAX_TEMPLATE_BYTES: usize = 1024;
+/// Most variables in one URI template: matching costs one pass over the
+/// topic per run of variables, so this bounds it.
+pub const MAX_TEMPLATE_VARS: usize = 16;
 
 /// Why a selector string was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SelectorError {
     /// The empty string names no topic.
     Empty,
-    /// Longer than [`MAX_SELECTOR_BYTES`].
+    /// Longer than [`MAX_SELECTOR_BYTES`] (or a template longer than
+    /// [`MAX_TEMPLATE_BYTES`]).
     TooLong,
+    /// A template with more than [`MAX_TEMPLATE_VARS`] variables.
+    TooManyVars,
     /// A `{` without its `}`, or a `}` without its `{`.
     Unbalanced,
     /// A `{` inside a variable.
@@ -24,17 +33,54 @@ pub enum SelectorError {
     BadVarName,
 }
 
+impl SelectorError {
+    /// A reason for the client.
+    pub fn message(self) -> String {
+        match self {
+            SelectorError::Empty => "an empty selector names no topic".into(),
+            SelectorError::TooLong => format!(
+                "too long: a selector is at most {MAX_SELECTOR_BYTES} bytes, a URI template at most {MAX_TEMPLATE_BYTES}"
+            ),
+            SelectorError::TooManyVars => format!(
+                "a URI template has at most {MAX_TEMPLATE_VARS} variables"
+            ),
+            SelectorError::Unbalanced => "unbalanced braces in the URI template".into(),
+            SelectorError::Nested => "'{' inside a template variable".into(),
+            SelectorError::EmptyVar => "an empty template variable {}".into(),
+            SelectorError::BadVarName => {
+                "template variables are level-1 RFC 6570 names (letters, digits, _, ., %XX)".into()
+            }
+        }
+    }
+}
+
+/// A compiled template: literals and runs of variables. Adjacent variables
+/// merge into one run, since `{a}{b}` matches exactly "two or more value
+/// tokens": a run costs one pass over the topic however many it merges.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Lit(Box<[u8]>),
-    Var,
+enum Seg {
+    /// Literal bytes and their KMP failure table (so finding every place
+    /// the literal occurs is one pass, never literal × topic).
+    Lit(Box<[u8]>, Box<[u16]>),
+    /// At least this many value tokens.
+    Var(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template {
+    segs: Box<[Seg]>,
+    /// Shortest topic it can match.
+    min_len: usize,
+    /// The template with variable names erased (`/a/{2}/b`): templates
+    /// with the same key match the same topics.
+    key: Box<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Any,
     Exact,
-    Template(Vec<Part>),
+    Template(Box<Template>),
 }
 
 /// One parsed topic selector.
@@ -56,7 +102,10 @@ impl Selector {
         let kind = if s == "*" {
             Kind::Any
         } else if s.contains('{') {
-            Kind::Template(parse_template(s.as_bytes())?)
+            if s.len() > MAX_TEMPLATE_BYTES {
+                return Err(SelectorError::TooLong);
+            }
+            Kind::Template(Box::new(compile(s.as_bytes())?))
         } else {
             Kind::Exact
         };
@@ -71,24 +120,157 @@ impl Selector {
         &self.raw
     }
 
+    /// What decides which topics it matches: selectors with the same key
+    /// match the same topics (template variable names are erased).
+    pub fn key(&self) -> &str {
+        match &self.kind {
+            Kind::Template(t) => &t.key,
+            _ => &self.raw,
+        }
+    }
+
+    /// Whether this is `*`.
+    pub fn is_any(&self) -> bool {
+        self.kind == Kind::Any
+    }
+
     /// Whether `topic` is selected.
     pub fn matches(&self, topic: &str) -> bool {
+        self.match_steps(topic).0
+    }
+
+    /// Whether a prepared topic is selected (the same answer as
+    /// [`Selector::matches`]; cheaper when one topic meets many selectors).
+    pub fn matches_in(&self, topic: &Topic<'_>) -> bool {
+        self.match_steps_in(topic).0
+    }
+
+    /// [`Selector::matches_in`] with its steps (a step is one 64-bit word
+    /// operation here): at most about (literal bytes + 20 per segment) × 17.
+    pub fn match_steps_in(&self, topic: &Topic<'_>) -> (bool, u64) {
+        match (&self.kind, &topic.masks) {
+            (Kind::Template(t), Some(m)) => {
+                let mut steps = 0;
+                let r = template_matches_bits(t, topic.topic.as_bytes(), m, &mut steps);
+                (r, steps)
+            }
+            _ => self.match_steps(topic.topic),
+        }
+    }
+
+    /// [`Selector::matches`], with the elementary steps it took: at most
+    /// about (runs of variables + literals + 1) × (topic length + 1) plus
+    /// the template length, whatever the template and topic are.
+    pub fn match_steps(&self, topic: &str) -> (bool, u64) {
         match &self.kind {
-            Kind::Any => true,
-            Kind::Exact => self.raw == topic,
-            Kind::Template(parts) => template_matches(parts, topic.as_bytes()),
+            Kind::Any => (true, 1),
+            Kind::Exact => (self.raw == topic, 1 + topic.len() as u64),
+            Kind::Template(t) => {
+                let mut steps = 0;
+                let m = template_matches(t, topic.as_bytes(), &mut steps);
+                (m, steps)
+            }
         }
     }
 }
 
 /// Whether any of `selectors` matches `topic`.
 pub fn any_match(selectors: &[Selector], topic: &str) -> bool {
-    selectors.iter().any(|s| s.matches(topic))
+    let templates = selectors
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Template(_)))
+        .count();
+    if templates < 2 {
+        return selectors.iter().any(|s| s.matches(topic));
+    }
+    let t = Topic::new(topic);
+    selectors.iter().any(|s| s.matches_in(&t))
 }
 
-fn parse_template(s: &[u8]) -> Result<Vec<Part>, SelectorError> {
-    let mut parts = Vec::new();
+/// Words of a position set over a topic of up to [`BITS_TOPIC_BYTES`].
+const W: usize = BITS_TOPIC_BYTES / 64 + 1;
+/// Longest topic matched with position bitsets (Mercure topics all are).
+const BITS_TOPIC_BYTES: usize = 1024;
+
+type Bits = [u64; W];
+
+/// A topic prepared once for matching against many selectors: which
+/// offsets hold each byte and which hold a variable-value character, as
+/// bitsets, so a template segment is a few operations per 64 offsets.
+pub struct Topic<'a> {
+    topic: &'a str,
+    masks: Option<Box<Masks>>,
+}
+
+struct Masks {
+    /// Offsets of unreserved characters (one-byte value tokens).
+    unres: Bits,
+    /// Offsets where a percent-encoded triplet (a three-byte token) starts.
+    pct: Bits,
+    /// `unres`, plus every byte of a triplet: what a run of tokens covers
+    /// when walked one byte at a time.
+    wide: Bits,
+    /// The second byte of each triplet, and the second and third.
+    inner1: Bits,
+    inner: Bits,
+    /// Offsets of every byte (`0..len`).
+    chars: Bits,
+    /// Offsets of each byte value.
+    eq: Vec<Bits>,
+}
+
+impl<'a> Topic<'a> {
+    /// Prepares `topic`. Bitsets are used when it is at most 1,024 bytes
+    /// (every Mercure topic); a longer one is matched by the position-set
+    /// walk, which is linear too.
+    // Word-parallel loops over several bitsets at once read best indexed.
+    #[allow(clippy::needless_range_loop)]
+    pub fn new(topic: &'a str) -> Topic<'a> {
+        let b = topic.as_bytes();
+        let masks = (b.len() <= BITS_TOPIC_BYTES).then(|| {
+            let mut m = Masks {
+                unres: [0; W],
+                pct: [0; W],
+                wide: [0; W],
+                inner1: [0; W],
+                inner: [0; W],
+                chars: [0; W],
+                eq: vec![[0; W]; 256],
+            };
+            for (i, &c) in b.iter().enumerate() {
+                let (w, bit) = (i / 64, 1u64 << (i % 64));
+                m.eq[c as usize][w] |= bit;
+                m.chars[w] |= bit;
+                match value_token(&b[i..]) {
+                    Some(1) => m.unres[w] |= bit,
+                    Some(_) => m.pct[w] |= bit,
+                    None => {}
+                }
+            }
+            m.inner1 = shl(&m.pct, 1);
+            let inner2 = shl(&m.pct, 2);
+            for i in 0..W {
+                m.inner[i] = m.inner1[i] | inner2[i];
+                m.wide[i] = m.unres[i] | m.pct[i] | m.inner[i];
+            }
+            Box::new(m)
+        });
+        Topic { topic, masks }
+    }
+}
+
+fn compile(s: &[u8]) -> Result<Template, SelectorError> {
+    let mut segs: Vec<Seg> = Vec::new();
     let mut lit = Vec::new();
+    let mut vars = 0usize;
+    let mut key = String::new();
+    let flush = |lit: &mut Vec<u8>, segs: &mut Vec<Seg>| {
+        if !lit.is_empty() {
+            let l = std::mem::take(lit);
+            let fail = kmp_table(&l);
+            segs.push(Seg::Lit(l.into(), fail.into()));
+        }
+    };
     let mut i = 0;
     while i < s.len() {
         match s[i] {
@@ -104,10 +286,15 @@ fn parse_template(s: &[u8]) -> Result<Vec<Part>, SelectorError> {
                     None => return Err(SelectorError::Unbalanced),
                 };
                 valid_var_name(&s[i + 1..close])?;
-                if !lit.is_empty() {
-                    parts.push(Part::Lit(std::mem::take(&mut lit).into()));
+                vars += 1;
+                if vars > MAX_TEMPLATE_VARS {
+                    return Err(SelectorError::TooManyVars);
                 }
-                parts.push(Part::Var);
+                flush(&mut lit, &mut segs);
+                match segs.last_mut() {
+                    Some(Seg::Var(k)) => *k += 1,
+                    _ => segs.push(Seg::Var(1)),
+                }
                 i = close + 1;
             }
             c => {
@@ -116,10 +303,42 @@ fn parse_template(s: &[u8]) -> Result<Vec<Part>, SelectorError> {
             }
         }
     }
-    if !lit.is_empty() {
-        parts.push(Part::Lit(lit.into()));
+    flush(&mut lit, &mut segs);
+    let mut min_len = 0;
+    for seg in &segs {
+        match seg {
+            Seg::Lit(l, _) => {
+                min_len += l.len();
+                key.push_str(&String::from_utf8_lossy(l));
+            }
+            Seg::Var(k) => {
+                min_len += *k as usize;
+                key.push_str(&format!("{{{k}}}"));
+            }
+        }
     }
-    Ok(parts)
+    Ok(Template {
+        segs: segs.into(),
+        min_len,
+        key: key.into(),
+    })
+}
+
+/// KMP failure function: `f[i]` is the length of the longest proper
+/// prefix of `p[..=i]` that is also its suffix.
+fn kmp_table(p: &[u8]) -> Vec<u16> {
+    let mut f = vec![0u16; p.len()];
+    let mut k = 0usize;
+    for i in 1..p.len() {
+        while k > 0 && p[i] != p[k] {
+            k = f[k - 1] as usize;
+        }
+        if p[i] == p[k] {
+            k += 1;
+        }
+        f[i] = k as u16;
+    }
+    f
 }
 
 /// RFC 6570 `varname = varchar *( ["."] varchar )`, `varchar = ALPHA / DIGIT / "_" / pct-encoded`.
@@ -158,7 +377,8 @@ fn pct_len(s: &[u8]) -> Option<usize> {
 }
 
 /// Length of the variable-value token at the start of `s`: one unreserved
-/// character or one percent-encoded triplet.
+/// character or one percent-encoded triplet (never both, so the tokens
+/// from a given offset form a single chain).
 fn value_token(s: &[u8]) -> Option<usize> {
     match s.first() {
         Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => Some(1),
@@ -166,52 +386,262 @@ fn value_token(s: &[u8]) -> Option<usize> {
     }
 }
 
-/// Tracks the set of topic offsets each prefix of the template can end at,
-/// so the cost is O(topic × template) instead of exponential backtracking.
-fn template_matches(parts: &[Part], topic: &[u8]) -> bool {
+/// Simulates every split at once: `reach[p]` says some prefix of the
+/// template can end at topic offset `p`, and each segment maps that set to
+/// the next in one left-to-right pass (a literal: its occurrences found by
+/// KMP; a run of `k` variables: the most tokens, capped at `k`, that reach
+/// each offset). So the cost is O(segments × topic + template) with no
+/// backtracking, whatever the input.
+fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
     let n = topic.len();
+    *steps += 1;
+    if n < t.min_len {
+        return false;
+    }
+    // Cheap refusals first: most templates differ from a topic in their
+    // first or last literal.
+    if let Some(Seg::Lit(l, _)) = t.segs.first() {
+        *steps += l.len() as u64;
+        if !topic.starts_with(l) {
+            return false;
+        }
+    }
+    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+        *steps += l.len() as u64;
+        if !topic.ends_with(l) {
+            return false;
+        }
+    }
     let mut reach = vec![false; n + 1];
     let mut next = vec![false; n + 1];
+    // Tokens seen + 1 on the best path to each offset (0: unreached).
+    let mut best = vec![0u8; n + 1];
     reach[0] = true;
-    for part in parts {
+    let mut lo = 0;
+    for seg in t.segs.iter() {
         next.iter_mut().for_each(|r| *r = false);
-        match part {
-            Part::Lit(lit) => {
-                for p in (0..=n).filter(|&p| reach[p]) {
-                    if topic[p..].starts_with(lit) {
-                        next[p + lit.len()] = true;
+        *steps += (n + 1 - lo) as u64;
+        match seg {
+            Seg::Lit(lit, fail) => {
+                let len = lit.len();
+                let count = reach[lo..].iter().filter(|&&r| r).count();
+                if count.saturating_mul(len) <= n + len {
+                    for p in (lo..=n).filter(|&p| reach[p]) {
+                        *steps += len as u64;
+                        if topic[p..].starts_with(lit) {
+                            next[p + len] = true;
+                        }
+                    }
+                } else {
+                    // Every occurrence of the literal in one pass.
+                    *steps += (n - lo + len) as u64;
+                    let mut k = 0usize;
+                    for (i, &c) in topic.iter().enumerate().skip(lo) {
+                        while k > 0 && c != lit[k] {
+                            k = fail[k - 1] as usize;
+                        }
+                        if c == lit[k] {
+                            k += 1;
+                        }
+                        if k == len {
+                            if reach[i + 1 - len] {
+                                next[i + 1] = true;
+                            }
+                            k = fail[k - 1] as usize;
+                        }
                     }
                 }
             }
-            Part::Var => {
-                for p in (0..=n).filter(|&p| reach[p]) {
-                    let mut q = p;
-                    while let Some(len) = value_token(&topic[q..]) {
-                        q += len;
-                        // An offset already reached continues exactly as
-                        // before, so stopping here keeps each step linear.
-                        if next[q] {
-                            break;
-                        }
-                        next[q] = true;
+            Seg::Var(want) => {
+                let want = *want;
+                best[lo..].iter_mut().for_each(|b| *b = 0);
+                for p in lo..=n {
+                    if reach[p] {
+                        best[p] = best[p].max(1);
+                    }
+                    let b = best[p];
+                    if b == 0 {
+                        continue;
+                    }
+                    next[p] = b > want;
+                    if let Some(len) = value_token(&topic[p..]) {
+                        let v = (b + 1).min(want + 1);
+                        best[p + len] = best[p + len].max(v);
                     }
                 }
             }
         }
         std::mem::swap(&mut reach, &mut next);
-        if !reach.contains(&true) {
-            return false;
+        match reach[lo..].iter().position(|&r| r) {
+            Some(p) => lo += p,
+            None => return false,
         }
     }
     reach[n]
+}
+
+fn shl(x: &Bits, k: usize) -> Bits {
+    let mut out = [0u64; W];
+    let (words, bits) = (k / 64, k % 64);
+    for i in (words..W).rev() {
+        let lo = x[i - words] << bits;
+        let carry = if bits > 0 && i > words {
+            x[i - words - 1] >> (64 - bits)
+        } else {
+            0
+        };
+        out[i] = lo | carry;
+    }
+    out
+}
+
+fn shr(x: &Bits, k: usize) -> Bits {
+    let mut out = [0u64; W];
+    let (words, bits) = (k / 64, k % 64);
+    for i in 0..W.saturating_sub(words) {
+        let hi = x[i + words] >> bits;
+        let carry = if bits > 0 && i + words + 1 < W {
+            x[i + words + 1] << (64 - bits)
+        } else {
+            0
+        };
+        out[i] = hi | carry;
+    }
+    out
+}
+
+/// The offsets reachable from `s` by zero or more steps over `u` (each
+/// step from an offset in `u` to the next): one addition, whose carries
+/// run through each run of `u` from the first start in it to its end.
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
+fn fill(s: &Bits, u: &Bits) -> Bits {
+    let mut out = [0u64; W];
+    let mut carry = false;
+    for i in 0..W {
+        let (a, c1) = (s[i] & u[i]).overflowing_add(u[i]);
+        let (a, c2) = a.overflowing_add(carry as u64);
+        carry = c1 || c2;
+        out[i] = (a ^ u[i]) | s[i];
+    }
+    out
+}
+
+/// The offsets reachable from `s` by zero or more value tokens. Walking a
+/// triplet byte by byte (`fill` over `wide`) reaches the same offsets
+/// outside triplets (triplets never overlap, and a walk that enters one at
+/// its `%` leaves it at its end); inside one, only where a walk started
+/// there: its second byte if a start, its third if a start or after one.
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
+fn fill_tokens(s: &Bits, m: &Masks) -> Bits {
+    let f = fill(s, &m.wide);
+    let mut s1 = [0u64; W];
+    for i in 0..W {
+        s1[i] = s[i] & m.inner1[i];
+    }
+    let s1 = shl(&s1, 1);
+    let mut out = [0u64; W];
+    for i in 0..W {
+        out[i] = (f[i] & !m.inner[i]) | (s[i] & m.inner[i]) | s1[i];
+    }
+    out
+}
+
+/// [`template_matches`] over bitsets of offsets (a topic of at most 1,024
+/// bytes): a literal keeps the reached offsets where it occurs and moves
+/// them past it; a run of `k` variables takes `k` token steps (one byte
+/// from an unreserved character, three from a triplet), then any number
+/// more (`fill_tokens`).
+// Word-parallel loops over several bitsets at once read best indexed.
+#[allow(clippy::needless_range_loop)]
+fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64) -> bool {
+    let n = topic.len();
+    *steps += 1;
+    if n < t.min_len {
+        return false;
+    }
+    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+        *steps += l.len() as u64 / 8;
+        if !topic.ends_with(l) {
+            return false;
+        }
+    }
+    let mut reach = [0u64; W];
+    reach[0] = 1;
+    for seg in t.segs.iter() {
+        *steps += W as u64;
+        match seg {
+            Seg::Lit(lit, _) => {
+                let len = lit.len();
+                let count: u32 = reach.iter().map(|w| w.count_ones()).sum();
+                if (count as usize).saturating_mul(len) <= len.saturating_mul(W) {
+                    let mut next = [0u64; W];
+                    for (wi, &w) in reach.iter().enumerate() {
+                        let mut w = w;
+                        while w != 0 {
+                            let p = wi * 64 + w.trailing_zeros() as usize;
+                            w &= w - 1;
+                            *steps += 1 + len as u64 / 8;
+                            if topic.get(p..).is_some_and(|r| r.starts_with(lit)) {
+                                let q = p + len;
+                                next[q / 64] |= 1 << (q % 64);
+                            }
+                        }
+                    }
+                    reach = next;
+                } else {
+                    // Offsets where the whole literal starts: its k-th
+                    // byte's offsets moved back by k, intersected.
+                    let mut occ = m.chars;
+                    for (k, &c) in lit.iter().enumerate() {
+                        *steps += W as u64;
+                        let e = shr(&m.eq[c as usize], k);
+                        occ.iter_mut().zip(e.iter()).for_each(|(o, e)| *o &= e);
+                    }
+                    reach.iter_mut().zip(occ.iter()).for_each(|(r, o)| *r &= o);
+                    reach = shl(&reach, len);
+                }
+            }
+            Seg::Var(k) => {
+                for _ in 0..*k {
+                    *steps += 2 * W as u64;
+                    let mut one = reach;
+                    let mut three = reach;
+                    for i in 0..W {
+                        one[i] &= m.unres[i];
+                        three[i] &= m.pct[i];
+                    }
+                    let (one, three) = (shl(&one, 1), shl(&three, 3));
+                    for i in 0..W {
+                        reach[i] = one[i] | three[i];
+                    }
+                }
+                *steps += 2 * W as u64;
+                reach = fill_tokens(&reach, m);
+            }
+        }
+        if reach.iter().all(|&w| w == 0) {
+            return false;
+        }
+    }
+    reach[n / 64] & (1 << (n % 64)) != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Both matchers, which must agree.
     fn m(sel: &str, topic: &str) -> bool {
-        Selector::parse(sel).unwrap().matches(topic)
+        let s = Selector::parse(sel).unwrap();
+        let walk = s.matches(topic);
+        assert_eq!(
+            s.matches_in(&Topic::new(topic)),
+            walk,
+            "{sel:?} on {topic:?}"
+        );
+        walk
     }
 
     #[test]
@@ -290,19 +720,203 @@ mod tests {
         assert!(Selector::parse(&long[1..]).is_ok());
     }
 
+    /// The bound [`Selector::match_steps`] promises.
+    fn bound(sel: &Selector, topic: &str) -> u64 {
+        let segs = 2 * MAX_TEMPLATE_VARS as u64 + 1;
+        let n = topic.len() as u64 + 1;
+        4 * (segs + 1) * n + 2 * sel.as_str().len() as u64
+    }
+
     #[test]
-    fn adversarial_input_is_fast() {
+    fn adversarial_input_takes_bounded_steps() {
         // A backtracking matcher tries every split of the a's between the
-        // variables and would not finish.
-        let t = format!("{}x", "{v}".repeat(300));
-        let sel = Selector::parse(&t).unwrap();
-        let topic = "a".repeat(20_000);
-        let start = std::time::Instant::now();
+        // variables and would not finish; the step count stays linear.
+        let topic = format!("https://ex.com/users/mallory/{}", "a".repeat(990));
+        let cases = [
+            format!("https://ex.com/users/mallory/{}x", "{v}".repeat(16)),
+            format!("https://ex.com/users/mallory/{}", "{v}a".repeat(16)),
+            format!("https://ex.com/users/mallory/{}b", "a{v}".repeat(16)),
+            "{a}a".repeat(16),
+            format!("{}aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab", "{a}".repeat(16)),
+            format!(
+                "https://ex.com/users/mallory/{{v1}}{}",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab{a}"
+                    .repeat(12)
+            ),
+        ];
+        let mut worst = 0.0f64;
+        for t in &cases {
+            let sel = Selector::parse(t).unwrap();
+            for topic in [topic.clone(), format!("{topic}x"), "a".repeat(1024)] {
+                let (m, steps) = sel.match_steps(&topic);
+                assert!(
+                    steps <= bound(&sel, &topic),
+                    "{t:?}: {steps} steps on {} bytes",
+                    topic.len()
+                );
+                worst = worst.max(steps as f64 / topic.len() as f64);
+                // With bitsets: word operations, independent of the topic's
+                // length past its 17 words.
+                let (mb, bits) = sel.match_steps_in(&Topic::new(&topic));
+                assert_eq!(m, mb);
+                let segs = 2 * MAX_TEMPLATE_VARS as u64 + 1;
+                let lits = t.len() as u64;
+                assert!(
+                    bits <= (segs * 20 + lits) * W as u64,
+                    "{t:?}: {bits} word steps"
+                );
+            }
+        }
+        println!("worst steps per topic byte: {worst:.1}");
+        // The match results themselves are right.
+        let sel = Selector::parse(&cases[0]).unwrap();
         assert!(!sel.matches(&topic));
         assert!(sel.matches(&format!("{topic}x")));
-        // Linear work is well under a second; exponential would never end.
-        // The bound is loose so a loaded machine cannot fail it.
-        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        assert!(!sel.matches("https://ex.com/users/mallory/aaaaaaaaaaaaaaax"));
+        assert!(sel.matches("https://ex.com/users/mallory/aaaaaaaaaaaaaaaax"));
+    }
+
+    #[test]
+    fn templates_are_bounded() {
+        let ok = "{v}".repeat(MAX_TEMPLATE_VARS);
+        assert!(Selector::parse(&ok).is_ok());
+        let e = Selector::parse(&format!("{ok}{{w}}")).unwrap_err();
+        assert_eq!(e, SelectorError::TooManyVars);
+        assert!(
+            e.message().contains("at most 16 variables"),
+            "{}",
+            e.message()
+        );
+        let long = format!("/{}{{v}}", "a".repeat(MAX_TEMPLATE_BYTES));
+        assert_eq!(Selector::parse(&long), Err(SelectorError::TooLong));
+        // Exact selectors keep their own, larger bound.
+        assert!(Selector::parse(&"a".repeat(MAX_TEMPLATE_BYTES + 1)).is_ok());
+    }
+
+    #[test]
+    fn same_key_same_topics() {
+        let a = Selector::parse("/u/{a}{b}/x").unwrap();
+        let b = Selector::parse("/u/{c}{d}/x").unwrap();
+        let c = Selector::parse("/u/{c}/x").unwrap();
+        assert_eq!(a.key(), b.key());
+        assert_ne!(a.key(), c.key());
+        assert_eq!(a.key(), "/u/{2}/x");
+        assert!(a.matches("/u/ab/x") && !a.matches("/u/a/x") && c.matches("/u/a/x"));
+        assert!(a.matches("/u/%41b/x") && !a.matches("/u/%41/x"));
+        // Two tokens, but the pct triplet is one of them.
+        assert!(!Selector::parse("/{a}{b}{c}").unwrap().matches("/%41b"));
+        assert!(Selector::parse("/{a}{b}").unwrap().matches("/%41b"));
+    }
+
+    /// A plain backtracking matcher over the raw template, for small inputs.
+    fn reference(t: &[u8], topic: &[u8]) -> bool {
+        match t.first() {
+            None => topic.is_empty(),
+            Some(b'{') => {
+                let close = t.iter().position(|&c| c == b'}').unwrap();
+                let rest = &t[close + 1..];
+                let mut q = 0;
+                while let Some(len) = value_token(&topic[q..]) {
+                    q += len;
+                    if reference(rest, &topic[q..]) {
+                        return true;
+                    }
+                }
+                false
+            }
+            Some(&c) => topic.first() == Some(&c) && reference(&t[1..], &topic[1..]),
+        }
+    }
+
+    #[test]
+    fn agrees_with_backtracking() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let pieces = ["{v}", "a", "b", "%41", "/", "%", "ab", "{v}{w}", "aab"];
+        let alphabet = [b'a', b'b', b'/', b'%', b'4', b'1'];
+        for _ in 0..20_000 {
+            let t: String = (0..rng.gen_range(1..6))
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect();
+            let Ok(sel) = Selector::parse(&t) else {
+                continue;
+            };
+            let topic: Vec<u8> = (0..rng.gen_range(0..9))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let topic = String::from_utf8(topic).unwrap();
+            let want = if t.contains('{') {
+                reference(t.as_bytes(), topic.as_bytes())
+            } else {
+                t == topic
+            };
+            assert_eq!(sel.matches(&topic), want, "{t:?} on {topic:?}");
+            assert_eq!(
+                sel.matches_in(&Topic::new(&topic)),
+                want,
+                "bits: {t:?} on {topic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bitsets_agree_across_words() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let pieces = [
+            "{v}",
+            "{v}{w}{x}",
+            "a",
+            "ab",
+            "b",
+            "/",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab",
+            "-",
+            "%4",
+            "1",
+        ];
+        let alphabet = [b'a', b'a', b'a', b'b', b'/', b'-', b'%', b'4', b'1'];
+        for _ in 0..2_000 {
+            let t: String = (0..rng.gen_range(1..10))
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect();
+            let Ok(sel) = Selector::parse(&t) else {
+                continue;
+            };
+            let len = rng.gen_range(0..=BITS_TOPIC_BYTES);
+            let topic: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let topic = String::from_utf8(topic).unwrap();
+            assert_eq!(
+                sel.matches_in(&Topic::new(&topic)),
+                sel.matches(&topic),
+                "{t:?} on {} bytes",
+                topic.len()
+            );
+            // Near-matches: built from the template itself.
+            let mut built = String::new();
+            for (i, part) in t.split('{').enumerate() {
+                let lit = if i == 0 {
+                    part
+                } else {
+                    part.split_once('}').map_or("", |x| x.1)
+                };
+                if i > 0 {
+                    for _ in 0..rng.gen_range(1..40) {
+                        built.push_str(if rng.gen_bool(0.2) { "%41" } else { "a" });
+                    }
+                }
+                built.push_str(lit);
+            }
+            if built.len() <= BITS_TOPIC_BYTES {
+                assert!(sel.matches(&built), "{t:?} on {built:?}");
+                assert!(
+                    sel.matches_in(&Topic::new(&built)),
+                    "bits: {t:?} on {built:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! value the caller stores (in its connection struct, where they cost no
 //! extra allocation) and hands back.
 //!
+//! Appends come in two phases, [`Broker::prepare`] (check, number) and
+//! [`Broker::commit`] (into the rings), so the caller can make an event
+//! durable in between; the broker holds no journal, sink or callback.
+//!
 //! Positions are ids everywhere: a cursor holds the id of the last event
 //! its subscriber was given; resume planning produces such ids; the merge
 //! yields frames with ids above them.
@@ -37,43 +41,30 @@ use ring::NIL;
 pub use ring::{Claim, Frame, Limits, Stream};
 #[cfg(test)]
 use topics::MAX_ALIASES;
-pub use topics::{valid_topic, MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES};
+pub use topics::{
+    valid_topic, PeerKey, SelectorsFull, MAX_ANON_SELECTORS_PER_PEER, MAX_ANON_SELECTOR_STREAMS,
+    MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES,
+};
 
-/// Where a published event comes from, so sinks do not echo an event back
-/// to where it came from (a bus announcement is not re-announced; a
-/// journal replay is not re-journaled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// Published on this node (HTTP, the library, an app).
-    Local,
-    /// Arrived from another node through the bus.
-    Bus,
-    /// Read back from the journal at start-up.
-    Replay,
-}
-
-/// An event on its way into the rings, as sinks see it.
-pub struct Record<'a> {
+/// An event checked and numbered but not yet in the rings: the first of
+/// an append's two phases ([`Broker::prepare`], then [`Broker::commit`]).
+/// Between them the caller makes it durable if it must (the journal); the
+/// broker itself writes nothing anywhere. Dropping it publishes nothing
+/// (its id stays used: ids only need to grow).
+#[derive(Debug)]
+#[must_use = "an event is published only once committed"]
+pub struct Prepared<'a> {
     /// Its id.
     pub id: u64,
-    /// The names of the streams it goes to.
-    pub streams: &'a [&'a str],
+    /// The streams it was published to (what a journal records).
+    pub targets: &'a [u32],
+    /// Those and the selector streams whose selectors match them, when any
+    /// do (what its frame enters).
+    fanned: Option<Vec<u32>>,
     /// Its encoded SSE bytes (without chunk framing).
-    pub frame: &'a [u8],
-}
-
-/// Why a sink refused an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkError(pub String);
-
-/// A consumer of every event before it enters the rings (the journal, the
-/// bus). A sink that fails vetoes the event: it is not delivered, and the
-/// publisher gets the error.
-pub trait Sink {
-    /// An event is about to be appended.
-    fn append(&mut self, origin: Origin, rec: &Record<'_>) -> Result<(), SinkError>;
-    /// A stream was deleted; `floor` is the highest id it ever held.
-    fn delete(&mut self, origin: Origin, stream: &str, floor: u64);
+    pub frame: std::borrow::Cow<'a, [u8]>,
+    /// Only subscribers allowed private frames may see it.
+    pub private: bool,
 }
 
 /// The server-wide id counter: `id = max(previous + 1, unix time in µs)`.
@@ -260,8 +251,9 @@ pub enum BrokerError {
         /// Which bound, in words an operator can act on.
         bound: &'static str,
     },
-    /// A sink (journal, bus) refused the event.
-    Sink(String),
+    /// No room for another `*`/URI-template selector stream in the pool
+    /// this subscriber draws from.
+    TooManySelectors(SelectorsFull),
 }
 
 impl BrokerError {
@@ -278,16 +270,15 @@ impl BrokerError {
             BrokerError::TooLarge { size, limit, bound } => format!(
                 "the encoded event is {size} bytes, more than {bound} may hold ({limit} bytes); it was not published"
             ),
-            BrokerError::Sink(m) => m.clone(),
-        }
-    }
-    /// The HTTP status that goes with it.
-    pub fn status(&self) -> u16 {
-        match self {
-            BrokerError::BadName | BrokerError::Reserved => 400,
-            BrokerError::NotFound => 404,
-            BrokerError::TooLarge { .. } => 413,
-            BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::Sink(_) => 503,
+            BrokerError::TooManySelectors(SelectorsFull::All) => format!(
+                "too many distinct URI-template selectors are subscribed to (at most {MAX_SELECTOR_STREAMS}, a fixed limit); subscribe to exact topics or retry later"
+            ),
+            BrokerError::TooManySelectors(SelectorsFull::Anonymous) => format!(
+                "too many distinct URI-template selectors are subscribed to without a token (at most {MAX_ANON_SELECTOR_STREAMS}); subscribe with a JWT, to exact topics, or retry later"
+            ),
+            BrokerError::TooManySelectors(SelectorsFull::Peer) => format!(
+                "too many distinct URI-template selectors from your address without a token (at most {MAX_ANON_SELECTORS_PER_PEER}); subscribe with a JWT, to exact topics, or retry later"
+            ),
         }
     }
 }
@@ -382,7 +373,7 @@ impl Tombstones {
     }
 }
 
-/// Every stream, the id clock, and the sinks.
+/// Every stream and the id clock.
 pub struct Broker {
     streams: Slab<Stream>,
     by_name: HashMap<Box<str>, u32>,
@@ -394,6 +385,9 @@ pub struct Broker {
     /// Encoded bytes retained in every ring (a frame shared by several
     /// rings counts once per ring: an upper bound of the memory held).
     total_bytes: usize,
+    /// Bytes the apps hold outside the rings (archives) but charge to the
+    /// same budget.
+    app_bytes: usize,
     budget: usize,
     idle_ttl_us: u64,
     /// The latest time the caller passed in (unix µs).
@@ -407,12 +401,14 @@ pub struct Broker {
     ids: IdClock,
     limits: Limits,
     max_streams: usize,
-    sinks: Vec<Box<dyn Sink>>,
     /// A resume from an id below this gets `gap` whatever the stream's own
     /// history says: events up to it may be missing everywhere (a journal
     /// replay found damage, a missing segment, or compacted history).
     lost_below: u64,
     topics: topics::Topics,
+    /// The newest event the budget evicted from a history: selector
+    /// streams keep nothing up to it (see `trim_selectors`).
+    budget_evicted_upto: u64,
     /// Events ever published.
     pub published: u64,
     /// `gap` events handed out.
@@ -430,6 +426,7 @@ impl Broker {
             public: 0,
             unclaimed: 0,
             total_bytes: 0,
+            app_bytes: 0,
             budget: DEFAULT_TOTAL_BYTES,
             idle_ttl_us: DEFAULT_IDLE_TTL_US,
             now_us,
@@ -440,9 +437,9 @@ impl Broker {
             ids: IdClock::new(now_us),
             limits,
             max_streams,
-            sinks: Vec::new(),
             lost_below: 0,
             topics: topics::Topics::default(),
+            budget_evicted_upto: 0,
             published: 0,
             gaps: 0,
         }
@@ -459,6 +456,18 @@ impl Broker {
     /// Encoded bytes retained in every history.
     pub fn total_bytes(&self) -> usize {
         self.total_bytes
+    }
+
+    /// What the apps hold outside the rings (see [`Broker::set_app_bytes`]).
+    pub fn app_bytes(&self) -> usize {
+        self.app_bytes
+    }
+
+    /// Tells the budget what the apps hold outside the rings (the
+    /// MongooseIM archives); history is evicted so that both fit.
+    pub fn set_app_bytes(&mut self, bytes: usize) {
+        self.app_bytes = bytes;
+        self.enforce_budget();
     }
 
     /// The server-wide history budget.
@@ -485,11 +494,6 @@ impl Broker {
     /// unsubscribes are stamped with it.
     pub fn tick(&mut self, now_us: u64) {
         self.now_us = self.now_us.max(now_us);
-    }
-
-    /// Adds a sink: every later event passes through it first.
-    pub fn add_sink(&mut self, s: Box<dyn Sink>) {
-        self.sinks.push(s);
     }
 
     /// The id clock.
@@ -735,7 +739,11 @@ impl Broker {
                 self.unclaimed -= 1;
             }
         }
-        self.total_bytes -= s.retained_bytes();
+        self.total_bytes -= if self.topics.is_selector(idx) {
+            s.retained() * topics::ENTRY_BYTES
+        } else {
+            s.retained_bytes()
+        };
         self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
         self.dirty.retain(|&d| d != idx);
         self.topics.forget(idx);
@@ -800,16 +808,29 @@ impl Broker {
     /// Evicts the oldest events of the least recently used streams until
     /// the retained total is within the budget.
     fn enforce_budget(&mut self) {
-        while self.total_bytes > self.budget {
+        let evicted_before = self.life.evicted_events;
+        self.evict_to_budget();
+        if self.life.evicted_events != evicted_before {
+            self.trim_selectors();
+        }
+    }
+
+    fn evict_to_budget(&mut self) {
+        while self.total_bytes + self.app_bytes > self.budget {
             let v = self.lru_head;
             let Some(s) = self.streams.get_mut(v as usize) else {
                 // Nothing listed: the accounting says otherwise only if it
                 // is broken; stop rather than spin.
                 break;
             };
+            let front = s.first_id().unwrap_or(0);
+            let internal = s.internal;
             let freed = s.evict_front();
             let empty = s.retained() == 0;
             self.total_bytes -= freed;
+            if !internal {
+                self.budget_evicted_upto = self.budget_evicted_upto.max(front);
+            }
             if freed > 0 {
                 self.life.evicted_events += 1;
                 self.life.evicted_bytes += freed as u64;
@@ -820,46 +841,57 @@ impl Broker {
         }
     }
 
-    /// Publishes `ev` to `targets`, encoding it once.
+    /// Publishes `ev` to `targets`, encoding it once: [`Broker::prepare`]
+    /// and [`Broker::commit`] with nothing in between, so nothing makes it
+    /// durable (handlers publish through `Cx::publish_as`, which does).
     pub fn publish(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         ev: &crate::event::Event,
         now_us: u64,
     ) -> Result<Published, BrokerError> {
-        self.tick(now_us);
-        self.publish_with(origin, targets, now_us, |id| {
+        self.publish_with(targets, now_us, |id| {
             frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
         })
     }
 
-    /// Publishes an event that `encode` spells given its id (apps that
-    /// write their own `id:` line use this).
+    /// Publishes an event that `encode` spells given its id (see
+    /// [`Broker::publish`]).
     pub fn publish_with(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         now_us: u64,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
-        self.publish_as(origin, targets, now_us, false, encode)
+        self.publish_as(targets, now_us, false, encode)
     }
 
     /// [`Broker::publish_with`] for an event that is `private` (reaches
     /// only cursors that may see private frames) or not.
     pub fn publish_as(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         now_us: u64,
         private: bool,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
+        let p = self.prepare_publish(targets, now_us, private, encode)?;
+        Ok(self.commit(p))
+    }
+
+    /// Phase one of publishing a new event: assigns its id, has `encode`
+    /// spell it, and checks that `targets` may keep it.
+    pub fn prepare_publish<'a>(
+        &mut self,
+        targets: &'a [u32],
+        now_us: u64,
+        private: bool,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Prepared<'a>, BrokerError> {
         self.tick(now_us);
         let id = self.ids.next(now_us);
         let sse = encode(id);
-        self.append_as(origin, targets, id, &sse, private)
+        self.prepare(targets, id, sse.into(), private)
     }
 
     /// Whether an event of `sse_len` SSE bytes may be kept in `targets`: no
@@ -868,9 +900,16 @@ impl Broker {
     pub fn check_size(&self, targets: &[u32], sse_len: usize) -> Result<(), BrokerError> {
         let cost = Frame::cost_for(sse_len);
         let mut rings = 0usize;
+        let mut entries = 0usize;
         for &t in targets {
             if let Some(s) = self.streams.get(t as usize) {
-                rings += 1;
+                // A selector stream holds a place in the shared frame, not
+                // a copy of it.
+                if self.topics.is_selector(t) {
+                    entries += 1;
+                } else {
+                    rings += 1;
+                }
                 if cost > s.limits.history_bytes {
                     let bound = if s.limits.history_bytes == self.limits.history_bytes {
                         "a stream's history (--history-bytes)"
@@ -885,9 +924,12 @@ impl Broker {
                 }
             }
         }
-        if cost.saturating_mul(rings) > self.budget {
+        let size = cost
+            .saturating_mul(rings)
+            .saturating_add(entries.saturating_mul(topics::ENTRY_BYTES));
+        if size > self.budget {
             return Err(BrokerError::TooLarge {
-                size: cost.saturating_mul(rings),
+                size,
                 limit: self.budget,
                 bound: "the server-wide history budget (--history-total-bytes)",
             });
@@ -896,64 +938,83 @@ impl Broker {
     }
 
     /// Appends an event whose id was assigned elsewhere (a journal being
-    /// replayed, a bus), or by [`Broker::publish_with`].
+    /// replayed, a bus): [`Broker::prepare`] and [`Broker::commit`].
     pub fn append(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         id: u64,
         sse: &[u8],
     ) -> Result<Published, BrokerError> {
-        self.append_as(origin, targets, id, sse, false)
+        self.append_as(targets, id, sse, false)
     }
 
-    /// [`Broker::append`] of a private (or public) event. The same shared
-    /// frame also goes to every selector stream whose selector matches the
-    /// name of one of the public `targets`.
+    /// [`Broker::append`] of a private (or public) event.
     pub fn append_as(
         &mut self,
-        origin: Origin,
         targets: &[u32],
         id: u64,
         sse: &[u8],
         private: bool,
     ) -> Result<Published, BrokerError> {
-        let audience_of = targets;
-        let fanned;
-        let targets = match self.topics.fan_in(&self.streams, targets) {
-            Some(all) => {
-                fanned = all;
-                &fanned[..]
-            }
-            None => targets,
-        };
-        // Checked before the frame is built, so an oversized event is never
-        // copied, let alone kept.
-        if let Err(e) = self.check_size(targets, sse.len()) {
+        let p = self.prepare(targets, id, sse.into(), private)?;
+        Ok(self.commit(p))
+    }
+
+    /// Phase one of an append: finds the selector streams the event also
+    /// goes to (those whose selector matches the name of one of the public
+    /// `targets`) and checks that every ring may keep it, before any frame
+    /// is built, so an oversized event is never copied, let alone kept.
+    /// Changes nothing but the refusal count.
+    pub fn prepare<'a>(
+        &mut self,
+        targets: &'a [u32],
+        id: u64,
+        sse: std::borrow::Cow<'a, [u8]>,
+        private: bool,
+    ) -> Result<Prepared<'a>, BrokerError> {
+        let fanned = self.topics.fan_in(&self.streams, targets);
+        if let Err(e) = self.check_size(fanned.as_deref().unwrap_or(targets), sse.len()) {
             self.life.refused_too_large += 1;
             return Err(e);
         }
-        if !self.sinks.is_empty() {
-            // Selector streams are derived: sinks (a journal, a bus) see
-            // only the streams the event was published to.
-            let names: Vec<&str> = audience_of
-                .iter()
-                .filter_map(|&t| self.streams.get(t as usize))
-                .map(|s| &*s.name)
-                .collect();
-            let rec = Record {
-                id,
-                streams: &names,
-                frame: sse,
-            };
-            for s in self.sinks.iter_mut() {
-                s.append(origin, &rec).map_err(|e| BrokerError::Sink(e.0))?;
-            }
-        }
+        Ok(Prepared {
+            id,
+            targets,
+            fanned,
+            frame: sse,
+            private,
+        })
+    }
+
+    /// The names of the streams a prepared event was published to (what a
+    /// journal records; selector streams are derived, so not among them).
+    pub fn names_of<'b>(&'b self, p: &Prepared<'_>) -> Vec<&'b str> {
+        p.targets
+            .iter()
+            .filter_map(|&t| self.streams.get(t as usize))
+            .map(|s| &*s.name)
+            .collect()
+    }
+
+    /// Phase two of an append: the frame enters its rings (built once,
+    /// shared by all of them) and the id clock moves past its id.
+    pub fn commit(&mut self, p: Prepared<'_>) -> Published {
+        let Prepared {
+            id,
+            targets: audience_of,
+            fanned,
+            frame: sse,
+            private,
+        } = p;
+        let targets = fanned.as_deref().unwrap_or(audience_of);
         self.ids.observe(id);
-        let f = Frame::new(id, sse).with_private(private);
+        let f = Frame::new(id, &sse).with_private(private);
         let mut pressure = false;
-        for &t in targets {
+        for (i, &t) in targets.iter().enumerate() {
+            // Past the published-to streams come the selector streams
+            // fanned in: they hold a place in the shared frame, which costs
+            // an entry, not the bytes again (see `trim_selectors`).
+            let selector = i >= audience_of.len();
             let Some(s) = self.streams.get_mut(t as usize) else {
                 continue;
             };
@@ -969,6 +1030,16 @@ impl Broker {
             }
             s.dirty_frames += 1;
             s.dirty_bytes += f.cost();
+            if selector {
+                let before = s.retained();
+                s.push(f.clone());
+                let popped = (before + 1).saturating_sub(s.retained());
+                pressure |= s.dirty_frames >= (s.limits.history / 2).max(1)
+                    || s.dirty_bytes >= (s.limits.history_bytes / 2).max(1);
+                self.total_bytes = (self.total_bytes + topics::ENTRY_BYTES)
+                    .saturating_sub(popped * topics::ENTRY_BYTES);
+                continue;
+            }
             let freed = s.push(f.clone());
             // Half the ring published since subscribers were last offered
             // frames: flush before the ring overtakes even fast readers.
@@ -980,11 +1051,11 @@ impl Broker {
         }
         self.enforce_budget();
         self.published += 1;
-        Ok(Published {
+        Published {
             id,
             audience: self.audience(audience_of),
             pressure,
-        })
+        }
     }
 
     /// Records that events of stream `idx` up to id `upto` may be missing
@@ -1246,15 +1317,18 @@ impl Broker {
     /// Deletes a stream, leaving a tombstone so a stream recreated under its
     /// name knows events were dropped; returns the connections that read it
     /// (the caller ends them, and must flush them first).
-    pub fn delete(&mut self, origin: Origin, idx: u32) -> Vec<u32> {
+    pub fn delete(&mut self, idx: u32) -> Vec<u32> {
         let Some(s) = self.drop_stream(idx) else {
             return Vec::new();
         };
-        let floor = s.last_id.max(s.lost_upto());
-        for sink in self.sinks.iter_mut() {
-            sink.delete(origin, &s.name, floor);
-        }
         s.subs.iter().collect()
+    }
+
+    /// The name of stream `idx` and the floor its deletion would leave in
+    /// its tombstone (what a journal records before [`Broker::delete`]).
+    pub fn tombstone_of(&self, idx: u32) -> Option<(&str, u64)> {
+        self.get(idx)
+            .map(|s| (&*s.name, s.last_id.max(s.lost_upto())))
     }
 
     /// Says that events with ids below `id` may be missing from every
@@ -1307,46 +1381,96 @@ impl Broker {
     /// use: an internal stream that receives every later event published to
     /// a public stream whose name `sel` matches, so a selector subscription
     /// also sees streams created after it. A resume from before it was made
-    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist; past that an
-    /// unread one is dropped, or [`BrokerError::TooMany`] when all are read.
-    pub fn selector_stream(&mut self, sel: &crate::auth::Selector) -> Result<u32, BrokerError> {
+    /// gets a `gap`. At most [`MAX_SELECTOR_STREAMS`] exist besides `*`;
+    /// one made for an anonymous subscriber (`anon`: its address as a
+    /// [`PeerKey`]) comes
+    /// from the anonymous pool and that address's share of it. Past a
+    /// bound an unread one of that pool is dropped, or
+    /// [`BrokerError::TooManySelectors`] when all are read.
+    pub fn selector_stream(
+        &mut self,
+        sel: &crate::auth::Selector,
+        anon: Option<PeerKey>,
+    ) -> Result<u32, BrokerError> {
         if let Some(i) = self.topics.find(sel.as_str()) {
             return Ok(i);
         }
-        if let Some(i) = self.find(sel.as_str()) {
+        if self.find(sel.as_str()).is_some() {
             // A name taken by some other internal stream.
-            let _ = i;
             return Err(BrokerError::Reserved);
         }
-        if self.topics.len() >= MAX_SELECTOR_STREAMS {
-            let unread = self
-                .topics
-                .streams()
-                .find(|&i| self.get(i).is_some_and(|s| s.subs.is_empty()));
-            match unread {
-                Some(i) => {
-                    self.delete(Origin::Local, i);
+        // At most three pools to make room in.
+        for _ in 0..3 {
+            match self.topics.room(&self.streams, sel, anon) {
+                Ok(()) => break,
+                Err((_, Some(unread))) => {
+                    self.delete(unread);
                 }
-                None => return Err(BrokerError::TooMany),
+                Err((full, None)) => return Err(BrokerError::TooManySelectors(full)),
             }
+        }
+        if let Err((full, _)) = self.topics.room(&self.streams, sel, anon) {
+            return Err(BrokerError::TooManySelectors(full));
         }
         let idx = self.insert(sel.as_str(), true, self.limits, Claim::Publisher);
         let made_at = self.ids.last();
         if let Some(s) = self.streams.get_mut(idx as usize) {
             s.lost_before(made_at);
         }
-        self.topics.add(sel.clone(), idx);
+        self.topics.add(sel.clone(), idx, anon);
         Ok(idx)
+    }
+
+    /// Keeps selector streams within what the published-to streams hold.
+    /// A selector stream gets every frame its topics get, under the same
+    /// per-stream bounds, so by itself it never outlives them; only the
+    /// server-wide budget evicts from a published-to stream alone. Dropping
+    /// from every selector stream what is not newer than the newest frame
+    /// the budget evicted keeps them holding no frame that nothing else
+    /// holds (their readers get a `gap`, as any reader of an evicted frame).
+    fn trim_selectors(&mut self) {
+        let upto = self.budget_evicted_upto;
+        let sels: Vec<u32> = self.topics.streams().collect();
+        for idx in sels {
+            let Some(s) = self.streams.get_mut(idx as usize) else {
+                continue;
+            };
+            if s.first_id().is_none_or(|f| f > upto) {
+                continue;
+            }
+            while s.first_id().is_some_and(|f| f <= upto) {
+                s.evict_front();
+                self.total_bytes = self.total_bytes.saturating_sub(topics::ENTRY_BYTES);
+            }
+            if !s.dirty {
+                s.dirty = true;
+                s.dirty_frames = 0;
+                s.dirty_bytes = 0;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    /// Template matches run by the selector fan-in so far.
+    pub fn selector_matches_run(&self) -> u64 {
+        self.topics.matches_run
     }
 
     /// Remembers that a publisher named event `id` `alias`, so a resume
     /// from `alias` finds it (the oldest aliases go past [`MAX_ALIASES`]).
-    pub fn alias(&mut self, alias: &str, id: u64) {
-        self.topics.alias(alias, id);
+    /// `private`: the event was private, so only subscribers that may see
+    /// private events can resume from its alias.
+    pub fn alias(&mut self, alias: &str, id: u64, private: bool) {
+        self.topics.alias(alias, id, private);
     }
 
-    /// The id a publisher-supplied alias stands for, while remembered.
-    pub fn alias_id(&self, alias: &str) -> Option<u64> {
-        self.topics.alias_id(alias)
+    /// The id a publisher-supplied alias stands for, while remembered; a
+    /// private event's alias only for `sees_private` (to anyone else it is
+    /// as unknown as an alias never used, so a resume cannot probe for it).
+    pub fn alias_id(&self, alias: &str, sees_private: bool) -> Option<u64> {
+        self.topics
+            .alias_id(alias)
+            .filter(|&(_, private)| sees_private || !private)
+            .map(|(id, _)| id)
     }
 }

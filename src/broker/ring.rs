@@ -1,13 +1,15 @@
 //! One stream's retained history: a ring of shared, encoded-once frames,
 //! its byte accounting, and the record of what has been dropped from it.
 //!
-//! A frame is stored once with HTTP/1.1 chunk framing around the SSE bytes
-//! (`<hex len>\r\n` … `\r\n`), so a chunked connection writes it whole and
+//! A frame is stored once with HTTP/1.1 chunk framing (`frame::chunk`)
+//! around the SSE bytes, so a chunked connection writes it whole and
 //! an identity (HTTP/1.0) connection writes the inner slice: one encoding,
 //! shared by both. Nothing here knows about connections or sockets.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+use crate::frame;
 
 /// One encoded event, shared by every ring it was published to.
 #[derive(Clone)]
@@ -30,17 +32,13 @@ pub struct Frame {
 impl Frame {
     /// Wraps SSE bytes in chunk framing.
     pub fn new(id: u64, sse: &[u8]) -> Frame {
-        let head = format!("{:x}\r\n", sse.len());
-        let mut b = Vec::with_capacity(head.len() + sse.len() + 2);
-        b.extend_from_slice(head.as_bytes());
-        b.extend_from_slice(sse);
-        b.extend_from_slice(b"\r\n");
         Frame {
             id,
             start: 0,
             pub_start: 0,
-            head: head.len() as u8,
-            bytes: b.into(),
+            // At most 18 bytes (`frame::CHUNK_HEAD_MAX`).
+            head: frame::chunk_head_len(sse.len()) as u8,
+            bytes: frame::chunk(sse).into(),
             private: false,
         }
     }
@@ -58,7 +56,7 @@ impl Frame {
         if chunked {
             &self.bytes
         } else {
-            let end = self.bytes.len().saturating_sub(2);
+            let end = self.bytes.len().saturating_sub(frame::CHUNK_END.len());
             self.bytes.get(self.head as usize..end).unwrap_or(&[])
         }
     }
@@ -73,13 +71,7 @@ impl Frame {
     /// What [`Frame::cost`] will be for `sse_len` SSE bytes, known before
     /// the frame is built (so an oversized event is never copied).
     pub fn cost_for(sse_len: usize) -> usize {
-        let mut hex = 1;
-        let mut n = sse_len >> 4;
-        while n > 0 {
-            hex += 1;
-            n >>= 4;
-        }
-        hex + 2 + sse_len + 2
+        frame::chunk_len(sse_len)
     }
 }
 
@@ -129,6 +121,13 @@ pub struct Stream {
     pub subs: Subs,
     /// Events ever published to it.
     pub published: u64,
+    /// Public events ever published to it, the newest one's id (0: none),
+    /// and how many of them are retained: what a reader that may not see
+    /// private events may be told.
+    pub published_public: u64,
+    /// See [`Stream::published_public`].
+    pub last_public_id: u64,
+    retained_public: usize,
     /// Id of its newest event (0: none yet).
     pub last_id: u64,
     pub(super) dirty: bool,
@@ -172,6 +171,9 @@ impl Stream {
             lost_public_upto: lost_upto,
             subs: Subs::default(),
             published: 0,
+            published_public: 0,
+            last_public_id: 0,
+            retained_public: 0,
             last_id: 0,
             dirty: false,
             dirty_frames: 0,
@@ -190,6 +192,18 @@ impl Stream {
     /// The name a `gap` event gives the stream.
     pub fn shown(&self) -> &str {
         self.display.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Retained public frames.
+    pub fn retained_public(&self) -> usize {
+        self.retained_public
+    }
+
+    /// Whether a reader without a token may learn that this stream exists:
+    /// not when it only ever carried private events (its name, counts and
+    /// ids would tell of events it may not see).
+    pub fn anonymous_visible(&self) -> bool {
+        !self.internal && (self.published_public > 0 || self.published == 0)
     }
 
     /// This stream's history bounds.
@@ -291,6 +305,9 @@ impl Stream {
         f.pub_start = self.end_public;
         if !f.private {
             self.end_public += len as u64;
+            self.published_public += 1;
+            self.last_public_id = f.id;
+            self.retained_public += 1;
         }
         self.last_id = f.id;
         self.ring.push_back(f);
@@ -328,6 +345,7 @@ impl Stream {
                 self.lost_upto = self.lost_upto.max(f.id);
                 if !f.private {
                     self.lost_public_upto = self.lost_public_upto.max(f.id);
+                    self.retained_public -= 1;
                 }
                 f.cost()
             }

@@ -16,13 +16,13 @@ fn broker(history: usize) -> Broker {
 }
 
 fn publish(b: &mut Broker, s: &[u32], now: u64) -> u64 {
-    b.publish(Origin::Local, s, &crate::event::Event::new("x"), now)
+    b.publish(s, &crate::event::Event::new("x"), now)
         .unwrap()
         .id
 }
 
 fn publish_private(b: &mut Broker, s: &[u32], now: u64, private: bool) -> u64 {
-    b.publish_as(Origin::Local, s, now, private, |id| {
+    b.publish_as(s, now, private, |id| {
         frame::encode_numbered(id, None, "x", None)
     })
     .unwrap()
@@ -120,15 +120,9 @@ fn oversized_event_is_refused_not_kept() {
     );
     let a = b.resolve(&["a"], true).unwrap()[0];
     let e = b
-        .publish(
-            Origin::Local,
-            &[a],
-            &crate::event::Event::new("x".repeat(100)),
-            5,
-        )
+        .publish(&[a], &crate::event::Event::new("x".repeat(100)), 5)
         .unwrap_err();
     assert!(matches!(e, BrokerError::TooLarge { .. }));
-    assert_eq!(e.status(), 413);
     assert_eq!(b.get(a).unwrap().retained(), 0);
 }
 
@@ -138,7 +132,7 @@ fn deleted_stream_leaves_a_tombstone() {
     let a = b.resolve(&["a"], true).unwrap()[0];
     let id = publish(&mut b, &[a], 1_000);
     b.subscribe(3, &[a], &Resume::Live);
-    assert_eq!(b.delete(Origin::Local, a), vec![3]);
+    assert_eq!(b.delete(a), vec![3]);
     let a2 = b.resolve(&["a"], true).unwrap()[0];
     let c = b.subscribe(4, &[a2], &Resume::After(id - 1, String::new()));
     assert!(c.gap.is_some());
@@ -354,7 +348,7 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     let c = b.subscribe(4, &[a], &Resume::After(5_000, String::new()));
     assert!(c.gap.is_none());
     // Later events arrive normally.
-    let p = b.append(Origin::Bus, &[a], 6_000, b"data: x\n\n").unwrap();
+    let p = b.append(&[a], 6_000, b"data: x\n\n").unwrap();
     assert_eq!(p.id, 6_000);
     assert_eq!(ids_of(&b, &c.cursors), vec![6_000]);
     assert!(!b.mark_lost(99, 1), "unknown stream");
@@ -378,13 +372,8 @@ fn big_broker(total: usize, ttl_us: u64, max_streams: usize) -> Broker {
 }
 
 fn publish_sized(b: &mut Broker, s: &[u32], len: usize, now: u64) -> Result<u64, BrokerError> {
-    b.publish(
-        Origin::Local,
-        s,
-        &crate::event::Event::new("x".repeat(len)),
-        now,
-    )
-    .map(|p| p.id)
+    b.publish(s, &crate::event::Event::new("x".repeat(len)), now)
+        .map(|p| p.id)
 }
 
 /// The LRU list holds exactly the streams with history, and the total is
@@ -479,7 +468,7 @@ fn events_over_a_bound_are_refused_and_never_kept() {
     let s = b.resolve(&["a", "b", "c"], true).unwrap();
     // Over the budget alone.
     let e = publish_sized(&mut b, &[s[0]], 9000, 1_000).unwrap_err();
-    assert_eq!(e.status(), 413);
+    assert!(matches!(e, BrokerError::TooLarge { .. }));
     assert!(
         e.message().contains("--history-total-bytes"),
         "{}",
@@ -507,7 +496,7 @@ fn events_over_a_bound_are_refused_and_never_kept() {
     );
     let a = b.resolve(&["a"], true).unwrap()[0];
     let ev = crate::event::Event::new("\r".repeat(1000));
-    let e = b.publish(Origin::Local, &[a], &ev, 5).unwrap_err();
+    let e = b.publish(&[a], &ev, 5).unwrap_err();
     match e {
         BrokerError::TooLarge { size, limit, .. } => {
             assert!(size > 6000, "{size}");
@@ -634,7 +623,6 @@ fn subscribers_cannot_use_up_the_publishers_pool() {
         b.resolve_as(&["x4"], Create::Subscriber),
         Err((0, BrokerError::TooManyUnclaimed))
     );
-    assert_eq!(BrokerError::TooManyUnclaimed.status(), 503);
     // An authorised publisher still creates, and claims a subscriber's
     // stream into its own pool.
     let p = b.resolve_as(&["news", "x1"], Create::Publisher).unwrap();
@@ -677,12 +665,12 @@ fn tombstones_are_bounded_and_forgetting_stays_honest() {
     let mut b = big_broker(64 << 20, SEC, 10);
     let first = b.resolve(&["t0"], true).unwrap();
     let id0 = publish_sized(&mut b, &first, 1, 1_000).unwrap();
-    b.delete(Origin::Local, first[0]);
+    b.delete(first[0]);
     for i in 1..(MAX_TOMBSTONES + 100) {
         let n = format!("t{i}");
         let s = b.resolve(&[n.as_str()], true).unwrap();
         publish_sized(&mut b, &s, 1, 1_000).unwrap();
-        b.delete(Origin::Local, s[0]);
+        b.delete(s[0]);
         assert!(b.tombstones() <= MAX_TOMBSTONES);
     }
     // t0's tombstone was forgotten; a resume into it still gets a gap.
@@ -735,7 +723,7 @@ fn model_budget_accounting_holds() {
                 _ => {
                     if let Some(i) = b.find(&name) {
                         if b.get(i).is_some_and(|s| s.subs.is_empty()) {
-                            b.delete(Origin::Local, i);
+                            b.delete(i);
                         }
                     }
                 }
@@ -847,8 +835,12 @@ fn selector_streams_fan_in_later_streams() {
     let before = publish(&mut b, &[early], 5);
     publish(&mut b, &[early], 5);
     let sel = crate::auth::Selector::parse("/books/{id}").unwrap();
-    let s = b.selector_stream(&sel).unwrap();
-    assert_eq!(b.selector_stream(&sel).unwrap(), s, "one ring per selector");
+    let s = b.selector_stream(&sel, None).unwrap();
+    assert_eq!(
+        b.selector_stream(&sel, None).unwrap(),
+        s,
+        "one ring per selector"
+    );
     assert!(b.get(s).unwrap().internal);
     let c = b.subscribe(1, &[s], &Resume::Live);
     let later = b.resolve(&["/books/2", "/other"], true).unwrap();
@@ -863,7 +855,7 @@ fn selector_streams_fan_in_later_streams() {
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
     // Deleting a selector stream unregisters it.
-    b.delete(Origin::Local, s);
+    b.delete(s);
     publish(&mut b, &[later[0]], 5);
     assert!(b.get(s).is_none_or(|st| st.name.as_ref() != "/books/{id}"));
 }
@@ -871,14 +863,17 @@ fn selector_streams_fan_in_later_streams() {
 #[test]
 fn aliases_are_bounded_and_newest_wins() {
     let mut b = broker(10);
-    b.alias("urn:a", 5);
-    b.alias("urn:a", 6);
-    assert_eq!(b.alias_id("urn:a"), Some(6));
+    b.alias("urn:a", 5, false);
+    b.alias("urn:a", 6, false);
+    assert_eq!(b.alias_id("urn:a", false), Some(6));
+    b.alias("urn:p", 7, true);
+    assert_eq!(b.alias_id("urn:p", false), None, "private: as if unknown");
+    assert_eq!(b.alias_id("urn:p", true), Some(7));
     for i in 0..MAX_ALIASES as u64 {
-        b.alias(&format!("k{i}"), i);
+        b.alias(&format!("k{i}"), i, false);
     }
-    assert_eq!(b.alias_id("urn:a"), None);
-    assert_eq!(b.alias_id("k0"), Some(0));
+    assert_eq!(b.alias_id("urn:a", false), None);
+    assert_eq!(b.alias_id("k0", false), Some(0));
     assert!(b.topics.alias_order.len() <= MAX_ALIASES);
 }
 
@@ -900,4 +895,177 @@ fn topic_names() {
         i,
         "but reads an existing topic"
     );
+}
+
+#[test]
+fn selector_fan_in_matches_each_topic_once() {
+    let mut b = broker(10);
+    let t = b.resolve(&["/u/m/aaaa"], true).unwrap()[0];
+    let other = b.resolve(&["/v"], true).unwrap()[0];
+    let mut sels = Vec::new();
+    for i in 0..64 {
+        // Two spellings per key: one match serves both.
+        let v = if i % 2 == 0 { "{a}" } else { "{b}" };
+        let sel =
+            crate::auth::Selector::parse(&format!("/u/m/{}{v}", "{x}".repeat(i / 2 % 4))).unwrap();
+        let ip: PeerKey = 10 + (i % 8) as u128;
+        if let Ok(s) = b.selector_stream(&sel, Some(ip)) {
+            if !sels.contains(&s) {
+                sels.push(s);
+            }
+        }
+    }
+    let n = sels.len();
+    assert_eq!(n, 8, "4 keys x 2 spellings");
+    let c = b.subscribe(1, &sels, &Resume::Live);
+    let before = b.selector_matches_run();
+    let id = publish(&mut b, &[t], 5);
+    assert_eq!(b.selector_matches_run() - before, 4, "one match per key");
+    for _ in 0..10 {
+        publish(&mut b, &[t], 5);
+        publish(&mut b, &[other], 5);
+    }
+    assert_eq!(
+        b.selector_matches_run() - before,
+        8,
+        "later publishes are served from the cache"
+    );
+    // Every selector stream got every event of its topic, once.
+    for &s in &sels {
+        assert_eq!(b.get(s).unwrap().published, 10 + 1, "{s}");
+    }
+    assert!(ids_of(&b, &c.cursors).iter().all(|&i| i >= id));
+    // A new selector is matched against the topic once, on its next publish.
+    let late = crate::auth::Selector::parse("/u/{y}/aaaa").unwrap();
+    let ls = b.selector_stream(&late, None).unwrap();
+    let _c2 = b.subscribe(2, &[ls], &Resume::Live);
+    let before = b.selector_matches_run();
+    publish(&mut b, &[t], 5);
+    publish(&mut b, &[t], 5);
+    assert_eq!(b.selector_matches_run() - before, 1);
+    assert_eq!(b.get(ls).unwrap().published, 2);
+}
+
+#[test]
+fn anonymous_selectors_come_from_per_peer_pools() {
+    use super::topics::SelectorsFull;
+    let mut b = broker(10);
+    let ip = |n: u8| Some(n as PeerKey);
+    let sel = |i: usize| crate::auth::Selector::parse(&format!("/t/{i}/{{x}}")).unwrap();
+    let mut held = Vec::new();
+    for i in 0..MAX_ANON_SELECTORS_PER_PEER {
+        let s = b.selector_stream(&sel(i), ip(1)).unwrap();
+        held.push(s);
+    }
+    let c = b.subscribe(1, &held, &Resume::Live);
+    assert_eq!(
+        b.selector_stream(&sel(1000), ip(1)),
+        Err(BrokerError::TooManySelectors(SelectorsFull::Peer))
+    );
+    let e = BrokerError::TooManySelectors(SelectorsFull::Peer);
+    assert!(!e.message().contains("--max-streams"), "{}", e.message());
+    // Another address, a token holder, and `*` still get theirs.
+    assert!(b.selector_stream(&sel(1001), ip(2)).is_ok());
+    assert!(b.selector_stream(&sel(1002), None).is_ok());
+    assert!(b
+        .selector_stream(&crate::auth::Selector::parse("*").unwrap(), ip(1))
+        .is_ok());
+    // Once its subscriber leaves, the address's unread streams make room.
+    b.unsubscribe(1, &c.cursors);
+    assert!(b.selector_stream(&sel(1000), ip(1)).is_ok());
+    // The anonymous pool as a whole is bounded too.
+    let (mut n, mut refused) = (0, 0);
+    for p in 3..=255u8 {
+        for i in 0..MAX_ANON_SELECTORS_PER_PEER {
+            match b.selector_stream(&sel(p as usize * 100 + i + 5000), ip(p)) {
+                Ok(s) => {
+                    b.subscribe(9, &[s], &Resume::Live);
+                    n += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, BrokerError::TooManySelectors(SelectorsFull::Anonymous));
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Unread ones were dropped to make room; read ones never.
+    assert!(
+        n <= MAX_ANON_SELECTOR_STREAMS && refused > 0,
+        "{n} {refused}"
+    );
+    assert!(
+        b.selector_stream(&sel(99_999), None).is_ok(),
+        "token holders keep room"
+    );
+}
+
+#[test]
+fn selector_streams_cost_a_place_not_a_copy() {
+    let mut b = Broker::new(
+        1_000,
+        Limits {
+            history: 1000,
+            history_bytes: 1 << 20,
+        },
+        100,
+    );
+    b.set_memory(8 << 20, 0);
+    let victim = b.resolve(&["victim"], true).unwrap()[0];
+    for _ in 0..1000 {
+        publish_sized(&mut b, &[victim], 1000, 2_000).unwrap();
+    }
+    let hot = b.resolve(&["/u/m/x"], true).unwrap()[0];
+    let mut sels = Vec::new();
+    for i in 0..MAX_SELECTOR_STREAMS {
+        let sel = crate::auth::Selector::parse(&format!("/u/{{a}}/{{b}}{}", "{c}".repeat(i % 2)))
+            .unwrap();
+        let sel = if i < 2 {
+            sel
+        } else {
+            crate::auth::Selector::parse(&format!("/u/{{a{i}}}/x")).unwrap()
+        };
+        sels.push(b.selector_stream(&sel, None).unwrap());
+    }
+    let _c = b.subscribe(1, &sels, &Resume::Live);
+    let before = b.total_bytes();
+    for _ in 0..20 {
+        publish_sized(&mut b, &[hot], 4096, 3_000).unwrap();
+    }
+    let grew = b.total_bytes() - before;
+    // 20 frames once, plus one entry per selector stream and frame.
+    assert!(
+        grew <= 20 * (4200 + MAX_SELECTOR_STREAMS * topics::ENTRY_BYTES),
+        "{grew}"
+    );
+    assert_eq!(
+        b.get(victim).unwrap().retained(),
+        1000,
+        "the victim kept its history"
+    );
+    assert_eq!(b.lifecycle().evicted_events, 0);
+    // A large event is checked against the budget once, not once per
+    // selector (it used to be 300 KiB x 1,025 > 256 MiB: 413).
+    let mut b2 = Broker::new(
+        1_000,
+        Limits {
+            history: 1000,
+            history_bytes: 1 << 20,
+        },
+        100,
+    );
+    let hot2 = b2.resolve(&["/u/m/x"], true).unwrap()[0];
+    for i in 0..MAX_SELECTOR_STREAMS {
+        let sel = crate::auth::Selector::parse(&format!("/u/{{a{i}}}/x")).unwrap();
+        b2.selector_stream(&sel, None).unwrap();
+    }
+    publish_sized(&mut b2, &[hot2], 300 << 10, 2_000).unwrap();
+    // When the budget evicts a frame, selector streams drop it too: they
+    // never hold what no published-to stream holds.
+    b2.set_memory(64 << 10, 0);
+    assert_eq!(b2.get(hot2).unwrap().retained(), 0);
+    for i in b2.topics.streams().collect::<Vec<_>>() {
+        assert_eq!(b2.get(i).unwrap().retained(), 0, "selector stream {i}");
+    }
+    assert_eq!(b2.total_bytes(), 0);
 }

@@ -1,7 +1,10 @@
 //! Mercure's additions to the broker: the registry of selector streams
 //! (one internal ring per distinct `*` or URI-template selector, fed with
-//! every later event whose public stream it matches) and the bounded index
-//! from publisher-supplied event ids to broker ids.
+//! every later event whose public stream it matches), the per-topic cache
+//! of which selector streams a topic feeds (so a publish matches a topic
+//! against a selector once, not on every publish), the pools selector
+//! streams come from (all, anonymous, per client address), and the bounded
+//! index from publisher-supplied event ids to broker ids.
 //!
 //! Bookkeeping only: it must not own frames (the rings do), decide who may
 //! read what, or do I/O.
@@ -13,12 +16,27 @@ use slab::Slab;
 use super::ring::Stream;
 use crate::auth::Selector;
 
+/// An anonymous subscriber's client address, as an opaque key (the caller
+/// maps addresses to it; the broker knows no sockets or addresses).
+pub type PeerKey = u128;
+
 /// Longest Mercure topic (a stream name through `/.well-known/mercure`).
 pub const MAX_TOPIC_BYTES: usize = 1024;
-/// Most selector streams at once.
+/// Most selector streams at once (`*` is not counted: there is one).
 pub const MAX_SELECTOR_STREAMS: usize = 1024;
+/// Of those, most made by subscribers without a token, so token holders
+/// always find room.
+pub const MAX_ANON_SELECTOR_STREAMS: usize = 768;
+/// Of those, most made from one client address.
+pub const MAX_ANON_SELECTORS_PER_PEER: usize = 32;
 /// Most publisher-supplied ids remembered for resume.
 pub const MAX_ALIASES: usize = 16_384;
+/// What a selector stream's place in a shared frame costs against the
+/// history budget (the ring entry), instead of the frame's bytes again.
+pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<super::ring::Frame>();
+/// Most (topic, selector) match results cached; past it the cache starts
+/// over, so it never holds more than this many entries.
+const MAX_CACHED_HITS: usize = 1 << 18;
 
 /// Whether `t` may name a stream through the Mercure endpoint: 1..=1024
 /// bytes without control characters, and not itself a selector (`*`, or
@@ -29,73 +47,235 @@ pub fn valid_topic(t: &str) -> bool {
         && !t.chars().any(|c| c.is_control() || c == '{' || c == '}')
 }
 
+struct Entry {
+    sel: Selector,
+    idx: u32,
+    /// Registration order, so a topic's cache knows which selectors it has
+    /// not been matched against yet (and a reused slab index is told apart).
+    seq: u64,
+    /// The address whose anonymous subscriber made it, if one did.
+    owner: Option<PeerKey>,
+}
+
+/// The selector streams a topic feeds, as far as registration `upto`.
+struct Cached {
+    upto: u64,
+    hits: Vec<(u32, u64)>,
+}
+
+/// Why no selector stream could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectorsFull {
+    /// [`MAX_SELECTOR_STREAMS`] exist and all are read.
+    All,
+    /// [`MAX_ANON_SELECTOR_STREAMS`] made without a token exist, all read.
+    Anonymous,
+    /// [`MAX_ANON_SELECTORS_PER_PEER`] made from this address, all read.
+    Peer,
+}
+
 #[derive(Default)]
 pub(super) struct Topics {
-    selectors: Vec<(Selector, u32)>,
-    aliases: HashMap<Box<str>, u64>,
+    /// In registration order.
+    selectors: Vec<Entry>,
+    live: HashMap<u32, u64>,
+    next_seq: u64,
+    /// Per public stream: which selector streams its events also go to,
+    /// so a publish matches each (topic, selector) pair once, not every
+    /// selector every time.
+    cache: HashMap<u32, Cached>,
+    cached_hits: usize,
+    anon: usize,
+    per_peer: HashMap<PeerKey, usize>,
+    aliases: HashMap<Box<str>, (u64, bool)>,
     pub(super) alias_order: VecDeque<(u64, Box<str>)>,
+    /// Template matches run (what the cache saves shows here).
+    pub(super) matches_run: u64,
 }
 
 impl Topics {
+    /// Selector streams that count against [`MAX_SELECTOR_STREAMS`].
     pub(super) fn len(&self) -> usize {
-        self.selectors.len()
+        self.selectors.iter().filter(|e| !e.sel.is_any()).count()
+    }
+
+    /// Whether stream `idx` is a selector stream.
+    pub(super) fn is_selector(&self, idx: u32) -> bool {
+        !self.live.is_empty() && self.live.contains_key(&idx)
+    }
+
+    pub(super) fn streams(&self) -> impl Iterator<Item = u32> + '_ {
+        self.selectors.iter().map(|e| e.idx)
     }
 
     pub(super) fn find(&self, sel: &str) -> Option<u32> {
         self.selectors
             .iter()
-            .find(|(s, _)| s.as_str() == sel)
-            .map(|&(_, i)| i)
+            .find(|e| e.sel.as_str() == sel)
+            .map(|e| e.idx)
     }
 
-    pub(super) fn streams(&self) -> impl Iterator<Item = u32> + '_ {
-        self.selectors.iter().map(|&(_, i)| i)
+    /// Which pool a new selector stream for `owner` would overflow, and
+    /// the unread stream to drop to make room (`None`: no room).
+    pub(super) fn room(
+        &self,
+        streams: &Slab<Stream>,
+        sel: &Selector,
+        owner: Option<PeerKey>,
+    ) -> Result<(), (SelectorsFull, Option<u32>)> {
+        if sel.is_any() {
+            return Ok(());
+        }
+        let unread = |pick: &dyn Fn(&Entry) -> bool| {
+            self.selectors
+                .iter()
+                .filter(|e| !e.sel.is_any() && pick(e))
+                .find(|e| {
+                    streams
+                        .get(e.idx as usize)
+                        .is_some_and(|s| s.subs.is_empty())
+                })
+                .map(|e| e.idx)
+        };
+        if let Some(ip) = owner {
+            if self.per_peer.get(&ip).copied().unwrap_or(0) >= MAX_ANON_SELECTORS_PER_PEER {
+                return Err((SelectorsFull::Peer, unread(&|e| e.owner == Some(ip))));
+            }
+            if self.anon >= MAX_ANON_SELECTOR_STREAMS {
+                return Err((SelectorsFull::Anonymous, unread(&|e| e.owner.is_some())));
+            }
+        }
+        if self.len() >= MAX_SELECTOR_STREAMS {
+            return Err((SelectorsFull::All, unread(&|_| true)));
+        }
+        Ok(())
     }
 
-    pub(super) fn add(&mut self, sel: Selector, idx: u32) {
-        self.selectors.push((sel, idx));
+    pub(super) fn add(&mut self, sel: Selector, idx: u32, owner: Option<PeerKey>) {
+        self.next_seq += 1;
+        let owner = owner.filter(|_| !sel.is_any());
+        if let Some(ip) = owner {
+            self.anon += 1;
+            *self.per_peer.entry(ip).or_insert(0) += 1;
+        }
+        self.live.insert(idx, self.next_seq);
+        self.selectors.push(Entry {
+            sel,
+            idx,
+            seq: self.next_seq,
+            owner,
+        });
     }
 
-    /// A deleted stream stops being a selector stream.
+    /// A deleted stream stops being a selector stream, or a topic.
     pub(super) fn forget(&mut self, idx: u32) {
-        self.selectors.retain(|&(_, i)| i != idx);
+        if let Some(c) = self.cache.remove(&idx) {
+            self.cached_hits -= c.hits.len();
+        }
+        if self.live.remove(&idx).is_none() {
+            return;
+        }
+        if let Some(pos) = self.selectors.iter().position(|e| e.idx == idx) {
+            let e = self.selectors.remove(pos);
+            if let Some(ip) = e.owner {
+                self.anon -= 1;
+                if let Some(n) = self.per_peer.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_peer.remove(&ip);
+                    }
+                }
+            }
+        }
     }
 
     /// `targets` plus the selector streams matching one of the public
     /// ones; `None` when no selector stream is added (the common case
-    /// allocates nothing).
-    pub(super) fn fan_in(&self, streams: &Slab<Stream>, targets: &[u32]) -> Option<Vec<u32>> {
+    /// allocates nothing). Each topic is matched against a selector once
+    /// (the result is cached), and selectors with the same key share one
+    /// match, so a publish costs the selectors registered since the
+    /// topic's last publish, not all of them.
+    pub(super) fn fan_in(&mut self, streams: &Slab<Stream>, targets: &[u32]) -> Option<Vec<u32>> {
         if self.selectors.is_empty() {
             return None;
         }
         let mut all: Option<Vec<u32>> = None;
-        for (sel, idx) in &self.selectors {
-            let hit = targets.iter().any(|&t| {
-                streams
-                    .get(t as usize)
-                    .is_some_and(|s| !s.internal && sel.matches(&s.name))
+        for &t in targets {
+            let Some(s) = streams.get(t as usize).filter(|s| !s.internal) else {
+                continue;
+            };
+            let c = self.cache.entry(t).or_insert(Cached {
+                upto: 0,
+                hits: Vec::new(),
             });
-            if hit && !targets.contains(idx) {
-                all.get_or_insert_with(|| targets.to_vec()).push(*idx);
+            if c.upto < self.next_seq {
+                let from = self.selectors.partition_point(|e| e.seq <= c.upto);
+                let mut seen: HashMap<&str, bool> = HashMap::new();
+                let topic = crate::auth::selector::Topic::new(&s.name);
+                for e in &self.selectors[from..] {
+                    let hit = match seen.get(e.sel.key()) {
+                        Some(&h) => h,
+                        None => {
+                            self.matches_run += 1;
+                            let h = e.sel.matches_in(&topic);
+                            seen.insert(e.sel.key(), h);
+                            h
+                        }
+                    };
+                    if hit {
+                        c.hits.push((e.idx, e.seq));
+                        self.cached_hits += 1;
+                    }
+                }
+                c.upto = self.next_seq;
             }
+            let live = &self.live;
+            let before = c.hits.len();
+            c.hits.retain(|(i, sq)| live.get(i) == Some(sq));
+            self.cached_hits -= before - c.hits.len();
+            if !c.hits.is_empty() {
+                let v = all.get_or_insert_with(|| targets.to_vec());
+                v.extend(c.hits.iter().map(|&(i, _)| i));
+            }
+        }
+        if self.cached_hits > MAX_CACHED_HITS {
+            self.cache.clear();
+            self.cached_hits = 0;
+        }
+        if let Some(v) = all.as_mut() {
+            // Several topics can feed one selector stream: once each.
+            let tail = &mut v[targets.len()..];
+            tail.sort_unstable();
+            let mut seen_last = None;
+            let mut keep = targets.len();
+            for i in targets.len()..v.len() {
+                let x = v[i];
+                if seen_last != Some(x) && !v[..targets.len()].contains(&x) {
+                    v[keep] = x;
+                    keep += 1;
+                }
+                seen_last = Some(x);
+            }
+            v.truncate(keep);
         }
         all
     }
 
-    pub(super) fn alias(&mut self, alias: &str, id: u64) {
+    pub(super) fn alias(&mut self, alias: &str, id: u64, private: bool) {
         if self.alias_order.len() >= MAX_ALIASES {
             if let Some((old_id, old)) = self.alias_order.pop_front() {
                 // A later event may have reused the alias: keep that one.
-                if self.aliases.get(&old) == Some(&old_id) {
+                if self.aliases.get(&old).is_some_and(|a| a.0 == old_id) {
                     self.aliases.remove(&old);
                 }
             }
         }
-        self.aliases.insert(alias.into(), id);
+        self.aliases.insert(alias.into(), (id, private));
         self.alias_order.push_back((id, alias.into()));
     }
 
-    pub(super) fn alias_id(&self, alias: &str) -> Option<u64> {
+    /// The id behind `alias`, and whether its event was private.
+    pub(super) fn alias_id(&self, alias: &str) -> Option<(u64, bool)> {
         self.aliases.get(alias).copied()
     }
 }

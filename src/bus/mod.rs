@@ -34,6 +34,13 @@ pub enum BusError {
     Protocol(String),
     /// The request itself is unusable (no streams, duplicates, ...).
     Invalid(&'static str),
+    /// An event larger than every node can carry through Redis.
+    TooLarge {
+        /// Its size on the bus, bytes.
+        size: usize,
+        /// The most the bus carries, bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for BusError {
@@ -47,6 +54,10 @@ impl fmt::Display for BusError {
             BusError::Redis(e) => write!(f, "redis error: {e}"),
             BusError::Protocol(e) => write!(f, "redis protocol: {e}"),
             BusError::Invalid(e) => write!(f, "invalid bus request: {e}"),
+            BusError::TooLarge { size, limit } => write!(
+                f,
+                "event of {size} bytes is over the {limit} bytes the redis bus carries"
+            ),
         }
     }
 }

@@ -6,9 +6,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A Redis URL: none can exist in this build.
+/// A Redis URL: none can exist in this build (its address cannot).
 #[derive(Debug, Clone)]
-pub enum RedisUrl {}
+pub struct RedisUrl {
+    /// Where to connect.
+    pub addr: RedisAddr,
+}
+
+/// Where Redis is: uninhabited in this build.
+#[derive(Debug, Clone)]
+pub enum RedisAddr {}
 
 /// Why a URL was refused: this build has no Redis.
 #[derive(Debug)]

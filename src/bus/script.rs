@@ -20,48 +20,113 @@
 
 use super::resp::{encode_array_header, encode_bulk};
 
-/// The publish script. KEYS: `P:id`, `P:last`, then each `P:s:<name>`.
-/// ARGV: floor, history, channel, payload, then each name. Returns the
-/// new id: above the last id, the server clock in µs, the floor, and
-/// every target stream's previous id. All reads and checks come before
-/// the first write, so it never writes half a publish.
+/// The publish script: a batch of events, each to its own streams, in
+/// one call. KEYS: `P:id`, `P:last`, then `P:s:<name>` of every stream
+/// the batch touches (each once). ARGV: floor, history, channel, the
+/// names of those streams (in KEYS order), then per event: its stream
+/// count `n`, `n` indexes into that list (1-based), its payload. Returns
+/// one id per event, in order: each above the one before, the last id,
+/// the server clock in µs, the floor, and every target stream's previous
+/// id. All reads and checks come before the first write, so it never
+/// writes part of a batch; every event is announced on its own (the
+/// envelope below), with its own predecessor per stream.
 pub const PUBLISH_LUA: &str = r#"
 local function num(s) return tonumber(string.match(s, '^%d+')) or 0 end
-local id = num(redis.call('GET', KEYS[1]) or '0') + 1
+local fmt = string.format
+local id = num(redis.call('GET', KEYS[1]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if now > id then id = now end
 local floor = tonumber(ARGV[1]) + 1
-if floor > id then id = floor end
-local prevs = {}
-for i = 3, #KEYS do
-  local prev = num(redis.call('HGET', KEYS[2], ARGV[i + 2]) or '0')
-  local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
+local k = #KEYS - 2
+local last, lasts, tag = {}, {}, {}
+for i = 1, k do
+  local name = ARGV[3 + i]
+  local prev = num(redis.call('HGET', KEYS[2], name) or '0')
+  local top = redis.call('XREVRANGE', KEYS[2 + i], '+', '-', 'COUNT', 1)[1]
   if top then
-    local t = num(top[1])
-    if t > prev then prev = t end
+    local tp = num(top[1])
+    if tp > prev then prev = tp end
   end
-  if prev + 1 > id then id = prev + 1 end
-  prevs[i] = string.format('%.0f', prev)
+  last[i] = prev
+  lasts[i] = fmt('%.0f', prev)
+  tag[i] = #name .. ' ' .. name .. ' '
 end
-local ids = string.format('%.0f', id)
-redis.call('SET', KEYS[1], ids)
-local env = {'S1 ', ids, ' ', tostring(#KEYS - 2), ' '}
-for i = 3, #KEYS do
-  local name = ARGV[i + 2]
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], ids .. '-1', 'f', ARGV[4], 'p', prevs[i])
-  redis.call('HSET', KEYS[2], name, ids)
-  env[#env + 1] = tostring(#name) .. ' ' .. name .. ' ' .. prevs[i] .. ' '
+local ids, hist, chan = {}, ARGV[2], ARGV[3]
+local a, argc = 4 + k, #ARGV
+while a <= argc do
+  local n = tonumber(ARGV[a])
+  local e = id + 1
+  if now > e then e = now end
+  if floor > e then e = floor end
+  for j = a + 1, a + n do
+    local p = last[tonumber(ARGV[j])] + 1
+    if p > e then e = p end
+  end
+  local es = fmt('%.0f', e)
+  local payload = ARGV[a + n + 1]
+  local env = {'S1 ', es, ' ', n, ' '}
+  for j = a + 1, a + n do
+    local s = tonumber(ARGV[j])
+    local ps = lasts[s]
+    redis.call('XADD', KEYS[2 + s], 'MAXLEN', '~', hist, es .. '-1', 'f', payload, 'p', ps)
+    env[#env + 1] = tag[s] .. ps .. ' '
+    last[s], lasts[s] = e, es
+  end
+  env[#env + 1] = payload
+  redis.call('PUBLISH', chan, table.concat(env))
+  ids[#ids + 1] = es
+  id = e
+  a = a + n + 2
 end
-env[#env + 1] = ARGV[4]
-redis.call('PUBLISH', ARGV[3], table.concat(env))
+redis.call('SET', KEYS[1], fmt('%.0f', id))
+local h = {}
+for i = 1, k do
+  h[#h + 1] = ARGV[3 + i]
+  h[#h + 1] = lasts[i]
+end
+redis.call('HSET', KEYS[2], unpack(h))
 return ids
+"#;
+
+/// The fetch script: entries of one stream after an id, in pages bounded
+/// in bytes as well as in count, so no reply outgrows what a node reads
+/// (a stream may hold far more than that in Redis). KEYS: `P:s:<name>`.
+/// ARGV: the exclusive start (`(N-1`), the most entries, the byte budget.
+/// Returns `[oldest entry's id or "", entries, more]`: `more` is 1 when the
+/// budget ended the page before the count did. The first entry is always
+/// taken, so a page makes progress; it reads at most 16 entries past the
+/// budget at a time, so Redis never holds more than that either.
+pub const FETCH_LUA: &str = r#"
+local top = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local first = top and top[1] or ''
+local left = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local out, bytes, start = {}, 0, ARGV[1]
+while left > 0 do
+  local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(left, 16))
+  if #page == 0 then break end
+  for _, e in ipairs(page) do
+    local size = #e[1]
+    for _, f in ipairs(e[2]) do size = size + #f + 16 end
+    if #out > 0 and bytes + size > budget then return {first, out, 1} end
+    out[#out + 1] = e
+    bytes = bytes + size
+    left = left - 1
+  end
+  start = '(' .. page[#page][1]
+end
+return {first, out, 0}
 "#;
 
 /// Most streams one publish may target (and an envelope may name).
 pub const MAX_STREAMS: usize = 256;
 /// Largest id the script can represent exactly.
 pub const MAX_ID: u64 = (1 << 53) - 2;
+/// Most events in one script call.
+pub const MAX_BATCH_EVENTS: usize = 256;
+/// Payload bytes past which a batch takes no further event (one larger
+/// event still goes, alone).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The key names for one prefix.
 #[derive(Debug, Clone)]
@@ -85,6 +150,86 @@ impl Keys {
     }
 }
 
+/// Events gathered for one publish script call (see [`PUBLISH_LUA`]).
+#[derive(Debug, Default)]
+pub struct Batch {
+    names: Vec<String>,
+    /// Each event: indexes into `names`, and its payload.
+    events: Vec<(Vec<u16>, Vec<u8>)>,
+    bytes: usize,
+    floor: u64,
+}
+
+impl Batch {
+    /// Whether no event is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Whether an event to `streams` with `len` payload bytes may join
+    /// (an empty batch takes anything).
+    pub fn takes(&self, streams: &[&str], len: usize) -> bool {
+        if self.events.is_empty() {
+            return true;
+        }
+        let new = streams
+            .iter()
+            .filter(|s| !self.names.iter().any(|n| n == *s))
+            .count();
+        self.events.len() < MAX_BATCH_EVENTS
+            && self.bytes + len <= MAX_BATCH_BYTES
+            && self.names.len() + new <= MAX_STREAMS
+    }
+
+    /// Adds an event (`streams` distinct, at most [`MAX_STREAMS`]); the
+    /// batch's floor is the highest asked.
+    pub fn push(&mut self, streams: &[&str], payload: &[u8], floor: u64) {
+        let idx = streams
+            .iter()
+            .map(|s| match self.names.iter().position(|n| n == s) {
+                Some(i) => i as u16,
+                None => {
+                    self.names.push(s.to_string());
+                    (self.names.len() - 1) as u16
+                }
+            })
+            .collect();
+        self.events.push((idx, payload.to_vec()));
+        self.bytes += payload.len();
+        self.floor = self.floor.max(floor);
+    }
+
+    /// Encodes numkeys, KEYS and ARGV for the script.
+    pub fn args(&self, keys: &Keys, history: usize) -> PublishArgs {
+        let mut bytes = Vec::with_capacity(self.bytes + 64 + self.events.len() * 16);
+        let mut count = 0;
+        let mut arg = |a: &[u8]| {
+            encode_bulk(a, &mut bytes);
+            count += 1;
+        };
+        arg((self.names.len() + 2).to_string().as_bytes());
+        arg(format!("{}:id", keys.prefix).as_bytes());
+        arg(format!("{}:last", keys.prefix).as_bytes());
+        for s in &self.names {
+            arg(keys.stream(s).as_bytes());
+        }
+        arg(self.floor.to_string().as_bytes());
+        arg(history.max(1).to_string().as_bytes());
+        arg(keys.channel.as_bytes());
+        for s in &self.names {
+            arg(s.as_bytes());
+        }
+        for (idx, payload) in &self.events {
+            arg(idx.len().to_string().as_bytes());
+            for i in idx {
+                arg((i + 1).to_string().as_bytes());
+            }
+            arg(payload);
+        }
+        PublishArgs { bytes, count }
+    }
+}
+
 /// The part of a publish command after `EVALSHA sha` / `EVAL script`,
 /// kept so a NOSCRIPT reply can be retried as EVAL.
 #[derive(Debug)]
@@ -94,29 +239,6 @@ pub struct PublishArgs {
 }
 
 impl PublishArgs {
-    /// Encodes numkeys, KEYS and ARGV for one publish.
-    pub fn new(keys: &Keys, streams: &[&str], payload: &[u8], floor: u64, history: usize) -> Self {
-        let mut bytes = Vec::with_capacity(payload.len() + 64 + streams.len() * 48);
-        let mut count = 0;
-        let mut arg = |a: &[u8]| {
-            encode_bulk(a, &mut bytes);
-            count += 1;
-        };
-        arg((streams.len() + 2).to_string().as_bytes());
-        arg(format!("{}:id", keys.prefix).as_bytes());
-        arg(format!("{}:last", keys.prefix).as_bytes());
-        for s in streams {
-            arg(keys.stream(s).as_bytes());
-        }
-        arg(floor.to_string().as_bytes());
-        arg(history.max(1).to_string().as_bytes());
-        arg(keys.channel.as_bytes());
-        arg(payload);
-        for s in streams {
-            arg(s.as_bytes());
-        }
-        PublishArgs { bytes, count }
-    }
     /// Appends `cmd first <args>` (`EVALSHA sha` or `EVAL script`).
     pub fn encode(&self, cmd: &[u8], first: &[u8], out: &mut Vec<u8>) {
         encode_array_header(self.count + 2, out);
@@ -201,9 +323,12 @@ mod tests {
     }
 
     #[test]
-    fn publish_args_encode_a_command() {
+    fn batch_args_encode_a_command() {
         let keys = Keys::new("t");
-        let args = PublishArgs::new(&keys, &["a"], b"pay", 7, 0);
+        let mut batch = Batch::default();
+        batch.push(&["a"], b"pay", 7);
+        batch.push(&["b", "a"], b"two", 3);
+        let args = batch.args(&keys, 0);
         let mut out = Vec::new();
         args.encode(b"EVALSHA", b"abc", &mut out);
         let mut d = super::super::resp::Decoder::default();
@@ -217,16 +342,48 @@ mod tests {
         let want: Vec<&[u8]> = vec![
             b"EVALSHA",
             b"abc",
-            b"3",
+            b"4",
             b"t:id",
             b"t:last",
             b"t:s:a",
+            b"t:s:b",
             b"7",
             b"1",
             b"t:events",
-            b"pay",
             b"a",
+            b"b",
+            b"1",
+            b"1",
+            b"pay",
+            b"2",
+            b"2",
+            b"1",
+            b"two",
         ];
         assert_eq!(words, want);
+    }
+
+    #[test]
+    fn batches_are_bounded() {
+        let mut batch = Batch::default();
+        let big = vec![0; MAX_BATCH_BYTES + 1];
+        assert!(
+            batch.takes(&["a"], big.len()),
+            "an empty batch takes anything"
+        );
+        batch.push(&["a"], &big, 0);
+        assert!(!batch.takes(&["a"], 1), "over the byte bound");
+        let mut batch = Batch::default();
+        for _ in 0..MAX_BATCH_EVENTS {
+            assert!(batch.takes(&["a"], 1));
+            batch.push(&["a"], b"x", 0);
+        }
+        assert!(!batch.takes(&["a"], 1), "over the event bound");
+        let mut batch = Batch::default();
+        let names: Vec<String> = (0..MAX_STREAMS).map(|i| format!("s{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        batch.push(&refs, b"x", 0);
+        assert!(batch.takes(&["s1"], 1), "known streams cost nothing");
+        assert!(!batch.takes(&["new"], 1), "over the stream bound");
     }
 }

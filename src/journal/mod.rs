@@ -13,11 +13,15 @@
 //! consecutively; each is a [`record`] header followed by framed records.
 
 mod crc32;
+mod link;
 mod record;
+mod refused;
 mod sync;
 #[cfg(test)]
 mod tests;
 
+pub use link::Link;
+pub use refused::Refused;
 // The owner validates publishes against these limits before appending.
 #[allow(unused_imports)]
 pub use record::{Record, MAX_RECORD, MAX_STREAMS};
@@ -109,6 +113,9 @@ pub enum JournalError {
         /// Its version.
         version: u16,
     },
+    /// Something with a segment's name is not a regular file (a
+    /// directory, a socket...): not the journal's to read, skip or delete.
+    NotAFile(PathBuf),
     /// The record cannot be encoded (too many streams, too long).
     Invalid(&'static str),
     /// Appending failed (ENOSPC, EIO, EFBIG...); the journal is as it was
@@ -137,9 +144,16 @@ impl std::fmt::Display for JournalError {
             }
             JournalError::Version { path, version } => write!(
                 f,
-                "journal: {} has format version {version}; this build reads {}",
+                "journal: {} has format version {version}; this build reads {}..={}",
                 path.display(),
+                record::MIN_VERSION,
                 record::VERSION
+            ),
+            JournalError::NotAFile(p) => write!(
+                f,
+                "journal: {} has a segment's name but is not a regular file; move it out of the \
+                 data directory",
+                p.display()
             ),
             JournalError::Invalid(why) => write!(f, "journal: cannot record: {why}"),
             JournalError::Write(e) => write!(f, "journal: write failed: {e}"),
@@ -269,6 +283,15 @@ pub struct Journal {
     /// Bytes compaction freed since the cursor last wrapped around.
     pass_freed: u64,
     over_budget: bool,
+    /// Room an append is waiting for: compaction frees until the total is
+    /// at most this (0: nothing is waiting).
+    want_below: u64,
+    /// The total when a compaction call looked at everything and freed
+    /// nothing: no further call is made until the total or the room wanted
+    /// changes, so a journal that cannot shrink is not rewritten in a loop.
+    stalled_at: Option<u64>,
+    /// The stall was logged (once per run of them).
+    stall_logged: bool,
     /// The segments (as they were) a rewrite handed to the fsync thread is
     /// replacing, until it reports back; put back if it failed.
     inflight: Option<Vec<Seg>>,
@@ -362,6 +385,14 @@ impl Journal {
             let name = ent.file_name();
             let name = name.to_string_lossy();
             if let Some(seq) = parse_seg_name(&name) {
+                // Refused rather than skipped: the journal numbers new
+                // segments on from the ones it has and would run into this
+                // name later, mid-run; nor may it delete what it did not make.
+                let path = ent.path();
+                let meta = fs::metadata(&path).map_err(|e| JournalError::io("stat", &path, e))?;
+                if !meta.is_file() {
+                    return Err(JournalError::NotAFile(path));
+                }
                 seqs.push(seq);
             } else if name.ends_with(".tmp") {
                 // A rewrite that never got renamed: the originals are intact.
@@ -374,9 +405,12 @@ impl Journal {
         let mut rp = Replay::default();
         let mut segs: Vec<Seg> = Vec::new();
         let mut last_event: Option<u64> = None;
+        // The format version of the segment appends would continue.
+        let mut tail_version = record::VERSION;
         for (i, &seq) in seqs.iter().enumerate() {
             let path = seg_path(&dir, seq);
             let scan = record::read_segment(&path)?;
+            let version = scan.version;
             if let Some(prev) = segs.last() {
                 if seq != prev.seq + 1 && !scan.compacted {
                     let last = last_event.unwrap_or(0);
@@ -427,6 +461,7 @@ impl Journal {
                     seq,
                     bytes: scan.file_len,
                 });
+                tail_version = version;
                 continue;
             };
             // Damage: keep what came before it, drop everything after it.
@@ -446,6 +481,7 @@ impl Journal {
                     seq,
                     bytes: scan.good_end,
                 });
+                tail_version = version;
             }
             for &s in later {
                 let p = seg_path(&dir, s);
@@ -499,7 +535,7 @@ impl Journal {
         rp.bytes = segs.iter().map(|s| s.bytes).sum();
         rp.segments = segs.len();
         rp.elapsed = t0.elapsed();
-        let j = Journal {
+        let mut j = Journal {
             dir,
             fsync: cfg.fsync,
             max_bytes,
@@ -520,10 +556,18 @@ impl Journal {
             cursor: 0,
             pass_freed: 0,
             over_budget: false,
+            want_below: 0,
+            stalled_at: None,
+            stall_logged: false,
             inflight: None,
             rewrites_seen: 0,
             failed_rewrites: 0,
         };
+        if tail_version != record::VERSION && j.active().bytes > 0 {
+            // An older build's segment: records of this version go to a
+            // new one, so each file is of one format.
+            j.roll().map_err(|e| JournalError::io("roll", &j.dir, e))?;
+        }
         Ok((j, rp))
     }
 
@@ -562,6 +606,7 @@ impl Journal {
                 }
                 self.pos += n;
                 self.records_written += 1;
+                self.want_below = 0;
                 if let Some(s) = &self.sync {
                     s.written(self.pos, self.fsync == Fsync::Always);
                 }
@@ -627,9 +672,24 @@ impl Journal {
         self.segs.iter().map(|s| s.bytes).sum()
     }
 
-    /// The directory is over budget: call [`Journal::compact`].
+    /// The directory is over budget, or over what an append waits for:
+    /// call [`Journal::compact`] (unless the last call found nothing to
+    /// free and nothing changed since).
     pub fn needs_compaction(&self) -> bool {
-        self.total_bytes() > self.max_bytes
+        let t = self.total_bytes();
+        let over = t > self.max_bytes || (self.want_below > 0 && t > self.want_below);
+        over && self.stalled_at != Some(t)
+    }
+
+    /// Asks compaction to bring the total down to `below` (dropping the
+    /// oldest retained history if it must), for an append refused for room;
+    /// the next successful append withdraws the request.
+    pub fn want_room(&mut self, below: u64) {
+        let below = below.max(1);
+        if self.want_below != below {
+            self.want_below = below;
+            self.stalled_at = None;
+        }
     }
 
     /// The effective segment size (after clamping).
@@ -693,7 +753,12 @@ impl Journal {
         // With rewrites put in place by the fsync thread, appends go on
         // while one is in flight: leave two segments of room instead of one.
         let room = if self.sync.is_some() { 2 } else { 1 } * self.segment_bytes;
-        let low = self.max_bytes - room.min(self.max_bytes / 4);
+        let mut low = self.max_bytes - room.min(self.max_bytes / 4);
+        if self.want_below > 0 {
+            low = low.min(self.want_below);
+        }
+        // Dropping retained history was tried in this call.
+        let mut dropped = false;
         let mut read = 0u64;
         // A segment read but left for the next group (it did not fit).
         let mut carry: Option<(u64, record::Scan)> = None;
@@ -710,6 +775,7 @@ impl Journal {
                 self.pass_freed = 0;
                 start = 0;
                 if drop {
+                    dropped = true;
                     let (mut scans, mut bytes) = (Vec::new(), 0);
                     while scans.len() < sealed && bytes < self.segment_bytes / 2 {
                         let s = self.segs[scans.len()];
@@ -769,6 +835,21 @@ impl Journal {
             }
         }
         st.bytes_after = self.total_bytes();
+        // Even dropping retained history freed nothing: the next call
+        // would do the same, so wait for something to change. (A call that
+        // freed nothing otherwise moved the cursor on; the loop calls again
+        // only when woken for something else, so that is no busy loop.)
+        let idle = self.inflight.is_none() && st.bytes_after >= st.bytes_before;
+        self.stalled_at = (idle && dropped).then_some(st.bytes_after);
+        if st.bytes_after < st.bytes_before {
+            self.stall_logged = false;
+        } else if self.stalled_at.is_some() && !std::mem::replace(&mut self.stall_logged, true) {
+            log::warn!(
+                "journal: compaction cannot free anything below {} bytes; it resumes \
+                 when the journal changes",
+                st.bytes_after
+            );
+        }
         if st.retained_dropped == 0 && !self.needs_compaction() {
             self.over_budget = false;
         }
@@ -910,6 +991,13 @@ impl Journal {
         }
 
         let target = self.segs[end - 1].seq;
+        let before: u64 = self.segs[start..end].iter().map(|s| s.bytes).sum();
+        if packed.len() as u64 >= before {
+            // It would free nothing (a lone file compaction wrote already):
+            // step over it rather than write it again.
+            self.cursor = target + 1;
+            return Ok(());
+        }
         let path = seg_path(&self.dir, target);
         let tmp = path.with_extension("tmp");
         let written = File::create(&tmp).and_then(|mut f| f.write_all(&packed));
@@ -959,7 +1047,6 @@ impl Journal {
             }
         }
         st.segments_written += 1;
-        let before: u64 = self.segs[start..end].iter().map(|s| s.bytes).sum();
         self.segs[end - 1].bytes = packed.len() as u64;
         st.segments_removed += gone.len();
         self.segs.retain(|s| !gone.contains(&s.seq));

@@ -15,8 +15,12 @@ use std::path::Path;
 
 /// Segment files start with this.
 pub const MAGIC: &[u8; 8] = b"SSEDJRNL";
-/// The only format version this build reads and writes.
-pub const VERSION: u16 = 1;
+/// The format version this build writes. Version 2 added the event's
+/// private flag; version 1 files still replay (their events were all
+/// public: version 1 had no way to say otherwise).
+pub const VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const MIN_VERSION: u16 = 1;
 /// Header flag: this file was rewritten by compaction and may stand in for
 /// the segment numbers just before it, so a gap there is expected.
 pub const FLAG_COMPACTED: u16 = 1;
@@ -34,6 +38,10 @@ const T_EVENT: u8 = 1;
 const T_DELETE: u8 = 2;
 const T_CLOCK: u8 = 3;
 
+/// Event flag (version 2): only subscribers allowed private updates of its
+/// streams may see it.
+const EV_PRIVATE: u8 = 1;
+
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -46,6 +54,9 @@ pub enum Record {
         streams: Vec<String>,
         /// The wire bytes.
         frame: Vec<u8>,
+        /// Only subscribers allowed private updates may see it (always
+        /// `false` from a version 1 file).
+        private: bool,
     },
     /// A `DELETE` of a stream: its history up to `floor_id` is gone.
     Delete {
@@ -114,7 +125,12 @@ fn put_name(out: &mut Vec<u8>, s: &str) -> Result<(), JournalError> {
 
 fn encode_body(rec: &Record, out: &mut Vec<u8>) -> Result<(), JournalError> {
     match rec {
-        Record::Event { id, streams, frame } => {
+        Record::Event {
+            id,
+            streams,
+            frame,
+            private,
+        } => {
             if streams.len() > MAX_STREAMS {
                 return Err(JournalError::Invalid("event has too many streams"));
             }
@@ -122,6 +138,7 @@ fn encode_body(rec: &Record, out: &mut Vec<u8>) -> Result<(), JournalError> {
             let n = streams.len() as u16;
             out.push(T_EVENT);
             out.extend_from_slice(&id.to_le_bytes());
+            out.push(if *private { EV_PRIVATE } else { 0 });
             out.extend_from_slice(&n.to_le_bytes());
             for s in streams {
                 put_name(out, s)?;
@@ -158,6 +175,9 @@ impl<'a> Cur<'a> {
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
     }
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
     fn u16(&mut self) -> Result<u16, &'static str> {
         let mut b = [0u8; 2];
         b.copy_from_slice(self.take(2)?);
@@ -170,13 +190,23 @@ impl<'a> Cur<'a> {
     }
 }
 
-/// Decodes a record body (type byte and payload) whose CRC already matched.
-pub fn decode(body: &[u8]) -> Result<Record, &'static str> {
+/// Decodes a record body (type byte and payload) whose CRC already matched,
+/// from a segment of format `version` (at least [`MIN_VERSION`]).
+pub fn decode(body: &[u8], version: u16) -> Result<Record, &'static str> {
     let (&t, rest) = body.split_first().ok_or("empty record")?;
     let mut c = Cur(rest);
     let rec = match t {
         T_EVENT => {
             let id = c.u64()?;
+            let private = if version >= 2 {
+                let flags = c.u8()?;
+                if flags & !EV_PRIVATE != 0 {
+                    return Err("unknown event flags");
+                }
+                flags & EV_PRIVATE != 0
+            } else {
+                false
+            };
             let n = c.u16()? as usize;
             if n > MAX_STREAMS {
                 return Err("event has too many streams");
@@ -187,7 +217,12 @@ pub fn decode(body: &[u8]) -> Result<Record, &'static str> {
             }
             let frame = c.0.to_vec();
             c.0 = &[];
-            Record::Event { id, streams, frame }
+            Record::Event {
+                id,
+                streams,
+                frame,
+                private,
+            }
         }
         T_DELETE => {
             let floor_id = c.u64()?;
@@ -218,6 +253,8 @@ pub struct Scan {
     pub problem: Option<&'static str>,
     /// The header's [`FLAG_COMPACTED`].
     pub compacted: bool,
+    /// The header's format version (0 if the header is bad).
+    pub version: u16,
 }
 
 /// Reads and verifies one segment. I/O errors and a newer format version are
@@ -233,6 +270,7 @@ pub fn read_segment(path: &Path) -> Result<Scan, JournalError> {
         file_len,
         problem: None,
         compacted: false,
+        version: 0,
     };
     let mut h = [0u8; HEADER_LEN as usize];
     if file_len < HEADER_LEN {
@@ -246,7 +284,7 @@ pub fn read_segment(path: &Path) -> Result<Scan, JournalError> {
         return Ok(scan);
     }
     let version = u16::from_le_bytes([h[8], h[9]]);
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         // A valid header from another format: refuse rather than truncate
         // history a newer build wrote.
         return Err(JournalError::Version {
@@ -254,6 +292,7 @@ pub fn read_segment(path: &Path) -> Result<Scan, JournalError> {
             version,
         });
     }
+    scan.version = version;
     scan.compacted = u16::from_le_bytes([h[10], h[11]]) & FLAG_COMPACTED != 0;
     scan.good_end = HEADER_LEN;
     let mut pos = HEADER_LEN;
@@ -293,7 +332,7 @@ pub fn read_segment(path: &Path) -> Result<Scan, JournalError> {
             scan.problem = Some("record CRC mismatch");
             break;
         }
-        match decode(&body) {
+        match decode(&body, version) {
             Ok(rec) => scan.records.push((rec, FRAME_LEN + u64::from(len))),
             Err(why) => {
                 scan.problem = Some(why);
@@ -320,7 +359,7 @@ mod tests {
             crc32(&out[9..]),
             u32::from_le_bytes(out[5..9].try_into().unwrap())
         );
-        assert_eq!(decode(&out[9..]).unwrap(), rec);
+        assert_eq!(decode(&out[9..], VERSION).unwrap(), rec);
     }
 
     #[test]
@@ -329,11 +368,13 @@ mod tests {
             id: u64::MAX - 3,
             streams: vec!["news".into(), "ünï".into(), String::new()],
             frame: b"id: 1\ndata: x\n\n".to_vec(),
+            private: false,
         });
         round_trip(Record::Event {
             id: 0,
             streams: vec![],
             frame: vec![],
+            private: true,
         });
         round_trip(Record::Delete {
             stream: "news".into(),
@@ -349,6 +390,7 @@ mod tests {
             id: 1,
             streams: vec!["s".into(); MAX_STREAMS + 1],
             frame: vec![],
+            private: false,
         };
         let long_name = Record::Delete {
             stream: "x".repeat(70_000),
@@ -358,6 +400,7 @@ mod tests {
             id: 1,
             streams: vec![],
             frame: vec![0; MAX_RECORD as usize],
+            private: true,
         };
         for r in [many, long_name, huge] {
             assert!(matches!(
@@ -379,7 +422,48 @@ mod tests {
             &[T_DELETE, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0xFF],
             &[T_CLOCK, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         ] {
-            assert!(decode(body).is_err(), "{body:?}");
+            assert!(decode(body, 1).is_err(), "{body:?}");
         }
+        for body in [
+            &[T_EVENT, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            // A flag this version does not know.
+            &[T_EVENT, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0],
+            &[T_EVENT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0xFF, 0xFF],
+        ] {
+            assert!(decode(body, VERSION).is_err(), "{body:?}");
+        }
+    }
+
+    /// A version 1 event, byte for byte as version 1 wrote it (no flags
+    /// byte), still decodes: as a public event, which it was.
+    #[test]
+    fn a_version_1_event_decodes_as_public() {
+        let mut v1 = vec![T_EVENT];
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.extend_from_slice(&[1, 0, 4, 0]);
+        v1.extend_from_slice(b"news");
+        v1.extend_from_slice(b"id: 7\ndata: x\n\n");
+        assert_eq!(
+            v1,
+            [
+                1, 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 0, b'n', b'e', b'w', b's', b'i', b'd', b':',
+                b' ', b'7', b'\n', b'd', b'a', b't', b'a', b':', b' ', b'x', b'\n', b'\n'
+            ]
+        );
+        let want = Record::Event {
+            id: 7,
+            streams: vec!["news".into()],
+            frame: b"id: 7\ndata: x\n\n".to_vec(),
+            private: false,
+        };
+        assert_eq!(decode(&v1, 1).unwrap(), want);
+        // Read as version 2 the same bytes are damage, not a silent misread.
+        assert!(decode(&v1, VERSION).is_err());
+        // Version 2 spells the same event with a flags byte after the id.
+        let mut out = Vec::new();
+        encode(&want, &mut out).unwrap();
+        assert_eq!(out[8..17], v1[..9]);
+        assert_eq!(out[17], 0);
+        assert_eq!(out[18..], v1[9..]);
     }
 }

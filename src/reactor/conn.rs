@@ -8,7 +8,7 @@
 
 use mio::net::TcpStream;
 
-use crate::broker::Cursors;
+use crate::broker::{Cursors, Frame};
 use crate::handler::TickFn;
 
 /// Ticks are 100 ms since server start; `u32` lasts 13 years.
@@ -17,22 +17,67 @@ pub type Tick = u32;
 /// No deadline.
 pub const NEVER: Tick = Tick::MAX;
 
-/// Bytes accepted for a socket but not yet written: a response, the SSE
-/// head, or the unwritten tail of a frame after a short write.
+/// Bytes accepted for a socket but not yet written: first the unwritten
+/// tail of a shared frame after a short write (a position into the
+/// frame, not a copy), then copied bytes: a response, the SSE head, a
+/// `gap`, a heartbeat. Only the copied bytes are charged to the memory
+/// account (`Kind::Output`): the reactor charges before it appends to
+/// `buf` and releases as they are written or the connection goes.
 #[derive(Debug)]
 pub struct Out {
-    /// The bytes.
+    /// The rest of a frame the socket took only part of.
+    pub tail: Option<Tail>,
+    /// Copied bytes, after the tail.
     pub buf: Vec<u8>,
-    /// How many of them are written.
+    /// How many of `buf` are written.
     pub pos: usize,
     /// When the socket last accepted bytes (for `--write-timeout`).
     pub since: Tick,
 }
 
-impl Out {
-    /// Unsent bytes.
+/// Where a subscriber stopped inside a shared frame.
+pub struct Tail {
+    /// The frame (shared with the history ring; kept alive by this handle
+    /// if the ring drops it meanwhile).
+    pub frame: Frame,
+    /// Whether the connection writes it chunk-framed.
+    pub chunked: bool,
+    /// Bytes of its wire form already written.
+    pub at: usize,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail")
+            .field("id", &self.frame.id)
+            .field("chunked", &self.chunked)
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+impl Tail {
+    /// Unsent bytes of the frame.
     pub fn pending(&self) -> &[u8] {
-        self.buf.get(self.pos..).unwrap_or(&[])
+        self.frame.wire(self.chunked).get(self.at..).unwrap_or(&[])
+    }
+}
+
+impl Out {
+    /// Copied bytes waiting for the socket.
+    pub fn copied(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+    /// Unsent bytes, tail and copies.
+    pub fn pending_len(&self) -> usize {
+        self.tail.as_ref().map_or(0, |t| t.pending().len()) + self.copied()
+    }
+    /// Unsent bytes as the slices to write, in order.
+    pub fn slices(&self) -> [&[u8]; 2] {
+        [
+            self.tail.as_ref().map_or(&[][..], Tail::pending),
+            self.buf.get(self.pos..).unwrap_or(&[]),
+        ]
     }
 }
 

@@ -1,25 +1,25 @@
 //! Durable history wired in (issue 13): opening the journal at bind, its
-//! replay into the broker and the apps at start-up, the broker [`Sink`]
-//! that writes each local event and deletion to it, compaction calls from
+//! replay into the broker and the apps at start-up, compaction calls from
 //! the loop, replies held until an fsync covers them (`--fsync always`),
 //! and the journal's numbers for `/stats`.
 //!
-//! It owns the journal handle (shared, on the loop thread, by the sink and
-//! the reactor). It must not fsync (the journal's thread does, and wakes
-//! the loop through the reactor's `mio::Waker`), must not block the loop
-//! (compaction reads a bounded amount per call) and must not interpret
-//! frames beyond what the apps ask for (the member app's `id:` line).
+//! It owns the journal's [`Link`], a plain field of the reactor: the
+//! reactor lends it to handlers (`Cx::journal`), which write each local
+//! event between the broker's two append phases, and writes stream
+//! deletions itself. The broker never sees it. This module must not fsync
+//! (the journal's thread does, and wakes the loop through the reactor's
+//! `mio::Waker`), must not block the loop (compaction reads a bounded
+//! amount per call) and must not interpret frames beyond what the apps ask
+//! for (the member app's `id:` line).
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::apps::Apps;
-use crate::broker::{Broker, Origin, Record as Outgoing, Sink, SinkError};
+use crate::broker::Broker;
 use crate::config::{Config, FsyncPolicy};
 use crate::event::PublishError;
-use crate::journal::{Fsync, Journal, JournalConfig, JournalError, Record, Replay};
+use crate::journal::{Fsync, Journal, JournalConfig, JournalError, Link, Record, Replay};
 use crate::stats::JournalGauges;
 
 /// Largest segment file: compaction reads about three per call on the
@@ -87,136 +87,20 @@ pub(crate) fn open(
     }
 }
 
-/// The journal as the loop sees it.
+/// The journal as the loop holds it: the link handlers write through, and
+/// what the replay at start-up found (for `/stats`).
 pub(crate) struct Durable {
-    journal: RefCell<Journal>,
-    /// Ticket of the last record appended.
-    ticket: Cell<u64>,
-    always: bool,
-    /// `--journal-bytes`.
-    bound: u64,
-    /// Its segment size.
-    segment: u64,
+    /// Lent to handlers (`Cx::journal`) and written by the reactor itself
+    /// for stream deletions.
+    pub link: Link,
     replay_ms: u64,
     replayed: u64,
-    compactions: Cell<u64>,
-    compact_failing: Cell<bool>,
-}
-
-/// The broker's hook: every local event and deletion goes to the journal
-/// before it enters the rings.
-struct JournalSink(Rc<Durable>);
-
-impl Sink for JournalSink {
-    fn append(&mut self, origin: Origin, rec: &Outgoing<'_>) -> Result<(), SinkError> {
-        if origin != Origin::Local {
-            return Ok(());
-        }
-        // Compaction aims three segments below the bound; only a flood that
-        // outruns it (a rewrite waiting for its fsync on a slow disk) gets
-        // here. Refusing keeps the directory within the bound plus the one
-        // rewrite in progress, however slow the disk.
-        let size: usize = rec.frame.len() + rec.streams.iter().map(|s| s.len() + 2).sum::<usize>();
-        // One segment of room stays for the rewrite being put in place (the
-        // new file and the old ones coexist until the old are unlinked).
-        if self.0.total_bytes().saturating_add(size as u64 + 64) > self.0.bound - self.0.segment {
-            return Err(SinkError(
-                "journal: --journal-bytes reached while compaction catches up; retry shortly"
-                    .into(),
-            ));
-        }
-        let r = Record::Event {
-            id: rec.id,
-            streams: rec.streams.iter().map(|s| s.to_string()).collect(),
-            frame: rec.frame.to_vec(),
-        };
-        self.0.append(&r).map_err(|e| {
-            SinkError(format!(
-                "{e}; publishing is refused until the journal (--data-dir) can be written again"
-            ))
-        })
-    }
-
-    fn delete(&mut self, origin: Origin, stream: &str, floor: u64) {
-        if origin != Origin::Local {
-            return;
-        }
-        let r = Record::Delete {
-            stream: stream.to_string(),
-            floor_id: floor,
-        };
-        // A deletion cannot be refused (the stream is gone already); the
-        // journal logged the failure, and after a restart the stream comes
-        // back with its history.
-        let _ = self.0.append(&r);
-    }
 }
 
 impl Durable {
-    fn total_bytes(&self) -> u64 {
-        self.journal.try_borrow().map_or(0, |j| j.total_bytes())
-    }
-
-    fn append(&self, r: &Record) -> Result<(), JournalError> {
-        let mut j = self
-            .journal
-            .try_borrow_mut()
-            .map_err(|_| JournalError::Invalid("journal busy"))?;
-        let t = j.append(r)?;
-        self.ticket.set(t);
-        Ok(())
-    }
-
-    /// Ticket of the last record appended (to compare before and after a
-    /// request).
-    pub fn ticket(&self) -> u64 {
-        self.ticket.get()
-    }
-
-    /// With `--fsync always`, the ticket a reply must wait for if the
-    /// journal was written since `before` and that is not yet durable.
-    pub fn must_wait(&self, before: u64) -> Option<u64> {
-        let t = self.ticket.get();
-        (self.always && t > before && self.durable() < t).then_some(t)
-    }
-
-    /// The highest ticket known to be fsynced.
-    pub fn durable(&self) -> u64 {
-        self.journal.try_borrow().map_or(0, |j| j.durable())
-    }
-
-    /// Frees disk when over `--journal-bytes` (a bounded step per call).
-    pub fn compact(&self, broker: &Broker) {
-        let Ok(mut j) = self.journal.try_borrow_mut() else {
-            return;
-        };
-        if !j.needs_compaction() {
-            return;
-        }
-        match j.compact(&|name, id| broker.retains(name, id), broker.ids().last()) {
-            Ok(st) => {
-                if st.segments_written > 0 || st.segments_removed > 0 {
-                    self.compactions.set(self.compactions.get() + 1);
-                }
-                if self.compact_failing.replace(false) {
-                    log::warn!("journal: compaction works again");
-                }
-            }
-            Err(e) => {
-                if !self.compact_failing.replace(true) {
-                    log::warn!("journal: compaction failed ({e}); retrying every turn");
-                }
-            }
-        }
-    }
-
     /// Numbers for `/stats` and `/metrics`.
     pub fn gauges(&self, held: usize) -> JournalGauges {
-        let st = self
-            .journal
-            .try_borrow()
-            .map(|j| j.stats())
-            .unwrap_or_default();
+        let st = self.link.stats();
         JournalGauges {
             bytes: st.bytes,
             segments: st.segments,
@@ -225,18 +109,24 @@ impl Durable {
             fsync_last_us: st.fsync_last_us,
             fsync_max_us: st.fsync_max_us,
             write_errors: st.write_errors,
-            compactions: self.compactions.get(),
+            compactions: self.link.compactions(),
             replay_ms: self.replay_ms,
             replayed_events: self.replayed,
             held_replies: held,
         }
     }
+
+    /// Frees disk when over `--journal-bytes` (a bounded step per call).
+    pub fn compact(&mut self, broker: &Broker) {
+        self.link
+            .compact(&|name, id| broker.retains(name, id), broker.ids().last());
+    }
 }
 
 /// Replays an opened journal into `broker` and `apps` (within this run's
 /// `--history`/`--history-bytes`), marks what it could not restore as a
-/// gap, continues the id clock, and attaches the journal as a sink.
-pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Durable> {
+/// gap, continues the id clock, and returns the journal for the loop.
+pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Durable {
     let t0 = Instant::now();
     let Opened {
         journal,
@@ -249,7 +139,12 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
     let mut targets: Vec<u32> = Vec::new();
     for rec in replay.records {
         match rec {
-            Record::Event { id, streams, frame } => {
+            Record::Event {
+                id,
+                streams,
+                frame,
+                private,
+            } => {
                 events += 1;
                 targets.clear();
                 for n in &streams {
@@ -258,12 +153,12 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
                         targets.push(t);
                     }
                 }
-                if broker.append(Origin::Replay, &targets, id, &frame).is_err() {
+                if broker.append_as(&targets, id, &frame, private).is_err() {
                     // Larger than this run's --history-bytes somewhere:
                     // keep it in the streams it fits.
                     too_large += 1;
                     for &t in &targets {
-                        let _ = broker.append(Origin::Replay, &[t], id, &frame);
+                        let _ = broker.append_as(&[t], id, &frame, private);
                     }
                 }
                 for (n, &t) in streams.iter().zip(&targets) {
@@ -276,7 +171,7 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
                 apps.forgotten(&stream);
                 match broker.find(&stream) {
                     Some(i) => {
-                        broker.delete(Origin::Replay, i);
+                        broker.delete(i);
                     }
                     None => broker.restore_tombstone(&stream, floor_id),
                 }
@@ -320,20 +215,11 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Rc<Dur
         replay.segments,
         journal.segment_bytes()
     );
-    let segment = journal.segment_bytes();
-    let d = Rc::new(Durable {
-        always,
-        bound,
-        segment,
-        journal: RefCell::new(journal),
-        ticket: Cell::new(0),
+    Durable {
+        link: Link::new(journal, bound, always),
         replay_ms,
         replayed: events,
-        compactions: Cell::new(0),
-        compact_failing: Cell::new(false),
-    });
-    broker.add_sink(Box::new(JournalSink(d.clone())));
-    d
+    }
 }
 
 /// A reply held until the journal's fsync covers `ticket`.

@@ -16,7 +16,7 @@
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
-//! | `durable.rs` | the journal (`--data-dir`): replay, sink, compaction, held replies |
+//! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
@@ -141,6 +141,14 @@ fn install_signal_handlers(shared: &Arc<Shared>) {
     }
 }
 
+/// Most connection slots reserved up front. Reserved capacity is address
+/// space, not memory: the allocator maps a block this large on its own and
+/// a page costs RSS only once a connection lands in it. Growing by
+/// doubling instead would copy the table at every power of two and can
+/// leave the old copy behind in the heap (~5-10 B per connection at
+/// 16,000-19,000 measured).
+const RESERVE_CONNS: usize = 1 << 20;
+
 /// The open-file limit minus a reserve for listeners, logs and the poll fd.
 fn default_max_connections() -> usize {
     let mut lim = libc::rlimit {
@@ -164,9 +172,9 @@ pub(crate) struct Bound {
     cfg: Config,
     max: usize,
     users: Option<crate::apps::mongoose::Users>,
-    redis: Option<crate::bus::RedisUrl>,
+    redis: Option<(crate::bus::RedisUrl, bus::Target)>,
     journal: Option<durable::Opened>,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
 }
 
 impl Bound {
@@ -176,13 +184,20 @@ impl Bound {
         let users = Apps::load_users(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let redis = match cfg.redis.as_deref() {
-            Some(u) => Some(
-                u.parse::<crate::bus::RedisUrl>()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
-            ),
+            Some(u) => {
+                let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+                let url = u
+                    .parse::<crate::bus::RedisUrl>()
+                    .map_err(|e| bad(e.to_string()))?;
+                // Once, here: a lookup on the loop at every reconnect would
+                // stall every connection while the resolver waits.
+                let target =
+                    bus::Target::resolve(&url.addr).map_err(|e| bad(format!("--redis: {e}")))?;
+                Some((url, target))
+            }
             None => None,
         };
-        let auth = crate::handler::Auth::from_config(&cfg)
+        let auth = crate::access::Access::from_config(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -266,21 +281,23 @@ impl Bound {
         );
         let bus = self
             .redis
-            .map(|u| bus::Link::new(u, &self.cfg, self.poll.registry(), clock.now_ms));
+            .map(|(u, t)| bus::Link::new(u, t, &self.cfg, self.poll.registry(), clock.now_ms));
         let mut apps = Apps::new(self.users);
         let durable = self
             .journal
             .map(|o| durable::install(o, &mut broker, &mut apps));
+        let memory = memory_limits(&self.cfg);
         let mut r = Reactor {
             bus,
             durable,
             held: VecDeque::new(),
             hold_from: None,
+            token_exp: std::collections::HashMap::new(),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
             rbuf: vec![0; READ_BUF],
-            conns: Slab::new(),
+            conns: Slab::with_capacity(self.max.min(RESERVE_CONNS)),
             broker,
             apps,
             auth: self.auth,
@@ -295,7 +312,8 @@ impl Bound {
             closing: Vec::new(),
             resume_read: Vec::new(),
             again: Vec::new(),
-            buffered: 0,
+            memory: crate::memory::Account::new(memory),
+            trimmed_at: 0,
             passes: VecDeque::new(),
             dirty: Vec::new(),
             sweep: sweep::Sweep::default(),
@@ -369,7 +387,7 @@ pub(crate) struct Reactor {
     conns: Slab<Conn>,
     broker: Broker,
     apps: Apps,
-    auth: crate::handler::Auth,
+    auth: crate::access::Access,
     cfg: Config,
     counters: Counters,
     timers: Timers,
@@ -384,8 +402,11 @@ pub(crate) struct Reactor {
     resume_read: Vec<u32>,
     /// Subscribers that used their write budget this turn and are owed more.
     again: Vec<u32>,
-    /// Bytes held in all connections' request buffers (incomplete requests).
-    buffered: usize,
+    /// The memory account: request buffers, unsent output, history (as
+    /// reported by the broker) and what other parts charge.
+    memory: crate::memory::Account,
+    /// When freed memory was last handed back to the system (ms).
+    trimmed_at: u64,
     /// Fan-out passes in progress: a stream and the next subscriber slot.
     passes: VecDeque<(u32, usize)>,
     /// Reused buffer for the broker's dirty streams.
@@ -404,12 +425,15 @@ pub(crate) struct Reactor {
     /// Connections from a trusted proxy → their client's per-address slot.
     proxied: std::collections::HashMap<u32, u32>,
     /// The journal (`--data-dir`).
-    durable: Option<std::rc::Rc<durable::Durable>>,
+    durable: Option<durable::Durable>,
     /// Replies waiting for an fsync, oldest (lowest ticket) first.
     held: VecDeque<durable::Held>,
     /// While a request's actions run: the journal ticket before it, so a
     /// reply to a request that wrote the journal can be held.
     hold_from: Option<u64>,
+    /// Streams opened with a token that expires → the tick they end at: a
+    /// side table, since few connections have one and `Conn` must not grow.
+    token_exp: std::collections::HashMap<u32, Tick>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -421,6 +445,7 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             self.clock.tick();
+            self.bus_send();
             let busy = !self.again.is_empty() || !self.passes.is_empty();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
@@ -482,11 +507,13 @@ impl Reactor {
             for key in std::mem::take(&mut self.resume_read) {
                 self.resume_reading(key);
             }
-            if let Some(d) = &self.durable {
+            if let Some(d) = &mut self.durable {
                 d.compact(&self.broker);
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
+            self.report_memory();
+            self.maybe_trim();
             if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();
             }
@@ -505,6 +532,9 @@ impl Reactor {
                     continue;
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
+                if let Some(out) = conn.out.take() {
+                    self.free_out(&out);
+                }
                 self.peers.remove(conn.peer);
                 self.reserve.retain(|&k| k != key);
                 if let Some(slot) = self.proxied.remove(&key) {
@@ -578,8 +608,9 @@ impl Reactor {
     fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
         Cx {
             broker: &mut self.broker,
+            journal: self.durable.as_mut().map(|d| &mut d.link),
             cfg: &self.cfg,
-            auth: &self.auth,
+            access: &self.auth,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -627,7 +658,7 @@ impl Reactor {
                         Err(e) => Err(e),
                     };
                     self.act(u32::MAX, actions);
-                    match self.durable.as_ref().and_then(|d| d.must_wait(before)) {
+                    match self.durable.as_ref().and_then(|d| d.link.must_wait(before)) {
                         Some(ticket) => {
                             self.held
                                 .push_back(durable::Held::Lib { ticket, reply, res })
@@ -649,7 +680,7 @@ impl Reactor {
                 Action::Respond { bytes, close } => {
                     let wait = self
                         .hold_from
-                        .and_then(|b| self.durable.as_ref().and_then(|d| d.must_wait(b)));
+                        .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
                     match wait {
                         Some(ticket) => self.hold(key, ticket, bytes, close),
                         None => self.respond(key, &bytes, close),
@@ -660,7 +691,8 @@ impl Reactor {
                     chunked,
                     prelude,
                     cursors,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors),
+                    until,
+                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
                 Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
                 Action::BusStream(bs) => self.bus_stream(key, *bs),
                 Action::Tick {
@@ -706,6 +738,7 @@ impl Reactor {
                     self.counters.history_refused_too_large = life.refused_too_large;
                     self.counters.streams_expired = life.expired;
                     self.counters.streams_dropped_empty = life.dropped_empty;
+                    self.report_memory();
                     let g = self.gauges();
                     let resp = if prometheus {
                         Response::new(
@@ -731,6 +764,7 @@ impl Reactor {
         chunked: bool,
         prelude: &[u8],
         cursors: crate::broker::Cursors,
+        until: Option<u64>,
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
@@ -740,9 +774,25 @@ impl Reactor {
         if let Some(c) = self.conns.get_mut(key as usize) {
             c.state = State::Streaming(cursors);
         }
+        if let Some(exp) = until {
+            // Rounded up to the next tick: never a moment before `exp`.
+            let left_us = (exp.saturating_mul(1_000_000)).saturating_sub(self.clock.unix_us());
+            let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
+            self.token_exp
+                .insert(key, self.clock.now_tick().saturating_add(t));
+        }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
         self.after_stream_write(key);
+    }
+
+    /// Reports into the memory account what keeps a budget of its own:
+    /// history in the rings, and the apps' archives (both within
+    /// `--history-total-bytes`; the broker evicts history to keep them).
+    fn report_memory(&mut self) {
+        use crate::memory::Kind;
+        self.memory.report(Kind::History, self.broker.total_bytes());
+        self.memory.report(Kind::Archives, self.broker.app_bytes());
     }
 
     /// Gauges for `/stats` and `/metrics`.
@@ -764,7 +814,8 @@ impl Reactor {
         for (_, s) in self.broker.iter() {
             if s.internal {
                 g.internal_streams += 1;
-            } else {
+            } else if s.anonymous_visible() {
+                // /stats is open to anyone: private-only streams are not told of.
                 g.streams += 1;
             }
             g.history_events += s.retained();
@@ -783,7 +834,22 @@ impl Reactor {
         g.uptime_secs = self.clock.start.elapsed().as_secs_f64();
         g.rss_bytes = crate::stats::rss_bytes();
         g.per_ip_entries = self.peers.len();
-        g.buffered_request_bytes = self.buffered;
+        g.buffered_request_bytes = self.memory.used(crate::memory::Kind::Requests);
+        g.memory = crate::stats::MemoryGauges {
+            max: self.memory.limits().max,
+            used: self.memory.total(),
+            kinds: self
+                .memory
+                .usage()
+                .map(|u| crate::stats::KindGauge {
+                    name: u.kind.name(),
+                    used: u.used,
+                    limit: u.limit,
+                    peak: u.peak,
+                    refused: u.refused,
+                })
+                .collect(),
+        };
         g.max_connections = self.max_connections;
         g.redis = self.bus.as_ref().map(bus::Link::gauges);
         g.journal = self.durable.as_ref().map(|d| d.gauges(self.held.len()));
@@ -792,7 +858,7 @@ impl Reactor {
 
     /// The journal's last ticket (0 without one).
     fn journal_ticket(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.ticket())
+        self.durable.as_ref().map_or(0, |d| d.link.ticket())
     }
 
     /// Holds a response until the journal's fsync reaches `ticket`; the
@@ -819,7 +885,7 @@ impl Reactor {
         if self.held.is_empty() {
             return;
         }
-        let durable = d.durable();
+        let durable = d.link.durable();
         while self.held.front().is_some_and(|h| h.ticket() <= durable) {
             let Some(h) = self.held.pop_front() else {
                 break;
@@ -990,7 +1056,9 @@ impl Reactor {
             return None;
         };
         let b = buf.take()?;
-        self.buffered = self.buffered.saturating_sub(b.data.len());
+        // Put back (or freed with its connection) once parsed.
+        self.memory
+            .lend(crate::memory::Kind::Requests, b.data.len());
         Some(b)
     }
 
@@ -1007,16 +1075,26 @@ impl Reactor {
             buf: slot @ None, ..
         } = &mut c.state
         {
-            self.buffered += b.data.len();
+            // Checked by `buffer_fits` when it grew; put back whatever it is.
+            self.memory
+                .force(crate::memory::Kind::Requests, b.data.len());
             *slot = Some(b);
         }
     }
 
-    /// Whether `more` bytes of incomplete requests still fit the server-wide
-    /// budget: `--max-body` bounds one request, this bounds all of them.
-    fn buffer_fits(&self, more: usize) -> bool {
-        let budget = REQUEST_BUFFER_BUDGET.max(4 * (self.cfg.max_body + self.cfg.max_header_bytes));
-        self.buffered + more <= budget
+    /// Whether `more` bytes of incomplete requests still fit the memory
+    /// account (`--max-body` bounds one request, its `requests` limit all of
+    /// them, `--memory-max` everything); a refusal is counted there.
+    fn buffer_fits(&mut self, more: usize) -> bool {
+        let k = crate::memory::Kind::Requests;
+        match self.memory.charge(k, more) {
+            Ok(()) => {
+                // Charged for real by `put_reqbuf`.
+                self.memory.lend(k, more);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Output drained on a connection whose input was paused: route the
@@ -1160,7 +1238,12 @@ impl Reactor {
                 _ => return data.len(),
             }
             match http::parse_resume(&data[off..], limits, scan) {
-                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Partial) => {
+                    if scan.take_continue() {
+                        self.respond(key, http::CONTINUE, false);
+                    }
+                    break;
+                }
                 Err(e) => {
                     self.counters.reject(e.reason());
                     self.error(key, e.status(), e.message(), None);
@@ -1195,7 +1278,7 @@ impl Reactor {
                             *i = true;
                             match &c.out {
                                 None => self.set_deadline(key, idle),
-                                Some(o) if o.pending().len() > PIPELINE_OUT_LIMIT => {
+                                Some(o) if o.pending_len() > PIPELINE_OUT_LIMIT => {
                                     *paused = true;
                                 }
                                 Some(_) => {}
@@ -1236,7 +1319,7 @@ impl Reactor {
         let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
             return Some((peer, false));
         };
-        let client = match crate::handler::forwarded_client(req, &self.cfg.trusted_proxies) {
+        let client = match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
             None => Some(proxy),
             Some(c) => c,
         };
@@ -1284,6 +1367,16 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
         ),
         Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,
     }
+}
+
+/// The memory account's bounds from the configuration: `--memory-max`,
+/// history's own budget, and the request-buffer budget the reactor has
+/// always had (64 MiB, or four maximal requests if more).
+fn memory_limits(cfg: &Config) -> crate::memory::Limits {
+    let requests = REQUEST_BUFFER_BUDGET.max(4 * (cfg.max_body + cfg.max_header_bytes));
+    let archives = cfg.history_total_bytes / crate::apps::mongoose::ARCHIVE_SHARE_DIVISOR;
+    crate::memory::Limits::new(cfg.memory_max(), cfg.history_total_bytes, requests)
+        .with(crate::memory::Kind::Archives, archives)
 }
 
 /// Bound on queued cross-thread publishes.

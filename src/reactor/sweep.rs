@@ -141,6 +141,14 @@ impl Reactor {
         if c.closing() {
             return;
         }
+        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
+        if exp <= now && matches!(c.state, State::Streaming(_)) {
+            // Mercure: a subscription ends when its token expires.
+            log::info!("ending stream {key}: its token expired");
+            self.counters.reject("token_expired");
+            self.end_stream(key);
+            return;
+        }
         if let Some(out) = &c.out {
             if now.saturating_sub(out.since) >= write_ticks {
                 log::info!(
@@ -150,7 +158,7 @@ impl Reactor {
                 self.counters.write_timeouts += 1;
                 self.close(key);
             } else {
-                c.deadline = out.since.saturating_add(write_ticks);
+                c.deadline = out.since.saturating_add(write_ticks).min(exp);
             }
             return;
         }
@@ -179,7 +187,7 @@ impl Reactor {
             }
             State::Streaming(_) | State::Ticking(_) => {
                 if self.cfg.heartbeat.is_zero() {
-                    c.deadline = NEVER;
+                    c.deadline = exp;
                     return;
                 }
                 self.heartbeat(key);

@@ -3,19 +3,25 @@
 //! writes, slow subscribers, and the ways a connection ends.
 //!
 //! A drained subscriber gets one `writev` of every frame it is owed (the
-//! broker's merge, in id order); a short write copies only the unwritten
-//! tail of one frame into the connection's `Out` and waits for the
-//! writable edge. Closing is deferred: `close` marks a connection, `reap`
-//! frees it at the end of the turn, so no code frees a connection another
-//! is still looking at.
+//! broker's merge, in id order); a short write keeps a position into the
+//! cut frame (a handle on the shared frame, no copy) in the connection's
+//! `Out` and waits for the writable edge. Bytes that must be copied
+//! (responses, heads, `gap`s, heartbeats the socket did not take at once)
+//! are charged to the memory account (`Kind::Output`) before they are
+//! held; past its bounds the connection is refused (a short 503 when
+//! nothing of the response was sent yet, else closed). Closing is
+//! deferred: `close` marks a connection, `reap` frees it at the end of the
+//! turn, so no code frees a connection another is still looking at.
 
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
 
-use super::conn::{Conn, Out, State, NEVER};
+use super::conn::{Conn, Out, State, Tail, NEVER};
 use super::{ms_to_ticks, ticks, Reactor, Timer};
-use crate::broker::Origin;
+use crate::broker::Frame;
 use crate::frame;
+use crate::http::Response;
+use crate::memory::{Kind, Refusal};
 
 /// Frames gathered into one `writev`.
 const MAX_IOV: usize = 64;
@@ -24,8 +30,14 @@ const WRITE_BUDGET: usize = 256 << 10;
 /// How long a closing connection waits for its peer's FIN after we sent
 /// ours, so an error response is not destroyed by a reset.
 const LINGER_MS: u64 = 2000;
-/// The last chunk of a chunked body.
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+/// Memory handed back to the system (`malloc_trim`) once this much was
+/// freed since the last time...
+const TRIM_AFTER_BYTES: usize = 16 << 20;
+/// ...and at most this often (a trim walks the heap).
+const TRIM_EVERY_MS: u64 = 1000;
+/// Told to a client whose response would pass the memory account.
+const OUTPUT_FULL_MSG: &str =
+    "server is holding too many unsent responses (--memory-max); retry later";
 
 /// Writes as much of `bufs` as the socket takes; `Ok(0)` on WouldBlock.
 fn write_vectored(sock: &mut mio::net::TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -37,14 +49,6 @@ fn write_vectored(sock: &mut mio::net::TcpStream, bufs: &[IoSlice<'_>]) -> io::R
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Wraps SSE bytes in one chunk.
-fn chunk(sse: &[u8]) -> Vec<u8> {
-    let mut v = format!("{:x}\r\n", sse.len()).into_bytes();
-    v.extend_from_slice(sse);
-    v.extend_from_slice(b"\r\n");
-    v
 }
 
 /// Where a `writev` of slices of `lens` that took `written` bytes stopped:
@@ -78,20 +82,93 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
         match std::mem::replace(&mut c.state, State::Closing) {
             State::Closing => return,
             State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
             State::Reading { buf: Some(b), .. } => {
-                self.buffered = self.buffered.saturating_sub(b.data.len());
+                self.memory.release(Kind::Requests, b.data.len());
             }
             _ => {}
         }
         self.closing.push(key);
     }
 
+    /// Lets go of a connection's unsent bytes (it is being freed): copies
+    /// go back to the account; a frame tail is noted as freed, since the
+    /// connection may have been the frame's last holder.
+    pub(super) fn free_out(&mut self, out: &Out) {
+        self.memory.release(Kind::Output, out.copied());
+        if let Some(t) = &out.tail {
+            self.memory.note_freed(t.frame.cost());
+        }
+    }
+
+    /// Hands freed heap back to the system after large frees (glibc keeps
+    /// it otherwise: a burst of megabyte-sized buffers would stay resident
+    /// after they are gone). Rate-limited; a no-op on other C libraries.
+    pub(super) fn maybe_trim(&mut self) {
+        if self.memory.freed() < TRIM_AFTER_BYTES
+            // `trimmed_at` 0: never trimmed, so the first trim may come at
+            // once (a server up for less than a second frees too).
+            || (self.trimmed_at != 0 && self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS)
+        {
+            return;
+        }
+        self.memory.take_freed();
+        self.trimmed_at = self.clock.now_ms;
+        self.counters.memory_trims += 1;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own structures.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Output that would pass the memory account: a response of which
+    /// nothing was sent yet is replaced by a short 503 (charged past the
+    /// bound: it is small and one per connection); anything else (a
+    /// stream's bytes, a response already begun) closes the connection.
+    fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
+        self.counters.reject("memory_output");
+        log::info!("connection {key}: {} output refused: {r}", r.kind().name());
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let answerable = nothing_sent
+            && c.out.is_none()
+            && matches!(c.state, State::Reading { .. } | State::Draining);
+        if !answerable {
+            self.close(key);
+            return;
+        }
+        if let State::Reading { buf: Some(b), .. } = &c.state {
+            self.memory.release(Kind::Requests, b.data.len());
+        }
+        c.state = State::Draining;
+        let resp = Response::error(503, OUTPUT_FULL_MSG)
+            .header("Retry-After", "1")
+            .encode(false, false, false);
+        self.memory.force(Kind::Output, resp.len());
+        c.out = Some(Box::new(Out {
+            tail: None,
+            buf: resp,
+            pos: 0,
+            since: self.clock.now_tick(),
+        }));
+    }
+
     /// Queues raw bytes for a connection: written at once if its socket is
     /// drained, appended to its output buffer otherwise.
     pub(super) fn send(&mut self, key: u32, bytes: &[u8]) {
+        self.queue(key, bytes, false);
+    }
+
+    /// [`Reactor::send`]; `response` says the bytes are a whole response
+    /// to a request, which a refusal may replace with a short 503.
+    fn queue(&mut self, key: u32, bytes: &[u8], response: bool) {
         let tick = self.clock.now_tick();
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
@@ -100,7 +177,10 @@ impl Reactor {
             return;
         }
         if let Some(out) = conn.out.as_mut() {
-            out.buf.extend_from_slice(bytes);
+            match self.memory.charge(Kind::Output, bytes.len()) {
+                Ok(()) => out.buf.extend_from_slice(bytes),
+                Err(r) => self.refuse_output(key, r, false),
+            }
             return;
         }
         let mut done = 0;
@@ -118,8 +198,13 @@ impl Reactor {
             }
         }
         if done < bytes.len() {
+            let rest = &bytes[done..];
+            if let Err(r) = self.memory.charge(Kind::Output, rest.len()) {
+                return self.refuse_output(key, r, response && done == 0);
+            }
             conn.out = Some(Box::new(Out {
-                buf: bytes[done..].to_vec(),
+                tail: None,
+                buf: rest.to_vec(),
                 pos: 0,
                 since: tick,
             }));
@@ -133,7 +218,7 @@ impl Reactor {
             return;
         }
         match self.conns.get(key as usize) {
-            Some(c) if c.chunked => self.send(key, &chunk(sse)),
+            Some(c) if c.chunked => self.send(key, &frame::chunk(sse)),
             Some(_) => self.send(key, sse),
             None => {}
         }
@@ -141,12 +226,12 @@ impl Reactor {
 
     /// Sends a complete response; `close` ends the connection once it is out.
     pub(super) fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
-        self.send(key, bytes);
+        self.queue(key, bytes, true);
         if close {
             if let Some(c) = self.conns.get_mut(key as usize) {
                 if let State::Reading { buf, .. } = &mut c.state {
                     if let Some(b) = buf.take() {
-                        self.buffered = self.buffered.saturating_sub(b.data.len());
+                        self.memory.release(Kind::Requests, b.data.len());
                     }
                     c.state = State::Draining;
                 }
@@ -188,20 +273,39 @@ impl Reactor {
     /// when the socket is full.
     fn drain_out(&mut self, key: u32) -> io::Result<bool> {
         let tick = self.clock.now_tick();
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+        let Reactor {
+            conns,
+            memory,
+            counters,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
             return Ok(true);
         };
         let Some(out) = conn.out.as_mut() else {
             return Ok(true);
         };
-        while !out.pending().is_empty() {
-            let n = write_vectored(&mut conn.sock, &[IoSlice::new(out.pending())])?;
+        loop {
+            let [tail, copied] = out.slices();
+            if tail.is_empty() && copied.is_empty() {
+                break;
+            }
+            let in_tail = tail.len();
+            let n = write_vectored(&mut conn.sock, &[IoSlice::new(tail), IoSlice::new(copied)])?;
             if n == 0 {
                 return Ok(false);
             }
-            out.pos += n;
+            if let Some(t) = out.tail.as_mut() {
+                t.at += n.min(in_tail);
+                if t.pending().is_empty() {
+                    out.tail = None;
+                }
+            }
+            let from_buf = n.saturating_sub(in_tail);
+            out.pos += from_buf;
+            memory.release(Kind::Output, from_buf);
             out.since = tick;
-            self.counters.bytes_written += n as u64;
+            counters.bytes_written += n as u64;
         }
         conn.out = None;
         Ok(true)
@@ -255,7 +359,7 @@ impl Reactor {
         match &mut c.state {
             State::Reading { buf, .. } => {
                 if let Some(b) = buf.take() {
-                    self.buffered = self.buffered.saturating_sub(b.data.len());
+                    self.memory.release(Kind::Requests, b.data.len());
                 }
             }
             _ => return false,
@@ -281,6 +385,10 @@ impl Reactor {
                     .saturating_add(ticks(self.cfg.heartbeat)),
             },
             None => return,
+        };
+        let d = match self.token_exp.get(&key) {
+            Some(&exp) => d.min(exp),
+            None => d,
         };
         self.set_deadline(key, d);
     }
@@ -365,7 +473,7 @@ impl Reactor {
                 state: State::Streaming(cs),
                 out: Some(out),
                 ..
-            }) => out.pending().len() as u64 + self.broker.lag(cs),
+            }) => out.pending_len() as u64 + self.broker.lag(cs),
             _ => return,
         };
         if lag > self.cfg.max_pending_bytes as u64 {
@@ -383,6 +491,9 @@ impl Reactor {
     pub(super) fn flush_subscriber(&mut self, key: u32) {
         let tick = self.clock.now_tick();
         let mut budget = WRITE_BUDGET;
+        // Whether this subscriber was sent anything: only then does its
+        // heartbeat move, so events it may not see leave no timing trace.
+        let mut wrote = false;
         loop {
             // A gap first, for any stream that dropped frames this
             // subscriber had not been sent yet.
@@ -394,6 +505,7 @@ impl Reactor {
                 _ => return,
             };
             if let Some(g) = gap {
+                wrote = true;
                 self.send_sse(key, &g);
             }
             let Reactor {
@@ -414,7 +526,7 @@ impl Reactor {
                 return;
             };
             let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
-            let mut ids = [0u64; MAX_IOV];
+            let mut frames: [Option<&Frame>; MAX_IOV] = [None; MAX_IOV];
             let mut n_iov = 0;
             let mut total = 0usize;
             let mut more = false;
@@ -425,13 +537,14 @@ impl Reactor {
                 }
                 let w = f.wire(chunked);
                 iov[n_iov] = IoSlice::new(w);
-                ids[n_iov] = f.id;
+                frames[n_iov] = Some(f);
                 n_iov += 1;
                 total += w.len();
             }
             if n_iov == 0 {
                 break;
             }
+            wrote = true;
             let written = match write_vectored(&mut conn.sock, &iov[..n_iov]) {
                 Ok(n) => n,
                 Err(_) => {
@@ -439,28 +552,33 @@ impl Reactor {
                     return;
                 }
             };
-            // Advance past whole frames; copy the unwritten tail of a partial
-            // one (the cut may fall anywhere, chunk framing included).
+            // Advance past whole frames; keep a position into a partial one
+            // (the cut may fall anywhere, chunk framing included): a handle
+            // on the shared frame, not a copy of its rest.
             let (sent, cut) = split_write(iov[..n_iov].iter().map(|s| s.len()), written);
-            let sent_to = sent.checked_sub(1).and_then(|i| ids.get(i).copied());
-            let tail =
-                cut.and_then(|(i, at)| iov.get(i).and_then(|s| s.get(at..)).map(<[u8]>::to_vec));
+            let sent_to = sent
+                .checked_sub(1)
+                .and_then(|i| frames.get(i).copied().flatten())
+                .map(|f| f.id);
+            let tail = cut.and_then(|(i, at)| {
+                frames.get(i).copied().flatten().map(|f| Tail {
+                    frame: f.clone(),
+                    chunked,
+                    at,
+                })
+            });
             let sent = sent as u64;
             counters.frames_written += sent;
             counters.bytes_written += written as u64;
             if let Some(last) = sent_to {
                 cs.advance(last);
             }
-            if let Some(t) = tail {
+            if tail.is_some() || written < total {
+                // A cut frame, or the socket filled at a frame boundary (an
+                // Out without a tail marks the connection blocked until its
+                // writable edge).
                 conn.out = Some(Box::new(Out {
-                    buf: t,
-                    pos: 0,
-                    since: tick,
-                }));
-            } else if written < total {
-                // The socket filled at a frame boundary: an empty Out marks
-                // the connection blocked until its writable edge.
-                conn.out = Some(Box::new(Out {
+                    tail,
                     buf: Vec::new(),
                     pos: 0,
                     since: tick,
@@ -476,7 +594,13 @@ impl Reactor {
                 break;
             }
         }
-        self.after_stream_write(key);
+        let blocked = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.out.is_some());
+        if wrote || blocked {
+            self.after_stream_write(key);
+        }
         self.check_lag(key);
     }
 
@@ -488,6 +612,9 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
         match std::mem::replace(&mut c.state, State::Draining) {
             State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
             State::Ticking(_) => {}
@@ -500,7 +627,7 @@ impl Reactor {
         }
         if c.chunked {
             c.chunked = false;
-            self.send(key, LAST_CHUNK);
+            self.send(key, frame::LAST_CHUNK);
             if !self.shutting_down {
                 // The chunked response is complete, so the connection may
                 // carry the next request: clients with a connection pool
@@ -539,7 +666,10 @@ impl Reactor {
                 self.flush_subscriber(k);
             }
         }
-        for k in self.broker.delete(Origin::Local, idx) {
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            d.link.delete(name, floor);
+        }
+        for k in self.broker.delete(idx) {
             self.end_stream(k);
         }
     }

@@ -42,8 +42,9 @@ function curlClient({ base, streams, lastEventId, types }) {
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (d) => {
       conn.text += d;
+      // Open once the body starts: its first line (`retry:`) ends no block.
+      if (!opened) { opened = true; st.opens += 1; }
       buf = parseBlocks(buf + d, (lines) => {
-        if (!opened) { opened = true; st.opens += 1; }
         let type = 'message';
         const data = [];
         let sawData = false;
@@ -92,7 +93,8 @@ test('curl -N: byte-exact framing', { timeout: 30000 }, async () => {
     const expected = frames.join('');
     await waitFor(() => c.st.raw[0].text.length >= expected.length, 10000, 'all frames');
     const text = c.st.raw[0].text;
-    const m = /^retry: (\d+)\n\n/.exec(text);
+    // A line, no blank line: the first event ends the block it opens.
+    const m = /^retry: (\d+)\n/.exec(text);
     assert.ok(m, `starts with a retry line: ${JSON.stringify(text.slice(0, 40))}`);
     const n = Number(m[1]);
     assert.ok(n >= 300 && n < 600, `retry ${n} drawn from [300, 600)`);
@@ -140,7 +142,7 @@ test('curl -0 -N: HTTP/1.0 streams are the bare body until close', { timeout: 20
     });
     assert.match(out, /^HTTP\/1\.0 200 OK\r\n/);
     assert.doesNotMatch(out, /^transfer-encoding:/im);
-    assert.match(out, /\r\n\r\nretry: \d+\n\n$/);
+    assert.match(out, /\r\n\r\nretry: \d+\n$/);
   } finally {
     await server.stop();
   }
@@ -152,10 +154,12 @@ test('curl -N: heartbeat comment after --heartbeat seconds of silence', { timeou
   try {
     await waitFor(() => c.st.opens >= 1, 10000, 'the retry line');
     const t0 = Date.now();
-    await waitFor(() => /\n\n:[^\n]*\n\n/.test(c.st.raw[0].text), 5000, 'a `:` comment line');
+    // A comment line and no blank line: nothing a client could dispatch.
+    await waitFor(() => /^retry: \d+\n:\n/.test(c.st.raw[0].text), 5000, 'a `:` comment line');
     const dt = Date.now() - t0;
     assert.ok(dt >= 500, `heartbeat not before ~1 s of silence (came after ${dt} ms)`);
     assert.deepEqual(c.st.events, [], 'a comment is not an event');
+    assert.doesNotMatch(c.st.raw[0].text, /\n\n/, 'no blank line before the first event');
   } finally {
     await c.close();
     await server.stop();
@@ -177,7 +181,7 @@ test('curl -N: a Last-Event-ID header wins over ?last_event_id', { timeout: 2000
       p.once('exit', () => resolve(s));
       p.once('error', reject);
     });
-    assert.equal(out.replace(/^retry: \d+\n\n/, ''), `id: ${ids[2]}\ndata: three\n\n`);
+    assert.equal(out.replace(/^retry: \d+\n/, ''), `id: ${ids[2]}\ndata: three\n\n`);
   } finally {
     await server.stop();
   }

@@ -43,10 +43,11 @@ function fesClient({ base, streams, lastEventId, lastEventIdHeader, types }) {
     },
     onmessage(m) {
       st.blocks.push(m);
-      // It calls onmessage for every blank line, so the `retry:` block ssed
-      // opens with (and any comment-only block) arrives as an empty
-      // message: skip what has no id, no type and no data.
-      if (m.id === '' && m.event === '' && m.data === '') return;
+      // It calls onmessage for every blank line, even one that ends a block
+      // of only `retry:` or comments. ssed never sends such a block (its
+      // `retry:` line is ended by the first event, its heartbeats are
+      // comment lines without a blank line), so every message is recorded:
+      // the scenarios fail on one nobody published.
       if (m.id !== '') lastId = m.id;
       const type = m.event || 'message';
       if (want.has(type)) st.events.push({ type, id: lastId, data: m.data });

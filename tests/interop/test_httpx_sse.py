@@ -52,7 +52,8 @@ def wait_for(check, timeout, what):
 class Ssed:
     """One ssed process on 127.0.0.1; port 0 picks a free port."""
 
-    def __init__(self, port=0):
+    def __init__(self, port=0, heartbeat="0"):
+        self.heartbeat = heartbeat
         deadline = time.monotonic() + 8
         while True:
             try:
@@ -64,7 +65,7 @@ class Ssed:
                 time.sleep(0.1)
 
     def _start(self, port):
-        args = [SSED_BIN, "--listen", f"127.0.0.1:{port}", "--heartbeat", "0", "--retry", "300"]
+        args = [SSED_BIN, "--listen", f"127.0.0.1:{port}", "--heartbeat", self.heartbeat, "--retry", "300"]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = [None]
         t = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()), daemon=True)
@@ -89,7 +90,14 @@ class Ssed:
 
     def restart(self):
         self.stop()
-        return Ssed(self.port)
+        return Ssed(self.port, self.heartbeat)
+
+    def heartbeats_past(self, n_from, n):
+        """Waits until the server has sent `n` more heartbeats than `n_from`."""
+        def hb():
+            v = httpx.get(f"{self.base}/stats", timeout=5).json()["heartbeats"]
+            return v if v >= n_from + n else None
+        return wait_for(hb, WAIT, f"{n} heartbeats")
 
 
 def publish(base, stream, data, event=None, json_body=False):
@@ -146,16 +154,13 @@ class Client:
                             raise RuntimeError(f"subscribe answered {es.response.status_code}")
                         with self.lock:
                             self.opens += 1
-                        conn_last = ""
+                        # Every event it yields is recorded: its decoder
+                        # dispatches any block ending in a blank line once it
+                        # has an id, so a `retry:`-only block or a `:\n\n`
+                        # heartbeat would show up here as an empty message.
                         for sse in es.iter_sse():
                             if sse.retry is not None:
                                 self.retry = sse.retry
-                                # httpx-sse yields the `retry: N` block as an
-                                # empty message (its decoder dispatches on
-                                # any field); the spec dispatches nothing.
-                                if sse.data == "" and sse.id == conn_last:
-                                    continue
-                            conn_last = sse.id
                             with self.lock:
                                 self.last_id = sse.id
                                 self.events.append((sse.event, sse.id, sse.data))
@@ -292,8 +297,69 @@ def test_restart_gap(srv_holder):
         c.close()
 
 
+def test_default_read_timeout_ends_an_idle_stream(_srv):
+    """The quirk the README names: httpx's default timeout (5 s, reads
+    included) ends a stream that is quiet for longer, and ssed's default
+    heartbeat is 15 s. The clients above pass `read=None`."""
+    srv = Ssed(heartbeat="15")
+    # Should httpx stop timing out, the stopped server ends the stream.
+    guard = threading.Timer(20, srv.stop)
+    guard.start()
+    try:
+        url = f"{srv.base}/events?{urlencode([('stream', name('idle'))])}"
+        t0 = time.monotonic()
+        try:
+            with httpx.Client() as http:
+                with connect_sse(http, "GET", url) as es:
+                    for _ in es.iter_sse():
+                        pass
+            raise AssertionError("the stream ended without a timeout")
+        except httpx.ReadTimeout:
+            # Before the first heartbeat (15 s), and not before 5 s.
+            dt = time.monotonic() - t0
+            assert 4.5 < dt < 15, f"read timeout after {dt:.1f} s"
+    finally:
+        guard.cancel()
+        srv.stop()
+
+
+def test_nothing_unpublished(_srv):
+    """No event nobody published: on connect (the `retry:` line), on
+    heartbeats before and after an event with an id, and on a resume.
+    httpx-sse dispatches any block ending in a blank line once it has seen
+    an id; an event published after the awaited heartbeats proves the
+    client read past them."""
+    srv = Ssed(heartbeat="0.2")
+    s = name("nothing")
+    c = r = None
+    try:
+        first = publish(srv.base, s, "before")["id"]
+        c = Client(srv.base, [s])
+        c.wait_open()
+        hb = srv.heartbeats_past(0, 3)
+        want = [("message", publish(srv.base, s, "after connect")["id"], "after connect")]
+        got = c.wait_events(1, "the first event")
+        assert got == want, f"on connect or heartbeats: got {got!r}\nwant {want!r}"
+        hb = srv.heartbeats_past(hb, 3)
+        want.append(("message", publish(srv.base, s, "after heartbeats")["id"], "after heartbeats"))
+        got = c.wait_events(2, "the second event")
+        assert got == want, f"on heartbeats after an event: got {got!r}\nwant {want!r}"
+        r = Client(srv.base, [s], last_event_id=first)
+        r.wait_events(2, "the replay")
+        srv.heartbeats_past(hb, 3)
+        want.append(("message", publish(srv.base, s, "live")["id"], "live"))
+        got = r.wait_events(3, "the live event after the replay")
+        assert got == want, f"on resume: got {got!r}\nwant {want!r}"
+    finally:
+        for x in (c, r):
+            if x is not None:
+                x.close()
+        srv.stop()
+
+
 def main():
-    tests = [test_exact_data_types_ids, test_two_streams, test_query_resume, test_delete_resume]
+    tests = [test_exact_data_types_ids, test_two_streams, test_query_resume, test_delete_resume,
+             test_nothing_unpublished, test_default_read_timeout_ends_an_idle_stream]
     passed = failed = 0
     n = 0
     for t in tests + [test_restart_gap]:

@@ -158,8 +158,50 @@ def test_requests_iter_lines(srv):
     check_bursts(srv, read_iter_lines, "iterlines")
 
 
+def test_sseclient_py_nothing_unpublished(_srv):
+    """No event nobody published: on connect (the `retry:` line), on
+    heartbeats before and after an event, and on a resume from
+    `?last_event_id=`. An event published after the awaited heartbeats
+    proves the client read past them."""
+    srv = Ssed(heartbeat="0.2")
+    s = name("nothing")
+    readers = []
+    try:
+        first, _ = publish(srv.base, s, "before")
+        got = lambda r: [(g[0], g[1], g[2]) for g in r.snapshot()]  # noqa: E731
+
+        def until(r, n, what):
+            wait_for(lambda: len(r.snapshot()) >= n or r.error, 10, what)
+            assert r.error is None, f"reader failed: {r.error!r}"
+
+        c = Reader(f"{srv.base}/events?{urlencode([('stream', s)])}", read_sseclient)
+        readers.append(c)
+        wait_for(lambda: subscribers(srv.base, s) == 1, 10, "the subscription")
+        hb = srv.heartbeats_past(0, 3)
+        want = [("message", publish(srv.base, s, "after connect")[0], "after connect")]
+        until(c, 1, "the first event")
+        assert got(c) == want, f"on connect or heartbeats: {got(c)!r}"
+        hb = srv.heartbeats_past(hb, 3)
+        want.append(("message", publish(srv.base, s, "after heartbeats")[0], "after heartbeats"))
+        until(c, 2, "the second event")
+        assert got(c) == want, f"on heartbeats after an event: {got(c)!r}"
+        q = urlencode([("stream", s), ("last_event_id", first)])
+        r = Reader(f"{srv.base}/events?{q}", read_sseclient)
+        readers.append(r)
+        until(r, 2, "the replay")
+        srv.heartbeats_past(hb, 3)
+        want.append(("message", publish(srv.base, s, "live")[0], "live"))
+        until(r, 3, "the live event after the replay")
+        assert got(r) == want, f"on resume: {got(r)!r}"
+    finally:
+        for x in readers:
+            x.close()
+        srv.stop()
+
+
 def main():
-    tests = [test_sseclient_py_readme_usage, test_requests_iter_lines]
+    tests = [test_sseclient_py_readme_usage, test_requests_iter_lines,
+             test_sseclient_py_nothing_unpublished]
     passed = failed = 0
     for n, t in enumerate(tests, 1):
         label = f"python: {t.__name__[5:].replace('_', ' ')}"

@@ -184,7 +184,9 @@ impl Sse {
                 ev = Ev::default();
                 continue;
             }
-            if line.starts_with(':') {
+            // `retry:` is the stream's (ssed's first event carries it), not
+            // an event field the imitated apps send.
+            if line.starts_with(':') || line.starts_with("retry:") {
                 continue;
             }
             let (field, value) = match line.split_once(':') {

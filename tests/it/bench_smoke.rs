@@ -18,8 +18,15 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&["--listen", "127.0.0.1:0", "--heartbeat", "0"]).0
+    }
+
+    /// Starts `ssed ARGS`; returns it (with its first address) and every
+    /// address it announced, one per `--listen`.
+    fn start_with(args: &[&str]) -> (Server, Vec<String>) {
+        let listens = args.iter().filter(|a| **a == "--listen").count();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ssed"))
-            .args(["--listen", "127.0.0.1:0", "--heartbeat", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -36,14 +43,18 @@ impl Server {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("ssed did not print `listening on http://ADDR` within 20 s");
+        let mut addrs = Vec::new();
+        while addrs.len() < listens {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(a) => addrs.push(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("ssed did not print `listening on http://ADDR` within 20 s");
+                }
             }
-        };
-        Server { child, addr }
+        }
+        let addr = addrs[0].clone();
+        (Server { child, addr }, addrs)
     }
 
     fn url(&self, stream: &str) -> String {
@@ -118,6 +129,110 @@ fn density_counts_every_connection_and_finds_the_pid() {
     // Per-connection memory is present; its sign is noise at n = 50.
     num(&r, "rss_per_conn");
     num(&r, "tcp_mem_per_conn");
+}
+
+#[test]
+fn density_spreads_over_processes_ports_and_source_addresses() {
+    // Two listen ports, and a per-address limit the run must respect: 25
+    // connections per client address, so 200 connections only all succeed
+    // if the two client processes really take 8 distinct addresses
+    // between them (the second process starts where the first ended).
+    let (s, addrs) = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--heartbeat",
+        "0",
+        "--max-connections-per-ip",
+        "25",
+    ]);
+    let urls: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("http://{a}/events?stream=ports"))
+        .collect();
+    let r = bench(&[
+        "density",
+        "--url",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--n",
+        "200",
+        "--per-worker",
+        "100",
+        "--per-source",
+        "25",
+        "--settle-ms",
+        "200",
+    ]);
+    assert_eq!(r["connections"], 200, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["workers"], 2, "{r}");
+    assert_eq!(r["targets"], 2, "{r}");
+    // Found from either port: one process listens on both.
+    assert_eq!(r["server_pid"].as_u64(), Some(s.pid()), "{r}");
+    assert_eq!(r["server_processes"], 1, "{r}");
+    num(&r, "anon_per_conn");
+    num(&r, "slab_per_conn");
+
+    // Twice the connections per address: the server refuses the excess,
+    // which shows the addresses are the ones asked for.
+    let r = bench(&[
+        "density",
+        "--url",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--n",
+        "200",
+        "--per-worker",
+        "100",
+        "--per-source",
+        "50",
+        "--settle-ms",
+        "0",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(r["connections"], 100, "{r}");
+    assert_eq!(r["failed"], 100, "{r}");
+}
+
+#[test]
+fn every_second_connection_goes_to_the_second_url() {
+    let s = Server::start();
+    // A port that was free a moment ago: connects to it are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let closed_url = format!("http://{closed}/events?stream=x");
+    let pid = s.pid().to_string();
+    let r = bench(&[
+        "density",
+        "--url",
+        &s.url("rr"),
+        "--url",
+        &closed_url,
+        "--n",
+        "60",
+        "--per-worker",
+        "20",
+        "--pid",
+        &pid,
+        "--settle-ms",
+        "0",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(r["workers"], 3, "{r}");
+    assert_eq!(r["connections"], 30, "{r}");
+    assert_eq!(r["failed"], 30, "{r}");
+    let e = r["first_error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("refused") || e.contains(&closed.to_string()),
+        "{r}"
+    );
 }
 
 #[test]

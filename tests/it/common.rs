@@ -201,16 +201,17 @@ impl Ev {
 
 /// A strict, incremental decoder of a chunked body as ssed sends one:
 /// `<hex>\r\n<data>\r\n` per chunk, no extensions, no trailers, nothing
-/// after the last chunk, and every chunk holding whole SSE blocks (one
-/// shared frame, or one per-connection write, is one chunk). It panics on
+/// after the last chunk, and every chunk holding whole SSE lines (one
+/// shared frame, or one per-connection write, is one chunk; the `retry:`
+/// line and heartbeats are lines that end no block). It panics on
 /// anything else, so a test reading through it checks the framing too.
 #[derive(Debug, Default)]
 pub struct Dechunk {
     state: DState,
     line: Vec<u8>,
     left: usize,
-    /// The last two data bytes of the current chunk.
-    tail: [u8; 2],
+    /// The last data byte of the current chunk.
+    tail: u8,
     /// Non-empty chunks decoded.
     pub chunks: usize,
     /// The last chunk (`0\r\n\r\n`) arrived.
@@ -256,7 +257,7 @@ impl Dechunk {
                         self.state = DState::LastCr;
                     } else {
                         self.left = n;
-                        self.tail = [0, 0];
+                        self.tail = 0;
                         self.state = DState::Data;
                     }
                 }
@@ -264,16 +265,16 @@ impl Dechunk {
                     let take = self.left.min(wire.len() - i);
                     let part = &wire[i..i + take];
                     out.extend_from_slice(part);
-                    for &c in part.iter().rev().take(2).rev() {
-                        self.tail = [self.tail[1], c];
+                    if let Some(&c) = part.last() {
+                        self.tail = c;
                     }
                     self.left -= take;
                     i += take;
                     if self.left == 0 {
                         assert_eq!(
-                            &self.tail,
-                            b"\n\n",
-                            "a chunk ends inside an SSE block: {:?}",
+                            self.tail,
+                            b'\n',
+                            "a chunk ends inside an SSE line: {:?}",
                             String::from_utf8_lossy(out)
                         );
                         self.chunks += 1;
@@ -376,8 +377,13 @@ pub struct Sse {
     /// Bytes asked for per read, and a pause after each: a slow reader.
     pub read_size: usize,
     pub pace: Option<Duration>,
-    /// How much of `buf` holds no block end.
+    /// How much of `buf` is whole lines of the block being read.
     scanned: usize,
+    /// How much of `buf` holds no line end past `scanned`.
+    seen: usize,
+    /// Blank lines that ended nothing: blocks a lax client would dispatch
+    /// as an event nobody published.
+    pub empty_blocks: usize,
 }
 
 impl Sse {
@@ -400,6 +406,8 @@ impl Sse {
             read_size: 16384,
             pace: None,
             scanned: 0,
+            seen: 0,
+            empty_blocks: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -469,18 +477,42 @@ impl Sse {
             Err(_) => false,
         }
     }
-    /// The next block (event, retry or comment), or `None` on timeout/EOF.
+    /// The next unit a spec parser acts on, or `None` on timeout/EOF: a
+    /// comment line or a `retry:` line that opens a block (both acted on at
+    /// once and never dispatched: `comment` / `retry` set, `raw` the line),
+    /// or a block up to its blank line. A blank line that ends a block with
+    /// no `id`, `event` or `data` comes back as `raw == "\n"`: a block the
+    /// spec does not dispatch but lax clients do (see `empty_blocks`).
     pub fn next_block(&mut self, timeout: Duration) -> Option<Ev> {
         let deadline = Instant::now() + timeout;
         loop {
             // Resume the search where the last one ended: a large event read
             // in small pieces is scanned once, not once per piece.
-            let from = self.scanned.saturating_sub(1);
-            self.scanned = self.buf.len();
-            if let Some(i) = find(&self.buf[from..], b"\n\n").map(|i| i + from) {
-                self.scanned = 0;
-                let raw = String::from_utf8_lossy(&self.buf[..i + 2]).into_owned();
-                self.buf.drain(..i + 2);
+            let from = self.scanned.max(self.seen);
+            if let Some(i) = self.buf[from..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| i + from)
+            {
+                let line = String::from_utf8_lossy(&self.buf[self.scanned..i]).into_owned();
+                let block_start = self.scanned == 0;
+                self.scanned = i + 1;
+                if block_start && (line.starts_with(':') || line.starts_with("retry: ")) {
+                    self.buf.drain(..self.scanned);
+                    (self.scanned, self.seen) = (0, 0);
+                    return Some(Ev {
+                        comment: line.starts_with(':'),
+                        retry: line.strip_prefix("retry: ").map(str::to_string),
+                        raw: format!("{line}\n"),
+                        ..Ev::default()
+                    });
+                }
+                if !line.is_empty() {
+                    continue;
+                }
+                let raw = String::from_utf8_lossy(&self.buf[..self.scanned]).into_owned();
+                self.buf.drain(..self.scanned);
+                (self.scanned, self.seen) = (0, 0);
                 let mut ev = Ev {
                     raw: raw.clone(),
                     ..Ev::default()
@@ -500,8 +532,12 @@ impl Sse {
                         ev.data.push(v.to_string());
                     }
                 }
+                if ev.raw == "\n" {
+                    self.empty_blocks += 1;
+                }
                 return Some(ev);
             }
+            self.seen = self.buf.len();
             if !self.fill(deadline) {
                 return None;
             }

@@ -39,7 +39,8 @@ fn frame_bytes_are_exact() {
         (1000..2000).contains(&ms),
         "retry {ms} outside [1000, 2000)"
     );
-    assert_eq!(retry.raw, format!("retry: {ms}\n\n"));
+    // A line, not a block: the first event ends the block it opens.
+    assert_eq!(retry.raw, format!("retry: {ms}\n"));
 
     let id1 = publish(s.addr, "exact", "one\ntwo\r\nthree\rfour");
     let r = post(
@@ -69,7 +70,7 @@ fn frame_bytes_are_exact() {
     // On the wire: one chunk per block, exactly.
     let chunk = |s: String| format!("{:x}\r\n{s}\r\n", s.len());
     let want = [
-        chunk(format!("retry: {ms}\n\n")),
+        chunk(format!("retry: {ms}\n")),
         chunk(format!(
             "id: {id1}\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
         )),
@@ -251,9 +252,20 @@ fn heartbeat_arrives_when_quiet() {
     sub.next_block(T).unwrap(); // retry
     let b = sub.next_block(T).expect("heartbeat");
     assert!(b.comment, "{b:?}");
-    assert_eq!(b.raw, ":\n\n");
+    assert_eq!(b.raw, ":\n");
     let b = sub.next_block(T).expect("second heartbeat");
-    assert_eq!(b.raw, ":\n\n");
+    assert_eq!(b.raw, ":\n");
+    // An event after heartbeats is the next block, and nothing between
+    // them ended a block a lax client would dispatch.
+    let id = publish(s.addr, "hb", "x");
+    let e = sub.next_event(T).expect("event");
+    assert_eq!(e.id.as_deref(), Some(id.as_str()));
+    assert_eq!(sub.empty_blocks, 0);
+    assert!(
+        !String::from_utf8_lossy(&sub.wire).contains("\n\n\r\n2\r\n:"),
+        "{:?}",
+        String::from_utf8_lossy(&sub.wire)
+    );
 }
 
 #[test]
@@ -268,7 +280,7 @@ fn no_heartbeat_when_disabled() {
     control.next_block(T).unwrap(); // retry
     for _ in 0..2 {
         let b = control.next_block(T).expect("control heartbeat");
-        assert_eq!(b.raw, ":\n\n");
+        assert_eq!(b.raw, ":\n");
     }
     assert!(quiet.next_block(Duration::from_millis(1)).is_none());
     assert_eq!(stats(off.addr)["heartbeats"], 0);

@@ -335,3 +335,314 @@ fn without_auto_streams_publishers_and_put_create_streams() {
     assert_eq!(num(&st, &["rejected", "unauthorized"]), 1, "{st}");
     bystander_receives(s.addr, &mut by, AUTH, "still here");
 }
+
+/// A connection whose receive buffer is 4 KiB (set before the handshake,
+/// so the window it offers stays small): a peer that does not read makes
+/// the server hold what it sends instead of the kernel.
+fn small_window(addr: SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(a) = addr else {
+        panic!("tests listen on IPv4")
+    };
+    // SAFETY: a fresh socket, setsockopt reading an int, connect reading a
+    // sockaddr_in of the stated size; the fd is owned by the TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// The memory account's figures for one kind in `/stats`.
+fn kind(st: &serde_json::Value, k: &str, field: &str) -> u64 {
+    num(st, &["memory", "kinds", k, field])
+}
+
+/// Issue 20 item 3: `GET /streams` is paged (a default of 100, at most
+/// 1,000, a cursor in a `Link` header), and clients that ask for listings
+/// and never read them hold at most the memory account's `output` limit:
+/// past it they are refused, and `--write-timeout` closes them.
+#[test]
+fn streams_listing_is_paged_and_unread_listings_are_bounded() {
+    let s = Server::start(&[
+        "--history-total-bytes",
+        "65536",
+        "--memory-max",
+        &(65536 + 4 * MIB).to_string(),
+        "--write-timeout",
+        "1",
+        "--publish-token",
+        "s3cret",
+    ]);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    bystander_receives(s.addr, &mut by, AUTH, "hello");
+    let st = stats(s.addr);
+    // Output gets a quarter of what --memory-max leaves beside history.
+    assert_eq!(num(&st, &["memory", "max"]), 65536 + 4 * MIB, "{st}");
+    let limit = kind(&st, "output", "limit");
+    assert_eq!(limit, MIB, "{st}");
+
+    // 2,000 streams with 128-character names (the issue's shape).
+    let name = |i: usize| format!("n{i:04}{}", "x".repeat(123));
+    let mut c = Conn::open(s.addr);
+    for i in 0..2000 {
+        let r = c.request(
+            format!(
+                "PUT /streams/{} HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Length: 0\r\n\r\n",
+                name(i)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // The default page: the first 100 in name order, and where to go next.
+    let r = get(s.addr, "/streams");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 100);
+    assert_eq!(names[0], name(0));
+    assert_eq!(names[99], name(99));
+    assert_eq!(
+        r.header("link").as_deref(),
+        Some(format!("</streams?limit=100&after={}>; rel=\"next\"", name(99)).as_str())
+    );
+    // Following the links at 1,000 a page visits every stream once, in
+    // order; the last page has no link.
+    let mut seen = Vec::new();
+    let mut path = "/streams?limit=1000".to_string();
+    loop {
+        let r = get(s.addr, &path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.extend(
+            r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap().to_string()),
+        );
+        let Some(link) = r.header("link") else { break };
+        path = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .unwrap()
+            .0
+            .to_string();
+    }
+    let mut want: Vec<String> = (0..2000).map(name).collect();
+    want.push("watch".into());
+    assert_eq!(seen, want);
+    for bad in ["0", "1001", "x"] {
+        let r = get(s.addr, &format!("/streams?limit={bad}"));
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("expected 1..=1000"), "{}", r.text());
+    }
+
+    // Clients that pipeline listings of 1,000 streams (~200 KB each) and
+    // never read, with small receive windows: once the kernel's send
+    // buffers are full (~2 MB each), the rest waits in the server, and
+    // only up to the account's output limit (1 MiB here; 8 × one listing
+    // would be more).
+    let base = rss_bytes(&s);
+    let req = b"GET /streams?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(16);
+    let mut idle: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..8 {
+        let mut t = small_window(s.addr);
+        std::io::Write::write_all(&mut t, &req).unwrap();
+        idle.push(t);
+    }
+    let ok = wait_until(6 * T, || kind(&stats(s.addr), "output", "refused") > 0);
+    assert!(ok, "{}", stats(s.addr));
+    let st = stats(s.addr);
+    let rss = rss_bytes(&s);
+    eprintln!(
+        "memory: 8 non-reading listing clients: output {} KiB (peak {} KiB, limit {} MiB), refused {}, rss {} MiB (before {} MiB)",
+        kind(&st, "output", "used") >> 10,
+        kind(&st, "output", "peak") >> 10,
+        limit / MIB,
+        kind(&st, "output", "refused"),
+        rss / MIB,
+        base / MIB
+    );
+    // Past the limit only the short 503s are charged (one per connection).
+    assert!(kind(&st, "output", "peak") <= limit + 8 * 256, "{st}");
+    assert!(num(&st, &["rejected", "memory_output"]) > 0, "{st}");
+    let m = get(s.addr, "/metrics").text();
+    assert!(
+        m.contains(&format!(
+            "ssed_memory_kind_limit_bytes{{kind=\"output\"}} {limit}\n"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("ssed_memory_refused_total{kind=\"output\"} "),
+        "{m}"
+    );
+    assert!(rss <= base + limit + OVERHEAD, "rss {rss}, before {base}");
+    bystander_receives(s.addr, &mut by, AUTH, "while they do not read");
+    // Nobody reads: --write-timeout (1 s) closes them and the account empties.
+    assert!(wait_until(6 * T, || {
+        let st = stats(s.addr);
+        kind(&st, "output", "used") < 4096 && num(&st, &["connections", "total"]) <= 3
+    }));
+    let st = stats(s.addr);
+    assert!(num(&st, &["write_timeouts"]) > 0, "{st}");
+    drop(idle);
+    bystander_receives(s.addr, &mut by, AUTH, "after them");
+}
+
+/// Opens a subscription on `s` without reading past the head: the
+/// request is sent, nothing is read.
+fn stalled_subscriber(addr: SocketAddr, path: &str) -> std::net::TcpStream {
+    let mut t = small_window(addr);
+    std::io::Write::write_all(
+        &mut t,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    t
+}
+
+/// Issue 20 item 8: subscribers that stop reading in the middle of large
+/// events hold a position into the shared frame, not a copy of its rest:
+/// 200 of them, let lag far (`--max-pending-bytes` 16 MiB) behind three
+/// 1 MB events, stay far from 200 copies of a tail (up to 200 MB): the
+/// account's output stays small, a bystander keeps receiving, and once
+/// they are gone the freed memory is handed back (`memory.trims`).
+#[test]
+fn stalled_subscribers_share_large_frames_instead_of_copying_them() {
+    let s = Server::start(&["--write-timeout", "60", "--max-pending-bytes", "16777216"]);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    bystander_receives(s.addr, &mut by, "", "hello");
+    let base = rss_bytes(&s);
+    let n = 200;
+    let mut stalled: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| stalled_subscriber(s.addr, "/events?stream=big"))
+        .collect();
+    assert!(wait_until(6 * T, || num(
+        &stats(s.addr),
+        &["connections", "sse"]
+    ) == n as u64 + 1));
+    let body = vec![b'b'; 1_000_000];
+    let mut c = Conn::open(s.addr);
+    for i in 0..3 {
+        let r = post_on(&mut c, "/events?stream=big", "", &body);
+        assert_eq!(r.status, 200, "event {i}: {}", r.text());
+        bystander_receives(s.addr, &mut by, "", &format!("between big events {i}"));
+    }
+    let st = stats(s.addr);
+    let rss = rss_bytes(&s);
+    eprintln!(
+        "memory: {n} stalled subscribers, three 1 MB events: rss {} MiB (at start {} MiB); blocked {}, dropped {}, output {} KiB",
+        rss / MIB,
+        base / MIB,
+        num(&st, &["connections", "blocked"]),
+        num(&st, &["slow_consumers_dropped"]),
+        kind(&st, "output", "used") >> 10,
+    );
+    // Every one of them is stalled (inside a frame, or at its end).
+    assert_eq!(num(&st, &["connections", "blocked"]), n as u64, "{st}");
+    assert_eq!(num(&st, &["slow_consumers_dropped"]), 0, "{st}");
+    // Copies: at most small heads; the frames are shared (3 MB of
+    // history). The RSS bound leaves 16 MiB beside them: 200 private
+    // copies of even an 80 KiB tail would pass it (the old code held
+    // ~190 KiB each, 40 MiB in all, in this scenario).
+    assert!(kind(&st, "output", "used") < 64 << 10, "{st}");
+    assert!(
+        rss <= base + 3 * MIB + 16 * MIB,
+        "rss {rss}, at start {base}"
+    );
+
+    // They go: what they held is freed and handed back.
+    for t in &stalled {
+        let _ = t.shutdown(std::net::Shutdown::Both);
+    }
+    stalled.clear();
+    assert!(wait_until(6 * T, || num(
+        &stats(s.addr),
+        &["connections", "sse"]
+    ) == 1));
+    bystander_receives(s.addr, &mut by, "", "after them");
+    let st = stats(s.addr);
+    assert_eq!(kind(&st, "output", "used"), 0, "{st}");
+    assert!(num(&st, &["memory", "trims"]) >= 1, "{st}");
+    assert!(rss_bytes(&s) <= base + 3 * MIB + 16 * MIB);
+}
+
+/// The MongooseIM archives are in the account: reported (they live within
+/// `--history-total-bytes`, at most half of it), next to history.
+#[cfg(feature = "apps")]
+#[test]
+fn app_archives_are_reported_in_the_memory_account() {
+    let file = std::env::temp_dir().join(format!("ssed-memory-users-{}.txt", std::process::id()));
+    std::fs::write(&file, "alice@localhost:makota\nbob@localhost:makrolika\n").unwrap();
+    let budget = 4 * MIB;
+    let s = Server::start(&[
+        "--users",
+        file.to_str().unwrap(),
+        "--history-total-bytes",
+        &budget.to_string(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let mut by = Sse::open(s.addr, "/events?stream=watch", "");
+    assert_eq!(by.status(), 200);
+    let st = stats(s.addr);
+    assert_eq!(kind(&st, "archives", "limit"), budget / 2, "{st}");
+    assert_eq!(kind(&st, "archives", "used"), 0, "{st}");
+    // "alice@localhost:makota" in base64.
+    let auth = "Authorization: Basic YWxpY2VAbG9jYWxob3N0Om1ha290YQ==\r\n";
+    let text = "m".repeat(4000);
+    let body = format!(r#"{{"to":"bob@localhost","body":"{text}"}}"#);
+    for _ in 0..200 {
+        let r = request(
+            s.addr,
+            format!(
+                "POST /api/messages HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    bystander_receives(s.addr, &mut by, "", "after the messages");
+    let st = stats(s.addr);
+    // 200 messages of 4,000 bytes, each archive keeping its newest ones:
+    // hundreds of KB archived, within half the history budget; the
+    // account's total holds archives and history.
+    let archived = kind(&st, "archives", "used");
+    assert!((400_000..=budget / 2).contains(&archived), "{st}");
+    assert!(
+        num(&st, &["memory", "used"]) >= archived + kind(&st, "history", "used"),
+        "{st}"
+    );
+    assert!(kind(&st, "history", "used") + archived <= budget, "{st}");
+}

@@ -13,22 +13,22 @@ use ssed::internals::auth::{mint_hs256, Key};
 
 use crate::common::*;
 
-const KEY: &str = "ssed-mercure-test-key-0123456789abcdef";
+pub(crate) const KEY: &str = "ssed-mercure-test-key-0123456789abcdef";
 const SUB_KEY: &str = "ssed-mercure-subscriber-key-0123456789";
-const HUB: &str = "/.well-known/mercure";
+pub(crate) const HUB: &str = "/.well-known/mercure";
 /// How long "nothing arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(400);
+pub(crate) const QUIET: Duration = Duration::from_millis(400);
 
-fn mint(claims: Value, key: &str) -> String {
+pub(crate) fn mint(claims: Value, key: &str) -> String {
     mint_hs256(&claims, &Key::new(key.as_bytes().to_vec()).unwrap())
 }
-fn sub_token(selectors: &[&str]) -> String {
+pub(crate) fn sub_token(selectors: &[&str]) -> String {
     mint(json!({"mercure": {"subscribe": selectors}}), KEY)
 }
-fn pub_token(selectors: &[&str]) -> String {
+pub(crate) fn pub_token(selectors: &[&str]) -> String {
     mint(json!({"mercure": {"publish": selectors}}), KEY)
 }
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -40,7 +40,7 @@ fn enc(s: &str) -> String {
 }
 
 /// POSTs a Mercure form with `token` as bearer.
-fn hub_post(addr: SocketAddr, token: &str, form: &str) -> Response {
+pub(crate) fn hub_post(addr: SocketAddr, token: &str, form: &str) -> Response {
     request(
         addr,
         format!(
@@ -52,7 +52,7 @@ fn hub_post(addr: SocketAddr, token: &str, form: &str) -> Response {
 }
 
 /// Publishes through the hub; returns the id from the plain-text body.
-fn hub_publish(addr: SocketAddr, form: &str) -> String {
+pub(crate) fn hub_publish(addr: SocketAddr, form: &str) -> String {
     let r = hub_post(addr, &pub_token(&["*"]), form);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
@@ -63,14 +63,14 @@ fn hub_publish(addr: SocketAddr, form: &str) -> String {
     r.text()
 }
 
-fn hub_sub(addr: SocketAddr, query: &str, headers: &str) -> Sse {
+pub(crate) fn hub_sub(addr: SocketAddr, query: &str, headers: &str) -> Sse {
     let s = Sse::open(addr, &format!("{HUB}?{query}"), headers);
     assert_eq!(s.status(), 200, "{}", s.head);
     s
 }
 
 /// Every data event until `QUIET` passes with nothing.
-fn drain(s: &mut Sse) -> Vec<Ev> {
+pub(crate) fn drain(s: &mut Sse) -> Vec<Ev> {
     let mut out = Vec::new();
     while let Some(e) = s.next_event(QUIET) {
         out.push(e);

@@ -1136,3 +1136,149 @@ fn room_create_status_line_is_201_created() {
     let r = given_new_room_with_id(&api, ALICE, "put-room", "n");
     assert_eq!(status_line(&r), "HTTP/1.1 201 Created");
 }
+
+#[test]
+fn a_users_line_without_colon_or_domain_stops_start_up_naming_the_line() {
+    for (name, text, line) in [
+        ("nocolon", "alice@localhost:pw\nbob@localhost\n", 2),
+        ("nodomain", "# users\nalice:pw\n", 2),
+    ] {
+        let file = std::env::temp_dir().join(format!(
+            "ssed-mongoose-badline-{}-{name}.txt",
+            std::process::id()
+        ));
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssed"))
+            .args(["--listen", "127.0.0.1:0", "--users", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("line {line}: not user@domain:password")),
+            "{name}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{name}: it must not listen");
+    }
+}
+
+#[test]
+fn one_user_cannot_take_every_room() {
+    let api = start();
+    // ssed's per-user quota (MAX_ROOMS_PER_USER in src/apps/mongoose.rs).
+    const QUOTA: usize = 20;
+    let mut mine = Vec::new();
+    for _ in 0..QUOTA {
+        mine.push(given_new_room(&api, ALICE));
+    }
+    let r = post(&api, ALICE, "/rooms", &json!({"name": "n", "subject": "s"}));
+    expect(
+        &r,
+        "HTTP/1.1 429 Too Many Requests",
+        Some("Too many rooms created by this user (at most 20); delete one first"),
+    );
+    // PUT with an id is held to the same quota.
+    let r = putt(
+        &api,
+        ALICE,
+        "/rooms/extra",
+        &json!({"name": "n", "subject": "s"}),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    // Everyone else still creates rooms.
+    given_new_room(&api, BOB);
+    // Leaving a room she alone is in deletes it and gives her quota back.
+    let r = delete(
+        &api,
+        ALICE,
+        &format!("/rooms/{}/users/{}", mine[0], ALICE.0),
+    );
+    expect(&r, NOCONTENT, None);
+    given_new_room(&api, ALICE);
+    let s = crate::common::stats(api.addr());
+    assert_eq!(s["rejected"]["room_quota"], 2, "{s}");
+}
+
+/// Resident set of a process, from /proc (Linux).
+fn rss_bytes(pid: u32) -> usize {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: usize = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[test]
+fn archives_count_against_the_history_budget() {
+    // 100 users; one of them floods the others with 60 KB messages and
+    // its rooms with 60 KB posts. Without the bound the archives alone
+    // reach 100 × 256 KB (24 MB) plus 10 × 256 KB of rooms.
+    const USERS: usize = 100;
+    let file = std::env::temp_dir().join(format!("ssed-mongoose-flood-{}.txt", std::process::id()));
+    let mut text = String::new();
+    for i in 0..USERS {
+        text.push_str(&format!("u{i}@localhost:pw{i}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let srv = Server::start(&[
+        "--users",
+        file.to_str().unwrap(),
+        "--history-total-bytes",
+        "4194304",
+    ]);
+    let api = Api { srv, file };
+    let pid = api.srv.child.id();
+    let before = rss_bytes(pid);
+    let me: Who = ("u0@localhost", "pw0");
+    let body = "x".repeat(60_000);
+    for round in 0..6 {
+        for i in 1..USERS {
+            let to = format!("u{i}@localhost");
+            let r = post(&api, me, "/messages", &json!({"to": to, "body": body}));
+            assert_eq!(r.status, 200, "round {round} to {to}: {}", r.text());
+        }
+    }
+    let mut rooms = Vec::new();
+    for _ in 0..10 {
+        rooms.push(given_new_room(&api, me));
+    }
+    for _ in 0..10 {
+        for r in &rooms {
+            let resp = post(
+                &api,
+                me,
+                &format!("/rooms/{r}/messages"),
+                &json!({"body": body}),
+            );
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+    }
+    let after = rss_bytes(pid);
+    let grown = after.saturating_sub(before);
+    eprintln!("RSS {before} -> {after} bytes (grew {grown})");
+    // The 4 MiB budget (history and archives together), the request
+    // buffers and the allocator's slack; far below the 27 MB unbounded.
+    assert!(
+        grown < 16 << 20,
+        "RSS grew {grown} bytes ({before} -> {after})"
+    );
+    // The oldest conversations went first; the newest are all there.
+    let old = ok_json(gett(&api, me, "/messages/u1@localhost"));
+    assert_eq!(
+        old.as_array().map(Vec::len),
+        Some(0),
+        "u1's messages were the oldest"
+    );
+    let last = ok_json(gett(&api, me, &format!("/rooms/{}/messages", rooms[9])));
+    assert!(!last.as_array().unwrap().is_empty());
+    // The broker made room for the archives: history plus archives fit.
+    let s = crate::common::stats(api.addr());
+    assert!(s["history"]["bytes"].as_u64().unwrap() <= 4 << 20, "{s}");
+    assert!(s["history"]["evicted_bytes"].as_u64().unwrap() > 0, "{s}");
+    // A bystander is still served.
+    let r = gett(&api, ("u5@localhost", "pw5"), "/messages");
+    assert_eq!(r.status, 200);
+}

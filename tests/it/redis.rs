@@ -2,14 +2,16 @@
 //! `redis-server` on a free port and two (or three) `ssed --redis` nodes,
 //! and checks what crosses nodes on the wire: ids, data, types, resumes,
 //! gaps, and what happens when Redis is killed, restarted empty, stopped,
-//! or drops the pub/sub connections. They fail when redis-server is
-//! missing, unless `SSED_SKIP_REDIS=1`.
+//! or drops the pub/sub connections. Without redis-server (or redis-cli)
+//! they are skipped (`components::require`), or fail under `CI=true`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::components::{require, REDIS_CLI, REDIS_SERVER};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -17,36 +19,36 @@ const T: Duration = Duration::from_secs(10);
 struct Redis {
     port: u16,
     child: Option<Child>,
+    server: PathBuf,
+    cli: PathBuf,
 }
 
 impl Redis {
     fn start() -> Option<Redis> {
-        if std::env::var("SSED_SKIP_REDIS").as_deref() == Ok("1") {
-            eprintln!("SSED_SKIP_REDIS=1: skipping a Redis-backed test");
-            return None;
-        }
+        let server = require(&REDIS_SERVER)?;
+        let cli = require(&REDIS_CLI)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let mut r = Redis { port, child: None };
+        let mut r = Redis {
+            port,
+            child: None,
+            server,
+            cli,
+        };
         r.spawn();
         Some(r)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.server)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): the scale-out tests need it \
-                     (apt-get install -y redis-server), or set SSED_SKIP_REDIS=1 to skip them"
-                )
-            });
+            .expect("spawn redis-server");
         self.child = Some(child);
         assert!(
             wait_until(T, || self.try_cli(&["PING"]).as_deref() == Some("PONG")),
@@ -71,7 +73,7 @@ impl Redis {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let out = Command::new(&self.cli)
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -431,6 +433,23 @@ fn bad_redis_url_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Redis URL"));
 }
 
+/// The Redis host is looked up once, at start-up (never on a reconnect):
+/// a name that does not resolve is a start-up error that names it.
+#[test]
+fn unresolvable_redis_host_exits_2_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--redis", "redis://ssed-test.invalid:6379"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot resolve Redis host ssed-test.invalid"),
+        "{err}"
+    );
+}
+
 #[test]
 fn pipelined_requests_wait_for_the_deferred_publish_in_order() {
     let Some(r) = Redis::start() else { return };
@@ -538,4 +557,276 @@ fn private_events_cross_nodes_only_to_subscribers_who_may_see_them() {
     let resp = request(a.addr, raw.as_bytes());
     assert_eq!(resp.status, 501, "{}", resp.text());
     assert!(resp.text().contains("--redis"));
+}
+
+/// One publisher's replies: (data, status, id) in the order sent.
+type Replies = Vec<(String, u16, Option<u64>)>;
+
+/// Posts events `tag-0`, `tag-1`, ... to `query` on one keep-alive
+/// connection, `depth` pipelined at a time, for up to `rounds` rounds or
+/// until a round gets a non-200 (when `stop_on_error`); `acked` counts
+/// every 200.
+fn pipelined_publisher(
+    addr: SocketAddr,
+    query: &str,
+    tag: &str,
+    rounds: usize,
+    depth: usize,
+    stop_on_error: bool,
+    acked: &std::sync::atomic::AtomicUsize,
+) -> Replies {
+    let mut c = Conn::open(addr);
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let datas: Vec<String> = (0..depth)
+            .map(|i| format!("{tag}-{}", round * depth + i))
+            .collect();
+        let wire: String = datas
+            .iter()
+            .map(|d| {
+                format!(
+                    "POST /events?{query} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{d}",
+                    d.len()
+                )
+            })
+            .collect();
+        c.send(wire.as_bytes());
+        let mut failed = false;
+        for d in datas {
+            let r = c.response();
+            let id = (r.status == 200).then(|| {
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                r.json()["id"].as_str().unwrap().parse::<u64>().unwrap()
+            });
+            if r.status != 200 {
+                assert_eq!(r.status, 503, "{}", r.text());
+                assert!(r.text().contains("redis unavailable"), "{}", r.text());
+                failed = true;
+            }
+            out.push((d, r.status, id));
+        }
+        if failed && stop_on_error {
+            break;
+        }
+    }
+    out
+}
+
+/// Reads `n` events from `s`: (id, data) each; panics on a gap.
+fn read_events(s: &mut Sse, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let e = s.next_event(T).expect("an event");
+            assert_ne!(e.event.as_deref(), Some("gap"), "unexpected gap: {e:?}");
+            (e.id.clone().expect("id").parse().unwrap(), e.data())
+        })
+        .collect()
+}
+
+/// Each entry of Redis stream `P:s:name` as (id, prev).
+fn redis_chain(r: &Redis, name: &str) -> Vec<(u64, u64)> {
+    let out = r.cli(&["XRANGE", &format!("ssed:s:{name}"), "-", "+"]);
+    // redis-cli prints id, then f, payload, p, prev, one per line.
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(5)
+        .map(|e| {
+            let id = e[0].trim_end_matches("-1").parse().unwrap();
+            assert_eq!(e[3], "p", "{e:?}");
+            (id, e[4].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_batched_publishes_from_two_nodes_keep_ids_chains_and_replies() {
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let subs: Vec<(SocketAddr, &str, Sse)> = [a.addr, b.addr]
+        .iter()
+        .flat_map(|&n| {
+            ["x", "y"]
+                .into_iter()
+                .map(move |s| (n, s, live(n, &format!("/events?stream={s}"))))
+        })
+        .collect();
+    let acked = std::sync::atomic::AtomicUsize::new(0);
+    // 12 connections on each node, 6 requests pipelined on each: every
+    // loop turn gathers many publishes into one script call. Some go to
+    // both streams.
+    let (rounds, depth) = (8, 6);
+    let queries = ["stream=x", "stream=y", "stream=x&stream=y"];
+    let all: Vec<(&str, Replies)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..24)
+            .map(|i| {
+                let node = if i % 2 == 0 { a.addr } else { b.addr };
+                let q = queries[i % 3];
+                let acked = &acked;
+                let h = sc.spawn(move || {
+                    pipelined_publisher(node, q, &format!("p{i}"), rounds, depth, false, acked)
+                });
+                (q, h)
+            })
+            .collect();
+        hs.into_iter()
+            .map(|(q, h)| (q, h.join().unwrap()))
+            .collect()
+    });
+    // Every publish got its own id; each connection's ids increase in the
+    // order its requests were sent.
+    let mut want: std::collections::HashMap<&str, Vec<(u64, String)>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for (q, replies) in &all {
+        assert_eq!(replies.len(), rounds * depth);
+        let ids: Vec<u64> = replies.iter().map(|x| x.2.expect("200")).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{q}: {ids:?}");
+        for (data, _, id) in replies {
+            assert!(seen.insert(id.unwrap()), "id {id:?} given twice");
+            for s in ["x", "y"] {
+                if q.contains(&format!("stream={s}")) {
+                    want.entry(s).or_default().push((id.unwrap(), data.clone()));
+                }
+            }
+        }
+    }
+    // Every node delivers each stream's events once, in id order, each
+    // with the data of the publisher whose reply named that id.
+    for (n, s, mut sse) in subs {
+        let mut w = want[s].clone();
+        w.sort();
+        let got = read_events(&mut sse, w.len());
+        assert_eq!(got, w, "stream {s} on {n}");
+    }
+    // In Redis each entry names the one before it.
+    for s in ["x", "y"] {
+        let chain = redis_chain(&r, s);
+        assert_eq!(chain.len(), want[s].len());
+        assert_eq!(chain[0].1, 0);
+        for w in chain.windows(2) {
+            assert_eq!(w[1].1, w[0].0, "stream {s}: broken chain at {w:?}");
+        }
+    }
+    // Batches: fewer script calls than publishes.
+    let calls: u64 = r
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("evalsha calls");
+    let total = 24 * rounds * depth;
+    assert!(
+        calls < total as u64,
+        "{calls} script calls for {total} publishes"
+    );
+}
+
+#[test]
+fn redis_killed_mid_batch_answers_real_ids_or_503_never_made_up() {
+    let Some(mut r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &[]), node(&r, &[]));
+    let mut subs = [
+        live(a.addr, "/events?stream=k"),
+        live(b.addr, "/events?stream=k"),
+    ];
+    let acked = std::sync::atomic::AtomicUsize::new(0);
+    let all: Vec<Replies> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let node = if i % 2 == 0 { a.addr } else { b.addr };
+                let acked = &acked;
+                sc.spawn(move || {
+                    pipelined_publisher(node, "stream=k", &format!("q{i}"), 2_000, 4, true, acked)
+                })
+            })
+            .collect();
+        // Kill it while batches are in flight.
+        assert!(wait_until(T, || acked
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 400));
+        r.kill();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut by_data = std::collections::HashMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for replies in &all {
+        assert_eq!(
+            replies.last().map(|x| x.1),
+            Some(503),
+            "every publisher saw the kill"
+        );
+        for (data, _, id) in replies {
+            if let Some(id) = id {
+                assert!(ids.insert(*id), "id {id} given twice");
+            }
+            by_data.insert(data.clone(), *id);
+        }
+    }
+    r.spawn(); // empty
+    assert!(wait_until(T, || connected(a.addr) && connected(b.addr)));
+    let after = publish_retrying(a.addr, "k", "after");
+    for (i, s) in subs.iter_mut().enumerate() {
+        // Up to the marker: every event is one some publisher sent, with
+        // the id its reply named (or its reply was a 503: outcome unknown);
+        // ids increase; an acknowledged id not delivered needs a gap.
+        let (mut last, mut gap, mut delivered) = (0, false, std::collections::HashSet::new());
+        loop {
+            let e = s.next_event(T).expect("an event");
+            if e.event.as_deref() == Some("gap") {
+                gap = true;
+                continue;
+            }
+            let id: u64 = e.id.clone().unwrap().parse().unwrap();
+            assert!(id > last, "node {i}: {id} after {last}");
+            last = id;
+            if e.data() == "after" {
+                assert_eq!(id, after);
+                break;
+            }
+            match by_data.get(&e.data()) {
+                Some(Some(acked_id)) => assert_eq!(*acked_id, id, "node {i}: {}", e.data()),
+                Some(None) => {} // answered 503 after Redis ran it
+                None => panic!("node {i}: delivered unknown event {:?}", e.data()),
+            }
+            delivered.insert(id);
+        }
+        let missing = ids.iter().filter(|id| !delivered.contains(id)).count();
+        assert!(
+            missing == 0 || gap,
+            "node {i}: {missing} acknowledged events neither delivered nor covered by a gap"
+        );
+    }
+}
+
+#[test]
+fn resumes_of_a_stream_larger_than_a_fetch_page_never_drop_the_bus() {
+    let Some(r) = Redis::start() else { return };
+    let extra = ["--max-body", "2097152", "--history-bytes", "4194304"];
+    let (a, b) = (node(&r, &extra), node(&r, &extra));
+    // 20 MiB in Redis: more than one 16 MiB fetch page.
+    let big = "b".repeat(1 << 20);
+    let ids: Vec<u64> = (0..20).map(|_| pub_id(a.addr, "huge", &big)).collect();
+    let before = stats(b.addr)["redis"]["fetches"].as_u64().unwrap();
+    // Anonymous resumes on a node that never held the stream, while a
+    // bystander publishes there: the bus stays up, every publish lands.
+    let mut s = resume(b.addr, "/events?stream=huge", Some(ids[0]));
+    let mut last = 0;
+    while last != ids[19] {
+        let e = s.next_event(T).expect("an event");
+        if e.event.as_deref() != Some("gap") {
+            last = e.id.clone().unwrap().parse().unwrap();
+            assert_eq!(e.data().len(), big.len());
+        }
+    }
+    for i in 0..3 {
+        let mut again = resume(b.addr, "/events?stream=huge", Some(ids[0]));
+        assert!(again.next_event(T).is_some());
+        let by = post(b.addr, "/events?stream=by", "text/plain", &format!("b{i}"));
+        assert_eq!(by.status, 200, "{}", by.text());
+    }
+    let st = stats(b.addr);
+    assert_eq!(st["redis"]["reconnects"], 0, "{st}");
+    assert_eq!(st["redis"]["connected"], true);
+    let fetches = st["redis"]["fetches"].as_u64().unwrap() - before;
+    assert!(fetches >= 2, "paged: {fetches} fetches");
 }

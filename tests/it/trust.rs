@@ -9,11 +9,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::components::{require, NGINX};
 use crate::hardening::connect_from;
 
 fn rejected(stats: &serde_json::Value, reason: &str) -> u64 {
@@ -196,18 +197,9 @@ struct Nginx {
 
 impl Nginx {
     /// Starts nginx proxying to `upstream` with the README's block verbatim;
-    /// `None` when nginx is missing and SSED_SKIP_NGINX=1.
+    /// `None` (the test skips) when nginx cannot run.
     fn start(upstream: SocketAddr) -> Option<Nginx> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            if std::env::var("SSED_SKIP_NGINX").as_deref() == Ok("1") {
-                eprintln!("nginx not installed; skipped (SSED_SKIP_NGINX=1)");
-                return None;
-            }
-            panic!("nginx is not installed: apt-get install -y nginx-light (or SSED_SKIP_NGINX=1 to skip)");
-        };
+        let bin = require(&NGINX)?;
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
         let start = readme.find("## Behind nginx").expect("README section");
@@ -329,6 +321,64 @@ fn through_nginx_an_anonymous_publish_is_refused_and_events_flow() {
     let j = stats(s.addr);
     assert_eq!(rejected(&j, "unauthorized"), 1, "{j}");
     assert_eq!(j["events_published"], 5, "{j}");
+}
+
+/// The README's block proxies every route a deployment needs: the demo
+/// page, `/healthz`, `/streams` (`PUT` with the token: 201, no length, as
+/// curl sends it), `/events`, `/.well-known/mercure`, an app's stream and
+/// the MongooseIM API, `/stats` and `/metrics`.
+#[cfg(all(feature = "mercure", feature = "apps"))]
+#[test]
+fn through_the_readme_block_every_route_answers() {
+    let Some((_s, n)) = nginx_case(&["--heartbeat", "0", "--publish-token", "s3cret"]) else {
+        return;
+    };
+    let a = n.addr();
+    let page = get(a, "/");
+    assert_eq!(page.status, 200, "{}", page.head);
+    assert!(page
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/html"));
+    assert_eq!(get(a, "/healthz").status, 200);
+    let r = request(
+        a,
+        b"PUT /streams/routes HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret\r\n\r\n",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let listed = get(a, "/streams").json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "routes"),
+        "{listed}"
+    );
+    let mut events = Sse::open(a, "/events?stream=routes", "");
+    let mut hub = Sse::open(a, "/.well-known/mercure?topic=routes", "");
+    assert_eq!((events.status(), hub.status()), (200, 200), "{}", hub.head);
+    let r = post_with(
+        a,
+        "/events?stream=routes",
+        "Authorization: Bearer s3cret\r\n",
+        "both",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    expect(&mut events, "both");
+    expect(&mut hub, "both");
+    let mut chamber = Sse::open(a, "/streaming/sse?data=hi", "");
+    let e = chamber.next_event(T).expect("chamber's first event");
+    assert!(e.data().contains("\"hi\""), "{e:?}");
+    // The API answers itself: its own Basic challenge, not nginx's 404.
+    let api = get(a, "/api/contacts");
+    assert_eq!(api.status, 401, "{}", api.text());
+    assert_eq!(
+        api.header("www-authenticate").as_deref(),
+        Some("Basic realm=\"ssed\"")
+    );
+    assert_eq!(get(a, "/stats").status, 200);
+    assert!(get(a, "/metrics").text().contains("ssed_"));
 }
 
 #[test]

@@ -50,8 +50,9 @@ fn heartbeats_are_chunks_of_their_own() {
     let retry = sub.next_block(T).expect("retry");
     let ms = retry.retry.expect("retry field");
     let hb = sub.next_block(T).expect("heartbeat");
-    assert_eq!(hb.raw, ":\n\n");
-    let want = format!("{:x}\r\nretry: {ms}\n\n\r\n3\r\n:\n\n\r\n", 9 + ms.len());
+    assert_eq!(hb.raw, ":\n");
+    // Neither ends a block: no blank line on the wire.
+    let want = format!("{:x}\r\nretry: {ms}\n\r\n2\r\n:\n\r\n", 8 + ms.len());
     assert_eq!(String::from_utf8_lossy(&sub.wire), want);
 }
 
@@ -64,7 +65,7 @@ fn http10_streams_are_the_bare_body_until_close() {
     c.set_read_timeout(Some(T)).unwrap();
     let mut got = Vec::new();
     let mut b = [0u8; 4096];
-    while !got.ends_with(b"\n\n") {
+    while !got.ends_with(b"\n") {
         let n = c.read(&mut b).expect("read");
         assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&b[..n]);
@@ -90,9 +91,10 @@ fn http10_streams_are_the_bare_body_until_close() {
         !head.to_ascii_lowercase().contains("content-length"),
         "{head}"
     );
-    let retry = body.split("\n\n").next().unwrap_or("");
+    let retry = body.split('\n').next().unwrap_or("");
     assert!(retry.starts_with("retry: "), "{body:?}");
-    assert_eq!(body, format!("{retry}\n\nid: {id}\ndata: plain\n\n"));
+    // The retry line and the first event are one block.
+    assert_eq!(body, format!("{retry}\nid: {id}\ndata: plain\n\n"));
 }
 
 /// Publishes once the stream has its subscriber, so nothing races the
@@ -290,4 +292,39 @@ fn bad_env_values_name_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SSED_MAX_BODY"), "{err}");
     assert!(!err.contains("--max-body"), "{err}");
+}
+
+/// A bodiless `PUT`, `DELETE` or `POST` with neither `Content-Length` nor
+/// `Transfer-Encoding` (what `curl -X PUT URL` sends) has an empty body
+/// (RFC 9112 6.3): each is answered, and the request pipelined after it on
+/// the same connection is read as a request, not as a body.
+#[test]
+fn requests_without_a_length_have_an_empty_body() {
+    let s = Server::start(&["--heartbeat", "0"]);
+    let mut c = Conn::open(s.addr);
+    c.send(
+        b"PUT /streams/news HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /streams/news HTTP/1.1\r\nHost: t\r\n\r\n\
+          PUT /streams/news HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let created = c.response();
+    assert_eq!(created.status, 201, "{}", created.text());
+    let listed = c.response();
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["name"], "news", "{}", listed.text());
+    assert_eq!(c.response().status, 200, "an existing stream is 200");
+    let mut sub = Sse::open(s.addr, "/events?stream=news", "");
+    let r = c.request(b"POST /events?stream=news HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = sub.next_event(T).expect("the empty event");
+    assert_eq!(
+        (e.id, e.data),
+        (
+            r.json()["id"].as_str().map(String::from),
+            vec![String::new()]
+        )
+    );
+    let r = c.request(b"DELETE /streams/news HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(sub.ended_within(T), "DELETE ends the subscriber's stream");
 }

@@ -1,7 +1,8 @@
 //! Several processes on one port: `--reuse-port` lets independent `ssed`
 //! processes share a listen address; `--workers N` supervises N of them
 //! (restart on death, SIGTERM drains all, exit codes). Real binaries, a
-//! real redis-server for the `--redis` URL the supervisor requires, and
+//! real redis-server for the `--redis` URL the supervisor requires
+//! (skipped without one, `components::require`), and
 //! worker pids read from `/stats` to see which process took a connection.
 
 use std::collections::BTreeSet;
@@ -11,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{publish, wait_until, Sse, T};
+use crate::components::{require, REDIS_SERVER};
 
 /// A redis-server on a free port, stopped on drop.
 struct Redis {
@@ -19,25 +21,27 @@ struct Redis {
 }
 
 impl Redis {
-    fn start() -> Redis {
+    /// `None` (the test skips) when redis-server cannot run.
+    fn start() -> Option<Redis> {
+        let bin = require(&REDIS_SERVER)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
+        let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
+            .expect("spawn redis-server");
         let r = Redis { child, port };
         assert!(
             wait_until(T, || r.ping()),
             "redis-server did not answer PING"
         );
-        r
+        Some(r)
     }
 
     fn ping(&self) -> bool {
@@ -238,7 +242,7 @@ fn workers_without_redis_exit_2_with_the_reason() {
 
 #[test]
 fn workers_share_one_port_and_a_killed_worker_comes_back() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let sup = Proc::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--redis", &url]);
     let first = pids(sup.addr, 2, 400);
@@ -280,7 +284,7 @@ fn workers_share_one_port_and_a_killed_worker_comes_back() {
 
 #[test]
 fn sigterm_to_the_supervisor_drains_every_worker_and_exits_0() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut sup = Proc::start(&[
         "--listen",
@@ -317,7 +321,7 @@ fn sigterm_to_the_supervisor_drains_every_worker_and_exits_0() {
 
 #[test]
 fn a_worker_that_cannot_start_stops_the_supervisor_with_its_code() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut child = spawn(&[
         "--listen",
@@ -352,7 +356,7 @@ fn a_worker_that_cannot_start_stops_the_supervisor_with_its_code() {
 
 #[test]
 fn a_crash_looping_worker_stops_the_supervisor_with_exit_1() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut sup = Proc::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--redis", &url]);
     let mut known = pids(sup.addr, 2, 400);
@@ -394,7 +398,7 @@ fn a_crash_looping_worker_stops_the_supervisor_with_exit_1() {
 
 #[test]
 fn a_worker_that_does_not_drain_makes_the_exit_code_non_zero() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let mut sup = Proc::start(&[
         "--listen",
@@ -429,7 +433,7 @@ fn a_worker_that_does_not_drain_makes_the_exit_code_non_zero() {
 // subscribers. The lead un-ignores this after merging.
 #[test]
 fn a_publish_on_either_worker_reaches_subscribers_on_both() {
-    let redis = Redis::start();
+    let Some(redis) = Redis::start() else { return };
     let url = redis.url();
     let sup = Proc::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--redis", &url]);
     assert_eq!(pids(sup.addr, 2, 400).len(), 2);
@@ -463,4 +467,108 @@ fn a_publish_on_either_worker_reaches_subscribers_on_both() {
             assert_eq!(ev.id.as_deref(), Some(id.as_str()));
         }
     }
+}
+
+/// Runs `ssed-bench ARGS --json`, bounded at two minutes; its JSON report.
+fn bench(args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ssed-bench");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().expect("wait ssed-bench").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssed-bench {args:?} ran over two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("ssed-bench output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ssed-bench {args:?} failed: {text}");
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn supervisor_announces_once_every_worker_listens_and_bench_sums_them_all() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let mut child = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--redis",
+        &url,
+        "--heartbeat",
+        "0",
+    ]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let a = line.trim().strip_prefix("listening on http://");
+        addrs.push(a.unwrap_or_else(|| panic!("line {line:?}")).to_string());
+    }
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut err, &mut std::io::stderr());
+    });
+    let sup = Proc {
+        addr: addrs[0].parse().unwrap(),
+        child,
+    };
+    // Announced: all four workers already listen on both ports (each holds
+    // its own reuse-port socket per address, in state LISTEN).
+    let listeners = |port: &str| -> usize {
+        let port: u16 = port.rsplit(':').next().unwrap().parse().unwrap();
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        tcp.lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3
+                    && f[3] == "0A"
+                    && f[1].rsplit(':').next() == Some(&format!("{port:04X}"))
+            })
+            .count()
+    };
+    assert_eq!(listeners(&addrs[0]), 4);
+    assert_eq!(listeners(&addrs[1]), 4);
+
+    let r = bench(&[
+        "density",
+        "--url",
+        &format!("http://{}/events?stream=w", addrs[0]),
+        "--url",
+        &format!("http://{}/events?stream=w", addrs[1]),
+        "--n",
+        "100",
+        "--per-worker",
+        "50",
+        "--settle-ms",
+        "200",
+    ]);
+    assert_eq!(r["connections"], 100, "{r}");
+    assert_eq!(r["workers"], 2, "{r}");
+    // The workers, found from the ports and summed; not the supervisor.
+    assert_eq!(r["server_processes"], 4, "{r}");
+    let found: Vec<u32> = r["server_pid"]
+        .as_array()
+        .unwrap_or_else(|| panic!("server_pid is not a list: {r}"))
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(found.len(), 4);
+    for p in found {
+        assert_eq!(parent_of(p), Some(sup.child.id()), "{r}");
+    }
+    assert!(r["rss_after_kb"].as_u64().unwrap() > 0, "{r}");
 }

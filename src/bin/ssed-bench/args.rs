@@ -13,17 +13,26 @@ pub const USAGE: &str = "\
 ssed-bench: load and density measurements for SSE servers (loopback only)
 
 USAGE:
-  ssed-bench density --url URL --n N [--pid PID] [--settle-ms MS]
-  ssed-bench fanout  --url URL --publish URL --n N --m M --size B [--rate R]
-                     [--max-seconds S] [--pid PID]
+  ssed-bench density --url URL [--url URL]... --n N [--pid PIDS] [--settle-ms MS]
+  ssed-bench fanout  --url URL... --publish URL --n N --m M --size B [--rate R]
+                     [--max-seconds S] [--pid PIDS]
   ssed-bench churn   --url URL --cycles C [--max-seconds S] [--pid PID]
-  ssed-bench idle    --url URL --n N --seconds S [--pid PID]
+  ssed-bench idle    --url URL... --n N --seconds S [--pid PIDS]
+  ssed-bench publish --url URL --connections N [--pipeline K]
+                     [--seconds S | --count C] [--size B] [--pid PID]
+                     [--redis-pid PID]
 
 COMMON OPTIONS:
   --json               print one JSON object instead of a table
-  --pid PID            server process to measure (default: found from the
-                       listening port via /proc/net/tcp, best effort)
-  --per-worker K       sockets per worker process (default 9000)
+  --url URL            repeatable for density, fanout and idle: connection i
+                       goes to the (i mod K)-th of K URLs (e.g. several
+                       listen ports of one server: each (source address,
+                       destination) pair has only ~28k ephemeral ports)
+  --pid PID[,PID...]   server processes to measure, figures summed (default:
+                       every process listening on the URLs' ports, found via
+                       /proc/net/tcp, best effort; for nginx its workers)
+  --per-worker K       sockets per worker process (default 9000, at most
+                       19000: one process may hold 20,000 files)
   --per-source K       sockets per source address 127.0.0.2, .3, ... (default 1000,
                        ssed's default --max-connections-per-ip)
   --inflight K         unanswered connects per worker at a time (default 256)
@@ -85,10 +94,23 @@ impl Url {
     }
 }
 
+/// Most target URLs one run takes: each is one more listener a worker
+/// process round-robins over, not a reason for thousands.
+pub const MAX_URLS: usize = 64;
+
+/// Most subscriptions one run opens: a million, plus headroom for runs
+/// that probe just past it. Every one is a socket at both ends, ~5-10 KB
+/// of kernel memory together.
+pub const MAX_N: usize = 2_000_000;
+
+/// Most worker processes one run starts (n / per-worker, rounded up).
+pub const MAX_WORKERS: usize = 1024;
+
 /// Options shared by every subcommand that opens many subscriptions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadOpts {
-    pub url: Url,
+    /// Targets, at least one; connection i goes to `urls[i % len]`.
+    pub urls: Vec<Url>,
     pub n: usize,
     pub per_worker: usize,
     pub per_source: usize,
@@ -99,7 +121,8 @@ pub struct LoadOpts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DensityOpts {
     pub load: LoadOpts,
-    pub pid: Option<u32>,
+    /// Server processes to measure (empty: found from the ports).
+    pub pids: Vec<u32>,
     /// Pause between "all subscribed" and the memory sample, so the server
     /// has finished whatever it does right after a burst of accepts.
     pub settle: Duration,
@@ -108,7 +131,7 @@ pub struct DensityOpts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FanoutOpts {
     pub load: LoadOpts,
-    pub pid: Option<u32>,
+    pub pids: Vec<u32>,
     pub publish: Url,
     pub m: u64,
     pub size: usize,
@@ -128,7 +151,7 @@ pub struct ChurnOpts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdleOpts {
     pub load: LoadOpts,
-    pub pid: Option<u32>,
+    pub pids: Vec<u32>,
     pub seconds: Duration,
 }
 
@@ -136,7 +159,8 @@ pub struct IdleOpts {
 /// the subscriptions (see `worker.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerOpts {
-    pub url: Url,
+    /// Targets; connection `start + i` goes to `urls[(start + i) % len]`.
+    pub urls: Vec<Url>,
     /// Global index of this worker's first connection (chooses its source
     /// addresses).
     pub start: usize,
@@ -157,6 +181,7 @@ pub enum Command {
     Fanout(FanoutOpts),
     Churn(ChurnOpts),
     Idle(IdleOpts),
+    Publish(crate::publish::PublishOpts),
     Worker(WorkerOpts),
     Help,
 }
@@ -170,8 +195,13 @@ pub struct Args {
 /// `--name value` pairs and `--switch`es of one command line.
 struct Flags {
     values: HashMap<String, String>,
+    /// Every value of a flag that may repeat (`--url`), in order.
+    repeated: HashMap<String, Vec<String>>,
     json: bool,
 }
+
+/// Flags that may be given more than once.
+const REPEATABLE: &[&str] = &["url"];
 
 /// Flags that every load-generating subcommand accepts.
 const LOAD_FLAGS: &[&str] = &[
@@ -187,6 +217,7 @@ const LOAD_FLAGS: &[&str] = &[
 impl Flags {
     fn parse(args: &[String], known: &[&str]) -> Result<Flags, String> {
         let mut values = HashMap::new();
+        let mut repeated: HashMap<String, Vec<String>> = HashMap::new();
         let mut json = false;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -208,11 +239,52 @@ impl Flags {
             if !known.contains(&name.as_str()) {
                 return Err(format!("unknown option --{name}"));
             }
-            if values.insert(name.clone(), value).is_some() {
+            if REPEATABLE.contains(&name.as_str()) {
+                repeated
+                    .entry(name.clone())
+                    .or_default()
+                    .push(value.clone());
+            }
+            if values.insert(name.clone(), value).is_some() && !REPEATABLE.contains(&name.as_str())
+            {
                 return Err(format!("--{name} given twice"));
             }
         }
-        Ok(Flags { values, json })
+        Ok(Flags {
+            values,
+            repeated,
+            json,
+        })
+    }
+
+    /// Every `--url`, at least one, at most `MAX_URLS`.
+    fn urls(&self) -> Result<Vec<Url>, String> {
+        let all = self.repeated.get("url").map(Vec::as_slice).unwrap_or(&[]);
+        if all.is_empty() {
+            return Err("--url is required".into());
+        }
+        if all.len() > MAX_URLS {
+            return Err(format!("--url: at most {MAX_URLS} targets"));
+        }
+        all.iter().map(|u| Url::parse(u)).collect()
+    }
+
+    /// `--pid PID[,PID...]`: the server processes to measure.
+    fn pids(&self) -> Result<Vec<u32>, String> {
+        let Some(v) = self.values.get("pid") else {
+            return Ok(Vec::new());
+        };
+        let pids = v
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("--pid: cannot parse {p:?}"))
+            })
+            .collect::<Result<Vec<u32>, String>>()?;
+        Ok(pids)
     }
 
     fn str(&self, name: &str) -> Result<&str, String> {
@@ -222,7 +294,11 @@ impl Flags {
             .ok_or_else(|| format!("--{name} is required"))
     }
 
+    /// A single URL: a repeatable flag given twice is an error here.
     fn url(&self, name: &str) -> Result<Url, String> {
+        if self.repeated.get(name).is_some_and(|v| v.len() > 1) {
+            return Err(format!("--{name} given twice"));
+        }
         Url::parse(self.str(name)?)
     }
 
@@ -255,8 +331,8 @@ impl Flags {
 
     fn load(&self) -> Result<LoadOpts, String> {
         let n: usize = self.num("n", None)?;
-        if n == 0 {
-            return Err("--n must be at least 1".into());
+        if n == 0 || n > MAX_N {
+            return Err(format!("--n must be in 1..={MAX_N}"));
         }
         let per_worker: usize = self.num("per-worker", Some(9000))?;
         let per_source: usize = self.num("per-source", Some(DEFAULT_PER_SOURCE))?;
@@ -269,8 +345,13 @@ impl Flags {
         if per_source == 0 || inflight == 0 {
             return Err("--per-source and --inflight must be at least 1".into());
         }
+        if n.div_ceil(per_worker) > MAX_WORKERS {
+            return Err(format!(
+                "--n {n} at --per-worker {per_worker} needs more than {MAX_WORKERS} worker processes"
+            ));
+        }
         Ok(LoadOpts {
-            url: self.url("url")?,
+            urls: self.urls()?,
             n,
             per_worker,
             per_source,
@@ -298,7 +379,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
             let f = Flags::parse(rest, &with(&["settle-ms"]))?;
             let cmd = Command::Density(DensityOpts {
                 load: f.load()?,
-                pid: f.opt_num("pid")?,
+                pids: f.pids()?,
                 settle: Duration::from_millis(f.num("settle-ms", Some(1000))?),
             });
             (cmd, f.json)
@@ -314,7 +395,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
             }
             let cmd = Command::Fanout(FanoutOpts {
                 load: f.load()?,
-                pid: f.opt_num("pid")?,
+                pids: f.pids()?,
                 publish: f.url("publish")?,
                 m: f.num("m", None)?,
                 size: f.num("size", Some(64))?,
@@ -338,10 +419,14 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
             let f = Flags::parse(rest, &with(&["seconds"]))?;
             let cmd = Command::Idle(IdleOpts {
                 load: f.load()?,
-                pid: f.opt_num("pid")?,
+                pids: f.pids()?,
                 seconds: f.secs("seconds", 10.0)?,
             });
             (cmd, f.json)
+        }
+        "publish" => {
+            let (o, json) = crate::publish::parse(rest)?;
+            (Command::Publish(o), json)
         }
         "worker" => {
             let f = Flags::parse(
@@ -358,7 +443,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 ],
             )?;
             let cmd = Command::Worker(WorkerOpts {
-                url: f.url("url")?,
+                urls: f.urls()?,
                 start: f.num("start", None)?,
                 count: f.num("count", None)?,
                 per_source: f.num("per-source", Some(DEFAULT_PER_SOURCE))?.max(1),
@@ -415,7 +500,8 @@ mod tests {
         assert_eq!(d.load.n, 19000);
         assert_eq!(d.load.per_worker, 9000);
         assert_eq!(d.load.per_source, 1000);
-        assert_eq!(d.pid, None);
+        assert!(d.pids.is_empty());
+        assert_eq!(d.load.urls.len(), 1);
         assert_eq!(d.settle, Duration::from_millis(1000));
 
         let a = parse(&argv(
@@ -426,7 +512,7 @@ mod tests {
         let Command::Density(d) = a.command else {
             panic!("wrong command")
         };
-        assert_eq!(d.pid, Some(42));
+        assert_eq!(d.pids, vec![42]);
         assert_eq!(d.load.per_worker, 2);
     }
 
@@ -460,6 +546,74 @@ mod tests {
         .is_err());
         assert!(parse(&argv("frobnicate")).is_err());
         assert_eq!(parse(&[]).unwrap().command, Command::Help);
+    }
+
+    #[test]
+    fn several_urls_and_pids() {
+        let a = parse(&argv(
+            "density --url http://127.0.0.1:1/e --url=http://127.0.0.1:2/e --n 200 --pid 10,11,12",
+        ))
+        .unwrap();
+        let Command::Density(d) = a.command else {
+            panic!("wrong command")
+        };
+        let ports: Vec<u16> = d.load.urls.iter().map(|u| u.addr.port()).collect();
+        assert_eq!(ports, [1, 2]);
+        assert_eq!(d.pids, [10, 11, 12]);
+
+        let a = parse(&argv(
+            "worker --url http://127.0.0.1:1/ --url http://127.0.0.1:2/ --url http://127.0.0.1:3/ --start 0 --count 9",
+        ))
+        .unwrap();
+        let Command::Worker(w) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(w.urls.len(), 3);
+
+        // Every URL is checked, not just the first.
+        assert!(parse(&argv(
+            "density --url http://127.0.0.1:1/ --url http://10.0.0.1:2/ --n 1"
+        ))
+        .is_err());
+        // Single-target modes still take one URL.
+        assert!(parse(&argv(
+            "churn --url http://127.0.0.1:1/ --url http://127.0.0.1:2/ --cycles 1"
+        ))
+        .unwrap_err()
+        .contains("twice"));
+        for bad in ["--pid 1,x", "--pid 0", "--pid ,", "--pid 1,,2", "--pid -3"] {
+            assert!(
+                parse(&argv(&format!(
+                    "density --url http://127.0.0.1:1/ --n 1 {bad}"
+                )))
+                .is_err(),
+                "{bad}"
+            );
+        }
+        let many: String = (0..=MAX_URLS)
+            .map(|i| format!(" --url http://127.0.0.1:{}/", i + 1))
+            .collect();
+        let e = parse(&argv(&format!("idle --n 1{many}"))).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn bounds_for_a_million() {
+        let ok = |s: &str| parse(&argv(s)).map(|_| ());
+        ok("density --url http://127.0.0.1:1/ --n 1000000 --per-worker 19000").unwrap();
+        ok("density --url http://127.0.0.1:1/ --n 2000000 --per-worker 19000").unwrap();
+        let e = ok("density --url http://127.0.0.1:1/ --n 2000001 --per-worker 19000").unwrap_err();
+        assert!(e.contains("--n"), "{e}");
+        // 1,000,000 at 900 per process is 1,112 processes: too many.
+        let e = ok("density --url http://127.0.0.1:1/ --n 1000000 --per-worker 900").unwrap_err();
+        assert!(e.contains("worker processes"), "{e}");
+        ok("density --url http://127.0.0.1:1/ --n 1000000 --per-worker 977").unwrap();
+        assert!(ok("density --url http://127.0.0.1:1/ --n 10 --per-worker 19001").is_err());
+        assert!(ok("density --url http://127.0.0.1:1/ --n 10 --per-worker 0").is_err());
+        assert!(ok("density --url http://127.0.0.1:1/ --n 10 --per-source 0").is_err());
+        assert!(ok("density --url http://127.0.0.1:1/ --n 10 --inflight 0").is_err());
+        assert!(ok("density --url http://127.0.0.1:1/ --n 10 --timeout 86401").is_err());
+        assert!(ok("density --url http://127.0.0.1:1/ --n 10 --timeout -1").is_err());
     }
 
     #[test]

@@ -55,7 +55,16 @@ impl Fleet {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let workers = o.n.div_ceil(o.per_worker);
         let chunk = o.n.div_ceil(workers);
-        let url = format!("http://{}{}", o.url.host_header, o.url.path_query);
+        let urls: Vec<String> = o
+            .urls
+            .iter()
+            .flat_map(|u| {
+                [
+                    "--url".to_string(),
+                    format!("http://{}{}", u.host_header, u.path_query),
+                ]
+            })
+            .collect();
         let (tx, lines) = channel();
         let mut fleet = Fleet {
             children: Vec::new(),
@@ -69,7 +78,7 @@ impl Fleet {
             let count = chunk.min(o.n - start);
             let mut child = Command::new(&exe)
                 .arg("worker")
-                .args(["--url", &url])
+                .args(&urls)
                 .args(["--start", &start.to_string()])
                 .args(["--count", &count.to_string()])
                 .args(["--per-source", &o.per_source.to_string()])

@@ -17,6 +17,7 @@ mod fleet;
 mod modes;
 mod net;
 mod procfs;
+mod publish;
 mod report;
 mod sse;
 mod stats;
@@ -57,6 +58,7 @@ fn run(argv: &[String]) -> i32 {
         Command::Fanout(o) => modes::fanout(o),
         Command::Churn(o) => modes::churn(o),
         Command::Idle(o) => modes::idle(o),
+        Command::Publish(o) => publish::run(o),
     };
     match result {
         Ok(report) => {

@@ -33,7 +33,11 @@ fn no_subscriber(ready: &crate::fleet::Ready) -> Result<(), String> {
 
 /// `--pid`, or the process listening on the URL's port.
 fn resolve_pid(pid: Option<u32>, url: &Url) -> Option<u32> {
-    let pid = pid.or_else(|| procfs::find_pid_by_port(url.addr.port()));
+    let pid = pid.or_else(|| {
+        procfs::find_pids_by_ports(&[url.addr.port()])
+            .first()
+            .copied()
+    });
     if pid.is_none() {
         eprintln!(
             "ssed-bench: server PID not found for port {} (pass --pid); server figures omitted",
@@ -41,6 +45,23 @@ fn resolve_pid(pid: Option<u32>, url: &Url) -> Option<u32> {
         );
     }
     pid
+}
+
+/// `--pid` list, or every process serving the URLs' ports: all workers of
+/// `ssed --workers N`, whose figures are summed.
+fn resolve_pids(pids: &[u32], urls: &[Url]) -> Vec<u32> {
+    if !pids.is_empty() {
+        return pids.to_vec();
+    }
+    let mut ports: Vec<u16> = urls.iter().map(|u| u.addr.port()).collect();
+    ports.dedup();
+    let found = procfs::find_pids_by_ports(&ports);
+    if found.is_empty() {
+        eprintln!(
+            "ssed-bench: server PID not found for ports {ports:?} (pass --pid); server figures omitted"
+        );
+    }
+    found
 }
 
 fn sample(pid: Option<u32>) -> Option<ProcSample> {
@@ -51,6 +72,25 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
             eprintln!("ssed-bench: {e}");
             None
         }
+    }
+}
+
+/// The sum over `pids`; `None` if there are none or any cannot be read (a
+/// worker that died mid-run makes the sum meaningless).
+fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    let samples: Option<Vec<ProcSample>> = pids.iter().map(|&p| sample(Some(p))).collect();
+    Some(ProcSample::sum(&samples?))
+}
+
+/// `server_pid` as a report value: the one PID, or the list.
+fn pid_value(pids: &[u32]) -> serde_json::Value {
+    match pids {
+        [] => serde_json::Value::Null,
+        [one] => (*one).into(),
+        many => many.to_vec().into(),
     }
 }
 
@@ -71,11 +111,27 @@ fn title(url: &Url, pid: Option<u32>) -> String {
     )
 }
 
+fn title_all(urls: &[Url], pids: &[u32]) -> String {
+    let more = match urls.len() {
+        1 => String::new(),
+        n => format!(" and {} more URLs", n - 1),
+    };
+    let pids = match pids {
+        [] => "server pid unknown".to_string(),
+        [one] => format!("server pid {one}"),
+        many => format!("{} server processes", many.len()),
+    };
+    format!(
+        "http://{}{}{more} ({pids})",
+        urls[0].host_header, urls[0].path_query
+    )
+}
+
 pub fn density(o: &DensityOpts) -> Result<Report, String> {
-    let url = &o.load.url;
-    let pid = resolve_pid(o.pid, url);
-    let before = sample(pid);
+    let pids = resolve_pids(&o.pids, &o.load.urls);
+    let before = sample_all(&pids);
     let sock_before = procfs::read_sockstat();
+    let slab_before = procfs::read_slab_kb();
     let overflows_before = procfs::read_listen_overflows();
 
     let lifetime = o.load.ready_timeout + o.settle + Duration::from_secs(120);
@@ -84,19 +140,22 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
     no_subscriber(&ready)?;
     let overflows_after = procfs::read_listen_overflows();
     std::thread::sleep(o.settle);
-    let after = sample(pid);
+    let after = sample_all(&pids);
     let sock_after = procfs::read_sockstat();
+    let slab_after = procfs::read_slab_kb();
     let workers = fleet.len();
     let done = fleet.finish(REPORT_WAIT)?;
 
     let n = ready.ok;
-    let mut r = Report::new("density", title(url, pid));
-    r.add("server_pid", pid, "");
+    let mut r = Report::new("density", title_all(&o.load.urls, &pids));
+    r.add("server_pid", pid_value(&pids), "");
+    r.add("server_processes", pids.len() as u64, "");
     r.add("requested", o.load.n as u64, "");
     r.add("connections", n, "");
     r.add("failed", ready.failed, "");
     r.add("unanswered", ready.unanswered, "");
-    r.add("workers", workers as u64, "");
+    r.add("workers", workers as u64, "client processes");
+    r.add("targets", o.load.urls.len() as u64, "URLs");
     r.add("connect_secs", round2(Some(ready.secs)), "s");
     r.add("connect_rate", round2(rate(n, ready.secs)), "conns/s");
     r.add(
@@ -115,6 +174,16 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
         "rss_per_conn",
         round2(
             have.then(|| per_conn_bytes(b.rss_kb, a.rss_kb, n))
+                .flatten(),
+        ),
+        "B",
+    );
+    r.add("anon_before_kb", have.then_some(b.anon_kb), "kB");
+    r.add("anon_after_kb", have.then_some(a.anon_kb), "kB");
+    r.add(
+        "anon_per_conn",
+        round2(
+            have.then(|| per_conn_bytes(b.anon_kb, a.anon_kb, n))
                 .flatten(),
         ),
         "B",
@@ -147,6 +216,14 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
         }
         _ => r.add("tcp_mem_per_conn", round2(None), "B"),
     }
+    let slab = slab_before.zip(slab_after);
+    r.add("slab_before_kb", slab.map(|(b, _)| b), "kB");
+    r.add("slab_after_kb", slab.map(|(_, a)| a), "kB");
+    r.add(
+        "slab_per_conn",
+        round2(slab.and_then(|(b, a)| (n > 0).then(|| (a as f64 - b as f64) * 1024.0 / n as f64))),
+        "B (both ends, system-wide)",
+    );
     if let Some(e) = ready.first_error.or(done.first_error) {
         r.add("first_error", e, "");
     }
@@ -154,8 +231,7 @@ pub fn density(o: &DensityOpts) -> Result<Report, String> {
 }
 
 pub fn fanout(o: &FanoutOpts) -> Result<Report, String> {
-    let url = &o.load.url;
-    let pid = resolve_pid(o.pid, url);
+    let pids = resolve_pids(&o.pids, &o.load.urls);
     let lifetime = o.load.ready_timeout + o.max_time + Duration::from_secs(60);
     let mut fleet = Fleet::spawn(&o.load, o.m, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
@@ -163,7 +239,7 @@ pub fn fanout(o: &FanoutOpts) -> Result<Report, String> {
 
     let mut publisher = net::Publisher::connect(&o.publish, Duration::from_secs(10))
         .map_err(|e| format!("publisher connect: {e}"))?;
-    let before = sample(pid);
+    let before = sample_all(&pids);
     let t0 = now_ns();
     let started = Instant::now();
     let deadline = started + o.max_time;
@@ -209,13 +285,15 @@ pub fn fanout(o: &FanoutOpts) -> Result<Report, String> {
         Ok(d) => d,
         Err(_) => fleet.finish(REPORT_WAIT)?,
     };
-    let after = sample(pid);
+    let after = sample_all(&pids);
 
     let n = ready.ok;
     let expected = n * published;
     let deliver_secs = done.last_event_ns.saturating_sub(t0) as f64 / 1e9;
-    let mut r = Report::new("fanout", title(url, pid));
-    r.add("server_pid", pid, "");
+    let mut r = Report::new("fanout", title_all(&o.load.urls, &pids));
+    r.add("server_pid", pid_value(&pids), "");
+    r.add("server_processes", pids.len() as u64, "");
+    r.add("connect_secs", round2(Some(ready.secs)), "s");
     r.add("subscribers", n, "");
     r.add("failed", ready.failed, "");
     r.add("events_published", published, "");
@@ -336,24 +414,25 @@ pub fn churn(o: &ChurnOpts) -> Result<Report, String> {
 }
 
 pub fn idle(o: &IdleOpts) -> Result<Report, String> {
-    let url = &o.load.url;
-    let pid = resolve_pid(o.pid, url);
+    let pids = resolve_pids(&o.pids, &o.load.urls);
     let lifetime = o.load.ready_timeout + o.seconds + Duration::from_secs(120);
     let mut fleet = Fleet::spawn(&o.load, 0, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
     no_subscriber(&ready)?;
     // The accept burst is not idleness: let it finish first.
     std::thread::sleep(Duration::from_millis(500));
-    let before = sample(pid);
+    let before = sample_all(&pids);
     let started = Instant::now();
     std::thread::sleep(o.seconds);
     let secs = started.elapsed().as_secs_f64();
-    let after = sample(pid);
+    let after = sample_all(&pids);
     let done = fleet.finish(REPORT_WAIT)?;
 
-    let mut r = Report::new("idle", title(url, pid));
-    r.add("server_pid", pid, "");
+    let mut r = Report::new("idle", title_all(&o.load.urls, &pids));
+    r.add("server_pid", pid_value(&pids), "");
+    r.add("server_processes", pids.len() as u64, "");
     r.add("subscribers", ready.ok, "");
+    r.add("connect_secs", round2(Some(ready.secs)), "s");
     r.add("failed", ready.failed, "");
     r.add("secs", round2(Some(secs)), "s");
     r.add("events_received", done.events, "");
@@ -364,7 +443,14 @@ pub fn idle(o: &IdleOpts) -> Result<Report, String> {
             r.add("voluntary_ctxt_switches", vol, "");
             r.add("nonvoluntary_ctxt_switches", invol, "");
             r.add("wakeups_per_s", round2(rate(vol + invol, secs)), "/s");
-            r.add("server_cpu_ms", round2(Some(cpu_us(&b, &a) / 1e3)), "ms");
+            let cpu_ms = cpu_us(&b, &a) / 1e3;
+            r.add("server_cpu_ms", round2(Some(cpu_ms)), "ms");
+            r.add(
+                "server_cpu_ms_per_s",
+                round2((secs > 0.0).then(|| cpu_ms / secs)),
+                "ms/s",
+            );
+            r.add("rss_kb", a.rss_kb, "kB");
         }
         _ => {
             r.add("wakeups_per_s", round2(None), "/s");

@@ -11,6 +11,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcSample {
     pub rss_kb: u64,
+    /// `RssAnon`: the heap and stacks, without the mapped binary.
+    pub anon_kb: u64,
     /// `None` where smaps_rollup is unavailable (old kernels).
     pub pss_kb: Option<u64>,
     /// utime + stime in clock ticks (/proc/PID/stat).
@@ -40,6 +42,39 @@ pub fn parse_status(text: &str) -> Option<(u64, u64, u64)> {
         }
     }
     Some((rss?, vol?, nonvol?))
+}
+
+/// One `KEY:   N kB` figure from /proc/PID/status or /proc/meminfo text.
+pub fn parse_kb(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, rest) = l.split_once(':')?;
+        (k == key).then(|| rest.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+impl ProcSample {
+    /// The sum of several processes' samples (the workers of one server):
+    /// fine-grained CPU only when every one has it.
+    pub fn sum(samples: &[ProcSample]) -> ProcSample {
+        let add = |f: fn(&ProcSample) -> u64| samples.iter().map(f).sum::<u64>();
+        let opt = |f: fn(&ProcSample) -> Option<u64>| samples.iter().map(f).sum::<Option<u64>>();
+        ProcSample {
+            rss_kb: add(|s| s.rss_kb),
+            anon_kb: add(|s| s.anon_kb),
+            pss_kb: opt(|s| s.pss_kb),
+            cpu_ticks: add(|s| s.cpu_ticks),
+            cpu_ns: opt(|s| s.cpu_ns),
+            voluntary_ctxt: add(|s| s.voluntary_ctxt),
+            nonvoluntary_ctxt: add(|s| s.nonvoluntary_ctxt),
+        }
+    }
+}
+
+/// `Slab:` (reclaimable and not) in kB from /proc/meminfo: socket, file
+/// and inode objects of every connection land here, so its growth over a
+/// run is the kernel's own cost per connection (both ends, system-wide).
+pub fn read_slab_kb() -> Option<u64> {
+    parse_kb(&fs::read_to_string("/proc/meminfo").ok()?, "Slab")
 }
 
 /// `Pss:` in kB from /proc/PID/smaps_rollup.
@@ -143,34 +178,47 @@ pub fn parse_stat_ppid(text: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Picks the process that serves connections among those holding the
-/// listening socket: nginx's master and worker both hold it, and the worker
-/// is the child of another holder. Otherwise the lowest PID.
-pub fn choose_server_pid(holders: &[(u32, u32)]) -> Option<u32> {
+/// Picks the processes that serve connections among those holding a
+/// listening socket, as `(pid, ppid)`: nginx's master and workers all hold
+/// it, and the workers are children of another holder, so those are the
+/// servers. Otherwise every holder: `ssed --workers N` has N workers each
+/// listening on its own `SO_REUSEPORT` socket, and a supervisor that holds
+/// only a bound, non-listening one. Sorted, no repeats.
+pub fn choose_server_pids(holders: &[(u32, u32)]) -> Vec<u32> {
     let pids: Vec<u32> = holders.iter().map(|&(p, _)| p).collect();
-    holders
+    let mut out: Vec<u32> = holders
         .iter()
         .filter(|(_, ppid)| pids.contains(ppid))
         .map(|&(p, _)| p)
-        .min()
-        .or_else(|| pids.iter().copied().min())
+        .collect();
+    if out.is_empty() {
+        out = pids;
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
-/// Finds the PID listening on `port` (best effort: needs permission to
-/// read other processes' fd tables).
-pub fn find_pid_by_port(port: u16) -> Option<u32> {
+/// Finds the processes listening on `ports` (best effort: needs permission
+/// to read other processes' fd tables).
+pub fn find_pids_by_ports(ports: &[u16]) -> Vec<u32> {
     let mut inodes = Vec::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(t) = fs::read_to_string(f) {
-            inodes.extend(parse_listen_inodes(&t, port));
+            for &port in ports {
+                inodes.extend(parse_listen_inodes(&t, port));
+            }
         }
     }
     if inodes.is_empty() {
-        return None;
+        return Vec::new();
     }
     let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     let mut holders = Vec::new();
-    for entry in fs::read_dir("/proc").ok()?.flatten() {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -194,7 +242,7 @@ pub fn find_pid_by_port(port: u16) -> Option<u32> {
             holders.push((pid, ppid));
         }
     }
-    choose_server_pid(&holders)
+    choose_server_pids(&holders)
 }
 
 /// Samples memory, CPU and context switches of `pid`.
@@ -208,6 +256,7 @@ pub fn sample(pid: u32) -> Result<ProcSample, String> {
         parse_stat_cpu(&stat).ok_or_else(|| format!("/proc/{pid}/stat: unexpected format"))?;
     Ok(ProcSample {
         rss_kb,
+        anon_kb: parse_kb(&status, "RssAnon").unwrap_or(0),
         pss_kb: read("smaps_rollup")
             .ok()
             .and_then(|t| parse_smaps_rollup(&t)),
@@ -295,11 +344,51 @@ voluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t3\n";
     }
 
     #[test]
-    fn choose_pid() {
-        // nginx: master 100 (parent 1) and worker 101 (parent 100).
-        assert_eq!(choose_server_pid(&[(100, 1), (101, 100)]), Some(101));
-        assert_eq!(choose_server_pid(&[(7, 1)]), Some(7));
-        assert_eq!(choose_server_pid(&[]), None);
+    fn choose_pids() {
+        // nginx: master 100 (parent 1) and workers 101, 102 (parent 100).
+        assert_eq!(
+            choose_server_pids(&[(100, 1), (102, 100), (101, 100)]),
+            vec![101, 102]
+        );
+        assert_eq!(choose_server_pids(&[(7, 1)]), vec![7]);
+        // ssed --workers 3: workers of a supervisor (50) that does not
+        // listen; one worker holding two listeners appears twice.
+        assert_eq!(
+            choose_server_pids(&[(53, 50), (51, 50), (52, 50), (51, 50)]),
+            vec![51, 52, 53]
+        );
+        assert!(choose_server_pids(&[]).is_empty());
+    }
+
+    #[test]
+    fn kb_fields_and_sums() {
+        assert_eq!(parse_kb(STATUS, "RssAnon"), Some(900));
+        assert_eq!(parse_kb(STATUS, "VmRSS"), Some(4242));
+        assert_eq!(parse_kb(STATUS, "Rss"), None);
+        let meminfo = "MemTotal:       24576000 kB\nSlab:             123456 kB\nSReclaimable:      1000 kB\n";
+        assert_eq!(parse_kb(meminfo, "Slab"), Some(123456));
+        let a = ProcSample {
+            rss_kb: 10,
+            anon_kb: 4,
+            pss_kb: Some(8),
+            cpu_ticks: 1,
+            cpu_ns: Some(100),
+            voluntary_ctxt: 5,
+            nonvoluntary_ctxt: 1,
+        };
+        let b = ProcSample { pss_kb: None, ..a };
+        let s = ProcSample::sum(&[a, a]);
+        assert_eq!((s.rss_kb, s.anon_kb, s.pss_kb), (20, 8, Some(16)));
+        assert_eq!((s.cpu_ns, s.voluntary_ctxt), (Some(200), 10));
+        assert_eq!(ProcSample::sum(&[a, b]).pss_kb, None);
+        assert_eq!(
+            ProcSample::sum(&[]),
+            ProcSample {
+                pss_kb: Some(0),
+                cpu_ns: Some(0),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

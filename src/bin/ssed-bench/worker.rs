@@ -44,6 +44,8 @@ enum Phase {
 
 struct Conn {
     stream: TcpStream,
+    /// Index into the worker's URLs.
+    target: usize,
     phase: Phase,
     events: u64,
     /// Queued for closing at the end of this poll batch.
@@ -115,7 +117,7 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
         });
     }
 
-    let request = net::subscribe_request(&o.url);
+    let requests: Vec<Vec<u8>> = o.urls.iter().map(net::subscribe_request).collect();
     let mut conns: Slab<Conn> = Slab::with_capacity(o.count);
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
@@ -129,9 +131,11 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
     loop {
         // Open more connections while under the in-flight cap.
         while next < o.count && pending < o.inflight {
-            let src = net::source_addr(o.start + next, o.per_source);
+            let index = o.start + next;
+            let src = net::source_addr(index, o.per_source);
+            let target = index % o.urls.len();
             next += 1;
-            match net::connect_from(src, o.url.addr, true, o.ready_timeout) {
+            match net::connect_from(src, o.urls[target].addr, true, o.ready_timeout) {
                 Ok(s) => {
                     let mut stream = TcpStream::from_std(s);
                     let entry = conns.vacant_entry();
@@ -143,13 +147,17 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
                     )?;
                     entry.insert(Conn {
                         stream,
+                        target,
                         phase: Phase::Connecting,
                         events: 0,
                         dead: false,
                     });
                     pending += 1;
                 }
-                Err(e) => t.fail(format!("connect from {src}: {e}")),
+                Err(e) => t.fail(format!(
+                    "connect from {src} to {}: {e}",
+                    o.urls[target].addr
+                )),
             }
         }
 
@@ -210,7 +218,8 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
                 }
                 // ~150 bytes into an empty send buffer: one write suffices;
                 // anything short of that is reported, not retried.
-                match c.stream.write(&request) {
+                let request = &requests[c.target];
+                match c.stream.write(request) {
                     Ok(n) if n == request.len() => c.phase = Phase::Head(Vec::new()),
                     Ok(_) => {
                         t.fail("short write of the request".into());

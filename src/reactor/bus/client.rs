@@ -3,12 +3,15 @@
 //! buffer decoded into RESP values, with a FIFO of what each expected
 //! reply answers and by when.
 //!
-//! Owns the socket and its buffers. It must not block, interpret replies
-//! (that is `bus.rs`), or hold more unread input than `max_reply` bytes.
+//! Owns the socket and its buffers. It must not block (the host name is
+//! looked up once, at start-up, by [`Target::resolve`]; connects take the
+//! stored address), interpret replies (that is `bus.rs`), or hold more
+//! unread input than `max_reply` bytes.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use mio::net::{TcpStream, UnixStream};
@@ -28,15 +31,14 @@ pub enum Kind {
     Setup,
     /// SCRIPT LOAD: the reply is the SHA1; `handshake` when part of connect.
     Load { handshake: bool },
-    /// A publish, with its arguments kept for a NOSCRIPT retry as EVAL.
+    /// A batch of publishes (one request each, in order), with its
+    /// arguments kept for a NOSCRIPT retry as EVAL.
     Publish {
-        req: u64,
+        reqs: Vec<u64>,
         args: PublishArgs,
         eval: bool,
     },
-    /// MULTI / a QUEUED reply: ignored (EXEC carries the outcome).
-    Ignore,
-    /// EXEC of a fetch.
+    /// A fetch page.
     Fetch { req: u64 },
     /// SUBSCRIBE confirmation.
     Subscribe,
@@ -87,28 +89,50 @@ fn io_err(e: io::Error) -> BusError {
     BusError::Io(e.to_string())
 }
 
+/// Where Redis is, resolved: what every (re)connect uses, so no connect
+/// on the loop ever waits for a name lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An address looked up once, at start-up.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path.
+    Unix(PathBuf),
+}
+
+impl Target {
+    /// Looks a host name up (blocking: call it once, before the loop
+    /// runs); IP literals and Unix paths need no lookup. The first address
+    /// is kept, as a connect took it before.
+    pub fn resolve(addr: &RedisAddr) -> Result<Target, BusError> {
+        match addr {
+            RedisAddr::Tcp { host, port } => (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| BusError::Io(format!("cannot resolve Redis host {host}: {e}")))?
+                .next()
+                .map(Target::Tcp)
+                .ok_or_else(|| BusError::Io(format!("Redis host {host} has no address"))),
+            RedisAddr::Unix(path) => Ok(Target::Unix(path.clone())),
+        }
+    }
+}
+
 impl Conn {
-    /// Starts a nonblocking connect and registers the socket. Host names
-    /// are resolved here, blocking; IP literals never block.
+    /// Starts a nonblocking connect to an address resolved at start-up and
+    /// registers the socket: nothing here blocks.
     pub fn connect(
-        addr: &RedisAddr,
+        addr: &Target,
         registry: &Registry,
         token: Token,
         max_bulk: usize,
         max_reply: usize,
     ) -> Result<Conn, BusError> {
         let mut sock = match addr {
-            RedisAddr::Tcp { host, port } => {
-                let sa = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(io_err)?
-                    .next()
-                    .ok_or_else(|| BusError::Io(format!("{host} has no address")))?;
-                let s = TcpStream::connect(sa).map_err(io_err)?;
+            Target::Tcp(sa) => {
+                let s = TcpStream::connect(*sa).map_err(io_err)?;
                 let _ = s.set_nodelay(true);
                 Sock::Tcp(s)
             }
-            RedisAddr::Unix(path) => Sock::Unix(UnixStream::connect(path).map_err(io_err)?),
+            Target::Unix(path) => Sock::Unix(UnixStream::connect(path).map_err(io_err)?),
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
         match &mut sock {

@@ -2,6 +2,13 @@
 //! commands; pub/sub), the handshake (AUTH, SELECT, SCRIPT LOAD,
 //! SUBSCRIBE), deadlines, reconnect with backoff, and the outputs.
 //!
+//! Publishes are gathered into a batch that goes to Redis as one script
+//! call: at once when no batch is out (Redis is idle), else when the
+//! owner calls [`Bus::send_batch`] (the reactor does at the end of each
+//! loop turn) or the batch is full; every event keeps its own request,
+//! id and outcome. Fetches are pages bounded in bytes, so a
+//! stream holding more than a reply may carry never breaks the connection.
+//!
 //! Owns both connections and every request in flight. It must not block,
 //! read a clock for deadlines (the caller passes `now_ms`; `Instant` is
 //! used only to measure latency), or hold unbounded state: requests in
@@ -19,9 +26,11 @@ use mio::{Registry, Token};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::client::{Conn, Drain, Kind, Pending};
+use super::client::{Conn, Drain, Kind, Pending, Target};
 use crate::bus::resp::{parse_int, Value, DEFAULT_MAX_BULK};
-use crate::bus::script::{parse_envelope, Keys, PublishArgs, MAX_ID, MAX_STREAMS, PUBLISH_LUA};
+use crate::bus::script::{
+    parse_envelope, Batch, Keys, FETCH_LUA, MAX_ID, MAX_STREAMS, PUBLISH_LUA,
+};
 use crate::bus::url::RedisUrl;
 use crate::bus::BusError;
 
@@ -35,8 +44,10 @@ const BACKOFF_MAX_MS: u64 = 5_000;
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// Where Redis is.
+    /// Where Redis is, as given (credentials, database).
     pub url: RedisUrl,
+    /// Where Redis is, resolved once at start-up: every reconnect uses it.
+    pub target: Target,
     /// Key prefix `P` (see `script`).
     pub prefix: String,
     /// `MAXLEN ~` of each Redis stream.
@@ -48,21 +59,25 @@ pub struct BusConfig {
     pub max_in_flight: usize,
     /// Largest bulk accepted from Redis.
     pub max_bulk: usize,
-    /// Largest unread reply buffered (a fetch's `max` x payload must fit).
+    /// Largest unread reply buffered: a fetch page plus one entry fits.
     pub max_reply: usize,
+    /// Bytes of entries a fetch page stops after (it always takes one).
+    pub fetch_bytes: usize,
 }
 
 impl BusConfig {
     /// Defaults: prefix `ssed`, history 1000, 2 s timeout, 1024 in flight.
-    pub fn new(url: RedisUrl) -> BusConfig {
+    pub fn new(url: RedisUrl, target: Target) -> BusConfig {
         BusConfig {
             url,
+            target,
             prefix: "ssed".into(),
             history: 1000,
             command_timeout: Duration::from_secs(2),
             max_in_flight: 1024,
             max_bulk: DEFAULT_MAX_BULK,
             max_reply: 2 * DEFAULT_MAX_BULK,
+            fetch_bytes: 16 << 20,
         }
     }
 }
@@ -102,6 +117,8 @@ pub enum BusOutput {
         entries: Vec<(u64, u64, Vec<u8>)>,
         /// The oldest id Redis still holds for the stream.
         first_retained: Option<u64>,
+        /// The byte bound ended the page: more entries may follow.
+        more: bool,
     },
     /// Connected, script loaded and subscribed: catch up every stream.
     Up,
@@ -157,6 +174,11 @@ pub struct Bus {
     out: VecDeque<BusOutput>,
     st: BusStatus,
     rng: SmallRng,
+    /// Publishes not yet sent, and their requests in the same order.
+    batch: Batch,
+    batch_reqs: Vec<u64>,
+    /// Publish script calls sent and not yet answered.
+    batches_out: usize,
 }
 
 fn text(e: &[u8]) -> String {
@@ -186,29 +208,34 @@ fn entry(v: &Value) -> Option<(u64, u64, Vec<u8>)> {
     Some((num(ms)?, prev?, payload?))
 }
 
-type Fetched = (Vec<(u64, u64, Vec<u8>)>, Option<u64>);
+type Fetched = (Vec<(u64, u64, Vec<u8>)>, Option<u64>, bool);
 
-/// The EXEC reply of a fetch: `[first entry, entries after]`.
+/// The reply of the fetch script: `[oldest id or "", entries, more]`.
 fn fetched(v: &Value) -> Result<Fetched, BusError> {
-    let bad = || BusError::Protocol("bad XRANGE reply".into());
+    let bad = || BusError::Protocol("bad fetch reply".into());
     let items = match v {
         Value::Error(e) => return Err(BusError::Redis(text(e))),
         v => v.items().ok_or_else(bad)?,
     };
-    let [first, range] = items else {
+    let [first, range, more] = items else {
         return Err(bad());
     };
-    for r in [first, range] {
-        if let Value::Error(e) = r {
-            return Err(BusError::Redis(text(e)));
-        }
-    }
-    let first = match first.items().ok_or_else(bad)?.first() {
-        Some(e) => Some(entry(e).ok_or_else(bad)?.0),
-        None => None,
+    let first = match first.bytes().ok_or_else(bad)? {
+        b"" => None,
+        id => Some(
+            id.split(|&b| b == b'-')
+                .next()
+                .and_then(num)
+                .ok_or_else(bad)?,
+        ),
     };
     let entries = range.items().ok_or_else(bad)?.iter().map(entry);
-    Ok((entries.collect::<Option<Vec<_>>>().ok_or_else(bad)?, first))
+    let more = matches!(more, Value::Int(1));
+    Ok((
+        entries.collect::<Option<Vec<_>>>().ok_or_else(bad)?,
+        first,
+        more,
+    ))
 }
 
 impl Bus {
@@ -240,6 +267,9 @@ impl Bus {
             out: VecDeque::new(),
             st: BusStatus::default(),
             rng: SmallRng::from_entropy(),
+            batch: Batch::default(),
+            batch_reqs: Vec::new(),
+            batches_out: 0,
         };
         bus.connect(registry, now_ms);
         bus
@@ -253,7 +283,7 @@ impl Bus {
         for side in [Side::Cmd, Side::Sub] {
             let (c, url) = (&self.cfg, &self.cfg.url);
             let token = self.tokens[side as usize];
-            let mut conn = match Conn::connect(&url.addr, registry, token, c.max_bulk, c.max_reply)
+            let mut conn = match Conn::connect(&c.target, registry, token, c.max_bulk, c.max_reply)
             {
                 Ok(conn) => conn,
                 Err(e) => return self.drop_all(registry, e, now),
@@ -285,12 +315,23 @@ impl Bus {
     fn drop_all(&mut self, registry: &Registry, err: BusError, now: u64) {
         for conn in self.conns.iter_mut().filter_map(Option::take) {
             for p in &conn.pending {
-                if let Kind::Publish { req, .. } | Kind::Fetch { req } = p.kind {
+                let reqs = match &p.kind {
+                    Kind::Publish { reqs, .. } => &reqs[..],
+                    Kind::Fetch { req } => std::slice::from_ref(req),
+                    _ => &[],
+                };
+                for &req in reqs {
                     let error = err.clone();
                     self.out.push_back(BusOutput::Failed { req, error });
                 }
             }
             conn.close(registry);
+        }
+        self.batch = Batch::default();
+        self.batches_out = 0;
+        for req in std::mem::take(&mut self.batch_reqs) {
+            let error = err.clone();
+            self.out.push_back(BusOutput::Failed { req, error });
         }
         self.st.in_flight = 0;
         self.st.errors += 1;
@@ -377,7 +418,7 @@ impl Bus {
             return Err(BusError::Redis(text(e)));
         }
         match kind {
-            Kind::Setup | Kind::Ignore => {}
+            Kind::Setup => {}
             Kind::Load { handshake } => {
                 self.sha = Some(v.bytes().ok_or_else(unexpected)?.to_vec());
                 self.reloading = false;
@@ -386,52 +427,70 @@ impl Bus {
                     self.maybe_up(now);
                 }
             }
-            Kind::Publish { req, args, eval } => match &v {
-                Value::Error(e) if e.starts_with(b"NOSCRIPT") && !eval => {
-                    // Redis restarted or SCRIPT FLUSH: send the text this
-                    // time, and reload it once for the publishes after.
-                    args.encode(b"EVAL", PUBLISH_LUA.as_bytes(), conn.wbuf());
-                    let kind = Kind::Publish {
-                        req,
-                        args,
-                        eval: true,
-                    };
-                    let deadline = now + self.timeout_ms;
-                    conn.pending.push_back(Pending {
-                        kind,
-                        deadline,
-                        sent,
-                    });
-                    if !std::mem::replace(&mut self.reloading, true) {
-                        let load = Kind::Load { handshake: false };
-                        conn.send(
-                            &[b"SCRIPT", b"LOAD", PUBLISH_LUA.as_bytes()],
-                            load,
+            Kind::Publish { reqs, args, eval } => {
+                if let (Value::Error(e), false) = (&v, eval) {
+                    if e.starts_with(b"NOSCRIPT") {
+                        // Redis restarted or SCRIPT FLUSH: send the text
+                        // this time, and reload it once for the batches after.
+                        args.encode(b"EVAL", PUBLISH_LUA.as_bytes(), conn.wbuf());
+                        let kind = Kind::Publish {
+                            reqs,
+                            args,
+                            eval: true,
+                        };
+                        let deadline = now + self.timeout_ms;
+                        conn.pending.push_back(Pending {
+                            kind,
                             deadline,
-                        );
+                            sent,
+                        });
+                        if !std::mem::replace(&mut self.reloading, true) {
+                            let load = Kind::Load { handshake: false };
+                            conn.send(
+                                &[b"SCRIPT", b"LOAD", PUBLISH_LUA.as_bytes()],
+                                load,
+                                deadline,
+                            );
+                        }
+                        return Ok(());
                     }
                 }
-                Value::Error(e) => {
-                    let error = BusError::Redis(text(e));
-                    self.done(sent, BusOutput::Failed { req, error });
-                }
-                v => {
-                    let out = match v.bytes().and_then(num) {
-                        Some(id) => BusOutput::Published { req, id },
-                        None => {
-                            let error = BusError::Protocol("bad publish reply".into());
-                            BusOutput::Failed { req, error }
+                self.batches_out = self.batches_out.saturating_sub(1);
+                match &v {
+                    Value::Error(e) => {
+                        let error = BusError::Redis(text(e));
+                        for req in reqs {
+                            let error = error.clone();
+                            self.done(sent, BusOutput::Failed { req, error });
                         }
-                    };
-                    self.done(sent, out);
+                    }
+                    v => {
+                        // One id per event, in order; anything else answers
+                        // every event of the batch as failed, never a guess.
+                        let ids: Option<Vec<u64>> = v
+                            .items()
+                            .filter(|ids| ids.len() == reqs.len())
+                            .and_then(|ids| ids.iter().map(|i| i.bytes().and_then(num)).collect());
+                        for (i, req) in reqs.into_iter().enumerate() {
+                            let out = match ids.as_ref().and_then(|ids| ids.get(i)) {
+                                Some(&id) => BusOutput::Published { req, id },
+                                None => {
+                                    let error = BusError::Protocol("bad publish reply".into());
+                                    BusOutput::Failed { req, error }
+                                }
+                            };
+                            self.done(sent, out);
+                        }
+                    }
                 }
-            },
+            }
             Kind::Fetch { req } => {
                 let out = match fetched(&v) {
-                    Ok((entries, first_retained)) => BusOutput::Fetched {
+                    Ok((entries, first_retained, more)) => BusOutput::Fetched {
                         req,
                         entries,
                         first_retained,
+                        more,
                     },
                     Err(error) => BusOutput::Failed { req, error },
                 };
@@ -484,6 +543,7 @@ impl Bus {
     /// Handles time: reconnects, deadlines, pings, and reads left over
     /// from a wakeup's budget. Call it when `next_deadline` is due.
     pub fn on_timer(&mut self, registry: &Registry, now_ms: u64) {
+        let _ = self.send_batch(now_ms);
         if let Some(e) = self.broken.take() {
             return self.drop_all(registry, e, now_ms);
         }
@@ -495,6 +555,17 @@ impl Bus {
                 .and_then(|c| c.pending.front())
                 .is_some_and(|p| p.deadline <= now_ms)
         };
+        if self.conns.iter().any(late) {
+            // The reply may be waiting in the socket: a loop turn busy with
+            // an accept burst (more ready sockets than one poll returns) or
+            // a process starved of CPU sees the deadline before the
+            // readiness. Read what has arrived before calling Redis late.
+            for side in [Side::Cmd, Side::Sub] {
+                if let Err(e) = self.service(side, now_ms) {
+                    return self.drop_all(registry, e, now_ms);
+                }
+            }
+        }
         if self.conns.iter().any(late) {
             return self.drop_all(registry, BusError::Timeout, now_ms);
         }
@@ -519,7 +590,7 @@ impl Bus {
     /// When `on_timer` wants to run next (ms, same clock as `now_ms`);
     /// 0 means at once.
     pub fn next_deadline(&self) -> Option<u64> {
-        if self.more.contains(&true) || self.broken.is_some() {
+        if self.more.contains(&true) || self.broken.is_some() || !self.batch.is_empty() {
             return Some(0);
         }
         let fronts = self
@@ -542,14 +613,55 @@ impl Bus {
     }
 
     fn sent(&mut self) {
-        self.st.in_flight += 1;
         if let Some(Err(e)) = self.conns[0].as_mut().map(Conn::flush) {
             self.broken = Some(e); // no registry here: on_timer closes
         }
     }
 
+    /// Most payload bytes one event may carry: its announcement must fit
+    /// one bulk, and as a fetched entry one page after the byte bound, on
+    /// every node (they share these bounds).
+    pub fn max_payload(&self) -> usize {
+        let c = &self.cfg;
+        c.max_bulk
+            .min(c.max_reply.saturating_sub(c.fetch_bytes))
+            .saturating_sub(64)
+    }
+
+    /// Sends the gathered publishes as one script call (nothing when
+    /// none). Publishes gathered while the bus went down fail: `true`
+    /// when that queued outputs.
+    pub fn send_batch(&mut self, now_ms: u64) -> bool {
+        if self.batch.is_empty() {
+            return false;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let reqs = std::mem::take(&mut self.batch_reqs);
+        let ready = self.up && self.broken.is_none();
+        let (Some(sha), Some(conn), true) = (&self.sha, self.conns[0].as_mut(), ready) else {
+            self.st.in_flight = self.st.in_flight.saturating_sub(reqs.len());
+            for req in reqs {
+                let error = BusError::Unavailable;
+                self.out.push_back(BusOutput::Failed { req, error });
+            }
+            return true;
+        };
+        let args = batch.args(&self.keys, self.cfg.history);
+        args.encode(b"EVALSHA", sha, conn.wbuf());
+        let kind = Kind::Publish {
+            reqs,
+            args,
+            eval: false,
+        };
+        conn.expect(kind, now_ms + self.timeout_ms);
+        self.batches_out += 1;
+        self.sent();
+        false
+    }
+
     /// Publishes `payload` to `streams` with an id above `floor_id` (the
-    /// highest id this node has seen); the outcome comes from `poll`.
+    /// highest id this node has seen); the outcome comes from `poll`. It
+    /// joins the batch that [`Bus::send_batch`] sends.
     pub fn publish(
         &mut self,
         req: u64,
@@ -572,23 +684,34 @@ impl Bus {
         if floor_id > MAX_ID {
             return Err(BusError::Invalid("floor id over 2^53"));
         }
-        let (Some(sha), Some(conn)) = (&self.sha, self.conns[0].as_mut()) else {
+        // The announcement: payload plus each name and two numbers.
+        let size = streams
+            .iter()
+            .fold(payload.len() + 32, |n, s| n + s.len() + 48);
+        let limit = self.max_payload();
+        if size > limit {
+            return Err(BusError::TooLarge { size, limit });
+        }
+        if self.sha.is_none() || self.conns[0].is_none() {
             return Err(BusError::Unavailable);
-        };
-        let args = PublishArgs::new(&self.keys, streams, payload, floor_id, self.cfg.history);
-        args.encode(b"EVALSHA", sha, conn.wbuf());
-        let kind = Kind::Publish {
-            req,
-            args,
-            eval: false,
-        };
-        conn.expect(kind, now_ms + self.timeout_ms);
-        self.sent();
+        }
+        if !self.batch.takes(streams, payload.len()) {
+            let _ = self.send_batch(now_ms);
+        }
+        self.batch.push(streams, payload, floor_id);
+        self.batch_reqs.push(req);
+        self.st.in_flight += 1;
+        if self.batches_out == 0 {
+            // Redis is idle: waiting for the turn's end would only add
+            // latency. While a batch is out, the next one gathers.
+            let _ = self.send_batch(now_ms);
+        }
         Ok(())
     }
 
     /// Asks for up to `max` (capped at [`MAX_FETCH`]) entries of `stream`
-    /// after `after_id`, plus the oldest id retained, atomically.
+    /// after `after_id`, fewer when they pass `fetch_bytes` (then `more`),
+    /// plus the oldest id retained, atomically.
     pub fn fetch(
         &mut self,
         req: u64,
@@ -602,25 +725,21 @@ impl Bus {
             return Err(BusError::Unavailable);
         };
         let key = self.keys.stream(stream);
-        let (key, dl) = (key.as_bytes(), now_ms + self.timeout_ms);
         let start = format!("({after_id}-1");
         let count = max.clamp(1, MAX_FETCH).to_string();
-        conn.send(&[b"MULTI"], Kind::Ignore, dl);
-        conn.send(
-            &[b"XRANGE", key, b"-", b"+", b"COUNT", b"1"],
-            Kind::Ignore,
-            dl,
-        );
-        let range: [&[u8]; 6] = [
-            b"XRANGE",
-            key,
+        let budget = self.cfg.fetch_bytes.max(1).to_string();
+        // EVAL, not EVALSHA: fetches are rare, and Redis caches the text.
+        let cmd: [&[u8]; 7] = [
+            b"EVAL",
+            FETCH_LUA.as_bytes(),
+            b"1",
+            key.as_bytes(),
             start.as_bytes(),
-            b"+",
-            b"COUNT",
             count.as_bytes(),
+            budget.as_bytes(),
         ];
-        conn.send(&range, Kind::Ignore, dl);
-        conn.send(&[b"EXEC"], Kind::Fetch { req }, dl);
+        conn.send(&cmd, Kind::Fetch { req }, now_ms + self.timeout_ms);
+        self.st.in_flight += 1;
         self.sent();
         Ok(())
     }

@@ -30,13 +30,14 @@ use slab::Slab;
 
 use super::conn::State;
 use super::Reactor;
-use crate::broker::{Origin, Resume};
+use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
 use crate::event::PublishError;
 use crate::frame;
 use crate::handler::{bus_frame, BusPublish, BusStream, Deferred, Shape};
 use crate::http::Response;
 use crate::stats::RedisGauges;
+pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
 
 /// The command connection's token.
@@ -124,11 +125,12 @@ impl Link {
     /// Starts connecting to `url`.
     pub(super) fn new(
         url: RedisUrl,
+        target: Target,
         cfg: &crate::config::Config,
         registry: &mio::Registry,
         now_ms: u64,
     ) -> Link {
-        let mut bc = BusConfig::new(url);
+        let mut bc = BusConfig::new(url, target);
         bc.prefix = cfg.redis_prefix.clone();
         bc.history = cfg.history.max(1);
         bc.command_timeout = cfg.redis_timeout;
@@ -204,6 +206,7 @@ impl Link {
 fn unavailable(e: &BusError) -> (u16, String) {
     match e {
         BusError::Invalid(m) => (400, format!("cannot publish: {m}")),
+        BusError::TooLarge { .. } => (413, format!("cannot publish: {e}")),
         _ => (503, "redis unavailable".into()),
     }
 }
@@ -230,6 +233,15 @@ impl Reactor {
             l.bus.on_timer(self.poll.registry(), now);
         }
         self.bus_drain();
+    }
+
+    /// Sends the publishes gathered this loop turn to Redis together
+    /// (one script call per batch), and answers any that failed at once.
+    pub(super) fn bus_send(&mut self) {
+        let now = self.clock.now_ms;
+        if self.bus.as_mut().is_some_and(|l| l.bus.send_batch(now)) {
+            self.bus_drain();
+        }
     }
 
     /// Whether connection `key` waits for the bus.
@@ -260,7 +272,8 @@ impl Reactor {
                     req,
                     entries,
                     first_retained,
-                } => self.on_fetched(req, entries, first_retained),
+                    more,
+                } => self.on_fetched(req, entries, first_retained, more),
                 BusOutput::Up => self.on_up(),
                 BusOutput::Down => {}
             }
@@ -515,10 +528,7 @@ impl Reactor {
     }
 
     fn append_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
-        match self
-            .broker
-            .append_as(Origin::Bus, targets, id, sse, private)
-        {
+        match self.broker.append_as(targets, id, sse, private) {
             Ok(p) if p.pressure => self.flush_dirty(usize::MAX),
             Ok(_) => {}
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
@@ -652,12 +662,15 @@ impl Reactor {
         req: u64,
         entries: Vec<(u64, u64, Vec<u8>)>,
         first_retained: Option<u64>,
+        more: bool,
     ) {
         let Some(l) = self.bus.as_mut() else { return };
         let Some(Req::Fetch { stream: name }) = l.reqs.remove(&req) else {
             return;
         };
-        let full = entries.len() >= l.fetch_max;
+        let full = more || entries.len() >= l.fetch_max;
+        // The next page starts after this one even if an entry was unusable.
+        let page_end = entries.last().map_or(0, |e| e.0);
         let Some(Sync::Fetching { req: r, .. }) = l.sync.get(&name) else {
             return;
         };
@@ -689,7 +702,7 @@ impl Reactor {
         if full {
             // More than one page: keep buffering, fetch the next.
             let now = self.clock.now_ms;
-            let after = self.broker.get(idx).map_or(0, |s| s.last_id);
+            let after = self.broker.get(idx).map_or(0, |s| s.last_id).max(page_end);
             let Some(l) = self.bus.as_mut() else { return };
             let req2 = l.req();
             let max = l.fetch_max;
@@ -862,6 +875,6 @@ impl Reactor {
             }
             _ => {}
         }
-        self.start_stream(key, &bs.head, bs.chunked, &prelude, c.cursors);
+        self.start_stream(key, &bs.head, bs.chunked, &prelude, c.cursors, bs.until);
     }
 }

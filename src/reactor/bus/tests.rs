@@ -1,6 +1,8 @@
 //! Bus tests against a real `redis-server` that each test starts on a free
-//! port and kills at the end. They fail when redis-server is missing,
-//! unless `SSED_SKIP_REDIS=1`. The loop waits on mio events, not sleeps.
+//! port and kills at the end. Without redis-server they are skipped with a
+//! line and a summary at exit, or fail under `CI=true` (the integration
+//! tests' component harness, included below). The loop waits on mio
+//! events, not sleeps.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -10,15 +12,21 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
+use super::client::Target;
 use super::machine::{Bus, BusConfig, BusOutput};
 use crate::bus::resp::{encode_command, Decoder, Value};
 use crate::bus::{BusError, RedisUrl};
+
+#[path = "../../../tests/it/components.rs"]
+mod components;
+use components::{require, REDIS_SERVER};
 
 /// A redis-server child process, killed on drop.
 struct Redis {
     port: u16,
     extra: Vec<String>,
     child: Option<Child>,
+    bin: std::path::PathBuf,
 }
 
 impl Redis {
@@ -27,10 +35,7 @@ impl Redis {
     }
 
     fn start_with(extra: &[&str]) -> Option<Redis> {
-        if std::env::var("SSED_SKIP_REDIS").as_deref() == Ok("1") {
-            eprintln!("SSED_SKIP_REDIS=1: skipping a Redis-backed test");
-            return None;
-        }
+        let bin = require(&REDIS_SERVER)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -43,6 +48,7 @@ impl Redis {
             port,
             extra,
             child: None,
+            bin,
         };
         r.spawn();
         Some(r)
@@ -50,7 +56,7 @@ impl Redis {
 
     fn spawn(&mut self) {
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.bin)
             .args([
                 "--port",
                 &port,
@@ -65,12 +71,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): the Redis-backed bus tests need it \
-                     (apt-get install -y redis-server), or set SSED_SKIP_REDIS=1 to skip them"
-                )
-            });
+            .expect("spawn redis-server");
         self.child = Some(child);
         let start = Instant::now();
         while self.try_cmd(&[b"PING"]).is_err() {
@@ -243,8 +244,13 @@ fn config(url: RedisUrl, timeout_ms: u64) -> BusConfig {
     BusConfig {
         prefix: "t".into(),
         command_timeout: Duration::from_millis(timeout_ms),
-        ..BusConfig::new(url)
+        ..resolved(url)
     }
+}
+
+fn resolved(url: RedisUrl) -> BusConfig {
+    let target = Target::resolve(&url.addr).unwrap();
+    BusConfig::new(url, target)
 }
 
 fn message(id: u64, streams: &[(&str, u64)], payload: &[u8]) -> BusOutput {
@@ -303,6 +309,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 10,
             entries,
             first_retained
@@ -313,6 +320,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 11,
             entries,
             first_retained
@@ -322,6 +330,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 12,
             entries: vec![],
             first_retained
@@ -332,6 +341,7 @@ fn publishes_fan_out_with_prev_chain_and_fetch() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 13,
             entries,
             first_retained
@@ -367,6 +377,7 @@ fn large_payload_round_trips() {
     assert_eq!(
         got,
         BusOutput::Fetched {
+            more: false,
             req: 2,
             entries,
             first_retained: Some(id)
@@ -516,6 +527,7 @@ fn unix_socket_with_password_and_db() {
     let got = net.fetch(a, 2, "s", 0, 10);
     let entries = vec![(id, 0, b"x".to_vec())];
     let want = BusOutput::Fetched {
+        more: false,
         req: 2,
         entries,
         first_retained: Some(id),
@@ -531,4 +543,251 @@ fn unix_socket_with_password_and_db() {
     assert!(!st.connected && st.last_error.unwrap().contains("WRONGPASS"));
     assert!(net.outs[b].is_empty());
     let _ = std::fs::remove_file(&sock);
+}
+
+/// `cmdstat_<name>:calls=N` from INFO commandstats.
+fn calls(redis: &Redis, name: &str) -> u64 {
+    let Value::Bulk(info) = redis.cmd(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk")
+    };
+    let info = String::from_utf8(info.expect("INFO text")).unwrap();
+    let key = format!("cmdstat_{name}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|l| l.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn one_turn_of_publishes_is_one_script_call_with_an_id_and_chain_each() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    let (a, b) = (
+        net.add(config(redis.url(), 2000)),
+        net.add(config(redis.url(), 2000)),
+    );
+    net.up(a);
+    net.up(b);
+    let now = net.now();
+    // One turn: 40 publishes, alternating streams, some to both.
+    let streams: [&[&str]; 3] = [&["m"], &["n"], &["m", "n"]];
+    for req in 0..40u64 {
+        let payload = format!("e{req}");
+        let s = streams[req as usize % 3];
+        net.buses[a]
+            .publish(req, s, payload.as_bytes(), 0, now)
+            .unwrap();
+    }
+    let ids: Vec<u64> = (0..40).map(|req| net.published(a, req)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // The first went at once (Redis was idle), the other 39 together.
+    assert_eq!(calls(&redis, "evalsha"), 2, "two script calls for the turn");
+    // Every event is announced on its own, with its own predecessors.
+    let mut last = [0u64; 2];
+    for (req, &id) in ids.iter().enumerate() {
+        let s = streams[req % 3];
+        let prevs: Vec<(&str, u64)> = s
+            .iter()
+            .map(|&name| (name, last[usize::from(name == "n")]))
+            .collect();
+        for &name in s {
+            last[usize::from(name == "n")] = id;
+        }
+        let want = message(id, &prevs, format!("e{req}").as_bytes());
+        assert_eq!(
+            net.wait(b, 5_000, |o| matches!(o, BusOutput::Message { .. })),
+            want
+        );
+    }
+    // A turn past the batch bound goes in several calls, ids still in order.
+    let now = net.now();
+    let n = crate::bus::script::MAX_BATCH_EVENTS as u64 + 10;
+    for req in 100..100 + n {
+        net.buses[a].publish(req, &["m"], b"x", 0, now).unwrap();
+    }
+    let more: Vec<u64> = (100..100 + n).map(|req| net.published(a, req)).collect();
+    assert!(more[0] > ids[39] && more.windows(2).all(|w| w[0] < w[1]));
+    // One at once, a full batch, the rest at the turn's end.
+    assert_eq!(calls(&redis, "evalsha"), 5);
+    assert_eq!(net.buses[a].status().in_flight, 0);
+}
+
+#[test]
+fn a_batch_failing_in_redis_fails_each_publish_never_an_id() {
+    let Some(redis) = Redis::start_with(&["--maxmemory", "1mb"]) else {
+        return;
+    };
+    let mut net = Net::new();
+    let a = net.add(config(redis.url(), 2000));
+    net.up(a);
+    let id = net.publish(a, 1, &["f"], b"ok", 0);
+    // Past maxmemory (noeviction), the script's first write is refused.
+    let fill = vec![b'z'; 2 << 20];
+    let _ = redis.cmd(&[b"SET", b"filler", &fill]);
+    let now = net.now();
+    for req in 2..6 {
+        net.buses[a].publish(req, &["f"], b"no", id, now).unwrap();
+    }
+    for req in 2..6 {
+        match net.wait(a, 5_000, |o| output_req(o) == Some(req)) {
+            BusOutput::Failed {
+                error: BusError::Redis(e),
+                ..
+            } => assert!(e.contains("OOM"), "{e}"),
+            other => panic!("req {req}: {other:?}"),
+        }
+    }
+    assert!(
+        net.buses[a].status().connected,
+        "a Redis error is not a disconnect"
+    );
+}
+
+#[test]
+fn fetch_pages_stay_under_the_reply_cap_and_publishes_go_on() {
+    let Some(redis) = Redis::start() else { return };
+    let mut net = Net::new();
+    // Scaled down: replies up to 96 KiB, pages of 32 KiB.
+    let small = BusConfig {
+        max_bulk: 64 << 10,
+        max_reply: 96 << 10,
+        fetch_bytes: 32 << 10,
+        ..config(redis.url(), 2000)
+    };
+    let (a, b) = (net.add(small.clone()), net.add(small));
+    net.up(a);
+    net.up(b);
+    // The stream holds 40 x 8 KiB = 320 KiB: more than any reply may be.
+    let payload = |i: usize| vec![b'a' + (i % 26) as u8; 8 << 10];
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let floor = ids.last().copied().unwrap_or(0);
+        ids.push(net.publish(a, i as u64, &["big"], &payload(i), floor));
+    }
+    // Too large for every node's replies: refused at publish.
+    let now = net.now();
+    let too = vec![0; net.buses[a].max_payload()];
+    assert!(matches!(
+        net.buses[a].publish(99, &["big"], &too, 0, now),
+        Err(BusError::TooLarge { .. })
+    ));
+    // B pages through it; a publish rides along between pages.
+    let (mut after, mut got, mut pages, mut req) = (0, Vec::new(), 0, 1000);
+    loop {
+        req += 1;
+        let BusOutput::Fetched {
+            entries,
+            first_retained,
+            more,
+            ..
+        } = net.fetch(b, req, "big", after, 1000)
+        else {
+            panic!("fetch failed")
+        };
+        assert_eq!(first_retained, Some(ids[0]));
+        let bytes: usize = entries.iter().map(|e| e.2.len()).sum();
+        assert!(bytes <= (32 << 10) + (8 << 10), "page of {bytes} bytes");
+        pages += 1;
+        after = entries.last().map_or(after, |e| e.0);
+        got.extend(entries);
+        let by = net.publish(b, 5000 + req, &["bystander"], b"still here", 0);
+        assert!(by > 0);
+        if !more {
+            break;
+        }
+    }
+    assert!(pages >= 8, "{pages} pages");
+    let want: Vec<(u64, u64, Vec<u8>)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, if i == 0 { 0 } else { ids[i - 1] }, payload(i)))
+        .collect();
+    assert_eq!(got, want);
+    let s = net.buses[b].status();
+    assert!(s.connected && s.reconnects == 0 && s.errors == 0, "{s:?}");
+}
+
+/// Without redis-server these tests skip (one line, a summary at exit), and
+/// fail instead under `CI=true`: this binary runs one of them again as a
+/// child with the server's path pointed at nothing.
+#[test]
+fn a_missing_redis_server_skips_or_fails_under_ci() {
+    const TEST: &str = "reactor::bus::tests::large_payload_round_trips";
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([TEST, "--exact", "--test-threads=1"])
+            .env("SSED_REDIS_SERVER", "/nonexistent/redis-server")
+            .env_remove("SSED_REQUIRE_COMPONENTS")
+            .env_remove("SSED_SKIP_REDIS");
+        match ci {
+            Some(v) => cmd.env("CI", v),
+            None => cmd.env_remove("CI"),
+        };
+        let out = cmd.output().expect("run the test binary");
+        // libtest reports a failure on stdout, the harness a skip on stderr.
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, err) = run(None);
+    assert!(ok, "{err}");
+    let line = format!("SKIPPED {TEST}: needs redis-server (cannot run /nonexistent/redis-server");
+    assert_eq!(err.matches("SKIPPED ").count(), 1, "{err}");
+    assert!(err.contains(&line), "{err}");
+    assert!(
+        err.contains(&format!(
+            "  redis-server: 1 test(s) skipped; install: apt-get install -y redis-server\n    {TEST}\n"
+        )),
+        "{err}"
+    );
+    let (ok, err) = run(Some("true"));
+    assert!(!ok, "{err}");
+    assert!(err.contains("needs redis-server"), "{err}");
+    assert!(!err.contains("SKIPPED "), "{err}");
+}
+
+/// Every connect, the first and each reconnect, goes to the address
+/// resolved at start-up: the URL's host name here cannot be resolved at
+/// all (`.invalid` is reserved), so a lookup on the reconnect path would
+/// fail instead of reaching the listener. Needs no Redis: the listener
+/// takes both connections, hangs them up, and takes the reconnects.
+#[test]
+fn reconnects_use_the_address_resolved_at_start_and_never_look_up() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url: RedisUrl = format!("redis://ssed-test.invalid:{}", addr.port())
+        .parse()
+        .unwrap();
+    assert!(
+        Target::resolve(&url.addr).is_err(),
+        "the name must not resolve"
+    );
+    let cfg = BusConfig {
+        prefix: "t".into(),
+        command_timeout: Duration::from_millis(5_000),
+        ..BusConfig::new(url, Target::Tcp(addr))
+    };
+    let mut net = Net::new();
+    let a = net.add(cfg);
+    let accept_two = |net: &mut Net| {
+        let deadline = net.now() + 10_000;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            assert!(net.now() < deadline, "bus did not connect to {addr}");
+            match listener.accept() {
+                Ok((s, _)) => got.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => net.turn(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    };
+    let first = accept_two(&mut net);
+    drop(first);
+    // Both hung up: the bus notices, backs off and connects again, to the
+    // stored address.
+    let second = accept_two(&mut net);
+    assert!(net.buses[a].status().reconnects >= 1);
+    drop(second);
 }

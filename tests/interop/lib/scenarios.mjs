@@ -58,8 +58,54 @@ async function eventsOf(client, n, what) {
   return s;
 }
 
+/** Waits until the server has sent `n` more heartbeats than `from`. */
+async function heartbeatsPast(base, from, n) {
+  return waitFor(async () => {
+    const hb = (await (await fetch(`${base}/stats`)).json()).heartbeats;
+    return hb >= from + n ? hb : null;
+  }, WAIT, `${n} heartbeats`);
+}
+
 /** Defines the common scenarios for one client. */
 export function defineScenarios(label, adapter, serverOpts = () => ({})) {
+  // ssed opens every stream with a `retry:` line and sends `:` comment
+  // heartbeats; clients that dispatch any block ending in a blank line (with
+  // no data, or the previous id) would report events nobody published. The
+  // adapters record every event their client dispatches, empty ones too.
+  // Heartbeats are awaited on the server's counter, and an event published
+  // after them, once received, proves the client read past them.
+  test(`${label}: dispatches no event nobody published (connect, heartbeats, resume)`, { timeout: 30000 }, async () => {
+    await withServer({ ...(await serverOpts()), heartbeat: 0.2 }, async (h, connect) => {
+      const base = h.server.base;
+      const s = name('nothing');
+      const first = await publish(base, s, 'before');
+      const c = await connect(adapter, { streams: [s] });
+      await waitFor(async () => (await c.snapshot()).opens >= 1, WAIT, 'the connection to open');
+      let hb = await heartbeatsPast(base, 0, 3);
+      const want = [];
+      const pub = async (d) => {
+        const r = await publish(base, s, d);
+        want.push({ type: 'message', id: r.id, data: d });
+      };
+      await pub('after the retry line and heartbeats');
+      let got = await eventsOf(c, 1, 'the first event');
+      assert.deepEqual(plain(got.events), want, 'nothing on connect or on heartbeats before the first event');
+      hb = await heartbeatsPast(base, hb, 3);
+      await pub('after heartbeats that follow an event with an id');
+      got = await eventsOf(c, 2, 'the second event');
+      assert.deepEqual(plain(got.events), want, 'nothing on heartbeats after an event');
+      // A resume from the first event replays what followed it, nothing more.
+      const r = await connect(adapter, { streams: [s], lastEventId: first.id });
+      got = await eventsOf(r, 2, 'the replay');
+      hb = await heartbeatsPast(base, hb, 3);
+      await pub('live after the resume');
+      got = await eventsOf(r, 3, 'the live event after the replay');
+      assert.deepEqual(plain(got.events), want, 'nothing but the replay and the live event on resume');
+      got = await eventsOf(c, 3, 'the live event on the first connection');
+      assert.deepEqual(plain(got.events), want);
+    });
+  });
+
   test(`${label}: exact data, types and ids`, { timeout: 30000 }, async () => {
     await withServer(await serverOpts(), async (h, connect) => {
       const s = name('exact');

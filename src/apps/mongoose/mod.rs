@@ -21,8 +21,8 @@
 //! | `PUT /api/contacts/JID {"action":"invite"\|"accept"}` | 204 | 400, 404 not a contact |
 //! | `DELETE /api/contacts/JID` | 204 | 400, 404 not a contact |
 //! | `DELETE /api/contacts {"to_delete":[JID...]}` | 200 `{"not_deleted":[JID...]}` | 400 |
-//! | `POST /api/rooms {"name","subject"}` | 201 `{"id"}` | 400, 503 over [`MAX_ROOMS`] |
-//! | `PUT /api/rooms/ID {"name","subject"}` | 201 `{"id"}` | 400 (no or bad id, foreign domain), 403 exists |
+//! | `POST /api/rooms {"name","subject"}` | 201 `{"id"}` | 400, 429 over [`MAX_ROOMS_PER_USER`], 503 over [`MAX_ROOMS`] |
+//! | `PUT /api/rooms/ID {"name","subject"}` | 201 `{"id"}` | 400 (no or bad id, foreign domain), 403 exists, 429, 503 as above |
 //! | `GET /api/rooms` | 200 `[{"id","name","subject"}]` | |
 //! | `GET /api/rooms/ID` | 200 `{"name","subject","participants":[{"user","role"}]}` | 403 non-member, 404 |
 //! | `PUT /api/rooms/ID/config {"name","subject"}` | 204 | 400, 403 non-owner, 404 |
@@ -67,7 +67,9 @@
 //! reconnecting client resumes with Last-Event-ID like any core
 //! subscriber (MongooseIM numbers events per connection from 1; clients
 //! do not rely on the values). This module owns users, contacts, rooms and
-//! the message archives; it never writes to sockets.
+//! the message archives; it never writes to sockets. `users` reads the
+//! `--users` file; `archive` holds the bounded archives and their one
+//! account; this file holds the model, the routes and the handlers.
 //!
 //! Bounds (memory): users are those of the file, at most [`MAX_USERS`].
 //! Per user: an archive of the last [`ARCHIVE`] messages and at most
@@ -76,21 +78,36 @@
 //! and at most [`MAX_CONTACTS`] contacts (an invitation to a user whose
 //! list is full still leaves the inviter's `ask: out`, but is not recorded
 //! on the full side). At most [`MAX_ROOMS`] rooms, each with at most
-//! [`MAX_ROOM_MEMBERS`] members and an archive like a user's. Bodies at
+//! [`MAX_ROOM_MEMBERS`] members and an archive like a user's; one user
+//! may have created at most [`MAX_ROOMS_PER_USER`] of the rooms that
+//! exist (429 past it), so one user cannot lock the others out. Bodies at
 //! most [`MAX_BODY`] bytes, room names, subjects and chat marker ids at
 //! most [`MAX_NAME`].
+//!
+//! Every archive together is charged to the server-wide history budget
+//! (`--history-total-bytes`): archives hold at most half of it (the oldest
+//! item of any archive is dropped first), and the broker evicts history
+//! so that history and archives together stay within the budget.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+#[cfg(test)]
+use std::path::Path;
 use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
 
+mod archive;
+mod users;
+
+use archive::{Archive, Fifo, Ledger, Owner};
+#[cfg(test)]
+use users::parse_users;
+pub use users::{load_users, Users, UsersError};
+
 use super::ids;
-use crate::auth::hmac::constant_time_eq;
-use crate::broker::{Limits, Origin, Resume};
+use crate::access;
+use crate::broker::{Limits, Resume};
 use crate::handler::{last_event_id, Action, Cx};
 use crate::http::Response;
 use crate::http::{Method, Request};
@@ -107,6 +124,12 @@ pub const STREAM_HISTORY: usize = 100;
 pub const STREAM_BYTES: usize = 128 << 10;
 /// Rooms, at most.
 pub const MAX_ROOMS: usize = 1000;
+/// Rooms one user may have created that still exist: one user cannot take
+/// every room of the server (429 past it).
+pub const MAX_ROOMS_PER_USER: usize = 20;
+/// The part of the server-wide history budget (`--history-total-bytes`)
+/// every archive together may hold: half.
+pub const ARCHIVE_SHARE_DIVISOR: usize = 2;
 /// Members of one room, at most.
 pub const MAX_ROOM_MEMBERS: usize = 100;
 /// Contacts (roster items) of one user, at most.
@@ -131,180 +154,12 @@ const REALM_VALUE: &str = "Basic realm=\"ssed\"";
 /// MongooseIM's reason when the caller is not in the room.
 const NOT_MEMBER: &str = "Given user does not occupy this room";
 
-// ------------------------------------------------------------------ users
-
-/// The users of a `--users` file: bare JID (lowercased) → password.
-#[derive(Debug, Default)]
-pub struct Users {
-    entries: Vec<(Box<str>, Box<str>)>,
-}
-
-impl Users {
-    /// Number of users.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-}
-
-/// Why a `--users` file was refused.
-#[derive(Debug)]
-pub enum UsersErrorKind {
-    /// Missing or unreadable.
-    Read(std::io::Error),
-    /// Not UTF-8.
-    NotUtf8 {
-        /// Byte offset of the first bad byte.
-        offset: usize,
-    },
-    /// A JID listed twice (compared lowercased).
-    Duplicate {
-        /// The JID, lowercased.
-        jid: String,
-        /// The 1-based line of the second listing.
-        line: usize,
-        /// The 1-based line of the first.
-        first: usize,
-    },
-    /// `user@domain:` with nothing after the colon: such a user could
-    /// never log in, so it is a mistake in the file, not a user.
-    EmptyPassword {
-        /// The 1-based line.
-        line: usize,
-    },
-}
-
-/// A `--users` file that cannot be used; `Display` names the path and the
-/// reason (the caller turns it into exit status 2).
-#[derive(Debug)]
-pub struct UsersError {
-    path: PathBuf,
-    kind: UsersErrorKind,
-}
-
-impl UsersError {
-    /// What is wrong with it.
-    #[cfg(test)]
-    pub fn kind(&self) -> &UsersErrorKind {
-        &self.kind
-    }
-}
-
-impl fmt::Display for UsersError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--users {}: ", self.path.display())?;
-        match &self.kind {
-            UsersErrorKind::Read(e) => write!(f, "cannot read: {e}"),
-            UsersErrorKind::NotUtf8 { offset } => {
-                write!(f, "not UTF-8 (first bad byte at offset {offset})")
-            }
-            UsersErrorKind::Duplicate { jid, line, first } => {
-                write!(
-                    f,
-                    "line {line}: duplicate user {jid} (first on line {first})"
-                )
-            }
-            UsersErrorKind::EmptyPassword { line } => write!(f, "line {line}: empty password"),
-        }
-    }
-}
-
-impl std::error::Error for UsersError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            UsersErrorKind::Read(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// Reads a users file: `user@domain:password` per line (the password is
-/// everything after the first `:`); blank lines and `#` comments skipped;
-/// a leading UTF-8 BOM ignored (editors on Windows write one). Lines that
-/// are not `user@domain:password` are skipped with a warning; users past
-/// [`MAX_USERS`] are ignored with a warning.
-pub fn load_users(path: &Path) -> Result<Users, UsersError> {
-    let err = |kind| UsersError {
-        path: path.to_path_buf(),
-        kind,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(UsersErrorKind::Read(e)))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        err(UsersErrorKind::NotUtf8 {
-            offset: e.utf8_error().valid_up_to(),
-        })
-    })?;
-    parse_users(&text).map_err(err)
-}
-
-fn parse_users(text: &str) -> Result<Users, UsersErrorKind> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut users = Users::default();
-    // JID → line, to name both lines of a duplicate.
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line_no = n + 1;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((jid, password)) = line
-            .split_once(':')
-            .and_then(|(j, p)| Some((bare_jid(j.trim())?, p)))
-        else {
-            log::warn!("--users line {line_no}: not user@domain:password; skipped");
-            continue;
-        };
-        if password.is_empty() {
-            return Err(UsersErrorKind::EmptyPassword { line: line_no });
-        }
-        if let Some(&first) = seen.get(&jid) {
-            return Err(UsersErrorKind::Duplicate {
-                jid,
-                line: line_no,
-                first,
-            });
-        }
-        if users.entries.len() >= MAX_USERS {
-            log::warn!("--users: more than {MAX_USERS} users; the rest are ignored");
-            break;
-        }
-        users.entries.push((jid.as_str().into(), password.into()));
-        seen.insert(jid, line_no);
-    }
-    Ok(users)
-}
-
 // ----------------------------------------------------------------- state
 
-/// A bounded archive, oldest first.
-struct Archive<T> {
-    items: VecDeque<(Rc<T>, usize)>,
-    bytes: usize,
-}
-
-impl<T> Default for Archive<T> {
-    fn default() -> Self {
-        Archive {
-            items: VecDeque::new(),
-            bytes: 0,
-        }
-    }
-}
-
-impl<T> Archive<T> {
-    fn push(&mut self, item: Rc<T>, size: usize) {
-        self.items.push_back((item, size));
-        self.bytes += size;
-        while self.items.len() > 1 && (self.items.len() > ARCHIVE || self.bytes > ARCHIVE_BYTES) {
-            if let Some((_, s)) = self.items.pop_front() {
-                self.bytes -= s;
-            }
-        }
-    }
-    fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
-        self.items.iter().map(|(t, _)| &**t)
-    }
+/// An item for an archive.
+enum Archived {
+    Chat(Rc<Chat>),
+    Room(Rc<RoomItem>),
 }
 
 /// A one-to-one message.
@@ -364,6 +219,9 @@ struct Room {
     /// ownership when the owner leaves (MUC Light does the same).
     members: Vec<(Box<str>, Role)>,
     archive: Archive<RoomItem>,
+    /// Who created it: the room counts against that user's quota
+    /// ([`MAX_ROOMS_PER_USER`]) until it is deleted.
+    creator: Box<str>,
 }
 
 impl Room {
@@ -448,6 +306,8 @@ struct User {
     password: Box<str>,
     stream: Option<u32>,
     archive: Archive<Chat>,
+    /// Rooms this user created that still exist.
+    rooms: usize,
     /// Sorted by JID, so listings are stable.
     contacts: BTreeMap<Box<str>, Contact>,
 }
@@ -459,6 +319,8 @@ pub struct Mongoose {
     rooms: HashMap<Box<str>, Room>,
     /// The last room id's timestamp, so ids stay unique within a µs.
     last_room_us: u64,
+    /// Every archive's bytes and the order to drop them in.
+    ledger: Ledger,
 }
 
 /// A bare JID `local@domain`, lowercased; `None` if it is not one.
@@ -474,20 +336,6 @@ pub fn bare_jid(s: &str) -> Option<String> {
             })
     };
     (ok_part(local) && ok_part(domain)).then(|| s.to_lowercase())
-}
-
-/// `(user, password)` from an `Authorization` value `Basic <base64>`; the
-/// scheme name is case-insensitive (RFC 7617 §2, RFC 7235 §2.1) and may
-/// be followed by more than one space.
-fn basic_credentials(header: &str) -> Option<(String, String)> {
-    let (scheme, cred) = header.trim().split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = ids::base64_decode(cred.trim())?;
-    let text = String::from_utf8(raw).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
 }
 
 impl Mongoose {
@@ -516,6 +364,7 @@ impl Mongoose {
                     password,
                     stream: None,
                     archive: Archive::default(),
+                    rooms: 0,
                     contacts: BTreeMap::new(),
                 };
                 (jid, user)
@@ -533,18 +382,83 @@ impl Mongoose {
         self.users.len()
     }
 
-    /// The user a request authenticates as, from `Authorization: Basic`.
+    /// The user a request authenticates as, from `Authorization: Basic`
+    /// (the access rule's [`access::basic_user`]).
     fn authenticate(&self, req: &Request<'_>) -> Result<String, &'static str> {
-        let missing = "Authentication required: HTTP Basic with user@domain:password";
-        let h = req.header_str("authorization").ok_or(missing)?;
-        let bad = "Invalid credentials";
-        let (jid, password) = basic_credentials(h).ok_or(bad)?;
-        let jid = bare_jid(&jid).ok_or(bad)?;
-        let user = self.users.get(jid.as_str()).ok_or(bad)?;
-        if constant_time_eq(user.password.as_bytes(), password.as_bytes()) {
-            Ok(jid)
-        } else {
-            Err(bad)
+        access::basic_user(req, bare_jid, |jid| {
+            self.users.get(jid).map(|u| &*u.password)
+        })
+    }
+
+    fn fifo(&mut self, owner: &Owner) -> Option<&mut dyn Fifo> {
+        match owner {
+            Owner::User(j) => self
+                .users
+                .get_mut(j)
+                .map(|u| &mut u.archive as &mut dyn Fifo),
+            Owner::Room(r) => self
+                .rooms
+                .get_mut(r)
+                .map(|r| &mut r.archive as &mut dyn Fifo),
+        }
+    }
+
+    /// Archives an item for `owner`, then keeps every archive together
+    /// within `share` bytes by dropping the oldest items of any archive
+    /// (never the one just added).
+    fn archive(&mut self, owner: Owner, item: Archived, size: usize, share: usize) {
+        let seq = self.ledger.next;
+        self.ledger.next += 1;
+        let (old, freed, new) = match (&owner, item) {
+            (Owner::User(j), Archived::Chat(c)) => {
+                let Some(u) = self.users.get_mut(j) else {
+                    return;
+                };
+                let old = u.archive.front_seq();
+                let freed = u.archive.push(seq, c, size);
+                (old, freed, u.archive.front_seq())
+            }
+            (Owner::Room(r), Archived::Room(i)) => {
+                let Some(room) = self.rooms.get_mut(r) else {
+                    return;
+                };
+                let old = room.archive.front_seq();
+                let freed = room.archive.push(seq, i, size);
+                (old, freed, room.archive.front_seq())
+            }
+            _ => return,
+        };
+        self.ledger.bytes = self.ledger.bytes + size - freed;
+        self.ledger.refront(&owner, old, new);
+        while self.ledger.bytes > share {
+            let Some((&front, who)) = self.ledger.fronts.first_key_value() else {
+                break;
+            };
+            if front == seq {
+                break;
+            }
+            let who = who.clone();
+            self.ledger.fronts.remove(&front);
+            let Some(a) = self.fifo(&who) else { continue };
+            let freed = a.pop_front();
+            let next = a.front_seq();
+            self.ledger.bytes -= freed;
+            if let Some(n) = next {
+                self.ledger.fronts.insert(n, who);
+            }
+        }
+    }
+
+    /// Forgets a deleted room's archive.
+    fn drop_room(&mut self, id: &str) {
+        if let Some(room) = self.rooms.remove(id) {
+            self.ledger.bytes -= room.archive.held();
+            if let Some(f) = room.archive.front_seq() {
+                self.ledger.fronts.remove(&f);
+            }
+            if let Some(u) = self.users.get_mut(&*room.creator) {
+                u.rooms = u.rooms.saturating_sub(1);
+            }
         }
     }
 
@@ -853,22 +767,32 @@ fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
 /// MongooseIM's lasse handler does), then `data:` — one order for every
 /// type.
 fn frame(id: &str, etype: &str, data: &str) -> Vec<u8> {
-    let mut out = format!("id: {id}\nevent: {etype}\n").into_bytes();
-    out.extend_from_slice(&crate::frame::encode(None, None, data, None));
-    out
+    crate::frame::Block::with_capacity(data.len() + 48)
+        .id(id)
+        .event(etype)
+        .data(data)
+}
+
+/// Archives `item` for `owner` within the archives' share of the history
+/// budget, and tells the broker what the archives hold (it evicts history
+/// so that both together stay within the budget).
+fn archive(core: &mut Cx<'_>, mg: &mut Mongoose, owner: Owner, item: Archived, size: usize) {
+    let share = core.broker.budget() / ARCHIVE_SHARE_DIVISOR;
+    mg.archive(owner, item, size, share);
+    core.broker.set_app_bytes(mg.ledger.bytes);
 }
 
 /// Publishes one event (type `etype`, JSON `data`) once to the streams of
-/// every local user in `to`; `Err` when the broker refused it (an encoded
-/// frame over a history bound: it was delivered to nobody).
+/// every local user in `to`; `Err` when it was refused (an encoded frame
+/// over a history bound, a journal that cannot take it: it was delivered
+/// to nobody).
 fn deliver(
     core: &mut Cx<'_>,
     mg: &mut Mongoose,
     to: &[&str],
     etype: &str,
     data: &Value,
-    now_us: u64,
-) -> Result<(), crate::broker::BrokerError> {
+) -> Result<(), crate::handler::Refusal> {
     let mut targets: Vec<u32> = Vec::with_capacity(to.len());
     for u in to {
         if let Some(s) = user_stream(core, mg, u) {
@@ -881,11 +805,7 @@ fn deliver(
         return Ok(());
     }
     let data = data.to_string();
-    let published = core
-        .broker
-        .publish_with(Origin::Local, &targets, now_us, |id| {
-            frame(&id.to_string(), etype, &data)
-        });
+    let published = core.publish_as(&targets, false, |id| frame(&id.to_string(), etype, &data));
     match published {
         Ok(p) if p.pressure => core.actions.push(Action::Flush),
         Ok(_) => {}
@@ -932,7 +852,7 @@ fn send_message(cx: &mut Ctx<'_, '_, '_>) {
     let data = json!({ "to": to, "timestamp": now, "id": id, "from": cx.me, "body": body });
     // Refused (its encoded frame is over a history bound): say so, and
     // archive nothing, rather than answer as if it were sent.
-    if let Err(e) = deliver(cx.core, cx.mg, &[to.as_str()], "message", &data, now) {
+    if let Err(e) = deliver(cx.core, cx.mg, &[to.as_str()], "message", &data) {
         return cx.fail(e.status(), &e.message());
     }
     let size = body.len() + to.len() + cx.me.len() + 96;
@@ -943,14 +863,11 @@ fn send_message(cx: &mut Ctx<'_, '_, '_>) {
         body: body.as_str().into(),
         ts_us: now,
     });
-    let users = &mut cx.mg.users;
-    if let Some(u) = users.get_mut(cx.me.as_str()) {
-        u.archive.push(msg.clone(), size);
-    }
+    let me = Owner::User(cx.me.as_str().into());
+    archive(cx.core, cx.mg, me, Archived::Chat(msg.clone()), size);
     if to != cx.me {
-        if let Some(u) = users.get_mut(to.as_str()) {
-            u.archive.push(msg, size);
-        }
+        let them = Owner::User(to.as_str().into());
+        archive(cx.core, cx.mg, them, Archived::Chat(msg), size);
     }
     cx.json(&json!({ "id": id }));
 }
@@ -1199,6 +1116,14 @@ fn new_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>) {
 }
 
 fn insert_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>, name: String, subject: String) {
+    let mine = cx.mg.users.get(cx.me.as_str()).map_or(0, |u| u.rooms);
+    if mine >= MAX_ROOMS_PER_USER {
+        cx.core.counters.reject("room_quota");
+        let msg = format!(
+            "Too many rooms created by this user (at most {MAX_ROOMS_PER_USER}); delete one first"
+        );
+        return cx.fail(429, &msg);
+    }
     if cx.mg.rooms.len() >= MAX_ROOMS {
         return cx.fail(503, &format!("Too many rooms (at most {MAX_ROOMS})"));
     }
@@ -1209,8 +1134,12 @@ fn insert_room(cx: &mut Ctx<'_, '_, '_>, id: Option<String>, name: String, subje
         subject: subject.into(),
         members: vec![(cx.me.as_str().into(), Role::Owner)],
         archive: Archive::default(),
+        creator: cx.me.as_str().into(),
     };
     let mg = &mut cx.mg;
+    if let Some(u) = mg.users.get_mut(cx.me.as_str()) {
+        u.rooms += 1;
+    }
     let id = id.unwrap_or_else(|| mg.new_room_id(now));
     mg.rooms.insert(id.as_str().into(), room);
     cx.status(201, Some(&json!({ "id": id })));
@@ -1302,18 +1231,17 @@ fn affiliation_event(
         "from": format!("{room_id}@{}", room.domain), "affiliation": affiliation,
     });
     let size = user.len() + id.len() + 64;
-    room.archive.push(
-        Rc::new(RoomItem {
-            id,
-            ts_us: now,
-            kind: RoomKind::Affiliation {
-                user: user.into(),
-                affiliation,
-            },
-        }),
-        size,
-    );
-    let _ = deliver(core, mg, recipients, "room.message", &data, now);
+    let item = Rc::new(RoomItem {
+        id,
+        ts_us: now,
+        kind: RoomKind::Affiliation {
+            user: user.into(),
+            affiliation,
+        },
+    });
+    let owner = Owner::Room(room_id.into());
+    archive(core, mg, owner, Archived::Room(item), size);
+    let _ = deliver(core, mg, recipients, "room.message", &data);
 }
 
 fn member_list(mg: &Mongoose, room_id: &str) -> Vec<String> {
@@ -1400,7 +1328,8 @@ fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
         affiliation_event(cx.core, cx.mg, &id, &p, "owner", &after);
     }
     if empty {
-        cx.mg.rooms.remove(id.as_str());
+        cx.mg.drop_room(&id);
+        cx.core.broker.set_app_bytes(cx.mg.ledger.bytes);
     }
     cx.status(204, None);
 }
@@ -1492,33 +1421,23 @@ fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
         + p.marker.as_ref().map_or(0, |(_, i)| i.len())
         + cx.me.len()
         + 96;
-    if let Some(room) = cx.mg.rooms.get_mut(id.as_str()) {
-        room.archive.push(
-            Rc::new(RoomItem {
-                id: msg_id.clone(),
-                ts_us: now,
-                kind: RoomKind::Message {
-                    from: cx.me.as_str().into(),
-                    body: p.body.map(Into::into),
-                    marker: p.marker.map(|(t, i)| (t, i.into())),
-                    markable: p.markable,
-                },
-            }),
-            size,
-        );
-    }
+    let item = Rc::new(RoomItem {
+        id: msg_id.clone(),
+        ts_us: now,
+        kind: RoomKind::Message {
+            from: cx.me.as_str().into(),
+            body: p.body.map(Into::into),
+            marker: p.marker.map(|(t, i)| (t, i.into())),
+            markable: p.markable,
+        },
+    });
+    let owner = Owner::Room(id.as_str().into());
+    archive(cx.core, cx.mg, owner, Archived::Room(item), size);
     let members = member_list(cx.mg, &id);
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
     // Archived already (a room's history is its own); a refusal by the
     // streams is still the client's to know.
-    if let Err(e) = deliver(
-        cx.core,
-        cx.mg,
-        &to,
-        "room.message",
-        &Value::Object(data),
-        now,
-    ) {
+    if let Err(e) = deliver(cx.core, cx.mg, &to, "room.message", &Value::Object(data)) {
         return cx.fail(e.status(), &e.message());
     }
     cx.json(&json!({ "id": msg_id }));
@@ -1591,138 +1510,6 @@ mod tests {
             Ok(u) => u,
             Err(e) => panic!("{text:?}: {e:?}"),
         }
-    }
-
-    fn password<'u>(u: &'u Users, jid: &str) -> Option<&'u str> {
-        u.entries
-            .iter()
-            .find(|(j, _)| &**j == jid)
-            .map(|(_, p)| &**p)
-    }
-
-    #[test]
-    fn users_file() {
-        let u = parsed(
-            "# comment\n\nalice@wonderland.lit:secret\nbad line\nrabbit@wonderland.lit:pa:ss\n",
-        );
-        assert_eq!(u.len(), 2);
-        assert_eq!(password(&u, "rabbit@wonderland.lit"), Some("pa:ss"));
-    }
-
-    #[test]
-    fn users_file_bom_is_stripped() {
-        let u = parsed("\u{feff}alice@wonderland.lit:secret\n");
-        assert_eq!(password(&u, "alice@wonderland.lit"), Some("secret"));
-        // Only at the very start: elsewhere it is part of a (bad) line.
-        let u = parsed("alice@wonderland.lit:secret\n\u{feff}# not a comment\n");
-        assert_eq!(u.len(), 1);
-    }
-
-    #[test]
-    fn users_file_duplicate_names_both_lines() {
-        let e = parse_users("a@x:1\n\n# c\nA@X:2\n");
-        match e {
-            Err(UsersErrorKind::Duplicate { jid, line, first }) => {
-                assert_eq!((jid.as_str(), line, first), ("a@x", 4, 1));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn users_file_empty_password_names_the_line() {
-        match parse_users("a@x:1\nb@x:\n") {
-            Err(UsersErrorKind::EmptyPassword { line: 2 }) => {}
-            other => panic!("{other:?}"),
-        }
-        // Spaces are trimmed, so a password of spaces is empty too.
-        assert!(matches!(
-            parse_users("b@x:   \n"),
-            Err(UsersErrorKind::EmptyPassword { line: 1 })
-        ));
-    }
-
-    fn temp(name: &str, bytes: &[u8]) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("ssed-users-{}-{name}", std::process::id()));
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-
-    #[test]
-    fn load_users_missing_file_is_an_error_naming_the_path() {
-        let p = std::env::temp_dir().join("ssed-users-does-not-exist.txt");
-        let e = load_users(&p).unwrap_err();
-        assert!(matches!(e.kind(), UsersErrorKind::Read(_)));
-        let msg = e.to_string();
-        assert!(msg.contains("ssed-users-does-not-exist.txt"), "{msg}");
-        assert!(msg.contains("cannot read"), "{msg}");
-        assert!(std::error::Error::source(&e).is_some());
-    }
-
-    #[test]
-    fn load_users_unreadable_file_is_an_error() {
-        // A directory exists but cannot be read as a file (works as root too).
-        let e = load_users(&std::env::temp_dir()).unwrap_err();
-        assert!(matches!(e.kind(), UsersErrorKind::Read(_)), "{e}");
-        assert!(e.to_string().contains("cannot read"), "{e}");
-    }
-
-    #[test]
-    fn load_users_non_utf8_file_is_an_error() {
-        let p = temp("latin1", b"alice@x:caf\xe9\n");
-        let e = load_users(&p).unwrap_err();
-        assert!(
-            matches!(e.kind(), UsersErrorKind::NotUtf8 { offset: 11 }),
-            "{e}"
-        );
-        assert!(e.to_string().contains("not UTF-8"), "{e}");
-        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
-        let _ = std::fs::remove_file(p);
-    }
-
-    #[test]
-    fn load_users_reports_duplicates_and_empty_passwords_with_the_path() {
-        let p = temp("dup", b"a@x:1\na@x:2\n");
-        let msg = load_users(&p).unwrap_err().to_string();
-        assert!(msg.contains(&p.display().to_string()), "{msg}");
-        assert!(
-            msg.contains("line 2: duplicate user a@x (first on line 1)"),
-            "{msg}"
-        );
-        let _ = std::fs::remove_file(p);
-        let p = temp("empty", b"a@x:\n");
-        let msg = load_users(&p).unwrap_err().to_string();
-        assert!(msg.contains("line 1: empty password"), "{msg}");
-        let _ = std::fs::remove_file(p);
-    }
-
-    #[test]
-    fn load_users_reads_a_good_file_and_new_uses_it() {
-        let p = temp("good", "\u{feff}alice@x:s\nbob@x:t\n".as_bytes());
-        assert_eq!(load_users(&p).map(|u| u.len()).ok(), Some(2));
-        assert_eq!(Mongoose::new(Some(&p)).user_count(), 2);
-        let _ = std::fs::remove_file(&p);
-        // A bad file leaves no users (and is logged).
-        assert_eq!(Mongoose::new(Some(&p)).user_count(), 0);
-        assert_eq!(Mongoose::new(None).user_count(), 0);
-    }
-
-    #[test]
-    fn basic_scheme_is_case_insensitive() {
-        // "alice@localhost:secret"
-        let b64 = "YWxpY2VAbG9jYWxob3N0OnNlY3JldA==";
-        let want = Some(("alice@localhost".to_string(), "secret".to_string()));
-        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
-            assert_eq!(
-                basic_credentials(&format!("{scheme} {b64}")),
-                want,
-                "{scheme}"
-            );
-        }
-        assert_eq!(basic_credentials(&format!("basic   {b64}")), want);
-        assert_eq!(basic_credentials(&format!("Bearer {b64}")), None);
-        assert_eq!(basic_credentials("Basic"), None);
-        assert_eq!(basic_credentials("Basic !!!"), None);
     }
 
     #[test]
@@ -1866,12 +1653,41 @@ mod tests {
     fn archive_is_bounded() {
         let mut a: Archive<u32> = Archive::default();
         for i in 0..(ARCHIVE as u32 + 10) {
-            a.push(Rc::new(i), 10);
+            a.push(u64::from(i), Rc::new(i), 10);
         }
         assert_eq!(a.items.len(), ARCHIVE);
         assert_eq!(a.iter().next(), Some(&10));
-        a.push(Rc::new(0), ARCHIVE_BYTES);
+        assert_eq!(a.push(1000, Rc::new(0), ARCHIVE_BYTES), ARCHIVE * 10);
         assert_eq!(a.items.len(), 1);
+    }
+
+    #[test]
+    fn archives_share_one_bound_oldest_first() {
+        let mut m = Mongoose::from_users(parsed("a@x:1\nb@x:2\n"));
+        let chat = |n: &str| {
+            Archived::Chat(Rc::new(Chat {
+                id: n.into(),
+                from: "a@x".into(),
+                to: "b@x".into(),
+                body: "".into(),
+                ts_us: 0,
+            }))
+        };
+        let user = |j: &str| Owner::User(j.into());
+        m.archive(user("a@x"), chat("1"), 100, 250);
+        m.archive(user("b@x"), chat("2"), 100, 250);
+        assert_eq!(m.ledger.bytes, 200);
+        // A third item goes over 250: the oldest of any archive (a's) goes.
+        m.archive(user("b@x"), chat("3"), 100, 250);
+        assert_eq!(m.ledger.bytes, 200);
+        assert_eq!(m.users["a@x"].archive.items.len(), 0);
+        let ids: Vec<&str> = m.users["b@x"].archive.iter().map(|c| &*c.id).collect();
+        assert_eq!(ids, ["2", "3"]);
+        // One item larger than the share is kept alone (never the new one).
+        m.archive(user("a@x"), chat("4"), 1000, 250);
+        assert_eq!(m.ledger.bytes, 1000);
+        assert_eq!(m.users["b@x"].archive.items.len(), 0);
+        assert_eq!(m.ledger.fronts.len(), 1);
     }
 
     #[test]

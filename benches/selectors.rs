@@ -1,0 +1,231 @@
+//! Publish latency through the Mercure hub while many subscribers hold
+//! URI-template selectors built to make matching expensive: every template
+//! matches the topic's first literal and runs 16 variables with literals
+//! that occur everywhere in it, and fails only at its end. Measured over a
+//! real `Server` on loopback, one keep-alive publisher connection, each
+//! publish a round trip (send the form, read the whole reply).
+//!
+//! `cargo bench --bench selectors` runs it (`-- quick` for fewer
+//! publishes). Figures vary with the machine's load: compare the rows of
+//! one run, not runs on different machines.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use ssed::internals::auth::{mint_hs256, Key};
+use ssed::{Command, Config, Server};
+
+const KEY: &[u8] = b"ssed-selector-bench-key-0123456789abcdef";
+/// Distinct templates (the selector-stream limit).
+const DISTINCT: usize = 1024;
+
+fn token(claims: serde_json::Value) -> String {
+    mint_hs256(&claims, &Key::new(KEY.to_vec()).expect("key"))
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Template `i`: 16 variables between literals of one or two `a`s (which
+/// occur at every offset of an all-`a` topic), then a `b` that does not:
+/// a matcher does all the work and still says no. Distinct for each `i`.
+fn template(i: usize) -> String {
+    if std::env::var_os("ISSUE_TEMPLATES").is_some() {
+        // The issue's shape: 2 KB of variables (refused since: 400).
+        let mut t = format!("https://ex.com/users/mallory/{{v{i}}}");
+        while t.len() < 2040 {
+            t.push_str("{a}");
+        }
+        return t;
+    }
+    let mut t = String::from("https://ex.com/users/mallory/");
+    for j in 0..14 {
+        t.push_str(&format!("{{v{j}}}"));
+        t.push_str(if i >> j & 1 == 1 { "aa" } else { "a" });
+    }
+    t.push_str("{y}b{z}");
+    t
+}
+
+/// Reads one HTTP response with a Content-Length body; returns its status.
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= h + 4 + len {
+                return head.get(9..12)?.parse().ok();
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Opens `subs` subscriptions of 16 templates each (template numbers
+/// wrapping at [`DISTINCT`]), as token holders; returns the sockets and
+/// how many were accepted.
+fn subscribe(addr: SocketAddr, subs: usize) -> (Vec<TcpStream>, usize) {
+    let t = token(serde_json::json!({"mercure": {"subscribe": ["*"]}}));
+    let mut out = Vec::with_capacity(subs);
+    let mut ok = 0;
+    for c in 0..subs {
+        let q: Vec<String> = (0..16)
+            .map(|i| format!("topic={}", enc(&template((c * 16 + i) % DISTINCT))))
+            .collect();
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            break;
+        };
+        let req = format!(
+            "GET /.well-known/mercure?{}&authorization={t} HTTP/1.1\r\nHost: b\r\n\r\n",
+            q.join("&")
+        );
+        let _ = s.write_all(req.as_bytes());
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        if head.starts_with(b"HTTP/1.1 200") {
+            ok += 1;
+        }
+        out.push(s);
+    }
+    (out, ok)
+}
+
+/// Publishes `n` events; `fresh`: each to a new topic (nothing cached).
+/// Returns the latencies, sorted.
+fn publish(addr: SocketAddr, n: usize, fresh: bool, salt: usize) -> Vec<Duration> {
+    let t = token(serde_json::json!({"mercure": {"publish": ["*"]}}));
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Vec::new();
+    };
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..n {
+        // 1,024 bytes: `a`s after the prefix every template matches (and,
+        // for a new topic each time, a counter `{z}` would take too).
+        let mut topic = String::from("https://ex.com/users/mallory/");
+        let tail = if fresh && salt == 2 {
+            // Percent-encoded value tokens, three bytes each.
+            format!("%41%2F{k:07}")
+        } else if fresh {
+            format!("{:07}", salt * 1_000_000 + k)
+        } else {
+            String::new()
+        };
+        while topic.len() < 1024 - tail.len() {
+            topic.push('a');
+        }
+        topic.push_str(&tail);
+        let form = format!("topic={}&data=x", enc(&topic));
+        let req = format!(
+            "POST /.well-known/mercure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {t}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        );
+        let start = Instant::now();
+        if s.write_all(req.as_bytes()).is_err() {
+            break;
+        }
+        match read_response(&mut s, &mut buf) {
+            Some(200) => lat.push(start.elapsed()),
+            other => {
+                eprintln!("publish answered {other:?}");
+                break;
+            }
+        }
+    }
+    lat.sort();
+    lat
+}
+
+fn row(name: &str, lat: &[Duration]) {
+    if lat.is_empty() {
+        println!("{name:<58} (no publishes)");
+        return;
+    }
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    println!(
+        "{name:<58} p50 {:>9.1} us  p90 {:>9.1} us  max {:>9.1} us  ({} publishes)",
+        p(0.5),
+        p(0.9),
+        p(1.0),
+        lat.len()
+    );
+}
+
+fn scenario(subs: usize, n: usize) {
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--heartbeat",
+        "0",
+        "--max-connections-per-ip",
+        &(subs + 16).to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let key = String::from_utf8_lossy(KEY).into_owned();
+    let env = move |k: &str| (k == "SSED_JWT_KEY").then(|| key.clone());
+    let cfg: Config = match Config::from_args(&args, env) {
+        Ok(Command::Serve(c)) => *c,
+        _ => return,
+    };
+    let Ok(server) = Server::bind(cfg) else {
+        return;
+    };
+    let addr = server.local_addrs()[0];
+    let stop = server.shutdown_handle();
+    let th = std::thread::spawn(move || server.run());
+    let (held, ok) = subscribe(addr, subs);
+    let label = format!(
+        "{} template subscriptions ({} accepted, {} distinct)",
+        subs * 16,
+        ok * 16,
+        (ok * 16).min(DISTINCT)
+    );
+    row(&format!("{label}: same topic"), &publish(addr, n, false, 0));
+    row(
+        &format!("{label}: new topic each"),
+        &publish(addr, n / 4, true, 1),
+    );
+    row(
+        &format!("{label}: new %-encoded topic each"),
+        &publish(addr, n / 4, true, 2),
+    );
+    drop(held);
+    stop.shutdown();
+    let _ = th.join();
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let n = if quick { 100 } else { 400 };
+    for subs in [0, DISTINCT / 16, 4 * DISTINCT / 16] {
+        scenario(subs, n);
+    }
+}

@@ -1,0 +1,421 @@
+//! The memory account: every kind of memory a client can make the server
+//! hold is charged here, against a limit of its own and one global bound
+//! (`--memory-max`). A charge that would pass either is refused with a
+//! typed [`Refusal`] that names what was full, so the caller decides what
+//! the client gets (a 503, a dropped connection, an evicted archive).
+//!
+//! Pure bookkeeping: no I/O, no allocation after construction, no clock.
+//! It does not know what the bytes are; the code that holds them charges
+//! before it holds them and releases when it lets go, and the account
+//! trusts it (a release never goes below zero). History and the apps'
+//! archives are different: the broker keeps one budget for both
+//! (`--history-total-bytes`) and evicts rather than refuses, so they are
+//! *reported* ([`Account::report`]) and count towards the global bound the
+//! other kinds are checked against.
+
+/// What a charge is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Retained history (reported by the broker, never refused here).
+    History,
+    /// Incomplete requests' buffers.
+    Requests,
+    /// Bytes accepted for a socket but not yet written, copied out of
+    /// shared frames: responses, stream heads, `gap`s, heartbeats. A stalled
+    /// subscriber's tail of a shared frame is a position, not a copy, and
+    /// is not charged.
+    Output,
+    /// App archives (the MongooseIM API's message and room archives),
+    /// reported: they live within the history budget.
+    Archives,
+    /// Replies fetched from the Redis bus, while they are held.
+    Bus,
+    /// Subscribers' topic selectors and what is cached for them.
+    Selectors,
+}
+
+impl Kind {
+    /// Every kind, in the order `/stats` lists them.
+    pub const ALL: [Kind; 6] = [
+        Kind::History,
+        Kind::Requests,
+        Kind::Output,
+        Kind::Archives,
+        Kind::Bus,
+        Kind::Selectors,
+    ];
+
+    /// The name in `/stats` and the `kind` label in `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::History => "history",
+            Kind::Requests => "requests",
+            Kind::Output => "output",
+            Kind::Archives => "archives",
+            Kind::Bus => "bus",
+            Kind::Selectors => "selectors",
+        }
+    }
+
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a charge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The kind's own limit would be passed.
+    Kind {
+        /// The kind charged.
+        kind: Kind,
+        /// Bytes asked for.
+        want: usize,
+        /// Its limit.
+        limit: usize,
+    },
+    /// The global bound (`--memory-max`) would be passed.
+    Global {
+        /// The kind charged.
+        kind: Kind,
+        /// Bytes asked for.
+        want: usize,
+        /// The bound.
+        max: usize,
+    },
+}
+
+impl Refusal {
+    /// The kind whose charge was refused.
+    pub fn kind(&self) -> Kind {
+        match *self {
+            Refusal::Kind { kind, .. } | Refusal::Global { kind, .. } => kind,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Refusal::Kind { kind, want, limit } => write!(
+                f,
+                "the server holds too much {} memory ({want} more bytes would pass its limit of {limit})",
+                kind.name()
+            ),
+            Refusal::Global { kind, want, max } => write!(
+                f,
+                "the server holds too much memory ({want} more bytes of {} would pass --memory-max {max})",
+                kind.name()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// The bounds: one per kind, and the global one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Everything together (`--memory-max`).
+    pub max: usize,
+    /// Per kind, indexed like [`Kind::ALL`].
+    pub per_kind: [usize; 6],
+}
+
+/// Room left for the global bound past history, at least (config.rs's
+/// `MEMORY_HEADROOM` refuses a smaller `--memory-max`).
+pub const MIN_HEADROOM: usize = 4 << 20;
+
+impl Limits {
+    /// The default division of `max`: history gets its own budget; every
+    /// other kind a share of what is left (the headroom), the shares adding
+    /// up to more than the headroom on purpose, since they rarely peak
+    /// together and the global bound is what holds. `requests` is the
+    /// request-buffer budget the reactor has always had.
+    pub fn new(max: usize, history: usize, requests: usize) -> Limits {
+        let max = max.max(history.saturating_add(MIN_HEADROOM));
+        let headroom = max - history;
+        let mut per_kind = [0; 6];
+        per_kind[Kind::History.at()] = history;
+        per_kind[Kind::Requests.at()] = requests;
+        per_kind[Kind::Output.at()] = headroom / 4;
+        per_kind[Kind::Archives.at()] = headroom / 4;
+        per_kind[Kind::Bus.at()] = headroom / 2;
+        per_kind[Kind::Selectors.at()] = headroom / 16;
+        Limits { max, per_kind }
+    }
+
+    /// A kind's limit.
+    // Read by the tests today; the parts that charge bus fetches and
+    // selectors read their limits through it.
+    #[allow(dead_code)]
+    pub fn of(&self, kind: Kind) -> usize {
+        self.per_kind[kind.at()]
+    }
+
+    /// Changes one kind's limit (a feature with a bound of its own).
+    pub fn with(mut self, kind: Kind, limit: usize) -> Limits {
+        self.per_kind[kind.at()] = limit;
+        self
+    }
+}
+
+/// One kind's figures, for `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// The kind.
+    pub kind: Kind,
+    /// Bytes held now.
+    pub used: usize,
+    /// Its limit.
+    pub limit: usize,
+    /// The most it held at once.
+    pub peak: usize,
+    /// Charges refused.
+    pub refused: u64,
+}
+
+/// The account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    limits: Limits,
+    used: [usize; 6],
+    peak: [usize; 6],
+    refused: [u64; 6],
+    total: usize,
+    /// Bytes released since [`Account::take_freed`] was last called.
+    freed: usize,
+}
+
+impl Account {
+    /// An empty account.
+    pub fn new(limits: Limits) -> Account {
+        Account {
+            limits,
+            used: [0; 6],
+            peak: [0; 6],
+            refused: [0; 6],
+            total: 0,
+            freed: 0,
+        }
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether `bytes` more of `kind` would fit (charging nothing).
+    pub fn check(&self, kind: Kind, bytes: usize) -> Result<(), Refusal> {
+        let i = kind.at();
+        let limit = self.limits.per_kind[i];
+        if self.used[i].saturating_add(bytes) > limit {
+            return Err(Refusal::Kind {
+                kind,
+                want: bytes,
+                limit,
+            });
+        }
+        if self.total.saturating_add(bytes) > self.limits.max {
+            return Err(Refusal::Global {
+                kind,
+                want: bytes,
+                max: self.limits.max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Charges `bytes` of `kind`, or refuses (and counts the refusal).
+    pub fn charge(&mut self, kind: Kind, bytes: usize) -> Result<(), Refusal> {
+        if let Err(r) = self.check(kind, bytes) {
+            self.refused[kind.at()] += 1;
+            return Err(r);
+        }
+        self.force(kind, bytes);
+        Ok(())
+    }
+
+    /// Charges `bytes` that are held whatever the bounds say (a small
+    /// error response sent instead of a refused large one; a request buffer
+    /// put back after parsing). Callers keep such charges small and
+    /// bounded by something else (the connection count).
+    pub fn force(&mut self, kind: Kind, bytes: usize) {
+        let i = kind.at();
+        self.used[i] = self.used[i].saturating_add(bytes);
+        self.total = self.total.saturating_add(bytes);
+        self.peak[i] = self.peak[i].max(self.used[i]);
+    }
+
+    /// Gives back `bytes` of `kind` (never below zero): they are freed.
+    pub fn release(&mut self, kind: Kind, bytes: usize) {
+        let b = self.lend(kind, bytes);
+        self.freed = self.freed.saturating_add(b);
+    }
+
+    /// Gives back `bytes` that are charged again at once (a request buffer
+    /// taken out to be parsed and put back): not counted as freed. Returns
+    /// what was given back.
+    pub fn lend(&mut self, kind: Kind, bytes: usize) -> usize {
+        let i = kind.at();
+        let b = bytes.min(self.used[i]);
+        self.used[i] -= b;
+        self.total -= b;
+        b
+    }
+
+    /// Sets what a kind that keeps its own budget holds now (history).
+    pub fn report(&mut self, kind: Kind, bytes: usize) {
+        let i = kind.at();
+        let old = self.used[i];
+        if bytes >= old {
+            self.force(kind, bytes - old);
+        } else {
+            self.release(kind, old - bytes);
+        }
+    }
+
+    /// Notes bytes freed outside the account (a shared frame a closed
+    /// subscriber was the last to hold), for [`Account::take_freed`].
+    pub fn note_freed(&mut self, bytes: usize) {
+        self.freed = self.freed.saturating_add(bytes);
+    }
+
+    /// Bytes released since [`Account::take_freed`] was last called.
+    pub fn freed(&self) -> usize {
+        self.freed
+    }
+
+    /// Bytes released since the last call (to decide when to hand memory
+    /// back to the system).
+    pub fn take_freed(&mut self) -> usize {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// Bytes of `kind` held.
+    pub fn used(&self, kind: Kind) -> usize {
+        self.used[kind.at()]
+    }
+
+    /// Bytes held, all kinds together.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Each kind's figures.
+    pub fn usage(&self) -> impl Iterator<Item = Usage> + '_ {
+        Kind::ALL.iter().map(|&kind| Usage {
+            kind,
+            used: self.used[kind.at()],
+            limit: self.limits.per_kind[kind.at()],
+            peak: self.peak[kind.at()],
+            refused: self.refused[kind.at()],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn account() -> Account {
+        // 64 MiB of history, 96 MiB in all: 32 MiB of headroom.
+        Account::new(Limits::new(96 * MIB, 64 * MIB, 8 * MIB))
+    }
+
+    #[test]
+    fn default_shares_follow_the_headroom() {
+        let l = Limits::new(96 * MIB, 64 * MIB, 8 * MIB);
+        assert_eq!(l.max, 96 * MIB);
+        assert_eq!(l.of(Kind::History), 64 * MIB);
+        assert_eq!(l.of(Kind::Requests), 8 * MIB);
+        assert_eq!(l.of(Kind::Output), 8 * MIB);
+        assert_eq!(l.of(Kind::Archives), 8 * MIB);
+        assert_eq!(l.of(Kind::Bus), 16 * MIB);
+        assert_eq!(l.of(Kind::Selectors), 2 * MIB);
+        // A bound below the history budget is raised to leave headroom.
+        let l = Limits::new(MIB, 64 * MIB, MIB);
+        assert_eq!(l.max, 64 * MIB + MIN_HEADROOM);
+        assert_eq!(l.with(Kind::Bus, 5).of(Kind::Bus), 5);
+    }
+
+    #[test]
+    fn a_kind_is_refused_past_its_own_limit() {
+        let mut a = account();
+        assert_eq!(a.charge(Kind::Output, 8 * MIB - 10), Ok(()));
+        assert_eq!(
+            a.charge(Kind::Output, 11),
+            Err(Refusal::Kind {
+                kind: Kind::Output,
+                want: 11,
+                limit: 8 * MIB
+            })
+        );
+        // Nothing was charged by the refusal; what fits still does.
+        assert_eq!(a.used(Kind::Output), 8 * MIB - 10);
+        assert_eq!(a.charge(Kind::Output, 10), Ok(()));
+        // Other kinds are unaffected by this one's limit.
+        assert_eq!(a.charge(Kind::Requests, MIB), Ok(()));
+        let u: Vec<Usage> = a.usage().collect();
+        assert_eq!(u[2].kind, Kind::Output);
+        assert_eq!((u[2].used, u[2].refused, u[2].peak), (8 * MIB, 1, 8 * MIB));
+        assert_eq!(a.total(), 9 * MIB);
+    }
+
+    #[test]
+    fn history_counts_towards_the_global_bound() {
+        let mut a = account();
+        a.report(Kind::History, 64 * MIB);
+        assert_eq!(a.total(), 64 * MIB);
+        a.charge(Kind::Requests, 8 * MIB).unwrap();
+        a.charge(Kind::Output, 8 * MIB).unwrap();
+        a.charge(Kind::Archives, 8 * MIB).unwrap();
+        // 88 MiB held; the bus may hold 16 MiB by its own limit, but only
+        // 8 MiB fit under the global bound.
+        let r = a.charge(Kind::Bus, 9 * MIB).unwrap_err();
+        assert_eq!(
+            r,
+            Refusal::Global {
+                kind: Kind::Bus,
+                want: 9 * MIB,
+                max: 96 * MIB
+            }
+        );
+        assert_eq!(r.kind(), Kind::Bus);
+        assert!(r.to_string().contains("--memory-max"), "{r}");
+        assert_eq!(a.charge(Kind::Bus, 8 * MIB), Ok(()));
+        // History shrinking (evictions) makes room again.
+        a.report(Kind::History, 60 * MIB);
+        assert_eq!(a.charge(Kind::Selectors, 2 * MIB), Ok(()));
+        assert_eq!(a.total(), 96 * MIB - 2 * MIB);
+        // History is reported, never refused, even past the bound.
+        a.report(Kind::History, 70 * MIB);
+        assert_eq!(a.used(Kind::History), 70 * MIB);
+        assert!(a.check(Kind::Selectors, 1).is_err());
+    }
+
+    #[test]
+    fn releases_never_go_below_zero_and_are_noted_as_freed() {
+        let mut a = account();
+        a.charge(Kind::Output, 100).unwrap();
+        a.release(Kind::Output, 60);
+        a.release(Kind::Output, 60);
+        assert_eq!(a.used(Kind::Output), 0);
+        assert_eq!(a.total(), 0);
+        a.note_freed(1000);
+        assert_eq!(a.take_freed(), 1100);
+        // Lent bytes come back at once: not freed.
+        a.charge(Kind::Requests, 500).unwrap();
+        assert_eq!(a.lend(Kind::Requests, 500), 500);
+        a.force(Kind::Requests, 700);
+        assert_eq!((a.used(Kind::Requests), a.freed()), (700, 0));
+        a.release(Kind::Requests, 700);
+        assert_eq!(a.take_freed(), 700);
+        // A forced charge passes the bounds but still counts.
+        a.force(Kind::Output, 9 * MIB);
+        assert_eq!(a.used(Kind::Output), 9 * MIB);
+        assert!(a.charge(Kind::Output, 1).is_err());
+    }
+}
