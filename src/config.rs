@@ -578,15 +578,31 @@ fn jwt_key(flag: &str, bytes: Vec<u8>) -> Result<Secret, ConfigError> {
     Ok(Secret(bytes))
 }
 
+/// A non-negative decimal (`12`, `0.25`, `.5`, `3.`) as whole units and
+/// billionths (digits past the ninth decimal are dropped). By hand because
+/// `str::parse::<f64>` links core's float parser (about 14 KiB) into every
+/// build for the flags that take seconds.
+fn decimal(v: &str) -> Option<(u64, u32)> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let whole = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let nanos = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0, |n, b| n * 10 + u32::from(b - b'0'));
+    Some((whole, nanos))
+}
+
 fn secs(flag: &str, v: &str) -> Result<Duration, ConfigError> {
-    let x: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| bad(flag, v, "expected seconds"))?;
-    if !(0.0..=1e7).contains(&x) {
+    let (whole, nanos) = decimal(v.trim()).ok_or_else(|| bad(flag, v, "expected seconds"))?;
+    if whole > 10_000_000 || (whole == 10_000_000 && nanos > 0) {
         return Err(bad(flag, v, "out of range"));
     }
-    Ok(Duration::from_secs_f64(x))
+    Ok(Duration::new(whole, nanos))
 }
 
 impl Config {
@@ -763,7 +779,8 @@ impl Config {
                 }
             }
             "tick-scale" => {
-                let x: f64 = v.parse().map_err(|_| bad(name, v, "expected a number"))?;
+                let (whole, nanos) = decimal(v).ok_or_else(|| bad(name, v, "expected a number"))?;
+                let x = whole as f64 + f64::from(nanos) / 1e9;
                 if !(0.001..=1000.0).contains(&x) {
                     return Err(bad(name, v, "must be in 0.001..=1000"));
                 }
@@ -1088,6 +1105,34 @@ mod tests {
                 .as_deref(),
             Some("t")
         );
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(decimal("12"), Some((12, 0)));
+        assert_eq!(decimal("0.25"), Some((0, 250_000_000)));
+        assert_eq!(decimal(".5"), Some((0, 500_000_000)));
+        assert_eq!(decimal("3."), Some((3, 0)));
+        assert_eq!(decimal("1.0000000019"), Some((1, 1)));
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e3",
+            "1.2.3",
+            "x",
+            " 1",
+            "99999999999999999999",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad}");
+        }
+        assert_eq!(secs("f", " 0.05 ").unwrap(), Duration::from_millis(50));
+        assert_eq!(
+            secs("f", "10000000").unwrap(),
+            Duration::from_secs(10_000_000)
+        );
+        assert!(secs("f", "10000000.5").is_err());
     }
 
     #[test]
