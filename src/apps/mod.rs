@@ -83,6 +83,23 @@ impl Apps {
         }
     }
 
+    /// A member notification was published with event id `id`: index
+    /// its uuid.
+    pub fn record_member(&mut self, member: &str, uuid: &str, id: u64) {
+        self.members.record(member, uuid, id);
+    }
+
+    /// A chat message was delivered: archive it within `share` bytes;
+    /// the archives' size after.
+    pub fn archive_chat(&mut self, chat: &crate::handler::Chat, share: usize) -> usize {
+        self.mongoose.archive_chat(chat, share)
+    }
+
+    /// Bytes the chat archives hold (they share the history budget).
+    pub fn archived_bytes(&self) -> usize {
+        self.mongoose.archived_bytes()
+    }
+
     /// A deletion read back from a journal: forget what indexes the stream.
     pub fn forgotten(&mut self, name: &str) {
         if let Some(member) = name.strip_prefix(members::STREAM_PREFIX) {

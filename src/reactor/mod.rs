@@ -22,8 +22,10 @@
 //! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
+#[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
 mod conn;
+#[cfg_attr(not(feature = "journal"), path = "durable_off.rs")]
 mod durable;
 pub(crate) mod listen;
 mod peers;
@@ -179,6 +181,8 @@ pub(crate) struct Bound {
 
 impl Bound {
     pub fn bind(cfg: Config) -> io::Result<Bound> {
+        cfg.check_features()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let users = Apps::load_users(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let redis = match cfg.redis.as_deref() {
@@ -1266,7 +1270,7 @@ impl Reactor {
                     let actions = std::mem::take(&mut cx.actions);
                     self.apps = apps;
                     // The archives the request changed share the history budget.
-                    let archived = self.apps.mongoose.archived_bytes();
+                    let archived = self.apps.archived_bytes();
                     if archived != self.broker.app_bytes() {
                         self.broker.set_app_bytes(archived);
                     }

@@ -391,7 +391,7 @@ impl Reactor {
             match &reply {
                 Reply::Member { member, uuid, .. } => {
                     if let Some(&id) = o.ids.first() {
-                        self.apps.members.record(member, uuid, id);
+                        self.apps.record_member(member, uuid, id);
                     }
                 }
                 // Archived once delivered (or when no recipient has a
@@ -400,7 +400,7 @@ impl Reactor {
                     chat: Some(chat), ..
                 } => {
                     let share = self.broker.budget() / crate::apps::mongoose::ARCHIVE_SHARE_DIVISOR;
-                    let bytes = self.apps.mongoose.archive_chat(chat, share);
+                    let bytes = self.apps.archive_chat(chat, share);
                     self.broker.set_app_bytes(bytes);
                 }
                 _ => {}
@@ -555,7 +555,7 @@ mod tests {
     #[test]
     fn local_publishes_number_refuse_and_alias() {
         let mut b = broker();
-        let mut apps = Apps::default();
+        let mut apps = Apps::new(None);
         let p = Publish {
             to: Targets::Names {
                 names: vec!["s".into()],

@@ -500,6 +500,7 @@ fn library_publisher_goes_through_redis() {
     th.join().unwrap().unwrap();
 }
 
+#[cfg(feature = "mercure")]
 #[test]
 fn private_events_cross_nodes_only_to_subscribers_who_may_see_them() {
     use serde_json::json;
