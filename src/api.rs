@@ -99,6 +99,9 @@ fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> 
             if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
                 cx.counters.reject("too_many_streams");
             }
+            if matches!(e, BrokerError::TooManyUnclaimedHere { .. }) {
+                cx.counters.reject("subscriber_streams_per_ip");
+            }
             cx.fail(req, status(&e), &msg);
             None
         }
@@ -150,7 +153,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     // Subscribers make streams in a pool of their own (no credentials are
     // needed to subscribe); with --no-auto-streams they make none.
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber
+        Create::Subscriber(crate::broker::peer_key(cx.peer))
     } else {
         Create::No
     };

@@ -309,6 +309,8 @@ pub fn status(e: &BrokerError) -> u16 {
         BrokerError::BadName | BrokerError::Reserved => 400,
         BrokerError::NotFound => 404,
         BrokerError::TooLarge { .. } => 413,
+        // This address's own share: others are still served.
+        BrokerError::TooManyUnclaimedHere { .. } => 429,
         BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::TooManySelectors(_) => {
             503
         }
@@ -621,6 +623,7 @@ mod tests {
             (big.clone(), 413),
             (BrokerError::TooMany, 503),
             (BrokerError::TooManyUnclaimed, 503),
+            (BrokerError::TooManyUnclaimedHere { limit: 1 }, 429),
             (
                 BrokerError::TooManySelectors(crate::broker::SelectorsFull::Peer),
                 503,
