@@ -246,8 +246,13 @@ pub struct Cx<'a> {
     /// The connection the request came on.
     pub conn: u32,
     /// Its client's address: the peer's, or the one a trusted proxy
-    /// forwarded (`--trusted-proxy`).
+    /// forwarded (`--trusted-proxy`). Per-address pools and limits count
+    /// the request under it.
     pub peer: Option<IpAddr>,
+    /// The trusted proxy forwarded no address ssed could use (`for=unknown`,
+    /// an obfuscated name, garbage): `peer` is the proxy's own, so the
+    /// pools still apply, but the access rule sees no client address.
+    pub unnamed: bool,
     /// The request came from a `--trusted-proxy` and `peer` is the address
     /// it forwarded; its forwarding headers are the proxy's, not the client's.
     pub via_proxy: bool,
@@ -374,7 +379,7 @@ impl Cx<'_> {
     pub fn facts<'r, 'a>(&self, req: &'r Request<'a>) -> Facts<'r, 'a> {
         Facts {
             req,
-            client: self.peer,
+            client: self.peer.filter(|_| !self.unnamed),
             via_proxy: self.via_proxy,
             now_s: self.unix_us / 1_000_000,
         }
