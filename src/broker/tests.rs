@@ -668,7 +668,10 @@ fn one_address_holds_at_most_its_share_of_the_subscribers_pool() {
     b.resolve_as(&["a0-0", "a7-15"], Create::Subscriber(one))
         .unwrap();
     let msg = BrokerError::TooManyUnclaimedHere { limit: 128 }.message();
-    assert!(msg.contains("--max-streams") && msg.contains("128"), "{msg}");
+    assert!(
+        msg.contains("--max-streams") && msg.contains("128"),
+        "{msg}"
+    );
     // Another address has a share of its own, and reading another
     // address's stream costs nothing.
     b.resolve_as(&["b1", "a1-1"], Create::Subscriber(two))

@@ -1392,7 +1392,9 @@ impl Reactor {
             }
         }
         if unnamed {
-            log::debug!("connection {key}: proxy {proxy} named no client; pooled under its address");
+            log::debug!(
+                "connection {key}: proxy {proxy} named no client; pooled under its address"
+            );
         }
         Some(Client {
             peer: client.or(Some(proxy)),

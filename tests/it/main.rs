@@ -19,6 +19,7 @@ mod hardening;
 mod heads;
 mod layers;
 mod library;
+mod limits;
 mod memory;
 mod mercure;
 mod mercure_hardening;
