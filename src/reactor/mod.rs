@@ -18,7 +18,7 @@
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
-//! | `peers.rs` | per-address connection counts |
+//! | `peers.rs` | per-address connection counts and unfinished-request bytes |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
 mod bus;
