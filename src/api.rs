@@ -153,7 +153,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     // Subscribers make streams in a pool of their own (no credentials are
     // needed to subscribe); with --no-auto-streams they make none.
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber(crate::broker::peer_key(cx.peer))
+        Create::Subscriber(cx.peer_key())
     } else {
         Create::No
     };

@@ -375,6 +375,16 @@ impl Cx<'_> {
         self.actions.push(Action::End(conn));
     }
 
+    /// The key of the request's client address in the broker's
+    /// per-address pools (IPv4 as its IPv6-mapped form; no address: 0).
+    pub fn peer_key(&self) -> crate::broker::PeerKey {
+        match self.peer {
+            Some(IpAddr::V4(v4)) => u128::from(v4.to_ipv6_mapped()),
+            Some(IpAddr::V6(v6)) => u128::from(v6),
+            None => 0,
+        }
+    }
+
     /// The request's facts for the access rule.
     pub fn facts<'r, 'a>(&self, req: &'r Request<'a>) -> Facts<'r, 'a> {
         Facts {

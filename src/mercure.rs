@@ -90,7 +90,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         return;
     };
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber(crate::broker::peer_key(cx.peer))
+        Create::Subscriber(cx.peer_key())
     } else {
         Create::No
     };

@@ -323,17 +323,6 @@ pub fn unclaimed_share(max_streams: usize) -> usize {
     (max_streams / 8).max(MIN_UNCLAIMED_SHARE)
 }
 
-/// The key of a client address in the broker's per-address pools (an IPv4
-/// address as its IPv6-mapped form; no address at all: key 0, one pool for
-/// all such).
-pub fn peer_key(ip: Option<std::net::IpAddr>) -> PeerKey {
-    match ip {
-        Some(std::net::IpAddr::V4(v4)) => u128::from(v4.to_ipv6_mapped()),
-        Some(std::net::IpAddr::V6(v6)) => u128::from(v6),
-        None => 0,
-    }
-}
-
 /// Who asks for streams: whether missing ones are made, and which pool
 /// (`--max-streams` each) they count against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +330,7 @@ pub enum Create {
     /// Only existing streams.
     No,
     /// A subscriber (no credentials needed) from the client address with
-    /// this key ([`peer_key`]): made in the subscribers' pool, within the
+    /// this key (`Cx::peer_key`): made in the subscribers' pool, within the
     /// address's share of it ([`unclaimed_share`]).
     Subscriber(PeerKey),
     /// An authorised publisher: made, or claimed, in the publishers' pool.

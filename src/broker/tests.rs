@@ -651,7 +651,7 @@ fn one_address_holds_at_most_its_share_of_the_subscribers_pool() {
     let mut b = big_broker(1 << 20, 0, 1024);
     assert_eq!(unclaimed_share(1024), 128);
     assert_eq!(unclaimed_share(16), MIN_UNCLAIMED_SHARE);
-    let (one, two) = (peer_key(Some([10, 0, 0, 1].into())), 7u128);
+    let (one, two): (PeerKey, PeerKey) = (1, 7);
     let mut held = Vec::new();
     for i in 0..8 {
         let names: Vec<String> = (0..16).map(|j| format!("a{i}-{j}")).collect();

@@ -1040,9 +1040,12 @@ fn partial_request_bodies_cost_at_most_their_limit_each() {
     let idle_rss = proc_status_bytes(pid, "VmRSS");
     let mut body = b"POST /events?stream=held HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1048576\r\n\r\n".to_vec();
     body.resize(body.len() + (1 << 20) - 1, b'h');
+    // From 10 addresses, each within its share of the request budget (an
+    // eighth, 8 MiB).
     let held: Vec<TcpStream> = (0..N)
-        .map(|_| {
-            let mut c = TcpStream::connect(s.addr).unwrap();
+        .map(|i| {
+            let src = Ipv4Addr::new(127, 0, 2, (i % 10) as u8 + 1);
+            let mut c = connect_from(src, s.addr, None).unwrap();
             c.write_all(&body).unwrap();
             c
         })
