@@ -112,6 +112,9 @@ fn refuse_names(
     if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
         cx.counters.reject("too_many_streams");
     }
+    if matches!(e, BrokerError::TooManyUnclaimedHere { .. }) {
+        cx.counters.reject("subscriber_streams_per_ip");
+    }
     cx.fail(req, status(&e), &msg);
 }
 
@@ -141,7 +144,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     // Subscribers make streams in a pool of their own (no credentials are
     // needed to subscribe); with --no-auto-streams they make none.
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber
+        Create::Subscriber(cx.peer_key())
     } else {
         Create::No
     };

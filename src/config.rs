@@ -279,7 +279,7 @@ const FLAGS: &[Flag] = &[
         name: "memory-max",
         value: "BYTES",
         default: "--history-total-bytes + 268435456",
-        help: "all a client can make the server hold together (history, request buffers, unsent responses, archives, bus fetches, selectors); past it such memory is refused (503, or the connection closed)",
+        help: "all a client can make the server hold together: history and app archives (evicted to fit), request buffers and unsent responses (refused past it: 503, or the connection closed); Redis fetches and selector streams have fixed bounds of their own",
     },
     Flag {
         name: "stream-idle-ttl",
@@ -291,7 +291,7 @@ const FLAGS: &[Flag] = &[
         name: "max-streams",
         value: "N",
         default: "10000",
-        help: "maximum number of streams publishers may create (subscribers: as many more)",
+        help: "maximum number of streams publishers may create (subscribers: as many more, an eighth of those per address)",
     },
     Flag {
         name: "max-streams-per-conn",

@@ -395,8 +395,13 @@ pub struct Cx<'a> {
     /// The connection the request came on.
     pub conn: u32,
     /// Its client's address: the peer's, or the one a trusted proxy
-    /// forwarded (`--trusted-proxy`).
+    /// forwarded (`--trusted-proxy`). Per-address pools and limits count
+    /// the request under it.
     pub peer: Option<IpAddr>,
+    /// The trusted proxy forwarded no address ssed could use (`for=unknown`,
+    /// an obfuscated name, garbage): `peer` is the proxy's own, so the
+    /// pools still apply, but the access rule sees no client address.
+    pub unnamed: bool,
     /// The request came from a `--trusted-proxy` and `peer` is the address
     /// it forwarded; its forwarding headers are the proxy's, not the client's.
     pub via_proxy: bool,
@@ -458,6 +463,8 @@ pub fn status(e: &BrokerError) -> u16 {
         BrokerError::BadName | BrokerError::Reserved => 400,
         BrokerError::NotFound => 404,
         BrokerError::TooLarge { .. } => 413,
+        // This address's own share: others are still served.
+        BrokerError::TooManyUnclaimedHere { .. } => 429,
         BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::TooManySelectors(_) => {
             503
         }
@@ -508,11 +515,21 @@ impl Cx<'_> {
         self.actions.push(Action::End(conn));
     }
 
+    /// The key of the request's client address in the broker's
+    /// per-address pools (IPv4 as its IPv6-mapped form; no address: 0).
+    pub fn peer_key(&self) -> crate::broker::PeerKey {
+        match self.peer {
+            Some(IpAddr::V4(v4)) => u128::from(v4.to_ipv6_mapped()),
+            Some(IpAddr::V6(v6)) => u128::from(v6),
+            None => 0,
+        }
+    }
+
     /// The request's facts for the access rule.
     pub fn facts<'r, 'a>(&self, req: &'r Request<'a>) -> Facts<'r, 'a> {
         Facts {
             req,
-            client: self.peer,
+            client: self.peer.filter(|_| !self.unnamed),
             via_proxy: self.via_proxy,
             now_s: self.unix_us / 1_000_000,
         }
@@ -740,6 +757,7 @@ mod tests {
             (big.clone(), 413),
             (BrokerError::TooMany, 503),
             (BrokerError::TooManyUnclaimed, 503),
+            (BrokerError::TooManyUnclaimedHere { limit: 1 }, 429),
             (
                 BrokerError::TooManySelectors(crate::broker::SelectorsFull::Peer),
                 503,

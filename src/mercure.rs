@@ -90,7 +90,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         return;
     };
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber
+        Create::Subscriber(cx.peer_key())
     } else {
         Create::No
     };
@@ -179,6 +179,13 @@ fn last_event_id(req: &Request<'_>) -> Option<String> {
 }
 
 fn fail_broker(cx: &mut Cx<'_>, req: &Request<'_>, topic: &str, e: &BrokerError) {
+    match e {
+        BrokerError::TooMany | BrokerError::TooManyUnclaimed => {
+            cx.counters.reject("too_many_streams")
+        }
+        BrokerError::TooManyUnclaimedHere { .. } => cx.counters.reject("subscriber_streams_per_ip"),
+        _ => {}
+    }
     let msg = match e {
         BrokerError::BadName => format!(
             "bad topic {topic:?}: 1..={MAX_TOPIC_BYTES} bytes without control characters, braces, or a lone *"

@@ -18,7 +18,7 @@
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
-//! | `peers.rs` | per-address connection counts |
+//! | `peers.rs` | per-address connection counts and unfinished-request bytes |
 //! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
@@ -85,6 +85,9 @@ const ACCEPT_BATCH: usize = 256;
 /// All incomplete requests together may hold this much (or four maximal
 /// requests, if more): without it, every connection may hold `--max-body`.
 const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
+/// What one unfinished request may hold past `--max-header-bytes` +
+/// `--max-body` (chunk framing, the start of a pipelined next request).
+const MAX_REQUEST_SLACK: usize = 64 << 10;
 /// Ticks are 100 ms.
 const TICK_MS: u64 = 100;
 /// Connections admitted past `--max-connections` to answer `/healthz`
@@ -602,12 +605,23 @@ impl Reactor {
             .get(key as usize)
             .and_then(|c| self.peers.ip(c.peer));
         let via_proxy = peer.is_some_and(|p| self.cfg.trusted_proxies.contains(&p));
-        self.context_for(key, peer, via_proxy)
+        self.context_for(
+            key,
+            Client {
+                peer,
+                via_proxy,
+                unnamed: false,
+            },
+        )
     }
 
-    /// A handler context whose client is `peer` (the forwarded one, when
-    /// `via_proxy`).
-    fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
+    /// A handler context for `client` (see [`Reactor::client_of`]).
+    fn context_for(&mut self, key: u32, client: Client) -> Cx<'_> {
+        let Client {
+            peer,
+            via_proxy,
+            unnamed,
+        } = client;
         Cx {
             broker: &self.broker,
             cfg: &self.cfg,
@@ -618,6 +632,7 @@ impl Reactor {
             unix_us: self.clock.unix_us(),
             conn: key,
             peer,
+            unnamed,
             via_proxy,
             cors: Vec::new(),
             redis: self.bus.as_ref().map(bus::Link::up),
@@ -1062,6 +1077,7 @@ impl Reactor {
         // Put back (or freed with its connection) once parsed.
         self.memory
             .lend(crate::memory::Kind::Requests, b.data.len());
+        self.peers.let_go(c.peer, b.data.len());
         Some(b)
     }
 
@@ -1081,23 +1097,47 @@ impl Reactor {
             // Checked by `buffer_fits` when it grew; put back whatever it is.
             self.memory
                 .force(crate::memory::Kind::Requests, b.data.len());
+            self.peers.hold(c.peer, b.data.len());
             *slot = Some(b);
         }
     }
 
-    /// Whether `more` bytes of incomplete requests still fit the memory
-    /// account (`--max-body` bounds one request, its `requests` limit all of
-    /// them, `--memory-max` everything); a refusal is counted there.
-    fn buffer_fits(&mut self, more: usize) -> bool {
+    /// Whether connection `key` may hold `more` bytes of an incomplete
+    /// request: within its address's share ([`Reactor::request_share`]),
+    /// and within the memory account (`--max-body` bounds one request, its
+    /// `requests` limit all of them, `--memory-max` everything; a refusal
+    /// is counted there).
+    fn buffer_fits(&mut self, key: u32, more: usize) -> Result<(), BufferFull> {
+        let slot = self.conns.get(key as usize).map(|c| c.peer);
+        if let Some(slot) = slot {
+            // A trusted proxy carries many clients (and nginx buffers
+            // bodies itself): only the global budget holds for it.
+            let proxy = self
+                .peers
+                .ip(slot)
+                .is_some_and(|ip| self.cfg.trusted_proxies.contains(&ip));
+            let share = self.request_share();
+            if !proxy && self.peers.requests(slot).saturating_add(more) > share {
+                return Err(BufferFull::Address(share));
+            }
+        }
         let k = crate::memory::Kind::Requests;
         match self.memory.charge(k, more) {
             Ok(()) => {
                 // Charged for real by `put_reqbuf`.
                 self.memory.lend(k, more);
-                true
+                Ok(())
             }
-            Err(_) => false,
+            Err(_) => Err(BufferFull::All),
         }
+    }
+
+    /// The most of the request-buffer budget one client address may hold:
+    /// an eighth (8 MiB of the default 64 MiB), and at least one largest
+    /// request, so 64 slow uploads of one address cannot take it all.
+    fn request_share(&self) -> usize {
+        let budget = self.memory.limits().of(crate::memory::Kind::Requests);
+        (budget / 8).max(self.cfg.max_header_bytes + self.cfg.max_body + MAX_REQUEST_SLACK)
     }
 
     /// Output drained on a connection whose input was paused: route the
@@ -1152,7 +1192,7 @@ impl Reactor {
             }
             let pending = self.take_reqbuf(key);
             let held = pending.as_ref().map_or(0, |b| b.data.len());
-            let limit = self.cfg.max_header_bytes + self.cfg.max_body + (64 << 10);
+            let limit = self.cfg.max_header_bytes + self.cfg.max_body + MAX_REQUEST_SLACK;
             if held + n > limit {
                 let e = http::HttpError::PayloadTooLarge;
                 self.counters.reject(e.reason());
@@ -1178,12 +1218,20 @@ impl Reactor {
                 }
             };
             let Some(rest) = leftover else { continue };
-            if !self.buffer_fits(rest.data.len()) {
+            if let Err(full) = self.buffer_fits(key, rest.data.len()) {
                 // Many peers each holding a large unfinished request: refuse
                 // this one rather than let the sum grow with the peer count.
-                self.counters.reject("buffer_budget");
-                let msg = "server is holding too many unfinished requests; retry later";
-                self.error(key, 503, msg, Some(("Retry-After", "1")));
+                let msg = match full {
+                    BufferFull::All => {
+                        self.counters.reject("buffer_budget");
+                        "server is holding too many unfinished requests; retry later".to_string()
+                    }
+                    BufferFull::Address(share) => {
+                        self.counters.reject("buffer_share_per_ip");
+                        format!("your address is holding too many unfinished requests (at most {share} bytes, an eighth of the server's request-buffer budget); finish or close one, then retry")
+                    }
+                };
+                self.error(key, 503, &msg, Some(("Retry-After", "1")));
                 return;
             }
             // A request that began in this read (after an idle gap, or after
@@ -1260,12 +1308,12 @@ impl Reactor {
                         self.answer_reserve(key, &req);
                         return data.len();
                     }
-                    let Some((client, via_proxy)) = self.client_of(key, &req) else {
+                    let Some(client) = self.client_of(key, &req) else {
                         return data.len();
                     };
                     let mut apps = std::mem::take(&mut self.apps);
                     let before = self.journal_ticket();
-                    let mut cx = self.context_for(key, client, via_proxy);
+                    let mut cx = self.context_for(key, client);
                     crate::router::handle(&mut cx, &mut apps, &req);
                     let actions = std::mem::take(&mut cx.actions);
                     self.apps = apps;
@@ -1316,21 +1364,25 @@ impl Reactor {
     /// The client of a request: the peer, or, from a `--trusted-proxy`,
     /// the address it forwarded, under which the connection is then also
     /// counted for `--max-connections-per-ip` (`None`, with a 503 sent,
-    /// when that address is over it). The flag says the forwarding headers
-    /// were a trusted proxy's.
-    fn client_of(
-        &mut self,
-        key: u32,
-        req: &http::Request<'_>,
-    ) -> Option<(Option<std::net::IpAddr>, bool)> {
+    /// when that address is over it). A proxy that forwards no usable
+    /// address (`for=unknown`, a name, garbage) is the client's address
+    /// for the per-address pools (selectors, members, subscriber streams):
+    /// a client cannot leave every pool by hiding its address.
+    fn client_of(&mut self, key: u32, req: &http::Request<'_>) -> Option<Client> {
         let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
         let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
-            return Some((peer, false));
+            return Some(Client {
+                peer,
+                via_proxy: false,
+                unnamed: false,
+            });
         };
-        let client = match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
-            None => Some(proxy),
-            Some(c) => c,
-        };
+        let (client, unnamed) =
+            match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
+                None => (Some(proxy), false),
+                Some(Some(c)) => (Some(c), false),
+                Some(None) => (None, true),
+            };
         let held = self.proxied.get(&key).copied();
         let held_ip = held.and_then(|s| self.peers.ip(s));
         let countable = client.filter(|c| !self.cfg.trusted_proxies.contains(c));
@@ -1351,7 +1403,16 @@ impl Reactor {
                 log::debug!("connection {key}: client {c} via proxy {proxy}");
             }
         }
-        Some((client, true))
+        if unnamed {
+            log::debug!(
+                "connection {key}: proxy {proxy} named no client; pooled under its address"
+            );
+        }
+        Some(Client {
+            peer: client.or(Some(proxy)),
+            via_proxy: true,
+            unnamed,
+        })
     }
 
     /// A JSON error that ends the connection (the request's framing can no
@@ -1363,6 +1424,25 @@ impl Reactor {
         }
         self.respond(key, &resp.encode(false, false, false), true);
     }
+}
+
+/// Why an unfinished request may not grow.
+enum BufferFull {
+    /// All connections together hold the request-buffer budget.
+    All,
+    /// This connection's address holds its share (the figure).
+    Address(usize),
+}
+
+/// Who a request is from, for its handler context.
+#[derive(Clone, Copy)]
+struct Client {
+    /// The address per-address pools count it under (see `Cx::peer`).
+    peer: Option<std::net::IpAddr>,
+    /// A `--trusted-proxy` sent it.
+    via_proxy: bool,
+    /// That proxy named no usable client: `peer` is the proxy's own.
+    unnamed: bool,
 }
 
 /// Whether a timer entry still means something (see `Reactor::timer_live`).

@@ -640,7 +640,7 @@ mod tests {
         let sel = |s: &str| crate::auth::Selector::parse(s).unwrap();
         let topics = Targets::Topics {
             exact: vec!["https://x/a".into()],
-            by: Create::Subscriber,
+            by: Create::Subscriber(0),
             selectors: vec![sel("*"), sel("https://x/{id}")],
             anon: Some(1),
         };

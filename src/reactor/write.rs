@@ -90,6 +90,7 @@ impl Reactor {
             State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
             State::Reading { buf: Some(b), .. } => {
                 self.memory.release(Kind::Requests, b.data.len());
+                self.peers.let_go(c.peer, b.data.len());
             }
             _ => {}
         }
@@ -146,6 +147,7 @@ impl Reactor {
         }
         if let State::Reading { buf: Some(b), .. } = &c.state {
             self.memory.release(Kind::Requests, b.data.len());
+            self.peers.let_go(c.peer, b.data.len());
         }
         c.state = State::Draining;
         let resp = Response::error(503, OUTPUT_FULL_MSG)
@@ -232,6 +234,7 @@ impl Reactor {
                 if let State::Reading { buf, .. } = &mut c.state {
                     if let Some(b) = buf.take() {
                         self.memory.release(Kind::Requests, b.data.len());
+                        self.peers.let_go(c.peer, b.data.len());
                     }
                     c.state = State::Draining;
                 }
@@ -360,6 +363,7 @@ impl Reactor {
             State::Reading { buf, .. } => {
                 if let Some(b) = buf.take() {
                     self.memory.release(Kind::Requests, b.data.len());
+                    self.peers.let_go(c.peer, b.data.len());
                 }
             }
             _ => return false,

@@ -25,6 +25,8 @@ mod hardening;
 mod heads;
 mod layers;
 mod library;
+#[cfg(feature = "mercure")]
+mod limits;
 mod memory;
 #[cfg(feature = "mercure")]
 mod mercure;
