@@ -337,3 +337,45 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(sock: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the stated size.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn keepalive_follows_the_command_timeout() {
+        assert_eq!(keepalive_params(Duration::from_secs(2)), (2, 1, 3));
+        assert_eq!(keepalive_params(Duration::from_millis(500)), (1, 1, 3));
+        assert_eq!(keepalive_params(Duration::from_millis(9_001)), (10, 3, 3));
+        assert_eq!(keepalive_params(Duration::ZERO), (1, 1, 3));
+        assert_eq!(
+            keepalive_params(Duration::from_secs(1 << 40)),
+            (3600, 1200, 3)
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        keepalive(&s, Duration::from_secs(30)).unwrap();
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+    }
+}
