@@ -493,7 +493,9 @@ impl Reactor {
                     }
                 }
             }
+            let mut stirred = !events.is_empty();
             while let Some((when, t)) = self.timers.pop_due(self.clock.now_ms) {
+                stirred |= t != Timer::Expire;
                 match t {
                     Timer::Sweep => self.sweep(when),
                     Timer::ResumeAccept => {
@@ -506,6 +508,9 @@ impl Reactor {
                     Timer::Expire => self.expire_streams(),
                     Timer::Tick { key, gen } => self.on_tick(key, gen),
                 }
+            }
+            if stirred {
+                self.stir_expire();
             }
             self.bus_timer();
             self.release_held();

@@ -10,7 +10,10 @@
 //!
 //! The stream lifecycle has its own, slower sweep: `Broker::expire` over
 //! [`STREAM_SLICE`] stream slots per turn, a pass every quarter of
-//! `--stream-idle-ttl` (between 250 ms and 60 s).
+//! `--stream-idle-ttl` (between 250 ms and 60 s). It rests when a pass
+//! finds every stream read (or internal): then none can expire until a
+//! subscriber leaves or a stream appears, which only a wakeup for
+//! something else brings, so an idle node sleeps without a timeout.
 
 use super::conn::{State, Tick, NEVER};
 use super::{ticks, Reactor, Timer, TICK_MS};
@@ -33,6 +36,9 @@ pub(super) struct Sweep {
     pos: Option<usize>,
     /// The earliest deadline seen (or set) during the round.
     next: Tick,
+    /// The lifecycle sweep rests (no `Timer::Expire` scheduled) until the
+    /// loop wakes for something else.
+    expire_resting: bool,
 }
 
 impl Reactor {
@@ -129,7 +135,20 @@ impl Reactor {
     pub(super) fn expire_streams(&mut self) {
         let now = self.clock.unix_us();
         let done = self.broker.expire(now, STREAM_SLICE);
+        let unread = |(_, s): (u32, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
+        if done && !self.broker.iter().any(unread) {
+            self.sweep.expire_resting = true;
+            return;
+        }
         self.schedule_expire(!done);
+    }
+
+    /// The loop woke for something other than the lifecycle sweep: a
+    /// resting sweep starts again (after its usual rest).
+    pub(super) fn stir_expire(&mut self) {
+        if std::mem::take(&mut self.sweep.expire_resting) {
+            self.schedule_expire(false);
+        }
     }
 
     /// A connection's deadline passed.
