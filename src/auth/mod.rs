@@ -8,6 +8,8 @@ pub mod hmac;
 pub mod jwt;
 pub mod selector;
 pub mod sha256;
+pub mod url;
+pub mod urlpattern;
 
 pub use jwt::{mint_hs256, verify, Claims, Key};
 pub use selector::{any_match, Selector};
