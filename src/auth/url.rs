@@ -176,7 +176,10 @@ fn relative(input: &str, base: &Url) -> Option<Url> {
     }
     let special = base.special();
     let b = input.as_bytes();
-    let slash = |i: usize| b.get(i).is_some_and(|&c| c == b'/' || (special && c == b'\\'));
+    let slash = |i: usize| {
+        b.get(i)
+            .is_some_and(|&c| c == b'/' || (special && c == b'\\'))
+    };
     if slash(0) && slash(1) {
         let rest = if special {
             input.trim_start_matches(['/', '\\'])
@@ -246,7 +249,11 @@ fn authority_then_rest(scheme: String, rest: &str) -> Option<Url> {
         if digits.len() > 5 {
             return None;
         }
-        let n: u32 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+        let n: u32 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().ok()?
+        };
         let n = u16::try_from(n).ok()?;
         if default_port(&u.scheme) != Some(n) {
             u.port = n.to_string();
@@ -580,7 +587,11 @@ fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
@@ -736,7 +747,10 @@ mod tests {
         assert_eq!(h("ex%41mple.com").as_deref(), Some("example.com"));
         assert_eq!(h("a b"), None);
         assert_eq!(h("caf\u{e9}.com"), None, "IDNA is not implemented");
-        assert_eq!(p("http:///x").map(|u| u.hostname().to_string()).as_deref(), Some("x"));
+        assert_eq!(
+            p("http:///x").map(|u| u.hostname().to_string()).as_deref(),
+            Some("x")
+        );
         assert_eq!(p("http://h:65536/"), None);
         assert_eq!(p("http://h:8x/"), None);
         assert_eq!(p("file:///etc/passwd"), None);

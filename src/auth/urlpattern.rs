@@ -23,7 +23,8 @@ use super::url::{self, Url};
 /// Longest pattern accepted, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 1024;
 /// Most groups (named groups, wildcards, `{...}` with a modifier) in one
-/// pattern, over all its components.
+/// pattern, over all its components (a component that is only `*`, as
+/// the ones a pattern leaves out are, does not count).
 pub const MAX_GROUPS: usize = 32;
 /// Most automaton positions (bytes of fixed text after canonicalization,
 /// plus one per group) in one component.
@@ -665,7 +666,7 @@ fn process_init(mut init: Init, base: Option<&Url>) -> Result<[String; 8], Patte
     for (o, i) in out.iter_mut().zip(init) {
         *o = i.unwrap_or_else(|| "*".to_string());
     }
-    if url::default_port(&out[0]).is_some_and(|p| p.to_string() == out[4]) {
+    if url::default_port(&out[0].to_ascii_lowercase()).is_some_and(|p| p.to_string() == out[4]) {
         out[4].clear();
     }
     Ok(out)
@@ -903,36 +904,37 @@ fn canonicalize(s: &str, c: Component, special_path: bool) -> Result<String, Pat
     })
 }
 
-fn compile_component(
-    pattern: &str,
-    c: Component,
-    special_path: bool,
-    groups: &mut usize,
-) -> Result<Matcher, PatternError> {
-    let (delim, prefix) = match c {
+/// The delimiter a `:name` segment stops at, and the prefix code point.
+fn options(c: Component, special_path: bool) -> (Option<u8>, &'static str) {
+    match c {
         Component::Pathname if special_path => (Some(b'/'), "/"),
         Component::Hostname => (Some(b'.'), ""),
         _ => (None, ""),
-    };
-    let parts = PatternParser {
+    }
+}
+
+fn parse_parts(pattern: &str, c: Component, special_path: bool) -> Result<Vec<Part>, PatternError> {
+    PatternParser {
         tokens: tokenize(pattern, false)?,
         i: 0,
         pending: String::new(),
         parts: Vec::new(),
         names: Vec::new(),
         component: c,
-        prefix,
+        prefix: options(c, special_path).1,
         special_path,
     }
-    .parse()?;
-    for p in &parts {
-        if !matches!(p, Part::Fixed(_, Modifier::None)) {
-            *groups += 1;
-        }
-    }
-    if *groups > MAX_GROUPS {
-        return Err(PatternError::TooManyGroups);
-    }
+    .parse()
+}
+
+fn compile_component(
+    pattern: &str,
+    c: Component,
+    special_path: bool,
+    groups: &mut usize,
+) -> Result<Matcher, PatternError> {
+    let delim = options(c, special_path).0;
+    let parts = parse_parts(pattern, c, special_path)?;
     // Shapes that need no automaton.
     if let [Part::Group {
         wild: Wild::Full,
@@ -956,6 +958,14 @@ fn compile_component(
             }
         }
         return Ok(Matcher::Literal(lit.into()));
+    }
+    for p in &parts {
+        if !matches!(p, Part::Fixed(_, Modifier::None)) {
+            *groups += 1;
+        }
+    }
+    if *groups > MAX_GROUPS {
+        return Err(PatternError::TooManyGroups);
     }
     let mut nodes = Vec::with_capacity(parts.len());
     for p in parts {
@@ -1234,7 +1244,10 @@ impl Nfa {
             std::mem::swap(&mut cur, &mut next);
         }
         *steps += w as u64;
-        cur[..w].iter().zip(self.accept.iter()).any(|(c, a)| c & a != 0)
+        cur[..w]
+            .iter()
+            .zip(self.accept.iter())
+            .any(|(c, a)| c & a != 0)
     }
 }
 
