@@ -4,6 +4,7 @@
 //! tokens, or know about routing; the server passes in bytes and `now`.
 
 pub mod base64url;
+pub mod draft08;
 pub mod hmac;
 pub mod jwt;
 pub mod selector;
