@@ -607,7 +607,7 @@ fn percent_decode(s: &str) -> Vec<u8> {
 
 /// The C0 control percent-encode set (every non-ASCII byte included).
 pub fn c0_control(c: u8) -> bool {
-    c < 0x20 || c > 0x7e
+    !(0x20..=0x7e).contains(&c)
 }
 /// The fragment percent-encode set.
 pub fn fragment_set(c: u8) -> bool {

@@ -637,7 +637,7 @@ fn agrees_with_reference() {
         // Rename groups apart so duplicates do not refuse most patterns.
         let mut n = 0;
         let p: String = p
-            .split_inclusive(|c| c == 'x' || c == 'y' || c == 'z')
+            .split_inclusive(['x', 'y', 'z'])
             .map(|s| {
                 n += 1;
                 format!("{s}{n}")
