@@ -45,7 +45,12 @@ fn main() {
     let compile = |p: String| UrlPattern::compile(&p, Some(&hub)).expect("pattern");
 
     let typical: Vec<UrlPattern> = (0..PATTERNS)
-        .map(|i| compile(format!("https://example{}.com/books/:id{{/reviews/:r}}?", i % 50)))
+        .map(|i| {
+            compile(format!(
+                "https://example{}.com/books/:id{{/reviews/:r}}?",
+                i % 50
+            ))
+        })
         .collect();
     let near: Vec<UrlPattern> = (0..PATTERNS)
         .map(|i| compile(format!("https://example.com/users/:user/books/:id/v{i}")))
@@ -55,8 +60,20 @@ fn main() {
         .collect();
 
     println!("URL-pattern matching, {rounds} rounds");
-    row("typical", &typical, "https://example7.com/books/42/reviews/3", &hub, rounds);
-    row("near-miss", &near, "https://example.com/users/kim/books/42/v", &hub, rounds);
+    row(
+        "typical",
+        &typical,
+        "https://example7.com/books/42/reviews/3",
+        &hub,
+        rounds,
+    );
+    row(
+        "near-miss",
+        &near,
+        "https://example.com/users/kim/books/42/v",
+        &hub,
+        rounds,
+    );
     let long = format!("https://example.com/{}", "a".repeat(1000));
     row("adversarial", &adversarial, &long, &hub, rounds.min(20));
 }

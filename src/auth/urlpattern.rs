@@ -217,8 +217,9 @@ impl UrlPattern {
     }
 
     /// [`UrlPattern::matches_url`] with the steps it took: one step per
-    /// 64-bit word operation, at most `(component length + 1) × words ×
-    /// (2 + 2 × groups)` per component.
+    /// 64-bit word operation, per component automaton at most `(length +
+    /// 1) × (words × (d + 1 + e) + e)`, where `d` (at most 33) counts its
+    /// edge distances and `e` its long edges, both fixed when compiling.
     pub fn match_steps(&self, url: &Url) -> (bool, u64) {
         let mut steps = 0;
         // Fixed components first: they refuse most topics cheaply.
@@ -1037,23 +1038,28 @@ enum Node {
     Star(Box<Node>),
 }
 
+/// Longest follow edge, in positions either way, handled as a shifted
+/// mask (one word operation per 64 positions); longer ones are listed.
+const MAX_SHIFT: isize = 16;
+
 /// Position 0 is the start; positions 1..=m are the symbols in order.
+/// Every follow edge `p -> p + d` with `|d| <= MAX_SHIFT` lives in the
+/// mask of its distance, so a step is a few shifts of the whole position
+/// set (skips over optional parts and loop-backs are short); the rest are
+/// listed by source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Nfa {
     words: usize,
-    /// Bit p: p + 1 follows p.
-    chain: Box<[u64]>,
-    /// Bit p: p follows itself.
-    selfloop: Box<[u64]>,
-    /// The remaining follow edges, by source: `extra_dst[k * words..]`
-    /// is the set that follows `extra_src[k]`.
+    /// The distances that have edges, in the order their masks sit in
+    /// `data`.
+    shifts: Box<[i8]>,
+    /// Sources of the long edges; their targets follow in `data`.
     extra_src: Box<[u32]>,
-    extra_dst: Box<[u64]>,
-    /// Positions where the input may end.
-    accept: Box<[u64]>,
-    /// Byte -> index of its set of accepting positions in `masks`.
-    class_of: Box<[u8; 256]>,
-    masks: Box<[u64]>,
+    /// Byte -> index of its set of accepting positions.
+    class_of: [u8; 256],
+    /// One allocation, `words` per set: the shift masks, the accepting
+    /// positions, the long edges' targets, then the byte classes.
+    data: Box<[u64]>,
 }
 
 struct Builder {
@@ -1144,27 +1150,33 @@ impl Nfa {
         let (nullable, first, last) = b.walk(root)?;
         b.follow[0] = first;
         let words = (b.syms.len() + 1).div_ceil(64);
-        let mut chain = vec![0u64; words];
-        let mut selfloop = vec![0u64; words];
+        let span = (2 * MAX_SHIFT + 1) as usize;
+        let mut by_shift = vec![vec![0u64; words]; span];
         let mut extra_src = Vec::new();
         let mut extra_dst = Vec::new();
         for (p, f) in b.follow.iter().enumerate() {
             let mut dst = vec![0u64; words];
             let mut any = false;
             for &q in f {
-                let q = q as usize;
-                if q == p + 1 {
-                    set(&mut chain, p);
-                } else if q == p {
-                    set(&mut selfloop, p);
+                let d = q as isize - p as isize;
+                if d.abs() <= MAX_SHIFT {
+                    set(&mut by_shift[(d + MAX_SHIFT) as usize], p);
                 } else {
-                    set(&mut dst, q);
+                    set(&mut dst, q as usize);
                     any = true;
                 }
             }
             if any {
                 extra_src.push(p as u32);
                 extra_dst.extend_from_slice(&dst);
+            }
+        }
+        let mut shifts = Vec::new();
+        let mut data = Vec::new();
+        for (i, m) in by_shift.iter().enumerate() {
+            if m.iter().any(|&w| w != 0) {
+                shifts.push((i as isize - MAX_SHIFT) as i8);
+                data.extend_from_slice(m);
             }
         }
         let mut accept = vec![0u64; words];
@@ -1174,9 +1186,11 @@ impl Nfa {
         if nullable {
             set(&mut accept, 0);
         }
-        // One set of positions per distinct byte class.
-        let mut class_of = Box::new([0u8; 256]);
-        let mut masks: Vec<u64> = Vec::new();
+        data.extend_from_slice(&accept);
+        data.extend_from_slice(&extra_dst);
+        // One set of positions per distinct byte class (at most 256).
+        let classes_at = data.len();
+        let mut class_of = [0u8; 256];
         for c in 0..=255u8 {
             let mut m = vec![0u64; words];
             for (i, s) in b.syms.iter().enumerate() {
@@ -1184,57 +1198,76 @@ impl Nfa {
                     set(&mut m, i + 1);
                 }
             }
-            let found = masks.chunks(words).position(|x| *x == *m);
+            let found = data[classes_at..].chunks(words).position(|x| *x == *m);
             let idx = match found {
                 Some(i) => i,
                 None => {
-                    masks.extend_from_slice(&m);
-                    masks.len() / words - 1
+                    data.extend_from_slice(&m);
+                    (data.len() - classes_at) / words - 1
                 }
             };
-            // At most 256 distinct classes, one per byte value.
             class_of[c as usize] = idx as u8;
         }
         Ok(Nfa {
             words,
-            chain: chain.into(),
-            selfloop: selfloop.into(),
+            shifts: shifts.into(),
             extra_src: extra_src.into(),
-            extra_dst: extra_dst.into(),
-            accept: accept.into(),
             class_of,
-            masks: masks.into(),
+            data: data.into(),
         })
     }
 
+    fn set_at(&self, k: usize) -> &[u64] {
+        &self.data[k * self.words..(k + 1) * self.words]
+    }
+
     /// Whether the automaton accepts all of `input`, counting word
-    /// operations into `steps`.
+    /// operations into `steps`: per byte, one per word for each shift
+    /// distance and for the class mask, one per long edge, and one per
+    /// word for each long edge taken.
     fn run(&self, input: &[u8], steps: &mut u64) -> bool {
         let w = self.words;
-        let mut cur = [0u64; MAX_WORDS];
-        let mut next = [0u64; MAX_WORDS];
+        let (ns, ne) = (self.shifts.len(), self.extra_src.len());
+        let mut bufs = [[0u64; MAX_WORDS]; 2];
+        let [a, b] = &mut bufs;
+        let (mut cur, mut next) = (&mut a[..w], &mut b[..w]);
         cur[0] = 1;
+        let classes = ns + 1 + ne;
         for &c in input {
-            *steps += 2 * w as u64 + self.extra_src.len() as u64;
-            let mut carry = 0;
-            for i in 0..w {
-                let x = cur[i] & self.chain[i];
-                next[i] = (x << 1) | carry | (cur[i] & self.selfloop[i]);
-                carry = x >> 63;
+            *steps += ((ns + 1) * w + ne) as u64;
+            next.fill(0);
+            for (k, &d) in self.shifts.iter().enumerate() {
+                let m = self.set_at(k);
+                let d = d as isize;
+                if d >= 0 {
+                    let d = d as u32;
+                    let mut carry = 0;
+                    for i in 0..w {
+                        let x = cur[i] & m[i];
+                        next[i] |= x.checked_shl(d).unwrap_or(0) | carry;
+                        carry = if d == 0 { 0 } else { x >> (64 - d) };
+                    }
+                } else {
+                    let d = (-d) as u32;
+                    let mut carry = 0;
+                    for i in (0..w).rev() {
+                        let x = cur[i] & m[i];
+                        next[i] |= (x >> d) | carry;
+                        carry = x << (64 - d);
+                    }
+                }
             }
             for (k, &src) in self.extra_src.iter().enumerate() {
-                if has(&cur, src as usize) {
+                if has(cur, src as usize) {
                     *steps += w as u64;
-                    let dst = &self.extra_dst[k * w..(k + 1) * w];
-                    for (n, d) in next[..w].iter_mut().zip(dst) {
+                    for (n, d) in next.iter_mut().zip(self.set_at(ns + 1 + k)) {
                         *n |= d;
                     }
                 }
             }
-            let m = self.class_of[c as usize] as usize * w;
-            let mask = &self.masks[m..m + w];
+            let mask = self.set_at(classes + self.class_of[c as usize] as usize);
             let mut alive = 0;
-            for (n, k) in next[..w].iter_mut().zip(mask) {
+            for (n, k) in next.iter_mut().zip(mask) {
                 *n &= k;
                 alive |= *n;
             }
@@ -1244,10 +1277,7 @@ impl Nfa {
             std::mem::swap(&mut cur, &mut next);
         }
         *steps += w as u64;
-        cur[..w]
-            .iter()
-            .zip(self.accept.iter())
-            .any(|(c, a)| c & a != 0)
+        cur.iter().zip(self.set_at(ns)).any(|(c, a)| c & a != 0)
     }
 }
 
