@@ -29,7 +29,7 @@ pub const MAX_DETAILS: usize = 64;
 /// Most topic matchers in one token, over all its details.
 pub const MAX_TOPICS: usize = 256;
 /// Longest `exact` matcher, in bytes (URL patterns have their own bound,
-/// [`super::urlpattern::MAX_PATTERN_BYTES`]).
+/// `urlpattern::MAX_PATTERN_BYTES`).
 pub const MAX_EXACT_BYTES: usize = 2048;
 
 /// A topic matcher type.
@@ -229,7 +229,7 @@ pub struct Policy {
 /// (the draft wants one code, so the reason is not disclosed on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidToken {
-    /// Signature, shape, algorithm, size or time (see [`JwtError`]).
+    /// Signature, shape, algorithm, size or time (see `JwtError`).
     Jwt(JwtError),
     /// `typ` is not `at+jwt` while the token carries
     /// `authorization_details`, or a legacy token where the legacy dialect

@@ -38,10 +38,10 @@ const MAX_WORDS: usize = (MAX_POSITIONS + 1).div_ceil(64);
 pub enum PatternError {
     /// The empty string.
     Empty,
-    /// Longer than [`MAX_PATTERN_BYTES`], or a component too large once
+    /// Longer than `MAX_PATTERN_BYTES`, or a component too large once
     /// canonicalized.
     TooLong,
-    /// More than [`MAX_GROUPS`] groups.
+    /// More than `MAX_GROUPS` groups.
     TooManyGroups,
     /// A regular-expression group `(...)`: not supported, so that no
     /// pattern can ask for a backtracking engine.
