@@ -5,12 +5,18 @@
 
 #[cfg(feature = "mercure")]
 pub mod base64url;
+#[cfg(feature = "mercure")]
+pub mod draft08;
 pub mod hmac;
 #[cfg_attr(not(feature = "mercure"), path = "jwt_off.rs")]
 pub mod jwt;
 pub mod selector;
 #[cfg(feature = "mercure")]
 pub mod sha256;
+#[cfg(feature = "mercure")]
+pub mod url;
+#[cfg(feature = "mercure")]
+pub mod urlpattern;
 
 #[cfg(feature = "mercure")]
 pub use jwt::mint_hs256;
