@@ -14,6 +14,7 @@ mod components;
 mod contrib;
 mod core;
 mod durable;
+mod exits;
 mod fuzz;
 mod hardening;
 mod heads;
