@@ -104,6 +104,13 @@ impl From<io::Error> for Error {
 mod tests {
     use super::*;
 
+    /// `Server::run` on another thread hands its error back through `join`.
+    #[test]
+    fn crosses_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Error>();
+    }
+
     #[test]
     fn messages_name_what_to_fix() {
         let e = Error::Journal {
