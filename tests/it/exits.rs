@@ -2,15 +2,11 @@
 //! 2 when the operator must fix a flag, a file, a URL or a directory;
 //! 1 when the system failed (a port taken). `main` alone decides them.
 
-use std::process::Command;
+use crate::common::Ssed;
 
-/// Runs ssed with `args` and returns its exit code and standard error.
+/// Runs ssed with exactly `args`; returns its exit code and standard error.
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(args)
-        .env_remove("SSED_LISTEN")
-        .output()
-        .expect("run ssed");
+    let out = Ssed::bare().args(args).output();
     assert!(out.stdout.is_empty(), "it listened: {out:?}");
     (
         out.status.code(),
