@@ -1320,6 +1320,13 @@ mod tests {
     #[test]
     fn every_default_parses() {
         for f in FLAGS {
+            // A switch takes no value, so its default can only be off.
+            assert_eq!(
+                f.value.is_empty(),
+                matches!(f.default, Init::Off),
+                "{}",
+                f.name
+            );
             let v = match f.default {
                 Init::Value(v) => v,
                 Init::Off => "false",
