@@ -177,6 +177,13 @@ pub enum ConfigError {
     UnknownFlag(String),
     /// A flag without its value.
     MissingValue(String),
+    /// A flag of a Cargo feature this binary was built without.
+    NotBuilt {
+        /// The flag, as typed (or its environment variable).
+        flag: String,
+        /// The feature it needs.
+        feature: &'static str,
+    },
     /// A value that does not parse or is out of range.
     BadValue {
         /// The flag, as typed (or its environment variable).
@@ -193,6 +200,11 @@ impl std::fmt::Display for ConfigError {
         match self {
             ConfigError::UnknownFlag(x) => write!(f, "unknown flag {x} (see --help)"),
             ConfigError::MissingValue(x) => write!(f, "flag {x} needs a value"),
+            ConfigError::NotBuilt { flag, feature } => write!(
+                f,
+                "{flag} needs the `{feature}` feature, which this ssed was built without \
+                 (rebuild with: cargo build --release --features {feature})"
+            ),
             ConfigError::BadValue { flag, value, why } => {
                 write!(f, "bad value {value:?} for {flag}: {why}")
             }
@@ -228,8 +240,8 @@ struct Flag {
     /// empty, so the command line replaces the environment, which
     /// replaces the default.
     list: Option<Fill>,
-    /// The Cargo feature the flag belongs to (`None`: the core).
-    #[cfg_attr(not(test), allow(dead_code))] // for the feature gates to read
+    /// The Cargo feature the flag belongs to (`None`: the core); `--help`
+    /// marks it when this build lacks the feature.
     feature: Option<&'static str>,
     /// Reads a value into the config (for a list, one item).
     set: Set,
@@ -736,7 +748,8 @@ static FLAGS: &[Flag] = &[
         help: "test knob: multiplies the built-in apps' tick intervals",
         feature: Some("apps"),
         set: |c, v| {
-            let x: f64 = v.parse().map_err(|_| no("expected a number"))?;
+            let (whole, nanos) = decimal(v).ok_or_else(|| no("expected a number"))?;
+            let x = whole as f64 + f64::from(nanos) / 1e9;
             if !(0.001..=1000.0).contains(&x) {
                 return Err(no("must be in 0.001..=1000"));
             }
@@ -864,9 +877,28 @@ pub fn help() -> String {
             f.default.shown(),
             env_name(f.name)
         ));
+        if let Some(feature) = f.feature.filter(|x| !built(x)) {
+            s.pop();
+            s.push_str(&format!(" [not in this build: feature {feature}]\n"));
+        }
     }
     s.push_str("  --help                         this text\n  --version                      print the version\n\nLogging: RUST_LOG=info (or debug, warn...).\n");
     s
+}
+
+/// Whether this build has the Cargo feature a flag names.
+fn built(feature: &str) -> bool {
+    const BUILT: &[(&str, bool)] = &[
+        ("apps", cfg!(feature = "apps")),
+        ("redis", cfg!(feature = "redis")),
+        ("journal", cfg!(feature = "journal")),
+        ("mercure", cfg!(feature = "mercure")),
+        ("workers", cfg!(feature = "workers")),
+    ];
+    BUILT
+        .iter()
+        .find(|(name, _)| *name == feature)
+        .is_none_or(|(_, on)| *on)
 }
 
 fn bad(flag: &str, value: &str, why: &str) -> ConfigError {
@@ -916,12 +948,31 @@ fn jwt_key_file(path: &str) -> Result<Secret, Refused> {
     jwt_key(bytes).map_err(|_| no("the key in it is shorter than 256 bits (32 bytes)"))
 }
 
+/// A non-negative decimal (`12`, `0.25`, `.5`, `3.`) as whole units and
+/// billionths (digits past the ninth decimal are dropped). By hand because
+/// `str::parse::<f64>` links core's float parser (about 14 KiB) into every
+/// build for the flags that take seconds.
+fn decimal(v: &str) -> Option<(u64, u32)> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let whole = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let nanos = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0, |n, b| n * 10 + u32::from(b - b'0'));
+    Some((whole, nanos))
+}
+
 fn secs(v: &str) -> Result<Duration, Refused> {
-    let x: f64 = v.trim().parse().map_err(|_| no("expected seconds"))?;
-    if !(0.0..=1e7).contains(&x) {
+    let (whole, nanos) = decimal(v.trim()).ok_or_else(|| no("expected seconds"))?;
+    if whole > 10_000_000 || (whole == 10_000_000 && nanos > 0) {
         return Err(no("out of range"));
     }
-    Ok(Duration::from_secs_f64(x))
+    Ok(Duration::new(whole, nanos))
 }
 
 impl Flag {
@@ -1023,6 +1074,7 @@ impl Config {
                 ));
             }
         }
+        cfg.check_features()?;
         if cfg.workers > 0 && cfg.redis.is_none() {
             // Each worker has its own streams and history; without a shared
             // bus a publish would reach only one worker's subscribers.
@@ -1033,6 +1085,58 @@ impl Config {
             ));
         }
         Ok(Command::Serve(Box::new(cfg)))
+    }
+}
+
+impl Config {
+    /// Refuses settings whose Cargo feature is not built in (a minimal
+    /// build), so `--redis` there is an error at start, never ignored.
+    pub fn check_features(&self) -> Result<(), ConfigError> {
+        let set: [(bool, &str, &'static str, bool); 6] = [
+            (
+                self.users_file.is_some(),
+                "--users",
+                "apps",
+                cfg!(feature = "apps"),
+            ),
+            (
+                self.redis.is_some(),
+                "--redis",
+                "redis",
+                cfg!(feature = "redis"),
+            ),
+            (
+                self.data_dir.is_some(),
+                "--data-dir",
+                "journal",
+                cfg!(feature = "journal"),
+            ),
+            (
+                self.jwt_key.is_some() || self.subscriber_jwt_key.is_some(),
+                "--jwt-key",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                !self.private_streams.is_empty(),
+                "--private-streams",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                self.workers > 0,
+                "--workers",
+                "workers",
+                cfg!(feature = "workers"),
+            ),
+        ];
+        match set.iter().find(|(on, _, _, built)| *on && !built) {
+            Some((_, flag, feature, _)) => Err(ConfigError::NotBuilt {
+                flag: flag.to_string(),
+                feature,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1177,6 +1281,34 @@ mod tests {
     }
 
     #[test]
+    fn decimals() {
+        assert_eq!(decimal("12"), Some((12, 0)));
+        assert_eq!(decimal("0.25"), Some((0, 250_000_000)));
+        assert_eq!(decimal(".5"), Some((0, 500_000_000)));
+        assert_eq!(decimal("3."), Some((3, 0)));
+        assert_eq!(decimal("1.0000000019"), Some((1, 1)));
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e3",
+            "1.2.3",
+            "x",
+            " 1",
+            "99999999999999999999",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad}");
+        }
+        assert_eq!(secs(" 0.05 ").ok().unwrap(), Duration::from_millis(50));
+        assert_eq!(
+            secs("10000000").ok().unwrap(),
+            Duration::from_secs(10_000_000)
+        );
+        assert!(secs("10000000.5").is_err());
+    }
+
+    #[test]
     fn errors() {
         assert!(matches!(
             parse(&["--nope"], &[]),
@@ -1205,6 +1337,7 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "workers")]
     #[test]
     fn workers_reuse_port_redis() {
         let c = serve(
@@ -1269,6 +1402,7 @@ mod tests {
         assert!(e.to_string().contains("for SSED_LISTEN"), "{e}");
     }
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn jwt_flags() {
         let key = "k".repeat(32);
@@ -1393,6 +1527,103 @@ mod tests {
         assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 15);
     }
 
+    /// A flag of a feature not built in is refused, naming the feature,
+    /// from the command line and the environment alike.
+    #[test]
+    fn flags_of_features_not_built_are_refused() {
+        let key = "k".repeat(32);
+        type Case<'a> = (&'a [&'a str], (&'a str, &'a str), &'a str, bool);
+        let cases: [Case; 6] = [
+            (
+                &["--users", "/u"],
+                ("SSED_USERS", "/u"),
+                "apps",
+                cfg!(feature = "apps"),
+            ),
+            (
+                &["--redis", "redis://h:1"],
+                ("SSED_REDIS", "redis://h:1"),
+                "redis",
+                cfg!(feature = "redis"),
+            ),
+            (
+                &["--data-dir", "/d"],
+                ("SSED_DATA_DIR", "/d"),
+                "journal",
+                cfg!(feature = "journal"),
+            ),
+            (
+                &["--jwt-key", &key],
+                ("SSED_JWT_KEY", &key),
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                &["--private-streams", "p"],
+                ("SSED_PRIVATE_STREAMS", "p"),
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                &["--workers", "2", "--redis", "redis://h:1"],
+                ("SSED_WORKERS", "2"),
+                "workers",
+                cfg!(feature = "workers"),
+            ),
+        ];
+        for (args, env, feature, built) in cases {
+            let r = parse(args, &[]);
+            if built {
+                assert!(matches!(r, Ok(Command::Serve(_))), "{args:?}: {r:?}");
+                continue;
+            }
+            // `--workers` needs `--redis`, refused first when it is missing.
+            let want = if feature == "workers" && !cfg!(feature = "redis") {
+                ("--redis", "redis")
+            } else {
+                (args[0], feature)
+            };
+            let e = r.unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::NotBuilt { flag, feature: f } if (flag.as_str(), *f) == want),
+                "{args:?}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("--features {}", want.1)), "{msg}");
+            if feature != "workers" {
+                assert!(parse(&[], &[env]).is_err(), "{env:?}");
+            }
+            let mut cfg = Config::default();
+            assert!(cfg.check_features().is_ok());
+            cfg.redis = Some("x".into());
+            cfg.users_file = Some("/u".into());
+            cfg.data_dir = Some("/d".into());
+            cfg.private_streams = vec!["p".into()];
+            assert!(cfg.check_features().is_err());
+        }
+    }
+
+    #[test]
+    fn help_marks_flags_of_features_not_built() {
+        let h = help();
+        let line = |flag: &str| {
+            h.lines()
+                .find(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+                .unwrap_or_else(|| panic!("--{flag} not in help"))
+                .to_string()
+        };
+        for (flag, feature, built) in [
+            ("redis", "redis", cfg!(feature = "redis")),
+            ("data-dir", "journal", cfg!(feature = "journal")),
+            ("jwt-key", "mercure", cfg!(feature = "mercure")),
+            ("users", "apps", cfg!(feature = "apps")),
+        ] {
+            let marked = line(flag).contains(&format!("[not in this build: feature {feature}]"));
+            assert_eq!(marked, !built, "{}", line(flag));
+        }
+        assert!(!line("history").contains("not in this build"));
+    }
+
     #[test]
     fn help_lists_every_flag_with_env() {
         let h = help();
@@ -1419,6 +1650,7 @@ mod durable_tests {
         }
     }
 
+    #[cfg(feature = "journal")]
     #[test]
     fn journal_flags_and_env_twins() {
         let c = serve(&[], &[]).unwrap();

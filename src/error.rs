@@ -11,10 +11,30 @@ use std::path::PathBuf;
 
 use crate::access::AccessError;
 use crate::apps::mongoose::UsersError;
+#[cfg(feature = "redis")]
 use crate::bus::url::UrlError;
+// Without Redis a URL never parses; the refusal is the bus stub's.
+#[cfg(not(feature = "redis"))]
+use crate::bus::BusError as UrlError;
 use crate::bus::BusError;
 use crate::config::ConfigError;
+#[cfg(feature = "journal")]
 use crate::journal::JournalError;
+
+/// Built without the `journal` feature: no journal opens, so none fails.
+#[cfg(not(feature = "journal"))]
+#[derive(Debug)]
+pub enum JournalError {}
+
+#[cfg(not(feature = "journal"))]
+impl fmt::Display for JournalError {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {}
+    }
+}
+
+#[cfg(not(feature = "journal"))]
+impl std::error::Error for JournalError {}
 
 /// Why ssed could not start, or why its loop stopped.
 #[derive(Debug)]
@@ -61,15 +81,24 @@ impl fmt::Display for Error {
                 "--data-dir and --redis cannot be used together: Redis is the shared history \
                  of a scale-out deployment; pick one",
             ),
-            Error::Journal {
-                dir,
-                source: e @ JournalError::Locked(_),
-            } => write!(f, "{e}: another ssed is using --data-dir {}", dir.display()),
+            Error::Journal { dir, source } if locked(source) => write!(
+                f,
+                "{source}: another ssed is using --data-dir {}",
+                dir.display()
+            ),
             Error::Journal { source, .. } => source.fmt(f),
             Error::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Io(e) => e.fmt(f),
         }
     }
+}
+
+/// Whether another process holds the journal's lock.
+fn locked(e: &JournalError) -> bool {
+    #[cfg(feature = "journal")]
+    return matches!(e, JournalError::Locked(_));
+    #[cfg(not(feature = "journal"))]
+    match *e {}
 }
 
 impl std::error::Error for Error {
@@ -111,6 +140,7 @@ mod tests {
         send_sync::<Error>();
     }
 
+    #[cfg(feature = "journal")]
     #[test]
     fn messages_name_what_to_fix() {
         let e = Error::Journal {

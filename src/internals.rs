@@ -16,6 +16,7 @@ pub mod frame {
 }
 
 /// Minting HS256 tokens (tests, token tools).
+#[cfg(feature = "mercure")]
 pub mod auth {
     pub use crate::auth::{mint_hs256, Key};
 }

@@ -237,11 +237,17 @@ impl Value {
     fn prometheus(&self) -> String {
         match self {
             Value::Int(n) => n.to_string(),
-            Value::Float(x) => format!("{x:.3}"),
+            Value::Float(x) => millis_as_secs((x * 1000.0).round() as u64),
             Value::Bool(b) => u64::from(*b).to_string(),
             Value::Text(_) => String::new(),
         }
     }
+}
+
+/// `ms` as seconds with three decimals, in integers: `{:.3}` of an `f64`
+/// would link core's float formatting (about 20 KiB) for this one number.
+fn millis_as_secs(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// A count of things (`usize` or `u64`) as a reading.
@@ -902,6 +908,18 @@ pub fn rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_has_three_decimals() {
+        assert_eq!(millis_as_secs(0), "0.000");
+        assert_eq!(millis_as_secs(1_005), "1.005");
+        assert_eq!(millis_as_secs(86_400_120), "86400.120");
+        let g = Gauges {
+            uptime_secs: 2.0004,
+            ..Gauges::default()
+        };
+        assert!(prometheus(&Counters::default(), &g).contains("\nssed_uptime_seconds 2.000\n"));
+    }
 
     #[test]
     fn prometheus_shape() {
