@@ -62,6 +62,7 @@
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
 // it). 1: config, event, frame, http, stats, auth, bus, journal, access.
 // 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
+// 5: error (the crate's one error, wrapping those of lower layers).
 // 7: supervisor (the `--workers` process manager).
 // `client` stands apart and uses none of them.
 // Cargo features (Cargo.toml) leave modules out; where the core calls one,
@@ -78,6 +79,7 @@ mod bus;
 #[cfg(feature = "cli")]
 pub mod client;
 mod config;
+mod error;
 mod event;
 mod frame;
 mod handler;
@@ -102,6 +104,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 pub use config::{help, Command, Config, ConfigError};
+pub use error::Error;
 pub use event::{Event, PublishError};
 #[cfg(all(unix, feature = "workers"))]
 #[doc(hidden)] // for the binary's `--workers`; not part of the library API
@@ -171,8 +174,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every `cfg.listen` address (port 0 picks a free port).
-    pub fn bind(cfg: Config) -> std::io::Result<Server> {
+    /// Binds every `cfg.listen` address (port 0 picks a free port), after
+    /// checking what the config names: the `--users` file, the `--redis`
+    /// URL, the keys, the `--data-dir` journal.
+    pub fn bind(cfg: Config) -> Result<Server, Error> {
         Ok(Server {
             bound: reactor::Bound::bind(cfg)?,
         })
@@ -194,7 +199,7 @@ impl Server {
         }
     }
     /// Runs the loop on this thread until shutdown.
-    pub fn run(self) -> std::io::Result<()> {
-        self.bound.run()
+    pub fn run(self) -> Result<(), Error> {
+        self.bound.run().map_err(Error::Io)
     }
 }

@@ -1,9 +1,10 @@
 //! The `ssed` binary: parse flags, run the server (or the `sub`/`pub`
-//! client commands), map errors to exit codes.
+//! client commands), map errors to exit codes. Only this file decides
+//! exit codes (`exit_code`): the library returns typed errors.
 
 use std::io::Write;
 
-use ssed::{Command, Config, Server};
+use ssed::{Command, Config, Error, Server};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,10 +34,7 @@ fn serve(args: &[String]) -> i32 {
             println!("ssed {}", env!("CARGO_PKG_VERSION"));
             return 0;
         }
-        Err(e) => {
-            eprintln!("ssed: {e}");
-            return 2;
-        }
+        Err(e) => return fail(&Error::Config(e)),
     };
     init_logging();
     // A bug must not leave a hung half-server behind: log it and exit
@@ -51,15 +49,7 @@ fn serve(args: &[String]) -> i32 {
     }
     let server = match Server::bind(*cfg) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("ssed: {e}");
-            // A configuration file that cannot be used is a usage error.
-            return if e.kind() == std::io::ErrorKind::InvalidInput {
-                2
-            } else {
-                1
-            };
-        }
+        Err(e) => return fail(&e),
     };
     let mut out = std::io::stdout().lock();
     for a in server.local_addrs() {
@@ -69,10 +59,28 @@ fn serve(args: &[String]) -> i32 {
     drop(out);
     match server.run() {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("ssed: {e}");
-            1
-        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Reports `e` and returns the exit code it means.
+fn fail(e: &Error) -> i32 {
+    eprintln!("ssed: {e}");
+    exit_code(e)
+}
+
+/// 2 when the operator asked for something that cannot be done (a flag,
+/// a file, a URL, a data directory to fix), 1 when the system failed.
+fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::Config(_)
+        | Error::Users(_)
+        | Error::RedisUrl(_)
+        | Error::RedisHost(_)
+        | Error::Access(_)
+        | Error::JournalWithRedis
+        | Error::Journal { .. } => 2,
+        Error::Listen { .. } | Error::Io(_) => 1,
     }
 }
 
@@ -82,7 +90,14 @@ fn supervise(cfg: &Config, args: &[String]) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ssed: {e}");
-            e.exit_code()
+            match e {
+                // A worker's own code (2 for a bad config), so the
+                // supervisor fails as a single process would.
+                ssed::SuperviseError::Startup { status, .. } => {
+                    status.code().filter(|c| *c != 0).unwrap_or(1)
+                }
+                _ => 1,
+            }
         }
     }
 }

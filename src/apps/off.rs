@@ -25,6 +25,8 @@ pub mod mongoose {
             f.write_str("--users needs the `apps` feature, which this ssed was built without")
         }
     }
+
+    impl std::error::Error for UsersError {}
 }
 
 /// State of every app: none.

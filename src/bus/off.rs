@@ -27,6 +27,8 @@ impl fmt::Display for BusError {
     }
 }
 
+impl std::error::Error for BusError {}
+
 impl FromStr for RedisUrl {
     type Err = BusError;
     fn from_str(_: &str) -> Result<RedisUrl, BusError> {

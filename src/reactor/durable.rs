@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use crate::apps::Apps;
 use crate::broker::Broker;
 use crate::config::{Config, FsyncPolicy};
+use crate::error::Error;
 use crate::event::PublishError;
-use crate::journal::{Fsync, Journal, JournalConfig, JournalError, Link, Record, Replay};
+use crate::journal::{Fsync, Journal, JournalConfig, Link, Record, Replay};
 use crate::stats::JournalGauges;
 
 /// Largest segment file: compaction reads about three per call on the
@@ -40,16 +41,12 @@ pub(crate) struct Opened {
 pub(crate) fn open(
     cfg: &Config,
     wake: Arc<dyn Fn() + Send + Sync>,
-) -> Result<Option<Opened>, String> {
+) -> Result<Option<Opened>, Error> {
     let Some(dir) = &cfg.data_dir else {
         return Ok(None);
     };
     if cfg.redis.is_some() {
-        return Err(
-            "--data-dir and --redis cannot be used together: Redis is the shared history \
-             of a scale-out deployment; pick one"
-                .into(),
-        );
+        return Err(Error::JournalWithRedis);
     }
     let mut jc = JournalConfig::new(dir);
     jc.fsync = match cfg.fsync {
@@ -79,11 +76,10 @@ pub(crate) fn open(
             always: cfg.fsync == FsyncPolicy::Always,
             bound: cfg.journal_bytes,
         })),
-        Err(e @ JournalError::Locked(_)) => Err(format!(
-            "{e}: another ssed is using --data-dir {}",
-            dir.display()
-        )),
-        Err(e) => Err(e.to_string()),
+        Err(source) => Err(Error::Journal {
+            dir: dir.clone(),
+            source,
+        }),
     }
 }
 
@@ -261,7 +257,7 @@ mod tests {
         assert!(matches!(open(&cfg, wake.clone()), Ok(None)));
         cfg.data_dir = Some(std::env::temp_dir().join("ssed-durable-redis-never-created"));
         cfg.redis = Some("redis://127.0.0.1:6379".into());
-        let err = open(&cfg, wake).err().unwrap();
+        let err = open(&cfg, wake).err().unwrap().to_string();
         assert!(err.contains("--data-dir and --redis"), "{err}");
         assert!(!err.contains('\n'));
         assert!(!cfg.data_dir.unwrap().exists());

@@ -8,7 +8,8 @@ use std::sync::{mpsc, Arc};
 
 use crate::apps::Apps;
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::error::Error;
 use crate::event::PublishError;
 use crate::journal::Link;
 use crate::stats::JournalGauges;
@@ -20,12 +21,13 @@ pub(crate) enum Opened {}
 pub(crate) fn open(
     cfg: &Config,
     _wake: Arc<dyn Fn() + Send + Sync>,
-) -> Result<Option<Opened>, String> {
+) -> Result<Option<Opened>, Error> {
     match cfg.data_dir {
         None => Ok(None),
-        Some(_) => {
-            Err("--data-dir needs the `journal` feature, which this ssed was built without".into())
-        }
+        Some(_) => Err(Error::Config(ConfigError::NotBuilt {
+            flag: "--data-dir".into(),
+            feature: "journal",
+        })),
     }
 }
 

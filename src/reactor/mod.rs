@@ -50,6 +50,7 @@ use slab::Slab;
 use crate::apps::Apps;
 use crate::broker::{Broker, Limits};
 use crate::config::Config;
+use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::handler::{Action, Cx};
 use crate::http::{self, Parsed, Response};
@@ -183,34 +184,27 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    pub fn bind(cfg: Config) -> io::Result<Bound> {
-        cfg.check_features()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let users = Apps::load_users(&cfg)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    pub fn bind(cfg: Config) -> Result<Bound, Error> {
+        // An embedder's Config skips `from_args`, which checks this too.
+        cfg.check_features()?;
+        let users = Apps::load_users(&cfg).map_err(Error::Users)?;
         let redis = match cfg.redis.as_deref() {
             Some(u) => {
-                let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-                let url = u
-                    .parse::<crate::bus::RedisUrl>()
-                    .map_err(|e| bad(e.to_string()))?;
+                let url = u.parse::<crate::bus::RedisUrl>().map_err(Error::RedisUrl)?;
                 // Once, here: a lookup on the loop at every reconnect would
                 // stall every connection while the resolver waits.
-                let target =
-                    bus::Target::resolve(&url.addr).map_err(|e| bad(format!("--redis: {e}")))?;
+                let target = bus::Target::resolve(&url.addr).map_err(Error::RedisHost)?;
                 Some((url, target))
             }
             None => None,
         };
-        let auth = crate::access::Access::from_config(&cfg)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let auth = crate::access::Access::from_config(&cfg).map_err(Error::Access)?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for (i, a) in cfg.listen.iter().enumerate() {
-            let cannot =
-                |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+            let cannot = |source| Error::Listen { addr: *a, source };
             let mut l = if cfg.reuse_port {
                 TcpListener::from_std(
                     listen::bind_reuse_port(*a, Some(LISTEN_BACKLOG)).map_err(cannot)?,
@@ -252,10 +246,9 @@ impl Bound {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = s.waker.wake();
         });
-        // A data directory that cannot be used is a usage error (exit 2),
-        // reported before anything is served.
-        let journal = durable::open(&cfg, wake)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // A data directory that cannot be used is reported before anything
+        // is served.
+        let journal = durable::open(&cfg, wake)?;
         if cfg.handle_signals {
             install_signal_handlers(&shared);
         }

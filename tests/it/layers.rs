@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("apps", 4),
     ("mercure", 4),
     ("router", 5),
+    ("error", 5),
     ("reactor", 6),
     ("supervisor", 7),
 ];

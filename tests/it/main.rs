@@ -20,6 +20,7 @@ mod contrib;
 mod core;
 #[cfg(feature = "journal")]
 mod durable;
+mod exits;
 mod fuzz;
 mod hardening;
 mod heads;

@@ -77,7 +77,7 @@ struct Lib {
     addr: SocketAddr,
     publisher: ssed::Publisher,
     stop: ssed::ShutdownHandle,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ssed::Error>>>,
 }
 
 impl Lib {

@@ -13,7 +13,7 @@ use crate::stats::RedisGauges;
 pub(super) enum Target {}
 
 impl Target {
-    pub(super) fn resolve(addr: &crate::bus::RedisAddr) -> Result<Target, String> {
+    pub(super) fn resolve(addr: &crate::bus::RedisAddr) -> Result<Target, crate::bus::BusError> {
         match *addr {}
     }
 }
