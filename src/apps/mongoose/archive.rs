@@ -99,3 +99,21 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::mongoose::{ARCHIVE, ARCHIVE_BYTES};
+
+    #[test]
+    fn archive_is_bounded() {
+        let mut a: Archive<u32> = Archive::default();
+        for i in 0..(ARCHIVE as u32 + 10) {
+            a.push(u64::from(i), Rc::new(i), 10);
+        }
+        assert_eq!(a.items.len(), ARCHIVE);
+        assert_eq!(a.iter().next(), Some(&10));
+        assert_eq!(a.push(1000, Rc::new(0), ARCHIVE_BYTES), ARCHIVE * 10);
+        assert_eq!(a.items.len(), 1);
+    }
+}
