@@ -156,7 +156,6 @@ pub(super) fn messages(cx: &mut Ctx<'_, '_, '_>, with: Option<&str>) {
 
 #[cfg(test)]
 mod tests {
-
     #[test]
     fn frames_write_id_then_event_then_data() {
         let frame = |id: u64, event: &str, data: &str| {

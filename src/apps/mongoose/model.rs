@@ -431,15 +431,8 @@ impl Mongoose {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::mongoose::users::parse_users;
+    use crate::apps::mongoose::users::parsed;
     use crate::apps::mongoose::MAX_CONTACTS;
-
-    fn parsed(text: &str) -> Users {
-        match parse_users(text) {
-            Ok(u) => u,
-            Err(e) => panic!("{text:?}: {e:?}"),
-        }
-    }
 
     #[test]
     fn jids() {

@@ -161,17 +161,19 @@ pub(super) fn parse_users(text: &str) -> Result<Users, UsersErrorKind> {
     Ok(users)
 }
 
+/// `text` as a users file, for the tests of this app's modules.
+#[cfg(test)]
+pub(super) fn parsed(text: &str) -> Users {
+    match parse_users(text) {
+        Ok(u) => u,
+        Err(e) => panic!("{text:?}: {e:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Mongoose;
     use super::*;
-
-    fn parsed(text: &str) -> Users {
-        match parse_users(text) {
-            Ok(u) => u,
-            Err(e) => panic!("{text:?}: {e:?}"),
-        }
-    }
 
     fn password<'u>(u: &'u Users, jid: &str) -> Option<&'u str> {
         u.entries
