@@ -3,6 +3,8 @@
 //! which selectors, and matching must stay polynomial whatever the template
 //! and topic are (no backtracking), since both can come from a token.
 
+use std::cell::OnceCell;
+
 /// Longest selector accepted, in bytes.
 pub const MAX_SELECTOR_BYTES: usize = 2048;
 /// Longest URI template accepted, in bytes: no topic is longer than 1,024
@@ -61,7 +63,7 @@ impl SelectorError {
 enum Seg {
     /// Literal bytes and their KMP failure table (so finding every place
     /// the literal occurs is one pass, never literal × topic).
-    Lit(Box<[u8]>, Box<[u16]>),
+    Lit(Box<str>, Box<[u16]>),
     /// At least this many value tokens.
     Var(u8),
 }
@@ -74,6 +76,18 @@ struct Template {
     /// The template with variable names erased (`/a/{2}/b`): templates
     /// with the same key match the same topics.
     key: Box<str>,
+    /// Exact necessary conditions, checked in a few operations before any
+    /// matcher runs (see [`Topic`] for the topic's side). No value token
+    /// holds a hard byte (see [`is_hard`]), so a topic's hard bytes are
+    /// exactly the literals' hard bytes, in order: this hashes them.
+    hard: u64,
+    /// How often each soft byte occurs in the literals (sorted by byte):
+    /// each literal byte is some topic byte, so the topic has at least as
+    /// many.
+    soft: Box<[(u8, u16)]>,
+    /// Whether a literal holds `%` (which could match inside a topic's
+    /// percent-encoded triplet: then only the general matchers are exact).
+    pct: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +119,7 @@ impl Selector {
             if s.len() > MAX_TEMPLATE_BYTES {
                 return Err(SelectorError::TooLong);
             }
-            Kind::Template(Box::new(compile(s.as_bytes())?))
+            Kind::Template(Box::new(compile(s)?))
         } else {
             Kind::Exact
         };
@@ -139,16 +153,27 @@ impl Selector {
         self.match_steps(topic).0
     }
 
-    /// Whether a prepared topic is selected (the same answer as
-    /// [`Selector::matches`]; cheaper when one topic meets many selectors).
+    /// Whether a prepared topic is selected: the same answer as
+    /// [`Selector::matches`], cheaper when one topic meets many selectors.
+    /// A template is first held against the topic's exact summary (length,
+    /// hard bytes, byte counts, first and last literal), which refuses
+    /// most in a few operations; one that passes is matched greedily (see
+    /// [`template_matches_greedy`]) or, where a literal holds `%` and so
+    /// does the topic, by the bitset matcher.
     pub fn matches_in(&self, topic: &Topic<'_>) -> bool {
-        self.match_steps_in(topic).0
+        match &self.kind {
+            Kind::Any => true,
+            Kind::Exact => self.raw == topic.topic,
+            Kind::Template(t) => template_matches_fast(t, topic),
+        }
     }
 
-    /// [`Selector::matches_in`] with its steps (a step is one 64-bit word
-    /// operation here): at most about (literal bytes + 20 per segment) × 17.
+    /// The bitset matcher alone (no summary, no greedy pass), with its
+    /// steps (a step is one 64-bit word operation here): at most about
+    /// (literal bytes + 20 per segment) × 17. A topic over 1,024 bytes
+    /// takes [`Selector::match_steps`].
     pub fn match_steps_in(&self, topic: &Topic<'_>) -> (bool, u64) {
-        match (&self.kind, &topic.masks) {
+        match (&self.kind, topic.masks()) {
             (Kind::Template(t), Some(m)) => {
                 let mut steps = 0;
                 let r = template_matches_bits(t, topic.topic.as_bytes(), m, &mut steps);
@@ -194,12 +219,75 @@ const BITS_TOPIC_BYTES: usize = 1024;
 
 type Bits = [u64; W];
 
-/// A topic prepared once for matching against many selectors: which
-/// offsets hold each byte and which hold a variable-value character, as
-/// bitsets, so a template segment is a few operations per 64 offsets.
+/// A topic prepared once for matching against many selectors: a summary
+/// every template is held against first (its hard bytes, byte counts,
+/// whether it holds `%`), built in one pass; the token runs the greedy
+/// matcher walks and the bitsets the bitset matcher uses are built on
+/// first need only, since most publishes never need them.
 pub struct Topic<'a> {
     topic: &'a str,
-    masks: Option<Box<Masks>>,
+    /// Its hard bytes (see [`is_hard`]), hashed in order.
+    hard: u64,
+    /// How often each byte occurs.
+    counts: [u32; 256],
+    /// Whether it holds `%`.
+    pct: bool,
+    runs: OnceCell<Runs>,
+    masks: OnceCell<Option<Box<Masks>>>,
+}
+
+/// Where the topic's value tokens lie, read left to right.
+struct Runs {
+    /// Per offset: [`ONE`], [`TRIPLET`], [`INSIDE`] or [`NONE`].
+    class: Box<[u8]>,
+    /// Per offset (and the length): the first offset at or after it where
+    /// no token starts, or the length. Tokens never cross one, so a run of
+    /// variables starting at `p` ends at `stop[p]` at the latest.
+    stop: Box<[u32]>,
+}
+
+/// A one-byte token (an unreserved character).
+const ONE: u8 = 0;
+/// The `%` of a percent-encoded triplet (a three-byte token).
+const TRIPLET: u8 = 1;
+/// The second or third byte of a triplet.
+const INSIDE: u8 = 2;
+/// No token starts here (a hard byte or a lone `%`).
+const NONE: u8 = 3;
+
+impl Runs {
+    fn new(b: &[u8]) -> Runs {
+        let n = b.len();
+        let mut class = vec![NONE; n];
+        let mut i = 0;
+        while i < n {
+            match value_token(&b[i..]) {
+                Some(1) => {
+                    class[i] = ONE;
+                    i += 1;
+                }
+                Some(_) => {
+                    class[i] = TRIPLET;
+                    class[i + 1] = INSIDE;
+                    class[i + 2] = INSIDE;
+                    i += 3;
+                }
+                None => i += 1,
+            }
+        }
+        let mut stop = vec![n as u32; n + 1];
+        for i in (0..n).rev() {
+            stop[i] = if class[i] == NONE {
+                i as u32
+            } else {
+                stop[i + 1]
+            };
+        }
+        Runs {
+            class: class.into(),
+            stop: stop.into(),
+        }
+    }
 }
 
 struct Masks {
@@ -220,96 +308,243 @@ struct Masks {
 }
 
 impl<'a> Topic<'a> {
-    /// Prepares `topic`. Bitsets are used when it is at most 1,024 bytes
-    /// (every Mercure topic); a longer one is matched by the position-set
-    /// walk, which is linear too.
-    // Word-parallel loops over several bitsets at once read best indexed.
-    #[allow(clippy::needless_range_loop)]
+    /// Prepares `topic` (one pass over it).
     pub fn new(topic: &'a str) -> Topic<'a> {
-        let b = topic.as_bytes();
-        let masks = (b.len() <= BITS_TOPIC_BYTES).then(|| {
-            let mut m = Masks {
-                unres: [0; W],
-                pct: [0; W],
-                wide: [0; W],
-                inner1: [0; W],
-                inner: [0; W],
-                chars: [0; W],
-                eq: vec![[0; W]; 256],
-            };
-            for (i, &c) in b.iter().enumerate() {
-                let (w, bit) = (i / 64, 1u64 << (i % 64));
-                m.eq[c as usize][w] |= bit;
-                m.chars[w] |= bit;
-                match value_token(&b[i..]) {
-                    Some(1) => m.unres[w] |= bit,
-                    Some(_) => m.pct[w] |= bit,
-                    None => {}
-                }
+        let mut hard = Fnv::new();
+        let mut counts = [0u32; 256];
+        for &c in topic.as_bytes() {
+            counts[c as usize] += 1;
+            if is_hard(c) {
+                hard.push(c);
             }
-            m.inner1 = shl(&m.pct, 1);
-            let inner2 = shl(&m.pct, 2);
-            for i in 0..W {
-                m.inner[i] = m.inner1[i] | inner2[i];
-                m.wide[i] = m.unres[i] | m.pct[i] | m.inner[i];
-            }
-            Box::new(m)
-        });
-        Topic { topic, masks }
+        }
+        Topic {
+            topic,
+            hard: hard.0,
+            pct: counts[b'%' as usize] > 0,
+            counts,
+            runs: OnceCell::new(),
+            masks: OnceCell::new(),
+        }
+    }
+
+    fn runs(&self) -> &Runs {
+        self.runs.get_or_init(|| Runs::new(self.topic.as_bytes()))
+    }
+
+    /// Bitsets, for a topic of at most 1,024 bytes (every Mercure topic);
+    /// a longer one is matched by the position-set walk, linear too.
+    fn masks(&self) -> Option<&Masks> {
+        self.masks
+            .get_or_init(|| Masks::new(self.topic.as_bytes()))
+            .as_deref()
     }
 }
 
-fn compile(s: &[u8]) -> Result<Template, SelectorError> {
+impl Masks {
+    // Word-parallel loops over several bitsets at once read best indexed.
+    #[allow(clippy::needless_range_loop)]
+    fn new(b: &[u8]) -> Option<Box<Masks>> {
+        if b.len() > BITS_TOPIC_BYTES {
+            return None;
+        }
+        let mut m = Masks {
+            unres: [0; W],
+            pct: [0; W],
+            wide: [0; W],
+            inner1: [0; W],
+            inner: [0; W],
+            chars: [0; W],
+            eq: vec![[0; W]; 256],
+        };
+        for (i, &c) in b.iter().enumerate() {
+            let (w, bit) = (i / 64, 1u64 << (i % 64));
+            m.eq[c as usize][w] |= bit;
+            m.chars[w] |= bit;
+            match value_token(&b[i..]) {
+                Some(1) => m.unres[w] |= bit,
+                Some(_) => m.pct[w] |= bit,
+                None => {}
+            }
+        }
+        m.inner1 = shl(&m.pct, 1);
+        let inner2 = shl(&m.pct, 2);
+        for i in 0..W {
+            m.inner[i] = m.inner1[i] | inner2[i];
+            m.wide[i] = m.unres[i] | m.pct[i] | m.inner[i];
+        }
+        Some(Box::new(m))
+    }
+}
+
+/// [`Selector::matches_in`] for a template: the summary, then a matcher.
+fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
+    let b = topic.topic.as_bytes();
+    if b.len() < t.min_len || t.hard != topic.hard {
+        return false;
+    }
+    if let Some(Seg::Lit(l, _)) = t.segs.first() {
+        if !b.starts_with(l.as_bytes()) {
+            return false;
+        }
+    }
+    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+        if !b.ends_with(l.as_bytes()) {
+            return false;
+        }
+    }
+    if t.soft
+        .iter()
+        .any(|&(c, k)| topic.counts[c as usize] < k as u32)
+    {
+        return false;
+    }
+    if !(t.pct && topic.pct) {
+        if let Some(m) = template_matches_greedy(t, topic.topic, topic.runs()) {
+            return m;
+        }
+    }
+    let mut steps = 0;
+    match topic.masks() {
+        Some(m) => template_matches_bits(t, b, m, &mut steps),
+        None => template_matches(t, b, &mut steps),
+    }
+}
+
+/// Matches leftmost-first, one pass over the topic at most: each literal
+/// goes at its first place the variables before it can reach, found by a
+/// substring search. `None` if it cannot decide (the caller falls back to
+/// an exhaustive matcher).
+///
+/// Why first is enough, when no literal holds `%` or the topic holds none:
+/// then no literal can start or end inside a topic's triplet (its inner
+/// bytes follow a `%` a literal would have to hold), so every split point
+/// is on the one chain of tokens read left to right ([`Runs`]), and a run
+/// of `k` variables from `p` reaches exactly the chain's offsets from its
+/// `k`-th after `p` to `stop[p]`. Moving a literal earlier within that
+/// range moves the next range's start no later and keeps its end (a hard
+/// byte between the two places would be in the literal at the later one,
+/// and a token byte at the earlier), so whatever matched after the later
+/// place matches after the first one too.
+fn template_matches_greedy(t: &Template, topic: &str, r: &Runs) -> Option<bool> {
+    let b = topic.as_bytes();
+    let n = b.len();
+    let segs = &t.segs;
+    let (mut p, mut i) = match segs.first() {
+        Some(Seg::Lit(l, _)) if b.starts_with(l.as_bytes()) => (l.len(), 1),
+        Some(Seg::Lit(..)) => return Some(false),
+        _ => (0, 0),
+    };
+    while i < segs.len() {
+        let Seg::Var(k) = segs[i] else {
+            return None; // literals and runs alternate
+        };
+        let mut lo = p;
+        for _ in 0..k {
+            match r.class.get(lo) {
+                Some(&ONE) => lo += 1,
+                Some(&TRIPLET) => lo += 3,
+                _ => return Some(false),
+            }
+        }
+        let hi = *r.stop.get(p)? as usize;
+        let lit = match segs.get(i + 1) {
+            None => return Some(hi == n),
+            Some(Seg::Lit(l, _)) => l,
+            Some(Seg::Var(_)) => return None,
+        };
+        if i + 2 == segs.len() {
+            // The last literal ends the topic.
+            let Some(at) = n.checked_sub(lit.len()) else {
+                return Some(false);
+            };
+            return Some(
+                lo <= at
+                    && at <= hi
+                    && r.class.get(at) != Some(&INSIDE)
+                    && b[at..] == *lit.as_bytes(),
+            );
+        }
+        let mut from = lo;
+        let at = loop {
+            let Some(off) = topic.get(from..)?.find(&**lit) else {
+                return Some(false);
+            };
+            let at = from + off;
+            if at > hi {
+                return Some(false);
+            }
+            if r.class.get(at) != Some(&INSIDE) {
+                break at;
+            }
+            // Inside a triplet no variable ends: the next place.
+            from = at + 1;
+        };
+        p = at + lit.len();
+        i += 2;
+    }
+    Some(p == n)
+}
+
+fn compile(s: &str) -> Result<Template, SelectorError> {
     let mut segs: Vec<Seg> = Vec::new();
-    let mut lit = Vec::new();
     let mut vars = 0usize;
     let mut key = String::new();
-    let flush = |lit: &mut Vec<u8>, segs: &mut Vec<Seg>| {
+    let flush = |lit: &str, segs: &mut Vec<Seg>| {
         if !lit.is_empty() {
-            let l = std::mem::take(lit);
-            let fail = kmp_table(&l);
-            segs.push(Seg::Lit(l.into(), fail.into()));
+            let fail = kmp_table(lit.as_bytes());
+            segs.push(Seg::Lit(lit.into(), fail.into()));
         }
     };
+    let b = s.as_bytes();
+    // Braces are ASCII, so every literal is a `str` slice.
+    let mut lit_start = 0;
     let mut i = 0;
-    while i < s.len() {
-        match s[i] {
+    while i < b.len() {
+        match b[i] {
             b'}' => return Err(SelectorError::Unbalanced),
             b'{' => {
-                let close = s[i + 1..]
+                let close = b[i + 1..]
                     .iter()
                     .position(|&c| c == b'}' || c == b'{')
                     .map(|p| i + 1 + p);
                 let close = match close {
-                    Some(c) if s[c] == b'{' => return Err(SelectorError::Nested),
+                    Some(c) if b[c] == b'{' => return Err(SelectorError::Nested),
                     Some(c) => c,
                     None => return Err(SelectorError::Unbalanced),
                 };
-                valid_var_name(&s[i + 1..close])?;
+                valid_var_name(&b[i + 1..close])?;
                 vars += 1;
                 if vars > MAX_TEMPLATE_VARS {
                     return Err(SelectorError::TooManyVars);
                 }
-                flush(&mut lit, &mut segs);
+                flush(&s[lit_start..i], &mut segs);
                 match segs.last_mut() {
                     Some(Seg::Var(k)) => *k += 1,
                     _ => segs.push(Seg::Var(1)),
                 }
                 i = close + 1;
+                lit_start = i;
             }
-            c => {
-                lit.push(c);
-                i += 1;
-            }
+            _ => i += 1,
         }
     }
-    flush(&mut lit, &mut segs);
+    flush(&s[lit_start..], &mut segs);
     let mut min_len = 0;
+    let mut hard = Fnv::new();
+    let mut counts = [0u16; 256];
     for seg in &segs {
         match seg {
             Seg::Lit(l, _) => {
                 min_len += l.len();
-                key.push_str(&String::from_utf8_lossy(l));
+                key.push_str(l);
+                for &c in l.as_bytes() {
+                    if is_hard(c) {
+                        hard.push(c);
+                    } else {
+                        counts[c as usize] += 1;
+                    }
+                }
             }
             Seg::Var(k) => {
                 min_len += *k as usize;
@@ -317,11 +552,35 @@ fn compile(s: &[u8]) -> Result<Template, SelectorError> {
             }
         }
     }
+    let soft: Vec<(u8, u16)> = (0..=255u8).zip(counts).filter(|&(_, k)| k > 0).collect();
     Ok(Template {
         segs: segs.into(),
         min_len,
         key: key.into(),
+        hard: hard.0,
+        pct: counts[b'%' as usize] > 0,
+        soft: soft.into(),
     })
+}
+
+/// A byte no value token holds: neither unreserved nor `%` (so not in a
+/// triplet either). Such a byte in a topic can only be matched by the same
+/// byte of a literal.
+fn is_hard(c: u8) -> bool {
+    !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%'))
+}
+
+/// FNV-1a, for the hard-byte sequence (equal sequences, equal hashes; a
+/// collision only lets a template through to the real matcher).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn push(&mut self, c: u8) {
+        self.0 = (self.0 ^ c as u64).wrapping_mul(0x0100_0000_01b3);
+    }
 }
 
 /// KMP failure function: `f[i]` is the length of the longest proper
@@ -402,13 +661,13 @@ fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
     // first or last literal.
     if let Some(Seg::Lit(l, _)) = t.segs.first() {
         *steps += l.len() as u64;
-        if !topic.starts_with(l) {
+        if !topic.starts_with(l.as_bytes()) {
             return false;
         }
     }
     if let Some(Seg::Lit(l, _)) = t.segs.last() {
         *steps += l.len() as u64;
-        if !topic.ends_with(l) {
+        if !topic.ends_with(l.as_bytes()) {
             return false;
         }
     }
@@ -423,6 +682,7 @@ fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
         *steps += (n + 1 - lo) as u64;
         match seg {
             Seg::Lit(lit, fail) => {
+                let lit = lit.as_bytes();
                 let len = lit.len();
                 let count = reach[lo..].iter().filter(|&&r| r).count();
                 if count.saturating_mul(len) <= n + len {
@@ -563,7 +823,7 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
     }
     if let Some(Seg::Lit(l, _)) = t.segs.last() {
         *steps += l.len() as u64 / 8;
-        if !topic.ends_with(l) {
+        if !topic.ends_with(l.as_bytes()) {
             return false;
         }
     }
@@ -573,6 +833,7 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
         *steps += W as u64;
         match seg {
             Seg::Lit(lit, _) => {
+                let lit = lit.as_bytes();
                 let len = lit.len();
                 let count: u32 = reach.iter().map(|w| w.count_ones()).sum();
                 if (count as usize).saturating_mul(len) <= len.saturating_mul(W) {
@@ -917,6 +1178,182 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every matcher, each against the plain backtracking one: the walk,
+    /// the bitsets, the greedy pass where it decides, and the whole fast
+    /// path (summary, greedy or bitsets); and the summary never refuses a
+    /// topic that matches.
+    fn all_agree(t: &str, topic: &str) {
+        let Ok(sel) = Selector::parse(t) else {
+            return;
+        };
+        let Kind::Template(tpl) = &sel.kind else {
+            return;
+        };
+        let want = reference(t.as_bytes(), topic.as_bytes());
+        assert_eq!(sel.matches(topic), want, "walk: {t:?} on {topic:?}");
+        let prepared = Topic::new(topic);
+        assert_eq!(
+            sel.match_steps_in(&prepared).0,
+            want,
+            "bits: {t:?} on {topic:?}"
+        );
+        if let Some(g) = template_matches_greedy(tpl, topic, prepared.runs()) {
+            if !(tpl.pct && prepared.pct) {
+                assert_eq!(g, want, "greedy: {t:?} on {topic:?}");
+            }
+        }
+        assert_eq!(sel.matches_in(&prepared), want, "fast: {t:?} on {topic:?}");
+    }
+
+    #[test]
+    fn fast_paths_agree_on_a_table() {
+        let templates = [
+            "https://ex.com/users/{u}",
+            "https://ex.com/users/{u}/books/{b}.json",
+            "https://ex.com/{a}/{b}",
+            "/{a}{b}{c}",
+            "/{a}a{b}aa{c}b{d}",
+            "/{a}%41{b}",
+            "/{a}%{b}",
+            "/x%4{a}",
+            "/{a}1{b}",
+            "/{a}41",
+            "/é/{a}",
+            "{a}",
+            "{a}:{b}",
+            "a{a}a",
+            "/{a}-{b}-{c}",
+            // Operators and modifiers (levels 2..4) are refused at parse:
+            // they reach no matcher.
+            "/{+a}",
+            "/{#a}",
+            "/{a*}",
+            "/{a:3}",
+        ];
+        let topics = [
+            "https://ex.com/users/kim",
+            "https://ex.com/users/kim/books/42.json",
+            "https://ex.com/users/kim/books/4.2.json",
+            "https://ex.com/users/k%2Fm/books/42.json",
+            "https://ex.com/users/",
+            "https://ex.com/a/b",
+            "https://ex.com/a/b/c",
+            "/xyz",
+            "/xy",
+            "/%41%42",
+            "/%41b",
+            "/%4",
+            "/x%41",
+            "/x%4%41",
+            "/aaaaab",
+            "/xaxaaxbz",
+            "/xaxaaxb",
+            "/a%41%41b",
+            "/%2541",
+            "/a%41",
+            "/a41",
+            "/a%%41",
+            "/é/x",
+            "/é/%C3%A9",
+            "x",
+            "",
+            "x:y",
+            "x:y:z",
+            "aaa",
+            "aa",
+            "/a-b-c-d",
+            "/a--b",
+        ];
+        for t in templates {
+            for topic in topics {
+                all_agree(t, topic);
+            }
+        }
+        for t in ["/{+a}", "/{#a}", "/{a*}", "/{a:3}", "/{.a}"] {
+            assert_eq!(Selector::parse(t), Err(SelectorError::BadVarName));
+        }
+    }
+
+    #[test]
+    fn fast_paths_agree_on_random_input() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
+        let pieces = [
+            "{v}", "{v}{w}", "a", "b", "1", "41", "%41", "%4", "%", "/", ":", "ab", "é", "-",
+        ];
+        let alphabet = ["a", "b", "1", "4", "%", "/", ":", "-", "é", "%41"];
+        for _ in 0..40_000 {
+            let t: String = (0..rng.gen_range(1..7))
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect();
+            let topic: String = (0..rng.gen_range(0..10))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            all_agree(&t, &topic);
+        }
+    }
+
+    #[test]
+    fn greedy_decides_without_percent_in_literals() {
+        // The greedy pass takes these (no `%` in a literal) and must not
+        // hand them on; with `%` on both sides it is not asked.
+        let cases = [
+            ("/{a}a{b}b", "/%41axb", true),
+            ("/{a}a{b}b", "/%41ab", false),
+            ("/{a}a{b}b", "/%41a%42", false),
+            ("/{a}1{b}", "/%41%31x", false),
+            ("/{a}1{b}", "/x1%41", true),
+            ("/{a}{b}{c}", "/%41%41", false),
+            ("/{a}{b}{c}", "/%41%41a", true),
+        ];
+        for (t, topic, want) in cases {
+            assert_eq!(reference(t.as_bytes(), topic.as_bytes()), want);
+            let sel = Selector::parse(t).unwrap();
+            let Kind::Template(tpl) = &sel.kind else {
+                unreachable!()
+            };
+            let prepared = Topic::new(topic);
+            assert_eq!(
+                template_matches_greedy(tpl, topic, prepared.runs()),
+                Some(want),
+                "{t:?} on {topic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn summary_refuses_without_a_matcher() {
+        // Neither the token runs nor the bitsets get built when the summary
+        // already says no: a wrong number of '/', a missing byte, another
+        // prefix or suffix, too short.
+        let topic = format!("https://ex.com/users/mallory/{}", "a".repeat(990));
+        let refused = [
+            "https://ex.com/users/mallory/{a}/{b}",
+            "https://ex.com/users/mallory/{a}b{c}",
+            "https://ex.org/users/mallory/{a}",
+            "https://ex.com/users/mallory/{a}x",
+            "{a}:{b}",
+        ];
+        for t in refused {
+            let sel = Selector::parse(t).unwrap();
+            let prepared = Topic::new(&topic);
+            assert!(!sel.matches_in(&prepared), "{t:?}");
+            assert!(prepared.runs.get().is_none(), "{t:?}: runs built");
+            assert!(prepared.masks.get().is_none(), "{t:?}: bitsets built");
+            assert!(!sel.matches(&topic));
+        }
+        // One that passes it goes to the greedy pass, not the bitsets.
+        let sel = Selector::parse("https://ex.com/users/mallory/{a}a{b}").unwrap();
+        let prepared = Topic::new(&topic);
+        assert!(sel.matches_in(&prepared));
+        assert!(prepared.runs.get().is_some() && prepared.masks.get().is_none());
+        // `%` in a literal and in the topic: the bitsets decide.
+        let sel = Selector::parse("/{a}%41{b}").unwrap();
+        let prepared = Topic::new("/x%41y");
+        assert!(sel.matches_in(&prepared));
+        assert!(prepared.masks.get().is_some());
     }
 
     #[test]
