@@ -85,9 +85,12 @@ struct Template {
     /// each literal byte is some topic byte, so the topic has at least as
     /// many.
     soft: Box<[(u8, u16)]>,
-    /// Whether a literal holds `%` (which could match inside a topic's
-    /// percent-encoded triplet: then only the general matchers are exact).
+    /// Whether a literal holds `%` (which could match a topic's lone `%`
+    /// or the start of a triplet: see [`greedy_applies`]).
     pct: bool,
+    /// Whether a literal ends with `%` or `%` and one byte (so could end
+    /// inside a topic's triplet).
+    pct_tail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +235,9 @@ pub struct Topic<'a> {
     counts: [u32; 256],
     /// Whether it holds `%`.
     pct: bool,
+    /// One past the last offset of each byte (0: absent), so a literal
+    /// that cannot occur past a point is refused without a search.
+    last: [u32; 256],
     runs: OnceCell<Runs>,
     masks: OnceCell<Option<Box<Masks>>>,
 }
@@ -312,8 +318,11 @@ impl<'a> Topic<'a> {
     pub fn new(topic: &'a str) -> Topic<'a> {
         let mut hard = Fnv::new();
         let mut counts = [0u32; 256];
-        for &c in topic.as_bytes() {
+        let mut last = [0u32; 256];
+        let b = topic.as_bytes();
+        for (i, &c) in b.iter().enumerate() {
             counts[c as usize] += 1;
+            last[c as usize] = i as u32 + 1;
             if is_hard(c) {
                 hard.push(c);
             }
@@ -322,6 +331,7 @@ impl<'a> Topic<'a> {
             topic,
             hard: hard.0,
             pct: counts[b'%' as usize] > 0,
+            last,
             counts,
             runs: OnceCell::new(),
             masks: OnceCell::new(),
@@ -399,8 +409,8 @@ fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
     {
         return false;
     }
-    if !(t.pct && topic.pct) {
-        if let Some(m) = template_matches_greedy(t, topic.topic, topic.runs()) {
+    if greedy_applies(t, topic) {
+        if let Some(m) = template_matches_greedy(t, topic, topic.runs()) {
             return m;
         }
     }
@@ -411,22 +421,74 @@ fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
     }
 }
 
+/// The first offset from `from` on where `lit` occurs, if one is at most
+/// `hi`; `None` if `from` is not a character boundary (never after a
+/// token or a literal). A search from a rare byte ends at once: the
+/// topic's last offset of the literal's first and last byte bound where it
+/// can start; else candidates for the first byte are found with `memchr`
+/// and checked, and after a few failures the rest is one linear search.
+fn find(t: &Topic<'_>, from: usize, hi: usize, lit: &str) -> Option<Option<usize>> {
+    let l = lit.as_bytes();
+    let (Some(&first), Some(&end)) = (l.first(), l.last()) else {
+        return Some(Some(from));
+    };
+    // One past the latest start each end byte allows.
+    let by_first = t.last[first as usize] as usize;
+    let by_end = (t.last[end as usize] as usize).saturating_sub(l.len() - 1);
+    let limit = by_first.min(by_end).min(hi + 1);
+    if from >= limit {
+        return Some(None);
+    }
+    let hay = t.topic.get(from..)?;
+    let mut at = 0;
+    if first.is_ascii() {
+        for _ in 0..8 {
+            let Some(p) = hay.get(at..)?.find(first as char) else {
+                return Some(None);
+            };
+            at += p;
+            if from + at >= limit {
+                return Some(None);
+            }
+            if hay.as_bytes()[at..].starts_with(l) {
+                return Some(Some(from + at));
+            }
+            at += 1;
+        }
+    }
+    let found = hay.get(at..)?.find(lit).map(|p| from + at + p);
+    Some(found.filter(|&p| p < limit))
+}
+
+/// Whether [`template_matches_greedy`] is exact for this pair: when no
+/// literal can end inside one of the topic's triplets. That holds if no
+/// literal or no topic holds `%`, or if no literal ends with `%` or `%`
+/// and one byte. (Then each `%` of a literal has two bytes after it: if
+/// hex digits, it matches only a triplet's `%`, else only a lone `%`.)
+fn greedy_applies(t: &Template, topic: &Topic<'_>) -> bool {
+    !t.pct || !topic.pct || !t.pct_tail
+}
+
 /// Matches leftmost-first, one pass over the topic at most: each literal
 /// goes at its first place the variables before it can reach, found by a
 /// substring search. `None` if it cannot decide (the caller falls back to
-/// an exhaustive matcher).
+/// an exhaustive matcher). Exact where [`greedy_applies`]:
 ///
-/// Why first is enough, when no literal holds `%` or the topic holds none:
-/// then no literal can start or end inside a topic's triplet (its inner
-/// bytes follow a `%` a literal would have to hold), so every split point
-/// is on the one chain of tokens read left to right ([`Runs`]), and a run
-/// of `k` variables from `p` reaches exactly the chain's offsets from its
-/// `k`-th after `p` to `stop[p]`. Moving a literal earlier within that
-/// range moves the next range's start no later and keeps its end (a hard
-/// byte between the two places would be in the literal at the later one,
-/// and a token byte at the earlier), so whatever matched after the later
-/// place matches after the first one too.
-fn template_matches_greedy(t: &Template, topic: &str, r: &Runs) -> Option<bool> {
+/// Then every split point is on the one chain of tokens read left to
+/// right ([`Runs`]): from such a point a run of variables steps along the
+/// chain, and a literal that starts on it (one starting inside a triplet is
+/// skipped) ends on it, or it would end with the triplet's `%` or `%` and
+/// one more byte. So a run of `k` variables from `p` reaches exactly the
+/// chain's offsets from its `k`-th after `p` to `stop[p]`, and the literal
+/// after it goes somewhere in that range. If the literal holds a byte that
+/// can only match where no token starts (a hard byte, or a `%` without hex
+/// digits after it), its first such byte must be at `stop[p]`: one place
+/// only. If not, moving it from a later place to the first one moves the
+/// next range's start no later and keeps its end (a byte between the two
+/// ends that starts no token would have to be in the literal), so whatever
+/// matched after the later place matches after the first one too.
+fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Option<bool> {
+    let topic = prepared.topic;
     let b = topic.as_bytes();
     let n = b.len();
     let segs = &t.segs;
@@ -467,10 +529,9 @@ fn template_matches_greedy(t: &Template, topic: &str, r: &Runs) -> Option<bool> 
         }
         let mut from = lo;
         let at = loop {
-            let Some(off) = topic.get(from..)?.find(&**lit) else {
+            let Some(at) = find(prepared, from, hi, lit)? else {
                 return Some(false);
             };
-            let at = from + off;
             if at > hi {
                 return Some(false);
             }
@@ -552,6 +613,13 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
             }
         }
     }
+    let pct_tail = segs.iter().any(|seg| match seg {
+        Seg::Lit(l, _) => {
+            let l = l.as_bytes();
+            l.ends_with(b"%") || (l.len() >= 2 && l[l.len() - 2] == b'%')
+        }
+        Seg::Var(_) => false,
+    });
     let soft: Vec<(u8, u16)> = (0..=255u8).zip(counts).filter(|&(_, k)| k > 0).collect();
     Ok(Template {
         segs: segs.into(),
@@ -559,6 +627,7 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
         key: key.into(),
         hard: hard.0,
         pct: counts[b'%' as usize] > 0,
+        pct_tail,
         soft: soft.into(),
     })
 }
@@ -1199,8 +1268,8 @@ mod tests {
             want,
             "bits: {t:?} on {topic:?}"
         );
-        if let Some(g) = template_matches_greedy(tpl, topic, prepared.runs()) {
-            if !(tpl.pct && prepared.pct) {
+        if let Some(g) = template_matches_greedy(tpl, &prepared, prepared.runs()) {
+            if greedy_applies(tpl, &prepared) {
                 assert_eq!(g, want, "greedy: {t:?} on {topic:?}");
             }
         }
@@ -1282,9 +1351,12 @@ mod tests {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
         let pieces = [
             "{v}", "{v}{w}", "a", "b", "1", "41", "%41", "%4", "%", "/", ":", "ab", "é", "-",
+            "%zz", "%4a", "a%41b",
         ];
-        let alphabet = ["a", "b", "1", "4", "%", "/", ":", "-", "é", "%41"];
-        for _ in 0..40_000 {
+        let alphabet = [
+            "a", "b", "1", "4", "%", "/", ":", "-", "é", "%41", "z", "%4a",
+        ];
+        for _ in 0..60_000 {
             let t: String = (0..rng.gen_range(1..7))
                 .map(|_| pieces[rng.gen_range(0..pieces.len())])
                 .collect();
@@ -1316,7 +1388,7 @@ mod tests {
             };
             let prepared = Topic::new(topic);
             assert_eq!(
-                template_matches_greedy(tpl, topic, prepared.runs()),
+                template_matches_greedy(tpl, &prepared, prepared.runs()),
                 Some(want),
                 "{t:?} on {topic:?}"
             );
@@ -1349,11 +1421,24 @@ mod tests {
         let prepared = Topic::new(&topic);
         assert!(sel.matches_in(&prepared));
         assert!(prepared.runs.get().is_some() && prepared.masks.get().is_none());
-        // `%` in a literal and in the topic: the bitsets decide.
+        // A literal with `%` is matched greedily where it cannot end inside
+        // a triplet and the topic's every `%` starts one.
         let sel = Selector::parse("/{a}%41{b}").unwrap();
         let prepared = Topic::new("/x%41y");
         assert!(sel.matches_in(&prepared));
-        assert!(prepared.masks.get().is_some());
+        assert!(prepared.runs.get().is_some() && prepared.masks.get().is_none());
+        // Else the bitsets decide: a literal ending in `%` or `%4`.
+        for (t, topic, want) in [
+            ("/{a}%4{b}", "/x%41y", true),
+            ("/{a}%{b}", "/x%41y", true),
+            ("/{a}%4{b}y", "/x%41%y", false),
+        ] {
+            let sel = Selector::parse(t).unwrap();
+            let prepared = Topic::new(topic);
+            assert_eq!(sel.matches_in(&prepared), want, "{t:?} on {topic:?}");
+            assert_eq!(reference(t.as_bytes(), topic.as_bytes()), want);
+            assert!(prepared.masks.get().is_some(), "{t:?} on {topic:?}");
+        }
     }
 
     #[test]
