@@ -7,9 +7,9 @@
 //!
 //! Publishes go to the same topic each time (the per-topic cache answers)
 //! or to a new one each time (every template is matched): topics the
-//! templates' exact summary refuses (no `b`), topics built to pass it (a
-//! `b`, or `%62`, early on: only a matcher can say no), and topics every
-//! template matches (the cost is then delivery). Two template families:
+//! templates' exact summary refuses (no `b`; a `b` or `%62` too early),
+//! topics built to pass it (a `b` late: only a matcher can say no), and
+//! topics every template matches (the cost is then delivery). Two template families:
 //! literals without `%` (a pass over the topic decides) and with `%62`
 //! (with a `%`-encoded topic, the bitset matcher decides).
 //!
@@ -80,6 +80,10 @@ enum Topics {
     /// A new one each time starting with `%62`, `%`-encoded after: passes
     /// the summary of both families, and a matcher says no.
     NewPctPasses,
+    /// A new one each time with a `b` near its end, then a lone `%`:
+    /// passes every summary of templates without `%`, so a matcher walks
+    /// the whole topic to say no.
+    NewLate,
     /// A new one each time that every template matches.
     NewMatched,
 }
@@ -90,8 +94,9 @@ impl Topics {
             Topics::Same => "same topic",
             Topics::New => "new topic each",
             Topics::NewPct => "new %-encoded topic each",
-            Topics::NewPasses => "new topic each, passes summary",
-            Topics::NewPctPasses => "new %-encoded topic each, passes summary",
+            Topics::NewPasses => "new topic each, b early",
+            Topics::NewPctPasses => "new %-encoded topic each, %62 early",
+            Topics::NewLate => "new topic each, b late",
             Topics::NewMatched => "new topic each, all match",
         }
     }
@@ -175,6 +180,7 @@ fn publish(addr: SocketAddr, n: usize, kind: Topics, pct: bool, salt: usize) -> 
             Topics::NewPct => ("", format!("%41%2F{num}")),
             Topics::NewPasses => ("b", num),
             Topics::NewPctPasses => ("%62", format!("%41%2F{num}")),
+            Topics::NewLate => ("", format!("b%z{num}")),
             Topics::NewMatched if pct => ("", format!("%62{num}")),
             Topics::NewMatched => ("", format!("b{num}")),
         };
@@ -257,6 +263,7 @@ fn scenario(subs: usize, n: usize, pct: bool) {
         Topics::NewPct,
         Topics::NewPasses,
         Topics::NewPctPasses,
+        Topics::NewLate,
         Topics::NewMatched,
     ];
     for (salt, kind) in kinds.into_iter().enumerate() {

@@ -91,6 +91,20 @@ struct Template {
     /// Whether a literal ends with `%` or `%` and one byte (so could end
     /// inside a topic's triplet).
     pct_tail: bool,
+    /// Per literal, where it can start at all: at least the shortest the
+    /// segments before it take, and with room for the shortest after it.
+    places: Box<[Place]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    first: u8,
+    last: u8,
+    len: u16,
+    /// Shortest the segments before it take.
+    before: u16,
+    /// Shortest the segments after it take, plus its own length.
+    after: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,6 +423,21 @@ fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
     {
         return false;
     }
+    // Each literal needs a place: from the shortest prefix before it on,
+    // with room after it, and no later than its first and last byte's
+    // last offsets allow.
+    let n = b.len();
+    let fits = |p: &Place| {
+        let by_first = (topic.last[p.first as usize] as usize).checked_sub(1);
+        let by_last = (topic.last[p.last as usize] as usize).checked_sub(p.len as usize);
+        match (by_first, by_last) {
+            (Some(f), Some(l)) => f.min(l).min(n - p.after as usize) >= p.before as usize,
+            _ => false,
+        }
+    };
+    if !t.places.iter().all(fits) {
+        return false;
+    }
     if greedy_applies(t, topic) {
         if let Some(m) = template_matches_greedy(t, topic, topic.runs()) {
             return m;
@@ -529,7 +558,13 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
         }
         let mut from = lo;
         let at = loop {
-            let Some(at) = find(prepared, from, hi, lit)? else {
+            // Mostly the literal is right where the variables can first end.
+            let at = if b[from..].starts_with(lit.as_bytes()) {
+                Some(from)
+            } else {
+                find(prepared, from, hi, lit)?
+            };
+            let Some(at) = at else {
                 return Some(false);
             };
             if at > hi {
@@ -620,6 +655,24 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
         }
         Seg::Var(_) => false,
     });
+    let mut places = Vec::new();
+    let mut before = 0;
+    for seg in &segs {
+        match seg {
+            Seg::Lit(l, _) => {
+                let b = l.as_bytes();
+                places.push(Place {
+                    first: b[0],
+                    last: b[b.len() - 1],
+                    len: b.len() as u16,
+                    before: before as u16,
+                    after: (min_len - before) as u16,
+                });
+                before += b.len();
+            }
+            Seg::Var(k) => before += *k as usize,
+        }
+    }
     let soft: Vec<(u8, u16)> = (0..=255u8).zip(counts).filter(|&(_, k)| k > 0).collect();
     Ok(Template {
         segs: segs.into(),
@@ -628,6 +681,7 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
         hard: hard.0,
         pct: counts[b'%' as usize] > 0,
         pct_tail,
+        places: places.into(),
         soft: soft.into(),
     })
 }
