@@ -254,6 +254,9 @@ pub struct Topic<'a> {
     last: [u32; 256],
     runs: OnceCell<Runs>,
     masks: OnceCell<Option<Box<Masks>>>,
+    /// The offsets of each byte, in order, grouped by byte: byte `c`'s
+    /// are `at[start[c]..start[c + 1]]`.
+    offsets: OnceCell<(Box<[u32; 257]>, Box<[u32]>)>,
 }
 
 /// Where the topic's value tokens lie, read left to right.
@@ -349,7 +352,26 @@ impl<'a> Topic<'a> {
             counts,
             runs: OnceCell::new(),
             masks: OnceCell::new(),
+            offsets: OnceCell::new(),
         }
+    }
+
+    /// The offsets of byte `c`, in order.
+    fn offsets(&self, c: u8) -> &[u32] {
+        let (start, at) = self.offsets.get_or_init(|| {
+            let mut start = Box::new([0u32; 257]);
+            for c in 0..256 {
+                start[c + 1] = start[c] + self.counts[c];
+            }
+            let mut next = *start;
+            let mut at = vec![0u32; self.topic.len()];
+            for (i, &c) in self.topic.as_bytes().iter().enumerate() {
+                at[next[c as usize] as usize] = i as u32;
+                next[c as usize] += 1;
+            }
+            (start, at.into())
+        });
+        &at[start[c as usize] as usize..start[c as usize + 1] as usize]
     }
 
     fn runs(&self) -> &Runs {
@@ -427,15 +449,14 @@ fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
     // with room after it, and no later than its first and last byte's
     // last offsets allow.
     let n = b.len();
-    let fits = |p: &Place| {
-        let by_first = (topic.last[p.first as usize] as usize).checked_sub(1);
-        let by_last = (topic.last[p.last as usize] as usize).checked_sub(p.len as usize);
-        match (by_first, by_last) {
-            (Some(f), Some(l)) => f.min(l).min(n - p.after as usize) >= p.before as usize,
-            _ => false,
-        }
-    };
-    if !t.places.iter().all(fits) {
+    // Every literal is checked (no early exit: a few operations each).
+    let fits = t.places.iter().fold(true, |ok, p| {
+        let by_first = topic.last[p.first as usize] as i64 - 1;
+        let by_last = topic.last[p.last as usize] as i64 - p.len as i64;
+        let latest = by_first.min(by_last).min((n - p.after as usize) as i64);
+        ok & (latest >= p.before as i64)
+    });
+    if !fits {
         return false;
     }
     if greedy_applies(t, topic) {
@@ -452,10 +473,10 @@ fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
 
 /// The first offset from `from` on where `lit` occurs, if one is at most
 /// `hi`; `None` if `from` is not a character boundary (never after a
-/// token or a literal). A search from a rare byte ends at once: the
-/// topic's last offset of the literal's first and last byte bound where it
-/// can start; else candidates for the first byte are found with `memchr`
-/// and checked, and after a few failures the rest is one linear search.
+/// token or a literal). The topic's last offsets of the literal's first
+/// and last byte bound where it can start; candidates come from the
+/// offsets of its rarest byte (among its first 16), a binary search away,
+/// and after a few that fail the rest is one linear search.
 fn find(t: &Topic<'_>, from: usize, hi: usize, lit: &str) -> Option<Option<usize>> {
     let l = lit.as_bytes();
     let (Some(&first), Some(&end)) = (l.first(), l.last()) else {
@@ -468,24 +489,29 @@ fn find(t: &Topic<'_>, from: usize, hi: usize, lit: &str) -> Option<Option<usize
     if from >= limit {
         return Some(None);
     }
-    let hay = t.topic.get(from..)?;
-    let mut at = 0;
-    if first.is_ascii() {
-        for _ in 0..8 {
-            let Some(p) = hay.get(at..)?.find(first as char) else {
-                return Some(None);
-            };
-            at += p;
-            if from + at >= limit {
-                return Some(None);
-            }
-            if hay.as_bytes()[at..].starts_with(l) {
-                return Some(Some(from + at));
-            }
-            at += 1;
+    let (j, &c) = l
+        .iter()
+        .enumerate()
+        .take(16)
+        .min_by_key(|&(_, &c)| t.counts[c as usize])?;
+    let offsets = t.offsets(c);
+    let mut k = offsets.partition_point(|&o| (o as usize) < from + j);
+    let mut from = from;
+    for _ in 0..8 {
+        let Some(&o) = offsets.get(k) else {
+            return Some(None);
+        };
+        let at = o as usize - j;
+        if at >= limit {
+            return Some(None);
         }
+        if t.topic.as_bytes()[at..].starts_with(l) {
+            return Some(Some(at));
+        }
+        from = at + 1;
+        k += 1;
     }
-    let found = hay.get(at..)?.find(lit).map(|p| from + at + p);
+    let found = t.topic.get(from..)?.find(lit).map(|p| from + p);
     Some(found.filter(|&p| p < limit))
 }
 
@@ -1447,6 +1473,23 @@ mod tests {
                 "{t:?} on {topic:?}"
             );
         }
+    }
+
+    #[test]
+    fn literal_search_past_failed_candidates() {
+        // The literal's rarer byte is `a`: every `a` is a candidate, all
+        // but the last fail, and past 8 failures a linear search takes
+        // over where they stopped.
+        for a in 1..24 {
+            for (t, tail) in [("/{x}ab{y}", "b"), ("/{x}ab{y}", "c"), ("/{x}aab{y}", "b")] {
+                let topic = format!("/{}{}", "a".repeat(a), tail.repeat(30));
+                all_agree(t, &topic);
+            }
+        }
+        let topic = format!("/{}{}", "a".repeat(10), "b".repeat(21));
+        assert!(Selector::parse("/{x}ab{y}")
+            .unwrap()
+            .matches_in(&Topic::new(&topic)));
     }
 
     #[test]
