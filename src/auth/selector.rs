@@ -256,8 +256,11 @@ pub struct Topic<'a> {
     masks: OnceCell<Option<Box<Masks>>>,
     /// The offsets of each byte, in order, grouped by byte: byte `c`'s
     /// are `at[start[c]..start[c + 1]]`.
-    offsets: OnceCell<(Box<[u32; 257]>, Box<[u32]>)>,
+    offsets: OnceCell<Offsets>,
 }
+
+/// `start` (per byte, and one past the last) and `at`: see [`Topic`].
+type Offsets = (Box<[u32; 257]>, Box<[u32]>);
 
 /// Where the topic's value tokens lie, read left to right.
 struct Runs {
@@ -495,12 +498,9 @@ fn find(t: &Topic<'_>, from: usize, hi: usize, lit: &str) -> Option<Option<usize
         .take(16)
         .min_by_key(|&(_, &c)| t.counts[c as usize])?;
     let offsets = t.offsets(c);
-    let mut k = offsets.partition_point(|&o| (o as usize) < from + j);
+    let cands = &offsets[offsets.partition_point(|&o| (o as usize) < from + j)..];
     let mut from = from;
-    for _ in 0..8 {
-        let Some(&o) = offsets.get(k) else {
-            return Some(None);
-        };
+    for &o in cands.iter().take(8) {
         let at = o as usize - j;
         if at >= limit {
             return Some(None);
@@ -509,7 +509,9 @@ fn find(t: &Topic<'_>, from: usize, hi: usize, lit: &str) -> Option<Option<usize
             return Some(Some(at));
         }
         from = at + 1;
-        k += 1;
+    }
+    if cands.len() <= 8 {
+        return Some(None);
     }
     let found = t.topic.get(from..)?.find(lit).map(|p| from + p);
     Some(found.filter(|&p| p < limit))
