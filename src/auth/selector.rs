@@ -61,16 +61,35 @@ impl SelectorError {
 /// tokens": a run costs one pass over the topic however many it merges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {
-    /// Literal bytes and their KMP failure table (so finding every place
-    /// the literal occurs is one pass, never literal × topic).
-    Lit(Box<str>, Box<[u16]>),
+    /// Literal bytes (in [`Template::text`]) and their KMP failure table
+    /// (in [`Template::fails`]), so finding every place the literal occurs
+    /// is one pass, never literal × topic.
+    Lit(Span),
     /// At least this many value tokens.
     Var(u8),
+}
+
+/// Where a literal's bytes are in its template's one buffer (one
+/// allocation for all literals, read in order by every matcher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    at: u16,
+    len: u16,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.at as usize..self.at as usize + self.len as usize
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Template {
     segs: Box<[Seg]>,
+    /// Every literal's bytes, one after another.
+    text: Box<str>,
+    /// Every literal's KMP failure table, at the same offsets.
+    fails: Box<[u16]>,
     /// Shortest topic it can match.
     min_len: usize,
     /// The template with variable names erased (`/a/{2}/b`): templates
@@ -94,6 +113,16 @@ struct Template {
     /// Per literal, where it can start at all: at least the shortest the
     /// segments before it take, and with room for the shortest after it.
     places: Box<[Place]>,
+}
+
+impl Template {
+    fn lit(&self, s: Span) -> &str {
+        &self.text[s.range()]
+    }
+
+    fn fail(&self, s: Span) -> &[u16] {
+        &self.fails[s.range()]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,12 +461,14 @@ fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
     if b.len() < t.min_len || t.hard != topic.hard {
         return false;
     }
-    if let Some(Seg::Lit(l, _)) = t.segs.first() {
+    if let Some(&Seg::Lit(l)) = t.segs.first() {
+        let l = t.lit(l);
         if !b.starts_with(l.as_bytes()) {
             return false;
         }
     }
-    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+    if let Some(&Seg::Lit(l)) = t.segs.last() {
+        let l = t.lit(l);
         if !b.ends_with(l.as_bytes()) {
             return false;
         }
@@ -550,7 +581,7 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
     let n = b.len();
     let segs = &t.segs;
     let (mut p, mut i) = match segs.first() {
-        Some(Seg::Lit(l, _)) if b.starts_with(l.as_bytes()) => (l.len(), 1),
+        Some(&Seg::Lit(l)) if b.starts_with(t.lit(l).as_bytes()) => (l.len as usize, 1),
         Some(Seg::Lit(..)) => return Some(false),
         _ => (0, 0),
     };
@@ -569,7 +600,7 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
         let hi = *r.stop.get(p)? as usize;
         let lit = match segs.get(i + 1) {
             None => return Some(hi == n),
-            Some(Seg::Lit(l, _)) => l,
+            Some(&Seg::Lit(l)) => t.lit(l),
             Some(Seg::Var(_)) => return None,
         };
         if i + 2 == segs.len() {
@@ -587,7 +618,8 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
         let mut from = lo;
         let at = loop {
             // Mostly the literal is right where the variables can first end.
-            let at = if b[from..].starts_with(lit.as_bytes()) {
+            let lb = lit.as_bytes();
+            let at = if b.get(from) == lb.first() && b[from..].starts_with(lb) {
                 Some(from)
             } else {
                 find(prepared, from, hi, lit)?
@@ -614,10 +646,16 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
     let mut segs: Vec<Seg> = Vec::new();
     let mut vars = 0usize;
     let mut key = String::new();
-    let flush = |lit: &str, segs: &mut Vec<Seg>| {
+    let mut text = String::new();
+    let mut fails = Vec::new();
+    let mut flush = |lit: &str, segs: &mut Vec<Seg>| {
         if !lit.is_empty() {
-            let fail = kmp_table(lit.as_bytes());
-            segs.push(Seg::Lit(lit.into(), fail.into()));
+            segs.push(Seg::Lit(Span {
+                at: text.len() as u16,
+                len: lit.len() as u16,
+            }));
+            text.push_str(lit);
+            fails.extend(kmp_table(lit.as_bytes()));
         }
     };
     let b = s.as_bytes();
@@ -659,7 +697,8 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
     let mut counts = [0u16; 256];
     for seg in &segs {
         match seg {
-            Seg::Lit(l, _) => {
+            &Seg::Lit(l) => {
+                let l = &text[l.range()];
                 min_len += l.len();
                 key.push_str(l);
                 for &c in l.as_bytes() {
@@ -677,8 +716,8 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
         }
     }
     let pct_tail = segs.iter().any(|seg| match seg {
-        Seg::Lit(l, _) => {
-            let l = l.as_bytes();
+        &Seg::Lit(l) => {
+            let l = text[l.range()].as_bytes();
             l.ends_with(b"%") || (l.len() >= 2 && l[l.len() - 2] == b'%')
         }
         Seg::Var(_) => false,
@@ -687,8 +726,8 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
     let mut before = 0;
     for seg in &segs {
         match seg {
-            Seg::Lit(l, _) => {
-                let b = l.as_bytes();
+            &Seg::Lit(l) => {
+                let b = text[l.range()].as_bytes();
                 places.push(Place {
                     first: b[0],
                     last: b[b.len() - 1],
@@ -704,6 +743,8 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
     let soft: Vec<(u8, u16)> = (0..=255u8).zip(counts).filter(|&(_, k)| k > 0).collect();
     Ok(Template {
         segs: segs.into(),
+        text: text.into(),
+        fails: fails.into(),
         min_len,
         key: key.into(),
         hard: hard.0,
@@ -810,13 +851,15 @@ fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
     }
     // Cheap refusals first: most templates differ from a topic in their
     // first or last literal.
-    if let Some(Seg::Lit(l, _)) = t.segs.first() {
+    if let Some(&Seg::Lit(l)) = t.segs.first() {
+        let l = t.lit(l);
         *steps += l.len() as u64;
         if !topic.starts_with(l.as_bytes()) {
             return false;
         }
     }
-    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+    if let Some(&Seg::Lit(l)) = t.segs.last() {
+        let l = t.lit(l);
         *steps += l.len() as u64;
         if !topic.ends_with(l.as_bytes()) {
             return false;
@@ -832,8 +875,8 @@ fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
         next.iter_mut().for_each(|r| *r = false);
         *steps += (n + 1 - lo) as u64;
         match seg {
-            Seg::Lit(lit, fail) => {
-                let lit = lit.as_bytes();
+            &Seg::Lit(sp) => {
+                let (lit, fail) = (t.lit(sp).as_bytes(), t.fail(sp));
                 let len = lit.len();
                 let count = reach[lo..].iter().filter(|&&r| r).count();
                 if count.saturating_mul(len) <= n + len {
@@ -972,7 +1015,8 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
     if n < t.min_len {
         return false;
     }
-    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+    if let Some(&Seg::Lit(l)) = t.segs.last() {
+        let l = t.lit(l);
         *steps += l.len() as u64 / 8;
         if !topic.ends_with(l.as_bytes()) {
             return false;
@@ -983,8 +1027,8 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
     for seg in t.segs.iter() {
         *steps += W as u64;
         match seg {
-            Seg::Lit(lit, _) => {
-                let lit = lit.as_bytes();
+            &Seg::Lit(sp) => {
+                let lit = t.lit(sp).as_bytes();
                 let len = lit.len();
                 let count: u32 = reach.iter().map(|w| w.count_ones()).sum();
                 if (count as usize).saturating_mul(len) <= len.saturating_mul(W) {
