@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use ssed::internals::auth::selector::{Selector, Topic};
 use ssed::internals::auth::{mint_hs256, Key};
 use ssed::{Command, Config, Server};
 
@@ -160,6 +161,50 @@ fn subscribe(addr: SocketAddr, subs: usize, pct: bool) -> (Vec<TcpStream>, usize
     (out, ok)
 }
 
+/// Topic `k` of `kind` (numbered from `salt`), 1,024 bytes: `a`s after
+/// the prefix every template matches (and, for a new topic each time, a
+/// counter `{z}` would take too).
+fn topic_for(kind: Topics, pct: bool, salt: usize, k: usize) -> String {
+    let num = format!("{:07}", salt * 1_000_000 + k);
+    let (head, tail) = match kind {
+        Topics::Same => ("", String::new()),
+        Topics::New => ("", num),
+        Topics::NewPct => ("", format!("%41%2F{num}")),
+        Topics::NewPasses => ("b", num),
+        Topics::NewPctPasses => ("%62", format!("%41%2F{num}")),
+        Topics::NewLate => ("", format!("b%z{num}")),
+        Topics::NewMatched if pct => ("", format!("%62{num}")),
+        Topics::NewMatched => ("", format!("b{num}")),
+    };
+    let mut topic = format!("https://ex.com/users/mallory/{head}");
+    while topic.len() < 1024 - tail.len() {
+        topic.push('a');
+    }
+    topic.push_str(&tail);
+    topic
+}
+
+/// The matching alone, in-process (no loopback round trip to blur it):
+/// one new topic against the 1,024 distinct templates of a family, as a
+/// publish to a new topic does it (prepare the topic once, then match
+/// each template). Returns the latencies, sorted.
+fn match_only(n: usize, kind: Topics, pct: bool, salt: usize) -> Vec<Duration> {
+    let sels: Vec<Selector> = (0..DISTINCT)
+        .filter_map(|i| Selector::parse(&template(i, pct)).ok())
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..n {
+        let topic = topic_for(kind, pct, salt, k);
+        let start = Instant::now();
+        let prepared = Topic::new(&topic);
+        let hits = sels.iter().filter(|s| s.matches_in(&prepared)).count();
+        lat.push(start.elapsed());
+        std::hint::black_box(hits);
+    }
+    lat.sort();
+    lat
+}
+
 /// Publishes `n` events to `kind` of topics (numbered from `salt`).
 /// Returns the latencies, sorted.
 fn publish(addr: SocketAddr, n: usize, kind: Topics, pct: bool, salt: usize) -> Vec<Duration> {
@@ -173,22 +218,7 @@ fn publish(addr: SocketAddr, n: usize, kind: Topics, pct: bool, salt: usize) -> 
     for k in 0..n {
         // 1,024 bytes: `a`s after the prefix every template matches (and,
         // for a new topic each time, a counter `{z}` would take too).
-        let num = format!("{:07}", salt * 1_000_000 + k);
-        let (head, tail) = match kind {
-            Topics::Same => ("", String::new()),
-            Topics::New => ("", num),
-            Topics::NewPct => ("", format!("%41%2F{num}")),
-            Topics::NewPasses => ("b", num),
-            Topics::NewPctPasses => ("%62", format!("%41%2F{num}")),
-            Topics::NewLate => ("", format!("b%z{num}")),
-            Topics::NewMatched if pct => ("", format!("%62{num}")),
-            Topics::NewMatched => ("", format!("b{num}")),
-        };
-        let mut topic = format!("https://ex.com/users/mallory/{head}");
-        while topic.len() < 1024 - tail.len() {
-            topic.push('a');
-        }
-        topic.push_str(&tail);
+        let topic = topic_for(kind, pct, salt, k);
         let form = format!("topic={}&data=x", enc(&topic));
         let req = format!(
             "POST /.well-known/mercure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {t}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
@@ -257,16 +287,7 @@ fn scenario(subs: usize, n: usize, pct: bool) {
         if pct { "%-templates" } else { "templates" },
         (ok * 16).min(DISTINCT)
     );
-    let kinds = [
-        Topics::Same,
-        Topics::New,
-        Topics::NewPct,
-        Topics::NewPasses,
-        Topics::NewPctPasses,
-        Topics::NewLate,
-        Topics::NewMatched,
-    ];
-    for (salt, kind) in kinds.into_iter().enumerate() {
+    for (salt, kind) in KINDS.into_iter().enumerate() {
         let count = if kind == Topics::Same { n } else { n / 4 };
         let lat = publish(addr, count, kind, pct, salt + 1);
         row(&format!("{label}: {}", kind.label()), &lat);
@@ -276,9 +297,29 @@ fn scenario(subs: usize, n: usize, pct: bool) {
     let _ = th.join();
 }
 
+const KINDS: [Topics; 7] = [
+    Topics::Same,
+    Topics::New,
+    Topics::NewPct,
+    Topics::NewPasses,
+    Topics::NewPctPasses,
+    Topics::NewLate,
+    Topics::NewMatched,
+];
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let n = if quick { 100 } else { 400 };
+    for pct in [false, true] {
+        for (salt, kind) in KINDS.into_iter().enumerate().skip(1) {
+            let family = if pct { "%-templates" } else { "templates" };
+            let lat = match_only(n / 4, kind, pct, salt + 1);
+            row(
+                &format!("matching only, 1024 {family}: {}", kind.label()),
+                &lat,
+            );
+        }
+    }
     scenario(0, n, false);
     for pct in [false, true] {
         for subs in [DISTINCT / 16, 4 * DISTINCT / 16] {

@@ -15,7 +15,9 @@ pub mod frame {
     pub use crate::frame::{encode, encode_numbered};
 }
 
-/// Minting HS256 tokens (tests, token tools).
+/// Minting HS256 tokens (tests, token tools), and topic selectors (the
+/// selector bench times matching in-process).
 pub mod auth {
+    pub use crate::auth::selector;
     pub use crate::auth::{mint_hs256, Key};
 }
