@@ -120,10 +120,6 @@ impl Template {
         &self.text[s.range()]
     }
 
-    fn lit_bytes(&self, s: Span) -> &[u8] {
-        &self.text.as_bytes()[s.range()]
-    }
-
     fn fail(&self, s: Span) -> &[u16] {
         &self.fails[s.range()]
     }
@@ -585,7 +581,7 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
     let n = b.len();
     let segs = &t.segs;
     let (mut p, mut i) = match segs.first() {
-        Some(&Seg::Lit(l)) if lit_at(b, 0, t.lit_bytes(l)) => (l.len as usize, 1),
+        Some(&Seg::Lit(l)) if b.starts_with(t.lit(l).as_bytes()) => (l.len as usize, 1),
         Some(Seg::Lit(..)) => return Some(false),
         _ => (0, 0),
     };
@@ -602,28 +598,31 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
             }
         }
         let hi = *r.stop.get(p)? as usize;
-        let sp = match segs.get(i + 1) {
+        let lit = match segs.get(i + 1) {
             None => return Some(hi == n),
-            Some(&Seg::Lit(l)) => l,
+            Some(&Seg::Lit(l)) => t.lit(l),
             Some(Seg::Var(_)) => return None,
         };
-        let lb = t.lit_bytes(sp);
         if i + 2 == segs.len() {
             // The last literal ends the topic.
-            let Some(end) = n.checked_sub(lb.len()) else {
+            let Some(at) = n.checked_sub(lit.len()) else {
                 return Some(false);
             };
             return Some(
-                lo <= end && end <= hi && r.class.get(end) != Some(&INSIDE) && lit_at(b, end, lb),
+                lo <= at
+                    && at <= hi
+                    && r.class.get(at) != Some(&INSIDE)
+                    && b[at..] == *lit.as_bytes(),
             );
         }
         let mut from = lo;
         let at = loop {
             // Mostly the literal is right where the variables can first end.
-            let at = if lit_at(b, from, lb) {
+            let lb = lit.as_bytes();
+            let at = if b.get(from) == lb.first() && b[from..].starts_with(lb) {
                 Some(from)
             } else {
-                find(prepared, from, hi, t.lit(sp))?
+                find(prepared, from, hi, lit)?
             };
             let Some(at) = at else {
                 return Some(false);
@@ -637,18 +636,10 @@ fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Opti
             // Inside a triplet no variable ends: the next place.
             from = at + 1;
         };
-        p = at + lb.len();
+        p = at + lit.len();
         i += 2;
     }
     Some(p == n)
-}
-
-/// Whether `lit` is at offset `p` of `b`: a plain loop, since literals are
-/// mostly a few bytes and a `memcmp` call would cost more than the
-/// comparing.
-fn lit_at(b: &[u8], p: usize, lit: &[u8]) -> bool {
-    b.get(p..p + lit.len())
-        .is_some_and(|w| w.iter().zip(lit).all(|(x, y)| x == y))
 }
 
 fn compile(s: &str) -> Result<Template, SelectorError> {
