@@ -168,6 +168,13 @@ pub enum ConfigError {
     UnknownFlag(String),
     /// A flag without its value.
     MissingValue(String),
+    /// A flag of a Cargo feature this binary was built without.
+    NotBuilt {
+        /// The flag, as typed (or its environment variable).
+        flag: String,
+        /// The feature it needs.
+        feature: &'static str,
+    },
     /// A value that does not parse or is out of range.
     BadValue {
         /// The flag, as typed.
@@ -184,6 +191,11 @@ impl std::fmt::Display for ConfigError {
         match self {
             ConfigError::UnknownFlag(x) => write!(f, "unknown flag {x} (see --help)"),
             ConfigError::MissingValue(x) => write!(f, "flag {x} needs a value"),
+            ConfigError::NotBuilt { flag, feature } => write!(
+                f,
+                "{flag} needs the `{feature}` feature, which this ssed was built without \
+                 (rebuild with: cargo build --release --features {feature})"
+            ),
             ConfigError::BadValue { flag, value, why } => {
                 write!(f, "bad value {value:?} for {flag}: {why}")
             }
@@ -505,9 +517,30 @@ pub fn help() -> String {
             f.default,
             env_name(f.name)
         ));
+        if let Some((feature, false)) = feature_of(f.name) {
+            s.pop();
+            s.push_str(&format!(" [not in this build: feature {feature}]\n"));
+        }
     }
     s.push_str("  --help                         this text\n  --version                      print the version\n\nLogging: RUST_LOG=info (or debug, warn...).\n");
     s
+}
+
+/// The Cargo feature a flag belongs to, and whether this build has it.
+fn feature_of(flag: &str) -> Option<(&'static str, bool)> {
+    Some(match flag {
+        "users" | "tick-scale" => ("apps", cfg!(feature = "apps")),
+        "redis" | "redis-prefix" | "redis-timeout" => ("redis", cfg!(feature = "redis")),
+        "data-dir" | "fsync" | "journal-bytes" => ("journal", cfg!(feature = "journal")),
+        "jwt-key"
+        | "jwt-key-file"
+        | "subscriber-jwt-key"
+        | "subscriber-jwt-key-file"
+        | "jwt-cookie"
+        | "private-streams" => ("mercure", cfg!(feature = "mercure")),
+        "workers" => ("workers", cfg!(feature = "workers")),
+        _ => return None,
+    })
 }
 
 fn bad(flag: &str, value: &str, why: &str) -> ConfigError {
@@ -545,15 +578,31 @@ fn jwt_key(flag: &str, bytes: Vec<u8>) -> Result<Secret, ConfigError> {
     Ok(Secret(bytes))
 }
 
+/// A non-negative decimal (`12`, `0.25`, `.5`, `3.`) as whole units and
+/// billionths (digits past the ninth decimal are dropped). By hand because
+/// `str::parse::<f64>` links core's float parser (about 14 KiB) into every
+/// build for the flags that take seconds.
+fn decimal(v: &str) -> Option<(u64, u32)> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let whole = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let nanos = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0, |n, b| n * 10 + u32::from(b - b'0'));
+    Some((whole, nanos))
+}
+
 fn secs(flag: &str, v: &str) -> Result<Duration, ConfigError> {
-    let x: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| bad(flag, v, "expected seconds"))?;
-    if !(0.0..=1e7).contains(&x) {
+    let (whole, nanos) = decimal(v.trim()).ok_or_else(|| bad(flag, v, "expected seconds"))?;
+    if whole > 10_000_000 || (whole == 10_000_000 && nanos > 0) {
         return Err(bad(flag, v, "out of range"));
     }
-    Ok(Duration::from_secs_f64(x))
+    Ok(Duration::new(whole, nanos))
 }
 
 impl Config {
@@ -730,7 +779,8 @@ impl Config {
                 }
             }
             "tick-scale" => {
-                let x: f64 = v.parse().map_err(|_| bad(name, v, "expected a number"))?;
+                let (whole, nanos) = decimal(v).ok_or_else(|| bad(name, v, "expected a number"))?;
+                let x = whole as f64 + f64::from(nanos) / 1e9;
                 if !(0.001..=1000.0).contains(&x) {
                     return Err(bad(name, v, "must be in 0.001..=1000"));
                 }
@@ -851,6 +901,7 @@ impl Config {
                 ));
             }
         }
+        cfg.check_features()?;
         if cfg.workers > 0 && cfg.redis.is_none() {
             // Each worker has its own streams and history; without a shared
             // bus a publish would reach only one worker's subscribers.
@@ -861,6 +912,58 @@ impl Config {
             ));
         }
         Ok(Command::Serve(Box::new(cfg)))
+    }
+}
+
+impl Config {
+    /// Refuses settings whose Cargo feature is not built in (a minimal
+    /// build), so `--redis` there is an error at start, never ignored.
+    pub fn check_features(&self) -> Result<(), ConfigError> {
+        let set: [(bool, &str, &'static str, bool); 6] = [
+            (
+                self.users_file.is_some(),
+                "--users",
+                "apps",
+                cfg!(feature = "apps"),
+            ),
+            (
+                self.redis.is_some(),
+                "--redis",
+                "redis",
+                cfg!(feature = "redis"),
+            ),
+            (
+                self.data_dir.is_some(),
+                "--data-dir",
+                "journal",
+                cfg!(feature = "journal"),
+            ),
+            (
+                self.jwt_key.is_some() || self.subscriber_jwt_key.is_some(),
+                "--jwt-key",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                !self.private_streams.is_empty(),
+                "--private-streams",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                self.workers > 0,
+                "--workers",
+                "workers",
+                cfg!(feature = "workers"),
+            ),
+        ];
+        match set.iter().find(|(on, _, _, built)| *on && !built) {
+            Some((_, flag, feature, _)) => Err(ConfigError::NotBuilt {
+                flag: flag.to_string(),
+                feature,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1005,6 +1108,34 @@ mod tests {
     }
 
     #[test]
+    fn decimals() {
+        assert_eq!(decimal("12"), Some((12, 0)));
+        assert_eq!(decimal("0.25"), Some((0, 250_000_000)));
+        assert_eq!(decimal(".5"), Some((0, 500_000_000)));
+        assert_eq!(decimal("3."), Some((3, 0)));
+        assert_eq!(decimal("1.0000000019"), Some((1, 1)));
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e3",
+            "1.2.3",
+            "x",
+            " 1",
+            "99999999999999999999",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad}");
+        }
+        assert_eq!(secs("f", " 0.05 ").unwrap(), Duration::from_millis(50));
+        assert_eq!(
+            secs("f", "10000000").unwrap(),
+            Duration::from_secs(10_000_000)
+        );
+        assert!(secs("f", "10000000.5").is_err());
+    }
+
+    #[test]
     fn errors() {
         assert!(matches!(
             parse(&["--nope"], &[]),
@@ -1033,6 +1164,7 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "workers")]
     #[test]
     fn workers_reuse_port_redis() {
         let c = serve(
@@ -1097,6 +1229,7 @@ mod tests {
         assert!(e.to_string().contains("for SSED_LISTEN"), "{e}");
     }
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn jwt_flags() {
         let key = "k".repeat(32);
@@ -1125,6 +1258,103 @@ mod tests {
         assert!(parse(&["--private-streams", "{x"], &[]).is_err());
     }
 
+    /// A flag of a feature not built in is refused, naming the feature,
+    /// from the command line and the environment alike.
+    #[test]
+    fn flags_of_features_not_built_are_refused() {
+        let key = "k".repeat(32);
+        type Case<'a> = (&'a [&'a str], (&'a str, &'a str), &'a str, bool);
+        let cases: [Case; 6] = [
+            (
+                &["--users", "/u"],
+                ("SSED_USERS", "/u"),
+                "apps",
+                cfg!(feature = "apps"),
+            ),
+            (
+                &["--redis", "redis://h:1"],
+                ("SSED_REDIS", "redis://h:1"),
+                "redis",
+                cfg!(feature = "redis"),
+            ),
+            (
+                &["--data-dir", "/d"],
+                ("SSED_DATA_DIR", "/d"),
+                "journal",
+                cfg!(feature = "journal"),
+            ),
+            (
+                &["--jwt-key", &key],
+                ("SSED_JWT_KEY", &key),
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                &["--private-streams", "p"],
+                ("SSED_PRIVATE_STREAMS", "p"),
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                &["--workers", "2", "--redis", "redis://h:1"],
+                ("SSED_WORKERS", "2"),
+                "workers",
+                cfg!(feature = "workers"),
+            ),
+        ];
+        for (args, env, feature, built) in cases {
+            let r = parse(args, &[]);
+            if built {
+                assert!(matches!(r, Ok(Command::Serve(_))), "{args:?}: {r:?}");
+                continue;
+            }
+            // `--workers` needs `--redis`, refused first when it is missing.
+            let want = if feature == "workers" && !cfg!(feature = "redis") {
+                ("--redis", "redis")
+            } else {
+                (args[0], feature)
+            };
+            let e = r.unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::NotBuilt { flag, feature: f } if (flag.as_str(), *f) == want),
+                "{args:?}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("--features {}", want.1)), "{msg}");
+            if feature != "workers" {
+                assert!(parse(&[], &[env]).is_err(), "{env:?}");
+            }
+            let mut cfg = Config::default();
+            assert!(cfg.check_features().is_ok());
+            cfg.redis = Some("x".into());
+            cfg.users_file = Some("/u".into());
+            cfg.data_dir = Some("/d".into());
+            cfg.private_streams = vec!["p".into()];
+            assert!(cfg.check_features().is_err());
+        }
+    }
+
+    #[test]
+    fn help_marks_flags_of_features_not_built() {
+        let h = help();
+        let line = |flag: &str| {
+            h.lines()
+                .find(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+                .unwrap_or_else(|| panic!("--{flag} not in help"))
+                .to_string()
+        };
+        for (flag, feature, built) in [
+            ("redis", "redis", cfg!(feature = "redis")),
+            ("data-dir", "journal", cfg!(feature = "journal")),
+            ("jwt-key", "mercure", cfg!(feature = "mercure")),
+            ("users", "apps", cfg!(feature = "apps")),
+        ] {
+            let marked = line(flag).contains(&format!("[not in this build: feature {feature}]"));
+            assert_eq!(marked, !built, "{}", line(flag));
+        }
+        assert!(!line("history").contains("not in this build"));
+    }
+
     #[test]
     fn help_lists_every_flag_with_env() {
         let h = help();
@@ -1151,6 +1381,7 @@ mod durable_tests {
         }
     }
 
+    #[cfg(feature = "journal")]
     #[test]
     fn journal_flags_and_env_twins() {
         let c = serve(&[], &[]).unwrap();

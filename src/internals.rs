@@ -17,6 +17,7 @@ pub mod frame {
 
 /// Minting HS256 tokens (tests, token tools), and topic selectors (the
 /// selector bench times matching in-process).
+#[cfg(feature = "mercure")]
 pub mod auth {
     pub use crate::auth::selector;
     pub use crate::auth::{mint_hs256, Key};

@@ -8,8 +8,15 @@ use ssed::{Command, Config, Server};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
+        #[cfg(feature = "cli")]
         Some("sub") => ssed::client::cli::run_sub(&args[1..]),
+        #[cfg(feature = "cli")]
         Some("pub") => ssed::client::cli::run_pub(&args[1..]),
+        #[cfg(not(feature = "cli"))]
+        Some(c @ ("sub" | "pub")) => {
+            eprintln!("ssed: `ssed {c}` needs the `cli` feature, which this ssed was built without (rebuild with: cargo build --release --features cli)");
+            2
+        }
         _ => serve(&args),
     };
     std::process::exit(code);
@@ -31,7 +38,7 @@ fn serve(args: &[String]) -> i32 {
             return 2;
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging();
     // A bug must not leave a hung half-server behind: log it and exit
     // non-zero so a supervisor restarts us; clients resume by Last-Event-ID.
     std::panic::set_hook(Box::new(|info| {
@@ -69,7 +76,7 @@ fn serve(args: &[String]) -> i32 {
     }
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, feature = "workers"))]
 fn supervise(cfg: &Config, args: &[String]) -> i32 {
     match ssed::supervise(cfg, args) {
         Ok(()) => 0,
@@ -80,8 +87,40 @@ fn supervise(cfg: &Config, args: &[String]) -> i32 {
     }
 }
 
-#[cfg(not(unix))]
+// Without the feature `Config::check_features` refuses `--workers` first.
+#[cfg(not(all(unix, feature = "workers")))]
 fn supervise(_cfg: &Config, _args: &[String]) -> i32 {
-    eprintln!("ssed: --workers needs a Unix system");
+    eprintln!("ssed: --workers needs a Unix system and the `workers` feature");
     2
+}
+
+#[cfg(feature = "env_logger")]
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+}
+
+/// Without `env_logger` (a minimal build): `LEVEL target: message` lines on
+/// stderr at the level `RUST_LOG` names (its last `=level`, so `ssed=debug`
+/// works too), default `warn`.
+#[cfg(not(feature = "env_logger"))]
+fn init_logging() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.rsplit('=').next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(log::LevelFilter::Warn);
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(level);
+    }
 }

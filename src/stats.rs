@@ -282,6 +282,12 @@ pub fn json(c: &Counters, g: &Gauges) -> serde_json::Value {
     })
 }
 
+/// `ms` as seconds with three decimals, in integers: `{:.3}` of an `f64`
+/// would link core's float formatting (about 20 KiB) for this one number.
+fn millis_as_secs(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
 /// `/metrics` in Prometheus text format 0.0.4.
 pub fn prometheus(c: &Counters, g: &Gauges) -> String {
     let mut s = String::new();
@@ -295,7 +301,7 @@ pub fn prometheus(c: &Counters, g: &Gauges) -> String {
         "uptime_seconds",
         "gauge",
         "Seconds since start.",
-        format!("{:.3}", g.uptime_secs),
+        millis_as_secs((g.uptime_secs * 1000.0).round() as u64),
     );
     metric(
         "resident_memory_bytes",
@@ -620,6 +626,18 @@ pub fn rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_has_three_decimals() {
+        assert_eq!(millis_as_secs(0), "0.000");
+        assert_eq!(millis_as_secs(1_005), "1.005");
+        assert_eq!(millis_as_secs(86_400_120), "86400.120");
+        let g = Gauges {
+            uptime_secs: 2.0004,
+            ..Gauges::default()
+        };
+        assert!(prometheus(&Counters::default(), &g).contains("\nssed_uptime_seconds 2.000\n"));
+    }
 
     #[test]
     fn prometheus_shape() {

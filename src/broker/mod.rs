@@ -584,12 +584,25 @@ impl Broker {
         self.resolve_by(names, by, valid_topic)
     }
 
-    fn resolve_by(
-        &mut self,
+    /// Whether [`Broker::resolve_as`] (`topics`: [`Broker::resolve_topics`])
+    /// of `names` would succeed, changing nothing: a handler checks, and the
+    /// reactor resolves when it applies the decision.
+    pub fn check_resolve(
+        &self,
+        names: &[&str],
+        by: Create,
+        topics: bool,
+    ) -> Result<(), (usize, BrokerError)> {
+        let valid = if topics { valid_topic } else { valid_name };
+        self.check_by(names, by, valid)
+    }
+
+    fn check_by(
+        &self,
         names: &[&str],
         by: Create,
         valid: fn(&str) -> bool,
-    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+    ) -> Result<(), (usize, BrokerError)> {
         let (mut claimed, mut unclaimed) = (0, 0);
         for (i, n) in names.iter().enumerate() {
             if !valid(n) && self.find_public(n).is_none() {
@@ -616,6 +629,16 @@ impl Broker {
                 return Err((i, BrokerError::TooManyUnclaimed));
             }
         }
+        Ok(())
+    }
+
+    fn resolve_by(
+        &mut self,
+        names: &[&str],
+        by: Create,
+        valid: fn(&str) -> bool,
+    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+        self.check_by(names, by, valid)?;
         let claim = match by {
             Create::Publisher => Claim::Publisher,
             _ => Claim::Subscribers,

@@ -4,8 +4,8 @@
 //! and the journal's numbers for `/stats`.
 //!
 //! It owns the journal's [`Link`], a plain field of the reactor: the
-//! reactor lends it to handlers (`Cx::journal`), which write each local
-//! event between the broker's two append phases, and writes stream
+//! publish path (`publish.rs`) writes each local event through it between
+//! the broker's two append phases, and the reactor writes stream
 //! deletions itself. The broker never sees it. This module must not fsync
 //! (the journal's thread does, and wakes the loop through the reactor's
 //! `mio::Waker`), must not block the loop (compaction reads a bounded
@@ -90,8 +90,7 @@ pub(crate) fn open(
 /// The journal as the loop holds it: the link handlers write through, and
 /// what the replay at start-up found (for `/stats`).
 pub(crate) struct Durable {
-    /// Lent to handlers (`Cx::journal`) and written by the reactor itself
-    /// for stream deletions.
+    /// Written by the publish path and, for stream deletions, the reactor.
     pub link: Link,
     replay_ms: u64,
     replayed: u64,
@@ -161,11 +160,9 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Durabl
                         let _ = broker.append_as(&[t], id, &frame, private);
                     }
                 }
-                for (n, &t) in streams.iter().zip(&targets) {
-                    if n.starts_with('!') {
-                        apps.restored(n, t, id, &frame);
-                    }
-                }
+                // The apps' indexes and the hub's custom ids, as when it
+                // was first published.
+                super::publish::entered(broker, apps, &targets, id, &frame, private);
             }
             Record::Delete { stream, floor_id } => {
                 apps.forgotten(&stream);

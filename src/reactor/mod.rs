@@ -19,13 +19,17 @@
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts |
+//! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
+#[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
 mod conn;
+#[cfg_attr(not(feature = "journal"), path = "durable_off.rs")]
 mod durable;
 pub(crate) mod listen;
 mod peers;
+mod publish;
 mod sweep;
 pub(crate) mod timer;
 mod write;
@@ -177,6 +181,8 @@ pub(crate) struct Bound {
 
 impl Bound {
     pub fn bind(cfg: Config) -> io::Result<Bound> {
+        cfg.check_features()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let users = Apps::load_users(&cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let redis = match cfg.redis.as_deref() {
@@ -603,8 +609,7 @@ impl Reactor {
     /// `via_proxy`).
     fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
         Cx {
-            broker: &mut self.broker,
-            journal: self.durable.as_mut().map(|d| &mut d.link),
+            broker: &self.broker,
             cfg: &self.cfg,
             access: &self.auth,
             counters: &mut self.counters,
@@ -630,38 +635,17 @@ impl Reactor {
                 Command::Publish(stream, ev, reply) => {
                     let before = self.journal_ticket();
                     let mut cx = self.context(u32::MAX);
-                    let res = crate::api::publish_event(&mut cx, &stream, &ev);
-                    let mut actions = std::mem::take(&mut cx.actions);
-                    if let Err(e) = &res {
-                        log::debug!("library publish to {stream:?} refused: {e}");
-                    }
-                    let res = match res {
-                        // Through the bus: answered when Redis has the id
-                        // (--redis and --data-dir are never both set).
-                        Ok(None) => {
-                            for a in std::mem::take(&mut actions) {
-                                match a {
-                                    Action::BusPublish(bp) => {
-                                        self.bus_publish(None, Some(reply.clone()), *bp)
-                                    }
-                                    a => actions.push(a),
-                                }
-                            }
-                            self.act(u32::MAX, actions);
-                            continue;
+                    let decided = crate::api::publish_event(&mut cx, &stream, &ev);
+                    match decided {
+                        Ok(p) => {
+                            self.hold_from = self.durable.is_some().then_some(before);
+                            self.publish(publish::To::Library(reply), p);
+                            self.hold_from = None;
                         }
-                        Ok(Some(id)) => Ok(id),
-                        Err(e) => Err(e),
-                    };
-                    self.act(u32::MAX, actions);
-                    match self.durable.as_ref().and_then(|d| d.link.must_wait(before)) {
-                        Some(ticket) => {
-                            self.held
-                                .push_back(durable::Held::Lib { ticket, reply, res })
-                        }
-                        // The publisher may have stopped waiting.
-                        None => {
-                            let _ = reply.send(res);
+                        Err(e) => {
+                            log::debug!("library publish to {stream:?} refused: {e}");
+                            // The publisher may have stopped waiting.
+                            let _ = reply.send(Err(e));
                         }
                     }
                 }
@@ -673,24 +657,9 @@ impl Reactor {
     fn act(&mut self, key: u32, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Respond { bytes, close } => {
-                    let wait = self
-                        .hold_from
-                        .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
-                    match wait {
-                        Some(ticket) => self.hold(key, ticket, bytes, close),
-                        None => self.respond(key, &bytes, close),
-                    }
-                }
-                Action::Stream {
-                    head,
-                    chunked,
-                    prelude,
-                    cursors,
-                    until,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
-                Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
-                Action::BusStream(bs) => self.bus_stream(key, *bs),
+                Action::Respond { bytes, close } => self.answer(key, bytes, close),
+                Action::Subscribe(s) => self.subscribe(key, *s),
+                Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
                 Action::Tick {
                     head,
                     chunked,
@@ -718,7 +687,16 @@ impl Reactor {
                 }
                 Action::End(k) => self.end_stream(k),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
-                Action::Flush => self.flush_dirty(usize::MAX),
+                Action::CreateStream { name, shape } => {
+                    let resp = match self.broker.create(&name) {
+                        Ok((idx, created)) => {
+                            crate::api::created_stream(&self.broker, idx, created)
+                        }
+                        // Checked by the handler in this same turn.
+                        Err(e) => Response::error(crate::handler::status(&e), &e.message()),
+                    };
+                    self.answer(key, shape.encode(resp), !shape.keep_alive);
+                }
                 Action::Stats {
                     prometheus,
                     http10,
@@ -750,6 +728,35 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Subscribes connection `key`: finds or makes its streams, then
+    /// plans it from this node's history and starts its stream (with
+    /// `--redis`, `bus_stream` may load history first).
+    fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+        let targets = match publish::resolve(&mut self.broker, &s.to) {
+            Ok((t, _)) => t,
+            Err(f) => {
+                // A full selector pool (names were checked by the handler).
+                if let Some(r) = f.reason {
+                    self.counters.reject(r);
+                }
+                let resp = Response::error(f.status, &f.msg);
+                let close = !s.shape.keep_alive;
+                return self.answer(key, s.shape.encode(resp), close);
+            }
+        };
+        if self.bus.is_some() {
+            return self.bus_stream(key, &targets, s);
+        }
+        let c = self
+            .broker
+            .subscribe_as(key, &targets, &s.sees_private, &s.resume);
+        let mut prelude = s.prelude;
+        if let Some(g) = &c.gap {
+            prelude.extend_from_slice(g);
+        }
+        self.start_stream(key, &s.head, s.chunked, &prelude, c.cursors, s.until);
     }
 
     /// Turns connection `key` into an event stream reading `cursors`.
@@ -1262,6 +1269,11 @@ impl Reactor {
                     crate::router::handle(&mut cx, &mut apps, &req);
                     let actions = std::mem::take(&mut cx.actions);
                     self.apps = apps;
+                    // The archives the request changed share the history budget.
+                    let archived = self.apps.archived_bytes();
+                    if archived != self.broker.app_bytes() {
+                        self.broker.set_app_bytes(archived);
+                    }
                     self.hold_from = self.durable.is_some().then_some(before);
                     self.act(key, actions);
                     self.hold_from = None;
