@@ -17,6 +17,23 @@ pub type Tick = u32;
 /// No deadline.
 pub const NEVER: Tick = Tick::MAX;
 
+/// Ticks are 100 ms.
+pub const TICK_MS: u64 = 100;
+
+/// Milliseconds since server start → the tick at or after it.
+pub fn ms_to_ticks(ms: u64) -> Tick {
+    Tick::try_from(ms.div_ceil(TICK_MS)).unwrap_or(NEVER - 1)
+}
+
+/// A timeout flag as ticks; zero means no timeout (`NEVER`).
+pub fn ticks(d: std::time::Duration) -> Tick {
+    if d.is_zero() {
+        NEVER
+    } else {
+        ms_to_ticks(d.as_millis() as u64)
+    }
+}
+
 /// Bytes accepted for a socket but not yet written: first the unwritten
 /// tail of a shared frame after a short write (a position into the
 /// frame, not a copy), then copied bytes: a response, the SSE head, a
@@ -149,11 +166,13 @@ impl State {
     }
 }
 
-/// One connection.
+/// One connection. The socket is a type parameter only so that the
+/// connection machine (`proto.rs`), which never touches it, can be tested
+/// on connections without one (`Conn<()>`).
 #[derive(Debug)]
-pub struct Conn {
+pub struct Conn<S = TcpStream> {
     /// The socket (its fd is the only per-connection kernel handle).
-    pub sock: TcpStream,
+    pub sock: S,
     /// When the sweep must next look at this connection.
     pub deadline: Tick,
     /// Slot of the peer address in the per-IP table.
@@ -166,9 +185,9 @@ pub struct Conn {
     pub state: State,
 }
 
-impl Conn {
+impl<S> Conn<S> {
     /// A freshly accepted connection, waiting for its first request.
-    pub fn new(sock: TcpStream, peer: u32, deadline: Tick) -> Self {
+    pub fn new(sock: S, peer: u32, deadline: Tick) -> Self {
         Conn {
             sock,
             deadline,

@@ -15,6 +15,7 @@
 //! | `write.rs` | the write path: responses, catch-up, the fan-out pass, ends |
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
+//! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
@@ -26,6 +27,7 @@ mod conn;
 mod durable;
 pub(crate) mod listen;
 mod peers;
+mod proto;
 mod sweep;
 pub(crate) mod timer;
 mod write;
@@ -48,17 +50,16 @@ use crate::broker::{Broker, Limits};
 use crate::config::Config;
 use crate::event::{Event, PublishError};
 use crate::handler::{Action, Cx};
-use crate::http::{self, Parsed, Response};
+use crate::http::{self, Response};
 use crate::stats::{Counters, Gauges};
 pub use conn::CONN_SIZE;
-use conn::{Conn, ReqBuf, State, Tick, NEVER};
+use conn::{Conn, ReqBuf, State, Tick, NEVER, TICK_MS};
 use peers::Peers;
+use proto::{Feed, ReadMode, Refuse, Step};
 use timer::{Timer, Timers};
 
 const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 << 10;
-/// Output a pipelining client may have queued before its input is paused.
-const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 pub(crate) const INBOX_LIMIT: usize = 65_536;
 /// Subscribers written to per loop turn; a larger fan-out continues next
@@ -81,16 +82,6 @@ const ACCEPT_BATCH: usize = 256;
 /// All incomplete requests together may hold this much (or four maximal
 /// requests, if more): without it, every connection may hold `--max-body`.
 const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
-/// Ticks are 100 ms.
-const TICK_MS: u64 = 100;
-/// Connections admitted past `--max-connections` to answer `/healthz`
-/// (and nothing else), so monitoring sees a full server as alive.
-const HEALTHZ_RESERVE: usize = 8;
-/// How long a connection in that reserve may take to send its request.
-const RESERVE_WAIT_MS: u64 = 1000;
-/// The 503 past `--max-connections`.
-const OVER_CAP_MSG: &str =
-    "server is at --max-connections; retry later (only /healthz is answered past it)";
 
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
@@ -283,6 +274,7 @@ impl Bound {
             .journal
             .map(|o| durable::install(o, &mut broker, &mut apps));
         let memory = memory_limits(&self.cfg);
+        let rules = proto::Rules::new(&self.cfg, self.max);
         let mut r = Reactor {
             bus,
             durable,
@@ -309,6 +301,7 @@ impl Bound {
             resume_read: Vec::new(),
             again: Vec::new(),
             memory: crate::memory::Account::new(memory),
+            rules,
             trimmed_at: 0,
             passes: VecDeque::new(),
             dirty: Vec::new(),
@@ -360,18 +353,6 @@ impl Clock {
     }
 }
 
-fn ms_to_ticks(ms: u64) -> Tick {
-    Tick::try_from(ms.div_ceil(TICK_MS)).unwrap_or(NEVER - 1)
-}
-
-fn ticks(d: Duration) -> Tick {
-    if d.is_zero() {
-        NEVER
-    } else {
-        ms_to_ticks(d.as_millis() as u64)
-    }
-}
-
 /// The reactor and everything it owns.
 pub(crate) struct Reactor {
     /// The Redis bus, with `--redis`.
@@ -401,6 +382,8 @@ pub(crate) struct Reactor {
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
+    /// The connection machine's configuration.
+    rules: proto::Rules,
     /// When freed memory was last handed back to the system (ms).
     trimmed_at: u64,
     /// Fan-out passes in progress: a stream and the next subscriber slot.
@@ -972,46 +955,26 @@ impl Reactor {
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
         self.counters.accepted += 1;
         let _ = sock.set_nodelay(true);
-        let over = self.conns.len() >= self.max_connections;
-        let reserve = over && self.reserve.len() < HEALTHZ_RESERVE && !self.shutting_down;
-        // A trusted proxy carries many clients: each is counted under its
-        // forwarded address at its first request instead.
-        let limit = if self.cfg.trusted_proxies.contains(&addr.ip()) {
-            usize::MAX
-        } else {
-            self.cfg.max_connections_per_ip
-        };
-        let peer = if over && !reserve {
-            None
-        } else {
-            self.peers.add(addr.ip(), limit)
-        };
-        let Some(peer) = peer else {
-            let (reason, msg) = if over {
-                ("over_capacity", OVER_CAP_MSG)
-            } else {
-                (
-                    "per_ip_limit",
-                    "too many connections from your address (--max-connections-per-ip)",
-                )
-            };
-            self.counters.reject(reason);
-            let resp = Response::error(503, msg)
-                .header("Retry-After", "1")
-                .encode(false, false, false);
-            // A fresh socket has an empty send buffer; if even this does not
-            // fit, the peer just sees the close.
-            let _ = std::io::Write::write(&mut sock, &resp);
-            let _ = sock.shutdown(std::net::Shutdown::Write);
-            let _ = sock.read(&mut self.rbuf);
-            return;
-        };
-        let deadline = if over {
-            self.clock
-                .now_tick()
-                .saturating_add(ms_to_ticks(RESERVE_WAIT_MS))
-        } else {
-            self.header_deadline()
+        let admitted = proto::admit(
+            &mut self.peers,
+            addr.ip(),
+            self.conns.len(),
+            self.reserve.len(),
+            self.shutting_down,
+            self.clock.now_tick(),
+            &self.rules,
+        );
+        let a = match admitted {
+            Ok(a) => a,
+            Err(r) => {
+                self.counters.reject(r.reason);
+                // A fresh socket has an empty send buffer; if even this does
+                // not fit, the peer just sees the close.
+                let _ = std::io::Write::write(&mut sock, &r.encode());
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+                let _ = sock.read(&mut self.rbuf);
+                return;
+            }
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -1021,87 +984,37 @@ impl Reactor {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("register: {e}");
-            self.peers.remove(peer);
+            self.peers.remove(a.peer);
             return;
         }
-        entry.insert(Conn::new(sock, peer, deadline));
-        self.set_deadline(key as u32, deadline);
-        if over {
+        entry.insert(Conn::new(sock, a.peer, a.deadline));
+        self.set_deadline(key as u32, a.deadline);
+        if a.reserve {
             self.reserve.push(key as u32);
-        }
-    }
-
-    /// Deadline for a connection waiting for (the rest of) a request.
-    fn header_deadline(&self) -> Tick {
-        self.clock
-            .now_tick()
-            .saturating_add(ticks(self.cfg.header_timeout))
-    }
-
-    /// Deadline for an idle keep-alive connection.
-    fn idle_deadline(&self) -> Tick {
-        self.clock
-            .now_tick()
-            .saturating_add(ticks(self.cfg.idle_timeout))
-    }
-
-    /// Takes a connection's incomplete request out of it (for parsing).
-    fn take_reqbuf(&mut self, key: u32) -> Option<Box<ReqBuf>> {
-        let c = self.conns.get_mut(key as usize)?;
-        let State::Reading { buf, .. } = &mut c.state else {
-            return None;
-        };
-        let b = buf.take()?;
-        // Put back (or freed with its connection) once parsed.
-        self.memory
-            .lend(crate::memory::Kind::Requests, b.data.len());
-        Some(b)
-    }
-
-    /// Puts an incomplete request back, unless the connection has moved on
-    /// (streaming, closing), in which case it is dropped.
-    fn put_reqbuf(&mut self, key: u32, b: Box<ReqBuf>) {
-        let Some(c) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if b.data.is_empty() {
-            return;
-        }
-        if let State::Reading {
-            buf: slot @ None, ..
-        } = &mut c.state
-        {
-            // Checked by `buffer_fits` when it grew; put back whatever it is.
-            self.memory
-                .force(crate::memory::Kind::Requests, b.data.len());
-            *slot = Some(b);
-        }
-    }
-
-    /// Whether `more` bytes of incomplete requests still fit the memory
-    /// account (`--max-body` bounds one request, its `requests` limit all of
-    /// them, `--memory-max` everything); a refusal is counted there.
-    fn buffer_fits(&mut self, more: usize) -> bool {
-        let k = crate::memory::Kind::Requests;
-        match self.memory.charge(k, more) {
-            Ok(()) => {
-                // Charged for real by `put_reqbuf`.
-                self.memory.lend(k, more);
-                true
-            }
-            Err(_) => false,
         }
     }
 
     /// Output drained on a connection whose input was paused: route the
     /// requests already buffered, then read on.
     fn resume_reading(&mut self, key: u32) {
-        if let Some(mut buf) = self.take_reqbuf(key) {
-            let used = self.process(key, &buf.data, &mut buf.scan);
-            buf.data.drain(..used);
-            self.put_reqbuf(key, buf);
+        let held = match self.conns.get_mut(key as usize) {
+            Some(c) => c.take_request(&mut self.memory),
+            None => None,
+        };
+        if let Some(buf) = held {
+            let feed = Feed::resume(buf, &self.rules);
+            if let Some(rest) = self.process(key, feed) {
+                self.put_request(key, rest);
+            }
         }
         self.on_readable(key);
+    }
+
+    /// Puts an unfinished request back into its connection.
+    fn put_request(&mut self, key: u32, b: Box<ReqBuf>) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.put_request(b, &mut self.memory);
+        }
     }
 
     /// The readable edge: read until WouldBlock, routing complete requests
@@ -1118,12 +1031,10 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return;
             };
-            let (discard, was_idle) = match conn.state {
-                State::Closing => return,
-                State::Reading { paused: true, .. } => return,
-                State::Reading { idle, .. } => (false, idle),
-                _ => (true, false),
-            };
+            let mode = conn.read_mode();
+            if mode == ReadMode::Stop {
+                return;
+            }
             let n = match conn.sock.read(rbuf) {
                 Ok(0) => {
                     self.close(key);
@@ -1137,71 +1048,31 @@ impl Reactor {
                     return;
                 }
             };
-            if discard {
+            let ReadMode::Requests { was_idle } = mode else {
                 continue;
-            }
-            if let State::Reading { idle, .. } = &mut conn.state {
-                *idle = false;
-            }
-            let pending = self.take_reqbuf(key);
-            let held = pending.as_ref().map_or(0, |b| b.data.len());
-            let limit = self.cfg.max_header_bytes + self.cfg.max_body + (64 << 10);
-            if held + n > limit {
-                let e = http::HttpError::PayloadTooLarge;
-                self.counters.reject(e.reason());
-                self.error(key, e.status(), e.message(), None);
-                return;
-            }
-            let leftover: Option<Box<ReqBuf>> = match pending {
-                Some(mut buf) => {
-                    buf.data.extend_from_slice(&rbuf[..n]);
-                    let used = self.process(key, &buf.data, &mut buf.scan);
-                    buf.data.drain(..used);
-                    (!buf.data.is_empty()).then_some(buf)
-                }
-                None => {
-                    let mut scan = http::Scan::default();
-                    let used = self.process(key, &rbuf[..n], &mut scan);
-                    (used < n).then(|| {
-                        Box::new(ReqBuf {
-                            data: rbuf[used..n].to_vec(),
-                            scan,
-                        })
-                    })
-                }
             };
-            let Some(rest) = leftover else { continue };
-            if !self.buffer_fits(rest.data.len()) {
+            conn.input_began();
+            let pending = conn.take_request(&mut self.memory);
+            let feed = match Feed::new(pending, &rbuf[..n], &self.rules) {
+                Ok(f) => f,
+                Err(r) => return self.refuse(key, r),
+            };
+            let Some(rest) = self.process(key, feed) else {
+                continue;
+            };
+            if !proto::request_fits(&mut self.memory, rest.data.len()) {
                 // Many peers each holding a large unfinished request: refuse
                 // this one rather than let the sum grow with the peer count.
-                self.counters.reject("buffer_budget");
-                let msg = "server is holding too many unfinished requests; retry later";
-                self.error(key, 503, msg, Some(("Retry-After", "1")));
-                return;
+                return self.refuse(key, Refuse::BUFFERS);
             }
-            // A request that began in this read (after an idle gap, or after
-            // one completed just now) gets a fresh header deadline; bytes
-            // dribbled into the same request never extend it (slowloris).
-            let new_request = was_idle
-                || matches!(
-                    self.conns.get(key as usize),
-                    Some(Conn {
-                        state: State::Reading { idle: true, .. },
-                        ..
-                    })
-                );
-            self.put_reqbuf(key, rest);
-            let header_deadline = self.header_deadline();
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                if let State::Reading {
-                    buf: Some(_), idle, ..
-                } = &mut conn.state
-                {
-                    *idle = false;
-                    if new_request {
-                        self.set_deadline(key, header_deadline);
-                    }
-                }
+            let now = self.clock.now_tick();
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
+            let new_request = was_idle || conn.idle();
+            conn.put_request(rest, &mut self.memory);
+            if let Some(d) = conn.holding(new_request, now, &self.rules) {
+                self.set_deadline(key, d);
             }
         }
         // Still readable after a full budget: no new edge will come, so
@@ -1211,100 +1082,66 @@ impl Reactor {
         }
     }
 
-    /// Parses and routes every complete request at the front of `data`;
-    /// returns how many bytes were used. `scan` is the progress through the
-    /// first request's chunked body, and is left describing the request at
-    /// the front of what remains.
-    fn process(&mut self, key: u32, data: &[u8], scan: &mut http::Scan) -> usize {
-        let limits = http::Limits {
-            max_header_bytes: self.cfg.max_header_bytes,
-            max_body: self.cfg.max_body,
-        };
-        let mut off = 0;
-        while off < data.len() {
-            match self.conns.get(key as usize).map(|c| &c.state) {
-                // Paused for back-pressure: keep the rest for when output drains.
-                Some(State::Reading { paused: true, .. }) => break,
-                Some(State::Reading { .. }) => {}
-                // Streaming or closing: later pipelined bytes mean nothing.
-                Some(State::Streaming(_) | State::Ticking(_)) => {
-                    self.counters.reject("pipelined_after_stream");
-                    return data.len();
+    /// Routes every complete request `feed` yields while the connection
+    /// reads requests; returns what is left unrouted.
+    fn process(&mut self, key: u32, mut feed: Feed<'_>) -> Option<Box<ReqBuf>> {
+        loop {
+            let req = match feed.next(self.conns.get(key as usize).map(|c| &c.state)) {
+                Step::Wait => break,
+                Step::Continue => {
+                    self.respond(key, http::CONTINUE, false);
+                    break;
                 }
-                _ => return data.len(),
-            }
-            match http::parse_resume(&data[off..], limits, scan) {
-                Ok(Parsed::Partial) => {
-                    if scan.take_continue() {
-                        self.respond(key, http::CONTINUE, false);
+                Step::Dropped { pipelined } => {
+                    if pipelined {
+                        self.counters.reject("pipelined_after_stream");
                     }
                     break;
                 }
-                Err(e) => {
-                    self.counters.reject(e.reason());
-                    self.error(key, e.status(), e.message(), None);
-                    return data.len();
+                Step::Refuse(r) => {
+                    self.refuse(key, r);
+                    break;
                 }
-                Ok(Parsed::Complete(req, used)) => {
-                    off += used;
-                    *scan = http::Scan::default();
-                    self.counters.requests += 1;
-                    if self.reserve.contains(&key) {
-                        self.answer_reserve(key, &req);
-                        return data.len();
+                Step::Request(req) => req,
+            };
+            self.counters.requests += 1;
+            if self.reserve.contains(&key) {
+                match proto::reserve_answer(&req) {
+                    Ok(bytes) => {
+                        self.counters.healthz_reserve += 1;
+                        self.respond(key, &bytes, true);
                     }
-                    let Some((client, via_proxy)) = self.client_of(key, &req) else {
-                        return data.len();
-                    };
-                    let mut apps = std::mem::take(&mut self.apps);
-                    let before = self.journal_ticket();
-                    let mut cx = self.context_for(key, client, via_proxy);
-                    crate::router::handle(&mut cx, &mut apps, &req);
-                    let actions = std::mem::take(&mut cx.actions);
-                    self.apps = apps;
-                    self.hold_from = self.durable.is_some().then_some(before);
-                    self.act(key, actions);
-                    self.hold_from = None;
-                    let idle = self.idle_deadline();
-                    if let Some(c) = self.conns.get_mut(key as usize) {
-                        if let State::Reading {
-                            idle: i, paused, ..
-                        } = &mut c.state
-                        {
-                            *i = true;
-                            match &c.out {
-                                None => self.set_deadline(key, idle),
-                                Some(o) if o.pending_len() > PIPELINE_OUT_LIMIT => {
-                                    *paused = true;
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                    }
+                    Err(r) => self.refuse(key, r),
+                }
+                feed.discard();
+                break;
+            }
+            let Some((client, via_proxy)) = self.client_of(key, &req) else {
+                feed.discard();
+                break;
+            };
+            let mut apps = std::mem::take(&mut self.apps);
+            let before = self.journal_ticket();
+            let mut cx = self.context_for(key, client, via_proxy);
+            crate::router::handle(&mut cx, &mut apps, &req);
+            let actions = std::mem::take(&mut cx.actions);
+            self.apps = apps;
+            self.hold_from = self.durable.is_some().then_some(before);
+            self.act(key, actions);
+            self.hold_from = None;
+            let now = self.clock.now_tick();
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                if let Some(d) = c.after_request(now, &self.rules) {
+                    self.set_deadline(key, d);
                 }
             }
         }
-        off
+        feed.finish()
     }
 
-    /// A connection admitted over the cap: `/healthz` is answered (and the
-    /// connection closed), anything else gets the over-capacity 503.
-    fn answer_reserve(&mut self, key: u32, req: &http::Request<'_>) {
-        let head_only = req.method == http::Method::Head;
-        if req.path == "/healthz" && (head_only || req.method == http::Method::Get) {
-            self.counters.healthz_reserve += 1;
-            let bytes = Response::new(200, "text/plain", "ok").encode(req.http10, false, head_only);
-            self.respond(key, &bytes, true);
-        } else {
-            self.counters.reject("over_capacity");
-            self.error(key, 503, OVER_CAP_MSG, Some(("Retry-After", "1")));
-        }
-    }
-
-    /// The client of a request: the peer, or, from a `--trusted-proxy`,
-    /// the address it forwarded, under which the connection is then also
-    /// counted for `--max-connections-per-ip` (`None`, with a 503 sent,
-    /// when that address is over it). The flag says the forwarding headers
+    /// The client of a request (see `proto::client_of`); `None`, with a
+    /// 503 sent, when its forwarded address is over
+    /// `--max-connections-per-ip`. The flag says the forwarding headers
     /// were a trusted proxy's.
     fn client_of(
         &mut self,
@@ -1312,44 +1149,32 @@ impl Reactor {
         req: &http::Request<'_>,
     ) -> Option<(Option<std::net::IpAddr>, bool)> {
         let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
-        let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
-            return Some((peer, false));
-        };
-        let client = match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
-            None => Some(proxy),
-            Some(c) => c,
-        };
-        let held = self.proxied.get(&key).copied();
-        let held_ip = held.and_then(|s| self.peers.ip(s));
-        let countable = client.filter(|c| !self.cfg.trusted_proxies.contains(c));
-        if held_ip != countable {
-            // The proxy may reuse the connection for another client.
-            if let Some(s) = held {
-                self.peers.remove(s);
-                self.proxied.remove(&key);
+        let c = proto::client_of(
+            key,
+            peer,
+            req,
+            &mut self.peers,
+            &mut self.proxied,
+            &self.rules,
+        );
+        match c {
+            Ok(c) => {
+                if let (Some(c), Some(proxy)) = (c.counted, peer) {
+                    log::debug!("connection {key}: client {c} via proxy {proxy}");
+                }
+                Some((c.ip, c.via_proxy))
             }
-            if let Some(c) = countable {
-                let Some(slot) = self.peers.add(c, self.cfg.max_connections_per_ip) else {
-                    self.counters.reject("per_ip_limit");
-                    let msg = "too many connections from your address (--max-connections-per-ip)";
-                    self.error(key, 503, msg, Some(("Retry-After", "1")));
-                    return None;
-                };
-                self.proxied.insert(key, slot);
-                log::debug!("connection {key}: client {c} via proxy {proxy}");
+            Err(r) => {
+                self.refuse(key, r);
+                None
             }
         }
-        Some((client, true))
     }
 
-    /// A JSON error that ends the connection (the request's framing can no
-    /// longer be trusted, or the server refuses to hold more of it).
-    fn error(&mut self, key: u32, status: u16, msg: &str, header: Option<(&'static str, &str)>) {
-        let mut resp = Response::error(status, msg);
-        if let Some((n, v)) = header {
-            resp = resp.header(n, v);
-        }
-        self.respond(key, &resp.encode(false, false, false), true);
+    /// Counts a refusal and sends its answer, which ends the connection.
+    fn refuse(&mut self, key: u32, r: Refuse) {
+        self.counters.reject(r.reason);
+        self.respond(key, &r.encode(), true);
     }
 }
 

@@ -12,8 +12,9 @@
 //! [`STREAM_SLICE`] stream slots per turn, a pass every quarter of
 //! `--stream-idle-ttl` (between 250 ms and 60 s).
 
-use super::conn::{State, Tick, NEVER};
-use super::{ticks, Reactor, Timer, TICK_MS};
+use super::conn::{Tick, NEVER, TICK_MS};
+use super::proto::Due;
+use super::{Reactor, Timer};
 
 /// Connection slots examined per loop turn.
 const SLICE: usize = 4096;
@@ -132,67 +133,38 @@ impl Reactor {
         self.schedule_expire(!done);
     }
 
-    /// A connection's deadline passed.
+    /// A connection's deadline passed: the connection machine says what
+    /// that means (`Conn::expire`), the reactor does it.
     fn expire(&mut self, key: u32, now: Tick) {
-        let write_ticks = ticks(self.cfg.write_timeout);
+        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
+        let reserved = self.reserve.contains(&key);
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
-        if c.closing() {
-            return;
-        }
-        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
-        if exp <= now && matches!(c.state, State::Streaming(_)) {
-            // Mercure: a subscription ends when its token expires.
-            log::info!("ending stream {key}: its token expired");
-            self.counters.reject("token_expired");
-            self.end_stream(key);
-            return;
-        }
-        if let Some(out) = &c.out {
-            if now.saturating_sub(out.since) >= write_ticks {
+        match c.expire(now, exp, reserved, &self.rules) {
+            Due::Nothing => {}
+            Due::TokenExpired => {
+                // Mercure: a subscription ends when its token expires.
+                log::info!("ending stream {key}: its token expired");
+                self.counters.reject("token_expired");
+                self.end_stream(key);
+            }
+            Due::WriteStalled => {
                 log::info!(
                     "closing connection {key}: nothing written for {:?}",
                     self.cfg.write_timeout
                 );
                 self.counters.write_timeouts += 1;
                 self.close(key);
-            } else {
-                c.deadline = out.since.saturating_add(write_ticks).min(exp);
             }
-            return;
-        }
-        match &c.state {
-            State::Reading { .. } if self.reserve.contains(&key) => {
-                // Admitted over the cap for a health check that did not come
-                // at once: the answer everyone else past the cap gets.
-                self.counters.reject("over_capacity");
-                self.error(key, 503, super::OVER_CAP_MSG, Some(("Retry-After", "1")));
-            }
-            State::Reading { buf, idle, .. } => {
-                if *idle || buf.is_none() {
-                    // Idle keep-alive, or a connection that never sent a
-                    // byte (browsers open spare ones): just go. A 408 there
-                    // could be read as the answer to the next request the
-                    // client sends.
-                    if buf.is_none() && !*idle {
-                        self.counters.reject("idle_before_request");
-                    }
-                    self.close(key);
-                } else {
-                    let e = crate::http::HttpError::Timeout;
-                    self.counters.reject(e.reason());
-                    self.error(key, e.status(), e.message(), None);
+            Due::Refuse(r) => self.refuse(key, r),
+            Due::Close { unasked } => {
+                if unasked {
+                    self.counters.reject("idle_before_request");
                 }
+                self.close(key);
             }
-            State::Streaming(_) | State::Ticking(_) => {
-                if self.cfg.heartbeat.is_zero() {
-                    c.deadline = exp;
-                    return;
-                }
-                self.heartbeat(key);
-            }
-            State::Draining | State::Lingering | State::Closing => self.close(key),
+            Due::Heartbeat => self.heartbeat(key),
         }
     }
 }

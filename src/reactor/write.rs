@@ -16,8 +16,9 @@
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
 
-use super::conn::{Conn, Out, State, Tail, NEVER};
-use super::{ms_to_ticks, ticks, Reactor, Timer};
+use super::conn::{ms_to_ticks, Conn, Out, State, Tail, NEVER};
+use super::proto::Wrote;
+use super::{Reactor, Timer};
 use crate::broker::Frame;
 use crate::frame;
 use crate::http::Response;
@@ -244,16 +245,13 @@ impl Reactor {
     /// response that is out lingers; backed-up output gets a write deadline.
     fn after_write(&mut self, key: u32) {
         let tick = self.clock.now_tick();
-        let write_ticks = ticks(self.cfg.write_timeout);
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
-        if c.out.is_none() && matches!(c.state, State::Draining) {
-            self.linger(key);
-        } else if c.out.is_some() {
-            c.deadline = c.deadline.min(tick.saturating_add(write_ticks));
-            let d = c.deadline;
-            self.want_sweep(d);
+        match c.after_write(tick, &self.rules) {
+            Wrote::Linger => self.linger(key),
+            Wrote::Deadline(d) => self.want_sweep(d),
+            Wrote::Nothing => {}
         }
     }
 
@@ -375,22 +373,18 @@ impl Reactor {
 
     /// Deadline bookkeeping after writing to a streaming connection.
     pub(super) fn after_stream_write(&mut self, key: u32) {
+        let exp = match self.token_exp.is_empty() {
+            true => NEVER,
+            false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
+        };
+        let now = self.clock.now_tick();
         let d = match self.conns.get(key as usize) {
-            Some(c) if c.closing() => return,
-            Some(c) => match &c.out {
-                Some(out) => out.since.saturating_add(ticks(self.cfg.write_timeout)),
-                None => self
-                    .clock
-                    .now_tick()
-                    .saturating_add(ticks(self.cfg.heartbeat)),
-            },
-            None => return,
+            Some(c) => c.stream_deadline(now, exp, &self.rules),
+            None => None,
         };
-        let d = match self.token_exp.get(&key) {
-            Some(&exp) => d.min(exp),
-            None => d,
-        };
-        self.set_deadline(key, d);
+        if let Some(d) = d {
+            self.set_deadline(key, d);
+        }
     }
 
     /// A ticking connection is due.
@@ -640,10 +634,7 @@ impl Reactor {
                             idle: true,
                             paused: false,
                         };
-                        let d = self
-                            .clock
-                            .now_tick()
-                            .saturating_add(ticks(self.cfg.idle_timeout));
+                        let d = self.clock.now_tick().saturating_add(self.rules.idle);
                         self.set_deadline(key, d);
                         self.after_write(key);
                     }
