@@ -55,7 +55,7 @@ use crate::stats::{Counters, Gauges};
 pub use conn::CONN_SIZE;
 use conn::{Conn, ReqBuf, State, Tick, NEVER, TICK_MS};
 use peers::Peers;
-use proto::{Feed, ReadMode, Refuse, Step};
+use proto::{Due, Feed, ReadMode, Refuse, Step};
 use timer::{Timer, Timers};
 
 const WAKER: Token = Token(usize::MAX);
@@ -891,6 +891,89 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Makes sure a sweep runs by deadline `d`.
+    fn want_sweep(&mut self, d: Tick) {
+        if let Some(at) = self.sweep.want(d) {
+            self.timers.add(at, Timer::Sweep);
+        }
+    }
+
+    /// One slice of the sweep (the timer entry for `when` fired).
+    fn sweep(&mut self, when: u64) {
+        let Some(new_round) = self.sweep.begin(when, self.clock.now_ms) else {
+            return;
+        };
+        // Cancelled timer entries (superseded sweeps, ticks of closed
+        // connections) are dropped lazily; compact when they could have
+        // piled up.
+        if new_round && self.timers.len() > 64 {
+            let (conns, at) = (&self.conns, self.sweep.at);
+            self.timers.retain(|w, t| timer_live(conns, at, w, t));
+        }
+        let now = self.clock.now_tick();
+        let mut due = Vec::new();
+        self.sweep.scan(&self.conns, now, &mut due);
+        for key in due {
+            self.expire(key, now);
+            if let Some(c) = self.conns.get(key as usize) {
+                if !c.closing() {
+                    self.sweep.seen(c.deadline);
+                }
+            }
+        }
+        if let Some(at) = self.sweep.end(self.conns.capacity(), self.clock.now_ms) {
+            self.timers.add(at, Timer::Sweep);
+        }
+    }
+
+    /// A connection's deadline passed: the connection machine says what
+    /// that means (`Conn::expire`), the reactor does it.
+    fn expire(&mut self, key: u32, now: Tick) {
+        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
+        let reserved = self.reserve.contains(&key);
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match c.expire(now, exp, reserved, &self.rules) {
+            Due::Nothing => {}
+            Due::TokenExpired => {
+                // Mercure: a subscription ends when its token expires.
+                log::info!("ending stream {key}: its token expired");
+                self.counters.reject("token_expired");
+                self.end_stream(key);
+            }
+            Due::WriteStalled => {
+                log::info!(
+                    "closing connection {key}: nothing written for {:?}",
+                    self.cfg.write_timeout
+                );
+                self.counters.write_timeouts += 1;
+                self.close(key);
+            }
+            Due::Refuse(r) => self.refuse(key, r),
+            Due::Close { unasked } => {
+                if unasked {
+                    self.counters.reject("idle_before_request");
+                }
+                self.close(key);
+            }
+            Due::Heartbeat => self.heartbeat(key),
+        }
+    }
+
+    /// Schedules the next slice of the stream lifecycle sweep.
+    fn schedule_expire(&mut self, mid_pass: bool) {
+        let at = sweep::expire_at(self.clock.now_ms, self.cfg.stream_idle_ttl, mid_pass);
+        self.timers.add(at, Timer::Expire);
+    }
+
+    /// One slice of the stream lifecycle sweep (its timer fired).
+    fn expire_streams(&mut self) {
+        let now = self.clock.unix_us();
+        let done = self.broker.expire(now, sweep::STREAM_SLICE);
+        self.schedule_expire(!done);
     }
 
     /// Whether a timer entry still means something: the current sweep, any
