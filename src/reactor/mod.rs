@@ -11,8 +11,8 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the loop, accept, reads, request routing, carrying out actions |
-//! | `write.rs` | the write path: responses, catch-up, the fan-out pass, ends |
+//! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions |
+//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
@@ -25,15 +25,16 @@
 mod bus;
 mod conn;
 mod durable;
+mod fanout;
 pub(crate) mod listen;
 mod peers;
 mod proto;
 mod sweep;
 pub(crate) mod timer;
-mod write;
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -49,13 +50,16 @@ use crate::apps::Apps;
 use crate::broker::{Broker, Limits};
 use crate::config::Config;
 use crate::event::{Event, PublishError};
+use crate::frame;
 use crate::handler::{Action, Cx};
 use crate::http::{self, Response};
+use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
 pub use conn::CONN_SIZE;
-use conn::{Conn, ReqBuf, State, Tick, NEVER, TICK_MS};
+use conn::{ms_to_ticks, Conn, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
+use fanout::{Batch, WRITE_BUDGET};
 use peers::Peers;
-use proto::{Due, Feed, ReadMode, Refuse, Step};
+use proto::{Due, Feed, ReadMode, Refuse, Step, Wrote};
 use timer::{Timer, Timers};
 
 const WAKER: Token = Token(usize::MAX);
@@ -82,6 +86,18 @@ const ACCEPT_BATCH: usize = 256;
 /// All incomplete requests together may hold this much (or four maximal
 /// requests, if more): without it, every connection may hold `--max-body`.
 const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
+
+/// How long a closing connection waits for its peer's FIN after we sent
+/// ours, so an error response is not destroyed by a reset.
+const LINGER_MS: u64 = 2000;
+/// Memory handed back to the system (`malloc_trim`) once this much was
+/// freed since the last time...
+const TRIM_AFTER_BYTES: usize = 16 << 20;
+/// ...and at most this often (a trim walks the heap).
+const TRIM_EVERY_MS: u64 = 1000;
+/// Told to a client whose response would pass the memory account.
+const OUTPUT_FULL_MSG: &str =
+    "server is holding too many unsent responses (--memory-max); retry later";
 
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
@@ -299,12 +315,10 @@ impl Bound {
             shutting_down: false,
             closing: Vec::new(),
             resume_read: Vec::new(),
-            again: Vec::new(),
             memory: crate::memory::Account::new(memory),
             rules,
             trimmed_at: 0,
-            passes: VecDeque::new(),
-            dirty: Vec::new(),
+            fanout: fanout::Fanout::default(),
             sweep: sweep::Sweep::default(),
             next_gen: 0,
             accept_paused: false,
@@ -377,8 +391,6 @@ pub(crate) struct Reactor {
     closing: Vec<u32>,
     /// Connections whose paused input may be read again.
     resume_read: Vec<u32>,
-    /// Subscribers that used their write budget this turn and are owed more.
-    again: Vec<u32>,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
@@ -386,10 +398,8 @@ pub(crate) struct Reactor {
     rules: proto::Rules,
     /// When freed memory was last handed back to the system (ms).
     trimmed_at: u64,
-    /// Fan-out passes in progress: a stream and the next subscriber slot.
-    passes: VecDeque<(u32, usize)>,
-    /// Reused buffer for the broker's dirty streams.
-    dirty: Vec<u32>,
+    /// Fan-out passes under way and subscribers owed a turn.
+    fanout: fanout::Fanout,
     sweep: sweep::Sweep,
     next_gen: u32,
     accept_paused: bool,
@@ -419,13 +429,25 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Writes as much of `bufs` as the socket takes; `Ok(0)` on WouldBlock.
+fn write_vectored(sock: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match sock.write_vectored(bufs) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if would_block(&e) => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Reactor {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             self.clock.tick();
             self.bus_send();
-            let busy = !self.again.is_empty() || !self.passes.is_empty();
+            let busy = self.fanout.busy();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
@@ -1258,6 +1280,571 @@ impl Reactor {
     fn refuse(&mut self, key: u32, r: Refuse) {
         self.counters.reject(r.reason);
         self.respond(key, &r.encode(), true);
+    }
+
+    // The write path: responses, stream heads, catch-up, the fan-out
+    // pass, partial writes, slow subscribers, and the ways a connection
+    // ends. Closing is deferred: `close` marks a connection, `reap` frees
+    // it at the end of the turn.
+
+    /// Marks a connection to be freed at the end of the turn, leaving the
+    /// streams it read and releasing its request buffer.
+    fn close(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
+        match std::mem::replace(&mut c.state, State::Closing) {
+            State::Closing => return,
+            State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
+            State::Reading { buf: Some(b), .. } => {
+                self.memory.release(Kind::Requests, b.data.len());
+            }
+            _ => {}
+        }
+        self.closing.push(key);
+    }
+
+    /// Lets go of a connection's unsent bytes (it is being freed): copies
+    /// go back to the account; a frame tail is noted as freed, since the
+    /// connection may have been the frame's last holder.
+    fn free_out(&mut self, out: &Out) {
+        self.memory.release(Kind::Output, out.copied());
+        if let Some(t) = &out.tail {
+            self.memory.note_freed(t.frame.cost());
+        }
+    }
+
+    /// Hands freed heap back to the system after large frees (glibc keeps
+    /// it otherwise: a burst of megabyte-sized buffers would stay resident
+    /// after they are gone). Rate-limited; a no-op on other C libraries.
+    fn maybe_trim(&mut self) {
+        if self.memory.freed() < TRIM_AFTER_BYTES
+            // `trimmed_at` 0: never trimmed, so the first trim may come at
+            // once (a server up for less than a second frees too).
+            || (self.trimmed_at != 0 && self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS)
+        {
+            return;
+        }
+        self.memory.take_freed();
+        self.trimmed_at = self.clock.now_ms;
+        self.counters.memory_trims += 1;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own structures.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Output that would pass the memory account: a response of which
+    /// nothing was sent yet is replaced by a short 503 (charged past the
+    /// bound: it is small and one per connection); anything else (a
+    /// stream's bytes, a response already begun) closes the connection.
+    fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
+        self.counters.reject("memory_output");
+        log::info!("connection {key}: {} output refused: {r}", r.kind().name());
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let answerable = nothing_sent
+            && c.out.is_none()
+            && matches!(c.state, State::Reading { .. } | State::Draining);
+        if !answerable {
+            self.close(key);
+            return;
+        }
+        if let State::Reading { buf: Some(b), .. } = &c.state {
+            self.memory.release(Kind::Requests, b.data.len());
+        }
+        c.state = State::Draining;
+        let resp = Response::error(503, OUTPUT_FULL_MSG)
+            .header("Retry-After", "1")
+            .encode(false, false, false);
+        self.memory.force(Kind::Output, resp.len());
+        c.out = Some(Box::new(Out {
+            tail: None,
+            buf: resp,
+            pos: 0,
+            since: self.clock.now_tick(),
+        }));
+    }
+
+    /// Queues raw bytes for a connection: written at once if its socket is
+    /// drained, appended to its output buffer otherwise.
+    fn send(&mut self, key: u32, bytes: &[u8]) {
+        self.queue(key, bytes, false);
+    }
+
+    /// `Reactor::send`; `response` says the bytes are a whole response
+    /// to a request, which a refusal may replace with a short 503.
+    fn queue(&mut self, key: u32, bytes: &[u8], response: bool) {
+        let tick = self.clock.now_tick();
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.closing() || bytes.is_empty() {
+            return;
+        }
+        if let Some(out) = conn.out.as_mut() {
+            match self.memory.charge(Kind::Output, bytes.len()) {
+                Ok(()) => out.buf.extend_from_slice(bytes),
+                Err(r) => self.refuse_output(key, r, false),
+            }
+            return;
+        }
+        let mut done = 0;
+        while done < bytes.len() {
+            match write_vectored(&mut conn.sock, &[IoSlice::new(&bytes[done..])]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    self.counters.bytes_written += n as u64;
+                }
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        if done < bytes.len() {
+            let rest = &bytes[done..];
+            if let Err(r) = self.memory.charge(Kind::Output, rest.len()) {
+                return self.refuse_output(key, r, response && done == 0);
+            }
+            conn.out = Some(Box::new(Out {
+                tail: None,
+                buf: rest.to_vec(),
+                pos: 0,
+                since: tick,
+            }));
+        }
+    }
+
+    /// Queues SSE bytes for a streaming connection, chunk-framed if its
+    /// body is chunked.
+    fn send_sse(&mut self, key: u32, sse: &[u8]) {
+        if sse.is_empty() {
+            return;
+        }
+        match self.conns.get(key as usize) {
+            Some(c) if c.chunked => self.send(key, &frame::chunk(sse)),
+            Some(_) => self.send(key, sse),
+            None => {}
+        }
+    }
+
+    /// Sends a complete response; `close` ends the connection once it is out.
+    fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
+        self.queue(key, bytes, true);
+        if close {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                if let State::Reading { buf, .. } = &mut c.state {
+                    if let Some(b) = buf.take() {
+                        self.memory.release(Kind::Requests, b.data.len());
+                    }
+                    c.state = State::Draining;
+                }
+            }
+        }
+        self.after_write(key);
+    }
+
+    /// What follows a write on a connection that is not streaming: a final
+    /// response that is out lingers; backed-up output gets a write deadline.
+    fn after_write(&mut self, key: u32) {
+        let tick = self.clock.now_tick();
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match c.after_write(tick, &self.rules) {
+            Wrote::Linger => self.linger(key),
+            Wrote::Deadline(d) => self.want_sweep(d),
+            Wrote::Nothing => {}
+        }
+    }
+
+    /// Half-closes a connection and waits briefly for the peer's FIN before
+    /// freeing it, so a final response is not lost to a reset.
+    fn linger(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.state = State::Lingering;
+        let d = ms_to_ticks(self.clock.now_ms + LINGER_MS);
+        self.set_deadline(key, d);
+    }
+
+    /// Drains `conn.out`. `Ok(true)` when empty (and freed), `Ok(false)`
+    /// when the socket is full.
+    fn drain_out(&mut self, key: u32) -> io::Result<bool> {
+        let tick = self.clock.now_tick();
+        let Reactor {
+            conns,
+            memory,
+            counters,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
+            return Ok(true);
+        };
+        let Some(out) = conn.out.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            let [tail, copied] = out.slices();
+            if tail.is_empty() && copied.is_empty() {
+                break;
+            }
+            let in_tail = tail.len();
+            let n = write_vectored(&mut conn.sock, &[IoSlice::new(tail), IoSlice::new(copied)])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            if let Some(t) = out.tail.as_mut() {
+                t.at += n.min(in_tail);
+                if t.pending().is_empty() {
+                    out.tail = None;
+                }
+            }
+            let from_buf = n.saturating_sub(in_tail);
+            out.pos += from_buf;
+            memory.release(Kind::Output, from_buf);
+            out.since = tick;
+            counters.bytes_written += n as u64;
+        }
+        conn.out = None;
+        Ok(true)
+    }
+
+    /// The writable edge: drain output, then stream frames or resume reads.
+    fn on_writable(&mut self, key: u32) {
+        match self.conns.get(key as usize) {
+            Some(c) if !c.closing() && c.out.is_some() => {}
+            _ => return,
+        }
+        match self.drain_out(key) {
+            Err(_) => return self.close(key),
+            Ok(false) => return,
+            Ok(true) => {}
+        }
+        // A connection waiting for Redis keeps its input paused.
+        let held = matches!(
+            self.conns.get(key as usize).map(|c| &c.state),
+            Some(State::Reading { paused: true, .. })
+        ) && self.bus_holds(key);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match &mut conn.state {
+            State::Streaming(_) => {
+                self.flush_subscriber(key);
+                self.after_stream_write(key);
+            }
+            State::Ticking(_) => self.after_stream_write(key),
+            State::Reading { paused, .. } => {
+                // A reply waiting for Redis or for an fsync keeps the input
+                // paused.
+                if *paused && !held && !self.held.iter().any(|h| h.key() == Some(key)) {
+                    *paused = false;
+                    self.resume_read.push(key);
+                }
+                self.after_write(key);
+            }
+            State::Draining => self.after_write(key),
+            State::Lingering | State::Closing => {}
+        }
+    }
+
+    /// Writes a stream's response head and turns the connection's input
+    /// off; `false` if the connection is gone.
+    fn begin_stream(&mut self, key: u32, head: &[u8], chunked: bool) -> bool {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
+        match &mut c.state {
+            State::Reading { buf, .. } => {
+                if let Some(b) = buf.take() {
+                    self.memory.release(Kind::Requests, b.data.len());
+                }
+            }
+            _ => return false,
+        }
+        c.chunked = chunked;
+        // Streaming until the stream ends; later input is discarded.
+        c.state = State::Draining;
+        self.send(key, head);
+        self.conns
+            .get(key as usize)
+            .is_some_and(|c| matches!(c.state, State::Draining))
+    }
+
+    /// Deadline bookkeeping after writing to a streaming connection.
+    fn after_stream_write(&mut self, key: u32) {
+        let exp = match self.token_exp.is_empty() {
+            true => NEVER,
+            false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
+        };
+        let now = self.clock.now_tick();
+        let d = match self.conns.get(key as usize) {
+            Some(c) => c.stream_deadline(now, exp, &self.rules),
+            None => None,
+        };
+        if let Some(d) = d {
+            self.set_deadline(key, d);
+        }
+    }
+
+    /// A ticking connection is due.
+    fn on_tick(&mut self, key: u32, gen: u32) {
+        let now = self.clock.now_ms;
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let blocked = c.out.is_some();
+        let State::Ticking(t) = &mut c.state else {
+            return;
+        };
+        if t.gen != gen {
+            return;
+        }
+        let interval = t.interval_ms;
+        // A peer that is not reading gets no new ticks queued behind it.
+        let bytes = if blocked { None } else { Some((t.next)(now)) };
+        self.timers.add(now + interval, Timer::Tick { key, gen });
+        if let Some(b) = bytes {
+            self.counters.frames_written += 1;
+            self.send_sse(key, &b);
+            self.after_stream_write(key);
+        }
+    }
+
+    /// Writes new frames to the subscribers of streams published to, at
+    /// most `budget` subscribers per call: a pass over a large audience is
+    /// spread over loop turns so accepts and reads are not held up, and
+    /// subscribers late in a pass receive what was published meanwhile in
+    /// the same write. Blocked subscribers are skipped (their writable edge
+    /// resumes them) unless they lag past `--max-pending-bytes`.
+    fn flush_dirty(&mut self, mut budget: usize) {
+        for key in self.fanout.take_owed() {
+            let ready = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| !c.blocked() && !c.closing());
+            if ready {
+                self.flush_subscriber(key);
+            }
+        }
+        self.fanout.begin(&mut self.broker);
+        while budget > 0 {
+            let Some(key) = self.fanout.next(&self.broker) else {
+                break;
+            };
+            budget -= 1;
+            let blocked = self
+                .conns
+                .get(key as usize)
+                .is_none_or(|c| c.blocked() || c.closing());
+            if blocked {
+                self.check_lag(key);
+            } else {
+                self.flush_subscriber(key);
+            }
+        }
+    }
+
+    fn check_lag(&mut self, key: u32) {
+        let lag = match self.conns.get(key as usize) {
+            Some(Conn {
+                state: State::Streaming(cs),
+                out: Some(out),
+                ..
+            }) => out.pending_len() as u64 + self.broker.lag(cs),
+            _ => return,
+        };
+        if lag > self.cfg.max_pending_bytes as u64 {
+            log::info!(
+                "dropping slow subscriber {key}: more than {} bytes behind",
+                self.cfg.max_pending_bytes
+            );
+            self.counters.slow_consumers_dropped += 1;
+            self.close(key);
+        }
+    }
+
+    /// Writes everything a subscriber is owed, in id order across its
+    /// streams, in batches of up to `MAX_IOV` frames per `writev`.
+    fn flush_subscriber(&mut self, key: u32) {
+        let tick = self.clock.now_tick();
+        let mut budget = WRITE_BUDGET;
+        // Whether this subscriber was sent anything: only then does its
+        // heartbeat move, so events it may not see leave no timing trace.
+        let mut wrote = false;
+        loop {
+            // A gap first, for any stream that dropped frames this
+            // subscriber had not been sent yet.
+            let gap = match self.conns.get_mut(key as usize) {
+                Some(Conn {
+                    state: State::Streaming(cs),
+                    ..
+                }) => self.broker.take_gap(cs),
+                _ => return,
+            };
+            if let Some(g) = gap {
+                wrote = true;
+                self.send_sse(key, &g);
+            }
+            let Reactor {
+                conns,
+                broker,
+                counters,
+                fanout,
+                ..
+            } = self;
+            let Some(conn) = conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.out.is_some() {
+                break;
+            }
+            let chunked = conn.chunked;
+            let State::Streaming(cs) = &mut conn.state else {
+                return;
+            };
+            let batch = Batch::gather(broker.merge(cs), chunked, budget);
+            if batch.is_empty() {
+                break;
+            }
+            wrote = true;
+            let written = match write_vectored(&mut conn.sock, batch.slices()) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            };
+            let w = batch.wrote(written);
+            let more = batch.more();
+            counters.frames_written += w.sent;
+            counters.bytes_written += written as u64;
+            if let Some(last) = w.last {
+                cs.advance(last);
+            }
+            if w.short {
+                // A cut frame, or the socket filled at a frame boundary (an
+                // Out without a tail marks the connection blocked until its
+                // writable edge).
+                conn.out = Some(Box::new(Out {
+                    tail: w.tail,
+                    buf: Vec::new(),
+                    pos: 0,
+                    since: tick,
+                }));
+            }
+            budget = budget.saturating_sub(written);
+            if conn.out.is_none() && more && budget == 0 {
+                // Still writable and still owed frames: no edge will come, so
+                // continue next turn, after everyone else had a go.
+                fanout.owe(key);
+            }
+            if conn.out.is_some() || !more || budget == 0 {
+                break;
+            }
+        }
+        let blocked = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.out.is_some());
+        if wrote || blocked {
+            self.after_stream_write(key);
+        }
+        self.check_lag(key);
+    }
+
+    /// Ends a streaming connection gracefully: what is queued is flushed,
+    /// then an HTTP/1.0 (body-until-close) stream's socket closes; a chunked
+    /// one gets its last chunk and goes back to reading requests (unless
+    /// the server is shutting down).
+    fn end_stream(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
+        match std::mem::replace(&mut c.state, State::Draining) {
+            State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
+            State::Ticking(_) => {}
+            other => {
+                // Not a stream (any more): nothing to end. Closing it could
+                // hit an unrelated connection that reuses the key.
+                c.state = other;
+                return;
+            }
+        }
+        if c.chunked {
+            c.chunked = false;
+            self.send(key, frame::LAST_CHUNK);
+            if !self.shutting_down {
+                // The chunked response is complete, so the connection may
+                // carry the next request: clients with a connection pool
+                // (Node's fetch, fetch-event-source) reuse it, and closing
+                // it under them would fail their next request.
+                if let Some(c) = self.conns.get_mut(key as usize) {
+                    if matches!(c.state, State::Draining) {
+                        c.state = State::Reading {
+                            buf: None,
+                            idle: true,
+                            paused: false,
+                        };
+                        let d = self.clock.now_tick().saturating_add(self.rules.idle);
+                        self.set_deadline(key, d);
+                        self.after_write(key);
+                    }
+                }
+                return;
+            }
+        }
+        match self.conns.get(key as usize) {
+            Some(c) if c.out.is_some() => self.after_write(key),
+            Some(_) => self.close(key),
+            None => {}
+        }
+    }
+
+    /// Flushes a stream's subscribers, deletes it, and ends their streams.
+    fn delete_stream(&mut self, idx: u32) {
+        // Flush first so subscribers that can take it get what was published.
+        for k in self.broker.subscribers(idx) {
+            if self.conns.get(k as usize).is_some_and(|c| !c.blocked()) {
+                self.flush_subscriber(k);
+            }
+        }
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            d.link.delete(name, floor);
+        }
+        for k in self.broker.delete(idx) {
+            self.end_stream(k);
+        }
+    }
+
+    /// Sets a connection's deadline and makes sure a sweep will see it.
+    fn set_deadline(&mut self, key: u32, d: Tick) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.deadline = d;
+            if d != NEVER {
+                self.want_sweep(d);
+            }
+        }
+    }
+
+    /// Writes a heartbeat comment.
+    fn heartbeat(&mut self, key: u32) {
+        self.counters.heartbeats += 1;
+        self.send_sse(key, frame::HEARTBEAT);
+        self.after_stream_write(key);
     }
 }
 
