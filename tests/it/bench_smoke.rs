@@ -3,18 +3,14 @@
 //! figures (counts exact, measurements present). No timing assertions:
 //! the machine is shared and small.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
 
-/// A running `ssed`, killed (by its own handle) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
+use crate::common::bench;
+
+/// A running `ssed` (the shared harness's), addressed by stream.
+struct Server(crate::common::Server);
 
 impl Server {
     fn start() -> Server {
@@ -24,81 +20,17 @@ impl Server {
     /// Starts `ssed ARGS`; returns it (with its first address) and every
     /// address it announced, one per `--listen`.
     fn start_with(args: &[&str]) -> (Server, Vec<String>) {
-        let listens = args.iter().filter(|a| **a == "--listen").count();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssed"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ssed");
-        let stdout = child.stdout.take().expect("ssed stdout");
-        let (tx, rx) = mpsc::channel();
-        // Keep draining stdout after the address line, so the server can
-        // never block on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
-                }
-            }
-        });
-        let mut addrs = Vec::new();
-        while addrs.len() < listens {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(a) => addrs.push(a),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("ssed did not print `listening on http://ADDR` within 20 s");
-                }
-            }
-        }
-        let addr = addrs[0].clone();
-        (Server { child, addr }, addrs)
+        let (s, addrs) = crate::common::Ssed::bare().args(args).start_all();
+        (Server(s), addrs.iter().map(|a| a.to_string()).collect())
     }
 
     fn url(&self, stream: &str) -> String {
-        format!("http://{}/events?stream={stream}", self.addr)
+        format!("http://{}/events?stream={stream}", self.0.addr)
     }
 
     fn pid(&self) -> u64 {
-        u64::from(self.child.id())
+        u64::from(self.0.pid())
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `ssed-bench ARGS --json` (bounded at two minutes) and returns its
-/// JSON report.
-fn bench(args: &[&str]) -> Value {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
-        .args(args)
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ssed-bench");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().expect("wait ssed-bench").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ssed-bench {args:?} ran over two minutes");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("ssed-bench output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ssed-bench {args:?} failed: {text}");
-    let last = text.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 fn num(v: &Value, key: &str) -> f64 {

@@ -5,65 +5,38 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ssed::client::{Client, Error, Event};
 
+use crate::common::Ssed;
+
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A running ssed, killed on drop.
+/// A running ssed (the shared harness's), addressed by its base URL.
 struct Server {
-    child: Child,
+    _proc: crate::common::Server,
     addr: SocketAddr,
 }
 
 impl Server {
     fn start(listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssed"))
-            .args(["--listen", listen])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ssed");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("ssed did not print its listening line");
-            }
-        };
-        Server { child, addr }
+        let proc = Ssed::bare().args(["--listen", listen]).args(extra).start();
+        Server {
+            addr: proc.addr,
+            _proc: proc,
+        }
     }
 
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        drop(self)
     }
 }
 
@@ -365,25 +338,7 @@ fn client_errors_end_the_iterator() {
 }
 
 fn ssed(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    Ssed::bare().args(args).run(stdin)
 }
 
 #[test]
@@ -392,12 +347,9 @@ fn cli_pub_and_sub() {
     let addr = server.addr;
     let url = server.url();
     let mut sub = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_ssed"))
+        Ssed::bare()
             .args(["sub", &url, "--stream", "cli", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+            .spawn(),
     );
     let lines = BufReader::new(sub.0.stdout.take().unwrap()).lines();
     wait_until("ssed sub to subscribe", || subscribers(addr, "cli") == 1);

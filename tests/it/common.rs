@@ -9,6 +9,208 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How every test starts `ssed`: one builder for the plain server, servers
+/// with extra environment or resource limits, several listeners, and
+/// one-shot runs that must fail at start-up. `Ssed::new()` listens on
+/// 127.0.0.1:0; `Ssed::bare()` passes exactly the arguments given.
+pub struct Ssed {
+    cmd: Command,
+    listens: usize,
+    stderr_piped: bool,
+}
+
+impl Ssed {
+    /// `ssed --listen 127.0.0.1:0`, plus what is added.
+    pub fn new() -> Ssed {
+        Ssed::bare().args(["--listen", "127.0.0.1:0"])
+    }
+
+    /// `ssed` with exactly the arguments added (subcommands, `--help`, or a
+    /// test choosing its own `--listen`s).
+    pub fn bare() -> Ssed {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssed"));
+        cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
+        Ssed {
+            cmd,
+            listens: 0,
+            stderr_piped: false,
+        }
+    }
+
+    /// Adds arguments; every `--listen` is one more address to wait for.
+    pub fn args<I, S>(mut self, args: I) -> Ssed
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        for a in args {
+            if a.as_ref() == "--listen" {
+                self.listens += 1;
+            }
+            self.cmd.arg(a);
+        }
+        self
+    }
+
+    /// Sets an environment variable in the server's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Ssed {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Sets a resource limit in the child before exec (`RLIMIT_NOFILE`,
+    /// `RLIMIT_FSIZE`, ...).
+    pub fn rlimit(mut self, resource: libc::__rlimit_resource_t, cur: u64, max: u64) -> Ssed {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                let r = libc::rlimit {
+                    rlim_cur: cur,
+                    rlim_max: max,
+                };
+                if libc::setrlimit(resource, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
+    /// Keeps the server's stderr for the test (a start-up failure shows it;
+    /// after start-up it is copied to the test's stderr).
+    pub fn stderr_piped(mut self) -> Ssed {
+        self.cmd.stderr(Stdio::piped());
+        self.stderr_piped = true;
+        self
+    }
+
+    /// Starts the server and waits for its first `listening on` line.
+    pub fn start(self) -> Server {
+        self.start_all().0
+    }
+
+    /// Starts the server and waits for one `listening on` line per
+    /// `--listen` (at least one); the server and every address, in order.
+    pub fn start_all(self) -> (Server, Vec<SocketAddr>) {
+        let (child, addrs) = self.launch();
+        let addr = addrs[0];
+        (Server { child, addr }, addrs)
+    }
+
+    /// Like [`Ssed::start_all`], for a test that manages the process itself
+    /// (signals, exit status): the child and every address.
+    pub fn launch(mut self) -> (Child, Vec<SocketAddr>) {
+        let want = self.listens.max(1);
+        let mut child = self.cmd.stdout(Stdio::piped()).spawn().expect("spawn ssed");
+        let stdout = child.stdout.take().expect("ssed stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stdout after the address lines, so the server can
+        // never block on (or lose output to) a closed pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+            }
+        });
+        let mut addrs = Vec::new();
+        while addrs.len() < want {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(a) => addrs.push(a.parse().expect("listening address")),
+                Err(_) => {
+                    let _ = child.kill();
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    let _ = child.wait();
+                    panic!("ssed did not announce {want} address(es); stderr: {err:?}");
+                }
+            }
+        }
+        if self.stderr_piped {
+            if let Some(mut err) = child.stderr.take() {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut err, &mut std::io::stderr());
+                });
+            }
+        }
+        (child, addrs)
+    }
+
+    /// Spawns it with stdout and stderr piped and waits for nothing: for a
+    /// test that reads the output itself.
+    pub fn spawn(mut self) -> Child {
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ssed")
+    }
+
+    /// Runs to exit (a start-up refusal, `--help`, a subcommand) and
+    /// returns what it printed.
+    pub fn output(mut self) -> std::process::Output {
+        self.cmd.stderr(Stdio::piped());
+        self.cmd.output().expect("run ssed")
+    }
+
+    /// Runs to exit with `stdin` as input: exit code, stdout, stderr.
+    pub fn run(mut self, stdin: &str) -> (i32, String, String) {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ssed");
+        child
+            .stdin
+            .take()
+            .expect("ssed stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write ssed stdin");
+        let out = child.wait_with_output().expect("ssed output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+/// Runs `ssed-bench ARGS --json` (bounded at two minutes) and returns its
+/// JSON report.
+pub fn bench(args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ssed-bench");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait ssed-bench").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssed-bench {args:?} ran over two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("ssed-bench output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ssed-bench {args:?} failed: {text}");
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 /// A running server process, killed on drop.
 pub struct Server {
     pub child: Child,
@@ -16,30 +218,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// `ssed --listen 127.0.0.1:0 ARGS`.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssed"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ssed");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("addr");
-        Server { child, addr }
+        Ssed::new().args(args).start()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

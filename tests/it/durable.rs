@@ -3,9 +3,7 @@
 //! measured.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,37 +60,11 @@ fn rand_suffix() -> u64 {
 
 /// Starts ssed like `Server::start`, optionally under `RLIMIT_FSIZE`.
 fn start(args: &[&str], fsize: Option<u64>) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssed"));
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut ssed = Ssed::new().args(args);
     if let Some(limit) = fsize {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let r = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: libc::RLIM_INFINITY,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        ssed = ssed.rlimit(libc::RLIMIT_FSIZE, limit, libc::RLIM_INFINITY);
     }
-    let mut child = cmd.spawn().expect("spawn ssed");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    Server { child, addr }
+    ssed.start()
 }
 
 fn kill(mut s: Server) {
@@ -593,10 +565,7 @@ fn ten_times_the_budget(policy: &str) {
 fn a_second_ssed_on_the_same_dir_refuses_to_start() {
     let d = Dir::new("lock");
     let _first = start(&["--data-dir", d.s()], None);
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir", d.s()])
-        .output()
-        .unwrap();
+    let out = Ssed::new().args(["--data-dir", d.s()]).output();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("locked") && err.lines().count() == 1, "{err}");
@@ -855,10 +824,7 @@ fn a_directory_named_like_a_segment_refuses_start_up_naming_it() {
     let bogus = d.0.join("journal-00000000000000ff.seg");
     std::fs::create_dir(&bogus).unwrap();
     std::fs::write(bogus.join("inside"), b"an operator's file").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir", d.s()])
-        .output()
-        .unwrap();
+    let out = Ssed::new().args(["--data-dir", d.s()]).output();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -15,8 +15,6 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -33,37 +31,11 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 /// Starts `ssed` with an optional open-file limit set in the child before
 /// exec.
 fn spawn_with_nofile(args: &[&str], nofile: Option<u64>) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssed"));
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut ssed = Ssed::new().args(args);
     if let Some(n) = nofile {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: n,
-                    rlim_max: n,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        ssed = ssed.rlimit(libc::RLIMIT_NOFILE, n, n);
     }
-    let mut child = cmd.spawn().expect("spawn ssed");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    io::BufRead::read_line(&mut io::BufReader::new(stdout), &mut line).expect("listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("addr");
-    Server { child, addr }
+    ssed.start()
 }
 
 fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) -> io::Result<()> {

@@ -529,11 +529,7 @@ fn short_keys_are_refused_at_start() {
         vec!["--jwt-key", "too-short"],
         vec!["--subscriber-jwt-key", "31-bytes-is-one-byte-too-short!"],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssed"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = Ssed::new().args(&args).output();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
-use crate::common::{Conn, Response, Server, Sse, T};
+use crate::common::{Conn, Response, Server, Sse, Ssed, T};
 
 const ALICE: (&str, &str) = ("alice@localhost", "makota");
 const BOB: (&str, &str) = ("bob@localhost", "makrolika");
@@ -1148,10 +1148,9 @@ fn a_users_line_without_colon_or_domain_stops_start_up_naming_the_line() {
             std::process::id()
         ));
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssed"))
-            .args(["--listen", "127.0.0.1:0", "--users", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = Ssed::new()
+            .args(["--users", file.to_str().unwrap()])
+            .output();
         let _ = std::fs::remove_file(&file);
         assert_eq!(out.status.code(), Some(2), "{name}");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -54,10 +54,7 @@ fn the_flags_table_is_one_table_with_every_flag_of_help() {
             }
         }
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = Ssed::bare().args(["--help"]).output();
     let help =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let in_help: std::collections::BTreeSet<String> = help
@@ -81,10 +78,7 @@ fn the_flags_table_is_one_table_with_every_flag_of_help() {
 
 /// `ssed --help`'s flags: name (`--x`) → (placeholder, default).
 fn help_flags() -> std::collections::BTreeMap<String, (String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = Ssed::bare().args(["--help"]).output();
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut flags = std::collections::BTreeMap::new();
     for l in help.lines().filter(|l| l.starts_with("  --")) {

@@ -425,10 +425,7 @@ fn member_notification_crosses_nodes() {
 
 #[test]
 fn bad_redis_url_exits_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(["--listen", "127.0.0.1:0", "--redis", "rediss://x:1"])
-        .output()
-        .unwrap();
+    let out = Ssed::new().args(["--redis", "rediss://x:1"]).output();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Redis URL"));
 }
@@ -437,11 +434,9 @@ fn bad_redis_url_exits_2() {
 /// a name that does not resolve is a start-up error that names it.
 #[test]
 fn unresolvable_redis_host_exits_2_at_start() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(["--listen", "127.0.0.1:0"])
+    let out = Ssed::new()
         .args(["--redis", "redis://ssed-test.invalid:6379"])
-        .output()
-        .unwrap();
+        .output();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

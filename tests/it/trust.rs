@@ -621,11 +621,7 @@ fn publish_when_free(s: &Server, idle: Vec<TcpStream>, by: &mut Sse) {
 // ---------------------------------------------------------------- --users
 
 fn start_fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .output()
-        .expect("run ssed");
+    let out = Ssed::new().args(args).output();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stdout.is_empty(), "it listened: {out:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()

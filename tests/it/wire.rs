@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -280,13 +279,7 @@ fn own_client_reads_chunked_streams() {
 
 #[test]
 fn bad_env_values_name_the_variable() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SSED_MAX_BODY", "lots")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run ssed");
+    let out = Ssed::new().env("SSED_MAX_BODY", "lots").output();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SSED_MAX_BODY"), "{err}");

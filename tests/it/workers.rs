@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{publish, wait_until, Sse, T};
+use crate::common::{bench, publish, wait_until, Sse, Ssed, T};
 use crate::components::{require, REDIS_SERVER};
 
 /// A redis-server on a free port, stopped on drop.
@@ -72,39 +72,16 @@ struct Proc {
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ssed"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ssed")
+    Ssed::bare().args(args).spawn()
 }
 
 impl Proc {
     fn start(args: &[&str]) -> Proc {
-        let mut child = spawn(args);
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.trim().strip_prefix("listening on http://") else {
-            let _ = child.kill();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("first line {line:?}; stderr {err:?}");
-        };
-        let addr = addr.parse().unwrap();
-        // Keep stderr flowing to ours so worker logs are visible on failure.
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut err, &mut std::io::stderr());
-        });
-        Proc { child, addr }
+        let (child, addrs) = Ssed::bare().args(args).stderr_piped().launch();
+        Proc {
+            child,
+            addr: addrs[0],
+        }
     }
 
     fn signal(&mut self, sig: libc::c_int) {
@@ -221,14 +198,12 @@ fn reuse_port_on_ipv6() {
 #[test]
 fn workers_without_redis_exit_2_with_the_reason() {
     for env in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssed"));
-        cmd.args(["--listen", "127.0.0.1:0"]);
-        if env {
-            cmd.env("SSED_WORKERS", "2");
+        let ssed = if env {
+            Ssed::new().env("SSED_WORKERS", "2")
         } else {
-            cmd.args(["--workers", "2"]);
-        }
-        let out = cmd.output().unwrap();
+            Ssed::new().args(["--workers", "2"])
+        };
+        let out = ssed.output();
         assert_eq!(out.status.code(), Some(2));
         assert!(out.stdout.is_empty());
         let err = String::from_utf8_lossy(&out.stderr);
@@ -467,30 +442,6 @@ fn a_publish_on_either_worker_reaches_subscribers_on_both() {
             assert_eq!(ev.id.as_deref(), Some(id.as_str()));
         }
     }
-}
-
-/// Runs `ssed-bench ARGS --json`, bounded at two minutes; its JSON report.
-fn bench(args: &[&str]) -> serde_json::Value {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
-        .args(args)
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ssed-bench");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().expect("wait ssed-bench").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ssed-bench {args:?} ran over two minutes");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("ssed-bench output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ssed-bench {args:?} failed: {text}");
-    serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[test]

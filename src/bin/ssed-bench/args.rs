@@ -4,9 +4,10 @@
 //! grammar is small enough that a flag table per subcommand is clearer than
 //! a generic framework anyway.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
+
+use crate::flags::Flags;
+pub use crate::url::Url;
 
 /// Usage text printed by `--help` and on argument errors.
 pub const USAGE: &str = "\
@@ -45,58 +46,6 @@ URL is http://127.x.y.z:PORT/path?query (or localhost); other hosts are refused.
 /// by default (`--max-connections-per-ip`), so a run of 19,000 uses 19
 /// addresses and measures the server, not its per-IP limit.
 pub const DEFAULT_PER_SOURCE: usize = 1000;
-
-/// A parsed `http://` URL pointing at a loopback IPv4 address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    pub addr: SocketAddrV4,
-    /// Value for the `Host` header, as written in the URL.
-    pub host_header: String,
-    /// Path plus query, e.g. `/events?stream=bench`.
-    pub path_query: String,
-}
-
-impl Url {
-    /// Parses `http://HOST[:PORT][/PATH[?QUERY]]`, refusing anything that is
-    /// not on 127.0.0.0/8: this tool generates load and must never aim it at
-    /// another machine.
-    pub fn parse(s: &str) -> Result<Url, String> {
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{s}: only http:// URLs are supported"))?;
-        let (authority, path_query) = match rest.find(['/', '?']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_string()),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{s}: bad port {p:?}"))?,
-            ),
-            None => (authority, 80),
-        };
-        let ip: Ipv4Addr = if host.eq_ignore_ascii_case("localhost") {
-            Ipv4Addr::LOCALHOST
-        } else {
-            host.parse()
-                .map_err(|_| format!("{s}: host must be an IPv4 loopback address"))?
-        };
-        if !ip.is_loopback() {
-            return Err(format!("{s}: refusing a non-loopback target ({ip})"));
-        }
-        Ok(Url {
-            addr: SocketAddrV4::new(ip, port),
-            host_header: authority.to_string(),
-            path_query,
-        })
-    }
-}
-
-/// Most target URLs one run takes: each is one more listener a worker
-/// process round-robins over, not a reason for thousands.
-pub const MAX_URLS: usize = 64;
 
 /// Most subscriptions one run opens: a million, plus headroom for runs
 /// that probe just past it. Every one is a socket at both ends, ~5-10 KB
@@ -192,17 +141,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// `--name value` pairs and `--switch`es of one command line.
-struct Flags {
-    values: HashMap<String, String>,
-    /// Every value of a flag that may repeat (`--url`), in order.
-    repeated: HashMap<String, Vec<String>>,
-    json: bool,
-}
-
-/// Flags that may be given more than once.
-const REPEATABLE: &[&str] = &["url"];
-
 /// Flags that every load-generating subcommand accepts.
 const LOAD_FLAGS: &[&str] = &[
     "url",
@@ -214,151 +152,35 @@ const LOAD_FLAGS: &[&str] = &[
     "timeout",
 ];
 
-impl Flags {
-    fn parse(args: &[String], known: &[&str]) -> Result<Flags, String> {
-        let mut values = HashMap::new();
-        let mut repeated: HashMap<String, Vec<String>> = HashMap::new();
-        let mut json = false;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-            if name == "json" {
-                json = true;
-                continue;
-            }
-            // Accept `--name=value` as well as `--name value`.
-            let (name, value) = match name.split_once('=') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => {
-                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                    (name.to_string(), v.clone())
-                }
-            };
-            if !known.contains(&name.as_str()) {
-                return Err(format!("unknown option --{name}"));
-            }
-            if REPEATABLE.contains(&name.as_str()) {
-                repeated
-                    .entry(name.clone())
-                    .or_default()
-                    .push(value.clone());
-            }
-            if values.insert(name.clone(), value).is_some() && !REPEATABLE.contains(&name.as_str())
-            {
-                return Err(format!("--{name} given twice"));
-            }
-        }
-        Ok(Flags {
-            values,
-            repeated,
-            json,
-        })
+fn load(f: &Flags) -> Result<LoadOpts, String> {
+    let n: usize = f.num("n", None)?;
+    if n == 0 || n > MAX_N {
+        return Err(format!("--n must be in 1..={MAX_N}"));
     }
-
-    /// Every `--url`, at least one, at most `MAX_URLS`.
-    fn urls(&self) -> Result<Vec<Url>, String> {
-        let all = self.repeated.get("url").map(Vec::as_slice).unwrap_or(&[]);
-        if all.is_empty() {
-            return Err("--url is required".into());
-        }
-        if all.len() > MAX_URLS {
-            return Err(format!("--url: at most {MAX_URLS} targets"));
-        }
-        all.iter().map(|u| Url::parse(u)).collect()
+    let per_worker: usize = f.num("per-worker", Some(9000))?;
+    let per_source: usize = f.num("per-source", Some(DEFAULT_PER_SOURCE))?;
+    let inflight: usize = f.num("inflight", Some(256))?;
+    // A worker also holds a few pipes and the poll fd; 19,000 leaves
+    // room under the 20,000 open-file limit.
+    if per_worker == 0 || per_worker > 19_000 {
+        return Err("--per-worker must be in 1..=19000".into());
     }
-
-    /// `--pid PID[,PID...]`: the server processes to measure.
-    fn pids(&self) -> Result<Vec<u32>, String> {
-        let Some(v) = self.values.get("pid") else {
-            return Ok(Vec::new());
-        };
-        let pids = v
-            .split(',')
-            .map(|p| {
-                p.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|&p| p > 0)
-                    .ok_or_else(|| format!("--pid: cannot parse {p:?}"))
-            })
-            .collect::<Result<Vec<u32>, String>>()?;
-        Ok(pids)
+    if per_source == 0 || inflight == 0 {
+        return Err("--per-source and --inflight must be at least 1".into());
     }
-
-    fn str(&self, name: &str) -> Result<&str, String> {
-        self.values
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| format!("--{name} is required"))
+    if n.div_ceil(per_worker) > MAX_WORKERS {
+        return Err(format!(
+            "--n {n} at --per-worker {per_worker} needs more than {MAX_WORKERS} worker processes"
+        ));
     }
-
-    /// A single URL: a repeatable flag given twice is an error here.
-    fn url(&self, name: &str) -> Result<Url, String> {
-        if self.repeated.get(name).is_some_and(|v| v.len() > 1) {
-            return Err(format!("--{name} given twice"));
-        }
-        Url::parse(self.str(name)?)
-    }
-
-    fn num<T: std::str::FromStr>(&self, name: &str, default: Option<T>) -> Result<T, String> {
-        match self.values.get(name) {
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name}: cannot parse {v:?}")),
-            None => default.ok_or_else(|| format!("--{name} is required")),
-        }
-    }
-
-    fn opt_num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String> {
-        self.values
-            .get(name)
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| format!("--{name}: cannot parse {v:?}"))
-            })
-            .transpose()
-    }
-
-    fn secs(&self, name: &str, default: f64) -> Result<Duration, String> {
-        let s: f64 = self.num(name, Some(default))?;
-        if !(0.0..=86_400.0).contains(&s) {
-            return Err(format!("--{name}: {s} is out of range"));
-        }
-        Ok(Duration::from_secs_f64(s))
-    }
-
-    fn load(&self) -> Result<LoadOpts, String> {
-        let n: usize = self.num("n", None)?;
-        if n == 0 || n > MAX_N {
-            return Err(format!("--n must be in 1..={MAX_N}"));
-        }
-        let per_worker: usize = self.num("per-worker", Some(9000))?;
-        let per_source: usize = self.num("per-source", Some(DEFAULT_PER_SOURCE))?;
-        let inflight: usize = self.num("inflight", Some(256))?;
-        // A worker also holds a few pipes and the poll fd; 19,000 leaves
-        // room under the 20,000 open-file limit.
-        if per_worker == 0 || per_worker > 19_000 {
-            return Err("--per-worker must be in 1..=19000".into());
-        }
-        if per_source == 0 || inflight == 0 {
-            return Err("--per-source and --inflight must be at least 1".into());
-        }
-        if n.div_ceil(per_worker) > MAX_WORKERS {
-            return Err(format!(
-                "--n {n} at --per-worker {per_worker} needs more than {MAX_WORKERS} worker processes"
-            ));
-        }
-        Ok(LoadOpts {
-            urls: self.urls()?,
-            n,
-            per_worker,
-            per_source,
-            inflight,
-            ready_timeout: self.secs("timeout", 120.0)?,
-        })
-    }
+    Ok(LoadOpts {
+        urls: f.urls()?,
+        n,
+        per_worker,
+        per_source,
+        inflight,
+        ready_timeout: f.secs("timeout", 120.0)?,
+    })
 }
 
 fn with(extra: &[&'static str]) -> Vec<&'static str> {
@@ -378,7 +200,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         "density" => {
             let f = Flags::parse(rest, &with(&["settle-ms"]))?;
             let cmd = Command::Density(DensityOpts {
-                load: f.load()?,
+                load: load(&f)?,
                 pids: f.pids()?,
                 settle: Duration::from_millis(f.num("settle-ms", Some(1000))?),
             });
@@ -394,7 +216,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 return Err("--rate must be positive".into());
             }
             let cmd = Command::Fanout(FanoutOpts {
-                load: f.load()?,
+                load: load(&f)?,
                 pids: f.pids()?,
                 publish: f.url("publish")?,
                 m: f.num("m", None)?,
@@ -418,7 +240,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         "idle" => {
             let f = Flags::parse(rest, &with(&["seconds"]))?;
             let cmd = Command::Idle(IdleOpts {
-                load: f.load()?,
+                load: load(&f)?,
                 pids: f.pids()?,
                 seconds: f.secs("seconds", 10.0)?,
             });
@@ -462,6 +284,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::MAX_URLS;
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()

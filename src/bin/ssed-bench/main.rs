@@ -13,6 +13,7 @@
 //! 20,000 files.
 
 mod args;
+mod flags;
 mod fleet;
 mod modes;
 mod net;
@@ -21,6 +22,7 @@ mod publish;
 mod report;
 mod sse;
 mod stats;
+mod url;
 mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};

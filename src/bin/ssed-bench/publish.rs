@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::args::Url;
+use crate::flags::Flags;
 use crate::procfs;
 use crate::report::{round2, Report};
 use crate::stats::Histogram;
+use crate::url::Url;
 
 /// Most connections (each a file; ssed-bench stays under 20,000).
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -65,42 +66,7 @@ const FLAGS: &[&str] = &[
 
 /// Parses the arguments after `publish`; `true` with `--json`.
 pub fn parse(args: &[String]) -> Result<(PublishOpts, bool), String> {
-    let mut json = false;
-    let mut vals: Vec<(&str, &str)> = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let name = arg
-            .strip_prefix("--")
-            .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-        if name == "json" {
-            json = true;
-            continue;
-        }
-        let (name, value) = match name.split_once('=') {
-            Some((n, v)) => (n, v),
-            None => (
-                name,
-                it.next()
-                    .ok_or_else(|| format!("--{name} needs a value"))?
-                    .as_str(),
-            ),
-        };
-        if !FLAGS.contains(&name) {
-            return Err(format!("unknown option --{name}"));
-        }
-        if vals.iter().any(|(n, _)| *n == name) {
-            return Err(format!("--{name} given twice"));
-        }
-        vals.push((name, value));
-    }
-    let get = |n: &str| vals.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
-    fn num<T: std::str::FromStr>(name: &str, v: Option<&str>) -> Result<Option<T>, String> {
-        v.map(|v| {
-            v.parse()
-                .map_err(|_| format!("--{name}: cannot parse {v:?}"))
-        })
-        .transpose()
-    }
+    let f = Flags::parse(args, FLAGS)?;
     let in_range = |name: &str, v: u64, lo: u64, hi: u64| {
         if (lo..=hi).contains(&v) {
             Ok(())
@@ -108,18 +74,14 @@ pub fn parse(args: &[String]) -> Result<(PublishOpts, bool), String> {
             Err(format!("--{name} must be in {lo}..={hi}"))
         }
     };
-    let url = Url::parse(get("url").ok_or("--url is required")?)?;
-    let connections: usize =
-        num("connections", get("connections"))?.ok_or("--connections is required")?;
+    let url = f.url("url")?;
+    let connections: usize = f.num("connections", None)?;
     in_range("connections", connections as u64, 1, MAX_CONNECTIONS as u64)?;
-    let pipeline: usize = num("pipeline", get("pipeline"))?.unwrap_or(1);
+    let pipeline: usize = f.num("pipeline", Some(1))?;
     in_range("pipeline", pipeline as u64, 1, MAX_PIPELINE as u64)?;
-    let size: usize = num("size", get("size"))?.unwrap_or(64);
+    let size: usize = f.num("size", Some(64))?;
     in_range("size", size as u64, 1, MAX_SIZE as u64)?;
-    let limit = match (
-        num::<f64>("seconds", get("seconds"))?,
-        num::<u64>("count", get("count"))?,
-    ) {
+    let limit = match (f.opt_num::<f64>("seconds")?, f.opt_num::<u64>("count")?) {
         (Some(_), Some(_)) => return Err("give --seconds or --count, not both".into()),
         (None, Some(c)) => {
             in_range("count", c, 1, MAX_COUNT)?;
@@ -139,10 +101,10 @@ pub fn parse(args: &[String]) -> Result<(PublishOpts, bool), String> {
         pipeline,
         limit,
         size,
-        pid: num("pid", get("pid"))?,
-        redis_pid: num("redis-pid", get("redis-pid"))?,
+        pid: f.opt_num("pid")?,
+        redis_pid: f.opt_num("redis-pid")?,
     };
-    Ok((opts, json))
+    Ok((opts, f.json))
 }
 
 /// The request every publish sends.
