@@ -89,6 +89,22 @@ impl Out {
     pub fn pending_len(&self) -> usize {
         self.tail.as_ref().map_or(0, |t| t.pending().len()) + self.copied()
     }
+    /// A write took `n` bytes of [`Out::slices`] at `now`: the tail moves
+    /// first, then the copies. Returns how many copied bytes went (to give
+    /// back to the memory account).
+    pub fn advance(&mut self, n: usize, now: Tick) -> usize {
+        let in_tail = self.tail.as_ref().map_or(0, |t| t.pending().len());
+        if let Some(t) = self.tail.as_mut() {
+            t.at += n.min(in_tail);
+            if t.pending().is_empty() {
+                self.tail = None;
+            }
+        }
+        let from_buf = n.saturating_sub(in_tail);
+        self.pos += from_buf;
+        self.since = now;
+        from_buf
+    }
     /// Unsent bytes as the slices to write, in order.
     pub fn slices(&self) -> [&[u8]; 2] {
         [

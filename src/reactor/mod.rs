@@ -95,10 +95,6 @@ const LINGER_MS: u64 = 2000;
 const TRIM_AFTER_BYTES: usize = 16 << 20;
 /// ...and at most this often (a trim walks the heap).
 const TRIM_EVERY_MS: u64 = 1000;
-/// Told to a client whose response would pass the memory account.
-const OUTPUT_FULL_MSG: &str =
-    "server is holding too many unsent responses (--memory-max); retry later";
-
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
 }
@@ -1296,13 +1292,10 @@ impl Reactor {
         if !self.token_exp.is_empty() {
             self.token_exp.remove(&key);
         }
-        match std::mem::replace(&mut c.state, State::Closing) {
-            State::Closing => return,
-            State::Streaming(cursors) => self.broker.unsubscribe(key, &cursors),
-            State::Reading { buf: Some(b), .. } => {
-                self.memory.release(Kind::Requests, b.data.len());
-            }
-            _ => {}
+        match c.close(&mut self.memory) {
+            proto::Closed::Already => return,
+            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
+            proto::Closed::Now(None) => {}
         }
         self.closing.push(key);
     }
@@ -1338,37 +1331,19 @@ impl Reactor {
         }
     }
 
-    /// Output that would pass the memory account: a response of which
-    /// nothing was sent yet is replaced by a short 503 (charged past the
-    /// bound: it is small and one per connection); anything else (a
-    /// stream's bytes, a response already begun) closes the connection.
+    /// Output that would pass the memory account: the connection machine
+    /// answers a response not yet begun with a short 503 (`refuse_output`);
+    /// anything else closes the connection.
     fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
         self.counters.reject("memory_output");
         log::info!("connection {key}: {} output refused: {r}", r.kind().name());
+        let now = self.clock.now_tick();
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
-        let answerable = nothing_sent
-            && c.out.is_none()
-            && matches!(c.state, State::Reading { .. } | State::Draining);
-        if !answerable {
+        if !c.refuse_output(nothing_sent, now, &mut self.memory) {
             self.close(key);
-            return;
         }
-        if let State::Reading { buf: Some(b), .. } = &c.state {
-            self.memory.release(Kind::Requests, b.data.len());
-        }
-        c.state = State::Draining;
-        let resp = Response::error(503, OUTPUT_FULL_MSG)
-            .header("Retry-After", "1")
-            .encode(false, false, false);
-        self.memory.force(Kind::Output, resp.len());
-        c.out = Some(Box::new(Out {
-            tail: None,
-            buf: resp,
-            pos: 0,
-            since: self.clock.now_tick(),
-        }));
     }
 
     /// Queues raw bytes for a connection: written at once if its socket is
@@ -1387,10 +1362,9 @@ impl Reactor {
         if conn.closing() || bytes.is_empty() {
             return;
         }
-        if let Some(out) = conn.out.as_mut() {
-            match self.memory.charge(Kind::Output, bytes.len()) {
-                Ok(()) => out.buf.extend_from_slice(bytes),
-                Err(r) => self.refuse_output(key, r, false),
+        if conn.out.is_some() {
+            if let Err(r) = conn.append_out(bytes, &mut self.memory) {
+                self.refuse_output(key, r, false);
             }
             return;
         }
@@ -1409,16 +1383,9 @@ impl Reactor {
             }
         }
         if done < bytes.len() {
-            let rest = &bytes[done..];
-            if let Err(r) = self.memory.charge(Kind::Output, rest.len()) {
-                return self.refuse_output(key, r, response && done == 0);
+            if let Err(r) = conn.keep_unsent(&bytes[done..], tick, &mut self.memory) {
+                self.refuse_output(key, r, response && done == 0);
             }
-            conn.out = Some(Box::new(Out {
-                tail: None,
-                buf: rest.to_vec(),
-                pos: 0,
-                since: tick,
-            }));
         }
     }
 
@@ -1440,12 +1407,7 @@ impl Reactor {
         self.queue(key, bytes, true);
         if close {
             if let Some(c) = self.conns.get_mut(key as usize) {
-                if let State::Reading { buf, .. } = &mut c.state {
-                    if let Some(b) = buf.take() {
-                        self.memory.release(Kind::Requests, b.data.len());
-                    }
-                    c.state = State::Draining;
-                }
+                c.last_response(&mut self.memory);
             }
         }
         self.after_write(key);
@@ -1498,21 +1460,11 @@ impl Reactor {
             if tail.is_empty() && copied.is_empty() {
                 break;
             }
-            let in_tail = tail.len();
             let n = write_vectored(&mut conn.sock, &[IoSlice::new(tail), IoSlice::new(copied)])?;
             if n == 0 {
                 return Ok(false);
             }
-            if let Some(t) = out.tail.as_mut() {
-                t.at += n.min(in_tail);
-                if t.pending().is_empty() {
-                    out.tail = None;
-                }
-            }
-            let from_buf = n.saturating_sub(in_tail);
-            out.pos += from_buf;
-            memory.release(Kind::Output, from_buf);
-            out.since = tick;
+            memory.release(Kind::Output, out.advance(n, tick));
             counters.bytes_written += n as u64;
         }
         conn.out = None;
@@ -1530,31 +1482,29 @@ impl Reactor {
             Ok(false) => return,
             Ok(true) => {}
         }
-        // A connection waiting for Redis keeps its input paused.
-        let held = matches!(
+        // A reply waiting for Redis or for an fsync keeps the input paused.
+        let paused = matches!(
             self.conns.get(key as usize).map(|c| &c.state),
             Some(State::Reading { paused: true, .. })
-        ) && self.bus_holds(key);
+        );
+        let held =
+            paused && (self.bus_holds(key) || self.held.iter().any(|h| h.key() == Some(key)));
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
-        match &mut conn.state {
-            State::Streaming(_) => {
+        match conn.drained(held) {
+            proto::Drained::Stream => {
                 self.flush_subscriber(key);
                 self.after_stream_write(key);
             }
-            State::Ticking(_) => self.after_stream_write(key),
-            State::Reading { paused, .. } => {
-                // A reply waiting for Redis or for an fsync keeps the input
-                // paused.
-                if *paused && !held && !self.held.iter().any(|h| h.key() == Some(key)) {
-                    *paused = false;
+            proto::Drained::Ticking => self.after_stream_write(key),
+            proto::Drained::Write { resume } => {
+                if resume {
                     self.resume_read.push(key);
                 }
                 self.after_write(key);
             }
-            State::Draining => self.after_write(key),
-            State::Lingering | State::Closing => {}
+            proto::Drained::Nothing => {}
         }
     }
 
@@ -1564,17 +1514,9 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return false;
         };
-        match &mut c.state {
-            State::Reading { buf, .. } => {
-                if let Some(b) = buf.take() {
-                    self.memory.release(Kind::Requests, b.data.len());
-                }
-            }
-            _ => return false,
+        if !c.begin_stream(chunked, &mut self.memory) {
+            return false;
         }
-        c.chunked = chunked;
-        // Streaming until the stream ends; later input is discarded.
-        c.state = State::Draining;
         self.send(key, head);
         self.conns
             .get(key as usize)
@@ -1774,35 +1716,24 @@ impl Reactor {
         if !self.token_exp.is_empty() {
             self.token_exp.remove(&key);
         }
-        match std::mem::replace(&mut c.state, State::Draining) {
-            State::Streaming(cs) => self.broker.unsubscribe(key, &cs),
-            State::Ticking(_) => {}
-            other => {
-                // Not a stream (any more): nothing to end. Closing it could
-                // hit an unrelated connection that reuses the key.
-                c.state = other;
-                return;
-            }
+        let Some((left, chunked)) = c.end_stream() else {
+            return;
+        };
+        if let Some(cs) = left {
+            self.broker.unsubscribe(key, &cs);
         }
-        if c.chunked {
-            c.chunked = false;
+        if chunked {
             self.send(key, frame::LAST_CHUNK);
             if !self.shutting_down {
-                // The chunked response is complete, so the connection may
-                // carry the next request: clients with a connection pool
-                // (Node's fetch, fetch-event-source) reuse it, and closing
-                // it under them would fail their next request.
-                if let Some(c) = self.conns.get_mut(key as usize) {
-                    if matches!(c.state, State::Draining) {
-                        c.state = State::Reading {
-                            buf: None,
-                            idle: true,
-                            paused: false,
-                        };
-                        let d = self.clock.now_tick().saturating_add(self.rules.idle);
-                        self.set_deadline(key, d);
-                        self.after_write(key);
-                    }
+                // Node's fetch and fetch-event-source reuse the connection.
+                let now = self.clock.now_tick();
+                let reused = match self.conns.get_mut(key as usize) {
+                    Some(c) => c.reuse(now, &self.rules),
+                    None => None,
+                };
+                if let Some(d) = reused {
+                    self.set_deadline(key, d);
+                    self.after_write(key);
                 }
                 return;
             }

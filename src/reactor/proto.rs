@@ -21,11 +21,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::conn::{ms_to_ticks, ticks, Conn, ReqBuf, State, Tick, NEVER};
+use super::conn::{ms_to_ticks, ticks, Conn, Out, ReqBuf, State, Tick, NEVER};
 use super::peers::Peers;
+use crate::broker::Cursors;
 use crate::config::Config;
 use crate::http::{self, HttpError, Parsed, Response};
-use crate::memory::{Account, Kind};
+use crate::memory::{Account, Kind, Refusal};
 
 /// Output a pipelining client may have queued before its input is paused.
 pub const PIPELINE_OUT_LIMIT: usize = 64 << 10;
@@ -486,6 +487,188 @@ impl<S> Conn<S> {
     }
 }
 
+/// Told to a client whose response would pass the memory account.
+const OUTPUT_FULL_MSG: &str =
+    "server is holding too many unsent responses (--memory-max); retry later";
+
+/// What `Conn::close` left behind.
+#[derive(Debug)]
+pub enum Closed {
+    /// It was closing already: nothing to do.
+    Already,
+    /// Now closing: free it at the end of the turn, after leaving the
+    /// streams it read (if any).
+    Now(Option<Cursors>),
+}
+
+/// What a drained socket means for the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// A subscriber: write it what it is owed.
+    Stream,
+    /// A ticking connection: only its deadline moves.
+    Ticking,
+    /// Reading requests (`resume`: its paused input may be read again) or
+    /// draining a final response.
+    Write {
+        /// Paused input may go on.
+        resume: bool,
+    },
+    /// Lingering or closing.
+    Nothing,
+}
+
+impl<S> Conn<S> {
+    /// Marks it closing (freed at the end of the turn), giving back its
+    /// request buffer.
+    pub fn close(&mut self, mem: &mut Account) -> Closed {
+        match std::mem::replace(&mut self.state, State::Closing) {
+            State::Closing => return Closed::Already,
+            State::Streaming(cursors) => return Closed::Now(Some(cursors)),
+            State::Reading { buf: Some(b), .. } => mem.release(Kind::Requests, b.data.len()),
+            _ => {}
+        }
+        Closed::Now(None)
+    }
+
+    /// `bytes` for a socket that is backed up: appended to its output,
+    /// if the memory account takes them.
+    pub fn append_out(&mut self, bytes: &[u8], mem: &mut Account) -> Result<(), Refusal> {
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        mem.charge(Kind::Output, bytes.len())?;
+        out.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The `rest` of bytes a drained socket did not take at `now`: kept
+    /// (and charged) until its writable edge.
+    pub fn keep_unsent(
+        &mut self,
+        rest: &[u8],
+        now: Tick,
+        mem: &mut Account,
+    ) -> Result<(), Refusal> {
+        mem.charge(Kind::Output, rest.len())?;
+        self.out = Some(Box::new(Out {
+            tail: None,
+            buf: rest.to_vec(),
+            pos: 0,
+            since: now,
+        }));
+        Ok(())
+    }
+
+    /// Output that would pass the memory account: a response of which
+    /// nothing was sent yet is replaced by a short 503 (charged past the
+    /// bound: it is small and one per connection) and `true`; for anything
+    /// else (a stream's bytes, a response already begun) `false`: the
+    /// connection must close.
+    pub fn refuse_output(&mut self, nothing_sent: bool, now: Tick, mem: &mut Account) -> bool {
+        let answerable = nothing_sent
+            && self.out.is_none()
+            && matches!(self.state, State::Reading { .. } | State::Draining);
+        if !answerable {
+            return false;
+        }
+        if let State::Reading { buf: Some(b), .. } = &self.state {
+            mem.release(Kind::Requests, b.data.len());
+        }
+        self.state = State::Draining;
+        let resp = Response::error(503, OUTPUT_FULL_MSG)
+            .header("Retry-After", "1")
+            .encode(false, false, false);
+        mem.force(Kind::Output, resp.len());
+        self.out = Some(Box::new(Out {
+            tail: None,
+            buf: resp,
+            pos: 0,
+            since: now,
+        }));
+        true
+    }
+
+    /// A final response was queued: the connection reads no more requests
+    /// and closes once it is out.
+    pub fn last_response(&mut self, mem: &mut Account) {
+        if let State::Reading { buf, .. } = &mut self.state {
+            if let Some(b) = buf.take() {
+                mem.release(Kind::Requests, b.data.len());
+            }
+            self.state = State::Draining;
+        }
+    }
+
+    /// A stream's response begins (its head is sent next): input is
+    /// discarded from now on. `false` if it is not reading requests.
+    pub fn begin_stream(&mut self, chunked: bool, mem: &mut Account) -> bool {
+        match &mut self.state {
+            State::Reading { buf, .. } => {
+                if let Some(b) = buf.take() {
+                    mem.release(Kind::Requests, b.data.len());
+                }
+            }
+            _ => return false,
+        }
+        self.chunked = chunked;
+        // Streaming until the stream ends; later input is discarded.
+        self.state = State::Draining;
+        true
+    }
+
+    /// Ends its stream: `None` if it has none (any more); else the cursors
+    /// to leave (a subscriber's) and whether the body was chunked (the last
+    /// chunk is owed). It drains what is queued meanwhile.
+    pub fn end_stream(&mut self) -> Option<(Option<Cursors>, bool)> {
+        let left = match std::mem::replace(&mut self.state, State::Draining) {
+            State::Streaming(cs) => Some(cs),
+            State::Ticking(_) => None,
+            other => {
+                // Not a stream (any more): nothing to end. Closing it could
+                // hit an unrelated connection that reuses the key.
+                self.state = other;
+                return None;
+            }
+        };
+        Some((left, std::mem::take(&mut self.chunked)))
+    }
+
+    /// After a chunked stream's last chunk: the response is complete, so
+    /// the connection may carry the next request (clients with a
+    /// connection pool reuse it; closing it under them would fail their
+    /// next request). Its idle deadline, or `None` if it went meanwhile.
+    pub fn reuse(&mut self, now: Tick, rules: &Rules) -> Option<Tick> {
+        if !matches!(self.state, State::Draining) {
+            return None;
+        }
+        self.state = State::Reading {
+            buf: None,
+            idle: true,
+            paused: false,
+        };
+        Some(now.saturating_add(rules.idle))
+    }
+
+    /// Its socket drained. `held` says a reply it waits for (Redis, an
+    /// fsync) keeps its input paused.
+    pub fn drained(&mut self, held: bool) -> Drained {
+        match &mut self.state {
+            State::Streaming(_) => Drained::Stream,
+            State::Ticking(_) => Drained::Ticking,
+            State::Reading { paused, .. } => {
+                let resume = *paused && !held;
+                if resume {
+                    *paused = false;
+                }
+                Drained::Write { resume }
+            }
+            State::Draining => Drained::Write { resume: false },
+            State::Lingering | State::Closing => Drained::Nothing,
+        }
+    }
+}
+
 /// A connection admitted: its slot in the per-address table, its first
 /// deadline, and whether it is in the `/healthz` reserve.
 #[derive(Debug, PartialEq, Eq)]
@@ -615,8 +798,7 @@ pub fn client_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{Cursor, Cursors};
-    use crate::reactor::conn::Out;
+    use crate::broker::Cursor;
 
     fn rules() -> Rules {
         let cfg = Config {
@@ -1033,5 +1215,98 @@ mod tests {
                 counted: None
             }
         );
+    }
+
+    #[test]
+    fn unsent_output_is_charged_and_refused_past_the_account() {
+        // The smallest account: 4 MiB, a quarter of it for output.
+        let mut m = Account::new(crate::memory::Limits::new(0, 0, 1 << 20));
+        let out_limit = m.limits().of(Kind::Output);
+        let mut c = conn();
+        // A drained socket took part of a response: the rest is kept.
+        c.keep_unsent(b"rest", 3, &mut m).unwrap();
+        assert_eq!(c.out.as_ref().unwrap().slices()[1], b"rest");
+        c.append_out(b"+more", &mut m).unwrap();
+        assert_eq!(m.used(Kind::Output), 9);
+        // The socket takes 6 at tick 8: the copies given back, the clock moved.
+        let out = c.out.as_mut().unwrap();
+        assert_eq!(out.advance(6, 8), 6);
+        assert_eq!((out.slices()[1], out.since), (&b"ore"[..], 8));
+        // Past the account: a response not yet begun becomes a short 503...
+        let huge = vec![0; out_limit + 1];
+        let mut fresh = conn();
+        let r = fresh.keep_unsent(&huge, 3, &mut m).unwrap_err();
+        assert_eq!(r.kind(), Kind::Output);
+        assert!(fresh.refuse_output(true, 3, &mut m));
+        assert!(matches!(fresh.state, State::Draining));
+        let wire = fresh.out.as_ref().unwrap().slices()[1].to_vec();
+        assert!(wire.starts_with(b"HTTP/1.1 503 "));
+        assert!(String::from_utf8(wire).unwrap().contains("--memory-max"));
+        // ...anything else closes: a stream's bytes, or a begun response.
+        let mut s = conn();
+        s.state = streaming();
+        assert!(!s.refuse_output(true, 3, &mut m));
+        assert!(!c.refuse_output(true, 3, &mut m));
+        assert!(matches!(s.close(&mut m), Closed::Now(Some(_))));
+        assert!(matches!(s.close(&mut m), Closed::Already));
+    }
+
+    #[test]
+    fn a_chunked_stream_ends_back_in_keep_alive() {
+        let r = rules();
+        let mut m = mem();
+        let mut c = conn();
+        c.state = State::Reading {
+            buf: Some(Box::new(ReqBuf {
+                data: b"GET /x".to_vec(),
+                scan: http::Scan::default(),
+            })),
+            idle: false,
+            paused: false,
+        };
+        m.force(Kind::Requests, 6);
+        assert!(c.begin_stream(true, &mut m));
+        assert_eq!(m.used(Kind::Requests), 0);
+        assert_eq!(c.read_mode(), ReadMode::Discard);
+        assert!(!c.begin_stream(true, &mut m), "only from reading");
+        c.state = streaming();
+        let (left, chunked) = c.end_stream().unwrap();
+        assert!(left.is_some() && chunked && !c.chunked);
+        // The last chunk queued: reading requests again, idle.
+        assert_eq!(c.reuse(40, &r), Some(640));
+        assert_eq!(c.read_mode(), ReadMode::Requests { was_idle: true });
+        assert!(c.end_stream().is_none(), "no stream any more");
+        // An HTTP/1.0 stream ends unchunked: the driver closes it.
+        c.state = State::Ticking(Box::new(crate::reactor::conn::Ticker {
+            gen: 1,
+            interval_ms: 100,
+            next: Box::new(|_| Vec::new()),
+        }));
+        let (left, chunked) = c.end_stream().unwrap();
+        assert!(left.is_none() && !chunked);
+    }
+
+    #[test]
+    fn a_drained_socket_resumes_paused_input_unless_a_reply_is_held() {
+        let mut c = conn();
+        c.state = State::Reading {
+            buf: None,
+            idle: true,
+            paused: true,
+        };
+        assert_eq!(c.drained(true), Drained::Write { resume: false });
+        assert_eq!(c.read_mode(), ReadMode::Stop);
+        assert_eq!(c.drained(false), Drained::Write { resume: true });
+        assert_eq!(c.read_mode(), ReadMode::Requests { was_idle: true });
+        assert_eq!(c.drained(false), Drained::Write { resume: false });
+        c.state = streaming();
+        assert_eq!(c.drained(false), Drained::Stream);
+        c.state = State::Lingering;
+        assert_eq!(c.drained(false), Drained::Nothing);
+        let mut m = mem();
+        c.state = State::reading();
+        c.last_response(&mut m);
+        assert!(matches!(c.state, State::Draining));
+        assert_eq!(c.drained(false), Drained::Write { resume: false });
     }
 }
