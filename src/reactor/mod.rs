@@ -772,11 +772,8 @@ impl Reactor {
             c.state = State::Streaming(cursors);
         }
         if let Some(exp) = until {
-            // Rounded up to the next tick: never a moment before `exp`.
-            let left_us = (exp.saturating_mul(1_000_000)).saturating_sub(self.clock.unix_us());
-            let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
-            self.token_exp
-                .insert(key, self.clock.now_tick().saturating_add(t));
+            let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
+            self.token_exp.insert(key, at);
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -1542,21 +1539,15 @@ impl Reactor {
     /// A ticking connection is due.
     fn on_tick(&mut self, key: u32, gen: u32) {
         let now = self.clock.now_ms;
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(t) = self
+            .conns
+            .get_mut(key as usize)
+            .and_then(|c| c.tick(gen, now))
+        else {
             return;
         };
-        let blocked = c.out.is_some();
-        let State::Ticking(t) = &mut c.state else {
-            return;
-        };
-        if t.gen != gen {
-            return;
-        }
-        let interval = t.interval_ms;
-        // A peer that is not reading gets no new ticks queued behind it.
-        let bytes = if blocked { None } else { Some((t.next)(now)) };
-        self.timers.add(now + interval, Timer::Tick { key, gen });
-        if let Some(b) = bytes {
+        self.timers.add(t.next_ms, Timer::Tick { key, gen });
+        if let Some(b) = t.frame {
             self.counters.frames_written += 1;
             self.send_sse(key, &b);
             self.after_stream_write(key);

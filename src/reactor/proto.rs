@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::conn::{ms_to_ticks, ticks, Conn, Out, ReqBuf, State, Tick, NEVER};
+use super::conn::{ms_to_ticks, ticks, Conn, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
 use super::peers::Peers;
 use crate::broker::Cursors;
 use crate::config::Config;
@@ -669,6 +669,43 @@ impl<S> Conn<S> {
     }
 }
 
+/// A ticking connection's timer fired.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ticked {
+    /// When its next tick is due, in ms.
+    pub next_ms: u64,
+    /// The frame to send now, unless its peer is not reading (no new
+    /// ticks are queued behind a blocked socket).
+    pub frame: Option<Vec<u8>>,
+}
+
+impl<S> Conn<S> {
+    /// Its tick of generation `gen` is due at `now_ms`: `None` if it is not
+    /// that ticker (any more: a reused slab key, a stream that ended).
+    pub fn tick(&mut self, gen: u32, now_ms: u64) -> Option<Ticked> {
+        let blocked = self.out.is_some();
+        let State::Ticking(t) = &mut self.state else {
+            return None;
+        };
+        if t.gen != gen {
+            return None;
+        }
+        Some(Ticked {
+            next_ms: now_ms + t.interval_ms,
+            frame: (!blocked).then(|| (t.next)(now_ms)),
+        })
+    }
+}
+
+/// The tick at which a subscription whose token expires at `exp` (unix
+/// seconds) ends, given the time now as unix µs and as a tick: rounded up,
+/// never a moment before `exp`.
+pub fn token_deadline(exp: u64, unix_us: u64, now: Tick) -> Tick {
+    let left_us = exp.saturating_mul(1_000_000).saturating_sub(unix_us);
+    let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
+    now.saturating_add(t)
+}
+
 /// A connection admitted: its slot in the per-address table, its first
 /// deadline, and whether it is in the `/healthz` reserve.
 #[derive(Debug, PartialEq, Eq)]
@@ -1308,5 +1345,38 @@ mod tests {
         c.last_response(&mut m);
         assert!(matches!(c.state, State::Draining));
         assert_eq!(c.drained(false), Drained::Write { resume: false });
+    }
+
+    #[test]
+    fn ticks_skip_a_blocked_peer_and_stale_generations() {
+        let mut c = conn();
+        c.state = State::Ticking(Box::new(crate::reactor::conn::Ticker {
+            gen: 7,
+            interval_ms: 250,
+            next: Box::new(|now| format!("data: {now}\n\n").into_bytes()),
+        }));
+        let t = c.tick(7, 1000).unwrap();
+        assert_eq!(
+            (t.next_ms, t.frame),
+            (1250, Some(b"data: 1000\n\n".to_vec()))
+        );
+        assert_eq!(c.tick(6, 1000), None, "an older ticker on a reused key");
+        c.out = out(1, 0);
+        assert_eq!(c.tick(7, 1250).unwrap().frame, None);
+        c.state = State::Draining;
+        assert_eq!(c.tick(7, 1500), None);
+    }
+
+    #[test]
+    fn a_token_ends_its_stream_never_early() {
+        // Expires at unix 100 s; now is 99.95 s at tick 40: half a tick
+        // left, rounded up to one.
+        assert_eq!(token_deadline(100, 99_950_000, 40), 41);
+        assert_eq!(token_deadline(100, 99_900_000, 40), 41);
+        assert_eq!(token_deadline(100, 99_899_999, 40), 42);
+        // Already expired: due now.
+        assert_eq!(token_deadline(100, 100_000_001, 40), 40);
+        // Far away: capped, never NEVER.
+        assert!(token_deadline(u64::MAX, 0, 40) < NEVER);
     }
 }
