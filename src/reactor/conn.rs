@@ -4,7 +4,8 @@
 //! closing). Buffers exist only while needed: the request buffer while a
 //! request is incomplete, the output buffer while a write is unfinished.
 //!
-//! Data and small helpers only; the reactor drives it.
+//! Data and small helpers only: what the connection's states mean over
+//! time is the connection machine's (`proto.rs`); the driver does its I/O.
 
 use mio::net::TcpStream;
 

@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use super::conn::Tail;
+use super::conn::{Conn, State, Tail};
 use crate::broker::{Broker, Frame};
 
 /// Frames gathered into one `writev`.
@@ -84,6 +84,21 @@ impl Fanout {
                 return Some(key);
             }
         }
+    }
+}
+
+/// Whether a blocked subscriber is more than `max` bytes behind
+/// (`--max-pending-bytes`): its unsent output plus what the broker still
+/// holds for it. Such a subscriber is dropped rather than let its tail pin
+/// history.
+pub fn too_slow<S>(conn: &Conn<S>, broker: &Broker, max: usize) -> bool {
+    match conn {
+        Conn {
+            state: State::Streaming(cs),
+            out: Some(out),
+            ..
+        } => out.pending_len() as u64 + broker.lag(cs) > max as u64,
+        _ => false,
     }
 }
 
@@ -326,5 +341,31 @@ mod tests {
         f.owe(4);
         assert!(f.busy());
         assert_eq!(f.take_owed(), [4]);
+    }
+
+    #[test]
+    fn a_blocked_subscriber_too_far_behind_is_too_slow() {
+        let mut b = broker();
+        let s = b.resolve(&["a"], true).unwrap();
+        let cursors = b.subscribe(1, &s, &Resume::Live).cursors;
+        let mut c = Conn::new((), 0, 0);
+        c.state = State::Streaming(cursors);
+        // Drained: never too slow, however much is owed.
+        b.publish(&s, &Event::new("x".repeat(100)), 2_000).unwrap();
+        assert!(!too_slow(&c, &b, 10));
+        // Blocked with 20 unsent bytes, and one frame owed.
+        c.out = Some(Box::new(crate::reactor::conn::Out {
+            tail: None,
+            buf: vec![0; 20],
+            pos: 0,
+            since: 0,
+        }));
+        let State::Streaming(cs) = &c.state else {
+            panic!()
+        };
+        let behind = 20 + b.lag(cs) as usize;
+        assert!(behind > 120, "{behind}");
+        assert!(!too_slow(&c, &b, behind));
+        assert!(too_slow(&c, &b, behind - 1));
     }
 }

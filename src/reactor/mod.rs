@@ -4,6 +4,14 @@
 //! It is the only code that touches `Poll`, sockets, the clock, or
 //! `write`/`writev`.
 //!
+//! `mod.rs` is the driver: it reads the clock, calls `read`/`writev`,
+//! routes requests and carries out what the parts decide. The rules live
+//! in parts it owns, which never name it and (but for `conn.rs`'s socket
+//! type) do no I/O: the connection machine (`proto.rs`: what bytes, time
+//! and output mean for a connection), the fan-out (`fanout.rs`), the sweep
+//! (`sweep.rs`), the timers and per-address counts. The Redis glue
+//! (`bus/mod.rs`) still extends the driver (`tests/it/layers.rs`).
+//!
 //! One loop turn: poll (until the nearest timer) → handle readiness
 //! (accept, read + route requests, drain writes) → fire due timers (a
 //! slice of the sweep, ticks) → fan newly published frames out to
@@ -1589,15 +1597,12 @@ impl Reactor {
     }
 
     fn check_lag(&mut self, key: u32) {
-        let lag = match self.conns.get(key as usize) {
-            Some(Conn {
-                state: State::Streaming(cs),
-                out: Some(out),
-                ..
-            }) => out.pending_len() as u64 + self.broker.lag(cs),
-            _ => return,
-        };
-        if lag > self.cfg.max_pending_bytes as u64 {
+        let max = self.cfg.max_pending_bytes;
+        let slow = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| fanout::too_slow(c, &self.broker, max));
+        if slow {
             log::info!(
                 "dropping slow subscriber {key}: more than {} bytes behind",
                 self.cfg.max_pending_bytes
