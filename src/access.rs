@@ -629,6 +629,7 @@ mod tests {
     const KEY: &str = "0123456789abcdef0123456789abcdef";
     const NOW: u64 = 1_700_000_000;
 
+    #[cfg(feature = "mercure")]
     /// The credential kinds every route is tried with.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Cred {
@@ -642,6 +643,7 @@ mod tests {
         CrossOrigin,
     }
 
+    #[cfg(feature = "mercure")]
     const CREDS: [Cred; 8] = [
         Cred::None,
         Cred::LoopbackPlain,
@@ -653,10 +655,12 @@ mod tests {
         Cred::CrossOrigin,
     ];
 
+    #[cfg(feature = "mercure")]
     fn jwt(claims: serde_json::Value) -> String {
         auth::mint_hs256(&claims, &Key::new(KEY.as_bytes().to_vec()).unwrap())
     }
 
+    #[cfg(feature = "mercure")]
     /// The request head for `c` (`None` peer: not loopback).
     fn head(c: Cred) -> (String, Option<IpAddr>) {
         let lo = Some("127.0.0.1".parse().unwrap());
@@ -686,6 +690,7 @@ mod tests {
         )
     }
 
+    #[cfg(feature = "mercure")]
     fn access(jwt_key: bool, token: bool) -> Access {
         let mut cfg = Config::default();
         if jwt_key {
@@ -698,6 +703,7 @@ mod tests {
         Access::from_config(&cfg).unwrap()
     }
 
+    #[cfg(feature = "mercure")]
     /// What each op decides for each credential kind: `Ok(())` or the
     /// refusal's status.
     fn outcome(a: &Access, op: Op<'_>, c: Cred) -> Result<(), u16> {
@@ -712,6 +718,7 @@ mod tests {
         a.decide(op, &f).map(|_| ()).map_err(|d| d.status)
     }
 
+    #[cfg(feature = "mercure")]
     const WRITES: [Op<'static>; 4] = [
         Op::Publish,
         Op::CreateStream("news"),
@@ -719,6 +726,7 @@ mod tests {
         Op::MemberPublish("alice"),
     ];
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn every_write_follows_one_rule_with_a_jwt_key() {
         let a = access(true, true);
@@ -737,6 +745,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn every_write_follows_one_rule_without_a_key() {
         let open = access(false, false);
@@ -757,6 +766,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn reads_are_public_and_subscribing_checks_a_presented_token() {
         for a in [access(true, true), access(false, false)] {
@@ -783,6 +793,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "mercure")]
     #[test]
     fn private_streams_and_selectors() {
         let a = access(true, false);

@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 
 use crate::access::{Op, PublishRights};
-use crate::broker::{BrokerError, Create};
+use crate::broker::{Broker, BrokerError, Create};
 use crate::event::Event;
-use crate::handler::{bus_payload, last_event_id, status, Action, BusPublish, Cx, Deferred, Shape};
+use crate::handler::{last_event_id, status, Action, Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request};
 
 /// The demo page, embedded in the binary.
@@ -83,45 +83,39 @@ fn allowed(cx: &mut Cx<'_>, req: &Request<'_>, op: Op<'_>) -> bool {
     cx.allow(req, op).is_some()
 }
 
-/// Resolves public stream names, creating them as `by` may; on failure
-/// replies with the error and returns `None` (having created nothing).
-fn resolve(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> Option<Vec<u32>> {
+/// Whether public `names` can be resolved as `by` may (the reactor does
+/// it when it applies the decision); on failure replies with the error.
+fn resolvable(cx: &mut Cx<'_>, req: &Request<'_>, names: &[String], by: Create) -> bool {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    match cx.broker.resolve_as(&refs, by) {
-        Ok(v) => Some(v),
-        Err((i, e)) => {
-            let n = &names[i];
-            let msg = match e {
-                BrokerError::BadName => format!("bad stream name {n:?}: {}", e.message()),
-                BrokerError::Reserved => e.message(),
-                _ => format!("stream {n:?}: {}", e.message()),
-            };
-            if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
-                cx.counters.reject("too_many_streams");
-            }
-            cx.fail(req, status(&e), &msg);
-            None
+    match cx.broker.check_resolve(&refs, by, false) {
+        Ok(()) => true,
+        Err(e) => {
+            refuse_names(cx, req, names, e);
+            false
         }
     }
 }
 
-/// The names among `names` that do not exist yet: a publish that fails
-/// forgets the streams it made.
-fn missing(cx: &Cx<'_>, names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .filter(|n| cx.broker.find(n).is_none())
-        .cloned()
-        .collect()
-}
-
-/// Drops the streams a failed request made (those still unused).
-fn forget(cx: &mut Cx<'_>, made: &[String]) {
-    for n in made {
-        if let Some(i) = cx.broker.find(n) {
-            cx.broker.discard_unused(i);
-        }
+/// Answers why name `i` of `names` cannot be resolved.
+fn refuse_names(
+    cx: &mut Cx<'_>,
+    req: &Request<'_>,
+    names: &[String],
+    (i, e): (usize, BrokerError),
+) {
+    let n = names.get(i).map_or("", String::as_str);
+    let msg = match e {
+        BrokerError::BadName => format!("bad stream name {n:?}: {}", e.message()),
+        BrokerError::Reserved => e.message(),
+        _ => format!("stream {n:?}: {}", e.message()),
+    };
+    if matches!(e, BrokerError::TooMany | BrokerError::TooManyUnclaimed) {
+        cx.counters.reject("too_many_streams");
     }
+    if matches!(e, BrokerError::TooManyUnclaimedHere { .. }) {
+        cx.counters.reject("subscriber_streams_per_ip");
+    }
+    cx.fail(req, status(&e), &msg);
 }
 
 fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
@@ -150,28 +144,31 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     // Subscribers make streams in a pool of their own (no credentials are
     // needed to subscribe); with --no-auto-streams they make none.
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber
+        Create::Subscriber(cx.peer_key())
     } else {
         Create::No
     };
-    let Some(idx) = resolve(cx, req, &names, by) else {
+    if !resolvable(cx, req, &names, by) {
         return;
-    };
-    // `resolve` drops repeated names; keep each target's own bit.
-    let sees: Vec<bool> = idx
-        .iter()
-        .map(|&i| {
-            let name = cx.broker.get(i).map(|s| &*s.name);
-            names
-                .iter()
-                .position(|n| Some(n.as_str()) == name)
-                .is_some_and(|p| sees[p])
-        })
-        .collect();
+    }
+    // The reactor reads repeated names once; keep each target's own bit.
+    let mut distinct: Vec<String> = Vec::with_capacity(names.len());
+    let mut bits: Vec<bool> = Vec::with_capacity(names.len());
+    for (n, &b) in names.iter().zip(&sees) {
+        if !distinct.contains(n) {
+            distinct.push(n.clone());
+            bits.push(b);
+        }
+    }
     let raw = last_event_id(req);
-    let resume = cx.resume(raw.as_deref(), sees.contains(&true));
+    let resume = cx.resume(raw.as_deref(), bits.contains(&true));
     let until = grants.as_ref().and_then(|g| g.exp);
-    cx.stream_until(req, &idx, &sees, &resume, &[], until);
+    let to = Targets::Names {
+        names: distinct,
+        by,
+        topics: false,
+    };
+    cx.stream_until(req, to, &bits, &resume, &[], until);
 }
 
 /// Whether a `private` field or query value asks for a private event
@@ -320,132 +317,59 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
         return;
     }
     // An authorised publish creates its streams, --no-auto-streams or not.
-    let made = missing(cx, &names);
-    let Some(targets) = resolve(cx, req, &names, Create::Publisher) else {
-        return;
-    };
-    let private = private || cx.targets_private(&targets);
-    if cx.redis.is_some() {
-        if let Err(e) = fits(cx, &targets, &events) {
-            cx.counters.reject("publish_refused");
-            return cx.fail(req, status(&e), &e.message());
-        }
-        let shape = Shape::of(req, &cx.cors);
-        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
-            targets,
-            payloads: events.iter().map(|e| bus_payload(e, private)).collect(),
-            reply: Deferred::Ids { batch, shape },
-        })));
+    if !resolvable(cx, req, &names, Create::Publisher) {
         return;
     }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut subscribers = 0;
-    for e in &events {
-        let published = cx.publish_as(&targets, private, |id| {
-            crate::frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry)
-        });
-        match published {
-            Ok(p) => {
-                ids.push(p.id.to_string());
-                subscribers = p.audience;
-                if p.pressure {
-                    cx.actions.push(Action::Flush);
-                }
-            }
-            Err(e) => {
-                cx.counters.reject("publish_refused");
-                if e.too_large() {
-                    cx.counters.reject("event_too_large");
-                }
-                forget(cx, &made);
-                // Events of a batch before the refused one stay published:
-                // say which.
-                let msg = if ids.is_empty() {
-                    e.message()
-                } else {
-                    format!("{} (published before it: {})", e.message(), ids.join(", "))
-                };
-                let mut resp = http::Response::error(e.status(), &msg);
-                if e.status() == 503 {
-                    // A journal that cannot write, or --max-streams: both
-                    // may pass.
-                    resp = resp.header("Retry-After", "1");
-                }
-                return cx.reply(req, resp);
-            }
-        }
-    }
-    let body = if batch {
-        json!({ "ids": ids, "subscribers": subscribers })
-    } else {
-        json!({ "id": ids.first(), "subscribers": subscribers })
-    };
-    cx.ok_json(req, &body);
+    let private = private || cx.names_private(&names);
+    let shape = cx.shape(req);
+    cx.publish(Publish {
+        to: Targets::Names {
+            names,
+            by: Create::Publisher,
+            topics: false,
+        },
+        events: events.into_iter().map(Body::Numbered).collect(),
+        private,
+        reply: Reply::Ids { batch, shape },
+    });
 }
 
-/// Refuses, before they go to Redis, events too large for a target's
-/// history (every node would refuse them on arrival).
-fn fits(cx: &Cx<'_>, targets: &[u32], events: &[Event]) -> Result<(), BrokerError> {
-    for e in events {
-        // Ids have at most 16 digits below 2^53.
-        let n =
-            crate::frame::encode_numbered(u64::pow(10, 15), e.event.as_deref(), &e.data, e.retry)
-                .len();
-        cx.broker.check_size(targets, n)?;
-    }
-    Ok(())
-}
-
-/// Publishes one event from the library: the same checks as `POST
-/// /events` (stream name, event type, auto-creation, `--max-streams`,
-/// size). With `--redis` the event goes through the bus: `Ok(None)`, and
-/// the reactor answers the publisher when Redis has given the id.
+/// A library publish ([`crate::Publisher`]) decided: the same checks as
+/// `POST /events` (stream name, event type, auto-creation,
+/// `--max-streams`); the reactor applies it like any publish and sends
+/// the id (or why not) back on the publisher's channel.
 pub fn publish_event(
     cx: &mut Cx<'_>,
     stream: &str,
     ev: &Event,
-) -> Result<Option<u64>, crate::event::PublishError> {
+) -> Result<Publish, crate::event::PublishError> {
     use crate::event::PublishError;
     ev.check().map_err(PublishError::BadEvent)?;
-    let made = cx.broker.find(stream).is_none();
     // The library is an authorised publisher: it creates streams even with
     // --no-auto-streams.
-    let targets = cx
-        .broker
-        .resolve_as(&[stream], Create::Publisher)
+    cx.broker
+        .check_resolve(&[stream], Create::Publisher, false)
         .map_err(|(_, e)| PublishError::Refused(format!("stream {stream:?}: {}", e.message())))?;
-    let private = cx.targets_private(&targets);
-    if cx.redis.is_some() {
-        fits(cx, &targets, std::slice::from_ref(ev))
-            .map_err(|e| PublishError::Refused(e.message()))?;
-        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
-            targets,
-            payloads: vec![bus_payload(ev, private)],
-            reply: Deferred::Library,
-        })));
-        return Ok(None);
-    }
-    let p = match cx.publish_as(&targets, private, |id| {
-        crate::frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry)
-    }) {
-        Ok(p) => p,
-        Err(e) => {
-            if made {
-                for &t in &targets {
-                    cx.broker.discard_unused(t);
-                }
-            }
-            return Err(PublishError::Refused(e.message()));
-        }
-    };
-    if p.pressure {
-        cx.actions.push(Action::Flush);
-    }
-    Ok(Some(p.id))
+    let names = vec![stream.to_string()];
+    let private = cx.names_private(&names);
+    Ok(Publish {
+        to: Targets::Names {
+            names,
+            by: Create::Publisher,
+            topics: false,
+        },
+        events: vec![Body::Numbered(ev.clone())],
+        private,
+        reply: Reply::Library,
+    })
 }
 
 fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {
-    match cx.broker.get(idx) {
+    stream_entry(cx.broker, idx)
+}
+
+fn stream_entry(broker: &Broker, idx: u32) -> Value {
+    match broker.get(idx) {
         // Public events only: the listing is open to anyone.
         Some(s) => json!({
             "name": &*s.name,
@@ -564,25 +488,24 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
     if cx.writer(req, Op::CreateStream(name)).is_none() {
         return;
     }
-    match cx.broker.create(name) {
-        Ok((idx, created)) => {
-            let mut v = stream_json(cx, idx);
-            v["created"] = Value::Bool(created);
-            let status = if created { 201 } else { 200 };
-            cx.reply(req, http::Response::json(status, &v));
-        }
-        Err(e) => {
-            let msg = match e {
-                BrokerError::BadName => format!("bad stream name {name:?}: {}", e.message()),
-                BrokerError::Reserved => e.message(),
-                _ => format!("stream {name:?}: {}", e.message()),
-            };
-            if matches!(e, BrokerError::TooMany) {
-                cx.counters.reject("too_many_streams");
-            }
-            cx.fail(req, status(&e), &msg);
-        }
+    let names = [name.to_string()];
+    if !resolvable(cx, req, &names, Create::Publisher) {
+        return;
     }
+    let shape = cx.shape(req);
+    cx.actions.push(Action::CreateStream {
+        name: name.to_string(),
+        shape,
+    });
+}
+
+/// The answer to `PUT /streams/NAME` once the reactor made (`created`) or
+/// found stream `idx`: 201 or 200 with the stream's listing entry.
+pub fn created_stream(broker: &Broker, idx: u32, created: bool) -> http::Response {
+    let mut v = stream_entry(broker, idx);
+    v["created"] = Value::Bool(created);
+    let status = if created { 201 } else { 200 };
+    http::Response::json(status, &v)
 }
 
 fn delete_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {

@@ -1,8 +1,13 @@
 //! What a request handler gets and what it gives back. A handler (the core
-//! API, the apps) sees a narrow context — the broker, the configuration,
-//! the counters, `now`, randomness, the peer — and turns a request into
-//! [`Action`]s: respond, start a stream with its catch-up, start a ticker,
-//! end other connections, delete a stream. The reactor carries them out.
+//! API, the apps) sees a narrow context — the broker (read-only), the
+//! configuration, the counters, `now`, randomness, the peer — and turns a
+//! request into [`Action`]s: respond, publish ([`Publish`]: targets, one
+//! [`Body`] per event, the private flag, how to [`Reply`]), subscribe
+//! ([`Subscribe`]), start a ticker, end other connections, create or
+//! delete a stream. The reactor carries them out: it makes the streams a
+//! decision names ([`Targets`]), applies every publish in one place, and
+//! renders every publish reply. No handler changes the broker or knows
+//! whether Redis or a journal is configured when it publishes.
 //!
 //! Nothing here touches sockets, `Poll` or the clock. The helpers every
 //! handler shares live here once: replies built by `http::Response`, the
@@ -20,11 +25,11 @@ use serde_json::Value;
 
 use crate::access::{Access, Allowed, Denied, Facts, Op, PublishRights};
 use crate::auth::Grants;
-use crate::broker::{Broker, BrokerError, Cursors, Published, Resume};
+use crate::broker::{Broker, BrokerError, Create, Resume};
 use crate::config::Config;
 use crate::frame;
 use crate::http::{self, Headers, Method, Request, Response};
-use crate::journal::{self, Link};
+use crate::journal;
 use crate::stats::Counters;
 
 /// Produces the next frame of a ticking connection given the time in ms
@@ -41,20 +46,10 @@ pub enum Action {
         close: bool,
     },
     /// Turn this connection into an event stream: write `head`, then the
-    /// SSE bytes of `prelude` (retry, gap), then catch up from history.
-    Stream {
-        /// The response head.
-        head: Vec<u8>,
-        /// The body is chunk-framed.
-        chunked: bool,
-        /// SSE bytes before the first event.
-        prelude: Vec<u8>,
-        /// Positions in the streams, from `Broker::subscribe`.
-        cursors: Cursors,
-        /// When the subscriber's token expires (unix seconds): the stream
-        /// ends then.
-        until: Option<u64>,
-    },
+    /// SSE bytes of `prelude` (retry), then catch up from `resume`. The
+    /// reactor subscribes it (with `--redis`, once the targets' history is
+    /// here: it loads it from Redis first when this node lacks it).
+    Subscribe(Box<Subscribe>),
     /// Turn this connection into a ticking stream.
     Tick {
         /// The response head.
@@ -72,18 +67,20 @@ pub enum Action {
     },
     /// End another connection's stream gracefully.
     End(u32),
+    /// Make public stream `name` explicitly (`PUT /streams/NAME`; the
+    /// handler checked it can be made) and answer with its entry.
+    CreateStream {
+        /// The name.
+        name: String,
+        /// The response's framing.
+        shape: Shape,
+    },
     /// Flush a stream's subscribers, delete it, end them.
     DeleteStream(u32),
-    /// Run the fan-out now: so much was published in one turn that the
-    /// rings could overtake even fast readers before the loop sleeps.
-    Flush,
-    /// With `--redis`: publish through the bus (Redis allocates the ids);
-    /// the connection's input waits and the reply goes out once Redis
-    /// accepted every event (or refused one).
-    BusPublish(Box<BusPublish>),
-    /// With `--redis`: start a stream once the targets' history is here
-    /// (the reactor loads it from Redis first when this node lacks it).
-    BusStream(Box<BusStream>),
+    /// Publish events and answer from the outcome: the reactor applies
+    /// every publish decision in one place (`reactor/publish.rs`), locally
+    /// (into the journal with `--data-dir`) or through the Redis bus.
+    Publish(Box<Publish>),
     /// Answer with `/stats` (JSON) or `/metrics` (Prometheus): the reactor
     /// holds the gauges.
     Stats {
@@ -100,18 +97,142 @@ pub enum Action {
     },
 }
 
-/// Events to publish through the bus, and how to answer once they are in.
-pub struct BusPublish {
-    /// Target streams.
-    pub targets: Vec<u32>,
-    /// One bus payload per event ([`bus_payload`], [`bus_payload_raw`]).
-    pub payloads: Vec<Vec<u8>>,
-    /// The reply to build from the ids.
-    pub reply: Deferred,
+/// A publish decision: what to publish where, and how to answer once the
+/// ids are known (or the publish was refused). Handlers build it; the
+/// reactor applies it the same way whatever the deployment.
+pub struct Publish {
+    /// Where to.
+    pub to: Targets,
+    /// The events, in order; each is spelled once its id is known.
+    pub events: Vec<Body>,
+    /// Private events reach only subscribers that may see private events.
+    pub private: bool,
+    /// How to answer.
+    pub reply: Reply,
 }
 
-/// How a deferred publish is answered.
-pub enum Deferred {
+/// The streams a publish goes to or a subscription reads. Handlers do not
+/// make streams: the reactor finds or makes them when it applies the
+/// decision, in this order (repeats once).
+pub enum Targets {
+    /// Public names, found or made as `by` may (the handler checked they
+    /// can be: `Broker::check_resolve`); those a refused publish made are
+    /// dropped again while unused.
+    Names {
+        /// The names.
+        names: Vec<String>,
+        /// Who makes the missing ones.
+        by: Create,
+        /// Mercure topics (`valid_topic`), not `/events` names.
+        topics: bool,
+    },
+    /// The apps' internal streams (made when missing: that cannot fail).
+    Internal(Vec<Internal>),
+    /// A Mercure subscription: exact topics (found or made as `by` may;
+    /// checked by the handler), then selector streams (`*`, templates),
+    /// made in the pool of `anon`'s address (an anonymous subscriber) or
+    /// of token holders; a full pool refuses the subscription (503).
+    Topics {
+        /// Exact topics, without repeats.
+        exact: Vec<String>,
+        /// Who makes the missing ones.
+        by: Create,
+        /// Selectors, without repeats.
+        selectors: Vec<crate::auth::Selector>,
+        /// The anonymous subscriber's pool.
+        anon: Option<crate::broker::PeerKey>,
+    },
+}
+
+/// An app's internal stream.
+pub struct Internal {
+    /// Its name (`!member/ID`, `!user/JID`).
+    pub name: String,
+    /// Its history bounds (within the server's).
+    pub cap: Option<crate::broker::Limits>,
+    /// How `gap` events name it.
+    pub display: Option<String>,
+}
+
+/// How an event is spelled once its id is known.
+pub enum Body {
+    /// `id: N` and the event's own fields (`frame::encode_numbered`).
+    Numbered(crate::event::Event),
+    /// `id: N`, `event: T` (spelled even for `message`), then `data:`: the
+    /// MongooseIM API's order.
+    Typed {
+        /// The event type.
+        event: String,
+        /// The data.
+        data: String,
+    },
+    /// Bytes whose `id:` line the publisher chose (a member uuid, a hub
+    /// `id`): the same whatever id the server gives the event.
+    Fixed(Vec<u8>),
+}
+
+/// Ids have at most 16 digits below 2^53: the widest `id:` line.
+const WIDEST_ID: u64 = 1_000_000_000_000_000;
+
+impl Body {
+    /// The SSE bytes of this event with id `id`.
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        match self {
+            Body::Numbered(e) => frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry),
+            Body::Typed { event, data } => {
+                let mut buf = [0u8; 20];
+                frame::Block::with_capacity(data.len() + 48)
+                    .id(frame::fmt_u64(id, &mut buf))
+                    .event(event)
+                    .data(data)
+            }
+            Body::Fixed(b) => b.clone(),
+        }
+    }
+
+    /// The most bytes [`Body::encode`] can give, whatever the id.
+    pub fn max_len(&self) -> usize {
+        match self {
+            Body::Fixed(b) => b.len(),
+            b => b.encode(WIDEST_ID).len(),
+        }
+    }
+
+    /// The bus payload: `E` + `{"d","e","r","p"}` (`"t"`: typed), or raw
+    /// bytes (`R` public, `P` private). Each node spells the frame once the
+    /// id is known ([`bus_frame`]).
+    pub fn payload(&self, private: bool) -> Vec<u8> {
+        let json = |mut v: Value, typed: bool| {
+            if private {
+                v["p"] = Value::Bool(true);
+            }
+            if typed {
+                v["t"] = Value::Bool(true);
+            }
+            let mut out = b"E".to_vec();
+            out.extend_from_slice(v.to_string().as_bytes());
+            out
+        };
+        match self {
+            Body::Numbered(ev) => json(
+                serde_json::json!({ "d": ev.data, "e": ev.event, "r": ev.retry }),
+                false,
+            ),
+            Body::Typed { event, data } => json(serde_json::json!({ "d": data, "e": event }), true),
+            Body::Fixed(sse) => {
+                let mut out = Vec::with_capacity(sse.len() + 1);
+                out.push(if private { b'P' } else { b'R' });
+                out.extend_from_slice(sse);
+                out
+            }
+        }
+    }
+}
+
+/// How a publish is answered; the reactor renders every variant from the
+/// outcome (ids, audience, error) in one place, for local and bus
+/// publishes alike.
+pub enum Reply {
     /// `POST /events`: `{"id","subscribers"}`, or `{"ids",...}` for a batch.
     Ids {
         /// An array was posted.
@@ -119,8 +240,8 @@ pub enum Deferred {
         /// The response's framing.
         shape: Shape,
     },
-    /// A member notification: `{"id": uuid, "devices"}`; the reactor also
-    /// tells the app which id the uuid got.
+    /// A member notification: `{"id": uuid, "devices"}`; the member app
+    /// indexes the uuid under the event's id.
     Member {
         /// The member.
         member: String,
@@ -131,6 +252,40 @@ pub enum Deferred {
     },
     /// The library [`crate::Publisher`]: the id goes back on its channel.
     Library,
+    /// The MongooseIM API: `ok` as JSON, errors as its JSON-string reason;
+    /// a chat message is archived once it was delivered.
+    Api {
+        /// The response's framing.
+        shape: Shape,
+        /// The body of the 200.
+        ok: Value,
+        /// The message to archive on success.
+        chat: Option<Box<Chat>>,
+    },
+    /// The Mercure hub: the update's id as `text/plain` (the publisher's
+    /// own `id` when it gave one).
+    Hub {
+        /// The response's framing.
+        shape: Shape,
+        /// The publisher's id.
+        custom: Option<String>,
+    },
+    /// Nothing: the request answers on its own (a room's affiliation event).
+    Silent,
+}
+
+/// A MongooseIM chat message to archive for its sender and recipient.
+pub struct Chat {
+    /// Its uuid.
+    pub id: String,
+    /// Sender's bare JID.
+    pub from: String,
+    /// Recipient's bare JID.
+    pub to: String,
+    /// The body.
+    pub body: String,
+    /// When it was sent (unix µs).
+    pub ts_us: u64,
 }
 
 /// What a response built later needs from its request.
@@ -162,8 +317,9 @@ impl Shape {
     }
 }
 
-/// A stream whose start waits for history from the bus.
-pub struct BusStream {
+/// A subscription decided: what the reactor needs to plan it with the
+/// broker and start the stream.
+pub struct Subscribe {
     /// The response head.
     pub head: Vec<u8>,
     /// The body is chunk-framed.
@@ -171,38 +327,20 @@ pub struct BusStream {
     /// SSE bytes before the first event (retry).
     pub prelude: Vec<u8>,
     /// The streams to read.
-    pub targets: Vec<u32>,
-    /// Per target, whether the subscriber may see private events there.
+    pub to: Targets,
+    /// Per target (once resolved), whether the subscriber may see private
+    /// events there.
     pub sees_private: Vec<bool>,
     /// Where to start.
     pub resume: Resume,
     /// When the subscriber's token expires (unix seconds).
     pub until: Option<u64>,
+    /// The framing of a refusal (a full selector pool).
+    pub shape: Shape,
 }
 
-/// A bus payload for a core event: `E` + `{"d","e","r","p"}`; each node
-/// encodes the frame once the id is known (`p`: a private event).
-pub fn bus_payload(ev: &crate::event::Event, private: bool) -> Vec<u8> {
-    let mut v = serde_json::json!({ "d": ev.data, "e": ev.event, "r": ev.retry });
-    if private {
-        v["p"] = Value::Bool(true);
-    }
-    let mut out = b"E".to_vec();
-    out.extend_from_slice(v.to_string().as_bytes());
-    out
-}
-
-/// A bus payload for an event whose SSE bytes do not depend on the id
-/// (the member app writes its own `id:` line): `R` + the bytes.
-pub fn bus_payload_raw(sse: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(sse.len() + 1);
-    out.push(b'R');
-    out.extend_from_slice(sse);
-    out
-}
-
-/// The SSE bytes of a bus payload given its id, and whether the event is
-/// private; `None` when malformed.
+/// The SSE bytes of a bus payload ([`Body::payload`]) given its id, and
+/// whether the event is private; `None` when malformed.
 pub fn bus_frame(id: u64, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
     match payload.split_first()? {
         (b'E', json) => {
@@ -217,20 +355,31 @@ pub fn bus_frame(id: u64, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
                 Some(r) => Some(u32::try_from(r.as_u64()?).ok()?),
             };
             let private = v.get("p").and_then(Value::as_bool).unwrap_or(false);
-            Some((frame::encode_numbered(id, event, data, retry), private))
+            let body = if v.get("t").and_then(Value::as_bool).unwrap_or(false) {
+                Body::Typed {
+                    event: event?.to_string(),
+                    data: data.to_string(),
+                }
+            } else {
+                Body::Numbered(crate::event::Event {
+                    data: data.to_string(),
+                    event: event.map(str::to_string),
+                    retry,
+                })
+            };
+            Some((body.encode(id), private))
         }
         (b'R', sse) if sse.ends_with(b"\n\n") => Some((sse.to_vec(), false)),
+        (b'P', sse) if sse.ends_with(b"\n\n") => Some((sse.to_vec(), true)),
         _ => None,
     }
 }
 
 /// A handler's view of the server for one request.
 pub struct Cx<'a> {
-    /// Streams and history.
-    pub broker: &'a mut Broker,
-    /// With `--data-dir`: where a local event is written before it enters
-    /// the rings (publish through [`Cx::publish_as`], which does that).
-    pub journal: Option<&'a mut Link>,
+    /// Streams and history, read-only: handlers decide, the reactor
+    /// changes the broker when it applies their decisions.
+    pub broker: &'a Broker,
     /// The configuration.
     pub cfg: &'a Config,
     /// The access rule (keys, tokens, private streams).
@@ -246,15 +395,20 @@ pub struct Cx<'a> {
     /// The connection the request came on.
     pub conn: u32,
     /// Its client's address: the peer's, or the one a trusted proxy
-    /// forwarded (`--trusted-proxy`).
+    /// forwarded (`--trusted-proxy`). Per-address pools and limits count
+    /// the request under it.
     pub peer: Option<IpAddr>,
+    /// The trusted proxy forwarded no address ssed could use (`for=unknown`,
+    /// an obfuscated name, garbage): `peer` is the proxy's own, so the
+    /// pools still apply, but the access rule sees no client address.
+    pub unnamed: bool,
     /// The request came from a `--trusted-proxy` and `peer` is the address
     /// it forwarded; its forwarding headers are the proxy's, not the client's.
     pub via_proxy: bool,
     /// CORS headers for this request's origin (empty when not allowed).
     pub cors: Headers,
-    /// With `--redis`: whether the bus is up (`None`: no Redis; publishes
-    /// and resumes then stay on this node).
+    /// With `--redis`: whether the bus is up (`None`: no Redis). For
+    /// `/healthz` and subscriptions only: publishes never look at it.
     pub redis: Option<bool>,
     /// What to do, in order.
     pub actions: Vec<Action>,
@@ -309,6 +463,8 @@ pub fn status(e: &BrokerError) -> u16 {
         BrokerError::BadName | BrokerError::Reserved => 400,
         BrokerError::NotFound => 404,
         BrokerError::TooLarge { .. } => 413,
+        // This address's own share: others are still served.
+        BrokerError::TooManyUnclaimedHere { .. } => 429,
         BrokerError::TooMany | BrokerError::TooManyUnclaimed | BrokerError::TooManySelectors(_) => {
             503
         }
@@ -316,24 +472,15 @@ pub fn status(e: &BrokerError) -> u16 {
 }
 
 impl Cx<'_> {
-    /// Publishes a local event to `targets`: the broker checks and numbers
-    /// it, the journal (with `--data-dir`) writes it, then it enters the
-    /// rings. Refused by either, it is published nowhere.
-    pub fn publish_as(
-        &mut self,
-        targets: &[u32],
-        private: bool,
-        encode: impl FnOnce(u64) -> Vec<u8>,
-    ) -> Result<Published, Refusal> {
-        let p = self
-            .broker
-            .prepare_publish(targets, self.unix_us, private, encode)?;
-        if let Some(j) = self.journal.as_deref_mut() {
-            let names = self.broker.names_of(&p);
-            j.event(p.id, &names, &p.frame, p.private)
-                .map_err(Refusal::Journal)?;
-        }
-        Ok(self.broker.commit(p))
+    /// Decides a publish: the reactor applies it (locally, into the
+    /// journal, or through the bus) and answers as `p.reply` says.
+    pub fn publish(&mut self, p: Publish) {
+        self.actions.push(Action::Publish(Box::new(p)));
+    }
+
+    /// The framing of `req`'s response, for an answer built later.
+    pub fn shape(&self, req: &Request<'_>) -> Shape {
+        Shape::of(req, &self.cors)
     }
 
     /// Replies to `req` with `resp` (CORS headers added; a `HEAD` gets the
@@ -368,11 +515,21 @@ impl Cx<'_> {
         self.actions.push(Action::End(conn));
     }
 
+    /// The key of the request's client address in the broker's
+    /// per-address pools (IPv4 as its IPv6-mapped form; no address: 0).
+    pub fn peer_key(&self) -> crate::broker::PeerKey {
+        match self.peer {
+            Some(IpAddr::V4(v4)) => u128::from(v4.to_ipv6_mapped()),
+            Some(IpAddr::V6(v6)) => u128::from(v6),
+            None => 0,
+        }
+    }
+
     /// The request's facts for the access rule.
     pub fn facts<'r, 'a>(&self, req: &'r Request<'a>) -> Facts<'r, 'a> {
         Facts {
             req,
-            client: self.peer,
+            client: self.peer.filter(|_| !self.unnamed),
             via_proxy: self.via_proxy,
             now_s: self.unix_us / 1_000_000,
         }
@@ -452,16 +609,10 @@ impl Cx<'_> {
         }
     }
 
-    /// Whether an event to `targets` is private because one of them is a
-    /// `--private-streams` stream (so a `*` subscription without a token
-    /// does not read it either).
-    pub fn targets_private(&self, targets: &[u32]) -> bool {
-        self.access.has_private_streams()
-            && targets.iter().any(|&t| {
-                self.broker
-                    .get(t)
-                    .is_some_and(|s| self.access.is_private_stream(&s.name))
-            })
+    /// Whether an event to the public streams `names` is private because
+    /// one of them is a `--private-streams` stream.
+    pub fn names_private(&self, names: &[String]) -> bool {
+        self.access.has_private_streams() && names.iter().any(|n| self.access.is_private_stream(n))
     }
 
     fn prelude(&mut self) -> Vec<u8> {
@@ -496,23 +647,23 @@ impl Cx<'_> {
     pub fn stream(
         &mut self,
         req: &Request<'_>,
-        targets: &[u32],
+        to: Targets,
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
-        self.stream_as(req, targets, &[], resume, headers)
+        self.stream_as(req, to, &[], resume, headers)
     }
 
     /// [`Cx::stream`] with a may-see-private bit per target.
     pub fn stream_as(
         &mut self,
         req: &Request<'_>,
-        targets: &[u32],
+        to: Targets,
         sees_private: &[bool],
         resume: &Resume,
         headers: &[(&'static str, String)],
     ) {
-        self.stream_until(req, targets, sees_private, resume, headers, None)
+        self.stream_until(req, to, sees_private, resume, headers, None)
     }
 
     /// [`Cx::stream_as`] for a subscriber whose token expires at `until`
@@ -520,7 +671,7 @@ impl Cx<'_> {
     pub fn stream_until(
         &mut self,
         req: &Request<'_>,
-        targets: &[u32],
+        to: Targets,
         sees_private: &[bool],
         resume: &Resume,
         headers: &[(&'static str, String)],
@@ -529,32 +680,17 @@ impl Cx<'_> {
         let Some((chunked, hs)) = self.stream_start(req, headers) else {
             return;
         };
-        let mut prelude = self.prelude();
-        if self.redis.is_some() {
-            self.actions.push(Action::BusStream(Box::new(BusStream {
-                head: http::stream_head(req.http10, chunked, &hs),
-                chunked,
-                prelude,
-                targets: targets.to_vec(),
-                sees_private: sees_private.to_vec(),
-                resume: resume.clone(),
-                until,
-            })));
-            return;
-        }
-        let c = self
-            .broker
-            .subscribe_as(self.conn, targets, sees_private, resume);
-        if let Some(g) = &c.gap {
-            prelude.extend_from_slice(g);
-        }
-        self.actions.push(Action::Stream {
+        let prelude = self.prelude();
+        self.actions.push(Action::Subscribe(Box::new(Subscribe {
             head: http::stream_head(req.http10, chunked, &hs),
             chunked,
             prelude,
-            cursors: c.cursors,
+            to,
+            sees_private: sees_private.to_vec(),
+            resume: resume.clone(),
             until,
-        });
+            shape: Shape::of(req, &self.cors),
+        })));
     }
 
     /// Starts a ticking stream on this connection: `next` makes a frame
@@ -621,6 +757,7 @@ mod tests {
             (big.clone(), 413),
             (BrokerError::TooMany, 503),
             (BrokerError::TooManyUnclaimed, 503),
+            (BrokerError::TooManyUnclaimedHere { limit: 1 }, 429),
             (
                 BrokerError::TooManySelectors(crate::broker::SelectorsFull::Peer),
                 503,
@@ -647,7 +784,8 @@ mod tests {
             event: Some("t".into()),
             retry: Some(5),
         };
-        let f = bus_frame(42, &bus_payload(&ev, false)).unwrap();
+        let body = Body::Numbered(ev);
+        let f = bus_frame(42, &body.payload(false)).unwrap();
         assert_eq!(
             f,
             (
@@ -656,12 +794,12 @@ mod tests {
             )
         );
         assert!(
-            bus_frame(42, &bus_payload(&ev, true)).unwrap().1,
+            bus_frame(42, &body.payload(true)).unwrap().1,
             "private survives the bus"
         );
         let raw = b"id: u\ndata: x\n\n";
         assert_eq!(
-            bus_frame(1, &bus_payload_raw(raw)).unwrap(),
+            bus_frame(1, &Body::Fixed(raw.to_vec()).payload(false)).unwrap(),
             (raw.to_vec(), false)
         );
         for bad in [

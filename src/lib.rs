@@ -43,32 +43,56 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
+// Without every feature some shared helpers (the handler's bus payloads,
+// the apps' actions) have no caller; the default build, which has them
+// all, is where dead code is linted.
+#![cfg_attr(
+    not(all(
+        feature = "apps",
+        feature = "redis",
+        feature = "journal",
+        feature = "mercure",
+        feature = "cli",
+        feature = "workers"
+    )),
+    allow(dead_code, unused_imports)
+)]
 
 // Layers (docs/ARCHITECTURE.md): each module uses only those of lower
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
 // it). 1: config, event, frame, http, stats, auth, bus, journal, access.
 // 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
+// 5: error (the crate's one error, wrapping those of lower layers).
 // 7: supervisor (the `--workers` process manager).
 // `client` stands apart and uses none of them.
+// Cargo features (Cargo.toml) leave modules out; where the core calls one,
+// a stub of the same shape (`off.rs`) stands in, refusing its flags at bind
+// and, with uninhabited types, letting the optimiser drop the call sites.
 mod access;
 mod api;
+#[cfg_attr(not(feature = "apps"), path = "apps/off.rs")]
 mod apps;
 mod auth;
 mod broker;
+#[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
+#[cfg(feature = "cli")]
 pub mod client;
 mod config;
+mod error;
 mod event;
 mod frame;
 mod handler;
 mod http;
+#[cfg_attr(not(feature = "journal"), path = "journal/off.rs")]
 mod journal;
 mod memory;
+#[cfg_attr(not(feature = "mercure"), path = "mercure_off.rs")]
 mod mercure;
 mod reactor;
 mod router;
 mod stats;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "workers"))]
 mod supervisor;
 
 #[doc(hidden)]
@@ -80,8 +104,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 pub use config::{help, Command, Config, ConfigError};
+pub use error::Error;
 pub use event::{Event, PublishError};
-#[cfg(unix)]
+#[cfg(all(unix, feature = "workers"))]
 #[doc(hidden)] // for the binary's `--workers`; not part of the library API
 pub use supervisor::{supervise, SuperviseError};
 
@@ -149,8 +174,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every `cfg.listen` address (port 0 picks a free port).
-    pub fn bind(cfg: Config) -> std::io::Result<Server> {
+    /// Binds every `cfg.listen` address (port 0 picks a free port), after
+    /// checking what the config names: the `--users` file, the `--redis`
+    /// URL, the keys, the `--data-dir` journal.
+    pub fn bind(cfg: Config) -> Result<Server, Error> {
         Ok(Server {
             bound: reactor::Bound::bind(cfg)?,
         })
@@ -172,7 +199,7 @@ impl Server {
         }
     }
     /// Runs the loop on this thread until shutdown.
-    pub fn run(self) -> std::io::Result<()> {
-        self.bound.run()
+    pub fn run(self) -> Result<(), Error> {
+        self.bound.run().map_err(Error::Io)
     }
 }

@@ -28,9 +28,11 @@ pub enum Kind {
     /// App archives (the MongooseIM API's message and room archives),
     /// reported: they live within the history budget.
     Archives,
-    /// Replies fetched from the Redis bus, while they are held.
+    /// Replies fetched from the Redis bus, while they are held. Nothing
+    /// charges it yet: the bus's fixed bounds hold (README, Limits).
     Bus,
-    /// Subscribers' topic selectors and what is cached for them.
+    /// Subscribers' topic selectors and what is cached for them. Nothing
+    /// charges it yet: the selector pools' fixed bounds hold.
     Selectors,
 }
 
@@ -145,9 +147,9 @@ impl Limits {
         Limits { max, per_kind }
     }
 
-    /// A kind's limit.
-    // Read by the tests today; the parts that charge bus fetches and
-    // selectors read their limits through it.
+    /// A kind's limit (the reactor derives each address's share of
+    /// `requests` from it).
+    // Minimal builds may leave it unread.
     #[allow(dead_code)]
     pub fn of(&self, kind: Kind) -> usize {
         self.per_kind[kind.at()]

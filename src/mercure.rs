@@ -17,8 +17,8 @@ use crate::auth::Selector;
 use crate::broker::{valid_topic, BrokerError, Create, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
-use crate::handler::Cx;
-use crate::http::{self, Method, Request, Response};
+use crate::handler::{Body, Cx, Publish, Reply, Targets};
+use crate::http::{self, Method, Request};
 
 /// The endpoint's path.
 pub const PATH: &str = "/.well-known/mercure";
@@ -90,18 +90,19 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         return;
     };
     let by = if cx.cfg.auto_streams {
-        Create::Subscriber
+        Create::Subscriber(cx.peer_key())
     } else {
         Create::No
     };
-    let streams = match cx.broker.resolve_topics(&exact, by) {
-        Ok(v) => v,
-        Err((i, e)) => return fail_broker(cx, req, exact.get(i).copied().unwrap_or(""), &e),
-    };
-    let mut targets: Vec<u32> = Vec::with_capacity(topics.len());
+    if let Err((i, e)) = cx.broker.check_resolve(&exact, by, true) {
+        return fail_broker(cx, req, exact.get(i).copied().unwrap_or(""), &e);
+    }
+    // The reactor finds or makes these streams, in this order: exact
+    // topics, then selector streams (each once).
+    let mut reads: Vec<&str> = Vec::with_capacity(topics.len());
     let mut sees: Vec<bool> = Vec::with_capacity(topics.len());
-    for (&idx, name) in streams.iter().zip(dedup(&exact)) {
-        targets.push(idx);
+    for name in dedup(&exact) {
+        reads.push(name);
         sees.push(
             exact
                 .iter()
@@ -118,32 +119,26 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         (None, None) => Some(0),
         (Some(_), _) => None,
     };
-    for sel in selectors.iter().filter(|s| !is_exact(s.as_str())) {
-        let idx = match cx.broker.selector_stream(sel, anon) {
-            Ok(i) => i,
-            Err(e) => {
-                if matches!(e, BrokerError::TooManySelectors(_)) {
-                    cx.counters.reject("too_many_selectors");
-                }
-                return fail_broker(cx, req, sel.as_str(), &e);
-            }
-        };
-        if !targets.contains(&idx) {
-            targets.push(idx);
+    let mut wanted: Vec<Selector> = Vec::new();
+    for sel in selectors.into_iter().filter(|s| !is_exact(s.as_str())) {
+        if !wanted.iter().any(|w| w.as_str() == sel.as_str()) {
             sees.push(selector_sees_private(grants.as_ref(), sel.as_str()));
+            wanted.push(sel);
         }
     }
+    reads.extend(wanted.iter().map(Selector::as_str));
     let resume = match last_event_id(req) {
         Some(r) if r == "earliest" => Resume::Earliest,
         r => cx.resume(r.as_deref(), sees.contains(&true)),
     };
     // The newest event this subscriber could have been sent, so the header
     // tells nothing of private events it may not see ("earliest": none).
-    let last = targets
+    // (A stream not made yet has published nothing.)
+    let last = reads
         .iter()
         .zip(&sees)
-        .filter_map(|(&t, &sees)| {
-            let s = cx.broker.get(t)?;
+        .filter_map(|(name, &sees)| {
+            let s = cx.broker.get(cx.broker.find(name)?)?;
             Some(if sees { s.last_id } else { s.last_public_id })
         })
         .max()
@@ -151,14 +146,13 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         .map_or_else(|| "earliest".to_string(), |id| id.to_string());
     // Mercure: the subscription ends when the token expires.
     let until = grants.as_ref().and_then(|g| g.exp);
-    cx.stream_until(
-        req,
-        &targets,
-        &sees,
-        &resume,
-        &[("Last-Event-ID", last)],
-        until,
-    );
+    let to = Targets::Topics {
+        exact: dedup(&exact).into_iter().map(str::to_string).collect(),
+        by,
+        selectors: wanted,
+        anon,
+    };
+    cx.stream_until(req, to, &sees, &resume, &[("Last-Event-ID", last)], until);
 }
 
 /// `names` without repeats, in first-seen order (what `resolve` returns
@@ -185,6 +179,13 @@ fn last_event_id(req: &Request<'_>) -> Option<String> {
 }
 
 fn fail_broker(cx: &mut Cx<'_>, req: &Request<'_>, topic: &str, e: &BrokerError) {
+    match e {
+        BrokerError::TooMany | BrokerError::TooManyUnclaimed => {
+            cx.counters.reject("too_many_streams")
+        }
+        BrokerError::TooManyUnclaimedHere { .. } => cx.counters.reject("subscriber_streams_per_ip"),
+        _ => {}
+    }
     let msg = match e {
         BrokerError::BadName => format!(
             "bad topic {topic:?}: 1..={MAX_TOPIC_BYTES} bytes without control characters, braces, or a lone *"
@@ -282,50 +283,38 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     if let Err(d) = rights.covers_as(&u.topics, "topic ") {
         return cx.deny(req, &d);
     }
-    if cx.redis.is_some() {
-        // Hub publishes (custom ids, the alias index) are not carried over
-        // the Redis bus yet: refuse plainly rather than publish on one node
-        // with a locally invented id.
-        cx.counters.reject("publish_refused");
-        return cx.reply(
-            req,
-            Response::error(
-                501,
-                "publishing through /.well-known/mercure is not supported with --redis yet; publish with POST /events",
-            ),
-        );
-    }
     let names: Vec<&str> = u.topics.iter().map(String::as_str).collect();
-    let targets = match cx.broker.resolve_topics(&names, Create::Publisher) {
-        Ok(v) => v,
-        Err((i, e)) => return fail_broker(cx, req, names.get(i).copied().unwrap_or(""), &e),
-    };
-    let private = u.private || cx.targets_private(&targets);
-    let ev = &u.event;
-    let custom = u.id.as_deref();
-    let published = cx.publish_as(&targets, private, |id| match custom {
-        Some(c) => frame::encode(Some(c), ev.event.as_deref(), &ev.data, ev.retry),
-        None => frame::encode_numbered(id, ev.event.as_deref(), &ev.data, ev.retry),
-    });
-    match published {
-        Ok(p) => {
-            if p.pressure {
-                cx.actions.push(crate::handler::Action::Flush);
-            }
-            let id = match custom {
-                Some(c) => {
-                    cx.broker.alias(c, p.id, private);
-                    c.to_string()
-                }
-                None => p.id.to_string(),
-            };
-            cx.reply(req, Response::text(200, id));
-        }
-        Err(e) => {
-            cx.counters.reject("publish_refused");
-            cx.fail(req, e.status(), &e.message());
-        }
+    if let Err((i, e)) = cx.broker.check_resolve(&names, Create::Publisher, true) {
+        return fail_broker(cx, req, names.get(i).copied().unwrap_or(""), &e);
     }
+    let private = u.private || cx.names_private(&u.topics);
+    // A publisher's own id is spelled into the frame (every node, and a
+    // journal read back, learns the alias from its `id:` line); ssed's
+    // numeric id otherwise.
+    let ev = u.event;
+    let body = match &u.id {
+        Some(c) => Body::Fixed(frame::encode(
+            Some(c),
+            ev.event.as_deref(),
+            &ev.data,
+            ev.retry,
+        )),
+        None => Body::Numbered(ev),
+    };
+    let shape = cx.shape(req);
+    cx.publish(Publish {
+        to: Targets::Names {
+            names: u.topics,
+            by: Create::Publisher,
+            topics: true,
+        },
+        events: vec![body],
+        private,
+        reply: Reply::Hub {
+            shape,
+            custom: u.id,
+        },
+    });
 }
 
 #[cfg(test)]

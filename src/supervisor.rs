@@ -70,19 +70,6 @@ pub enum SuperviseError {
     },
 }
 
-impl SuperviseError {
-    /// The process exit code: a worker's own code at startup (2 for a bad
-    /// config), else 1.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            SuperviseError::Startup { status, .. } => {
-                status.code().filter(|c| *c != 0).unwrap_or(1)
-            }
-            _ => 1,
-        }
-    }
-}
-
 impl std::fmt::Display for SuperviseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

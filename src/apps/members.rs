@@ -40,13 +40,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::ids;
 use crate::access::Op;
 use crate::broker::{Limits, Resume};
 use crate::frame;
-use crate::handler::{bus_payload_raw, last_event_id, Action, BusPublish, Cx, Deferred, Shape};
+use crate::handler::{last_event_id, Action, Body, Cx, Internal, Publish, Reply, Targets};
 use crate::http::Response;
 use crate::http::{Method, Request};
 
@@ -70,9 +70,9 @@ pub const CAP: Limits = Limits {
 /// Member streams are named this plus the member id.
 pub const STREAM_PREFIX: &str = "!member/";
 
-/// One member: its internal stream and the uuid → server id index.
+/// One member: the uuid → server id index (its internal stream is found
+/// by name, [`STREAM_PREFIX`] + the member id: the reactor makes it).
 struct Member {
-    stream: u32,
     ids: VecDeque<(Box<str>, u64)>,
     last_used: u64,
 }
@@ -104,7 +104,7 @@ impl Members {
     /// resume across the restart is exact. Members past [`MAX_MEMBERS`]
     /// keep their stream but not an index (a resume gets `gap` and all that
     /// is retained).
-    pub fn restored(&mut self, member: &str, stream: u32, id: u64, uuid: &str) {
+    pub fn restored(&mut self, member: &str, id: u64, uuid: &str) {
         if !self.members.contains_key(member) {
             if self.members.len() >= MAX_MEMBERS || !super::valid_ident(member) {
                 return;
@@ -113,18 +113,12 @@ impl Members {
             self.members.insert(
                 member.into(),
                 Member {
-                    stream,
                     ids: VecDeque::new(),
                     last_used: self.uses,
                 },
             );
         }
-        if let Some(st) = self.members.get_mut(member) {
-            st.ids.push_back((uuid.into(), id));
-            while st.ids.len() > HISTORY {
-                st.ids.pop_front();
-            }
-        }
+        self.record(member, uuid, id);
     }
 
     /// A connection was freed: forget its device registration, unless a
@@ -158,14 +152,24 @@ fn ensure_or_busy(
     req: &Request<'_>,
     member: &str,
     publisher: bool,
-) -> Option<u32> {
-    let idx = ensure(cx, m, member, publisher);
-    if idx.is_none() {
+) -> Option<Targets> {
+    if ensure(cx, m, member, publisher).is_none() {
         let resp = Response::error(503, "too many members are connected; retry later")
             .header("Retry-After", "1");
         cx.reply(req, resp);
+        return None;
     }
-    idx
+    Some(Targets::Internal(vec![Internal {
+        name: stream_name(member),
+        cap: Some(CAP),
+        // `gap` events name the member, not its internal stream.
+        display: Some(member.to_string()),
+    }]))
+}
+
+/// A member's internal stream.
+fn stream_name(member: &str) -> String {
+    format!("{STREAM_PREFIX}{member}")
 }
 
 /// The member id of a request, from `Member-ID` or `MemberId`.
@@ -218,17 +222,17 @@ fn checked_member(cx: &mut Cx<'_>, req: &Request<'_>) -> Option<String> {
 /// The member's state, created if needed (making room as the module doc
 /// says: an authorised `publisher` may push out more than a subscriber);
 /// `None` when there is no room.
-fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Option<u32> {
+fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Option<()> {
     m.uses += 1;
     let now = m.uses;
     if let Some(st) = m.members.get_mut(member) {
         st.last_used = now;
-        return Some(st.stream);
+        return Some(());
     }
     if m.members.len() >= MAX_MEMBERS {
-        let broker = &*cx.broker;
-        let state = |st: &Member| {
-            let s = broker.get(st.stream);
+        let broker = cx.broker;
+        let state = |name: &str| {
+            let s = broker.find(&stream_name(name)).and_then(|i| broker.get(i));
             let devices = s.is_some_and(|s| !s.subs.is_empty());
             let history = s.is_some_and(|s| s.retained() > 0);
             (devices, history)
@@ -238,35 +242,32 @@ fn ensure(cx: &mut Cx<'_>, m: &mut Members, member: &str, publisher: bool) -> Op
         let victim = m
             .members
             .iter()
-            .filter(|(_, st)| match state(st) {
+            .filter(|(name, _)| match state(name) {
                 (false, false) => true,
                 (false, true) | (true, false) => publisher,
                 (true, true) => false,
             })
-            .min_by_key(|(_, st)| {
-                let (devices, history) = state(st);
+            .min_by_key(|(name, st)| {
+                let (devices, history) = state(name);
                 (devices, history, st.last_used)
             })
-            .map(|(name, st)| (name.clone(), st.stream));
-        let (name, idx) = victim?;
+            .map(|(name, _)| name.clone());
+        let name = victim?;
         m.members.remove(&name);
         log::debug!("members: table full; forgetting member {name} for {member}");
         // Its devices (if any) are flushed and ended by the reactor.
-        cx.actions.push(Action::DeleteStream(idx));
+        if let Some(idx) = cx.broker.find(&stream_name(&name)) {
+            cx.actions.push(Action::DeleteStream(idx));
+        }
     }
-    let idx = cx
-        .broker
-        .internal(&format!("{STREAM_PREFIX}{member}"), Some(CAP));
-    cx.broker.set_display(idx, member);
     m.members.insert(
         member.into(),
         Member {
-            stream: idx,
             ids: VecDeque::new(),
             last_used: now,
         },
     );
-    Some(idx)
+    Some(())
 }
 
 fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
@@ -301,7 +302,7 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         let resp = Response::error(429, &msg).header("Retry-After", "1");
         return cx.reply(req, resp);
     }
-    let Some(idx) = ensure_or_busy(cx, m, req, &member, false) else {
+    let Some(to) = ensure_or_busy(cx, m, req, &member, false) else {
         cx.counters.reject("too_many_members");
         return;
     };
@@ -320,7 +321,7 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
                 .members
                 .get(member.as_str())
                 .and_then(|st| st.ids.iter().find(|(u, _)| &**u == r).map(|(_, id)| *id))
-                .or_else(|| in_ring(cx, idx, r));
+                .or_else(|| in_ring(cx, &member, r));
             match known {
                 Some(id) => Resume::After(id, r.to_string()),
                 // Unknown (evicted, from before a restart, or bogus): the
@@ -340,13 +341,13 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
             cx.end(old);
         }
     }
-    cx.stream(req, &[idx], &resume, &[]);
+    cx.stream(req, to, &resume, &[]);
 }
 
 /// The server id of the retained frame whose `id:` line is `uuid` (events
 /// that came from another node through the bus are not in the index).
-fn in_ring(cx: &Cx<'_>, idx: u32, uuid: &str) -> Option<u64> {
-    let s = cx.broker.get(idx)?;
+fn in_ring(cx: &Cx<'_>, member: &str, uuid: &str) -> Option<u64> {
+    let s = cx.broker.get(cx.broker.find(&stream_name(member))?)?;
     let f = s
         .frames_after(0)
         .find(|f| frame::leading_id(f.sse()) == Some(uuid))?;
@@ -354,9 +355,13 @@ fn in_ring(cx: &Cx<'_>, idx: u32, uuid: &str) -> Option<u64> {
 }
 
 impl Members {
-    /// A member event published through the bus got server id `id`.
+    /// A member event `uuid` got server id `id` (published here, or
+    /// arrived through the bus: both may tell, so a repeat is ignored).
     pub fn record(&mut self, member: &str, uuid: &str, id: u64) {
         if let Some(st) = self.members.get_mut(member) {
+            if st.ids.iter().rev().any(|(u, i)| *i == id && &**u == uuid) {
+                return;
+            }
             st.ids.push_back((uuid.into(), id));
             while st.ids.len() > HISTORY {
                 st.ids.pop_front();
@@ -414,7 +419,7 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
             return cx.fail(req, 400, &msg);
         }
     };
-    let Some(idx) = ensure_or_busy(cx, m, req, &member, true) else {
+    let Some(to) = ensure_or_busy(cx, m, req, &member, true) else {
         cx.counters.reject("too_many_members");
         return;
     };
@@ -426,41 +431,17 @@ fn publish(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         .id(&uuid)
         .event(&etype)
         .data(&data);
-    if cx.redis.is_some() {
-        // Through the bus, so the member's devices on every node get it.
-        cx.actions.push(Action::BusPublish(Box::new(BusPublish {
-            targets: vec![idx],
-            payloads: vec![bus_payload_raw(&bytes)],
-            reply: Deferred::Member {
-                member,
-                uuid,
-                shape: Shape::of(req, &cx.cors),
-            },
-        })));
-        return;
-    }
-    let p = match cx.publish_as(&[idx], false, |_| bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            let resp = Response::error(e.status(), &e.message());
-            let resp = if e.status() == 503 {
-                resp.header("Retry-After", "1")
-            } else {
-                resp
-            };
-            return cx.reply(req, resp);
-        }
-    };
-    if p.pressure {
-        cx.actions.push(Action::Flush);
-    }
-    if let Some(st) = m.members.get_mut(member.as_str()) {
-        st.ids.push_back((uuid.as_str().into(), p.id));
-        while st.ids.len() > HISTORY {
-            st.ids.pop_front();
-        }
-    }
-    cx.ok_json(req, &json!({ "id": uuid, "devices": p.audience }));
+    let shape = cx.shape(req);
+    cx.publish(Publish {
+        to,
+        events: vec![Body::Fixed(bytes)],
+        private: false,
+        reply: Reply::Member {
+            member,
+            uuid,
+            shape,
+        },
+    });
 }
 
 #[cfg(test)]
@@ -471,7 +452,7 @@ mod tests {
     fn event_bodies() {
         let (t, b) = parse_event(br#"{"event":{"type":"ORDER_SHIPPED","body":{"a":1}}}"#).unwrap();
         assert_eq!(t, "ORDER_SHIPPED");
-        assert_eq!(b.get("a"), Some(&json!(1)));
+        assert_eq!(b.get("a"), Some(&serde_json::json!(1)));
         let (_, b) = parse_event(br#"{"event":{"type":"PING"}}"#).unwrap();
         assert!(b.is_empty());
         for bad in [

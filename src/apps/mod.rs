@@ -71,15 +71,33 @@ impl Apps {
         }
     }
 
-    /// An event read back from a journal into internal stream `name`: the
-    /// apps rebuild what they index (the member app's uuid → id map).
-    pub fn restored(&mut self, name: &str, stream: u32, id: u64, frame: &[u8]) {
+    /// An event entered internal stream `name` (read back from a journal,
+    /// announced by the bus, published here): the apps index what they
+    /// need (the member app's uuid → id map).
+    pub fn restored(&mut self, name: &str, id: u64, frame: &[u8]) {
         if let Some(member) = name.strip_prefix(members::STREAM_PREFIX) {
             // Member frames lead with their uuid's `id:` line.
             if let Some(uuid) = crate::frame::leading_id(frame) {
-                self.members.restored(member, stream, id, uuid);
+                self.members.restored(member, id, uuid);
             }
         }
+    }
+
+    /// A member notification was published with event id `id`: index
+    /// its uuid.
+    pub fn record_member(&mut self, member: &str, uuid: &str, id: u64) {
+        self.members.record(member, uuid, id);
+    }
+
+    /// A chat message was delivered: archive it within `share` bytes;
+    /// the archives' size after.
+    pub fn archive_chat(&mut self, chat: &crate::handler::Chat, share: usize) -> usize {
+        self.mongoose.archive_chat(chat, share)
+    }
+
+    /// Bytes the chat archives hold (they share the history budget).
+    pub fn archived_bytes(&self) -> usize {
+        self.mongoose.archived_bytes()
     }
 
     /// A deletion read back from a journal: forget what indexes the stream.

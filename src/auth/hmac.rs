@@ -2,12 +2,15 @@
 //! Owns only the MAC arithmetic; it must not parse tokens, hold keys
 //! longer than a call, or compare secrets with `==` (which exits early).
 
+#[cfg(feature = "mercure")]
 use super::sha256::{sha256, Sha256};
 
+#[cfg(feature = "mercure")]
 const BLOCK: usize = 64;
 
 /// HMAC-SHA-256 of `msg` under `key`; keys longer than one block are
 /// hashed first, as RFC 2104 requires.
+#[cfg(feature = "mercure")]
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; BLOCK];
     if key.len() > BLOCK {
@@ -43,7 +46,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mercure"))]
 mod tests {
     use super::super::sha256::hex;
     use super::*;

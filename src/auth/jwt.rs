@@ -100,30 +100,18 @@ pub struct Claims {
 
 /// Verifies `token` as HS256 under `key` at `now_unix_secs`.
 pub fn verify(token: &str, key: &Key, now_unix_secs: u64) -> Result<Claims, JwtError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(JwtError::TooLarge);
-    }
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JwtError::Malformed);
-    };
-    check_header(&json_object(header)?)?;
+    legacy_claims(&verify_signature(token, key, legacy_typ)?, now_unix_secs)
+}
 
-    let sig = base64url::decode(sig, MAX_TOKEN_BYTES).map_err(|_| JwtError::Malformed)?;
-    let signed = &token.as_bytes()[..header.len() + 1 + payload.len()];
-    if !constant_time_eq(&hmac_sha256(&key.0, signed), &sig) {
-        return Err(JwtError::BadSignature);
-    }
-
-    let claims = json_object(payload)?;
+/// The time checks and the `mercure` claim of a legacy token whose
+/// signature [`verify_signature`] has checked.
+pub fn legacy_claims(claims: &Map<String, Value>, now_unix_secs: u64) -> Result<Claims, JwtError> {
     let now = now_unix_secs as f64;
-    let exp = numeric_date(&claims, "exp")?;
+    let exp = numeric_date(claims, "exp")?;
     if exp.is_some_and(|exp| exp <= now) {
         return Err(JwtError::Expired);
     }
-    if numeric_date(&claims, "nbf")?.is_some_and(|nbf| nbf > now) {
+    if numeric_date(claims, "nbf")?.is_some_and(|nbf| nbf > now) {
         return Err(JwtError::NotYetValid);
     }
     let (publish, subscribe) = match claims.get("mercure") {
@@ -139,9 +127,61 @@ pub fn verify(token: &str, key: &Key, now_unix_secs: u64) -> Result<Claims, JwtE
     })
 }
 
+/// The legacy dialect's `typ`: `JWT` in any case, or none.
+pub fn legacy_typ(typ: Option<&str>) -> bool {
+    typ.is_none_or(|t| t.eq_ignore_ascii_case("JWT"))
+}
+
+/// Checks a token's size and shape, its header (`alg` exactly `HS256`,
+/// `typ` as `typ_ok` wants it, no `crit`) and its signature, and returns
+/// the claims without looking at them: the part both dialects share.
+pub fn verify_signature(
+    token: &str,
+    key: &Key,
+    typ_ok: fn(Option<&str>) -> bool,
+) -> Result<Map<String, Value>, JwtError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed);
+    };
+    check_header(&json_object(header)?, typ_ok)?;
+
+    let sig = base64url::decode(sig, MAX_TOKEN_BYTES).map_err(|_| JwtError::Malformed)?;
+    let signed = &token.as_bytes()[..header.len() + 1 + payload.len()];
+    if !constant_time_eq(&hmac_sha256(&key.0, signed), &sig) {
+        return Err(JwtError::BadSignature);
+    }
+    json_object(payload)
+}
+
+/// The `typ` a token's header declares, read before any check, only to
+/// choose which dialect verifies it (a string, or `None` when absent).
+pub fn peek_typ(token: &str) -> Result<Option<String>, JwtError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let header = token.split('.').next().unwrap_or("");
+    match json_object(header)?.get("typ") {
+        None => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(_) => Err(JwtError::BadAlg),
+    }
+}
+
 /// Signs `claims_json` as an HS256 JWT, for tests and token tools.
 pub fn mint_hs256(claims_json: &Value, key: &Key) -> String {
-    let header = base64url::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    mint_hs256_typ(claims_json, key, "JWT")
+}
+
+/// [`mint_hs256`] with another `typ` header (`at+jwt` for draft-08).
+pub fn mint_hs256_typ(claims_json: &Value, key: &Key, typ: &str) -> String {
+    let header = serde_json::json!({"alg": "HS256", "typ": typ}).to_string();
+    let header = base64url::encode(header.as_bytes());
     let payload = base64url::encode(claims_json.to_string().as_bytes());
     let signed = format!("{header}.{payload}");
     let sig = base64url::encode(&hmac_sha256(&key.0, signed.as_bytes()));
@@ -156,14 +196,14 @@ fn json_object(part: &str) -> Result<Map<String, Value>, JwtError> {
     }
 }
 
-fn check_header(h: &Map<String, Value>) -> Result<(), JwtError> {
+fn check_header(h: &Map<String, Value>, typ_ok: fn(Option<&str>) -> bool) -> Result<(), JwtError> {
     if h.get("alg").and_then(Value::as_str) != Some("HS256") {
         return Err(JwtError::BadAlg);
     }
     match h.get("typ") {
-        None => {}
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("JWT") => {}
-        Some(_) => return Err(JwtError::BadAlg),
+        None if typ_ok(None) => {}
+        Some(Value::String(t)) if typ_ok(Some(t)) => {}
+        _ => return Err(JwtError::BadAlg),
     }
     // RFC 7515 §4.1.11: extensions we do not understand must be refused.
     if h.contains_key("crit") {
@@ -172,7 +212,8 @@ fn check_header(h: &Map<String, Value>) -> Result<(), JwtError> {
     Ok(())
 }
 
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, JwtError> {
+/// A NumericDate claim (seconds, maybe fractional); `None` when absent.
+pub fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, JwtError> {
     match claims.get(name) {
         None => Ok(None),
         Some(v) => v.as_f64().map(Some).ok_or(JwtError::BadClaims),

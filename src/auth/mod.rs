@@ -3,18 +3,29 @@
 //! token. Everything here is pure: it must not do I/O, read the clock, log
 //! tokens, or know about routing; the server passes in bytes and `now`.
 
+#[cfg(feature = "mercure")]
 pub mod base64url;
+#[cfg(feature = "mercure")]
+pub mod draft08;
 pub mod hmac;
+#[cfg_attr(not(feature = "mercure"), path = "jwt_off.rs")]
 pub mod jwt;
 pub mod selector;
+#[cfg(feature = "mercure")]
 pub mod sha256;
+#[cfg(feature = "mercure")]
+pub mod url;
+#[cfg(feature = "mercure")]
+pub mod urlpattern;
 
-pub use jwt::{mint_hs256, verify, Claims, Key};
+#[cfg(feature = "mercure")]
+pub use jwt::mint_hs256;
+pub use jwt::{verify, Claims, Key};
 pub use selector::{any_match, Selector};
 
 /// Cookie Mercure clients use for the token when no other name is set
 /// (config.rs spells the same default; it may not import this layer).
-#[cfg(test)]
+#[cfg(all(test, feature = "mercure"))]
 pub const DEFAULT_COOKIE_NAME: &str = "mercureAuthorization";
 
 /// What one request may do, with absent claims already turned into no rights.
@@ -91,7 +102,7 @@ fn cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a str> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mercure"))]
 mod tests {
     use super::*;
     use serde_json::json;

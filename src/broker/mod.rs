@@ -239,6 +239,12 @@ pub enum BrokerError {
     /// `--max-streams` streams exist that only subscribers asked for (a
     /// pool of their own, so they cannot use up the publishers' one).
     TooManyUnclaimed,
+    /// This client address holds its share of that pool already
+    /// ([`unclaimed_share`]), so one address cannot take all of it.
+    TooManyUnclaimedHere {
+        /// The share.
+        limit: usize,
+    },
     /// The name belongs to an internal stream.
     Reserved,
     /// The encoded event is larger than a history bound lets be kept.
@@ -266,6 +272,9 @@ impl BrokerError {
             BrokerError::NotFound => "no such stream (auto-creation is off)".into(),
             BrokerError::TooMany => "too many streams exist (--max-streams)".into(),
             BrokerError::TooManyUnclaimed => "too many streams exist that only subscribers asked for (--max-streams); it can be subscribed to once a publisher creates it".into(),
+            BrokerError::TooManyUnclaimedHere { limit } => format!(
+                "too many streams exist that only subscribers from your address asked for (at most {limit}: an eighth of --max-streams, at least {MIN_UNCLAIMED_SHARE}); end a subscription first, or subscribe once a publisher creates the stream"
+            ),
             BrokerError::Reserved => "that stream name is reserved".into(),
             BrokerError::TooLarge { size, limit, bound } => format!(
                 "the encoded event is {size} bytes, more than {bound} may hold ({limit} bytes); it was not published"
@@ -301,14 +310,29 @@ pub const DEFAULT_TOTAL_BYTES: usize = 256 << 20;
 /// dropped, unless told otherwise (`--stream-idle-ttl`).
 pub const DEFAULT_IDLE_TTL_US: u64 = 3_600_000_000;
 
+/// Fewest subscriber-only streams one address may hold, whatever
+/// `--max-streams` is: one subscription of the most names a connection may
+/// ask for (`--max-streams-per-conn` is at most 64) always fits.
+pub const MIN_UNCLAIMED_SHARE: usize = 64;
+
+/// The most subscriber-only streams one client address may hold: an eighth
+/// of the pool (`--max-streams`), at least [`MIN_UNCLAIMED_SHARE`]. Eight
+/// addresses are needed to fill the pool, and the streams an address made
+/// go with its subscribers, so a hog holds only while it stays connected.
+pub fn unclaimed_share(max_streams: usize) -> usize {
+    (max_streams / 8).max(MIN_UNCLAIMED_SHARE)
+}
+
 /// Who asks for streams: whether missing ones are made, and which pool
 /// (`--max-streams` each) they count against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Create {
     /// Only existing streams.
     No,
-    /// A subscriber (no credentials needed): made in the subscribers' pool.
-    Subscriber,
+    /// A subscriber (no credentials needed) from the client address with
+    /// this key (`Cx::peer_key`): made in the subscribers' pool, within the
+    /// address's share of it ([`unclaimed_share`]).
+    Subscriber(PeerKey),
     /// An authorised publisher: made, or claimed, in the publishers' pool.
     Publisher,
 }
@@ -382,6 +406,10 @@ pub struct Broker {
     public: usize,
     /// Public streams only subscribers asked for (`Claim::Subscribers`).
     unclaimed: usize,
+    /// Which address made each of those (those restored by the journal
+    /// have none), and how many each address holds.
+    unclaimed_owner: HashMap<u32, PeerKey>,
+    unclaimed_by: HashMap<PeerKey, usize>,
     /// Encoded bytes retained in every ring (a frame shared by several
     /// rings counts once per ring: an upper bound of the memory held).
     total_bytes: usize,
@@ -425,6 +453,8 @@ impl Broker {
             dirty: Vec::new(),
             public: 0,
             unclaimed: 0,
+            unclaimed_owner: HashMap::new(),
+            unclaimed_by: HashMap::new(),
             total_bytes: 0,
             app_bytes: 0,
             budget: DEFAULT_TOTAL_BYTES,
@@ -483,6 +513,24 @@ impl Broker {
     /// Public streams that only subscribers asked for.
     pub fn unclaimed(&self) -> usize {
         self.unclaimed
+    }
+
+    /// Of those, how many the address with key `peer` made.
+    pub fn unclaimed_by(&self, peer: PeerKey) -> usize {
+        self.unclaimed_by.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Forgets who made subscriber-only stream `idx` (claimed or dropped).
+    fn disown(&mut self, idx: u32) {
+        let Some(peer) = self.unclaimed_owner.remove(&idx) else {
+            return;
+        };
+        if let Some(n) = self.unclaimed_by.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.unclaimed_by.remove(&peer);
+            }
+        }
     }
 
     /// Tombstones held.
@@ -584,12 +632,25 @@ impl Broker {
         self.resolve_by(names, by, valid_topic)
     }
 
-    fn resolve_by(
-        &mut self,
+    /// Whether [`Broker::resolve_as`] (`topics`: [`Broker::resolve_topics`])
+    /// of `names` would succeed, changing nothing: a handler checks, and the
+    /// reactor resolves when it applies the decision.
+    pub fn check_resolve(
+        &self,
+        names: &[&str],
+        by: Create,
+        topics: bool,
+    ) -> Result<(), (usize, BrokerError)> {
+        let valid = if topics { valid_topic } else { valid_name };
+        self.check_by(names, by, valid)
+    }
+
+    fn check_by(
+        &self,
         names: &[&str],
         by: Create,
         valid: fn(&str) -> bool,
-    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+    ) -> Result<(), (usize, BrokerError)> {
         let (mut claimed, mut unclaimed) = (0, 0);
         for (i, n) in names.iter().enumerate() {
             if !valid(n) && self.find_public(n).is_none() {
@@ -605,17 +666,33 @@ impl Broker {
                 }
                 None => match by {
                     Create::No => return Err((i, BrokerError::NotFound)),
-                    Create::Subscriber => unclaimed += usize::from(first),
+                    Create::Subscriber(_) => unclaimed += usize::from(first),
                     Create::Publisher => claimed += usize::from(first),
                 },
             }
             if self.claimed() + claimed > self.max_streams {
                 return Err((i, BrokerError::TooMany));
             }
+            if let Create::Subscriber(peer) = by {
+                let limit = unclaimed_share(self.max_streams);
+                if unclaimed > 0 && self.unclaimed_by(peer) + unclaimed > limit {
+                    return Err((i, BrokerError::TooManyUnclaimedHere { limit }));
+                }
+            }
             if self.unclaimed + unclaimed > self.max_streams {
                 return Err((i, BrokerError::TooManyUnclaimed));
             }
         }
+        Ok(())
+    }
+
+    fn resolve_by(
+        &mut self,
+        names: &[&str],
+        by: Create,
+        valid: fn(&str) -> bool,
+    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+        self.check_by(names, by, valid)?;
         let claim = match by {
             Create::Publisher => Claim::Publisher,
             _ => Claim::Subscribers,
@@ -624,13 +701,21 @@ impl Broker {
         for n in names {
             let idx = match self.find(n) {
                 Some(i) => i,
-                None => self.insert(n, false, self.limits, claim),
+                None => {
+                    let i = self.insert(n, false, self.limits, claim);
+                    if let Create::Subscriber(peer) = by {
+                        self.unclaimed_owner.insert(i, peer);
+                        *self.unclaimed_by.entry(peer).or_insert(0) += 1;
+                    }
+                    i
+                }
             };
             if by == Create::Publisher {
                 if let Some(s) = self.streams.get_mut(idx as usize) {
                     if s.claim == Claim::Subscribers {
                         s.claim = Claim::Publisher;
                         self.unclaimed -= 1;
+                        self.disown(idx);
                     }
                 }
             }
@@ -737,6 +822,7 @@ impl Broker {
             self.public -= 1;
             if s.claim == Claim::Subscribers {
                 self.unclaimed -= 1;
+                self.disown(idx);
             }
         }
         self.total_bytes -= if self.topics.is_selector(idx) {

@@ -513,7 +513,7 @@ fn events_over_a_bound_are_refused_and_never_kept() {
 fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
     let mut b = big_broker(1 << 20, 60 * SEC, 10);
     let s = b
-        .resolve_as(&["empty", "kept"], Create::Subscriber)
+        .resolve_as(&["empty", "kept"], Create::Subscriber(0))
         .unwrap();
     assert_eq!(b.unclaimed(), 2);
     let c1 = b.subscribe(1, &s, &Resume::Live);
@@ -538,7 +538,7 @@ fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
     assert_eq!(b.total_bytes(), 0);
     check_accounting(&b);
     // Its tombstone keeps a resume honest.
-    let s2 = b.resolve_as(&["kept"], Create::Subscriber).unwrap();
+    let s2 = b.resolve_as(&["kept"], Create::Subscriber(0)).unwrap();
     let c = b.subscribe(3, &s2, &Resume::After(id - 1, "k".into()));
     assert!(c.gap.is_some());
 }
@@ -616,11 +616,11 @@ fn explicit_streams_are_kept_while_empty_until_the_ttl() {
 fn subscribers_cannot_use_up_the_publishers_pool() {
     let mut b = big_broker(1 << 20, 0, 3);
     let subs = b
-        .resolve_as(&["x1", "x2", "x3"], Create::Subscriber)
+        .resolve_as(&["x1", "x2", "x3"], Create::Subscriber(0))
         .unwrap();
     let _c = b.subscribe(1, &subs, &Resume::Live);
     assert_eq!(
-        b.resolve_as(&["x4"], Create::Subscriber),
+        b.resolve_as(&["x4"], Create::Subscriber(0)),
         Err((0, BrokerError::TooManyUnclaimed))
     );
     // An authorised publisher still creates, and claims a subscriber's
@@ -629,7 +629,7 @@ fn subscribers_cannot_use_up_the_publishers_pool() {
     assert_eq!(b.get(p[1]).unwrap().claim, Claim::Publisher);
     assert_eq!(b.unclaimed(), 2);
     // With x1 claimed, the subscribers have room again.
-    b.resolve_as(&["x4"], Create::Subscriber).unwrap();
+    b.resolve_as(&["x4"], Create::Subscriber(0)).unwrap();
     // The publishers' pool has its own bound.
     b.resolve(&["p3"], true).unwrap();
     assert_eq!(b.resolve(&["p4"], true), Err((0, BrokerError::TooMany)));
@@ -643,6 +643,49 @@ fn subscribers_cannot_use_up_the_publishers_pool() {
         b.resolve_as(&["nope"], Create::No),
         Err((0, BrokerError::NotFound))
     );
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_the_subscribers_pool() {
+    // 1024 streams: an address may make 128 only subscribers asked for.
+    let mut b = big_broker(1 << 20, 0, 1024);
+    assert_eq!(unclaimed_share(1024), 128);
+    assert_eq!(unclaimed_share(16), MIN_UNCLAIMED_SHARE);
+    let (one, two): (PeerKey, PeerKey) = (1, 7);
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let names: Vec<String> = (0..16).map(|j| format!("a{i}-{j}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        held.extend(b.resolve_as(&refs, Create::Subscriber(one)).unwrap());
+    }
+    assert_eq!(b.unclaimed_by(one), 128);
+    // One more new name is refused, all or nothing; existing ones are not.
+    assert_eq!(
+        b.resolve_as(&["a0-0", "fresh"], Create::Subscriber(one)),
+        Err((1, BrokerError::TooManyUnclaimedHere { limit: 128 }))
+    );
+    assert!(b.find("fresh").is_none());
+    b.resolve_as(&["a0-0", "a7-15"], Create::Subscriber(one))
+        .unwrap();
+    let msg = BrokerError::TooManyUnclaimedHere { limit: 128 }.message();
+    assert!(
+        msg.contains("--max-streams") && msg.contains("128"),
+        "{msg}"
+    );
+    // Another address has a share of its own, and reading another
+    // address's stream costs nothing.
+    b.resolve_as(&["b1", "a1-1"], Create::Subscriber(two))
+        .unwrap();
+    assert_eq!((b.unclaimed_by(one), b.unclaimed_by(two)), (128, 1));
+    // A publisher claiming one gives its maker room back...
+    b.resolve_as(&["a0-0"], Create::Publisher).unwrap();
+    assert_eq!(b.unclaimed_by(one), 127);
+    b.resolve_as(&["fresh"], Create::Subscriber(one)).unwrap();
+    // ...and so does a stream dropped when its last reader leaves.
+    let c = b.subscribe(1, &held[1..2], &Resume::Live);
+    b.unsubscribe(1, &c.cursors);
+    assert_eq!(b.unclaimed_by(one), 127);
+    assert_eq!(b.unclaimed(), 127 + 1);
 }
 
 #[test]
@@ -674,7 +717,7 @@ fn tombstones_are_bounded_and_forgetting_stays_honest() {
         assert!(b.tombstones() <= MAX_TOMBSTONES);
     }
     // t0's tombstone was forgotten; a resume into it still gets a gap.
-    let s = b.resolve_as(&["t0"], Create::Subscriber).unwrap();
+    let s = b.resolve_as(&["t0"], Create::Subscriber(0)).unwrap();
     let c = b.subscribe(1, &s, &Resume::After(id0 - 1, String::new()));
     assert!(c.gap.is_some());
 }
@@ -708,7 +751,7 @@ fn model_budget_accounting_holds() {
                     }
                 }
                 5 | 6 => {
-                    if let Ok(t) = b.resolve_as(&[name.as_str()], Create::Subscriber) {
+                    if let Ok(t) = b.resolve_as(&[name.as_str()], Create::Subscriber(0)) {
                         let c = b.subscribe(step, &t, &Resume::After(0, String::new()));
                         held.push((step, c.cursors));
                     }

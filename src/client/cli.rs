@@ -157,6 +157,7 @@ pub fn run_sub(args: &[String]) -> i32 {
         Ok(c) => c,
         Err(why) => return usage_error("sub", &why),
     };
+    #[cfg(feature = "env_logger")]
     let _ = env_logger::try_init();
     let json = parsed.has("--json");
     let stdout = io::stdout();

@@ -7,7 +7,7 @@
 //! (the caller passes names, frames and a `retained` predicate) nor HTTP
 //! (a [`Refused`] says why, the caller picks the status).
 
-use super::{Journal, JournalStats, Record};
+use super::{Journal, JournalStats, Record, Refused};
 
 /// Bytes a record adds on top of its frame and stream names (framing, type,
 /// id, flags, name count; rounded up).
@@ -16,39 +16,6 @@ const RECORD_OVERHEAD: u64 = 64;
 /// Slack kept below half the publish gate for the small files compaction
 /// leaves (headers, clocks, tombstones).
 const SLACK: u64 = 4096;
-
-/// Why the journal did not take an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// Larger than `--journal-bytes` can ever hold alongside the event
-    /// before it: refused for good.
-    TooLarge {
-        /// Its size as a journal record.
-        size: u64,
-        /// The largest record the budget takes.
-        limit: u64,
-    },
-    /// Over the budget until compaction frees room (asked for): retry.
-    Full,
-    /// Writing failed (disk full, I/O error); refused until it works again.
-    Failed(String),
-}
-
-impl Refused {
-    /// A message for the client.
-    pub fn message(&self) -> String {
-        match self {
-            Refused::TooLarge { size, limit } => format!(
-                "the event is {size} bytes as a journal record, more than --journal-bytes \
-                 lets one event take ({limit} bytes); it was not published"
-            ),
-            Refused::Full => {
-                "journal: --journal-bytes reached while compaction catches up; retry shortly".into()
-            }
-            Refused::Failed(m) => m.clone(),
-        }
-    }
-}
 
 /// An open journal with its publish gate.
 pub struct Link {

@@ -15,11 +15,13 @@
 mod crc32;
 mod link;
 mod record;
+mod refused;
 mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use link::{Link, Refused};
+pub use link::Link;
+pub use refused::Refused;
 // The owner validates publishes against these limits before appending.
 #[allow(unused_imports)]
 pub use record::{Record, MAX_RECORD, MAX_STREAMS};

@@ -4,8 +4,8 @@
 //! and the journal's numbers for `/stats`.
 //!
 //! It owns the journal's [`Link`], a plain field of the reactor: the
-//! reactor lends it to handlers (`Cx::journal`), which write each local
-//! event between the broker's two append phases, and writes stream
+//! publish path (`publish.rs`) writes each local event through it between
+//! the broker's two append phases, and the reactor writes stream
 //! deletions itself. The broker never sees it. This module must not fsync
 //! (the journal's thread does, and wakes the loop through the reactor's
 //! `mio::Waker`), must not block the loop (compaction reads a bounded
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use crate::apps::Apps;
 use crate::broker::Broker;
 use crate::config::{Config, FsyncPolicy};
+use crate::error::Error;
 use crate::event::PublishError;
-use crate::journal::{Fsync, Journal, JournalConfig, JournalError, Link, Record, Replay};
+use crate::journal::{Fsync, Journal, JournalConfig, Link, Record, Replay};
 use crate::stats::JournalGauges;
 
 /// Largest segment file: compaction reads about three per call on the
@@ -40,16 +41,12 @@ pub(crate) struct Opened {
 pub(crate) fn open(
     cfg: &Config,
     wake: Arc<dyn Fn() + Send + Sync>,
-) -> Result<Option<Opened>, String> {
+) -> Result<Option<Opened>, Error> {
     let Some(dir) = &cfg.data_dir else {
         return Ok(None);
     };
     if cfg.redis.is_some() {
-        return Err(
-            "--data-dir and --redis cannot be used together: Redis is the shared history \
-             of a scale-out deployment; pick one"
-                .into(),
-        );
+        return Err(Error::JournalWithRedis);
     }
     let mut jc = JournalConfig::new(dir);
     jc.fsync = match cfg.fsync {
@@ -79,19 +76,17 @@ pub(crate) fn open(
             always: cfg.fsync == FsyncPolicy::Always,
             bound: cfg.journal_bytes,
         })),
-        Err(e @ JournalError::Locked(_)) => Err(format!(
-            "{e}: another ssed is using --data-dir {}",
-            dir.display()
-        )),
-        Err(e) => Err(e.to_string()),
+        Err(source) => Err(Error::Journal {
+            dir: dir.clone(),
+            source,
+        }),
     }
 }
 
 /// The journal as the loop holds it: the link handlers write through, and
 /// what the replay at start-up found (for `/stats`).
 pub(crate) struct Durable {
-    /// Lent to handlers (`Cx::journal`) and written by the reactor itself
-    /// for stream deletions.
+    /// Written by the publish path and, for stream deletions, the reactor.
     pub link: Link,
     replay_ms: u64,
     replayed: u64,
@@ -161,11 +156,9 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Durabl
                         let _ = broker.append_as(&[t], id, &frame, private);
                     }
                 }
-                for (n, &t) in streams.iter().zip(&targets) {
-                    if n.starts_with('!') {
-                        apps.restored(n, t, id, &frame);
-                    }
-                }
+                // The apps' indexes and the hub's custom ids, as when it
+                // was first published.
+                super::publish::entered(broker, apps, &targets, id, &frame, private);
             }
             Record::Delete { stream, floor_id } => {
                 apps.forgotten(&stream);
@@ -264,7 +257,7 @@ mod tests {
         assert!(matches!(open(&cfg, wake.clone()), Ok(None)));
         cfg.data_dir = Some(std::env::temp_dir().join("ssed-durable-redis-never-created"));
         cfg.redis = Some("redis://127.0.0.1:6379".into());
-        let err = open(&cfg, wake).err().unwrap();
+        let err = open(&cfg, wake).err().unwrap().to_string();
         assert!(err.contains("--data-dir and --redis"), "{err}");
         assert!(!err.contains('\n'));
         assert!(!cfg.data_dir.unwrap().exists());

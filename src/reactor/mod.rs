@@ -9,8 +9,9 @@
 //! in parts it owns, which never name it and (but for `conn.rs`'s socket
 //! type) do no I/O: the connection machine (`proto.rs`: what bytes, time
 //! and output mean for a connection), the fan-out (`fanout.rs`), the sweep
-//! (`sweep.rs`), the timers and per-address counts. The Redis glue
-//! (`bus/mod.rs`) still extends the driver (`tests/it/layers.rs`).
+//! (`sweep.rs`), the timers and per-address counts. The publish path
+//! (`publish.rs`) and the Redis glue (`bus/mod.rs`) still extend the
+//! driver (`tests/it/layers.rs`).
 //!
 //! One loop turn: poll (until the nearest timer) → handle readiness
 //! (accept, read + route requests, drain writes) → fire due timers (a
@@ -27,16 +28,20 @@
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
-//! | `peers.rs` | per-address connection counts |
+//! | `peers.rs` | per-address connection counts and unfinished-request bytes |
+//! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
 //! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
 
+#[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
 mod conn;
+#[cfg_attr(not(feature = "journal"), path = "durable_off.rs")]
 mod durable;
 mod fanout;
 pub(crate) mod listen;
 mod peers;
 mod proto;
+mod publish;
 mod sweep;
 pub(crate) mod timer;
 
@@ -57,6 +62,7 @@ use slab::Slab;
 use crate::apps::Apps;
 use crate::broker::{Broker, Limits};
 use crate::config::Config;
+use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::frame;
 use crate::handler::{Action, Cx};
@@ -187,32 +193,27 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    pub fn bind(cfg: Config) -> io::Result<Bound> {
-        let users = Apps::load_users(&cfg)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    pub fn bind(cfg: Config) -> Result<Bound, Error> {
+        // An embedder's Config skips `from_args`, which checks this too.
+        cfg.check_features()?;
+        let users = Apps::load_users(&cfg).map_err(Error::Users)?;
         let redis = match cfg.redis.as_deref() {
             Some(u) => {
-                let bad = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-                let url = u
-                    .parse::<crate::bus::RedisUrl>()
-                    .map_err(|e| bad(e.to_string()))?;
+                let url = u.parse::<crate::bus::RedisUrl>().map_err(Error::RedisUrl)?;
                 // Once, here: a lookup on the loop at every reconnect would
                 // stall every connection while the resolver waits.
-                let target =
-                    bus::Target::resolve(&url.addr).map_err(|e| bad(format!("--redis: {e}")))?;
+                let target = bus::Target::resolve(&url.addr).map_err(Error::RedisHost)?;
                 Some((url, target))
             }
             None => None,
         };
-        let auth = crate::access::Access::from_config(&cfg)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let auth = crate::access::Access::from_config(&cfg).map_err(Error::Access)?;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for (i, a) in cfg.listen.iter().enumerate() {
-            let cannot =
-                |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"));
+            let cannot = |source| Error::Listen { addr: *a, source };
             let mut l = if cfg.reuse_port {
                 TcpListener::from_std(
                     listen::bind_reuse_port(*a, Some(LISTEN_BACKLOG)).map_err(cannot)?,
@@ -254,10 +255,9 @@ impl Bound {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = s.waker.wake();
         });
-        // A data directory that cannot be used is a usage error (exit 2),
-        // reported before anything is served.
-        let journal = durable::open(&cfg, wake)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // A data directory that cannot be used is reported before anything
+        // is served.
+        let journal = durable::open(&cfg, wake)?;
         if cfg.handle_signals {
             install_signal_handlers(&shared);
         }
@@ -493,7 +493,9 @@ impl Reactor {
                     }
                 }
             }
+            let mut stirred = !events.is_empty();
             while let Some((when, t)) = self.timers.pop_due(self.clock.now_ms) {
+                stirred |= t != Timer::Expire;
                 match t {
                     Timer::Sweep => self.sweep(when),
                     Timer::ResumeAccept => {
@@ -506,6 +508,9 @@ impl Reactor {
                     Timer::Expire => self.expire_streams(),
                     Timer::Tick { key, gen } => self.on_tick(key, gen),
                 }
+            }
+            if stirred {
+                self.stir_expire();
             }
             self.bus_timer();
             self.release_held();
@@ -605,15 +610,25 @@ impl Reactor {
             .get(key as usize)
             .and_then(|c| self.peers.ip(c.peer));
         let via_proxy = peer.is_some_and(|p| self.cfg.trusted_proxies.contains(&p));
-        self.context_for(key, peer, via_proxy)
+        self.context_for(
+            key,
+            Client {
+                peer,
+                via_proxy,
+                unnamed: false,
+            },
+        )
     }
 
-    /// A handler context whose client is `peer` (the forwarded one, when
-    /// `via_proxy`).
-    fn context_for(&mut self, key: u32, peer: Option<std::net::IpAddr>, via_proxy: bool) -> Cx<'_> {
+    /// A handler context for `client` (see [`Reactor::client_of`]).
+    fn context_for(&mut self, key: u32, client: Client) -> Cx<'_> {
+        let Client {
+            peer,
+            via_proxy,
+            unnamed,
+        } = client;
         Cx {
-            broker: &mut self.broker,
-            journal: self.durable.as_mut().map(|d| &mut d.link),
+            broker: &self.broker,
             cfg: &self.cfg,
             access: &self.auth,
             counters: &mut self.counters,
@@ -622,6 +637,7 @@ impl Reactor {
             unix_us: self.clock.unix_us(),
             conn: key,
             peer,
+            unnamed,
             via_proxy,
             cors: Vec::new(),
             redis: self.bus.as_ref().map(bus::Link::up),
@@ -639,38 +655,17 @@ impl Reactor {
                 Command::Publish(stream, ev, reply) => {
                     let before = self.journal_ticket();
                     let mut cx = self.context(u32::MAX);
-                    let res = crate::api::publish_event(&mut cx, &stream, &ev);
-                    let mut actions = std::mem::take(&mut cx.actions);
-                    if let Err(e) = &res {
-                        log::debug!("library publish to {stream:?} refused: {e}");
-                    }
-                    let res = match res {
-                        // Through the bus: answered when Redis has the id
-                        // (--redis and --data-dir are never both set).
-                        Ok(None) => {
-                            for a in std::mem::take(&mut actions) {
-                                match a {
-                                    Action::BusPublish(bp) => {
-                                        self.bus_publish(None, Some(reply.clone()), *bp)
-                                    }
-                                    a => actions.push(a),
-                                }
-                            }
-                            self.act(u32::MAX, actions);
-                            continue;
+                    let decided = crate::api::publish_event(&mut cx, &stream, &ev);
+                    match decided {
+                        Ok(p) => {
+                            self.hold_from = self.durable.is_some().then_some(before);
+                            self.publish(publish::To::Library(reply), p);
+                            self.hold_from = None;
                         }
-                        Ok(Some(id)) => Ok(id),
-                        Err(e) => Err(e),
-                    };
-                    self.act(u32::MAX, actions);
-                    match self.durable.as_ref().and_then(|d| d.link.must_wait(before)) {
-                        Some(ticket) => {
-                            self.held
-                                .push_back(durable::Held::Lib { ticket, reply, res })
-                        }
-                        // The publisher may have stopped waiting.
-                        None => {
-                            let _ = reply.send(res);
+                        Err(e) => {
+                            log::debug!("library publish to {stream:?} refused: {e}");
+                            // The publisher may have stopped waiting.
+                            let _ = reply.send(Err(e));
                         }
                     }
                 }
@@ -682,24 +677,9 @@ impl Reactor {
     fn act(&mut self, key: u32, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Respond { bytes, close } => {
-                    let wait = self
-                        .hold_from
-                        .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
-                    match wait {
-                        Some(ticket) => self.hold(key, ticket, bytes, close),
-                        None => self.respond(key, &bytes, close),
-                    }
-                }
-                Action::Stream {
-                    head,
-                    chunked,
-                    prelude,
-                    cursors,
-                    until,
-                } => self.start_stream(key, &head, chunked, &prelude, cursors, until),
-                Action::BusPublish(bp) => self.bus_publish(Some(key), None, *bp),
-                Action::BusStream(bs) => self.bus_stream(key, *bs),
+                Action::Respond { bytes, close } => self.answer(key, bytes, close),
+                Action::Subscribe(s) => self.subscribe(key, *s),
+                Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
                 Action::Tick {
                     head,
                     chunked,
@@ -727,7 +707,16 @@ impl Reactor {
                 }
                 Action::End(k) => self.end_stream(k),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
-                Action::Flush => self.flush_dirty(usize::MAX),
+                Action::CreateStream { name, shape } => {
+                    let resp = match self.broker.create(&name) {
+                        Ok((idx, created)) => {
+                            crate::api::created_stream(&self.broker, idx, created)
+                        }
+                        // Checked by the handler in this same turn.
+                        Err(e) => Response::error(crate::handler::status(&e), &e.message()),
+                    };
+                    self.answer(key, shape.encode(resp), !shape.keep_alive);
+                }
                 Action::Stats {
                     prometheus,
                     http10,
@@ -759,6 +748,35 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Subscribes connection `key`: finds or makes its streams, then
+    /// plans it from this node's history and starts its stream (with
+    /// `--redis`, `bus_stream` may load history first).
+    fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+        let targets = match publish::resolve(&mut self.broker, &s.to) {
+            Ok((t, _)) => t,
+            Err(f) => {
+                // A full selector pool (names were checked by the handler).
+                if let Some(r) = f.reason {
+                    self.counters.reject(r);
+                }
+                let resp = Response::error(f.status, &f.msg);
+                let close = !s.shape.keep_alive;
+                return self.answer(key, s.shape.encode(resp), close);
+            }
+        };
+        if self.bus.is_some() {
+            return self.bus_stream(key, &targets, s);
+        }
+        let c = self
+            .broker
+            .subscribe_as(key, &targets, &s.sees_private, &s.resume);
+        let mut prelude = s.prelude;
+        if let Some(g) = &c.gap {
+            prelude.extend_from_slice(g);
+        }
+        self.start_stream(key, &s.head, s.chunked, &prelude, c.cursors, s.until);
     }
 
     /// Turns connection `key` into an event stream reading `cursors`.
@@ -996,7 +1014,20 @@ impl Reactor {
     fn expire_streams(&mut self) {
         let now = self.clock.unix_us();
         let done = self.broker.expire(now, sweep::STREAM_SLICE);
+        let unread = |(_, s): (u32, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
+        if done && !self.broker.iter().any(unread) {
+            self.sweep.rest_expire();
+            return;
+        }
         self.schedule_expire(!done);
+    }
+
+    /// The loop woke for something other than the lifecycle sweep: a
+    /// resting sweep starts again (after its usual rest).
+    fn stir_expire(&mut self) {
+        if self.sweep.stir_expire() {
+            self.schedule_expire(false);
+        }
     }
 
     /// Whether a timer entry still means something: the current sweep, any
@@ -1104,7 +1135,7 @@ impl Reactor {
     /// requests already buffered, then read on.
     fn resume_reading(&mut self, key: u32) {
         let held = match self.conns.get_mut(key as usize) {
-            Some(c) => c.take_request(&mut self.memory),
+            Some(c) => c.take_request(&mut self.memory, &mut self.peers),
             None => None,
         };
         if let Some(buf) = held {
@@ -1119,7 +1150,7 @@ impl Reactor {
     /// Puts an unfinished request back into its connection.
     fn put_request(&mut self, key: u32, b: Box<ReqBuf>) {
         if let Some(c) = self.conns.get_mut(key as usize) {
-            c.put_request(b, &mut self.memory);
+            c.put_request(b, &mut self.memory, &mut self.peers);
         }
     }
 
@@ -1158,7 +1189,8 @@ impl Reactor {
                 continue;
             };
             conn.input_began();
-            let pending = conn.take_request(&mut self.memory);
+            let peer = conn.peer;
+            let pending = conn.take_request(&mut self.memory, &mut self.peers);
             let feed = match Feed::new(pending, &rbuf[..n], &self.rules) {
                 Ok(f) => f,
                 Err(r) => return self.refuse(key, r),
@@ -1166,17 +1198,25 @@ impl Reactor {
             let Some(rest) = self.process(key, feed) else {
                 continue;
             };
-            if !proto::request_fits(&mut self.memory, rest.data.len()) {
+            let fits = proto::request_fits(
+                &mut self.memory,
+                &self.peers,
+                peer,
+                rest.data.len(),
+                &self.rules,
+            );
+            if let Err(full) = fits {
                 // Many peers each holding a large unfinished request: refuse
                 // this one rather than let the sum grow with the peer count.
-                return self.refuse(key, Refuse::BUFFERS);
+                self.counters.reject(full.reason());
+                return self.respond(key, &full.encode(), true);
             }
             let now = self.clock.now_tick();
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
             };
             let new_request = was_idle || conn.idle();
-            conn.put_request(rest, &mut self.memory);
+            conn.put_request(rest, &mut self.memory, &mut self.peers);
             if let Some(d) = conn.holding(new_request, now, &self.rules) {
                 self.set_deadline(key, d);
             }
@@ -1222,16 +1262,21 @@ impl Reactor {
                 feed.discard();
                 break;
             }
-            let Some((client, via_proxy)) = self.client_of(key, &req) else {
+            let Some(client) = self.client_of(key, &req) else {
                 feed.discard();
                 break;
             };
             let mut apps = std::mem::take(&mut self.apps);
             let before = self.journal_ticket();
-            let mut cx = self.context_for(key, client, via_proxy);
+            let mut cx = self.context_for(key, client);
             crate::router::handle(&mut cx, &mut apps, &req);
             let actions = std::mem::take(&mut cx.actions);
             self.apps = apps;
+            // The archives the request changed share the history budget.
+            let archived = self.apps.archived_bytes();
+            if archived != self.broker.app_bytes() {
+                self.broker.set_app_bytes(archived);
+            }
             self.hold_from = self.durable.is_some().then_some(before);
             self.act(key, actions);
             self.hold_from = None;
@@ -1247,13 +1292,8 @@ impl Reactor {
 
     /// The client of a request (see `proto::client_of`); `None`, with a
     /// 503 sent, when its forwarded address is over
-    /// `--max-connections-per-ip`. The flag says the forwarding headers
-    /// were a trusted proxy's.
-    fn client_of(
-        &mut self,
-        key: u32,
-        req: &http::Request<'_>,
-    ) -> Option<(Option<std::net::IpAddr>, bool)> {
+    /// `--max-connections-per-ip`.
+    fn client_of(&mut self, key: u32, req: &http::Request<'_>) -> Option<Client> {
         let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
         let c = proto::client_of(
             key,
@@ -1268,7 +1308,16 @@ impl Reactor {
                 if let (Some(c), Some(proxy)) = (c.counted, peer) {
                     log::debug!("connection {key}: client {c} via proxy {proxy}");
                 }
-                Some((c.ip, c.via_proxy))
+                if let (true, Some(proxy)) = (c.unnamed, peer) {
+                    log::debug!(
+                        "connection {key}: proxy {proxy} named no client; pooled under its address"
+                    );
+                }
+                Some(Client {
+                    peer: c.ip,
+                    via_proxy: c.via_proxy,
+                    unnamed: c.unnamed,
+                })
             }
             Err(r) => {
                 self.refuse(key, r);
@@ -1297,7 +1346,7 @@ impl Reactor {
         if !self.token_exp.is_empty() {
             self.token_exp.remove(&key);
         }
-        match c.close(&mut self.memory) {
+        match c.close(&mut self.memory, &mut self.peers) {
             proto::Closed::Already => return,
             proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
             proto::Closed::Now(None) => {}
@@ -1346,7 +1395,7 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
-        if !c.refuse_output(nothing_sent, now, &mut self.memory) {
+        if !c.refuse_output(nothing_sent, now, &mut self.memory, &mut self.peers) {
             self.close(key);
         }
     }
@@ -1412,7 +1461,7 @@ impl Reactor {
         self.queue(key, bytes, true);
         if close {
             if let Some(c) = self.conns.get_mut(key as usize) {
-                c.last_response(&mut self.memory);
+                c.last_response(&mut self.memory, &mut self.peers);
             }
         }
         self.after_write(key);
@@ -1519,7 +1568,7 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key as usize) else {
             return false;
         };
-        if !c.begin_stream(chunked, &mut self.memory) {
+        if !c.begin_stream(chunked, &mut self.memory, &mut self.peers) {
             return false;
         }
         self.send(key, head);
@@ -1773,6 +1822,17 @@ impl Reactor {
         self.send_sse(key, frame::HEARTBEAT);
         self.after_stream_write(key);
     }
+}
+
+/// Who a request is from, for its handler context.
+#[derive(Clone, Copy)]
+struct Client {
+    /// The address per-address pools count it under (see `Cx::peer`).
+    peer: Option<std::net::IpAddr>,
+    /// A `--trusted-proxy` sent it.
+    via_proxy: bool,
+    /// That proxy named no usable client: `peer` is the proxy's own.
+    unnamed: bool,
 }
 
 /// Whether a timer entry still means something (see `Reactor::timer_live`).

@@ -28,6 +28,9 @@ use crate::config::Config;
 use crate::http::{self, HttpError, Parsed, Response};
 use crate::memory::{Account, Kind, Refusal};
 
+/// What one unfinished request may hold past `--max-header-bytes` +
+/// `--max-body` (chunk framing, the start of a pipelined next request).
+const MAX_REQUEST_SLACK: usize = 64 << 10;
 /// Output a pipelining client may have queued before its input is paused.
 pub const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 /// Connections admitted past `--max-connections` to answer `/healthz`
@@ -75,7 +78,7 @@ impl Rules {
                 max_header_bytes: cfg.max_header_bytes,
                 max_body: cfg.max_body,
             },
-            max_request: cfg.max_header_bytes + cfg.max_body + (64 << 10),
+            max_request: cfg.max_header_bytes + cfg.max_body + MAX_REQUEST_SLACK,
             max_connections,
             per_ip: cfg.max_connections_per_ip,
             trusted: cfg.trusted_proxies.clone(),
@@ -294,16 +297,69 @@ impl<'r> Feed<'r> {
     }
 }
 
-/// Whether `more` bytes of unfinished requests still fit the memory
-/// account (its `requests` limit, `--memory-max`); a refusal is counted
-/// there. What fits is lent until [`Conn::put_request`] charges it.
-pub fn request_fits(mem: &mut Account, more: usize) -> bool {
+/// Why an unfinished request may not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferFull {
+    /// All connections together hold the request-buffer budget.
+    All,
+    /// This connection's address holds its share (the figure).
+    Address(usize),
+}
+
+impl BufferFull {
+    /// The rejection counter.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BufferFull::All => Refuse::BUFFERS.reason,
+            BufferFull::Address(_) => "buffer_share_per_ip",
+        }
+    }
+    /// The 503 to send (the connection closes after it).
+    pub fn encode(self) -> Vec<u8> {
+        match self {
+            BufferFull::All => Refuse::BUFFERS.encode(),
+            BufferFull::Address(share) => {
+                let msg = format!("your address is holding too many unfinished requests (at most {share} bytes, an eighth of the server's request-buffer budget); finish or close one, then retry");
+                Response::error(503, &msg)
+                    .header("Retry-After", "1")
+                    .encode(false, false, false)
+            }
+        }
+    }
+}
+
+/// The most of the request-buffer budget one client address may hold:
+/// an eighth (8 MiB of the default 64 MiB), and at least one largest
+/// request, so 64 slow uploads of one address cannot take it all.
+pub fn request_share(mem: &Account, rules: &Rules) -> usize {
+    (mem.limits().of(Kind::Requests) / 8).max(rules.max_request)
+}
+
+/// Whether a connection of the address in `peer` (its slot in `peers`)
+/// may hold `more` bytes of an unfinished request: within its address's
+/// share ([`request_share`]; a trusted proxy, which carries many clients
+/// and whose nginx buffers bodies itself, has only the global budget), and
+/// within the memory account (its `requests` limit, `--memory-max`; a
+/// refusal is counted there). What fits is lent until
+/// [`Conn::put_request`] charges it.
+pub fn request_fits(
+    mem: &mut Account,
+    peers: &Peers,
+    peer: u32,
+    more: usize,
+    rules: &Rules,
+) -> Result<(), BufferFull> {
+    let proxy = peers.ip(peer).is_some_and(|ip| rules.trusts(&ip));
+    let share = request_share(mem, rules);
+    if !proxy && peers.requests(peer).saturating_add(more) > share {
+        return Err(BufferFull::Address(share));
+    }
     match mem.charge(Kind::Requests, more) {
         Ok(()) => {
             mem.lend(Kind::Requests, more);
-            true
+            Ok(())
         }
-        Err(_) => false,
+        Err(_) => Err(BufferFull::All),
     }
 }
 
@@ -362,18 +418,19 @@ impl<S> Conn<S> {
 
     /// Takes its unfinished request out (to parse it with new bytes); what
     /// it held is lent from the memory account until put back.
-    pub fn take_request(&mut self, mem: &mut Account) -> Option<Box<ReqBuf>> {
+    pub fn take_request(&mut self, mem: &mut Account, peers: &mut Peers) -> Option<Box<ReqBuf>> {
         let State::Reading { buf, .. } = &mut self.state else {
             return None;
         };
         let b = buf.take()?;
         mem.lend(Kind::Requests, b.data.len());
+        peers.let_go(self.peer, b.data.len());
         Some(b)
     }
 
     /// Puts an unfinished request back, unless the connection has moved on
     /// (streaming, closing), in which case it is dropped.
-    pub fn put_request(&mut self, b: Box<ReqBuf>, mem: &mut Account) {
+    pub fn put_request(&mut self, b: Box<ReqBuf>, mem: &mut Account, peers: &mut Peers) {
         if b.data.is_empty() {
             return;
         }
@@ -383,6 +440,7 @@ impl<S> Conn<S> {
         {
             // Checked by `request_fits` when it grew; put back whatever it is.
             mem.force(Kind::Requests, b.data.len());
+            peers.hold(self.peer, b.data.len());
             *slot = Some(b);
         }
     }
@@ -491,6 +549,13 @@ impl<S> Conn<S> {
 const OUTPUT_FULL_MSG: &str =
     "server is holding too many unsent responses (--memory-max); retry later";
 
+/// An unfinished request of the address in `peer` is let go: its bytes go
+/// back to the memory account and to the address's share.
+fn let_go(mem: &mut Account, peers: &mut Peers, peer: u32, b: &ReqBuf) {
+    mem.release(Kind::Requests, b.data.len());
+    peers.let_go(peer, b.data.len());
+}
+
 /// What `Conn::close` left behind.
 #[derive(Debug)]
 pub enum Closed {
@@ -521,11 +586,11 @@ pub enum Drained {
 impl<S> Conn<S> {
     /// Marks it closing (freed at the end of the turn), giving back its
     /// request buffer.
-    pub fn close(&mut self, mem: &mut Account) -> Closed {
+    pub fn close(&mut self, mem: &mut Account, peers: &mut Peers) -> Closed {
         match std::mem::replace(&mut self.state, State::Closing) {
             State::Closing => return Closed::Already,
             State::Streaming(cursors) => return Closed::Now(Some(cursors)),
-            State::Reading { buf: Some(b), .. } => mem.release(Kind::Requests, b.data.len()),
+            State::Reading { buf: Some(b), .. } => let_go(mem, peers, self.peer, &b),
             _ => {}
         }
         Closed::Now(None)
@@ -565,7 +630,13 @@ impl<S> Conn<S> {
     /// bound: it is small and one per connection) and `true`; for anything
     /// else (a stream's bytes, a response already begun) `false`: the
     /// connection must close.
-    pub fn refuse_output(&mut self, nothing_sent: bool, now: Tick, mem: &mut Account) -> bool {
+    pub fn refuse_output(
+        &mut self,
+        nothing_sent: bool,
+        now: Tick,
+        mem: &mut Account,
+        peers: &mut Peers,
+    ) -> bool {
         let answerable = nothing_sent
             && self.out.is_none()
             && matches!(self.state, State::Reading { .. } | State::Draining);
@@ -573,7 +644,7 @@ impl<S> Conn<S> {
             return false;
         }
         if let State::Reading { buf: Some(b), .. } = &self.state {
-            mem.release(Kind::Requests, b.data.len());
+            let_go(mem, peers, self.peer, b);
         }
         self.state = State::Draining;
         let resp = Response::error(503, OUTPUT_FULL_MSG)
@@ -591,10 +662,10 @@ impl<S> Conn<S> {
 
     /// A final response was queued: the connection reads no more requests
     /// and closes once it is out.
-    pub fn last_response(&mut self, mem: &mut Account) {
+    pub fn last_response(&mut self, mem: &mut Account, peers: &mut Peers) {
         if let State::Reading { buf, .. } = &mut self.state {
             if let Some(b) = buf.take() {
-                mem.release(Kind::Requests, b.data.len());
+                let_go(mem, peers, self.peer, &b);
             }
             self.state = State::Draining;
         }
@@ -602,11 +673,11 @@ impl<S> Conn<S> {
 
     /// A stream's response begins (its head is sent next): input is
     /// discarded from now on. `false` if it is not reading requests.
-    pub fn begin_stream(&mut self, chunked: bool, mem: &mut Account) -> bool {
+    pub fn begin_stream(&mut self, chunked: bool, mem: &mut Account, peers: &mut Peers) -> bool {
         match &mut self.state {
             State::Reading { buf, .. } => {
                 if let Some(b) = buf.take() {
-                    mem.release(Kind::Requests, b.data.len());
+                    let_go(mem, peers, self.peer, &b);
                 }
             }
             _ => return false,
@@ -781,6 +852,10 @@ pub struct Client {
     pub ip: Option<IpAddr>,
     /// The forwarding headers were a trusted proxy's.
     pub via_proxy: bool,
+    /// The proxy named no usable client (`for=unknown`, a name, garbage):
+    /// `ip` is the proxy's own, under which per-address pools count it,
+    /// so a client cannot leave every pool by hiding its address.
+    pub unnamed: bool,
     /// A client newly counted under its forwarded address.
     pub counted: Option<IpAddr>,
 }
@@ -802,12 +877,14 @@ pub fn client_of(
         return Ok(Client {
             ip: peer,
             via_proxy: false,
+            unnamed: false,
             counted: None,
         });
     };
-    let client = match crate::access::forwarded_client(req, &rules.trusted) {
-        None => Some(proxy),
-        Some(c) => c,
+    let (client, unnamed) = match crate::access::forwarded_client(req, &rules.trusted) {
+        None => (Some(proxy), false),
+        Some(Some(c)) => (Some(c), false),
+        Some(None) => (None, true),
     };
     let held = proxied.get(&key).copied();
     let held_ip = held.and_then(|s| peers.ip(s));
@@ -826,8 +903,9 @@ pub fn client_of(
         }
     }
     Ok(Client {
-        ip: client,
+        ip: client.or(Some(proxy)),
         via_proxy: true,
+        unnamed,
         counted,
     })
 }
@@ -901,7 +979,7 @@ mod tests {
             return (Vec::new(), None);
         };
         c.input_began();
-        let mut f = Feed::new(c.take_request(m), bytes, r).unwrap();
+        let mut f = Feed::new(c.take_request(m, &mut Peers::default()), bytes, r).unwrap();
         let mut routed = Vec::new();
         let mut deadline = None;
         while let Step::Request(req) = f.next(Some(&c.state)) {
@@ -910,7 +988,7 @@ mod tests {
         }
         if let Some(rest) = f.finish() {
             let new_request = was_idle || c.idle();
-            c.put_request(rest, m);
+            c.put_request(rest, m, &mut Peers::default());
             deadline = c.holding(new_request, now, r).or(deadline);
         }
         (routed, deadline)
@@ -1209,6 +1287,7 @@ mod tests {
             Client {
                 ip: Some(direct),
                 via_proxy: false,
+                unnamed: false,
                 counted: None
             }
         );
@@ -1249,9 +1328,66 @@ mod tests {
             Client {
                 ip: Some(proxy),
                 via_proxy: true,
+                unnamed: false,
                 counted: None
             }
         );
+        // A proxy that names no usable client: pooled under the proxy's
+        // address, not counted.
+        let c = client_of(
+            5,
+            Some(proxy),
+            &parse(b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=unknown\r\n\r\n"),
+            &mut peers,
+            &mut proxied,
+            &r,
+        );
+        assert_eq!(
+            c.unwrap(),
+            Client {
+                ip: Some(proxy),
+                via_proxy: true,
+                unnamed: true,
+                counted: None
+            }
+        );
+    }
+
+    #[test]
+    fn each_address_holds_at_most_its_share_of_request_buffers() {
+        let r = rules();
+        // A 64 MiB request budget: an eighth, 8 MiB, per address.
+        let mut m = Account::new(crate::memory::Limits::new(1 << 30, 1 << 20, 64 << 20));
+        let share = request_share(&m, &r);
+        assert_eq!(share, 8 << 20);
+        let mut peers = Peers::default();
+        let a = peers.add([192, 0, 2, 1].into(), 10).unwrap();
+        let b = peers.add([192, 0, 2, 2].into(), 10).unwrap();
+        let proxy = peers.add("10.0.0.1".parse().unwrap(), 10).unwrap();
+        // Connection of `a` holds 6 MiB of an unfinished request.
+        let mut c = conn();
+        c.peer = a;
+        let held = Box::new(ReqBuf {
+            data: vec![b'x'; 6 << 20],
+            scan: http::Scan::default(),
+        });
+        assert_eq!(request_fits(&mut m, &peers, a, 6 << 20, &r), Ok(()));
+        c.put_request(held, &mut m, &mut peers);
+        assert_eq!(peers.requests(a), 6 << 20);
+        // 3 MiB more of `a` passes its share; of `b` or the proxy it fits.
+        let e = request_fits(&mut m, &peers, a, 3 << 20, &r);
+        assert_eq!(e, Err(BufferFull::Address(share)));
+        assert_eq!(e.unwrap_err().reason(), "buffer_share_per_ip");
+        let wire = String::from_utf8(e.unwrap_err().encode()).unwrap();
+        assert!(wire.starts_with("HTTP/1.1 503 ") && wire.contains("at most 8388608 bytes"));
+        assert_eq!(request_fits(&mut m, &peers, b, 3 << 20, &r), Ok(()));
+        assert_eq!(request_fits(&mut m, &peers, proxy, 9 << 20, &r), Ok(()));
+        // Taken out to parse, then closed: `a` holds nothing any more.
+        let b = c.take_request(&mut m, &mut peers).unwrap();
+        assert_eq!(peers.requests(a), 0);
+        c.put_request(b, &mut m, &mut peers);
+        assert!(matches!(c.close(&mut m, &mut peers), Closed::Now(None)));
+        assert_eq!(peers.requests(a), 0);
     }
 
     #[test]
@@ -1274,7 +1410,7 @@ mod tests {
         let mut fresh = conn();
         let r = fresh.keep_unsent(&huge, 3, &mut m).unwrap_err();
         assert_eq!(r.kind(), Kind::Output);
-        assert!(fresh.refuse_output(true, 3, &mut m));
+        assert!(fresh.refuse_output(true, 3, &mut m, &mut Peers::default()));
         assert!(matches!(fresh.state, State::Draining));
         let wire = fresh.out.as_ref().unwrap().slices()[1].to_vec();
         assert!(wire.starts_with(b"HTTP/1.1 503 "));
@@ -1282,10 +1418,16 @@ mod tests {
         // ...anything else closes: a stream's bytes, or a begun response.
         let mut s = conn();
         s.state = streaming();
-        assert!(!s.refuse_output(true, 3, &mut m));
-        assert!(!c.refuse_output(true, 3, &mut m));
-        assert!(matches!(s.close(&mut m), Closed::Now(Some(_))));
-        assert!(matches!(s.close(&mut m), Closed::Already));
+        assert!(!s.refuse_output(true, 3, &mut m, &mut Peers::default()));
+        assert!(!c.refuse_output(true, 3, &mut m, &mut Peers::default()));
+        assert!(matches!(
+            s.close(&mut m, &mut Peers::default()),
+            Closed::Now(Some(_))
+        ));
+        assert!(matches!(
+            s.close(&mut m, &mut Peers::default()),
+            Closed::Already
+        ));
     }
 
     #[test]
@@ -1302,10 +1444,13 @@ mod tests {
             paused: false,
         };
         m.force(Kind::Requests, 6);
-        assert!(c.begin_stream(true, &mut m));
+        assert!(c.begin_stream(true, &mut m, &mut Peers::default()));
         assert_eq!(m.used(Kind::Requests), 0);
         assert_eq!(c.read_mode(), ReadMode::Discard);
-        assert!(!c.begin_stream(true, &mut m), "only from reading");
+        assert!(
+            !c.begin_stream(true, &mut m, &mut Peers::default()),
+            "only from reading"
+        );
         c.state = streaming();
         let (left, chunked) = c.end_stream().unwrap();
         assert!(left.is_some() && chunked && !c.chunked);
@@ -1342,7 +1487,7 @@ mod tests {
         assert_eq!(c.drained(false), Drained::Nothing);
         let mut m = mem();
         c.state = State::reading();
-        c.last_response(&mut m);
+        c.last_response(&mut m, &mut Peers::default());
         assert!(matches!(c.state, State::Draining));
         assert_eq!(c.drained(false), Drained::Write { resume: false });
     }

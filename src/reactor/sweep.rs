@@ -10,7 +10,10 @@
 //!
 //! The stream lifecycle has its own, slower sweep: `Broker::expire` over
 //! [`STREAM_SLICE`] stream slots per turn, a pass every quarter of
-//! `--stream-idle-ttl` (between 250 ms and 60 s).
+//! `--stream-idle-ttl` (between 250 ms and 60 s). It rests when a pass
+//! finds every stream read (or internal): then none can expire until a
+//! subscriber leaves or a stream appears, which only a wakeup for
+//! something else brings, so an idle node sleeps without a timeout.
 //!
 //! This part only keeps the walk's position and says when the next step
 //! runs and which connections are due; what a due deadline means is the
@@ -42,6 +45,9 @@ pub struct Sweep {
     pos: Option<usize>,
     /// The earliest deadline seen (or set) during the round.
     next: Tick,
+    /// The lifecycle sweep rests (no `Timer::Expire` scheduled) until the
+    /// loop wakes for something else.
+    expire_resting: bool,
 }
 
 impl Sweep {
@@ -117,6 +123,19 @@ impl Sweep {
         self.pos = None;
         let next = self.next;
         self.want(next)
+    }
+}
+
+impl Sweep {
+    /// The lifecycle sweep found nothing that could expire: it rests.
+    pub fn rest_expire(&mut self) {
+        self.expire_resting = true;
+    }
+
+    /// The loop woke for something else: whether a resting lifecycle sweep
+    /// must be scheduled again.
+    pub fn stir_expire(&mut self) -> bool {
+        std::mem::take(&mut self.expire_resting)
     }
 }
 
@@ -225,6 +244,12 @@ mod tests {
 
     #[test]
     fn the_stream_sweep_rests_between_passes() {
+        // A resting sweep is stirred once.
+        let mut s = Sweep::default();
+        assert!(!s.stir_expire());
+        s.rest_expire();
+        assert!(s.stir_expire());
+        assert!(!s.stir_expire());
         let ttl = std::time::Duration::from_secs(8);
         assert_eq!(expire_at(1000, ttl, false), 3000);
         assert_eq!(expire_at(1000, ttl, true), 1000);

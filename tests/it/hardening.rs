@@ -1012,9 +1012,12 @@ fn partial_request_bodies_cost_at_most_their_limit_each() {
     let idle_rss = proc_status_bytes(pid, "VmRSS");
     let mut body = b"POST /events?stream=held HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 1048576\r\n\r\n".to_vec();
     body.resize(body.len() + (1 << 20) - 1, b'h');
+    // From 10 addresses, each within its share of the request budget (an
+    // eighth, 8 MiB).
     let held: Vec<TcpStream> = (0..N)
-        .map(|_| {
-            let mut c = TcpStream::connect(s.addr).unwrap();
+        .map(|i| {
+            let src = Ipv4Addr::new(127, 0, 2, (i % 10) as u8 + 1);
+            let mut c = connect_from(src, s.addr, None).unwrap();
             c.write_all(&body).unwrap();
             c
         })
@@ -2343,7 +2346,8 @@ fn hundred_thousand_connection_cycles_leak_nothing() {
 /// Many peers each holding a large unfinished request cannot make the
 /// server hold more than its request-buffer budget (64 MiB): past it the
 /// next such request is refused with 503, and the memory is given back when
-/// the peers go.
+/// the peers go. The peers come from 16 addresses, each within its own
+/// share (an eighth of the budget; `limits.rs` tests the share).
 #[test]
 fn unfinished_requests_share_one_buffer_budget() {
     let mut s = Server::start(&[
@@ -2358,8 +2362,9 @@ fn unfinished_requests_share_one_buffer_budget() {
     let body_len = 1_000_000;
     let part = vec![b'x'; body_len - 1000];
     let mut conns = Vec::new();
-    for _ in 0..100 {
-        let mut c = TcpStream::connect(s.addr).unwrap();
+    for i in 0..100 {
+        let src = Ipv4Addr::new(127, 0, 1, (i % 16) as u8 + 1);
+        let mut c = connect_from(src, s.addr, None).unwrap();
         let head = format!("POST /events?stream=big HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n");
         c.write_all(head.as_bytes()).unwrap();
         c.write_all(&part).unwrap();
@@ -2401,6 +2406,7 @@ fn unfinished_requests_share_one_buffer_budget() {
         "{held} bytes held"
     );
     assert!(st["rejected"]["buffer_budget"].as_u64().unwrap() >= 20);
+    assert_eq!(rejected(&st, "buffer_share_per_ip"), 0, "{st}");
     drop(conns);
     assert!(wait_until(Duration::from_secs(10), || stats(s.addr)
         ["buffered_request_bytes"]

@@ -14,7 +14,7 @@ fn start(
     std::net::SocketAddr,
     ssed::Publisher,
     ssed::ShutdownHandle,
-    std::thread::JoinHandle<std::io::Result<()>>,
+    std::thread::JoinHandle<Result<(), ssed::Error>>,
 ) {
     let cfg = Config {
         listen: vec![([127, 0, 0, 1], 0).into()],

@@ -600,6 +600,7 @@ fn stalled_subscribers_share_large_frames_instead_of_copying_them() {
 
 /// The MongooseIM archives are in the account: reported (they live within
 /// `--history-total-bytes`, at most half of it), next to history.
+#[cfg(feature = "apps")]
 #[test]
 fn app_archives_are_reported_in_the_memory_account() {
     let file = std::env::temp_dir().join(format!("ssed-memory-users-{}.txt", std::process::id()));

@@ -16,7 +16,7 @@ use crate::components::{require, REDIS_CLI, REDIS_SERVER};
 const T: Duration = Duration::from_secs(10);
 
 /// A redis-server child, killed on drop.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     child: Option<Child>,
     server: PathBuf,
@@ -24,7 +24,7 @@ struct Redis {
 }
 
 impl Redis {
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         let server = require(&REDIS_SERVER)?;
         let cli = require(&REDIS_CLI)?;
         let port = TcpListener::bind("127.0.0.1:0")
@@ -68,7 +68,7 @@ impl Redis {
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -99,12 +99,12 @@ impl Drop for Redis {
     }
 }
 
-fn connected(addr: SocketAddr) -> bool {
+pub(crate) fn connected(addr: SocketAddr) -> bool {
     stats(addr)["redis"]["connected"] == true
 }
 
 /// A node on `r`, once its bus is up.
-fn node(r: &Redis, extra: &[&str]) -> Server {
+pub(crate) fn node(r: &Redis, extra: &[&str]) -> Server {
     let url = r.url();
     let mut args = vec!["--redis", url.as_str()];
     args.extend_from_slice(extra);
@@ -500,6 +500,7 @@ fn library_publisher_goes_through_redis() {
     th.join().unwrap().unwrap();
 }
 
+#[cfg(feature = "mercure")]
 #[test]
 fn private_events_cross_nodes_only_to_subscribers_who_may_see_them() {
     use serde_json::json;
@@ -542,15 +543,35 @@ fn private_events_cross_nodes_only_to_subscribers_who_may_see_them() {
     let wire = String::from_utf8_lossy(&anon.wire).into_owned();
     assert!(!wire.contains("secret"));
     assert!(!wire.contains(&secret));
-    // Hub publishes are not carried over the bus: refused plainly.
-    let form = "topic=priv&data=x";
-    let raw = format!(
-        "POST /.well-known/mercure HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {pubt}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
+    // Hub publishes cross the bus too: a private update with the
+    // publisher's id reaches the authorised subscriber on the other node
+    // under that id, and never the anonymous one.
+    let hub = |form: &str| {
+        let raw = format!(
+            "POST /.well-known/mercure HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {pubt}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        );
+        let resp = request(a.addr, raw.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.text()
+    };
+    assert_eq!(
+        hub("topic=priv&data=hub-secret&private=on&id=urn:h1"),
+        "urn:h1"
     );
-    let resp = request(a.addr, raw.as_bytes());
-    assert_eq!(resp.status, 501, "{}", resp.text());
-    assert!(resp.text().contains("--redis"));
+    let after = hub("topic=priv&data=hub-public");
+    let e = authed.next_event(T).expect("private hub update");
+    assert_eq!(
+        (e.id.as_deref(), e.data().as_str()),
+        (Some("urn:h1"), "hub-secret")
+    );
+    let e = anon.next_event(T).expect("public hub update");
+    assert_eq!(
+        (e.id.as_deref(), e.data().as_str()),
+        (Some(after.as_str()), "hub-public")
+    );
+    let wire = String::from_utf8_lossy(&anon.wire).into_owned();
+    assert!(!wire.contains("hub-secret") && !wire.contains("urn:h1"));
 }
 
 /// One publisher's replies: (data, status, id) in the order sent.
@@ -823,4 +844,102 @@ fn resumes_of_a_stream_larger_than_a_fetch_page_never_drop_the_bus() {
     assert_eq!(st["redis"]["connected"], true);
     let fetches = st["redis"]["fetches"].as_u64().unwrap() - before;
     assert!(fetches >= 2, "paged: {fetches} fetches");
+}
+
+/// Redis's clients other than the one asking: (last command, idle s).
+fn redis_clients(r: &Redis) -> Vec<(String, u64)> {
+    let list = r.cli(&["CLIENT", "LIST"]);
+    let client = |l: &str| {
+        let field = |k: &str| l.split(' ').find_map(|f| f.strip_prefix(k));
+        let cmd = field("cmd=")?;
+        let idle = field("idle=")?.parse().ok()?;
+        (cmd != "client|list").then(|| (cmd.to_string(), idle))
+    };
+    list.lines().filter_map(client).collect()
+}
+
+/// PINGs Redis has answered (the harness's start-up checks included).
+fn ping_calls(r: &Redis) -> u64 {
+    let stats = r.cli(&["INFO", "commandstats"]);
+    let calls = |l: &str| {
+        l.strip_prefix("cmdstat_ping:calls=")?
+            .split(',')
+            .next()?
+            .parse()
+            .ok()
+    };
+    stats.lines().find_map(calls).unwrap_or(0)
+}
+
+fn voluntary_switches(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+#[test]
+fn an_idle_node_sends_redis_nothing_and_does_not_wake() {
+    let Some(r) = Redis::start() else { return };
+    let n = node(&r, &["--heartbeat", "0", "--redis-timeout", "0.5"]);
+    let _s = live(n.addr, "/events?stream=quiet");
+    let before = voluntary_switches(n.child.id());
+    let pings = ping_calls(&r);
+    // Redis sees no command on either of the node's connections for 3-4 s
+    // (it counts whole seconds): 6+ timeouts, each of which used to bring a
+    // pub/sub PING.
+    let quiet = || {
+        let c = redis_clients(&r);
+        c.len() == 2 && c.iter().all(|(_, idle)| *idle >= 4)
+    };
+    assert!(wait_until(T, quiet), "{:?}", redis_clients(&r));
+    // Not a wakeup per timeout either (a ping and its answer were two):
+    // at most a one-off sweep of the subscriber's header deadline.
+    let woke = voluntary_switches(n.child.id()) - before;
+    assert!(woke <= 3, "{woke} wakeups while idle");
+    assert_eq!(ping_calls(&r), pings);
+    // Liveness is the kernel's instead: both of the node's sockets to
+    // Redis (rem_address on its port, ESTABLISHED) carry the keepalive
+    // timer (`tr` 2 in /proc/net/tcp).
+    let rem = format!(":{:04X}", r.port);
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let timers: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[2].ends_with(&rem) && f[3] == "01")
+        .map(|f| f[5].to_string())
+        .collect();
+    assert_eq!(timers.len(), 2, "{timers:?}");
+    assert!(timers.iter().all(|t| t.starts_with("02:")), "{timers:?}");
+}
+
+#[test]
+fn an_idle_node_notices_a_stopped_redis_at_the_next_publish() {
+    let Some(r) = Redis::start() else { return };
+    let n = node(&r, &["--heartbeat", "0", "--redis-timeout", "0.5"]);
+    let mut s = live(n.addr, "/events?stream=h");
+    let id = pub_id(n.addr, "h", "before");
+    assert_eq!(next_id(&mut s), id);
+    r.signal(libc::SIGSTOP);
+    // Its kernel still answers keepalive, so nothing notices while idle:
+    // the next publish does, by its deadline.
+    let t0 = Instant::now();
+    let resp = post(n.addr, "/events?stream=h", "text/plain", "stalled");
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.json()["error"], "redis unavailable");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(wait_until(T, || !connected(n.addr)));
+    // Stopped still: refused without waiting on Redis.
+    let resp = post(n.addr, "/events?stream=h", "text/plain", "refused");
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    r.signal(libc::SIGCONT);
+    assert!(wait_until(T, || connected(n.addr)));
+    let id2 = publish_retrying(n.addr, "h", "after");
+    let mut last = next_id_or_gap(&mut s);
+    while last < id2 {
+        last = next_id_or_gap(&mut s);
+    }
+    assert_eq!(last, id2);
 }

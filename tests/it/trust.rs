@@ -327,6 +327,7 @@ fn through_nginx_an_anonymous_publish_is_refused_and_events_flow() {
 /// page, `/healthz`, `/streams` (`PUT` with the token: 201, no length, as
 /// curl sends it), `/events`, `/.well-known/mercure`, an app's stream and
 /// the MongooseIM API, `/stats` and `/metrics`.
+#[cfg(all(feature = "mercure", feature = "apps"))]
 #[test]
 fn through_the_readme_block_every_route_answers() {
     let Some((_s, n)) = nginx_case(&["--heartbeat", "0", "--publish-token", "s3cret"]) else {
@@ -426,6 +427,7 @@ fn through_nginx_with_trusted_proxy_the_client_address_is_used() {
 
 // ------------------------------------------------------------- members
 
+#[cfg(feature = "apps")]
 #[test]
 fn member_streams_are_bounded_per_peer_address() {
     let s = Server::start(&["--heartbeat", "0"]);
@@ -494,6 +496,7 @@ fn member_streams_are_bounded_per_peer_address() {
     assert_eq!(rejected(&j, "member_peer_limit"), 1, "{j}");
 }
 
+#[cfg(feature = "apps")]
 #[test]
 fn member_gap_names_the_member_not_the_internal_stream() {
     let s = Server::start(&["--heartbeat", "0"]);
@@ -627,12 +630,14 @@ fn start_fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+#[cfg(feature = "apps")]
 fn users(name: &str, bytes: &[u8]) -> PathBuf {
     let p = std::env::temp_dir().join(format!("ssed-trust-users-{}-{name}", std::process::id()));
     std::fs::write(&p, bytes).unwrap();
     p
 }
 
+#[cfg(feature = "apps")]
 #[test]
 fn users_file_problems_exit_2_and_a_bom_is_stripped() {
     let missing = std::env::temp_dir().join("ssed-trust-no-such-users-file");
@@ -668,4 +673,52 @@ fn users_file_problems_exit_2_and_a_bom_is_stripped() {
     expect(&mut by, "alive");
     assert_eq!(rejected(&stats(s.addr), "unauthorized"), 1);
     let _ = std::fs::remove_file(p);
+}
+
+/// In a build without a feature (README "Embedded and minimal builds"),
+/// its flag stops start-up with exit 2 and names the feature, rather than
+/// being ignored; in a build with every feature there is nothing to refuse.
+#[test]
+fn flags_of_features_not_built_stop_start_up() {
+    let cases: [(&[&str], &str, bool); 5] = [
+        (&["--users", "/nonexistent"], "apps", cfg!(feature = "apps")),
+        (
+            &["--redis", "redis://127.0.0.1:1"],
+            "redis",
+            cfg!(feature = "redis"),
+        ),
+        (
+            &["--data-dir", "/nonexistent"],
+            "journal",
+            cfg!(feature = "journal"),
+        ),
+        (
+            &["--jwt-key", "0123456789abcdef0123456789abcdef"],
+            "mercure",
+            cfg!(feature = "mercure"),
+        ),
+        (
+            &["--private-streams", "p"],
+            "mercure",
+            cfg!(feature = "mercure"),
+        ),
+    ];
+    for (args, feature, built) in cases {
+        if built {
+            continue;
+        }
+        let err = start_fails(args);
+        assert!(
+            err.contains(args[0]) && err.contains(&format!("`{feature}` feature")),
+            "{args:?}: {err}"
+        );
+    }
+    if !cfg!(feature = "cli") {
+        let out = Command::new(env!("CARGO_BIN_EXE_ssed"))
+            .args(["sub", "http://127.0.0.1:1/events"])
+            .output()
+            .expect("run ssed");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("`cli` feature"));
+    }
 }

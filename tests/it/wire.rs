@@ -241,6 +241,7 @@ fn partial_writes_resume_inside_chunk_framing() {
 
 /// The crate's own client reads a chunked stream (and a heartbeat between
 /// events does not disturb it).
+#[cfg(feature = "cli")]
 #[test]
 fn own_client_reads_chunked_streams() {
     let s = Server::start(&["--heartbeat", "0.1"]);

@@ -108,7 +108,7 @@ pub use users::{load_users, Users, UsersError};
 use super::ids;
 use crate::access;
 use crate::broker::{Limits, Resume};
-use crate::handler::{last_event_id, Action, Cx};
+use crate::handler::{last_event_id, Cx};
 use crate::http::Response;
 use crate::http::{Method, Request};
 
@@ -304,7 +304,6 @@ impl Contact {
 
 struct User {
     password: Box<str>,
-    stream: Option<u32>,
     archive: Archive<Chat>,
     /// Rooms this user created that still exist.
     rooms: usize,
@@ -362,7 +361,6 @@ impl Mongoose {
             .map(|(jid, password)| {
                 let user = User {
                     password,
-                    stream: None,
                     archive: Archive::default(),
                     rooms: 0,
                     contacts: BTreeMap::new(),
@@ -750,80 +748,93 @@ pub fn handle(core: &mut Cx<'_>, mg: &mut Mongoose, req: &Request<'_>, rest: &st
 
 // ----------------------------------------------------------- delivery
 
-/// The internal stream of a local user, created on first use.
-fn user_stream(core: &mut Cx<'_>, mg: &mut Mongoose, jid: &str) -> Option<u32> {
-    let user = mg.users.get_mut(jid)?;
-    if let Some(s) = user.stream {
-        return Some(s);
-    }
-    let s = core
-        .broker
-        .internal(&format!("!user/{jid}"), Some(STREAM_CAP));
-    user.stream = Some(s);
-    Some(s)
-}
-
-/// One event frame: `id:`, then `event:` (written even for `message`, as
-/// MongooseIM's lasse handler does), then `data:` — one order for every
-/// type.
-fn frame(id: &str, etype: &str, data: &str) -> Vec<u8> {
-    crate::frame::Block::with_capacity(data.len() + 48)
-        .id(id)
-        .event(etype)
-        .data(data)
+/// The internal stream of a local user (the reactor makes it on first
+/// use); `None` for a JID that is not a local user.
+fn user_stream(mg: &Mongoose, jid: &str) -> Option<crate::handler::Internal> {
+    mg.users.get(jid)?;
+    Some(crate::handler::Internal {
+        name: format!("!user/{jid}"),
+        cap: Some(STREAM_CAP),
+        display: None,
+    })
 }
 
 /// Archives `item` for `owner` within the archives' share of the history
-/// budget, and tells the broker what the archives hold (it evicts history
-/// so that both together stay within the budget).
+/// budget (the reactor then tells the broker what the archives hold, and
+/// it evicts history so that both together stay within the budget).
 fn archive(core: &mut Cx<'_>, mg: &mut Mongoose, owner: Owner, item: Archived, size: usize) {
     let share = core.broker.budget() / ARCHIVE_SHARE_DIVISOR;
     mg.archive(owner, item, size, share);
-    core.broker.set_app_bytes(mg.ledger.bytes);
 }
 
-/// Publishes one event (type `etype`, JSON `data`) once to the streams of
-/// every local user in `to`; `Err` when it was refused (an encoded frame
-/// over a history bound, a journal that cannot take it: it was delivered
-/// to nobody).
+/// Decides the publish of one event (type `etype`, JSON `data`), once, to
+/// the streams of every local user in `to`, answered as `reply` says (the
+/// reactor answers a refusal with its status: an encoded frame over a
+/// history bound, a journal that cannot take it, Redis unavailable).
 fn deliver(
     core: &mut Cx<'_>,
     mg: &mut Mongoose,
     to: &[&str],
     etype: &str,
     data: &Value,
-) -> Result<(), crate::handler::Refusal> {
-    let mut targets: Vec<u32> = Vec::with_capacity(to.len());
+    reply: crate::handler::Reply,
+) {
+    let mut targets: Vec<crate::handler::Internal> = Vec::with_capacity(to.len());
     for u in to {
-        if let Some(s) = user_stream(core, mg, u) {
-            if !targets.contains(&s) {
+        if let Some(s) = user_stream(mg, u) {
+            if !targets.iter().any(|t| t.name == s.name) {
                 targets.push(s);
             }
         }
     }
-    if targets.is_empty() {
-        return Ok(());
+    core.publish(crate::handler::Publish {
+        to: crate::handler::Targets::Internal(targets),
+        events: vec![crate::handler::Body::Typed {
+            event: etype.to_string(),
+            data: data.to_string(),
+        }],
+        private: false,
+        reply,
+    });
+}
+
+impl Mongoose {
+    /// What the archives hold (charged to the history budget by the
+    /// reactor after each request: `Broker::set_app_bytes`).
+    pub fn archived_bytes(&self) -> usize {
+        self.ledger.bytes
     }
-    let data = data.to_string();
-    let published = core.publish_as(&targets, false, |id| frame(&id.to_string(), etype, &data));
-    match published {
-        Ok(p) if p.pressure => core.actions.push(Action::Flush),
-        Ok(_) => {}
-        Err(e) => {
-            log::warn!("api event not delivered: {}", e.message());
-            return Err(e);
+
+    /// A chat message was delivered: archive it for its sender and (if
+    /// another user) its recipient, within the archives' `share` of the
+    /// history budget; returns what the archives now hold.
+    pub fn archive_chat(&mut self, c: &crate::handler::Chat, share: usize) -> usize {
+        let size = c.body.len() + c.to.len() + c.from.len() + 96;
+        let msg = Rc::new(Chat {
+            id: c.id.clone(),
+            from: c.from.as_str().into(),
+            to: c.to.as_str().into(),
+            body: c.body.as_str().into(),
+            ts_us: c.ts_us,
+        });
+        let me = Owner::User(c.from.as_str().into());
+        self.archive(me, Archived::Chat(msg.clone()), size, share);
+        if c.to != c.from {
+            let them = Owner::User(c.to.as_str().into());
+            self.archive(them, Archived::Chat(msg), size, share);
         }
+        self.ledger.bytes
     }
-    Ok(())
 }
 
 fn sse(cx: &mut Ctx<'_, '_, '_>) {
-    let Some(idx) = user_stream(cx.core, cx.mg, &cx.me) else {
+    let Some(s) = user_stream(cx.mg, &cx.me) else {
         return cx.fail(500, "No event stream for this user");
     };
     let raw = last_event_id(cx.req);
+    let to = crate::handler::Targets::Internal(vec![s]);
     cx.core
-        .stream(cx.req, &[idx], &Resume::parse(raw.as_deref()), &[]);
+        .stream(cx.req, to, &Resume::parse(raw.as_deref()), &[]);
 }
 
 fn send_message(cx: &mut Ctx<'_, '_, '_>) {
@@ -850,26 +861,22 @@ fn send_message(cx: &mut Ctx<'_, '_, '_>) {
     let now = cx.core.unix_us;
     let id = ids::uuid_v4(&mut *cx.core.rng);
     let data = json!({ "to": to, "timestamp": now, "id": id, "from": cx.me, "body": body });
-    // Refused (its encoded frame is over a history bound): say so, and
-    // archive nothing, rather than answer as if it were sent.
-    if let Err(e) = deliver(cx.core, cx.mg, &[to.as_str()], "message", &data) {
-        return cx.fail(e.status(), &e.message());
-    }
-    let size = body.len() + to.len() + cx.me.len() + 96;
-    let msg = Rc::new(Chat {
+    // Archived once delivered (by the reactor): a refused message (its
+    // encoded frame over a history bound) is answered with the refusal and
+    // archived nowhere, rather than answered as if it were sent.
+    let chat = crate::handler::Chat {
         id: id.clone(),
-        from: cx.me.as_str().into(),
-        to: to.as_str().into(),
-        body: body.as_str().into(),
+        from: cx.me.clone(),
+        to: to.clone(),
+        body: body.clone(),
         ts_us: now,
-    });
-    let me = Owner::User(cx.me.as_str().into());
-    archive(cx.core, cx.mg, me, Archived::Chat(msg.clone()), size);
-    if to != cx.me {
-        let them = Owner::User(to.as_str().into());
-        archive(cx.core, cx.mg, them, Archived::Chat(msg), size);
-    }
-    cx.json(&json!({ "id": id }));
+    };
+    let reply = crate::handler::Reply::Api {
+        shape: cx.core.shape(cx.req),
+        ok: json!({ "id": id }),
+        chat: Some(Box::new(chat)),
+    };
+    deliver(cx.core, cx.mg, &[to.as_str()], "message", &data, reply);
 }
 
 fn messages(cx: &mut Ctx<'_, '_, '_>, with: Option<&str>) {
@@ -1241,7 +1248,15 @@ fn affiliation_event(
     });
     let owner = Owner::Room(room_id.into());
     archive(core, mg, owner, Archived::Room(item), size);
-    let _ = deliver(core, mg, recipients, "room.message", &data);
+    // The request answers on its own; a refusal is the reactor's to log.
+    deliver(
+        core,
+        mg,
+        recipients,
+        "room.message",
+        &data,
+        crate::handler::Reply::Silent,
+    );
 }
 
 fn member_list(mg: &Mongoose, room_id: &str) -> Vec<String> {
@@ -1329,7 +1344,6 @@ fn remove_user(cx: &mut Ctx<'_, '_, '_>, raw: &str, target: &str) {
     }
     if empty {
         cx.mg.drop_room(&id);
-        cx.core.broker.set_app_bytes(cx.mg.ledger.bytes);
     }
     cx.status(204, None);
 }
@@ -1437,10 +1451,13 @@ fn send_room_message(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
     let to: Vec<&str> = members.iter().map(String::as_str).collect();
     // Archived already (a room's history is its own); a refusal by the
     // streams is still the client's to know.
-    if let Err(e) = deliver(cx.core, cx.mg, &to, "room.message", &Value::Object(data)) {
-        return cx.fail(e.status(), &e.message());
-    }
-    cx.json(&json!({ "id": msg_id }));
+    let reply = crate::handler::Reply::Api {
+        shape: cx.core.shape(cx.req),
+        ok: json!({ "id": msg_id }),
+        chat: None,
+    };
+    let data = Value::Object(data);
+    deliver(cx.core, cx.mg, &to, "room.message", &data, reply);
 }
 
 fn room_messages(cx: &mut Ctx<'_, '_, '_>, raw: &str) {
@@ -1598,12 +1615,19 @@ mod tests {
 
     #[test]
     fn frames_write_id_then_event_then_data() {
+        let frame = |id: u64, event: &str, data: &str| {
+            crate::handler::Body::Typed {
+                event: event.into(),
+                data: data.into(),
+            }
+            .encode(id)
+        };
         assert_eq!(
-            frame("7", "message", "{}"),
+            frame(7, "message", "{}"),
             b"id: 7\nevent: message\ndata: {}\n\n"
         );
         assert_eq!(
-            frame("8", "room.message", "a\nb"),
+            frame(8, "room.message", "a\nb"),
             b"id: 8\nevent: room.message\ndata: a\ndata: b\n\n"
         );
     }

@@ -7,12 +7,18 @@
 //! looked up once, at start-up, by [`Target::resolve`]; connects take the
 //! stored address), interpret replies (that is `bus.rs`), or hold more
 //! unread input than `max_reply` bytes.
+//!
+//! TCP connections carry kernel keepalive ([`keepalive`]): an idle bus
+//! sends nothing and wakes for nothing, yet a peer that vanished (host
+//! down, link cut) turns into a socket error within a bound, which the
+//! reactor sees as readiness.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
@@ -42,8 +48,6 @@ pub enum Kind {
     Fetch { req: u64 },
     /// SUBSCRIBE confirmation.
     Subscribe,
-    /// PING on the pub/sub connection.
-    Ping,
 }
 
 /// An expected reply.
@@ -116,20 +120,65 @@ impl Target {
     }
 }
 
+/// Keepalive settings for a command timeout `t` (whole seconds, at least
+/// 1): first probe after `t` of silence, then every `t/3`, 3 unanswered
+/// probes fail the socket. A vanished peer is noticed within about `2t`
+/// (plus rounding up to seconds), as the pub/sub PING every `t` answered
+/// within `t` noticed it before, but with no wakeup while all is well: the
+/// kernel probes and answers. A peer whose kernel still answers (a stopped
+/// process) is noticed by the deadline of the next command instead.
+pub fn keepalive_params(t: Duration) -> (libc::c_int, libc::c_int, libc::c_int) {
+    let secs = t.as_millis().div_ceil(1000).clamp(1, 3600) as libc::c_int;
+    (secs, (secs / 3).max(1), 3)
+}
+
+/// Turns kernel keepalive on for `sock` with [`keepalive_params`].
+pub fn keepalive(sock: &impl AsRawFd, t: Duration) -> io::Result<()> {
+    let (idle, intvl, cnt) = keepalive_params(t);
+    let fd = sock.as_raw_fd();
+    let opts = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt),
+    ];
+    for (level, opt, value) in opts {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value
+        // of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl Conn {
     /// Starts a nonblocking connect to an address resolved at start-up and
-    /// registers the socket: nothing here blocks.
+    /// registers the socket: nothing here blocks. `timeout` sets TCP
+    /// keepalive (see [`keepalive_params`]).
     pub fn connect(
         addr: &Target,
         registry: &Registry,
         token: Token,
-        max_bulk: usize,
-        max_reply: usize,
+        timeout: Duration,
+        (max_bulk, max_reply): (usize, usize),
     ) -> Result<Conn, BusError> {
         let mut sock = match addr {
             Target::Tcp(sa) => {
                 let s = TcpStream::connect(*sa).map_err(io_err)?;
                 let _ = s.set_nodelay(true);
+                // Without it an idle node would not notice a vanished
+                // Redis: nothing is sent while idle.
+                keepalive(&s, timeout).map_err(io_err)?;
                 Sock::Tcp(s)
             }
             Target::Unix(path) => Sock::Unix(UnixStream::connect(path).map_err(io_err)?),
@@ -286,5 +335,47 @@ impl Conn {
                 out.push(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(sock: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the stated size.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn keepalive_follows_the_command_timeout() {
+        assert_eq!(keepalive_params(Duration::from_secs(2)), (2, 1, 3));
+        assert_eq!(keepalive_params(Duration::from_millis(500)), (1, 1, 3));
+        assert_eq!(keepalive_params(Duration::from_millis(9_001)), (10, 3, 3));
+        assert_eq!(keepalive_params(Duration::ZERO), (1, 1, 3));
+        assert_eq!(
+            keepalive_params(Duration::from_secs(1 << 40)),
+            (3600, 1200, 3)
+        );
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        keepalive(&s, Duration::from_secs(30)).unwrap();
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
     }
 }

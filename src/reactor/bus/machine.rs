@@ -17,6 +17,14 @@
 //! Any disconnect or timeout of either connection fails every request in
 //! flight, emits [`BusOutput::Down`] (if it was up), closes both and
 //! retries after 100 ms doubling to 5 s, plus up to 25 % jitter.
+//!
+//! An idle bus sends nothing and sets no deadline, so an idle node never
+//! wakes for it. Liveness comes from three places instead: TCP keepalive
+//! (a vanished host fails the socket in the kernel, see `client`), the
+//! deadline of every command (a stopped Redis), and the announcement
+//! watch: after a publish is answered, its announcement must arrive on
+//! the pub/sub connection within the command timeout, or that connection
+//! is taken for dead (it can fail silently while the command one works).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -52,8 +60,8 @@ pub struct BusConfig {
     pub prefix: String,
     /// `MAXLEN ~` of each Redis stream.
     pub history: usize,
-    /// Deadline of each command and of each handshake step; also the
-    /// pub/sub PING interval.
+    /// Deadline of each command, of each handshake step and of an
+    /// answered publish's announcement; also sets TCP keepalive.
     pub command_timeout: Duration,
     /// Publishes plus fetches waiting for replies at once.
     pub max_in_flight: usize,
@@ -170,7 +178,11 @@ pub struct Bus {
     broken: Option<BusError>,
     retry_at: Option<u64>,
     attempts: u32,
-    next_ping: Option<u64>,
+    /// The highest id of an answered publish whose announcement has not
+    /// arrived yet, and by when it must (see the module doc).
+    watch: Option<(u64, u64)>,
+    /// The highest id announced on the pub/sub connection since it connected.
+    last_msg: u64,
     out: VecDeque<BusOutput>,
     st: BusStatus,
     rng: SmallRng,
@@ -263,7 +275,8 @@ impl Bus {
             broken: None,
             retry_at: None,
             attempts: 0,
-            next_ping: None,
+            watch: None,
+            last_msg: 0,
             out: VecDeque::new(),
             st: BusStatus::default(),
             rng: SmallRng::from_entropy(),
@@ -283,11 +296,12 @@ impl Bus {
         for side in [Side::Cmd, Side::Sub] {
             let (c, url) = (&self.cfg, &self.cfg.url);
             let token = self.tokens[side as usize];
-            let mut conn = match Conn::connect(&c.target, registry, token, c.max_bulk, c.max_reply)
-            {
-                Ok(conn) => conn,
-                Err(e) => return self.drop_all(registry, e, now),
-            };
+            let t = c.command_timeout;
+            let mut conn =
+                match Conn::connect(&c.target, registry, token, t, (c.max_bulk, c.max_reply)) {
+                    Ok(conn) => conn,
+                    Err(e) => return self.drop_all(registry, e, now),
+                };
             if let Some(pw) = &url.password {
                 let mut args: Vec<&[u8]> = vec![b"AUTH"];
                 args.extend(url.username.as_deref().map(str::as_bytes));
@@ -337,7 +351,7 @@ impl Bus {
         self.st.errors += 1;
         self.st.last_error = Some(err.to_string());
         (self.ready, self.more, self.reloading) = ([false; 2], [false; 2], false);
-        (self.broken, self.next_ping) = (None, None);
+        (self.broken, self.watch, self.last_msg) = (None, None, 0);
         if std::mem::take(&mut self.up) {
             warn!("redis bus down: {err}");
             self.out.push_back(BusOutput::Down);
@@ -371,7 +385,7 @@ impl Bus {
         for v in replies {
             match side {
                 Side::Cmd => self.on_cmd_reply(v, now)?,
-                Side::Sub => self.on_sub_reply(v, now)?,
+                Side::Sub => self.on_sub_reply(v)?,
             }
         }
         self.more[side as usize] = read? == Drain::More;
@@ -381,13 +395,22 @@ impl Bus {
         }
     }
 
-    fn maybe_up(&mut self, now: u64) {
+    fn maybe_up(&mut self) {
         if self.ready == [true; 2] && !self.up {
             self.up = true;
             self.attempts = 0;
-            self.next_ping = Some(now + self.timeout_ms);
             info!("redis bus up");
             self.out.push_back(BusOutput::Up);
+        }
+    }
+
+    /// A publish got id `id`: its announcement is due on the pub/sub
+    /// connection. One watch at a time, kept until an announcement at or
+    /// above its id arrives (ids grow in announcement order), so steady
+    /// traffic cannot push its deadline back forever.
+    fn expect_announcement(&mut self, id: u64, now: u64) {
+        if self.watch.is_none() && id > self.last_msg {
+            self.watch = Some((id, now + self.timeout_ms));
         }
     }
 
@@ -424,7 +447,7 @@ impl Bus {
                 self.reloading = false;
                 if handshake {
                     self.ready[0] = true;
-                    self.maybe_up(now);
+                    self.maybe_up();
                 }
             }
             Kind::Publish { reqs, args, eval } => {
@@ -471,6 +494,9 @@ impl Bus {
                             .items()
                             .filter(|ids| ids.len() == reqs.len())
                             .and_then(|ids| ids.iter().map(|i| i.bytes().and_then(num)).collect());
+                        if let Some(&top) = ids.as_ref().and_then(|ids| ids.iter().max()) {
+                            self.expect_announcement(top, now);
+                        }
                         for (i, req) in reqs.into_iter().enumerate() {
                             let out = match ids.as_ref().and_then(|ids| ids.get(i)) {
                                 Some(&id) => BusOutput::Published { req, id },
@@ -496,17 +522,21 @@ impl Bus {
                 };
                 self.done(sent, out);
             }
-            Kind::Subscribe | Kind::Ping => return Err(unexpected()),
+            Kind::Subscribe => return Err(unexpected()),
         }
         Ok(())
     }
 
-    fn on_sub_reply(&mut self, v: Value, now: u64) -> Result<(), BusError> {
+    fn on_sub_reply(&mut self, v: Value) -> Result<(), BusError> {
         if let Some([kind, _, data]) = v.items() {
             if kind.bytes() == Some(b"message") {
                 match data.bytes().and_then(parse_envelope) {
                     Some(e) => {
                         self.st.messages += 1;
+                        self.last_msg = self.last_msg.max(e.id);
+                        if self.watch.is_some_and(|(id, _)| id <= e.id) {
+                            self.watch = None;
+                        }
                         let (id, streams, payload) = (e.id, e.streams, e.payload);
                         self.out.push_back(BusOutput::Message {
                             id,
@@ -532,16 +562,16 @@ impl Bus {
         match p.kind {
             Kind::Subscribe => {
                 self.ready[1] = true;
-                self.maybe_up(now);
+                self.maybe_up();
             }
-            Kind::Setup | Kind::Ping => {}
+            Kind::Setup => {}
             _ => return Err(unexpected()),
         }
         Ok(())
     }
 
-    /// Handles time: reconnects, deadlines, pings, and reads left over
-    /// from a wakeup's budget. Call it when `next_deadline` is due.
+    /// Handles time: reconnects, deadlines, the announcement watch, and
+    /// reads left over from a wakeup's budget. Call it when `next_deadline` is due.
     pub fn on_timer(&mut self, registry: &Registry, now_ms: u64) {
         let _ = self.send_batch(now_ms);
         if let Some(e) = self.broken.take() {
@@ -555,7 +585,8 @@ impl Bus {
                 .and_then(|c| c.pending.front())
                 .is_some_and(|p| p.deadline <= now_ms)
         };
-        if self.conns.iter().any(late) {
+        let unseen = |w: Option<(u64, u64)>| w.is_some_and(|(_, by)| by <= now_ms);
+        if self.conns.iter().any(late) || unseen(self.watch) {
             // The reply may be waiting in the socket: a loop turn busy with
             // an accept burst (more ready sockets than one poll returns) or
             // a process starved of CPU sees the deadline before the
@@ -569,14 +600,9 @@ impl Bus {
         if self.conns.iter().any(late) {
             return self.drop_all(registry, BusError::Timeout, now_ms);
         }
-        if self.next_ping.is_some_and(|t| t <= now_ms) {
-            self.next_ping = Some(now_ms + self.timeout_ms);
-            if let Some(sub) = self.conns[1].as_mut() {
-                sub.send(&[b"PING"], Kind::Ping, now_ms + self.timeout_ms);
-                if let Err(e) = sub.flush() {
-                    return self.drop_all(registry, e, now_ms);
-                }
-            }
+        if let Some((id, _)) = self.watch.filter(|&w| unseen(Some(w))) {
+            warn!("redis bus: event {id} was published but not announced in time");
+            return self.drop_all(registry, BusError::Timeout, now_ms);
         }
         for side in [Side::Cmd, Side::Sub] {
             if self.more[side as usize] {
@@ -599,7 +625,8 @@ impl Bus {
             .flatten()
             .filter_map(|c| c.pending.front());
         let deadlines = fronts.map(|p| p.deadline);
-        deadlines.chain(self.retry_at).chain(self.next_ping).min()
+        let watch = self.watch.map(|(_, by)| by);
+        deadlines.chain(self.retry_at).chain(watch).min()
     }
 
     fn check(&self) -> Result<(), BusError> {

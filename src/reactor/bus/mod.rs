@@ -22,20 +22,17 @@ pub(crate) mod machine;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 
 use mio::Token;
-use serde_json::json;
 use slab::Slab;
 
 use super::conn::State;
+use super::publish::{Failure, Outcome, To};
 use super::Reactor;
 use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
-use crate::event::PublishError;
 use crate::frame;
-use crate::handler::{bus_frame, BusPublish, BusStream, Deferred, Shape};
-use crate::http::Response;
+use crate::handler::{bus_frame, Publish, Reply, Subscribe};
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
@@ -72,21 +69,15 @@ enum Sync {
     },
 }
 
-enum Who {
-    Conn(u32),
-    Library(mpsc::Sender<Result<u64, PublishError>>),
-    /// The connection went away.
-    Gone,
-}
-
-/// A deferred publish reply.
+/// A publish waiting for Redis's ids.
 struct Pending {
-    who: Who,
+    who: To,
     ids: Vec<Option<u64>>,
     left: usize,
     error: Option<BusError>,
     targets: Vec<u32>,
-    reply: Deferred,
+    made: Vec<u32>,
+    reply: Reply,
 }
 
 enum Req {
@@ -98,7 +89,7 @@ enum Req {
 struct Waiter {
     conn: u32,
     names: Vec<Box<str>>,
-    stream: BusStream,
+    stream: Subscribe,
     failed: bool,
 }
 
@@ -172,7 +163,7 @@ impl Link {
     pub(super) fn forget(&mut self, key: u32) {
         if let Some(slot) = self.by_conn.remove(&key) {
             if let Some(p) = self.replies.get_mut(slot) {
-                p.who = Who::Gone;
+                p.who = To::Nobody;
             }
         }
         self.waiters.retain(|_, w| w.conn != key);
@@ -203,11 +194,17 @@ impl Link {
     }
 }
 
-fn unavailable(e: &BusError) -> (u16, String) {
-    match e {
+fn unavailable(e: &BusError) -> Failure {
+    let (status, msg) = match e {
         BusError::Invalid(m) => (400, format!("cannot publish: {m}")),
         BusError::TooLarge { .. } => (413, format!("cannot publish: {e}")),
         _ => (503, "redis unavailable".into()),
+    };
+    Failure {
+        status,
+        msg,
+        too_large: status == 413,
+        reason: None,
     }
 }
 
@@ -290,39 +287,34 @@ impl Reactor {
         }
     }
 
-    /// A handler's publish through the bus, answered to `conn` (or to the
-    /// library when `conn` is `None`).
-    pub(super) fn bus_publish(
-        &mut self,
-        conn: Option<u32>,
-        lib: Option<mpsc::Sender<Result<u64, PublishError>>>,
-        bp: BusPublish,
-    ) {
+    /// A publish decision through the bus (`publish.rs` decides that it
+    /// goes here); answered once Redis gave every id or refused one.
+    pub(super) fn bus_publish(&mut self, who: To, targets: Vec<u32>, made: Vec<u32>, p: Publish) {
         let now = self.clock.now_ms;
         let floor = self.broker.ids().last();
-        let names: Vec<String> = bp
-            .targets
+        let names: Vec<String> = targets
             .iter()
             .filter_map(|&t| self.broker.get(t))
             .map(|s| s.name.to_string())
             .collect();
         let Some(l) = self.bus.as_mut() else { return };
-        let who = match (conn, lib) {
-            (_, Some(tx)) => Who::Library(tx),
-            (Some(k), None) => Who::Conn(k),
-            (None, None) => Who::Gone,
+        let conn = match who {
+            To::Conn(k) => Some(k),
+            _ => None,
         };
-        let n = bp.payloads.len();
+        let payloads: Vec<Vec<u8>> = p.events.iter().map(|b| b.payload(p.private)).collect();
+        let n = payloads.len();
         let slot = l.replies.insert(Pending {
             who,
             ids: vec![None; n],
             left: 0,
             error: None,
-            targets: bp.targets,
-            reply: bp.reply,
+            targets,
+            made,
+            reply: p.reply,
         });
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        for (index, payload) in bp.payloads.iter().enumerate() {
+        for (index, payload) in payloads.iter().enumerate() {
             let req = l.req();
             match l.bus.publish(req, &refs, payload, floor, now) {
                 Ok(()) => {
@@ -387,74 +379,32 @@ impl Reactor {
         }
     }
 
-    /// Every publish of a deferred reply is answered: reply.
+    /// Every publish of a deferred reply is answered: settle it like a
+    /// local one (`publish.rs` renders the reply).
     fn finish_publish(&mut self, slot: usize) {
         let Some(l) = self.bus.as_mut() else { return };
         let Some(p) = l.replies.try_remove(slot) else {
             return;
         };
-        if let Who::Conn(k) = p.who {
-            l.by_conn.remove(&k);
-        }
+        let conn = match p.who {
+            To::Conn(k) => {
+                l.by_conn.remove(&k);
+                Some(k)
+            }
+            _ => None,
+        };
         if p.error.is_some() {
             l.unavailable += 1;
         }
-        let ids: Vec<u64> = p.ids.iter().map_while(|x| *x).collect();
-        let audience = self.broker.audience(&p.targets);
-        let failure = p.error.as_ref().map(unavailable);
-        let resp = |shape: &Shape, ok: serde_json::Value| match &failure {
-            Some((status, msg)) => {
-                let msg = if ids.is_empty() {
-                    msg.clone()
-                } else {
-                    let list: Vec<String> = ids.iter().map(u64::to_string).collect();
-                    format!("{msg} (published before it: {})", list.join(", "))
-                };
-                let mut r = Response::error(*status, &msg);
-                if *status == 503 {
-                    r = r.header("Retry-After", "1");
-                }
-                shape.encode(r)
-            }
-            None => shape.encode(Response::json(200, &ok)),
+        let o = Outcome {
+            ids: p.ids.iter().map_while(|x| *x).collect(),
+            audience: self.broker.audience(&p.targets),
+            failure: p.error.as_ref().map(unavailable),
+            pressure: false,
         };
-        let (bytes, close) = match &p.reply {
-            Deferred::Ids { batch, shape } => {
-                let strs: Vec<String> = ids.iter().map(u64::to_string).collect();
-                let ok = if *batch {
-                    json!({ "ids": strs, "subscribers": audience })
-                } else {
-                    json!({ "id": strs.first(), "subscribers": audience })
-                };
-                (resp(shape, ok), !shape.keep_alive)
-            }
-            Deferred::Member {
-                member,
-                uuid,
-                shape,
-            } => {
-                if let Some(&id) = ids.first() {
-                    self.apps.members.record(member, uuid, id);
-                }
-                let ok = json!({ "id": uuid, "devices": audience });
-                (resp(shape, ok), !shape.keep_alive)
-            }
-            Deferred::Library => (Vec::new(), false),
-        };
-        match p.who {
-            Who::Conn(k) => {
-                self.respond(k, &bytes, close);
-                self.unpause(k);
-            }
-            Who::Library(tx) => {
-                let r = match (ids.first(), &failure) {
-                    (Some(&id), None) => Ok(id),
-                    (_, Some((_, m))) => Err(PublishError::Refused(m.clone())),
-                    (None, None) => Err(PublishError::Refused("redis unavailable".into())),
-                };
-                let _ = tx.send(r);
-            }
-            Who::Gone => {}
+        self.settle(p.who, p.reply, &p.made, o);
+        if let Some(k) = conn {
+            self.unpause(k);
         }
     }
 
@@ -528,8 +478,19 @@ impl Reactor {
 
     fn append_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
         match self.broker.append_as(targets, id, sse, private) {
-            Ok(p) if p.pressure => self.flush_dirty(usize::MAX),
-            Ok(_) => {}
+            Ok(p) => {
+                super::publish::entered(
+                    &mut self.broker,
+                    &mut self.apps,
+                    targets,
+                    id,
+                    sse,
+                    private,
+                );
+                if p.pressure {
+                    self.flush_dirty(usize::MAX);
+                }
+            }
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
         }
     }
@@ -774,12 +735,11 @@ impl Reactor {
         }
     }
 
-    /// A stream action: start now when the history here suffices, else
-    /// wait for it from Redis.
-    pub(super) fn bus_stream(&mut self, key: u32, bs: BusStream) {
+    /// A subscription reading `targets`: start now when the history here
+    /// suffices, else wait for it from Redis.
+    pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: Subscribe) {
         let last_seen = self.broker.ids().last();
-        let names: Vec<Box<str>> = bs
-            .targets
+        let names: Vec<Box<str>> = targets
             .iter()
             .filter_map(|&t| self.broker.get(t))
             .map(|s| s.name.clone())
@@ -858,7 +818,7 @@ impl Reactor {
         }
     }
 
-    fn begin_bus_stream(&mut self, key: u32, bs: BusStream, names: &[Box<str>], failed: bool) {
+    fn begin_bus_stream(&mut self, key: u32, bs: Subscribe, names: &[Box<str>], failed: bool) {
         let targets: Vec<u32> = names.iter().filter_map(|n| self.broker.find(n)).collect();
         let c = self
             .broker

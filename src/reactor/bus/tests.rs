@@ -791,3 +791,102 @@ fn reconnects_use_the_address_resolved_at_start_and_never_look_up() {
     assert!(net.buses[a].status().reconnects >= 1);
     drop(second);
 }
+
+/// A TCP proxy in front of Redis. While `mute` is set, what Redis sends
+/// on pub/sub connections (those whose client sent SUBSCRIBE) is swallowed
+/// and nothing is closed: a pub/sub connection that died silently, while
+/// the command connection works.
+struct MuteProxy {
+    port: u16,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MuteProxy {
+    fn start(redis_port: u16) -> MuteProxy {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::sync::Arc;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mute = Arc::new(AtomicBool::new(false));
+        let muted = mute.clone();
+        // Threads end when Redis (killed on drop) closes its side; the
+        // acceptor lives as long as the test process.
+        std::thread::spawn(move || {
+            for client in l.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    continue;
+                };
+                let sub = Arc::new(AtomicBool::new(false));
+                let (mut from, mut to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let is_sub = sub.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if buf[..n].windows(9).any(|w| w == b"SUBSCRIBE") {
+                            is_sub.store(true, SeqCst);
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from, mut to, muted) = (server, client, muted.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if sub.load(SeqCst) && muted.load(SeqCst) {
+                            continue;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        MuteProxy { port, mute }
+    }
+
+    fn set_mute(&self, on: bool) {
+        self.mute.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_idle_bus_wants_no_wakeup_and_a_silent_pubsub_is_noticed_at_the_next_publish() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = MuteProxy::start(redis.port);
+    let url: RedisUrl = format!("redis://127.0.0.1:{}", proxy.port).parse().unwrap();
+    let mut net = Net::new();
+    let a = net.add(config(url, 500));
+    net.up(a);
+    // Up and idle: no deadline at all, so the reactor sleeps without a
+    // timeout for the bus (it used to PING every command timeout).
+    assert_eq!(net.buses[a].next_deadline(), None);
+    let id1 = net.publish(a, 1, &["s"], b"x", 0);
+    net.wait(a, 5_000, |o| *o == message(id1, &[("s", 0)], b"x"));
+    assert_eq!(net.buses[a].next_deadline(), None, "the watch ends");
+
+    proxy.set_mute(true);
+    // The command connection still answers: the publish gets its id...
+    let id2 = net.publish(a, 2, &["s"], b"y", 0);
+    assert!(id2 > id1);
+    assert!(net.buses[a].next_deadline().is_some(), "watching for {id2}");
+    // ...but its announcement never comes: the pub/sub connection is taken
+    // for dead, and the bus goes down (subscribers get a catch-up after).
+    net.wait(a, 5_000, |o| *o == BusOutput::Down);
+    let seen = |id: u64| {
+        let m = |o: &BusOutput| matches!(o, BusOutput::Message { id: i, .. } if *i == id);
+        net.outs[a].iter().any(m)
+    };
+    assert!(!seen(id2));
+
+    proxy.set_mute(false);
+    net.up(a);
+    let id3 = net.publish(a, 3, &["s"], b"z", 0);
+    net.wait(a, 5_000, |o| *o == message(id3, &[("s", id2)], b"z"));
+    assert!(net.buses[a].status().reconnects >= 1);
+}
