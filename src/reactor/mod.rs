@@ -81,7 +81,7 @@ const READ_BUF: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 pub(crate) const INBOX_LIMIT: usize = 65_536;
 /// Subscribers written to per loop turn; a larger fan-out continues next
-/// turn (see `write.rs`). Smaller passes let more events arrive while a
+/// turn (see `fanout.rs`). Smaller passes let more events arrive while a
 /// pass is under way, so late subscribers get more of them per write:
 /// with 10,000 subscribers and a reply-paced publisher, 2048 gave ~0.8 M
 /// deliveries/s at 1.25 µs of server CPU each, 512 gave ~1.8 M at 0.53 µs
