@@ -4,7 +4,8 @@
 //! closing). Buffers exist only while needed: the request buffer while a
 //! request is incomplete, the output buffer while a write is unfinished.
 //!
-//! Data and small helpers only; the reactor drives it.
+//! Data and small helpers only: what the connection's states mean over
+//! time is the connection machine's (`proto.rs`); the driver does its I/O.
 
 use mio::net::TcpStream;
 
@@ -16,6 +17,23 @@ pub type Tick = u32;
 
 /// No deadline.
 pub const NEVER: Tick = Tick::MAX;
+
+/// Ticks are 100 ms.
+pub const TICK_MS: u64 = 100;
+
+/// Milliseconds since server start → the tick at or after it.
+pub fn ms_to_ticks(ms: u64) -> Tick {
+    Tick::try_from(ms.div_ceil(TICK_MS)).unwrap_or(NEVER - 1)
+}
+
+/// A timeout flag as ticks; zero means no timeout (`NEVER`).
+pub fn ticks(d: std::time::Duration) -> Tick {
+    if d.is_zero() {
+        NEVER
+    } else {
+        ms_to_ticks(d.as_millis() as u64)
+    }
+}
 
 /// Bytes accepted for a socket but not yet written: first the unwritten
 /// tail of a shared frame after a short write (a position into the
@@ -71,6 +89,22 @@ impl Out {
     /// Unsent bytes, tail and copies.
     pub fn pending_len(&self) -> usize {
         self.tail.as_ref().map_or(0, |t| t.pending().len()) + self.copied()
+    }
+    /// A write took `n` bytes of [`Out::slices`] at `now`: the tail moves
+    /// first, then the copies. Returns how many copied bytes went (to give
+    /// back to the memory account).
+    pub fn advance(&mut self, n: usize, now: Tick) -> usize {
+        let in_tail = self.tail.as_ref().map_or(0, |t| t.pending().len());
+        if let Some(t) = self.tail.as_mut() {
+            t.at += n.min(in_tail);
+            if t.pending().is_empty() {
+                self.tail = None;
+            }
+        }
+        let from_buf = n.saturating_sub(in_tail);
+        self.pos += from_buf;
+        self.since = now;
+        from_buf
     }
     /// Unsent bytes as the slices to write, in order.
     pub fn slices(&self) -> [&[u8]; 2] {
@@ -149,11 +183,13 @@ impl State {
     }
 }
 
-/// One connection.
+/// One connection. The socket is a type parameter only so that the
+/// connection machine (`proto.rs`), which never touches it, can be tested
+/// on connections without one (`Conn<()>`).
 #[derive(Debug)]
-pub struct Conn {
+pub struct Conn<S = TcpStream> {
     /// The socket (its fd is the only per-connection kernel handle).
-    pub sock: TcpStream,
+    pub sock: S,
     /// When the sweep must next look at this connection.
     pub deadline: Tick,
     /// Slot of the peer address in the per-IP table.
@@ -166,9 +202,9 @@ pub struct Conn {
     pub state: State,
 }
 
-impl Conn {
+impl<S> Conn<S> {
     /// A freshly accepted connection, waiting for its first request.
-    pub fn new(sock: TcpStream, peer: u32, deadline: Tick) -> Self {
+    pub fn new(sock: S, peer: u32, deadline: Tick) -> Self {
         Conn {
             sock,
             deadline,

@@ -4,6 +4,15 @@
 //! It is the only code that touches `Poll`, sockets, the clock, or
 //! `write`/`writev`.
 //!
+//! `mod.rs` is the driver: it reads the clock, calls `read`/`writev`,
+//! routes requests and carries out what the parts decide. The rules live
+//! in parts it owns, which never name it and (but for `conn.rs`'s socket
+//! type) do no I/O: the connection machine (`proto.rs`: what bytes, time
+//! and output mean for a connection), the fan-out (`fanout.rs`), the sweep
+//! (`sweep.rs`), the timers and per-address counts. The publish path
+//! (`publish.rs`) and the Redis glue (`bus/mod.rs`) still extend the
+//! driver (`tests/it/layers.rs`).
+//!
 //! One loop turn: poll (until the nearest timer) → handle readiness
 //! (accept, read + route requests, drain writes) → fire due timers (a
 //! slice of the sweep, ticks) → fan newly published frames out to
@@ -11,10 +20,11 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the loop, accept, reads, request routing, carrying out actions |
-//! | `write.rs` | the write path: responses, catch-up, the fan-out pass, ends |
+//! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions |
+//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
 //! | `conn.rs` | the connection struct and its states |
+//! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
 //! | `timer.rs` | the deadline heap |
@@ -27,15 +37,17 @@ mod bus;
 mod conn;
 #[cfg_attr(not(feature = "journal"), path = "durable_off.rs")]
 mod durable;
+mod fanout;
 pub(crate) mod listen;
 mod peers;
+mod proto;
 mod publish;
 mod sweep;
 pub(crate) mod timer;
-mod write;
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -52,22 +64,24 @@ use crate::broker::{Broker, Limits};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, PublishError};
+use crate::frame;
 use crate::handler::{Action, Cx};
-use crate::http::{self, Parsed, Response};
+use crate::http::{self, Response};
+use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
 pub use conn::CONN_SIZE;
-use conn::{Conn, ReqBuf, State, Tick, NEVER};
+use conn::{ms_to_ticks, Conn, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
+use fanout::{Batch, WRITE_BUDGET};
 use peers::Peers;
+use proto::{Due, Feed, ReadMode, Refuse, Step, Wrote};
 use timer::{Timer, Timers};
 
 const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 << 10;
-/// Output a pipelining client may have queued before its input is paused.
-const PIPELINE_OUT_LIMIT: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 pub(crate) const INBOX_LIMIT: usize = 65_536;
 /// Subscribers written to per loop turn; a larger fan-out continues next
-/// turn (see `write.rs`). Smaller passes let more events arrive while a
+/// turn (see `fanout.rs`). Smaller passes let more events arrive while a
 /// pass is under way, so late subscribers get more of them per write:
 /// with 10,000 subscribers and a reply-paced publisher, 2048 gave ~0.8 M
 /// deliveries/s at 1.25 µs of server CPU each, 512 gave ~1.8 M at 0.53 µs
@@ -86,20 +100,15 @@ const ACCEPT_BATCH: usize = 256;
 /// All incomplete requests together may hold this much (or four maximal
 /// requests, if more): without it, every connection may hold `--max-body`.
 const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
-/// What one unfinished request may hold past `--max-header-bytes` +
-/// `--max-body` (chunk framing, the start of a pipelined next request).
-const MAX_REQUEST_SLACK: usize = 64 << 10;
-/// Ticks are 100 ms.
-const TICK_MS: u64 = 100;
-/// Connections admitted past `--max-connections` to answer `/healthz`
-/// (and nothing else), so monitoring sees a full server as alive.
-const HEALTHZ_RESERVE: usize = 8;
-/// How long a connection in that reserve may take to send its request.
-const RESERVE_WAIT_MS: u64 = 1000;
-/// The 503 past `--max-connections`.
-const OVER_CAP_MSG: &str =
-    "server is at --max-connections; retry later (only /healthz is answered past it)";
 
+/// How long a closing connection waits for its peer's FIN after we sent
+/// ours, so an error response is not destroyed by a reset.
+const LINGER_MS: u64 = 2000;
+/// Memory handed back to the system (`malloc_trim`) once this much was
+/// freed since the last time...
+const TRIM_AFTER_BYTES: usize = 16 << 20;
+/// ...and at most this often (a trim walks the heap).
+const TRIM_EVERY_MS: u64 = 1000;
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
 }
@@ -285,6 +294,7 @@ impl Bound {
             .journal
             .map(|o| durable::install(o, &mut broker, &mut apps));
         let memory = memory_limits(&self.cfg);
+        let rules = proto::Rules::new(&self.cfg, self.max);
         let mut r = Reactor {
             bus,
             durable,
@@ -309,11 +319,10 @@ impl Bound {
             shutting_down: false,
             closing: Vec::new(),
             resume_read: Vec::new(),
-            again: Vec::new(),
             memory: crate::memory::Account::new(memory),
+            rules,
             trimmed_at: 0,
-            passes: VecDeque::new(),
-            dirty: Vec::new(),
+            fanout: fanout::Fanout::default(),
             sweep: sweep::Sweep::default(),
             next_gen: 0,
             accept_paused: false,
@@ -362,18 +371,6 @@ impl Clock {
     }
 }
 
-fn ms_to_ticks(ms: u64) -> Tick {
-    Tick::try_from(ms.div_ceil(TICK_MS)).unwrap_or(NEVER - 1)
-}
-
-fn ticks(d: Duration) -> Tick {
-    if d.is_zero() {
-        NEVER
-    } else {
-        ms_to_ticks(d.as_millis() as u64)
-    }
-}
-
 /// The reactor and everything it owns.
 pub(crate) struct Reactor {
     /// The Redis bus, with `--redis`.
@@ -398,17 +395,15 @@ pub(crate) struct Reactor {
     closing: Vec<u32>,
     /// Connections whose paused input may be read again.
     resume_read: Vec<u32>,
-    /// Subscribers that used their write budget this turn and are owed more.
-    again: Vec<u32>,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
+    /// The connection machine's configuration.
+    rules: proto::Rules,
     /// When freed memory was last handed back to the system (ms).
     trimmed_at: u64,
-    /// Fan-out passes in progress: a stream and the next subscriber slot.
-    passes: VecDeque<(u32, usize)>,
-    /// Reused buffer for the broker's dirty streams.
-    dirty: Vec<u32>,
+    /// Fan-out passes under way and subscribers owed a turn.
+    fanout: fanout::Fanout,
     sweep: sweep::Sweep,
     next_gen: u32,
     accept_paused: bool,
@@ -438,13 +433,25 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Writes as much of `bufs` as the socket takes; `Ok(0)` on WouldBlock.
+fn write_vectored(sock: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match sock.write_vectored(bufs) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if would_block(&e) => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Reactor {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             self.clock.tick();
             self.bus_send();
-            let busy = !self.again.is_empty() || !self.passes.is_empty();
+            let busy = self.fanout.busy();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
@@ -791,11 +798,8 @@ impl Reactor {
             c.state = State::Streaming(cursors);
         }
         if let Some(exp) = until {
-            // Rounded up to the next tick: never a moment before `exp`.
-            let left_us = (exp.saturating_mul(1_000_000)).saturating_sub(self.clock.unix_us());
-            let t = left_us.div_ceil(TICK_MS * 1000).min(Tick::MAX as u64 / 2) as Tick;
-            self.token_exp
-                .insert(key, self.clock.now_tick().saturating_add(t));
+            let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
+            self.token_exp.insert(key, at);
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -930,6 +934,102 @@ impl Reactor {
         }
     }
 
+    /// Makes sure a sweep runs by deadline `d`.
+    fn want_sweep(&mut self, d: Tick) {
+        if let Some(at) = self.sweep.want(d) {
+            self.timers.add(at, Timer::Sweep);
+        }
+    }
+
+    /// One slice of the sweep (the timer entry for `when` fired).
+    fn sweep(&mut self, when: u64) {
+        let Some(new_round) = self.sweep.begin(when, self.clock.now_ms) else {
+            return;
+        };
+        // Cancelled timer entries (superseded sweeps, ticks of closed
+        // connections) are dropped lazily; compact when they could have
+        // piled up.
+        if new_round && self.timers.len() > 64 {
+            let (conns, at) = (&self.conns, self.sweep.at);
+            self.timers.retain(|w, t| timer_live(conns, at, w, t));
+        }
+        let now = self.clock.now_tick();
+        let mut due = Vec::new();
+        self.sweep.scan(&self.conns, now, &mut due);
+        for key in due {
+            self.expire(key, now);
+            if let Some(c) = self.conns.get(key as usize) {
+                if !c.closing() {
+                    self.sweep.seen(c.deadline);
+                }
+            }
+        }
+        if let Some(at) = self.sweep.end(self.conns.capacity(), self.clock.now_ms) {
+            self.timers.add(at, Timer::Sweep);
+        }
+    }
+
+    /// A connection's deadline passed: the connection machine says what
+    /// that means (`Conn::expire`), the reactor does it.
+    fn expire(&mut self, key: u32, now: Tick) {
+        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
+        let reserved = self.reserve.contains(&key);
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match c.expire(now, exp, reserved, &self.rules) {
+            Due::Nothing => {}
+            Due::TokenExpired => {
+                // Mercure: a subscription ends when its token expires.
+                log::info!("ending stream {key}: its token expired");
+                self.counters.reject("token_expired");
+                self.end_stream(key);
+            }
+            Due::WriteStalled => {
+                log::info!(
+                    "closing connection {key}: nothing written for {:?}",
+                    self.cfg.write_timeout
+                );
+                self.counters.write_timeouts += 1;
+                self.close(key);
+            }
+            Due::Refuse(r) => self.refuse(key, r),
+            Due::Close { unasked } => {
+                if unasked {
+                    self.counters.reject("idle_before_request");
+                }
+                self.close(key);
+            }
+            Due::Heartbeat => self.heartbeat(key),
+        }
+    }
+
+    /// Schedules the next slice of the stream lifecycle sweep.
+    fn schedule_expire(&mut self, mid_pass: bool) {
+        let at = sweep::expire_at(self.clock.now_ms, self.cfg.stream_idle_ttl, mid_pass);
+        self.timers.add(at, Timer::Expire);
+    }
+
+    /// One slice of the stream lifecycle sweep (its timer fired).
+    fn expire_streams(&mut self) {
+        let now = self.clock.unix_us();
+        let done = self.broker.expire(now, sweep::STREAM_SLICE);
+        let unread = |(_, s): (u32, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
+        if done && !self.broker.iter().any(unread) {
+            self.sweep.rest_expire();
+            return;
+        }
+        self.schedule_expire(!done);
+    }
+
+    /// The loop woke for something other than the lifecycle sweep: a
+    /// resting sweep starts again (after its usual rest).
+    fn stir_expire(&mut self) {
+        if self.sweep.stir_expire() {
+            self.schedule_expire(false);
+        }
+    }
+
     /// Whether a timer entry still means something: the current sweep, any
     /// one-off timer, or the tick of a live ticking connection of that
     /// generation.
@@ -992,46 +1092,26 @@ impl Reactor {
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
         self.counters.accepted += 1;
         let _ = sock.set_nodelay(true);
-        let over = self.conns.len() >= self.max_connections;
-        let reserve = over && self.reserve.len() < HEALTHZ_RESERVE && !self.shutting_down;
-        // A trusted proxy carries many clients: each is counted under its
-        // forwarded address at its first request instead.
-        let limit = if self.cfg.trusted_proxies.contains(&addr.ip()) {
-            usize::MAX
-        } else {
-            self.cfg.max_connections_per_ip
-        };
-        let peer = if over && !reserve {
-            None
-        } else {
-            self.peers.add(addr.ip(), limit)
-        };
-        let Some(peer) = peer else {
-            let (reason, msg) = if over {
-                ("over_capacity", OVER_CAP_MSG)
-            } else {
-                (
-                    "per_ip_limit",
-                    "too many connections from your address (--max-connections-per-ip)",
-                )
-            };
-            self.counters.reject(reason);
-            let resp = Response::error(503, msg)
-                .header("Retry-After", "1")
-                .encode(false, false, false);
-            // A fresh socket has an empty send buffer; if even this does not
-            // fit, the peer just sees the close.
-            let _ = std::io::Write::write(&mut sock, &resp);
-            let _ = sock.shutdown(std::net::Shutdown::Write);
-            let _ = sock.read(&mut self.rbuf);
-            return;
-        };
-        let deadline = if over {
-            self.clock
-                .now_tick()
-                .saturating_add(ms_to_ticks(RESERVE_WAIT_MS))
-        } else {
-            self.header_deadline()
+        let admitted = proto::admit(
+            &mut self.peers,
+            addr.ip(),
+            self.conns.len(),
+            self.reserve.len(),
+            self.shutting_down,
+            self.clock.now_tick(),
+            &self.rules,
+        );
+        let a = match admitted {
+            Ok(a) => a,
+            Err(r) => {
+                self.counters.reject(r.reason);
+                // A fresh socket has an empty send buffer; if even this does
+                // not fit, the peer just sees the close.
+                let _ = std::io::Write::write(&mut sock, &r.encode());
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+                let _ = sock.read(&mut self.rbuf);
+                return;
+            }
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -1041,112 +1121,37 @@ impl Reactor {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("register: {e}");
-            self.peers.remove(peer);
+            self.peers.remove(a.peer);
             return;
         }
-        entry.insert(Conn::new(sock, peer, deadline));
-        self.set_deadline(key as u32, deadline);
-        if over {
+        entry.insert(Conn::new(sock, a.peer, a.deadline));
+        self.set_deadline(key as u32, a.deadline);
+        if a.reserve {
             self.reserve.push(key as u32);
         }
-    }
-
-    /// Deadline for a connection waiting for (the rest of) a request.
-    fn header_deadline(&self) -> Tick {
-        self.clock
-            .now_tick()
-            .saturating_add(ticks(self.cfg.header_timeout))
-    }
-
-    /// Deadline for an idle keep-alive connection.
-    fn idle_deadline(&self) -> Tick {
-        self.clock
-            .now_tick()
-            .saturating_add(ticks(self.cfg.idle_timeout))
-    }
-
-    /// Takes a connection's incomplete request out of it (for parsing).
-    fn take_reqbuf(&mut self, key: u32) -> Option<Box<ReqBuf>> {
-        let c = self.conns.get_mut(key as usize)?;
-        let State::Reading { buf, .. } = &mut c.state else {
-            return None;
-        };
-        let b = buf.take()?;
-        // Put back (or freed with its connection) once parsed.
-        self.memory
-            .lend(crate::memory::Kind::Requests, b.data.len());
-        self.peers.let_go(c.peer, b.data.len());
-        Some(b)
-    }
-
-    /// Puts an incomplete request back, unless the connection has moved on
-    /// (streaming, closing), in which case it is dropped.
-    fn put_reqbuf(&mut self, key: u32, b: Box<ReqBuf>) {
-        let Some(c) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if b.data.is_empty() {
-            return;
-        }
-        if let State::Reading {
-            buf: slot @ None, ..
-        } = &mut c.state
-        {
-            // Checked by `buffer_fits` when it grew; put back whatever it is.
-            self.memory
-                .force(crate::memory::Kind::Requests, b.data.len());
-            self.peers.hold(c.peer, b.data.len());
-            *slot = Some(b);
-        }
-    }
-
-    /// Whether connection `key` may hold `more` bytes of an incomplete
-    /// request: within its address's share ([`Reactor::request_share`]),
-    /// and within the memory account (`--max-body` bounds one request, its
-    /// `requests` limit all of them, `--memory-max` everything; a refusal
-    /// is counted there).
-    fn buffer_fits(&mut self, key: u32, more: usize) -> Result<(), BufferFull> {
-        let slot = self.conns.get(key as usize).map(|c| c.peer);
-        if let Some(slot) = slot {
-            // A trusted proxy carries many clients (and nginx buffers
-            // bodies itself): only the global budget holds for it.
-            let proxy = self
-                .peers
-                .ip(slot)
-                .is_some_and(|ip| self.cfg.trusted_proxies.contains(&ip));
-            let share = self.request_share();
-            if !proxy && self.peers.requests(slot).saturating_add(more) > share {
-                return Err(BufferFull::Address(share));
-            }
-        }
-        let k = crate::memory::Kind::Requests;
-        match self.memory.charge(k, more) {
-            Ok(()) => {
-                // Charged for real by `put_reqbuf`.
-                self.memory.lend(k, more);
-                Ok(())
-            }
-            Err(_) => Err(BufferFull::All),
-        }
-    }
-
-    /// The most of the request-buffer budget one client address may hold:
-    /// an eighth (8 MiB of the default 64 MiB), and at least one largest
-    /// request, so 64 slow uploads of one address cannot take it all.
-    fn request_share(&self) -> usize {
-        let budget = self.memory.limits().of(crate::memory::Kind::Requests);
-        (budget / 8).max(self.cfg.max_header_bytes + self.cfg.max_body + MAX_REQUEST_SLACK)
     }
 
     /// Output drained on a connection whose input was paused: route the
     /// requests already buffered, then read on.
     fn resume_reading(&mut self, key: u32) {
-        if let Some(mut buf) = self.take_reqbuf(key) {
-            let used = self.process(key, &buf.data, &mut buf.scan);
-            buf.data.drain(..used);
-            self.put_reqbuf(key, buf);
+        let held = match self.conns.get_mut(key as usize) {
+            Some(c) => c.take_request(&mut self.memory, &mut self.peers),
+            None => None,
+        };
+        if let Some(buf) = held {
+            let feed = Feed::resume(buf, &self.rules);
+            if let Some(rest) = self.process(key, feed) {
+                self.put_request(key, rest);
+            }
         }
         self.on_readable(key);
+    }
+
+    /// Puts an unfinished request back into its connection.
+    fn put_request(&mut self, key: u32, b: Box<ReqBuf>) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.put_request(b, &mut self.memory, &mut self.peers);
+        }
     }
 
     /// The readable edge: read until WouldBlock, routing complete requests
@@ -1163,12 +1168,10 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return;
             };
-            let (discard, was_idle) = match conn.state {
-                State::Closing => return,
-                State::Reading { paused: true, .. } => return,
-                State::Reading { idle, .. } => (false, idle),
-                _ => (true, false),
-            };
+            let mode = conn.read_mode();
+            if mode == ReadMode::Stop {
+                return;
+            }
             let n = match conn.sock.read(rbuf) {
                 Ok(0) => {
                     self.close(key);
@@ -1182,79 +1185,40 @@ impl Reactor {
                     return;
                 }
             };
-            if discard {
+            let ReadMode::Requests { was_idle } = mode else {
                 continue;
-            }
-            if let State::Reading { idle, .. } = &mut conn.state {
-                *idle = false;
-            }
-            let pending = self.take_reqbuf(key);
-            let held = pending.as_ref().map_or(0, |b| b.data.len());
-            let limit = self.cfg.max_header_bytes + self.cfg.max_body + MAX_REQUEST_SLACK;
-            if held + n > limit {
-                let e = http::HttpError::PayloadTooLarge;
-                self.counters.reject(e.reason());
-                self.error(key, e.status(), e.message(), None);
-                return;
-            }
-            let leftover: Option<Box<ReqBuf>> = match pending {
-                Some(mut buf) => {
-                    buf.data.extend_from_slice(&rbuf[..n]);
-                    let used = self.process(key, &buf.data, &mut buf.scan);
-                    buf.data.drain(..used);
-                    (!buf.data.is_empty()).then_some(buf)
-                }
-                None => {
-                    let mut scan = http::Scan::default();
-                    let used = self.process(key, &rbuf[..n], &mut scan);
-                    (used < n).then(|| {
-                        Box::new(ReqBuf {
-                            data: rbuf[used..n].to_vec(),
-                            scan,
-                        })
-                    })
-                }
             };
-            let Some(rest) = leftover else { continue };
-            if let Err(full) = self.buffer_fits(key, rest.data.len()) {
+            conn.input_began();
+            let peer = conn.peer;
+            let pending = conn.take_request(&mut self.memory, &mut self.peers);
+            let feed = match Feed::new(pending, &rbuf[..n], &self.rules) {
+                Ok(f) => f,
+                Err(r) => return self.refuse(key, r),
+            };
+            let Some(rest) = self.process(key, feed) else {
+                continue;
+            };
+            let fits = proto::request_fits(
+                &mut self.memory,
+                &self.peers,
+                peer,
+                rest.data.len(),
+                &self.rules,
+            );
+            if let Err(full) = fits {
                 // Many peers each holding a large unfinished request: refuse
                 // this one rather than let the sum grow with the peer count.
-                let msg = match full {
-                    BufferFull::All => {
-                        self.counters.reject("buffer_budget");
-                        "server is holding too many unfinished requests; retry later".to_string()
-                    }
-                    BufferFull::Address(share) => {
-                        self.counters.reject("buffer_share_per_ip");
-                        format!("your address is holding too many unfinished requests (at most {share} bytes, an eighth of the server's request-buffer budget); finish or close one, then retry")
-                    }
-                };
-                self.error(key, 503, &msg, Some(("Retry-After", "1")));
-                return;
+                self.counters.reject(full.reason());
+                return self.respond(key, &full.encode(), true);
             }
-            // A request that began in this read (after an idle gap, or after
-            // one completed just now) gets a fresh header deadline; bytes
-            // dribbled into the same request never extend it (slowloris).
-            let new_request = was_idle
-                || matches!(
-                    self.conns.get(key as usize),
-                    Some(Conn {
-                        state: State::Reading { idle: true, .. },
-                        ..
-                    })
-                );
-            self.put_reqbuf(key, rest);
-            let header_deadline = self.header_deadline();
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                if let State::Reading {
-                    buf: Some(_), idle, ..
-                } = &mut conn.state
-                {
-                    *idle = false;
-                    if new_request {
-                        self.set_deadline(key, header_deadline);
-                    }
-                }
+            let now = self.clock.now_tick();
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
+            let new_request = was_idle || conn.idle();
+            conn.put_request(rest, &mut self.memory, &mut self.peers);
+            if let Some(d) = conn.holding(new_request, now, &self.rules) {
+                self.set_deadline(key, d);
             }
         }
         // Still readable after a full budget: no new edge will come, so
@@ -1264,172 +1228,600 @@ impl Reactor {
         }
     }
 
-    /// Parses and routes every complete request at the front of `data`;
-    /// returns how many bytes were used. `scan` is the progress through the
-    /// first request's chunked body, and is left describing the request at
-    /// the front of what remains.
-    fn process(&mut self, key: u32, data: &[u8], scan: &mut http::Scan) -> usize {
-        let limits = http::Limits {
-            max_header_bytes: self.cfg.max_header_bytes,
-            max_body: self.cfg.max_body,
-        };
-        let mut off = 0;
-        while off < data.len() {
-            match self.conns.get(key as usize).map(|c| &c.state) {
-                // Paused for back-pressure: keep the rest for when output drains.
-                Some(State::Reading { paused: true, .. }) => break,
-                Some(State::Reading { .. }) => {}
-                // Streaming or closing: later pipelined bytes mean nothing.
-                Some(State::Streaming(_) | State::Ticking(_)) => {
-                    self.counters.reject("pipelined_after_stream");
-                    return data.len();
+    /// Routes every complete request `feed` yields while the connection
+    /// reads requests; returns what is left unrouted.
+    fn process(&mut self, key: u32, mut feed: Feed<'_>) -> Option<Box<ReqBuf>> {
+        loop {
+            let req = match feed.next(self.conns.get(key as usize).map(|c| &c.state)) {
+                Step::Wait => break,
+                Step::Continue => {
+                    self.respond(key, http::CONTINUE, false);
+                    break;
                 }
-                _ => return data.len(),
-            }
-            match http::parse_resume(&data[off..], limits, scan) {
-                Ok(Parsed::Partial) => {
-                    if scan.take_continue() {
-                        self.respond(key, http::CONTINUE, false);
+                Step::Dropped { pipelined } => {
+                    if pipelined {
+                        self.counters.reject("pipelined_after_stream");
                     }
                     break;
                 }
-                Err(e) => {
-                    self.counters.reject(e.reason());
-                    self.error(key, e.status(), e.message(), None);
-                    return data.len();
+                Step::Refuse(r) => {
+                    self.refuse(key, r);
+                    break;
                 }
-                Ok(Parsed::Complete(req, used)) => {
-                    off += used;
-                    *scan = http::Scan::default();
-                    self.counters.requests += 1;
-                    if self.reserve.contains(&key) {
-                        self.answer_reserve(key, &req);
-                        return data.len();
+                Step::Request(req) => req,
+            };
+            self.counters.requests += 1;
+            if self.reserve.contains(&key) {
+                match proto::reserve_answer(&req) {
+                    Ok(bytes) => {
+                        self.counters.healthz_reserve += 1;
+                        self.respond(key, &bytes, true);
                     }
-                    let Some(client) = self.client_of(key, &req) else {
-                        return data.len();
-                    };
-                    let mut apps = std::mem::take(&mut self.apps);
-                    let before = self.journal_ticket();
-                    let mut cx = self.context_for(key, client);
-                    crate::router::handle(&mut cx, &mut apps, &req);
-                    let actions = std::mem::take(&mut cx.actions);
-                    self.apps = apps;
-                    // The archives the request changed share the history budget.
-                    let archived = self.apps.archived_bytes();
-                    if archived != self.broker.app_bytes() {
-                        self.broker.set_app_bytes(archived);
-                    }
-                    self.hold_from = self.durable.is_some().then_some(before);
-                    self.act(key, actions);
-                    self.hold_from = None;
-                    let idle = self.idle_deadline();
-                    if let Some(c) = self.conns.get_mut(key as usize) {
-                        if let State::Reading {
-                            idle: i, paused, ..
-                        } = &mut c.state
-                        {
-                            *i = true;
-                            match &c.out {
-                                None => self.set_deadline(key, idle),
-                                Some(o) if o.pending_len() > PIPELINE_OUT_LIMIT => {
-                                    *paused = true;
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                    }
+                    Err(r) => self.refuse(key, r),
+                }
+                feed.discard();
+                break;
+            }
+            let Some(client) = self.client_of(key, &req) else {
+                feed.discard();
+                break;
+            };
+            let mut apps = std::mem::take(&mut self.apps);
+            let before = self.journal_ticket();
+            let mut cx = self.context_for(key, client);
+            crate::router::handle(&mut cx, &mut apps, &req);
+            let actions = std::mem::take(&mut cx.actions);
+            self.apps = apps;
+            // The archives the request changed share the history budget.
+            let archived = self.apps.archived_bytes();
+            if archived != self.broker.app_bytes() {
+                self.broker.set_app_bytes(archived);
+            }
+            self.hold_from = self.durable.is_some().then_some(before);
+            self.act(key, actions);
+            self.hold_from = None;
+            let now = self.clock.now_tick();
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                if let Some(d) = c.after_request(now, &self.rules) {
+                    self.set_deadline(key, d);
                 }
             }
         }
-        off
+        feed.finish()
     }
 
-    /// A connection admitted over the cap: `/healthz` is answered (and the
-    /// connection closed), anything else gets the over-capacity 503.
-    fn answer_reserve(&mut self, key: u32, req: &http::Request<'_>) {
-        let head_only = req.method == http::Method::Head;
-        if req.path == "/healthz" && (head_only || req.method == http::Method::Get) {
-            self.counters.healthz_reserve += 1;
-            let bytes = Response::new(200, "text/plain", "ok").encode(req.http10, false, head_only);
-            self.respond(key, &bytes, true);
-        } else {
-            self.counters.reject("over_capacity");
-            self.error(key, 503, OVER_CAP_MSG, Some(("Retry-After", "1")));
-        }
-    }
-
-    /// The client of a request: the peer, or, from a `--trusted-proxy`,
-    /// the address it forwarded, under which the connection is then also
-    /// counted for `--max-connections-per-ip` (`None`, with a 503 sent,
-    /// when that address is over it). A proxy that forwards no usable
-    /// address (`for=unknown`, a name, garbage) is the client's address
-    /// for the per-address pools (selectors, members, subscriber streams):
-    /// a client cannot leave every pool by hiding its address.
+    /// The client of a request (see `proto::client_of`); `None`, with a
+    /// 503 sent, when its forwarded address is over
+    /// `--max-connections-per-ip`.
     fn client_of(&mut self, key: u32, req: &http::Request<'_>) -> Option<Client> {
         let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
-        let Some(proxy) = peer.filter(|p| self.cfg.trusted_proxies.contains(p)) else {
-            return Some(Client {
-                peer,
-                via_proxy: false,
-                unnamed: false,
-            });
+        let c = proto::client_of(
+            key,
+            peer,
+            req,
+            &mut self.peers,
+            &mut self.proxied,
+            &self.rules,
+        );
+        match c {
+            Ok(c) => {
+                if let (Some(c), Some(proxy)) = (c.counted, peer) {
+                    log::debug!("connection {key}: client {c} via proxy {proxy}");
+                }
+                if let (true, Some(proxy)) = (c.unnamed, peer) {
+                    log::debug!(
+                        "connection {key}: proxy {proxy} named no client; pooled under its address"
+                    );
+                }
+                Some(Client {
+                    peer: c.ip,
+                    via_proxy: c.via_proxy,
+                    unnamed: c.unnamed,
+                })
+            }
+            Err(r) => {
+                self.refuse(key, r);
+                None
+            }
+        }
+    }
+
+    /// Counts a refusal and sends its answer, which ends the connection.
+    fn refuse(&mut self, key: u32, r: Refuse) {
+        self.counters.reject(r.reason);
+        self.respond(key, &r.encode(), true);
+    }
+
+    // The write path: responses, stream heads, catch-up, the fan-out
+    // pass, partial writes, slow subscribers, and the ways a connection
+    // ends. Closing is deferred: `close` marks a connection, `reap` frees
+    // it at the end of the turn.
+
+    /// Marks a connection to be freed at the end of the turn, leaving the
+    /// streams it read and releasing its request buffer.
+    fn close(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
         };
-        let (client, unnamed) =
-            match crate::access::forwarded_client(req, &self.cfg.trusted_proxies) {
-                None => (Some(proxy), false),
-                Some(Some(c)) => (Some(c), false),
-                Some(None) => (None, true),
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
+        match c.close(&mut self.memory, &mut self.peers) {
+            proto::Closed::Already => return,
+            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
+            proto::Closed::Now(None) => {}
+        }
+        self.closing.push(key);
+    }
+
+    /// Lets go of a connection's unsent bytes (it is being freed): copies
+    /// go back to the account; a frame tail is noted as freed, since the
+    /// connection may have been the frame's last holder.
+    fn free_out(&mut self, out: &Out) {
+        self.memory.release(Kind::Output, out.copied());
+        if let Some(t) = &out.tail {
+            self.memory.note_freed(t.frame.cost());
+        }
+    }
+
+    /// Hands freed heap back to the system after large frees (glibc keeps
+    /// it otherwise: a burst of megabyte-sized buffers would stay resident
+    /// after they are gone). Rate-limited; a no-op on other C libraries.
+    fn maybe_trim(&mut self) {
+        if self.memory.freed() < TRIM_AFTER_BYTES
+            // `trimmed_at` 0: never trimmed, so the first trim may come at
+            // once (a server up for less than a second frees too).
+            || (self.trimmed_at != 0 && self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS)
+        {
+            return;
+        }
+        self.memory.take_freed();
+        self.trimmed_at = self.clock.now_ms;
+        self.counters.memory_trims += 1;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own structures.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Output that would pass the memory account: the connection machine
+    /// answers a response not yet begun with a short 503 (`refuse_output`);
+    /// anything else closes the connection.
+    fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
+        self.counters.reject("memory_output");
+        log::info!("connection {key}: {} output refused: {r}", r.kind().name());
+        let now = self.clock.now_tick();
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if !c.refuse_output(nothing_sent, now, &mut self.memory, &mut self.peers) {
+            self.close(key);
+        }
+    }
+
+    /// Queues raw bytes for a connection: written at once if its socket is
+    /// drained, appended to its output buffer otherwise.
+    fn send(&mut self, key: u32, bytes: &[u8]) {
+        self.queue(key, bytes, false);
+    }
+
+    /// `Reactor::send`; `response` says the bytes are a whole response
+    /// to a request, which a refusal may replace with a short 503.
+    fn queue(&mut self, key: u32, bytes: &[u8], response: bool) {
+        let tick = self.clock.now_tick();
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.closing() || bytes.is_empty() {
+            return;
+        }
+        if conn.out.is_some() {
+            if let Err(r) = conn.append_out(bytes, &mut self.memory) {
+                self.refuse_output(key, r, false);
+            }
+            return;
+        }
+        let mut done = 0;
+        while done < bytes.len() {
+            match write_vectored(&mut conn.sock, &[IoSlice::new(&bytes[done..])]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    self.counters.bytes_written += n as u64;
+                }
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        if done < bytes.len() {
+            if let Err(r) = conn.keep_unsent(&bytes[done..], tick, &mut self.memory) {
+                self.refuse_output(key, r, response && done == 0);
+            }
+        }
+    }
+
+    /// Queues SSE bytes for a streaming connection, chunk-framed if its
+    /// body is chunked.
+    fn send_sse(&mut self, key: u32, sse: &[u8]) {
+        if sse.is_empty() {
+            return;
+        }
+        match self.conns.get(key as usize) {
+            Some(c) if c.chunked => self.send(key, &frame::chunk(sse)),
+            Some(_) => self.send(key, sse),
+            None => {}
+        }
+    }
+
+    /// Sends a complete response; `close` ends the connection once it is out.
+    fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
+        self.queue(key, bytes, true);
+        if close {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                c.last_response(&mut self.memory, &mut self.peers);
+            }
+        }
+        self.after_write(key);
+    }
+
+    /// What follows a write on a connection that is not streaming: a final
+    /// response that is out lingers; backed-up output gets a write deadline.
+    fn after_write(&mut self, key: u32) {
+        let tick = self.clock.now_tick();
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match c.after_write(tick, &self.rules) {
+            Wrote::Linger => self.linger(key),
+            Wrote::Deadline(d) => self.want_sweep(d),
+            Wrote::Nothing => {}
+        }
+    }
+
+    /// Half-closes a connection and waits briefly for the peer's FIN before
+    /// freeing it, so a final response is not lost to a reset.
+    fn linger(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.state = State::Lingering;
+        let d = ms_to_ticks(self.clock.now_ms + LINGER_MS);
+        self.set_deadline(key, d);
+    }
+
+    /// Drains `conn.out`. `Ok(true)` when empty (and freed), `Ok(false)`
+    /// when the socket is full.
+    fn drain_out(&mut self, key: u32) -> io::Result<bool> {
+        let tick = self.clock.now_tick();
+        let Reactor {
+            conns,
+            memory,
+            counters,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key as usize) else {
+            return Ok(true);
+        };
+        let Some(out) = conn.out.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            let [tail, copied] = out.slices();
+            if tail.is_empty() && copied.is_empty() {
+                break;
+            }
+            let n = write_vectored(&mut conn.sock, &[IoSlice::new(tail), IoSlice::new(copied)])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            memory.release(Kind::Output, out.advance(n, tick));
+            counters.bytes_written += n as u64;
+        }
+        conn.out = None;
+        Ok(true)
+    }
+
+    /// The writable edge: drain output, then stream frames or resume reads.
+    fn on_writable(&mut self, key: u32) {
+        match self.conns.get(key as usize) {
+            Some(c) if !c.closing() && c.out.is_some() => {}
+            _ => return,
+        }
+        match self.drain_out(key) {
+            Err(_) => return self.close(key),
+            Ok(false) => return,
+            Ok(true) => {}
+        }
+        // A reply waiting for Redis or for an fsync keeps the input paused.
+        let paused = matches!(
+            self.conns.get(key as usize).map(|c| &c.state),
+            Some(State::Reading { paused: true, .. })
+        );
+        let held =
+            paused && (self.bus_holds(key) || self.held.iter().any(|h| h.key() == Some(key)));
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        match conn.drained(held) {
+            proto::Drained::Stream => {
+                self.flush_subscriber(key);
+                self.after_stream_write(key);
+            }
+            proto::Drained::Ticking => self.after_stream_write(key),
+            proto::Drained::Write { resume } => {
+                if resume {
+                    self.resume_read.push(key);
+                }
+                self.after_write(key);
+            }
+            proto::Drained::Nothing => {}
+        }
+    }
+
+    /// Writes a stream's response head and turns the connection's input
+    /// off; `false` if the connection is gone.
+    fn begin_stream(&mut self, key: u32, head: &[u8], chunked: bool) -> bool {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
+        if !c.begin_stream(chunked, &mut self.memory, &mut self.peers) {
+            return false;
+        }
+        self.send(key, head);
+        self.conns
+            .get(key as usize)
+            .is_some_and(|c| matches!(c.state, State::Draining))
+    }
+
+    /// Deadline bookkeeping after writing to a streaming connection.
+    fn after_stream_write(&mut self, key: u32) {
+        let exp = match self.token_exp.is_empty() {
+            true => NEVER,
+            false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
+        };
+        let now = self.clock.now_tick();
+        let d = match self.conns.get(key as usize) {
+            Some(c) => c.stream_deadline(now, exp, &self.rules),
+            None => None,
+        };
+        if let Some(d) = d {
+            self.set_deadline(key, d);
+        }
+    }
+
+    /// A ticking connection is due.
+    fn on_tick(&mut self, key: u32, gen: u32) {
+        let now = self.clock.now_ms;
+        let Some(t) = self
+            .conns
+            .get_mut(key as usize)
+            .and_then(|c| c.tick(gen, now))
+        else {
+            return;
+        };
+        self.timers.add(t.next_ms, Timer::Tick { key, gen });
+        if let Some(b) = t.frame {
+            self.counters.frames_written += 1;
+            self.send_sse(key, &b);
+            self.after_stream_write(key);
+        }
+    }
+
+    /// Writes new frames to the subscribers of streams published to, at
+    /// most `budget` subscribers per call: a pass over a large audience is
+    /// spread over loop turns so accepts and reads are not held up, and
+    /// subscribers late in a pass receive what was published meanwhile in
+    /// the same write. Blocked subscribers are skipped (their writable edge
+    /// resumes them) unless they lag past `--max-pending-bytes`.
+    fn flush_dirty(&mut self, mut budget: usize) {
+        for key in self.fanout.take_owed() {
+            let ready = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| !c.blocked() && !c.closing());
+            if ready {
+                self.flush_subscriber(key);
+            }
+        }
+        self.fanout.begin(&mut self.broker);
+        while budget > 0 {
+            let Some(key) = self.fanout.next(&self.broker) else {
+                break;
             };
-        let held = self.proxied.get(&key).copied();
-        let held_ip = held.and_then(|s| self.peers.ip(s));
-        let countable = client.filter(|c| !self.cfg.trusted_proxies.contains(c));
-        if held_ip != countable {
-            // The proxy may reuse the connection for another client.
-            if let Some(s) = held {
-                self.peers.remove(s);
-                self.proxied.remove(&key);
-            }
-            if let Some(c) = countable {
-                let Some(slot) = self.peers.add(c, self.cfg.max_connections_per_ip) else {
-                    self.counters.reject("per_ip_limit");
-                    let msg = "too many connections from your address (--max-connections-per-ip)";
-                    self.error(key, 503, msg, Some(("Retry-After", "1")));
-                    return None;
-                };
-                self.proxied.insert(key, slot);
-                log::debug!("connection {key}: client {c} via proxy {proxy}");
+            budget -= 1;
+            let blocked = self
+                .conns
+                .get(key as usize)
+                .is_none_or(|c| c.blocked() || c.closing());
+            if blocked {
+                self.check_lag(key);
+            } else {
+                self.flush_subscriber(key);
             }
         }
-        if unnamed {
-            log::debug!(
-                "connection {key}: proxy {proxy} named no client; pooled under its address"
+    }
+
+    fn check_lag(&mut self, key: u32) {
+        let max = self.cfg.max_pending_bytes;
+        let slow = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| fanout::too_slow(c, &self.broker, max));
+        if slow {
+            log::info!(
+                "dropping slow subscriber {key}: more than {} bytes behind",
+                self.cfg.max_pending_bytes
             );
+            self.counters.slow_consumers_dropped += 1;
+            self.close(key);
         }
-        Some(Client {
-            peer: client.or(Some(proxy)),
-            via_proxy: true,
-            unnamed,
-        })
     }
 
-    /// A JSON error that ends the connection (the request's framing can no
-    /// longer be trusted, or the server refuses to hold more of it).
-    fn error(&mut self, key: u32, status: u16, msg: &str, header: Option<(&'static str, &str)>) {
-        let mut resp = Response::error(status, msg);
-        if let Some((n, v)) = header {
-            resp = resp.header(n, v);
+    /// Writes everything a subscriber is owed, in id order across its
+    /// streams, in batches of up to `MAX_IOV` frames per `writev`.
+    fn flush_subscriber(&mut self, key: u32) {
+        let tick = self.clock.now_tick();
+        let mut budget = WRITE_BUDGET;
+        // Whether this subscriber was sent anything: only then does its
+        // heartbeat move, so events it may not see leave no timing trace.
+        let mut wrote = false;
+        loop {
+            // A gap first, for any stream that dropped frames this
+            // subscriber had not been sent yet.
+            let gap = match self.conns.get_mut(key as usize) {
+                Some(Conn {
+                    state: State::Streaming(cs),
+                    ..
+                }) => self.broker.take_gap(cs),
+                _ => return,
+            };
+            if let Some(g) = gap {
+                wrote = true;
+                self.send_sse(key, &g);
+            }
+            let Reactor {
+                conns,
+                broker,
+                counters,
+                fanout,
+                ..
+            } = self;
+            let Some(conn) = conns.get_mut(key as usize) else {
+                return;
+            };
+            if conn.out.is_some() {
+                break;
+            }
+            let chunked = conn.chunked;
+            let State::Streaming(cs) = &mut conn.state else {
+                return;
+            };
+            let batch = Batch::gather(broker.merge(cs), chunked, budget);
+            if batch.is_empty() {
+                break;
+            }
+            wrote = true;
+            let written = match write_vectored(&mut conn.sock, batch.slices()) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            };
+            let w = batch.wrote(written);
+            let more = batch.more();
+            counters.frames_written += w.sent;
+            counters.bytes_written += written as u64;
+            if let Some(last) = w.last {
+                cs.advance(last);
+            }
+            if w.short {
+                // A cut frame, or the socket filled at a frame boundary (an
+                // Out without a tail marks the connection blocked until its
+                // writable edge).
+                conn.out = Some(Box::new(Out {
+                    tail: w.tail,
+                    buf: Vec::new(),
+                    pos: 0,
+                    since: tick,
+                }));
+            }
+            budget = budget.saturating_sub(written);
+            if conn.out.is_none() && more && budget == 0 {
+                // Still writable and still owed frames: no edge will come, so
+                // continue next turn, after everyone else had a go.
+                fanout.owe(key);
+            }
+            if conn.out.is_some() || !more || budget == 0 {
+                break;
+            }
         }
-        self.respond(key, &resp.encode(false, false, false), true);
+        let blocked = self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.out.is_some());
+        if wrote || blocked {
+            self.after_stream_write(key);
+        }
+        self.check_lag(key);
     }
-}
 
-/// Why an unfinished request may not grow.
-enum BufferFull {
-    /// All connections together hold the request-buffer budget.
-    All,
-    /// This connection's address holds its share (the figure).
-    Address(usize),
+    /// Ends a streaming connection gracefully: what is queued is flushed,
+    /// then an HTTP/1.0 (body-until-close) stream's socket closes; a chunked
+    /// one gets its last chunk and goes back to reading requests (unless
+    /// the server is shutting down).
+    fn end_stream(&mut self, key: u32) {
+        let Some(c) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
+        let Some((left, chunked)) = c.end_stream() else {
+            return;
+        };
+        if let Some(cs) = left {
+            self.broker.unsubscribe(key, &cs);
+        }
+        if chunked {
+            self.send(key, frame::LAST_CHUNK);
+            if !self.shutting_down {
+                // Node's fetch and fetch-event-source reuse the connection.
+                let now = self.clock.now_tick();
+                let reused = match self.conns.get_mut(key as usize) {
+                    Some(c) => c.reuse(now, &self.rules),
+                    None => None,
+                };
+                if let Some(d) = reused {
+                    self.set_deadline(key, d);
+                    self.after_write(key);
+                }
+                return;
+            }
+        }
+        match self.conns.get(key as usize) {
+            Some(c) if c.out.is_some() => self.after_write(key),
+            Some(_) => self.close(key),
+            None => {}
+        }
+    }
+
+    /// Flushes a stream's subscribers, deletes it, and ends their streams.
+    fn delete_stream(&mut self, idx: u32) {
+        // Flush first so subscribers that can take it get what was published.
+        for k in self.broker.subscribers(idx) {
+            if self.conns.get(k as usize).is_some_and(|c| !c.blocked()) {
+                self.flush_subscriber(k);
+            }
+        }
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            d.link.delete(name, floor);
+        }
+        for k in self.broker.delete(idx) {
+            self.end_stream(k);
+        }
+    }
+
+    /// Sets a connection's deadline and makes sure a sweep will see it.
+    fn set_deadline(&mut self, key: u32, d: Tick) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.deadline = d;
+            if d != NEVER {
+                self.want_sweep(d);
+            }
+        }
+    }
+
+    /// Writes a heartbeat comment.
+    fn heartbeat(&mut self, key: u32) {
+        self.counters.heartbeats += 1;
+        self.send_sse(key, frame::HEARTBEAT);
+        self.after_stream_write(key);
+    }
 }
 
 /// Who a request is from, for its handler context.

@@ -14,20 +14,29 @@
 //! finds every stream read (or internal): then none can expire until a
 //! subscriber leaves or a stream appears, which only a wakeup for
 //! something else brings, so an idle node sleeps without a timeout.
+//!
+//! This part only keeps the walk's position and says when the next step
+//! runs and which connections are due; what a due deadline means is the
+//! connection machine's (`Conn::expire` in `proto.rs`) and the driver
+//! carries it out. It must not touch sockets, timers or the reactor.
 
-use super::conn::{State, Tick, NEVER};
-use super::{ticks, Reactor, Timer, TICK_MS};
+use slab::Slab;
+
+use super::conn::{Conn, Tick, NEVER, TICK_MS};
 
 /// Connection slots examined per loop turn.
 const SLICE: usize = 4096;
 /// Rounds of the sweep start at most this often.
 const SWEEP_SPACING_MS: u64 = 250;
 /// Stream slots the lifecycle sweep examines per loop turn.
-const STREAM_SLICE: usize = 1024;
+pub const STREAM_SLICE: usize = 1024;
 
-/// Where the sweep stands.
+/// Where the sweep stands. The driver adds a `Timer::Sweep` entry at each
+/// time [`Sweep::want`] or [`Sweep::end`] returns, and runs a slice when
+/// one fires: [`Sweep::begin`], [`Sweep::scan`], what each due connection
+/// means ([`Sweep::seen`] for its new deadline), [`Sweep::end`].
 #[derive(Debug, Default)]
-pub(super) struct Sweep {
+pub struct Sweep {
     /// When the scheduled sweep step runs (the live `Timer::Sweep` entry).
     pub at: Option<u64>,
     /// When the current or last round started.
@@ -41,177 +50,213 @@ pub(super) struct Sweep {
     expire_resting: bool,
 }
 
-impl Reactor {
-    /// Makes sure a sweep runs by deadline `d`.
-    pub(super) fn want_sweep(&mut self, d: Tick) {
+impl Sweep {
+    /// Makes sure a sweep runs by deadline `d`: the time (ms) of a sweep
+    /// step to schedule, if one must be.
+    pub fn want(&mut self, d: Tick) -> Option<u64> {
         if d == NEVER {
-            return;
+            return None;
         }
-        if self.sweep.pos.is_some() {
+        if self.pos.is_some() {
             // A round is under way; it reschedules when it ends.
-            self.sweep.next = self.sweep.next.min(d);
-            return;
+            self.next = self.next.min(d);
+            return None;
         }
-        let when = (d as u64 * TICK_MS).max(self.sweep.last + SWEEP_SPACING_MS);
-        if self.sweep.at.is_none_or(|s| when < s) {
-            self.sweep.at = Some(when);
-            self.timers.add(when, Timer::Sweep);
+        let when = (d as u64 * TICK_MS).max(self.last + SWEEP_SPACING_MS);
+        if self.at.is_none_or(|s| when < s) {
+            self.at = Some(when);
+            return Some(when);
         }
+        None
     }
 
-    /// One slice of the sweep (the timer entry for `when` fired).
-    pub(super) fn sweep(&mut self, when: u64) {
-        if self.sweep.at != Some(when) {
-            return;
+    /// The step scheduled for `when` fired at `now_ms`: `None` if it was
+    /// superseded; else whether a new round begins (when cancelled timer
+    /// entries may be compacted).
+    pub fn begin(&mut self, when: u64, now_ms: u64) -> Option<bool> {
+        if self.at != Some(when) {
+            return None;
         }
-        self.sweep.at = None;
-        let start = match self.sweep.pos {
-            Some(p) => p,
-            None => {
-                // A new round. Cancelled timer entries (superseded sweeps,
-                // ticks of closed connections) are dropped lazily; compact
-                // when they could have piled up.
-                if self.timers.len() > 64 {
-                    let (conns, at) = (&self.conns, self.sweep.at);
-                    self.timers
-                        .retain(|w, t| super::timer_live(conns, at, w, t));
-                }
-                self.sweep.last = self.clock.now_ms;
-                self.sweep.next = NEVER;
-                0
-            }
-        };
-        let end = (start + SLICE).min(self.conns.capacity());
-        let now = self.clock.now_tick();
-        let mut due: Vec<u32> = Vec::new();
+        self.at = None;
+        if self.pos.is_some() {
+            return Some(false);
+        }
+        self.last = now_ms;
+        self.next = NEVER;
+        self.pos = Some(0);
+        Some(true)
+    }
+
+    /// Walks the round's next slice of `conns`: the keys due at `now` go
+    /// to `due`, the others' deadlines are remembered. The round stays
+    /// under way while the due ones are handled, so deadlines set
+    /// meanwhile are folded into it.
+    pub fn scan<S>(&mut self, conns: &Slab<Conn<S>>, now: Tick, due: &mut Vec<u32>) {
+        let start = self.pos.unwrap_or(0);
+        let end = (start + SLICE).min(conns.capacity());
         for k in start..end {
-            if let Some(c) = self.conns.get(k) {
+            if let Some(c) = conns.get(k) {
                 if c.deadline <= now {
                     due.push(k as u32);
                 } else {
-                    self.sweep.next = self.sweep.next.min(c.deadline);
+                    self.next = self.next.min(c.deadline);
                 }
             }
         }
-        // Mark the round as under way while handling, so deadlines set now
-        // are folded into it.
-        self.sweep.pos = Some(end);
-        for key in due {
-            self.expire(key, now);
-            if let Some(c) = self.conns.get(key as usize) {
-                if !c.closing() {
-                    self.sweep.next = self.sweep.next.min(c.deadline);
-                }
-            }
-        }
-        if end < self.conns.capacity() {
+        self.pos = Some(end);
+    }
+
+    /// A due connection was handled and is still open with deadline `d`.
+    pub fn seen(&mut self, d: Tick) {
+        self.next = self.next.min(d);
+    }
+
+    /// The slice is done (`capacity` slots in the table): the time of the
+    /// next step to schedule, if any: at once while slots remain, else by
+    /// the earliest deadline seen.
+    pub fn end(&mut self, capacity: usize, now_ms: u64) -> Option<u64> {
+        if self.pos.is_some_and(|p| p < capacity) {
             // More slots: continue next turn.
-            let at = self.clock.now_ms;
-            self.sweep.at = Some(at);
-            self.timers.add(at, Timer::Sweep);
-        } else {
-            self.sweep.pos = None;
-            let next = self.sweep.next;
-            self.want_sweep(next);
+            self.at = Some(now_ms);
+            return Some(now_ms);
         }
+        self.pos = None;
+        let next = self.next;
+        self.want(next)
+    }
+}
+
+impl Sweep {
+    /// The lifecycle sweep found nothing that could expire: it rests.
+    pub fn rest_expire(&mut self) {
+        self.expire_resting = true;
     }
 
-    /// Schedules the next slice of the stream lifecycle sweep: on the next
-    /// turn while a pass is under way, else after a rest.
-    pub(super) fn schedule_expire(&mut self, mid_pass: bool) {
-        let rest = match self.cfg.stream_idle_ttl.as_millis() as u64 {
-            0 => 60_000,
-            ttl => (ttl / 4).clamp(250, 60_000),
-        };
-        let at = if mid_pass {
-            self.clock.now_ms
-        } else {
-            self.clock.now_ms + rest
-        };
-        self.timers.add(at, Timer::Expire);
+    /// The loop woke for something else: whether a resting lifecycle sweep
+    /// must be scheduled again.
+    pub fn stir_expire(&mut self) -> bool {
+        std::mem::take(&mut self.expire_resting)
     }
+}
 
-    /// One slice of the stream lifecycle sweep (its timer fired).
-    pub(super) fn expire_streams(&mut self) {
-        let now = self.clock.unix_us();
-        let done = self.broker.expire(now, STREAM_SLICE);
-        let unread = |(_, s): (u32, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
-        if done && !self.broker.iter().any(unread) {
-            self.sweep.expire_resting = true;
-            return;
-        }
-        self.schedule_expire(!done);
+/// When the stream lifecycle sweep's next slice runs: on the next turn
+/// while a pass is under way, else after a rest of a quarter of
+/// `--stream-idle-ttl` (250 ms to 60 s; 60 s without a TTL).
+pub fn expire_at(now_ms: u64, stream_idle_ttl: std::time::Duration, mid_pass: bool) -> u64 {
+    let rest = match stream_idle_ttl.as_millis() as u64 {
+        0 => 60_000,
+        ttl => (ttl / 4).clamp(250, 60_000),
+    };
+    if mid_pass {
+        now_ms
+    } else {
+        now_ms + rest
     }
+}
 
-    /// The loop woke for something other than the lifecycle sweep: a
-    /// resting sweep starts again (after its usual rest).
-    pub(super) fn stir_expire(&mut self) {
-        if std::mem::take(&mut self.sweep.expire_resting) {
-            self.schedule_expire(false);
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// A connection's deadline passed.
-    fn expire(&mut self, key: u32, now: Tick) {
-        let write_ticks = ticks(self.cfg.write_timeout);
-        let Some(c) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if c.closing() {
-            return;
-        }
-        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
-        if exp <= now && matches!(c.state, State::Streaming(_)) {
-            // Mercure: a subscription ends when its token expires.
-            log::info!("ending stream {key}: its token expired");
-            self.counters.reject("token_expired");
-            self.end_stream(key);
-            return;
-        }
-        if let Some(out) = &c.out {
-            if now.saturating_sub(out.since) >= write_ticks {
-                log::info!(
-                    "closing connection {key}: nothing written for {:?}",
-                    self.cfg.write_timeout
-                );
-                self.counters.write_timeouts += 1;
-                self.close(key);
-            } else {
-                c.deadline = out.since.saturating_add(write_ticks).min(exp);
-            }
-            return;
-        }
-        match &c.state {
-            State::Reading { .. } if self.reserve.contains(&key) => {
-                // Admitted over the cap for a health check that did not come
-                // at once: the answer everyone else past the cap gets.
-                self.counters.reject("over_capacity");
-                self.error(key, 503, super::OVER_CAP_MSG, Some(("Retry-After", "1")));
-            }
-            State::Reading { buf, idle, .. } => {
-                if *idle || buf.is_none() {
-                    // Idle keep-alive, or a connection that never sent a
-                    // byte (browsers open spare ones): just go. A 408 there
-                    // could be read as the answer to the next request the
-                    // client sends.
-                    if buf.is_none() && !*idle {
-                        self.counters.reject("idle_before_request");
-                    }
-                    self.close(key);
-                } else {
-                    let e = crate::http::HttpError::Timeout;
-                    self.counters.reject(e.reason());
-                    self.error(key, e.status(), e.message(), None);
+    fn table(deadlines: &[(usize, Tick)], capacity: usize) -> Slab<Conn<()>> {
+        let mut t = Slab::with_capacity(capacity);
+        let top = deadlines.iter().map(|d| d.0).max().unwrap_or(0);
+        let keys: Vec<usize> = (0..=top)
+            .map(|_| t.insert(Conn::new((), 0, NEVER)))
+            .collect();
+        for k in keys {
+            match deadlines.iter().find(|d| d.0 == k) {
+                Some(&(_, d)) => t[k].deadline = d,
+                None => {
+                    t.remove(k);
                 }
             }
-            State::Streaming(_) | State::Ticking(_) => {
-                if self.cfg.heartbeat.is_zero() {
-                    c.deadline = exp;
-                    return;
-                }
-                self.heartbeat(key);
-            }
-            State::Draining | State::Lingering | State::Closing => self.close(key),
         }
+        t
+    }
+
+    #[test]
+    fn a_step_is_scheduled_once_for_the_earliest_deadline() {
+        let mut s = Sweep::default();
+        assert_eq!(s.want(NEVER), None);
+        // Tick 30 is 3000 ms; a later deadline adds nothing, an earlier one does.
+        assert_eq!(s.want(30), Some(3000));
+        assert_eq!(s.want(40), None);
+        assert_eq!(s.want(20), Some(2000));
+        // The superseded entry does nothing when it fires.
+        assert_eq!(s.begin(3000, 3000), None);
+        assert_eq!(s.begin(2000, 2000), Some(true));
+        // Rounds start at most every 250 ms.
+        let mut t = table(&[], 8);
+        t.clear();
+        s.scan(&t, 20, &mut Vec::new());
+        assert_eq!(s.end(t.capacity(), 2000), None);
+        assert_eq!(s.want(20), Some(2250));
+    }
+
+    #[test]
+    fn a_round_finds_due_connections_and_the_next_deadline() {
+        let t = table(&[(0, 5), (1, 20), (3, NEVER), (4, 10)], 16);
+        let mut s = Sweep::default();
+        let at = s.want(5).unwrap();
+        assert_eq!(s.begin(at, at), Some(true));
+        let mut due = Vec::new();
+        s.scan(&t, 10, &mut due);
+        assert_eq!(due, [0, 4]);
+        // While handling them, a deadline set elsewhere joins the round...
+        assert_eq!(s.want(15), None);
+        // ...and a handled connection's new one too.
+        s.seen(12);
+        assert_eq!(s.end(t.capacity(), 1000), Some(1200));
+    }
+
+    #[test]
+    fn a_large_table_is_walked_in_slices() {
+        let n = 2 * SLICE + 10;
+        let deadlines: Vec<(usize, Tick)> = (0..n).map(|k| (k, 100 + k as Tick)).collect();
+        let t = table(&deadlines, n);
+        let mut s = Sweep::default();
+        let at = s.want(100).unwrap();
+        let mut due = Vec::new();
+        let mut steps = 0;
+        let mut next = Some(at);
+        let mut first = true;
+        while let Some(when) = next {
+            assert_eq!(s.begin(when, when), Some(first));
+            first = false;
+            s.scan(&t, 105, &mut due);
+            steps += 1;
+            next = s.end(t.capacity(), when);
+            if steps > 10 {
+                break;
+            }
+            // The round over: the next step waits for the earliest left.
+            if s.pos.is_none() {
+                assert_eq!(next, Some(10_600));
+                break;
+            }
+            // Mid-round: the next slice runs on the next turn.
+            assert_eq!(next, Some(when));
+        }
+        assert_eq!(steps, t.capacity().div_ceil(SLICE));
+        assert_eq!(due, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_stream_sweep_rests_between_passes() {
+        // A resting sweep is stirred once.
+        let mut s = Sweep::default();
+        assert!(!s.stir_expire());
+        s.rest_expire();
+        assert!(s.stir_expire());
+        assert!(!s.stir_expire());
+        let ttl = std::time::Duration::from_secs(8);
+        assert_eq!(expire_at(1000, ttl, false), 3000);
+        assert_eq!(expire_at(1000, ttl, true), 1000);
+        assert_eq!(expire_at(0, std::time::Duration::ZERO, false), 60_000);
+        assert_eq!(
+            expire_at(0, std::time::Duration::from_millis(10), false),
+            250
+        );
     }
 }

@@ -164,3 +164,67 @@ fn no_io(dir: &str) {
         }
     }
 }
+
+/// The reactor's own table: `mod.rs` is the driver (the loop, `Poll`,
+/// sockets, the clock, timers, `read`/`writev`); every other file is a
+/// part it owns and must not name it. The sans-I/O parts also do no I/O
+/// and read no clock, so their unit tests need no socket and no sleep.
+const REACTOR_PARTS: &[(&str, bool)] = &[
+    // (file under src/reactor/, sans-I/O)
+    ("conn.rs", false),
+    ("proto.rs", true),
+    ("fanout.rs", true),
+    ("sweep.rs", true),
+    ("timer.rs", true),
+    ("peers.rs", true),
+    ("listen.rs", false),
+    ("durable.rs", false),
+    ("durable_off.rs", false),
+    ("bus/client.rs", false),
+    ("bus/machine.rs", false),
+    ("bus/tests.rs", false),
+];
+
+/// Files of the reactor that still extend the driver (`impl Reactor`):
+/// the publish path and the Redis glue (and its stub without the `redis`
+/// feature), until they become parts (issue 19, item 6).
+const REACTOR_DRIVER_FILES: &[&str] = &["mod.rs", "publish.rs", "bus/mod.rs", "bus/off.rs"];
+
+#[test]
+fn reactor_parts_do_not_reach_back_into_the_driver() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/reactor");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    for f in files {
+        let rel = f
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if REACTOR_DRIVER_FILES.contains(&rel.as_str()) {
+            continue;
+        }
+        let Some(&(_, pure)) = REACTOR_PARTS.iter().find(|(n, _)| *n == rel) else {
+            panic!("src/reactor/{rel} is in no row of REACTOR_PARTS in tests/it/layers.rs");
+        };
+        let src = code(&f);
+        assert!(
+            !src.contains("Reactor"),
+            "src/reactor/{rel} names the driver (Reactor)"
+        );
+        if !pure {
+            continue;
+        }
+        for banned in [
+            "mio",
+            "libc",
+            "TcpStream",
+            "std::fs",
+            "Instant",
+            "SystemTime",
+            "thread",
+        ] {
+            assert!(!src.contains(banned), "src/reactor/{rel} mentions {banned}");
+        }
+    }
+}

@@ -69,6 +69,8 @@ impl Reactor {
         self.settle(who, p.reply, &made, o);
     }
     pub(super) fn bus_stream(&mut self, key: u32, _targets: &[u32], _s: Subscribe) {
-        self.error(key, 503, "redis unavailable", None);
+        let bytes =
+            crate::http::Response::error(503, "redis unavailable").encode(false, false, false);
+        self.respond(key, &bytes, true);
     }
 }
