@@ -28,13 +28,13 @@ const INTERVAL_MS: u64 = 4000;
 const DEFAULT_EVENT: &str = "random";
 
 /// The `data:` line's JSON, spelled as chamber's Lua prints it (a space
-/// after each `:` and `,`, elapsed with 6 decimals).
+/// after each `:` and `,`, elapsed with 6 decimals). Written with integers:
+/// `{:.6}` of an `f64` was the only float formatting in the binary and
+/// linked core's float printer (about 20 KiB) for it.
 pub fn data_json(message: &str, elapsed_ms: u64) -> String {
     let msg = Value::String(message.to_string());
-    format!(
-        "{{\"message\": {msg}, \"elapsed\": {:.6}}}",
-        elapsed_ms as f64 / 1000.0
-    )
+    let (s, ms) = (elapsed_ms / 1000, elapsed_ms % 1000);
+    format!("{{\"message\": {msg}, \"elapsed\": {s}.{ms:03}000}}")
 }
 
 /// `GET /streaming/sse`.
@@ -99,5 +99,23 @@ mod tests {
             data_json("a\"b\nc", 0),
             r#"{"message": "a\"b\nc", "elapsed": 0.000000}"#
         );
+    }
+
+    /// The integer spelling is the `{:.6}` of `ms / 1000.0` it replaced.
+    #[test]
+    fn elapsed_matches_float_formatting() {
+        let spread = (0..5000).chain((0..40).map(|k| 1u64 << k)).chain([
+            999_999,
+            86_400_001,
+            u64::from(u32::MAX),
+            31_536_000_123,
+        ]);
+        for ms in spread {
+            let float = format!(
+                r#"{{"message": "m", "elapsed": {:.6}}}"#,
+                ms as f64 / 1000.0
+            );
+            assert_eq!(data_json("m", ms), float, "{ms} ms");
+        }
     }
 }
