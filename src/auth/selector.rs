@@ -81,6 +81,10 @@ enum Kind {
     Any,
     Exact,
     Template(Box<Template>),
+    /// A Mercure draft-08 `match_urlpattern` value and the hub URL
+    /// relative topics resolve against.
+    #[cfg(feature = "mercure")]
+    UrlPattern(Box<(super::urlpattern::UrlPattern, Option<super::url::Url>)>),
 }
 
 /// One parsed topic selector.
@@ -113,6 +117,34 @@ impl Selector {
             raw: s.to_string(),
             kind,
         })
+    }
+
+    /// A draft-08 URL pattern as a selector (so it is pooled and cached
+    /// like a template). Its name starts with `}`, which no topic and no
+    /// template can, so it never meets either; relative patterns and
+    /// topics resolve against `hub`, which the name records.
+    #[cfg(feature = "mercure")]
+    pub fn url_pattern(
+        pattern: &str,
+        hub: Option<&super::url::Url>,
+    ) -> Result<Selector, super::urlpattern::PatternError> {
+        let p = super::urlpattern::UrlPattern::compile(pattern, hub)?;
+        let base = hub.map_or(String::new(), |h| {
+            format!("{}://{}:{}", h.protocol(), h.hostname(), h.port())
+        });
+        Ok(Selector {
+            raw: format!("}}urlpattern {base} {pattern}"),
+            kind: Kind::UrlPattern(Box::new((p, hub.cloned()))),
+        })
+    }
+
+    /// The pattern of a selector made by [`Selector::url_pattern`].
+    #[cfg(feature = "mercure")]
+    pub fn pattern(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::UrlPattern(p) => Some(p.0.as_str()),
+            _ => None,
+        }
     }
 
     /// The selector as written.
@@ -170,6 +202,14 @@ impl Selector {
                 let m = template_matches(t, topic.as_bytes(), &mut steps);
                 (m, steps)
             }
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(p) => match super::url::Url::parse(topic, p.1.as_ref()) {
+                Some(u) => {
+                    let (m, steps) = p.0.match_steps(&u);
+                    (m, steps + topic.len() as u64)
+                }
+                None => (false, 1 + topic.len() as u64),
+            },
         }
     }
 }
