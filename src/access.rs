@@ -317,7 +317,13 @@ impl Access {
     /// Verifies a presented token of either dialect (draft-08 `at+jwt`
     /// tokens; legacy `mercure` claims unless `--mercure-legacy off`); a
     /// refusal is a 401 `invalid_token` naming `who`.
-    fn verify(&self, token: &str, key: &Key, f: &Facts<'_, '_>, who: &str) -> Result<Grants, Denied> {
+    fn verify(
+        &self,
+        token: &str,
+        key: &Key,
+        f: &Facts<'_, '_>,
+        who: &str,
+    ) -> Result<Grants, Denied> {
         let refused = |why: &str| Denied {
             code: Some("invalid_token"),
             ..Denied::unauthorized(format!("{who} token refused: {why}"))
@@ -408,8 +414,7 @@ pub fn hub_url(f: &Facts<'_, '_>) -> Option<auth::url::Url> {
         return None;
     }
     let https = f.via_proxy
-        && f
-            .req
+        && f.req
             .header_str("x-forwarded-proto")
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
     let scheme = if https { "https" } else { "http" };
@@ -892,8 +897,14 @@ mod tests {
             a.subscribe(Some(&all), &["secret", "news"]),
             Ok(vec![true, true])
         );
-        assert!(selector_sees_private(Some(&all), &Selector::parse("https://ex/{x}").unwrap()));
-        assert!(!selector_sees_private(Some(&other), &Selector::parse("https://ex/{x}").unwrap()));
+        assert!(selector_sees_private(
+            Some(&all),
+            &Selector::parse("https://ex/{x}").unwrap()
+        ));
+        assert!(!selector_sees_private(
+            Some(&other),
+            &Selector::parse("https://ex/{x}").unwrap()
+        ));
         assert!(!selector_sees_private(None, &Selector::parse("*").unwrap()));
     }
 

@@ -126,9 +126,7 @@ fn wanted(req: &Request<'_>, hub: Option<&Url>, max: usize) -> Result<Wanted, St
             Some(_) if v == "*" => push_sel(&mut w, any()),
             Some(MatchType::Exact) => {
                 if !valid_topic(&v) {
-                    return Err(format!(
-                        "bad match {v:?}: this hub's topics have no braces"
-                    ));
+                    return Err(format!("bad match {v:?}: this hub's topics have no braces"));
                 }
                 w.exact.push(v.into_owned());
             }
@@ -279,7 +277,10 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         .map_or_else(|| "earliest".to_string(), |id| id.to_string());
     let mut headers = vec![("Last-Event-ID", last)];
     if cursor.is_some() {
-        headers.push(("Mercure-Last-Event-ID", reconciled(cx, &reads, &sees, &resume)));
+        headers.push((
+            "Mercure-Last-Event-ID",
+            reconciled(cx, &reads, &sees, &resume),
+        ));
     }
     headers.extend(links(hub.as_ref()));
     // Mercure: the subscription ends when the token expires.
@@ -410,7 +411,9 @@ fn parse_form(req: &Request<'_>, max_topics: usize, hub: Option<&Url>) -> Result
             // `mercure` is the type of subscription events (active
             // subscriptions): a publisher may not forge one.
             "type" if v == "mercure" => {
-                return Err("bad type \"mercure\": reserved for the hub's subscription events".into())
+                return Err(
+                    "bad type \"mercure\": reserved for the hub's subscription events".into(),
+                )
             }
             "type" => u.event.event = Some(v.into_owned()),
             "retry" => match v.trim().parse::<u64>() {
@@ -516,9 +519,18 @@ mod tests {
             exp: None,
             ..Default::default()
         };
-        assert!(selector_sees_private(Some(&g), &Selector::parse("/b/{id}").unwrap()));
-        assert!(!selector_sees_private(Some(&g), &Selector::parse("*").unwrap()));
-        assert!(!selector_sees_private(Some(&g), &Selector::parse("/b/{x}/c").unwrap()));
+        assert!(selector_sees_private(
+            Some(&g),
+            &Selector::parse("/b/{id}").unwrap()
+        ));
+        assert!(!selector_sees_private(
+            Some(&g),
+            &Selector::parse("*").unwrap()
+        ));
+        assert!(!selector_sees_private(
+            Some(&g),
+            &Selector::parse("/b/{x}/c").unwrap()
+        ));
         assert!(!selector_sees_private(None, &Selector::parse("*").unwrap()));
         let all = Grants {
             publish: vec![],
@@ -526,7 +538,10 @@ mod tests {
             exp: None,
             ..Default::default()
         };
-        assert!(selector_sees_private(Some(&all), &Selector::parse("/anything/{x}").unwrap()));
+        assert!(selector_sees_private(
+            Some(&all),
+            &Selector::parse("/anything/{x}").unwrap()
+        ));
     }
 
     #[test]
