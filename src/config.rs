@@ -1148,7 +1148,7 @@ impl Config {
     /// Refuses settings whose Cargo feature is not built in (a minimal
     /// build), so `--redis` there is an error at start, never ignored.
     pub fn check_features(&self) -> Result<(), ConfigError> {
-        let set: [(bool, &str, &'static str, bool); 6] = [
+        let set: [(bool, &str, &'static str, bool); 7] = [
             (
                 self.users_file.is_some(),
                 "--users",
@@ -1176,6 +1176,12 @@ impl Config {
             (
                 !self.private_streams.is_empty(),
                 "--private-streams",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                self.jwt_issuer.is_some() || self.jwt_audience.is_some() || !self.mercure_legacy,
+                "--jwt-issuer, --jwt-audience or --mercure-legacy",
                 "mercure",
                 cfg!(feature = "mercure"),
             ),
@@ -1577,11 +1583,14 @@ mod tests {
                 "subscriber-jwt-key",
                 "subscriber-jwt-key-file",
                 "jwt-cookie",
-                "private-streams"
+                "private-streams",
+                "jwt-issuer",
+                "jwt-audience",
+                "mercure-legacy"
             ]
         );
         assert_eq!(of("workers"), ["workers"]);
-        assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 15);
+        assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 18);
     }
 
     /// A flag of a feature not built in is refused, naming the feature,

@@ -109,7 +109,8 @@ fn wanted(req: &Request<'_>, hub: Option<&Url>, max: usize) -> Result<Wanted, St
                 "bad {k} value: control or format characters are not allowed"
             ));
         }
-        if v.is_empty() || v.len() > MAX_TOPIC_BYTES {
+        // Templates and URL patterns have their own bounds.
+        if v.is_empty() || (kind == Some(MatchType::Exact) && v.len() > MAX_TOPIC_BYTES) {
             return Err(format!("bad {k} value: 1..={MAX_TOPIC_BYTES} bytes"));
         }
         match kind {
