@@ -546,6 +546,33 @@ mod tests {
     }
 
     #[test]
+    fn url_patterns_are_selectors_no_topic_or_template_can_name() {
+        let hub = Url::parse("http://t/.well-known/mercure", None).unwrap();
+        let s = Selector::url_pattern("/books/:id", Some(&hub)).unwrap();
+        assert!(!valid_topic(s.as_str()) && s.as_str().starts_with('}'));
+        // A legacy token naming it literally does not cover it.
+        let literal = crate::auth::Grants {
+            subscribe: vec![Selector::parse(s.as_str()).unwrap()],
+            ..Default::default()
+        };
+        assert!(!selector_sees_private(Some(&literal), &s));
+        for topic in ["http://t/books/1", "/books/1"] {
+            let t = crate::auth::selector::Topic::new(topic);
+            assert!(s.matches(topic) && s.matches_in(&t), "{topic}");
+        }
+        for topic in ["http://t/books/1/x", "https://t/books/1", "urn:x"] {
+            let t = crate::auth::selector::Topic::new(topic);
+            assert!(!s.matches(topic) && !s.matches_in(&t), "{topic}");
+        }
+        // The same pattern under another hub URL is another selector.
+        let other = Url::parse("http://u/.well-known/mercure", None).unwrap();
+        let s2 = Selector::url_pattern("/books/:id", Some(&other)).unwrap();
+        assert_ne!(s.as_str(), s2.as_str());
+        let t = crate::auth::selector::Topic::new("http://u/books/1");
+        assert!(!s.matches_in(&t) && s2.matches_in(&t));
+    }
+
+    #[test]
     fn dedup_keeps_order() {
         assert_eq!(dedup(&["a", "b", "a", "c"]), vec!["a", "b", "c"]);
     }

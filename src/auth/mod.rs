@@ -99,9 +99,11 @@ impl Grants {
                 })
             });
         }
+        // A URL pattern's name (`}urlpattern …`) is no legacy selector.
+        let pattern = sel.as_str().starts_with('}');
         self.subscribe
             .iter()
-            .any(|s| s.as_str() == "*" || s.as_str() == sel.as_str())
+            .any(|s| s.as_str() == "*" || (s.as_str() == sel.as_str() && !pattern))
     }
 }
 

@@ -186,6 +186,20 @@ impl Selector {
                 let r = template_matches_bits(t, topic.topic.as_bytes(), m, &mut steps);
                 (r, steps)
             }
+            #[cfg(feature = "mercure")]
+            (Kind::UrlPattern(p), _) => {
+                let (base, url) = topic.url.get_or_init(|| {
+                    (
+                        p.1.clone(),
+                        super::url::Url::parse(topic.topic, p.1.as_ref()),
+                    )
+                });
+                match url {
+                    Some(u) if *base == p.1 => p.0.match_steps(u),
+                    None if *base == p.1 => (false, 1),
+                    _ => self.match_steps(topic.topic),
+                }
+            }
             _ => self.match_steps(topic.topic),
         }
     }
@@ -240,7 +254,14 @@ type Bits = [u64; W];
 pub struct Topic<'a> {
     topic: &'a str,
     masks: Option<Box<Masks>>,
+    /// The topic parsed as a URL for URL patterns, once, with the base it
+    /// was resolved against (patterns of another hub URL parse again).
+    #[cfg(feature = "mercure")]
+    url: std::cell::OnceCell<UrlOf>,
 }
+
+#[cfg(feature = "mercure")]
+type UrlOf = (Option<super::url::Url>, Option<super::url::Url>);
 
 struct Masks {
     /// Offsets of unreserved characters (one-byte value tokens).
@@ -295,7 +316,12 @@ impl<'a> Topic<'a> {
             }
             Box::new(m)
         });
-        Topic { topic, masks }
+        Topic {
+            topic,
+            masks,
+            #[cfg(feature = "mercure")]
+            url: std::cell::OnceCell::new(),
+        }
     }
 }
 
