@@ -5,6 +5,14 @@
 //! real `Server` on loopback, one keep-alive publisher connection, each
 //! publish a round trip (send the form, read the whole reply).
 //!
+//! Publishes go to the same topic each time (the per-topic cache answers)
+//! or to a new one each time (every template is matched): topics the
+//! templates' exact summary refuses (no `b`; a `b` or `%62` too early),
+//! topics built to pass it (a `b` late: only a matcher can say no), and
+//! topics every template matches (the cost is then delivery). Two template families:
+//! literals without `%` (a pass over the topic decides) and with `%62`
+//! (with a `%`-encoded topic, the bitset matcher decides).
+//!
 //! `cargo bench --bench selectors` runs it (`-- quick` for fewer
 //! publishes). Figures vary with the machine's load: compare the rows of
 //! one run, not runs on different machines.
@@ -13,6 +21,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use ssed::internals::auth::selector::{Selector, Topic};
 use ssed::internals::auth::{mint_hs256, Key};
 use ssed::{Command, Config, Server};
 
@@ -38,7 +47,8 @@ fn enc(s: &str) -> String {
 /// Template `i`: 16 variables between literals of one or two `a`s (which
 /// occur at every offset of an all-`a` topic), then a `b` that does not:
 /// a matcher does all the work and still says no. Distinct for each `i`.
-fn template(i: usize) -> String {
+/// `pct`: `%62` instead of that `b`.
+fn template(i: usize, pct: bool) -> String {
     if std::env::var_os("ISSUE_TEMPLATES").is_some() {
         // The issue's shape: 2 KB of variables (refused since: 400).
         let mut t = format!("https://ex.com/users/mallory/{{v{i}}}");
@@ -52,8 +62,45 @@ fn template(i: usize) -> String {
         t.push_str(&format!("{{v{j}}}"));
         t.push_str(if i >> j & 1 == 1 { "aa" } else { "a" });
     }
-    t.push_str("{y}b{z}");
+    t.push_str(if pct { "{y}%62{z}" } else { "{y}b{z}" });
     t
+}
+
+/// The topics published to.
+#[derive(Clone, Copy, PartialEq)]
+enum Topics {
+    /// One topic, every time.
+    Same,
+    /// A new one each time; no `b`, so the templates' summary refuses.
+    New,
+    /// The same, with percent-encoded value tokens (three bytes each).
+    NewPct,
+    /// A new one each time starting with `b`: passes the summary of
+    /// templates without `%`, and a matcher says no.
+    NewPasses,
+    /// A new one each time starting with `%62`, `%`-encoded after: passes
+    /// the summary of both families, and a matcher says no.
+    NewPctPasses,
+    /// A new one each time with a `b` near its end, then a lone `%`:
+    /// passes every summary of templates without `%`, so a matcher walks
+    /// the whole topic to say no.
+    NewLate,
+    /// A new one each time that every template matches.
+    NewMatched,
+}
+
+impl Topics {
+    fn label(self) -> &'static str {
+        match self {
+            Topics::Same => "same topic",
+            Topics::New => "new topic each",
+            Topics::NewPct => "new %-encoded topic each",
+            Topics::NewPasses => "new topic each, b early",
+            Topics::NewPctPasses => "new %-encoded topic each, %62 early",
+            Topics::NewLate => "new topic each, b late",
+            Topics::NewMatched => "new topic each, all match",
+        }
+    }
 }
 
 /// Reads one HTTP response with a Content-Length body; returns its status.
@@ -82,13 +129,13 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
 /// Opens `subs` subscriptions of 16 templates each (template numbers
 /// wrapping at [`DISTINCT`]), as token holders; returns the sockets and
 /// how many were accepted.
-fn subscribe(addr: SocketAddr, subs: usize) -> (Vec<TcpStream>, usize) {
+fn subscribe(addr: SocketAddr, subs: usize, pct: bool) -> (Vec<TcpStream>, usize) {
     let t = token(serde_json::json!({"mercure": {"subscribe": ["*"]}}));
     let mut out = Vec::with_capacity(subs);
     let mut ok = 0;
     for c in 0..subs {
         let q: Vec<String> = (0..16)
-            .map(|i| format!("topic={}", enc(&template((c * 16 + i) % DISTINCT))))
+            .map(|i| format!("topic={}", enc(&template((c * 16 + i) % DISTINCT, pct))))
             .collect();
         let Ok(mut s) = TcpStream::connect(addr) else {
             break;
@@ -114,9 +161,53 @@ fn subscribe(addr: SocketAddr, subs: usize) -> (Vec<TcpStream>, usize) {
     (out, ok)
 }
 
-/// Publishes `n` events; `fresh`: each to a new topic (nothing cached).
+/// Topic `k` of `kind` (numbered from `salt`), 1,024 bytes: `a`s after
+/// the prefix every template matches (and, for a new topic each time, a
+/// counter `{z}` would take too).
+fn topic_for(kind: Topics, pct: bool, salt: usize, k: usize) -> String {
+    let num = format!("{:07}", salt * 1_000_000 + k);
+    let (head, tail) = match kind {
+        Topics::Same => ("", String::new()),
+        Topics::New => ("", num),
+        Topics::NewPct => ("", format!("%41%2F{num}")),
+        Topics::NewPasses => ("b", num),
+        Topics::NewPctPasses => ("%62", format!("%41%2F{num}")),
+        Topics::NewLate => ("", format!("b%z{num}")),
+        Topics::NewMatched if pct => ("", format!("%62{num}")),
+        Topics::NewMatched => ("", format!("b{num}")),
+    };
+    let mut topic = format!("https://ex.com/users/mallory/{head}");
+    while topic.len() < 1024 - tail.len() {
+        topic.push('a');
+    }
+    topic.push_str(&tail);
+    topic
+}
+
+/// The matching alone, in-process (no loopback round trip to blur it):
+/// one new topic against the 1,024 distinct templates of a family, as a
+/// publish to a new topic does it (prepare the topic once, then match
+/// each template). Returns the latencies, sorted.
+fn match_only(n: usize, kind: Topics, pct: bool, salt: usize) -> Vec<Duration> {
+    let sels: Vec<Selector> = (0..DISTINCT)
+        .filter_map(|i| Selector::parse(&template(i, pct)).ok())
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..n {
+        let topic = topic_for(kind, pct, salt, k);
+        let start = Instant::now();
+        let prepared = Topic::new(&topic);
+        let hits = sels.iter().filter(|s| s.matches_in(&prepared)).count();
+        lat.push(start.elapsed());
+        std::hint::black_box(hits);
+    }
+    lat.sort();
+    lat
+}
+
+/// Publishes `n` events to `kind` of topics (numbered from `salt`).
 /// Returns the latencies, sorted.
-fn publish(addr: SocketAddr, n: usize, fresh: bool, salt: usize) -> Vec<Duration> {
+fn publish(addr: SocketAddr, n: usize, kind: Topics, pct: bool, salt: usize) -> Vec<Duration> {
     let t = token(serde_json::json!({"mercure": {"publish": ["*"]}}));
     let Ok(mut s) = TcpStream::connect(addr) else {
         return Vec::new();
@@ -127,19 +218,7 @@ fn publish(addr: SocketAddr, n: usize, fresh: bool, salt: usize) -> Vec<Duration
     for k in 0..n {
         // 1,024 bytes: `a`s after the prefix every template matches (and,
         // for a new topic each time, a counter `{z}` would take too).
-        let mut topic = String::from("https://ex.com/users/mallory/");
-        let tail = if fresh && salt == 2 {
-            // Percent-encoded value tokens, three bytes each.
-            format!("%41%2F{k:07}")
-        } else if fresh {
-            format!("{:07}", salt * 1_000_000 + k)
-        } else {
-            String::new()
-        };
-        while topic.len() < 1024 - tail.len() {
-            topic.push('a');
-        }
-        topic.push_str(&tail);
+        let topic = topic_for(kind, pct, salt, k);
         let form = format!("topic={}&data=x", enc(&topic));
         let req = format!(
             "POST /.well-known/mercure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {t}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
@@ -163,12 +242,12 @@ fn publish(addr: SocketAddr, n: usize, fresh: bool, salt: usize) -> Vec<Duration
 
 fn row(name: &str, lat: &[Duration]) {
     if lat.is_empty() {
-        println!("{name:<58} (no publishes)");
+        println!("{name:<70} (no publishes)");
         return;
     }
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
     println!(
-        "{name:<58} p50 {:>9.1} us  p90 {:>9.1} us  max {:>9.1} us  ({} publishes)",
+        "{name:<70} p50 {:>9.1} us  p90 {:>9.1} us  max {:>9.1} us  ({} publishes)",
         p(0.5),
         p(0.9),
         p(1.0),
@@ -176,7 +255,7 @@ fn row(name: &str, lat: &[Duration]) {
     );
 }
 
-fn scenario(subs: usize, n: usize) {
+fn scenario(subs: usize, n: usize, pct: bool) {
     let args: Vec<String> = [
         "serve",
         "--listen",
@@ -201,31 +280,50 @@ fn scenario(subs: usize, n: usize) {
     let addr = server.local_addrs()[0];
     let stop = server.shutdown_handle();
     let th = std::thread::spawn(move || server.run());
-    let (held, ok) = subscribe(addr, subs);
+    let (held, ok) = subscribe(addr, subs, pct);
     let label = format!(
-        "{} template subscriptions ({} accepted, {} distinct)",
-        subs * 16,
+        "{:>4} {} ({} distinct)",
         ok * 16,
+        if pct { "%-templates" } else { "templates" },
         (ok * 16).min(DISTINCT)
     );
-    row(&format!("{label}: same topic"), &publish(addr, n, false, 0));
-    row(
-        &format!("{label}: new topic each"),
-        &publish(addr, n / 4, true, 1),
-    );
-    row(
-        &format!("{label}: new %-encoded topic each"),
-        &publish(addr, n / 4, true, 2),
-    );
+    for (salt, kind) in KINDS.into_iter().enumerate() {
+        let count = if kind == Topics::Same { n } else { n / 4 };
+        let lat = publish(addr, count, kind, pct, salt + 1);
+        row(&format!("{label}: {}", kind.label()), &lat);
+    }
     drop(held);
     stop.shutdown();
     let _ = th.join();
 }
 
+const KINDS: [Topics; 7] = [
+    Topics::Same,
+    Topics::New,
+    Topics::NewPct,
+    Topics::NewPasses,
+    Topics::NewPctPasses,
+    Topics::NewLate,
+    Topics::NewMatched,
+];
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let n = if quick { 100 } else { 400 };
-    for subs in [0, DISTINCT / 16, 4 * DISTINCT / 16] {
-        scenario(subs, n);
+    for pct in [false, true] {
+        for (salt, kind) in KINDS.into_iter().enumerate().skip(1) {
+            let family = if pct { "%-templates" } else { "templates" };
+            let lat = match_only(n / 4, kind, pct, salt + 1);
+            row(
+                &format!("matching only, 1024 {family}: {}", kind.label()),
+                &lat,
+            );
+        }
+    }
+    scenario(0, n, false);
+    for pct in [false, true] {
+        for subs in [DISTINCT / 16, 4 * DISTINCT / 16] {
+            scenario(subs, n, pct);
+        }
     }
 }

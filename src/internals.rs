@@ -15,13 +15,14 @@ pub mod frame {
     pub use crate::frame::{encode, encode_numbered};
 }
 
-/// Minting HS256 tokens (tests, token tools); draft-08 tokens, URL
-/// patterns and the URL parser under them (issue 21), for benches until
-/// the hub wires them in.
+/// Minting HS256 tokens (tests, token tools); topic selectors (the
+/// selector bench times matching in-process); draft-08 tokens, URL
+/// patterns and the URL parser under them (issue 21).
 #[cfg(feature = "mercure")]
 pub mod auth {
     pub use crate::auth::draft08;
     pub use crate::auth::jwt::mint_hs256_typ;
+    pub use crate::auth::selector;
     pub use crate::auth::url::Url;
     pub use crate::auth::urlpattern::{Component, PatternError, UrlPattern};
     pub use crate::auth::{mint_hs256, Key};

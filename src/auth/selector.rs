@@ -3,6 +3,8 @@
 //! which selectors, and matching must stay polynomial whatever the template
 //! and topic are (no backtracking), since both can come from a token.
 
+use std::cell::OnceCell;
+
 /// Longest selector accepted, in bytes.
 pub const MAX_SELECTOR_BYTES: usize = 2048;
 /// Longest URI template accepted, in bytes: no topic is longer than 1,024
@@ -59,21 +61,79 @@ impl SelectorError {
 /// tokens": a run costs one pass over the topic however many it merges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {
-    /// Literal bytes and their KMP failure table (so finding every place
-    /// the literal occurs is one pass, never literal × topic).
-    Lit(Box<[u8]>, Box<[u16]>),
+    /// Literal bytes (in [`Template::text`]) and their KMP failure table
+    /// (in [`Template::fails`]), so finding every place the literal occurs
+    /// is one pass, never literal × topic.
+    Lit(Span),
     /// At least this many value tokens.
     Var(u8),
+}
+
+/// Where a literal's bytes are in its template's one buffer (one
+/// allocation for all literals, read in order by every matcher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    at: u16,
+    len: u16,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.at as usize..self.at as usize + self.len as usize
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Template {
     segs: Box<[Seg]>,
+    /// Every literal's bytes, one after another.
+    text: Box<str>,
+    /// Every literal's KMP failure table, at the same offsets.
+    fails: Box<[u16]>,
     /// Shortest topic it can match.
     min_len: usize,
     /// The template with variable names erased (`/a/{2}/b`): templates
     /// with the same key match the same topics.
     key: Box<str>,
+    /// Exact necessary conditions, checked in a few operations before any
+    /// matcher runs (see [`Topic`] for the topic's side). No value token
+    /// holds a hard byte (see [`is_hard`]), so a topic's hard bytes are
+    /// exactly the literals' hard bytes, in order: this hashes them.
+    hard: u64,
+    /// How often each soft byte occurs in the literals (sorted by byte):
+    /// each literal byte is some topic byte, so the topic has at least as
+    /// many.
+    soft: Box<[(u8, u16)]>,
+    /// Whether a literal holds `%` (which could match a topic's lone `%`
+    /// or the start of a triplet: see [`greedy_applies`]).
+    pct: bool,
+    /// Whether a literal ends with `%` or `%` and one byte (so could end
+    /// inside a topic's triplet).
+    pct_tail: bool,
+    /// Per literal, where it can start at all: at least the shortest the
+    /// segments before it take, and with room for the shortest after it.
+    places: Box<[Place]>,
+}
+
+impl Template {
+    fn lit(&self, s: Span) -> &str {
+        &self.text[s.range()]
+    }
+
+    fn fail(&self, s: Span) -> &[u16] {
+        &self.fails[s.range()]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    first: u8,
+    last: u8,
+    len: u16,
+    /// Shortest the segments before it take.
+    before: u16,
+    /// Shortest the segments after it take, plus its own length.
+    after: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +169,7 @@ impl Selector {
             if s.len() > MAX_TEMPLATE_BYTES {
                 return Err(SelectorError::TooLong);
             }
-            Kind::Template(Box::new(compile(s.as_bytes())?))
+            Kind::Template(Box::new(compile(s)?))
         } else {
             Kind::Exact
         };
@@ -171,16 +231,29 @@ impl Selector {
         self.match_steps(topic).0
     }
 
-    /// Whether a prepared topic is selected (the same answer as
-    /// [`Selector::matches`]; cheaper when one topic meets many selectors).
+    /// Whether a prepared topic is selected: the same answer as
+    /// [`Selector::matches`], cheaper when one topic meets many selectors.
+    /// A template is first held against the topic's exact summary (length,
+    /// hard bytes, byte counts, first and last literal), which refuses
+    /// most in a few operations; one that passes is matched greedily (see
+    /// [`template_matches_greedy`]) or, where a literal holds `%` and so
+    /// does the topic, by the bitset matcher.
     pub fn matches_in(&self, topic: &Topic<'_>) -> bool {
-        self.match_steps_in(topic).0
+        match &self.kind {
+            Kind::Any => true,
+            Kind::Exact => self.raw == topic.topic,
+            Kind::Template(t) => template_matches_fast(t, topic),
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(_) => self.match_steps_in(topic).0,
+        }
     }
 
-    /// [`Selector::matches_in`] with its steps (a step is one 64-bit word
-    /// operation here): at most about (literal bytes + 20 per segment) × 17.
+    /// The bitset matcher alone (no summary, no greedy pass), with its
+    /// steps (a step is one 64-bit word operation here): at most about
+    /// (literal bytes + 20 per segment) × 17. A topic over 1,024 bytes
+    /// takes [`Selector::match_steps`].
     pub fn match_steps_in(&self, topic: &Topic<'_>) -> (bool, u64) {
-        match (&self.kind, &topic.masks) {
+        match (&self.kind, topic.masks()) {
             (Kind::Template(t), Some(m)) => {
                 let mut steps = 0;
                 let r = template_matches_bits(t, topic.topic.as_bytes(), m, &mut steps);
@@ -248,16 +321,88 @@ const BITS_TOPIC_BYTES: usize = 1024;
 
 type Bits = [u64; W];
 
-/// A topic prepared once for matching against many selectors: which
-/// offsets hold each byte and which hold a variable-value character, as
-/// bitsets, so a template segment is a few operations per 64 offsets.
+/// A topic prepared once for matching against many selectors: a summary
+/// every template is held against first (its hard bytes, byte counts,
+/// whether it holds `%`), built in one pass; the token runs the greedy
+/// matcher walks and the bitsets the bitset matcher uses are built on
+/// first need only, since most publishes never need them.
 pub struct Topic<'a> {
     topic: &'a str,
-    masks: Option<Box<Masks>>,
+    /// Its hard bytes (see [`is_hard`]), hashed in order.
+    hard: u64,
+    /// How often each byte occurs.
+    counts: [u32; 256],
+    /// Whether it holds `%`.
+    pct: bool,
+    /// One past the last offset of each byte (0: absent), so a literal
+    /// that cannot occur past a point is refused without a search.
+    last: [u32; 256],
+    runs: OnceCell<Runs>,
+    masks: OnceCell<Option<Box<Masks>>>,
+    /// The offsets of each byte, in order, grouped by byte: byte `c`'s
+    /// are `at[start[c]..start[c + 1]]`.
+    offsets: OnceCell<Offsets>,
     /// The topic parsed as a URL for URL patterns, once, with the base it
     /// was resolved against (patterns of another hub URL parse again).
     #[cfg(feature = "mercure")]
-    url: std::cell::OnceCell<UrlOf>,
+    url: OnceCell<UrlOf>,
+}
+
+/// `start` (per byte, and one past the last) and `at`: see [`Topic`].
+type Offsets = (Box<[u32; 257]>, Box<[u32]>);
+
+/// Where the topic's value tokens lie, read left to right.
+struct Runs {
+    /// Per offset: [`ONE`], [`TRIPLET`], [`INSIDE`] or [`NONE`].
+    class: Box<[u8]>,
+    /// Per offset (and the length): the first offset at or after it where
+    /// no token starts, or the length. Tokens never cross one, so a run of
+    /// variables starting at `p` ends at `stop[p]` at the latest.
+    stop: Box<[u32]>,
+}
+
+/// A one-byte token (an unreserved character).
+const ONE: u8 = 0;
+/// The `%` of a percent-encoded triplet (a three-byte token).
+const TRIPLET: u8 = 1;
+/// The second or third byte of a triplet.
+const INSIDE: u8 = 2;
+/// No token starts here (a hard byte or a lone `%`).
+const NONE: u8 = 3;
+
+impl Runs {
+    fn new(b: &[u8]) -> Runs {
+        let n = b.len();
+        let mut class = vec![NONE; n];
+        let mut i = 0;
+        while i < n {
+            match value_token(&b[i..]) {
+                Some(1) => {
+                    class[i] = ONE;
+                    i += 1;
+                }
+                Some(_) => {
+                    class[i] = TRIPLET;
+                    class[i + 1] = INSIDE;
+                    class[i + 2] = INSIDE;
+                    i += 3;
+                }
+                None => i += 1,
+            }
+        }
+        let mut stop = vec![n as u32; n + 1];
+        for i in (0..n).rev() {
+            stop[i] = if class[i] == NONE {
+                i as u32
+            } else {
+                stop[i + 1]
+            };
+        }
+        Runs {
+            class: class.into(),
+            stop: stop.into(),
+        }
+    }
 }
 
 #[cfg(feature = "mercure")]
@@ -281,101 +426,353 @@ struct Masks {
 }
 
 impl<'a> Topic<'a> {
-    /// Prepares `topic`. Bitsets are used when it is at most 1,024 bytes
-    /// (every Mercure topic); a longer one is matched by the position-set
-    /// walk, which is linear too.
-    // Word-parallel loops over several bitsets at once read best indexed.
-    #[allow(clippy::needless_range_loop)]
+    /// Prepares `topic` (one pass over it).
     pub fn new(topic: &'a str) -> Topic<'a> {
+        let mut hard = Fnv::new();
+        let mut counts = [0u32; 256];
+        let mut last = [0u32; 256];
         let b = topic.as_bytes();
-        let masks = (b.len() <= BITS_TOPIC_BYTES).then(|| {
-            let mut m = Masks {
-                unres: [0; W],
-                pct: [0; W],
-                wide: [0; W],
-                inner1: [0; W],
-                inner: [0; W],
-                chars: [0; W],
-                eq: vec![[0; W]; 256],
-            };
-            for (i, &c) in b.iter().enumerate() {
-                let (w, bit) = (i / 64, 1u64 << (i % 64));
-                m.eq[c as usize][w] |= bit;
-                m.chars[w] |= bit;
-                match value_token(&b[i..]) {
-                    Some(1) => m.unres[w] |= bit,
-                    Some(_) => m.pct[w] |= bit,
-                    None => {}
-                }
+        for (i, &c) in b.iter().enumerate() {
+            counts[c as usize] += 1;
+            last[c as usize] = i as u32 + 1;
+            if is_hard(c) {
+                hard.push(c);
             }
-            m.inner1 = shl(&m.pct, 1);
-            let inner2 = shl(&m.pct, 2);
-            for i in 0..W {
-                m.inner[i] = m.inner1[i] | inner2[i];
-                m.wide[i] = m.unres[i] | m.pct[i] | m.inner[i];
-            }
-            Box::new(m)
-        });
+        }
         Topic {
             topic,
-            masks,
+            hard: hard.0,
+            pct: counts[b'%' as usize] > 0,
+            last,
+            counts,
+            runs: OnceCell::new(),
+            masks: OnceCell::new(),
+            offsets: OnceCell::new(),
             #[cfg(feature = "mercure")]
-            url: std::cell::OnceCell::new(),
+            url: OnceCell::new(),
         }
+    }
+
+    /// The offsets of byte `c`, in order.
+    fn offsets(&self, c: u8) -> &[u32] {
+        let (start, at) = self.offsets.get_or_init(|| {
+            let mut start = Box::new([0u32; 257]);
+            for c in 0..256 {
+                start[c + 1] = start[c] + self.counts[c];
+            }
+            let mut next = *start;
+            let mut at = vec![0u32; self.topic.len()];
+            for (i, &c) in self.topic.as_bytes().iter().enumerate() {
+                at[next[c as usize] as usize] = i as u32;
+                next[c as usize] += 1;
+            }
+            (start, at.into())
+        });
+        &at[start[c as usize] as usize..start[c as usize + 1] as usize]
+    }
+
+    fn runs(&self) -> &Runs {
+        self.runs.get_or_init(|| Runs::new(self.topic.as_bytes()))
+    }
+
+    /// Bitsets, for a topic of at most 1,024 bytes (every Mercure topic);
+    /// a longer one is matched by the position-set walk, linear too.
+    fn masks(&self) -> Option<&Masks> {
+        self.masks
+            .get_or_init(|| Masks::new(self.topic.as_bytes()))
+            .as_deref()
     }
 }
 
-fn compile(s: &[u8]) -> Result<Template, SelectorError> {
+impl Masks {
+    // Word-parallel loops over several bitsets at once read best indexed.
+    #[allow(clippy::needless_range_loop)]
+    fn new(b: &[u8]) -> Option<Box<Masks>> {
+        if b.len() > BITS_TOPIC_BYTES {
+            return None;
+        }
+        let mut m = Masks {
+            unres: [0; W],
+            pct: [0; W],
+            wide: [0; W],
+            inner1: [0; W],
+            inner: [0; W],
+            chars: [0; W],
+            eq: vec![[0; W]; 256],
+        };
+        for (i, &c) in b.iter().enumerate() {
+            let (w, bit) = (i / 64, 1u64 << (i % 64));
+            m.eq[c as usize][w] |= bit;
+            m.chars[w] |= bit;
+            match value_token(&b[i..]) {
+                Some(1) => m.unres[w] |= bit,
+                Some(_) => m.pct[w] |= bit,
+                None => {}
+            }
+        }
+        m.inner1 = shl(&m.pct, 1);
+        let inner2 = shl(&m.pct, 2);
+        for i in 0..W {
+            m.inner[i] = m.inner1[i] | inner2[i];
+            m.wide[i] = m.unres[i] | m.pct[i] | m.inner[i];
+        }
+        Some(Box::new(m))
+    }
+}
+
+/// [`Selector::matches_in`] for a template: the summary, then a matcher.
+fn template_matches_fast(t: &Template, topic: &Topic<'_>) -> bool {
+    let b = topic.topic.as_bytes();
+    if b.len() < t.min_len || t.hard != topic.hard {
+        return false;
+    }
+    if let Some(&Seg::Lit(l)) = t.segs.first() {
+        let l = t.lit(l);
+        if !b.starts_with(l.as_bytes()) {
+            return false;
+        }
+    }
+    if let Some(&Seg::Lit(l)) = t.segs.last() {
+        let l = t.lit(l);
+        if !b.ends_with(l.as_bytes()) {
+            return false;
+        }
+    }
+    if t.soft
+        .iter()
+        .any(|&(c, k)| topic.counts[c as usize] < k as u32)
+    {
+        return false;
+    }
+    // Each literal needs a place: from the shortest prefix before it on,
+    // with room after it, and no later than its first and last byte's
+    // last offsets allow.
+    let n = b.len();
+    // Last literals first: the most is before them, so they fail most.
+    let fits = t.places.iter().rev().all(|p| {
+        let by_first = topic.last[p.first as usize] as i64 - 1;
+        let by_last = topic.last[p.last as usize] as i64 - p.len as i64;
+        let latest = by_first.min(by_last).min((n - p.after as usize) as i64);
+        latest >= p.before as i64
+    });
+    if !fits {
+        return false;
+    }
+    if greedy_applies(t, topic) {
+        if let Some(m) = template_matches_greedy(t, topic, topic.runs()) {
+            return m;
+        }
+    }
+    let mut steps = 0;
+    match topic.masks() {
+        Some(m) => template_matches_bits(t, b, m, &mut steps),
+        None => template_matches(t, b, &mut steps),
+    }
+}
+
+/// The first offset from `from` on where `lit` occurs, if one is at most
+/// `hi`; `None` if `from` is not a character boundary (never after a
+/// token or a literal). The topic's last offsets of the literal's first
+/// and last byte bound where it can start; candidates come from the
+/// offsets of its rarest byte (among its first 16), a binary search away,
+/// and after a few that fail the rest is one linear search.
+fn find(t: &Topic<'_>, from: usize, hi: usize, lit: &str) -> Option<Option<usize>> {
+    let l = lit.as_bytes();
+    let (Some(&first), Some(&end)) = (l.first(), l.last()) else {
+        return Some(Some(from));
+    };
+    // One past the latest start each end byte allows.
+    let by_first = t.last[first as usize] as usize;
+    let by_end = (t.last[end as usize] as usize).saturating_sub(l.len() - 1);
+    let limit = by_first.min(by_end).min(hi + 1);
+    if from >= limit {
+        return Some(None);
+    }
+    let (j, &c) = l
+        .iter()
+        .enumerate()
+        .take(16)
+        .min_by_key(|&(_, &c)| t.counts[c as usize])?;
+    let offsets = t.offsets(c);
+    let cands = &offsets[offsets.partition_point(|&o| (o as usize) < from + j)..];
+    let mut from = from;
+    for &o in cands.iter().take(8) {
+        let at = o as usize - j;
+        if at >= limit {
+            return Some(None);
+        }
+        if t.topic.as_bytes()[at..].starts_with(l) {
+            return Some(Some(at));
+        }
+        from = at + 1;
+    }
+    if cands.len() <= 8 {
+        return Some(None);
+    }
+    let found = t.topic.get(from..)?.find(lit).map(|p| from + p);
+    Some(found.filter(|&p| p < limit))
+}
+
+/// Whether [`template_matches_greedy`] is exact for this pair: when no
+/// literal can end inside one of the topic's triplets. That holds if no
+/// literal or no topic holds `%`, or if no literal ends with `%` or `%`
+/// and one byte. (Then each `%` of a literal has two bytes after it: if
+/// hex digits, it matches only a triplet's `%`, else only a lone `%`.)
+fn greedy_applies(t: &Template, topic: &Topic<'_>) -> bool {
+    !t.pct || !topic.pct || !t.pct_tail
+}
+
+/// Matches leftmost-first, one pass over the topic at most: each literal
+/// goes at its first place the variables before it can reach, found by a
+/// substring search. `None` if it cannot decide (the caller falls back to
+/// an exhaustive matcher). Exact where [`greedy_applies`]:
+///
+/// Then every split point is on the one chain of tokens read left to
+/// right ([`Runs`]): from such a point a run of variables steps along the
+/// chain, and a literal that starts on it (one starting inside a triplet is
+/// skipped) ends on it, or it would end with the triplet's `%` or `%` and
+/// one more byte. So a run of `k` variables from `p` reaches exactly the
+/// chain's offsets from its `k`-th after `p` to `stop[p]`, and the literal
+/// after it goes somewhere in that range. If the literal holds a byte that
+/// can only match where no token starts (a hard byte, or a `%` without hex
+/// digits after it), its first such byte must be at `stop[p]`: one place
+/// only. If not, moving it from a later place to the first one moves the
+/// next range's start no later and keeps its end (a byte between the two
+/// ends that starts no token would have to be in the literal), so whatever
+/// matched after the later place matches after the first one too.
+fn template_matches_greedy(t: &Template, prepared: &Topic<'_>, r: &Runs) -> Option<bool> {
+    let topic = prepared.topic;
+    let b = topic.as_bytes();
+    let n = b.len();
+    let segs = &t.segs;
+    let (mut p, mut i) = match segs.first() {
+        Some(&Seg::Lit(l)) if b.starts_with(t.lit(l).as_bytes()) => (l.len as usize, 1),
+        Some(Seg::Lit(..)) => return Some(false),
+        _ => (0, 0),
+    };
+    while i < segs.len() {
+        let Seg::Var(k) = segs[i] else {
+            return None; // literals and runs alternate
+        };
+        let mut lo = p;
+        for _ in 0..k {
+            match r.class.get(lo) {
+                Some(&ONE) => lo += 1,
+                Some(&TRIPLET) => lo += 3,
+                _ => return Some(false),
+            }
+        }
+        let hi = *r.stop.get(p)? as usize;
+        let lit = match segs.get(i + 1) {
+            None => return Some(hi == n),
+            Some(&Seg::Lit(l)) => t.lit(l),
+            Some(Seg::Var(_)) => return None,
+        };
+        if i + 2 == segs.len() {
+            // The last literal ends the topic.
+            let Some(at) = n.checked_sub(lit.len()) else {
+                return Some(false);
+            };
+            return Some(
+                lo <= at
+                    && at <= hi
+                    && r.class.get(at) != Some(&INSIDE)
+                    && b[at..] == *lit.as_bytes(),
+            );
+        }
+        let mut from = lo;
+        let at = loop {
+            // Mostly the literal is right where the variables can first end.
+            let lb = lit.as_bytes();
+            let at = if b.get(from) == lb.first() && b[from..].starts_with(lb) {
+                Some(from)
+            } else {
+                find(prepared, from, hi, lit)?
+            };
+            let Some(at) = at else {
+                return Some(false);
+            };
+            if at > hi {
+                return Some(false);
+            }
+            if r.class.get(at) != Some(&INSIDE) {
+                break at;
+            }
+            // Inside a triplet no variable ends: the next place.
+            from = at + 1;
+        };
+        p = at + lit.len();
+        i += 2;
+    }
+    Some(p == n)
+}
+
+fn compile(s: &str) -> Result<Template, SelectorError> {
     let mut segs: Vec<Seg> = Vec::new();
-    let mut lit = Vec::new();
     let mut vars = 0usize;
     let mut key = String::new();
-    let flush = |lit: &mut Vec<u8>, segs: &mut Vec<Seg>| {
+    let mut text = String::new();
+    let mut fails = Vec::new();
+    let mut flush = |lit: &str, segs: &mut Vec<Seg>| {
         if !lit.is_empty() {
-            let l = std::mem::take(lit);
-            let fail = kmp_table(&l);
-            segs.push(Seg::Lit(l.into(), fail.into()));
+            segs.push(Seg::Lit(Span {
+                at: text.len() as u16,
+                len: lit.len() as u16,
+            }));
+            text.push_str(lit);
+            fails.extend(kmp_table(lit.as_bytes()));
         }
     };
+    let b = s.as_bytes();
+    // Braces are ASCII, so every literal is a `str` slice.
+    let mut lit_start = 0;
     let mut i = 0;
-    while i < s.len() {
-        match s[i] {
+    while i < b.len() {
+        match b[i] {
             b'}' => return Err(SelectorError::Unbalanced),
             b'{' => {
-                let close = s[i + 1..]
+                let close = b[i + 1..]
                     .iter()
                     .position(|&c| c == b'}' || c == b'{')
                     .map(|p| i + 1 + p);
                 let close = match close {
-                    Some(c) if s[c] == b'{' => return Err(SelectorError::Nested),
+                    Some(c) if b[c] == b'{' => return Err(SelectorError::Nested),
                     Some(c) => c,
                     None => return Err(SelectorError::Unbalanced),
                 };
-                valid_var_name(&s[i + 1..close])?;
+                valid_var_name(&b[i + 1..close])?;
                 vars += 1;
                 if vars > MAX_TEMPLATE_VARS {
                     return Err(SelectorError::TooManyVars);
                 }
-                flush(&mut lit, &mut segs);
+                flush(&s[lit_start..i], &mut segs);
                 match segs.last_mut() {
                     Some(Seg::Var(k)) => *k += 1,
                     _ => segs.push(Seg::Var(1)),
                 }
                 i = close + 1;
+                lit_start = i;
             }
-            c => {
-                lit.push(c);
-                i += 1;
-            }
+            _ => i += 1,
         }
     }
-    flush(&mut lit, &mut segs);
+    flush(&s[lit_start..], &mut segs);
     let mut min_len = 0;
+    let mut hard = Fnv::new();
+    let mut counts = [0u16; 256];
     for seg in &segs {
         match seg {
-            Seg::Lit(l, _) => {
+            &Seg::Lit(l) => {
+                let l = &text[l.range()];
                 min_len += l.len();
-                key.push_str(&String::from_utf8_lossy(l));
+                key.push_str(l);
+                for &c in l.as_bytes() {
+                    if is_hard(c) {
+                        hard.push(c);
+                    } else {
+                        counts[c as usize] += 1;
+                    }
+                }
             }
             Seg::Var(k) => {
                 min_len += *k as usize;
@@ -383,11 +780,64 @@ fn compile(s: &[u8]) -> Result<Template, SelectorError> {
             }
         }
     }
+    let pct_tail = segs.iter().any(|seg| match seg {
+        &Seg::Lit(l) => {
+            let l = text[l.range()].as_bytes();
+            l.ends_with(b"%") || (l.len() >= 2 && l[l.len() - 2] == b'%')
+        }
+        Seg::Var(_) => false,
+    });
+    let mut places = Vec::new();
+    let mut before = 0;
+    for seg in &segs {
+        match seg {
+            &Seg::Lit(l) => {
+                let b = text[l.range()].as_bytes();
+                places.push(Place {
+                    first: b[0],
+                    last: b[b.len() - 1],
+                    len: b.len() as u16,
+                    before: before as u16,
+                    after: (min_len - before) as u16,
+                });
+                before += b.len();
+            }
+            Seg::Var(k) => before += *k as usize,
+        }
+    }
+    let soft: Vec<(u8, u16)> = (0..=255u8).zip(counts).filter(|&(_, k)| k > 0).collect();
     Ok(Template {
         segs: segs.into(),
+        text: text.into(),
+        fails: fails.into(),
         min_len,
         key: key.into(),
+        hard: hard.0,
+        pct: counts[b'%' as usize] > 0,
+        pct_tail,
+        places: places.into(),
+        soft: soft.into(),
     })
+}
+
+/// A byte no value token holds: neither unreserved nor `%` (so not in a
+/// triplet either). Such a byte in a topic can only be matched by the same
+/// byte of a literal.
+fn is_hard(c: u8) -> bool {
+    !(c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%'))
+}
+
+/// FNV-1a, for the hard-byte sequence (equal sequences, equal hashes; a
+/// collision only lets a template through to the real matcher).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn push(&mut self, c: u8) {
+        self.0 = (self.0 ^ c as u64).wrapping_mul(0x0100_0000_01b3);
+    }
 }
 
 /// KMP failure function: `f[i]` is the length of the longest proper
@@ -466,15 +916,17 @@ fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
     }
     // Cheap refusals first: most templates differ from a topic in their
     // first or last literal.
-    if let Some(Seg::Lit(l, _)) = t.segs.first() {
+    if let Some(&Seg::Lit(l)) = t.segs.first() {
+        let l = t.lit(l);
         *steps += l.len() as u64;
-        if !topic.starts_with(l) {
+        if !topic.starts_with(l.as_bytes()) {
             return false;
         }
     }
-    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+    if let Some(&Seg::Lit(l)) = t.segs.last() {
+        let l = t.lit(l);
         *steps += l.len() as u64;
-        if !topic.ends_with(l) {
+        if !topic.ends_with(l.as_bytes()) {
             return false;
         }
     }
@@ -488,7 +940,8 @@ fn template_matches(t: &Template, topic: &[u8], steps: &mut u64) -> bool {
         next.iter_mut().for_each(|r| *r = false);
         *steps += (n + 1 - lo) as u64;
         match seg {
-            Seg::Lit(lit, fail) => {
+            &Seg::Lit(sp) => {
+                let (lit, fail) = (t.lit(sp).as_bytes(), t.fail(sp));
                 let len = lit.len();
                 let count = reach[lo..].iter().filter(|&&r| r).count();
                 if count.saturating_mul(len) <= n + len {
@@ -627,9 +1080,10 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
     if n < t.min_len {
         return false;
     }
-    if let Some(Seg::Lit(l, _)) = t.segs.last() {
+    if let Some(&Seg::Lit(l)) = t.segs.last() {
+        let l = t.lit(l);
         *steps += l.len() as u64 / 8;
-        if !topic.ends_with(l) {
+        if !topic.ends_with(l.as_bytes()) {
             return false;
         }
     }
@@ -638,7 +1092,8 @@ fn template_matches_bits(t: &Template, topic: &[u8], m: &Masks, steps: &mut u64)
     for seg in t.segs.iter() {
         *steps += W as u64;
         match seg {
-            Seg::Lit(lit, _) => {
+            &Seg::Lit(sp) => {
+                let lit = t.lit(sp).as_bytes();
                 let len = lit.len();
                 let count: u32 = reach.iter().map(|w| w.count_ones()).sum();
                 if (count as usize).saturating_mul(len) <= len.saturating_mul(W) {
@@ -982,6 +1437,215 @@ mod tests {
                     "bits: {t:?} on {built:?}"
                 );
             }
+        }
+    }
+
+    /// Every matcher, each against the plain backtracking one: the walk,
+    /// the bitsets, the greedy pass where it decides, and the whole fast
+    /// path (summary, greedy or bitsets); and the summary never refuses a
+    /// topic that matches.
+    fn all_agree(t: &str, topic: &str) {
+        let Ok(sel) = Selector::parse(t) else {
+            return;
+        };
+        let Kind::Template(tpl) = &sel.kind else {
+            return;
+        };
+        let want = reference(t.as_bytes(), topic.as_bytes());
+        assert_eq!(sel.matches(topic), want, "walk: {t:?} on {topic:?}");
+        let prepared = Topic::new(topic);
+        assert_eq!(
+            sel.match_steps_in(&prepared).0,
+            want,
+            "bits: {t:?} on {topic:?}"
+        );
+        if let Some(g) = template_matches_greedy(tpl, &prepared, prepared.runs()) {
+            if greedy_applies(tpl, &prepared) {
+                assert_eq!(g, want, "greedy: {t:?} on {topic:?}");
+            }
+        }
+        assert_eq!(sel.matches_in(&prepared), want, "fast: {t:?} on {topic:?}");
+    }
+
+    #[test]
+    fn fast_paths_agree_on_a_table() {
+        let templates = [
+            "https://ex.com/users/{u}",
+            "https://ex.com/users/{u}/books/{b}.json",
+            "https://ex.com/{a}/{b}",
+            "/{a}{b}{c}",
+            "/{a}a{b}aa{c}b{d}",
+            "/{a}%41{b}",
+            "/{a}%{b}",
+            "/x%4{a}",
+            "/{a}1{b}",
+            "/{a}41",
+            "/é/{a}",
+            "{a}",
+            "{a}:{b}",
+            "a{a}a",
+            "/{a}-{b}-{c}",
+            // Operators and modifiers (levels 2..4) are refused at parse:
+            // they reach no matcher.
+            "/{+a}",
+            "/{#a}",
+            "/{a*}",
+            "/{a:3}",
+        ];
+        let topics = [
+            "https://ex.com/users/kim",
+            "https://ex.com/users/kim/books/42.json",
+            "https://ex.com/users/kim/books/4.2.json",
+            "https://ex.com/users/k%2Fm/books/42.json",
+            "https://ex.com/users/",
+            "https://ex.com/a/b",
+            "https://ex.com/a/b/c",
+            "/xyz",
+            "/xy",
+            "/%41%42",
+            "/%41b",
+            "/%4",
+            "/x%41",
+            "/x%4%41",
+            "/aaaaab",
+            "/xaxaaxbz",
+            "/xaxaaxb",
+            "/a%41%41b",
+            "/%2541",
+            "/a%41",
+            "/a41",
+            "/a%%41",
+            "/é/x",
+            "/é/%C3%A9",
+            "x",
+            "",
+            "x:y",
+            "x:y:z",
+            "aaa",
+            "aa",
+            "/a-b-c-d",
+            "/a--b",
+        ];
+        for t in templates {
+            for topic in topics {
+                all_agree(t, topic);
+            }
+        }
+        for t in ["/{+a}", "/{#a}", "/{a*}", "/{a:3}", "/{.a}"] {
+            assert_eq!(Selector::parse(t), Err(SelectorError::BadVarName));
+        }
+    }
+
+    #[test]
+    fn fast_paths_agree_on_random_input() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(23);
+        let pieces = [
+            "{v}", "{v}{w}", "a", "b", "1", "41", "%41", "%4", "%", "/", ":", "ab", "é", "-",
+            "%zz", "%4a", "a%41b",
+        ];
+        let alphabet = [
+            "a", "b", "1", "4", "%", "/", ":", "-", "é", "%41", "z", "%4a",
+        ];
+        for _ in 0..60_000 {
+            let t: String = (0..rng.gen_range(1..7))
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect();
+            let topic: String = (0..rng.gen_range(0..10))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            all_agree(&t, &topic);
+        }
+    }
+
+    #[test]
+    fn greedy_decides_without_percent_in_literals() {
+        // The greedy pass takes these (no `%` in a literal) and must not
+        // hand them on; with `%` on both sides it is not asked.
+        let cases = [
+            ("/{a}a{b}b", "/%41axb", true),
+            ("/{a}a{b}b", "/%41ab", false),
+            ("/{a}a{b}b", "/%41a%42", false),
+            ("/{a}1{b}", "/%41%31x", false),
+            ("/{a}1{b}", "/x1%41", true),
+            ("/{a}{b}{c}", "/%41%41", false),
+            ("/{a}{b}{c}", "/%41%41a", true),
+        ];
+        for (t, topic, want) in cases {
+            assert_eq!(reference(t.as_bytes(), topic.as_bytes()), want);
+            let sel = Selector::parse(t).unwrap();
+            let Kind::Template(tpl) = &sel.kind else {
+                unreachable!()
+            };
+            let prepared = Topic::new(topic);
+            assert_eq!(
+                template_matches_greedy(tpl, &prepared, prepared.runs()),
+                Some(want),
+                "{t:?} on {topic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn literal_search_past_failed_candidates() {
+        // The literal's rarer byte is `a`: every `a` is a candidate, all
+        // but the last fail, and past 8 failures a linear search takes
+        // over where they stopped.
+        for a in 1..24 {
+            for (t, tail) in [("/{x}ab{y}", "b"), ("/{x}ab{y}", "c"), ("/{x}aab{y}", "b")] {
+                let topic = format!("/{}{}", "a".repeat(a), tail.repeat(30));
+                all_agree(t, &topic);
+            }
+        }
+        let topic = format!("/{}{}", "a".repeat(10), "b".repeat(21));
+        assert!(Selector::parse("/{x}ab{y}")
+            .unwrap()
+            .matches_in(&Topic::new(&topic)));
+    }
+
+    #[test]
+    fn summary_refuses_without_a_matcher() {
+        // Neither the token runs nor the bitsets get built when the summary
+        // already says no: a wrong number of '/', a missing byte, another
+        // prefix or suffix, too short.
+        let topic = format!("https://ex.com/users/mallory/{}", "a".repeat(990));
+        let refused = [
+            "https://ex.com/users/mallory/{a}/{b}",
+            "https://ex.com/users/mallory/{a}b{c}",
+            "https://ex.org/users/mallory/{a}",
+            "https://ex.com/users/mallory/{a}x",
+            "{a}:{b}",
+        ];
+        for t in refused {
+            let sel = Selector::parse(t).unwrap();
+            let prepared = Topic::new(&topic);
+            assert!(!sel.matches_in(&prepared), "{t:?}");
+            assert!(prepared.runs.get().is_none(), "{t:?}: runs built");
+            assert!(prepared.masks.get().is_none(), "{t:?}: bitsets built");
+            assert!(!sel.matches(&topic));
+        }
+        // One that passes it goes to the greedy pass, not the bitsets.
+        let sel = Selector::parse("https://ex.com/users/mallory/{a}a{b}").unwrap();
+        let prepared = Topic::new(&topic);
+        assert!(sel.matches_in(&prepared));
+        assert!(prepared.runs.get().is_some() && prepared.masks.get().is_none());
+        // A literal with `%` is matched greedily where it cannot end inside
+        // a triplet and the topic's every `%` starts one.
+        let sel = Selector::parse("/{a}%41{b}").unwrap();
+        let prepared = Topic::new("/x%41y");
+        assert!(sel.matches_in(&prepared));
+        assert!(prepared.runs.get().is_some() && prepared.masks.get().is_none());
+        // Else the bitsets decide: a literal ending in `%` or `%4`.
+        for (t, topic, want) in [
+            ("/{a}%4{b}", "/x%41y", true),
+            ("/{a}%{b}", "/x%41y", true),
+            ("/{a}%4{b}y", "/x%41%y", false),
+        ] {
+            let sel = Selector::parse(t).unwrap();
+            let prepared = Topic::new(topic);
+            assert_eq!(sel.matches_in(&prepared), want, "{t:?} on {topic:?}");
+            assert_eq!(reference(t.as_bytes(), topic.as_bytes()), want);
+            assert!(prepared.masks.get().is_some(), "{t:?} on {topic:?}");
         }
     }
 

@@ -990,6 +990,39 @@ fn selector_fan_in_matches_each_topic_once() {
 }
 
 #[test]
+fn selector_key_numbers_are_shared_then_reused_without_mixing_results() {
+    let mut b = broker(10);
+    let sel = |s: &str| crate::auth::Selector::parse(s).unwrap();
+    let sa = b.selector_stream(&sel("/k/{x}"), None).unwrap();
+    let sb = b.selector_stream(&sel("/k/{y}"), None).unwrap();
+    assert_ne!(sa, sb, "two spellings, two streams");
+    let cb = b.subscribe(1, &[sb], &Resume::Live);
+    // The key outlives one of its holders: a new key gets its own number
+    // (sharing sb's would hand sb's answer to it, or its answer to sb).
+    b.delete(sa);
+    let sc = b.selector_stream(&sel("/k/{x}/z"), None).unwrap();
+    let cc = b.subscribe(2, &[sc], &Resume::Live);
+    let t = b.resolve(&["/k/1", "/k/3/z"], true).unwrap();
+    let before = b.selector_matches_run();
+    let i1 = publish(&mut b, &t[..1], 5);
+    let i2 = publish(&mut b, &t[1..], 5);
+    assert_eq!(b.selector_matches_run() - before, 4);
+    assert_eq!(ids_of(&b, &cb.cursors), vec![i1]);
+    assert_eq!(ids_of(&b, &cc.cursors), vec![i2]);
+    // Its last holder gone, the number goes to the next new key, which
+    // gets its own answers, not the old key's.
+    b.unsubscribe(1, &cb.cursors);
+    b.delete(sb);
+    let sd = b.selector_stream(&sel("/k/{x}/y"), None).unwrap();
+    let cd = b.subscribe(3, &[sd], &Resume::Live);
+    let t2 = b.resolve(&["/k/2", "/k/4/y"], true).unwrap();
+    publish(&mut b, &t2[..1], 5);
+    let i4 = publish(&mut b, &t2[1..], 5);
+    assert_eq!(ids_of(&b, &cd.cursors), vec![i4]);
+    assert_eq!(ids_of(&b, &cc.cursors), vec![i2]);
+}
+
+#[test]
 fn anonymous_selectors_come_from_per_peer_pools() {
     use super::topics::SelectorsFull;
     let mut b = broker(10);

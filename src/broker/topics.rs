@@ -55,6 +55,9 @@ struct Entry {
     seq: u64,
     /// The address whose anonymous subscriber made it, if one did.
     owner: Option<PeerKey>,
+    /// Its key's number ([`Topics::keys`]): selectors with one key match
+    /// the same topics, so a publish matches one of them only.
+    key: u32,
 }
 
 /// The selector streams a topic feeds, as far as registration `upto`.
@@ -91,6 +94,14 @@ pub(super) struct Topics {
     pub(super) alias_order: VecDeque<(u64, Box<str>)>,
     /// Template matches run (what the cache saves shows here).
     pub(super) matches_run: u64,
+    /// Selector keys interned at registration: key -> (number, selectors
+    /// holding it), so a publish tells shared keys apart by number without
+    /// hashing template text.
+    keys: HashMap<Box<str>, (u32, u32)>,
+    /// Numbers of keys no selector holds any more, to reuse.
+    free_keys: Vec<u32>,
+    /// Numbers ever handed out (one past the largest).
+    key_slots: u32,
 }
 
 impl Topics {
@@ -159,11 +170,26 @@ impl Topics {
             *self.per_peer.entry(ip).or_insert(0) += 1;
         }
         self.live.insert(idx, self.next_seq);
+        let key = match self.keys.get_mut(sel.key()) {
+            Some((k, refs)) => {
+                *refs += 1;
+                *k
+            }
+            None => {
+                let k = self.free_keys.pop().unwrap_or_else(|| {
+                    self.key_slots += 1;
+                    self.key_slots - 1
+                });
+                self.keys.insert(sel.key().into(), (k, 1));
+                k
+            }
+        };
         self.selectors.push(Entry {
             sel,
             idx,
             seq: self.next_seq,
             owner,
+            key,
         });
     }
 
@@ -177,6 +203,13 @@ impl Topics {
         }
         if let Some(pos) = self.selectors.iter().position(|e| e.idx == idx) {
             let e = self.selectors.remove(pos);
+            if let Some((k, refs)) = self.keys.get_mut(e.sel.key()) {
+                *refs -= 1;
+                if *refs == 0 {
+                    self.free_keys.push(*k);
+                    self.keys.remove(e.sel.key());
+                }
+            }
             if let Some(ip) = e.owner {
                 self.anon -= 1;
                 if let Some(n) = self.per_peer.get_mut(&ip) {
@@ -210,18 +243,16 @@ impl Topics {
             });
             if c.upto < self.next_seq {
                 let from = self.selectors.partition_point(|e| e.seq <= c.upto);
-                let mut seen: HashMap<&str, bool> = HashMap::new();
+                // Per key number: 0 not matched yet, 1 no, 2 yes.
+                let mut seen = vec![0u8; self.key_slots as usize];
                 let topic = crate::auth::selector::Topic::new(&s.name);
                 for e in &self.selectors[from..] {
-                    let hit = match seen.get(e.sel.key()) {
-                        Some(&h) => h,
-                        None => {
-                            self.matches_run += 1;
-                            let h = e.sel.matches_in(&topic);
-                            seen.insert(e.sel.key(), h);
-                            h
-                        }
-                    };
+                    let slot = &mut seen[e.key as usize];
+                    if *slot == 0 {
+                        self.matches_run += 1;
+                        *slot = 1 + e.sel.matches_in(&topic) as u8;
+                    }
+                    let hit = *slot == 2;
                     if hit {
                         c.hits.push((e.idx, e.seq));
                         self.cached_hits += 1;
