@@ -3,7 +3,8 @@
 //! proxy forwarded it, its forwarding headers, `Origin` and
 //! `Sec-Fetch-Site`, the tokens it carries) and the settings read once at
 //! start (`--publish-token`, `--jwt-key`, `--subscriber-jwt-key`,
-//! `--jwt-cookie`, `--private-streams`, `--cors-origin`).
+//! `--jwt-cookie`, `--private-streams`, `--cors-origin`, and for the hub's
+//! draft-08 tokens `--jwt-issuer`, `--jwt-audience`, `--mercure-legacy`).
 //!
 //! Routes name what they are about to do ([`Op`]) and ask [`Access`]; none
 //! decides alone. The rule, in one place:
@@ -13,7 +14,7 @@
 //!   `--publish-token` may write anything, else a valid JWT in
 //!   `Authorization: Bearer` (never a cookie or the query, which a
 //!   cross-site form could send) may write what its `mercure.publish`
-//!   selectors match. Without a key: the publish token when set, else only
+//!   selectors (or a draft-08 token's `publish` grants) match. Without a key: the publish token when set, else only
 //!   plainly local requests ([`plainly_local`]).
 //! - **Subscribing** needs no credentials; a token, when presented, must be
 //!   valid, and a `--private-streams` stream needs one whose subscribe

@@ -1,14 +1,20 @@
-//! The Mercure hub endpoint, `/.well-known/mercure`: subscribing with
-//! `GET ?topic=SELECTOR` (exact topics, `*`, URI templates; resume by
-//! `Last-Event-ID` or `lastEventID`, `earliest` for everything retained)
-//! and publishing with a `POST` form (`topic`, `data`, `private`, `id`,
-//! `type`, `retry`), answered with the update's id as plain text.
+//! The Mercure hub endpoint, `/.well-known/mercure`, in both dialects at
+//! once: subscribing with `GET ?topic=SELECTOR` (legacy: exact topics,
+//! `*`, URI templates) or draft-08's `match=`/`match_exact=` and
+//! `match_urlpattern=`; resuming by `Last-Event-ID`, `last_event_id` or
+//! `lastEventID` (`earliest` for everything retained; the response says
+//! where it resumed in `Mercure-Last-Event-ID`); publishing with a `POST`
+//! form (`topic`, `data`, `private`, `id`, `type`, `retry`), answered with
+//! the update's id as plain text; and the RFC 9728 metadata at
+//! `/.well-known/oauth-protected-resource/.well-known/mercure`.
 //!
 //! A topic is the stream of the same name (the mapping loses nothing; see
-//! the README); `*` and templates read selector streams the broker keeps.
-//! This module turns requests into broker calls and actions through
-//! [`Cx`]; it must not touch sockets or keep state of its own (the alias
-//! index and selector streams live in the broker).
+//! the README); `*`, templates and URL patterns read selector streams the
+//! broker keeps (and pools). Tokens of either dialect are verified by the
+//! access rule; refusals here carry the draft's `WWW-Authenticate`. This
+//! module turns requests into broker calls and actions through [`Cx`]; it
+//! must not touch sockets or keep state of its own (the alias index and
+//! selector streams live in the broker).
 
 use crate::access::{href, selector_sees_private, Allowed, Denied, Op};
 use crate::auth::draft08::{self, MatchType};
@@ -456,7 +462,7 @@ fn inside_hub(topic: &str, hub: Option<&Url>) -> bool {
 fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
     let rights = match cx.access.decide(Op::Publish, &cx.facts(req)) {
         Ok(Allowed::Write(r)) => r,
-        Ok(_) => return,
+        Ok(_) => return cx.fail(req, 500, "the access rule gave no write rights"),
         Err(d) => return deny(cx, req, &d),
     };
     let hub = hub_of(cx, req);
