@@ -511,8 +511,8 @@ fn url_patterns_come_from_the_selector_pools() {
 /// Draft-08 across two nodes on a real redis-server: a URL-pattern
 /// subscriber with a grant on node B gets node A's private update under
 /// the publisher's id, an anonymous one never does, and an exact resume
-/// by that id on node B continues exactly after it (a selector resume
-/// there gets a `gap`: see the README's known gaps). (Node B applies another
+/// by that id on node B continues exactly after it, through the topic
+/// and through the pattern. (Node B applies another
 /// node's updates to the topics it holds: here an exact `match=`
 /// subscriber makes it hold the topic; see the README's known gap.)
 #[cfg(feature = "redis")]
@@ -567,6 +567,18 @@ fn draft08_on_two_nodes_over_redis() {
     let mut again = sub(
         b.addr,
         &format!("match={topic}&last_event_id=r-secret"),
+        &bearer(&sub_tok),
+    );
+    assert_eq!(
+        head_value(&again.head, "mercure-last-event-id"),
+        vec!["r-secret".to_string()]
+    );
+    let resumed: Vec<_> = drain(&mut again).into_iter().map(|e| e.data()).collect();
+    assert_eq!(resumed, vec!["public"]);
+    // And through the URL pattern: the selector stream is node B's own.
+    let mut again = sub(
+        b.addr,
+        &format!("{q}&last_event_id=r-secret"),
         &bearer(&sub_tok),
     );
     assert_eq!(
