@@ -3,7 +3,8 @@
 //! proxy forwarded it, its forwarding headers, `Origin` and
 //! `Sec-Fetch-Site`, the tokens it carries) and the settings read once at
 //! start (`--publish-token`, `--jwt-key`, `--subscriber-jwt-key`,
-//! `--jwt-cookie`, `--private-streams`, `--cors-origin`).
+//! `--jwt-cookie`, `--private-streams`, `--cors-origin`, and for the hub's
+//! draft-08 tokens `--jwt-issuer`, `--jwt-audience`, `--mercure-legacy`).
 //!
 //! Routes name what they are about to do ([`Op`]) and ask [`Access`]; none
 //! decides alone. The rule, in one place:
@@ -13,7 +14,7 @@
 //!   `--publish-token` may write anything, else a valid JWT in
 //!   `Authorization: Bearer` (never a cookie or the query, which a
 //!   cross-site form could send) may write what its `mercure.publish`
-//!   selectors match. Without a key: the publish token when set, else only
+//!   selectors (or a draft-08 token's `publish` grants) match. Without a key: the publish token when set, else only
 //!   plainly local requests ([`plainly_local`]).
 //! - **Subscribing** needs no credentials; a token, when presented, must be
 //!   valid, and a `--private-streams` stream needs one whose subscribe
@@ -87,6 +88,9 @@ pub struct Denied {
     /// The rejection counter (`unauthorized`, `forbidden`,
     /// `forbidden_not_local`).
     pub counter: &'static str,
+    /// The RFC 6750 `error` code (`invalid_token`, `insufficient_scope`),
+    /// when a token was presented.
+    pub code: Option<&'static str>,
 }
 
 impl Denied {
@@ -95,6 +99,7 @@ impl Denied {
             status: 401,
             msg: msg.into(),
             counter: "unauthorized",
+            code: None,
         }
     }
     fn forbidden(msg: impl Into<String>) -> Denied {
@@ -102,6 +107,7 @@ impl Denied {
             status: 403,
             msg: msg.into(),
             counter: "forbidden",
+            code: Some("insufficient_scope"),
         }
     }
     /// Whether the reply carries `WWW-Authenticate: Bearer`.
@@ -132,6 +138,10 @@ pub struct Access {
     private_streams: Vec<Selector>,
     /// `--cors-origin` values: a page listed by name is trusted as local.
     listed_origins: Vec<String>,
+    /// `--jwt-issuer`, `--jwt-audience`, `--mercure-legacy`.
+    issuer: Option<String>,
+    audience: Option<String>,
+    legacy: bool,
 }
 
 /// Why the authorization settings were refused at start.
@@ -213,6 +223,9 @@ impl Access {
             cookie: cfg.jwt_cookie.clone(),
             private_streams,
             listed_origins: cfg.cors_origins.clone(),
+            issuer: cfg.jwt_issuer.clone(),
+            audience: cfg.jwt_audience.clone(),
+            legacy: cfg.mercure_legacy,
         })
     }
 
@@ -283,6 +296,7 @@ impl Access {
                         // origin: the confused-deputy cases, counted apart.
                         _ => "forbidden_not_local",
                     },
+                    code: None,
                 }),
             };
         };
@@ -297,12 +311,51 @@ impl Access {
                 "publishing needs 'Authorization: Bearer <JWT>' (or --publish-token)",
             ));
         };
-        match auth::verify(token, key, f.now_s) {
-            Ok(c) => Ok(PublishRights::Topics(Grants::from_claims(c))),
-            Err(e) => Err(Denied::unauthorized(format!(
-                "publisher token refused: {}",
-                e.message()
-            ))),
+        self.verify(token, key, f, "publisher")
+            .map(PublishRights::Topics)
+    }
+
+    /// Verifies a presented token of either dialect (draft-08 `at+jwt`
+    /// tokens; legacy `mercure` claims unless `--mercure-legacy off`); a
+    /// refusal is a 401 `invalid_token` naming `who`.
+    fn verify(
+        &self,
+        token: &str,
+        key: &Key,
+        f: &Facts<'_, '_>,
+        who: &str,
+    ) -> Result<Grants, Denied> {
+        let refused = |why: &str| Denied {
+            code: Some("invalid_token"),
+            ..Denied::unauthorized(format!("{who} token refused: {why}"))
+        };
+        #[cfg(feature = "mercure")]
+        {
+            use auth::draft08::{self, AuthError, InvalidToken, Verified};
+            let hub = hub_url(f);
+            let policy = draft08::Policy {
+                issuer: self.issuer.clone(),
+                audience: match (&self.audience, &hub) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(h)) => href(h),
+                    (None, None) => String::new(),
+                },
+                legacy: self.legacy,
+            };
+            match draft08::verify(token, key, &policy, hub.as_ref(), f.now_s) {
+                Ok(Verified::Legacy(g)) => Ok(g),
+                Ok(Verified::Draft08(g)) => Ok(Grants::from_draft08(g)),
+                Err(AuthError::InvalidToken(InvalidToken::Jwt(e))) => Err(refused(e.message())),
+                Err(e) => Err(refused(e.message())),
+            }
+        }
+        #[cfg(not(feature = "mercure"))]
+        {
+            let _ = (&self.issuer, &self.audience, self.legacy);
+            match auth::verify(token, key, f.now_s) {
+                Ok(c) => Ok(Grants::from_claims(c)),
+                Err(e) => Err(refused(e.message())),
+            }
         }
     }
 
@@ -314,21 +367,17 @@ impl Access {
             return Ok(None);
         };
         let query = f.req.query_first("authorization");
+        let cookies = f.req.header("cookie");
         let Some(token) = auth::token_from_request_parts(
             f.req.header("authorization"),
             query.as_deref(),
-            f.req.header("cookie"),
+            cookies,
             &self.cookie,
-        ) else {
+        )
+        .or_else(|| auth::token_from_request_parts(None, None, cookies, DRAFT08_COOKIE)) else {
             return Ok(None);
         };
-        match auth::verify(token, key, f.now_s) {
-            Ok(c) => Ok(Some(Grants::from_claims(c))),
-            Err(e) => Err(Denied::unauthorized(format!(
-                "subscriber token refused: {}",
-                e.message()
-            ))),
-        }
+        self.verify(token, key, f, "subscriber").map(Some)
     }
 
     /// Whether a subscriber may read `names`: a private stream needs a
@@ -351,6 +400,39 @@ impl Access {
     }
 }
 
+/// The cookie draft-08 clients send the token in (after the header, the
+/// query and `--jwt-cookie`).
+pub const DRAFT08_COOKIE: &str = "__Secure-mercure_access_token";
+
+/// The hub's URL as this request addresses it: `http://` (`https://` when
+/// a trusted proxy says `X-Forwarded-Proto: https`), its `Host`, and the
+/// hub's path. Draft-08 relative topics and patterns resolve against it,
+/// and it is the default audience.
+#[cfg(feature = "mercure")]
+pub fn hub_url(f: &Facts<'_, '_>) -> Option<auth::url::Url> {
+    let host = f.req.header_str("host")?.trim();
+    if host.is_empty() || host.contains(['/', '?', '#', '@', '\\']) {
+        return None;
+    }
+    let https = f.via_proxy
+        && f.req
+            .header_str("x-forwarded-proto")
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let scheme = if https { "https" } else { "http" };
+    auth::url::Url::parse(&format!("{scheme}://{host}/.well-known/mercure"), None)
+}
+
+/// A hub URL serialized (scheme, host, port unless the default, path).
+#[cfg(feature = "mercure")]
+pub fn href(u: &auth::url::Url) -> String {
+    let port = if u.port().is_empty() {
+        String::new()
+    } else {
+        format!(":{}", u.port())
+    };
+    format!("{}://{}{port}{}", u.protocol(), u.hostname(), u.pathname())
+}
+
 /// The topic a member notification to `member` writes (its internal
 /// stream): what a JWT's publish selectors must match.
 pub fn member_topic(member: &str) -> String {
@@ -361,12 +443,9 @@ pub fn member_topic(member: &str) -> String {
 /// which is what lets a selector stream's cursor see private updates:
 /// decidable only for `*` grants or the very same selector, so anything
 /// else stays public-only (never more than the token allows).
-pub fn selector_sees_private(grants: Option<&Grants>, sel: &str) -> bool {
-    grants.is_some_and(|g| {
-        g.subscribe
-            .iter()
-            .any(|s| s.as_str() == "*" || s.as_str() == sel)
-    })
+/// (Both dialects: [`Grants::covers_selector`].)
+pub fn selector_sees_private(grants: Option<&Grants>, sel: &Selector) -> bool {
+    grants.is_some_and(|g| g.covers_selector(sel))
 }
 
 /// The `/api` user a request authenticates as, from `Authorization:
@@ -801,11 +880,13 @@ mod tests {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
             exp: None,
+            ..Default::default()
         };
         let other = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("other").unwrap()],
             exp: None,
+            ..Default::default()
         };
         assert_eq!(a.subscribe(None, &["news"]), Ok(vec![false]));
         assert_eq!(a.subscribe(None, &["secret"]).unwrap_err().status, 401);
@@ -817,9 +898,15 @@ mod tests {
             a.subscribe(Some(&all), &["secret", "news"]),
             Ok(vec![true, true])
         );
-        assert!(selector_sees_private(Some(&all), "https://ex/{x}"));
-        assert!(!selector_sees_private(Some(&other), "https://ex/{x}"));
-        assert!(!selector_sees_private(None, "*"));
+        assert!(selector_sees_private(
+            Some(&all),
+            &Selector::parse("https://ex/{x}").unwrap()
+        ));
+        assert!(!selector_sees_private(
+            Some(&other),
+            &Selector::parse("https://ex/{x}").unwrap()
+        ));
+        assert!(!selector_sees_private(None, &Selector::parse("*").unwrap()));
     }
 
     #[test]

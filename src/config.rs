@@ -116,6 +116,14 @@ pub struct Config {
     pub jwt_cookie: String,
     /// Topic selectors of streams that only token holders may read.
     pub private_streams: Vec<String>,
+    /// Draft-08 tokens' `iss` must equal it (`--jwt-issuer`).
+    pub jwt_issuer: Option<String>,
+    /// Draft-08 tokens' `aud` must hold it (`--jwt-audience`); `None`:
+    /// the hub's URL.
+    pub jwt_audience: Option<String>,
+    /// Tokens with the legacy `mercure` claim are accepted
+    /// (`--mercure-legacy`).
+    pub mercure_legacy: bool,
 }
 }
 
@@ -742,6 +750,45 @@ static FLAGS: &[Flag] = &[
         ..ROW
     },
     Flag {
+        name: "jwt-issuer",
+        value: "ISS",
+        help: "draft-08 access tokens (typ at+jwt) must have this iss",
+        feature: Some("mercure"),
+        set: |c, v| {
+            c.jwt_issuer = Some(protocol_value(v)?);
+            Ok(())
+        },
+        ..ROW
+    },
+    Flag {
+        name: "jwt-audience",
+        value: "AUD",
+        default: Init::Note("the hub's URL"),
+        help: "draft-08 access tokens must have this in aud",
+        feature: Some("mercure"),
+        set: |c, v| {
+            c.jwt_audience = Some(protocol_value(v)?);
+            Ok(())
+        },
+        ..ROW
+    },
+    Flag {
+        name: "mercure-legacy",
+        value: "on|off",
+        default: Init::Value("on"),
+        help: "accept tokens of the legacy Mercure dialect (the mercure claim) beside draft-08 ones",
+        feature: Some("mercure"),
+        set: |c, v| {
+            c.mercure_legacy = match v.trim() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err(no("expected on or off")),
+            };
+            Ok(())
+        },
+        ..ROW
+    },
+    Flag {
         name: "tick-scale",
         value: "X",
         default: Init::Value("1.0"),
@@ -916,6 +963,15 @@ fn num(v: &str) -> Result<usize, Refused> {
 }
 
 /// A valueless flag (or its env twin): present means on.
+/// A claim value to compare with: non-empty, at most 2,048 bytes, no
+/// control characters.
+fn protocol_value(v: &str) -> Result<String, Refused> {
+    if v.is_empty() || v.len() > 2048 || v.chars().any(char::is_control) {
+        return Err(no("expected 1..=2048 bytes without control characters"));
+    }
+    Ok(v.to_string())
+}
+
 fn switch(v: &str) -> Result<bool, Refused> {
     match v {
         "" | "1" | "true" | "yes" => Ok(true),
@@ -1092,7 +1148,7 @@ impl Config {
     /// Refuses settings whose Cargo feature is not built in (a minimal
     /// build), so `--redis` there is an error at start, never ignored.
     pub fn check_features(&self) -> Result<(), ConfigError> {
-        let set: [(bool, &str, &'static str, bool); 6] = [
+        let set: [(bool, &str, &'static str, bool); 7] = [
             (
                 self.users_file.is_some(),
                 "--users",
@@ -1120,6 +1176,12 @@ impl Config {
             (
                 !self.private_streams.is_empty(),
                 "--private-streams",
+                "mercure",
+                cfg!(feature = "mercure"),
+            ),
+            (
+                self.jwt_issuer.is_some() || self.jwt_audience.is_some() || !self.mercure_legacy,
+                "--jwt-issuer, --jwt-audience or --mercure-legacy",
                 "mercure",
                 cfg!(feature = "mercure"),
             ),
@@ -1447,7 +1509,8 @@ mod tests {
              tick_scale: 1.0, handle_signals: false, reuse_port: false, workers: 0, redis: None, \
              redis_prefix: \"ssed\", redis_timeout: 2s, data_dir: None, fsync: Interval(100ms), \
              journal_bytes: 268435456, jwt_key: None, subscriber_jwt_key: None, \
-             jwt_cookie: \"mercureAuthorization\", private_streams: [] }"
+             jwt_cookie: \"mercureAuthorization\", private_streams: [], jwt_issuer: None, \
+             jwt_audience: None, mercure_legacy: true }"
         );
     }
 
@@ -1520,11 +1583,14 @@ mod tests {
                 "subscriber-jwt-key",
                 "subscriber-jwt-key-file",
                 "jwt-cookie",
-                "private-streams"
+                "private-streams",
+                "jwt-issuer",
+                "jwt-audience",
+                "mercure-legacy"
             ]
         );
         assert_eq!(of("workers"), ["workers"]);
-        assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 15);
+        assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 18);
     }
 
     /// A flag of a feature not built in is refused, naming the feature,

@@ -1,27 +1,36 @@
-//! The Mercure hub endpoint, `/.well-known/mercure`: subscribing with
-//! `GET ?topic=SELECTOR` (exact topics, `*`, URI templates; resume by
-//! `Last-Event-ID` or `lastEventID`, `earliest` for everything retained)
-//! and publishing with a `POST` form (`topic`, `data`, `private`, `id`,
-//! `type`, `retry`), answered with the update's id as plain text.
+//! The Mercure hub endpoint, `/.well-known/mercure`, in both dialects at
+//! once: subscribing with `GET ?topic=SELECTOR` (legacy: exact topics,
+//! `*`, URI templates) or draft-08's `match=`/`match_exact=` and
+//! `match_urlpattern=`; resuming by `Last-Event-ID`, `last_event_id` or
+//! `lastEventID` (`earliest` for everything retained; the response says
+//! where it resumed in `Mercure-Last-Event-ID`); publishing with a `POST`
+//! form (`topic`, `data`, `private`, `id`, `type`, `retry`), answered with
+//! the update's id as plain text; and the RFC 9728 metadata at
+//! `/.well-known/oauth-protected-resource/.well-known/mercure`.
 //!
 //! A topic is the stream of the same name (the mapping loses nothing; see
-//! the README); `*` and templates read selector streams the broker keeps.
-//! This module turns requests into broker calls and actions through
-//! [`Cx`]; it must not touch sockets or keep state of its own (the alias
-//! index and selector streams live in the broker).
+//! the README); `*`, templates and URL patterns read selector streams the
+//! broker keeps (and pools). Tokens of either dialect are verified by the
+//! access rule; refusals here carry the draft's `WWW-Authenticate`. This
+//! module turns requests into broker calls and actions through [`Cx`]; it
+//! must not touch sockets or keep state of its own (the alias index and
+//! selector streams live in the broker).
 
-use std::borrow::Cow;
-
-use crate::access::{selector_sees_private, Op};
+use crate::access::{href, selector_sees_private, Allowed, Denied, Op};
+use crate::auth::draft08::{self, MatchType};
+use crate::auth::url::Url;
 use crate::auth::Selector;
 use crate::broker::{valid_topic, BrokerError, Create, Resume, MAX_TOPIC_BYTES};
 use crate::event::Event;
 use crate::frame;
 use crate::handler::{Body, Cx, Publish, Reply, Targets};
-use crate::http::{self, Method, Request};
+use crate::http::{self, Method, Request, Response};
 
 /// The endpoint's path.
 pub const PATH: &str = "/.well-known/mercure";
+/// The RFC 9728 protected-resource metadata of the hub (the well-known
+/// segment goes before the hub's path).
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/.well-known/mercure";
 /// Longest publisher-supplied event id.
 pub const MAX_ID_BYTES: usize = 256;
 /// A `retry` above this is refused.
@@ -29,6 +38,13 @@ const MAX_RETRY_MS: u64 = 3_600_000;
 
 /// Routes the hub's path; `false` when the path is not the hub's.
 pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
+    if req.path == METADATA_PATH {
+        match req.method {
+            Method::Get | Method::Head => metadata(cx, req),
+            _ => cx.not_allowed(req, "GET, HEAD"),
+        }
+        return true;
+    }
     if req.path != PATH {
         return false;
     }
@@ -46,48 +62,182 @@ fn is_exact(sel: &str) -> bool {
     sel != "*" && !sel.contains('{')
 }
 
-fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let topics: Vec<String> = req.query_all("topic").map(Cow::into_owned).collect();
-    if topics.is_empty() {
-        cx.counters.reject("bad_request");
-        return cx.fail(
-            req,
-            400,
-            "missing topic: subscribe with GET /.well-known/mercure?topic=SELECTOR",
-        );
-    }
-    if topics.len() > cx.cfg.max_streams_per_conn {
-        let msg = format!(
-            "too many topics: at most {} per subscription (--max-streams-per-conn)",
-            cx.cfg.max_streams_per_conn
-        );
-        return cx.fail(req, 400, &msg);
-    }
-    let mut selectors = Vec::with_capacity(topics.len());
-    for t in &topics {
-        match Selector::parse(t) {
-            Ok(s) if !is_exact(t) || valid_topic(t) => selectors.push(s),
-            Err(e) if t.contains('{') => {
-                cx.counters.reject("bad_request");
-                let msg = format!("bad URI template {t:?}: {}", e.message());
-                return cx.fail(req, 400, &msg);
+/// Most `match_urlpattern` values in one subscription: each is a selector
+/// stream from the same pools as URI templates, and each costs a match per
+/// topic on its first publish, so a subscriber cannot ask for many.
+pub const MAX_URL_PATTERNS: usize = 8;
+
+/// What a subscription asks for, from its query.
+struct Wanted {
+    /// Exact topics (`topic=` without braces, `match=`).
+    exact: Vec<String>,
+    /// `*`, URI templates and URL patterns, without repeats.
+    selectors: Vec<Selector>,
+    /// How many values there were (the per-connection bound).
+    count: usize,
+}
+
+/// Reads `topic=` (legacy selectors), `match=`/`match_exact=` and
+/// `match_urlpattern=` (draft-08); `Err` is the 400's reason.
+fn wanted(req: &Request<'_>, hub: Option<&Url>, max: usize) -> Result<Wanted, String> {
+    let mut w = Wanted {
+        exact: Vec::new(),
+        selectors: Vec::new(),
+        count: 0,
+    };
+    let mut patterns = 0;
+    let push_sel = |w: &mut Wanted, sel: Selector| {
+        if !w.selectors.iter().any(|s| s.as_str() == sel.as_str()) {
+            w.selectors.push(sel);
+        }
+    };
+    for (k, v) in http::query_pairs(req.query) {
+        let kind = match &*k {
+            "topic" => None,
+            name => match MatchType::from_query_param(name) {
+                Ok(Some(t)) => Some(t),
+                Ok(None) => continue,
+                Err(()) => {
+                    return Err(format!(
+                        "unknown parameter {name:?}: match, match_exact or match_urlpattern"
+                    ))
+                }
+            },
+        };
+        w.count += 1;
+        if w.count > max {
+            return Err(format!(
+                "too many topics: at most {max} per subscription (--max-streams-per-conn)"
+            ));
+        }
+        if !draft08::valid_protocol_string(&v) {
+            return Err(format!(
+                "bad {k} value: control or format characters are not allowed"
+            ));
+        }
+        // Templates and URL patterns have their own bounds.
+        if v.is_empty() || (kind == Some(MatchType::Exact) && v.len() > MAX_TOPIC_BYTES) {
+            return Err(format!("bad {k} value: 1..={MAX_TOPIC_BYTES} bytes"));
+        }
+        match kind {
+            None => match Selector::parse(&v) {
+                Ok(s) if is_exact(&v) && valid_topic(&v) => w.exact.push(s.as_str().to_string()),
+                Ok(s) if !is_exact(&v) => push_sel(&mut w, s),
+                Err(e) if v.contains('{') => {
+                    return Err(format!("bad URI template {v:?}: {}", e.message()));
+                }
+                _ => {
+                    return Err(format!("bad topic selector {v:?}: a topic of 1..={MAX_TOPIC_BYTES} bytes without control characters, *, or a URI template"));
+                }
+            },
+            Some(_) if v == "*" => push_sel(&mut w, any()),
+            Some(MatchType::Exact) => {
+                if !valid_topic(&v) {
+                    return Err(format!("bad match {v:?}: this hub's topics have no braces"));
+                }
+                w.exact.push(v.into_owned());
             }
-            _ => {
-                let msg = format!("bad topic selector {t:?}: a topic of 1..={MAX_TOPIC_BYTES} bytes without control characters, *, or a URI template");
-                return cx.fail(req, 400, &msg);
+            Some(MatchType::UrlPattern) => {
+                patterns += 1;
+                if patterns > MAX_URL_PATTERNS {
+                    return Err(format!(
+                        "too many match_urlpattern values: at most {MAX_URL_PATTERNS} per subscription"
+                    ));
+                }
+                let sel = Selector::url_pattern(&v, hub)
+                    .map_err(|e| format!("bad match_urlpattern {v:?}: {}", e.message()))?;
+                push_sel(&mut w, sel);
             }
         }
     }
-    let Some(grants) = cx.subscriber(req) else {
-        return;
+    if w.count == 0 {
+        return Err(
+            "missing topic: subscribe with GET /.well-known/mercure?match=TOPIC (or topic=SELECTOR, match_urlpattern=PATTERN)"
+                .into(),
+        );
+    }
+    Ok(w)
+}
+
+fn any() -> Selector {
+    // `*` always parses.
+    Selector::parse("*").unwrap_or_else(|_| unreachable!())
+}
+
+/// Answers an authorization failure the draft's way: the JSON reason,
+/// and `WWW-Authenticate: Bearer` with `resource_metadata` and `error`.
+fn deny(cx: &mut Cx<'_>, req: &Request<'_>, d: &Denied) {
+    cx.counters.reject(d.counter);
+    let metadata = hub_of(cx, req)
+        .map(|h| draft08::metadata_url(&h))
+        .unwrap_or_default();
+    let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
+    if let Some(code) = d.code {
+        challenge.push_str(&format!(", error=\"{code}\""));
+    }
+    let resp = Response::error(d.status, &d.msg).header("WWW-Authenticate", challenge);
+    cx.reply(req, resp);
+}
+
+/// The RFC 9728 document: what a client needs to get and present a token.
+fn metadata(cx: &mut Cx<'_>, req: &Request<'_>) {
+    let Some(hub) = hub_of(cx, req) else {
+        return cx.fail(req, 400, "the metadata needs a Host header naming the hub");
     };
-    let exact: Vec<&str> = topics
-        .iter()
-        .map(String::as_str)
-        .filter(|t| is_exact(t))
-        .collect();
-    let Some(exact_sees) = cx.subscribe_rights(req, grants.as_ref(), &exact) else {
-        return;
+    let o = draft08::MetadataOptions {
+        authorization_servers: cx.cfg.jwt_issuer.iter().cloned().collect(),
+        cookie: true,
+        query: false,
+        subscriptions: false,
+    };
+    let doc = draft08::protected_resource_metadata(&href(&hub), &o);
+    let mut resp = Response::json(200, &doc);
+    for (k, v) in links(Some(&hub)) {
+        resp = resp.header(k, v);
+    }
+    cx.reply(req, resp);
+}
+
+fn hub_of(cx: &Cx<'_>, req: &Request<'_>) -> Option<Url> {
+    crate::access::hub_url(&cx.facts(req))
+}
+
+/// `Link` headers of hub responses: the hub (`rel="mercure"`) and its
+/// RFC 9728 metadata.
+fn links(hub: Option<&Url>) -> Vec<(&'static str, String)> {
+    match hub {
+        Some(h) => vec![
+            ("Link", format!("<{}>; rel=\"mercure\"", href(h))),
+            (
+                "Link",
+                format!(
+                    "<{}>; rel=\"oauth-protected-resource\"",
+                    draft08::metadata_url(h)
+                ),
+            ),
+        ],
+        None => Vec::new(),
+    }
+}
+
+fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
+    let hub = hub_of(cx, req);
+    let w = match wanted(req, hub.as_ref(), cx.cfg.max_streams_per_conn) {
+        Ok(w) => w,
+        Err(msg) => {
+            cx.counters.reject("bad_request");
+            return cx.fail(req, 400, &msg);
+        }
+    };
+    let grants = match cx.access.decide(Op::Subscribe, &cx.facts(req)) {
+        Ok(Allowed::Subscriber(g)) => g,
+        Ok(_) => None,
+        Err(d) => return deny(cx, req, &d),
+    };
+    let exact: Vec<&str> = dedup(&w.exact.iter().map(String::as_str).collect::<Vec<_>>());
+    let exact_sees = match cx.access.subscribe(grants.as_ref(), &exact) {
+        Ok(v) => v,
+        Err(d) => return deny(cx, req, &d),
     };
     let by = if cx.cfg.auto_streams {
         Create::Subscriber(cx.peer_key())
@@ -99,17 +249,8 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     }
     // The reactor finds or makes these streams, in this order: exact
     // topics, then selector streams (each once).
-    let mut reads: Vec<&str> = Vec::with_capacity(topics.len());
-    let mut sees: Vec<bool> = Vec::with_capacity(topics.len());
-    for name in dedup(&exact) {
-        reads.push(name);
-        sees.push(
-            exact
-                .iter()
-                .position(|t| *t == name)
-                .is_some_and(|p| exact_sees[p]),
-        );
-    }
+    let mut reads: Vec<&str> = exact.clone();
+    let mut sees: Vec<bool> = exact_sees;
     // Anonymous subscribers' selector streams come from a pool per client
     // address, so a few of them cannot take every slot.
     let anon = match (&grants, cx.peer) {
@@ -119,17 +260,14 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         (None, None) => Some(0),
         (Some(_), _) => None,
     };
-    let mut wanted: Vec<Selector> = Vec::new();
-    for sel in selectors.into_iter().filter(|s| !is_exact(s.as_str())) {
-        if !wanted.iter().any(|w| w.as_str() == sel.as_str()) {
-            sees.push(selector_sees_private(grants.as_ref(), sel.as_str()));
-            wanted.push(sel);
-        }
+    for sel in &w.selectors {
+        sees.push(selector_sees_private(grants.as_ref(), sel));
     }
-    reads.extend(wanted.iter().map(Selector::as_str));
-    let resume = match last_event_id(req) {
-        Some(r) if r == "earliest" => Resume::Earliest,
-        r => cx.resume(r.as_deref(), sees.contains(&true)),
+    reads.extend(w.selectors.iter().map(Selector::as_str));
+    let cursor = crate::handler::last_event_id(req);
+    let resume = match cursor.as_deref() {
+        Some("earliest") => Resume::Earliest,
+        r => cx.resume(r, sees.contains(&true)),
     };
     // The newest event this subscriber could have been sent, so the header
     // tells nothing of private events it may not see ("earliest": none).
@@ -144,15 +282,47 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         .max()
         .filter(|&id| id > 0)
         .map_or_else(|| "earliest".to_string(), |id| id.to_string());
+    let mut headers = vec![("Last-Event-ID", last)];
+    if cursor.is_some() {
+        headers.push((
+            "Mercure-Last-Event-ID",
+            reconciled(cx, &reads, &sees, &resume),
+        ));
+    }
+    headers.extend(links(hub.as_ref()));
     // Mercure: the subscription ends when the token expires.
     let until = grants.as_ref().and_then(|g| g.exp);
     let to = Targets::Topics {
-        exact: dedup(&exact).into_iter().map(str::to_string).collect(),
+        exact: exact.iter().map(|s| s.to_string()).collect(),
         by,
-        selectors: wanted,
+        selectors: w.selectors,
         anon,
     };
-    cx.stream_until(req, to, &sees, &resume, &[("Last-Event-ID", last)], until);
+    cx.stream_until(req, to, &sees, &resume, &headers, until);
+}
+
+/// `Mercure-Last-Event-ID`: the cursor the subscription resumes after when
+/// every stream it reads still holds what followed it, else `earliest`
+/// (unknown, unparsable, not retained, or a selector stream made now).
+fn reconciled(cx: &Cx<'_>, reads: &[&str], sees: &[bool], resume: &Resume) -> String {
+    let Resume::After(id, raw) = resume else {
+        return "earliest".into();
+    };
+    let ids = cx.broker.ids();
+    if *id < ids.first() || *id > ids.last() {
+        return "earliest".into();
+    }
+    let kept = reads.iter().zip(sees).all(|(name, &sees)| {
+        cx.broker
+            .find(name)
+            .and_then(|i| cx.broker.get(i))
+            .is_some_and(|s| !s.lost_after(*id, sees))
+    });
+    if kept {
+        raw.clone()
+    } else {
+        "earliest".into()
+    }
 }
 
 /// `names` without repeats, in first-seen order (what `resolve` returns
@@ -165,17 +335,6 @@ fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
         }
     }
     out
-}
-
-/// Mercure's resume cursor: the `Last-Event-ID` header, else the
-/// `lastEventID` query parameter.
-fn last_event_id(req: &Request<'_>) -> Option<String> {
-    let raw = match req.header("last-event-id") {
-        Some(v) => String::from_utf8_lossy(v).into_owned(),
-        None => req.query_first("lastEventID")?.into_owned(),
-    };
-    let raw = raw.trim();
-    (!raw.is_empty()).then(|| raw.to_string())
 }
 
 fn fail_broker(cx: &mut Cx<'_>, req: &Request<'_>, topic: &str, e: &BrokerError) {
@@ -203,7 +362,7 @@ struct Update {
     id: Option<String>,
 }
 
-fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
+fn parse_form(req: &Request<'_>, max_topics: usize, hub: Option<&Url>) -> Result<Update, String> {
     let ctype = req
         .header_str("content-type")
         .unwrap_or("")
@@ -230,8 +389,13 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
                         "too many topics: at most {max_topics} per update (--max-streams-per-conn)"
                     ));
                 }
-                if !valid_topic(&v) {
+                if !valid_topic(&v) || !draft08::valid_protocol_string(&v) {
                     return Err(format!("bad topic {v:?}: 1..={MAX_TOPIC_BYTES} bytes without control characters, braces, or a lone *"));
+                }
+                if inside_hub(&v, hub) {
+                    return Err(format!(
+                        "bad topic {v:?}: topics inside the hub's own path ({PATH}) are reserved"
+                    ));
                 }
                 if !u.topics.iter().any(|t| *t == *v) {
                     u.topics.push(v.into_owned());
@@ -244,11 +408,19 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
                 let ok = !v.is_empty()
                     && v.len() <= MAX_ID_BYTES
                     && !v.starts_with('#')
-                    && !v.contains(['\r', '\n', '\0']);
+                    && v != "earliest"
+                    && draft08::valid_protocol_string(&v);
                 if !ok {
-                    return Err(format!("bad id: 1..={MAX_ID_BYTES} bytes, not starting with '#', without CR, LF or NUL"));
+                    return Err(format!("bad id: 1..={MAX_ID_BYTES} bytes, not starting with '#', not \"earliest\", without control or format characters"));
                 }
                 u.id = Some(v.into_owned());
+            }
+            // `mercure` is the type of subscription events (active
+            // subscriptions): a publisher may not forge one.
+            "type" if v == "mercure" => {
+                return Err(
+                    "bad type \"mercure\": reserved for the hub's subscription events".into(),
+                )
             }
             "type" => u.event.event = Some(v.into_owned()),
             "retry" => match v.trim().parse::<u64>() {
@@ -269,11 +441,32 @@ fn parse_form(req: &Request<'_>, max_topics: usize) -> Result<Update, String> {
     Ok(u)
 }
 
-fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
-    let Some(rights) = cx.writer(req, Op::Publish) else {
-        return;
+/// Whether `topic` (relative ones against the hub) names the hub itself or
+/// something under its path: the draft reserves those.
+fn inside_hub(topic: &str, hub: Option<&Url>) -> bool {
+    let under = |path: &str| {
+        path.starts_with(PATH) && matches!(path.as_bytes().get(PATH.len()), None | Some(b'/'))
     };
-    let u = match parse_form(req, cx.cfg.max_streams_per_conn) {
+    if under(topic) {
+        return true;
+    }
+    let (Some(h), Some(t)) = (hub, Url::parse(topic, hub)) else {
+        return false;
+    };
+    t.protocol() == h.protocol()
+        && t.hostname() == h.hostname()
+        && t.port() == h.port()
+        && under(t.pathname())
+}
+
+fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
+    let rights = match cx.access.decide(Op::Publish, &cx.facts(req)) {
+        Ok(Allowed::Write(r)) => r,
+        Ok(_) => return cx.fail(req, 500, "the access rule gave no write rights"),
+        Err(d) => return deny(cx, req, &d),
+    };
+    let hub = hub_of(cx, req);
+    let u = match parse_form(req, cx.cfg.max_streams_per_conn, hub.as_ref()) {
         Ok(u) => u,
         Err(msg) => {
             cx.counters.reject("bad_event");
@@ -281,7 +474,7 @@ fn publish(cx: &mut Cx<'_>, req: &Request<'_>) {
         }
     };
     if let Err(d) = rights.covers_as(&u.topics, "topic ") {
-        return cx.deny(req, &d);
+        return deny(cx, req, &d);
     }
     let names: Vec<&str> = u.topics.iter().map(String::as_str).collect();
     if let Err((i, e)) = cx.broker.check_resolve(&names, Create::Publisher, true) {
@@ -331,17 +524,58 @@ mod tests {
             publish: vec![],
             subscribe: vec![Selector::parse("/b/{id}").unwrap()],
             exp: None,
+            ..Default::default()
         };
-        assert!(selector_sees_private(Some(&g), "/b/{id}"));
-        assert!(!selector_sees_private(Some(&g), "*"));
-        assert!(!selector_sees_private(Some(&g), "/b/{x}/c"));
-        assert!(!selector_sees_private(None, "*"));
+        assert!(selector_sees_private(
+            Some(&g),
+            &Selector::parse("/b/{id}").unwrap()
+        ));
+        assert!(!selector_sees_private(
+            Some(&g),
+            &Selector::parse("*").unwrap()
+        ));
+        assert!(!selector_sees_private(
+            Some(&g),
+            &Selector::parse("/b/{x}/c").unwrap()
+        ));
+        assert!(!selector_sees_private(None, &Selector::parse("*").unwrap()));
         let all = Grants {
             publish: vec![],
             subscribe: vec![Selector::parse("*").unwrap()],
             exp: None,
+            ..Default::default()
         };
-        assert!(selector_sees_private(Some(&all), "/anything/{x}"));
+        assert!(selector_sees_private(
+            Some(&all),
+            &Selector::parse("/anything/{x}").unwrap()
+        ));
+    }
+
+    #[test]
+    fn url_patterns_are_selectors_no_topic_or_template_can_name() {
+        let hub = Url::parse("http://t/.well-known/mercure", None).unwrap();
+        let s = Selector::url_pattern("/books/:id", Some(&hub)).unwrap();
+        assert!(!valid_topic(s.as_str()) && s.as_str().starts_with('}'));
+        // A legacy token naming it literally does not cover it.
+        let literal = crate::auth::Grants {
+            subscribe: vec![Selector::parse(s.as_str()).unwrap()],
+            ..Default::default()
+        };
+        assert!(!selector_sees_private(Some(&literal), &s));
+        for topic in ["http://t/books/1", "/books/1"] {
+            let t = crate::auth::selector::Topic::new(topic);
+            assert!(s.matches(topic) && s.matches_in(&t), "{topic}");
+        }
+        for topic in ["http://t/books/1/x", "https://t/books/1", "urn:x"] {
+            let t = crate::auth::selector::Topic::new(topic);
+            assert!(!s.matches(topic) && !s.matches_in(&t), "{topic}");
+        }
+        // The same pattern under another hub URL is another selector.
+        let other = Url::parse("http://u/.well-known/mercure", None).unwrap();
+        let s2 = Selector::url_pattern("/books/:id", Some(&other)).unwrap();
+        assert_ne!(s.as_str(), s2.as_str());
+        let t = crate::auth::selector::Topic::new("http://u/books/1");
+        assert!(!s.matches_in(&t) && s2.matches_in(&t));
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub struct Claims {
 }
 
 /// Verifies `token` as HS256 under `key` at `now_unix_secs`.
+#[cfg_attr(all(feature = "mercure", not(test)), allow(dead_code))]
 pub fn verify(token: &str, key: &Key, now_unix_secs: u64) -> Result<Claims, JwtError> {
     legacy_claims(&verify_signature(token, key, legacy_typ)?, now_unix_secs)
 }

@@ -20,7 +20,10 @@ pub mod urlpattern;
 
 #[cfg(feature = "mercure")]
 pub use jwt::mint_hs256;
-pub use jwt::{verify, Claims, Key};
+// The hub verifies through `draft08::verify`, which reads both dialects.
+#[cfg(any(test, not(feature = "mercure")))]
+pub use jwt::verify;
+pub use jwt::{Claims, Key};
 pub use selector::{any_match, Selector};
 
 /// Cookie Mercure clients use for the token when no other name is set
@@ -38,6 +41,10 @@ pub struct Grants {
     /// When the token expires (unix seconds): a subscription it opened
     /// ends then.
     pub exp: Option<u64>,
+    /// A draft-08 token's grants (then `publish` and `subscribe` are
+    /// empty): both dialects answer through the same methods.
+    #[cfg(feature = "mercure")]
+    pub draft08: Option<Box<draft08::AccessGrants>>,
 }
 
 impl Grants {
@@ -47,15 +54,56 @@ impl Grants {
             publish: claims.publish.unwrap_or_default(),
             subscribe: claims.subscribe.unwrap_or_default(),
             exp: claims.exp,
+            #[cfg(feature = "mercure")]
+            draft08: None,
+        }
+    }
+    /// Grants of a draft-08 token.
+    #[cfg(feature = "mercure")]
+    pub fn from_draft08(g: draft08::AccessGrants) -> Grants {
+        Grants {
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+            exp: Some(g.exp),
+            draft08: Some(Box::new(g)),
         }
     }
     /// Whether publishing to `topic` is allowed.
     pub fn can_publish(&self, topic: &str) -> bool {
+        #[cfg(feature = "mercure")]
+        if let Some(g) = &self.draft08 {
+            return g.can_publish(&draft08::Topic::new(topic, None));
+        }
         any_match(&self.publish, topic)
     }
     /// Whether subscribing to `topic` is allowed.
     pub fn can_subscribe(&self, topic: &str) -> bool {
+        #[cfg(feature = "mercure")]
+        if let Some(g) = &self.draft08 {
+            return g.can_subscribe(&draft08::Topic::new(topic, None));
+        }
         any_match(&self.subscribe, topic)
+    }
+    /// Whether a selector subscription (`*`, a template, a URL pattern)
+    /// may see private updates: only when every topic it can match is
+    /// granted, which is decidable for a `*` grant or the very same
+    /// selector (anything else stays public-only).
+    pub fn covers_selector(&self, sel: &Selector) -> bool {
+        #[cfg(feature = "mercure")]
+        if let Some(g) = &self.draft08 {
+            return g.details.iter().filter(|d| d.subscribe).any(|d| {
+                d.topics.iter().any(|m| match m {
+                    draft08::TopicMatcher::Any => true,
+                    draft08::TopicMatcher::UrlPattern(p) => sel.pattern() == Some(p.as_str()),
+                    draft08::TopicMatcher::Exact(_) => false,
+                })
+            });
+        }
+        // A URL pattern's name (`}urlpattern …`) is no legacy selector.
+        let pattern = sel.as_str().starts_with('}');
+        self.subscribe
+            .iter()
+            .any(|s| s.as_str() == "*" || (s.as_str() == sel.as_str() && !pattern))
     }
 }
 

@@ -141,6 +141,10 @@ enum Kind {
     Any,
     Exact,
     Template(Box<Template>),
+    /// A Mercure draft-08 `match_urlpattern` value and the hub URL
+    /// relative topics resolve against.
+    #[cfg(feature = "mercure")]
+    UrlPattern(Box<(super::urlpattern::UrlPattern, Option<super::url::Url>)>),
 }
 
 /// One parsed topic selector.
@@ -173,6 +177,34 @@ impl Selector {
             raw: s.to_string(),
             kind,
         })
+    }
+
+    /// A draft-08 URL pattern as a selector (so it is pooled and cached
+    /// like a template). Its name starts with `}`, which no topic and no
+    /// template can, so it never meets either; relative patterns and
+    /// topics resolve against `hub`, which the name records.
+    #[cfg(feature = "mercure")]
+    pub fn url_pattern(
+        pattern: &str,
+        hub: Option<&super::url::Url>,
+    ) -> Result<Selector, super::urlpattern::PatternError> {
+        let p = super::urlpattern::UrlPattern::compile(pattern, hub)?;
+        let base = hub.map_or(String::new(), |h| {
+            format!("{}://{}:{}", h.protocol(), h.hostname(), h.port())
+        });
+        Ok(Selector {
+            raw: format!("}}urlpattern {base} {pattern}"),
+            kind: Kind::UrlPattern(Box::new((p, hub.cloned()))),
+        })
+    }
+
+    /// The pattern of a selector made by [`Selector::url_pattern`].
+    #[cfg(feature = "mercure")]
+    pub fn pattern(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::UrlPattern(p) => Some(p.0.as_str()),
+            _ => None,
+        }
     }
 
     /// The selector as written.
@@ -211,6 +243,8 @@ impl Selector {
             Kind::Any => true,
             Kind::Exact => self.raw == topic.topic,
             Kind::Template(t) => template_matches_fast(t, topic),
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(_) => self.match_steps_in(topic).0,
         }
     }
 
@@ -224,6 +258,20 @@ impl Selector {
                 let mut steps = 0;
                 let r = template_matches_bits(t, topic.topic.as_bytes(), m, &mut steps);
                 (r, steps)
+            }
+            #[cfg(feature = "mercure")]
+            (Kind::UrlPattern(p), _) => {
+                let (base, url) = topic.url.get_or_init(|| {
+                    (
+                        p.1.clone(),
+                        super::url::Url::parse(topic.topic, p.1.as_ref()),
+                    )
+                });
+                match url {
+                    Some(u) if *base == p.1 => p.0.match_steps(u),
+                    None if *base == p.1 => (false, 1),
+                    _ => self.match_steps(topic.topic),
+                }
             }
             _ => self.match_steps(topic.topic),
         }
@@ -241,6 +289,14 @@ impl Selector {
                 let m = template_matches(t, topic.as_bytes(), &mut steps);
                 (m, steps)
             }
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(p) => match super::url::Url::parse(topic, p.1.as_ref()) {
+                Some(u) => {
+                    let (m, steps) = p.0.match_steps(&u);
+                    (m, steps + topic.len() as u64)
+                }
+                None => (false, 1 + topic.len() as u64),
+            },
         }
     }
 }
@@ -286,6 +342,10 @@ pub struct Topic<'a> {
     /// The offsets of each byte, in order, grouped by byte: byte `c`'s
     /// are `at[start[c]..start[c + 1]]`.
     offsets: OnceCell<Offsets>,
+    /// The topic parsed as a URL for URL patterns, once, with the base it
+    /// was resolved against (patterns of another hub URL parse again).
+    #[cfg(feature = "mercure")]
+    url: OnceCell<UrlOf>,
 }
 
 /// `start` (per byte, and one past the last) and `at`: see [`Topic`].
@@ -345,6 +405,9 @@ impl Runs {
     }
 }
 
+#[cfg(feature = "mercure")]
+type UrlOf = (Option<super::url::Url>, Option<super::url::Url>);
+
 struct Masks {
     /// Offsets of unreserved characters (one-byte value tokens).
     unres: Bits,
@@ -385,6 +448,8 @@ impl<'a> Topic<'a> {
             runs: OnceCell::new(),
             masks: OnceCell::new(),
             offsets: OnceCell::new(),
+            #[cfg(feature = "mercure")]
+            url: OnceCell::new(),
         }
     }
 

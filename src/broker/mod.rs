@@ -1537,6 +1537,12 @@ impl Broker {
         }
     }
 
+    /// Whether stream `idx` is a selector stream (derived on each node
+    /// from the streams it holds, so never fetched from elsewhere).
+    pub fn is_selector(&self, idx: u32) -> bool {
+        self.topics.is_selector(idx)
+    }
+
     /// Template matches run by the selector fan-in so far.
     pub fn selector_matches_run(&self) -> u64 {
         self.topics.matches_run

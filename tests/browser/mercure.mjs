@@ -2,7 +2,9 @@
 // /.well-known/mercure?topic=... with a JWT (in the `authorization` query
 // parameter, then in the mercureAuthorization cookie), a `fetch` POST with
 // a bearer JWT publishes a private update with a custom id, and the event
-// arrives with that `lastEventId`. Prints `N passed, M failed`; exits 1 on
+// arrives with that `lastEventId`; the same with draft-08 (an at+jwt
+// token, `match_urlpattern=`, multi-line data, an anonymous `match=`
+// EventSource that never sees the private update). Prints `N passed, M failed`; exits 1 on
 // any failure.
 //
 //   SSED_BIN=target/debug/ssed node tests/browser/mercure.mjs
@@ -23,8 +25,8 @@ const TOPIC = 'https://example.com/books/{id}';
 
 const b64 = (s) => Buffer.from(s).toString('base64url');
 /** An HS256 JWT minted with node:crypto (nothing of ssed's own code). */
-function mint(claims) {
-  const signed = `${b64(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${b64(JSON.stringify(claims))}`;
+function mint(claims, typ = 'JWT') {
+  const signed = `${b64(JSON.stringify({ alg: 'HS256', typ }))}.${b64(JSON.stringify(claims))}`;
   return `${signed}.${crypto.createHmac('sha256', KEY).update(signed).digest('base64url')}`;
 }
 
@@ -110,6 +112,63 @@ async function main() {
       if (e.lastEventId !== 'urn:uuid:browser-2' || e.data !== 'private, via cookie') {
         throw new Error(JSON.stringify(e));
       }
+    });
+
+    await check('draft-08: match_urlpattern EventSource gets a private multi-line update; an anonymous one only the public', async () => {
+      await context.clearCookies(); // the anonymous EventSource must carry no token
+      const aud = `${server.base}/.well-known/mercure`;
+      const exp = Math.floor(Date.now() / 1000) + 300;
+      const detail = (actions) => [{
+        type: 'https://mercure.rocks/authorization-detail', actions,
+        topics: [{ match: 'https://example.com/authors/:id', match_type: 'urlpattern' }],
+      }];
+      const subAt = mint({ aud, exp, authorization_details: detail(['subscribe']) }, 'at+jwt');
+      const pubAt = mint({ aud, exp, authorization_details: detail(['publish']) }, 'at+jwt');
+      const r = await page.evaluate(async ({ subAt, pubAt, T }) => {
+        const open = (url) => new Promise((ok, bad) => {
+          const es = new EventSource(url);
+          const seen = [];
+          es.onmessage = (e) => seen.push({ data: e.data, lastEventId: e.lastEventId });
+          es.onopen = () => ok({ es, seen });
+          es.onerror = () => bad(new Error(`EventSource error before open: ${url}`));
+          setTimeout(() => bad(new Error('no open')), T);
+        });
+        const pattern = encodeURIComponent('https://example.com/authors/:id');
+        const authed = await open(`/.well-known/mercure?match_urlpattern=${pattern}&authorization=${subAt}`);
+        const anon = await open(`/.well-known/mercure?match=${encodeURIComponent('https://example.com/authors/9')}`);
+        try {
+          for (let i = 0; ; i++) {
+            const s = await (await fetch('/stats')).json();
+            if (s.connections.sse === 2) break;
+            if (i > 500) throw new Error('subscribers never counted');
+            await new Promise((res) => setTimeout(res, 20));
+          }
+          const send = async (form) => {
+            const res = await fetch('/.well-known/mercure', {
+              method: 'POST', headers: { Authorization: `Bearer ${pubAt}` }, body: new URLSearchParams(form),
+            });
+            return { status: res.status, ctype: res.headers.get('content-type'), body: await res.text() };
+          };
+          const priv = await send({ topic: 'https://example.com/authors/9', data: 'line 1\nline 2', private: 'on', id: 'author-9-secret' });
+          const pub = await send({ topic: 'https://example.com/authors/9', data: 'public', id: 'author-9-public' });
+          for (let i = 0; authed.seen.length < 2 || anon.seen.length < 1; i++) {
+            if (i > 500) break;
+            await new Promise((res) => setTimeout(res, 20));
+          }
+          // Past the public update nothing private can still be in flight to anon.
+          return { priv, pub, authed: authed.seen, anon: anon.seen };
+        } finally {
+          authed.es.close();
+          anon.es.close();
+        }
+      }, { subAt, pubAt, T });
+      const want = JSON.stringify({
+        priv: { status: 200, ctype: 'text/plain; charset=utf-8', body: 'author-9-secret' },
+        pub: { status: 200, ctype: 'text/plain; charset=utf-8', body: 'author-9-public' },
+        authed: [{ data: 'line 1\nline 2', lastEventId: 'author-9-secret' }, { data: 'public', lastEventId: 'author-9-public' }],
+        anon: [{ data: 'public', lastEventId: 'author-9-public' }],
+      });
+      if (JSON.stringify(r) !== want) throw new Error(`got ${JSON.stringify(r)}\nwant ${want}`);
     });
 
     await check('a publish whose token misses the topic is 403', async () => {

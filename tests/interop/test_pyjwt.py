@@ -96,11 +96,73 @@ def test_refused(base):
     assert not bad, bad
 
 
+def at(claims, key):
+    """A draft-08 access token, as an authorization server mints one."""
+    return jwt.encode(claims, key, algorithm="HS256", headers={"typ": "at+jwt"})
+
+
+def grants(actions, match, match_type="urlpattern"):
+    return [{"type": "https://mercure.rocks/authorization-detail", "actions": actions,
+             "topics": [{"match": match, "match_type": match_type}]}]
+
+
+def test_draft08(base):
+    # No --jwt-audience: the audience is the hub's URL as the client names it.
+    aud = f"{base}{HUB}"
+    exp = int(time.time()) + 60
+    pattern = "https://example.com/books/:id"
+    sub = at({"aud": aud, "exp": exp, "authorization_details": grants(["subscribe"], pattern)},
+             SUB_KEY)
+    publisher = at({"aud": [aud, "https://other.example"], "exp": exp,
+                    "authorization_details": grants(["publish"], pattern)}, KEY)
+    got = []
+    ready = threading.Event()
+
+    def read():
+        with httpx.stream("GET", f"{base}{HUB}", params={"match_urlpattern": pattern},
+                          headers={"Authorization": f"Bearer {sub}"}, timeout=10) as r:
+            assert r.status_code == 200, r.status_code
+            ready.set()
+            for line in r.iter_lines():
+                if line.startswith("id: "):
+                    got.append(line[4:])
+                elif line.startswith("data: "):
+                    got.append(line[6:])
+                    if len(got) == 3:
+                        return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    assert ready.wait(5), "subscriber did not connect"
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{base}/stats", timeout=5).json()["connections"]["sse"] != 1:
+        assert time.monotonic() < deadline, "subscription never showed in /stats"
+        time.sleep(0.02)
+    r = pub(base, publisher, {"topic": "https://example.com/books/7", "data": "a\nb",
+                              "private": "on", "id": "book-7"})
+    assert (r.status_code, r.headers["content-type"], r.text) == \
+        (200, "text/plain; charset=utf-8", "book-7"), (r.status_code, r.text)
+    t.join(5)
+    assert got == ["book-7", "a", "b"], got
+    # Refusals name the error and the metadata.
+    wrong_aud = at({"aud": "https://elsewhere.example", "exp": exp,
+                    "authorization_details": grants(["publish"], "*", "exact")}, KEY)
+    r = pub(base, wrong_aud, {"topic": "urn:x", "data": "1"})
+    assert r.status_code == 401, r.status_code
+    assert 'error="invalid_token"' in r.headers["www-authenticate"], r.headers
+    assert "resource_metadata=" in r.headers["www-authenticate"], r.headers
+    r = pub(base, publisher, {"topic": "https://example.com/authors/1", "data": "1"})
+    assert r.status_code == 403, r.status_code
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"], r.headers
+    meta = httpx.get(f"{base}/.well-known/oauth-protected-resource{HUB}", timeout=5).json()
+    assert meta["resource"] == aud, meta
+
+
 def main():
     proc, base = start()
     passed = failed = 0
     try:
-        for i, t in enumerate([test_accepted, test_refused], 1):
+        for i, t in enumerate([test_accepted, test_refused, test_draft08], 1):
             try:
                 t(base)
                 passed += 1

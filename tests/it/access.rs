@@ -127,6 +127,20 @@ fn get(addr: SocketAddr, target: &str, extra: &str, c: Cred) -> Response {
     request(addr, raw.as_bytes())
 }
 
+/// The `WWW-Authenticate` of a 401: the hub's names its RFC 9728
+/// metadata and, when a token was presented, the RFC 6750 error.
+fn challenge(r: &Route, token: bool) -> Option<String> {
+    if !r.target.starts_with("/.well-known/mercure") {
+        return Some("Bearer".into());
+    }
+    let m = "Bearer resource_metadata=\"http://127.0.0.1/.well-known/oauth-protected-resource/.well-known/mercure\"";
+    Some(if token {
+        format!("{m}, error=\"invalid_token\"")
+    } else {
+        m.to_string()
+    })
+}
+
 fn make_doomed(addr: SocketAddr) {
     let raw = format!(
         "PUT /streams/doomed HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
@@ -190,7 +204,11 @@ fn every_route_and_credential_with_a_jwt_key() {
                     refused += 1;
                     assert_eq!(r.status, 401, "{why}");
                     assert!(error(&r).contains("publisher token refused"), "{why}");
-                    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+                    assert_eq!(
+                        r.header("www-authenticate"),
+                        challenge(route, true),
+                        "{why}"
+                    );
                 }
                 // No token: loopback, forwarded or cross-origin alike.
                 Cred::LoopbackPlain | Cred::Forwarded | Cred::CrossOrigin => {
@@ -200,7 +218,11 @@ fn every_route_and_credential_with_a_jwt_key() {
                         error(&r).starts_with("publishing needs 'Authorization: Bearer <JWT>'"),
                         "{why}"
                     );
-                    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+                    assert_eq!(
+                        r.header("www-authenticate"),
+                        challenge(route, false),
+                        "{why}"
+                    );
                 }
             }
         }

@@ -32,6 +32,8 @@ mod memory;
 #[cfg(feature = "mercure")]
 mod mercure;
 #[cfg(feature = "mercure")]
+mod mercure08;
+#[cfg(feature = "mercure")]
 mod mercure_hardening;
 #[cfg(feature = "apps")]
 mod mongoose;

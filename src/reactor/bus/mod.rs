@@ -744,10 +744,18 @@ impl Reactor {
             .filter_map(|&t| self.broker.get(t))
             .map(|s| s.name.clone())
             .collect();
+        // Selector streams are this node's own (no other node has them to
+        // fetch): a resume reads them as they are here.
+        let synced: Vec<Box<str>> = targets
+            .iter()
+            .filter(|&&t| !self.broker.is_selector(t))
+            .filter_map(|&t| self.broker.get(t))
+            .map(|s| s.name.clone())
+            .collect();
         let Some(l) = self.bus.as_mut() else { return };
         let need: Vec<(Box<str>, bool)> = match bs.resume {
             Resume::Live => Vec::new(),
-            ref r => names
+            ref r => synced
                 .iter()
                 .filter_map(|n| match l.sync.get(n) {
                     None => Some((n.clone(), false)),
