@@ -33,6 +33,10 @@ pub enum SelectorError {
     /// A name with characters outside level 1 (operators such as `+` or
     /// `#`, modifiers such as `*` or `:`), which we do not implement.
     BadVarName,
+    /// A `%` in a template literal that does not start a `%XX` escape
+    /// (RFC 6570 §2.1 allows `%` there only as pct-encoded). Exact topics
+    /// are compared as strings and keep any `%`.
+    BadPercent,
 }
 
 impl SelectorError {
@@ -51,6 +55,9 @@ impl SelectorError {
             SelectorError::EmptyVar => "an empty template variable {}".into(),
             SelectorError::BadVarName => {
                 "template variables are level-1 RFC 6570 names (letters, digits, _, ., %XX)".into()
+            }
+            SelectorError::BadPercent => {
+                "'%' in a URI template literal must start a %XX escape (RFC 6570)".into()
             }
         }
     }
@@ -108,7 +115,9 @@ struct Template {
     /// or the start of a triplet: see [`greedy_applies`]).
     pct: bool,
     /// Whether a literal ends with `%` or `%` and one byte (so could end
-    /// inside a topic's triplet).
+    /// inside a topic's triplet). Never, for a template [`compile`]
+    /// accepts (see [`valid_literal`]); kept as the guard the greedy pass's
+    /// proof names.
     pct_tail: bool,
     /// Per literal, where it can start at all: at least the shortest the
     /// segments before it take, and with room for the shortest after it.
@@ -236,8 +245,8 @@ impl Selector {
     /// A template is first held against the topic's exact summary (length,
     /// hard bytes, byte counts, first and last literal), which refuses
     /// most in a few operations; one that passes is matched greedily (see
-    /// [`template_matches_greedy`]) or, where a literal holds `%` and so
-    /// does the topic, by the bitset matcher.
+    /// [`template_matches_greedy`]) or, where that pass cannot decide, by
+    /// the bitset matcher.
     pub fn matches_in(&self, topic: &Topic<'_>) -> bool {
         match &self.kind {
             Kind::Any => true,
@@ -745,6 +754,7 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
                 if vars > MAX_TEMPLATE_VARS {
                     return Err(SelectorError::TooManyVars);
                 }
+                valid_literal(&b[lit_start..i])?;
                 flush(&s[lit_start..i], &mut segs);
                 match segs.last_mut() {
                     Some(Seg::Var(k)) => *k += 1,
@@ -756,6 +766,7 @@ fn compile(s: &str) -> Result<Template, SelectorError> {
             _ => i += 1,
         }
     }
+    valid_literal(&b[lit_start..])?;
     flush(&s[lit_start..], &mut segs);
     let mut min_len = 0;
     let mut hard = Fnv::new();
@@ -881,6 +892,25 @@ fn valid_var_name(name: &[u8]) -> Result<(), SelectorError> {
     }
     if prev_dot {
         return Err(SelectorError::BadVarName);
+    }
+    Ok(())
+}
+
+/// RFC 6570 §2.1: a literal's `%` only as `%` HEXDIG HEXDIG, inside the
+/// literal. Besides following the RFC, this keeps every literal from
+/// ending inside a topic's triplet, so the greedy pass always applies
+/// (see [`greedy_applies`]) and no template is left to the bitsets by its
+/// `%` alone.
+fn valid_literal(lit: &[u8]) -> Result<(), SelectorError> {
+    let mut i = 0;
+    while i < lit.len() {
+        if lit[i] != b'%' {
+            i += 1;
+        } else if let Some(n) = pct_len(&lit[i..]) {
+            i += n;
+        } else {
+            return Err(SelectorError::BadPercent);
+        }
     }
     Ok(())
 }
@@ -1241,6 +1271,72 @@ mod tests {
         assert!(Selector::parse(&long[1..]).is_ok());
     }
 
+    /// Whether every `%` outside the braces of `t` has two hex digits
+    /// after it (the RFC's rule, restated over the raw string).
+    fn pct_ok(t: &str) -> bool {
+        let b = t.as_bytes();
+        let mut in_var = false;
+        (0..b.len()).all(|i| {
+            match b[i] {
+                b'{' => in_var = true,
+                b'}' => in_var = false,
+                _ => {}
+            }
+            in_var
+                || b[i] != b'%'
+                || b.get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        })
+    }
+
+    /// [`Selector::parse`], checking a refusal for a bad `%` against
+    /// [`pct_ok`] both ways: random tests then see every template the
+    /// rule refuses refused, and the rest matched.
+    fn parse_checked(t: &str) -> Option<Selector> {
+        let r = Selector::parse(t);
+        match &r {
+            Err(SelectorError::BadPercent) => assert!(!pct_ok(t), "{t:?} refused"),
+            Ok(_) if t.contains('{') => assert!(pct_ok(t), "{t:?} accepted"),
+            _ => {}
+        }
+        r.ok()
+    }
+
+    #[test]
+    fn percent_in_a_template_literal_must_start_an_escape() {
+        for t in [
+            "https://x/a%{v}",
+            "https://x/a%4{v}",
+            "https://x/a%4{v}1",
+            "https://x/{v}%",
+            "https://x/{v}%4",
+            "https://x/%zz/{v}",
+            "https://x/%G1/{v}",
+            "/{a}%{b}",
+            "/x%4{a}",
+        ] {
+            assert_eq!(Selector::parse(t), Err(SelectorError::BadPercent), "{t:?}");
+            assert!(!pct_ok(t), "{t:?}");
+        }
+        assert!(SelectorError::BadPercent.message().contains("%XX"));
+        // Escapes, in either case, anywhere in a literal; and in names.
+        for (t, topic) in [
+            ("https://x/a%41{v}", "https://x/a%41b"),
+            ("https://x/{v}%2f", "https://x/b%2f"),
+            ("https://x/%2F%2a/{v%41}/%7E", "https://x/%2F%2a/b/%7E"),
+        ] {
+            let sel = Selector::parse(t).unwrap();
+            assert!(sel.matches(topic), "{t:?}");
+            assert!(sel.matches_in(&Topic::new(topic)), "{t:?}");
+        }
+        // Exact topics are strings: any `%` stays allowed.
+        for t in ["https://x/a%", "https://x/a%4", "%", "/a%zz"] {
+            let sel = Selector::parse(t).unwrap();
+            assert_eq!(sel.kind, Kind::Exact, "{t:?}");
+            assert!(sel.matches(t) && sel.matches_in(&Topic::new(t)), "{t:?}");
+        }
+    }
+
     /// The bound [`Selector::match_steps`] promises.
     fn bound(sel: &Selector, topic: &str) -> u64 {
         let segs = 2 * MAX_TEMPLATE_VARS as u64 + 1;
@@ -1359,7 +1455,7 @@ mod tests {
             let t: String = (0..rng.gen_range(1..6))
                 .map(|_| pieces[rng.gen_range(0..pieces.len())])
                 .collect();
-            let Ok(sel) = Selector::parse(&t) else {
+            let Some(sel) = parse_checked(&t) else {
                 continue;
             };
             let topic: Vec<u8> = (0..rng.gen_range(0..9))
@@ -1395,13 +1491,14 @@ mod tests {
             "-",
             "%4",
             "1",
+            "%41",
         ];
         let alphabet = [b'a', b'a', b'a', b'b', b'/', b'-', b'%', b'4', b'1'];
         for _ in 0..2_000 {
             let t: String = (0..rng.gen_range(1..10))
                 .map(|_| pieces[rng.gen_range(0..pieces.len())])
                 .collect();
-            let Ok(sel) = Selector::parse(&t) else {
+            let Some(sel) = parse_checked(&t) else {
                 continue;
             };
             let len = rng.gen_range(0..=BITS_TOPIC_BYTES);
@@ -1445,7 +1542,7 @@ mod tests {
     /// path (summary, greedy or bitsets); and the summary never refuses a
     /// topic that matches.
     fn all_agree(t: &str, topic: &str) {
-        let Ok(sel) = Selector::parse(t) else {
+        let Some(sel) = parse_checked(t) else {
             return;
         };
         let Kind::Template(tpl) = &sel.kind else {
@@ -1476,8 +1573,8 @@ mod tests {
             "/{a}{b}{c}",
             "/{a}a{b}aa{c}b{d}",
             "/{a}%41{b}",
-            "/{a}%{b}",
-            "/x%4{a}",
+            "/x%41{a}",
+            "/{a}%2f{b}",
             "/{a}1{b}",
             "/{a}41",
             "/é/{a}",
@@ -1533,6 +1630,10 @@ mod tests {
         }
         for t in ["/{+a}", "/{#a}", "/{a*}", "/{a:3}", "/{.a}"] {
             assert_eq!(Selector::parse(t), Err(SelectorError::BadVarName));
+        }
+        // A literal `%` that starts no escape is refused at parse too.
+        for t in ["/{a}%{b}", "/x%4{a}"] {
+            assert_eq!(Selector::parse(t), Err(SelectorError::BadPercent));
         }
     }
 
@@ -1635,17 +1736,21 @@ mod tests {
         let prepared = Topic::new("/x%41y");
         assert!(sel.matches_in(&prepared));
         assert!(prepared.runs.get().is_some() && prepared.masks.get().is_none());
-        // Else the bitsets decide: a literal ending in `%` or `%4`.
+        // Literals that could end inside a triplet (`%` or `%4` at their
+        // end), which only the bitsets could decide, are refused at parse,
+        // so a `%` in a literal never sends a template to the bitsets.
         for (t, topic, want) in [
-            ("/{a}%4{b}", "/x%41y", true),
-            ("/{a}%{b}", "/x%41y", true),
-            ("/{a}%4{b}y", "/x%41%y", false),
+            ("/{a}%41{b}", "/x%41%y", false),
+            ("/{a}%2a{b}", "/x%2a%41", true),
         ] {
             let sel = Selector::parse(t).unwrap();
             let prepared = Topic::new(topic);
             assert_eq!(sel.matches_in(&prepared), want, "{t:?} on {topic:?}");
             assert_eq!(reference(t.as_bytes(), topic.as_bytes()), want);
-            assert!(prepared.masks.get().is_some(), "{t:?} on {topic:?}");
+            assert!(prepared.masks.get().is_none(), "{t:?} on {topic:?}");
+        }
+        for t in ["/{a}%4{b}", "/{a}%{b}", "/{a}%4{b}y"] {
+            assert_eq!(Selector::parse(t), Err(SelectorError::BadPercent));
         }
     }
 

@@ -258,6 +258,14 @@ fn token_refusals() {
     );
     assert_eq!(r.status, 401);
     assert!(r.head.contains("WWW-Authenticate: Bearer"), "{}", r.head);
+    // A token's template whose literal `%` starts no %XX escape is a bad
+    // claim like any bad selector (401); in an exact selector any `%` is
+    // part of the topic.
+    let pct = "topic=https%3A%2F%2Fx%2Fa%25&data=1";
+    for bad in ["https://x/a%{v}", "https://x/a%4{v}", "https://x/a{v"] {
+        assert_eq!(hub_post(a, &pub_token(&[bad]), pct).status, 401, "{bad}");
+    }
+    assert_eq!(hub_post(a, &pub_token(&["https://x/a%"]), pct).status, 200);
     // Private streams: 401 anonymous, 403 without a matching selector.
     let s = Sse::open(a, "/events?stream=/secret/1", "");
     assert_eq!(s.status(), 401);
@@ -367,6 +375,18 @@ fn publish_form_shape_and_errors() {
     assert_eq!(r.status, 400);
     assert_eq!(get(a, HUB).status, 400, "subscribing needs a topic");
     assert_eq!(get(a, &format!("{HUB}?topic=%7Bx")).status, 400);
+    // RFC 6570: a literal `%` in a template only starts a %XX escape.
+    for t in ["https://x/a%{v}", "https://x/a%4{v}", "https://x/{v}%zz"] {
+        let r = get(a, &format!("{HUB}?topic={}", enc(t)));
+        assert_eq!(r.status, 400, "{t}");
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("must start a %XX escape")),
+            "{t}: {}",
+            r.text()
+        );
+    }
 }
 
 #[test]
