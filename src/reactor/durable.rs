@@ -12,14 +12,13 @@
 //! amount per call) and must not interpret frames beyond what the apps ask
 //! for (the member app's `id:` line).
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apps::Apps;
 use crate::broker::Broker;
 use crate::config::{Config, FsyncPolicy};
 use crate::error::Error;
-use crate::event::PublishError;
 use crate::journal::{Fsync, Journal, JournalConfig, Link, Record, Replay};
 use crate::stats::JournalGauges;
 
@@ -215,36 +214,7 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Durabl
     }
 }
 
-/// A reply held until the journal's fsync covers `ticket`.
-pub(crate) enum Held {
-    /// Response bytes for connection `key` (paused meanwhile).
-    Conn {
-        ticket: u64,
-        key: u32,
-        bytes: Vec<u8>,
-        close: bool,
-    },
-    /// A library publish's answer.
-    Lib {
-        ticket: u64,
-        reply: mpsc::Sender<Result<u64, PublishError>>,
-        res: Result<u64, PublishError>,
-    },
-}
-
-impl Held {
-    pub fn ticket(&self) -> u64 {
-        match self {
-            Held::Conn { ticket, .. } | Held::Lib { ticket, .. } => *ticket,
-        }
-    }
-    pub fn key(&self) -> Option<u32> {
-        match self {
-            Held::Conn { key, .. } => Some(*key),
-            Held::Lib { .. } => None,
-        }
-    }
-}
+pub(crate) use super::held::Held;
 
 #[cfg(test)]
 mod tests {

@@ -50,34 +50,4 @@ impl Durable {
     }
 }
 
-/// A reply held until an fsync covers it (the same shape as with the
-/// journal; never made in this build).
-pub(crate) enum Held {
-    /// Response bytes for connection `key`.
-    Conn {
-        ticket: u64,
-        key: u32,
-        bytes: Vec<u8>,
-        close: bool,
-    },
-    /// A library publish's answer.
-    Lib {
-        ticket: u64,
-        reply: mpsc::Sender<Result<u64, PublishError>>,
-        res: Result<u64, PublishError>,
-    },
-}
-
-impl Held {
-    pub fn ticket(&self) -> u64 {
-        match self {
-            Held::Conn { ticket, .. } | Held::Lib { ticket, .. } => *ticket,
-        }
-    }
-    pub fn key(&self) -> Option<u32> {
-        match self {
-            Held::Conn { key, .. } => Some(*key),
-            Held::Lib { .. } => None,
-        }
-    }
-}
+pub(crate) use super::held::Held;

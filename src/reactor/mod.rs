@@ -38,6 +38,7 @@ mod conn;
 #[cfg_attr(not(feature = "journal"), path = "durable_off.rs")]
 mod durable;
 mod fanout;
+mod held;
 pub(crate) mod listen;
 mod peers;
 mod proto;

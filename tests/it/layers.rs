@@ -180,6 +180,7 @@ const REACTOR_PARTS: &[(&str, bool)] = &[
     ("listen.rs", false),
     ("durable.rs", false),
     ("durable_off.rs", false),
+    ("held.rs", true),
     ("bus/client.rs", false),
     ("bus/machine.rs", false),
     ("bus/tests.rs", false),
