@@ -27,6 +27,7 @@
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
 //! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 //! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
+//! | `held.rs` | a reply held until the journal's fsync covers it (shared by `durable.rs` and its stub) |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts and unfinished-request bytes |
 //! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
