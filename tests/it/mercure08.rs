@@ -590,6 +590,7 @@ fn draft08_on_two_nodes_over_redis() {
 }
 
 /// Events until `QUIET` passes: `(id, data)` pairs.
+#[cfg(feature = "workers")]
 fn pairs(s: &mut Sse) -> Vec<(String, String)> {
     drain(s)
         .into_iter()
@@ -597,6 +598,7 @@ fn pairs(s: &mut Sse) -> Vec<(String, String)> {
         .collect()
 }
 
+#[cfg(feature = "workers")]
 fn owned(want: &[(&str, &str)]) -> Vec<(String, String)> {
     want.iter()
         .map(|(i, d)| (i.to_string(), d.to_string()))
