@@ -530,7 +530,8 @@ impl Reactor {
     }
 
     /// A fetch failed: what was buffered goes in after marking the hole
-    /// before it; subscribers waiting for it stream from what is local.
+    /// before it (unless the bus is down: its catch-up refetches it);
+    /// subscribers waiting for it stream from what is local.
     fn fetch_failed(&mut self, name: &str, req: u64, e: &BusError) {
         let Some(l) = self.bus.as_mut() else { return };
         if !matches!(l.sync.get(name), Some(Sync::Fetching { req: r, .. }) if *r == req) {
@@ -558,6 +559,14 @@ impl Reactor {
             return;
         }
         l.sync.insert(name.into(), Sync::Live { reset: false });
+        if !l.bus.status().connected {
+            // Not up (yet, or any more): the coming `Up` catches up every
+            // live stream from Redis, which holds what was buffered (each
+            // announcement follows its XADD). A hole marked now would be
+            // a gap where nothing is lost (an announcement can arrive
+            // on the pub/sub connection before the command one is ready).
+            return;
+        }
         if let Some(idx) = self.broker.find(name) {
             self.merge_buffered(idx, buffered, overflow, false);
         }
