@@ -12,10 +12,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ssed::internals::auth::{mint_hs256_typ, Key};
 use ssed::{Command, Config, Server};
+
+mod hub;
+use hub::enc;
 
 const KEY: &[u8] = b"ssed-urlpattern-bench-key-0123456789abcd";
 const PATTERNS: usize = 1000;
@@ -35,60 +38,12 @@ fn token(actions: &[&str]) -> String {
     mint_hs256_typ(&claims, &Key::new(KEY.to_vec()).expect("key"), "at+jwt")
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn pattern(i: usize) -> String {
     format!("https://ex.com/{}b{i}", "*a".repeat(32))
 }
 
-/// Reads one HTTP response with a Content-Length body; returns its status.
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= h + 4 + len {
-                return head.get(9..12)?.parse().ok();
-            }
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Opens `subs` subscriptions of 16 templates each (template numbers
-/// wrapping at [`DISTINCT`]), as token holders; returns the sockets and
-/// how many were accepted.
 fn row(name: &str, lat: &[Duration]) {
-    if lat.is_empty() {
-        println!("{name:<58} (no publishes)");
-        return;
-    }
-    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
-    println!(
-        "{name:<58} p50 {:>9.1} us  p90 {:>9.1} us  max {:>9.1} us  ({} publishes)",
-        p(0.5),
-        p(0.9),
-        p(1.0),
-        lat.len()
-    );
+    hub::row(name, lat, 58)
 }
 
 fn subscribe(addr: SocketAddr, patterns: usize) -> (Vec<TcpStream>, usize) {
@@ -127,13 +82,7 @@ fn subscribe(addr: SocketAddr, patterns: usize) -> (Vec<TcpStream>, usize) {
 /// new topic (nothing cached). Returns the latencies, sorted.
 fn publish(addr: SocketAddr, n: usize, fresh: bool) -> Vec<Duration> {
     let t = token(&["publish"]);
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return Vec::new();
-    };
-    let _ = s.set_nodelay(true);
-    let mut buf = Vec::new();
-    let mut lat = Vec::with_capacity(n);
-    for k in 0..n {
+    hub::publish_each(addr, &t, n, |k| {
         let tail = if fresh {
             format!("{k:07}")
         } else {
@@ -144,25 +93,8 @@ fn publish(addr: SocketAddr, n: usize, fresh: bool) -> Vec<Duration> {
             topic.push('a');
         }
         topic.push_str(&tail);
-        let form = format!("topic={}&data=x", enc(&topic));
-        let req = format!(
-            "POST /.well-known/mercure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {t}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        );
-        let start = Instant::now();
-        if s.write_all(req.as_bytes()).is_err() {
-            break;
-        }
-        match read_response(&mut s, &mut buf) {
-            Some(200) => lat.push(start.elapsed()),
-            other => {
-                eprintln!("publish answered {other:?}");
-                break;
-            }
-        }
-    }
-    lat.sort();
-    lat
+        topic
+    })
 }
 
 fn scenario(patterns: usize, n: usize) {

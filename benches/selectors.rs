@@ -25,23 +25,15 @@ use ssed::internals::auth::selector::{Selector, Topic};
 use ssed::internals::auth::{mint_hs256, Key};
 use ssed::{Command, Config, Server};
 
+mod hub;
+use hub::enc;
+
 const KEY: &[u8] = b"ssed-selector-bench-key-0123456789abcdef";
 /// Distinct templates (the selector-stream limit).
 const DISTINCT: usize = 1024;
 
 fn token(claims: serde_json::Value) -> String {
     mint_hs256(&claims, &Key::new(KEY.to_vec()).expect("key"))
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Template `i`: 16 variables between literals of one or two `a`s (which
@@ -99,29 +91,6 @@ impl Topics {
             Topics::NewPctPasses => "new %-encoded topic each, %62 early",
             Topics::NewLate => "new topic each, b late",
             Topics::NewMatched => "new topic each, all match",
-        }
-    }
-}
-
-/// Reads one HTTP response with a Content-Length body; returns its status.
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= h + 4 + len {
-                return head.get(9..12)?.parse().ok();
-            }
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
@@ -209,50 +178,13 @@ fn match_only(n: usize, kind: Topics, pct: bool, salt: usize) -> Vec<Duration> {
 /// Returns the latencies, sorted.
 fn publish(addr: SocketAddr, n: usize, kind: Topics, pct: bool, salt: usize) -> Vec<Duration> {
     let t = token(serde_json::json!({"mercure": {"publish": ["*"]}}));
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return Vec::new();
-    };
-    let _ = s.set_nodelay(true);
-    let mut buf = Vec::new();
-    let mut lat = Vec::with_capacity(n);
-    for k in 0..n {
-        // 1,024 bytes: `a`s after the prefix every template matches (and,
-        // for a new topic each time, a counter `{z}` would take too).
-        let topic = topic_for(kind, pct, salt, k);
-        let form = format!("topic={}&data=x", enc(&topic));
-        let req = format!(
-            "POST /.well-known/mercure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {t}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        );
-        let start = Instant::now();
-        if s.write_all(req.as_bytes()).is_err() {
-            break;
-        }
-        match read_response(&mut s, &mut buf) {
-            Some(200) => lat.push(start.elapsed()),
-            other => {
-                eprintln!("publish answered {other:?}");
-                break;
-            }
-        }
-    }
-    lat.sort();
-    lat
+    // 1,024 bytes: `a`s after the prefix every template matches (and,
+    // for a new topic each time, a counter `{z}` would take too).
+    hub::publish_each(addr, &t, n, |k| topic_for(kind, pct, salt, k))
 }
 
 fn row(name: &str, lat: &[Duration]) {
-    if lat.is_empty() {
-        println!("{name:<70} (no publishes)");
-        return;
-    }
-    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
-    println!(
-        "{name:<70} p50 {:>9.1} us  p90 {:>9.1} us  max {:>9.1} us  ({} publishes)",
-        p(0.5),
-        p(0.9),
-        p(1.0),
-        lat.len()
-    );
+    hub::row(name, lat, 70)
 }
 
 fn scenario(subs: usize, n: usize, pct: bool) {
