@@ -756,10 +756,13 @@ impl Reactor {
     /// plans it from this node's history and starts its stream (with
     /// `--redis`, `bus_stream` may load history first).
     fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
-        let targets = match publish::resolve(&mut self.broker, &s.to) {
+        let targets = match publish::admit_selectors(&self.broker, &mut self.memory, &s.to)
+            .and_then(|()| publish::resolve(&mut self.broker, &s.to))
+        {
             Ok((t, _)) => t,
             Err(f) => {
-                // A full selector pool (names were checked by the handler).
+                // A full selector pool or the memory account's `selectors`
+                // (names were checked by the handler).
                 if let Some(r) = f.reason {
                     self.counters.reject(r);
                 }
@@ -810,11 +813,18 @@ impl Reactor {
 
     /// Reports into the memory account what keeps a budget of its own:
     /// history in the rings, and the apps' archives (both within
-    /// `--history-total-bytes`; the broker evicts history to keep them).
+    /// `--history-total-bytes`; the broker evicts history to keep them);
+    /// and what the selector registry and the bus's fetches hold (charged
+    /// between reports as clients make them grow).
     fn report_memory(&mut self) {
         use crate::memory::Kind;
         self.memory.report(Kind::History, self.broker.total_bytes());
         self.memory.report(Kind::Archives, self.broker.app_bytes());
+        self.memory
+            .report(Kind::Selectors, self.broker.selector_bytes());
+        if let Some(l) = &self.bus {
+            self.memory.report(Kind::Bus, l.fetch_bytes());
+        }
     }
 
     /// Gauges for `/stats` and `/metrics`.

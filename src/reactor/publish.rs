@@ -82,6 +82,31 @@ pub(super) struct Outcome {
     pub pressure: bool,
 }
 
+/// Charges the memory account (`selectors`) for the selector streams a
+/// subscription would make, before [`resolve`] makes them: past the kind's
+/// limit or `--memory-max` the subscription is refused with a `503`.
+pub(super) fn admit_selectors(
+    broker: &Broker,
+    memory: &mut crate::memory::Account,
+    to: &Targets,
+) -> Result<(), Failure> {
+    let Targets::Topics { selectors, .. } = to else {
+        return Ok(());
+    };
+    let cost: usize = selectors.iter().map(|s| broker.selector_cost(s)).sum();
+    if cost == 0 {
+        return Ok(());
+    }
+    memory
+        .charge(crate::memory::Kind::Selectors, cost)
+        .map_err(|r| Failure {
+            status: 503,
+            msg: format!("{r}; subscribe to exact topics or retry later"),
+            too_large: false,
+            reason: Some("memory_selectors"),
+        })
+}
+
 /// The streams of a decision (a publish, a subscription): found or made
 /// now, as the handler decided (`made`: public streams made, which a
 /// refused publish drops again).

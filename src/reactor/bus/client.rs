@@ -29,6 +29,10 @@ use crate::bus::url::RedisAddr;
 use crate::bus::BusError;
 
 const CHUNK: usize = 64 << 10;
+/// A buffer emptied with more capacity than this gives it back: a large
+/// fetch page read once must not stay allocated (and charged to the
+/// memory account's `bus` kind) for the connection's life.
+const KEEP: usize = 4 * CHUNK;
 
 /// What an expected reply answers.
 #[derive(Debug)]
@@ -210,6 +214,11 @@ impl Conn {
         };
     }
 
+    /// Bytes its buffers hold (capacity): the memory account's `bus` kind.
+    pub fn buffered_bytes(&self) -> usize {
+        self.rbuf.capacity() + self.wbuf.capacity()
+    }
+
     /// Queues a command and what its reply answers.
     pub fn send(&mut self, args: &[&[u8]], kind: Kind, deadline: u64) {
         encode_command(args, &mut self.wbuf);
@@ -272,6 +281,7 @@ impl Conn {
         }
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
+            self.wbuf.shrink_to(KEEP);
             self.wpos = 0;
         } else if self.wpos > CHUNK && self.wpos * 2 > self.wbuf.len() {
             self.wbuf.drain(..self.wpos);
@@ -293,6 +303,7 @@ impl Conn {
             }
             if self.rpos == self.rbuf.len() {
                 self.rbuf.clear();
+                self.rbuf.shrink_to(KEEP);
                 self.rpos = 0;
             } else if self.rpos > CHUNK && self.rpos * 2 > self.rbuf.len() {
                 self.rbuf.drain(..self.rpos); // the decoder's view is unchanged

@@ -737,14 +737,16 @@ impl Bus {
     }
 
     /// Asks for up to `max` (capped at [`MAX_FETCH`]) entries of `stream`
-    /// after `after_id`, fewer when they pass `fetch_bytes` (then `more`),
-    /// plus the oldest id retained, atomically.
+    /// after `after_id`, fewer when they pass `bytes` (at most
+    /// `fetch_bytes`: the memory account's room for the bus; then `more`;
+    /// one entry always comes), plus the oldest id retained, atomically.
     pub fn fetch(
         &mut self,
         req: u64,
         stream: &str,
         after_id: u64,
         max: usize,
+        bytes: usize,
         now_ms: u64,
     ) -> Result<(), BusError> {
         self.check()?;
@@ -754,7 +756,7 @@ impl Bus {
         let key = self.keys.stream(stream);
         let start = format!("({after_id}-1");
         let count = max.clamp(1, MAX_FETCH).to_string();
-        let budget = self.cfg.fetch_bytes.max(1).to_string();
+        let budget = self.cfg.fetch_bytes.min(bytes).max(1).to_string();
         // EVAL, not EVALSHA: fetches are rare, and Redis caches the text.
         let cmd: [&[u8]; 7] = [
             b"EVAL",
@@ -769,6 +771,12 @@ impl Bus {
         self.st.in_flight += 1;
         self.sent();
         Ok(())
+    }
+
+    /// Bytes the connections' buffers hold (a fetch page being read, what
+    /// waits to be written): part of the memory account's `bus` kind.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.iter().flatten().map(Conn::buffered_bytes).sum()
     }
 
     /// The next output, oldest first. Drain it after every call above.

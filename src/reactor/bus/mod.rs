@@ -33,6 +33,7 @@ use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
 use crate::frame;
 use crate::handler::{bus_frame, Publish, Reply, Subscribe};
+use crate::memory::Kind;
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
@@ -52,6 +53,22 @@ struct Msg {
     prev: u64,
     sse: std::rc::Rc<[u8]>,
     private: bool,
+}
+
+impl Msg {
+    /// What it holds, for the memory account (an announcement buffered for
+    /// several streams counts once each: an upper bound, as history's is).
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Msg>() + self.sse.len()
+    }
+}
+
+/// Bytes of announcements a sync state holds.
+fn held(s: Option<&Sync>) -> usize {
+    match s {
+        Some(Sync::Fetching { buffered, .. }) => buffered.iter().map(Msg::bytes).sum(),
+        _ => 0,
+    }
 }
 
 enum Sync {
@@ -110,6 +127,8 @@ pub(super) struct Link {
     bus_gaps: u64,
     unavailable: u64,
     bad: u64,
+    /// Bytes of announcements buffered in `Fetching` states.
+    buffered: usize,
 }
 
 impl Link {
@@ -141,7 +160,21 @@ impl Link {
             bus_gaps: 0,
             unavailable: 0,
             bad: 0,
+            buffered: 0,
         }
+    }
+
+    /// Bytes held for history fetches: announcements buffered while
+    /// fetches run, and the connections' buffers (a page being read). The
+    /// driver reports it as the memory account's `bus` kind.
+    pub(super) fn fetch_bytes(&self) -> usize {
+        self.buffered + self.bus.buffered_bytes()
+    }
+
+    /// Takes stream `name`'s sync state out of the books (it leaves
+    /// `sync`, or is replaced), giving back what it buffered.
+    fn unbook(&mut self, old: Option<&Sync>) {
+        self.buffered = self.buffered.saturating_sub(held(old));
     }
 
     /// Whether the bus is up.
@@ -448,13 +481,19 @@ impl Reactor {
                 Some(Sync::Fetching {
                     buffered, overflow, ..
                 }) => {
-                    if buffered.len() < MAX_BUFFERED {
-                        buffered.push(Msg {
-                            id,
-                            prev: *prev,
-                            sse: sse.clone(),
-                            private,
-                        });
+                    let m = Msg {
+                        id,
+                        prev: *prev,
+                        sse: sse.clone(),
+                        private,
+                    };
+                    // Past the count or the memory account's `bus` kind the
+                    // announcement is dropped and marked lost (`gap`).
+                    if buffered.len() < MAX_BUFFERED
+                        && self.memory.charge(Kind::Bus, m.bytes()).is_ok()
+                    {
+                        l.buffered += m.bytes();
+                        buffered.push(m);
                     } else {
                         *overflow = (*overflow).max(id);
                     }
@@ -495,8 +534,11 @@ impl Reactor {
         }
     }
 
-    /// Starts a fetch of `name` after its last local id.
-    fn start_fetch(&mut self, name: &str, was_live: bool, buffered: Vec<Msg>) {
+    /// Starts a fetch of `name` after its last local id. Its page is at
+    /// most a quarter of the room the memory account leaves the bus (the
+    /// page is read, decoded and appended, a copy each); with no room at
+    /// all it fails at once, which marks what it was for as lost.
+    fn start_fetch(&mut self, name: &str, was_live: bool, mut buffered: Vec<Msg>) {
         let now = self.clock.now_ms;
         let after = self
             .broker
@@ -506,16 +548,29 @@ impl Reactor {
         let Some(l) = self.bus.as_mut() else { return };
         let req = l.req();
         let max = l.fetch_max;
-        l.sync.insert(
-            name.into(),
-            Sync::Fetching {
-                req,
-                buffered,
-                was_live,
-                overflow: 0,
-            },
-        );
-        match l.bus.fetch(req, name, after, max, now) {
+        let mut overflow = 0;
+        let bytes: usize = buffered.iter().map(Msg::bytes).sum();
+        if self.memory.charge(Kind::Bus, bytes).is_err() {
+            overflow = buffered.iter().map(|m| m.id).max().unwrap_or(0);
+            buffered.clear();
+        }
+        let room = self.memory.room(Kind::Bus) / 4;
+        let new = Sync::Fetching {
+            req,
+            buffered,
+            was_live,
+            overflow,
+        };
+        l.buffered += held(Some(&new));
+        let old = l.sync.insert(name.into(), new);
+        l.unbook(old.as_ref());
+        let sent = if room == 0 {
+            log::warn!("fetch of stream {name:?} refused: the memory account's bus kind is full");
+            Err(BusError::Busy)
+        } else {
+            l.bus.fetch(req, name, after, max, room, now)
+        };
+        match sent {
             Ok(()) => {
                 l.fetches += 1;
                 l.reqs.insert(
@@ -537,12 +592,14 @@ impl Reactor {
         if !matches!(l.sync.get(name), Some(Sync::Fetching { req: r, .. }) if *r == req) {
             return;
         }
+        let old = l.sync.remove(name);
+        l.unbook(old.as_ref());
         let Some(Sync::Fetching {
             buffered,
             was_live,
             overflow,
             ..
-        }) = l.sync.remove(name)
+        }) = old
         else {
             return;
         };
@@ -647,7 +704,8 @@ impl Reactor {
             return;
         }
         let Some(idx) = self.broker.find(&name) else {
-            l.sync.remove(&name);
+            let old = l.sync.remove(&name);
+            l.unbook(old.as_ref());
             return;
         };
         let held = self.broker.get(idx).map_or(0, |s| s.last_id);
@@ -678,7 +736,16 @@ impl Reactor {
             if let Some(Sync::Fetching { req: r, .. }) = l.sync.get_mut(&name) {
                 *r = req2;
             }
-            match l.bus.fetch(req2, &name, after, max, now) {
+            let room = self.memory.room(Kind::Bus) / 4;
+            let sent = if room == 0 {
+                log::warn!(
+                    "fetch of stream {name:?} stopped: the memory account's bus kind is full"
+                );
+                Err(BusError::Busy)
+            } else {
+                l.bus.fetch(req2, &name, after, max, room, now)
+            };
+            match sent {
                 Ok(()) => {
                     l.fetches += 1;
                     l.reqs.insert(req2, Req::Fetch { stream: name });
@@ -699,9 +766,11 @@ impl Reactor {
             reset = true;
         }
         let Some(l) = self.bus.as_mut() else { return };
+        let old = l.sync.insert(name.clone(), Sync::Live { reset: false });
+        l.unbook(old.as_ref());
         let Some(Sync::Fetching {
             buffered, overflow, ..
-        }) = l.sync.insert(name.clone(), Sync::Live { reset: false })
+        }) = old
         else {
             return;
         };

@@ -43,6 +43,9 @@ impl Link {
     pub(super) fn gauges(&self) -> RedisGauges {
         match *self {}
     }
+    pub(super) fn fetch_bytes(&self) -> usize {
+        match *self {}
+    }
 }
 
 impl Reactor {
