@@ -368,7 +368,7 @@ fn churn_once(url: &Url, src: std::net::Ipv4Addr, req: &[u8]) -> Result<(), Stri
 pub fn churn(o: &ChurnOpts) -> Result<Report, String> {
     let pid = resolve_pid(o.pid, &o.url);
     let before = sample(pid);
-    let req = net::subscribe_request(&o.url);
+    let req = net::subscribe_request(&o.url, &[]);
     let started = Instant::now();
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut first_error = None;
