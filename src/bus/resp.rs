@@ -154,6 +154,8 @@ pub struct Decoder {
     stack: Vec<(Vec<Value>, usize)>,
     /// Items declared by every array of the current value.
     items: usize,
+    /// Bytes of the finished items kept in `stack` (see [`Decoder::held`]).
+    held: usize,
 }
 
 impl Default for Decoder {
@@ -172,6 +174,7 @@ impl Decoder {
             bulk: None,
             stack: Vec::new(),
             items: 0,
+            held: 0,
         }
     }
 
@@ -182,6 +185,13 @@ impl Decoder {
         self.bulk = None;
         self.stack.clear();
         self.items = 0;
+        self.held = 0;
+    }
+
+    /// Bytes of a value being decoded that it holds as finished items (a
+    /// copy of what the input buffer still holds), for the memory account.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Decodes the next value from `buf` (see the type's contract):
@@ -200,6 +210,11 @@ impl Decoder {
                     self.reset();
                     return Ok(Some((v, used)));
                 };
+                self.held += std::mem::size_of::<Value>()
+                    + match &v {
+                        Value::Bulk(Some(b)) => b.len(),
+                        _ => 0,
+                    };
                 items.push(v);
                 if items.len() < *n {
                     break;

@@ -822,7 +822,7 @@ impl Reactor {
         self.memory.report(Kind::Archives, self.broker.app_bytes());
         self.memory
             .report(Kind::Selectors, self.broker.selector_bytes());
-        if let Some(l) = &self.bus {
+        if let Some(l) = &mut self.bus {
             self.memory.report(Kind::Bus, l.fetch_bytes());
         }
     }

@@ -80,6 +80,10 @@ pub struct Conn {
     rpos: usize,
     dec: Decoder,
     max_reply: usize,
+    /// The most [`Conn::buffered_bytes`] held since [`Conn::high_water`]
+    /// was last asked (a page is read, decoded and taken in one loop turn
+    /// as often as not: the figure between turns would miss it).
+    high: usize,
     /// Expected replies, oldest first.
     pub pending: VecDeque<Pending>,
 }
@@ -202,6 +206,7 @@ impl Conn {
             rpos: 0,
             dec: Decoder::new(max_bulk),
             max_reply,
+            high: 0,
             pending: VecDeque::new(),
         })
     }
@@ -214,9 +219,15 @@ impl Conn {
         };
     }
 
-    /// Bytes its buffers hold (capacity): the memory account's `bus` kind.
+    /// Bytes its buffers hold (capacity), and the decoder's copy of a
+    /// reply's finished items: the memory account's `bus` kind.
     pub fn buffered_bytes(&self) -> usize {
-        self.rbuf.capacity() + self.wbuf.capacity()
+        self.rbuf.capacity() + self.wbuf.capacity() + self.dec.held()
+    }
+
+    /// The most it held since the last call (and what it holds now).
+    pub fn high_water(&mut self) -> usize {
+        std::mem::take(&mut self.high).max(self.buffered_bytes())
     }
 
     /// Queues a command and what its reply answers.
@@ -337,6 +348,7 @@ impl Conn {
                 return Err(BusError::Disconnected);
             }
             taken += n;
+            self.high = self.high.max(self.buffered_bytes());
             while let Some((v, used)) = self
                 .dec
                 .decode(&self.rbuf[self.rpos..])

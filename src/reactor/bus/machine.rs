@@ -773,10 +773,11 @@ impl Bus {
         Ok(())
     }
 
-    /// Bytes the connections' buffers hold (a fetch page being read, what
-    /// waits to be written): part of the memory account's `bus` kind.
-    pub fn buffered_bytes(&self) -> usize {
-        self.conns.iter().flatten().map(Conn::buffered_bytes).sum()
+    /// The most the connections' buffers held since the last call (a
+    /// fetch page being read and decoded, what waits to be written): part
+    /// of the memory account's `bus` kind.
+    pub fn buffered_bytes(&mut self) -> usize {
+        self.conns.iter_mut().flatten().map(Conn::high_water).sum()
     }
 
     /// The next output, oldest first. Drain it after every call above.

@@ -165,9 +165,10 @@ impl Link {
     }
 
     /// Bytes held for history fetches: announcements buffered while
-    /// fetches run, and the connections' buffers (a page being read). The
-    /// driver reports it as the memory account's `bus` kind.
-    pub(super) fn fetch_bytes(&self) -> usize {
+    /// fetches run, and the most the connections' buffers held since the
+    /// last call (a page being read and decoded). The driver reports it as
+    /// the memory account's `bus` kind once a loop turn.
+    pub(super) fn fetch_bytes(&mut self) -> usize {
         self.buffered + self.bus.buffered_bytes()
     }
 

@@ -43,7 +43,7 @@ impl Link {
     pub(super) fn gauges(&self) -> RedisGauges {
         match *self {}
     }
-    pub(super) fn fetch_bytes(&self) -> usize {
+    pub(super) fn fetch_bytes(&mut self) -> usize {
         match *self {}
     }
 }
