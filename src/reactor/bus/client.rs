@@ -219,10 +219,19 @@ impl Conn {
         };
     }
 
-    /// Bytes its buffers hold (capacity), and the decoder's copy of a
-    /// reply's finished items: the memory account's `bus` kind.
+    /// Bytes its buffers hold (capacity), the decoder's copy of a reply's
+    /// finished items, and the publishes kept until their replies: the
+    /// memory account's `bus` kind.
     pub fn buffered_bytes(&self) -> usize {
-        self.rbuf.capacity() + self.wbuf.capacity() + self.dec.held()
+        let kept: usize = self
+            .pending
+            .iter()
+            .map(|p| match &p.kind {
+                Kind::Publish { args, .. } => args.len(),
+                _ => 0,
+            })
+            .sum();
+        self.rbuf.capacity() + self.wbuf.capacity() + self.dec.held() + kept
     }
 
     /// The most it held since the last call (and what it holds now).

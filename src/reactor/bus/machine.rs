@@ -774,10 +774,12 @@ impl Bus {
     }
 
     /// The most the connections' buffers held since the last call (a
-    /// fetch page being read and decoded, what waits to be written): part
+    /// fetch page being read and decoded, what waits to be written,
+    /// publishes waiting for replies) and the batch being gathered: part
     /// of the memory account's `bus` kind.
     pub fn buffered_bytes(&mut self) -> usize {
-        self.conns.iter_mut().flatten().map(Conn::high_water).sum()
+        let conns: usize = self.conns.iter_mut().flatten().map(Conn::high_water).sum();
+        conns + self.batch.bytes()
     }
 
     /// The next output, oldest first. Drain it after every call above.
