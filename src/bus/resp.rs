@@ -328,6 +328,25 @@ mod tests {
         Value::Bulk(Some(s.as_bytes().to_vec()))
     }
 
+    /// What a half-read reply holds as finished items is counted (the
+    /// memory account's `bus` kind), and given back when the value is done.
+    #[test]
+    fn held_counts_finished_items_of_an_open_value() {
+        let mut d = Decoder::default();
+        let whole = b"*3\r\n$5\r\nhello\r\n$3\r\nabc\r\n:7\r\n";
+        let cut = whole.len() - 4;
+        assert_eq!(d.decode(&whole[..cut]).unwrap(), None);
+        let item = std::mem::size_of::<Value>();
+        assert_eq!(d.held(), 2 * item + 5 + 3);
+        let (v, used) = d.decode(whole).unwrap().unwrap();
+        assert_eq!(used, whole.len());
+        assert_eq!(
+            v,
+            Value::Array(Some(vec![bulk("hello"), bulk("abc"), Value::Int(7)]))
+        );
+        assert_eq!(d.held(), 0);
+    }
+
     fn samples() -> Vec<(&'static [u8], Value)> {
         vec![
             (b"+OK\r\n", Value::Simple(b"OK".to_vec())),
