@@ -551,7 +551,7 @@ impl Reactor {
         let max = l.fetch_max;
         let mut overflow = 0;
         let bytes: usize = buffered.iter().map(Msg::bytes).sum();
-        if self.memory.charge(Kind::Bus, bytes).is_err() {
+        if bytes > 0 && self.memory.charge(Kind::Bus, bytes).is_err() {
             overflow = buffered.iter().map(|m| m.id).max().unwrap_or(0);
             buffered.clear();
         }
