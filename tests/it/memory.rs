@@ -648,6 +648,7 @@ fn app_archives_are_reported_in_the_memory_account() {
 }
 
 /// `/metrics`' sample of one kind's metric (`ssed_memory_kind_bytes`...).
+#[cfg(any(feature = "mercure", feature = "redis"))]
 fn metric_of(addr: SocketAddr, name: &str, kind: &str) -> Option<u64> {
     let m = get(addr, "/metrics").text();
     let key = format!("ssed_{name}{{kind=\"{kind}\"}} ");
