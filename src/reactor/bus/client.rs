@@ -80,7 +80,7 @@ pub struct Conn {
     rpos: usize,
     dec: Decoder,
     max_reply: usize,
-    /// The most [`Conn::buffered_bytes`] held since [`Conn::high_water`]
+    /// The most its buffers held since [`Conn::high_water`]
     /// was last asked (a page is read, decoded and taken in one loop turn
     /// as often as not: the figure between turns would miss it).
     high: usize,
@@ -219,10 +219,16 @@ impl Conn {
         };
     }
 
-    /// Bytes its buffers hold (capacity), the decoder's copy of a reply's
-    /// finished items, and the publishes kept until their replies: the
-    /// memory account's `bus` kind.
-    pub fn buffered_bytes(&self) -> usize {
+    /// Bytes its buffers hold (capacity) and the decoder's copy of a
+    /// reply's finished items.
+    fn buffers(&self) -> usize {
+        self.rbuf.capacity() + self.wbuf.capacity() + self.dec.held()
+    }
+
+    /// The most its buffers held since the last call (or what they hold
+    /// now), plus the publishes kept until their replies: the memory
+    /// account's `bus` kind.
+    pub fn high_water(&mut self) -> usize {
         let kept: usize = self
             .pending
             .iter()
@@ -231,12 +237,7 @@ impl Conn {
                 _ => 0,
             })
             .sum();
-        self.rbuf.capacity() + self.wbuf.capacity() + self.dec.held() + kept
-    }
-
-    /// The most it held since the last call (and what it holds now).
-    pub fn high_water(&mut self) -> usize {
-        std::mem::take(&mut self.high).max(self.buffered_bytes())
+        std::mem::take(&mut self.high).max(self.buffers()) + kept
     }
 
     /// Queues a command and what its reply answers.
@@ -357,7 +358,7 @@ impl Conn {
                 return Err(BusError::Disconnected);
             }
             taken += n;
-            self.high = self.high.max(self.buffered_bytes());
+            self.high = self.high.max(self.buffers());
             while let Some((v, used)) = self
                 .dec
                 .decode(&self.rbuf[self.rpos..])

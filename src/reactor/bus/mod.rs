@@ -566,7 +566,7 @@ impl Reactor {
         let old = l.sync.insert(name.into(), new);
         l.unbook(old.as_ref());
         let sent = if room == 0 {
-            log::warn!("fetch of stream {name:?} refused: the memory account's bus kind is full");
+            log::info!("fetch of stream {name:?} refused: the memory account's bus kind is full");
             Err(BusError::Busy)
         } else {
             l.bus.fetch(req, name, after, max, room, now)
@@ -739,7 +739,7 @@ impl Reactor {
             }
             let room = self.memory.room(Kind::Bus) / 4;
             let sent = if room == 0 {
-                log::warn!(
+                log::info!(
                     "fetch of stream {name:?} stopped: the memory account's bus kind is full"
                 );
                 Err(BusError::Busy)
