@@ -921,6 +921,52 @@ mod tests {
         assert!(prometheus(&Counters::default(), &g).contains("\nssed_uptime_seconds 2.000\n"));
     }
 
+    /// Every kind of the memory account (the bus's fetches and the
+    /// selector registry included) shows in both renderings with its
+    /// figures, as the reactor hands them over.
+    #[test]
+    fn every_memory_kind_is_shown() {
+        use crate::memory::{Account, Kind as M, Limits};
+        let mut a = Account::new(Limits::new(96 << 20, 64 << 20, 8 << 20));
+        a.report(M::Bus, 1234);
+        a.charge(M::Selectors, 777).unwrap();
+        assert!(a.charge(M::Selectors, 64 << 20).is_err());
+        let g = Gauges {
+            memory: MemoryGauges {
+                max: a.limits().max,
+                used: a.total(),
+                kinds: a
+                    .usage()
+                    .map(|u| KindGauge {
+                        name: u.kind.name(),
+                        used: u.used,
+                        limit: u.limit,
+                        peak: u.peak,
+                        refused: u.refused,
+                    })
+                    .collect(),
+            },
+            ..Gauges::default()
+        };
+        let c = Counters::default();
+        let text = prometheus(&c, &g);
+        let j = json(&c, &g);
+        for (k, used, refused) in [("bus", 1234, 0), ("selectors", 777, 1), ("history", 0, 0)] {
+            let line = format!("ssed_memory_kind_bytes{{kind=\"{k}\"}} {used}\n");
+            assert!(text.contains(&line), "{text}");
+            let line = format!("ssed_memory_refused_total{{kind=\"{k}\"}} {refused}\n");
+            assert!(text.contains(&line), "{text}");
+            assert_eq!(j["memory"]["kinds"][k]["used"], used);
+            assert_eq!(j["memory"]["kinds"][k]["refused"], refused);
+        }
+        assert_eq!(j["memory"]["kinds"]["selectors"]["limit"], (32 << 20) / 16);
+        assert_eq!(
+            j["memory"]["kinds"].as_object().unwrap().len(),
+            M::ALL.len()
+        );
+        assert_eq!(j["memory"]["used"], 1234 + 777);
+    }
+
     #[test]
     fn prometheus_shape() {
         let mut c = Counters {
