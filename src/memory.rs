@@ -16,10 +16,11 @@
 //! The Redis bus's fetches and the selector registry are both: their parts
 //! count what they hold (`Link::fetch_bytes`, `Broker::selector_bytes`)
 //! and the driver reports it once a loop turn, where history is reported;
-//! between reports, a growth a client causes (a new selector stream, an
-//! announcement buffered while a fetch runs, a fetch page) is charged
-//! first ([`Account::charge`], refused past the bounds) and the next report
-//! replaces the estimate by what is really held.
+//! between reports, a growth a client causes is charged first and refused
+//! past the bounds: a new selector stream through [`Account::charge`], an
+//! announcement the bus link buffers while a fetch runs against room the
+//! account lent it ([`Lease`], settled around the link's work). The next
+//! report replaces the charges by what is really held.
 
 /// What a charge is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,6 +174,58 @@ impl Limits {
     pub fn with(mut self, kind: Kind, limit: usize) -> Limits {
         self.per_kind[kind.at()] = limit;
         self
+    }
+}
+
+/// Room of one kind lent to a part that grows between the driver's calls
+/// (the bus link buffering announcements): the part admits growth against
+/// the room, and [`Lease::settle`] charges what was admitted, counts what
+/// was refused and renews the room from the account. The driver settles
+/// before and after the part works, so the account is never passed by more
+/// than the room it lent.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    kind: Kind,
+    room: usize,
+    admitted: usize,
+    refused: u64,
+}
+
+impl Lease {
+    /// No room until the first settling.
+    pub fn new(kind: Kind) -> Lease {
+        Lease {
+            kind,
+            room: 0,
+            admitted: 0,
+            refused: 0,
+        }
+    }
+
+    /// Room left.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
+    /// Takes `bytes` of the room; `false` (a refusal) past it.
+    pub fn admit(&mut self, bytes: usize) -> bool {
+        if bytes > self.room {
+            self.refused += 1;
+            return false;
+        }
+        self.room -= bytes;
+        self.admitted += bytes;
+        true
+    }
+
+    /// Charges what was admitted (it is held: the account's next report
+    /// of the kind replaces it by what really is), counts the refusals,
+    /// and takes the account's room anew.
+    pub fn settle(&mut self, account: &mut Account) {
+        let i = self.kind.at();
+        account.force(self.kind, std::mem::take(&mut self.admitted));
+        account.refused[i] += std::mem::take(&mut self.refused);
+        self.room = account.room(self.kind);
     }
 }
 
@@ -441,6 +494,34 @@ mod tests {
         a.force(Kind::Output, 9 * MIB);
         assert_eq!(a.used(Kind::Output), 9 * MIB);
         assert!(a.charge(Kind::Output, 1).is_err());
+    }
+
+    /// Room lent to a part: admitted growth is charged at the settling,
+    /// refusals counted there, and the room follows the account.
+    #[test]
+    fn a_lease_lends_room_and_settles() {
+        let mut a = account();
+        let mut l = Lease::new(Kind::Bus);
+        assert_eq!(l.room(), 0, "nothing before the first settling");
+        assert!(!l.admit(1));
+        l.settle(&mut a);
+        assert_eq!(l.room(), 16 * MIB);
+        assert_eq!(a.usage().find(|u| u.kind == Kind::Bus).unwrap().refused, 1);
+        assert!(l.admit(10 * MIB));
+        assert!(!l.admit(7 * MIB), "6 MiB left");
+        assert!(l.admit(6 * MIB));
+        assert_eq!(a.used(Kind::Bus), 0, "charged at the settling");
+        l.settle(&mut a);
+        assert_eq!(a.used(Kind::Bus), 16 * MIB);
+        assert_eq!(l.room(), 0);
+        let u = a.usage().find(|u| u.kind == Kind::Bus).unwrap();
+        assert_eq!((u.refused, u.peak), (2, 16 * MIB));
+        // The part let go of it (the next report says so): room again, as
+        // far as the global bound lets.
+        a.report(Kind::Bus, 0);
+        a.report(Kind::History, 90 * MIB);
+        l.settle(&mut a);
+        assert_eq!(l.room(), 6 * MIB);
     }
 
     /// The bus and selectors are reported each turn and charged between

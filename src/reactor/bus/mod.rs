@@ -33,7 +33,7 @@ use crate::broker::Resume;
 use crate::bus::{BusError, RedisUrl};
 use crate::frame;
 use crate::handler::{bus_frame, Publish, Reply, Subscribe};
-use crate::memory::Kind;
+use crate::memory::{Account, Kind, Lease};
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
@@ -129,6 +129,9 @@ pub(super) struct Link {
     bad: u64,
     /// Bytes of announcements buffered in `Fetching` states.
     buffered: usize,
+    /// The memory account's room for the `bus` kind, lent between
+    /// settlings ([`Link::settle_memory`]).
+    lease: Lease,
 }
 
 impl Link {
@@ -161,7 +164,22 @@ impl Link {
             unavailable: 0,
             bad: 0,
             buffered: 0,
+            lease: Lease::new(Kind::Bus),
         }
+    }
+
+    /// Settles with the memory account: what was admitted since the last
+    /// settling is charged to the `bus` kind, refusals are counted, and
+    /// the room is renewed. The driver settles before and after the link
+    /// works, so an admission is checked against the account as it is.
+    pub(super) fn settle_memory(&mut self, memory: &mut Account) {
+        self.lease.settle(memory);
+    }
+
+    /// A fetch page's byte bound: a quarter of the room (the page is read,
+    /// decoded and appended, a copy each); 0 when there is none.
+    fn page(&self) -> usize {
+        self.lease.room() / 4
     }
 
     /// Bytes held for history fetches: announcements buffered while
@@ -282,6 +300,9 @@ impl Reactor {
 
     /// Carries out every output the bus has queued.
     fn bus_drain(&mut self) {
+        if let Some(l) = self.bus.as_mut() {
+            l.settle_memory(&mut self.memory);
+        }
         while let Some(out) = self.bus.as_mut().and_then(|l| l.bus.poll()) {
             match out {
                 BusOutput::Published { req, id } => self.on_published(req, Ok(id)),
@@ -311,6 +332,9 @@ impl Reactor {
         }
         self.continue_catchup();
         self.release_waiters();
+        if let Some(l) = self.bus.as_mut() {
+            l.settle_memory(&mut self.memory);
+        }
     }
 
     fn on_published(&mut self, req: u64, r: Result<u64, BusError>) {
@@ -490,9 +514,7 @@ impl Reactor {
                     };
                     // Past the count or the memory account's `bus` kind the
                     // announcement is dropped and marked lost (`gap`).
-                    if buffered.len() < MAX_BUFFERED
-                        && self.memory.charge(Kind::Bus, m.bytes()).is_ok()
-                    {
+                    if buffered.len() < MAX_BUFFERED && l.lease.admit(m.bytes()) {
                         l.buffered += m.bytes();
                         buffered.push(m);
                     } else {
@@ -551,11 +573,11 @@ impl Reactor {
         let max = l.fetch_max;
         let mut overflow = 0;
         let bytes: usize = buffered.iter().map(Msg::bytes).sum();
-        if bytes > 0 && self.memory.charge(Kind::Bus, bytes).is_err() {
+        if bytes > 0 && !l.lease.admit(bytes) {
             overflow = buffered.iter().map(|m| m.id).max().unwrap_or(0);
             buffered.clear();
         }
-        let room = self.memory.room(Kind::Bus) / 4;
+        let room = l.page();
         let new = Sync::Fetching {
             req,
             buffered,
@@ -737,7 +759,7 @@ impl Reactor {
             if let Some(Sync::Fetching { req: r, .. }) = l.sync.get_mut(&name) {
                 *r = req2;
             }
-            let room = self.memory.room(Kind::Bus) / 4;
+            let room = l.page();
             let sent = if room == 0 {
                 log::info!(
                     "fetch of stream {name:?} stopped: the memory account's bus kind is full"
@@ -817,6 +839,9 @@ impl Reactor {
     /// A subscription reading `targets`: start now when the history here
     /// suffices, else wait for it from Redis.
     pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: Subscribe) {
+        if let Some(l) = self.bus.as_mut() {
+            l.settle_memory(&mut self.memory);
+        }
         let last_seen = self.broker.ids().last();
         let names: Vec<Box<str>> = targets
             .iter()
