@@ -216,9 +216,19 @@ impl Selector {
         }
     }
 
-    /// The selector as written.
+    /// The selector as written (a URL pattern's: its internal key).
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// What its subscriber asked for: the selector, or a URL pattern as
+    /// written (what a `gap` event names).
+    pub fn shown(&self) -> &str {
+        match &self.kind {
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(p) => p.0.as_str(),
+            _ => &self.raw,
+        }
     }
 
     /// What decides which topics it matches: selectors with the same key

@@ -1085,6 +1085,18 @@ impl Broker {
     /// Phase two of an append: the frame enters its rings (built once,
     /// shared by all of them) and the id clock moves past its id.
     pub fn commit(&mut self, p: Prepared<'_>) -> Published {
+        let (id, audience_of) = (p.id, p.targets);
+        let pressure = self.enter(p);
+        self.published += 1;
+        Published {
+            id,
+            audience: self.audience(audience_of),
+            pressure,
+        }
+    }
+
+    /// The frame enters its rings; whether the fan-out must run now.
+    fn enter(&mut self, p: Prepared<'_>) -> bool {
         let Prepared {
             id,
             targets: audience_of,
@@ -1136,12 +1148,7 @@ impl Broker {
             self.lru_use(t);
         }
         self.enforce_budget();
-        self.published += 1;
-        Published {
-            id,
-            audience: self.audience(audience_of),
-            pressure,
-        }
+        pressure
     }
 
     /// Records that events of stream `idx` up to id `upto` may be missing
@@ -1499,12 +1506,141 @@ impl Broker {
             return Err(BrokerError::TooManySelectors(full));
         }
         let idx = self.insert(sel.as_str(), true, self.limits, Claim::Publisher);
-        let made_at = self.ids.last();
-        if let Some(s) = self.streams.get_mut(idx as usize) {
-            s.lost_before(made_at);
+        // A gap names what the subscriber asked for, not the internal key.
+        if sel.shown() != sel.as_str() {
+            self.set_display(idx, sel.shown());
         }
         self.topics.add(sel.clone(), idx, anon);
+        self.rebuild_selector(idx, sel);
         Ok(idx)
+    }
+
+    /// What a selector stream for `sel` made now may be missing: the
+    /// highest id at or below which events of its topics may be gone (all,
+    /// and public ones), from the matching streams' own loss marks, the
+    /// tombstones of matching names (and the floor of forgotten ones), and
+    /// what [`merge::newest`] leaves out for the ring's bounds. With it, the
+    /// retained frames of `from` (the streams `sel` matches).
+    fn selector_history(
+        &self,
+        sel: &crate::auth::Selector,
+        from: &[u32],
+    ) -> (u64, u64, merge::Newest) {
+        let mut lost = self.tombstones.forgotten;
+        for (name, &(floor, _)) in &self.tombstones.floors {
+            if floor > lost && valid_topic(name) && sel.matches(name) {
+                lost = floor;
+            }
+        }
+        let mut lost_public = lost;
+        for s in from.iter().filter_map(|&t| self.get(t)) {
+            lost = lost.max(s.lost_upto());
+            lost_public = lost_public.max(s.lost_public_upto());
+        }
+        let n = merge::newest(
+            &self.streams,
+            from,
+            self.limits.history.max(1),
+            self.limits.history_bytes,
+        );
+        (lost.max(n.left_out), lost_public.max(n.left_out_public), n)
+    }
+
+    /// Fills selector stream `idx`, made now, with the retained history of
+    /// the streams `sel` matches (in id order, each event once, private
+    /// flags kept), so a resume on it is exact after a restart (the
+    /// journal restored the topics) or when it was made after the events:
+    /// what it may miss is what its topics miss. With `--redis`, only the
+    /// topics this node holds count (see the README).
+    fn rebuild_selector(&mut self, idx: u32, sel: &crate::auth::Selector) {
+        let from = self.topics.matching(&self.streams, sel);
+        let (lost, lost_public, newest) = self.selector_history(sel, &from);
+        let Some(s) = self.streams.get_mut(idx as usize) else {
+            return;
+        };
+        s.set_lost(lost, lost_public);
+        for f in newest.frames {
+            s.push(f);
+        }
+        self.total_bytes += s.retained() * topics::ENTRY_BYTES;
+        self.enforce_budget();
+    }
+
+    /// Whether a subscriber of selector `sel` resuming after `id` may miss
+    /// events it could see (`sees_private`): from its selector stream when
+    /// it exists, else from what one made now would hold. (What the hub's
+    /// `Mercure-Last-Event-ID` reports before the stream is made.)
+    pub fn selector_lost_after(
+        &self,
+        sel: &crate::auth::Selector,
+        id: u64,
+        sees_private: bool,
+    ) -> bool {
+        if let Some(s) = self.topics.find(sel.as_str()).and_then(|i| self.get(i)) {
+            return s.lost_after(id, sees_private);
+        }
+        let (from, _) = topics::matching(&self.streams, sel);
+        let (lost, lost_public, _) = self.selector_history(sel, &from);
+        if sees_private {
+            lost > id
+        } else {
+            lost_public > id
+        }
+    }
+
+    /// Makes this node hold `topic`, a stream another node published to
+    /// (a bus announcement), when a selector stream here matches it, so
+    /// its events reach that selector stream; `None` when none does (or it
+    /// cannot be had: an internal or invalid name, `--max-streams`). The
+    /// stream starts empty, like one a subscriber asked for: its history
+    /// comes from the bus.
+    pub fn hold_for_selectors(&mut self, topic: &str) -> Option<u32> {
+        if topic.starts_with('!') || !valid_topic(topic) || !self.topics.wanted(topic) {
+            return None;
+        }
+        match self.resolve_topics(&[topic], Create::Publisher) {
+            Ok(v) => v.first().copied(),
+            Err((_, e)) => {
+                log::debug!("topic {topic:?} not held for selectors: {}", e.message());
+                None
+            }
+        }
+    }
+
+    /// Enters an event of `targets` into the selector streams they feed,
+    /// not into `targets` (a bus announcement whose streams take it only
+    /// once their history is loaded): selector streams take every event in
+    /// announcement order, and skip it when it enters `targets` later.
+    /// Returns whether a selector stream took it, and whether the fan-out
+    /// must run now (see [`Published::pressure`]).
+    pub fn append_selectors(
+        &mut self,
+        targets: &[u32],
+        id: u64,
+        sse: &[u8],
+        private: bool,
+    ) -> (bool, bool) {
+        let Some(mut fanned) = self.topics.fan_in(&self.streams, targets) else {
+            return (false, false);
+        };
+        fanned.drain(..targets.len());
+        fanned.retain(|&t| self.get(t).is_some_and(|s| s.last_id < id));
+        if fanned.is_empty() {
+            return (false, false);
+        }
+        if let Err(e) = self.check_size(&fanned, sse.len()) {
+            self.life.refused_too_large += 1;
+            log::warn!("bus event {id} not kept: {}", e.message());
+            return (false, false);
+        }
+        let p = Prepared {
+            id,
+            targets: &[],
+            fanned: Some(fanned),
+            frame: sse.into(),
+            private,
+        };
+        (true, self.enter(p))
     }
 
     /// Keeps selector streams within what the published-to streams hold.
