@@ -5,7 +5,11 @@
 //! A private frame is yielded only through a cursor that may see private
 //! frames; other cursors step over it as if it were not there.
 //!
-//! An iterator over shared frames; it copies nothing and writes nothing.
+//! Also the newest frames of several streams merged the same way
+//! ([`newest`]), what a selector stream made now starts with.
+//!
+//! It reads shared frames and writes nothing; [`newest`] hands back
+//! clones of them (a reference count each), never the bytes again.
 
 use super::ring::{Frame, Stream};
 use super::Cursor;

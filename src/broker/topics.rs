@@ -3,8 +3,10 @@
 //! every later event whose public stream it matches), the per-topic cache
 //! of which selector streams a topic feeds (so a publish matches a topic
 //! against a selector once, not on every publish), the pools selector
-//! streams come from (all, anonymous, per client address), and the bounded
-//! index from publisher-supplied event ids to broker ids.
+//! streams come from (all, anonymous, per client address), which streams a
+//! new selector stream is rebuilt from, the bounded memory of topics no
+//! selector wants (bus announcements of streams this node does not hold),
+//! and the bounded index from publisher-supplied event ids to broker ids.
 //!
 //! Bookkeeping only: it must not own frames (the rings do), decide who may
 //! read what, or do I/O.

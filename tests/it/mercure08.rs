@@ -512,9 +512,8 @@ fn url_patterns_come_from_the_selector_pools() {
 /// subscriber with a grant on node B gets node A's private update under
 /// the publisher's id, an anonymous one never does, and an exact resume
 /// by that id on node B continues exactly after it, through the topic
-/// and through the pattern. (Node B applies another
-/// node's updates to the topics it holds: here an exact `match=`
-/// subscriber makes it hold the topic; see the README's known gap.)
+/// and through the pattern. (Here an exact `match=` subscriber makes
+/// node B hold the topic; hub_shapes covers selectors alone.)
 #[cfg(feature = "redis")]
 #[test]
 fn draft08_on_two_nodes_over_redis() {
@@ -649,11 +648,11 @@ fn sse_per_worker(a: SocketAddr) -> std::collections::BTreeMap<u64, u64> {
 /// `match_urlpattern=`) under that id, never an anonymous one, and a
 /// resume by that id, on either worker, continues exactly after it.
 ///
-/// What it relies on: a worker applies another worker's updates only to
-/// the topics it holds a stream for (the README's known gap for selector
-/// subscribers under `--redis`), so exact `match=` subscribers are opened
-/// one at a time until each worker holds at least one; only then are the
-/// URL-pattern and anonymous ones opened, landing anywhere.
+/// Exact `match=` subscribers are opened one at a time until each worker
+/// holds at least one; then the URL-pattern and anonymous ones are opened,
+/// landing anywhere (a worker holds a topic its selector streams match
+/// once another worker publishes to it, so the order is not needed for
+/// delivery any more; it keeps both workers covered).
 #[cfg(feature = "workers")]
 #[test]
 fn draft08_under_two_workers() {
