@@ -1446,12 +1446,14 @@ impl Broker {
     }
 
     /// Finds or recreates a stream read back from a journal: a public name
-    /// comes back whatever `--no-auto-streams` and `--max-streams` say now
-    /// (it existed, and dropping its history silently would be worse; it
-    /// still counts against `--max-streams` for new ones); any other name is
-    /// an internal stream with history `cap`.
+    /// (an `/events` name or a Mercure topic, even one outside the
+    /// `/events` alphabet) comes back whatever `--no-auto-streams` and
+    /// `--max-streams` say now (it existed, and dropping its history
+    /// silently would be worse; it still counts against `--max-streams` for
+    /// new ones); an internal name (the apps', `!...`) is an internal
+    /// stream with history `cap`.
     pub fn restore(&mut self, name: &str, cap: Option<Limits>) -> u32 {
-        if !valid_name(name) {
+        if name.starts_with('!') || !valid_topic(name) {
             return self.internal(name, cap);
         }
         match self.find(name) {

@@ -816,6 +816,9 @@ fn retains_and_restore() {
     assert!(b.resolve(&["y"], true).is_err());
     let i = b.restore("!member/m", None);
     assert!(b.get(i).unwrap().internal);
+    // A Mercure topic outside the `/events` alphabet was public.
+    let q = b.restore("https://e.com/b/1?lang=fr", None);
+    assert!(!b.get(q).unwrap().internal);
     let ids: Vec<u64> = (0..3).map(|_| publish(&mut b, &[a], 10)).collect();
     assert!(!b.retains("a", ids[0]));
     assert!(b.retains("a", ids[1]) && b.retains("a", ids[2]));

@@ -239,6 +239,8 @@ fn selector_subscriptions_resume_exactly_after_a_restart() {
         ("https://example.com/shelf/2", "r3", "three", true),
         ("https://example.com/shelf/1", "r4", "four", false),
         ("https://example.com/shelf/2", "r5", "five", false),
+        // Outside the `/events` alphabet: still a public topic after it.
+        ("https://example.com/misc/1?lang=fr", "r6", "six", false),
     ];
     for (t, id, data, private) in sent {
         update(srv.addr, t, id, data, private);
@@ -261,12 +263,17 @@ fn selector_subscriptions_resume_exactly_after_a_restart() {
         (
             "topic=*".to_string(),
             false,
-            vec![("r4", "four"), ("r5", "five")],
+            vec![("r4", "four"), ("r5", "five"), ("r6", "six")],
         ),
         (
             "topic=*".to_string(),
             true,
-            vec![("r3", "three"), ("r4", "four"), ("r5", "five")],
+            vec![
+                ("r3", "three"),
+                ("r4", "four"),
+                ("r5", "five"),
+                ("r6", "six"),
+            ],
         ),
         (
             format!("topic={}", enc(SHELF)),
