@@ -240,6 +240,18 @@ impl Selector {
         }
     }
 
+    /// What matching one topic costs, roughly, in template matches: a URL
+    /// pattern parses the topic as a URL first (tens of times a template's
+    /// summary check). What bounds how many topics one subscription may
+    /// have matched at once (a selector stream's rebuild).
+    pub fn match_cost(&self) -> usize {
+        match &self.kind {
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(_) => 32,
+            _ => 1,
+        }
+    }
+
     /// Whether this is `*`.
     pub fn is_any(&self) -> bool {
         self.kind == Kind::Any

@@ -310,6 +310,12 @@ pub const DEFAULT_TOTAL_BYTES: usize = 256 << 20;
 /// dropped, unless told otherwise (`--stream-idle-ttl`).
 pub const DEFAULT_IDLE_TTL_US: u64 = 3_600_000_000;
 
+/// What rebuilding one selector stream may spend on matching selectors
+/// against stream names and tombstones (in units of a URI-template match;
+/// see `Broker::selector_history`): about a millisecond of URL parsing for
+/// a URL pattern.
+pub const REBUILD_MATCH_BUDGET: usize = 16_384;
+
 /// Fewest subscriber-only streams one address may hold, whatever
 /// `--max-streams` is: one subscription of the most names a connection may
 /// ask for (`--max-streams-per-conn` is at most 64) always fits.
@@ -1517,46 +1523,102 @@ impl Broker {
         Ok(idx)
     }
 
-    /// What a selector stream for `sel` made now may be missing: the
-    /// highest id at or below which events of its topics may be gone (all,
-    /// and public ones), from the matching streams' own loss marks, the
-    /// tombstones of matching names (and the floor of forgotten ones), and
-    /// what [`merge::newest`] leaves out for the ring's bounds. With it, the
-    /// retained frames of `from` (the streams `sel` matches).
-    fn selector_history(
-        &self,
-        sel: &crate::auth::Selector,
-        from: &[u32],
-    ) -> (u64, u64, merge::Newest) {
-        let mut lost = self.tombstones.forgotten;
-        for (name, &(floor, _)) in &self.tombstones.floors {
-            if floor > lost && valid_topic(name) && sel.matches(name) {
-                lost = floor;
+    /// What a selector stream for `sel` made now starts with: the public
+    /// streams it matches, and the highest id at or below which events of
+    /// its topics may be gone (all, and public ones): the matching streams'
+    /// own loss marks, the tombstones of matching names (and the floor of
+    /// forgotten ones), and what [`merge::newest`] leaves out for the
+    /// ring's bounds.
+    ///
+    /// Bounded: at most [`REBUILD_MATCH_BUDGET`] match units (a URL
+    /// pattern's match parses the topic as a URL and costs more, see
+    /// `Selector::match_cost`), spent on the most recently used streams
+    /// first; a stream or tombstone past the budget is not matched but
+    /// counted as lost (a resume from before its newest event gets `gap`),
+    /// so a subscriber cannot make one subscription cost a pass of URL
+    /// parses over every stream. Returns the matches run too.
+    fn selector_history(&self, sel: &crate::auth::Selector) -> (merge::Newest, u64, u64, u64) {
+        let mut budget = if sel.is_any() {
+            usize::MAX
+        } else {
+            REBUILD_MATCH_BUDGET / sel.match_cost().max(1)
+        };
+        let mut ran = 0u64;
+        let (mut lost, mut lost_public) = (self.tombstones.forgotten, self.tombstones.forgotten);
+        let mut from = Vec::new();
+        let mut seen_lru = 0usize;
+        // Streams holding history, most recently used first; then those
+        // that hold none but lost some.
+        let mut order: Vec<u32> = Vec::new();
+        let mut i = self.lru_tail;
+        while let Some(s) = self.get(i) {
+            seen_lru += 1;
+            if seen_lru > self.streams.len() {
+                break; // a broken list: stop rather than spin
+            }
+            if !s.internal {
+                order.push(i);
+            }
+            i = s.lru_prev;
+        }
+        order.extend(
+            self.iter()
+                .filter(|(_, s)| !s.internal && !s.in_lru && s.lost_upto() > 0)
+                .map(|(i, _)| i),
+        );
+        for i in order {
+            let Some(s) = self.get(i) else { continue };
+            if budget == 0 {
+                lost = lost.max(s.last_id).max(s.lost_upto());
+                lost_public = lost_public.max(s.last_public_id).max(s.lost_public_upto());
+                continue;
+            }
+            budget -= 1;
+            ran += 1;
+            if sel.matches_in(&crate::auth::selector::Topic::new(&s.name)) {
+                lost = lost.max(s.lost_upto());
+                lost_public = lost_public.max(s.lost_public_upto());
+                if s.retained() > 0 {
+                    from.push(i);
+                }
             }
         }
-        let mut lost_public = lost;
-        for s in from.iter().filter_map(|&t| self.get(t)) {
-            lost = lost.max(s.lost_upto());
-            lost_public = lost_public.max(s.lost_public_upto());
+        for (name, &(floor, _)) in &self.tombstones.floors {
+            if floor <= lost || !valid_topic(name) {
+                continue;
+            }
+            if budget == 0 {
+                lost = floor;
+                lost_public = lost_public.max(floor);
+                continue;
+            }
+            budget -= 1;
+            ran += 1;
+            if sel.matches(name) {
+                lost = floor;
+                lost_public = lost_public.max(floor);
+            }
         }
         let n = merge::newest(
             &self.streams,
-            from,
+            &from,
             self.limits.history.max(1),
             self.limits.history_bytes,
         );
-        (lost.max(n.left_out), lost_public.max(n.left_out_public), n)
+        let (l, lp) = (lost.max(n.left_out), lost_public.max(n.left_out_public));
+        (n, l, lp, ran)
     }
 
     /// Fills selector stream `idx`, made now, with the retained history of
     /// the streams `sel` matches (in id order, each event once, private
     /// flags kept), so a resume on it is exact after a restart (the
     /// journal restored the topics) or when it was made after the events:
-    /// what it may miss is what its topics miss. With `--redis`, only the
-    /// topics this node holds count (see the README).
+    /// what it may miss is what its topics miss (see `selector_history`
+    /// for the bound). With `--redis`, only the topics this node holds
+    /// count (see the README).
     fn rebuild_selector(&mut self, idx: u32, sel: &crate::auth::Selector) {
-        let from = self.topics.matching(&self.streams, sel);
-        let (lost, lost_public, newest) = self.selector_history(sel, &from);
+        let (newest, lost, lost_public, ran) = self.selector_history(sel);
+        self.topics.matches_run += ran;
         let Some(s) = self.streams.get_mut(idx as usize) else {
             return;
         };
@@ -1581,8 +1643,7 @@ impl Broker {
         if let Some(s) = self.topics.find(sel.as_str()).and_then(|i| self.get(i)) {
             return s.lost_after(id, sees_private);
         }
-        let (from, _) = topics::matching(&self.streams, sel);
-        let (lost, lost_public, _) = self.selector_history(sel, &from);
+        let (_, lost, lost_public, _) = self.selector_history(sel);
         if sees_private {
             lost > id
         } else {

@@ -1049,6 +1049,42 @@ fn topics_this_node_lacks_are_held_when_a_selector_wants_them() {
 
 #[cfg(feature = "mercure")]
 #[test]
+fn a_rebuild_matches_a_bounded_number_of_streams_newest_first() {
+    let mut b = Broker::new(
+        1_000,
+        Limits {
+            history: 1000,
+            history_bytes: 1 << 20,
+        },
+        10_000,
+    );
+    let hub = crate::auth::url::Url::parse("https://h.example/.well-known/mercure", None).unwrap();
+    let p = crate::auth::Selector::url_pattern("https://e.com/b/:id", Some(&hub)).unwrap();
+    let budget = REBUILD_MATCH_BUDGET / p.match_cost();
+    let n = budget + 40;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let t = b
+            .resolve(&[format!("https://e.com/b/{i}").as_str()], true)
+            .unwrap();
+        ids.push(publish(&mut b, &t, 5));
+    }
+    let runs = b.selector_matches_run();
+    let s = b.selector_stream(&p, None).unwrap();
+    assert_eq!(b.selector_matches_run() - runs, budget as u64);
+    // The newest `budget` streams were matched and their events rebuilt;
+    // the 40 oldest were not, so a resume from before them is a gap.
+    assert_eq!(b.get(s).unwrap().retained(), budget);
+    let unseen = ids[39];
+    assert!(resumed(&mut b, s, unseen - 1, false).1);
+    let (got, gap) = resumed(&mut b, s, unseen, false);
+    assert!(!gap);
+    assert_eq!(got.len(), budget);
+    assert!(b.selector_lost_after(&p, unseen - 1, false));
+}
+
+#[cfg(feature = "mercure")]
+#[test]
 fn a_gap_names_what_the_subscriber_asked_for() {
     let mut b = broker(10);
     let hub =

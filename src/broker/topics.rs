@@ -3,9 +3,8 @@
 //! every later event whose public stream it matches), the per-topic cache
 //! of which selector streams a topic feeds (so a publish matches a topic
 //! against a selector once, not on every publish), the pools selector
-//! streams come from (all, anonymous, per client address), which streams a
-//! new selector stream is rebuilt from, the bounded memory of topics no
-//! selector wants (bus announcements of streams this node does not hold),
+//! streams come from (all, anonymous, per client address), the bounded
+//! memory of topics no selector wants (bus announcements of streams this node does not hold),
 //! and the bounded index from publisher-supplied event ids to broker ids.
 //!
 //! Bookkeeping only: it must not own frames (the rings do), decide who may
@@ -347,14 +346,6 @@ impl Topics {
         false
     }
 
-    /// The public streams `sel` matches that hold history or know of its
-    /// loss: what a selector stream made now is rebuilt from.
-    pub(super) fn matching(&mut self, streams: &Slab<Stream>, sel: &Selector) -> Vec<u32> {
-        let (out, ran) = matching(streams, sel);
-        self.matches_run += ran;
-        out
-    }
-
     pub(super) fn alias(&mut self, alias: &str, id: u64, private: bool) {
         if self.aliases.get(alias).is_some_and(|a| a.0 == id) {
             // The same event again (a bus announcement, then its fetch).
@@ -376,20 +367,4 @@ impl Topics {
     pub(super) fn alias_id(&self, alias: &str) -> Option<(u64, bool)> {
         self.aliases.get(alias).copied()
     }
-}
-
-/// [`Topics::matching`], and the matches it ran.
-pub(super) fn matching(streams: &Slab<Stream>, sel: &Selector) -> (Vec<u32>, u64) {
-    let mut out = Vec::new();
-    let mut ran = 0;
-    for (i, s) in streams.iter() {
-        if s.internal || (s.retained() == 0 && s.lost_upto() == 0) {
-            continue;
-        }
-        ran += 1;
-        if sel.matches_in(&crate::auth::selector::Topic::new(&s.name)) {
-            out.push(i as u32);
-        }
-    }
-    (out, ran)
 }
