@@ -38,10 +38,11 @@ pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<super::ring::Frame>();
 /// Most (topic, selector) match results cached; past it the cache starts
 /// over, so it never holds more than this many entries.
 const MAX_CACHED_HITS: usize = 1 << 18;
-/// Most bytes of topic names remembered as wanted by no selector (names of
-/// streams this node does not hold, announced by a bus); past it the
-/// memory starts over.
+/// Most bytes of topic names, and most names, remembered as wanted by no
+/// selector (names of streams this node does not hold, announced by a
+/// bus); past either the memory starts over.
 const MAX_UNWANTED_BYTES: usize = 1 << 20;
+const MAX_UNWANTED: usize = 16_384;
 
 /// Whether `t` may name a stream through the Mercure endpoint: 1..=1024
 /// bytes without control characters, and not itself a selector (`*`, or
@@ -335,7 +336,9 @@ impl Topics {
         match self.unwanted.get_mut(topic) {
             Some(u) => *u = self.next_seq,
             None => {
-                if self.unwanted_bytes + topic.len() > MAX_UNWANTED_BYTES {
+                if self.unwanted_bytes + topic.len() > MAX_UNWANTED_BYTES
+                    || self.unwanted.len() >= MAX_UNWANTED
+                {
                     self.unwanted.clear();
                     self.unwanted_bytes = 0;
                 }
