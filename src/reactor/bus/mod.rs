@@ -476,20 +476,7 @@ impl Reactor {
             }
         }
         if !later.is_empty() {
-            let (took, pressure) = self.broker.append_selectors(&later, id, &sse, private);
-            if took {
-                super::publish::entered(
-                    &mut self.broker,
-                    &mut self.apps,
-                    &later,
-                    id,
-                    &sse,
-                    private,
-                );
-            }
-            if pressure {
-                self.flush_dirty(usize::MAX);
-            }
+            self.append_selectors_bus(&later, id, &sse, private);
         }
         for (name, was_live, prev) in fetch {
             log::debug!("stream {name:?}: predecessor {prev} not held, fetching");
@@ -522,6 +509,18 @@ impl Reactor {
                 }
             }
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
+        }
+    }
+
+    /// [`Reactor::append_bus`] for the selector streams `targets` feed
+    /// only: `targets` take the event once their history is loaded.
+    fn append_selectors_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
+        let (took, pressure) = self.broker.append_selectors(targets, id, sse, private);
+        if took {
+            super::publish::entered(&mut self.broker, &mut self.apps, targets, id, sse, private);
+        }
+        if pressure {
+            self.flush_dirty(usize::MAX);
         }
     }
 
