@@ -271,11 +271,15 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     };
     // The newest event this subscriber could have been sent, so the header
     // tells nothing of private events it may not see ("earliest": none).
-    // (A stream not made yet has published nothing.)
+    // (A topic stream not made yet has published nothing.)
     let last = reads
         .iter()
         .zip(&sees)
         .filter_map(|(name, &sees)| {
+            // A selector stream not made yet: what it will be rebuilt from.
+            if let Some(sel) = w.selectors.iter().find(|s| s.as_str() == *name) {
+                return Some(cx.broker.selector_view(sel, sees).0);
+            }
             let s = cx.broker.get(cx.broker.find(name)?)?;
             Some(if sees { s.last_id } else { s.last_public_id })
         })

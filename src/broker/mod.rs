@@ -1630,25 +1630,39 @@ impl Broker {
         self.enforce_budget();
     }
 
+    /// What a subscriber of selector `sel` that may (or may not) see
+    /// private events is told of it: the newest id it could be sent (0:
+    /// none) and the id at or below which events it could see may be
+    /// missing; from its selector stream when it exists, else from what
+    /// one made now would hold. (What the hub's `Last-Event-ID` and
+    /// `Mercure-Last-Event-ID` report before the stream is made.)
+    pub fn selector_view(&self, sel: &crate::auth::Selector, sees_private: bool) -> (u64, u64) {
+        if let Some(s) = self.topics.find(sel.as_str()).and_then(|i| self.get(i)) {
+            return if sees_private {
+                (s.last_id, s.lost_upto())
+            } else {
+                (s.last_public_id, s.lost_public_upto())
+            };
+        }
+        let (newest, lost, lost_public, _) = self.selector_history(sel);
+        let last = newest
+            .frames
+            .iter()
+            .rev()
+            .find(|f| f.visible(sees_private))
+            .map_or(0, |f| f.id);
+        (last, if sees_private { lost } else { lost_public })
+    }
+
     /// Whether a subscriber of selector `sel` resuming after `id` may miss
-    /// events it could see (`sees_private`): from its selector stream when
-    /// it exists, else from what one made now would hold. (What the hub's
-    /// `Mercure-Last-Event-ID` reports before the stream is made.)
+    /// events it could see (see [`Broker::selector_view`]).
     pub fn selector_lost_after(
         &self,
         sel: &crate::auth::Selector,
         id: u64,
         sees_private: bool,
     ) -> bool {
-        if let Some(s) = self.topics.find(sel.as_str()).and_then(|i| self.get(i)) {
-            return s.lost_after(id, sees_private);
-        }
-        let (_, lost, lost_public, _) = self.selector_history(sel);
-        if sees_private {
-            lost > id
-        } else {
-            lost_public > id
-        }
+        self.selector_view(sel, sees_private).1 > id
     }
 
     /// Makes this node hold `topic`, a stream another node published to
