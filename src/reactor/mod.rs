@@ -303,6 +303,7 @@ impl Bound {
             held: VecDeque::new(),
             hold_from: None,
             token_exp: std::collections::HashMap::new(),
+            presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -429,6 +430,9 @@ pub(crate) struct Reactor {
     /// Streams opened with a token that expires → the tick they end at: a
     /// side table, since few connections have one and `Conn` must not grow.
     token_exp: std::collections::HashMap<u32, Tick>,
+    /// Hub subscribers whose subscriptions are announced, by connection (a
+    /// side table too), and the active subscriptions heard of.
+    presence: crate::presence::Presence,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -633,6 +637,7 @@ impl Reactor {
             broker: &self.broker,
             cfg: &self.cfg,
             access: &self.auth,
+            presence: &self.presence,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -755,7 +760,7 @@ impl Reactor {
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
     /// `--redis`, `bus_stream` may load history first).
-    fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+    fn subscribe(&mut self, key: u32, mut s: crate::handler::Subscribe) {
         let targets = match publish::resolve(&mut self.broker, &s.to) {
             Ok((t, _)) => t,
             Err(f) => {
@@ -768,6 +773,9 @@ impl Reactor {
                 return self.answer(key, s.shape.encode(resp), close);
             }
         };
+        if let Some(j) = s.presence.take() {
+            self.presence.join(key, j);
+        }
         if self.bus.is_some() {
             return self.bus_stream(key, &targets, s);
         }
@@ -802,6 +810,10 @@ impl Reactor {
         if let Some(exp) = until {
             let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
             self.token_exp.insert(key, at);
+        }
+        if !self.presence.none_here() {
+            let ups = self.presence.started(key, self.bus.is_none());
+            self.announce(ups);
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -1342,6 +1354,10 @@ impl Reactor {
     /// Marks a connection to be freed at the end of the turn, leaving the
     /// streams it read and releasing its request buffer.
     fn close(&mut self, key: u32) {
+        if !self.presence.none_here() {
+            let ups = self.presence.left(key, self.bus.is_none());
+            self.announce(ups);
+        }
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -1757,6 +1773,10 @@ impl Reactor {
     /// one gets its last chunk and goes back to reading requests (unless
     /// the server is shutting down).
     fn end_stream(&mut self, key: u32) {
+        if !self.presence.none_here() {
+            let ups = self.presence.left(key, self.bus.is_none());
+            self.announce(ups);
+        }
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -1805,6 +1825,41 @@ impl Reactor {
         }
         for k in self.broker.delete(idx) {
             self.end_stream(k);
+        }
+    }
+
+    /// Publishes subscription updates (`--mercure-subscriptions`) through
+    /// the one publish path: private, `event: mercure`, numbered like any
+    /// event. Each update's topic stream goes again once it carried it
+    /// (with `--redis`, once it was handed to the bus) unless someone reads
+    /// that very topic: watchers read selector streams, and a stream per
+    /// subscription would fill `--max-streams`.
+    fn announce(&mut self, ups: Vec<crate::presence::Update>) {
+        use crate::handler::{Body, Publish, Reply, Targets};
+        for (topic, data) in ups {
+            let mut ev = crate::event::Event::new(data);
+            ev.event = Some(crate::presence::EVENT.into());
+            let p = Publish {
+                to: Targets::Names {
+                    names: vec![topic.clone()],
+                    by: crate::broker::Create::Publisher,
+                    topics: true,
+                },
+                events: vec![Body::Numbered(ev)],
+                private: true,
+                reply: Reply::Silent,
+            };
+            self.publish(publish::To::Nobody, p);
+            let Some(idx) = self.broker.find(&topic) else {
+                continue;
+            };
+            if self.broker.subscribers(idx).is_empty() {
+                if self.bus.is_some() {
+                    self.broker.discard_unused(idx);
+                } else {
+                    self.delete_stream(idx);
+                }
+            }
         }
     }
 

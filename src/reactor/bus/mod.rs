@@ -418,6 +418,9 @@ impl Reactor {
             }
             return;
         };
+        // Every node lists every node's subscribers, whichever streams it holds.
+        let names = streams.iter().map(|(n, _)| n.as_str());
+        self.presence.heard(names, &sse);
         let sse: std::rc::Rc<[u8]> = sse.into();
         let mut now_targets = Vec::new();
         let mut fetch = Vec::new();

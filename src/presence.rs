@@ -1,0 +1,464 @@
+//! Mercure active subscriptions (`--mercure-subscriptions`; the draft's
+//! "Active Subscriptions"): what a hub subscriber's subscriptions are
+//! announced as, and this node's table of every node's active ones.
+//!
+//! A subscriber gets a random id (`urn:uuid:` + UUIDv4) when it connects;
+//! each of its subscriptions (a `match`/`match_urlpattern` value, or a
+//! legacy `topic=` selector) becomes the topic
+//! `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}`
+//! (both variables percent-encoded once) and the JSON-LD document the
+//! draft describes. [`Presence`] keeps, per connection, what it joined
+//! with (a side table: `Conn` does not grow), hands the reactor the
+//! updates to publish when its stream starts and ends, and keeps the
+//! active subscriptions it heard of, which the subscriptions API lists.
+//! Locally it applies its own updates; with `--redis` it learns every
+//! node's (its own included) from the bus announcements, so every node
+//! lists every node's subscribers.
+//!
+//! Bookkeeping only: it must not publish (the reactor sends the updates
+//! through the one publish path), decide access (`mercure.rs` asks the
+//! access rule), or touch sockets. Off (the default), it holds nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+
+/// Where the subscriptions API and the events' topics live: the hub's
+/// path, then `/subscriptions`.
+pub const PREFIX: &str = "/.well-known/mercure/subscriptions";
+/// The SSE `event:` of subscription updates (publishers may not use it).
+pub const EVENT: &str = "mercure";
+/// The documents' JSON-LD context.
+pub const CONTEXT: &str = "https://mercure.rocks/";
+/// Most active subscriptions a node lists: past it, new ones heard are not
+/// listed (their events are still published), so a flood cannot grow the
+/// table without bound.
+pub const MAX_ACTIVE: usize = 1 << 18;
+/// The `match_type` of a legacy URI-template subscription (`topic=` with
+/// braces): not a draft-08 type, so a client of the draft can tell.
+pub const URI_TEMPLATE: &str = "uritemplate";
+/// Match types the API accepts in its paths.
+const TYPES: [&str; 3] = ["exact", "urlpattern", URI_TEMPLATE];
+
+/// One subscription of a subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sub {
+    /// `exact`, `urlpattern` or [`URI_TEMPLATE`].
+    pub match_type: &'static str,
+    /// The matcher as the subscriber gave it.
+    pub matcher: String,
+    /// The token's payload for it (draft-08: the first subscribe detail
+    /// whose topics match the matcher).
+    pub payload: Option<Value>,
+}
+
+/// What a connection subscribed with: its subscriber id and subscriptions.
+#[derive(Debug)]
+pub struct Joined {
+    subscriber: String,
+    subs: Box<[Sub]>,
+    /// Its `active: true` updates went out (so its end is announced).
+    announced: bool,
+}
+
+impl Joined {
+    /// A subscriber with a fresh random id. Subscriptions whose topic
+    /// would be longer than `max_topic` bytes (a topic's bound) are not
+    /// announced; repeats are announced once.
+    pub fn new(rng: &mut impl RngCore, subs: Vec<Sub>, max_topic: usize) -> Joined {
+        let subscriber = uuid_urn(rng);
+        let mut kept: Vec<Sub> = Vec::with_capacity(subs.len());
+        for s in subs {
+            let fits = topic(s.match_type, &s.matcher, &subscriber).len() <= max_topic;
+            let again = kept
+                .iter()
+                .any(|k| k.match_type == s.match_type && k.matcher == s.matcher);
+            if fits && !again {
+                kept.push(s);
+            }
+        }
+        Joined {
+            subscriber,
+            subs: kept.into(),
+            announced: false,
+        }
+    }
+
+    /// The subscriber id.
+    pub fn subscriber(&self) -> &str {
+        &self.subscriber
+    }
+
+    /// Each subscription's topic and document.
+    fn docs(&self, active: bool) -> Vec<(String, Value)> {
+        self.subs
+            .iter()
+            .map(|s| {
+                let t = topic(s.match_type, &s.matcher, &self.subscriber);
+                let d = doc(&t, s, &self.subscriber, active);
+                (t, d)
+            })
+            .collect()
+    }
+}
+
+/// A random UUIDv4 as a URN.
+pub fn uuid_urn(rng: &mut impl RngCore) -> String {
+    let mut b = [0u8; 16];
+    rng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters, once (a `%`
+/// already there is encoded too), as RFC 6570 expansion does.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A subscription's topic (and its document's `id`).
+pub fn topic(match_type: &str, matcher: &str, subscriber: &str) -> String {
+    format!(
+        "{PREFIX}/{match_type}/{}/{}",
+        encode(matcher),
+        encode(subscriber)
+    )
+}
+
+/// A subscription's document, as its events carry it.
+fn doc(topic: &str, s: &Sub, subscriber: &str, active: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("@context".into(), CONTEXT.into());
+    m.insert("id".into(), topic.into());
+    m.insert("type".into(), "Subscription".into());
+    m.insert("match_type".into(), s.match_type.into());
+    m.insert("match".into(), s.matcher.clone().into());
+    m.insert("subscriber".into(), subscriber.into());
+    m.insert("active".into(), active.into());
+    if let Some(p) = &s.payload {
+        m.insert("payload".into(), p.clone());
+    }
+    Value::Object(m)
+}
+
+/// A subscription update to publish: its topic and its JSON (`data:`).
+pub type Update = (String, String);
+
+/// A node's active subscriptions, and what its own connections joined with.
+#[derive(Debug, Default)]
+pub struct Presence {
+    on: bool,
+    /// This node's subscribers, by connection: a side table, so a
+    /// connection costs nothing here unless it is a hub subscriber and
+    /// the feature is on.
+    mine: HashMap<u32, Box<Joined>>,
+    /// Active subscriptions heard of (every node's with `--redis`): topic
+    /// → document without `@context`.
+    active: BTreeMap<String, Value>,
+    /// Subscriptions not listed because the table was full.
+    pub unlisted: u64,
+}
+
+impl Presence {
+    /// The table; `on`: `--mercure-subscriptions`.
+    pub fn new(on: bool) -> Presence {
+        Presence {
+            on,
+            ..Presence::default()
+        }
+    }
+
+    /// Whether the feature is on.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// Whether no connection of this node is a subscriber it tracks (the
+    /// close path's cheap test).
+    pub fn none_here(&self) -> bool {
+        self.mine.is_empty()
+    }
+
+    /// Connection `conn` subscribed with `j` (its stream is not up yet).
+    pub fn join(&mut self, conn: u32, j: Box<Joined>) {
+        if self.on {
+            self.mine.insert(conn, j);
+        }
+    }
+
+    /// `conn`'s stream started: the `active: true` updates to publish.
+    /// `local` (no bus): listed now; else when the bus announces them.
+    pub fn started(&mut self, conn: u32, local: bool) -> Vec<Update> {
+        let Some(j) = self.mine.get_mut(&conn) else {
+            return Vec::new();
+        };
+        j.announced = true;
+        let docs = j.docs(true);
+        self.updates(docs, local)
+    }
+
+    /// `conn` ended: the `active: false` updates, if its start was
+    /// announced.
+    pub fn left(&mut self, conn: u32, local: bool) -> Vec<Update> {
+        match self.mine.remove(&conn) {
+            Some(j) if j.announced => self.updates(j.docs(false), local),
+            _ => Vec::new(),
+        }
+    }
+
+    fn updates(&mut self, docs: Vec<(String, Value)>, local: bool) -> Vec<Update> {
+        docs.into_iter()
+            .map(|(t, d)| {
+                let data = d.to_string();
+                if local {
+                    self.apply(&t, d);
+                }
+                (t, data)
+            })
+            .collect()
+    }
+
+    /// An event entered through the bus on streams `names` (SSE bytes
+    /// `frame`): a subscription update's document updates the table.
+    pub fn heard<'n>(&mut self, mut names: impl Iterator<Item = &'n str>, frame: &[u8]) {
+        if !self.on {
+            return;
+        }
+        let Some(name) = names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))
+        else {
+            return;
+        };
+        let Some(d) = document(frame) else { return };
+        // Only the hub's own updates: the document names its topic.
+        if d.get("id").and_then(Value::as_str) == Some(name)
+            && d.get("type").and_then(Value::as_str) == Some("Subscription")
+        {
+            self.apply(name, d);
+        }
+    }
+
+    fn apply(&mut self, topic: &str, mut d: Value) {
+        let active = d.get("active").and_then(Value::as_bool);
+        match active {
+            Some(true) => {
+                if let Some(m) = d.as_object_mut() {
+                    m.remove("@context");
+                }
+                if self.active.len() >= MAX_ACTIVE && !self.active.contains_key(topic) {
+                    if self.unlisted == 0 {
+                        log::warn!(
+                            "active subscriptions: more than {MAX_ACTIVE} listed; newer ones are not"
+                        );
+                    }
+                    self.unlisted += 1;
+                    return;
+                }
+                self.active.insert(topic.to_string(), d);
+            }
+            Some(false) => {
+                self.active.remove(topic);
+            }
+            None => {}
+        }
+    }
+
+    /// How many subscriptions are listed.
+    pub fn listed(&self) -> usize {
+        self.active.len()
+    }
+
+    /// The subscriptions API's answer for `path` (raw, under [`PREFIX`]):
+    /// `Ok(None)` is a 404, `Err` a 400's reason. `last_event_id` is the
+    /// hub's newest id (`earliest` when none).
+    pub fn api(&self, path: &str, last_event_id: &str) -> Result<Option<Value>, String> {
+        let Some(rest) = path.strip_prefix(PREFIX) else {
+            return Ok(None);
+        };
+        let segs: Vec<&str> = match rest {
+            "" => Vec::new(),
+            r => match r.strip_prefix('/') {
+                Some(r) => r.split('/').collect(),
+                None => return Ok(None),
+            },
+        };
+        if segs.len() == 1 || segs.len() > 3 {
+            return Ok(None);
+        }
+        let decoded: Vec<String> = segs
+            .iter()
+            .map(|s| crate::http::decode_path(s).map(|c| c.into_owned()))
+            .collect::<Option<_>>()
+            .ok_or("path segments must percent-decode to UTF-8")?;
+        if let Some(t) = decoded.first() {
+            if !TYPES.contains(&t.as_str()) {
+                return Err(format!(
+                    "unknown match type {t:?}: exact, urlpattern or {URI_TEMPLATE}"
+                ));
+            }
+        }
+        let want = |d: &Value| {
+            let is = |k: &str, i: usize| {
+                decoded
+                    .get(i)
+                    .is_none_or(|v| d.get(k).and_then(Value::as_str) == Some(v.as_str()))
+            };
+            is("match_type", 0) && is("match", 1) && is("subscriber", 2)
+        };
+        if decoded.len() == 3 {
+            let Some(d) = self.active.values().find(|d| want(d)) else {
+                return Ok(None);
+            };
+            let mut d = d.clone();
+            if let Some(m) = d.as_object_mut() {
+                m.insert("@context".into(), CONTEXT.into());
+                m.insert("last_event_id".into(), last_event_id.into());
+            }
+            return Ok(Some(d));
+        }
+        let subs: Vec<Value> = self.active.values().filter(|d| want(d)).cloned().collect();
+        Ok(Some(json!({
+            "@context": CONTEXT,
+            "id": path,
+            "type": "Subscriptions",
+            "last_event_id": last_event_id,
+            "subscriptions": subs,
+        })))
+    }
+}
+
+/// The JSON document of a `mercure` event's `data:` lines.
+fn document(frame: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let mut typed = false;
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            typed = v.trim_start() == EVENT;
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    if !typed {
+        return None;
+    }
+    serde_json::from_str(&data).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rng() -> rand::rngs::SmallRng {
+        rand::rngs::SmallRng::seed_from_u64(7)
+    }
+
+    fn sub(t: &'static str, m: &str) -> Sub {
+        Sub {
+            match_type: t,
+            matcher: m.into(),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn ids_are_v4_urns_and_topics_encode_once() {
+        let id = uuid_urn(&mut rng());
+        assert_eq!(id.len(), "urn:uuid:".len() + 36);
+        let u = id.strip_prefix("urn:uuid:").unwrap();
+        assert_eq!(&u[14..15], "4");
+        assert!("89ab".contains(&u[19..20]), "{u}");
+        assert_eq!(
+            topic("urlpattern", "https://example.com/:selector", "urn:uuid:bb"),
+            "/.well-known/mercure/subscriptions/urlpattern/https%3A%2F%2Fexample.com%2F%3Aselector/urn%3Auuid%3Abb"
+        );
+        // A `%` already there is encoded again: never decoded first.
+        assert_eq!(encode("a%2Fb c~"), "a%252Fb%20c~");
+    }
+
+    #[test]
+    fn local_updates_list_and_unlist() {
+        let mut p = Presence::new(true);
+        let mut j = Joined::new(
+            &mut rng(),
+            vec![sub("exact", "/a"), sub("exact", "/a"), sub("urlpattern", "/b/:x")],
+            1024,
+        );
+        j.subs[0].payload = Some(json!({"k": 1}));
+        let who = j.subscriber().to_string();
+        p.join(3, Box::new(j));
+        assert!(p.left(9, true).is_empty());
+        let ups = p.started(3, true);
+        assert_eq!(ups.len(), 2, "a repeat is announced once");
+        let (t, data) = &ups[0];
+        assert_eq!(*t, topic("exact", "/a", &who));
+        let d: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            d,
+            json!({"@context": CONTEXT, "id": t, "type": "Subscription", "match_type": "exact",
+                   "match": "/a", "subscriber": who, "active": true, "payload": {"k": 1}})
+        );
+        let all = p.api(PREFIX, "7").unwrap().unwrap();
+        assert_eq!(all["subscriptions"].as_array().unwrap().len(), 2);
+        assert_eq!(all["last_event_id"], "7");
+        let one = p.api(t, "7").unwrap().unwrap();
+        assert_eq!(one["subscriber"], who.as_str());
+        assert_eq!(one["last_event_id"], "7");
+        let by_match = p.api(&format!("{PREFIX}/urlpattern/%2Fb%2F%3Ax"), "7").unwrap().unwrap();
+        assert_eq!(by_match["subscriptions"][0]["match"], "/b/:x");
+        assert_eq!(p.api(&format!("{PREFIX}/exact"), "7"), Ok(None));
+        assert!(p.api(&format!("{PREFIX}/nope/x"), "7").is_err());
+        let ends = p.left(3, true);
+        assert_eq!(ends.len(), 2);
+        assert!(ends[0].1.contains("\"active\":false"));
+        assert_eq!(p.listed(), 0);
+        assert!(p.none_here());
+    }
+
+    #[test]
+    fn bus_updates_list_only_the_hubs_own_documents() {
+        let mut p = Presence::new(true);
+        let j = Joined::new(&mut rng(), vec![sub("exact", "/a")], 1024);
+        p.join(1, Box::new(j));
+        let ups = p.started(1, false);
+        assert_eq!(p.listed(), 0, "with a bus, listed when heard");
+        let (t, data) = &ups[0];
+        let frame = format!("id: 5\nevent: mercure\ndata: {data}\n\n");
+        p.heard([t.as_str()].into_iter(), frame.as_bytes());
+        assert_eq!(p.listed(), 1);
+        // Not a `mercure` event, or a document naming another topic.
+        let mut q = Presence::new(true);
+        q.heard([t.as_str()].into_iter(), format!("data: {data}\n\n").as_bytes());
+        q.heard(["/.well-known/mercure/subscriptions/exact/x/y"].into_iter(), frame.as_bytes());
+        assert_eq!(q.listed(), 0);
+        // Off: nothing is kept.
+        let mut off = Presence::new(false);
+        off.join(1, Box::new(Joined::new(&mut rng(), vec![sub("exact", "/a")], 1024)));
+        off.heard([t.as_str()].into_iter(), frame.as_bytes());
+        assert!(off.none_here() && off.listed() == 0);
+        // Subscriptions whose topic would be too long are not announced.
+        let j = Joined::new(&mut rng(), vec![sub("exact", &"x".repeat(2000))], 1024);
+        assert!(j.subs.is_empty());
+    }
+}

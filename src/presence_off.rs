@@ -1,0 +1,37 @@
+//! Built without the `mercure` feature: no active subscriptions. The same
+//! shape as `presence.rs`, holding nothing; [`Joined`] is uninhabited, so
+//! no subscriber is ever tracked.
+
+/// What a connection subscribed with: none can exist in this build.
+#[derive(Debug)]
+pub enum Joined {}
+
+/// The (empty) table.
+#[derive(Debug, Default)]
+pub struct Presence;
+
+/// A subscription update to publish.
+pub type Update = (String, String);
+
+impl Presence {
+    /// The table.
+    pub fn new(_on: bool) -> Presence {
+        Presence
+    }
+    /// Never tracks a connection.
+    pub fn none_here(&self) -> bool {
+        true
+    }
+    /// Nothing to track.
+    pub fn join(&mut self, _conn: u32, j: Box<Joined>) {
+        match *j {}
+    }
+    /// Nothing to announce.
+    pub fn started(&mut self, _conn: u32, _local: bool) -> Vec<Update> {
+        Vec::new()
+    }
+    /// Nothing to announce.
+    pub fn left(&mut self, _conn: u32, _local: bool) -> Vec<Update> {
+        Vec::new()
+    }
+}
