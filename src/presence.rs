@@ -86,7 +86,8 @@ impl Joined {
     }
 
     /// The subscriber id.
-    pub fn subscriber(&self) -> &str {
+    #[cfg(test)]
+    fn subscriber(&self) -> &str {
         &self.subscriber
     }
 
@@ -186,11 +187,6 @@ impl Presence {
         }
     }
 
-    /// Whether the feature is on.
-    pub fn on(&self) -> bool {
-        self.on
-    }
-
     /// Whether no connection of this node is a subscriber it tracks (the
     /// close path's cheap test).
     pub fn none_here(&self) -> bool {
@@ -281,7 +277,8 @@ impl Presence {
     }
 
     /// How many subscriptions are listed.
-    pub fn listed(&self) -> usize {
+    #[cfg(test)]
+    fn listed(&self) -> usize {
         self.active.len()
     }
 

@@ -35,3 +35,8 @@ impl Presence {
         Vec::new()
     }
 }
+
+impl Presence {
+    /// Nothing to hear.
+    pub fn heard<'n>(&mut self, _names: impl Iterator<Item = &'n str>, _frame: &[u8]) {}
+}
