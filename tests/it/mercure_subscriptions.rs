@@ -243,7 +243,7 @@ fn the_api_needs_a_grant_and_events_stay_private() {
         "topics": [{"match": "https://example.com/books/1"}]}]));
     let r = api(s.addr, SUBS, &bearer(&other));
     assert_eq!(r.status, 403, "{}{}", r.head, r.text());
-    let r = api(s.addr, &format!("{SUBS}/nope/x"), &bearer(&watcher_token()));
+    let r = api(s.addr, &format!("{SUBS}/nope/x/y"), &bearer(&watcher_token()));
     assert_eq!(r.status, 400, "{}{}", r.head, r.text());
     let r = request(
         s.addr,
