@@ -325,7 +325,8 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
                     .cloned(),
             })
             .collect();
-        Box::new(presence::Joined::new(cx.rng, subs, MAX_TOPIC_BYTES))
+        let peer = cx.peer_key();
+        Box::new(presence::Joined::new(cx.rng, peer, subs, MAX_TOPIC_BYTES))
     });
     let to = Targets::Topics {
         exact: exact.iter().map(|s| s.to_string()).collect(),

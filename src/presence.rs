@@ -57,6 +57,10 @@ pub struct Sub {
 #[derive(Debug)]
 pub struct Joined {
     subscriber: String,
+    /// Its client address's key: the streams its updates go to are made
+    /// in that address's share of the subscribers' pool, like the streams
+    /// it reads, so subscribers cannot fill the publishers' pool.
+    peer: u128,
     subs: Box<[Sub]>,
     /// Its `active: true` updates went out (so its end is announced).
     announced: bool,
@@ -66,7 +70,7 @@ impl Joined {
     /// A subscriber with a fresh random id. Subscriptions whose topic
     /// would be longer than `max_topic` bytes (a topic's bound) are not
     /// announced; repeats are announced once.
-    pub fn new(rng: &mut impl RngCore, subs: Vec<Sub>, max_topic: usize) -> Joined {
+    pub fn new(rng: &mut impl RngCore, peer: u128, subs: Vec<Sub>, max_topic: usize) -> Joined {
         let subscriber = uuid_urn(rng);
         let mut kept: Vec<Sub> = Vec::with_capacity(subs.len());
         for s in subs {
@@ -80,6 +84,7 @@ impl Joined {
         }
         Joined {
             subscriber,
+            peer,
             subs: kept.into(),
             announced: false,
         }
@@ -160,8 +165,17 @@ fn doc(topic: &str, s: &Sub, subscriber: &str, active: bool) -> Value {
     Value::Object(m)
 }
 
-/// A subscription update to publish: its topic and its JSON (`data:`).
-pub type Update = (String, String);
+/// A subscription update to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// Its topic.
+    pub topic: String,
+    /// Its document (`data:`).
+    pub data: String,
+    /// The subscriber's client address key (whose pool share makes the
+    /// topic's stream).
+    pub peer: u128,
+}
 
 /// A node's active subscriptions, and what its own connections joined with.
 #[derive(Debug, Default)]
@@ -207,27 +221,27 @@ impl Presence {
             return Vec::new();
         };
         j.announced = true;
-        let docs = j.docs(true);
-        self.updates(docs, local)
+        let (docs, peer) = (j.docs(true), j.peer);
+        self.updates(docs, peer, local)
     }
 
     /// `conn` ended: the `active: false` updates, if its start was
     /// announced.
     pub fn left(&mut self, conn: u32, local: bool) -> Vec<Update> {
         match self.mine.remove(&conn) {
-            Some(j) if j.announced => self.updates(j.docs(false), local),
+            Some(j) if j.announced => self.updates(j.docs(false), j.peer, local),
             _ => Vec::new(),
         }
     }
 
-    fn updates(&mut self, docs: Vec<(String, Value)>, local: bool) -> Vec<Update> {
+    fn updates(&mut self, docs: Vec<(String, Value)>, peer: u128, local: bool) -> Vec<Update> {
         docs.into_iter()
-            .map(|(t, d)| {
+            .map(|(topic, d)| {
                 let data = d.to_string();
                 if local {
-                    self.apply(&t, d);
+                    self.apply(&topic, d);
                 }
-                (t, data)
+                Update { topic, data, peer }
             })
             .collect()
     }
@@ -399,6 +413,7 @@ mod tests {
         let mut p = Presence::new(true);
         let mut j = Joined::new(
             &mut rng(),
+            9,
             vec![sub("exact", "/a"), sub("exact", "/a"), sub("urlpattern", "/b/:x")],
             1024,
         );
@@ -408,7 +423,8 @@ mod tests {
         assert!(p.left(9, true).is_empty());
         let ups = p.started(3, true);
         assert_eq!(ups.len(), 2, "a repeat is announced once");
-        let (t, data) = &ups[0];
+        let Update { topic: t, data, peer } = &ups[0];
+        assert_eq!(*peer, 9);
         assert_eq!(*t, topic("exact", "/a", &who));
         let d: Value = serde_json::from_str(data).unwrap();
         assert_eq!(
@@ -428,7 +444,7 @@ mod tests {
         assert!(p.api(&format!("{PREFIX}/nope/x"), "7").is_err());
         let ends = p.left(3, true);
         assert_eq!(ends.len(), 2);
-        assert!(ends[0].1.contains("\"active\":false"));
+        assert!(ends[0].data.contains("\"active\":false"));
         assert_eq!(p.listed(), 0);
         assert!(p.none_here());
     }
@@ -436,14 +452,18 @@ mod tests {
     #[test]
     fn bus_updates_list_only_the_hubs_own_documents() {
         let mut p = Presence::new(true);
-        let j = Joined::new(&mut rng(), vec![sub("exact", "/a")], 1024);
+        let j = Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024);
         p.join(1, Box::new(j));
         let ups = p.started(1, false);
         assert_eq!(p.listed(), 0, "with a bus, listed when heard");
-        let (t, data) = &ups[0];
+        let Update { topic: t, data, .. } = &ups[0];
         let frame = format!("id: 5\nevent: mercure\ndata: {data}\n\n");
         p.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert_eq!(p.listed(), 1);
+        let end = &p.left(1, false)[0];
+        let frame = format!("id: 6\nevent: mercure\ndata: {}\n\n", end.data);
+        p.heard([t.as_str()].into_iter(), frame.as_bytes());
+        assert_eq!(p.listed(), 0);
         // Not a `mercure` event, or a document naming another topic.
         let mut q = Presence::new(true);
         q.heard([t.as_str()].into_iter(), format!("data: {data}\n\n").as_bytes());
@@ -451,11 +471,11 @@ mod tests {
         assert_eq!(q.listed(), 0);
         // Off: nothing is kept.
         let mut off = Presence::new(false);
-        off.join(1, Box::new(Joined::new(&mut rng(), vec![sub("exact", "/a")], 1024)));
+        off.join(1, Box::new(Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024)));
         off.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert!(off.none_here() && off.listed() == 0);
         // Subscriptions whose topic would be too long are not announced.
-        let j = Joined::new(&mut rng(), vec![sub("exact", &"x".repeat(2000))], 1024);
+        let j = Joined::new(&mut rng(), 9, vec![sub("exact", &"x".repeat(2000))], 1024);
         assert!(j.subs.is_empty());
     }
 }

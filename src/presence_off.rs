@@ -10,8 +10,9 @@ pub enum Joined {}
 #[derive(Debug, Default)]
 pub struct Presence;
 
-/// A subscription update to publish.
-pub type Update = (String, String);
+/// A subscription update to publish: none in this build.
+#[derive(Debug)]
+pub enum Update {}
 
 impl Presence {
     /// The table.

@@ -1830,19 +1830,21 @@ impl Reactor {
 
     /// Publishes subscription updates (`--mercure-subscriptions`) through
     /// the one publish path: private, `event: mercure`, numbered like any
-    /// event. Each update's topic stream goes again once it carried it
-    /// (with `--redis`, once it was handed to the bus) unless someone reads
-    /// that very topic: watchers read selector streams, and a stream per
-    /// subscription would fill `--max-streams`.
+    /// event. Each update's topic stream is made in the subscriber's
+    /// address's share of the subscribers' pool, and goes again once it
+    /// carried the update (with `--redis`, once it was handed to the bus)
+    /// unless someone reads that very topic: watchers read selector
+    /// streams, and a stream per subscription would fill `--max-streams`.
     fn announce(&mut self, ups: Vec<crate::presence::Update>) {
         use crate::handler::{Body, Publish, Reply, Targets};
-        for (topic, data) in ups {
-            let mut ev = crate::event::Event::new(data);
+        for u in ups {
+            let mut ev = crate::event::Event::new(u.data);
             ev.event = Some(crate::presence::EVENT.into());
+            let topic = u.topic;
             let p = Publish {
                 to: Targets::Names {
                     names: vec![topic.clone()],
-                    by: crate::broker::Create::Publisher,
+                    by: crate::broker::Create::Subscriber(u.peer),
                     topics: true,
                 },
                 events: vec![Body::Numbered(ev)],

@@ -219,6 +219,9 @@ fn subscription_events_and_the_api() {
     assert_eq!(left, vec![watcher.clone()]);
     let r = api(s.addr, &id, &bearer(&one_token));
     assert_eq!(r.status, 404, "{}{}", r.head, r.text());
+    // No topic stream stays behind (updates reach watchers through their
+    // selector streams), and `books/1` went with its reader.
+    assert_eq!(stats(s.addr)["streams"], json!(0));
     // The metadata says the feature is on.
     let r = get(
         s.addr,
@@ -325,4 +328,6 @@ fn presence_covers_every_node() {
     assert_eq!(on_a(b.addr), vec![d]);
     drop(m);
     assert!(wait_until(T, || on_a(a.addr).is_empty() && on_a(b.addr).is_empty()));
+    // The node it was on keeps no stream per subscription either.
+    assert_eq!(stats(b.addr)["streams"], json!(0));
 }
