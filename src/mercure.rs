@@ -48,7 +48,10 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
     }
     if cx.cfg.mercure_subscriptions
         && req.path.starts_with(presence::PREFIX)
-        && matches!(req.path.as_bytes().get(presence::PREFIX.len()), None | Some(b'/'))
+        && matches!(
+            req.path.as_bytes().get(presence::PREFIX.len()),
+            None | Some(b'/')
+        )
     {
         subscriptions(cx, req);
         return true;

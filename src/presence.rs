@@ -252,7 +252,8 @@ impl Presence {
         if !self.on {
             return;
         }
-        let Some(name) = names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))
+        let Some(name) =
+            names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))
         else {
             return;
         };
@@ -414,7 +415,11 @@ mod tests {
         let mut j = Joined::new(
             &mut rng(),
             9,
-            vec![sub("exact", "/a"), sub("exact", "/a"), sub("urlpattern", "/b/:x")],
+            vec![
+                sub("exact", "/a"),
+                sub("exact", "/a"),
+                sub("urlpattern", "/b/:x"),
+            ],
             1024,
         );
         j.subs[0].payload = Some(json!({"k": 1}));
@@ -423,7 +428,11 @@ mod tests {
         assert!(p.left(9, true).is_empty());
         let ups = p.started(3, true);
         assert_eq!(ups.len(), 2, "a repeat is announced once");
-        let Update { topic: t, data, peer } = &ups[0];
+        let Update {
+            topic: t,
+            data,
+            peer,
+        } = &ups[0];
         assert_eq!(*peer, 9);
         assert_eq!(*t, topic("exact", "/a", &who));
         let d: Value = serde_json::from_str(data).unwrap();
@@ -438,7 +447,10 @@ mod tests {
         let one = p.api(t, "7").unwrap().unwrap();
         assert_eq!(one["subscriber"], who.as_str());
         assert_eq!(one["last_event_id"], "7");
-        let by_match = p.api(&format!("{PREFIX}/urlpattern/%2Fb%2F%3Ax"), "7").unwrap().unwrap();
+        let by_match = p
+            .api(&format!("{PREFIX}/urlpattern/%2Fb%2F%3Ax"), "7")
+            .unwrap()
+            .unwrap();
         assert_eq!(by_match["subscriptions"][0]["match"], "/b/:x");
         assert_eq!(p.api(&format!("{PREFIX}/exact"), "7"), Ok(None));
         assert!(p.api(&format!("{PREFIX}/nope/x"), "7").is_err());
@@ -466,12 +478,21 @@ mod tests {
         assert_eq!(p.listed(), 0);
         // Not a `mercure` event, or a document naming another topic.
         let mut q = Presence::new(true);
-        q.heard([t.as_str()].into_iter(), format!("data: {data}\n\n").as_bytes());
-        q.heard(["/.well-known/mercure/subscriptions/exact/x/y"].into_iter(), frame.as_bytes());
+        q.heard(
+            [t.as_str()].into_iter(),
+            format!("data: {data}\n\n").as_bytes(),
+        );
+        q.heard(
+            ["/.well-known/mercure/subscriptions/exact/x/y"].into_iter(),
+            frame.as_bytes(),
+        );
         assert_eq!(q.listed(), 0);
         // Off: nothing is kept.
         let mut off = Presence::new(false);
-        off.join(1, Box::new(Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024)));
+        off.join(
+            1,
+            Box::new(Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024)),
+        );
         off.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert!(off.none_here() && off.listed() == 0);
         // Subscriptions whose topic would be too long are not announced.

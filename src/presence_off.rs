@@ -10,9 +10,19 @@ pub enum Joined {}
 #[derive(Debug, Default)]
 pub struct Presence;
 
-/// A subscription update to publish: none in this build.
+/// The SSE `event:` of subscription updates.
+pub const EVENT: &str = "mercure";
+
+/// A subscription update to publish (none is made in this build).
 #[derive(Debug)]
-pub enum Update {}
+pub struct Update {
+    /// Its topic.
+    pub topic: String,
+    /// Its document.
+    pub data: String,
+    /// The subscriber's client address key.
+    pub peer: u128,
+}
 
 impl Presence {
     /// The table.
@@ -24,6 +34,7 @@ impl Presence {
         true
     }
     /// Nothing to track.
+    #[allow(clippy::boxed_local)]
     pub fn join(&mut self, _conn: u32, j: Box<Joined>) {
         match *j {}
     }

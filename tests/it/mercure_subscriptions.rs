@@ -39,10 +39,12 @@ fn at(details: Value) -> String {
 /// A watcher's token: subscribe on every subscription event and on the
 /// API's collection.
 fn watcher_token() -> String {
-    at(json!([{"type": DETAIL, "actions": ["subscribe"], "topics": [
-        {"match": WATCH, "match_type": "urlpattern"},
-        {"match": SUBS},
-    ]}]))
+    at(
+        json!([{"type": DETAIL, "actions": ["subscribe"], "topics": [
+            {"match": WATCH, "match_type": "urlpattern"},
+            {"match": SUBS},
+        ]}]),
+    )
 }
 
 /// A subscriber's token, with a payload for its subscription.
@@ -201,13 +203,20 @@ fn subscription_events_and_the_api() {
     let legacy = sub(s.addr, &format!("topic={}", enc(tpl)), "");
     let d = next_update(&mut w);
     assert_eq!(
-        (d["match_type"].clone(), d["match"].clone(), d["active"].clone()),
+        (
+            d["match_type"].clone(),
+            d["match"].clone(),
+            d["active"].clone()
+        ),
         (json!("uritemplate"), json!(tpl), json!(true))
     );
     assert!(d.get("payload").is_none());
     drop(legacy);
     let d = next_update(&mut w);
-    assert_eq!((d["match"].clone(), d["active"].clone()), (json!(tpl), json!(false)));
+    assert_eq!(
+        (d["match"].clone(), d["active"].clone()),
+        (json!(tpl), json!(false))
+    );
 
     // The member leaves: `active: false`, and the API forgets it.
     drop(m);
@@ -246,7 +255,11 @@ fn the_api_needs_a_grant_and_events_stay_private() {
         "topics": [{"match": "https://example.com/books/1"}]}]));
     let r = api(s.addr, SUBS, &bearer(&other));
     assert_eq!(r.status, 403, "{}{}", r.head, r.text());
-    let r = api(s.addr, &format!("{SUBS}/nope/x/y"), &bearer(&watcher_token()));
+    let r = api(
+        s.addr,
+        &format!("{SUBS}/nope/x/y"),
+        &bearer(&watcher_token()),
+    );
     assert_eq!(r.status, 400, "{}{}", r.head, r.text());
     let r = request(
         s.addr,
@@ -315,7 +328,10 @@ fn presence_covers_every_node() {
             .filter(|d| d["match"] == book)
             .collect::<Vec<_>>()
     };
-    assert!(wait_until(T, || on_a(a.addr).len() == 1), "A never listed it");
+    assert!(
+        wait_until(T, || on_a(a.addr).len() == 1),
+        "A never listed it"
+    );
     let d = on_a(a.addr).remove(0);
     let who = subscriber_of(&d);
     assert_eq!(
