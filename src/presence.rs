@@ -248,22 +248,29 @@ impl Presence {
 
     /// An event entered through the bus on streams `names` (SSE bytes
     /// `frame`): a subscription update's document updates the table.
-    pub fn heard<'n>(&mut self, mut names: impl Iterator<Item = &'n str>, frame: &[u8]) {
+    /// Returns its topic when it was one.
+    pub fn heard<'n>(
+        &mut self,
+        mut names: impl Iterator<Item = &'n str>,
+        frame: &[u8],
+    ) -> Option<String> {
         if !self.on {
-            return;
+            return None;
         }
         let Some(name) =
             names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))
         else {
-            return;
+            return None;
         };
-        let Some(d) = document(frame) else { return };
+        let d = document(frame)?;
         // Only the hub's own updates: the document names its topic.
-        if d.get("id").and_then(Value::as_str) == Some(name)
-            && d.get("type").and_then(Value::as_str) == Some("Subscription")
+        if d.get("id").and_then(Value::as_str) != Some(name)
+            || d.get("type").and_then(Value::as_str) != Some("Subscription")
         {
-            self.apply(name, d);
+            return None;
         }
+        self.apply(name, d);
+        Some(name.to_string())
     }
 
     fn apply(&mut self, topic: &str, mut d: Value) {
@@ -470,7 +477,8 @@ mod tests {
         assert_eq!(p.listed(), 0, "with a bus, listed when heard");
         let Update { topic: t, data, .. } = &ups[0];
         let frame = format!("id: 5\nevent: mercure\ndata: {data}\n\n");
-        p.heard([t.as_str()].into_iter(), frame.as_bytes());
+        let heard = p.heard([t.as_str()].into_iter(), frame.as_bytes());
+        assert_eq!(heard.as_ref(), Some(t));
         assert_eq!(p.listed(), 1);
         let end = &p.left(1, false)[0];
         let frame = format!("id: 6\nevent: mercure\ndata: {}\n\n", end.data);

@@ -50,5 +50,11 @@ impl Presence {
 
 impl Presence {
     /// Nothing to hear.
-    pub fn heard<'n>(&mut self, _names: impl Iterator<Item = &'n str>, _frame: &[u8]) {}
+    pub fn heard<'n>(
+        &mut self,
+        _names: impl Iterator<Item = &'n str>,
+        _frame: &[u8],
+    ) -> Option<String> {
+        None
+    }
 }

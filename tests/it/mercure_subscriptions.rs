@@ -306,8 +306,9 @@ fn off_by_default() {
     assert!(r.json().get("mercure_subscriptions").is_none());
 }
 
-/// Subscribe on node B; node A's API lists it (A learns it from the bus
-/// announcement, whatever streams it holds), then forgets it.
+/// Subscribe on node B: watchers on both nodes get the updates, and node
+/// A's API lists it (A learns it from the bus announcement, whatever
+/// streams it holds), then forgets it.
 #[cfg(feature = "redis")]
 #[test]
 fn presence_covers_every_node() {
@@ -316,6 +317,13 @@ fn presence_covers_every_node() {
     let mut args = ARGS.to_vec();
     args.push("--mercure-subscriptions");
     let (a, b) = (node(&r, &args), node(&r, &args));
+    // Each watcher hears its own join; A's also hears B's (through the bus).
+    let mut wa = watch(a.addr);
+    let own_a = subscriber_of(&next_update(&mut wa));
+    let mut wb = watch(b.addr);
+    let own_b = subscriber_of(&next_update(&mut wb));
+    assert_ne!(own_a, own_b);
+    assert_eq!(subscriber_of(&next_update(&mut wa)), own_b);
     let book = "https://example.com/books/1";
     let m = sub(
         b.addr,
@@ -341,8 +349,15 @@ fn presence_covers_every_node() {
                "payload": {"name": "ada"}})
     );
     // B lists it too, from the same announcement.
-    assert_eq!(on_a(b.addr), vec![d]);
+    assert_eq!(on_a(b.addr), vec![d.clone()]);
+    let mut event = d.clone();
+    event["@context"] = json!("https://mercure.rocks/");
+    assert_eq!(next_update(&mut wa), event);
+    assert_eq!(next_update(&mut wb), event);
     drop(m);
+    event["active"] = json!(false);
+    assert_eq!(next_update(&mut wa), event);
+    assert_eq!(next_update(&mut wb), event);
     assert!(wait_until(T, || on_a(a.addr).is_empty() && on_a(b.addr).is_empty()));
     // The node it was on keeps no stream per subscription either.
     assert_eq!(stats(b.addr)["streams"], json!(0));
