@@ -257,11 +257,7 @@ impl Presence {
         if !self.on {
             return None;
         }
-        let Some(name) =
-            names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))
-        else {
-            return None;
-        };
+        let name = names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))?;
         let d = document(frame)?;
         // Only the hub's own updates: the document names its topic.
         if d.get("id").and_then(Value::as_str) != Some(name)
