@@ -320,12 +320,12 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
             .iter()
             .map(|(t, m)| presence::Sub {
                 match_type: t,
-                matcher: m.clone(),
+                matcher: m.as_str().into(),
                 payload: grants
                     .as_ref()
                     .and_then(|g| g.draft08.as_ref())
                     .and_then(|g| g.payload_for(&draft08::Topic::new(m, hub.as_ref())))
-                    .cloned(),
+                    .map(|p| std::rc::Rc::new(p.clone())),
             })
             .collect();
         let peer = cx.peer_key();

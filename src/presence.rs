@@ -20,6 +20,7 @@
 //! access rule), or touch sockets. Off (the default), it holds nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use rand::RngCore;
 use serde_json::{json, Map, Value};
@@ -41,22 +42,23 @@ pub const URI_TEMPLATE: &str = "uritemplate";
 /// Match types the API accepts in its paths.
 const TYPES: [&str; 3] = ["exact", "urlpattern", URI_TEMPLATE];
 
-/// One subscription of a subscriber.
+/// One subscription of a subscriber. Its strings are shared (`Rc`)
+/// between the connection's entry and the node's table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sub {
     /// `exact`, `urlpattern` or [`URI_TEMPLATE`].
     pub match_type: &'static str,
     /// The matcher as the subscriber gave it.
-    pub matcher: String,
+    pub matcher: Rc<str>,
     /// The token's payload for it (draft-08: the first subscribe detail
     /// whose topics match the matcher).
-    pub payload: Option<Value>,
+    pub payload: Option<Rc<Value>>,
 }
 
 /// What a connection subscribed with: its subscriber id and subscriptions.
 #[derive(Debug)]
 pub struct Joined {
-    subscriber: String,
+    subscriber: Rc<str>,
     /// Its client address's key: the streams its updates go to are made
     /// in that address's share of the subscribers' pool, like the streams
     /// it reads, so subscribers cannot fill the publishers' pool.
@@ -71,7 +73,7 @@ impl Joined {
     /// would be longer than `max_topic` bytes (a topic's bound) are not
     /// announced; repeats are announced once.
     pub fn new(rng: &mut impl RngCore, peer: u128, subs: Vec<Sub>, max_topic: usize) -> Joined {
-        let subscriber = uuid_urn(rng);
+        let subscriber: Rc<str> = uuid_urn(rng).into();
         let mut kept: Vec<Sub> = Vec::with_capacity(subs.len());
         for s in subs {
             let fits = topic(s.match_type, &s.matcher, &subscriber).len() <= max_topic;
@@ -94,18 +96,6 @@ impl Joined {
     #[cfg(test)]
     fn subscriber(&self) -> &str {
         &self.subscriber
-    }
-
-    /// Each subscription's topic and document.
-    fn docs(&self, active: bool) -> Vec<(String, Value)> {
-        self.subs
-            .iter()
-            .map(|s| {
-                let t = topic(s.match_type, &s.matcher, &self.subscriber);
-                let d = doc(&t, s, &self.subscriber, active);
-                (t, d)
-            })
-            .collect()
     }
 }
 
@@ -149,21 +139,38 @@ pub fn topic(match_type: &str, matcher: &str, subscriber: &str) -> String {
     )
 }
 
-/// A subscription's document, as its events carry it.
-fn doc(topic: &str, s: &Sub, subscriber: &str, active: bool) -> Value {
+/// A subscription's document (without `@context`).
+fn doc(
+    match_type: &str,
+    matcher: &str,
+    subscriber: &str,
+    active: bool,
+    payload: Option<&Value>,
+) -> Value {
     let mut m = Map::new();
-    m.insert("@context".into(), CONTEXT.into());
-    m.insert("id".into(), topic.into());
+    m.insert("id".into(), topic(match_type, matcher, subscriber).into());
     m.insert("type".into(), "Subscription".into());
-    m.insert("match_type".into(), s.match_type.into());
-    m.insert("match".into(), s.matcher.clone().into());
+    m.insert("match_type".into(), match_type.into());
+    m.insert("match".into(), matcher.into());
     m.insert("subscriber".into(), subscriber.into());
     m.insert("active".into(), active.into());
-    if let Some(p) = &s.payload {
+    if let Some(p) = payload {
         m.insert("payload".into(), p.clone());
     }
     Value::Object(m)
 }
+
+/// `d` with the JSON-LD context, as events and single answers carry it.
+fn with_context(mut d: Value) -> Value {
+    if let Some(m) = d.as_object_mut() {
+        m.insert("@context".into(), CONTEXT.into());
+    }
+    d
+}
+
+/// A listed subscription: subscriber, match type, matcher (the topic is
+/// spelled from them when needed, not kept).
+type Key = (Rc<str>, &'static str, Rc<str>);
 
 /// A subscription update to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,9 +192,9 @@ pub struct Presence {
     /// connection costs nothing here unless it is a hub subscriber and
     /// the feature is on.
     mine: HashMap<u32, Box<Joined>>,
-    /// Active subscriptions heard of (every node's with `--redis`): topic
-    /// → document without `@context`.
-    active: BTreeMap<String, Value>,
+    /// Active subscriptions heard of (every node's with `--redis`), and
+    /// their payloads.
+    active: BTreeMap<Key, Option<Rc<Value>>>,
     /// Subscriptions not listed because the table was full.
     pub unlisted: u64,
 }
@@ -221,27 +228,40 @@ impl Presence {
             return Vec::new();
         };
         j.announced = true;
-        let (docs, peer) = (j.docs(true), j.peer);
-        self.updates(docs, peer, local)
+        let (who, subs, peer) = (j.subscriber.clone(), j.subs.clone(), j.peer);
+        self.updates(&who, &subs, peer, true, local)
     }
 
     /// `conn` ended: the `active: false` updates, if its start was
     /// announced.
     pub fn left(&mut self, conn: u32, local: bool) -> Vec<Update> {
         match self.mine.remove(&conn) {
-            Some(j) if j.announced => self.updates(j.docs(false), j.peer, local),
+            Some(j) if j.announced => self.updates(&j.subscriber, &j.subs, j.peer, false, local),
             _ => Vec::new(),
         }
     }
 
-    fn updates(&mut self, docs: Vec<(String, Value)>, peer: u128, local: bool) -> Vec<Update> {
-        docs.into_iter()
-            .map(|(topic, d)| {
-                let data = d.to_string();
+    fn updates(
+        &mut self,
+        who: &Rc<str>,
+        subs: &[Sub],
+        peer: u128,
+        active: bool,
+        local: bool,
+    ) -> Vec<Update> {
+        subs.iter()
+            .map(|s| {
+                let d = doc(s.match_type, &s.matcher, who, active, s.payload.as_deref());
+                let topic = topic(s.match_type, &s.matcher, who);
                 if local {
-                    self.apply(&topic, d);
+                    let key = (who.clone(), s.match_type, s.matcher.clone());
+                    self.apply(key, active, s.payload.clone());
                 }
-                Update { topic, data, peer }
+                Update {
+                    topic,
+                    data: with_context(d).to_string(),
+                    peer,
+                }
             })
             .collect()
     }
@@ -259,39 +279,39 @@ impl Presence {
         }
         let name = names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))?;
         let d = document(frame)?;
+        let str_of = |k: &str| d.get(k).and_then(Value::as_str);
+        let match_type = TYPES
+            .into_iter()
+            .find(|t| str_of("match_type") == Some(t))?;
+        let (matcher, who) = (str_of("match")?, str_of("subscriber")?);
         // Only the hub's own updates: the document names its topic.
-        if d.get("id").and_then(Value::as_str) != Some(name)
-            || d.get("type").and_then(Value::as_str) != Some("Subscription")
+        if str_of("type") != Some("Subscription")
+            || str_of("id") != Some(name)
+            || topic(match_type, matcher, who) != name
         {
             return None;
         }
-        self.apply(name, d);
+        let active = d.get("active").and_then(Value::as_bool)?;
+        let payload = d.get("payload").cloned().map(Rc::new);
+        self.apply((who.into(), match_type, matcher.into()), active, payload);
         Some(name.to_string())
     }
 
-    fn apply(&mut self, topic: &str, mut d: Value) {
-        let active = d.get("active").and_then(Value::as_bool);
-        match active {
-            Some(true) => {
-                if let Some(m) = d.as_object_mut() {
-                    m.remove("@context");
-                }
-                if self.active.len() >= MAX_ACTIVE && !self.active.contains_key(topic) {
-                    if self.unlisted == 0 {
-                        log::warn!(
-                            "active subscriptions: more than {MAX_ACTIVE} listed; newer ones are not"
-                        );
-                    }
-                    self.unlisted += 1;
-                    return;
-                }
-                self.active.insert(topic.to_string(), d);
-            }
-            Some(false) => {
-                self.active.remove(topic);
-            }
-            None => {}
+    fn apply(&mut self, key: Key, active: bool, payload: Option<Rc<Value>>) {
+        if !active {
+            self.active.remove(&key);
+            return;
         }
+        if self.active.len() >= MAX_ACTIVE && !self.active.contains_key(&key) {
+            if self.unlisted == 0 {
+                log::warn!(
+                    "active subscriptions: more than {MAX_ACTIVE} listed; newer ones are not"
+                );
+            }
+            self.unlisted += 1;
+            return;
+        }
+        self.active.insert(key, payload);
     }
 
     /// How many subscriptions are listed.
@@ -329,26 +349,23 @@ impl Presence {
                 ));
             }
         }
-        let want = |d: &Value| {
-            let is = |k: &str, i: usize| {
-                decoded
-                    .get(i)
-                    .is_none_or(|v| d.get(k).and_then(Value::as_str) == Some(v.as_str()))
-            };
-            is("match_type", 0) && is("match", 1) && is("subscriber", 2)
-        };
+        let is = |v: &str, i: usize| decoded.get(i).is_none_or(|d| d == v);
+        let mut found = self
+            .active
+            .iter()
+            .filter(|((who, t, m), _)| is(t, 0) && is(m, 1) && is(who, 2))
+            .map(|((who, t, m), p)| doc(t, m, who, true, p.as_deref()));
         if decoded.len() == 3 {
-            let Some(d) = self.active.values().find(|d| want(d)) else {
+            let Some(d) = found.next() else {
                 return Ok(None);
             };
-            let mut d = d.clone();
+            let mut d = with_context(d);
             if let Some(m) = d.as_object_mut() {
-                m.insert("@context".into(), CONTEXT.into());
                 m.insert("last_event_id".into(), last_event_id.into());
             }
             return Ok(Some(d));
         }
-        let subs: Vec<Value> = self.active.values().filter(|d| want(d)).cloned().collect();
+        let subs: Vec<Value> = found.collect();
         Ok(Some(json!({
             "@context": CONTEXT,
             "id": path,
@@ -425,7 +442,7 @@ mod tests {
             ],
             1024,
         );
-        j.subs[0].payload = Some(json!({"k": 1}));
+        j.subs[0].payload = Some(Rc::new(json!({"k": 1})));
         let who = j.subscriber().to_string();
         p.join(3, Box::new(j));
         assert!(p.left(9, true).is_empty());
