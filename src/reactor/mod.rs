@@ -1852,17 +1852,24 @@ impl Reactor {
                 reply: Reply::Silent,
             };
             self.publish(publish::To::Nobody, p);
-            let Some(idx) = self.broker.find(&topic) else {
-                continue;
-            };
-            if self.broker.subscribers(idx).is_empty() {
-                if self.bus.is_some() {
-                    self.broker.discard_unused(idx);
-                } else {
-                    self.delete_stream(idx);
-                }
+            if let Some(idx) = self.broker.find(&topic) {
+                self.drop_one_off(idx);
             }
         }
+    }
+
+    /// Drops a subscription update's topic stream unless someone reads
+    /// that very topic (the journal records it as deleted).
+    fn drop_one_off(&mut self, idx: u32) {
+        if !self.broker.subscribers(idx).is_empty() {
+            return;
+        }
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            if floor > 0 {
+                d.link.delete(name, floor);
+            }
+        }
+        self.broker.drop_one_off(idx);
     }
 
     /// Sets a connection's deadline and makes sure a sweep will see it.

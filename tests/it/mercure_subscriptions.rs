@@ -362,3 +362,54 @@ fn presence_covers_every_node() {
     // The node it was on keeps no stream per subscription either.
     assert_eq!(stats(b.addr)["streams"], json!(0));
 }
+
+/// With `--data-dir` the updates go into the journal like any publish; a
+/// restart lists nothing stale (the table is not rebuilt from it) and
+/// brings back no stream per subscription.
+#[cfg(feature = "journal")]
+#[test]
+fn a_restart_lists_nothing_stale() {
+    let dir = std::env::temp_dir().join(format!(
+        "ssed-presence-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let rm = Rm(dir);
+    let mut args = ARGS.to_vec();
+    args.extend([
+        "--mercure-subscriptions",
+        "--data-dir",
+        rm.0.to_str().unwrap(),
+    ]);
+    let first_watcher;
+    {
+        let s = Server::start(&args);
+        let mut w = watch(s.addr);
+        first_watcher = subscriber_of(&next_update(&mut w));
+        let m = sub(s.addr, "match=x", "");
+        let who = subscriber_of(&next_update(&mut w));
+        drop(m);
+        let d = next_update(&mut w);
+        assert_eq!(
+            (d["subscriber"].as_str(), d["active"].as_bool()),
+            (Some(who.as_str()), Some(false))
+        );
+    }
+    let s = Server::start(&args);
+    let mut w = watch(s.addr);
+    let d = next_update(&mut w);
+    assert_ne!(subscriber_of(&d), first_watcher);
+    let now: Vec<Value> = listed(s.addr);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0]["subscriber"], d["subscriber"]);
+    assert_eq!(stats(s.addr)["streams"], json!(0));
+}

@@ -505,7 +505,7 @@ impl Reactor {
             if let Some(l) = self.bus.as_mut() {
                 l.sync.remove(topic);
             }
-            self.delete_stream(idx);
+            self.drop_one_off(idx);
         }
     }
 
