@@ -195,6 +195,9 @@ pub struct Presence {
     /// Active subscriptions heard of (every node's with `--redis`), and
     /// their payloads.
     active: BTreeMap<Key, Option<Rc<Value>>>,
+    /// Updates to publish, in order: the reactor publishes them at the end
+    /// of its turn, not from inside a write or a close.
+    pending: Vec<Update>,
     /// Subscriptions not listed because the table was full.
     pub unlisted: u64,
 }
@@ -221,24 +224,37 @@ impl Presence {
         }
     }
 
-    /// `conn`'s stream started: the `active: true` updates to publish.
+    /// `conn`'s stream started: its `active: true` updates are pending.
     /// `local` (no bus): listed now; else when the bus announces them.
-    pub fn started(&mut self, conn: u32, local: bool) -> Vec<Update> {
+    pub fn started(&mut self, conn: u32, local: bool) {
         let Some(j) = self.mine.get_mut(&conn) else {
-            return Vec::new();
+            return;
         };
         j.announced = true;
         let (who, subs, peer) = (j.subscriber.clone(), j.subs.clone(), j.peer);
-        self.updates(&who, &subs, peer, true, local)
+        let ups = self.updates(&who, &subs, peer, true, local);
+        self.pending.extend(ups);
     }
 
-    /// `conn` ended: the `active: false` updates, if its start was
-    /// announced.
-    pub fn left(&mut self, conn: u32, local: bool) -> Vec<Update> {
-        match self.mine.remove(&conn) {
-            Some(j) if j.announced => self.updates(&j.subscriber, &j.subs, j.peer, false, local),
-            _ => Vec::new(),
+    /// `conn` ended: its `active: false` updates are pending, if its start
+    /// was announced.
+    pub fn left(&mut self, conn: u32, local: bool) {
+        if let Some(j) = self.mine.remove(&conn) {
+            if j.announced {
+                let ups = self.updates(&j.subscriber, &j.subs, j.peer, false, local);
+                self.pending.extend(ups);
+            }
         }
+    }
+
+    /// Whether updates wait to be published.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The updates to publish now.
+    pub fn take_pending(&mut self) -> Vec<Update> {
+        std::mem::take(&mut self.pending)
     }
 
     fn updates(
@@ -445,8 +461,10 @@ mod tests {
         j.subs[0].payload = Some(Rc::new(json!({"k": 1})));
         let who = j.subscriber().to_string();
         p.join(3, Box::new(j));
-        assert!(p.left(9, true).is_empty());
-        let ups = p.started(3, true);
+        p.left(9, true);
+        assert!(!p.has_pending());
+        p.started(3, true);
+        let ups = p.take_pending();
         assert_eq!(ups.len(), 2, "a repeat is announced once");
         let Update {
             topic: t,
@@ -474,7 +492,8 @@ mod tests {
         assert_eq!(by_match["subscriptions"][0]["match"], "/b/:x");
         assert_eq!(p.api(&format!("{PREFIX}/exact"), "7"), Ok(None));
         assert!(p.api(&format!("{PREFIX}/nope/x"), "7").is_err());
-        let ends = p.left(3, true);
+        p.left(3, true);
+        let ends = p.take_pending();
         assert_eq!(ends.len(), 2);
         assert!(ends[0].data.contains("\"active\":false"));
         assert_eq!(p.listed(), 0);
@@ -486,14 +505,16 @@ mod tests {
         let mut p = Presence::new(true);
         let j = Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024);
         p.join(1, Box::new(j));
-        let ups = p.started(1, false);
+        p.started(1, false);
+        let ups = p.take_pending();
         assert_eq!(p.listed(), 0, "with a bus, listed when heard");
         let Update { topic: t, data, .. } = &ups[0];
         let frame = format!("id: 5\nevent: mercure\ndata: {data}\n\n");
         let heard = p.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert_eq!(heard.as_ref(), Some(t));
         assert_eq!(p.listed(), 1);
-        let end = &p.left(1, false)[0];
+        p.left(1, false);
+        let end = &p.take_pending()[0];
         let frame = format!("id: 6\nevent: mercure\ndata: {}\n\n", end.data);
         p.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert_eq!(p.listed(), 0);

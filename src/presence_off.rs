@@ -39,11 +39,15 @@ impl Presence {
         match *j {}
     }
     /// Nothing to announce.
-    pub fn started(&mut self, _conn: u32, _local: bool) -> Vec<Update> {
-        Vec::new()
-    }
+    pub fn started(&mut self, _conn: u32, _local: bool) {}
     /// Nothing to announce.
-    pub fn left(&mut self, _conn: u32, _local: bool) -> Vec<Update> {
+    pub fn left(&mut self, _conn: u32, _local: bool) {}
+    /// Nothing waits.
+    pub fn has_pending(&self) -> bool {
+        false
+    }
+    /// Nothing waits.
+    pub fn take_pending(&mut self) -> Vec<Update> {
         Vec::new()
     }
 }

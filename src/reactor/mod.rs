@@ -457,7 +457,7 @@ impl Reactor {
         loop {
             self.clock.tick();
             self.bus_send();
-            let busy = self.fanout.busy();
+            let busy = self.fanout.busy() || self.presence.has_pending();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
@@ -525,6 +525,10 @@ impl Reactor {
             }
             if let Some(d) = &mut self.durable {
                 d.compact(&self.broker);
+            }
+            if self.presence.has_pending() {
+                let ups = self.presence.take_pending();
+                self.announce(ups);
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
@@ -812,8 +816,7 @@ impl Reactor {
             self.token_exp.insert(key, at);
         }
         if !self.presence.none_here() {
-            let ups = self.presence.started(key, self.bus.is_none());
-            self.announce(ups);
+            self.presence.started(key, self.bus.is_none());
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -1355,8 +1358,7 @@ impl Reactor {
     /// streams it read and releasing its request buffer.
     fn close(&mut self, key: u32) {
         if !self.presence.none_here() {
-            let ups = self.presence.left(key, self.bus.is_none());
-            self.announce(ups);
+            self.presence.left(key, self.bus.is_none());
         }
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
@@ -1774,8 +1776,7 @@ impl Reactor {
     /// the server is shutting down).
     fn end_stream(&mut self, key: u32) {
         if !self.presence.none_here() {
-            let ups = self.presence.left(key, self.bus.is_none());
-            self.announce(ups);
+            self.presence.left(key, self.bus.is_none());
         }
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
@@ -1828,8 +1829,8 @@ impl Reactor {
         }
     }
 
-    /// Publishes subscription updates (`--mercure-subscriptions`) through
-    /// the one publish path: private, `event: mercure`, numbered like any
+    /// Publishes subscription updates (`--mercure-subscriptions`), at the
+    /// end of a turn, through the one publish path: private, `event: mercure`, numbered like any
     /// event. Each update's topic stream is made in the subscriber's
     /// address's share of the subscribers' pool, and goes again once it
     /// carried the update (with `--redis`, once it was handed to the bus)
