@@ -36,6 +36,13 @@ pub const CONTEXT: &str = "https://mercure.rocks/";
 /// listed (their events are still published), so a flood cannot grow the
 /// table without bound.
 pub const MAX_ACTIVE: usize = 1 << 18;
+/// Most bytes (strings, payloads, and an estimate of the table's own cost
+/// per row) the listed subscriptions hold, for the same reason: matchers
+/// are up to 1 KiB each.
+pub const MAX_ACTIVE_BYTES: usize = 64 << 20;
+/// What a row costs besides its strings (its place in the table, `Rc`
+/// headers), as the byte bound counts it.
+const ROW_BYTES: usize = 128;
 /// The `match_type` of a legacy URI-template subscription (`topic=` with
 /// braces): not a draft-08 type, so a client of the draft can tell.
 pub const URI_TEMPLATE: &str = "uritemplate";
@@ -192,9 +199,11 @@ pub struct Presence {
     /// connection costs nothing here unless it is a hub subscriber and
     /// the feature is on.
     mine: HashMap<u32, Box<Joined>>,
-    /// Active subscriptions heard of (every node's with `--redis`), and
-    /// their payloads.
-    active: BTreeMap<Key, Option<Rc<Value>>>,
+    /// Active subscriptions heard of (every node's with `--redis`), their
+    /// payloads and what each costs (see [`MAX_ACTIVE_BYTES`]).
+    active: BTreeMap<Key, (Option<Rc<Value>>, usize)>,
+    /// The sum of those costs.
+    bytes: usize,
     /// Updates to publish, in order: the reactor publishes them at the end
     /// of its turn, not from inside a write or a close.
     pending: Vec<Update>,
@@ -314,20 +323,27 @@ impl Presence {
     }
 
     fn apply(&mut self, key: Key, active: bool, payload: Option<Rc<Value>>) {
+        if let Some((_, cost)) = self.active.remove(&key) {
+            self.bytes -= cost;
+        }
         if !active {
-            self.active.remove(&key);
             return;
         }
-        if self.active.len() >= MAX_ACTIVE && !self.active.contains_key(&key) {
+        let cost = ROW_BYTES
+            + key.0.len()
+            + key.2.len()
+            + payload.as_ref().map_or(0, |p| p.to_string().len());
+        if self.active.len() >= MAX_ACTIVE || self.bytes + cost > MAX_ACTIVE_BYTES {
             if self.unlisted == 0 {
                 log::warn!(
-                    "active subscriptions: more than {MAX_ACTIVE} listed; newer ones are not"
+                    "active subscriptions: past {MAX_ACTIVE} or {MAX_ACTIVE_BYTES} bytes listed; newer ones are not"
                 );
             }
             self.unlisted += 1;
             return;
         }
-        self.active.insert(key, payload);
+        self.bytes += cost;
+        self.active.insert(key, (payload, cost));
     }
 
     /// How many subscriptions are listed.
@@ -370,7 +386,7 @@ impl Presence {
             .active
             .iter()
             .filter(|((who, t, m), _)| is(t, 0) && is(m, 1) && is(who, 2))
-            .map(|((who, t, m), p)| doc(t, m, who, true, p.as_deref()));
+            .map(|((who, t, m), (p, _))| doc(t, m, who, true, p.as_deref()));
         if decoded.len() == 3 {
             let Some(d) = found.next() else {
                 return Ok(None);
@@ -497,6 +513,7 @@ mod tests {
         assert_eq!(ends.len(), 2);
         assert!(ends[0].data.contains("\"active\":false"));
         assert_eq!(p.listed(), 0);
+        assert_eq!(p.bytes, 0);
         assert!(p.none_here());
     }
 
