@@ -231,6 +231,26 @@ fn subscription_events_and_the_api() {
     // No topic stream stays behind (updates reach watchers through their
     // selector streams), and `books/1` went with its reader.
     assert_eq!(stats(s.addr)["streams"], json!(0));
+    // A watcher resumes them like any private updates of its selector.
+    let mut again = sub(
+        s.addr,
+        &format!("match_urlpattern={}&last_event_id={joined_id}", enc(WATCH)),
+        &bearer(&watcher_token()),
+    );
+    let replay: Vec<(Value, Value)> = drain(&mut again)
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.data()).unwrap())
+        .map(|d| (d["match"].clone(), d["active"].clone()))
+        .collect();
+    assert_eq!(
+        replay,
+        vec![
+            (json!(tpl), json!(true)),
+            (json!(tpl), json!(false)),
+            (json!(book), json!(false)),
+            (json!(WATCH), json!(true)),
+        ]
+    );
     // The metadata says the feature is on.
     let r = get(
         s.addr,
