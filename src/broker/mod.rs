@@ -812,8 +812,6 @@ impl Broker {
         idx
     }
 
-    /// Removes a stream, leaving a tombstone when it held events; the
-    /// caller deals with its subscribers.
     /// Drops public stream `idx`, which carried a one-off update under a
     /// name never used again (a Mercure subscription update), unless it
     /// has readers: without a tombstone, which nobody would resume from
@@ -827,6 +825,8 @@ impl Broker {
         }
     }
 
+    /// Removes a stream, leaving a tombstone when it held events; the
+    /// caller deals with its subscribers.
     fn drop_stream(&mut self, idx: u32) -> Option<Stream> {
         self.drop_stream_as(idx, true)
     }

@@ -806,6 +806,7 @@ impl Reactor {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
             self.broker.unsubscribe(key, &cursors);
+            self.presence.left(key, true);
             return;
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
@@ -1830,12 +1831,14 @@ impl Reactor {
     }
 
     /// Publishes subscription updates (`--mercure-subscriptions`), at the
-    /// end of a turn, through the one publish path: private, `event: mercure`, numbered like any
-    /// event. Each update's topic stream is made in the subscriber's
-    /// address's share of the subscribers' pool, and goes again once it
-    /// carried the update (with `--redis`, once it was handed to the bus)
-    /// unless someone reads that very topic: watchers read selector
-    /// streams, and a stream per subscription would fill `--max-streams`.
+    /// end of a turn, through the one publish path: private, `event:
+    /// mercure`, numbered like any event. Each update's topic stream is
+    /// made in the subscriber's address's share of the subscribers' pool,
+    /// and goes again once it carried the update (with `--redis`, once it
+    /// was handed to the bus: each node's `presence_entered` makes it
+    /// again for the announcement) unless someone reads that very topic:
+    /// watchers read selector streams, and a stream per subscription would
+    /// fill `--max-streams`.
     fn announce(&mut self, ups: Vec<crate::presence::Update>) {
         use crate::handler::{Body, Publish, Reply, Targets};
         for u in ups {
