@@ -179,16 +179,36 @@ fn with_context(mut d: Value) -> Value {
 /// spelled from them when needed, not kept).
 type Key = (Rc<str>, &'static str, Rc<str>);
 
-/// A subscription update to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A subscription update to publish: its strings are spelled when it is
+/// published, so a queued one holds only shared ones.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Update {
-    /// Its topic.
-    pub topic: String,
-    /// Its document (`data:`).
-    pub data: String,
+    who: Rc<str>,
+    sub: Sub,
+    active: bool,
     /// The subscriber's client address key (whose pool share makes the
     /// topic's stream).
     pub peer: u128,
+}
+
+impl Update {
+    /// Its topic.
+    pub fn topic(&self) -> String {
+        topic(self.sub.match_type, &self.sub.matcher, &self.who)
+    }
+
+    /// Its document, as the event's `data:`.
+    pub fn data(&self) -> String {
+        let s = &self.sub;
+        let d = doc(
+            s.match_type,
+            &s.matcher,
+            &self.who,
+            self.active,
+            s.payload.as_deref(),
+        );
+        with_context(d).to_string()
+    }
 }
 
 /// A node's active subscriptions, and what its own connections joined with.
@@ -240,9 +260,11 @@ impl Presence {
             return;
         };
         j.announced = true;
-        let (who, subs, peer) = (j.subscriber.clone(), j.subs.clone(), j.peer);
-        let ups = self.updates(&who, &subs, peer, true, local);
-        self.pending.extend(ups);
+        // `Rc` clones: the strings stay shared.
+        let (who, peer, subs) = (j.subscriber.clone(), j.peer, j.subs.to_vec());
+        for sub in subs {
+            self.update(&who, sub, peer, true, local);
+        }
     }
 
     /// `conn` ended: its `active: false` updates are pending, if its start
@@ -250,8 +272,9 @@ impl Presence {
     pub fn left(&mut self, conn: u32, local: bool) {
         if let Some(j) = self.mine.remove(&conn) {
             if j.announced {
-                let ups = self.updates(&j.subscriber, &j.subs, j.peer, false, local);
-                self.pending.extend(ups);
+                for sub in j.subs.iter() {
+                    self.update(&j.subscriber, sub.clone(), j.peer, false, local);
+                }
             }
         }
     }
@@ -266,29 +289,17 @@ impl Presence {
         std::mem::take(&mut self.pending)
     }
 
-    fn updates(
-        &mut self,
-        who: &Rc<str>,
-        subs: &[Sub],
-        peer: u128,
-        active: bool,
-        local: bool,
-    ) -> Vec<Update> {
-        subs.iter()
-            .map(|s| {
-                let d = doc(s.match_type, &s.matcher, who, active, s.payload.as_deref());
-                let topic = topic(s.match_type, &s.matcher, who);
-                if local {
-                    let key = (who.clone(), s.match_type, s.matcher.clone());
-                    self.apply(key, active, s.payload.clone());
-                }
-                Update {
-                    topic,
-                    data: with_context(d).to_string(),
-                    peer,
-                }
-            })
-            .collect()
+    fn update(&mut self, who: &Rc<str>, sub: Sub, peer: u128, active: bool, local: bool) {
+        if local {
+            let key = (who.clone(), sub.match_type, sub.matcher.clone());
+            self.apply(key, active, sub.payload.clone());
+        }
+        self.pending.push(Update {
+            who: who.clone(),
+            sub,
+            active,
+            peer,
+        });
     }
 
     /// An event entered through the bus on streams `names` (SSE bytes
@@ -482,11 +493,7 @@ mod tests {
         p.started(3, true);
         let ups = p.take_pending();
         assert_eq!(ups.len(), 2, "a repeat is announced once");
-        let Update {
-            topic: t,
-            data,
-            peer,
-        } = &ups[0];
+        let (t, data, peer) = (&ups[0].topic(), &ups[0].data(), &ups[0].peer);
         assert_eq!(*peer, 9);
         assert_eq!(*t, topic("exact", "/a", &who));
         let d: Value = serde_json::from_str(data).unwrap();
@@ -511,7 +518,7 @@ mod tests {
         p.left(3, true);
         let ends = p.take_pending();
         assert_eq!(ends.len(), 2);
-        assert!(ends[0].data.contains("\"active\":false"));
+        assert!(ends[0].data().contains("\"active\":false"));
         assert_eq!(p.listed(), 0);
         assert_eq!(p.bytes, 0);
         assert!(p.none_here());
@@ -525,14 +532,14 @@ mod tests {
         p.started(1, false);
         let ups = p.take_pending();
         assert_eq!(p.listed(), 0, "with a bus, listed when heard");
-        let Update { topic: t, data, .. } = &ups[0];
+        let (t, data) = (&ups[0].topic(), &ups[0].data());
         let frame = format!("id: 5\nevent: mercure\ndata: {data}\n\n");
         let heard = p.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert_eq!(heard.as_ref(), Some(t));
         assert_eq!(p.listed(), 1);
         p.left(1, false);
         let end = &p.take_pending()[0];
-        let frame = format!("id: 6\nevent: mercure\ndata: {}\n\n", end.data);
+        let frame = format!("id: 6\nevent: mercure\ndata: {}\n\n", end.data());
         p.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert_eq!(p.listed(), 0);
         // Not a `mercure` event, or a document naming another topic.

@@ -16,12 +16,19 @@ pub const EVENT: &str = "mercure";
 /// A subscription update to publish (none is made in this build).
 #[derive(Debug)]
 pub struct Update {
-    /// Its topic.
-    pub topic: String,
-    /// Its document.
-    pub data: String,
     /// The subscriber's client address key.
     pub peer: u128,
+}
+
+impl Update {
+    /// Its topic.
+    pub fn topic(&self) -> String {
+        String::new()
+    }
+    /// Its document.
+    pub fn data(&self) -> String {
+        String::new()
+    }
 }
 
 impl Presence {

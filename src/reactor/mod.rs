@@ -1842,9 +1842,9 @@ impl Reactor {
     fn announce(&mut self, ups: Vec<crate::presence::Update>) {
         use crate::handler::{Body, Publish, Reply, Targets};
         for u in ups {
-            let mut ev = crate::event::Event::new(u.data);
+            let mut ev = crate::event::Event::new(u.data());
             ev.event = Some(crate::presence::EVENT.into());
-            let topic = u.topic;
+            let topic = u.topic();
             let p = Publish {
                 to: Targets::Names {
                     names: vec![topic.clone()],
