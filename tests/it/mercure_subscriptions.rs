@@ -433,3 +433,31 @@ fn a_restart_lists_nothing_stale() {
     assert_eq!(now[0]["subscriber"], d["subscriber"]);
     assert_eq!(stats(s.addr)["streams"], json!(0));
 }
+
+/// A subscription that ends because its token expired is announced as
+/// ended like one whose client left.
+#[test]
+fn a_token_expiry_ends_the_subscription() {
+    let s = server(true);
+    let mut w = watch(s.addr);
+    next_update(&mut w);
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let claims = json!({"iss": ISS, "aud": [AUD], "exp": exp, "authorization_details": []});
+    let short = mint_hs256_typ(
+        &claims,
+        &Key::new(KEY.as_bytes().to_vec()).unwrap(),
+        "at+jwt",
+    );
+    let mut m = sub(s.addr, "match=x", &bearer(&short));
+    let joined = next_update(&mut w);
+    assert_eq!(joined["active"], json!(true));
+    assert!(m.ended_within(T), "the stream ends at exp");
+    let mut left = next_update(&mut w);
+    assert_eq!(left["active"], json!(false));
+    left["active"] = json!(true);
+    assert_eq!(left, joined);
+}
