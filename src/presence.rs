@@ -8,8 +8,9 @@
 //! `/.well-known/mercure/subscriptions/{match_type}/{match}/{subscriber}`
 //! (both variables percent-encoded once) and the JSON-LD document the
 //! draft describes. [`Presence`] keeps, per connection, what it joined
-//! with (a side table: `Conn` does not grow), hands the reactor the
-//! updates to publish when its stream starts and ends, and keeps the
+//! with (a side table: `Conn` does not grow), queues the updates to
+//! publish when its stream starts and ends (the reactor publishes them at
+//! the end of its turn), and keeps the
 //! active subscriptions it heard of, which the subscriptions API lists.
 //! Locally it applies its own updates; with `--redis` it learns every
 //! node's (its own included) from the bus announcements, so every node
