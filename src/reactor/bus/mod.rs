@@ -427,10 +427,19 @@ impl Reactor {
         let sse: std::rc::Rc<[u8]> = sse.into();
         let mut now_targets = Vec::new();
         let mut fetch = Vec::new();
+        // Streams that take it once their history is in: their selector
+        // streams take it now, in announcement order.
+        let mut later = Vec::new();
         let Some(l) = self.bus.as_mut() else { return };
         for (name, prev) in streams {
-            let Some(idx) = self.broker.find(name) else {
-                continue; // not held here: loaded when someone asks
+            // Not held here: loaded when someone asks, or now when a
+            // selector stream here wants its events.
+            let Some(idx) = self
+                .broker
+                .find(name)
+                .or_else(|| self.broker.hold_for_selectors(name))
+            else {
+                continue;
             };
             let last = self.broker.get(idx).map_or(0, |s| s.last_id);
             match l.sync.get_mut(name.as_str()) {
@@ -439,7 +448,10 @@ impl Reactor {
                         .insert(name.as_str().into(), Sync::Live { reset: false });
                     now_targets.push(idx);
                 }
-                None => fetch.push((name.clone(), false, *prev)),
+                None => {
+                    fetch.push((name.clone(), false, *prev));
+                    later.push(idx);
+                }
                 Some(Sync::Live { reset }) => {
                     if id <= last {
                         continue;
@@ -449,11 +461,13 @@ impl Reactor {
                         now_targets.push(idx);
                     } else {
                         fetch.push((name.clone(), true, *prev));
+                        later.push(idx);
                     }
                 }
                 Some(Sync::Fetching {
                     buffered, overflow, ..
                 }) => {
+                    later.push(idx);
                     if buffered.len() < MAX_BUFFERED {
                         buffered.push(Msg {
                             id,
@@ -466,6 +480,9 @@ impl Reactor {
                     }
                 }
             }
+        }
+        if !later.is_empty() {
+            self.append_selectors_bus(&later, id, &sse, private);
         }
         for (name, was_live, prev) in fetch {
             log::debug!("stream {name:?}: predecessor {prev} not held, fetching");
@@ -525,6 +542,18 @@ impl Reactor {
                 }
             }
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
+        }
+    }
+
+    /// [`Reactor::append_bus`] for the selector streams `targets` feed
+    /// only: `targets` take the event once their history is loaded.
+    fn append_selectors_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
+        let (took, pressure) = self.broker.append_selectors(targets, id, sse, private);
+        if took {
+            super::publish::entered(&mut self.broker, &mut self.apps, targets, id, sse, private);
+        }
+        if pressure {
+            self.flush_dirty(usize::MAX);
         }
     }
 
@@ -878,9 +907,13 @@ impl Reactor {
             (Some(g), _, _) => prelude.extend_from_slice(g),
             (None, true, Resume::After(_, raw) | Resume::Unparsable(raw)) => {
                 // History could not be loaded: what is local may miss some.
-                let refs: Vec<&str> = names.iter().map(|n| &**n).collect();
-                self.broker.gaps += 1;
+                let refs: Vec<&str> = targets
+                    .iter()
+                    .filter_map(|&t| self.broker.get(t))
+                    .map(|s| s.shown())
+                    .collect();
                 prelude.extend_from_slice(&frame::gap(raw, &refs));
+                self.broker.gaps += 1;
             }
             _ => {}
         }
