@@ -476,6 +476,12 @@ impl Reactor {
             }
             return;
         };
+        // Every node lists every node's subscribers, whichever streams it
+        // holds, and its watchers get the update (`--mercure-subscriptions`).
+        let names = streams.iter().map(|(n, _)| n.as_str());
+        if let (Some(topic), [_]) = (self.presence.heard(names, &sse), streams) {
+            return self.presence_entered(&topic, id, &sse, private);
+        }
         let sse: std::rc::Rc<[u8]> = sse.into();
         let mut now_targets = Vec::new();
         let mut fetch = Vec::new();
@@ -552,6 +558,33 @@ impl Reactor {
         }
         if !now_targets.is_empty() {
             self.append_bus(&now_targets, id, &sse, private);
+        }
+    }
+
+    /// A subscription update: nobody resumes one from Redis, so it skips
+    /// the sync rules and enters this node's selector streams through its
+    /// topic's stream, made for it (in the pool of addresses unknown) and
+    /// dropped again unless someone reads that very topic.
+    fn presence_entered(&mut self, topic: &str, id: u64, sse: &[u8], private: bool) {
+        let by = crate::broker::Create::Subscriber(0);
+        let idx = match self.broker.find(topic) {
+            Some(i) => i,
+            None => match self.broker.resolve_topics(&[topic], by) {
+                Ok(v) => match v.first() {
+                    Some(&i) => i,
+                    None => return,
+                },
+                Err((_, e)) => {
+                    return log::debug!("subscription update {id} not kept: {}", e.message())
+                }
+            },
+        };
+        self.append_bus(&[idx], id, sse, private);
+        if self.broker.subscribers(idx).is_empty() {
+            if let Some(l) = self.bus.as_mut() {
+                l.sync.remove(topic);
+            }
+            self.drop_one_off(idx);
         }
     }
 
