@@ -372,9 +372,16 @@ impl Reactor {
             reply: p.reply,
         });
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        // A subscription update's topic is read only as it happens: Redis
+        // keeps no history of it (a key per subscription would pile up).
+        let retain = if refs.iter().any(|n| crate::presence::is_update_topic(n)) {
+            crate::bus::script::Retain::Announce
+        } else {
+            crate::bus::script::Retain::History
+        };
         for (index, payload) in payloads.iter().enumerate() {
             let req = l.req();
-            match l.bus.publish(req, &refs, payload, floor, now) {
+            match l.bus.publish_as(req, &refs, payload, floor, now, retain) {
                 Ok(()) => {
                     l.reqs.insert(req, Req::Publish { slot, index });
                     if let Some(p) = l.replies.get_mut(slot) {
