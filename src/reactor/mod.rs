@@ -72,7 +72,7 @@ use crate::http::{self, Response};
 use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
 pub use conn::CONN_SIZE;
-use conn::{ms_to_ticks, Conn, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
+use conn::{ms_to_ticks, Conn, ConnKey, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
 use fanout::{Batch, WRITE_BUDGET};
 use peers::Peers;
 use proto::{Due, Feed, ReadMode, Refuse, Step, Wrote};
@@ -394,9 +394,9 @@ pub(crate) struct Reactor {
     max_connections: usize,
     shutting_down: bool,
     /// Connections to free at the end of the turn.
-    closing: Vec<u32>,
+    closing: Vec<ConnKey>,
     /// Connections whose paused input may be read again.
-    resume_read: Vec<u32>,
+    resume_read: Vec<ConnKey>,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
@@ -414,11 +414,11 @@ pub(crate) struct Reactor {
     /// Listeners that still had connections waiting when their batch ran out.
     accept_more: Vec<usize>,
     /// Connections that used their read budget and may have more input.
-    read_again: Vec<u32>,
+    read_again: Vec<ConnKey>,
     /// Connections admitted over the cap: they may ask for `/healthz` only.
-    reserve: Vec<u32>,
+    reserve: Vec<ConnKey>,
     /// Connections from a trusted proxy → their client's per-address slot.
-    proxied: std::collections::HashMap<u32, u32>,
+    proxied: std::collections::HashMap<ConnKey, u32>,
     /// The journal (`--data-dir`).
     durable: Option<durable::Durable>,
     /// Replies waiting for an fsync, oldest (lowest ticket) first.
@@ -428,7 +428,7 @@ pub(crate) struct Reactor {
     hold_from: Option<u64>,
     /// Streams opened with a token that expires → the tick they end at: a
     /// side table, since few connections have one and `Conn` must not grow.
-    token_exp: std::collections::HashMap<u32, Tick>,
+    token_exp: std::collections::HashMap<ConnKey, Tick>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -486,7 +486,7 @@ impl Reactor {
                 } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
                     self.accept(usize::MAX - 1 - t.0);
                 } else {
-                    let key = t.0 as u32;
+                    let key = ConnKey::of(t.0);
                     if ev.is_writable() {
                         self.on_writable(key);
                     }
@@ -540,7 +540,7 @@ impl Reactor {
     fn reap(&mut self) {
         while !self.closing.is_empty() {
             for key in std::mem::take(&mut self.closing) {
-                let Some(mut conn) = self.conns.try_remove(key as usize) else {
+                let Some(mut conn) = self.conns.try_remove(key.idx()) else {
                     continue;
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
@@ -552,7 +552,7 @@ impl Reactor {
                 if let Some(slot) = self.proxied.remove(&key) {
                     self.peers.remove(slot);
                 }
-                self.apps.on_close(key);
+                self.apps.on_close(key.0);
                 if let Some(l) = self.bus.as_mut() {
                     l.forget(key);
                 }
@@ -577,9 +577,9 @@ impl Reactor {
         let deadline = self.clock.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
         self.timers.add(deadline, Timer::ShutdownDeadline);
         self.flush_dirty(usize::MAX);
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| ConnKey::of(k)).collect();
         for k in keys {
-            let Some(c) = self.conns.get_mut(k as usize) else {
+            let Some(c) = self.conns.get_mut(k.idx()) else {
                 continue;
             };
             match c.state {
@@ -598,7 +598,7 @@ impl Reactor {
 
     /// Closes everything now (shutdown timeout).
     fn close_all(&mut self) {
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| ConnKey::of(k)).collect();
         for k in keys {
             self.close(k);
         }
@@ -606,10 +606,9 @@ impl Reactor {
 
     /// A handler context for a request on `key` (the reactor's fields, split
     /// so the rest stay usable while it lives).
-    fn context(&mut self, key: u32) -> Cx<'_> {
-        let peer = self
-            .conns
-            .get(key as usize)
+    fn context(&mut self, key: Option<ConnKey>) -> Cx<'_> {
+        let peer = key
+            .and_then(|k| self.conns.get(k.idx()))
             .and_then(|c| self.peers.ip(c.peer));
         let via_proxy = peer.is_some_and(|p| self.cfg.trusted_proxies.contains(&p));
         self.context_for(
@@ -623,7 +622,7 @@ impl Reactor {
     }
 
     /// A handler context for `client` (see [`Reactor::client_of`]).
-    fn context_for(&mut self, key: u32, client: Client) -> Cx<'_> {
+    fn context_for(&mut self, key: Option<ConnKey>, client: Client) -> Cx<'_> {
         let Client {
             peer,
             via_proxy,
@@ -637,7 +636,7 @@ impl Reactor {
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
             unix_us: self.clock.unix_us(),
-            conn: key,
+            conn: key.map(|k| k.0),
             peer,
             unnamed,
             via_proxy,
@@ -656,7 +655,7 @@ impl Reactor {
             match c {
                 Command::Publish(stream, ev, reply) => {
                     let before = self.journal_ticket();
-                    let mut cx = self.context(u32::MAX);
+                    let mut cx = self.context(None);
                     let decided = crate::api::publish_event(&mut cx, &stream, &ev);
                     match decided {
                         Ok(p) => {
@@ -676,7 +675,7 @@ impl Reactor {
     }
 
     /// Carries out what a handler decided for connection `key`.
-    fn act(&mut self, key: u32, actions: Vec<Action>) {
+    fn act(&mut self, key: ConnKey, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::Respond { bytes, close } => self.answer(key, bytes, close),
@@ -695,7 +694,7 @@ impl Reactor {
                     }
                     self.next_gen = self.next_gen.wrapping_add(1);
                     let gen = self.next_gen;
-                    if let Some(c) = self.conns.get_mut(key as usize) {
+                    if let Some(c) = self.conns.get_mut(key.idx()) {
                         c.state = State::Ticking(Box::new(conn::Ticker {
                             gen,
                             interval_ms: interval_ms.max(1),
@@ -707,7 +706,7 @@ impl Reactor {
                     self.send_sse(key, &prelude);
                     self.after_stream_write(key);
                 }
-                Action::End(k) => self.end_stream(k),
+                Action::End(k) => self.end_stream(ConnKey(k)),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
                 Action::CreateStream { name, shape } => {
                     let resp = match self.broker.create(&name) {
@@ -755,7 +754,7 @@ impl Reactor {
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
     /// `--redis`, `bus_stream` may load history first).
-    fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+    fn subscribe(&mut self, key: ConnKey, s: crate::handler::Subscribe) {
         let targets = match publish::resolve(&mut self.broker, &s.to) {
             Ok((t, _)) => t,
             Err(f) => {
@@ -773,7 +772,7 @@ impl Reactor {
         }
         let c = self
             .broker
-            .subscribe_as(key, &targets, &s.sees_private, &s.resume);
+            .subscribe_as(key.0, &targets, &s.sees_private, &s.resume);
         let mut prelude = s.prelude;
         if let Some(g) = &c.gap {
             prelude.extend_from_slice(g);
@@ -784,7 +783,7 @@ impl Reactor {
     /// Turns connection `key` into an event stream reading `cursors`.
     fn start_stream(
         &mut self,
-        key: u32,
+        key: ConnKey,
         head: &[u8],
         chunked: bool,
         prelude: &[u8],
@@ -793,10 +792,10 @@ impl Reactor {
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
-            self.broker.unsubscribe(key, &cursors);
+            self.broker.unsubscribe(key.0, &cursors);
             return;
         }
-        if let Some(c) = self.conns.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             c.state = State::Streaming(cursors);
         }
         if let Some(exp) = until {
@@ -886,8 +885,8 @@ impl Reactor {
     /// Holds a response until the journal's fsync reaches `ticket`; the
     /// connection's input stays paused meanwhile, so pipelined requests
     /// wait their turn and answers keep their order.
-    fn hold(&mut self, key: u32, ticket: u64, bytes: Vec<u8>, close: bool) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn hold(&mut self, key: ConnKey, ticket: u64, bytes: Vec<u8>, close: bool) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             if let State::Reading { paused, .. } = &mut c.state {
                 *paused = true;
             }
@@ -923,7 +922,7 @@ impl Reactor {
                     if self.held.iter().any(|h| h.key() == Some(key)) {
                         continue;
                     }
-                    if let Some(c) = self.conns.get_mut(key as usize) {
+                    if let Some(c) = self.conns.get_mut(key.idx()) {
                         if let State::Reading { paused, .. } = &mut c.state {
                             if *paused && c.out.is_none() {
                                 *paused = false;
@@ -960,7 +959,7 @@ impl Reactor {
         self.sweep.scan(&self.conns, now, &mut due);
         for key in due {
             self.expire(key, now);
-            if let Some(c) = self.conns.get(key as usize) {
+            if let Some(c) = self.conns.get(key.idx()) {
                 if !c.closing() {
                     self.sweep.seen(c.deadline);
                 }
@@ -973,10 +972,10 @@ impl Reactor {
 
     /// A connection's deadline passed: the connection machine says what
     /// that means (`Conn::expire`), the reactor does it.
-    fn expire(&mut self, key: u32, now: Tick) {
+    fn expire(&mut self, key: ConnKey, now: Tick) {
         let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
         let reserved = self.reserve.contains(&key);
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         match c.expire(now, exp, reserved, &self.rules) {
@@ -1127,16 +1126,16 @@ impl Reactor {
             return;
         }
         entry.insert(Conn::new(sock, a.peer, a.deadline));
-        self.set_deadline(key as u32, a.deadline);
+        self.set_deadline(ConnKey::of(key), a.deadline);
         if a.reserve {
-            self.reserve.push(key as u32);
+            self.reserve.push(ConnKey::of(key));
         }
     }
 
     /// Output drained on a connection whose input was paused: route the
     /// requests already buffered, then read on.
-    fn resume_reading(&mut self, key: u32) {
-        let held = match self.conns.get_mut(key as usize) {
+    fn resume_reading(&mut self, key: ConnKey) {
+        let held = match self.conns.get_mut(key.idx()) {
             Some(c) => c.take_request(&mut self.memory, &mut self.peers),
             None => None,
         };
@@ -1150,8 +1149,8 @@ impl Reactor {
     }
 
     /// Puts an unfinished request back into its connection.
-    fn put_request(&mut self, key: u32, b: Box<ReqBuf>) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn put_request(&mut self, key: ConnKey, b: Box<ReqBuf>) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             c.put_request(b, &mut self.memory, &mut self.peers);
         }
     }
@@ -1159,15 +1158,15 @@ impl Reactor {
     /// The readable edge: read until WouldBlock, routing complete requests
     /// as they arrive. Input on connections that are not reading requests
     /// is read and dropped.
-    fn on_readable(&mut self, key: u32) {
+    fn on_readable(&mut self, key: ConnKey) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         self.read_into(key, &mut rbuf);
         self.rbuf = rbuf;
     }
 
-    fn read_into(&mut self, key: u32, rbuf: &mut [u8]) {
+    fn read_into(&mut self, key: ConnKey, rbuf: &mut [u8]) {
         for _ in 0..READS_PER_TURN {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key.idx()) else {
                 return;
             };
             let mode = conn.read_mode();
@@ -1214,7 +1213,7 @@ impl Reactor {
                 return self.respond(key, &full.encode(), true);
             }
             let now = self.clock.now_tick();
-            let Some(conn) = self.conns.get_mut(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key.idx()) else {
                 continue;
             };
             let new_request = was_idle || conn.idle();
@@ -1232,9 +1231,9 @@ impl Reactor {
 
     /// Routes every complete request `feed` yields while the connection
     /// reads requests; returns what is left unrouted.
-    fn process(&mut self, key: u32, mut feed: Feed<'_>) -> Option<Box<ReqBuf>> {
+    fn process(&mut self, key: ConnKey, mut feed: Feed<'_>) -> Option<Box<ReqBuf>> {
         loop {
-            let req = match feed.next(self.conns.get(key as usize).map(|c| &c.state)) {
+            let req = match feed.next(self.conns.get(key.idx()).map(|c| &c.state)) {
                 Step::Wait => break,
                 Step::Continue => {
                     self.respond(key, http::CONTINUE, false);
@@ -1270,7 +1269,7 @@ impl Reactor {
             };
             let mut apps = std::mem::take(&mut self.apps);
             let before = self.journal_ticket();
-            let mut cx = self.context_for(key, client);
+            let mut cx = self.context_for(Some(key), client);
             crate::router::handle(&mut cx, &mut apps, &req);
             let actions = std::mem::take(&mut cx.actions);
             self.apps = apps;
@@ -1283,7 +1282,7 @@ impl Reactor {
             self.act(key, actions);
             self.hold_from = None;
             let now = self.clock.now_tick();
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = self.conns.get_mut(key.idx()) {
                 if let Some(d) = c.after_request(now, &self.rules) {
                     self.set_deadline(key, d);
                 }
@@ -1295,8 +1294,8 @@ impl Reactor {
     /// The client of a request (see `proto::client_of`); `None`, with a
     /// 503 sent, when its forwarded address is over
     /// `--max-connections-per-ip`.
-    fn client_of(&mut self, key: u32, req: &http::Request<'_>) -> Option<Client> {
-        let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
+    fn client_of(&mut self, key: ConnKey, req: &http::Request<'_>) -> Option<Client> {
+        let peer = self.peers.ip(self.conns.get(key.idx())?.peer);
         let c = proto::client_of(
             key,
             peer,
@@ -1329,7 +1328,7 @@ impl Reactor {
     }
 
     /// Counts a refusal and sends its answer, which ends the connection.
-    fn refuse(&mut self, key: u32, r: Refuse) {
+    fn refuse(&mut self, key: ConnKey, r: Refuse) {
         self.counters.reject(r.reason);
         self.respond(key, &r.encode(), true);
     }
@@ -1341,8 +1340,8 @@ impl Reactor {
 
     /// Marks a connection to be freed at the end of the turn, leaving the
     /// streams it read and releasing its request buffer.
-    fn close(&mut self, key: u32) {
-        let Some(c) = self.conns.get_mut(key as usize) else {
+    fn close(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if !self.token_exp.is_empty() {
@@ -1350,7 +1349,7 @@ impl Reactor {
         }
         match c.close(&mut self.memory, &mut self.peers) {
             proto::Closed::Already => return,
-            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
+            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key.0, &cursors),
             proto::Closed::Now(None) => {}
         }
         self.closing.push(key);
@@ -1390,11 +1389,11 @@ impl Reactor {
     /// Output that would pass the memory account: the connection machine
     /// answers a response not yet begun with a short 503 (`refuse_output`);
     /// anything else closes the connection.
-    fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
+    fn refuse_output(&mut self, key: ConnKey, r: Refusal, nothing_sent: bool) {
         self.counters.reject("memory_output");
         log::info!("connection {key}: {} output refused: {r}", r.kind().name());
         let now = self.clock.now_tick();
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if !c.refuse_output(nothing_sent, now, &mut self.memory, &mut self.peers) {
@@ -1404,15 +1403,15 @@ impl Reactor {
 
     /// Queues raw bytes for a connection: written at once if its socket is
     /// drained, appended to its output buffer otherwise.
-    fn send(&mut self, key: u32, bytes: &[u8]) {
+    fn send(&mut self, key: ConnKey, bytes: &[u8]) {
         self.queue(key, bytes, false);
     }
 
     /// `Reactor::send`; `response` says the bytes are a whole response
     /// to a request, which a refusal may replace with a short 503.
-    fn queue(&mut self, key: u32, bytes: &[u8], response: bool) {
+    fn queue(&mut self, key: ConnKey, bytes: &[u8], response: bool) {
         let tick = self.clock.now_tick();
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+        let Some(conn) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if conn.closing() || bytes.is_empty() {
@@ -1447,11 +1446,11 @@ impl Reactor {
 
     /// Queues SSE bytes for a streaming connection, chunk-framed if its
     /// body is chunked.
-    fn send_sse(&mut self, key: u32, sse: &[u8]) {
+    fn send_sse(&mut self, key: ConnKey, sse: &[u8]) {
         if sse.is_empty() {
             return;
         }
-        match self.conns.get(key as usize) {
+        match self.conns.get(key.idx()) {
             Some(c) if c.chunked => self.send(key, &frame::chunk(sse)),
             Some(_) => self.send(key, sse),
             None => {}
@@ -1459,10 +1458,10 @@ impl Reactor {
     }
 
     /// Sends a complete response; `close` ends the connection once it is out.
-    fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
+    fn respond(&mut self, key: ConnKey, bytes: &[u8], close: bool) {
         self.queue(key, bytes, true);
         if close {
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = self.conns.get_mut(key.idx()) {
                 c.last_response(&mut self.memory, &mut self.peers);
             }
         }
@@ -1471,9 +1470,9 @@ impl Reactor {
 
     /// What follows a write on a connection that is not streaming: a final
     /// response that is out lingers; backed-up output gets a write deadline.
-    fn after_write(&mut self, key: u32) {
+    fn after_write(&mut self, key: ConnKey) {
         let tick = self.clock.now_tick();
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         match c.after_write(tick, &self.rules) {
@@ -1485,8 +1484,8 @@ impl Reactor {
 
     /// Half-closes a connection and waits briefly for the peer's FIN before
     /// freeing it, so a final response is not lost to a reset.
-    fn linger(&mut self, key: u32) {
-        let Some(c) = self.conns.get_mut(key as usize) else {
+    fn linger(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         let _ = c.sock.shutdown(Shutdown::Write);
@@ -1497,7 +1496,7 @@ impl Reactor {
 
     /// Drains `conn.out`. `Ok(true)` when empty (and freed), `Ok(false)`
     /// when the socket is full.
-    fn drain_out(&mut self, key: u32) -> io::Result<bool> {
+    fn drain_out(&mut self, key: ConnKey) -> io::Result<bool> {
         let tick = self.clock.now_tick();
         let Reactor {
             conns,
@@ -1505,7 +1504,7 @@ impl Reactor {
             counters,
             ..
         } = self;
-        let Some(conn) = conns.get_mut(key as usize) else {
+        let Some(conn) = conns.get_mut(key.idx()) else {
             return Ok(true);
         };
         let Some(out) = conn.out.as_mut() else {
@@ -1528,8 +1527,8 @@ impl Reactor {
     }
 
     /// The writable edge: drain output, then stream frames or resume reads.
-    fn on_writable(&mut self, key: u32) {
-        match self.conns.get(key as usize) {
+    fn on_writable(&mut self, key: ConnKey) {
+        match self.conns.get(key.idx()) {
             Some(c) if !c.closing() && c.out.is_some() => {}
             _ => return,
         }
@@ -1540,12 +1539,12 @@ impl Reactor {
         }
         // A reply waiting for Redis or for an fsync keeps the input paused.
         let paused = matches!(
-            self.conns.get(key as usize).map(|c| &c.state),
+            self.conns.get(key.idx()).map(|c| &c.state),
             Some(State::Reading { paused: true, .. })
         );
         let held =
             paused && (self.bus_holds(key) || self.held.iter().any(|h| h.key() == Some(key)));
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+        let Some(conn) = self.conns.get_mut(key.idx()) else {
             return;
         };
         match conn.drained(held) {
@@ -1566,8 +1565,8 @@ impl Reactor {
 
     /// Writes a stream's response head and turns the connection's input
     /// off; `false` if the connection is gone.
-    fn begin_stream(&mut self, key: u32, head: &[u8], chunked: bool) -> bool {
-        let Some(c) = self.conns.get_mut(key as usize) else {
+    fn begin_stream(&mut self, key: ConnKey, head: &[u8], chunked: bool) -> bool {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return false;
         };
         if !c.begin_stream(chunked, &mut self.memory, &mut self.peers) {
@@ -1575,18 +1574,18 @@ impl Reactor {
         }
         self.send(key, head);
         self.conns
-            .get(key as usize)
+            .get(key.idx())
             .is_some_and(|c| matches!(c.state, State::Draining))
     }
 
     /// Deadline bookkeeping after writing to a streaming connection.
-    fn after_stream_write(&mut self, key: u32) {
+    fn after_stream_write(&mut self, key: ConnKey) {
         let exp = match self.token_exp.is_empty() {
             true => NEVER,
             false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
         };
         let now = self.clock.now_tick();
-        let d = match self.conns.get(key as usize) {
+        let d = match self.conns.get(key.idx()) {
             Some(c) => c.stream_deadline(now, exp, &self.rules),
             None => None,
         };
@@ -1596,13 +1595,9 @@ impl Reactor {
     }
 
     /// A ticking connection is due.
-    fn on_tick(&mut self, key: u32, gen: u32) {
+    fn on_tick(&mut self, key: ConnKey, gen: u32) {
         let now = self.clock.now_ms;
-        let Some(t) = self
-            .conns
-            .get_mut(key as usize)
-            .and_then(|c| c.tick(gen, now))
-        else {
+        let Some(t) = self.conns.get_mut(key.idx()).and_then(|c| c.tick(gen, now)) else {
             return;
         };
         self.timers.add(t.next_ms, Timer::Tick { key, gen });
@@ -1623,7 +1618,7 @@ impl Reactor {
         for key in self.fanout.take_owed() {
             let ready = self
                 .conns
-                .get(key as usize)
+                .get(key.idx())
                 .is_some_and(|c| !c.blocked() && !c.closing());
             if ready {
                 self.flush_subscriber(key);
@@ -1637,7 +1632,7 @@ impl Reactor {
             budget -= 1;
             let blocked = self
                 .conns
-                .get(key as usize)
+                .get(key.idx())
                 .is_none_or(|c| c.blocked() || c.closing());
             if blocked {
                 self.check_lag(key);
@@ -1647,11 +1642,11 @@ impl Reactor {
         }
     }
 
-    fn check_lag(&mut self, key: u32) {
+    fn check_lag(&mut self, key: ConnKey) {
         let max = self.cfg.max_pending_bytes;
         let slow = self
             .conns
-            .get(key as usize)
+            .get(key.idx())
             .is_some_and(|c| fanout::too_slow(c, &self.broker, max));
         if slow {
             log::info!(
@@ -1665,7 +1660,7 @@ impl Reactor {
 
     /// Writes everything a subscriber is owed, in id order across its
     /// streams, in batches of up to `MAX_IOV` frames per `writev`.
-    fn flush_subscriber(&mut self, key: u32) {
+    fn flush_subscriber(&mut self, key: ConnKey) {
         let tick = self.clock.now_tick();
         let mut budget = WRITE_BUDGET;
         // Whether this subscriber was sent anything: only then does its
@@ -1674,7 +1669,7 @@ impl Reactor {
         loop {
             // A gap first, for any stream that dropped frames this
             // subscriber had not been sent yet.
-            let gap = match self.conns.get_mut(key as usize) {
+            let gap = match self.conns.get_mut(key.idx()) {
                 Some(Conn {
                     state: State::Streaming(cs),
                     ..
@@ -1692,7 +1687,7 @@ impl Reactor {
                 fanout,
                 ..
             } = self;
-            let Some(conn) = conns.get_mut(key as usize) else {
+            let Some(conn) = conns.get_mut(key.idx()) else {
                 return;
             };
             if conn.out.is_some() {
@@ -1742,10 +1737,7 @@ impl Reactor {
                 break;
             }
         }
-        let blocked = self
-            .conns
-            .get(key as usize)
-            .is_some_and(|c| c.out.is_some());
+        let blocked = self.conns.get(key.idx()).is_some_and(|c| c.out.is_some());
         if wrote || blocked {
             self.after_stream_write(key);
         }
@@ -1756,8 +1748,8 @@ impl Reactor {
     /// then an HTTP/1.0 (body-until-close) stream's socket closes; a chunked
     /// one gets its last chunk and goes back to reading requests (unless
     /// the server is shutting down).
-    fn end_stream(&mut self, key: u32) {
-        let Some(c) = self.conns.get_mut(key as usize) else {
+    fn end_stream(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if !self.token_exp.is_empty() {
@@ -1767,14 +1759,14 @@ impl Reactor {
             return;
         };
         if let Some(cs) = left {
-            self.broker.unsubscribe(key, &cs);
+            self.broker.unsubscribe(key.0, &cs);
         }
         if chunked {
             self.send(key, frame::LAST_CHUNK);
             if !self.shutting_down {
                 // Node's fetch and fetch-event-source reuse the connection.
                 let now = self.clock.now_tick();
-                let reused = match self.conns.get_mut(key as usize) {
+                let reused = match self.conns.get_mut(key.idx()) {
                     Some(c) => c.reuse(now, &self.rules),
                     None => None,
                 };
@@ -1785,7 +1777,7 @@ impl Reactor {
                 return;
             }
         }
-        match self.conns.get(key as usize) {
+        match self.conns.get(key.idx()) {
             Some(c) if c.out.is_some() => self.after_write(key),
             Some(_) => self.close(key),
             None => {}
@@ -1795,22 +1787,22 @@ impl Reactor {
     /// Flushes a stream's subscribers, deletes it, and ends their streams.
     fn delete_stream(&mut self, idx: u32) {
         // Flush first so subscribers that can take it get what was published.
-        for k in self.broker.subscribers(idx) {
-            if self.conns.get(k as usize).is_some_and(|c| !c.blocked()) {
+        for k in self.broker.subscribers(idx).into_iter().map(ConnKey) {
+            if self.conns.get(k.idx()).is_some_and(|c| !c.blocked()) {
                 self.flush_subscriber(k);
             }
         }
         if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
             d.link.delete(name, floor);
         }
-        for k in self.broker.delete(idx) {
+        for k in self.broker.delete(idx).into_iter().map(ConnKey) {
             self.end_stream(k);
         }
     }
 
     /// Sets a connection's deadline and makes sure a sweep will see it.
-    fn set_deadline(&mut self, key: u32, d: Tick) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn set_deadline(&mut self, key: ConnKey, d: Tick) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             c.deadline = d;
             if d != NEVER {
                 self.want_sweep(d);
@@ -1819,7 +1811,7 @@ impl Reactor {
     }
 
     /// Writes a heartbeat comment.
-    fn heartbeat(&mut self, key: u32) {
+    fn heartbeat(&mut self, key: ConnKey) {
         self.counters.heartbeats += 1;
         self.send_sse(key, frame::HEARTBEAT);
         self.after_stream_write(key);
@@ -1842,7 +1834,7 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
     match *t {
         Timer::Sweep => sweep_at == Some(when),
         Timer::Tick { key, gen } => matches!(
-            conns.get(key as usize),
+            conns.get(key.idx()),
             Some(Conn { state: State::Ticking(tk), .. }) if tk.gen == gen
         ),
         Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,

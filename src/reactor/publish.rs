@@ -19,6 +19,7 @@ use std::sync::mpsc;
 
 use serde_json::{json, Value};
 
+use super::conn::ConnKey;
 use super::{durable, Reactor};
 use crate::apps::Apps;
 use crate::broker::{Broker, BrokerError};
@@ -30,7 +31,7 @@ use crate::journal::Link;
 /// Who a publish answers.
 pub(super) enum To {
     /// A connection (its input waits while a bus publish is in flight).
-    Conn(u32),
+    Conn(ConnKey),
     /// The library [`crate::Publisher`]'s channel.
     Library(mpsc::Sender<Result<u64, PublishError>>),
     /// Nobody: the request answers on its own, or its connection went away.
@@ -430,7 +431,7 @@ impl Reactor {
 
     /// Sends a reply to connection `key`, or holds it until the journal's
     /// fsync covers what its request wrote (`--fsync always`).
-    pub(super) fn answer(&mut self, key: u32, bytes: Vec<u8>, close: bool) {
+    pub(super) fn answer(&mut self, key: ConnKey, bytes: Vec<u8>, close: bool) {
         let wait = self
             .hold_from
             .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));

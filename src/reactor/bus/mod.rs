@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use mio::Token;
 use slab::Slab;
 
-use super::conn::State;
+use super::conn::{ConnKey, State};
 use super::publish::{Failure, Outcome, To};
 use super::Reactor;
 use crate::broker::Resume;
@@ -87,7 +87,7 @@ enum Req {
 
 /// A subscriber waiting for history.
 struct Waiter {
-    conn: u32,
+    conn: ConnKey,
     names: Vec<Box<str>>,
     stream: Subscribe,
     failed: bool,
@@ -99,7 +99,7 @@ pub(super) struct Link {
     next_req: u64,
     reqs: HashMap<u64, Req>,
     replies: Slab<Pending>,
-    by_conn: HashMap<u32, usize>,
+    by_conn: HashMap<ConnKey, usize>,
     sync: HashMap<Box<str>, Sync>,
     waiters: Slab<Waiter>,
     /// Streams to catch up after a reconnect, started as room allows.
@@ -155,12 +155,12 @@ impl Link {
     }
 
     /// Whether connection `key` waits for the bus (its input stays paused).
-    pub(super) fn holds(&self, key: u32) -> bool {
+    pub(super) fn holds(&self, key: ConnKey) -> bool {
         self.by_conn.contains_key(&key) || self.waiters.iter().any(|(_, w)| w.conn == key)
     }
 
     /// Connection `key` was freed: nothing may be sent to its slot later.
-    pub(super) fn forget(&mut self, key: u32) {
+    pub(super) fn forget(&mut self, key: ConnKey) {
         if let Some(slot) = self.by_conn.remove(&key) {
             if let Some(p) = self.replies.get_mut(slot) {
                 p.who = To::Nobody;
@@ -242,7 +242,7 @@ impl Reactor {
     }
 
     /// Whether connection `key` waits for the bus.
-    pub(super) fn bus_holds(&self, key: u32) -> bool {
+    pub(super) fn bus_holds(&self, key: ConnKey) -> bool {
         self.bus.as_ref().is_some_and(|l| l.holds(key))
     }
 
@@ -340,16 +340,16 @@ impl Reactor {
         }
     }
 
-    fn pause(&mut self, key: u32) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn pause(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             if let State::Reading { paused, .. } = &mut c.state {
                 *paused = true;
             }
         }
     }
 
-    fn unpause(&mut self, key: u32) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn unpause(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             if let State::Reading { paused, .. } = &mut c.state {
                 if std::mem::replace(paused, false) {
                     self.resume_read.push(key);
@@ -746,7 +746,7 @@ impl Reactor {
 
     /// A subscription reading `targets`: start now when the history here
     /// suffices, else wait for it from Redis.
-    pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: Subscribe) {
+    pub(super) fn bus_stream(&mut self, key: ConnKey, targets: &[u32], bs: Subscribe) {
         let last_seen = self.broker.ids().last();
         let names: Vec<Box<str>> = targets
             .iter()
@@ -827,19 +827,19 @@ impl Reactor {
 
     /// Clears `paused` without rereading input (the connection becomes a
     /// stream; later input is discarded anyway).
-    fn unpause_quiet(&mut self, key: u32) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn unpause_quiet(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             if let State::Reading { paused, .. } = &mut c.state {
                 *paused = false;
             }
         }
     }
 
-    fn begin_bus_stream(&mut self, key: u32, bs: Subscribe, names: &[Box<str>], failed: bool) {
+    fn begin_bus_stream(&mut self, key: ConnKey, bs: Subscribe, names: &[Box<str>], failed: bool) {
         let targets: Vec<u32> = names.iter().filter_map(|n| self.broker.find(n)).collect();
         let c = self
             .broker
-            .subscribe_as(key, &targets, &bs.sees_private, &bs.resume);
+            .subscribe_as(key.0, &targets, &bs.sees_private, &bs.resume);
         let mut prelude = bs.prelude;
         match (&c.gap, failed, &bs.resume) {
             (Some(g), _, _) => prelude.extend_from_slice(g),

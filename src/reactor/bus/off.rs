@@ -37,7 +37,7 @@ impl Link {
     pub(super) fn next_deadline(&self) -> Option<u64> {
         match *self {}
     }
-    pub(super) fn forget(&mut self, _key: u32) {
+    pub(super) fn forget(&mut self, _key: super::conn::ConnKey) {
         match *self {}
     }
     pub(super) fn gauges(&self) -> RedisGauges {
@@ -51,7 +51,7 @@ impl Reactor {
     }
     pub(super) fn bus_timer(&mut self) {}
     pub(super) fn bus_send(&mut self) {}
-    pub(super) fn bus_holds(&self, _key: u32) -> bool {
+    pub(super) fn bus_holds(&self, _key: super::conn::ConnKey) -> bool {
         false
     }
     /// Unreachable without a bus; should it ever run, the publisher gets
@@ -68,7 +68,12 @@ impl Reactor {
         };
         self.settle(who, p.reply, &made, o);
     }
-    pub(super) fn bus_stream(&mut self, key: u32, _targets: &[u32], _s: Subscribe) {
+    pub(super) fn bus_stream(
+        &mut self,
+        key: super::conn::ConnKey,
+        _targets: &[u32],
+        _s: Subscribe,
+    ) {
         let bytes =
             crate::http::Response::error(503, "redis unavailable").encode(false, false, false);
         self.respond(key, &bytes, true);
