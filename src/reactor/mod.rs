@@ -67,7 +67,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::frame;
-use crate::handler::{Action, Cx};
+use crate::handler::{Action, Cx, Publish, Reply};
 use crate::http::{self, Response};
 use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
@@ -76,6 +76,7 @@ use conn::{ms_to_ticks, Conn, ConnKey, Out, ReqBuf, State, Tick, NEVER, TICK_MS}
 use fanout::{Batch, WRITE_BUDGET};
 use peers::Peers;
 use proto::{Due, Feed, ReadMode, Refuse, Step, Wrote};
+use publish::{Answer, Outcome, Route, To};
 use timer::{Timer, Timers};
 
 const WAKER: Token = Token(usize::MAX);
@@ -300,8 +301,7 @@ impl Bound {
         let mut r = Reactor {
             bus,
             durable,
-            held: VecDeque::new(),
-            hold_from: None,
+            bus_fx: Vec::new(),
             token_exp: std::collections::HashMap::new(),
             poll: self.poll,
             listeners: self.listeners,
@@ -419,13 +419,10 @@ pub(crate) struct Reactor {
     reserve: Vec<ConnKey>,
     /// Connections from a trusted proxy → their client's per-address slot.
     proxied: std::collections::HashMap<ConnKey, u32>,
-    /// The journal (`--data-dir`).
+    /// The journal link (`--data-dir`).
     durable: Option<durable::Durable>,
-    /// Replies waiting for an fsync, oldest (lowest ticket) first.
-    held: VecDeque<durable::Held>,
-    /// While a request's actions run: the journal ticket before it, so a
-    /// reply to a request that wrote the journal can be held.
-    hold_from: Option<u64>,
+    /// What the bus link asked for, carried out in order (reused).
+    bus_fx: Vec<bus::Effect>,
     /// Streams opened with a token that expires → the tick they end at: a
     /// side table, since few connections have one and `Conn` must not grow.
     token_exp: std::collections::HashMap<ConnKey, Tick>,
@@ -482,7 +479,8 @@ impl Reactor {
                 let t = ev.token();
                 if t == WAKER {
                     self.drain_inbox();
-                } else if self.bus_event(t) {
+                } else if bus::owns(t) {
+                    self.bus_event(t);
                 } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
                     self.accept(usize::MAX - 1 - t.0);
                 } else {
@@ -556,8 +554,8 @@ impl Reactor {
                 if let Some(l) = self.bus.as_mut() {
                     l.forget(key);
                 }
-                if !self.held.is_empty() {
-                    self.held.retain(|h| h.key() != Some(key));
+                if let Some(d) = self.durable.as_mut() {
+                    d.forget(key);
                 }
                 self.counters.closed += 1;
             }
@@ -585,7 +583,7 @@ impl Reactor {
             match c.state {
                 State::Streaming(_) | State::Ticking(_) => self.end_stream(k),
                 State::Reading { .. }
-                    if c.out.is_none() && !self.held.iter().any(|h| h.key() == Some(k)) =>
+                    if c.out.is_none() && !self.durable.as_ref().is_some_and(|d| d.holds(k)) =>
                 {
                     self.close(k)
                 }
@@ -654,14 +652,17 @@ impl Reactor {
         for c in cmds {
             match c {
                 Command::Publish(stream, ev, reply) => {
-                    let before = self.journal_ticket();
                     let mut cx = self.context(None);
                     let decided = crate::api::publish_event(&mut cx, &stream, &ev);
                     match decided {
                         Ok(p) => {
-                            self.hold_from = self.durable.is_some().then_some(before);
-                            self.publish(publish::To::Library(reply), p);
-                            self.hold_from = None;
+                            if let Some(d) = self.durable.as_mut() {
+                                d.begin();
+                            }
+                            self.publish(To::Library(reply), p);
+                            if let Some(d) = self.durable.as_mut() {
+                                d.end();
+                            }
                         }
                         Err(e) => {
                             log::debug!("library publish to {stream:?} refused: {e}");
@@ -680,7 +681,7 @@ impl Reactor {
             match a {
                 Action::Respond { bytes, close } => self.answer(key, bytes, close),
                 Action::Subscribe(s) => self.subscribe(key, *s),
-                Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
+                Action::Publish(p) => self.publish(To::Conn(key), *p),
                 Action::Tick {
                     head,
                     chunked,
@@ -751,6 +752,194 @@ impl Reactor {
         }
     }
 
+    /// Applies a publish decision (`publish::apply`): through the bus
+    /// link with `--redis`, else on this node (and into the journal with
+    /// `--data-dir`); a local one is settled at once.
+    fn publish(&mut self, to: To, p: Publish) {
+        let to = match p.reply {
+            Reply::Silent => To::Nobody,
+            _ => to,
+        };
+        let now_us = self.clock.unix_us();
+        let journal = self.durable.as_mut().map(durable::Durable::link);
+        let bus = self.bus.is_some();
+        match publish::apply(&mut self.broker, journal, &mut self.apps, bus, &p, now_us) {
+            Route::Done { made, outcome } => {
+                if outcome.pressure {
+                    self.flush_dirty(usize::MAX);
+                }
+                self.settle(to, p.reply, &made, outcome);
+            }
+            Route::Bus { targets, made } => {
+                let now = self.clock.now_ms;
+                let mut fx = std::mem::take(&mut self.bus_fx);
+                match self.bus.as_mut() {
+                    Some(l) => l.publish(&self.broker, to, targets, made, p, now, &mut fx),
+                    // Not reached (no bus, no bus route); should it be, the
+                    // publisher gets the 503 a bus that is down gives.
+                    None => fx.push(bus::Effect::Settled {
+                        to,
+                        reply: p.reply,
+                        made,
+                        outcome: Outcome::failed(publish::Failure::redis_unavailable()),
+                    }),
+                }
+                self.carry_out(fx);
+            }
+        }
+    }
+
+    /// A publish is over (`publish::settle`): its answer goes out.
+    fn settle(&mut self, to: To, reply: Reply, made: &[u32], o: Outcome) {
+        let (broker, apps, counters) = (&mut self.broker, &mut self.apps, &mut self.counters);
+        let answer = publish::settle(broker, apps, counters, &reply, made, &o);
+        self.deliver(to, answer);
+    }
+
+    /// Sends a publish's answer to whoever asked, or holds it until the
+    /// journal's fsync covers what the publish wrote.
+    fn deliver(&mut self, to: To, answer: Answer) {
+        match (to, answer) {
+            (To::Conn(k), Answer::Http(bytes, close)) => self.answer(k, bytes, close),
+            (To::Library(reply), Answer::Library(res)) => {
+                let d = self.durable.as_mut();
+                match d.as_ref().and_then(|d| d.must_wait()).zip(d) {
+                    Some((ticket, d)) => d.hold(durable::Held::Lib { ticket, reply, res }),
+                    // The publisher may have stopped waiting.
+                    None => {
+                        let _ = reply.send(res);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a reply to connection `key`, or holds it until the journal's
+    /// fsync covers what its request wrote (`--fsync always`); the
+    /// connection's input stays paused meanwhile, so pipelined requests
+    /// wait their turn and answers keep their order.
+    fn answer(&mut self, key: ConnKey, bytes: Vec<u8>, close: bool) {
+        let wait = self.durable.as_ref().and_then(durable::Durable::must_wait);
+        match (wait, self.durable.as_mut()) {
+            (Some(ticket), Some(d)) => {
+                d.hold(durable::Held::Conn {
+                    ticket,
+                    key,
+                    bytes,
+                    close,
+                });
+                self.pause(key);
+            }
+            _ => self.respond(key, &bytes, close),
+        }
+    }
+
+    /// Readiness of a bus socket.
+    fn bus_event(&mut self, token: Token) {
+        let now = self.clock.now_ms;
+        if let Some(l) = self.bus.as_mut() {
+            l.on_event(self.poll.registry(), token, now);
+        }
+        self.bus_drain();
+    }
+
+    /// The bus's deadlines (timeouts, reconnects, pings), and what the
+    /// link carries on each turn (catch-ups, waiting subscribers).
+    fn bus_timer(&mut self) {
+        let now = self.clock.now_ms;
+        let Some(l) = self.bus.as_mut() else { return };
+        l.on_timer(self.poll.registry(), now);
+        self.bus_drain();
+    }
+
+    /// Sends the publishes gathered this loop turn to Redis together.
+    fn bus_send(&mut self) {
+        let now = self.clock.now_ms;
+        if self.bus.as_mut().is_some_and(|l| l.send_batch(now)) {
+            self.bus_drain();
+        }
+    }
+
+    /// Steps the bus link through everything Redis said, carrying out
+    /// what each output asks before the next (`Link::step`).
+    fn bus_drain(&mut self) {
+        let now = self.clock.now_ms;
+        loop {
+            let Some(l) = self.bus.as_mut() else { return };
+            let mut fx = std::mem::take(&mut self.bus_fx);
+            let more = l.step(&mut self.broker, &mut self.apps, now, &mut fx);
+            self.carry_out(fx);
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Carries out what the bus link asked for, in order; keeps the
+    /// buffer for the next time.
+    fn carry_out(&mut self, mut fx: Vec<bus::Effect>) {
+        for e in fx.drain(..) {
+            match e {
+                bus::Effect::Settled {
+                    to,
+                    reply,
+                    made,
+                    outcome,
+                } => self.settle(to, reply, &made, outcome),
+                bus::Effect::Pause(k) => self.pause(k),
+                bus::Effect::Resume(k) => self.unpause(k),
+                bus::Effect::Stream {
+                    key,
+                    waited,
+                    sub,
+                    cursors,
+                } => {
+                    if waited {
+                        // It becomes a stream: later input is dropped anyway.
+                        if let Some(c) = self.conns.get_mut(key.idx()) {
+                            if let State::Reading { paused, .. } = &mut c.state {
+                                *paused = false;
+                            }
+                        }
+                    }
+                    self.start_stream(
+                        key,
+                        &sub.head,
+                        sub.chunked,
+                        &sub.prelude,
+                        cursors,
+                        sub.until,
+                    );
+                }
+                bus::Effect::Flush => self.flush_dirty(usize::MAX),
+            }
+        }
+        if self.bus_fx.capacity() < fx.capacity() {
+            self.bus_fx = fx;
+        }
+    }
+
+    /// Pauses a connection's input (its reply waits).
+    fn pause(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
+            if let State::Reading { paused, .. } = &mut c.state {
+                *paused = true;
+            }
+        }
+    }
+
+    /// Lets a paused connection's input be read again.
+    fn unpause(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
+            if let State::Reading { paused, .. } = &mut c.state {
+                if std::mem::replace(paused, false) {
+                    self.resume_read.push(key);
+                }
+            }
+        }
+    }
+
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
     /// `--redis`, `bus_stream` may load history first).
@@ -767,8 +956,19 @@ impl Reactor {
                 return self.answer(key, s.shape.encode(resp), close);
             }
         };
-        if self.bus.is_some() {
-            return self.bus_stream(key, &targets, s);
+        if let Some(l) = self.bus.as_mut() {
+            let now = self.clock.now_ms;
+            let mut fx = std::mem::take(&mut self.bus_fx);
+            l.stream(
+                &mut self.broker,
+                &mut self.apps,
+                key,
+                &targets,
+                s,
+                now,
+                &mut fx,
+            );
+            return self.carry_out(fx);
         }
         let c = self
             .broker
@@ -873,44 +1073,14 @@ impl Reactor {
         };
         g.max_connections = self.max_connections;
         g.redis = self.bus.as_ref().map(bus::Link::gauges);
-        g.journal = self.durable.as_ref().map(|d| d.gauges(self.held.len()));
+        g.journal = self.durable.as_ref().map(durable::Durable::gauges);
         g
-    }
-
-    /// The journal's last ticket (0 without one).
-    fn journal_ticket(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.link.ticket())
-    }
-
-    /// Holds a response until the journal's fsync reaches `ticket`; the
-    /// connection's input stays paused meanwhile, so pipelined requests
-    /// wait their turn and answers keep their order.
-    fn hold(&mut self, key: ConnKey, ticket: u64, bytes: Vec<u8>, close: bool) {
-        if let Some(c) = self.conns.get_mut(key.idx()) {
-            if let State::Reading { paused, .. } = &mut c.state {
-                *paused = true;
-            }
-        }
-        self.held.push_back(durable::Held::Conn {
-            ticket,
-            key,
-            bytes,
-            close,
-        });
     }
 
     /// Sends the held replies the journal's fsync now covers (the fsync
     /// thread wakes the loop when it advances).
     fn release_held(&mut self) {
-        let Some(d) = &self.durable else { return };
-        if self.held.is_empty() {
-            return;
-        }
-        let durable = d.link.durable();
-        while self.held.front().is_some_and(|h| h.ticket() <= durable) {
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
+        while let Some(h) = self.durable.as_mut().and_then(durable::Durable::release) {
             match h {
                 durable::Held::Lib { reply, res, .. } => {
                     let _ = reply.send(res);
@@ -919,7 +1089,7 @@ impl Reactor {
                     key, bytes, close, ..
                 } => {
                     self.respond(key, &bytes, close);
-                    if self.held.iter().any(|h| h.key() == Some(key)) {
+                    if self.durable.as_ref().is_some_and(|d| d.holds(key)) {
                         continue;
                     }
                     if let Some(c) = self.conns.get_mut(key.idx()) {
@@ -1268,7 +1438,6 @@ impl Reactor {
                 break;
             };
             let mut apps = std::mem::take(&mut self.apps);
-            let before = self.journal_ticket();
             let mut cx = self.context_for(Some(key), client);
             crate::router::handle(&mut cx, &mut apps, &req);
             let actions = std::mem::take(&mut cx.actions);
@@ -1278,9 +1447,13 @@ impl Reactor {
             if archived != self.broker.app_bytes() {
                 self.broker.set_app_bytes(archived);
             }
-            self.hold_from = self.durable.is_some().then_some(before);
+            if let Some(d) = self.durable.as_mut() {
+                d.begin();
+            }
             self.act(key, actions);
-            self.hold_from = None;
+            if let Some(d) = self.durable.as_mut() {
+                d.end();
+            }
             let now = self.clock.now_tick();
             if let Some(c) = self.conns.get_mut(key.idx()) {
                 if let Some(d) = c.after_request(now, &self.rules) {
@@ -1542,8 +1715,9 @@ impl Reactor {
             self.conns.get(key.idx()).map(|c| &c.state),
             Some(State::Reading { paused: true, .. })
         );
-        let held =
-            paused && (self.bus_holds(key) || self.held.iter().any(|h| h.key() == Some(key)));
+        let held = paused
+            && (self.bus.as_ref().is_some_and(|l| l.holds(key))
+                || self.durable.as_ref().is_some_and(|d| d.holds(key)));
         let Some(conn) = self.conns.get_mut(key.idx()) else {
             return;
         };
@@ -1793,7 +1967,7 @@ impl Reactor {
             }
         }
         if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
-            d.link.delete(name, floor);
+            d.delete(name, floor);
         }
         for k in self.broker.delete(idx).into_iter().map(ConnKey) {
             self.end_stream(k);
