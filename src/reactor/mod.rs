@@ -1,38 +1,42 @@
-//! The reactor: one `mio::Poll`, the listeners, the waker, the one
-//! reactor-wide read buffer, every connection, and the loop that turns
-//! readiness into handler calls and carries out the actions they return.
-//! It is the only code that touches `Poll`, sockets, the clock, or
-//! `write`/`writev`.
+//! The reactor: one `mio::Poll`, the waker, the one reactor-wide read
+//! buffer, every connection, and the loop that turns readiness into
+//! handler calls and carries out the actions they return. It is the only
+//! code that touches `Poll`, sockets, the clock, or `write`/`writev`.
 //!
 //! `mod.rs` is the driver: it reads the clock, calls `read`/`writev`,
 //! routes requests and carries out what the parts decide. The rules live
-//! in parts it owns, which never name it and (but for `conn.rs`'s socket
-//! type) do no I/O: the connection machine (`proto.rs`: what bytes, time
-//! and output mean for a connection), the fan-out (`fanout.rs`), the sweep
-//! (`sweep.rs`), the timers and per-address counts. The publish path
-//! (`publish.rs`) and the Redis glue (`bus/mod.rs`) still extend the
-//! driver (`tests/it/layers.rs`).
+//! in parts it owns, which never name it (`tests/it/layers.rs` checks)
+//! and, but for the socket-facing ones (`conn.rs`'s socket type,
+//! `bind.rs`, `listen.rs`, the bus's connections, the journal), do no
+//! I/O: each takes what it needs (`&mut Broker`, `&mut Apps`, `now`) and
+//! returns what the driver must do — a `proto::Due`, a `publish::Route`
+//! and `Answer`, the bus link's `Effect`s, a released `Held` — so each has
+//! unit tests without a socket.
 //!
 //! One loop turn: poll (until the nearest timer) → handle readiness
-//! (accept, read + route requests, drain writes) → fire due timers (a
-//! slice of the sweep, ticks) → fan newly published frames out to
-//! subscribers → free closed connections.
+//! (accept, read + route requests, drain writes, step the bus link) →
+//! fire due timers (a slice of the sweep, ticks) → release held replies,
+//! compact the journal → fan newly published frames out to subscribers →
+//! free closed connections.
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions |
-//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
-//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
-//! | `conn.rs` | the connection struct and its states |
+//! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions and effects |
+//! | `bind.rs` | `Bound`: everything that can fail at start (listeners, waker, Redis address, journal open, signals) |
+//! | `conn.rs` | `ConnKey`, the connection struct and its states |
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
-//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
-//! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
-//! | `held.rs` | a reply held until the journal's fsync covers it (shared by `durable.rs` and its stub) |
+//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
+//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering (no I/O) |
+//! | `publish.rs` | the one publish path: `apply` (route: bus or prepare → journal → commit), `settle` and `render` (no I/O) |
+//! | `bus/` | the Redis bus (`--redis`): its connections, and the bus link (`link.rs`, no I/O) that ties them to the broker |
+//! | `durable.rs` | the journal link (`--data-dir`): replay, the journal's `Link`, held replies, compaction |
+//! | `held.rs` | a reply held until the journal's fsync covers it |
+//! | `report.rs` | `/stats` and `/metrics` assembled from the parts (no I/O) |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts and unfinished-request bytes |
-//! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
-//! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
+//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 
+mod bind;
 #[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
 mod conn;
@@ -44,6 +48,7 @@ pub(crate) mod listen;
 mod peers;
 mod proto;
 mod publish;
+mod report;
 mod sweep;
 pub(crate) mod timer;
 
@@ -64,14 +69,13 @@ use slab::Slab;
 use crate::apps::Apps;
 use crate::broker::{Broker, Limits};
 use crate::config::Config;
-use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::frame;
 use crate::handler::{Action, Cx, Publish, Reply};
 use crate::http::{self, Response};
 use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
-pub use conn::CONN_SIZE;
+pub(crate) use bind::Bound;
 use conn::{ms_to_ticks, Conn, ConnKey, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
 use fanout::{Batch, WRITE_BUDGET};
 use peers::Peers;
@@ -79,7 +83,6 @@ use proto::{Due, Feed, ReadMode, Refuse, Step, Wrote};
 use publish::{Answer, Outcome, Route, To};
 use timer::{Timer, Timers};
 
-const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 pub(crate) const INBOX_LIMIT: usize = 65_536;
@@ -90,8 +93,6 @@ pub(crate) const INBOX_LIMIT: usize = 65_536;
 /// deliveries/s at 1.25 µs of server CPU each, 512 gave ~1.8 M at 0.53 µs
 /// with the same p50 latency (`ssed-bench fanout`, docs/BENCHMARKS.md).
 const FLUSH_BUDGET: usize = 512;
-/// Pending connections the kernel may queue per listener.
-const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Back-off after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Reads of one connection per loop turn (64 KiB each), so a flooding peer
@@ -112,9 +113,6 @@ const LINGER_MS: u64 = 2000;
 const TRIM_AFTER_BYTES: usize = 16 << 20;
 /// ...and at most this often (a trim walks the heap).
 const TRIM_EVERY_MS: u64 = 1000;
-fn listener_token(i: usize) -> Token {
-    Token(usize::MAX - 1 - i)
-}
 
 /// Messages from other threads.
 pub(crate) enum Command {
@@ -129,36 +127,6 @@ pub(crate) struct Shared {
     pub waker: Waker,
 }
 
-/// Set by the SIGTERM/SIGINT handler.
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-static SIGNAL_SHARED: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-    // Waking is a write(2) on an eventfd: safe in a signal handler.
-    if let Some(s) = SIGNAL_SHARED.get() {
-        let _ = s.waker.wake();
-    }
-}
-
-fn install_signal_handlers(shared: &Arc<Shared>) {
-    let _ = SIGNAL_SHARED.set(shared.clone());
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only touches an atomic and an eventfd write.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-    // SAFETY: ignoring SIGPIPE so a write to a closed socket is an error, not death.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
-}
-
 /// Most connection slots reserved up front. Reserved capacity is address
 /// space, not memory: the allocator maps a block this large on its own and
 /// a page costs RSS only once a connection lands in it. Growing by
@@ -167,117 +135,7 @@ fn install_signal_handlers(shared: &Arc<Shared>) {
 /// 16,000-19,000 measured).
 const RESERVE_CONNS: usize = 1 << 20;
 
-/// The open-file limit minus a reserve for listeners, logs and the poll fd.
-fn default_max_connections() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    let cur = if ok { lim.rlim_cur } else { 1024 };
-    (cur.min(1 << 24) as usize).saturating_sub(64).max(16)
-}
-
-/// A bound server not yet running: `Send`, so it can be bound on one
-/// thread and run on another (the reactor, with its `Rc` frames, is built
-/// by `run` on the loop's own thread).
-pub(crate) struct Bound {
-    poll: Poll,
-    listeners: Vec<TcpListener>,
-    pub addrs: Vec<SocketAddr>,
-    pub shared: Arc<Shared>,
-    cfg: Config,
-    max: usize,
-    users: Option<crate::apps::mongoose::Users>,
-    redis: Option<(crate::bus::RedisUrl, bus::Target)>,
-    journal: Option<durable::Opened>,
-    auth: crate::access::Access,
-}
-
 impl Bound {
-    pub fn bind(cfg: Config) -> Result<Bound, Error> {
-        // An embedder's Config skips `from_args`, which checks this too.
-        cfg.check_features()?;
-        let users = Apps::load_users(&cfg).map_err(Error::Users)?;
-        let redis = match cfg.redis.as_deref() {
-            Some(u) => {
-                let url = u.parse::<crate::bus::RedisUrl>().map_err(Error::RedisUrl)?;
-                // Once, here: a lookup on the loop at every reconnect would
-                // stall every connection while the resolver waits.
-                let target = bus::Target::resolve(&url.addr).map_err(Error::RedisHost)?;
-                Some((url, target))
-            }
-            None => None,
-        };
-        let auth = crate::access::Access::from_config(&cfg).map_err(Error::Access)?;
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for (i, a) in cfg.listen.iter().enumerate() {
-            let cannot = |source| Error::Listen { addr: *a, source };
-            let mut l = if cfg.reuse_port {
-                TcpListener::from_std(
-                    listen::bind_reuse_port(*a, Some(LISTEN_BACKLOG)).map_err(cannot)?,
-                )
-            } else {
-                let l = TcpListener::bind(*a).map_err(cannot)?;
-                // mio listens with a backlog of 1024; a connect storm of
-                // thousands of subscribers (a restart, a benchmark) would see
-                // SYNs dropped and 1 s retransmits. Linux lets listen(2) be
-                // called again to raise it (the kernel caps it at somaxconn).
-                // SAFETY: listen on a socket we own.
-                unsafe {
-                    libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), LISTEN_BACKLOG);
-                }
-                l
-            };
-            poll.registry()
-                .register(&mut l, listener_token(i), Interest::READABLE)?;
-            let local = l.local_addr()?;
-            if !local.ip().is_loopback() && cfg.publish_token.is_none() {
-                log::warn!(
-                    "listening on {local}, not a loopback address, without --publish-token: only plainly local requests may publish or delete; set --publish-token (or SSED_PUBLISH_TOKEN) to publish from elsewhere"
-                );
-            }
-            addrs.push(local);
-            listeners.push(l);
-        }
-        let max = if cfg.max_connections == 0 {
-            default_max_connections()
-        } else {
-            cfg.max_connections
-        };
-        let shared = Arc::new(Shared {
-            inbox: Mutex::new(VecDeque::new()),
-            shutdown: AtomicBool::new(false),
-            waker,
-        });
-        let s = shared.clone();
-        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            let _ = s.waker.wake();
-        });
-        // A data directory that cannot be used is reported before anything
-        // is served.
-        let journal = durable::open(&cfg, wake)?;
-        if cfg.handle_signals {
-            install_signal_handlers(&shared);
-        }
-        Ok(Bound {
-            journal,
-            poll,
-            listeners,
-            addrs,
-            shared,
-            cfg,
-            max,
-            users,
-            redis,
-            auth,
-        })
-    }
-
     pub fn run(self) -> io::Result<()> {
         let clock = Clock::new();
         let limits = Limits {
@@ -477,7 +335,7 @@ impl Reactor {
             }
             for ev in events.iter() {
                 let t = ev.token();
-                if t == WAKER {
+                if t == bind::WAKER {
                     self.drain_inbox();
                 } else if bus::owns(t) {
                     self.bus_event(t);
@@ -524,7 +382,7 @@ impl Reactor {
             self.reap();
             self.report_memory();
             self.maybe_trim();
-            if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
+            if bind::signalled() || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();
             }
             if self.shutting_down && self.conns.is_empty() {
@@ -726,26 +584,11 @@ impl Reactor {
                     head_only,
                     headers,
                 } => {
-                    self.counters.events_published = self.broker.published;
-                    self.counters.gaps_sent = self.broker.gaps;
-                    let life = self.broker.lifecycle();
-                    self.counters.history_evicted_events = life.evicted_events;
-                    self.counters.history_evicted_bytes = life.evicted_bytes;
-                    self.counters.history_refused_too_large = life.refused_too_large;
-                    self.counters.streams_expired = life.expired;
-                    self.counters.streams_dropped_empty = life.dropped_empty;
+                    report::sync_counters(&mut self.counters, &self.broker);
                     self.report_memory();
                     let g = self.gauges();
-                    let resp = if prometheus {
-                        Response::new(
-                            200,
-                            "text/plain; version=0.0.4",
-                            crate::stats::prometheus(&self.counters, &g),
-                        )
-                    } else {
-                        Response::json(200, &crate::stats::json(&self.counters, &g))
-                    };
-                    let bytes = resp.with(&headers).encode(http10, keep_alive, head_only);
+                    let resp = report::response(prometheus, &self.counters, &g, &headers);
+                    let bytes = resp.encode(http10, keep_alive, head_only);
                     self.respond(key, &bytes, !keep_alive);
                 }
             }
@@ -1016,65 +859,25 @@ impl Reactor {
         self.memory.report(Kind::Archives, self.broker.app_bytes());
     }
 
-    /// Gauges for `/stats` and `/metrics`.
+    /// Gauges for `/stats` and `/metrics` (`report.rs`).
     fn gauges(&self) -> Gauges {
-        let mut g = Gauges {
-            connections: self.conns.len(),
-            ..Gauges::default()
-        };
-        for (_, c) in self.conns.iter() {
-            match c.state {
-                State::Streaming(_) => g.sse_connections += 1,
-                State::Ticking(_) => g.app_connections += 1,
-                _ => g.http_connections += 1,
-            }
-            if c.blocked() && matches!(c.state, State::Streaming(_) | State::Ticking(_)) {
-                g.blocked_subscribers += 1;
-            }
-        }
-        for (_, s) in self.broker.iter() {
-            if s.internal {
-                g.internal_streams += 1;
-            } else if s.anonymous_visible() {
-                // /stats is open to anyone: private-only streams are not told of.
-                g.streams += 1;
-            }
-            g.history_events += s.retained();
-        }
-        g.history_bytes = self.broker.total_bytes();
-        g.history_budget = self.broker.budget();
-        g.subscriber_streams = self.broker.unclaimed();
-        g.tombstones = self.broker.tombstones();
-        g.timers = self
+        let live = self
             .timers
             .iter()
             .filter(|(w, t)| self.timer_live(*w, t))
             .count();
-        g.timer_entries = self.timers.len();
-        g.connection_size = CONN_SIZE;
-        g.uptime_secs = self.clock.start.elapsed().as_secs_f64();
-        g.rss_bytes = crate::stats::rss_bytes();
-        g.per_ip_entries = self.peers.len();
-        g.buffered_request_bytes = self.memory.used(crate::memory::Kind::Requests);
-        g.memory = crate::stats::MemoryGauges {
-            max: self.memory.limits().max,
-            used: self.memory.total(),
-            kinds: self
-                .memory
-                .usage()
-                .map(|u| crate::stats::KindGauge {
-                    name: u.kind.name(),
-                    used: u.used,
-                    limit: u.limit,
-                    peak: u.peak,
-                    refused: u.refused,
-                })
-                .collect(),
-        };
-        g.max_connections = self.max_connections;
-        g.redis = self.bus.as_ref().map(bus::Link::gauges);
-        g.journal = self.durable.as_ref().map(durable::Durable::gauges);
-        g
+        report::gauges(report::View {
+            conns: &self.conns,
+            broker: &self.broker,
+            memory: &self.memory,
+            peers: &self.peers,
+            timers: (live, self.timers.len()),
+            uptime_secs: self.clock.start.elapsed().as_secs_f64(),
+            rss_bytes: crate::stats::rss_bytes(),
+            max_connections: self.max_connections,
+            redis: self.bus.as_ref().map(bus::Link::gauges),
+            journal: self.durable.as_ref().map(durable::Durable::gauges),
+        })
     }
 
     /// Sends the held replies the journal's fsync now covers (the fsync

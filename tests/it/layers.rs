@@ -182,6 +182,8 @@ const REACTOR_PARTS: &[(&str, bool)] = &[
     ("durable_off.rs", false),
     ("held.rs", true),
     ("publish.rs", true),
+    ("report.rs", true),
+    ("bind.rs", false),
     ("bus/mod.rs", false),
     ("bus/off.rs", false),
     ("bus/link.rs", true),
