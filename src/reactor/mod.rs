@@ -603,9 +603,11 @@ impl Reactor {
             Reply::Silent => To::Nobody,
             _ => to,
         };
-        let now_us = self.clock.unix_us();
-        let journal = self.durable.as_mut().map(durable::Durable::link);
         let bus = self.bus.is_some();
+        // Only a local publish numbers events here (with the bus, Redis
+        // does): no clock read for the bus path.
+        let now_us = if bus { 0 } else { self.clock.unix_us() };
+        let journal = self.durable.as_mut().map(durable::Durable::link);
         match publish::apply(&mut self.broker, journal, &mut self.apps, bus, &p, now_us) {
             Route::Done { made, outcome } => {
                 if outcome.pressure {
