@@ -4,6 +4,9 @@
 //! closing). Buffers exist only while needed: the request buffer while a
 //! request is incomplete, the output buffer while a write is unfinished.
 //!
+//! A connection is named by its [`ConnKey`] (its slot in the driver's
+//! table and its `mio` token) wherever the reactor's parts refer to it.
+//!
 //! Data and small helpers only: what the connection's states mean over
 //! time is the connection machine's (`proto.rs`); the driver does its I/O.
 

@@ -469,20 +469,22 @@ impl Reactor {
         let via_proxy = peer.is_some_and(|p| self.cfg.trusted_proxies.contains(&p));
         self.context_for(
             key,
-            Client {
-                peer,
+            proto::Client {
+                ip: peer,
                 via_proxy,
                 unnamed: false,
+                counted: None,
             },
         )
     }
 
     /// A handler context for `client` (see [`Reactor::client_of`]).
-    fn context_for(&mut self, key: Option<ConnKey>, client: Client) -> Cx<'_> {
-        let Client {
-            peer,
+    fn context_for(&mut self, key: Option<ConnKey>, client: proto::Client) -> Cx<'_> {
+        let proto::Client {
+            ip: peer,
             via_proxy,
             unnamed,
+            ..
         } = client;
         Cx {
             broker: &self.broker,
@@ -1272,7 +1274,7 @@ impl Reactor {
     /// The client of a request (see `proto::client_of`); `None`, with a
     /// 503 sent, when its forwarded address is over
     /// `--max-connections-per-ip`.
-    fn client_of(&mut self, key: ConnKey, req: &http::Request<'_>) -> Option<Client> {
+    fn client_of(&mut self, key: ConnKey, req: &http::Request<'_>) -> Option<proto::Client> {
         let peer = self.peers.ip(self.conns.get(key.idx())?.peer);
         let c = proto::client_of(
             key,
@@ -1292,11 +1294,7 @@ impl Reactor {
                         "connection {key}: proxy {proxy} named no client; pooled under its address"
                     );
                 }
-                Some(Client {
-                    peer: c.ip,
-                    via_proxy: c.via_proxy,
-                    unnamed: c.unnamed,
-                })
+                Some(c)
             }
             Err(r) => {
                 self.refuse(key, r);
@@ -1795,17 +1793,6 @@ impl Reactor {
         self.send_sse(key, frame::HEARTBEAT);
         self.after_stream_write(key);
     }
-}
-
-/// Who a request is from, for its handler context.
-#[derive(Clone, Copy)]
-struct Client {
-    /// The address per-address pools count it under (see `Cx::peer`).
-    peer: Option<std::net::IpAddr>,
-    /// A `--trusted-proxy` sent it.
-    via_proxy: bool,
-    /// That proxy named no usable client: `peer` is the proxy's own.
-    unnamed: bool,
 }
 
 /// Whether a timer entry still means something (see `Reactor::timer_live`).
