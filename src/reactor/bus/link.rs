@@ -1209,4 +1209,95 @@ mod tests {
         assert_eq!(owed, [2]);
         assert!(!w.link.holds(key));
     }
+
+    fn live_sub(resume: Resume) -> Subscribe {
+        Subscribe {
+            head: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+            chunked: true,
+            prelude: Vec::new(),
+            to: Targets::Internal(Vec::new()),
+            sees_private: vec![false],
+            resume,
+            until: None,
+            shape: shape(),
+        }
+    }
+
+    #[test]
+    fn a_live_subscriber_starts_at_once_and_a_reconnect_catches_up_live_streams() {
+        let mut w = World::new();
+        let s = w.stream("s");
+        let key = ConnKey(1);
+        w.link.stream(
+            &mut w.broker,
+            &mut w.apps,
+            key,
+            &[s],
+            live_sub(Resume::Live),
+            0,
+            &mut w.fx,
+        );
+        assert!(matches!(
+            w.fx.as_slice(),
+            [Effect::Stream { waited: false, .. }]
+        ));
+        assert!(w.link.wire.fetched.is_empty(), "live: nothing to load");
+        assert!(!w.link.holds(key));
+        w.fx.clear();
+        // Live after an announcement; after a reconnect it is fetched from
+        // its last id, in case announcements were missed meanwhile.
+        w.announce(3, "s", 0, "a");
+        w.feed(BusOutput::Down);
+        w.feed(BusOutput::Up);
+        assert_eq!(
+            w.link.wire.fetched.last().map(|f| (f.1.as_str(), f.2)),
+            Some(("s", 3))
+        );
+    }
+
+    #[test]
+    fn a_fetch_that_fails_while_down_marks_no_hole_and_its_subscriber_streams_with_a_gap() {
+        let mut w = World::new();
+        let s = w.stream("s");
+        w.announce(2, "s", 0, "a");
+        // A resume from an id this node never saw: history is asked for.
+        let key = ConnKey(5);
+        w.link.stream(
+            &mut w.broker,
+            &mut w.apps,
+            key,
+            &[s],
+            live_sub(Resume::After(9, "9".into())),
+            0,
+            &mut w.fx,
+        );
+        let (req, _, after) = w.link.wire.fetched[0].clone();
+        assert_eq!(after, 2);
+        w.fx.clear();
+        // Meanwhile an announcement with a predecessor not held is buffered.
+        w.announce(12, "s", 11, "z");
+        assert_eq!(w.last(s), 2);
+        w.link.wire.down = true;
+        w.feed(BusOutput::Failed {
+            req,
+            error: BusError::Unavailable,
+        });
+        // Down: what was buffered waits for the catch-up, no loss marked.
+        assert_eq!(w.last(s), 2);
+        assert_eq!(w.link.counts().bus_gaps, 0);
+        // The subscriber streams from what is here, told it may miss some.
+        let [Effect::Stream {
+            key: k,
+            waited: true,
+            sub,
+            ..
+        }] = w.fx.as_slice()
+        else {
+            panic!("the waiting subscriber did not start");
+        };
+        assert_eq!(*k, key);
+        let prelude = String::from_utf8_lossy(&sub.prelude);
+        assert!(prelude.contains("event: gap"), "{prelude}");
+        assert!(!w.link.holds(key));
+    }
 }
