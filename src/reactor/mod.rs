@@ -649,11 +649,11 @@ impl Reactor {
         match (to, answer) {
             (To::Conn(k), Answer::Http(bytes, close)) => self.answer(k, bytes, close),
             (To::Library(reply), Answer::Library(res)) => {
-                let d = self.durable.as_mut();
-                match d.as_ref().and_then(|d| d.must_wait()).zip(d) {
-                    Some((ticket, d)) => d.hold(durable::Held::Lib { ticket, reply, res }),
+                let wait = self.durable.as_ref().and_then(durable::Durable::must_wait);
+                match (wait, self.durable.as_mut()) {
+                    (Some(ticket), Some(d)) => d.hold(durable::Held::Lib { ticket, reply, res }),
                     // The publisher may have stopped waiting.
-                    None => {
+                    _ => {
                         let _ = reply.send(res);
                     }
                 }
