@@ -271,11 +271,15 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     };
     // The newest event this subscriber could have been sent, so the header
     // tells nothing of private events it may not see ("earliest": none).
-    // (A stream not made yet has published nothing.)
+    // (A topic stream not made yet has published nothing.)
     let last = reads
         .iter()
         .zip(&sees)
         .filter_map(|(name, &sees)| {
+            // A selector stream not made yet: what it will be rebuilt from.
+            if let Some(sel) = w.selectors.iter().find(|s| s.as_str() == *name) {
+                return Some(cx.broker.selector_view(sel, sees).0);
+            }
             let s = cx.broker.get(cx.broker.find(name)?)?;
             Some(if sees { s.last_id } else { s.last_public_id })
         })
@@ -286,7 +290,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     if cursor.is_some() {
         headers.push((
             "Mercure-Last-Event-ID",
-            reconciled(cx, &reads, &sees, &resume),
+            reconciled(cx, &reads, &sees, &resume, &w.selectors),
         ));
     }
     headers.extend(links(hub.as_ref()));
@@ -303,8 +307,15 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
 
 /// `Mercure-Last-Event-ID`: the cursor the subscription resumes after when
 /// every stream it reads still holds what followed it, else `earliest`
-/// (unknown, unparsable, not retained, or a selector stream made now).
-fn reconciled(cx: &Cx<'_>, reads: &[&str], sees: &[bool], resume: &Resume) -> String {
+/// (unknown, unparsable, or not retained; a selector stream not made yet
+/// is judged by what it will be rebuilt from).
+fn reconciled(
+    cx: &Cx<'_>,
+    reads: &[&str],
+    sees: &[bool],
+    resume: &Resume,
+    selectors: &[Selector],
+) -> String {
     let Resume::After(id, raw) = resume else {
         return "earliest".into();
     };
@@ -313,6 +324,9 @@ fn reconciled(cx: &Cx<'_>, reads: &[&str], sees: &[bool], resume: &Resume) -> St
         return "earliest".into();
     }
     let kept = reads.iter().zip(sees).all(|(name, &sees)| {
+        if let Some(sel) = selectors.iter().find(|s| s.as_str() == *name) {
+            return !cx.broker.selector_lost_after(sel, *id, sees);
+        }
         cx.broker
             .find(name)
             .and_then(|i| cx.broker.get(i))

@@ -789,7 +789,7 @@ impl Reactor {
 
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
-    /// `--redis`, `bus_stream` may load history first).
+    /// `--redis`, the bus link may load history first: `Link::stream`).
     fn subscribe(&mut self, key: ConnKey, s: crate::handler::Subscribe) {
         let targets = match publish::resolve(&mut self.broker, &s.to) {
             Ok((t, _)) => t,

@@ -24,6 +24,8 @@ mod exits;
 mod fuzz;
 mod hardening;
 mod heads;
+#[cfg(feature = "mercure")]
+mod hub_shapes;
 mod layers;
 mod library;
 #[cfg(feature = "mercure")]

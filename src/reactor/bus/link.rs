@@ -404,9 +404,17 @@ impl<W: Wire> Link<W> {
         let sse: std::rc::Rc<[u8]> = sse.into();
         let mut now_targets = Vec::new();
         let mut fetch = Vec::new();
+        // Streams that take it once their history is in: their selector
+        // streams take it now, in announcement order.
+        let mut later = Vec::new();
         for (name, prev) in streams {
-            let Some(idx) = broker.find(name) else {
-                continue; // not held here: loaded when someone asks
+            // Not held here: loaded when someone asks, or now when a
+            // selector stream here wants its events.
+            let Some(idx) = broker
+                .find(name)
+                .or_else(|| broker.hold_for_selectors(name))
+            else {
+                continue;
             };
             let last = last_id(broker, idx);
             match self.sync.get_mut(name.as_str()) {
@@ -415,7 +423,10 @@ impl<W: Wire> Link<W> {
                         .insert(name.as_str().into(), Sync::Live { reset: false });
                     now_targets.push(idx);
                 }
-                None => fetch.push((name.clone(), false, *prev)),
+                None => {
+                    fetch.push((name.clone(), false, *prev));
+                    later.push(idx);
+                }
                 Some(Sync::Live { reset }) => {
                     if id <= last {
                         continue;
@@ -425,11 +436,13 @@ impl<W: Wire> Link<W> {
                         now_targets.push(idx);
                     } else {
                         fetch.push((name.clone(), true, *prev));
+                        later.push(idx);
                     }
                 }
                 Some(Sync::Fetching {
                     buffered, overflow, ..
                 }) => {
+                    later.push(idx);
                     if buffered.len() < MAX_BUFFERED {
                         buffered.push(Msg {
                             id,
@@ -442,6 +455,9 @@ impl<W: Wire> Link<W> {
                     }
                 }
             }
+        }
+        if !later.is_empty() {
+            append_selectors(broker, apps, &later, id, &sse, private, fx);
         }
         for (name, was_live, prev) in fetch {
             log::debug!("stream {name:?}: predecessor {prev} not held, fetching");
@@ -829,6 +845,26 @@ fn append(
     }
 }
 
+/// [`append`] for the selector streams `targets` feed only: `targets`
+/// take the event once their history is loaded.
+fn append_selectors(
+    broker: &mut Broker,
+    apps: &mut Apps,
+    targets: &[u32],
+    id: u64,
+    sse: &[u8],
+    private: bool,
+    fx: &mut Vec<Effect>,
+) {
+    let (took, pressure) = broker.append_selectors(targets, id, sse, private);
+    if took {
+        publish::entered(broker, apps, targets, id, sse, private);
+    }
+    if pressure && !matches!(fx.last(), Some(Effect::Flush)) {
+        fx.push(Effect::Flush);
+    }
+}
+
 /// Subscribes `key` to the streams `names` (as they are here now) and
 /// asks the driver to start its stream; `failed`: history could not be
 /// loaded, so what is local may miss some (a `gap` says so).
@@ -846,9 +882,14 @@ fn begin(
     match (&c.gap, failed, &sub.resume) {
         (Some(g), _, _) => sub.prelude.extend_from_slice(g),
         (None, true, Resume::After(_, raw) | Resume::Unparsable(raw)) => {
-            let refs: Vec<&str> = names.iter().map(|n| &**n).collect();
-            broker.gaps += 1;
+            // History could not be loaded: what is local may miss some.
+            let refs: Vec<&str> = targets
+                .iter()
+                .filter_map(|&t| broker.get(t))
+                .map(|s| s.shown())
+                .collect();
             sub.prelude.extend_from_slice(&frame::gap(raw, &refs));
+            broker.gaps += 1;
         }
         _ => {}
     }
