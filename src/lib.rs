@@ -60,7 +60,8 @@
 
 // Layers (docs/ARCHITECTURE.md): each module uses only those of lower
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
-// it). 1: config, event, frame, http, stats, auth, bus, journal, access.
+// it). 1: config, event, frame, http, stats, auth, bus, journal, access,
+// presence.
 // 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
 // 5: error (the crate's one error, wrapping those of lower layers).
 // 7: supervisor (the `--workers` process manager).
@@ -89,6 +90,8 @@ mod journal;
 mod memory;
 #[cfg_attr(not(feature = "mercure"), path = "mercure_off.rs")]
 mod mercure;
+#[cfg_attr(not(feature = "mercure"), path = "presence_off.rs")]
+mod presence;
 mod reactor;
 mod router;
 mod stats;

@@ -818,9 +818,26 @@ impl Broker {
         idx
     }
 
+    /// Drops public stream `idx`, which carried a one-off update under a
+    /// name never used again (a Mercure subscription update), unless it
+    /// has readers: without a tombstone, which nobody would resume from
+    /// and which would push other streams' tombstones out.
+    pub fn drop_one_off(&mut self, idx: u32) {
+        if self
+            .get(idx)
+            .is_some_and(|s| !s.internal && s.subs.is_empty())
+        {
+            self.drop_stream_as(idx, false);
+        }
+    }
+
     /// Removes a stream, leaving a tombstone when it held events; the
     /// caller deals with its subscribers.
     fn drop_stream(&mut self, idx: u32) -> Option<Stream> {
+        self.drop_stream_as(idx, true)
+    }
+
+    fn drop_stream_as(&mut self, idx: u32, tombstone: bool) -> Option<Stream> {
         self.lru_unlink(idx);
         let s = self.streams.try_remove(idx as usize)?;
         self.by_name.remove(&s.name);
@@ -836,7 +853,9 @@ impl Broker {
         } else {
             s.retained_bytes()
         };
-        self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
+        if tombstone {
+            self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
+        }
         self.dirty.retain(|&d| d != idx);
         self.topics.forget(idx);
         Some(s)

@@ -161,6 +161,7 @@ impl Bound {
             durable,
             bus_fx: Vec::new(),
             token_exp: std::collections::HashMap::new(),
+            presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -284,6 +285,9 @@ pub(crate) struct Reactor {
     /// Streams opened with a token that expires → the tick they end at: a
     /// side table, since few connections have one and `Conn` must not grow.
     token_exp: std::collections::HashMap<ConnKey, Tick>,
+    /// Hub subscribers whose subscriptions are announced, by connection (a
+    /// side table too), and the active subscriptions heard of.
+    presence: crate::presence::Presence,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -308,7 +312,7 @@ impl Reactor {
         loop {
             self.clock.tick();
             self.bus_send();
-            let busy = self.fanout.busy();
+            let busy = self.fanout.busy() || self.presence.has_pending();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
@@ -377,6 +381,10 @@ impl Reactor {
             }
             if let Some(d) = &mut self.durable {
                 d.compact(&self.broker);
+            }
+            if self.presence.has_pending() {
+                let ups = self.presence.take_pending();
+                self.announce(ups);
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
@@ -490,6 +498,7 @@ impl Reactor {
             broker: &self.broker,
             cfg: &self.cfg,
             access: &self.auth,
+            presence: &self.presence,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -715,7 +724,13 @@ impl Reactor {
         loop {
             let Some(l) = self.bus.as_mut() else { return };
             let mut fx = std::mem::take(&mut self.bus_fx);
-            let more = l.step(&mut self.broker, &mut self.apps, now, &mut fx);
+            let more = l.step(
+                &mut self.broker,
+                &mut self.apps,
+                &mut self.presence,
+                now,
+                &mut fx,
+            );
             self.carry_out(fx);
             if !more {
                 return;
@@ -760,6 +775,7 @@ impl Reactor {
                     );
                 }
                 bus::Effect::Flush => self.flush_dirty(usize::MAX),
+                bus::Effect::DropOneOff(idx) => self.drop_one_off(idx),
             }
         }
         if self.bus_fx.capacity() < fx.capacity() {
@@ -790,7 +806,7 @@ impl Reactor {
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
     /// `--redis`, the bus link may load history first: `Link::stream`).
-    fn subscribe(&mut self, key: ConnKey, s: crate::handler::Subscribe) {
+    fn subscribe(&mut self, key: ConnKey, mut s: crate::handler::Subscribe) {
         let targets = match publish::resolve(&mut self.broker, &s.to) {
             Ok((t, _)) => t,
             Err(f) => {
@@ -803,6 +819,9 @@ impl Reactor {
                 return self.answer(key, s.shape.encode(resp), close);
             }
         };
+        if let Some(j) = s.presence.take() {
+            self.presence.join(key.0, j);
+        }
         if let Some(l) = self.bus.as_mut() {
             let now = self.clock.now_ms;
             let mut fx = std::mem::take(&mut self.bus_fx);
@@ -840,6 +859,7 @@ impl Reactor {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
             self.broker.unsubscribe(key.0, &cursors);
+            self.presence.left(key.0, true);
             return;
         }
         if let Some(c) = self.conns.get_mut(key.idx()) {
@@ -848,6 +868,9 @@ impl Reactor {
         if let Some(exp) = until {
             let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
             self.token_exp.insert(key, at);
+        }
+        if !self.presence.none_here() {
+            self.presence.started(key.0, self.bus.is_none());
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -1317,6 +1340,9 @@ impl Reactor {
     /// Marks a connection to be freed at the end of the turn, leaving the
     /// streams it read and releasing its request buffer.
     fn close(&mut self, key: ConnKey) {
+        if !self.presence.none_here() {
+            self.presence.left(key.0, self.bus.is_none());
+        }
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
@@ -1726,6 +1752,9 @@ impl Reactor {
     /// one gets its last chunk and goes back to reading requests (unless
     /// the server is shutting down).
     fn end_stream(&mut self, key: ConnKey) {
+        if !self.presence.none_here() {
+            self.presence.left(key.0, self.bus.is_none());
+        }
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
@@ -1775,6 +1804,52 @@ impl Reactor {
         for k in self.broker.delete(idx).into_iter().map(ConnKey) {
             self.end_stream(k);
         }
+    }
+
+    /// Publishes subscription updates (`--mercure-subscriptions`), at the
+    /// end of a turn, through the one publish path: private, `event:
+    /// mercure`, numbered like any event. Each update's topic stream is
+    /// made in the subscriber's address's share of the subscribers' pool,
+    /// and goes again once it carried the update (with `--redis`, once it
+    /// was handed to the bus: each node's `presence_entered` makes it
+    /// again for the announcement) unless someone reads that very topic:
+    /// watchers read selector streams, and a stream per subscription would
+    /// fill `--max-streams`.
+    fn announce(&mut self, ups: Vec<crate::presence::Update>) {
+        use crate::handler::{Body, Publish, Reply, Targets};
+        for u in ups {
+            let mut ev = crate::event::Event::new(u.data());
+            ev.event = Some(crate::presence::EVENT.into());
+            let topic = u.topic();
+            let p = Publish {
+                to: Targets::Names {
+                    names: vec![topic.clone()],
+                    by: crate::broker::Create::Subscriber(u.peer),
+                    topics: true,
+                },
+                events: vec![Body::Numbered(ev)],
+                private: true,
+                reply: Reply::Silent,
+            };
+            self.publish(publish::To::Nobody, p);
+            if let Some(idx) = self.broker.find(&topic) {
+                self.drop_one_off(idx);
+            }
+        }
+    }
+
+    /// Drops a subscription update's topic stream unless someone reads
+    /// that very topic (the journal records it as deleted).
+    fn drop_one_off(&mut self, idx: u32) {
+        if !self.broker.subscribers(idx).is_empty() {
+            return;
+        }
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            if floor > 0 {
+                d.delete(name, floor);
+            }
+        }
+        self.broker.drop_one_off(idx);
     }
 
     /// Sets a connection's deadline and makes sure a sweep will see it.

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("memory", 0),
     ("event", 1),
     ("access", 1),
+    ("presence", 1),
     ("broker", 2),
     ("handler", 3),
     ("api", 4),

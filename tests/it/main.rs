@@ -37,6 +37,8 @@ mod mercure;
 mod mercure08;
 #[cfg(feature = "mercure")]
 mod mercure_hardening;
+#[cfg(feature = "mercure")]
+mod mercure_subscriptions;
 #[cfg(feature = "apps")]
 mod mongoose;
 #[cfg(all(

@@ -43,4 +43,7 @@ pub(crate) enum Effect {
     },
     /// So much was appended that the fan-out must run now.
     Flush,
+    /// A subscription update's topic stream carried it and nobody reads
+    /// that very topic: drop it again (`--mercure-subscriptions`).
+    DropOneOff(u32),
 }

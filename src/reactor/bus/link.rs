@@ -32,6 +32,7 @@ use crate::broker::{Broker, Resume};
 use crate::bus::BusError;
 use crate::frame;
 use crate::handler::{bus_frame, Publish, Reply, Subscribe};
+use crate::presence::Presence;
 
 use super::super::conn::ConnKey;
 use super::super::publish::{self, Failure, Outcome, To};
@@ -220,6 +221,7 @@ impl<W: Wire> Link<W> {
         &mut self,
         broker: &mut Broker,
         apps: &mut Apps,
+        presence: &mut Presence,
         now_ms: u64,
         fx: &mut Vec<Effect>,
     ) -> bool {
@@ -247,7 +249,7 @@ impl<W: Wire> Link<W> {
                 id,
                 streams,
                 payload,
-            } => self.on_message(broker, apps, id, &streams, &payload, now_ms, fx),
+            } => self.on_message(broker, apps, presence, id, &streams, &payload, now_ms, fx),
             BusOutput::Fetched {
                 req,
                 entries,
@@ -390,6 +392,7 @@ impl<W: Wire> Link<W> {
         &mut self,
         broker: &mut Broker,
         apps: &mut Apps,
+        presence: &mut Presence,
         id: u64,
         streams: &[(String, u64)],
         payload: &[u8],
@@ -401,6 +404,12 @@ impl<W: Wire> Link<W> {
             self.counts.bad += 1;
             return;
         };
+        // Every node lists every node's subscribers, whichever streams it
+        // holds, and its watchers get the update (`--mercure-subscriptions`).
+        let names = streams.iter().map(|(n, _)| n.as_str());
+        if let (Some(topic), [_]) = (presence.heard(names, &sse), streams) {
+            return self.presence_entered(broker, apps, &topic, id, &sse, private, fx);
+        }
         let sse: std::rc::Rc<[u8]> = sse.into();
         let mut now_targets = Vec::new();
         let mut fetch = Vec::new();
@@ -471,6 +480,42 @@ impl<W: Wire> Link<W> {
         }
         if !now_targets.is_empty() {
             append(broker, apps, &now_targets, id, &sse, private, fx);
+        }
+    }
+
+    /// A subscription update: nobody resumes one from Redis, so it skips
+    /// the sync rules and enters this node's selector streams through its
+    /// topic's stream, made for it (in the pool of addresses unknown) and
+    /// dropped again unless someone reads that very topic
+    /// (`Effect::DropOneOff`).
+    #[allow(clippy::too_many_arguments)]
+    fn presence_entered(
+        &mut self,
+        broker: &mut Broker,
+        apps: &mut Apps,
+        topic: &str,
+        id: u64,
+        sse: &[u8],
+        private: bool,
+        fx: &mut Vec<Effect>,
+    ) {
+        let by = crate::broker::Create::Subscriber(0);
+        let idx = match broker.find(topic) {
+            Some(i) => i,
+            None => match broker.resolve_topics(&[topic], by) {
+                Ok(v) => match v.first() {
+                    Some(&i) => i,
+                    None => return,
+                },
+                Err((_, e)) => {
+                    return log::debug!("subscription update {id} not kept: {}", e.message())
+                }
+            },
+        };
+        append(broker, apps, &[idx], id, sse, private, fx);
+        if broker.subscribers(idx).is_empty() {
+            self.sync.remove(topic);
+            fx.push(Effect::DropOneOff(idx));
         }
     }
 
@@ -965,6 +1010,7 @@ mod tests {
         link: Link<Fake>,
         broker: Broker,
         apps: Apps,
+        presence: Presence,
         fx: Vec<Effect>,
     }
 
@@ -978,6 +1024,7 @@ mod tests {
                 link: Link::over(Fake::default(), 16, 64),
                 broker: Broker::new(1, limits, 100),
                 apps: Apps::new(None),
+                presence: Presence::new(false),
                 fx: Vec::new(),
             }
         }
@@ -991,10 +1038,13 @@ mod tests {
         /// Queues `o` and steps the link until the wire is drained.
         fn feed(&mut self, o: BusOutput) {
             self.link.wire.out.push_back(o);
-            while self
-                .link
-                .step(&mut self.broker, &mut self.apps, 0, &mut self.fx)
-            {}
+            while self.link.step(
+                &mut self.broker,
+                &mut self.apps,
+                &mut self.presence,
+                0,
+                &mut self.fx,
+            ) {}
         }
         fn announce(&mut self, id: u64, stream: &str, prev: u64, data: &str) {
             let payload = Body::Numbered(Event::new(data)).payload(false);
@@ -1217,6 +1267,7 @@ mod tests {
             resume: Resume::After(1, "1".into()),
             until: None,
             shape: shape(),
+            presence: None,
         };
         w.link
             .stream(&mut w.broker, &mut w.apps, key, &[s], sub, 0, &mut w.fx);
@@ -1261,6 +1312,7 @@ mod tests {
             resume,
             until: None,
             shape: shape(),
+            presence: None,
         }
     }
 

@@ -72,6 +72,7 @@ impl Link {
         &mut self,
         _broker: &mut Broker,
         _apps: &mut Apps,
+        _presence: &mut crate::presence::Presence,
         _now_ms: u64,
         _fx: &mut Vec<Effect>,
     ) -> bool {
