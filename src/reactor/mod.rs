@@ -1811,7 +1811,7 @@ impl Reactor {
     /// mercure`, numbered like any event. Each update's topic stream is
     /// made in the subscriber's address's share of the subscribers' pool,
     /// and goes again once it carried the update (with `--redis`, once it
-    /// was handed to the bus: each node's `presence_entered` makes it
+    /// was handed to the bus: each node's bus link (`Link::presence_entered`) makes it
     /// again for the announcement) unless someone reads that very topic:
     /// watchers read selector streams, and a stream per subscription would
     /// fill `--max-streams`.
