@@ -1393,4 +1393,41 @@ mod tests {
         assert!(prelude.contains("event: gap"), "{prelude}");
         assert!(!w.link.holds(key));
     }
+
+    #[test]
+    fn a_subscription_update_heard_on_the_bus_is_listed_entered_and_its_stream_dropped() {
+        let mut w = World::new();
+        w.presence = Presence::new(true);
+        let who = "urn:uuid:00000000-0000-4000-8000-000000000001";
+        let topic = crate::presence::topic("exact", "https://x/a", who);
+        let doc = serde_json::json!({
+            "id": topic,
+            "type": "Subscription",
+            "subscriber": who,
+            "match_type": "exact",
+            "match": "https://x/a",
+            "active": true,
+        });
+        let mut ev = Event::new(doc.to_string());
+        ev.event = Some(crate::presence::EVENT.into());
+        w.feed(BusOutput::Message {
+            id: 40,
+            streams: vec![(topic.clone(), 0)],
+            payload: Body::Numbered(ev).payload(true),
+        });
+        // Listed by the subscriptions API...
+        let listed = w
+            .presence
+            .api(crate::presence::PREFIX, "")
+            .unwrap()
+            .unwrap();
+        assert!(listed.to_string().contains(who), "{listed}");
+        // ...entered through its topic's stream (no sync state kept for
+        // it, no fetch), which nobody reads: the driver drops it again.
+        let idx = w.broker.find(&topic).expect("made for the update");
+        assert_eq!(w.last(idx), 40);
+        assert!(w.link.wire.fetched.is_empty());
+        assert!(w.link.sync.is_empty());
+        assert!(matches!(w.fx.as_slice(), [Effect::DropOneOff(i)] if *i == idx));
+    }
 }
