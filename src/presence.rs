@@ -29,6 +29,12 @@ use serde_json::{json, Map, Value};
 /// Where the subscriptions API and the events' topics live: the hub's
 /// path, then `/subscriptions`.
 pub const PREFIX: &str = "/.well-known/mercure/subscriptions";
+
+/// Whether `name` is a subscription update's topic (under [`PREFIX`]).
+pub fn is_update_topic(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .is_some_and(|r| r.starts_with('/'))
+}
 /// The SSE `event:` of subscription updates (publishers may not use it).
 pub const EVENT: &str = "mercure";
 /// The documents' JSON-LD context.
@@ -314,7 +320,7 @@ impl Presence {
         if !self.on {
             return None;
         }
-        let name = names.find(|n| n.starts_with(PREFIX) && n[PREFIX.len()..].starts_with('/'))?;
+        let name = names.find(|n| is_update_topic(n))?;
         let d = document(frame)?;
         let str_of = |k: &str| d.get(k).and_then(Value::as_str);
         let match_type = TYPES

@@ -10,6 +10,11 @@ pub enum Joined {}
 #[derive(Debug, Default)]
 pub struct Presence;
 
+/// Never a subscription update's topic in this build.
+pub fn is_update_topic(_name: &str) -> bool {
+    false
+}
+
 /// The SSE `event:` of subscription updates.
 pub const EVENT: &str = "mercure";
 

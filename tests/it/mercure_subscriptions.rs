@@ -381,6 +381,13 @@ fn presence_covers_every_node() {
     assert!(wait_until(T, || on_a(a.addr).is_empty() && on_a(b.addr).is_empty()));
     // The node it was on keeps no stream per subscription either.
     assert_eq!(stats(b.addr)["streams"], json!(0));
+    // Nor does Redis: subscription updates are announced, not kept, so
+    // no key or `last` field per subscription piles up there.
+    let keys = r.cli(&["--scan", "--pattern", "ssed:s:*"]);
+    assert_eq!(keys, "", "stream keys left in Redis");
+    let lasts = r.cli(&["HKEYS", "ssed:last"]);
+    assert_eq!(lasts, "", "last ids left in Redis");
+    assert!(r.cli(&["GET", "ssed:id"]).parse::<u64>().unwrap() > 0);
 }
 
 /// With `--data-dir` the updates go into the journal like any publish; a

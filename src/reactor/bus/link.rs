@@ -29,6 +29,7 @@ use super::effect::Effect;
 use super::machine::BusOutput;
 use crate::apps::Apps;
 use crate::broker::{Broker, Resume};
+use crate::bus::script::Retain;
 use crate::bus::BusError;
 use crate::frame;
 use crate::handler::{bus_frame, Publish, Reply, Subscribe};
@@ -45,7 +46,8 @@ const MAX_WAITERS: usize = 10_000;
 /// What the link needs of the Redis connections: nonblocking requests
 /// whose outcomes come back from [`Wire::poll`].
 pub(crate) trait Wire {
-    /// Publishes `payload` to `streams` with an id above `floor`.
+    /// Publishes `payload` to `streams` with an id above `floor`; `retain`
+    /// says what Redis keeps of it.
     fn publish(
         &mut self,
         req: u64,
@@ -53,6 +55,7 @@ pub(crate) trait Wire {
         payload: &[u8],
         floor: u64,
         now_ms: u64,
+        retain: Retain,
     ) -> Result<(), BusError>;
     /// Asks for up to `max` entries of `stream` after id `after`.
     fn fetch(
@@ -298,9 +301,19 @@ impl<W: Wire> Link<W> {
             reply: p.reply,
         });
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        // A subscription update's topic is read only as it happens: Redis
+        // keeps no history of it (a key per subscription would pile up).
+        let retain = if refs.iter().any(|n| crate::presence::is_update_topic(n)) {
+            Retain::Announce
+        } else {
+            Retain::History
+        };
         for (index, payload) in payloads.iter().enumerate() {
             let req = self.req();
-            match self.wire.publish(req, &refs, payload, floor, now_ms) {
+            match self
+                .wire
+                .publish(req, &refs, payload, floor, now_ms, retain)
+            {
                 Ok(()) => {
                     self.reqs.insert(req, Req::Publish { slot, index });
                     if let Some(p) = self.replies.get_mut(slot) {
@@ -955,13 +968,16 @@ mod tests {
     use crate::event::Event;
     use crate::handler::{Body, Shape, Targets};
 
+    /// A publish the link asked for: (req, streams, payload, floor, what
+    /// Redis keeps).
+    type Sent = (u64, Vec<String>, Vec<u8>, u64, Retain);
+
     /// A wire without Redis: it records what the link asks and hands out
     /// the outputs a test queues.
     #[derive(Default)]
     struct Fake {
         out: VecDeque<BusOutput>,
-        /// (req, streams, payload, floor)
-        published: Vec<(u64, Vec<String>, Vec<u8>, u64)>,
+        published: Vec<Sent>,
         /// (req, stream, after)
         fetched: Vec<(u64, String, u64)>,
         refuse: Option<BusError>,
@@ -976,12 +992,14 @@ mod tests {
             payload: &[u8],
             floor: u64,
             _now_ms: u64,
+            retain: Retain,
         ) -> Result<(), BusError> {
             if let Some(e) = &self.refuse {
                 return Err(e.clone());
             }
             let names = streams.iter().map(|s| s.to_string()).collect();
-            self.published.push((req, names, payload.to_vec(), floor));
+            self.published
+                .push((req, names, payload.to_vec(), floor, retain));
             Ok(())
         }
         fn fetch(
@@ -1158,6 +1176,7 @@ mod tests {
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[0].1, ["s"]);
         assert_eq!(sent[0].2, Body::Numbered(Event::new("a")).payload(false));
+        assert_eq!(sent[0].4, Retain::History, "other nodes fetch its history");
         assert!(matches!(w.fx.as_slice(), [Effect::Pause(k)] if *k == key));
         assert!(w.link.holds(key));
         w.fx.clear();

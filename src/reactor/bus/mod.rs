@@ -19,6 +19,7 @@ mod tests;
 
 use mio::Token;
 
+use crate::bus::script::Retain;
 use crate::bus::{BusError, RedisUrl};
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
@@ -47,8 +48,9 @@ impl Wire for Bus {
         payload: &[u8],
         floor: u64,
         now_ms: u64,
+        retain: Retain,
     ) -> Result<(), BusError> {
-        Bus::publish(self, req, streams, payload, floor, now_ms)
+        Bus::publish_as(self, req, streams, payload, floor, now_ms, retain)
     }
     fn fetch(
         &mut self,
