@@ -801,6 +801,17 @@ impl Bus {
         self.out.pop_front()
     }
 
+    /// Whether both connections are ready (`status().connected`, without
+    /// the copy).
+    pub fn up(&self) -> bool {
+        self.up
+    }
+
+    /// Publishes and fetches waiting for replies.
+    pub fn in_flight(&self) -> usize {
+        self.st.in_flight
+    }
+
     /// Counters and state.
     pub fn status(&self) -> BusStatus {
         BusStatus {
