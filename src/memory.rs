@@ -32,7 +32,7 @@ pub enum Kind {
     /// Bytes accepted for a socket but not yet written, copied out of
     /// shared frames: responses, stream heads, `gap`s, heartbeats. A stalled
     /// subscriber's tail of a shared frame is a position, not a copy, and
-    /// is not charged.
+    /// is not charged here (see `Tails`).
     Output,
     /// App archives (the MongooseIM API's message and room archives),
     /// reported: they live within the history budget.
@@ -49,17 +49,24 @@ pub enum Kind {
     /// Reported by the broker; a subscription that would make new
     /// selector streams past the limit is refused (`503`).
     Selectors,
+    /// Shared frames that only slow subscribers' stream tails keep alive:
+    /// history evicted them while a subscriber was cut inside one. Each
+    /// such frame counted once, reported by the fan-out (`Tails` in
+    /// reactor/fanout.rs); past the bounds its holders are dropped as
+    /// `--max-pending-bytes` drops a slow subscriber.
+    Tails,
 }
 
 impl Kind {
     /// Every kind, in the order `/stats` lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; KINDS] = [
         Kind::History,
         Kind::Requests,
         Kind::Output,
         Kind::Archives,
         Kind::Bus,
         Kind::Selectors,
+        Kind::Tails,
     ];
 
     /// The name in `/stats` and the `kind` label in `/metrics`.
@@ -71,6 +78,7 @@ impl Kind {
             Kind::Archives => "archives",
             Kind::Bus => "bus",
             Kind::Selectors => "selectors",
+            Kind::Tails => "tails",
         }
     }
 
@@ -78,6 +86,9 @@ impl Kind {
         self as usize
     }
 }
+
+/// How many kinds there are.
+const KINDS: usize = 7;
 
 /// Why a charge was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +147,7 @@ pub struct Limits {
     /// Everything together (`--memory-max`).
     pub max: usize,
     /// Per kind, indexed like [`Kind::ALL`].
-    pub per_kind: [usize; 6],
+    pub per_kind: [usize; KINDS],
 }
 
 /// Room left for the global bound past history, at least (config.rs's
@@ -152,13 +163,14 @@ impl Limits {
     pub fn new(max: usize, history: usize, requests: usize) -> Limits {
         let max = max.max(history.saturating_add(MIN_HEADROOM));
         let headroom = max - history;
-        let mut per_kind = [0; 6];
+        let mut per_kind = [0; KINDS];
         per_kind[Kind::History.at()] = history;
         per_kind[Kind::Requests.at()] = requests;
         per_kind[Kind::Output.at()] = headroom / 4;
         per_kind[Kind::Archives.at()] = headroom / 4;
         per_kind[Kind::Bus.at()] = headroom / 2;
         per_kind[Kind::Selectors.at()] = headroom / 16;
+        per_kind[Kind::Tails.at()] = headroom / 4;
         Limits { max, per_kind }
     }
 
@@ -248,9 +260,9 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub struct Account {
     limits: Limits,
-    used: [usize; 6],
-    peak: [usize; 6],
-    refused: [u64; 6],
+    used: [usize; KINDS],
+    peak: [usize; KINDS],
+    refused: [u64; KINDS],
     total: usize,
     /// Bytes released since [`Account::take_freed`] was last called.
     freed: usize,
@@ -261,9 +273,9 @@ impl Account {
     pub fn new(limits: Limits) -> Account {
         Account {
             limits,
-            used: [0; 6],
-            peak: [0; 6],
-            refused: [0; 6],
+            used: [0; KINDS],
+            peak: [0; KINDS],
+            refused: [0; KINDS],
             total: 0,
             freed: 0,
         }
@@ -341,6 +353,19 @@ impl Account {
         b
     }
 
+    /// Counts a refusal found by a kind's own part rather than by
+    /// [`Account::charge`] (stream tails past their bound, whose holders
+    /// are dropped).
+    pub fn note_refused(&mut self, kind: Kind) {
+        self.refused[kind.at()] += 1;
+    }
+
+    /// Bytes of `kind` the bounds allow it to hold, given what the other
+    /// kinds hold now: what a reported kind must shrink to.
+    pub fn allowed(&self, kind: Kind) -> usize {
+        self.used[kind.at()].saturating_add(self.room(kind))
+    }
+
     /// Sets what a kind that keeps its own budget holds now (history).
     pub fn report(&mut self, kind: Kind, bytes: usize) {
         let i = kind.at();
@@ -412,6 +437,7 @@ mod tests {
         assert_eq!(l.of(Kind::Archives), 8 * MIB);
         assert_eq!(l.of(Kind::Bus), 16 * MIB);
         assert_eq!(l.of(Kind::Selectors), 2 * MIB);
+        assert_eq!(l.of(Kind::Tails), 8 * MIB);
         // A bound below the history budget is raised to leave headroom.
         let l = Limits::new(MIB, 64 * MIB, MIB);
         assert_eq!(l.max, 64 * MIB + MIN_HEADROOM);

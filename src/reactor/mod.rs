@@ -184,6 +184,7 @@ impl Bound {
             rules,
             trimmed_at: 0,
             fanout: fanout::Fanout::default(),
+            tails: fanout::Tails::default(),
             sweep: sweep::Sweep::default(),
             next_gen: 0,
             accept_paused: false,
@@ -265,6 +266,8 @@ pub(crate) struct Reactor {
     trimmed_at: u64,
     /// Fan-out passes under way and subscribers owed a turn.
     fanout: fanout::Fanout,
+    /// Slow subscribers' stream tails (the account's `tails` kind).
+    tails: fanout::Tails,
     sweep: sweep::Sweep,
     next_gen: u32,
     accept_paused: bool,
@@ -899,6 +902,37 @@ impl Reactor {
             .report(Kind::Selectors, self.broker.selector_bytes());
         if let Some(l) = &mut self.bus {
             self.memory.report(Kind::Bus, l.fetch_bytes());
+        }
+        let now = self.clock.now_tick();
+        if self.tails.due(now) {
+            self.report_tails(now);
+        }
+    }
+
+    /// Reports what only slow subscribers' tails keep alive; past the
+    /// kind's limit or the global bound, drops the holders of the largest
+    /// such frames as `--max-pending-bytes` drops a slow subscriber.
+    fn report_tails(&mut self, now: Tick) {
+        use crate::memory::Kind;
+        let allowed = self.memory.allowed(Kind::Tails);
+        let m = self.tails.measure(&self.conns, now, allowed);
+        // What is held now; the dropped tails go when their connections
+        // are freed, and the next measure says so.
+        self.memory.report(Kind::Tails, m.bytes);
+        if m.cut.is_empty() {
+            return;
+        }
+        self.memory.note_refused(Kind::Tails);
+        for key in m.cut {
+            if self.conns.get(key.idx()).is_some_and(|c| !c.closing()) {
+                self.drop_slow(
+                    key,
+                    format_args!(
+                        "stream tails keep {} bytes alive, {allowed} allowed by the memory account",
+                        m.bytes
+                    ),
+                );
+            }
         }
     }
 
@@ -1668,13 +1702,15 @@ impl Reactor {
             .get(key.idx())
             .is_some_and(|c| fanout::too_slow(c, &self.broker, max));
         if slow {
-            log::info!(
-                "dropping slow subscriber {key}: more than {} bytes behind",
-                self.cfg.max_pending_bytes
-            );
-            self.counters.slow_consumers_dropped += 1;
-            self.close(key);
+            self.drop_slow(key, format_args!("more than {max} bytes behind"));
         }
+    }
+
+    /// Drops a subscriber too slow to keep: `why` is logged.
+    fn drop_slow(&mut self, key: ConnKey, why: std::fmt::Arguments<'_>) {
+        log::info!("dropping slow subscriber {key}: {why}");
+        self.counters.slow_consumers_dropped += 1;
+        self.close(key);
     }
 
     /// Writes everything a subscriber is owed, in id order across its
@@ -1704,6 +1740,7 @@ impl Reactor {
                 broker,
                 counters,
                 fanout,
+                tails,
                 ..
             } = self;
             let Some(conn) = conns.get_mut(key.idx()) else {
@@ -1732,6 +1769,9 @@ impl Reactor {
             let more = batch.more();
             counters.frames_written += w.sent;
             counters.bytes_written += written as u64;
+            if w.tail.is_some() {
+                tails.note(key);
+            }
             if let Some(last) = w.last {
                 cs.advance(last);
             }
