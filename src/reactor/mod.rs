@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -163,7 +163,7 @@ impl Bound {
             token_exp: std::collections::HashMap::new(),
             presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
-            listeners: self.listeners,
+            acceptor: listen::Acceptor::new(self.listeners),
             shared: self.shared,
             rbuf: vec![0; READ_BUF],
             conns: Slab::with_capacity(self.max.min(RESERVE_CONNS)),
@@ -187,9 +187,6 @@ impl Bound {
             tails: fanout::Tails::default(),
             sweep: sweep::Sweep::default(),
             next_gen: 0,
-            accept_paused: false,
-            accept_warned: false,
-            accept_more: Vec::new(),
             read_again: Vec::new(),
             reserve: Vec::new(),
             proxied: std::collections::HashMap::new(),
@@ -238,7 +235,8 @@ pub(crate) struct Reactor {
     /// The Redis bus, with `--redis`.
     bus: Option<bus::Link>,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// The listeners and the accept state.
+    acceptor: listen::Acceptor,
     shared: Arc<Shared>,
     rbuf: Vec<u8>,
     conns: Slab<Conn>,
@@ -270,11 +268,6 @@ pub(crate) struct Reactor {
     tails: fanout::Tails,
     sweep: sweep::Sweep,
     next_gen: u32,
-    accept_paused: bool,
-    /// A descriptor-exhaustion episode has been logged.
-    accept_warned: bool,
-    /// Listeners that still had connections waiting when their batch ran out.
-    accept_more: Vec<usize>,
     /// Connections that used their read budget and may have more input.
     read_again: Vec<ConnKey>,
     /// Connections admitted over the cap: they may ask for `/healthz` only.
@@ -316,7 +309,7 @@ impl Reactor {
             self.clock.tick();
             self.bus_send();
             let busy = self.fanout.busy() || self.presence.has_pending();
-            let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
+            let timeout = if !self.acceptor.owed() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -334,7 +327,7 @@ impl Reactor {
             self.clock.tick();
             self.broker
                 .tick(self.clock.start_unix_us + self.clock.now_ms * 1000);
-            for i in std::mem::take(&mut self.accept_more) {
+            for i in self.acceptor.take_owed() {
                 self.accept(i);
             }
             for key in std::mem::take(&mut self.read_again) {
@@ -346,7 +339,7 @@ impl Reactor {
                     self.drain_inbox();
                 } else if bus::owns(t) {
                     self.bus_event(t);
-                } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
+                } else if t.0 >= usize::MAX - 1 - self.acceptor.len() {
                     self.accept(usize::MAX - 1 - t.0);
                 } else {
                     let key = ConnKey::of(t.0);
@@ -364,8 +357,8 @@ impl Reactor {
                 match t {
                     Timer::Sweep => self.sweep(when),
                     Timer::ResumeAccept => {
-                        self.accept_paused = false;
-                        for i in 0..self.listeners.len() {
+                        self.acceptor.resume();
+                        for i in 0..self.acceptor.len() {
                             self.accept(i);
                         }
                     }
@@ -436,10 +429,7 @@ impl Reactor {
             return;
         }
         log::info!("shutting down: flushing {} connections", self.conns.len());
-        for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(l);
-        }
-        self.listeners.clear();
+        self.acceptor.close(self.poll.registry());
         self.shutting_down = true;
         let deadline = self.clock.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
         self.timers.add(deadline, Timer::ShutdownDeadline);
@@ -1088,56 +1078,29 @@ impl Reactor {
         timer_live(&self.conns, self.sweep.at, when, t)
     }
 
+    /// Accepts a batch on listener `i`; a listener with more waiting is
+    /// owed another batch next turn.
     fn accept(&mut self, i: usize) {
-        if self.accept_paused || self.shutting_down {
+        if self.acceptor.paused() || self.shutting_down {
             return;
         }
         for _ in 0..ACCEPT_BATCH {
-            let Some(l) = self.listeners.get(i) else {
-                return;
-            };
-            match l.accept() {
-                Ok((sock, addr)) => {
-                    if self.accept_warned {
-                        log::warn!("accepting again");
-                        self.accept_warned = false;
-                    }
-                    self.admit(sock, addr)
-                }
-                Err(e) if would_block(&e) => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+            match self.acceptor.accept(i) {
+                listen::Accept::Conn(sock, addr) => self.admit(sock, addr),
+                listen::Accept::Idle => return,
+                listen::Accept::Again => continue,
+                listen::Accept::Failed => self.counters.accept_errors += 1,
+                listen::Accept::Exhausted => {
+                    // Back off in steps until descriptors free up.
                     self.counters.accept_errors += 1;
-                    let raw = e.raw_os_error();
-                    if matches!(
-                        raw,
-                        Some(libc::EMFILE)
-                            | Some(libc::ENFILE)
-                            | Some(libc::ENOBUFS)
-                            | Some(libc::ENOMEM)
-                    ) {
-                        // Once per episode: the back-off repeats every 100 ms
-                        // until descriptors free up.
-                        if self.accept_warned {
-                            log::debug!("accept: {e}; still pausing");
-                        } else {
-                            log::warn!("accept: {e}; pausing accepts ({ACCEPT_BACKOFF_MS} ms steps) until descriptors free up");
-                            self.accept_warned = true;
-                        }
-                        self.counters.accept_paused += 1;
-                        self.accept_paused = true;
-                        self.timers
-                            .add(self.clock.now_ms + ACCEPT_BACKOFF_MS, Timer::ResumeAccept);
-                        return;
-                    }
-                    // ECONNABORTED and friends concern one connection only.
-                    log::debug!("accept: {e}");
+                    self.counters.accept_paused += 1;
+                    self.timers
+                        .add(self.clock.now_ms + ACCEPT_BACKOFF_MS, Timer::ResumeAccept);
+                    return;
                 }
             }
         }
-        if !self.accept_more.contains(&i) {
-            self.accept_more.push(i);
-        }
+        self.acceptor.owe(i);
     }
 
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
