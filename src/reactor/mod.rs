@@ -160,7 +160,7 @@ impl Bound {
             bus,
             durable,
             bus_fx: Vec::new(),
-            token_exp: std::collections::HashMap::new(),
+            side: conn::Sides::default(),
             presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
             acceptor: listen::Acceptor::new(self.listeners),
@@ -178,8 +178,6 @@ impl Bound {
             rng: SmallRng::from_entropy(),
             max_connections: self.max,
             shutting_down: false,
-            closing: Vec::new(),
-            resume_read: Vec::new(),
             memory: crate::memory::Account::new(memory),
             rules,
             trimmed_at: 0,
@@ -187,9 +185,6 @@ impl Bound {
             tails: fanout::Tails::default(),
             sweep: sweep::Sweep::default(),
             next_gen: 0,
-            read_again: Vec::new(),
-            reserve: Vec::new(),
-            proxied: std::collections::HashMap::new(),
         };
         r.schedule_expire(false);
         r.run()
@@ -251,10 +246,6 @@ pub(crate) struct Reactor {
     rng: SmallRng,
     max_connections: usize,
     shutting_down: bool,
-    /// Connections to free at the end of the turn.
-    closing: Vec<ConnKey>,
-    /// Connections whose paused input may be read again.
-    resume_read: Vec<ConnKey>,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
@@ -268,19 +259,13 @@ pub(crate) struct Reactor {
     tails: fanout::Tails,
     sweep: sweep::Sweep,
     next_gen: u32,
-    /// Connections that used their read budget and may have more input.
-    read_again: Vec<ConnKey>,
-    /// Connections admitted over the cap: they may ask for `/healthz` only.
-    reserve: Vec<ConnKey>,
-    /// Connections from a trusted proxy → their client's per-address slot.
-    proxied: std::collections::HashMap<ConnKey, u32>,
     /// The journal link (`--data-dir`).
     durable: Option<durable::Durable>,
     /// What the bus link asked for, carried out in order (reused).
     bus_fx: Vec<bus::Effect>,
-    /// Streams opened with a token that expires → the tick they end at: a
-    /// side table, since few connections have one and `Conn` must not grow.
-    token_exp: std::collections::HashMap<ConnKey, Tick>,
+    /// The turn's connection lists and the side tables (`Conn` must not
+    /// grow for what few connections need).
+    side: conn::Sides,
     /// Hub subscribers whose subscriptions are announced, by connection (a
     /// side table too), and the active subscriptions heard of.
     presence: crate::presence::Presence,
@@ -309,7 +294,7 @@ impl Reactor {
             self.clock.tick();
             self.bus_send();
             let busy = self.fanout.busy() || self.presence.has_pending();
-            let timeout = if !self.acceptor.owed() && self.read_again.is_empty() && !busy {
+            let timeout = if !self.acceptor.owed() && self.side.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -330,7 +315,7 @@ impl Reactor {
             for i in self.acceptor.take_owed() {
                 self.accept(i);
             }
-            for key in std::mem::take(&mut self.read_again) {
+            for key in std::mem::take(&mut self.side.read_again) {
                 self.on_readable(key);
             }
             for ev in events.iter() {
@@ -372,7 +357,7 @@ impl Reactor {
             }
             self.bus_timer();
             self.release_held();
-            for key in std::mem::take(&mut self.resume_read) {
+            for key in std::mem::take(&mut self.side.resume_read) {
                 self.resume_reading(key);
             }
             if let Some(d) = &mut self.durable {
@@ -398,8 +383,8 @@ impl Reactor {
 
     /// Frees the connections closed this turn.
     fn reap(&mut self) {
-        while !self.closing.is_empty() {
-            for key in std::mem::take(&mut self.closing) {
+        while !self.side.closing.is_empty() {
+            for key in std::mem::take(&mut self.side.closing) {
                 let Some(mut conn) = self.conns.try_remove(key.idx()) else {
                     continue;
                 };
@@ -408,8 +393,7 @@ impl Reactor {
                     self.free_out(&out);
                 }
                 self.peers.remove(conn.peer);
-                self.reserve.retain(|&k| k != key);
-                if let Some(slot) = self.proxied.remove(&key) {
+                if let Some(slot) = self.side.freed(key) {
                     self.peers.remove(slot);
                 }
                 self.apps.on_close(key.0);
@@ -794,7 +778,7 @@ impl Reactor {
         if let Some(c) = self.conns.get_mut(key.idx()) {
             if let State::Reading { paused, .. } = &mut c.state {
                 if std::mem::replace(paused, false) {
-                    self.resume_read.push(key);
+                    self.side.resume_read.push(key);
                 }
             }
         }
@@ -869,7 +853,7 @@ impl Reactor {
         }
         if let Some(exp) = until {
             let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
-            self.token_exp.insert(key, at);
+            self.side.token_exp.insert(key, at);
         }
         if !self.presence.none_here() {
             self.presence.started(key.0, self.bus.is_none());
@@ -966,7 +950,7 @@ impl Reactor {
                         if let State::Reading { paused, .. } = &mut c.state {
                             if *paused && c.out.is_none() {
                                 *paused = false;
-                                self.resume_read.push(key);
+                                self.side.resume_read.push(key);
                             }
                         }
                     }
@@ -1013,8 +997,8 @@ impl Reactor {
     /// A connection's deadline passed: the connection machine says what
     /// that means (`Conn::expire`), the reactor does it.
     fn expire(&mut self, key: ConnKey, now: Tick) {
-        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
-        let reserved = self.reserve.contains(&key);
+        let exp = self.side.token_expiry(key);
+        let reserved = self.side.reserve.contains(&key);
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
@@ -1110,7 +1094,7 @@ impl Reactor {
             &mut self.peers,
             addr.ip(),
             self.conns.len(),
-            self.reserve.len(),
+            self.side.reserve.len(),
             self.shutting_down,
             self.clock.now_tick(),
             &self.rules,
@@ -1141,7 +1125,7 @@ impl Reactor {
         entry.insert(Conn::new(sock, a.peer, a.deadline));
         self.set_deadline(ConnKey::of(key), a.deadline);
         if a.reserve {
-            self.reserve.push(ConnKey::of(key));
+            self.side.reserve.push(ConnKey::of(key));
         }
     }
 
@@ -1237,8 +1221,8 @@ impl Reactor {
         }
         // Still readable after a full budget: no new edge will come, so
         // carry on next turn, after everyone else.
-        if !self.read_again.contains(&key) {
-            self.read_again.push(key);
+        if !self.side.read_again.contains(&key) {
+            self.side.read_again.push(key);
         }
     }
 
@@ -1265,7 +1249,7 @@ impl Reactor {
                 Step::Request(req) => req,
             };
             self.counters.requests += 1;
-            if self.reserve.contains(&key) {
+            if self.side.reserve.contains(&key) {
                 match proto::reserve_answer(&req) {
                     Ok(bytes) => {
                         self.counters.healthz_reserve += 1;
@@ -1317,7 +1301,7 @@ impl Reactor {
             peer,
             req,
             &mut self.peers,
-            &mut self.proxied,
+            &mut self.side.proxied,
             &self.rules,
         );
         match c {
@@ -1359,15 +1343,13 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
-        if !self.token_exp.is_empty() {
-            self.token_exp.remove(&key);
-        }
+        self.side.stream_ended(key);
         match c.close(&mut self.memory, &mut self.peers) {
             proto::Closed::Already => return,
             proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key.0, &cursors),
             proto::Closed::Now(None) => {}
         }
-        self.closing.push(key);
+        self.side.closing.push(key);
     }
 
     /// Lets go of a connection's unsent bytes (it is being freed): copies
@@ -1571,7 +1553,7 @@ impl Reactor {
             proto::Drained::Ticking => self.after_stream_write(key),
             proto::Drained::Write { resume } => {
                 if resume {
-                    self.resume_read.push(key);
+                    self.side.resume_read.push(key);
                 }
                 self.after_write(key);
             }
@@ -1596,10 +1578,7 @@ impl Reactor {
 
     /// Deadline bookkeeping after writing to a streaming connection.
     fn after_stream_write(&mut self, key: ConnKey) {
-        let exp = match self.token_exp.is_empty() {
-            true => NEVER,
-            false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
-        };
+        let exp = self.side.token_expiry(key);
         let now = self.clock.now_tick();
         let d = match self.conns.get(key.idx()) {
             Some(c) => c.stream_deadline(now, exp, &self.rules),
@@ -1777,9 +1756,7 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
-        if !self.token_exp.is_empty() {
-            self.token_exp.remove(&key);
-        }
+        self.side.stream_ended(key);
         let Some((left, chunked)) = c.end_stream() else {
             return;
         };
