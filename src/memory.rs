@@ -49,6 +49,12 @@ pub enum Kind {
     /// Reported by the broker; a subscription that would make new
     /// selector streams past the limit is refused (`503`).
     Selectors,
+    /// Mercure active subscriptions (`--mercure-subscriptions`): the table
+    /// of active subscriptions (every node's, with `--redis`) and this
+    /// node's subscribers' records. Reported by the presence table, which
+    /// stops listing past its own bound ([`PRESENCE_LIMIT`]; their updates
+    /// still go out).
+    Presence,
     /// Shared frames that only slow subscribers' stream tails keep alive:
     /// history evicted them while a subscriber was cut inside one. Each
     /// such frame counted once, reported by the fan-out (`Tails` in
@@ -57,15 +63,20 @@ pub enum Kind {
     Tails,
 }
 
+/// The presence table's own bound (`presence::MAX_ACTIVE_BYTES`, which
+/// this layer cannot name) plus its subscribers' records.
+pub const PRESENCE_LIMIT: usize = 80 << 20;
+
 impl Kind {
     /// Every kind, in the order `/stats` lists them.
-    pub const ALL: [Kind; KINDS] = [
+    pub const ALL: [Kind; 8] = [
         Kind::History,
         Kind::Requests,
         Kind::Output,
         Kind::Archives,
         Kind::Bus,
         Kind::Selectors,
+        Kind::Presence,
         Kind::Tails,
     ];
 
@@ -78,6 +89,7 @@ impl Kind {
             Kind::Archives => "archives",
             Kind::Bus => "bus",
             Kind::Selectors => "selectors",
+            Kind::Presence => "presence",
             Kind::Tails => "tails",
         }
     }
@@ -86,9 +98,6 @@ impl Kind {
         self as usize
     }
 }
-
-/// How many kinds there are.
-const KINDS: usize = 7;
 
 /// Why a charge was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +156,7 @@ pub struct Limits {
     /// Everything together (`--memory-max`).
     pub max: usize,
     /// Per kind, indexed like [`Kind::ALL`].
-    pub per_kind: [usize; KINDS],
+    pub per_kind: [usize; Kind::ALL.len()],
 }
 
 /// Room left for the global bound past history, at least (config.rs's
@@ -163,13 +172,14 @@ impl Limits {
     pub fn new(max: usize, history: usize, requests: usize) -> Limits {
         let max = max.max(history.saturating_add(MIN_HEADROOM));
         let headroom = max - history;
-        let mut per_kind = [0; KINDS];
+        let mut per_kind = [0; Kind::ALL.len()];
         per_kind[Kind::History.at()] = history;
         per_kind[Kind::Requests.at()] = requests;
         per_kind[Kind::Output.at()] = headroom / 4;
         per_kind[Kind::Archives.at()] = headroom / 4;
         per_kind[Kind::Bus.at()] = headroom / 2;
         per_kind[Kind::Selectors.at()] = headroom / 16;
+        per_kind[Kind::Presence.at()] = PRESENCE_LIMIT;
         per_kind[Kind::Tails.at()] = headroom / 4;
         Limits { max, per_kind }
     }
@@ -260,9 +270,9 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub struct Account {
     limits: Limits,
-    used: [usize; KINDS],
-    peak: [usize; KINDS],
-    refused: [u64; KINDS],
+    used: [usize; Kind::ALL.len()],
+    peak: [usize; Kind::ALL.len()],
+    refused: [u64; Kind::ALL.len()],
     total: usize,
     /// Bytes released since [`Account::take_freed`] was last called.
     freed: usize,
@@ -273,9 +283,9 @@ impl Account {
     pub fn new(limits: Limits) -> Account {
         Account {
             limits,
-            used: [0; KINDS],
-            peak: [0; KINDS],
-            refused: [0; KINDS],
+            used: [0; Kind::ALL.len()],
+            peak: [0; Kind::ALL.len()],
+            refused: [0; Kind::ALL.len()],
             total: 0,
             freed: 0,
         }

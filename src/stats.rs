@@ -127,7 +127,7 @@ pub struct MemoryGauges {
 #[derive(Debug, Default, Clone)]
 pub struct KindGauge {
     /// `history`, `requests`, `output`, `archives`, `bus`, `selectors`,
-    /// `tails`.
+    /// `presence`, `tails`.
     pub name: &'static str,
     /// Bytes held now.
     pub used: usize,

@@ -877,6 +877,7 @@ impl Reactor {
         if let Some(l) = &mut self.bus {
             self.memory.report(Kind::Bus, l.fetch_bytes());
         }
+        self.memory.report(Kind::Presence, self.presence.bytes());
         let now = self.clock.now_tick();
         if self.tails.due(now) {
             self.report_tails(now);
