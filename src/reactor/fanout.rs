@@ -37,7 +37,8 @@ pub const MAX_IOV: usize = 64;
 /// Bytes written to one subscriber per turn before others get a go.
 pub const WRITE_BUDGET: usize = 256 << 10;
 
-/// Fan-out passes under way, and subscribers owed a turn.
+/// Fan-out passes under way, subscribers owed a turn, and the tails left
+/// by short writes.
 #[derive(Debug, Default)]
 pub struct Fanout {
     /// Passes in progress: a stream and the next subscriber slot.
@@ -46,6 +47,8 @@ pub struct Fanout {
     dirty: Vec<u32>,
     /// Subscribers that used their write budget and are owed more.
     again: Vec<ConnKey>,
+    /// Slow subscribers' stream tails (the account's `tails` kind).
+    pub tails: Tails,
 }
 
 impl Fanout {

@@ -108,11 +108,6 @@ const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
 /// How long a closing connection waits for its peer's FIN after we sent
 /// ours, so an error response is not destroyed by a reset.
 const LINGER_MS: u64 = 2000;
-/// Memory handed back to the system (`malloc_trim`) once this much was
-/// freed since the last time...
-const TRIM_AFTER_BYTES: usize = 16 << 20;
-/// ...and at most this often (a trim walks the heap).
-const TRIM_EVERY_MS: u64 = 1000;
 
 /// Messages from other threads.
 pub(crate) enum Command {
@@ -176,15 +171,11 @@ impl Bound {
             peers: Peers::default(),
             clock,
             rng: SmallRng::from_entropy(),
-            max_connections: self.max,
             shutting_down: false,
             memory: crate::memory::Account::new(memory),
             rules,
-            trimmed_at: 0,
             fanout: fanout::Fanout::default(),
-            tails: fanout::Tails::default(),
             sweep: sweep::Sweep::default(),
-            next_gen: 0,
         };
         r.schedule_expire(false);
         r.run()
@@ -244,21 +235,15 @@ pub(crate) struct Reactor {
     peers: Peers,
     clock: Clock,
     rng: SmallRng,
-    max_connections: usize,
     shutting_down: bool,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
     /// The connection machine's configuration.
     rules: proto::Rules,
-    /// When freed memory was last handed back to the system (ms).
-    trimmed_at: u64,
     /// Fan-out passes under way and subscribers owed a turn.
     fanout: fanout::Fanout,
-    /// Slow subscribers' stream tails (the account's `tails` kind).
-    tails: fanout::Tails,
     sweep: sweep::Sweep,
-    next_gen: u32,
     /// The journal link (`--data-dir`).
     durable: Option<durable::Durable>,
     /// What the bus link asked for, carried out in order (reused).
@@ -539,8 +524,7 @@ impl Reactor {
                     if !self.begin_stream(key, &head, chunked) {
                         continue;
                     }
-                    self.next_gen = self.next_gen.wrapping_add(1);
-                    let gen = self.next_gen;
+                    let gen = self.timers.next_gen();
                     if let Some(c) = self.conns.get_mut(key.idx()) {
                         c.state = State::Ticking(Box::new(conn::Ticker {
                             gen,
@@ -879,7 +863,7 @@ impl Reactor {
         }
         self.memory.report(Kind::Presence, self.presence.bytes());
         let now = self.clock.now_tick();
-        if self.tails.due(now) {
+        if self.fanout.tails.due(now) {
             self.report_tails(now);
         }
     }
@@ -890,7 +874,7 @@ impl Reactor {
     fn report_tails(&mut self, now: Tick) {
         use crate::memory::Kind;
         let allowed = self.memory.allowed(Kind::Tails);
-        let m = self.tails.measure(&self.conns, now, allowed);
+        let m = self.fanout.tails.measure(&self.conns, now, allowed);
         // What is held now; the dropped tails go when their connections
         // are freed, and the next measure says so.
         self.memory.report(Kind::Tails, m.bytes);
@@ -926,7 +910,7 @@ impl Reactor {
             timers: (live, self.timers.len()),
             uptime_secs: self.clock.start.elapsed().as_secs_f64(),
             rss_bytes: crate::stats::rss_bytes(),
-            max_connections: self.max_connections,
+            max_connections: self.rules.max_connections,
             redis: self.bus.as_ref().map(bus::Link::gauges),
             journal: self.durable.as_ref().map(durable::Durable::gauges),
         })
@@ -1367,15 +1351,10 @@ impl Reactor {
     /// it otherwise: a burst of megabyte-sized buffers would stay resident
     /// after they are gone). Rate-limited; a no-op on other C libraries.
     fn maybe_trim(&mut self) {
-        if self.memory.freed() < TRIM_AFTER_BYTES
-            // `trimmed_at` 0: never trimmed, so the first trim may come at
-            // once (a server up for less than a second frees too).
-            || (self.trimmed_at != 0 && self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS)
-        {
+        if !self.sweep.trim.due(self.memory.freed(), self.clock.now_ms) {
             return;
         }
         self.memory.take_freed();
-        self.trimmed_at = self.clock.now_ms;
         self.counters.memory_trims += 1;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only walks the allocator's own structures.
@@ -1683,7 +1662,6 @@ impl Reactor {
                 broker,
                 counters,
                 fanout,
-                tails,
                 ..
             } = self;
             let Some(conn) = conns.get_mut(key.idx()) else {
@@ -1713,7 +1691,7 @@ impl Reactor {
             counters.frames_written += w.sent;
             counters.bytes_written += written as u64;
             if w.tail.is_some() {
-                tails.note(key);
+                fanout.tails.note(key);
             }
             if let Some(last) = w.last {
                 cs.advance(last);
