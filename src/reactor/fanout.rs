@@ -495,7 +495,10 @@ mod tests {
         // Room for less: frame 2's holder goes first (the largest); then
         // all three holders of frame 1.
         let m = t.measure(&conns, 3, c1);
-        assert_eq!((m.bytes, m.cut_bytes, &m.cut[..]), (c1 + c2, c2, &keys[3..4]));
+        assert_eq!(
+            (m.bytes, m.cut_bytes, &m.cut[..]),
+            (c1 + c2, c2, &keys[3..4])
+        );
         let m = t.measure(&conns, 4, 0);
         assert_eq!(m.cut_bytes, c1 + c2);
         assert_eq!(m.cut, [keys[3], keys[0], keys[1], keys[2]]);

@@ -244,12 +244,17 @@ mod tests {
         assert!(matches!(a.accept(3), Accept::Idle), "no such listener");
         let emfile = io::Error::from_raw_os_error(libc::EMFILE);
         assert!(exhausted(&emfile));
-        assert!(!exhausted(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
+        assert!(!exhausted(&io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
         assert!(matches!(a.failed(&emfile), Accept::Exhausted));
         assert!(a.paused() && a.warned);
         assert!(matches!(a.failed(&emfile), Accept::Exhausted));
         a.resume();
-        assert!(!a.paused() && a.warned, "the episode lasts until an accept works");
+        assert!(
+            !a.paused() && a.warned,
+            "the episode lasts until an accept works"
+        );
         let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
         assert!(matches!(a.failed(&aborted), Accept::Failed));
         assert!(!a.paused());

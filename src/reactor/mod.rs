@@ -17,24 +17,25 @@
 //! (accept, read + route requests, drain writes, step the bus link) →
 //! fire due timers (a slice of the sweep, ticks) → release held replies,
 //! compact the journal → fan newly published frames out to subscribers →
-//! free closed connections.
+//! free closed connections → report the memory account (stream tails at
+//! most once a tick) and maybe trim.
 //!
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions and effects |
 //! | `bind.rs` | `Bound`: everything that can fail at start (listeners, waker, Redis address, journal open, signals) |
-//! | `conn.rs` | `ConnKey`, the connection struct and its states |
+//! | `conn.rs` | `ConnKey`, the connection struct and its states; `Sides`: the turn's connection lists and the side tables (reserve, proxied clients, token expiries) |
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
-//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
-//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering (no I/O) |
+//! | `fanout.rs` | the fan-out passes, what one `writev` to a subscriber holds, what slow subscribers' tails alone keep alive (`Tails`, the memory account's `tails`) (no I/O) |
+//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering; when freed heap is handed back (`Trim`) (no I/O) |
 //! | `publish.rs` | the one publish path: `apply` (route: bus or prepare → journal → commit), `settle` and `render` (no I/O) |
 //! | `bus/` | the Redis bus (`--redis`): its connections, and the bus link (`link.rs`, no I/O) that ties them to the broker |
 //! | `durable.rs` | the journal link (`--data-dir`): replay, the journal's `Link`, held replies, compaction |
 //! | `held.rs` | a reply held until the journal's fsync covers it |
 //! | `report.rs` | `/stats` and `/metrics` assembled from the parts (no I/O) |
-//! | `timer.rs` | the deadline heap |
+//! | `timer.rs` | the deadline heap, ticker generations |
 //! | `peers.rs` | per-address connection counts and unfinished-request bytes |
-//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
+//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation); `Acceptor`: the listeners and the accept state between turns |
 
 mod bind;
 #[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]

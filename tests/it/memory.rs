@@ -910,7 +910,11 @@ fn tails_past_their_limit_drop_their_subscribers() {
     let mut c = Conn::open(s.addr);
     let mut rounds = 0;
     while tails(s.addr).1 == 0 {
-        assert!(rounds < 200, "no refusal after {rounds} rounds: {:?}", tails(s.addr));
+        assert!(
+            rounds < 200,
+            "no refusal after {rounds} rounds: {:?}",
+            tails(s.addr)
+        );
         for i in 0..3 {
             let r = post_on(&mut c, &format!("/events?stream=s{i}"), "", &body);
             assert_eq!(r.status, 200, "{}", r.text());
@@ -920,8 +924,16 @@ fn tails_past_their_limit_drop_their_subscribers() {
     // 3 × 900 kB against 1 MiB: two go, the third fits.
     let dropped = || num(&stats(s.addr), &["slow_consumers_dropped"]);
     assert!(wait_until(T, || dropped() == 2), "{}", stats(s.addr));
-    assert!(wait_until(T, || tails(s.addr).0 <= 1 << 20), "{:?}", tails(s.addr));
+    assert!(
+        wait_until(T, || tails(s.addr).0 <= 1 << 20),
+        "{:?}",
+        tails(s.addr)
+    );
     assert_eq!(num(&stats(s.addr), &["connections", "sse"]), 1);
     drop(readers);
-    assert!(wait_until(T, || tails(s.addr).0 == 0), "{:?}", tails(s.addr));
+    assert!(
+        wait_until(T, || tails(s.addr).0 == 0),
+        "{:?}",
+        tails(s.addr)
+    );
 }
