@@ -597,4 +597,25 @@ mod tests {
         assert_eq!(a.room(Kind::Bus), left.min(16 * MIB));
         assert_eq!(a.take_freed(), left + (100 << 10));
     }
+
+    /// What a reported kind may hold is the smaller of its limit and what
+    /// the global bound leaves beside the other kinds; a refusal its part
+    /// finds is counted.
+    #[test]
+    fn a_reported_kind_is_allowed_what_the_bounds_leave() {
+        let mut a = account();
+        assert_eq!(a.allowed(Kind::Tails), 8 * MIB);
+        a.report(Kind::Tails, 3 * MIB);
+        assert_eq!(a.allowed(Kind::Tails), 8 * MIB);
+        a.report(Kind::History, 64 * MIB);
+        a.charge(Kind::Bus, 16 * MIB).unwrap();
+        a.charge(Kind::Requests, 8 * MIB).unwrap();
+        // 91 MiB held of 96: the 3 MiB of tails and 5 more.
+        assert_eq!(a.allowed(Kind::Tails), 8 * MIB);
+        a.charge(Kind::Output, 4 * MIB).unwrap();
+        assert_eq!(a.allowed(Kind::Tails), 4 * MIB);
+        a.note_refused(Kind::Tails);
+        let u = a.usage().find(|u| u.kind == Kind::Tails).unwrap();
+        assert_eq!((u.used, u.refused), (3 * MIB, 1));
+    }
 }
