@@ -9,6 +9,7 @@
 
 use super::ring::{Frame, Stream};
 use super::Cursor;
+use crate::id::EventId;
 use slab::Slab;
 
 /// Streams merged without a heap allocation; more use a `Vec`.
@@ -35,7 +36,7 @@ pub struct Merge<'a> {
     pos: Positions,
     /// The id of the last frame yielded (frames at or below it are skipped:
     /// an event published to two of the streams appears in both rings).
-    last: u64,
+    last: EventId,
 }
 
 impl<'a> Merge<'a> {
@@ -46,9 +47,9 @@ impl<'a> Merge<'a> {
             Positions::Heap(vec![0; cursors.len()])
         };
         let p = pos.as_mut();
-        let mut last = u64::MAX;
+        let mut last = EventId::MAX;
         for (i, c) in cursors.iter().enumerate() {
-            if let Some(s) = streams.get(c.stream as usize) {
+            if let Some(s) = streams.get(c.stream.slot()) {
                 p[i] = s.index_after(c.last_id);
             }
             last = last.min(c.last_id);
@@ -57,7 +58,11 @@ impl<'a> Merge<'a> {
             streams,
             cursors,
             pos,
-            last: if cursors.is_empty() { 0 } else { last },
+            last: if cursors.is_empty() {
+                EventId::NONE
+            } else {
+                last
+            },
         }
     }
 }
@@ -69,7 +74,7 @@ impl<'a> Iterator for Merge<'a> {
         let streams = self.streams;
         if let [c] = self.cursors {
             // One stream: no comparison needed.
-            let s = streams.get(c.stream as usize)?;
+            let s = streams.get(c.stream.slot())?;
             let sees = c.sees_private();
             let p = &mut self.pos.as_mut()[0];
             loop {
@@ -84,7 +89,7 @@ impl<'a> Iterator for Merge<'a> {
         let pos = self.pos.as_mut();
         let mut best: Option<(usize, &'a Frame)> = None;
         for (i, c) in self.cursors.iter().enumerate() {
-            let Some(s) = streams.get(c.stream as usize) else {
+            let Some(s) = streams.get(c.stream.slot()) else {
                 continue;
             };
             let sees = c.sees_private();

@@ -1016,7 +1016,9 @@ impl Reactor {
     fn expire_streams(&mut self) {
         let now = self.clock.unix_us();
         let done = self.broker.expire(now, sweep::STREAM_SLICE);
-        let unread = |(_, s): (u32, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
+        let unread = |(_, s): (crate::broker::StreamIdx, &crate::broker::Stream)| {
+            !s.internal && s.subs.is_empty()
+        };
         if done && !self.broker.iter().any(unread) {
             self.sweep.rest_expire();
             return;
@@ -1793,7 +1795,7 @@ impl Reactor {
     }
 
     /// Flushes a stream's subscribers, deletes it, and ends their streams.
-    fn delete_stream(&mut self, idx: u32) {
+    fn delete_stream(&mut self, idx: crate::broker::StreamIdx) {
         // Flush first so subscribers that can take it get what was published.
         for k in self.broker.subscribers(idx) {
             if self.conns.get(k as usize).is_some_and(|c| !c.blocked()) {

@@ -29,10 +29,11 @@ use slab::Slab;
 use super::conn::State;
 use super::publish::{Failure, Outcome, To};
 use super::Reactor;
-use crate::broker::Resume;
+use crate::broker::{Resume, StreamIdx};
 use crate::bus::{BusError, RedisUrl};
 use crate::frame;
 use crate::handler::{bus_frame, Publish, Reply, Subscribe};
+use crate::id::EventId;
 use crate::stats::RedisGauges;
 pub(super) use client::Target;
 use machine::{Bus, BusConfig, BusOutput, MAX_FETCH};
@@ -48,8 +49,8 @@ const MAX_WAITERS: usize = 10_000;
 
 /// An announcement kept for a stream whose fetch is in flight.
 struct Msg {
-    id: u64,
-    prev: u64,
+    id: EventId,
+    prev: EventId,
     sse: std::rc::Rc<[u8]>,
     private: bool,
 }
@@ -64,19 +65,20 @@ enum Sync {
         buffered: Vec<Msg>,
         /// Was `Live` before (a catch-up), so failure keeps it live.
         was_live: bool,
-        /// Announcements dropped because the buffer was full: the highest id.
-        overflow: u64,
+        /// Announcements dropped because the buffer was full: the highest
+        /// id (`NONE`: none).
+        overflow: EventId,
     },
 }
 
 /// A publish waiting for Redis's ids.
 struct Pending {
     who: To,
-    ids: Vec<Option<u64>>,
+    ids: Vec<Option<EventId>>,
     left: usize,
     error: Option<BusError>,
-    targets: Vec<u32>,
-    made: Vec<u32>,
+    targets: Vec<StreamIdx>,
+    made: Vec<StreamIdx>,
     reply: Reply,
 }
 
@@ -250,7 +252,7 @@ impl Reactor {
     fn bus_drain(&mut self) {
         while let Some(out) = self.bus.as_mut().and_then(|l| l.bus.poll()) {
             match out {
-                BusOutput::Published { req, id } => self.on_published(req, Ok(id)),
+                BusOutput::Published { req, id } => self.on_published(req, Ok(EventId::new(id))),
                 BusOutput::Failed { req, error } => {
                     match self.bus.as_mut().and_then(|l| l.reqs.remove(&req)) {
                         Some(Req::Publish { slot, index }) => {
@@ -279,7 +281,7 @@ impl Reactor {
         self.release_waiters();
     }
 
-    fn on_published(&mut self, req: u64, r: Result<u64, BusError>) {
+    fn on_published(&mut self, req: u64, r: Result<EventId, BusError>) {
         if let Some(Req::Publish { slot, index }) =
             self.bus.as_mut().and_then(|l| l.reqs.remove(&req))
         {
@@ -289,7 +291,13 @@ impl Reactor {
 
     /// A publish decision through the bus (`publish.rs` decides that it
     /// goes here); answered once Redis gave every id or refused one.
-    pub(super) fn bus_publish(&mut self, who: To, targets: Vec<u32>, made: Vec<u32>, p: Publish) {
+    pub(super) fn bus_publish(
+        &mut self,
+        who: To,
+        targets: Vec<StreamIdx>,
+        made: Vec<StreamIdx>,
+        p: Publish,
+    ) {
         let now = self.clock.now_ms;
         let floor = self.broker.ids().last();
         let names: Vec<String> = targets
@@ -316,7 +324,7 @@ impl Reactor {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         for (index, payload) in payloads.iter().enumerate() {
             let req = l.req();
-            match l.bus.publish(req, &refs, payload, floor, now) {
+            match l.bus.publish(req, &refs, payload, floor.get(), now) {
                 Ok(()) => {
                     l.reqs.insert(req, Req::Publish { slot, index });
                     if let Some(p) = l.replies.get_mut(slot) {
@@ -358,7 +366,7 @@ impl Reactor {
         }
     }
 
-    fn publish_done(&mut self, slot: usize, index: usize, r: Result<u64, BusError>) {
+    fn publish_done(&mut self, slot: usize, index: usize, r: Result<EventId, BusError>) {
         let Some(p) = self.bus.as_mut().and_then(|l| l.replies.get_mut(slot)) else {
             return;
         };
@@ -411,6 +419,8 @@ impl Reactor {
     /// Appends an announcement to the streams this node holds, or buffers
     /// it (fetch in flight), or starts a fetch (a predecessor it lacks).
     fn on_message(&mut self, id: u64, streams: &[(String, u64)], payload: &[u8]) {
+        // The bus speaks numbers: ids from here on.
+        let id = EventId::new(id);
         let Some((sse, private)) = bus_frame(id, payload) else {
             log::warn!("redis bus: ignoring an announcement with a malformed payload (id {id})");
             if let Some(l) = self.bus.as_mut() {
@@ -423,26 +433,27 @@ impl Reactor {
         let mut fetch = Vec::new();
         let Some(l) = self.bus.as_mut() else { return };
         for (name, prev) in streams {
+            let prev = EventId::new(*prev);
             let Some(idx) = self.broker.find(name) else {
                 continue; // not held here: loaded when someone asks
             };
-            let last = self.broker.get(idx).map_or(0, |s| s.last_id);
+            let last = self.broker.get(idx).map_or(EventId::NONE, |s| s.last_id);
             match l.sync.get_mut(name.as_str()) {
-                None if *prev == last => {
+                None if prev == last => {
                     l.sync
                         .insert(name.as_str().into(), Sync::Live { reset: false });
                     now_targets.push(idx);
                 }
-                None => fetch.push((name.clone(), false, *prev)),
+                None => fetch.push((name.clone(), false, prev)),
                 Some(Sync::Live { reset }) => {
                     if id <= last {
                         continue;
                     }
-                    if *prev == last || *reset {
+                    if prev == last || *reset {
                         *reset = false;
                         now_targets.push(idx);
                     } else {
-                        fetch.push((name.clone(), true, *prev));
+                        fetch.push((name.clone(), true, prev));
                     }
                 }
                 Some(Sync::Fetching {
@@ -451,7 +462,7 @@ impl Reactor {
                     if buffered.len() < MAX_BUFFERED {
                         buffered.push(Msg {
                             id,
-                            prev: *prev,
+                            prev,
                             sse: sse.clone(),
                             private,
                         });
@@ -476,7 +487,7 @@ impl Reactor {
         }
     }
 
-    fn append_bus(&mut self, targets: &[u32], id: u64, sse: &[u8], private: bool) {
+    fn append_bus(&mut self, targets: &[StreamIdx], id: EventId, sse: &[u8], private: bool) {
         match self.broker.append_as(targets, id, sse, private) {
             Ok(p) => {
                 super::publish::entered(
@@ -502,7 +513,7 @@ impl Reactor {
             .broker
             .find(name)
             .and_then(|i| self.broker.get(i))
-            .map_or(0, |s| s.last_id);
+            .map_or(EventId::NONE, |s| s.last_id);
         let Some(l) = self.bus.as_mut() else { return };
         let req = l.req();
         let max = l.fetch_max;
@@ -512,10 +523,10 @@ impl Reactor {
                 req,
                 buffered,
                 was_live,
-                overflow: 0,
+                overflow: EventId::NONE,
             },
         );
-        match l.bus.fetch(req, name, after, max, now) {
+        match l.bus.fetch(req, name, after.get(), max, now) {
             Ok(()) => {
                 l.fetches += 1;
                 l.reqs.insert(
@@ -552,7 +563,7 @@ impl Reactor {
                 w.failed = true;
             }
         }
-        if buffered.is_empty() && overflow == 0 {
+        if buffered.is_empty() && overflow == EventId::NONE {
             if was_live {
                 l.sync.insert(name.into(), Sync::Live { reset: false });
             }
@@ -573,11 +584,17 @@ impl Reactor {
     }
 
     /// Appends buffered announcements in id order, marking any hole.
-    fn merge_buffered(&mut self, idx: u32, mut buffered: Vec<Msg>, overflow: u64, reset: bool) {
+    fn merge_buffered(
+        &mut self,
+        idx: StreamIdx,
+        mut buffered: Vec<Msg>,
+        overflow: EventId,
+        reset: bool,
+    ) {
         buffered.sort_by_key(|m| m.id);
         let mut reset = reset;
         for m in buffered {
-            let last = self.broker.get(idx).map_or(0, |s| s.last_id);
+            let last = self.broker.get(idx).map_or(EventId::NONE, |s| s.last_id);
             if m.id <= last {
                 continue;
             }
@@ -587,27 +604,27 @@ impl Reactor {
             reset = false;
             self.append_bus(&[idx], m.id, &m.sse, m.private);
         }
-        if overflow > 0 {
-            let top = self.broker.get(idx).map_or(0, |s| s.last_id).max(overflow);
+        if overflow > EventId::NONE {
+            let top = self
+                .broker
+                .get(idx)
+                .map_or(EventId::NONE, |s| s.last_id)
+                .max(overflow);
             self.lost(idx, top);
         }
     }
 
     /// The event after `last` names `prev` as its predecessor: the events
     /// between are not here and Redis no longer has them.
-    fn hole(&mut self, idx: u32, last: u64, prev: u64, id: u64) {
-        if last == 0 && prev == 0 {
+    fn hole(&mut self, idx: StreamIdx, last: EventId, prev: EventId, id: EventId) {
+        if last == EventId::NONE && prev == EventId::NONE {
             return;
         }
         self.broker.observe(prev);
         // Events up to `prev` are missing; if Redis forgot `last` (it
         // restarted), anything before `id` may be.
-        let upto = if prev > last {
-            prev
-        } else {
-            id.saturating_sub(1)
-        };
-        if last == 0 {
+        let upto = if prev > last { prev } else { id.pred() };
+        if last == EventId::NONE {
             // Nothing held here yet: only resumes from before `prev` lack
             // history, which is trimmed history, not a bus loss.
             self.broker.mark_lost(idx, upto);
@@ -616,7 +633,7 @@ impl Reactor {
         }
     }
 
-    fn lost(&mut self, idx: u32, upto: u64) {
+    fn lost(&mut self, idx: StreamIdx, upto: EventId) {
         if self.broker.mark_lost(idx, upto) {
             if let Some(l) = self.bus.as_mut() {
                 l.bus_gaps += 1;
@@ -633,13 +650,19 @@ impl Reactor {
         first_retained: Option<u64>,
         more: bool,
     ) {
+        // The bus speaks numbers: ids from here on.
+        let entries = entries
+            .into_iter()
+            .map(|(id, prev, p)| (EventId::new(id), EventId::new(prev), p));
+        let entries: Vec<(EventId, EventId, Vec<u8>)> = entries.collect();
+        let first_retained = first_retained.map(EventId::new);
         let Some(l) = self.bus.as_mut() else { return };
         let Some(Req::Fetch { stream: name }) = l.reqs.remove(&req) else {
             return;
         };
         let full = more || entries.len() >= l.fetch_max;
         // The next page starts after this one even if an entry was unusable.
-        let page_end = entries.last().map_or(0, |e| e.0);
+        let page_end = entries.last().map_or(EventId::NONE, |e| e.0);
         let Some(Sync::Fetching { req: r, .. }) = l.sync.get(&name) else {
             return;
         };
@@ -650,9 +673,9 @@ impl Reactor {
             l.sync.remove(&name);
             return;
         };
-        let held = self.broker.get(idx).map_or(0, |s| s.last_id);
+        let held = self.broker.get(idx).map_or(EventId::NONE, |s| s.last_id);
         for (id, prev, payload) in &entries {
-            let last = self.broker.get(idx).map_or(0, |s| s.last_id);
+            let last = self.broker.get(idx).map_or(EventId::NONE, |s| s.last_id);
             if *id <= last {
                 continue;
             }
@@ -671,14 +694,18 @@ impl Reactor {
         if full {
             // More than one page: keep buffering, fetch the next.
             let now = self.clock.now_ms;
-            let after = self.broker.get(idx).map_or(0, |s| s.last_id).max(page_end);
+            let after = self
+                .broker
+                .get(idx)
+                .map_or(EventId::NONE, |s| s.last_id)
+                .max(page_end);
             let Some(l) = self.bus.as_mut() else { return };
             let req2 = l.req();
             let max = l.fetch_max;
             if let Some(Sync::Fetching { req: r, .. }) = l.sync.get_mut(&name) {
                 *r = req2;
             }
-            match l.bus.fetch(req2, &name, after, max, now) {
+            match l.bus.fetch(req2, &name, after.get(), max, now) {
                 Ok(()) => {
                     l.fetches += 1;
                     l.reqs.insert(req2, Req::Fetch { stream: name });
@@ -691,10 +718,10 @@ impl Reactor {
         // it: it lost the stream (restarted empty). What was published
         // while this node was away is gone: mark it, take what comes next.
         let mut reset = false;
-        if entries.is_empty() && held > 0 && first_retained.is_none_or(|f| f > held) {
+        if entries.is_empty() && held > EventId::NONE && first_retained.is_none_or(|f| f > held) {
             // Above every id seen here, so even a subscriber at the newest
             // is told; the next id Redis gives is above it (floor).
-            let top = self.broker.ids().last() + 1;
+            let top = self.broker.ids().last().succ();
             self.lost(idx, top);
             reset = true;
         }
@@ -708,7 +735,7 @@ impl Reactor {
         self.merge_buffered(idx, buffered, overflow, reset);
         if reset {
             // Nothing came after: the next announcement is taken as is.
-            let last = self.broker.get(idx).map_or(0, |s| s.last_id);
+            let last = self.broker.get(idx).map_or(EventId::NONE, |s| s.last_id);
             if last == held {
                 if let Some(l) = self.bus.as_mut() {
                     l.sync.insert(name, Sync::Live { reset: true });
@@ -746,7 +773,7 @@ impl Reactor {
 
     /// A subscription reading `targets`: start now when the history here
     /// suffices, else wait for it from Redis.
-    pub(super) fn bus_stream(&mut self, key: u32, targets: &[u32], bs: Subscribe) {
+    pub(super) fn bus_stream(&mut self, key: u32, targets: &[StreamIdx], bs: Subscribe) {
         let last_seen = self.broker.ids().last();
         let names: Vec<Box<str>> = targets
             .iter()
@@ -836,7 +863,7 @@ impl Reactor {
     }
 
     fn begin_bus_stream(&mut self, key: u32, bs: Subscribe, names: &[Box<str>], failed: bool) {
-        let targets: Vec<u32> = names.iter().filter_map(|n| self.broker.find(n)).collect();
+        let targets: Vec<StreamIdx> = names.iter().filter_map(|n| self.broker.find(n)).collect();
         let c = self
             .broker
             .subscribe_as(key, &targets, &bs.sees_private, &bs.resume);

@@ -6,6 +6,7 @@ use mio::Token;
 
 use super::publish::{Failure, Outcome, To};
 use super::Reactor;
+use crate::broker::StreamIdx;
 use crate::handler::{Publish, Subscribe};
 use crate::stats::RedisGauges;
 
@@ -56,7 +57,13 @@ impl Reactor {
     }
     /// Unreachable without a bus; should it ever run, the publisher gets
     /// the same 503 a bus that is down gives, never a made-up id.
-    pub(super) fn bus_publish(&mut self, who: To, _targets: Vec<u32>, made: Vec<u32>, p: Publish) {
+    pub(super) fn bus_publish(
+        &mut self,
+        who: To,
+        _targets: Vec<StreamIdx>,
+        made: Vec<StreamIdx>,
+        p: Publish,
+    ) {
         let o = Outcome {
             failure: Some(Failure {
                 status: 503,
@@ -68,7 +75,7 @@ impl Reactor {
         };
         self.settle(who, p.reply, &made, o);
     }
-    pub(super) fn bus_stream(&mut self, key: u32, _targets: &[u32], _s: Subscribe) {
+    pub(super) fn bus_stream(&mut self, key: u32, _targets: &[StreamIdx], _s: Subscribe) {
         let bytes =
             crate::http::Response::error(503, "redis unavailable").encode(false, false, false);
         self.respond(key, &bytes, true);
