@@ -388,6 +388,36 @@ mod tests {
         });
     }
 
+    /// The bytes on disk, spelled out: an id is its number, little-endian,
+    /// whatever type carries it in memory (files written before `EventId`
+    /// replay unchanged).
+    #[test]
+    fn records_keep_their_byte_layout() {
+        let body = |rec: &Record| {
+            let mut out = Vec::new();
+            encode(rec, &mut out).unwrap();
+            out.split_off(FRAME_LEN as usize)
+        };
+        let id = [8, 7, 6, 5, 4, 3, 2, 1];
+        let ev = Record::Event {
+            id: EventId::new(0x0102_0304_0506_0708),
+            streams: vec!["s".into()],
+            frame: b"x".to_vec(),
+            private: true,
+        };
+        let want: Vec<u8> = [&[T_EVENT][..], &id, &[EV_PRIVATE, 1, 0, 1, 0, b's', b'x']].concat();
+        assert_eq!(body(&ev), want);
+        let del = Record::Delete {
+            stream: "s".into(),
+            floor_id: EventId::new(0x0102_0304_0506_0708),
+        };
+        assert_eq!(body(&del), [&[T_DELETE][..], &id, &[1, 0, b's']].concat());
+        let clock = Record::Clock {
+            last_id: EventId::new(0x0102_0304_0506_0708),
+        };
+        assert_eq!(body(&clock), [&[T_CLOCK][..], &id].concat());
+    }
+
     #[test]
     fn unencodable_records_are_refused_and_leave_the_buffer() {
         let mut out = b"keep".to_vec();
