@@ -59,8 +59,10 @@ pub struct StreamIdx(u32);
 impl StreamIdx {
     /// No stream (the ends of the LRU list): no slab key reaches it.
     const NIL: StreamIdx = StreamIdx(u32::MAX);
-    /// The index of the stream at slab key `key` (below `u32::MAX`: the
-    /// slab holds at most `--max-streams` twice plus internal streams).
+    /// The index of the stream at slab key `key`. Keys stay far below
+    /// `u32::MAX`: public streams are bounded by `--max-streams` (twice:
+    /// two pools), selector streams and the apps' internal ones by their
+    /// own bounds.
     fn of(key: usize) -> StreamIdx {
         StreamIdx(key as u32)
     }
