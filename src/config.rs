@@ -124,6 +124,9 @@ pub struct Config {
     /// Tokens with the legacy `mercure` claim are accepted
     /// (`--mercure-legacy`).
     pub mercure_legacy: bool,
+    /// Active subscriptions: subscription events and the subscriptions
+    /// API (`--mercure-subscriptions`).
+    pub mercure_subscriptions: bool,
 }
 }
 
@@ -789,6 +792,17 @@ static FLAGS: &[Flag] = &[
         ..ROW
     },
     Flag {
+        name: "mercure-subscriptions",
+        default: Init::Off,
+        help: "active subscriptions: publish subscription events and serve /.well-known/mercure/subscriptions",
+        feature: Some("mercure"),
+        set: |c, v| {
+            c.mercure_subscriptions = switch(v)?;
+            Ok(())
+        },
+        ..ROW
+    },
+    Flag {
         name: "tick-scale",
         value: "X",
         default: Init::Value("1.0"),
@@ -1180,8 +1194,11 @@ impl Config {
                 cfg!(feature = "mercure"),
             ),
             (
-                self.jwt_issuer.is_some() || self.jwt_audience.is_some() || !self.mercure_legacy,
-                "--jwt-issuer, --jwt-audience or --mercure-legacy",
+                self.jwt_issuer.is_some()
+                    || self.jwt_audience.is_some()
+                    || !self.mercure_legacy
+                    || self.mercure_subscriptions,
+                "--jwt-issuer, --jwt-audience, --mercure-legacy or --mercure-subscriptions",
                 "mercure",
                 cfg!(feature = "mercure"),
             ),
@@ -1510,7 +1527,7 @@ mod tests {
              redis_prefix: \"ssed\", redis_timeout: 2s, data_dir: None, fsync: Interval(100ms), \
              journal_bytes: 268435456, jwt_key: None, subscriber_jwt_key: None, \
              jwt_cookie: \"mercureAuthorization\", private_streams: [], jwt_issuer: None, \
-             jwt_audience: None, mercure_legacy: true }"
+             jwt_audience: None, mercure_legacy: true, mercure_subscriptions: false }"
         );
     }
 
@@ -1586,11 +1603,12 @@ mod tests {
                 "private-streams",
                 "jwt-issuer",
                 "jwt-audience",
-                "mercure-legacy"
+                "mercure-legacy",
+                "mercure-subscriptions"
             ]
         );
         assert_eq!(of("workers"), ["workers"]);
-        assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 18);
+        assert_eq!(FLAGS.iter().filter(|f| f.feature.is_some()).count(), 19);
     }
 
     /// A flag of a feature not built in is refused, naming the feature,

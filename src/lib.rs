@@ -61,7 +61,7 @@
 // Layers (docs/ARCHITECTURE.md): each module uses only those of lower
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
 // it). 0: id (the event id, which every layer above names). 1: config,
-// frame, http, stats, auth, bus, journal, memory. 2: event, access.
+// frame, http, stats, auth, bus, journal, memory. 2: event, access, presence.
 // 3: broker. 4: handler. 5: api, apps, mercure. 6: router, error (the
 // crate's one error, wrapping those of lower layers). 7: reactor.
 // 8: supervisor (the `--workers` process manager).
@@ -91,6 +91,8 @@ mod journal;
 mod memory;
 #[cfg_attr(not(feature = "mercure"), path = "mercure_off.rs")]
 mod mercure;
+#[cfg_attr(not(feature = "mercure"), path = "presence_off.rs")]
+mod presence;
 mod reactor;
 mod router;
 mod stats;

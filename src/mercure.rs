@@ -26,6 +26,7 @@ use crate::frame;
 use crate::handler::{Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request, Response};
 use crate::id::EventId;
+use crate::presence;
 
 /// The endpoint's path.
 pub const PATH: &str = "/.well-known/mercure";
@@ -44,6 +45,16 @@ pub fn route(cx: &mut Cx<'_>, req: &Request<'_>) -> bool {
             Method::Get | Method::Head => metadata(cx, req),
             _ => cx.not_allowed(req, "GET, HEAD"),
         }
+        return true;
+    }
+    if cx.cfg.mercure_subscriptions
+        && req.path.starts_with(presence::PREFIX)
+        && matches!(
+            req.path.as_bytes().get(presence::PREFIX.len()),
+            None | Some(b'/')
+        )
+    {
+        subscriptions(cx, req);
         return true;
     }
     if req.path != PATH {
@@ -76,6 +87,9 @@ struct Wanted {
     selectors: Vec<Selector>,
     /// How many values there were (the per-connection bound).
     count: usize,
+    /// Each value's match type and value, as active subscriptions
+    /// announce them.
+    named: Vec<(&'static str, String)>,
 }
 
 /// Reads `topic=` (legacy selectors), `match=`/`match_exact=` and
@@ -85,6 +99,7 @@ fn wanted(req: &Request<'_>, hub: Option<&Url>, max: usize) -> Result<Wanted, St
         exact: Vec::new(),
         selectors: Vec::new(),
         count: 0,
+        named: Vec::new(),
     };
     let mut patterns = 0;
     let push_sel = |w: &mut Wanted, sel: Selector| {
@@ -120,6 +135,13 @@ fn wanted(req: &Request<'_>, hub: Option<&Url>, max: usize) -> Result<Wanted, St
         if v.is_empty() || (kind == Some(MatchType::Exact) && v.len() > MAX_TOPIC_BYTES) {
             return Err(format!("bad {k} value: 1..={MAX_TOPIC_BYTES} bytes"));
         }
+        // Legacy `topic=`: an exact topic or `*` is `exact`; a template is
+        // not a draft-08 type.
+        w.named.push(match kind {
+            Some(t) => (t.name(), v.to_string()),
+            None if v.contains('{') => (presence::URI_TEMPLATE, v.to_string()),
+            None => ("exact", v.to_string()),
+        });
         match kind {
             None => match Selector::parse(&v) {
                 Ok(s) if is_exact(&v) && valid_topic(&v) => w.exact.push(s.as_str().to_string()),
@@ -189,7 +211,7 @@ fn metadata(cx: &mut Cx<'_>, req: &Request<'_>) {
         authorization_servers: cx.cfg.jwt_issuer.iter().cloned().collect(),
         cookie: true,
         query: false,
-        subscriptions: false,
+        subscriptions: cx.cfg.mercure_subscriptions,
     };
     let doc = draft08::protected_resource_metadata(&href(&hub), &o);
     let mut resp = Response::json(200, &doc);
@@ -272,11 +294,15 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     };
     // The newest event this subscriber could have been sent, so the header
     // tells nothing of private events it may not see ("earliest": none).
-    // (A stream not made yet has published nothing.)
+    // (A topic stream not made yet has published nothing.)
     let last = reads
         .iter()
         .zip(&sees)
         .filter_map(|(name, &sees)| {
+            // A selector stream not made yet: what it will be rebuilt from.
+            if let Some(sel) = w.selectors.iter().find(|s| s.as_str() == *name) {
+                return Some(cx.broker.selector_view(sel, sees).0);
+            }
             let s = cx.broker.get(cx.broker.find(name)?)?;
             Some(if sees { s.last_id } else { s.last_public_id })
         })
@@ -287,12 +313,29 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
     if cursor.is_some() {
         headers.push((
             "Mercure-Last-Event-ID",
-            reconciled(cx, &reads, &sees, &resume),
+            reconciled(cx, &reads, &sees, &resume, &w.selectors),
         ));
     }
     headers.extend(links(hub.as_ref()));
     // Mercure: the subscription ends when the token expires.
     let until = grants.as_ref().and_then(|g| g.exp);
+    let joined = cx.cfg.mercure_subscriptions.then(|| {
+        let subs = w
+            .named
+            .iter()
+            .map(|(t, m)| presence::Sub {
+                match_type: t,
+                matcher: m.as_str().into(),
+                payload: grants
+                    .as_ref()
+                    .and_then(|g| g.draft08.as_ref())
+                    .and_then(|g| g.payload_for(&draft08::Topic::new(m, hub.as_ref())))
+                    .map(|p| std::rc::Rc::new(p.clone())),
+            })
+            .collect();
+        let peer = cx.peer_key();
+        Box::new(presence::Joined::new(cx.rng, peer, subs, MAX_TOPIC_BYTES))
+    });
     let to = Targets::Topics {
         exact: exact.iter().map(|s| s.to_string()).collect(),
         by,
@@ -300,12 +343,78 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
         anon,
     };
     cx.stream_until(req, to, &sees, &resume, &headers, until);
+    if let Some(crate::handler::Action::Subscribe(s)) = cx.actions.last_mut() {
+        s.presence = joined;
+    }
+}
+
+/// The subscriptions API (`--mercure-subscriptions`): a subscribe grant
+/// on the requested path (the same relative form as the events' topics)
+/// is needed; the answer is this node's table (every node's subscribers
+/// with `--redis`).
+fn subscriptions(cx: &mut Cx<'_>, req: &Request<'_>) {
+    if !matches!(req.method, Method::Get | Method::Head) {
+        return cx.not_allowed(req, "GET, HEAD");
+    }
+    let hub = hub_of(cx, req);
+    let grants = match cx.access.decide(Op::Subscribe, &cx.facts(req)) {
+        Ok(Allowed::Subscriber(g)) => g,
+        Ok(_) => None,
+        Err(d) => return deny(cx, req, &d),
+    };
+    let granted = grants.as_ref().map(|g| match &g.draft08 {
+        Some(d) => d.can_subscribe(&draft08::Topic::new(req.path, hub.as_ref())),
+        None => g.can_subscribe(req.path),
+    });
+    let denied = |status, counter, code, msg: &str| Denied {
+        status,
+        msg: msg.into(),
+        counter,
+        code,
+    };
+    match granted {
+        None => {
+            let msg = "the subscriptions API needs a token granting subscribe on its path";
+            return deny(cx, req, &denied(401, "unauthorized", None, msg));
+        }
+        Some(false) => {
+            let msg = "the token does not grant subscribe on this path";
+            let d = denied(403, "forbidden", Some("insufficient_scope"), msg);
+            return deny(cx, req, &d);
+        }
+        Some(true) => {}
+    }
+    let last = match cx.broker.ids().last() {
+        EventId::NONE => "earliest".to_string(),
+        n => n.to_string(),
+    };
+    match cx.presence.api(req.path, &last) {
+        Ok(Some(doc)) => {
+            let mut resp = Response::new(200, "application/ld+json", doc.to_string())
+                .header("ETag", format!("\"{last}\""))
+                .header("Cache-Control", "must-revalidate");
+            if let Some(h) = &hub {
+                let link = format!("<{}>; rel=\"mercure\"; last-event-id=\"{last}\"", href(h));
+                resp = resp.header("Link", link);
+            }
+            cx.reply(req, resp);
+        }
+        Ok(None) => cx.fail(req, 404, "no such subscription"),
+        Err(msg) => cx.fail(req, 400, &msg),
+    }
 }
 
 /// `Mercure-Last-Event-ID`: the cursor the subscription resumes after when
 /// every stream it reads still holds what followed it, else `earliest`
-/// (unknown, unparsable, not retained, or a selector stream made now).
-fn reconciled(cx: &Cx<'_>, reads: &[&str], sees: &[bool], resume: &Resume) -> String {
+/// (unknown, unparsable, or not retained; a selector stream not made yet
+/// is judged by what it will be rebuilt from).
+fn reconciled(
+    cx: &Cx<'_>,
+    reads: &[&str],
+    sees: &[bool],
+    resume: &Resume,
+    selectors: &[Selector],
+) -> String {
     let Resume::After(id, raw) = resume else {
         return "earliest".into();
     };
@@ -314,6 +423,9 @@ fn reconciled(cx: &Cx<'_>, reads: &[&str], sees: &[bool], resume: &Resume) -> St
         return "earliest".into();
     }
     let kept = reads.iter().zip(sees).all(|(name, &sees)| {
+        if let Some(sel) = selectors.iter().find(|s| s.as_str() == *name) {
+            return !cx.broker.selector_lost_after(sel, *id, sees);
+        }
         cx.broker
             .find(name)
             .and_then(|i| cx.broker.get(i))

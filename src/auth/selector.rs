@@ -216,9 +216,19 @@ impl Selector {
         }
     }
 
-    /// The selector as written.
+    /// The selector as written (a URL pattern's: its internal key).
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// What its subscriber asked for: the selector, or a URL pattern as
+    /// written (what a `gap` event names).
+    pub fn shown(&self) -> &str {
+        match &self.kind {
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(p) => p.0.as_str(),
+            _ => &self.raw,
+        }
     }
 
     /// What decides which topics it matches: selectors with the same key
@@ -227,6 +237,18 @@ impl Selector {
         match &self.kind {
             Kind::Template(t) => &t.key,
             _ => &self.raw,
+        }
+    }
+
+    /// What matching one topic costs, roughly, in template matches: a URL
+    /// pattern parses the topic as a URL first (tens of times a template's
+    /// summary check). What bounds how many topics one subscription may
+    /// have matched at once (a selector stream's rebuild).
+    pub fn match_cost(&self) -> usize {
+        match &self.kind {
+            #[cfg(feature = "mercure")]
+            Kind::UrlPattern(_) => 32,
+            _ => 1,
         }
     }
 

@@ -5,10 +5,14 @@
 //! A private frame is yielded only through a cursor that may see private
 //! frames; other cursors step over it as if it were not there.
 //!
-//! An iterator over shared frames; it copies nothing and writes nothing.
+//! Also the newest frames of several streams merged the same way
+//! ([`newest`]), what a selector stream made now starts with.
+//!
+//! It reads shared frames and writes nothing; [`newest`] hands back
+//! clones of them (a reference count each), never the bytes again.
 
 use super::ring::{Frame, Stream};
-use super::Cursor;
+use super::{Cursor, StreamIdx};
 use crate::id::EventId;
 use slab::Slab;
 
@@ -111,4 +115,86 @@ impl<'a> Iterator for Merge<'a> {
         self.last = f.id;
         Some(f)
     }
+}
+
+/// What a selector stream made now starts with: the newest frames of the
+/// streams it matches, oldest first, each once.
+pub(super) struct Newest {
+    /// The frames, oldest first.
+    pub frames: Vec<Frame>,
+    /// The newest id left out for the bounds (`NONE`: none).
+    pub left_out: EventId,
+    /// The newest public id left out (`NONE`: none), so a reader that may
+    /// not see private frames is not told of those.
+    pub left_out_public: EventId,
+}
+
+/// The newest frames of `from` in id order (a frame in several of them
+/// once): at most `max_frames`, and past the first at most `max_bytes`
+/// of frame cost, the bounds a ring of those limits keeps. A heap over the
+/// rings' newest frames, so the cost is the frames taken (times log of the
+/// rings), however much the rings hold.
+pub(super) fn newest(
+    streams: &Slab<Stream>,
+    from: &[StreamIdx],
+    max_frames: usize,
+    max_bytes: usize,
+) -> Newest {
+    use std::collections::BinaryHeap;
+    let ring = |k: usize| streams.get(from[k].slot());
+    // Per ring: how many of its frames are not taken yet (newest last).
+    let mut left: Vec<usize> = (0..from.len())
+        .map(|k| ring(k).map_or(0, |s| s.retained()))
+        .collect();
+    let mut heap: BinaryHeap<(EventId, usize)> = BinaryHeap::with_capacity(from.len());
+    for (k, &n) in left.iter().enumerate() {
+        if let Some(f) = n.checked_sub(1).and_then(|i| ring(k)?.at(i)) {
+            heap.push((f.id, k));
+        }
+    }
+    let mut out = Newest {
+        frames: Vec::new(),
+        left_out: EventId::NONE,
+        left_out_public: EventId::NONE,
+    };
+    let mut bytes = 0usize;
+    let mut last = EventId::MAX;
+    // Past the bounds only the newest public frame left out is looked
+    // for; after this many private ones it is taken to be the newest one.
+    let mut scan = max_frames;
+    while let Some((id, k)) = heap.pop() {
+        left[k] -= 1;
+        let Some(f) = ring(k).and_then(|s| s.at(left[k])) else {
+            continue;
+        };
+        if let Some(next) = left[k].checked_sub(1).and_then(|i| ring(k)?.at(i)) {
+            heap.push((next.id, k));
+        }
+        if id == last {
+            // The same event through another of the streams.
+            continue;
+        }
+        last = id;
+        let full = out.frames.len() >= max_frames
+            || (!out.frames.is_empty() && bytes + f.cost() > max_bytes);
+        if out.left_out == EventId::NONE && !full {
+            bytes += f.cost();
+            out.frames.push(f.clone());
+            continue;
+        }
+        if out.left_out == EventId::NONE {
+            out.left_out = id;
+        }
+        if !f.private {
+            out.left_out_public = id;
+            break;
+        }
+        scan = scan.saturating_sub(1);
+        if scan == 0 {
+            out.left_out_public = out.left_out;
+            break;
+        }
+    }
+    out.frames.reverse();
+    out
 }

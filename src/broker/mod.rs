@@ -345,6 +345,12 @@ pub const DEFAULT_TOTAL_BYTES: usize = 256 << 20;
 /// dropped, unless told otherwise (`--stream-idle-ttl`).
 pub const DEFAULT_IDLE_TTL_US: u64 = 3_600_000_000;
 
+/// What rebuilding one selector stream may spend on matching selectors
+/// against stream names and tombstones (in units of a URI-template match;
+/// see `Broker::selector_history`): about a millisecond of URL parsing for
+/// a URL pattern.
+pub const REBUILD_MATCH_BUDGET: usize = 16_384;
+
 /// Fewest subscriber-only streams one address may hold, whatever
 /// `--max-streams` is: one subscription of the most names a connection may
 /// ask for (`--max-streams-per-conn` is at most 64) always fits.
@@ -848,9 +854,26 @@ impl Broker {
         idx
     }
 
+    /// Drops public stream `idx`, which carried a one-off update under a
+    /// name never used again (a Mercure subscription update), unless it
+    /// has readers: without a tombstone, which nobody would resume from
+    /// and which would push other streams' tombstones out.
+    pub fn drop_one_off(&mut self, idx: StreamIdx) {
+        if self
+            .get(idx)
+            .is_some_and(|s| !s.internal && s.subs.is_empty())
+        {
+            self.drop_stream_as(idx, false);
+        }
+    }
+
     /// Removes a stream, leaving a tombstone when it held events; the
     /// caller deals with its subscribers.
     fn drop_stream(&mut self, idx: StreamIdx) -> Option<Stream> {
+        self.drop_stream_as(idx, true)
+    }
+
+    fn drop_stream_as(&mut self, idx: StreamIdx, tombstone: bool) -> Option<Stream> {
         self.lru_unlink(idx);
         let s = self.streams.try_remove(idx.slot())?;
         self.by_name.remove(&s.name);
@@ -866,7 +889,9 @@ impl Broker {
         } else {
             s.retained_bytes()
         };
-        self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
+        if tombstone {
+            self.tombstones.put(&s.name, s.last_id.max(s.lost_upto()));
+        }
         self.dirty.retain(|&d| d != idx);
         self.topics.forget(idx);
         Some(s)
@@ -1121,6 +1146,18 @@ impl Broker {
     /// Phase two of an append: the frame enters its rings (built once,
     /// shared by all of them) and the id clock moves past its id.
     pub fn commit(&mut self, p: Prepared<'_>) -> Published {
+        let (id, audience_of) = (p.id, p.targets);
+        let pressure = self.enter(p);
+        self.published += 1;
+        Published {
+            id,
+            audience: self.audience(audience_of),
+            pressure,
+        }
+    }
+
+    /// The frame enters its rings; whether the fan-out must run now.
+    fn enter(&mut self, p: Prepared<'_>) -> bool {
         let Prepared {
             id,
             targets: audience_of,
@@ -1172,12 +1209,7 @@ impl Broker {
             self.lru_use(t);
         }
         self.enforce_budget();
-        self.published += 1;
-        Published {
-            id,
-            audience: self.audience(audience_of),
-            pressure,
-        }
+        pressure
     }
 
     /// Records that events of stream `idx` up to id `upto` may be missing
@@ -1475,12 +1507,14 @@ impl Broker {
     }
 
     /// Finds or recreates a stream read back from a journal: a public name
-    /// comes back whatever `--no-auto-streams` and `--max-streams` say now
-    /// (it existed, and dropping its history silently would be worse; it
-    /// still counts against `--max-streams` for new ones); any other name is
-    /// an internal stream with history `cap`.
+    /// (an `/events` name or a Mercure topic, even one outside the
+    /// `/events` alphabet) comes back whatever `--no-auto-streams` and
+    /// `--max-streams` say now (it existed, and dropping its history
+    /// silently would be worse; it still counts against `--max-streams` for
+    /// new ones); an internal name (the apps', `!...`) is an internal
+    /// stream with history `cap`.
     pub fn restore(&mut self, name: &str, cap: Option<Limits>) -> StreamIdx {
-        if !valid_name(name) {
+        if name.starts_with('!') || !valid_topic(name) {
             return self.internal(name, cap);
         }
         match self.find(name) {
@@ -1535,12 +1569,217 @@ impl Broker {
             return Err(BrokerError::TooManySelectors(full));
         }
         let idx = self.insert(sel.as_str(), true, self.limits, Claim::Publisher);
-        let made_at = self.ids.last();
-        if let Some(s) = self.streams.get_mut(idx.slot()) {
-            s.lost_before(made_at);
+        // A gap names what the subscriber asked for, not the internal key.
+        if sel.shown() != sel.as_str() {
+            self.set_display(idx, sel.shown());
         }
         self.topics.add(sel.clone(), idx, anon);
+        self.rebuild_selector(idx, sel);
         Ok(idx)
+    }
+
+    /// What a selector stream for `sel` made now starts with: the public
+    /// streams it matches, and the highest id at or below which events of
+    /// its topics may be gone (all, and public ones): the matching streams'
+    /// own loss marks, the tombstones of matching names (and the floor of
+    /// forgotten ones), and what [`merge::newest`] leaves out for the
+    /// ring's bounds.
+    ///
+    /// Bounded: at most [`REBUILD_MATCH_BUDGET`] match units (a URL
+    /// pattern's match parses the topic as a URL and costs more, see
+    /// `Selector::match_cost`), spent on the most recently used streams
+    /// first; a stream or tombstone past the budget is not matched but
+    /// counted as lost (a resume from before its newest event gets `gap`),
+    /// so a subscriber cannot make one subscription cost a pass of URL
+    /// parses over every stream. Returns the matches run too.
+    fn selector_history(
+        &self,
+        sel: &crate::auth::Selector,
+    ) -> (merge::Newest, EventId, EventId, u64) {
+        let mut budget = if sel.is_any() {
+            usize::MAX
+        } else {
+            REBUILD_MATCH_BUDGET / sel.match_cost().max(1)
+        };
+        let mut ran = 0u64;
+        let (mut lost, mut lost_public) = (self.tombstones.forgotten, self.tombstones.forgotten);
+        let mut from = Vec::new();
+        let mut seen_lru = 0usize;
+        // Streams holding history, most recently used first; then those
+        // that hold none but lost some.
+        let mut order: Vec<StreamIdx> = Vec::new();
+        let mut i = self.lru_tail;
+        while let Some(s) = self.get(i) {
+            seen_lru += 1;
+            if seen_lru > self.streams.len() {
+                break; // a broken list: stop rather than spin
+            }
+            if !s.internal {
+                order.push(i);
+            }
+            i = s.lru_prev;
+        }
+        order.extend(
+            self.iter()
+                .filter(|(_, s)| !s.internal && !s.in_lru && s.lost_upto() > EventId::NONE)
+                .map(|(i, _)| i),
+        );
+        for i in order {
+            let Some(s) = self.get(i) else { continue };
+            if budget == 0 {
+                lost = lost.max(s.last_id).max(s.lost_upto());
+                lost_public = lost_public.max(s.last_public_id).max(s.lost_public_upto());
+                continue;
+            }
+            budget -= 1;
+            ran += 1;
+            if sel.matches_in(&crate::auth::selector::Topic::new(&s.name)) {
+                lost = lost.max(s.lost_upto());
+                lost_public = lost_public.max(s.lost_public_upto());
+                if s.retained() > 0 {
+                    from.push(i);
+                }
+            }
+        }
+        for (name, &(floor, _)) in &self.tombstones.floors {
+            if floor <= lost || !valid_topic(name) {
+                continue;
+            }
+            if budget == 0 {
+                lost = floor;
+                lost_public = lost_public.max(floor);
+                continue;
+            }
+            budget -= 1;
+            ran += 1;
+            if sel.matches(name) {
+                lost = floor;
+                lost_public = lost_public.max(floor);
+            }
+        }
+        let n = merge::newest(
+            &self.streams,
+            &from,
+            self.limits.history.max(1),
+            self.limits.history_bytes,
+        );
+        let (l, lp) = (lost.max(n.left_out), lost_public.max(n.left_out_public));
+        (n, l, lp, ran)
+    }
+
+    /// Fills selector stream `idx`, made now, with the retained history of
+    /// the streams `sel` matches (in id order, each event once, private
+    /// flags kept), so a resume on it is exact after a restart (the
+    /// journal restored the topics) or when it was made after the events:
+    /// what it may miss is what its topics miss (see `selector_history`
+    /// for the bound). With `--redis`, only the topics this node holds
+    /// count (see the README).
+    fn rebuild_selector(&mut self, idx: StreamIdx, sel: &crate::auth::Selector) {
+        let (newest, lost, lost_public, ran) = self.selector_history(sel);
+        self.topics.matches_run += ran;
+        let Some(s) = self.streams.get_mut(idx.slot()) else {
+            return;
+        };
+        s.set_lost(lost, lost_public);
+        for f in newest.frames {
+            s.push(f);
+        }
+        self.total_bytes += s.retained() * topics::ENTRY_BYTES;
+        self.enforce_budget();
+    }
+
+    /// What a subscriber of selector `sel` that may (or may not) see
+    /// private events is told of it: the newest id it could be sent
+    /// (`NONE`: none) and the id at or below which events it could see may be
+    /// missing; from its selector stream when it exists, else from what
+    /// one made now would hold. (What the hub's `Last-Event-ID` and
+    /// `Mercure-Last-Event-ID` report before the stream is made.)
+    pub fn selector_view(
+        &self,
+        sel: &crate::auth::Selector,
+        sees_private: bool,
+    ) -> (EventId, EventId) {
+        if let Some(s) = self.topics.find(sel.as_str()).and_then(|i| self.get(i)) {
+            return if sees_private {
+                (s.last_id, s.lost_upto())
+            } else {
+                (s.last_public_id, s.lost_public_upto())
+            };
+        }
+        let (newest, lost, lost_public, _) = self.selector_history(sel);
+        let last = newest
+            .frames
+            .iter()
+            .rev()
+            .find(|f| f.visible(sees_private))
+            .map_or(EventId::NONE, |f| f.id);
+        (last, if sees_private { lost } else { lost_public })
+    }
+
+    /// Whether a subscriber of selector `sel` resuming after `id` may miss
+    /// events it could see (see [`Broker::selector_view`]).
+    pub fn selector_lost_after(
+        &self,
+        sel: &crate::auth::Selector,
+        id: EventId,
+        sees_private: bool,
+    ) -> bool {
+        self.selector_view(sel, sees_private).1 > id
+    }
+
+    /// Makes this node hold `topic`, a stream another node published to
+    /// (a bus announcement), when a selector stream here matches it, so
+    /// its events reach that selector stream; `None` when none does (or it
+    /// cannot be had: an internal or invalid name, `--max-streams`). The
+    /// stream starts empty, like one a subscriber asked for: its history
+    /// comes from the bus.
+    pub fn hold_for_selectors(&mut self, topic: &str) -> Option<StreamIdx> {
+        if topic.starts_with('!') || !valid_topic(topic) || !self.topics.wanted(topic) {
+            return None;
+        }
+        match self.resolve_topics(&[topic], Create::Publisher) {
+            Ok(v) => v.first().copied(),
+            Err((_, e)) => {
+                log::debug!("topic {topic:?} not held for selectors: {}", e.message());
+                None
+            }
+        }
+    }
+
+    /// Enters an event of `targets` into the selector streams they feed,
+    /// not into `targets` (a bus announcement whose streams take it only
+    /// once their history is loaded): selector streams take every event in
+    /// announcement order, and skip it when it enters `targets` later.
+    /// Returns whether a selector stream took it, and whether the fan-out
+    /// must run now (see [`Published::pressure`]).
+    pub fn append_selectors(
+        &mut self,
+        targets: &[StreamIdx],
+        id: EventId,
+        sse: &[u8],
+        private: bool,
+    ) -> (bool, bool) {
+        let Some(mut fanned) = self.topics.fan_in(&self.streams, targets) else {
+            return (false, false);
+        };
+        fanned.drain(..targets.len());
+        fanned.retain(|&t| self.get(t).is_some_and(|s| s.last_id < id));
+        if fanned.is_empty() {
+            return (false, false);
+        }
+        if let Err(e) = self.check_size(&fanned, sse.len()) {
+            self.life.refused_too_large += 1;
+            log::warn!("bus event {id} not kept: {}", e.message());
+            return (false, false);
+        }
+        let p = Prepared {
+            id,
+            targets: &[],
+            fanned: Some(fanned),
+            frame: sse.into(),
+            private,
+        };
+        (true, self.enter(p))
     }
 
     /// Keeps selector streams within what the published-to streams hold.

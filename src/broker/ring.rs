@@ -281,11 +281,17 @@ impl Stream {
             .map_or(id, |f| f.id)
     }
 
-    /// Records that nothing up to `id` was ever here (a selector stream made
-    /// now), so a resume from before it gets a `gap`.
-    pub(super) fn lost_before(&mut self, id: EventId) {
-        self.lost_upto = self.lost_upto.max(id);
-        self.lost_public_upto = self.lost_public_upto.max(id);
+    /// The highest public id dropped from this stream (`NONE`: none).
+    pub(super) fn lost_public_upto(&self) -> EventId {
+        self.lost_public_upto
+    }
+
+    /// Sets what may be missing up to (all frames, public ones): a selector
+    /// stream rebuilt from the streams it matches knows exactly that, not
+    /// what its name's tombstone says.
+    pub(super) fn set_lost(&mut self, upto: EventId, public_upto: EventId) {
+        self.lost_upto = upto;
+        self.lost_public_upto = public_upto;
     }
 
     /// Where a subscriber that fell out of the history continues from: the

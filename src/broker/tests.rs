@@ -838,6 +838,9 @@ fn retains_and_restore() {
     assert!(b.resolve(&["y"], true).is_err());
     let i = b.restore("!member/m", None);
     assert!(b.get(i).unwrap().internal);
+    // A Mercure topic outside the `/events` alphabet was public.
+    let q = b.restore("https://e.com/b/1?lang=fr", None);
+    assert!(!b.get(q).unwrap().internal);
     let ids: Vec<EventId> = (0..3).map(|_| publish(&mut b, &[a], 10)).collect();
     assert!(!b.retains("a", ids[0]));
     assert!(b.retains("a", ids[1]) && b.retains("a", ids[2]));
@@ -913,16 +916,210 @@ fn selector_streams_fan_in_later_streams() {
     let _i2 = publish(&mut b, &[later[1]], 5);
     let i3 = publish(&mut b, &later, 5);
     assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
-    // Resuming from before the selector stream existed: gap.
+    // Made after them, it was rebuilt from the history of the topics it
+    // matches: a resume from before it was made is exact.
     let c = b.subscribe(2, &[s], &Resume::After(before, before.to_string()));
-    assert!(c.gap.is_some());
+    assert!(c.gap.is_none());
+    assert_eq!(ids_of(&b, &c.cursors), vec![before.succ(), i1, i3]);
     let c = b.subscribe(2, &[s], &Resume::Earliest);
     assert!(c.gap.is_none());
-    assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
+    assert_eq!(ids_of(&b, &c.cursors), vec![before, before.succ(), i1, i3]);
     // Deleting a selector stream unregisters it.
     b.delete(s);
     publish(&mut b, &[later[0]], 5);
     assert!(b.get(s).is_none_or(|st| st.name.as_ref() != "/books/{id}"));
+}
+
+fn sel(s: &str) -> crate::auth::Selector {
+    crate::auth::Selector::parse(s).unwrap()
+}
+
+/// (id, private) of every frame a subscriber of `s` resuming after `x`
+/// gets, and whether it gets a gap.
+fn resumed(b: &mut Broker, s: StreamIdx, x: EventId, sees: bool) -> (Vec<(EventId, bool)>, bool) {
+    let c = b.subscribe_as(99, &[s], &[sees], &Resume::After(x, x.to_string()));
+    let got = b.merge(&c.cursors).map(|f| (f.id, f.private)).collect();
+    b.unsubscribe(99, &c.cursors);
+    (got, c.gap.is_some())
+}
+
+#[test]
+fn a_selector_stream_is_rebuilt_from_its_topics_history() {
+    let mut b = broker(10);
+    let t = b.resolve(&["/b/1", "/b/2", "/c/1"], true).unwrap();
+    let (b1, b2, c1) = (t[0], t[1], t[2]);
+    let e1 = publish(&mut b, &[b1], 5);
+    let e2 = publish(&mut b, &[c1], 5);
+    let e3 = publish_private(&mut b, &[b2], 5, true);
+    // One event on two matching topics: one frame.
+    let e4 = publish(&mut b, &[b1, b2], 5);
+    let e5 = publish(&mut b, &[b2, c1], 5);
+    let bytes = b.total_bytes();
+    let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
+    let st = b.get(s).unwrap();
+    assert_eq!(st.retained(), 4, "e1, e3, e4, e5");
+    assert_eq!(st.last_id, e5);
+    assert_eq!(b.total_bytes() - bytes, 4 * topics::ENTRY_BYTES, "places");
+    // In id order, each once, private kept; nothing from /c/1 alone.
+    assert_eq!(
+        resumed(&mut b, s, e1, true),
+        (vec![(e3, true), (e4, false), (e5, false)], false)
+    );
+    assert_eq!(
+        resumed(&mut b, s, e1, false),
+        (vec![(e4, false), (e5, false)], false)
+    );
+    assert_eq!(resumed(&mut b, s, e2, true).0[0], (e3, true));
+    // A later event enters it once, after the rebuilt ones.
+    let e6 = publish(&mut b, &[b1, b2], 5);
+    assert_eq!(resumed(&mut b, s, e5, true), (vec![(e6, false)], false));
+    // `*` holds everything.
+    let any = b.selector_stream(&sel("*"), None).unwrap();
+    assert_eq!(b.get(any).unwrap().retained(), 6);
+}
+
+#[test]
+fn a_rebuilt_selector_stream_knows_what_its_topics_lost() {
+    // Rings of three: the selector's own ring keeps the newest three of
+    // the five events its topics retain.
+    let mut b = broker(3);
+    let t = b.resolve(&["/b/1", "/b/2", "/z"], true).unwrap();
+    // So the ids below are ones this clock handed out.
+    publish(&mut b, &[t[2]], 5);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(publish(&mut b, &[t[0]], 5));
+        if i < 2 {
+            // Private ones on /b/2: left out of the selector's ring, they
+            // are no loss to a reader that may not see them.
+            ids.push(publish_private(&mut b, &[t[1]], 5, true));
+        }
+    }
+    // ids: p0 x0 p1 x1 p2 (p: public on /b/1, x: private on /b/2).
+    let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
+    let all = b.subscribe_as(1, &[s], &[true], &Resume::Earliest);
+    let kept = ids_of(&b, &all.cursors);
+    assert_eq!(kept, ids[2..].to_vec());
+    // Private reader: from before the ring's oldest, a gap.
+    assert!(resumed(&mut b, s, ids[1].pred(), true).1);
+    assert!(!resumed(&mut b, s, ids[1], true).1);
+    // Public reader: the newest public frame left out is ids[0].
+    assert!(resumed(&mut b, s, ids[0].pred(), false).1);
+    assert_eq!(
+        resumed(&mut b, s, ids[0], false),
+        (vec![(ids[2], false), (ids[4], false)], false)
+    );
+    // A matching topic's eviction is the selector's loss too.
+    let mut b = broker(2);
+    let x = b.resolve(&["/b/1"], true).unwrap()[0];
+    let z = b.resolve(&["/z"], true).unwrap()[0];
+    publish(&mut b, &[z], 5);
+    let first = publish(&mut b, &[x], 5);
+    let rest: Vec<EventId> = (0..2).map(|_| publish(&mut b, &[x], 5)).collect();
+    let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
+    assert!(resumed(&mut b, s, first.pred(), false).1);
+    assert_eq!(
+        resumed(&mut b, s, first, false),
+        (rest.iter().map(|&i| (i, false)).collect(), false)
+    );
+    // And a dropped matching topic's tombstone, as for its own readers.
+    let gone = b.resolve(&["/b/gone"], true).unwrap()[0];
+    let g = publish(&mut b, &[gone], 5);
+    b.delete(gone);
+    b.delete(s);
+    assert!(b.selector_lost_after(&sel("/b/{y}"), g.pred(), false));
+    assert!(!b.selector_lost_after(&sel("/b/{y}"), g, false));
+    let s = b.selector_stream(&sel("/b/{y}"), None).unwrap();
+    assert!(resumed(&mut b, s, g.pred(), false).1);
+    assert!(!resumed(&mut b, s, g, false).1);
+    assert!(!b.selector_lost_after(&sel("/c/{y}"), g.pred(), false));
+}
+
+#[test]
+fn topics_this_node_lacks_are_held_when_a_selector_wants_them() {
+    let mut b = broker(10);
+    assert_eq!(b.hold_for_selectors("/b/1"), None, "no selector");
+    let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
+    let runs = b.selector_matches_run();
+    assert_eq!(b.hold_for_selectors("/c/1"), None);
+    assert_eq!(b.hold_for_selectors("/c/1"), None);
+    assert_eq!(b.selector_matches_run() - runs, 1, "a miss is remembered");
+    assert_eq!(b.hold_for_selectors("!member/m"), None, "internal");
+    assert_eq!(b.find("/c/1"), None);
+    let h = b.hold_for_selectors("/b/1").unwrap();
+    assert_eq!(b.find_public("/b/1"), Some(h));
+    assert_eq!(b.get(h).unwrap().claim, Claim::Publisher);
+    // A selector made later is matched against a remembered miss.
+    let c = b.selector_stream(&sel("/c/{x}"), None).unwrap();
+    assert!(b.hold_for_selectors("/c/1").is_some());
+    // An event entering only the selector streams (its topic loads its
+    // history first), then the topic: each selector stream has it once.
+    let cur = b.subscribe(1, &[s, c], &Resume::Live);
+    let t = [h, b.find("/c/1").unwrap()];
+    let id = EventId::new(b.ids().last().get() + 10);
+    let sse = frame::encode_numbered(id, None, "x", None);
+    assert_eq!(b.append_selectors(&t, id, &sse, false), (true, false));
+    assert_eq!(b.get(h).unwrap().retained(), 0, "not the topic yet");
+    assert_eq!(b.append_selectors(&t, id, &sse, false), (false, false));
+    b.append(&t, id, &sse).unwrap();
+    assert_eq!(b.get(h).unwrap().retained(), 1);
+    assert_eq!(ids_of(&b, &cur.cursors), vec![id]);
+    assert_eq!(b.get(s).unwrap().retained(), 1);
+    assert_eq!(b.get(c).unwrap().retained(), 1);
+    assert_eq!(b.published, 1, "published once");
+}
+
+#[cfg(feature = "mercure")]
+#[test]
+fn a_rebuild_matches_a_bounded_number_of_streams_newest_first() {
+    let mut b = Broker::new(
+        1_000,
+        Limits {
+            history: 1000,
+            history_bytes: 1 << 20,
+        },
+        10_000,
+    );
+    let hub = crate::auth::url::Url::parse("https://h.example/.well-known/mercure", None).unwrap();
+    let p = crate::auth::Selector::url_pattern("https://e.com/b/:id", Some(&hub)).unwrap();
+    let budget = REBUILD_MATCH_BUDGET / p.match_cost();
+    let n = budget + 40;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let t = b
+            .resolve(&[format!("https://e.com/b/{i}").as_str()], true)
+            .unwrap();
+        ids.push(publish(&mut b, &t, 5));
+    }
+    let runs = b.selector_matches_run();
+    let s = b.selector_stream(&p, None).unwrap();
+    assert_eq!(b.selector_matches_run() - runs, budget as u64);
+    // The newest `budget` streams were matched and their events rebuilt;
+    // the 40 oldest were not, so a resume from before them is a gap.
+    assert_eq!(b.get(s).unwrap().retained(), budget);
+    let unseen = ids[39];
+    assert!(resumed(&mut b, s, unseen.pred(), false).1);
+    let (got, gap) = resumed(&mut b, s, unseen, false);
+    assert!(!gap);
+    assert_eq!(got.len(), budget);
+    assert!(b.selector_lost_after(&p, unseen.pred(), false));
+}
+
+#[cfg(feature = "mercure")]
+#[test]
+fn a_gap_names_what_the_subscriber_asked_for() {
+    let mut b = broker(10);
+    let hub =
+        crate::auth::url::Url::parse("https://hub.example/.well-known/mercure", None).unwrap();
+    let p = crate::auth::Selector::url_pattern("/books/:id", Some(&hub)).unwrap();
+    assert!(p.as_str().starts_with('}'));
+    let s = b.selector_stream(&p, None).unwrap();
+    let c = b.subscribe(1, &[s], &Resume::Unparsable("nope".into()));
+    let gap = String::from_utf8(c.gap.unwrap()).unwrap();
+    assert_eq!(
+        gap,
+        "event: gap\ndata: {\"last_event_id\":\"nope\",\"streams\":[\"/books/:id\"]}\n\n"
+    );
 }
 
 #[test]
@@ -1000,15 +1197,20 @@ fn selector_fan_in_matches_each_topic_once() {
         assert_eq!(b.get(s).unwrap().published, 10 + 1, "{s:?}");
     }
     assert!(ids_of(&b, &c.cursors).iter().all(|&i| i >= id));
-    // A new selector is matched against the topic once, on its next publish.
+    // A new selector is matched against every stream with history once
+    // when made (it is rebuilt from the ten `t` retains), and against the
+    // topic once more, on its next publish.
     let late = crate::auth::Selector::parse("/u/{y}/aaaa").unwrap();
+    let before = b.selector_matches_run();
     let ls = b.selector_stream(&late, None).unwrap();
+    assert_eq!(b.selector_matches_run() - before, 2, "t and other");
+    assert_eq!(b.get(ls).unwrap().retained(), 10);
     let _c2 = b.subscribe(2, &[ls], &Resume::Live);
     let before = b.selector_matches_run();
     publish(&mut b, &[t], 5);
     publish(&mut b, &[t], 5);
     assert_eq!(b.selector_matches_run() - before, 1);
-    assert_eq!(b.get(ls).unwrap().published, 2);
+    assert_eq!(b.get(ls).unwrap().published, 10 + 2);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! every later event whose public stream it matches), the per-topic cache
 //! of which selector streams a topic feeds (so a publish matches a topic
 //! against a selector once, not on every publish), the pools selector
-//! streams come from (all, anonymous, per client address), and the bounded
-//! index from publisher-supplied event ids to broker ids.
+//! streams come from (all, anonymous, per client address), the bounded
+//! memory of topics no selector wants (bus announcements of streams this node does not hold),
+//! and the bounded index from publisher-supplied event ids to broker ids.
 //!
 //! Bookkeeping only: it must not own frames (the rings do), decide who may
 //! read what, or do I/O.
@@ -39,6 +40,11 @@ pub(super) const ENTRY_BYTES: usize = std::mem::size_of::<super::ring::Frame>();
 /// Most (topic, selector) match results cached; past it the cache starts
 /// over, so it never holds more than this many entries.
 const MAX_CACHED_HITS: usize = 1 << 18;
+/// Most bytes of topic names, and most names, remembered as wanted by no
+/// selector (names of streams this node does not hold, announced by a
+/// bus); past either the memory starts over.
+const MAX_UNWANTED_BYTES: usize = 1 << 20;
+const MAX_UNWANTED: usize = 16_384;
 
 /// Whether `t` may name a stream through the Mercure endpoint: 1..=1024
 /// bytes without control characters, and not itself a selector (`*`, or
@@ -104,6 +110,11 @@ pub(super) struct Topics {
     free_keys: Vec<u32>,
     /// Numbers ever handed out (one past the largest).
     key_slots: u32,
+    /// Topics this node holds no stream for that no selector matched, as
+    /// far as registration number (see [`Topics::wanted`]), and the bytes
+    /// of their names.
+    unwanted: HashMap<Box<str>, u64>,
+    unwanted_bytes: usize,
 }
 
 impl Topics {
@@ -294,7 +305,57 @@ impl Topics {
         all
     }
 
+    /// Whether a selector stream's selector matches `topic`, the name of a
+    /// stream this node does not hold (an announcement from another node):
+    /// then the node must hold it so its events reach that selector stream.
+    /// A name no selector matches is remembered (bounded), so the next of
+    /// its announcements is matched only against selectors registered since.
+    pub(super) fn wanted(&mut self, topic: &str) -> bool {
+        if self.selectors.is_empty() {
+            return false;
+        }
+        let upto = self.unwanted.get(topic).copied().unwrap_or(0);
+        if upto >= self.next_seq {
+            return false;
+        }
+        let from = self.selectors.partition_point(|e| e.seq <= upto);
+        let t = crate::auth::selector::Topic::new(topic);
+        // Per key number: 0 not matched yet, 1 no, 2 yes.
+        let mut seen = vec![0u8; self.key_slots as usize];
+        for e in &self.selectors[from..] {
+            let slot = &mut seen[e.key as usize];
+            if *slot == 0 {
+                self.matches_run += 1;
+                *slot = 1 + e.sel.matches_in(&t) as u8;
+            }
+            if *slot == 2 {
+                if self.unwanted.remove(topic).is_some() {
+                    self.unwanted_bytes -= topic.len();
+                }
+                return true;
+            }
+        }
+        match self.unwanted.get_mut(topic) {
+            Some(u) => *u = self.next_seq,
+            None => {
+                if self.unwanted_bytes + topic.len() > MAX_UNWANTED_BYTES
+                    || self.unwanted.len() >= MAX_UNWANTED
+                {
+                    self.unwanted.clear();
+                    self.unwanted_bytes = 0;
+                }
+                self.unwanted_bytes += topic.len();
+                self.unwanted.insert(topic.into(), self.next_seq);
+            }
+        }
+        false
+    }
+
     pub(super) fn alias(&mut self, alias: &str, id: EventId, private: bool) {
+        if self.aliases.get(alias).is_some_and(|a| a.0 == id) {
+            // The same event again (a bus announcement, then its fetch).
+            return;
+        }
         if self.alias_order.len() >= MAX_ALIASES {
             if let Some((old_id, old)) = self.alias_order.pop_front() {
                 // A later event may have reused the alias: keep that one.

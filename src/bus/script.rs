@@ -10,6 +10,11 @@
 //!   stream's previous ssed id, 0 for none), trimmed by `MAXLEN ~ history`.
 //! * `P:events`: the pub/sub channel every publish announces itself on.
 //!
+//! An event published with [`Retain::Announce`] (a Mercure subscription
+//! update: one topic per subscription, read only as it happens) gets an id
+//! and an announcement but no stream entry and no `P:last` field, so such
+//! topics leave nothing behind in Redis.
+//!
 //! Envelope (one pub/sub message), binary-safe, decimal ASCII numbers,
 //! each token ended by one space:
 //! `S1 <id> <n> {<len(name)> <name> <prev> }*n <payload bytes to the end>`,
@@ -24,7 +29,8 @@ use super::resp::{encode_array_header, encode_bulk};
 /// one call. KEYS: `P:id`, `P:last`, then `P:s:<name>` of every stream
 /// the batch touches (each once). ARGV: floor, history, channel, the
 /// names of those streams (in KEYS order), then per event: its stream
-/// count `n`, `n` indexes into that list (1-based), its payload. Returns
+/// count `n` (`an` for an event only announced, [`Retain::Announce`]), `n`
+/// indexes into that list (1-based), its payload. Returns
 /// one id per event, in order: each above the one before, the last id,
 /// the server clock in µs, the floor, and every target stream's previous
 /// id. All reads and checks come before the first write, so it never
@@ -53,8 +59,11 @@ for i = 1, k do
 end
 local ids, hist, chan = {}, ARGV[2], ARGV[3]
 local a, argc = 4 + k, #ARGV
+local kept = {}
 while a <= argc do
-  local n = tonumber(ARGV[a])
+  local ns = ARGV[a]
+  local keep = string.sub(ns, 1, 1) ~= 'a'
+  local n = tonumber(keep and ns or string.sub(ns, 2))
   local e = id + 1
   if now > e then e = now end
   if floor > e then e = floor end
@@ -68,9 +77,11 @@ while a <= argc do
   for j = a + 1, a + n do
     local s = tonumber(ARGV[j])
     local ps = lasts[s]
-    redis.call('XADD', KEYS[2 + s], 'MAXLEN', '~', hist, es .. '-1', 'f', payload, 'p', ps)
     env[#env + 1] = tag[s] .. ps .. ' '
-    last[s], lasts[s] = e, es
+    if keep then
+      redis.call('XADD', KEYS[2 + s], 'MAXLEN', '~', hist, es .. '-1', 'f', payload, 'p', ps)
+      last[s], lasts[s], kept[s] = e, es, true
+    end
   end
   env[#env + 1] = payload
   redis.call('PUBLISH', chan, table.concat(env))
@@ -81,10 +92,12 @@ end
 redis.call('SET', KEYS[1], fmt('%.0f', id))
 local h = {}
 for i = 1, k do
-  h[#h + 1] = ARGV[3 + i]
-  h[#h + 1] = lasts[i]
+  if kept[i] then
+    h[#h + 1] = ARGV[3 + i]
+    h[#h + 1] = lasts[i]
+  end
 end
-redis.call('HSET', KEYS[2], unpack(h))
+if #h > 0 then redis.call('HSET', KEYS[2], unpack(h)) end
 return ids
 "#;
 
@@ -150,12 +163,23 @@ impl Keys {
     }
 }
 
+/// What Redis keeps of a published event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retain {
+    /// A stream entry (history other nodes fetch) and the stream's last id.
+    History,
+    /// Only the id and the announcement: for topics read only as they
+    /// happen, which would otherwise leave a key each behind for good.
+    Announce,
+}
+
 /// Events gathered for one publish script call (see [`PUBLISH_LUA`]).
 #[derive(Debug, Default)]
 pub struct Batch {
     names: Vec<String>,
-    /// Each event: indexes into `names`, and its payload.
-    events: Vec<(Vec<u16>, Vec<u8>)>,
+    /// Each event: indexes into `names`, whether it is only announced,
+    /// and its payload.
+    events: Vec<(Vec<u16>, bool, Vec<u8>)>,
     bytes: usize,
     floor: u64,
 }
@@ -183,7 +207,7 @@ impl Batch {
 
     /// Adds an event (`streams` distinct, at most [`MAX_STREAMS`]); the
     /// batch's floor is the highest asked.
-    pub fn push(&mut self, streams: &[&str], payload: &[u8], floor: u64) {
+    pub fn push(&mut self, streams: &[&str], payload: &[u8], floor: u64, retain: Retain) {
         let idx = streams
             .iter()
             .map(|s| match self.names.iter().position(|n| n == s) {
@@ -194,7 +218,8 @@ impl Batch {
                 }
             })
             .collect();
-        self.events.push((idx, payload.to_vec()));
+        self.events
+            .push((idx, retain == Retain::Announce, payload.to_vec()));
         self.bytes += payload.len();
         self.floor = self.floor.max(floor);
     }
@@ -219,8 +244,13 @@ impl Batch {
         for s in &self.names {
             arg(s.as_bytes());
         }
-        for (idx, payload) in &self.events {
-            arg(idx.len().to_string().as_bytes());
+        for (idx, announce, payload) in &self.events {
+            let n = idx.len().to_string();
+            if *announce {
+                arg(format!("a{n}").as_bytes());
+            } else {
+                arg(n.as_bytes());
+            }
             for i in idx {
                 arg((i + 1).to_string().as_bytes());
             }
@@ -326,8 +356,9 @@ mod tests {
     fn batch_args_encode_a_command() {
         let keys = Keys::new("t");
         let mut batch = Batch::default();
-        batch.push(&["a"], b"pay", 7);
-        batch.push(&["b", "a"], b"two", 3);
+        batch.push(&["a"], b"pay", 7, Retain::History);
+        batch.push(&["b", "a"], b"two", 3, Retain::History);
+        batch.push(&["b"], b"now", 0, Retain::Announce);
         let args = batch.args(&keys, 0);
         let mut out = Vec::new();
         args.encode(b"EVALSHA", b"abc", &mut out);
@@ -359,6 +390,9 @@ mod tests {
             b"2",
             b"1",
             b"two",
+            b"a1",
+            b"2",
+            b"now",
         ];
         assert_eq!(words, want);
     }
@@ -371,18 +405,18 @@ mod tests {
             batch.takes(&["a"], big.len()),
             "an empty batch takes anything"
         );
-        batch.push(&["a"], &big, 0);
+        batch.push(&["a"], &big, 0, Retain::History);
         assert!(!batch.takes(&["a"], 1), "over the byte bound");
         let mut batch = Batch::default();
         for _ in 0..MAX_BATCH_EVENTS {
             assert!(batch.takes(&["a"], 1));
-            batch.push(&["a"], b"x", 0);
+            batch.push(&["a"], b"x", 0, Retain::History);
         }
         assert!(!batch.takes(&["a"], 1), "over the event bound");
         let mut batch = Batch::default();
         let names: Vec<String> = (0..MAX_STREAMS).map(|i| format!("s{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        batch.push(&refs, b"x", 0);
+        batch.push(&refs, b"x", 0, Retain::History);
         assert!(batch.takes(&["s1"], 1), "known streams cost nothing");
         assert!(!batch.takes(&["new"], 1), "over the stream bound");
     }

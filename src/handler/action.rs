@@ -288,4 +288,7 @@ pub struct Subscribe {
     pub until: Option<u64>,
     /// The framing of a refusal (a full selector pool).
     pub shape: Shape,
+    /// A hub subscriber whose subscriptions are announced
+    /// (`--mercure-subscriptions`).
+    pub presence: Option<Box<crate::presence::Joined>>,
 }

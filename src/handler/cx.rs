@@ -31,6 +31,8 @@ pub struct Cx<'a> {
     pub cfg: &'a Config,
     /// The access rule (keys, tokens, private streams).
     pub access: &'a Access,
+    /// Active subscriptions this node knows of (`--mercure-subscriptions`).
+    pub presence: &'a crate::presence::Presence,
     /// Counters for `/stats`.
     pub counters: &'a mut Counters,
     /// Randomness (retry jitter, app ids).
@@ -280,6 +282,7 @@ impl Cx<'_> {
             resume: resume.clone(),
             until,
             shape: Shape::of(req, &self.cors),
+            presence: None,
         })));
     }
 

@@ -79,7 +79,7 @@ impl Link {
             });
         }
         let gate = self.gate();
-        if self.journal.total_bytes().saturating_add(size) > gate {
+        if self.journal.bytes_on_disk().saturating_add(size) > gate {
             // Compaction frees this much (dropping the oldest retained
             // history if it must): a retry then succeeds.
             self.journal.want_room(gate - size);

@@ -675,6 +675,21 @@ impl Journal {
         self.segs.iter().map(|s| s.bytes).sum()
     }
 
+    /// What the directory may hold now: the books ([`Journal::total_bytes`])
+    /// already describe a rewrite handed to the fsync thread, but until it
+    /// reports back the files it replaces are still on disk beside it. An
+    /// append gate that read the books alone let a flood overshoot the
+    /// budget by those files while a slow disk (or a loaded machine) kept
+    /// the rewrite in flight.
+    pub fn bytes_on_disk(&mut self) -> u64 {
+        self.settle_rewrite();
+        let replaced: u64 = self
+            .inflight
+            .as_ref()
+            .map_or(0, |r| r.iter().map(|s| s.bytes).sum());
+        self.total_bytes() + replaced
+    }
+
     /// The directory is over budget, or over what an append waits for:
     /// call [`Journal::compact`] (unless the last call found nothing to
     /// free and nothing changed since).

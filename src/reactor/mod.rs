@@ -303,6 +303,7 @@ impl Bound {
             held: VecDeque::new(),
             hold_from: None,
             token_exp: std::collections::HashMap::new(),
+            presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
             listeners: self.listeners,
             shared: self.shared,
@@ -429,6 +430,9 @@ pub(crate) struct Reactor {
     /// Streams opened with a token that expires → the tick they end at: a
     /// side table, since few connections have one and `Conn` must not grow.
     token_exp: std::collections::HashMap<u32, Tick>,
+    /// Hub subscribers whose subscriptions are announced, by connection (a
+    /// side table too), and the active subscriptions heard of.
+    presence: crate::presence::Presence,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -453,7 +457,7 @@ impl Reactor {
         loop {
             self.clock.tick();
             self.bus_send();
-            let busy = self.fanout.busy();
+            let busy = self.fanout.busy() || self.presence.has_pending();
             let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
@@ -521,6 +525,10 @@ impl Reactor {
             }
             if let Some(d) = &mut self.durable {
                 d.compact(&self.broker);
+            }
+            if self.presence.has_pending() {
+                let ups = self.presence.take_pending();
+                self.announce(ups);
             }
             self.flush_dirty(FLUSH_BUDGET);
             self.reap();
@@ -633,6 +641,7 @@ impl Reactor {
             broker: &self.broker,
             cfg: &self.cfg,
             access: &self.auth,
+            presence: &self.presence,
             counters: &mut self.counters,
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
@@ -755,7 +764,7 @@ impl Reactor {
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
     /// `--redis`, `bus_stream` may load history first).
-    fn subscribe(&mut self, key: u32, s: crate::handler::Subscribe) {
+    fn subscribe(&mut self, key: u32, mut s: crate::handler::Subscribe) {
         let targets = match publish::resolve(&mut self.broker, &s.to) {
             Ok((t, _)) => t,
             Err(f) => {
@@ -768,6 +777,9 @@ impl Reactor {
                 return self.answer(key, s.shape.encode(resp), close);
             }
         };
+        if let Some(j) = s.presence.take() {
+            self.presence.join(key, j);
+        }
         if self.bus.is_some() {
             return self.bus_stream(key, &targets, s);
         }
@@ -794,6 +806,7 @@ impl Reactor {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
             self.broker.unsubscribe(key, &cursors);
+            self.presence.left(key, true);
             return;
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
@@ -802,6 +815,9 @@ impl Reactor {
         if let Some(exp) = until {
             let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
             self.token_exp.insert(key, at);
+        }
+        if !self.presence.none_here() {
+            self.presence.started(key, self.bus.is_none());
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -1344,6 +1360,9 @@ impl Reactor {
     /// Marks a connection to be freed at the end of the turn, leaving the
     /// streams it read and releasing its request buffer.
     fn close(&mut self, key: u32) {
+        if !self.presence.none_here() {
+            self.presence.left(key, self.bus.is_none());
+        }
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -1759,6 +1778,9 @@ impl Reactor {
     /// one gets its last chunk and goes back to reading requests (unless
     /// the server is shutting down).
     fn end_stream(&mut self, key: u32) {
+        if !self.presence.none_here() {
+            self.presence.left(key, self.bus.is_none());
+        }
         let Some(c) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -1808,6 +1830,52 @@ impl Reactor {
         for k in self.broker.delete(idx) {
             self.end_stream(k);
         }
+    }
+
+    /// Publishes subscription updates (`--mercure-subscriptions`), at the
+    /// end of a turn, through the one publish path: private, `event:
+    /// mercure`, numbered like any event. Each update's topic stream is
+    /// made in the subscriber's address's share of the subscribers' pool,
+    /// and goes again once it carried the update (with `--redis`, once it
+    /// was handed to the bus: each node's `presence_entered` makes it
+    /// again for the announcement) unless someone reads that very topic:
+    /// watchers read selector streams, and a stream per subscription would
+    /// fill `--max-streams`.
+    fn announce(&mut self, ups: Vec<crate::presence::Update>) {
+        use crate::handler::{Body, Publish, Reply, Targets};
+        for u in ups {
+            let mut ev = crate::event::Event::new(u.data());
+            ev.event = Some(crate::presence::EVENT.into());
+            let topic = u.topic();
+            let p = Publish {
+                to: Targets::Names {
+                    names: vec![topic.clone()],
+                    by: crate::broker::Create::Subscriber(u.peer),
+                    topics: true,
+                },
+                events: vec![Body::Numbered(ev)],
+                private: true,
+                reply: Reply::Silent,
+            };
+            self.publish(publish::To::Nobody, p);
+            if let Some(idx) = self.broker.find(&topic) {
+                self.drop_one_off(idx);
+            }
+        }
+    }
+
+    /// Drops a subscription update's topic stream unless someone reads
+    /// that very topic (the journal records it as deleted).
+    fn drop_one_off(&mut self, idx: crate::broker::StreamIdx) {
+        if !self.broker.subscribers(idx).is_empty() {
+            return;
+        }
+        if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
+            if floor > crate::id::EventId::NONE {
+                d.link.delete(name, floor);
+            }
+        }
+        self.broker.drop_one_off(idx);
     }
 
     /// Sets a connection's deadline and makes sure a sweep will see it.

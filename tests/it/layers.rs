@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("memory", 1),
     ("event", 2),
     ("access", 2),
+    ("presence", 2),
     ("broker", 3),
     ("handler", 4),
     ("api", 5),

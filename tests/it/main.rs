@@ -24,6 +24,8 @@ mod exits;
 mod fuzz;
 mod hardening;
 mod heads;
+#[cfg(feature = "mercure")]
+mod hub_shapes;
 mod layers;
 mod library;
 #[cfg(feature = "mercure")]
@@ -35,6 +37,8 @@ mod mercure;
 mod mercure08;
 #[cfg(feature = "mercure")]
 mod mercure_hardening;
+#[cfg(feature = "mercure")]
+mod mercure_subscriptions;
 #[cfg(feature = "apps")]
 mod mongoose;
 #[cfg(all(

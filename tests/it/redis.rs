@@ -83,7 +83,7 @@ impl Redis {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         self.try_cli(args)
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
     }

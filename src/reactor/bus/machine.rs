@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 use super::client::{Conn, Drain, Kind, Pending, Target};
 use crate::bus::resp::{parse_int, Value, DEFAULT_MAX_BULK};
 use crate::bus::script::{
-    parse_envelope, Batch, Keys, FETCH_LUA, MAX_ID, MAX_STREAMS, PUBLISH_LUA,
+    parse_envelope, Batch, Keys, Retain, FETCH_LUA, MAX_ID, MAX_STREAMS, PUBLISH_LUA,
 };
 use crate::bus::url::RedisUrl;
 use crate::bus::BusError;
@@ -689,6 +689,7 @@ impl Bus {
     /// Publishes `payload` to `streams` with an id above `floor_id` (the
     /// highest id this node has seen); the outcome comes from `poll`. It
     /// joins the batch that [`Bus::send_batch`] sends.
+    #[cfg(test)]
     pub fn publish(
         &mut self,
         req: u64,
@@ -696,6 +697,19 @@ impl Bus {
         payload: &[u8],
         floor_id: u64,
         now_ms: u64,
+    ) -> Result<(), BusError> {
+        self.publish_as(req, streams, payload, floor_id, now_ms, Retain::History)
+    }
+
+    /// [`Bus::publish`], saying what Redis keeps of the event.
+    pub fn publish_as(
+        &mut self,
+        req: u64,
+        streams: &[&str],
+        payload: &[u8],
+        floor_id: u64,
+        now_ms: u64,
+        retain: Retain,
     ) -> Result<(), BusError> {
         self.check()?;
         if streams.is_empty() || streams.len() > MAX_STREAMS {
@@ -725,7 +739,7 @@ impl Bus {
         if !self.batch.takes(streams, payload.len()) {
             let _ = self.send_batch(now_ms);
         }
-        self.batch.push(streams, payload, floor_id);
+        self.batch.push(streams, payload, floor_id, retain);
         self.batch_reqs.push(req);
         self.st.in_flight += 1;
         if self.batches_out == 0 {

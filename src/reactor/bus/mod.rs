@@ -322,9 +322,19 @@ impl Reactor {
             reply: p.reply,
         });
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        // A subscription update's topic is read only as it happens: Redis
+        // keeps no history of it (a key per subscription would pile up).
+        let retain = if refs.iter().any(|n| crate::presence::is_update_topic(n)) {
+            crate::bus::script::Retain::Announce
+        } else {
+            crate::bus::script::Retain::History
+        };
         for (index, payload) in payloads.iter().enumerate() {
             let req = l.req();
-            match l.bus.publish(req, &refs, payload, floor.get(), now) {
+            match l
+                .bus
+                .publish_as(req, &refs, payload, floor.get(), now, retain)
+            {
                 Ok(()) => {
                     l.reqs.insert(req, Req::Publish { slot, index });
                     if let Some(p) = l.replies.get_mut(slot) {
@@ -428,14 +438,29 @@ impl Reactor {
             }
             return;
         };
+        // Every node lists every node's subscribers, whichever streams it
+        // holds, and its watchers get the update (`--mercure-subscriptions`).
+        let names = streams.iter().map(|(n, _)| n.as_str());
+        if let (Some(topic), [_]) = (self.presence.heard(names, &sse), streams) {
+            return self.presence_entered(&topic, id, &sse, private);
+        }
         let sse: std::rc::Rc<[u8]> = sse.into();
         let mut now_targets = Vec::new();
         let mut fetch = Vec::new();
+        // Streams that take it once their history is in: their selector
+        // streams take it now, in announcement order.
+        let mut later = Vec::new();
         let Some(l) = self.bus.as_mut() else { return };
         for (name, prev) in streams {
             let prev = EventId::new(*prev);
-            let Some(idx) = self.broker.find(name) else {
-                continue; // not held here: loaded when someone asks
+            // Not held here: loaded when someone asks, or now when a
+            // selector stream here wants its events.
+            let Some(idx) = self
+                .broker
+                .find(name)
+                .or_else(|| self.broker.hold_for_selectors(name))
+            else {
+                continue;
             };
             let last = self.broker.get(idx).map_or(EventId::NONE, |s| s.last_id);
             match l.sync.get_mut(name.as_str()) {
@@ -444,7 +469,10 @@ impl Reactor {
                         .insert(name.as_str().into(), Sync::Live { reset: false });
                     now_targets.push(idx);
                 }
-                None => fetch.push((name.clone(), false, prev)),
+                None => {
+                    fetch.push((name.clone(), false, prev));
+                    later.push(idx);
+                }
                 Some(Sync::Live { reset }) => {
                     if id <= last {
                         continue;
@@ -454,11 +482,13 @@ impl Reactor {
                         now_targets.push(idx);
                     } else {
                         fetch.push((name.clone(), true, prev));
+                        later.push(idx);
                     }
                 }
                 Some(Sync::Fetching {
                     buffered, overflow, ..
                 }) => {
+                    later.push(idx);
                     if buffered.len() < MAX_BUFFERED {
                         buffered.push(Msg {
                             id,
@@ -472,6 +502,9 @@ impl Reactor {
                 }
             }
         }
+        if !later.is_empty() {
+            self.append_selectors_bus(&later, id, &sse, private);
+        }
         for (name, was_live, prev) in fetch {
             log::debug!("stream {name:?}: predecessor {prev} not held, fetching");
             let msg = Msg {
@@ -484,6 +517,33 @@ impl Reactor {
         }
         if !now_targets.is_empty() {
             self.append_bus(&now_targets, id, &sse, private);
+        }
+    }
+
+    /// A subscription update: nobody resumes one from Redis, so it skips
+    /// the sync rules and enters this node's selector streams through its
+    /// topic's stream, made for it (in the pool of addresses unknown) and
+    /// dropped again unless someone reads that very topic.
+    fn presence_entered(&mut self, topic: &str, id: EventId, sse: &[u8], private: bool) {
+        let by = crate::broker::Create::Subscriber(0);
+        let idx = match self.broker.find(topic) {
+            Some(i) => i,
+            None => match self.broker.resolve_topics(&[topic], by) {
+                Ok(v) => match v.first() {
+                    Some(&i) => i,
+                    None => return,
+                },
+                Err((_, e)) => {
+                    return log::debug!("subscription update {id} not kept: {}", e.message())
+                }
+            },
+        };
+        self.append_bus(&[idx], id, sse, private);
+        if self.broker.subscribers(idx).is_empty() {
+            if let Some(l) = self.bus.as_mut() {
+                l.sync.remove(topic);
+            }
+            self.drop_one_off(idx);
         }
     }
 
@@ -503,6 +563,24 @@ impl Reactor {
                 }
             }
             Err(e) => log::warn!("bus event {id} not kept: {}", e.message()),
+        }
+    }
+
+    /// [`Reactor::append_bus`] for the selector streams `targets` feed
+    /// only: `targets` take the event once their history is loaded.
+    fn append_selectors_bus(
+        &mut self,
+        targets: &[StreamIdx],
+        id: EventId,
+        sse: &[u8],
+        private: bool,
+    ) {
+        let (took, pressure) = self.broker.append_selectors(targets, id, sse, private);
+        if took {
+            super::publish::entered(&mut self.broker, &mut self.apps, targets, id, sse, private);
+        }
+        if pressure {
+            self.flush_dirty(usize::MAX);
         }
     }
 
@@ -872,9 +950,13 @@ impl Reactor {
             (Some(g), _, _) => prelude.extend_from_slice(g),
             (None, true, Resume::After(_, raw) | Resume::Unparsable(raw)) => {
                 // History could not be loaded: what is local may miss some.
-                let refs: Vec<&str> = names.iter().map(|n| &**n).collect();
-                self.broker.gaps += 1;
+                let refs: Vec<&str> = targets
+                    .iter()
+                    .filter_map(|&t| self.broker.get(t))
+                    .map(|s| s.shown())
+                    .collect();
                 prelude.extend_from_slice(&frame::gap(raw, &refs));
+                self.broker.gaps += 1;
             }
             _ => {}
         }
