@@ -12,6 +12,15 @@
 //! (`--history-total-bytes`) and evicts rather than refuses, so they are
 //! *reported* ([`Account::report`]) and count towards the global bound the
 //! other kinds are checked against.
+//!
+//! The Redis bus's fetches and the selector registry are both: their parts
+//! count what they hold (`Link::fetch_bytes`, `Broker::selector_bytes`)
+//! and the driver reports it once a loop turn, where history is reported;
+//! between reports, a growth a client causes is charged first and refused
+//! past the bounds: a new selector stream through [`Account::charge`], an
+//! announcement the bus link buffers while a fetch runs against room the
+//! account lent it ([`Lease`], settled around the link's work). The next
+//! report replaces the charges by what is really held.
 
 /// What a charge is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,11 +37,17 @@ pub enum Kind {
     /// App archives (the MongooseIM API's message and room archives),
     /// reported: they live within the history budget.
     Archives,
-    /// Replies fetched from the Redis bus, while they are held. Nothing
-    /// charges it yet: the bus's fixed bounds hold (README, Limits).
+    /// What the Redis bus holds for history fetches: announcements
+    /// buffered per stream while its fetch runs, and the connections' read
+    /// and write buffers (a fetch page is read whole before it is taken).
+    /// Reported by the bus link; a buffered announcement past the limit is
+    /// dropped and its stream marked lost (subscribers get `gap`), a fetch
+    /// page is asked no larger than the room left.
     Bus,
-    /// Subscribers' topic selectors and what is cached for them. Nothing
-    /// charges it yet: the selector pools' fixed bounds hold.
+    /// The selector registry: compiled selectors and URL patterns, their
+    /// streams' structs, interned keys, the (topic, selector) match cache.
+    /// Reported by the broker; a subscription that would make new
+    /// selector streams past the limit is refused (`503`).
     Selectors,
 }
 
@@ -162,6 +177,58 @@ impl Limits {
     }
 }
 
+/// Room of one kind lent to a part that grows between the driver's calls
+/// (the bus link buffering announcements): the part admits growth against
+/// the room, and [`Lease::settle`] charges what was admitted, counts what
+/// was refused and renews the room from the account. The driver settles
+/// before and after the part works, so the account is never passed by more
+/// than the room it lent.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    kind: Kind,
+    room: usize,
+    admitted: usize,
+    refused: u64,
+}
+
+impl Lease {
+    /// No room until the first settling.
+    pub fn new(kind: Kind) -> Lease {
+        Lease {
+            kind,
+            room: 0,
+            admitted: 0,
+            refused: 0,
+        }
+    }
+
+    /// Room left.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
+    /// Takes `bytes` of the room; `false` (a refusal) past it.
+    pub fn admit(&mut self, bytes: usize) -> bool {
+        if bytes > self.room {
+            self.refused += 1;
+            return false;
+        }
+        self.room -= bytes;
+        self.admitted += bytes;
+        true
+    }
+
+    /// Charges what was admitted (it is held: the account's next report
+    /// of the kind replaces it by what really is), counts the refusals,
+    /// and takes the account's room anew.
+    pub fn settle(&mut self, account: &mut Account) {
+        let i = self.kind.at();
+        account.force(self.kind, std::mem::take(&mut self.admitted));
+        account.refused[i] += std::mem::take(&mut self.refused);
+        self.room = account.room(self.kind);
+    }
+}
+
 /// One kind's figures, for `/stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -226,6 +293,14 @@ impl Account {
             });
         }
         Ok(())
+    }
+
+    /// Bytes of `kind` that would still fit, by its limit and the global
+    /// bound (what a fetch page may be sized to).
+    pub fn room(&self, kind: Kind) -> usize {
+        let i = kind.at();
+        let by_kind = self.limits.per_kind[i].saturating_sub(self.used[i]);
+        by_kind.min(self.limits.max.saturating_sub(self.total))
     }
 
     /// Charges `bytes` of `kind`, or refuses (and counts the refusal).
@@ -419,5 +494,71 @@ mod tests {
         a.force(Kind::Output, 9 * MIB);
         assert_eq!(a.used(Kind::Output), 9 * MIB);
         assert!(a.charge(Kind::Output, 1).is_err());
+    }
+
+    /// Room lent to a part: admitted growth is charged at the settling,
+    /// refusals counted there, and the room follows the account.
+    #[test]
+    fn a_lease_lends_room_and_settles() {
+        let mut a = account();
+        let mut l = Lease::new(Kind::Bus);
+        assert_eq!(l.room(), 0, "nothing before the first settling");
+        assert!(!l.admit(1));
+        l.settle(&mut a);
+        assert_eq!(l.room(), 16 * MIB);
+        assert_eq!(a.usage().find(|u| u.kind == Kind::Bus).unwrap().refused, 1);
+        assert!(l.admit(10 * MIB));
+        assert!(!l.admit(7 * MIB), "6 MiB left");
+        assert!(l.admit(6 * MIB));
+        assert_eq!(a.used(Kind::Bus), 0, "charged at the settling");
+        l.settle(&mut a);
+        assert_eq!(a.used(Kind::Bus), 16 * MIB);
+        assert_eq!(l.room(), 0);
+        let u = a.usage().find(|u| u.kind == Kind::Bus).unwrap();
+        assert_eq!((u.refused, u.peak), (2, 16 * MIB));
+        // The part let go of it (the next report says so): room again, as
+        // far as the global bound lets.
+        a.report(Kind::Bus, 0);
+        a.report(Kind::History, 90 * MIB);
+        l.settle(&mut a);
+        assert_eq!(l.room(), 6 * MIB);
+    }
+
+    /// The bus and selectors are reported each turn and charged between
+    /// reports: a charge admits growth against the reported figure, and
+    /// the next report replaces charge and estimate by what is held.
+    #[test]
+    fn reported_kinds_are_charged_between_reports() {
+        let mut a = account();
+        assert_eq!(a.room(Kind::Selectors), 2 * MIB);
+        a.report(Kind::Selectors, MIB);
+        assert_eq!(a.room(Kind::Selectors), MIB);
+        // A new selector stream costing 600 KiB fits once, not twice.
+        assert_eq!(a.charge(Kind::Selectors, 600 << 10), Ok(()));
+        let r = a.charge(Kind::Selectors, 600 << 10).unwrap_err();
+        assert_eq!(r.kind(), Kind::Selectors);
+        assert!(r.to_string().contains("selectors memory"), "{r}");
+        // The registry really grew by 500 KiB: the report says so, and
+        // the room follows.
+        a.report(Kind::Selectors, MIB + (500 << 10));
+        assert_eq!(a.used(Kind::Selectors), MIB + (500 << 10));
+        assert_eq!(a.room(Kind::Selectors), 524 << 10);
+        let u = a.usage().find(|u| u.kind == Kind::Selectors).unwrap();
+        assert_eq!((u.refused, u.peak), (1, MIB + (600 << 10)));
+        // Room is the smaller of the kind's and the global bound's.
+        a.report(Kind::History, 64 * MIB);
+        a.charge(Kind::Requests, 8 * MIB).unwrap();
+        a.charge(Kind::Output, 8 * MIB).unwrap();
+        a.charge(Kind::Archives, 8 * MIB).unwrap();
+        let left = 96 * MIB - a.total();
+        assert_eq!(a.room(Kind::Bus), left);
+        assert!(a.charge(Kind::Bus, left + 1).is_err());
+        a.report(Kind::Bus, left);
+        assert_eq!(a.room(Kind::Bus), 0);
+        assert_eq!(a.room(Kind::Selectors), 0);
+        // Released when the bus lets go.
+        a.report(Kind::Bus, 0);
+        assert_eq!(a.room(Kind::Bus), left.min(16 * MIB));
+        assert_eq!(a.take_freed(), left + (100 << 10));
     }
 }

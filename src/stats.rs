@@ -921,6 +921,58 @@ mod tests {
         assert!(prometheus(&Counters::default(), &g).contains("\nssed_uptime_seconds 2.000\n"));
     }
 
+    /// Every kind of the memory account (the bus's fetches and the
+    /// selector registry included) shows in both renderings with its
+    /// figures, as the reactor hands them over.
+    #[test]
+    fn every_memory_kind_is_shown() {
+        let names = [
+            "history",
+            "requests",
+            "output",
+            "archives",
+            "bus",
+            "selectors",
+        ];
+        let g = Gauges {
+            memory: MemoryGauges {
+                max: 100 << 20,
+                used: 1234 + 777,
+                kinds: names
+                    .iter()
+                    .map(|&name| KindGauge {
+                        name,
+                        used: match name {
+                            "bus" => 1234,
+                            "selectors" => 777,
+                            _ => 0,
+                        },
+                        limit: 1 << 20,
+                        peak: 2000,
+                        refused: u64::from(name == "selectors"),
+                    })
+                    .collect(),
+            },
+            ..Gauges::default()
+        };
+        let c = Counters::default();
+        let text = prometheus(&c, &g);
+        let j = json(&c, &g);
+        for (k, used, refused) in [("bus", 1234, 0), ("selectors", 777, 1), ("history", 0, 0)] {
+            let line = format!("ssed_memory_kind_bytes{{kind=\"{k}\"}} {used}\n");
+            assert!(text.contains(&line), "{text}");
+            let line = format!("ssed_memory_refused_total{{kind=\"{k}\"}} {refused}\n");
+            assert!(text.contains(&line), "{text}");
+            let line = format!("ssed_memory_kind_limit_bytes{{kind=\"{k}\"}} 1048576\n");
+            assert!(text.contains(&line), "{text}");
+            assert_eq!(j["memory"]["kinds"][k]["used"], used);
+            assert_eq!(j["memory"]["kinds"][k]["refused"], refused);
+            assert_eq!(j["memory"]["kinds"][k]["peak"], 2000);
+        }
+        assert_eq!(j["memory"]["kinds"].as_object().unwrap().len(), names.len());
+        assert_eq!(j["memory"]["used"], 1234 + 777);
+    }
+
     #[test]
     fn prometheus_shape() {
         let mut c = Counters {

@@ -311,9 +311,11 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
         if let Some(old) = replacing {
             m.uncount(old);
         }
-        m.uncount(cx.conn);
-        *m.per_peer.entry(cx.peer).or_insert(0) += 1;
-        m.peer_of.insert(cx.conn, cx.peer);
+        if let Some(conn) = cx.conn {
+            m.uncount(conn);
+            *m.per_peer.entry(cx.peer).or_insert(0) += 1;
+            m.peer_of.insert(conn, cx.peer);
+        }
     }
     let resume = match &raw {
         None => Resume::Live,
@@ -331,9 +333,9 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
             }
         }
     };
-    if let Some(d) = device.filter(|_| req.method == Method::Get) {
+    let device = device.filter(|_| req.method == Method::Get);
+    if let (Some(d), Some(key)) = (device, cx.conn) {
         let md: (Box<str>, Box<str>) = (member.as_str().into(), d.into());
-        let key = cx.conn;
         let old = m.devices.insert(md.clone(), key);
         m.by_key.insert(key, md);
         if let Some(old) = old.filter(|&o| o != key) {

@@ -240,6 +240,31 @@ impl Selector {
         }
     }
 
+    /// Heap bytes it holds (text, compiled template or pattern), for the
+    /// memory account's `selectors` kind: an estimate from lengths, not
+    /// the allocator's figure.
+    pub fn heap_bytes(&self) -> usize {
+        self.raw.capacity()
+            + match &self.kind {
+                Kind::Any | Kind::Exact => 0,
+                Kind::Template(t) => {
+                    std::mem::size_of::<Template>()
+                        + t.segs.len() * std::mem::size_of::<Seg>()
+                        + t.text.len()
+                        + t.fails.len() * 2
+                        + t.key.len()
+                        + t.soft.len() * std::mem::size_of::<(u8, u16)>()
+                        + t.places.len() * std::mem::size_of::<Place>()
+                }
+                #[cfg(feature = "mercure")]
+                Kind::UrlPattern(p) => {
+                    std::mem::size_of::<(super::urlpattern::UrlPattern, Option<super::url::Url>)>()
+                        + p.0.heap_bytes()
+                        + p.1.as_ref().map_or(0, super::url::Url::heap_bytes)
+                }
+            }
+    }
+
     /// What matching one topic costs, roughly, in template matches: a URL
     /// pattern parses the topic as a URL first (tens of times a template's
     /// summary check). What bounds how many topics one subscription may

@@ -49,6 +49,19 @@ pub fn default_port(scheme: &str) -> Option<u16> {
 }
 
 impl Url {
+    /// Heap bytes its components hold (for the memory account).
+    pub fn heap_bytes(&self) -> usize {
+        let opt = |o: &Option<String>| o.as_ref().map_or(0, String::capacity);
+        self.scheme.capacity()
+            + self.username.capacity()
+            + self.password.capacity()
+            + opt(&self.host)
+            + self.port.capacity()
+            + self.path.capacity()
+            + opt(&self.query)
+            + opt(&self.fragment)
+    }
+
     /// Parses `input`, resolving it against `base` when it is relative.
     /// `None` when the standard would fail, or where this subset stops
     /// (non-ASCII hosts, `file:`).

@@ -204,6 +204,25 @@ impl UrlPattern {
         &self.raw
     }
 
+    /// Heap bytes the compiled pattern holds (for the memory account).
+    pub fn heap_bytes(&self) -> usize {
+        let parts: usize = self
+            .parts
+            .iter()
+            .map(|m| match m {
+                Matcher::Any => 0,
+                Matcher::Literal(l) => l.len(),
+                Matcher::Nfa(n) => {
+                    std::mem::size_of::<Nfa>()
+                        + n.shifts.len()
+                        + n.extra_src.len() * 4
+                        + n.data.len() * 8
+                }
+            })
+            .sum();
+        self.raw.len() + self.parts.len() * std::mem::size_of::<Matcher>() + parts
+    }
+
     /// Whether `topic` (relative ones resolved against `base`) matches. A
     /// topic that is not a URL matches nothing.
     pub fn matches(&self, topic: &str, base: Option<&Url>) -> bool {

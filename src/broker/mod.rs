@@ -1823,6 +1823,18 @@ impl Broker {
         self.topics.matches_run
     }
 
+    /// Bytes the selector registry, its match cache and interned keys
+    /// hold (the memory account's `selectors` kind).
+    pub fn selector_bytes(&self) -> usize {
+        self.topics.bytes()
+    }
+
+    /// What making the selector stream of `sel` would add to
+    /// [`Broker::selector_bytes`] (0 when it exists).
+    pub fn selector_cost(&self, sel: &crate::auth::Selector) -> usize {
+        self.topics.cost(sel)
+    }
+
     /// Remembers that a publisher named event `id` `alias`, so a resume
     /// from `alias` finds it (the oldest aliases go past [`MAX_ALIASES`]).
     /// `private`: the event was private, so only subscribers that may see

@@ -1369,3 +1369,42 @@ fn selector_streams_cost_a_place_not_a_copy() {
     }
     assert_eq!(b2.total_bytes(), 0);
 }
+
+/// The memory account's `selectors` kind: what a selector stream would
+/// cost is known before it is made, the registry's bytes grow by about
+/// that when it is, a longer template costs more, publishes fill the
+/// match cache (counted), and deleting the stream gives its entry back.
+#[test]
+fn selector_bytes_follow_the_registry() {
+    let mut b = broker(10);
+    let sel = |t: &str| crate::auth::Selector::parse(t).unwrap();
+    let empty = b.selector_bytes();
+    let short = sel("/a/{x}");
+    let long = sel(&format!("/{}/{{x}}/{{y}}", "l".repeat(900)));
+    let (c_short, c_long) = (b.selector_cost(&short), b.selector_cost(&long));
+    assert!(
+        c_short > std::mem::size_of::<super::ring::Stream>(),
+        "{c_short}"
+    );
+    // The text, its key and the compiled literals each hold it once.
+    assert!(c_long > c_short + 3 * 900, "{c_long} vs {c_short}");
+    let i = b.selector_stream(&long, None).unwrap();
+    let grown = b.selector_bytes() - empty;
+    // Entries and hash slots are counted by capacity: the first ones
+    // allocate room for a few.
+    assert!(
+        grown >= c_long / 2 && grown <= 4 * c_long,
+        "{grown} vs {c_long}"
+    );
+    assert_eq!(b.selector_cost(&long), 0, "made: costs nothing more");
+    assert!(b.selector_cost(&short) > 0);
+    let before = b.selector_bytes();
+    let topic = format!("/{}/1/2", "l".repeat(900));
+    let t = b.resolve_topics(&[&topic], Create::Publisher).unwrap();
+    publish(&mut b, &t, 1);
+    let cached = b.selector_bytes();
+    assert!(cached > before, "the cache counts: {cached} vs {before}");
+    b.delete(i);
+    let after = b.selector_bytes();
+    assert!(cached - after >= 3 * 900, "{after} vs {cached}");
+}

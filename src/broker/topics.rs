@@ -115,9 +115,56 @@ pub(super) struct Topics {
     /// of their names.
     unwanted: HashMap<Box<str>, u64>,
     unwanted_bytes: usize,
+    /// Heap bytes the entries hold beyond their structs (compiled
+    /// selectors, their streams' structs and names, interned key text),
+    /// kept as they come and go so [`Topics::bytes`] is constant-time.
+    held: usize,
+}
+
+/// A hash table slot of `T`: the pair and its control byte.
+fn slot<T>() -> usize {
+    std::mem::size_of::<T>() + 1
 }
 
 impl Topics {
+    /// Bytes the registry, its match cache and interned keys hold (an
+    /// estimate from capacities and lengths), for the memory account's
+    /// `selectors` kind, with the remembered unwanted topics. Aliases are
+    /// publishers' state, not counted here.
+    pub(super) fn bytes(&self) -> usize {
+        self.selectors.capacity() * std::mem::size_of::<Entry>()
+            + self.held
+            + self.live.capacity() * slot::<(u32, u64)>()
+            + self.cache.capacity() * slot::<(u32, Cached)>()
+            + self.cached_hits * std::mem::size_of::<(u32, u64)>()
+            + self.per_peer.capacity() * slot::<(PeerKey, usize)>()
+            + self.keys.capacity() * slot::<(Box<str>, (u32, u32))>()
+            + self.free_keys.capacity() * std::mem::size_of::<u32>()
+            + self.unwanted.capacity() * slot::<(Box<str>, u64)>()
+            + self.unwanted_bytes
+    }
+
+    /// What registering `sel` would add to [`Topics::bytes`] (0 when it is
+    /// registered): checked against the memory account before a
+    /// subscription makes it.
+    pub(super) fn cost(&self, sel: &Selector) -> usize {
+        if self.find(sel.as_str()).is_some() {
+            return 0;
+        }
+        std::mem::size_of::<Entry>()
+            + Self::entry_bytes(sel)
+            + sel.key().len()
+            + slot::<(u32, u64)>()
+            + slot::<(Box<str>, (u32, u32))>()
+            + slot::<(PeerKey, usize)>()
+    }
+
+    /// Heap bytes one entry holds beyond its struct: the compiled
+    /// selector, and its stream's struct and name.
+    fn entry_bytes(sel: &Selector) -> usize {
+        sel.heap_bytes() + std::mem::size_of::<Stream>() + sel.as_str().len()
+    }
+
     /// Selector streams that count against [`MAX_SELECTOR_STREAMS`].
     pub(super) fn len(&self) -> usize {
         self.selectors.iter().filter(|e| !e.sel.is_any()).count()
@@ -179,6 +226,7 @@ impl Topics {
             *self.per_peer.entry(ip).or_insert(0) += 1;
         }
         self.live.insert(idx, self.next_seq);
+        self.held += Self::entry_bytes(&sel);
         let key = match self.keys.get_mut(sel.key()) {
             Some((k, refs)) => {
                 *refs += 1;
@@ -190,6 +238,7 @@ impl Topics {
                     self.key_slots - 1
                 });
                 self.keys.insert(sel.key().into(), (k, 1));
+                self.held += sel.key().len();
                 k
             }
         };
@@ -212,11 +261,13 @@ impl Topics {
         }
         if let Some(pos) = self.selectors.iter().position(|e| e.idx == idx) {
             let e = self.selectors.remove(pos);
+            self.held = self.held.saturating_sub(Self::entry_bytes(&e.sel));
             if let Some((k, refs)) = self.keys.get_mut(e.sel.key()) {
                 *refs -= 1;
                 if *refs == 0 {
                     self.free_keys.push(*k);
                     self.keys.remove(e.sel.key());
+                    self.held = self.held.saturating_sub(e.sel.key().len());
                 }
             }
             if let Some(ip) = e.owner {

@@ -154,6 +154,8 @@ pub struct Decoder {
     stack: Vec<(Vec<Value>, usize)>,
     /// Items declared by every array of the current value.
     items: usize,
+    /// Bytes of the finished items kept in `stack` (see [`Decoder::held`]).
+    held: usize,
 }
 
 impl Default for Decoder {
@@ -172,6 +174,7 @@ impl Decoder {
             bulk: None,
             stack: Vec::new(),
             items: 0,
+            held: 0,
         }
     }
 
@@ -182,6 +185,13 @@ impl Decoder {
         self.bulk = None;
         self.stack.clear();
         self.items = 0;
+        self.held = 0;
+    }
+
+    /// Bytes of a value being decoded that it holds as finished items (a
+    /// copy of what the input buffer still holds), for the memory account.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Decodes the next value from `buf` (see the type's contract):
@@ -200,6 +210,11 @@ impl Decoder {
                     self.reset();
                     return Ok(Some((v, used)));
                 };
+                self.held += std::mem::size_of::<Value>()
+                    + match &v {
+                        Value::Bulk(Some(b)) => b.len(),
+                        _ => 0,
+                    };
                 items.push(v);
                 if items.len() < *n {
                     break;
@@ -311,6 +326,25 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::Bulk(Some(s.as_bytes().to_vec()))
+    }
+
+    /// What a half-read reply holds as finished items is counted (the
+    /// memory account's `bus` kind), and given back when the value is done.
+    #[test]
+    fn held_counts_finished_items_of_an_open_value() {
+        let mut d = Decoder::default();
+        let whole = b"*3\r\n$5\r\nhello\r\n$3\r\nabc\r\n:7\r\n";
+        let cut = whole.len() - 4;
+        assert_eq!(d.decode(&whole[..cut]).unwrap(), None);
+        let item = std::mem::size_of::<Value>();
+        assert_eq!(d.held(), 2 * item + 5 + 3);
+        let (v, used) = d.decode(whole).unwrap().unwrap();
+        assert_eq!(used, whole.len());
+        assert_eq!(
+            v,
+            Value::Array(Some(vec![bulk("hello"), bulk("abc"), Value::Int(7)]))
+        );
+        assert_eq!(d.held(), 0);
     }
 
     fn samples() -> Vec<(&'static [u8], Value)> {

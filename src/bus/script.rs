@@ -185,6 +185,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Payload bytes gathered (for the memory account).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Whether no event is gathered.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
@@ -269,6 +274,11 @@ pub struct PublishArgs {
 }
 
 impl PublishArgs {
+    /// Bytes it holds (kept until the reply, for a `NOSCRIPT` retry).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Appends `cmd first <args>` (`EVALSHA sha` or `EVAL script`).
     pub fn encode(&self, cmd: &[u8], first: &[u8], out: &mut Vec<u8>) {
         encode_array_header(self.count + 2, out);

@@ -41,8 +41,8 @@ pub struct Cx<'a> {
     pub now_ms: u64,
     /// Unix time in µs, read for this request.
     pub unix_us: u64,
-    /// The connection the request came on.
-    pub conn: u32,
+    /// The connection the request came on (`None`: a library publish).
+    pub conn: Option<u32>,
     /// Its client's address: the peer's, or the one a trusted proxy
     /// forwarded (`--trusted-proxy`). Per-address pools and limits count
     /// the request under it.

@@ -4,6 +4,9 @@
 //! closing). Buffers exist only while needed: the request buffer while a
 //! request is incomplete, the output buffer while a write is unfinished.
 //!
+//! A connection is named by its [`ConnKey`] (its slot in the driver's
+//! table and its `mio` token) wherever the reactor's parts refer to it.
+//!
 //! Data and small helpers only: what the connection's states mean over
 //! time is the connection machine's (`proto.rs`); the driver does its I/O.
 
@@ -11,6 +14,29 @@ use mio::net::TcpStream;
 
 use crate::broker::{Cursors, Frame};
 use crate::handler::TickFn;
+
+/// A connection's key: its slot in the reactor's table, also its `mio`
+/// token. Where there may be no connection (a library publish) the type is
+/// `Option<ConnKey>`, never a reserved value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey(pub u32);
+
+impl ConnKey {
+    /// The slot, for the connection table.
+    pub fn idx(self) -> usize {
+        self.0 as usize
+    }
+    /// The key of slot `i`.
+    pub fn of(i: usize) -> ConnKey {
+        ConnKey(i as u32)
+    }
+}
+
+impl std::fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Ticks are 100 ms since server start; `u32` lasts 13 years.
 pub type Tick = u32;

@@ -1,18 +1,19 @@
 //! Built without the `journal` feature: no `--data-dir`. This stub keeps
-//! the shape the reactor names, with a journal that cannot exist
-//! (`Reactor::durable` is always `None`, so no reply is ever held and the
+//! the journal link's shape, with a journal that cannot exist (the
+//! driver's `durable` is always `None`, so no reply is ever held and the
 //! optimiser drops those paths). `--data-dir` is refused at start
 //! (`Config::check_features`) and again here for library users.
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use crate::apps::Apps;
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
-use crate::event::PublishError;
 use crate::journal::Link;
 use crate::stats::JournalGauges;
+
+use super::conn::ConnKey;
 
 /// An opened journal: uninhabited in this build.
 pub(crate) enum Opened {}
@@ -31,10 +32,9 @@ pub(crate) fn open(
     }
 }
 
-/// The journal as the loop holds it: uninhabited in this build (its
-/// link cannot exist).
+/// The journal link: uninhabited in this build (its link cannot exist).
 pub(crate) struct Durable {
-    pub link: Link,
+    link: Link,
 }
 
 pub(crate) fn install(o: Opened, _broker: &mut Broker, _apps: &mut Apps) -> Durable {
@@ -42,10 +42,37 @@ pub(crate) fn install(o: Opened, _broker: &mut Broker, _apps: &mut Apps) -> Dura
 }
 
 impl Durable {
+    pub fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+    pub fn delete(&mut self, _name: &str, _floor: crate::id::EventId) {
+        match self.link {}
+    }
+    pub fn begin(&mut self) {
+        match self.link {}
+    }
+    pub fn end(&mut self) {
+        match self.link {}
+    }
+    pub fn must_wait(&self) -> Option<u64> {
+        match self.link {}
+    }
+    pub fn hold(&mut self, _h: Held) {
+        match self.link {}
+    }
+    pub fn holds(&self, _key: ConnKey) -> bool {
+        match self.link {}
+    }
+    pub fn forget(&mut self, _key: ConnKey) {
+        match self.link {}
+    }
+    pub fn release(&mut self) -> Option<Held> {
+        match self.link {}
+    }
     pub fn compact(&mut self, _broker: &Broker) {
         match self.link {}
     }
-    pub fn gauges(&self, _held: usize) -> JournalGauges {
+    pub fn gauges(&self) -> JournalGauges {
         match self.link {}
     }
 }

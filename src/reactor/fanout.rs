@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use super::conn::{Conn, State, Tail};
+use super::conn::{Conn, ConnKey, State, Tail};
 use crate::broker::{Broker, Frame, StreamIdx};
 use crate::id::EventId;
 
@@ -38,7 +38,7 @@ pub struct Fanout {
     /// Reused buffer for the broker's dirty streams.
     dirty: Vec<StreamIdx>,
     /// Subscribers that used their write budget and are owed more.
-    again: Vec<u32>,
+    again: Vec<ConnKey>,
 }
 
 impl Fanout {
@@ -49,12 +49,12 @@ impl Fanout {
 
     /// A subscriber still writable and still owed frames after its budget:
     /// no writable edge will come, so it goes again next turn.
-    pub fn owe(&mut self, key: u32) {
+    pub fn owe(&mut self, key: ConnKey) {
         self.again.push(key);
     }
 
     /// The subscribers owed a turn (emptied).
-    pub fn take_owed(&mut self) -> Vec<u32> {
+    pub fn take_owed(&mut self) -> Vec<ConnKey> {
         std::mem::take(&mut self.again)
     }
 
@@ -71,7 +71,7 @@ impl Fanout {
 
     /// The next subscriber of the passes under way, `None` when all are
     /// done. A subscriber of several dirty streams may come once per pass.
-    pub fn next(&mut self, broker: &Broker) -> Option<u32> {
+    pub fn next(&mut self, broker: &Broker) -> Option<ConnKey> {
         loop {
             let (s, i) = *self.passes.front()?;
             let Some(slot) = broker.subscriber_at(s, i) else {
@@ -82,7 +82,7 @@ impl Fanout {
                 p.1 += 1;
             }
             if let Some(key) = slot {
-                return Some(key);
+                return Some(ConnKey(key));
             }
         }
     }
@@ -324,12 +324,12 @@ mod tests {
         f.begin(&mut b);
         assert!(f.busy());
         // A turn with a budget of 3, then the rest.
-        let turn: Vec<u32> = (0..3).map_while(|_| f.next(&b)).collect();
+        let turn: Vec<u32> = (0..3).map_while(|_| f.next(&b)).map(|k| k.0).collect();
         assert_eq!(turn, [0, 1, 2]);
         // Published mid-pass: a new pass, after the one under way.
         b.publish(&s, &Event::new("z"), 2_000).unwrap();
         f.begin(&mut b);
-        let rest: Vec<u32> = std::iter::from_fn(|| f.next(&b)).collect();
+        let rest: Vec<u32> = std::iter::from_fn(|| f.next(&b)).map(|k| k.0).collect();
         assert_eq!(rest, [3, 4, 0, 1, 2, 3, 4, 9]);
         assert!(!f.busy());
         // A subscriber gone mid-pass is skipped.
@@ -338,13 +338,13 @@ mod tests {
         let c = b.subscribe(7, &s[..1], &Resume::Live).cursors;
         b.unsubscribe(7, &c);
         let gone = b.subscribe(8, &s[..1], &Resume::Live).cursors;
-        assert_eq!(f.next(&b), Some(0));
+        assert_eq!(f.next(&b), Some(ConnKey(0)));
         b.unsubscribe(8, &gone);
-        let rest: Vec<u32> = std::iter::from_fn(|| f.next(&b)).collect();
+        let rest: Vec<u32> = std::iter::from_fn(|| f.next(&b)).map(|k| k.0).collect();
         assert_eq!(rest, [1, 2, 3, 4]);
-        f.owe(4);
+        f.owe(ConnKey(4));
         assert!(f.busy());
-        assert_eq!(f.take_owed(), [4]);
+        assert_eq!(f.take_owed(), [ConnKey(4)]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::sync::mpsc;
 
+use super::conn::ConnKey;
 use crate::event::PublishError;
 
 /// A reply held until the journal's fsync covers `ticket`.
@@ -12,7 +13,7 @@ pub(crate) enum Held {
     /// Response bytes for connection `key` (paused meanwhile).
     Conn {
         ticket: u64,
-        key: u32,
+        key: ConnKey,
         bytes: Vec<u8>,
         close: bool,
     },
@@ -30,7 +31,7 @@ impl Held {
             Held::Conn { ticket, .. } | Held::Lib { ticket, .. } => *ticket,
         }
     }
-    pub fn key(&self) -> Option<u32> {
+    pub fn key(&self) -> Option<ConnKey> {
         match self {
             Held::Conn { key, .. } => Some(*key),
             Held::Lib { .. } => None,

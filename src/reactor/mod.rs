@@ -1,38 +1,42 @@
-//! The reactor: one `mio::Poll`, the listeners, the waker, the one
-//! reactor-wide read buffer, every connection, and the loop that turns
-//! readiness into handler calls and carries out the actions they return.
-//! It is the only code that touches `Poll`, sockets, the clock, or
-//! `write`/`writev`.
+//! The reactor: one `mio::Poll`, the waker, the one reactor-wide read
+//! buffer, every connection, and the loop that turns readiness into
+//! handler calls and carries out the actions they return. It is the only
+//! code that touches `Poll`, sockets, the clock, or `write`/`writev`.
 //!
 //! `mod.rs` is the driver: it reads the clock, calls `read`/`writev`,
 //! routes requests and carries out what the parts decide. The rules live
-//! in parts it owns, which never name it and (but for `conn.rs`'s socket
-//! type) do no I/O: the connection machine (`proto.rs`: what bytes, time
-//! and output mean for a connection), the fan-out (`fanout.rs`), the sweep
-//! (`sweep.rs`), the timers and per-address counts. The publish path
-//! (`publish.rs`) and the Redis glue (`bus/mod.rs`) still extend the
-//! driver (`tests/it/layers.rs`).
+//! in parts it owns, which never name it (`tests/it/layers.rs` checks)
+//! and, but for the socket-facing ones (`conn.rs`'s socket type,
+//! `bind.rs`, `listen.rs`, the bus's connections, the journal), do no
+//! I/O: each takes what it needs (`&mut Broker`, `&mut Apps`, `now`) and
+//! returns what the driver must do — a `proto::Due`, a `publish::Route`
+//! and `Answer`, the bus link's `Effect`s, a released `Held` — so each has
+//! unit tests without a socket.
 //!
 //! One loop turn: poll (until the nearest timer) → handle readiness
-//! (accept, read + route requests, drain writes) → fire due timers (a
-//! slice of the sweep, ticks) → fan newly published frames out to
-//! subscribers → free closed connections.
+//! (accept, read + route requests, drain writes, step the bus link) →
+//! fire due timers (a slice of the sweep, ticks) → release held replies,
+//! compact the journal → fan newly published frames out to subscribers →
+//! free closed connections.
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions |
-//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
-//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering |
-//! | `conn.rs` | the connection struct and its states |
+//! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions and effects |
+//! | `bind.rs` | `Bound`: everything that can fail at start (listeners, waker, Redis address, journal open, signals) |
+//! | `conn.rs` | `ConnKey`, the connection struct and its states |
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
-//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
-//! | `durable.rs` | the journal (`--data-dir`): replay, the journal link lent to handlers, compaction, held replies |
-//! | `held.rs` | a reply held until the journal's fsync covers it (shared by `durable.rs` and its stub) |
+//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
+//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering (no I/O) |
+//! | `publish.rs` | the one publish path: `apply` (route: bus or prepare → journal → commit), `settle` and `render` (no I/O) |
+//! | `bus/` | the Redis bus (`--redis`): its connections, and the bus link (`link.rs`, no I/O) that ties them to the broker |
+//! | `durable.rs` | the journal link (`--data-dir`): replay, the journal's `Link`, held replies, compaction |
+//! | `held.rs` | a reply held until the journal's fsync covers it |
+//! | `report.rs` | `/stats` and `/metrics` assembled from the parts (no I/O) |
 //! | `timer.rs` | the deadline heap |
 //! | `peers.rs` | per-address connection counts and unfinished-request bytes |
-//! | `publish.rs` | the one publish path: applies every publish decision (local, journal, bus) and renders its reply |
-//! | `bus/` | the Redis bus (`--redis`): its connections and its glue to the broker |
+//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
 
+mod bind;
 #[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
 mod bus;
 mod conn;
@@ -44,6 +48,7 @@ pub(crate) mod listen;
 mod peers;
 mod proto;
 mod publish;
+mod report;
 mod sweep;
 pub(crate) mod timer;
 
@@ -62,23 +67,23 @@ use rand::SeedableRng;
 use slab::Slab;
 
 use crate::apps::Apps;
-use crate::broker::{Broker, Limits};
+use crate::broker::{Broker, Limits, StreamIdx};
 use crate::config::Config;
-use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::frame;
-use crate::handler::{Action, Cx};
+use crate::handler::{Action, Cx, Publish, Reply};
 use crate::http::{self, Response};
+use crate::id::EventId;
 use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
-pub use conn::CONN_SIZE;
-use conn::{ms_to_ticks, Conn, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
+pub(crate) use bind::Bound;
+use conn::{ms_to_ticks, Conn, ConnKey, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
 use fanout::{Batch, WRITE_BUDGET};
 use peers::Peers;
 use proto::{Due, Feed, ReadMode, Refuse, Step, Wrote};
+use publish::{Answer, Outcome, Route, To};
 use timer::{Timer, Timers};
 
-const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 << 10;
 /// Cross-thread publishes waiting for the loop, at most.
 pub(crate) const INBOX_LIMIT: usize = 65_536;
@@ -89,8 +94,6 @@ pub(crate) const INBOX_LIMIT: usize = 65_536;
 /// deliveries/s at 1.25 µs of server CPU each, 512 gave ~1.8 M at 0.53 µs
 /// with the same p50 latency (`ssed-bench fanout`, docs/BENCHMARKS.md).
 const FLUSH_BUDGET: usize = 512;
-/// Pending connections the kernel may queue per listener.
-const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Back-off after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Reads of one connection per loop turn (64 KiB each), so a flooding peer
@@ -111,9 +114,6 @@ const LINGER_MS: u64 = 2000;
 const TRIM_AFTER_BYTES: usize = 16 << 20;
 /// ...and at most this often (a trim walks the heap).
 const TRIM_EVERY_MS: u64 = 1000;
-fn listener_token(i: usize) -> Token {
-    Token(usize::MAX - 1 - i)
-}
 
 /// Messages from other threads.
 pub(crate) enum Command {
@@ -128,36 +128,6 @@ pub(crate) struct Shared {
     pub waker: Waker,
 }
 
-/// Set by the SIGTERM/SIGINT handler.
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-static SIGNAL_SHARED: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-    // Waking is a write(2) on an eventfd: safe in a signal handler.
-    if let Some(s) = SIGNAL_SHARED.get() {
-        let _ = s.waker.wake();
-    }
-}
-
-fn install_signal_handlers(shared: &Arc<Shared>) {
-    let _ = SIGNAL_SHARED.set(shared.clone());
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only touches an atomic and an eventfd write.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-    // SAFETY: ignoring SIGPIPE so a write to a closed socket is an error, not death.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
-}
-
 /// Most connection slots reserved up front. Reserved capacity is address
 /// space, not memory: the allocator maps a block this large on its own and
 /// a page costs RSS only once a connection lands in it. Growing by
@@ -166,117 +136,7 @@ fn install_signal_handlers(shared: &Arc<Shared>) {
 /// 16,000-19,000 measured).
 const RESERVE_CONNS: usize = 1 << 20;
 
-/// The open-file limit minus a reserve for listeners, logs and the poll fd.
-fn default_max_connections() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    let cur = if ok { lim.rlim_cur } else { 1024 };
-    (cur.min(1 << 24) as usize).saturating_sub(64).max(16)
-}
-
-/// A bound server not yet running: `Send`, so it can be bound on one
-/// thread and run on another (the reactor, with its `Rc` frames, is built
-/// by `run` on the loop's own thread).
-pub(crate) struct Bound {
-    poll: Poll,
-    listeners: Vec<TcpListener>,
-    pub addrs: Vec<SocketAddr>,
-    pub shared: Arc<Shared>,
-    cfg: Config,
-    max: usize,
-    users: Option<crate::apps::mongoose::Users>,
-    redis: Option<(crate::bus::RedisUrl, bus::Target)>,
-    journal: Option<durable::Opened>,
-    auth: crate::access::Access,
-}
-
 impl Bound {
-    pub fn bind(cfg: Config) -> Result<Bound, Error> {
-        // An embedder's Config skips `from_args`, which checks this too.
-        cfg.check_features()?;
-        let users = Apps::load_users(&cfg).map_err(Error::Users)?;
-        let redis = match cfg.redis.as_deref() {
-            Some(u) => {
-                let url = u.parse::<crate::bus::RedisUrl>().map_err(Error::RedisUrl)?;
-                // Once, here: a lookup on the loop at every reconnect would
-                // stall every connection while the resolver waits.
-                let target = bus::Target::resolve(&url.addr).map_err(Error::RedisHost)?;
-                Some((url, target))
-            }
-            None => None,
-        };
-        let auth = crate::access::Access::from_config(&cfg).map_err(Error::Access)?;
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for (i, a) in cfg.listen.iter().enumerate() {
-            let cannot = |source| Error::Listen { addr: *a, source };
-            let mut l = if cfg.reuse_port {
-                TcpListener::from_std(
-                    listen::bind_reuse_port(*a, Some(LISTEN_BACKLOG)).map_err(cannot)?,
-                )
-            } else {
-                let l = TcpListener::bind(*a).map_err(cannot)?;
-                // mio listens with a backlog of 1024; a connect storm of
-                // thousands of subscribers (a restart, a benchmark) would see
-                // SYNs dropped and 1 s retransmits. Linux lets listen(2) be
-                // called again to raise it (the kernel caps it at somaxconn).
-                // SAFETY: listen on a socket we own.
-                unsafe {
-                    libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), LISTEN_BACKLOG);
-                }
-                l
-            };
-            poll.registry()
-                .register(&mut l, listener_token(i), Interest::READABLE)?;
-            let local = l.local_addr()?;
-            if !local.ip().is_loopback() && cfg.publish_token.is_none() {
-                log::warn!(
-                    "listening on {local}, not a loopback address, without --publish-token: only plainly local requests may publish or delete; set --publish-token (or SSED_PUBLISH_TOKEN) to publish from elsewhere"
-                );
-            }
-            addrs.push(local);
-            listeners.push(l);
-        }
-        let max = if cfg.max_connections == 0 {
-            default_max_connections()
-        } else {
-            cfg.max_connections
-        };
-        let shared = Arc::new(Shared {
-            inbox: Mutex::new(VecDeque::new()),
-            shutdown: AtomicBool::new(false),
-            waker,
-        });
-        let s = shared.clone();
-        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            let _ = s.waker.wake();
-        });
-        // A data directory that cannot be used is reported before anything
-        // is served.
-        let journal = durable::open(&cfg, wake)?;
-        if cfg.handle_signals {
-            install_signal_handlers(&shared);
-        }
-        Ok(Bound {
-            journal,
-            poll,
-            listeners,
-            addrs,
-            shared,
-            cfg,
-            max,
-            users,
-            redis,
-            auth,
-        })
-    }
-
     pub fn run(self) -> io::Result<()> {
         let clock = Clock::new();
         let limits = Limits {
@@ -300,8 +160,7 @@ impl Bound {
         let mut r = Reactor {
             bus,
             durable,
-            held: VecDeque::new(),
-            hold_from: None,
+            bus_fx: Vec::new(),
             token_exp: std::collections::HashMap::new(),
             presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
@@ -395,9 +254,9 @@ pub(crate) struct Reactor {
     max_connections: usize,
     shutting_down: bool,
     /// Connections to free at the end of the turn.
-    closing: Vec<u32>,
+    closing: Vec<ConnKey>,
     /// Connections whose paused input may be read again.
-    resume_read: Vec<u32>,
+    resume_read: Vec<ConnKey>,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
@@ -415,21 +274,18 @@ pub(crate) struct Reactor {
     /// Listeners that still had connections waiting when their batch ran out.
     accept_more: Vec<usize>,
     /// Connections that used their read budget and may have more input.
-    read_again: Vec<u32>,
+    read_again: Vec<ConnKey>,
     /// Connections admitted over the cap: they may ask for `/healthz` only.
-    reserve: Vec<u32>,
+    reserve: Vec<ConnKey>,
     /// Connections from a trusted proxy → their client's per-address slot.
-    proxied: std::collections::HashMap<u32, u32>,
-    /// The journal (`--data-dir`).
+    proxied: std::collections::HashMap<ConnKey, u32>,
+    /// The journal link (`--data-dir`).
     durable: Option<durable::Durable>,
-    /// Replies waiting for an fsync, oldest (lowest ticket) first.
-    held: VecDeque<durable::Held>,
-    /// While a request's actions run: the journal ticket before it, so a
-    /// reply to a request that wrote the journal can be held.
-    hold_from: Option<u64>,
+    /// What the bus link asked for, carried out in order (reused).
+    bus_fx: Vec<bus::Effect>,
     /// Streams opened with a token that expires → the tick they end at: a
     /// side table, since few connections have one and `Conn` must not grow.
-    token_exp: std::collections::HashMap<u32, Tick>,
+    token_exp: std::collections::HashMap<ConnKey, Tick>,
     /// Hub subscribers whose subscriptions are announced, by connection (a
     /// side table too), and the active subscriptions heard of.
     presence: crate::presence::Presence,
@@ -484,13 +340,14 @@ impl Reactor {
             }
             for ev in events.iter() {
                 let t = ev.token();
-                if t == WAKER {
+                if t == bind::WAKER {
                     self.drain_inbox();
-                } else if self.bus_event(t) {
+                } else if bus::owns(t) {
+                    self.bus_event(t);
                 } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
                     self.accept(usize::MAX - 1 - t.0);
                 } else {
-                    let key = t.0 as u32;
+                    let key = ConnKey::of(t.0);
                     if ev.is_writable() {
                         self.on_writable(key);
                     }
@@ -534,7 +391,7 @@ impl Reactor {
             self.reap();
             self.report_memory();
             self.maybe_trim();
-            if SIGNALLED.load(Ordering::SeqCst) || self.shared.shutdown.load(Ordering::SeqCst) {
+            if bind::signalled() || self.shared.shutdown.load(Ordering::SeqCst) {
                 self.begin_shutdown();
             }
             if self.shutting_down && self.conns.is_empty() {
@@ -548,7 +405,7 @@ impl Reactor {
     fn reap(&mut self) {
         while !self.closing.is_empty() {
             for key in std::mem::take(&mut self.closing) {
-                let Some(mut conn) = self.conns.try_remove(key as usize) else {
+                let Some(mut conn) = self.conns.try_remove(key.idx()) else {
                     continue;
                 };
                 let _ = self.poll.registry().deregister(&mut conn.sock);
@@ -560,12 +417,12 @@ impl Reactor {
                 if let Some(slot) = self.proxied.remove(&key) {
                     self.peers.remove(slot);
                 }
-                self.apps.on_close(key);
+                self.apps.on_close(key.0);
                 if let Some(l) = self.bus.as_mut() {
                     l.forget(key);
                 }
-                if !self.held.is_empty() {
-                    self.held.retain(|h| h.key() != Some(key));
+                if let Some(d) = self.durable.as_mut() {
+                    d.forget(key);
                 }
                 self.counters.closed += 1;
             }
@@ -585,15 +442,15 @@ impl Reactor {
         let deadline = self.clock.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
         self.timers.add(deadline, Timer::ShutdownDeadline);
         self.flush_dirty(usize::MAX);
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| ConnKey::of(k)).collect();
         for k in keys {
-            let Some(c) = self.conns.get_mut(k as usize) else {
+            let Some(c) = self.conns.get_mut(k.idx()) else {
                 continue;
             };
             match c.state {
                 State::Streaming(_) | State::Ticking(_) => self.end_stream(k),
                 State::Reading { .. }
-                    if c.out.is_none() && !self.held.iter().any(|h| h.key() == Some(k)) =>
+                    if c.out.is_none() && !self.durable.as_ref().is_some_and(|d| d.holds(k)) =>
                 {
                     self.close(k)
                 }
@@ -606,7 +463,7 @@ impl Reactor {
 
     /// Closes everything now (shutdown timeout).
     fn close_all(&mut self) {
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| ConnKey::of(k)).collect();
         for k in keys {
             self.close(k);
         }
@@ -614,28 +471,29 @@ impl Reactor {
 
     /// A handler context for a request on `key` (the reactor's fields, split
     /// so the rest stay usable while it lives).
-    fn context(&mut self, key: u32) -> Cx<'_> {
-        let peer = self
-            .conns
-            .get(key as usize)
+    fn context(&mut self, key: Option<ConnKey>) -> Cx<'_> {
+        let peer = key
+            .and_then(|k| self.conns.get(k.idx()))
             .and_then(|c| self.peers.ip(c.peer));
         let via_proxy = peer.is_some_and(|p| self.cfg.trusted_proxies.contains(&p));
         self.context_for(
             key,
-            Client {
-                peer,
+            proto::Client {
+                ip: peer,
                 via_proxy,
                 unnamed: false,
+                counted: None,
             },
         )
     }
 
     /// A handler context for `client` (see [`Reactor::client_of`]).
-    fn context_for(&mut self, key: u32, client: Client) -> Cx<'_> {
-        let Client {
-            peer,
+    fn context_for(&mut self, key: Option<ConnKey>, client: proto::Client) -> Cx<'_> {
+        let proto::Client {
+            ip: peer,
             via_proxy,
             unnamed,
+            ..
         } = client;
         Cx {
             broker: &self.broker,
@@ -646,7 +504,7 @@ impl Reactor {
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
             unix_us: self.clock.unix_us(),
-            conn: key,
+            conn: key.map(|k| k.0),
             peer,
             unnamed,
             via_proxy,
@@ -664,14 +522,17 @@ impl Reactor {
         for c in cmds {
             match c {
                 Command::Publish(stream, ev, reply) => {
-                    let before = self.journal_ticket();
-                    let mut cx = self.context(u32::MAX);
+                    let mut cx = self.context(None);
                     let decided = crate::api::publish_event(&mut cx, &stream, &ev);
                     match decided {
                         Ok(p) => {
-                            self.hold_from = self.durable.is_some().then_some(before);
-                            self.publish(publish::To::Library(reply), p);
-                            self.hold_from = None;
+                            if let Some(d) = self.durable.as_mut() {
+                                d.begin();
+                            }
+                            self.publish(To::Library(reply), p);
+                            if let Some(d) = self.durable.as_mut() {
+                                d.end();
+                            }
                         }
                         Err(e) => {
                             log::debug!("library publish to {stream:?} refused: {e}");
@@ -685,12 +546,12 @@ impl Reactor {
     }
 
     /// Carries out what a handler decided for connection `key`.
-    fn act(&mut self, key: u32, actions: Vec<Action>) {
+    fn act(&mut self, key: ConnKey, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::Respond { bytes, close } => self.answer(key, bytes, close),
                 Action::Subscribe(s) => self.subscribe(key, *s),
-                Action::Publish(p) => self.publish(publish::To::Conn(key), *p),
+                Action::Publish(p) => self.publish(To::Conn(key), *p),
                 Action::Tick {
                     head,
                     chunked,
@@ -704,7 +565,7 @@ impl Reactor {
                     }
                     self.next_gen = self.next_gen.wrapping_add(1);
                     let gen = self.next_gen;
-                    if let Some(c) = self.conns.get_mut(key as usize) {
+                    if let Some(c) = self.conns.get_mut(key.idx()) {
                         c.state = State::Ticking(Box::new(conn::Ticker {
                             gen,
                             interval_ms: interval_ms.max(1),
@@ -716,7 +577,7 @@ impl Reactor {
                     self.send_sse(key, &prelude);
                     self.after_stream_write(key);
                 }
-                Action::End(k) => self.end_stream(k),
+                Action::End(k) => self.end_stream(ConnKey(k)),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
                 Action::CreateStream { name, shape } => {
                     let resp = match self.broker.create(&name) {
@@ -735,27 +596,213 @@ impl Reactor {
                     head_only,
                     headers,
                 } => {
-                    self.counters.events_published = self.broker.published;
-                    self.counters.gaps_sent = self.broker.gaps;
-                    let life = self.broker.lifecycle();
-                    self.counters.history_evicted_events = life.evicted_events;
-                    self.counters.history_evicted_bytes = life.evicted_bytes;
-                    self.counters.history_refused_too_large = life.refused_too_large;
-                    self.counters.streams_expired = life.expired;
-                    self.counters.streams_dropped_empty = life.dropped_empty;
+                    report::sync_counters(&mut self.counters, &self.broker);
                     self.report_memory();
                     let g = self.gauges();
-                    let resp = if prometheus {
-                        Response::new(
-                            200,
-                            "text/plain; version=0.0.4",
-                            crate::stats::prometheus(&self.counters, &g),
-                        )
-                    } else {
-                        Response::json(200, &crate::stats::json(&self.counters, &g))
-                    };
-                    let bytes = resp.with(&headers).encode(http10, keep_alive, head_only);
+                    let resp = report::response(prometheus, &self.counters, &g, &headers);
+                    let bytes = resp.encode(http10, keep_alive, head_only);
                     self.respond(key, &bytes, !keep_alive);
+                }
+            }
+        }
+    }
+
+    /// Applies a publish decision (`publish::apply`): through the bus
+    /// link with `--redis`, else on this node (and into the journal with
+    /// `--data-dir`); a local one is settled at once.
+    fn publish(&mut self, to: To, p: Publish) {
+        let to = match p.reply {
+            Reply::Silent => To::Nobody,
+            _ => to,
+        };
+        let bus = self.bus.is_some();
+        // Only a local publish numbers events here (with the bus, Redis
+        // does): no clock read for the bus path.
+        let now_us = if bus { 0 } else { self.clock.unix_us() };
+        let journal = self.durable.as_mut().map(durable::Durable::link);
+        match publish::apply(&mut self.broker, journal, &mut self.apps, bus, &p, now_us) {
+            Route::Done { made, outcome } => {
+                if outcome.pressure {
+                    self.flush_dirty(usize::MAX);
+                }
+                self.settle(to, p.reply, &made, outcome);
+            }
+            Route::Bus { targets, made } => {
+                let now = self.clock.now_ms;
+                let mut fx = std::mem::take(&mut self.bus_fx);
+                match self.bus.as_mut() {
+                    Some(l) => l.publish(&self.broker, to, targets, made, p, now, &mut fx),
+                    // Not reached (no bus, no bus route); should it be, the
+                    // publisher gets the 503 a bus that is down gives.
+                    None => fx.push(bus::Effect::Settled {
+                        to,
+                        reply: p.reply,
+                        made,
+                        outcome: Outcome::failed(publish::Failure::redis_unavailable()),
+                    }),
+                }
+                self.carry_out(fx);
+            }
+        }
+    }
+
+    /// A publish is over (`publish::settle`): its answer goes out.
+    fn settle(&mut self, to: To, reply: Reply, made: &[StreamIdx], o: Outcome) {
+        let (broker, apps, counters) = (&mut self.broker, &mut self.apps, &mut self.counters);
+        let answer = publish::settle(broker, apps, counters, &reply, made, &o);
+        self.deliver(to, answer);
+    }
+
+    /// Sends a publish's answer to whoever asked, or holds it until the
+    /// journal's fsync covers what the publish wrote.
+    fn deliver(&mut self, to: To, answer: Answer) {
+        match (to, answer) {
+            (To::Conn(k), Answer::Http(bytes, close)) => self.answer(k, bytes, close),
+            (To::Library(reply), Answer::Library(res)) => {
+                let wait = self.durable.as_ref().and_then(durable::Durable::must_wait);
+                match (wait, self.durable.as_mut()) {
+                    (Some(ticket), Some(d)) => d.hold(durable::Held::Lib { ticket, reply, res }),
+                    // The publisher may have stopped waiting.
+                    _ => {
+                        let _ = reply.send(res);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a reply to connection `key`, or holds it until the journal's
+    /// fsync covers what its request wrote (`--fsync always`); the
+    /// connection's input stays paused meanwhile, so pipelined requests
+    /// wait their turn and answers keep their order.
+    fn answer(&mut self, key: ConnKey, bytes: Vec<u8>, close: bool) {
+        let wait = self.durable.as_ref().and_then(durable::Durable::must_wait);
+        match (wait, self.durable.as_mut()) {
+            (Some(ticket), Some(d)) => {
+                d.hold(durable::Held::Conn {
+                    ticket,
+                    key,
+                    bytes,
+                    close,
+                });
+                self.pause(key);
+            }
+            _ => self.respond(key, &bytes, close),
+        }
+    }
+
+    /// Readiness of a bus socket.
+    fn bus_event(&mut self, token: Token) {
+        let now = self.clock.now_ms;
+        if let Some(l) = self.bus.as_mut() {
+            l.on_event(self.poll.registry(), token, now);
+        }
+        self.bus_drain();
+    }
+
+    /// The bus's deadlines (timeouts, reconnects, pings), and what the
+    /// link carries on each turn (catch-ups, waiting subscribers).
+    fn bus_timer(&mut self) {
+        let now = self.clock.now_ms;
+        let Some(l) = self.bus.as_mut() else { return };
+        l.on_timer(self.poll.registry(), now);
+        self.bus_drain();
+    }
+
+    /// Sends the publishes gathered this loop turn to Redis together.
+    fn bus_send(&mut self) {
+        let now = self.clock.now_ms;
+        if self.bus.as_mut().is_some_and(|l| l.send_batch(now)) {
+            self.bus_drain();
+        }
+    }
+
+    /// Steps the bus link through everything Redis said, carrying out
+    /// what each output asks before the next (`Link::step`).
+    fn bus_drain(&mut self) {
+        let now = self.clock.now_ms;
+        loop {
+            let Some(l) = self.bus.as_mut() else { return };
+            let mut fx = std::mem::take(&mut self.bus_fx);
+            // The link admits what it buffers against the memory account's
+            // room for the bus, settled around its work.
+            l.settle_memory(&mut self.memory);
+            let more = l.step(
+                &mut self.broker,
+                &mut self.apps,
+                &mut self.presence,
+                now,
+                &mut fx,
+            );
+            l.settle_memory(&mut self.memory);
+            self.carry_out(fx);
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Carries out what the bus link asked for, in order; keeps the
+    /// buffer for the next time.
+    fn carry_out(&mut self, mut fx: Vec<bus::Effect>) {
+        for e in fx.drain(..) {
+            match e {
+                bus::Effect::Settled {
+                    to,
+                    reply,
+                    made,
+                    outcome,
+                } => self.settle(to, reply, &made, outcome),
+                bus::Effect::Pause(k) => self.pause(k),
+                bus::Effect::Resume(k) => self.unpause(k),
+                bus::Effect::Stream {
+                    key,
+                    waited,
+                    sub,
+                    cursors,
+                } => {
+                    if waited {
+                        // It becomes a stream: later input is dropped anyway.
+                        if let Some(c) = self.conns.get_mut(key.idx()) {
+                            if let State::Reading { paused, .. } = &mut c.state {
+                                *paused = false;
+                            }
+                        }
+                    }
+                    self.start_stream(
+                        key,
+                        &sub.head,
+                        sub.chunked,
+                        &sub.prelude,
+                        cursors,
+                        sub.until,
+                    );
+                }
+                bus::Effect::Flush => self.flush_dirty(usize::MAX),
+                bus::Effect::DropOneOff(idx) => self.drop_one_off(idx),
+            }
+        }
+        if self.bus_fx.capacity() < fx.capacity() {
+            self.bus_fx = fx;
+        }
+    }
+
+    /// Pauses a connection's input (its reply waits).
+    fn pause(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
+            if let State::Reading { paused, .. } = &mut c.state {
+                *paused = true;
+            }
+        }
+    }
+
+    /// Lets a paused connection's input be read again.
+    fn unpause(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
+            if let State::Reading { paused, .. } = &mut c.state {
+                if std::mem::replace(paused, false) {
+                    self.resume_read.push(key);
                 }
             }
         }
@@ -763,12 +810,15 @@ impl Reactor {
 
     /// Subscribes connection `key`: finds or makes its streams, then
     /// plans it from this node's history and starts its stream (with
-    /// `--redis`, `bus_stream` may load history first).
-    fn subscribe(&mut self, key: u32, mut s: crate::handler::Subscribe) {
-        let targets = match publish::resolve(&mut self.broker, &s.to) {
+    /// `--redis`, the bus link may load history first: `Link::stream`).
+    fn subscribe(&mut self, key: ConnKey, mut s: crate::handler::Subscribe) {
+        let targets = match publish::admit_selectors(&self.broker, &mut self.memory, &s.to)
+            .and_then(|()| publish::resolve(&mut self.broker, &s.to))
+        {
             Ok((t, _)) => t,
             Err(f) => {
-                // A full selector pool (names were checked by the handler).
+                // A full selector pool or the memory account's `selectors`
+                // (names were checked by the handler).
                 if let Some(r) = f.reason {
                     self.counters.reject(r);
                 }
@@ -778,14 +828,27 @@ impl Reactor {
             }
         };
         if let Some(j) = s.presence.take() {
-            self.presence.join(key, j);
+            self.presence.join(key.0, j);
         }
-        if self.bus.is_some() {
-            return self.bus_stream(key, &targets, s);
+        if let Some(l) = self.bus.as_mut() {
+            let now = self.clock.now_ms;
+            let mut fx = std::mem::take(&mut self.bus_fx);
+            l.settle_memory(&mut self.memory);
+            l.stream(
+                &mut self.broker,
+                &mut self.apps,
+                key,
+                &targets,
+                s,
+                now,
+                &mut fx,
+            );
+            l.settle_memory(&mut self.memory);
+            return self.carry_out(fx);
         }
         let c = self
             .broker
-            .subscribe_as(key, &targets, &s.sees_private, &s.resume);
+            .subscribe_as(key.0, &targets, &s.sees_private, &s.resume);
         let mut prelude = s.prelude;
         if let Some(g) = &c.gap {
             prelude.extend_from_slice(g);
@@ -796,7 +859,7 @@ impl Reactor {
     /// Turns connection `key` into an event stream reading `cursors`.
     fn start_stream(
         &mut self,
-        key: u32,
+        key: ConnKey,
         head: &[u8],
         chunked: bool,
         prelude: &[u8],
@@ -805,11 +868,11 @@ impl Reactor {
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
-            self.broker.unsubscribe(key, &cursors);
-            self.presence.left(key, true);
+            self.broker.unsubscribe(key.0, &cursors);
+            self.presence.left(key.0, true);
             return;
         }
-        if let Some(c) = self.conns.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             c.state = State::Streaming(cursors);
         }
         if let Some(exp) = until {
@@ -817,7 +880,7 @@ impl Reactor {
             self.token_exp.insert(key, at);
         }
         if !self.presence.none_here() {
-            self.presence.started(key, self.bus.is_none());
+            self.presence.started(key.0, self.bus.is_none());
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -826,108 +889,45 @@ impl Reactor {
 
     /// Reports into the memory account what keeps a budget of its own:
     /// history in the rings, and the apps' archives (both within
-    /// `--history-total-bytes`; the broker evicts history to keep them).
+    /// `--history-total-bytes`; the broker evicts history to keep them);
+    /// and what the selector registry and the bus's fetches hold (charged
+    /// between reports as clients make them grow).
     fn report_memory(&mut self) {
         use crate::memory::Kind;
         self.memory.report(Kind::History, self.broker.total_bytes());
         self.memory.report(Kind::Archives, self.broker.app_bytes());
+        self.memory
+            .report(Kind::Selectors, self.broker.selector_bytes());
+        if let Some(l) = &mut self.bus {
+            self.memory.report(Kind::Bus, l.fetch_bytes());
+        }
     }
 
-    /// Gauges for `/stats` and `/metrics`.
+    /// Gauges for `/stats` and `/metrics` (`report.rs`).
     fn gauges(&self) -> Gauges {
-        let mut g = Gauges {
-            connections: self.conns.len(),
-            ..Gauges::default()
-        };
-        for (_, c) in self.conns.iter() {
-            match c.state {
-                State::Streaming(_) => g.sse_connections += 1,
-                State::Ticking(_) => g.app_connections += 1,
-                _ => g.http_connections += 1,
-            }
-            if c.blocked() && matches!(c.state, State::Streaming(_) | State::Ticking(_)) {
-                g.blocked_subscribers += 1;
-            }
-        }
-        for (_, s) in self.broker.iter() {
-            if s.internal {
-                g.internal_streams += 1;
-            } else if s.anonymous_visible() {
-                // /stats is open to anyone: private-only streams are not told of.
-                g.streams += 1;
-            }
-            g.history_events += s.retained();
-        }
-        g.history_bytes = self.broker.total_bytes();
-        g.history_budget = self.broker.budget();
-        g.subscriber_streams = self.broker.unclaimed();
-        g.tombstones = self.broker.tombstones();
-        g.timers = self
+        let live = self
             .timers
             .iter()
             .filter(|(w, t)| self.timer_live(*w, t))
             .count();
-        g.timer_entries = self.timers.len();
-        g.connection_size = CONN_SIZE;
-        g.uptime_secs = self.clock.start.elapsed().as_secs_f64();
-        g.rss_bytes = crate::stats::rss_bytes();
-        g.per_ip_entries = self.peers.len();
-        g.buffered_request_bytes = self.memory.used(crate::memory::Kind::Requests);
-        g.memory = crate::stats::MemoryGauges {
-            max: self.memory.limits().max,
-            used: self.memory.total(),
-            kinds: self
-                .memory
-                .usage()
-                .map(|u| crate::stats::KindGauge {
-                    name: u.kind.name(),
-                    used: u.used,
-                    limit: u.limit,
-                    peak: u.peak,
-                    refused: u.refused,
-                })
-                .collect(),
-        };
-        g.max_connections = self.max_connections;
-        g.redis = self.bus.as_ref().map(bus::Link::gauges);
-        g.journal = self.durable.as_ref().map(|d| d.gauges(self.held.len()));
-        g
-    }
-
-    /// The journal's last ticket (0 without one).
-    fn journal_ticket(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.link.ticket())
-    }
-
-    /// Holds a response until the journal's fsync reaches `ticket`; the
-    /// connection's input stays paused meanwhile, so pipelined requests
-    /// wait their turn and answers keep their order.
-    fn hold(&mut self, key: u32, ticket: u64, bytes: Vec<u8>, close: bool) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
-            if let State::Reading { paused, .. } = &mut c.state {
-                *paused = true;
-            }
-        }
-        self.held.push_back(durable::Held::Conn {
-            ticket,
-            key,
-            bytes,
-            close,
-        });
+        report::gauges(report::View {
+            conns: &self.conns,
+            broker: &self.broker,
+            memory: &self.memory,
+            peers: &self.peers,
+            timers: (live, self.timers.len()),
+            uptime_secs: self.clock.start.elapsed().as_secs_f64(),
+            rss_bytes: crate::stats::rss_bytes(),
+            max_connections: self.max_connections,
+            redis: self.bus.as_ref().map(bus::Link::gauges),
+            journal: self.durable.as_ref().map(durable::Durable::gauges),
+        })
     }
 
     /// Sends the held replies the journal's fsync now covers (the fsync
     /// thread wakes the loop when it advances).
     fn release_held(&mut self) {
-        let Some(d) = &self.durable else { return };
-        if self.held.is_empty() {
-            return;
-        }
-        let durable = d.link.durable();
-        while self.held.front().is_some_and(|h| h.ticket() <= durable) {
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
+        while let Some(h) = self.durable.as_mut().and_then(durable::Durable::release) {
             match h {
                 durable::Held::Lib { reply, res, .. } => {
                     let _ = reply.send(res);
@@ -936,10 +936,10 @@ impl Reactor {
                     key, bytes, close, ..
                 } => {
                     self.respond(key, &bytes, close);
-                    if self.held.iter().any(|h| h.key() == Some(key)) {
+                    if self.durable.as_ref().is_some_and(|d| d.holds(key)) {
                         continue;
                     }
-                    if let Some(c) = self.conns.get_mut(key as usize) {
+                    if let Some(c) = self.conns.get_mut(key.idx()) {
                         if let State::Reading { paused, .. } = &mut c.state {
                             if *paused && c.out.is_none() {
                                 *paused = false;
@@ -976,7 +976,7 @@ impl Reactor {
         self.sweep.scan(&self.conns, now, &mut due);
         for key in due {
             self.expire(key, now);
-            if let Some(c) = self.conns.get(key as usize) {
+            if let Some(c) = self.conns.get(key.idx()) {
                 if !c.closing() {
                     self.sweep.seen(c.deadline);
                 }
@@ -989,10 +989,10 @@ impl Reactor {
 
     /// A connection's deadline passed: the connection machine says what
     /// that means (`Conn::expire`), the reactor does it.
-    fn expire(&mut self, key: u32, now: Tick) {
+    fn expire(&mut self, key: ConnKey, now: Tick) {
         let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
         let reserved = self.reserve.contains(&key);
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         match c.expire(now, exp, reserved, &self.rules) {
@@ -1032,9 +1032,7 @@ impl Reactor {
     fn expire_streams(&mut self) {
         let now = self.clock.unix_us();
         let done = self.broker.expire(now, sweep::STREAM_SLICE);
-        let unread = |(_, s): (crate::broker::StreamIdx, &crate::broker::Stream)| {
-            !s.internal && s.subs.is_empty()
-        };
+        let unread = |(_, s): (StreamIdx, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
         if done && !self.broker.iter().any(unread) {
             self.sweep.rest_expire();
             return;
@@ -1145,16 +1143,16 @@ impl Reactor {
             return;
         }
         entry.insert(Conn::new(sock, a.peer, a.deadline));
-        self.set_deadline(key as u32, a.deadline);
+        self.set_deadline(ConnKey::of(key), a.deadline);
         if a.reserve {
-            self.reserve.push(key as u32);
+            self.reserve.push(ConnKey::of(key));
         }
     }
 
     /// Output drained on a connection whose input was paused: route the
     /// requests already buffered, then read on.
-    fn resume_reading(&mut self, key: u32) {
-        let held = match self.conns.get_mut(key as usize) {
+    fn resume_reading(&mut self, key: ConnKey) {
+        let held = match self.conns.get_mut(key.idx()) {
             Some(c) => c.take_request(&mut self.memory, &mut self.peers),
             None => None,
         };
@@ -1168,8 +1166,8 @@ impl Reactor {
     }
 
     /// Puts an unfinished request back into its connection.
-    fn put_request(&mut self, key: u32, b: Box<ReqBuf>) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn put_request(&mut self, key: ConnKey, b: Box<ReqBuf>) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             c.put_request(b, &mut self.memory, &mut self.peers);
         }
     }
@@ -1177,15 +1175,15 @@ impl Reactor {
     /// The readable edge: read until WouldBlock, routing complete requests
     /// as they arrive. Input on connections that are not reading requests
     /// is read and dropped.
-    fn on_readable(&mut self, key: u32) {
+    fn on_readable(&mut self, key: ConnKey) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         self.read_into(key, &mut rbuf);
         self.rbuf = rbuf;
     }
 
-    fn read_into(&mut self, key: u32, rbuf: &mut [u8]) {
+    fn read_into(&mut self, key: ConnKey, rbuf: &mut [u8]) {
         for _ in 0..READS_PER_TURN {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key.idx()) else {
                 return;
             };
             let mode = conn.read_mode();
@@ -1232,7 +1230,7 @@ impl Reactor {
                 return self.respond(key, &full.encode(), true);
             }
             let now = self.clock.now_tick();
-            let Some(conn) = self.conns.get_mut(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key.idx()) else {
                 continue;
             };
             let new_request = was_idle || conn.idle();
@@ -1250,9 +1248,9 @@ impl Reactor {
 
     /// Routes every complete request `feed` yields while the connection
     /// reads requests; returns what is left unrouted.
-    fn process(&mut self, key: u32, mut feed: Feed<'_>) -> Option<Box<ReqBuf>> {
+    fn process(&mut self, key: ConnKey, mut feed: Feed<'_>) -> Option<Box<ReqBuf>> {
         loop {
-            let req = match feed.next(self.conns.get(key as usize).map(|c| &c.state)) {
+            let req = match feed.next(self.conns.get(key.idx()).map(|c| &c.state)) {
                 Step::Wait => break,
                 Step::Continue => {
                     self.respond(key, http::CONTINUE, false);
@@ -1287,8 +1285,7 @@ impl Reactor {
                 break;
             };
             let mut apps = std::mem::take(&mut self.apps);
-            let before = self.journal_ticket();
-            let mut cx = self.context_for(key, client);
+            let mut cx = self.context_for(Some(key), client);
             crate::router::handle(&mut cx, &mut apps, &req);
             let actions = std::mem::take(&mut cx.actions);
             self.apps = apps;
@@ -1297,11 +1294,15 @@ impl Reactor {
             if archived != self.broker.app_bytes() {
                 self.broker.set_app_bytes(archived);
             }
-            self.hold_from = self.durable.is_some().then_some(before);
+            if let Some(d) = self.durable.as_mut() {
+                d.begin();
+            }
             self.act(key, actions);
-            self.hold_from = None;
+            if let Some(d) = self.durable.as_mut() {
+                d.end();
+            }
             let now = self.clock.now_tick();
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = self.conns.get_mut(key.idx()) {
                 if let Some(d) = c.after_request(now, &self.rules) {
                     self.set_deadline(key, d);
                 }
@@ -1313,8 +1314,8 @@ impl Reactor {
     /// The client of a request (see `proto::client_of`); `None`, with a
     /// 503 sent, when its forwarded address is over
     /// `--max-connections-per-ip`.
-    fn client_of(&mut self, key: u32, req: &http::Request<'_>) -> Option<Client> {
-        let peer = self.peers.ip(self.conns.get(key as usize)?.peer);
+    fn client_of(&mut self, key: ConnKey, req: &http::Request<'_>) -> Option<proto::Client> {
+        let peer = self.peers.ip(self.conns.get(key.idx())?.peer);
         let c = proto::client_of(
             key,
             peer,
@@ -1333,11 +1334,7 @@ impl Reactor {
                         "connection {key}: proxy {proxy} named no client; pooled under its address"
                     );
                 }
-                Some(Client {
-                    peer: c.ip,
-                    via_proxy: c.via_proxy,
-                    unnamed: c.unnamed,
-                })
+                Some(c)
             }
             Err(r) => {
                 self.refuse(key, r);
@@ -1347,7 +1344,7 @@ impl Reactor {
     }
 
     /// Counts a refusal and sends its answer, which ends the connection.
-    fn refuse(&mut self, key: u32, r: Refuse) {
+    fn refuse(&mut self, key: ConnKey, r: Refuse) {
         self.counters.reject(r.reason);
         self.respond(key, &r.encode(), true);
     }
@@ -1359,11 +1356,11 @@ impl Reactor {
 
     /// Marks a connection to be freed at the end of the turn, leaving the
     /// streams it read and releasing its request buffer.
-    fn close(&mut self, key: u32) {
+    fn close(&mut self, key: ConnKey) {
         if !self.presence.none_here() {
-            self.presence.left(key, self.bus.is_none());
+            self.presence.left(key.0, self.bus.is_none());
         }
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if !self.token_exp.is_empty() {
@@ -1371,7 +1368,7 @@ impl Reactor {
         }
         match c.close(&mut self.memory, &mut self.peers) {
             proto::Closed::Already => return,
-            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
+            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key.0, &cursors),
             proto::Closed::Now(None) => {}
         }
         self.closing.push(key);
@@ -1411,11 +1408,11 @@ impl Reactor {
     /// Output that would pass the memory account: the connection machine
     /// answers a response not yet begun with a short 503 (`refuse_output`);
     /// anything else closes the connection.
-    fn refuse_output(&mut self, key: u32, r: Refusal, nothing_sent: bool) {
+    fn refuse_output(&mut self, key: ConnKey, r: Refusal, nothing_sent: bool) {
         self.counters.reject("memory_output");
         log::info!("connection {key}: {} output refused: {r}", r.kind().name());
         let now = self.clock.now_tick();
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if !c.refuse_output(nothing_sent, now, &mut self.memory, &mut self.peers) {
@@ -1425,15 +1422,15 @@ impl Reactor {
 
     /// Queues raw bytes for a connection: written at once if its socket is
     /// drained, appended to its output buffer otherwise.
-    fn send(&mut self, key: u32, bytes: &[u8]) {
+    fn send(&mut self, key: ConnKey, bytes: &[u8]) {
         self.queue(key, bytes, false);
     }
 
     /// `Reactor::send`; `response` says the bytes are a whole response
     /// to a request, which a refusal may replace with a short 503.
-    fn queue(&mut self, key: u32, bytes: &[u8], response: bool) {
+    fn queue(&mut self, key: ConnKey, bytes: &[u8], response: bool) {
         let tick = self.clock.now_tick();
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+        let Some(conn) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if conn.closing() || bytes.is_empty() {
@@ -1468,11 +1465,11 @@ impl Reactor {
 
     /// Queues SSE bytes for a streaming connection, chunk-framed if its
     /// body is chunked.
-    fn send_sse(&mut self, key: u32, sse: &[u8]) {
+    fn send_sse(&mut self, key: ConnKey, sse: &[u8]) {
         if sse.is_empty() {
             return;
         }
-        match self.conns.get(key as usize) {
+        match self.conns.get(key.idx()) {
             Some(c) if c.chunked => self.send(key, &frame::chunk(sse)),
             Some(_) => self.send(key, sse),
             None => {}
@@ -1480,10 +1477,10 @@ impl Reactor {
     }
 
     /// Sends a complete response; `close` ends the connection once it is out.
-    fn respond(&mut self, key: u32, bytes: &[u8], close: bool) {
+    fn respond(&mut self, key: ConnKey, bytes: &[u8], close: bool) {
         self.queue(key, bytes, true);
         if close {
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = self.conns.get_mut(key.idx()) {
                 c.last_response(&mut self.memory, &mut self.peers);
             }
         }
@@ -1492,9 +1489,9 @@ impl Reactor {
 
     /// What follows a write on a connection that is not streaming: a final
     /// response that is out lingers; backed-up output gets a write deadline.
-    fn after_write(&mut self, key: u32) {
+    fn after_write(&mut self, key: ConnKey) {
         let tick = self.clock.now_tick();
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         match c.after_write(tick, &self.rules) {
@@ -1506,8 +1503,8 @@ impl Reactor {
 
     /// Half-closes a connection and waits briefly for the peer's FIN before
     /// freeing it, so a final response is not lost to a reset.
-    fn linger(&mut self, key: u32) {
-        let Some(c) = self.conns.get_mut(key as usize) else {
+    fn linger(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         let _ = c.sock.shutdown(Shutdown::Write);
@@ -1518,7 +1515,7 @@ impl Reactor {
 
     /// Drains `conn.out`. `Ok(true)` when empty (and freed), `Ok(false)`
     /// when the socket is full.
-    fn drain_out(&mut self, key: u32) -> io::Result<bool> {
+    fn drain_out(&mut self, key: ConnKey) -> io::Result<bool> {
         let tick = self.clock.now_tick();
         let Reactor {
             conns,
@@ -1526,7 +1523,7 @@ impl Reactor {
             counters,
             ..
         } = self;
-        let Some(conn) = conns.get_mut(key as usize) else {
+        let Some(conn) = conns.get_mut(key.idx()) else {
             return Ok(true);
         };
         let Some(out) = conn.out.as_mut() else {
@@ -1549,8 +1546,8 @@ impl Reactor {
     }
 
     /// The writable edge: drain output, then stream frames or resume reads.
-    fn on_writable(&mut self, key: u32) {
-        match self.conns.get(key as usize) {
+    fn on_writable(&mut self, key: ConnKey) {
+        match self.conns.get(key.idx()) {
             Some(c) if !c.closing() && c.out.is_some() => {}
             _ => return,
         }
@@ -1561,12 +1558,13 @@ impl Reactor {
         }
         // A reply waiting for Redis or for an fsync keeps the input paused.
         let paused = matches!(
-            self.conns.get(key as usize).map(|c| &c.state),
+            self.conns.get(key.idx()).map(|c| &c.state),
             Some(State::Reading { paused: true, .. })
         );
-        let held =
-            paused && (self.bus_holds(key) || self.held.iter().any(|h| h.key() == Some(key)));
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+        let held = paused
+            && (self.bus.as_ref().is_some_and(|l| l.holds(key))
+                || self.durable.as_ref().is_some_and(|d| d.holds(key)));
+        let Some(conn) = self.conns.get_mut(key.idx()) else {
             return;
         };
         match conn.drained(held) {
@@ -1587,8 +1585,8 @@ impl Reactor {
 
     /// Writes a stream's response head and turns the connection's input
     /// off; `false` if the connection is gone.
-    fn begin_stream(&mut self, key: u32, head: &[u8], chunked: bool) -> bool {
-        let Some(c) = self.conns.get_mut(key as usize) else {
+    fn begin_stream(&mut self, key: ConnKey, head: &[u8], chunked: bool) -> bool {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return false;
         };
         if !c.begin_stream(chunked, &mut self.memory, &mut self.peers) {
@@ -1596,18 +1594,18 @@ impl Reactor {
         }
         self.send(key, head);
         self.conns
-            .get(key as usize)
+            .get(key.idx())
             .is_some_and(|c| matches!(c.state, State::Draining))
     }
 
     /// Deadline bookkeeping after writing to a streaming connection.
-    fn after_stream_write(&mut self, key: u32) {
+    fn after_stream_write(&mut self, key: ConnKey) {
         let exp = match self.token_exp.is_empty() {
             true => NEVER,
             false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
         };
         let now = self.clock.now_tick();
-        let d = match self.conns.get(key as usize) {
+        let d = match self.conns.get(key.idx()) {
             Some(c) => c.stream_deadline(now, exp, &self.rules),
             None => None,
         };
@@ -1617,13 +1615,9 @@ impl Reactor {
     }
 
     /// A ticking connection is due.
-    fn on_tick(&mut self, key: u32, gen: u32) {
+    fn on_tick(&mut self, key: ConnKey, gen: u32) {
         let now = self.clock.now_ms;
-        let Some(t) = self
-            .conns
-            .get_mut(key as usize)
-            .and_then(|c| c.tick(gen, now))
-        else {
+        let Some(t) = self.conns.get_mut(key.idx()).and_then(|c| c.tick(gen, now)) else {
             return;
         };
         self.timers.add(t.next_ms, Timer::Tick { key, gen });
@@ -1644,7 +1638,7 @@ impl Reactor {
         for key in self.fanout.take_owed() {
             let ready = self
                 .conns
-                .get(key as usize)
+                .get(key.idx())
                 .is_some_and(|c| !c.blocked() && !c.closing());
             if ready {
                 self.flush_subscriber(key);
@@ -1658,7 +1652,7 @@ impl Reactor {
             budget -= 1;
             let blocked = self
                 .conns
-                .get(key as usize)
+                .get(key.idx())
                 .is_none_or(|c| c.blocked() || c.closing());
             if blocked {
                 self.check_lag(key);
@@ -1668,11 +1662,11 @@ impl Reactor {
         }
     }
 
-    fn check_lag(&mut self, key: u32) {
+    fn check_lag(&mut self, key: ConnKey) {
         let max = self.cfg.max_pending_bytes;
         let slow = self
             .conns
-            .get(key as usize)
+            .get(key.idx())
             .is_some_and(|c| fanout::too_slow(c, &self.broker, max));
         if slow {
             log::info!(
@@ -1686,7 +1680,7 @@ impl Reactor {
 
     /// Writes everything a subscriber is owed, in id order across its
     /// streams, in batches of up to `MAX_IOV` frames per `writev`.
-    fn flush_subscriber(&mut self, key: u32) {
+    fn flush_subscriber(&mut self, key: ConnKey) {
         let tick = self.clock.now_tick();
         let mut budget = WRITE_BUDGET;
         // Whether this subscriber was sent anything: only then does its
@@ -1695,7 +1689,7 @@ impl Reactor {
         loop {
             // A gap first, for any stream that dropped frames this
             // subscriber had not been sent yet.
-            let gap = match self.conns.get_mut(key as usize) {
+            let gap = match self.conns.get_mut(key.idx()) {
                 Some(Conn {
                     state: State::Streaming(cs),
                     ..
@@ -1713,7 +1707,7 @@ impl Reactor {
                 fanout,
                 ..
             } = self;
-            let Some(conn) = conns.get_mut(key as usize) else {
+            let Some(conn) = conns.get_mut(key.idx()) else {
                 return;
             };
             if conn.out.is_some() {
@@ -1763,10 +1757,7 @@ impl Reactor {
                 break;
             }
         }
-        let blocked = self
-            .conns
-            .get(key as usize)
-            .is_some_and(|c| c.out.is_some());
+        let blocked = self.conns.get(key.idx()).is_some_and(|c| c.out.is_some());
         if wrote || blocked {
             self.after_stream_write(key);
         }
@@ -1777,11 +1768,11 @@ impl Reactor {
     /// then an HTTP/1.0 (body-until-close) stream's socket closes; a chunked
     /// one gets its last chunk and goes back to reading requests (unless
     /// the server is shutting down).
-    fn end_stream(&mut self, key: u32) {
+    fn end_stream(&mut self, key: ConnKey) {
         if !self.presence.none_here() {
-            self.presence.left(key, self.bus.is_none());
+            self.presence.left(key.0, self.bus.is_none());
         }
-        let Some(c) = self.conns.get_mut(key as usize) else {
+        let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
         if !self.token_exp.is_empty() {
@@ -1791,14 +1782,14 @@ impl Reactor {
             return;
         };
         if let Some(cs) = left {
-            self.broker.unsubscribe(key, &cs);
+            self.broker.unsubscribe(key.0, &cs);
         }
         if chunked {
             self.send(key, frame::LAST_CHUNK);
             if !self.shutting_down {
                 // Node's fetch and fetch-event-source reuse the connection.
                 let now = self.clock.now_tick();
-                let reused = match self.conns.get_mut(key as usize) {
+                let reused = match self.conns.get_mut(key.idx()) {
                     Some(c) => c.reuse(now, &self.rules),
                     None => None,
                 };
@@ -1809,7 +1800,7 @@ impl Reactor {
                 return;
             }
         }
-        match self.conns.get(key as usize) {
+        match self.conns.get(key.idx()) {
             Some(c) if c.out.is_some() => self.after_write(key),
             Some(_) => self.close(key),
             None => {}
@@ -1817,17 +1808,17 @@ impl Reactor {
     }
 
     /// Flushes a stream's subscribers, deletes it, and ends their streams.
-    fn delete_stream(&mut self, idx: crate::broker::StreamIdx) {
+    fn delete_stream(&mut self, idx: StreamIdx) {
         // Flush first so subscribers that can take it get what was published.
-        for k in self.broker.subscribers(idx) {
-            if self.conns.get(k as usize).is_some_and(|c| !c.blocked()) {
+        for k in self.broker.subscribers(idx).into_iter().map(ConnKey) {
+            if self.conns.get(k.idx()).is_some_and(|c| !c.blocked()) {
                 self.flush_subscriber(k);
             }
         }
         if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
-            d.link.delete(name, floor);
+            d.delete(name, floor);
         }
-        for k in self.broker.delete(idx) {
+        for k in self.broker.delete(idx).into_iter().map(ConnKey) {
             self.end_stream(k);
         }
     }
@@ -1837,7 +1828,7 @@ impl Reactor {
     /// mercure`, numbered like any event. Each update's topic stream is
     /// made in the subscriber's address's share of the subscribers' pool,
     /// and goes again once it carried the update (with `--redis`, once it
-    /// was handed to the bus: each node's `presence_entered` makes it
+    /// was handed to the bus: each node's bus link (`Link::presence_entered`) makes it
     /// again for the announcement) unless someone reads that very topic:
     /// watchers read selector streams, and a stream per subscription would
     /// fill `--max-streams`.
@@ -1866,21 +1857,21 @@ impl Reactor {
 
     /// Drops a subscription update's topic stream unless someone reads
     /// that very topic (the journal records it as deleted).
-    fn drop_one_off(&mut self, idx: crate::broker::StreamIdx) {
+    fn drop_one_off(&mut self, idx: StreamIdx) {
         if !self.broker.subscribers(idx).is_empty() {
             return;
         }
         if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
-            if floor > crate::id::EventId::NONE {
-                d.link.delete(name, floor);
+            if floor > EventId::NONE {
+                d.delete(name, floor);
             }
         }
         self.broker.drop_one_off(idx);
     }
 
     /// Sets a connection's deadline and makes sure a sweep will see it.
-    fn set_deadline(&mut self, key: u32, d: Tick) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+    fn set_deadline(&mut self, key: ConnKey, d: Tick) {
+        if let Some(c) = self.conns.get_mut(key.idx()) {
             c.deadline = d;
             if d != NEVER {
                 self.want_sweep(d);
@@ -1889,22 +1880,11 @@ impl Reactor {
     }
 
     /// Writes a heartbeat comment.
-    fn heartbeat(&mut self, key: u32) {
+    fn heartbeat(&mut self, key: ConnKey) {
         self.counters.heartbeats += 1;
         self.send_sse(key, frame::HEARTBEAT);
         self.after_stream_write(key);
     }
-}
-
-/// Who a request is from, for its handler context.
-#[derive(Clone, Copy)]
-struct Client {
-    /// The address per-address pools count it under (see `Cx::peer`).
-    peer: Option<std::net::IpAddr>,
-    /// A `--trusted-proxy` sent it.
-    via_proxy: bool,
-    /// That proxy named no usable client: `peer` is the proxy's own.
-    unnamed: bool,
 }
 
 /// Whether a timer entry still means something (see `Reactor::timer_live`).
@@ -1912,7 +1892,7 @@ fn timer_live(conns: &Slab<Conn>, sweep_at: Option<u64>, when: u64, t: &Timer) -
     match *t {
         Timer::Sweep => sweep_at == Some(when),
         Timer::Tick { key, gen } => matches!(
-            conns.get(key as usize),
+            conns.get(key.idx()),
             Some(Conn { state: State::Ticking(tk), .. }) if tk.gen == gen
         ),
         Timer::ResumeAccept | Timer::ShutdownDeadline | Timer::Expire => true,

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::conn::{ms_to_ticks, ticks, Conn, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
+use super::conn::{ms_to_ticks, ticks, Conn, ConnKey, Out, ReqBuf, State, Tick, NEVER, TICK_MS};
 use super::peers::Peers;
 use crate::broker::Cursors;
 use crate::config::Config;
@@ -866,11 +866,11 @@ pub struct Client {
 /// (`proxied` keeps that count's slot per connection; a refusal when that
 /// address is over it).
 pub fn client_of(
-    key: u32,
+    key: ConnKey,
     peer: Option<IpAddr>,
     req: &http::Request<'_>,
     peers: &mut Peers,
-    proxied: &mut HashMap<u32, u32>,
+    proxied: &mut HashMap<ConnKey, u32>,
     rules: &Rules,
 ) -> Result<Client, Refuse> {
     let Some(proxy) = peer.filter(|p| rules.trusts(p)) else {
@@ -1275,7 +1275,7 @@ mod tests {
         };
         // A direct peer is itself, and its headers are ignored.
         let c = client_of(
-            0,
+            ConnKey(0),
             Some(direct),
             &parse(from("203.0.113.5")),
             &mut peers,
@@ -1294,18 +1294,18 @@ mod tests {
         // Through the proxy: the forwarded address, counted once per connection.
         let a: IpAddr = "203.0.113.5".parse().unwrap();
         let req = parse(from("203.0.113.5"));
-        for key in [1, 1, 2] {
+        for key in [1, 1, 2].map(ConnKey) {
             let c = client_of(key, Some(proxy), &req, &mut peers, &mut proxied, &r).unwrap();
             assert_eq!((c.ip, c.via_proxy), (Some(a), true));
         }
         assert_eq!(proxied.len(), 2);
         // A third connection for that address is over --max-connections-per-ip.
-        let e = client_of(3, Some(proxy), &req, &mut peers, &mut proxied, &r);
+        let e = client_of(ConnKey(3), Some(proxy), &req, &mut peers, &mut proxied, &r);
         assert_eq!(e, Err(Refuse::PER_IP));
         // Connection 1 now carries another client: the count moves.
         let b: IpAddr = "203.0.113.6".parse().unwrap();
         let c = client_of(
-            1,
+            ConnKey(1),
             Some(proxy),
             &parse(from("203.0.113.6")),
             &mut peers,
@@ -1313,10 +1313,10 @@ mod tests {
             &r,
         );
         assert_eq!(c.unwrap().counted, Some(b));
-        assert!(client_of(3, Some(proxy), &req, &mut peers, &mut proxied, &r).is_ok());
+        assert!(client_of(ConnKey(3), Some(proxy), &req, &mut peers, &mut proxied, &r).is_ok());
         // No forwarding header: the proxy itself, not counted.
         let c = client_of(
-            4,
+            ConnKey(4),
             Some(proxy),
             &parse(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
             &mut peers,
@@ -1335,7 +1335,7 @@ mod tests {
         // A proxy that names no usable client: pooled under the proxy's
         // address, not counted.
         let c = client_of(
-            5,
+            ConnKey(5),
             Some(proxy),
             &parse(b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=unknown\r\n\r\n"),
             &mut peers,

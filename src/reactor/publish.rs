@@ -1,25 +1,28 @@
-//! The one publish path (issue 19): every publisher — `POST /events`, the
-//! library `Publisher`, member notifications, the MongooseIM API, the
-//! Mercure hub — hands the reactor a [`Publish`] decision, and it is
-//! applied here, the same way whatever the deployment: through the Redis
-//! bus when `--redis` is set (Redis gives the ids, the reply waits), else
-//! locally (the broker prepares each event, the journal writes it with
-//! `--data-dir`, the broker commits it). One renderer ([`render`]) builds
-//! every publish reply from the outcome (ids, audience, failure), and one
-//! function ([`entered`]) indexes what the publisher named an event
-//! whichever way it entered the rings (published here, announced by the
-//! bus, read back from a journal), so custom ids and member uuids resume
-//! on every node and across restarts.
+//! The one publish path (issue 19), as a part the driver owns: every
+//! publisher — `POST /events`, the library `Publisher`, member
+//! notifications, the MongooseIM API, the Mercure hub — hands the driver a
+//! [`Publish`] decision, and [`apply`] routes it the same way whatever the
+//! deployment: to the bus link when `--redis` is set (Redis gives the ids,
+//! the reply waits), else locally ([`apply_local`]: the broker prepares
+//! each event, the journal writes it with `--data-dir`, the broker commits
+//! it). [`settle`] closes every publish, local or bus, and one renderer
+//! ([`render`]) builds its reply from the outcome (ids, audience,
+//! failure). One function ([`entered`]) indexes what the publisher named
+//! an event whichever way it entered the rings (published here, announced
+//! by the bus, read back from a journal), so custom ids and member uuids
+//! resume on every node and across restarts.
 //!
-//! It must not decide access or parse requests (handlers did), and must
-//! not answer a connection except through [`Reactor::answer`], which holds
-//! a reply until the journal's fsync covers it (`--fsync always`).
+//! Functions over the broker, the apps and the journal link: it never
+//! names the driver and writes to no socket. The driver sends the
+//! [`Answer`] (or holds it until the journal's fsync covers it, see
+//! `durable.rs`). It must not decide access or parse requests (handlers
+//! did).
 
 use std::sync::mpsc;
 
 use serde_json::{json, Value};
 
-use super::{durable, Reactor};
+use super::conn::ConnKey;
 use crate::apps::Apps;
 use crate::broker::{Broker, BrokerError, StreamIdx};
 use crate::event::PublishError;
@@ -27,11 +30,12 @@ use crate::handler::{Publish, Refusal, Reply, Shape, Targets};
 use crate::http::Response;
 use crate::id::EventId;
 use crate::journal::Link;
+use crate::stats::Counters;
 
 /// Who a publish answers.
 pub(super) enum To {
     /// A connection (its input waits while a bus publish is in flight).
-    Conn(u32),
+    Conn(ConnKey),
     /// The library [`crate::Publisher`]'s channel.
     Library(mpsc::Sender<Result<u64, PublishError>>),
     /// Nobody: the request answers on its own, or its connection went away.
@@ -49,6 +53,18 @@ pub(super) struct Failure {
     pub too_large: bool,
     /// The `/stats` rejection counter it is, if any beyond the caller's.
     pub reason: Option<&'static str>,
+}
+
+impl Failure {
+    /// Redis cannot take it now (down, timed out): 503, may pass.
+    pub fn redis_unavailable() -> Failure {
+        Failure {
+            status: 503,
+            msg: "redis unavailable".into(),
+            too_large: false,
+            reason: None,
+        }
+    }
 }
 
 impl From<Refusal> for Failure {
@@ -81,6 +97,41 @@ pub(super) struct Outcome {
     pub failure: Option<Failure>,
     /// So much was published that the fan-out should run now.
     pub pressure: bool,
+}
+
+impl Outcome {
+    /// Nothing published, for `failure`.
+    pub fn failed(failure: Failure) -> Outcome {
+        Outcome {
+            failure: Some(failure),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Charges the memory account (`selectors`) for the selector streams a
+/// subscription would make, before [`resolve`] makes them: past the kind's
+/// limit or `--memory-max` the subscription is refused with a `503`.
+pub(super) fn admit_selectors(
+    broker: &Broker,
+    memory: &mut crate::memory::Account,
+    to: &Targets,
+) -> Result<(), Failure> {
+    let Targets::Topics { selectors, .. } = to else {
+        return Ok(());
+    };
+    let cost: usize = selectors.iter().map(|s| broker.selector_cost(s)).sum();
+    if cost == 0 {
+        return Ok(());
+    }
+    memory
+        .charge(crate::memory::Kind::Selectors, cost)
+        .map_err(|r| Failure {
+            status: 503,
+            msg: format!("{r}; subscribe to exact topics or retry later"),
+            too_large: false,
+            reason: Some("memory_selectors"),
+        })
 }
 
 /// The streams of a decision (a publish, a subscription): found or made
@@ -325,125 +376,114 @@ pub(super) fn render(reply: &Reply, o: &Outcome) -> Answer {
     }
 }
 
-impl Reactor {
-    /// Applies a publish decision: through the bus with `--redis`, else
-    /// on this node (and into the journal with `--data-dir`).
-    pub(super) fn publish(&mut self, to: To, p: Publish) {
-        let to = match p.reply {
-            Reply::Silent => To::Nobody,
-            _ => to,
-        };
-        let (targets, made) = match resolve(&mut self.broker, &p.to) {
-            Ok(x) => x,
-            Err(f) => {
-                let o = Outcome {
-                    failure: Some(f),
-                    ..Outcome::default()
-                };
-                return self.settle(to, p.reply, &[], o);
-            }
-        };
-        if self.bus.is_some() && !targets.is_empty() {
-            // Every node would refuse an event too large for a target's
-            // history on arrival: refuse it before it goes to Redis.
-            let fits = p
-                .events
-                .iter()
-                .try_for_each(|b| self.broker.check_size(&targets, b.max_len()));
-            if let Err(e) = fits {
-                let o = Outcome {
-                    failure: Some(e.into()),
-                    ..Outcome::default()
-                };
-                return self.settle(to, p.reply, &made, o);
-            }
-            return self.bus_publish(to, targets, made, p);
-        }
-        let now_us = self.clock.unix_us();
-        let journal = self.durable.as_mut().map(|d| &mut d.link);
-        let o = apply_local(
-            &mut self.broker,
-            journal,
-            &mut self.apps,
-            (&targets, &made),
-            &p,
-            now_us,
-        );
-        if o.pressure {
-            self.flush_dirty(usize::MAX);
-        }
-        self.settle(to, p.reply, &[], o);
-    }
+/// Where a publish decision goes.
+pub(super) enum Route {
+    /// Through the bus (`--redis`): Redis gives the ids, the link answers
+    /// (`bus::Link::publish`).
+    Bus {
+        /// The streams, found or made.
+        targets: Vec<StreamIdx>,
+        /// Those made for it (dropped again if it fails).
+        made: Vec<StreamIdx>,
+    },
+    /// Over: settle it.
+    Done {
+        /// Streams made for it that `settle` drops (it failed).
+        made: Vec<StreamIdx>,
+        /// What became of it.
+        outcome: Outcome,
+    },
+}
 
-    /// A publish is over: count a refusal, drop the streams it made, let
-    /// the apps book what was delivered, and answer as `reply` says.
-    pub(super) fn settle(&mut self, to: To, reply: Reply, made: &[StreamIdx], o: Outcome) {
-        if let Some(f) = &o.failure {
-            log::debug!("publish refused: {}", f.msg);
-            if matches!(reply, Reply::Ids { .. } | Reply::Hub { .. }) {
-                self.counters.reject("publish_refused");
-                if f.too_large && matches!(reply, Reply::Ids { .. }) {
-                    self.counters.reject("event_too_large");
-                }
-            }
-            if matches!(reply, Reply::Silent) {
-                log::warn!("api event not delivered: {}", f.msg);
-            }
-            for &t in made {
-                self.broker.discard_unused(t);
-            }
-        } else {
-            match &reply {
-                Reply::Member { member, uuid, .. } => {
-                    if let Some(&id) = o.ids.first() {
-                        self.apps.record_member(member, uuid, id);
-                    }
-                }
-                // Archived once delivered (or when no recipient has a
-                // stream here: it is still the user's message).
-                Reply::Api {
-                    chat: Some(chat), ..
-                } => {
-                    let share = self.broker.budget() / crate::apps::mongoose::ARCHIVE_SHARE_DIVISOR;
-                    let bytes = self.apps.archive_chat(chat, share);
-                    self.broker.set_app_bytes(bytes);
-                }
-                _ => {}
+/// Applies publish decision `p`: its streams are found or made; with a
+/// bus (`bus`), an event every node would refuse for its size is refused
+/// here and the rest goes to the bus; else it is published on this node
+/// (`apply_local`, through `journal` with `--data-dir`).
+pub(super) fn apply(
+    broker: &mut Broker,
+    journal: Option<&mut Link>,
+    apps: &mut Apps,
+    bus: bool,
+    p: &Publish,
+    now_us: u64,
+) -> Route {
+    let (targets, made) = match resolve(broker, &p.to) {
+        Ok(x) => x,
+        Err(f) => {
+            return Route::Done {
+                made: Vec::new(),
+                outcome: Outcome::failed(f),
             }
         }
-        match (to, render(&reply, &o)) {
-            (To::Conn(k), Answer::Http(bytes, close)) => self.answer(k, bytes, close),
-            (To::Library(tx), Answer::Library(res)) => {
-                let wait = self
-                    .hold_from
-                    .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
-                match wait {
-                    Some(ticket) => self.held.push_back(durable::Held::Lib {
-                        ticket,
-                        reply: tx,
-                        res,
-                    }),
-                    // The publisher may have stopped waiting.
-                    None => {
-                        let _ = tx.send(res);
-                    }
+    };
+    if bus && !targets.is_empty() {
+        // Every node would refuse an event too large for a target's
+        // history on arrival: refuse it before it goes to Redis.
+        let fits = p
+            .events
+            .iter()
+            .try_for_each(|b| broker.check_size(&targets, b.max_len()));
+        if let Err(e) = fits {
+            return Route::Done {
+                made,
+                outcome: Outcome::failed(e.into()),
+            };
+        }
+        return Route::Bus { targets, made };
+    }
+    let outcome = apply_local(broker, journal, apps, (&targets, &made), p, now_us);
+    Route::Done {
+        made: Vec::new(),
+        outcome,
+    }
+}
+
+/// A publish is over, locally or through the bus: counts a refusal, drops
+/// the streams it `made`, lets the apps book what was delivered (member
+/// uuids, MongooseIM archives), and renders the answer `reply` asks for.
+/// Sending it is the driver's (`Reactor::deliver`).
+pub(super) fn settle(
+    broker: &mut Broker,
+    apps: &mut Apps,
+    counters: &mut Counters,
+    reply: &Reply,
+    made: &[StreamIdx],
+    o: &Outcome,
+) -> Answer {
+    if let Some(f) = &o.failure {
+        log::debug!("publish refused: {}", f.msg);
+        if matches!(reply, Reply::Ids { .. } | Reply::Hub { .. }) {
+            counters.reject("publish_refused");
+            if f.too_large && matches!(reply, Reply::Ids { .. }) {
+                counters.reject("event_too_large");
+            }
+        }
+        if matches!(reply, Reply::Silent) {
+            log::warn!("api event not delivered: {}", f.msg);
+        }
+        for &t in made {
+            broker.discard_unused(t);
+        }
+    } else {
+        match reply {
+            Reply::Member { member, uuid, .. } => {
+                if let Some(&id) = o.ids.first() {
+                    apps.record_member(member, uuid, id);
                 }
+            }
+            // Archived once delivered (or when no recipient has a
+            // stream here: it is still the user's message).
+            Reply::Api {
+                chat: Some(chat), ..
+            } => {
+                let share = broker.budget() / crate::apps::mongoose::ARCHIVE_SHARE_DIVISOR;
+                let bytes = apps.archive_chat(chat, share);
+                broker.set_app_bytes(bytes);
             }
             _ => {}
         }
     }
-
-    /// Sends a reply to connection `key`, or holds it until the journal's
-    /// fsync covers what its request wrote (`--fsync always`).
-    pub(super) fn answer(&mut self, key: u32, bytes: Vec<u8>, close: bool) {
-        let wait = self
-            .hold_from
-            .and_then(|b| self.durable.as_ref().and_then(|d| d.link.must_wait(b)));
-        match wait {
-            Some(ticket) => self.hold(key, ticket, bytes, close),
-            None => self.respond(key, &bytes, close),
-        }
-    }
+    render(reply, o)
 }
 
 #[cfg(test)]

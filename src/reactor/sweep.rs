@@ -22,7 +22,7 @@
 
 use slab::Slab;
 
-use super::conn::{Conn, Tick, NEVER, TICK_MS};
+use super::conn::{Conn, ConnKey, Tick, NEVER, TICK_MS};
 
 /// Connection slots examined per loop turn.
 const SLICE: usize = 4096;
@@ -91,13 +91,13 @@ impl Sweep {
     /// to `due`, the others' deadlines are remembered. The round stays
     /// under way while the due ones are handled, so deadlines set
     /// meanwhile are folded into it.
-    pub fn scan<S>(&mut self, conns: &Slab<Conn<S>>, now: Tick, due: &mut Vec<u32>) {
+    pub fn scan<S>(&mut self, conns: &Slab<Conn<S>>, now: Tick, due: &mut Vec<ConnKey>) {
         let start = self.pos.unwrap_or(0);
         let end = (start + SLICE).min(conns.capacity());
         for k in start..end {
             if let Some(c) = conns.get(k) {
                 if c.deadline <= now {
-                    due.push(k as u32);
+                    due.push(ConnKey::of(k));
                 } else {
                     self.next = self.next.min(c.deadline);
                 }
@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(s.begin(at, at), Some(true));
         let mut due = Vec::new();
         s.scan(&t, 10, &mut due);
-        assert_eq!(due, [0, 4]);
+        assert_eq!(due, [0, 4].map(ConnKey));
         // While handling them, a deadline set elsewhere joins the round...
         assert_eq!(s.want(15), None);
         // ...and a handled connection's new one too.
@@ -239,7 +239,7 @@ mod tests {
             assert_eq!(next, Some(when));
         }
         assert_eq!(steps, t.capacity().div_ceil(SLICE));
-        assert_eq!(due, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(due, [0, 1, 2, 3, 4, 5].map(ConnKey));
     }
 
     #[test]

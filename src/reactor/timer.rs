@@ -23,7 +23,7 @@ pub enum Timer {
     /// A ticking app connection is due; `gen` guards against a reused slab key.
     Tick {
         /// The connection.
-        key: u32,
+        key: super::conn::ConnKey,
         /// Its ticker generation when scheduled.
         gen: u32,
     },
@@ -73,17 +73,33 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reactor::conn::ConnKey;
 
     #[test]
     fn pops_in_order() {
         let mut t = Timers::default();
         t.add(30, Timer::Sweep);
         t.add(10, Timer::ResumeAccept);
-        t.add(20, Timer::Tick { key: 1, gen: 2 });
+        t.add(
+            20,
+            Timer::Tick {
+                key: ConnKey(1),
+                gen: 2,
+            },
+        );
         assert_eq!(t.next_at(), Some(10));
         assert_eq!(t.pop_due(5), None);
         assert_eq!(t.pop_due(25), Some((10, Timer::ResumeAccept)));
-        assert_eq!(t.pop_due(25), Some((20, Timer::Tick { key: 1, gen: 2 })));
+        assert_eq!(
+            t.pop_due(25),
+            Some((
+                20,
+                Timer::Tick {
+                    key: ConnKey(1),
+                    gen: 2
+                }
+            ))
+        );
         assert_eq!(t.pop_due(25), None);
         assert_eq!(t.len(), 1);
     }

@@ -646,3 +646,180 @@ fn app_archives_are_reported_in_the_memory_account() {
     );
     assert!(kind(&st, "history", "used") + archived <= budget, "{st}");
 }
+
+/// `/metrics`' sample of one kind's metric (`ssed_memory_kind_bytes`...).
+#[cfg(any(feature = "mercure", feature = "redis"))]
+fn metric_of(addr: SocketAddr, name: &str, kind: &str) -> Option<u64> {
+    let m = get(addr, "/metrics").text();
+    let key = format!("ssed_{name}{{kind=\"{kind}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue 19 item 5: the selector registry is charged to the memory
+/// account's `selectors` kind. A token holder (no per-address pool) who
+/// subscribes to ever more distinct long templates is refused with a `503`
+/// and a JSON error naming the kind once the kind's limit (a sixteenth of
+/// what `--memory-max` leaves beside history: 256 KiB here) would pass;
+/// `/stats` and `/metrics` show the bytes and the refusal; a selector that
+/// exists and exact topics still subscribe.
+#[cfg(feature = "mercure")]
+#[test]
+fn selector_state_is_charged_and_refused_past_its_limit() {
+    use crate::mercure::{enc, sub_token, HUB, KEY};
+    let history = 65536u64;
+    let s = Server::start(&[
+        "--jwt-key",
+        KEY,
+        "--history-total-bytes",
+        &history.to_string(),
+        "--memory-max",
+        &(history + 4 * MIB).to_string(),
+    ]);
+    let limit = 4 * MIB / 16;
+    let st = stats(s.addr);
+    assert_eq!(kind(&st, "selectors", "limit"), limit, "{st}");
+    let empty = kind(&st, "selectors", "used");
+    let auth = format!("Authorization: Bearer {}\r\n", sub_token(&["*"]));
+    // ~1 KiB templates: a few KiB each compiled, with their streams.
+    let template = |i: usize| format!("/{}/{i}/{{id}}", "t".repeat(960));
+    let path = |i: usize| format!("{HUB}?topic={}", enc(&template(i)));
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let sub = Sse::open(s.addr, &path(i), &auth);
+        match sub.status() {
+            200 => held.push(sub),
+            503 => {
+                refused = Some(i);
+                break;
+            }
+            other => panic!("template {i}: {other}: {}", sub.head),
+        }
+    }
+    let n = refused.expect("never refused: the selectors kind is not charged");
+    assert!(n >= 10, "refused after only {n} selectors");
+    // The refusal is a JSON error that says which memory is full.
+    let r = request(
+        s.addr,
+        format!("GET {} HTTP/1.1\r\nHost: t\r\n{auth}\r\n", path(n)).as_bytes(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("selectors memory"), "{msg}");
+    let st = stats(s.addr);
+    let used = kind(&st, "selectors", "used");
+    eprintln!(
+        "memory: {n} selector streams of ~1 KiB templates: selectors {} KiB (limit {} KiB, empty {} KiB)",
+        used >> 10,
+        limit >> 10,
+        empty >> 10
+    );
+    // Each selector is counted (several KiB each) and the limit held
+    // (within what capacity doubling adds after the last charge).
+    assert!(used >= empty + n as u64 * 4096, "{st}");
+    assert!(used <= limit + limit / 8, "{st}");
+    assert!(kind(&st, "selectors", "refused") >= 2, "{st}");
+    assert!(num(&st, &["rejected", "memory_selectors"]) >= 2, "{st}");
+    assert_eq!(
+        metric_of(s.addr, "memory_kind_bytes", "selectors"),
+        Some(used)
+    );
+    assert_eq!(
+        metric_of(s.addr, "memory_kind_limit_bytes", "selectors"),
+        Some(limit)
+    );
+    assert!(metric_of(s.addr, "memory_refused_total", "selectors").unwrap() >= 2);
+    // What exists costs nothing more; exact topics are no selectors.
+    let again = Sse::open(s.addr, &path(0), &auth);
+    assert_eq!(again.status(), 200, "{}", again.head);
+    let exact = Sse::open(s.addr, &format!("{HUB}?topic=/books/1"), &auth);
+    assert_eq!(exact.status(), 200, "{}", exact.head);
+}
+
+/// Issue 19 item 5: what the Redis bus holds for a history fetch is
+/// charged to the `bus` kind and given back. A node resuming a stream of
+/// 6 MiB in Redis reads a fetch page larger than one read pass (4 MiB), so
+/// a loop turn ends with part of it buffered: the kind's peak shows it.
+/// Once the page is taken the buffer shrinks and the kind empties. A node
+/// with a small `--memory-max` (a 2 MiB bus limit) asks pages of at most a
+/// quarter of its room: the same resume arrives whole in more, smaller
+/// pages, its bus kind never past its limit.
+#[cfg(feature = "redis")]
+#[test]
+fn bus_fetches_are_charged_and_released() {
+    use crate::redis::{node, Redis};
+    let Some(r) = Redis::start() else { return };
+    let extra = [
+        "--history-bytes",
+        "16777216",
+        "--history-total-bytes",
+        "67108864",
+        "--max-pending-bytes",
+        "67108864",
+    ];
+    let a = node(&r, &extra);
+    let body = "f".repeat(128 << 10);
+    let ids: Vec<String> = (0..48)
+        .map(|_| {
+            let r = post(a.addr, "/events?stream=big", "text/plain", &body);
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let small_max = (64 * MIB + 4 * MIB).to_string();
+    let mut small_args = extra.to_vec();
+    small_args.extend(["--memory-max", small_max.as_str()]);
+    for (args, bus_limit) in [(&extra[..], 128 * MIB), (&small_args[..], 2 * MIB)] {
+        let b = node(&r, args);
+        let st = stats(b.addr);
+        assert_eq!(kind(&st, "bus", "limit"), bus_limit, "{st}");
+        let idle = kind(&st, "bus", "used");
+        assert!(idle < 1 << 20, "{st}");
+        let before = num(&st, &["redis", "fetches"]);
+        let mut s = Sse::open(
+            b.addr,
+            "/events?stream=big",
+            &format!("Last-Event-ID: {}\r\n", ids[0]),
+        );
+        assert_eq!(s.status(), 200, "{}", s.head);
+        let mut got = 0;
+        while got < 47 {
+            let e = s
+                .next_event(T)
+                .unwrap_or_else(|| panic!("{got} events, then none: {}", stats(b.addr)));
+            assert_ne!(e.event.as_deref(), Some("gap"), "{e:?}");
+            if e.id.is_some() {
+                assert_eq!(e.data().len(), body.len());
+                got += 1;
+            }
+        }
+        assert!(s
+            .next_event(std::time::Duration::from_millis(300))
+            .is_none());
+        let st = stats(b.addr);
+        let (peak, used) = (kind(&st, "bus", "peak"), kind(&st, "bus", "used"));
+        let fetches = num(&st, &["redis", "fetches"]) - before;
+        eprintln!(
+            "memory: a 6 MiB resume over the bus, limit {} MiB: bus peak {} KiB, now {} KiB, {fetches} fetch pages",
+            bus_limit / MIB,
+            peak >> 10,
+            used >> 10
+        );
+        // Charged while held: more than one 128 KiB entry at once.
+        assert!(peak >= 256 << 10, "{st}");
+        assert!(peak <= bus_limit, "{st}");
+        // Released: the read buffer gave its capacity back.
+        assert!(used <= idle.max(512 << 10), "{st}");
+        assert_eq!(kind(&st, "bus", "refused"), 0, "{st}");
+        assert_eq!(
+            metric_of(b.addr, "memory_kind_bytes", "bus"),
+            Some(kind(&stats(b.addr), "bus", "used"))
+        );
+        if bus_limit == 2 * MIB {
+            // Pages of at most 512 KiB: 6 MiB takes a dozen or more.
+            assert!(fetches >= 10, "{fetches} pages");
+        }
+    }
+}

@@ -470,6 +470,97 @@ fn announcement_before_the_bus_is_up_is_caught_up_without_a_gap() {
     assert_eq!(stats(b.addr)["redis"]["bus_gaps"], 0);
 }
 
+/// Issue 19 item 5: announcements a node buffers while a history fetch
+/// runs are charged to the memory account's `bus` kind. Past its limit
+/// (2 MiB with this `--memory-max`) the rest are dropped and the stream is
+/// marked lost, so the subscriber waiting for that fetch gets `gap`, never
+/// a silent hole; what comes after arrives as usual.
+#[test]
+fn announcements_buffered_past_the_bus_limit_are_marked_lost() {
+    let Some(r) = Redis::start() else { return };
+    let proxy = HoldProxy::start(r.port);
+    let a = node(&r, &[]);
+    let url = proxy.url();
+    let history = 16u64 << 20;
+    let max = (history + (4 << 20)).to_string();
+    let h = history.to_string();
+    let b = Server::start(&[
+        "--redis",
+        &url,
+        "--redis-timeout",
+        "30",
+        "--history-total-bytes",
+        &h,
+        "--memory-max",
+        &max,
+    ]);
+    assert!(wait_until(T, || connected(b.addr)), "bus never came up");
+    assert_eq!(stats(b.addr)["memory"]["kinds"]["bus"]["limit"], 2 << 20);
+    let first = pub_id(a.addr, "s", "first");
+    // B's replies wait in the proxy: a resume's fetch goes out and its
+    // answer is held, so the stream stays `Fetching` on B.
+    proxy.set(false, true);
+    let fetches = stats(b.addr)["redis"]["fetches"].as_u64().unwrap();
+    let addr = b.addr;
+    let reader = std::thread::spawn(move || {
+        let h = format!("Last-Event-ID: {}\r\n", first - 1);
+        let mut s = Sse::open(addr, "/events?stream=s", &h);
+        assert_eq!(s.status(), 200, "{}", s.head);
+        let mut seen = Vec::new();
+        while let Some(e) = s.next_event(T) {
+            let done = e.data() == "after";
+            seen.push(e);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    assert!(wait_until(T, || stats(b.addr)["redis"]["fetches"]
+        .as_u64()
+        .unwrap()
+        > fetches));
+    // 12 announcements of 256 KiB (3 MiB) while the fetch is held.
+    let received = stats(b.addr)["redis"]["received"].as_u64().unwrap();
+    let big = "x".repeat(256 << 10);
+    for _ in 0..12 {
+        pub_id(a.addr, "s", &big);
+    }
+    assert!(wait_until(T, || stats(b.addr)["redis"]["received"]
+        .as_u64()
+        .unwrap()
+        >= received + 12));
+    let st = stats(b.addr);
+    let bus = &st["memory"]["kinds"]["bus"];
+    assert!(bus["refused"].as_u64().unwrap() >= 1, "{st}");
+    // Within the limit, but for one read's worth of buffer (the read
+    // buffer is reported at its most in the turn, after the charges).
+    assert!(
+        bus["used"].as_u64().unwrap() <= (2 << 20) + (512 << 10),
+        "{st}"
+    );
+    assert!(bus["used"].as_u64().unwrap() >= 1 << 20, "{st}");
+    proxy.set(false, false);
+    assert!(wait_until(T, || stats(b.addr)["redis"]["bus_gaps"]
+        .as_u64()
+        .unwrap()
+        >= 1));
+    pub_id(a.addr, "s", "after");
+    let seen = reader.join().unwrap();
+    let kinds: Vec<Option<String>> = seen.iter().map(|e| e.event.clone()).collect();
+    assert!(
+        kinds.iter().any(|k| k.as_deref() == Some("gap")),
+        "no gap: {kinds:?}"
+    );
+    assert_eq!(seen.last().unwrap().data(), "after");
+    // Released once merged: nothing stays buffered.
+    assert!(wait_until(T, || stats(b.addr)["memory"]["kinds"]["bus"]
+        ["used"]
+        .as_u64()
+        .unwrap()
+        < 1 << 20));
+}
+
 #[test]
 fn script_flush_publishing_still_works() {
     let Some(r) = Redis::start() else { return };

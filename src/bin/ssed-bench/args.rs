@@ -25,6 +25,8 @@ USAGE:
 
 COMMON OPTIONS:
   --json               print one JSON object instead of a table
+  --header 'N: V'      sent with every subscription (repeatable), e.g.
+                       'Authorization: Bearer TOKEN' for a Mercure hub
   --url URL            repeatable for density, fanout and idle: connection i
                        goes to the (i mod K)-th of K URLs (e.g. several
                        listen ports of one server: each (source address,
@@ -60,6 +62,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub struct LoadOpts {
     /// Targets, at least one; connection i goes to `urls[i % len]`.
     pub urls: Vec<Url>,
+    /// Extra request header lines (`Name: value`) every subscription sends.
+    pub headers: Vec<String>,
     pub n: usize,
     pub per_worker: usize,
     pub per_source: usize,
@@ -110,6 +114,8 @@ pub struct IdleOpts {
 pub struct WorkerOpts {
     /// Targets; connection `start + i` goes to `urls[(start + i) % len]`.
     pub urls: Vec<Url>,
+    /// Extra request header lines.
+    pub headers: Vec<String>,
     /// Global index of this worker's first connection (chooses its source
     /// addresses).
     pub start: usize,
@@ -144,6 +150,7 @@ pub struct Args {
 /// Flags that every load-generating subcommand accepts.
 const LOAD_FLAGS: &[&str] = &[
     "url",
+    "header",
     "n",
     "pid",
     "per-worker",
@@ -175,6 +182,7 @@ fn load(f: &Flags) -> Result<LoadOpts, String> {
     }
     Ok(LoadOpts {
         urls: f.urls()?,
+        headers: f.headers()?,
         n,
         per_worker,
         per_source,
@@ -255,6 +263,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 rest,
                 &[
                     "url",
+                    "header",
                     "start",
                     "count",
                     "per-source",
@@ -266,6 +275,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
             )?;
             let cmd = Command::Worker(WorkerOpts {
                 urls: f.urls()?,
+                headers: f.headers()?,
                 start: f.num("start", None)?,
                 count: f.num("count", None)?,
                 per_source: f.num("per-source", Some(DEFAULT_PER_SOURCE))?.max(1),
@@ -465,5 +475,36 @@ mod tests {
             panic!("wrong command")
         };
         assert_eq!((w.start, w.count, w.expect), (9000, 10, 7));
+    }
+
+    #[test]
+    fn headers_repeat_and_are_checked() {
+        let args = |extra: &[&str]| {
+            let mut v = argv("density --url http://127.0.0.1:1/ --n 2");
+            v.extend(extra.iter().map(|s| s.to_string()));
+            parse(&v)
+        };
+        let a = args(&["--header", "Authorization: Bearer x.y.z", "--header=X-A: 1"]).unwrap();
+        let Command::Density(d) = a.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(d.load.headers, ["Authorization: Bearer x.y.z", "X-A: 1"]);
+        for bad in [
+            "no colon",
+            ": empty name",
+            "A: b\r\nInjected: c",
+            "Bad Name: v",
+        ] {
+            let e = args(&["--header", bad]).unwrap_err();
+            assert!(e.contains("--header"), "{bad:?}: {e}");
+        }
+        let a = parse(&argv(
+            "worker --url http://127.0.0.1:1/ --start 0 --count 1",
+        ))
+        .unwrap();
+        let Command::Worker(w) = a.command else {
+            panic!("wrong command")
+        };
+        assert!(w.headers.is_empty());
     }
 }

@@ -22,7 +22,7 @@ pub struct Flags {
 }
 
 /// Flags that may be given more than once.
-const REPEATABLE: &[&str] = &["url"];
+const REPEATABLE: &[&str] = &["url", "header"];
 
 impl Flags {
     pub fn parse(args: &[String], known: &[&str]) -> Result<Flags, String> {
@@ -65,6 +65,33 @@ impl Flags {
             repeated,
             json,
         })
+    }
+
+    /// Every `--header "Name: value"`, each sent with every subscription
+    /// (a bearer token, say): one line, a name before the colon, at most
+    /// 16 KiB, at most [`MAX_URLS`] of them.
+    pub fn headers(&self) -> Result<Vec<String>, String> {
+        let all = self
+            .repeated
+            .get("header")
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if all.len() > MAX_URLS {
+            return Err(format!("--header: at most {MAX_URLS}"));
+        }
+        for h in all {
+            let ok = h.len() <= 16 << 10
+                && !h.contains(['\r', '\n'])
+                && h.split_once(':').is_some_and(|(n, _)| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(format!(
+                    "--header {h:?}: expected \"Name: value\" on one line"
+                ));
+            }
+        }
+        Ok(all.to_vec())
     }
 
     /// Every `--url`, at least one, at most `MAX_URLS`.

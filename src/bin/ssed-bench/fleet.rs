@@ -64,6 +64,11 @@ impl Fleet {
                     format!("http://{}{}", u.host_header, u.path_query),
                 ]
             })
+            .chain(
+                o.headers
+                    .iter()
+                    .flat_map(|h| ["--header".to_string(), h.clone()]),
+            )
             .collect();
         let (tx, lines) = channel();
         let mut fleet = Fleet {

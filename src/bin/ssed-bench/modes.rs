@@ -368,7 +368,7 @@ fn churn_once(url: &Url, src: std::net::Ipv4Addr, req: &[u8]) -> Result<(), Stri
 pub fn churn(o: &ChurnOpts) -> Result<Report, String> {
     let pid = resolve_pid(o.pid, &o.url);
     let before = sample(pid);
-    let req = net::subscribe_request(&o.url);
+    let req = net::subscribe_request(&o.url, &[]);
     let started = Instant::now();
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut first_error = None;
@@ -415,6 +415,8 @@ pub fn churn(o: &ChurnOpts) -> Result<Report, String> {
 
 pub fn idle(o: &IdleOpts) -> Result<Report, String> {
     let pids = resolve_pids(&o.pids, &o.load.urls);
+    // Before any connection, for the bytes each idle subscriber costs.
+    let empty = sample_all(&pids);
     let lifetime = o.load.ready_timeout + o.seconds + Duration::from_secs(120);
     let mut fleet = Fleet::spawn(&o.load, 0, lifetime)?;
     let ready = fleet.wait_ready(Instant::now() + o.load.ready_timeout + REPORT_WAIT)?;
@@ -451,6 +453,18 @@ pub fn idle(o: &IdleOpts) -> Result<Report, String> {
                 "ms/s",
             );
             r.add("rss_kb", a.rss_kb, "kB");
+            let n = ready.ok;
+            let per = |e: Option<u64>, x: Option<u64>| match (e, x) {
+                (Some(e), Some(x)) => round2(per_conn_bytes(e, x, n)),
+                _ => round2(None),
+            };
+            let e = empty.as_ref();
+            r.add(
+                "rss_per_conn",
+                per(e.map(|e| e.rss_kb), Some(a.rss_kb)),
+                "B",
+            );
+            r.add("pss_per_conn", per(e.and_then(|e| e.pss_kb), a.pss_kb), "B");
         }
         _ => {
             r.add("wakeups_per_s", round2(None), "/s");

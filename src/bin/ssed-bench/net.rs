@@ -105,13 +105,19 @@ pub fn connect_from(
     Ok(stream)
 }
 
-/// The request a subscriber sends, as a browser's EventSource would.
-pub fn subscribe_request(url: &Url) -> Vec<u8> {
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+/// The request a subscriber sends, as a browser's EventSource would,
+/// with `headers` (`Name: value` lines, checked by the flag parser).
+pub fn subscribe_request(url: &Url, headers: &[String]) -> Vec<u8> {
+    let mut r = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
         url.path_query, url.host_header
-    )
-    .into_bytes()
+    );
+    for h in headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
 }
 
 /// What a publish request got back.
@@ -264,9 +270,15 @@ mod tests {
     #[test]
     fn request_text() {
         let u = Url::parse("http://127.0.0.1:9/events?stream=b").unwrap();
-        let r = String::from_utf8(subscribe_request(&u)).unwrap();
+        let r = String::from_utf8(subscribe_request(&u, &[])).unwrap();
         assert!(r.starts_with("GET /events?stream=b HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"));
         assert!(r.ends_with("\r\n\r\n"));
+        let h = ["Authorization: Bearer abc".to_string(), "X-A: 1".into()];
+        let r = String::from_utf8(subscribe_request(&u, &h)).unwrap();
+        assert!(
+            r.ends_with("no-cache\r\nAuthorization: Bearer abc\r\nX-A: 1\r\n\r\n"),
+            "{r}"
+        );
     }
 
     #[test]

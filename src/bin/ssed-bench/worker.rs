@@ -117,7 +117,11 @@ fn work(o: &WorkerOpts) -> io::Result<()> {
         });
     }
 
-    let requests: Vec<Vec<u8>> = o.urls.iter().map(net::subscribe_request).collect();
+    let requests: Vec<Vec<u8>> = o
+        .urls
+        .iter()
+        .map(|u| net::subscribe_request(u, &o.headers))
+        .collect();
     let mut conns: Slab<Conn> = Slab::with_capacity(o.count);
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];

@@ -29,6 +29,10 @@ use crate::bus::url::RedisAddr;
 use crate::bus::BusError;
 
 const CHUNK: usize = 64 << 10;
+/// A buffer emptied with more capacity than this gives it back: a large
+/// fetch page read once must not stay allocated (and charged to the
+/// memory account's `bus` kind) for the connection's life.
+const KEEP: usize = 4 * CHUNK;
 
 /// What an expected reply answers.
 #[derive(Debug)]
@@ -76,6 +80,10 @@ pub struct Conn {
     rpos: usize,
     dec: Decoder,
     max_reply: usize,
+    /// The most its buffers held since [`Conn::high_water`]
+    /// was last asked (a page is read, decoded and taken in one loop turn
+    /// as often as not: the figure between turns would miss it).
+    high: usize,
     /// Expected replies, oldest first.
     pub pending: VecDeque<Pending>,
 }
@@ -198,6 +206,7 @@ impl Conn {
             rpos: 0,
             dec: Decoder::new(max_bulk),
             max_reply,
+            high: 0,
             pending: VecDeque::new(),
         })
     }
@@ -208,6 +217,27 @@ impl Conn {
             Sock::Tcp(s) => registry.deregister(s),
             Sock::Unix(s) => registry.deregister(s),
         };
+    }
+
+    /// Bytes its buffers hold (capacity) and the decoder's copy of a
+    /// reply's finished items.
+    fn buffers(&self) -> usize {
+        self.rbuf.capacity() + self.wbuf.capacity() + self.dec.held()
+    }
+
+    /// The most its buffers held since the last call (or what they hold
+    /// now), plus the publishes kept until their replies: the memory
+    /// account's `bus` kind.
+    pub fn high_water(&mut self) -> usize {
+        let kept: usize = self
+            .pending
+            .iter()
+            .map(|p| match &p.kind {
+                Kind::Publish { args, .. } => args.len(),
+                _ => 0,
+            })
+            .sum();
+        std::mem::take(&mut self.high).max(self.buffers()) + kept
     }
 
     /// Queues a command and what its reply answers.
@@ -272,6 +302,7 @@ impl Conn {
         }
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
+            self.wbuf.shrink_to(KEEP);
             self.wpos = 0;
         } else if self.wpos > CHUNK && self.wpos * 2 > self.wbuf.len() {
             self.wbuf.drain(..self.wpos);
@@ -293,6 +324,7 @@ impl Conn {
             }
             if self.rpos == self.rbuf.len() {
                 self.rbuf.clear();
+                self.rbuf.shrink_to(KEEP);
                 self.rpos = 0;
             } else if self.rpos > CHUNK && self.rpos * 2 > self.rbuf.len() {
                 self.rbuf.drain(..self.rpos); // the decoder's view is unchanged
@@ -326,6 +358,7 @@ impl Conn {
                 return Err(BusError::Disconnected);
             }
             taken += n;
+            self.high = self.high.max(self.buffers());
             while let Some((v, used)) = self
                 .dec
                 .decode(&self.rbuf[self.rpos..])

@@ -751,14 +751,16 @@ impl Bus {
     }
 
     /// Asks for up to `max` (capped at [`MAX_FETCH`]) entries of `stream`
-    /// after `after_id`, fewer when they pass `fetch_bytes` (then `more`),
-    /// plus the oldest id retained, atomically.
+    /// after `after_id`, fewer when they pass `bytes` (at most
+    /// `fetch_bytes`: the memory account's room for the bus; then `more`;
+    /// one entry always comes), plus the oldest id retained, atomically.
     pub fn fetch(
         &mut self,
         req: u64,
         stream: &str,
         after_id: u64,
         max: usize,
+        bytes: usize,
         now_ms: u64,
     ) -> Result<(), BusError> {
         self.check()?;
@@ -768,7 +770,7 @@ impl Bus {
         let key = self.keys.stream(stream);
         let start = format!("({after_id}-1");
         let count = max.clamp(1, MAX_FETCH).to_string();
-        let budget = self.cfg.fetch_bytes.max(1).to_string();
+        let budget = self.cfg.fetch_bytes.min(bytes).max(1).to_string();
         // EVAL, not EVALSHA: fetches are rare, and Redis caches the text.
         let cmd: [&[u8]; 7] = [
             b"EVAL",
@@ -785,9 +787,29 @@ impl Bus {
         Ok(())
     }
 
+    /// The most the connections' buffers held since the last call (a
+    /// fetch page being read and decoded, what waits to be written,
+    /// publishes waiting for replies) and the batch being gathered: part
+    /// of the memory account's `bus` kind.
+    pub fn buffered_bytes(&mut self) -> usize {
+        let conns: usize = self.conns.iter_mut().flatten().map(Conn::high_water).sum();
+        conns + self.batch.bytes()
+    }
+
     /// The next output, oldest first. Drain it after every call above.
     pub fn poll(&mut self) -> Option<BusOutput> {
         self.out.pop_front()
+    }
+
+    /// Whether both connections are ready (`status().connected`, without
+    /// the copy).
+    pub fn up(&self) -> bool {
+        self.up
+    }
+
+    /// Publishes and fetches waiting for replies.
+    pub fn in_flight(&self) -> usize {
+        self.st.in_flight
     }
 
     /// Counters and state.

@@ -1,14 +1,21 @@
-//! Built without the `redis` feature: the reactor's bus hooks, with a
-//! [`Link`] that cannot exist, so `Reactor::bus` is always `None`, no
-//! handler sees a bus (`Cx::redis` is `None`) and none of these is reached.
+//! Built without the `redis` feature: the bus link's shape, with a
+//! [`Link`] that cannot exist, so the driver's `bus` is always `None`, no
+//! handler sees a bus (`Cx::redis` is `None`), no socket is the bus's and
+//! none of the link's methods is reached.
 
 use mio::Token;
 
-use super::publish::{Failure, Outcome, To};
-use super::Reactor;
-use crate::broker::StreamIdx;
+use crate::apps::Apps;
+use crate::broker::{Broker, StreamIdx};
 use crate::handler::{Publish, Subscribe};
 use crate::stats::RedisGauges;
+
+use super::conn::ConnKey;
+use super::publish::To;
+
+#[path = "effect.rs"]
+mod effect;
+pub(super) use effect::Effect;
 
 /// Where Redis is, resolved: uninhabited in this build.
 pub(super) enum Target {}
@@ -17,6 +24,11 @@ impl Target {
     pub(super) fn resolve(addr: &crate::bus::RedisAddr) -> Result<Target, crate::bus::BusError> {
         match *addr {}
     }
+}
+
+/// No socket is the bus's.
+pub(super) fn owns(_token: Token) -> bool {
+    false
 }
 
 /// The bus link: uninhabited in this build.
@@ -38,46 +50,64 @@ impl Link {
     pub(super) fn next_deadline(&self) -> Option<u64> {
         match *self {}
     }
-    pub(super) fn forget(&mut self, _key: u32) {
+    pub(super) fn on_event(&mut self, _registry: &mio::Registry, _token: Token, _now_ms: u64) {
+        match *self {}
+    }
+    pub(super) fn on_timer(&mut self, _registry: &mio::Registry, _now_ms: u64) {
+        match *self {}
+    }
+    pub(super) fn send_batch(&mut self, _now_ms: u64) -> bool {
         match *self {}
     }
     pub(super) fn gauges(&self) -> RedisGauges {
         match *self {}
     }
-}
-
-impl Reactor {
-    pub(super) fn bus_event(&mut self, _token: Token) -> bool {
-        false
+    pub(super) fn fetch_bytes(&mut self) -> usize {
+        match *self {}
     }
-    pub(super) fn bus_timer(&mut self) {}
-    pub(super) fn bus_send(&mut self) {}
-    pub(super) fn bus_holds(&self, _key: u32) -> bool {
-        false
+    pub(super) fn settle_memory(&mut self, _memory: &mut crate::memory::Account) {
+        match *self {}
     }
-    /// Unreachable without a bus; should it ever run, the publisher gets
-    /// the same 503 a bus that is down gives, never a made-up id.
-    pub(super) fn bus_publish(
+    pub(super) fn holds(&self, _key: ConnKey) -> bool {
+        match *self {}
+    }
+    pub(super) fn forget(&mut self, _key: ConnKey) {
+        match *self {}
+    }
+    pub(super) fn step(
         &mut self,
-        who: To,
-        _targets: Vec<StreamIdx>,
-        made: Vec<StreamIdx>,
-        p: Publish,
-    ) {
-        let o = Outcome {
-            failure: Some(Failure {
-                status: 503,
-                msg: "redis unavailable".into(),
-                too_large: false,
-                reason: None,
-            }),
-            ..Outcome::default()
-        };
-        self.settle(who, p.reply, &made, o);
+        _broker: &mut Broker,
+        _apps: &mut Apps,
+        _presence: &mut crate::presence::Presence,
+        _now_ms: u64,
+        _fx: &mut Vec<Effect>,
+    ) -> bool {
+        match *self {}
     }
-    pub(super) fn bus_stream(&mut self, key: u32, _targets: &[StreamIdx], _s: Subscribe) {
-        let bytes =
-            crate::http::Response::error(503, "redis unavailable").encode(false, false, false);
-        self.respond(key, &bytes, true);
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn publish(
+        &mut self,
+        _broker: &Broker,
+        _who: To,
+        _targets: Vec<StreamIdx>,
+        _made: Vec<StreamIdx>,
+        _p: Publish,
+        _now_ms: u64,
+        _fx: &mut Vec<Effect>,
+    ) {
+        match *self {}
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn stream(
+        &mut self,
+        _broker: &mut Broker,
+        _apps: &mut Apps,
+        _key: ConnKey,
+        _targets: &[StreamIdx],
+        _s: Subscribe,
+        _now_ms: u64,
+        _fx: &mut Vec<Effect>,
+    ) {
+        match *self {}
     }
 }

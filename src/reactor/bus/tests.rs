@@ -226,7 +226,9 @@ impl Net {
 
     fn fetch(&mut self, i: usize, req: u64, s: &str, after: u64, max: usize) -> BusOutput {
         let now = self.now();
-        self.buses[i].fetch(req, s, after, max, now).unwrap();
+        self.buses[i]
+            .fetch(req, s, after, max, usize::MAX, now)
+            .unwrap();
         self.wait(i, 5_000, |o| output_req(o) == Some(req))
     }
 }
