@@ -49,17 +49,28 @@ pub enum Kind {
     /// Reported by the broker; a subscription that would make new
     /// selector streams past the limit is refused (`503`).
     Selectors,
+    /// Mercure active subscriptions (`--mercure-subscriptions`): the table
+    /// of active subscriptions (every node's, with `--redis`) and this
+    /// node's subscribers' records. Reported by the presence table, which
+    /// stops listing past its own bound ([`PRESENCE_LIMIT`]; their updates
+    /// still go out).
+    Presence,
 }
+
+/// The presence table's own bound (`presence::MAX_ACTIVE_BYTES`, which
+/// this layer cannot name) plus its subscribers' records.
+pub const PRESENCE_LIMIT: usize = 80 << 20;
 
 impl Kind {
     /// Every kind, in the order `/stats` lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::History,
         Kind::Requests,
         Kind::Output,
         Kind::Archives,
         Kind::Bus,
         Kind::Selectors,
+        Kind::Presence,
     ];
 
     /// The name in `/stats` and the `kind` label in `/metrics`.
@@ -71,6 +82,7 @@ impl Kind {
             Kind::Archives => "archives",
             Kind::Bus => "bus",
             Kind::Selectors => "selectors",
+            Kind::Presence => "presence",
         }
     }
 
@@ -136,7 +148,7 @@ pub struct Limits {
     /// Everything together (`--memory-max`).
     pub max: usize,
     /// Per kind, indexed like [`Kind::ALL`].
-    pub per_kind: [usize; 6],
+    pub per_kind: [usize; Kind::ALL.len()],
 }
 
 /// Room left for the global bound past history, at least (config.rs's
@@ -152,13 +164,14 @@ impl Limits {
     pub fn new(max: usize, history: usize, requests: usize) -> Limits {
         let max = max.max(history.saturating_add(MIN_HEADROOM));
         let headroom = max - history;
-        let mut per_kind = [0; 6];
+        let mut per_kind = [0; Kind::ALL.len()];
         per_kind[Kind::History.at()] = history;
         per_kind[Kind::Requests.at()] = requests;
         per_kind[Kind::Output.at()] = headroom / 4;
         per_kind[Kind::Archives.at()] = headroom / 4;
         per_kind[Kind::Bus.at()] = headroom / 2;
         per_kind[Kind::Selectors.at()] = headroom / 16;
+        per_kind[Kind::Presence.at()] = PRESENCE_LIMIT;
         Limits { max, per_kind }
     }
 
@@ -248,9 +261,9 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub struct Account {
     limits: Limits,
-    used: [usize; 6],
-    peak: [usize; 6],
-    refused: [u64; 6],
+    used: [usize; Kind::ALL.len()],
+    peak: [usize; Kind::ALL.len()],
+    refused: [u64; Kind::ALL.len()],
     total: usize,
     /// Bytes released since [`Account::take_freed`] was last called.
     freed: usize,
@@ -261,9 +274,9 @@ impl Account {
     pub fn new(limits: Limits) -> Account {
         Account {
             limits,
-            used: [0; 6],
-            peak: [0; 6],
-            refused: [0; 6],
+            used: [0; Kind::ALL.len()],
+            peak: [0; Kind::ALL.len()],
+            refused: [0; Kind::ALL.len()],
             total: 0,
             freed: 0,
         }

@@ -83,6 +83,23 @@ pub struct Joined {
 }
 
 impl Joined {
+    /// What its record costs in `Presence::mine`: the box, the table's
+    /// slot, the subscription list and the strings it owns (a payload is
+    /// the token's, shared, and counted once, here, as an upper bound).
+    fn cost(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<(u32, Box<Joined>)>() + 8;
+        let subs: usize = self
+            .subs
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<Sub>()
+                    + s.matcher.len()
+                    + s.payload.as_ref().map_or(0, |p| p.to_string().len())
+            })
+            .sum();
+        SLOT + std::mem::size_of::<Joined>() + self.subscriber.len() + subs
+    }
+
     /// A subscriber with a fresh random id. Subscriptions whose topic
     /// would be longer than `max_topic` bytes (a topic's bound) are not
     /// announced; repeats are announced once.
@@ -231,6 +248,8 @@ pub struct Presence {
     active: BTreeMap<Key, (Option<Rc<Value>>, usize)>,
     /// The sum of those costs.
     bytes: usize,
+    /// What this node's entries in `mine` cost (see [`Joined::cost`]).
+    mine_bytes: usize,
     /// Updates to publish, in order: the reactor publishes them at the end
     /// of its turn, not from inside a write or a close.
     pending: Vec<Update>,
@@ -256,8 +275,17 @@ impl Presence {
     /// Connection `conn` subscribed with `j` (its stream is not up yet).
     pub fn join(&mut self, conn: u32, j: Box<Joined>) {
         if self.on {
-            self.mine.insert(conn, j);
+            self.mine_bytes += j.cost();
+            if let Some(old) = self.mine.insert(conn, j) {
+                self.mine_bytes -= old.cost();
+            }
         }
+    }
+
+    /// Bytes the feature holds: the active subscriptions listed and this
+    /// node's subscribers' records (the memory account's `presence` kind).
+    pub fn bytes(&self) -> usize {
+        self.bytes + self.mine_bytes
     }
 
     /// `conn`'s stream started: its `active: true` updates are pending.
@@ -278,6 +306,7 @@ impl Presence {
     /// was announced.
     pub fn left(&mut self, conn: u32, local: bool) {
         if let Some(j) = self.mine.remove(&conn) {
+            self.mine_bytes -= j.cost();
             if j.announced {
                 for sub in j.subs.iter() {
                     self.update(&j.subscriber, sub.clone(), j.peer, false, local);

@@ -45,6 +45,10 @@ impl Presence {
     pub fn none_here(&self) -> bool {
         true
     }
+    /// Holds nothing.
+    pub fn bytes(&self) -> usize {
+        0
+    }
     /// Nothing to track.
     #[allow(clippy::boxed_local)]
     pub fn join(&mut self, _conn: u32, j: Box<Joined>) {

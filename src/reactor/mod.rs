@@ -901,6 +901,7 @@ impl Reactor {
         if let Some(l) = &mut self.bus {
             self.memory.report(Kind::Bus, l.fetch_bytes());
         }
+        self.memory.report(Kind::Presence, self.presence.bytes());
     }
 
     /// Gauges for `/stats` and `/metrics` (`report.rs`).

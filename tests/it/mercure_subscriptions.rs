@@ -468,3 +468,43 @@ fn a_token_expiry_ends_the_subscription() {
     left["active"] = json!(true);
     assert_eq!(left, joined);
 }
+
+/// What the feature holds is in the memory account (`presence` kind):
+/// nothing when off, growing with subscribers when on, back to nothing
+/// once they leave.
+#[test]
+fn the_table_is_in_the_memory_account() {
+    let used = |a: SocketAddr| {
+        stats(a)["memory"]["kinds"]["presence"]["used"]
+            .as_u64()
+            .expect("presence kind in /stats")
+    };
+    let off = server(false);
+    let _m = sub(off.addr, "match=x", &bearer(&member_token()));
+    assert_eq!(used(off.addr), 0);
+    let s = server(true);
+    let mut w = watch(s.addr);
+    next_update(&mut w); // the watcher's own join
+    let before = used(s.addr);
+    let mut subs = Vec::new();
+    for i in 0..10 {
+        subs.push(sub(
+            s.addr,
+            &format!("match=https%3A%2F%2Fexample.com%2Fbooks%2F{i}"),
+            &bearer(&member_token()),
+        ));
+        next_update(&mut w);
+    }
+    let during = used(s.addr);
+    assert!(during > before + 10 * 100, "{before} -> {during}");
+    let metrics = get(s.addr, "/metrics").text();
+    assert!(
+        metrics.contains("kind=\"presence\""),
+        "presence kind missing from /metrics"
+    );
+    drop(subs);
+    for _ in 0..10 {
+        assert_eq!(next_update(&mut w)["active"], json!(false));
+    }
+    assert!(wait_until(T, || used(s.addr) == before), "{}", used(s.addr));
+}
