@@ -475,6 +475,12 @@ pub struct Broker {
     /// history says: events up to it may be missing everywhere (a journal
     /// replay found damage, a missing segment, or compacted history).
     lost_below: EventId,
+    /// The highest id of an event this node may have missed on a topic it
+    /// does not hold (a bus announcement it skipped, or one before its
+    /// subscription to the bus was live): a selector stream made now lacks
+    /// those, so it counts everything up to it as possibly lost. 0 without
+    /// a bus.
+    unheld_upto: EventId,
     topics: topics::Topics,
     /// The newest event the budget evicted from a history: selector
     /// streams keep nothing up to it (see `trim_selectors`).
@@ -510,6 +516,7 @@ impl Broker {
             limits,
             max_streams,
             lost_below: EventId::NONE,
+            unheld_upto: EventId::NONE,
             topics: topics::Topics::default(),
             budget_evicted_upto: EventId::NONE,
             published: 0,
@@ -1492,6 +1499,16 @@ impl Broker {
         self.lost_below = self.lost_below.max(id);
     }
 
+    /// Says that events up to `id` may have been published to topics this
+    /// node does not hold (so were never here): a selector stream made
+    /// later counts them as lost (see `selector_history`). One `max`: the
+    /// bus link calls it for every announcement it skips.
+    pub fn note_unheld(&mut self, id: EventId) {
+        self.unheld_upto = self.unheld_upto.max(id);
+        // A subscriber starting live is placed above it, not told of it.
+        self.observe(id);
+    }
+
     /// Moves the id clock past an id handed out before this broker existed.
     pub fn observe_id(&mut self, id: EventId) {
         self.ids.observe(id);
@@ -1582,8 +1599,9 @@ impl Broker {
     /// streams it matches, and the highest id at or below which events of
     /// its topics may be gone (all, and public ones): the matching streams'
     /// own loss marks, the tombstones of matching names (and the floor of
-    /// forgotten ones), and what [`merge::newest`] leaves out for the
-    /// ring's bounds.
+    /// forgotten ones), what [`merge::newest`] leaves out for the ring's
+    /// bounds, and, with a bus, everything up to `unheld_upto` (events of
+    /// topics this node does not hold never came here).
     ///
     /// Bounded: at most [`REBUILD_MATCH_BUDGET`] match units (a URL
     /// pattern's match parses the topic as a URL and costs more, see
@@ -1602,7 +1620,8 @@ impl Broker {
             REBUILD_MATCH_BUDGET / sel.match_cost().max(1)
         };
         let mut ran = 0u64;
-        let (mut lost, mut lost_public) = (self.tombstones.forgotten, self.tombstones.forgotten);
+        let start = self.tombstones.forgotten.max(self.unheld_upto);
+        let (mut lost, mut lost_public) = (start, start);
         let mut from = Vec::new();
         let mut seen_lru = 0usize;
         // Streams holding history, most recently used first; then those
@@ -1657,13 +1676,22 @@ impl Broker {
                 lost_public = lost_public.max(floor);
             }
         }
-        let n = merge::newest(
+        let mut n = merge::newest(
             &self.streams,
             &from,
             self.limits.history.max(1),
             self.limits.history_bytes,
         );
-        let (l, lp) = (lost.max(n.left_out), lost_public.max(n.left_out_public));
+        let (l, mut lp) = (lost.max(n.left_out), lost_public.max(n.left_out_public));
+        // Nothing at or below the loss mark stays, as after an eviction: a
+        // subscriber told of the loss goes on after the oldest frame kept
+        // (`Stream::floor`), so one kept below it would come again.
+        let cut = n.frames.partition_point(|f| f.id <= l);
+        for f in n.frames.drain(..cut) {
+            if f.visible(false) {
+                lp = lp.max(f.id);
+            }
+        }
         (n, l, lp, ran)
     }
 
@@ -1673,7 +1701,8 @@ impl Broker {
     /// journal restored the topics) or when it was made after the events:
     /// what it may miss is what its topics miss (see `selector_history`
     /// for the bound). With `--redis`, only the topics this node holds
-    /// count (see the README).
+    /// count, and what it may have missed of the others counts as lost
+    /// (see the README).
     fn rebuild_selector(&mut self, idx: StreamIdx, sel: &crate::auth::Selector) {
         let (newest, lost, lost_public, ran) = self.selector_history(sel);
         self.topics.matches_run += ran;

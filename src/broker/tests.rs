@@ -1408,3 +1408,37 @@ fn selector_bytes_follow_the_registry() {
     let after = b.selector_bytes();
     assert!(cached - after >= 3 * 900, "{after} vs {cached}");
 }
+
+/// With a bus, events of topics this node does not hold never come here:
+/// a selector stream made after one counts everything up to it lost
+/// (`note_unheld`), before and after it is made, keeps nothing at or below
+/// it (it would come again after the gap) and places a live reader above
+/// it; the topic's own readers resume as before.
+#[test]
+fn a_selector_stream_made_after_unheld_events_counts_them_lost() {
+    let mut b = broker(10);
+    let t = b.resolve(&["/b/1"], true).unwrap()[0];
+    let e1 = publish(&mut b, &[t], 5);
+    // Another node's event to a topic not held here: its id only.
+    let unheld = EventId::new(e1.get() + 10);
+    b.note_unheld(unheld);
+    b.note_unheld(EventId::new(unheld.get() - 5));
+    let e2 = publish(&mut b, &[t], 5);
+    assert!(e2 > unheld, "the clock moved past it");
+    let p = sel("/b/{x}");
+    assert_eq!(b.selector_view(&p, false), (e2, unheld));
+    assert_eq!(b.selector_view(&p, true), (e2, unheld));
+    assert!(b.selector_lost_after(&p, e1, false));
+    assert!(!b.selector_lost_after(&p, unheld, true));
+    let s = b.selector_stream(&p, None).unwrap();
+    assert_eq!(b.get(s).unwrap().retained(), 1, "e1 is not kept");
+    assert_eq!(resumed(&mut b, s, e1, false), (vec![(e2, false)], true));
+    assert_eq!(resumed(&mut b, s, e1, true), (vec![(e2, false)], true));
+    assert_eq!(resumed(&mut b, s, unheld, true), (vec![(e2, false)], false));
+    assert_eq!(b.selector_view(&p, true), (e2, unheld));
+    let mut live = b.subscribe(1, &[s], &Resume::Live).cursors;
+    assert!(b.take_gap(&mut live).is_none(), "live: nothing was lost");
+    let c = b.subscribe(2, &[t], &Resume::After(e1, String::new()));
+    assert!(c.gap.is_none());
+    assert_eq!(ids_of(&b, &c.cursors), vec![e2]);
+}

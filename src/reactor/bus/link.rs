@@ -333,7 +333,12 @@ impl<W: Wire> Link<W> {
                 first_retained,
                 more,
             } => self.on_fetched(broker, apps, req, entries, first_retained, more, now_ms, fx),
-            BusOutput::Up => self.on_up(),
+            BusOutput::Up { last_id } => {
+                // Announcements up to it came before this node listened:
+                // those of topics it does not hold never reach it.
+                broker.note_unheld(EventId::new(last_id));
+                self.on_up();
+            }
             BusOutput::Down => {}
         }
         true
@@ -506,11 +511,13 @@ impl<W: Wire> Link<W> {
         for (name, prev) in streams {
             let prev = EventId::new(*prev);
             // Not held here: loaded when someone asks, or now when a
-            // selector stream here wants its events.
+            // selector stream here wants its events. Else a selector
+            // stream made later lacks this one (its history is not here).
             let Some(idx) = broker
                 .find(name)
                 .or_else(|| broker.hold_for_selectors(name))
             else {
+                broker.note_unheld(id);
                 continue;
             };
             let last = last_id(broker, idx);
@@ -1544,11 +1551,53 @@ mod tests {
         // its last id, in case announcements were missed meanwhile.
         w.announce(3, "s", 0, "a");
         w.feed(BusOutput::Down);
-        w.feed(BusOutput::Up);
+        w.feed(BusOutput::Up { last_id: 0 });
         assert_eq!(
             w.link.wire.fetched.last().map(|f| (f.1.as_str(), f.2)),
             Some(("s", 3))
         );
+    }
+
+    /// What this node may have missed of topics it does not hold: the id
+    /// of each announcement it skips, and what `Up` says was allocated
+    /// before it listened. A selector stream made later counts it lost;
+    /// announcements it takes do not move it.
+    #[test]
+    fn skipped_announcements_and_up_mark_what_a_new_selector_stream_lacks() {
+        let mut w = World::new();
+        let any = crate::auth::Selector::parse("*").unwrap();
+        let lost = |w: &World| w.broker.selector_view(&any, true).1;
+        w.feed(BusOutput::Up { last_id: 0 });
+        assert_eq!(lost(&w), EventId::new(0), "an empty Redis: nothing missed");
+        w.stream("/b/1");
+        w.announce(5, "/b/1", 0, "a");
+        assert_eq!(lost(&w), EventId::new(0), "held: taken");
+        // No stream here, no selector wants it: skipped, and not made.
+        w.announce(7, "/c/1", 0, "b");
+        assert!(w.broker.find("/c/1").is_none());
+        assert_eq!(lost(&w), EventId::new(7));
+        // Nothing at or below the mark is kept (it would come again after
+        // the gap): a stream made now has no newest event yet.
+        assert_eq!(
+            w.broker.selector_view(&any, false),
+            (EventId::NONE, EventId::new(7))
+        );
+        // A selector stream that wants it makes this node hold the next.
+        let sel = crate::auth::Selector::parse("/c/{x}").unwrap();
+        w.broker.selector_stream(&sel, None).unwrap();
+        w.announce(8, "/c/2", 0, "c");
+        assert!(w.broker.find("/c/2").is_some());
+        assert_eq!(lost(&w), EventId::new(7));
+        // Reconnected: what was allocated before it listened again.
+        w.feed(BusOutput::Down);
+        w.feed(BusOutput::Up { last_id: 30 });
+        assert_eq!(lost(&w), EventId::new(30));
+        w.feed(BusOutput::Up { last_id: 20 });
+        assert_eq!(lost(&w), EventId::new(30), "never lowered");
+        // A live reader of a stream made now starts above it: no gap.
+        let s = w.broker.selector_stream(&any, None).unwrap();
+        let mut live = w.broker.subscribe(1, &[s], &Resume::Live).cursors;
+        assert!(w.broker.take_gap(&mut live).is_none());
     }
 
     #[test]
