@@ -1762,14 +1762,22 @@ impl Broker {
     /// cannot be had: an internal or invalid name, `--max-streams`). The
     /// stream starts empty, like one a subscriber asked for: its history
     /// comes from the bus.
-    pub fn hold_for_selectors(&mut self, topic: &str) -> Option<StreamIdx> {
+    pub fn hold_for_selectors(&mut self, topic: &str, id: EventId) -> Option<StreamIdx> {
         if topic.starts_with('!') || !valid_topic(topic) || !self.topics.wanted(topic) {
             return None;
         }
         match self.resolve_topics(&[topic], Create::Publisher) {
             Ok(v) => v.first().copied(),
             Err((_, e)) => {
-                log::debug!("topic {topic:?} not held for selectors: {}", e.message());
+                // The selector streams that want it miss event `id`: marked
+                // lost, so their subscribers get `gap`, not a silent hole.
+                log::info!(
+                    "topic {topic:?} not held for selectors ({}): their subscribers get a gap",
+                    e.message()
+                );
+                for idx in self.topics.matching(topic) {
+                    self.mark_lost(idx, id);
+                }
                 None
             }
         }

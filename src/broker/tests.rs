@@ -1038,20 +1038,28 @@ fn a_rebuilt_selector_stream_knows_what_its_topics_lost() {
 #[test]
 fn topics_this_node_lacks_are_held_when_a_selector_wants_them() {
     let mut b = broker(10);
-    assert_eq!(b.hold_for_selectors("/b/1"), None, "no selector");
+    assert_eq!(
+        b.hold_for_selectors("/b/1", EventId::new(1)),
+        None,
+        "no selector"
+    );
     let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
     let runs = b.selector_matches_run();
-    assert_eq!(b.hold_for_selectors("/c/1"), None);
-    assert_eq!(b.hold_for_selectors("/c/1"), None);
+    assert_eq!(b.hold_for_selectors("/c/1", EventId::new(1)), None);
+    assert_eq!(b.hold_for_selectors("/c/1", EventId::new(1)), None);
     assert_eq!(b.selector_matches_run() - runs, 1, "a miss is remembered");
-    assert_eq!(b.hold_for_selectors("!member/m"), None, "internal");
+    assert_eq!(
+        b.hold_for_selectors("!member/m", EventId::new(1)),
+        None,
+        "internal"
+    );
     assert_eq!(b.find("/c/1"), None);
-    let h = b.hold_for_selectors("/b/1").unwrap();
+    let h = b.hold_for_selectors("/b/1", EventId::new(1)).unwrap();
     assert_eq!(b.find_public("/b/1"), Some(h));
     assert_eq!(b.get(h).unwrap().claim, Claim::Publisher);
     // A selector made later is matched against a remembered miss.
     let c = b.selector_stream(&sel("/c/{x}"), None).unwrap();
-    assert!(b.hold_for_selectors("/c/1").is_some());
+    assert!(b.hold_for_selectors("/c/1", EventId::new(1)).is_some());
     // An event entering only the selector streams (its topic loads its
     // history first), then the topic: each selector stream has it once.
     let cur = b.subscribe(1, &[s, c], &Resume::Live);
@@ -1441,4 +1449,32 @@ fn a_selector_stream_made_after_unheld_events_counts_them_lost() {
     let c = b.subscribe(2, &[t], &Resume::After(e1, String::new()));
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), vec![e2]);
+}
+
+/// A topic a selector stream wants but the node cannot hold (the
+/// publishers' pool is full) is not a silent hole: the selector streams
+/// matching it mark the event lost, so their readers get `gap`.
+#[test]
+fn a_wanted_topic_that_cannot_be_held_gaps_its_selector_readers() {
+    let mut b = broker(10);
+    let c = b.selector_stream(&sel("/c/{x}"), None).unwrap();
+    let other = b.selector_stream(&sel("/d/{x}"), None).unwrap();
+    let mut cur = b.subscribe(1, &[c], &Resume::Live).cursors;
+    let mut calm = b.subscribe(2, &[other], &Resume::Live).cursors;
+    let mut full = false;
+    for i in 0..100 {
+        if b.resolve(&[&format!("/p/{i}")], true).is_err() {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the pool never filled");
+    let id = EventId::new(b.ids().last().get() + 10);
+    assert_eq!(b.hold_for_selectors("/c/1", id), None);
+    assert!(b.get(c).unwrap().lost_upto() >= id);
+    assert!(b.take_gap(&mut cur).is_some(), "the reader is told");
+    assert!(
+        b.take_gap(&mut calm).is_none(),
+        "a selector not matching is not"
+    );
 }

@@ -356,6 +356,16 @@ impl Topics {
         all
     }
 
+    /// The selector streams whose selector matches `topic` (`*` included).
+    pub(super) fn matching(&self, topic: &str) -> Vec<StreamIdx> {
+        let t = crate::auth::selector::Topic::new(topic);
+        self.selectors
+            .iter()
+            .filter(|e| e.sel.matches_in(&t))
+            .map(|e| e.idx)
+            .collect()
+    }
+
     /// Whether a selector stream's selector matches `topic`, the name of a
     /// stream this node does not hold (an announcement from another node):
     /// then the node must hold it so its events reach that selector stream.

@@ -515,7 +515,7 @@ impl<W: Wire> Link<W> {
             // stream made later lacks this one (its history is not here).
             let Some(idx) = broker
                 .find(name)
-                .or_else(|| broker.hold_for_selectors(name))
+                .or_else(|| broker.hold_for_selectors(name, id))
             else {
                 broker.note_unheld(id);
                 continue;
