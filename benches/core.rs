@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ssed::internals::{frame, http, Broker, Limits, Resume};
+use ssed::internals::{frame, http, Broker, EventId, Limits, Resume};
 use ssed::{Config, Event, Server};
 
 fn bench(name: &str, iters: u64, mut f: impl FnMut()) {
@@ -34,7 +34,7 @@ fn main() {
         let data = "x".repeat(64);
         bench("frame: encode 64 B event", 1_000_000, || {
             black_box(frame::encode_numbered(
-                black_box(1_764_000_000_000_000),
+                black_box(EventId::new(1_764_000_000_000_000)),
                 Some("tick"),
                 &data,
                 None,
@@ -42,7 +42,12 @@ fn main() {
         });
         let multi = "line one\nline two\r\nline three\n".repeat(8);
         bench("frame: encode 8x3-line event", 300_000, || {
-            black_box(frame::encode_numbered(1, None, black_box(&multi), None));
+            black_box(frame::encode_numbered(
+                EventId::new(1),
+                None,
+                black_box(&multi),
+                None,
+            ));
         });
     }
 
@@ -73,13 +78,13 @@ fn main() {
         let Ok(s) = broker.resolve(&["bench"], true) else {
             return;
         };
-        let sse = frame::encode_numbered(1, None, &"x".repeat(64), None);
+        let sse = frame::encode_numbered(EventId::new(1), None, &"x".repeat(64), None);
         let mut now = 1u64;
         bench("history: append (ring full, evicting)", 2_000_000, || {
             now += 1;
-            let _ = black_box(broker.append(&s, now, &sse));
+            let _ = black_box(broker.append(&s, EventId::new(now), &sse));
         });
-        let mid = broker.ids().last() - 500;
+        let mid = EventId::new(broker.ids().last().get() - 500);
         bench("history: resume plan (id lookup)", 2_000_000, || {
             let c = broker.subscribe(1, &s, &Resume::After(black_box(mid), String::new()));
             broker.unsubscribe(1, &c.cursors);

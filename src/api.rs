@@ -10,10 +10,11 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 
 use crate::access::{Op, PublishRights};
-use crate::broker::{Broker, BrokerError, Create};
+use crate::broker::{Broker, BrokerError, Create, StreamIdx};
 use crate::event::Event;
 use crate::handler::{last_event_id, status, Action, Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request};
+use crate::id::EventId;
 
 /// The demo page, embedded in the binary.
 const DEMO_PAGE: &str = include_str!("apps/demo.html");
@@ -364,17 +365,17 @@ pub fn publish_event(
     })
 }
 
-fn stream_json(cx: &Cx<'_>, idx: u32) -> Value {
+fn stream_json(cx: &Cx<'_>, idx: StreamIdx) -> Value {
     stream_entry(cx.broker, idx)
 }
 
-fn stream_entry(broker: &Broker, idx: u32) -> Value {
+fn stream_entry(broker: &Broker, idx: StreamIdx) -> Value {
     match broker.get(idx) {
         // Public events only: the listing is open to anyone.
         Some(s) => json!({
             "name": &*s.name,
             "subscribers": s.subs.len(),
-            "last_id": if s.last_public_id == 0 { Value::Null } else { Value::String(s.last_public_id.to_string()) },
+            "last_id": if s.last_public_id == EventId::NONE { Value::Null } else { Value::String(s.last_public_id.to_string()) },
             "history": s.retained_public(),
             "published": s.published_public,
         }),
@@ -399,8 +400,8 @@ fn list_page<'b>(
     after: Option<&str>,
     limit: usize,
     keep: impl Fn(&crate::broker::Stream) -> bool,
-) -> (Vec<(&'b str, u32)>, bool) {
-    let mut heap: std::collections::BinaryHeap<(&str, u32)> =
+) -> (Vec<(&'b str, StreamIdx)>, bool) {
+    let mut heap: std::collections::BinaryHeap<(&str, StreamIdx)> =
         std::collections::BinaryHeap::with_capacity(limit + 2);
     for (i, s) in broker.iter() {
         let name: &str = &s.name;
@@ -470,7 +471,7 @@ fn list_streams(cx: &mut Cx<'_>, req: &Request<'_>) {
 }
 
 fn one_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
-    let visible = |i: &u32| cx.broker.get(*i).is_some_and(|s| s.anonymous_visible());
+    let visible = |i: &StreamIdx| cx.broker.get(*i).is_some_and(|s| s.anonymous_visible());
     match cx.broker.find_public(name).filter(visible) {
         Some(i) => {
             let v = stream_json(cx, i);
@@ -501,7 +502,7 @@ fn create_stream(cx: &mut Cx<'_>, req: &Request<'_>, name: &str) {
 
 /// The answer to `PUT /streams/NAME` once the reactor made (`created`) or
 /// found stream `idx`: 201 or 200 with the stream's listing entry.
-pub fn created_stream(broker: &Broker, idx: u32, created: bool) -> http::Response {
+pub fn created_stream(broker: &Broker, idx: StreamIdx, created: bool) -> http::Response {
     let mut v = stream_entry(broker, idx);
     v["created"] = Value::Bool(created);
     let status = if created { 201 } else { 200 };

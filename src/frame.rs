@@ -7,6 +7,8 @@
 //! writer share one spelling. Nothing in this module writes to a socket or
 //! knows about streams.
 
+use crate::id::EventId;
+
 /// The heartbeat comment, written to a connection that has been quiet for
 /// `--heartbeat` seconds. One comment line and no blank line: a blank line
 /// ends a block, and clients that dispatch blocks with no `data:` (httpx-sse
@@ -161,9 +163,14 @@ pub fn chunk_head_len(len: usize) -> usize {
 }
 
 /// Encodes an event whose id is a server-assigned number.
-pub fn encode_numbered(id: u64, event: Option<&str>, data: &str, retry: Option<u32>) -> Vec<u8> {
+pub fn encode_numbered(
+    id: EventId,
+    event: Option<&str>,
+    data: &str,
+    retry: Option<u32>,
+) -> Vec<u8> {
     let mut buf = [0u8; 20];
-    encode(Some(fmt_u64(id, &mut buf)), event, data, retry)
+    encode(Some(fmt_id(id, &mut buf)), event, data, retry)
 }
 
 /// The first body bytes of every stream: the per-connection reconnect delay,
@@ -224,6 +231,12 @@ pub fn split_lines(data: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// An event id's wire spelling (its `id:` line), written into `buf`
+/// without allocating.
+pub fn fmt_id(id: EventId, buf: &mut [u8; 20]) -> &str {
+    fmt_u64(id.get(), buf)
+}
+
 /// Formats `n` in decimal into `buf` without allocating.
 pub fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
@@ -250,13 +263,13 @@ mod tests {
 
     #[test]
     fn multiline_and_types() {
-        let f = encode_numbered(7, Some("note"), "a\nb\r\nc\rd", None);
+        let f = encode_numbered(EventId::new(7), Some("note"), "a\nb\r\nc\rd", None);
         assert_eq!(
             f,
             b"id: 7\nevent: note\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
         );
         assert_eq!(
-            encode_numbered(1, Some("message"), "", None),
+            encode_numbered(EventId::new(1), Some("message"), "", None),
             b"id: 1\ndata:\n\n"
         );
         assert_eq!(encode(None, None, "x\n", None), b"data: x\ndata:\n\n");

@@ -60,11 +60,11 @@
 
 // Layers (docs/ARCHITECTURE.md): each module uses only those of lower
 // layers, never one of its own or a higher one (tests/it/layers.rs checks
-// it). 1: config, event, frame, http, stats, auth, bus, journal, access,
-// presence.
-// 2: broker. 3: handler. 4: api, apps. 5: router. 6: reactor.
-// 5: error (the crate's one error, wrapping those of lower layers).
-// 7: supervisor (the `--workers` process manager).
+// it). 0: id (the event id, which every layer above names). 1: config,
+// frame, http, stats, auth, bus, journal, memory. 2: event, access, presence.
+// 3: broker. 4: handler. 5: api, apps, mercure. 6: router, error (the
+// crate's one error, wrapping those of lower layers). 7: reactor.
+// 8: supervisor (the `--workers` process manager).
 // `client` stands apart and uses none of them.
 // Cargo features (Cargo.toml) leave modules out; where the core calls one,
 // a stub of the same shape (`off.rs`) stands in, refusing its flags at bind
@@ -85,6 +85,7 @@ mod event;
 mod frame;
 mod handler;
 mod http;
+mod id;
 #[cfg_attr(not(feature = "journal"), path = "journal/off.rs")]
 mod journal;
 mod memory;

@@ -25,6 +25,7 @@ use crate::event::Event;
 use crate::frame;
 use crate::handler::{Body, Cx, Publish, Reply, Targets};
 use crate::http::{self, Method, Request, Response};
+use crate::id::EventId;
 use crate::presence;
 
 /// The endpoint's path.
@@ -306,7 +307,7 @@ fn subscribe(cx: &mut Cx<'_>, req: &Request<'_>) {
             Some(if sees { s.last_id } else { s.last_public_id })
         })
         .max()
-        .filter(|&id| id > 0)
+        .filter(|&id| id > EventId::NONE)
         .map_or_else(|| "earliest".to_string(), |id| id.to_string());
     let mut headers = vec![("Last-Event-ID", last)];
     if cursor.is_some() {
@@ -384,7 +385,7 @@ fn subscriptions(cx: &mut Cx<'_>, req: &Request<'_>) {
         Some(true) => {}
     }
     let last = match cx.broker.ids().last() {
-        0 => "earliest".to_string(),
+        EventId::NONE => "earliest".to_string(),
         n => n.to_string(),
     };
     match cx.presence.api(req.path, &last) {

@@ -49,6 +49,7 @@ use crate::frame;
 use crate::handler::{last_event_id, Action, Body, Cx, Internal, Publish, Reply, Targets};
 use crate::http::Response;
 use crate::http::{Method, Request};
+use crate::id::EventId;
 
 /// Members with state, at most.
 pub const MAX_MEMBERS: usize = 4096;
@@ -73,7 +74,7 @@ pub const STREAM_PREFIX: &str = "!member/";
 /// One member: the uuid → server id index (its internal stream is found
 /// by name, [`STREAM_PREFIX`] + the member id: the reactor makes it).
 struct Member {
-    ids: VecDeque<(Box<str>, u64)>,
+    ids: VecDeque<(Box<str>, EventId)>,
     last_used: u64,
 }
 
@@ -104,7 +105,7 @@ impl Members {
     /// resume across the restart is exact. Members past [`MAX_MEMBERS`]
     /// keep their stream but not an index (a resume gets `gap` and all that
     /// is retained).
-    pub fn restored(&mut self, member: &str, id: u64, uuid: &str) {
+    pub fn restored(&mut self, member: &str, id: EventId, uuid: &str) {
         if !self.members.contains_key(member) {
             if self.members.len() >= MAX_MEMBERS || !super::valid_ident(member) {
                 return;
@@ -348,10 +349,10 @@ fn subscribe(cx: &mut Cx<'_>, m: &mut Members, req: &Request<'_>) {
 
 /// The server id of the retained frame whose `id:` line is `uuid` (events
 /// that came from another node through the bus are not in the index).
-fn in_ring(cx: &Cx<'_>, member: &str, uuid: &str) -> Option<u64> {
+fn in_ring(cx: &Cx<'_>, member: &str, uuid: &str) -> Option<EventId> {
     let s = cx.broker.get(cx.broker.find(&stream_name(member))?)?;
     let f = s
-        .frames_after(0)
+        .frames_after(EventId::NONE)
         .find(|f| frame::leading_id(f.sse()) == Some(uuid))?;
     Some(f.id)
 }
@@ -359,7 +360,7 @@ fn in_ring(cx: &Cx<'_>, member: &str, uuid: &str) -> Option<u64> {
 impl Members {
     /// A member event `uuid` got server id `id` (published here, or
     /// arrived through the bus: both may tell, so a repeat is ignored).
-    pub fn record(&mut self, member: &str, uuid: &str, id: u64) {
+    pub fn record(&mut self, member: &str, uuid: &str, id: EventId) {
         if let Some(st) = self.members.get_mut(member) {
             if st.ids.iter().rev().any(|(u, i)| *i == id && &**u == uuid) {
                 return;

@@ -24,6 +24,7 @@ pub mod workerman;
 use crate::config::Config;
 use crate::handler::Cx;
 use crate::http::Request;
+use crate::id::EventId;
 
 /// State of every app.
 pub struct Apps {
@@ -74,7 +75,7 @@ impl Apps {
     /// An event entered internal stream `name` (read back from a journal,
     /// announced by the bus, published here): the apps index what they
     /// need (the member app's uuid → id map).
-    pub fn restored(&mut self, name: &str, id: u64, frame: &[u8]) {
+    pub fn restored(&mut self, name: &str, id: EventId, frame: &[u8]) {
         if let Some(member) = name.strip_prefix(members::STREAM_PREFIX) {
             // Member frames lead with their uuid's `id:` line.
             if let Some(uuid) = crate::frame::leading_id(frame) {
@@ -85,7 +86,7 @@ impl Apps {
 
     /// A member notification was published with event id `id`: index
     /// its uuid.
-    pub fn record_member(&mut self, member: &str, uuid: &str, id: u64) {
+    pub fn record_member(&mut self, member: &str, uuid: &str, id: EventId) {
         self.members.record(member, uuid, id);
     }
 

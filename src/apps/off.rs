@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::handler::Cx;
 use crate::http::Request;
+use crate::id::EventId;
 
 /// The MongooseIM app's users file: none in this build.
 pub mod mongoose {
@@ -53,9 +54,9 @@ impl Apps {
         None
     }
     /// Nothing is indexed.
-    pub fn restored(&mut self, _name: &str, _id: u64, _frame: &[u8]) {}
+    pub fn restored(&mut self, _name: &str, _id: EventId, _frame: &[u8]) {}
     /// No member app: nothing is indexed.
-    pub fn record_member(&mut self, _member: &str, _uuid: &str, _id: u64) {}
+    pub fn record_member(&mut self, _member: &str, _uuid: &str, _id: EventId) {}
     /// No chat app: nothing is archived.
     pub fn archive_chat(&mut self, _chat: &crate::handler::Chat, _share: usize) -> usize {
         0

@@ -12,7 +12,8 @@
 //! clones of them (a reference count each), never the bytes again.
 
 use super::ring::{Frame, Stream};
-use super::Cursor;
+use super::{Cursor, StreamIdx};
+use crate::id::EventId;
 use slab::Slab;
 
 /// Streams merged without a heap allocation; more use a `Vec`.
@@ -39,7 +40,7 @@ pub struct Merge<'a> {
     pos: Positions,
     /// The id of the last frame yielded (frames at or below it are skipped:
     /// an event published to two of the streams appears in both rings).
-    last: u64,
+    last: EventId,
 }
 
 impl<'a> Merge<'a> {
@@ -50,9 +51,9 @@ impl<'a> Merge<'a> {
             Positions::Heap(vec![0; cursors.len()])
         };
         let p = pos.as_mut();
-        let mut last = u64::MAX;
+        let mut last = EventId::MAX;
         for (i, c) in cursors.iter().enumerate() {
-            if let Some(s) = streams.get(c.stream as usize) {
+            if let Some(s) = streams.get(c.stream.slot()) {
                 p[i] = s.index_after(c.last_id);
             }
             last = last.min(c.last_id);
@@ -61,7 +62,11 @@ impl<'a> Merge<'a> {
             streams,
             cursors,
             pos,
-            last: if cursors.is_empty() { 0 } else { last },
+            last: if cursors.is_empty() {
+                EventId::NONE
+            } else {
+                last
+            },
         }
     }
 }
@@ -73,7 +78,7 @@ impl<'a> Iterator for Merge<'a> {
         let streams = self.streams;
         if let [c] = self.cursors {
             // One stream: no comparison needed.
-            let s = streams.get(c.stream as usize)?;
+            let s = streams.get(c.stream.slot())?;
             let sees = c.sees_private();
             let p = &mut self.pos.as_mut()[0];
             loop {
@@ -88,7 +93,7 @@ impl<'a> Iterator for Merge<'a> {
         let pos = self.pos.as_mut();
         let mut best: Option<(usize, &'a Frame)> = None;
         for (i, c) in self.cursors.iter().enumerate() {
-            let Some(s) = streams.get(c.stream as usize) else {
+            let Some(s) = streams.get(c.stream.slot()) else {
                 continue;
             };
             let sees = c.sees_private();
@@ -117,11 +122,11 @@ impl<'a> Iterator for Merge<'a> {
 pub(super) struct Newest {
     /// The frames, oldest first.
     pub frames: Vec<Frame>,
-    /// The newest id left out for the bounds (0: none).
-    pub left_out: u64,
-    /// The newest public id left out (0: none), so a reader that may not
-    /// see private frames is not told of those.
-    pub left_out_public: u64,
+    /// The newest id left out for the bounds (`NONE`: none).
+    pub left_out: EventId,
+    /// The newest public id left out (`NONE`: none), so a reader that may
+    /// not see private frames is not told of those.
+    pub left_out_public: EventId,
 }
 
 /// The newest frames of `from` in id order (a frame in several of them
@@ -131,17 +136,17 @@ pub(super) struct Newest {
 /// rings), however much the rings hold.
 pub(super) fn newest(
     streams: &Slab<Stream>,
-    from: &[u32],
+    from: &[StreamIdx],
     max_frames: usize,
     max_bytes: usize,
 ) -> Newest {
     use std::collections::BinaryHeap;
-    let ring = |k: usize| streams.get(from[k] as usize);
+    let ring = |k: usize| streams.get(from[k].slot());
     // Per ring: how many of its frames are not taken yet (newest last).
     let mut left: Vec<usize> = (0..from.len())
         .map(|k| ring(k).map_or(0, |s| s.retained()))
         .collect();
-    let mut heap: BinaryHeap<(u64, usize)> = BinaryHeap::with_capacity(from.len());
+    let mut heap: BinaryHeap<(EventId, usize)> = BinaryHeap::with_capacity(from.len());
     for (k, &n) in left.iter().enumerate() {
         if let Some(f) = n.checked_sub(1).and_then(|i| ring(k)?.at(i)) {
             heap.push((f.id, k));
@@ -149,11 +154,11 @@ pub(super) fn newest(
     }
     let mut out = Newest {
         frames: Vec::new(),
-        left_out: 0,
-        left_out_public: 0,
+        left_out: EventId::NONE,
+        left_out_public: EventId::NONE,
     };
     let mut bytes = 0usize;
-    let mut last = u64::MAX;
+    let mut last = EventId::MAX;
     // Past the bounds only the newest public frame left out is looked
     // for; after this many private ones it is taken to be the newest one.
     let mut scan = max_frames;
@@ -172,12 +177,12 @@ pub(super) fn newest(
         last = id;
         let full = out.frames.len() >= max_frames
             || (!out.frames.is_empty() && bytes + f.cost() > max_bytes);
-        if out.left_out == 0 && !full {
+        if out.left_out == EventId::NONE && !full {
             bytes += f.cost();
             out.frames.push(f.clone());
             continue;
         }
-        if out.left_out == 0 {
+        if out.left_out == EventId::NONE {
             out.left_out = id;
         }
         if !f.private {

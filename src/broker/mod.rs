@@ -36,6 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use slab::Slab;
 
 use crate::frame;
+use crate::id::EventId;
 pub use merge::Merge;
 use ring::NIL;
 pub use ring::{Claim, Frame, Limits, Stream};
@@ -46,6 +47,37 @@ pub use topics::{
     MAX_SELECTOR_STREAMS, MAX_TOPIC_BYTES,
 };
 
+/// Where a stream sits in the broker: what targets, cursors, fan-out and
+/// the dirty list name a stream by. Only the broker hands them out (from
+/// its slab of streams), so one is never made up from a number; a deleted
+/// stream's index may be reused, and every lookup of a stale one finds
+/// nothing or the new stream, as any slab key.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamIdx(u32);
+
+impl StreamIdx {
+    /// No stream (the ends of the LRU list): no slab key reaches it.
+    const NIL: StreamIdx = StreamIdx(u32::MAX);
+    /// The index of the stream at slab key `key`. Keys stay far below
+    /// `u32::MAX`: public streams are bounded by `--max-streams` (twice:
+    /// two pools), selector streams and the apps' internal ones by their
+    /// own bounds.
+    fn of(key: usize) -> StreamIdx {
+        StreamIdx(key as u32)
+    }
+    /// Its slab key.
+    fn slot(self) -> usize {
+        self.0 as usize
+    }
+    /// An index made up for a unit test elsewhere (outside tests, only
+    /// the broker makes them).
+    #[cfg(test)]
+    pub(crate) fn for_test(n: u32) -> StreamIdx {
+        StreamIdx(n)
+    }
+}
+
 /// An event checked and numbered but not yet in the rings: the first of
 /// an append's two phases ([`Broker::prepare`], then [`Broker::commit`]).
 /// Between them the caller makes it durable if it must (the journal); the
@@ -55,12 +87,12 @@ pub use topics::{
 #[must_use = "an event is published only once committed"]
 pub struct Prepared<'a> {
     /// Its id.
-    pub id: u64,
+    pub id: EventId,
     /// The streams it was published to (what a journal records).
-    pub targets: &'a [u32],
+    pub targets: &'a [StreamIdx],
     /// Those and the selector streams whose selectors match them, when any
     /// do (what its frame enters).
-    fanned: Option<Vec<u32>>,
+    fanned: Option<Vec<StreamIdx>>,
     /// Its encoded SSE bytes (without chunk framing).
     pub frame: std::borrow::Cow<'a, [u8]>,
     /// Only subscribers allowed private frames may see it.
@@ -70,34 +102,34 @@ pub struct Prepared<'a> {
 /// The server-wide id counter: `id = max(previous + 1, unix time in µs)`.
 #[derive(Debug, Clone)]
 pub struct IdClock {
-    first: u64,
-    last: u64,
+    first: EventId,
+    last: EventId,
 }
 
 impl IdClock {
     /// A clock whose first id is `now_us` (the unix time in µs at start).
     pub fn new(now_us: u64) -> Self {
         IdClock {
-            first: now_us,
-            last: now_us.saturating_sub(1),
+            first: EventId::new(now_us),
+            last: EventId::new(now_us).pred(),
         }
     }
     /// Assigns the next id.
-    pub fn next(&mut self, now_us: u64) -> u64 {
-        self.last = (self.last + 1).max(now_us);
+    pub fn next(&mut self, now_us: u64) -> EventId {
+        self.last = self.last.succ().max(EventId::new(now_us));
         self.last
     }
     /// Moves the clock past an id assigned elsewhere (a bus, a journal).
-    pub fn observe(&mut self, id: u64) {
+    pub fn observe(&mut self, id: EventId) {
         self.last = self.last.max(id);
         self.first = self.first.min(id);
     }
     /// The lowest id this clock can have assigned or seen.
-    pub fn first(&self) -> u64 {
+    pub fn first(&self) -> EventId {
         self.first
     }
     /// The last id assigned (or `first - 1` before any).
-    pub fn last(&self) -> u64 {
+    pub fn last(&self) -> EventId {
         self.last
     }
 }
@@ -108,14 +140,17 @@ impl IdClock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// Index of the stream.
-    pub stream: u32,
+    pub stream: StreamIdx,
     /// Slot of this connection in that stream's subscriber slab, with
     /// [`Cursor::SEES_PRIVATE`] as its high bit: the grant lives in bits
     /// the slot never uses, so a cursor stays 16 bytes.
     pub slot: u32,
     /// Id of the last event handed to this subscriber.
-    pub last_id: u64,
+    pub last_id: EventId,
 }
+
+// Every subscriber holds one per stream it reads: the newtypes cost nothing.
+const _: () = assert!(std::mem::size_of::<Cursor>() == 16);
 
 impl Cursor {
     /// The bit of `slot` that lets this cursor see private frames.
@@ -160,11 +195,11 @@ impl Cursors {
         }
     }
     /// Whether any cursor reads `stream`.
-    pub fn reads(&self, stream: u32) -> bool {
+    pub fn reads(&self, stream: StreamIdx) -> bool {
         self.as_slice().iter().any(|c| c.stream == stream)
     }
     /// Records that every frame up to `id` was handed over.
-    pub fn advance(&mut self, id: u64) {
+    pub fn advance(&mut self, id: EventId) {
         for c in self.as_mut_slice() {
             c.last_id = c.last_id.max(id);
         }
@@ -177,7 +212,7 @@ pub enum Resume {
     /// No Last-Event-ID: live events only.
     Live,
     /// Resume after this id (the raw text is kept for the `gap` event).
-    After(u64, String),
+    After(EventId, String),
     /// A Last-Event-ID that is not an id this server can place.
     Unparsable(String),
     /// Everything retained, without a `gap` (Mercure's `earliest`).
@@ -189,7 +224,7 @@ impl Resume {
     pub fn parse(raw: Option<&str>) -> Resume {
         match raw {
             None => Resume::Live,
-            Some(s) => match s.trim().parse::<u64>() {
+            Some(s) => match s.trim().parse::<EventId>() {
                 Ok(n) => Resume::After(n, s.trim().to_string()),
                 Err(_) => Resume::Unparsable(s.trim().to_string()),
             },
@@ -219,7 +254,7 @@ pub struct Catchup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
     /// Its id.
-    pub id: u64,
+    pub id: EventId,
     /// Distinct connections reading any of its streams.
     pub audience: usize,
     /// So much was appended since the last fan-out that it must run now,
@@ -364,25 +399,26 @@ pub struct Lifecycle {
 /// honest answer when nothing more precise is kept.
 #[derive(Default)]
 struct Tombstones {
-    floors: HashMap<Box<str>, (u64, u64)>,
+    /// Per name: its floor and the sequence number of its entry in `order`.
+    floors: HashMap<Box<str>, (EventId, u64)>,
     order: VecDeque<(u64, Box<str>)>,
     seq: u64,
-    forgotten: u64,
+    forgotten: EventId,
 }
 
 impl Tombstones {
-    fn take(&mut self, name: &str) -> u64 {
+    fn take(&mut self, name: &str) -> EventId {
         self.floors
             .remove(name)
             .map_or(self.forgotten, |(f, _)| f.max(self.forgotten))
     }
-    fn put(&mut self, name: &str, floor: u64) {
+    fn put(&mut self, name: &str, floor: EventId) {
         if floor <= self.forgotten {
             return;
         }
         self.seq += 1;
         let seq = self.seq;
-        let e = self.floors.entry(name.into()).or_insert((0, 0));
+        let e = self.floors.entry(name.into()).or_insert((EventId::NONE, 0));
         *e = (e.0.max(floor), seq);
         self.order.push_back((seq, name.into()));
         while self.floors.len() > MAX_TOMBSTONES {
@@ -406,15 +442,15 @@ impl Tombstones {
 /// Every stream and the id clock.
 pub struct Broker {
     streams: Slab<Stream>,
-    by_name: HashMap<Box<str>, u32>,
+    by_name: HashMap<Box<str>, StreamIdx>,
     tombstones: Tombstones,
-    dirty: Vec<u32>,
+    dirty: Vec<StreamIdx>,
     public: usize,
     /// Public streams only subscribers asked for (`Claim::Subscribers`).
     unclaimed: usize,
     /// Which address made each of those (those restored by the journal
     /// have none), and how many each address holds.
-    unclaimed_owner: HashMap<u32, PeerKey>,
+    unclaimed_owner: HashMap<StreamIdx, PeerKey>,
     unclaimed_by: HashMap<PeerKey, usize>,
     /// Encoded bytes retained in every ring (a frame shared by several
     /// rings counts once per ring: an upper bound of the memory held).
@@ -427,8 +463,8 @@ pub struct Broker {
     /// The latest time the caller passed in (unix µs).
     now_us: u64,
     /// Streams holding history, least recently published or read first.
-    lru_head: u32,
-    lru_tail: u32,
+    lru_head: StreamIdx,
+    lru_tail: StreamIdx,
     /// Where the next `expire` slice starts.
     expire_pos: usize,
     life: Lifecycle,
@@ -438,11 +474,17 @@ pub struct Broker {
     /// A resume from an id below this gets `gap` whatever the stream's own
     /// history says: events up to it may be missing everywhere (a journal
     /// replay found damage, a missing segment, or compacted history).
-    lost_below: u64,
+    lost_below: EventId,
+    /// The highest id of an event this node may have missed on a topic it
+    /// does not hold (a bus announcement it skipped, or one before its
+    /// subscription to the bus was live): a selector stream made now lacks
+    /// those, so it counts everything up to it as possibly lost. 0 without
+    /// a bus.
+    unheld_upto: EventId,
     topics: topics::Topics,
     /// The newest event the budget evicted from a history: selector
     /// streams keep nothing up to it (see `trim_selectors`).
-    budget_evicted_upto: u64,
+    budget_evicted_upto: EventId,
     /// Events ever published.
     pub published: u64,
     /// `gap` events handed out.
@@ -473,9 +515,10 @@ impl Broker {
             ids: IdClock::new(now_us),
             limits,
             max_streams,
-            lost_below: 0,
+            lost_below: EventId::NONE,
+            unheld_upto: EventId::NONE,
             topics: topics::Topics::default(),
-            budget_evicted_upto: 0,
+            budget_evicted_upto: EventId::NONE,
             published: 0,
             gaps: 0,
         }
@@ -527,7 +570,7 @@ impl Broker {
     }
 
     /// Forgets who made subscriber-only stream `idx` (claimed or dropped).
-    fn disown(&mut self, idx: u32) {
+    fn disown(&mut self, idx: StreamIdx) {
         let Some(peer) = self.unclaimed_owner.remove(&idx) else {
             return;
         };
@@ -577,24 +620,24 @@ impl Broker {
     }
 
     /// Looks a stream up by name.
-    pub fn find(&self, name: &str) -> Option<u32> {
+    pub fn find(&self, name: &str) -> Option<StreamIdx> {
         self.by_name.get(name).copied()
     }
 
     /// Looks a public stream up by name.
-    pub fn find_public(&self, name: &str) -> Option<u32> {
+    pub fn find_public(&self, name: &str) -> Option<StreamIdx> {
         self.find(name)
             .filter(|&i| self.get(i).is_some_and(|s| !s.internal))
     }
 
     /// The stream at `idx`.
-    pub fn get(&self, idx: u32) -> Option<&Stream> {
-        self.streams.get(idx as usize)
+    pub fn get(&self, idx: StreamIdx) -> Option<&Stream> {
+        self.streams.get(idx.slot())
     }
 
     /// Iterates every stream.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Stream)> {
-        self.streams.iter().map(|(i, s)| (i as u32, s))
+    pub fn iter(&self) -> impl Iterator<Item = (StreamIdx, &Stream)> {
+        self.streams.iter().map(|(i, s)| (StreamIdx::of(i), s))
     }
 
     /// Checks public names and finds them, creating the missing ones when
@@ -607,7 +650,7 @@ impl Broker {
         &mut self,
         names: &[&str],
         create: bool,
-    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+    ) -> Result<Vec<StreamIdx>, (usize, BrokerError)> {
         let by = if create {
             Create::Publisher
         } else {
@@ -624,7 +667,7 @@ impl Broker {
         &mut self,
         names: &[&str],
         by: Create,
-    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+    ) -> Result<Vec<StreamIdx>, (usize, BrokerError)> {
         self.resolve_by(names, by, valid_name)
     }
 
@@ -634,7 +677,7 @@ impl Broker {
         &mut self,
         names: &[&str],
         by: Create,
-    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+    ) -> Result<Vec<StreamIdx>, (usize, BrokerError)> {
         self.resolve_by(names, by, valid_topic)
     }
 
@@ -697,7 +740,7 @@ impl Broker {
         names: &[&str],
         by: Create,
         valid: fn(&str) -> bool,
-    ) -> Result<Vec<u32>, (usize, BrokerError)> {
+    ) -> Result<Vec<StreamIdx>, (usize, BrokerError)> {
         self.check_by(names, by, valid)?;
         let claim = match by {
             Create::Publisher => Claim::Publisher,
@@ -717,7 +760,7 @@ impl Broker {
                 }
             };
             if by == Create::Publisher {
-                if let Some(s) = self.streams.get_mut(idx as usize) {
+                if let Some(s) = self.streams.get_mut(idx.slot()) {
                     if s.claim == Claim::Subscribers {
                         s.claim = Claim::Publisher;
                         self.unclaimed -= 1;
@@ -734,8 +777,8 @@ impl Broker {
 
     /// Names the stream `idx` in `gap` events as `shown` (apps' internal
     /// streams: the client never asked for `!app/...`).
-    pub fn set_display(&mut self, idx: u32, shown: &str) {
-        if let Some(s) = self.streams.get_mut(idx as usize) {
+    pub fn set_display(&mut self, idx: StreamIdx, shown: &str) {
+        if let Some(s) = self.streams.get_mut(idx.slot()) {
             s.display = Some(shown.into());
         }
     }
@@ -748,7 +791,7 @@ impl Broker {
     /// Creates a public stream explicitly (`PUT /streams/NAME`); `true`
     /// when it was made, `false` when it existed. An explicit stream is
     /// kept while empty, until the idle TTL.
-    pub fn create(&mut self, name: &str) -> Result<(u32, bool), BrokerError> {
+    pub fn create(&mut self, name: &str) -> Result<(StreamIdx, bool), BrokerError> {
         let existed = self.find(name).is_some();
         let idx = self
             .resolve_as(&[name], Create::Publisher)
@@ -757,7 +800,7 @@ impl Broker {
             .copied()
             .ok_or(BrokerError::NotFound)?;
         if !existed {
-            if let Some(s) = self.streams.get_mut(idx as usize) {
+            if let Some(s) = self.streams.get_mut(idx.slot()) {
                 s.claim = Claim::Explicit;
             }
         }
@@ -767,12 +810,12 @@ impl Broker {
     /// Drops a public stream made for a request that then failed, if it
     /// is still unused (no readers, never published to, not explicit): a
     /// request that fails creates nothing.
-    pub fn discard_unused(&mut self, idx: u32) {
+    pub fn discard_unused(&mut self, idx: StreamIdx) {
         let unused = self.get(idx).is_some_and(|s| {
             !s.internal
                 && s.subs.is_empty()
                 && s.retained() == 0
-                && s.last_id == 0
+                && s.last_id == EventId::NONE
                 && s.claim != Claim::Explicit
         });
         if unused {
@@ -784,7 +827,7 @@ impl Broker {
     /// whose history is bounded by `cap` as well as by the server-wide
     /// limits: apps make one stream per member or user, so the server-wide
     /// bounds multiplied by their number would be no bound at all.
-    pub fn internal(&mut self, name: &str, cap: Option<Limits>) -> u32 {
+    pub fn internal(&mut self, name: &str, cap: Option<Limits>) -> StreamIdx {
         if let Some(i) = self.find(name) {
             return i;
         }
@@ -798,7 +841,7 @@ impl Broker {
         self.insert(name, true, limits, Claim::Publisher)
     }
 
-    fn insert(&mut self, name: &str, internal: bool, limits: Limits, claim: Claim) -> u32 {
+    fn insert(&mut self, name: &str, internal: bool, limits: Limits, claim: Claim) -> StreamIdx {
         if !internal {
             self.public += 1;
             if claim == Claim::Subscribers {
@@ -806,14 +849,14 @@ impl Broker {
             }
         }
         let lost = self.tombstones.take(name);
-        let idx = self.streams.insert(Stream::new(
+        let idx = StreamIdx::of(self.streams.insert(Stream::new(
             name,
             lost,
             internal,
             limits,
             claim,
             self.now_us,
-        )) as u32;
+        )));
         self.by_name.insert(name.into(), idx);
         idx
     }
@@ -822,7 +865,7 @@ impl Broker {
     /// name never used again (a Mercure subscription update), unless it
     /// has readers: without a tombstone, which nobody would resume from
     /// and which would push other streams' tombstones out.
-    pub fn drop_one_off(&mut self, idx: u32) {
+    pub fn drop_one_off(&mut self, idx: StreamIdx) {
         if self
             .get(idx)
             .is_some_and(|s| !s.internal && s.subs.is_empty())
@@ -833,13 +876,13 @@ impl Broker {
 
     /// Removes a stream, leaving a tombstone when it held events; the
     /// caller deals with its subscribers.
-    fn drop_stream(&mut self, idx: u32) -> Option<Stream> {
+    fn drop_stream(&mut self, idx: StreamIdx) -> Option<Stream> {
         self.drop_stream_as(idx, true)
     }
 
-    fn drop_stream_as(&mut self, idx: u32, tombstone: bool) -> Option<Stream> {
+    fn drop_stream_as(&mut self, idx: StreamIdx, tombstone: bool) -> Option<Stream> {
         self.lru_unlink(idx);
-        let s = self.streams.try_remove(idx as usize)?;
+        let s = self.streams.try_remove(idx.slot())?;
         self.by_name.remove(&s.name);
         if !s.internal {
             self.public -= 1;
@@ -862,8 +905,8 @@ impl Broker {
     }
 
     /// Takes `idx` out of the LRU list.
-    fn lru_unlink(&mut self, idx: u32) {
-        let Some(s) = self.streams.get_mut(idx as usize) else {
+    fn lru_unlink(&mut self, idx: StreamIdx) {
+        let Some(s) = self.streams.get_mut(idx.slot()) else {
             return;
         };
         if !s.in_lru {
@@ -873,27 +916,27 @@ impl Broker {
         s.in_lru = false;
         s.lru_prev = NIL;
         s.lru_next = NIL;
-        match self.streams.get_mut(p as usize) {
+        match self.streams.get_mut(p.slot()) {
             Some(ps) => ps.lru_next = n,
             None => self.lru_head = n,
         }
-        match self.streams.get_mut(n as usize) {
+        match self.streams.get_mut(n.slot()) {
             Some(ns) => ns.lru_prev = p,
             None => self.lru_tail = p,
         }
     }
 
     /// Makes `idx` the most recently used stream holding history.
-    fn lru_use(&mut self, idx: u32) {
+    fn lru_use(&mut self, idx: StreamIdx) {
         self.lru_unlink(idx);
         let tail = self.lru_tail;
-        let Some(s) = self.streams.get_mut(idx as usize) else {
+        let Some(s) = self.streams.get_mut(idx.slot()) else {
             return;
         };
         s.in_lru = true;
         s.lru_prev = tail;
         s.lru_next = NIL;
-        match self.streams.get_mut(tail as usize) {
+        match self.streams.get_mut(tail.slot()) {
             Some(ts) => ts.lru_next = idx,
             None => self.lru_head = idx,
         }
@@ -902,9 +945,9 @@ impl Broker {
 
     /// Stamps a read or publish: the idle TTL restarts, and a stream with
     /// history becomes the last to be evicted from.
-    fn touch(&mut self, idx: u32) {
+    fn touch(&mut self, idx: StreamIdx) {
         let now = self.now_us;
-        let listed = match self.streams.get_mut(idx as usize) {
+        let listed = match self.streams.get_mut(idx.slot()) {
             Some(s) => {
                 s.touched_us = now;
                 s.in_lru
@@ -929,12 +972,12 @@ impl Broker {
     fn evict_to_budget(&mut self) {
         while self.total_bytes + self.app_bytes > self.budget {
             let v = self.lru_head;
-            let Some(s) = self.streams.get_mut(v as usize) else {
+            let Some(s) = self.streams.get_mut(v.slot()) else {
                 // Nothing listed: the accounting says otherwise only if it
                 // is broken; stop rather than spin.
                 break;
             };
-            let front = s.first_id().unwrap_or(0);
+            let front = s.first_id().unwrap_or(EventId::NONE);
             let internal = s.internal;
             let freed = s.evict_front();
             let empty = s.retained() == 0;
@@ -957,7 +1000,7 @@ impl Broker {
     /// durable (handlers publish through `Cx::publish_as`, which does).
     pub fn publish(
         &mut self,
-        targets: &[u32],
+        targets: &[StreamIdx],
         ev: &crate::event::Event,
         now_us: u64,
     ) -> Result<Published, BrokerError> {
@@ -970,9 +1013,9 @@ impl Broker {
     /// [`Broker::publish`]).
     pub fn publish_with(
         &mut self,
-        targets: &[u32],
+        targets: &[StreamIdx],
         now_us: u64,
-        encode: impl FnOnce(u64) -> Vec<u8>,
+        encode: impl FnOnce(EventId) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
         self.publish_as(targets, now_us, false, encode)
     }
@@ -981,10 +1024,10 @@ impl Broker {
     /// only cursors that may see private frames) or not.
     pub fn publish_as(
         &mut self,
-        targets: &[u32],
+        targets: &[StreamIdx],
         now_us: u64,
         private: bool,
-        encode: impl FnOnce(u64) -> Vec<u8>,
+        encode: impl FnOnce(EventId) -> Vec<u8>,
     ) -> Result<Published, BrokerError> {
         let p = self.prepare_publish(targets, now_us, private, encode)?;
         Ok(self.commit(p))
@@ -994,10 +1037,10 @@ impl Broker {
     /// spell it, and checks that `targets` may keep it.
     pub fn prepare_publish<'a>(
         &mut self,
-        targets: &'a [u32],
+        targets: &'a [StreamIdx],
         now_us: u64,
         private: bool,
-        encode: impl FnOnce(u64) -> Vec<u8>,
+        encode: impl FnOnce(EventId) -> Vec<u8>,
     ) -> Result<Prepared<'a>, BrokerError> {
         self.tick(now_us);
         let id = self.ids.next(now_us);
@@ -1008,12 +1051,12 @@ impl Broker {
     /// Whether an event of `sse_len` SSE bytes may be kept in `targets`: no
     /// larger than any target's history bytes, nor, times the rings it
     /// goes to, than the server-wide budget.
-    pub fn check_size(&self, targets: &[u32], sse_len: usize) -> Result<(), BrokerError> {
+    pub fn check_size(&self, targets: &[StreamIdx], sse_len: usize) -> Result<(), BrokerError> {
         let cost = Frame::cost_for(sse_len);
         let mut rings = 0usize;
         let mut entries = 0usize;
         for &t in targets {
-            if let Some(s) = self.streams.get(t as usize) {
+            if let Some(s) = self.streams.get(t.slot()) {
                 // A selector stream holds a place in the shared frame, not
                 // a copy of it.
                 if self.topics.is_selector(t) {
@@ -1052,8 +1095,8 @@ impl Broker {
     /// replayed, a bus): [`Broker::prepare`] and [`Broker::commit`].
     pub fn append(
         &mut self,
-        targets: &[u32],
-        id: u64,
+        targets: &[StreamIdx],
+        id: EventId,
         sse: &[u8],
     ) -> Result<Published, BrokerError> {
         self.append_as(targets, id, sse, false)
@@ -1062,8 +1105,8 @@ impl Broker {
     /// [`Broker::append`] of a private (or public) event.
     pub fn append_as(
         &mut self,
-        targets: &[u32],
-        id: u64,
+        targets: &[StreamIdx],
+        id: EventId,
         sse: &[u8],
         private: bool,
     ) -> Result<Published, BrokerError> {
@@ -1078,8 +1121,8 @@ impl Broker {
     /// Changes nothing but the refusal count.
     pub fn prepare<'a>(
         &mut self,
-        targets: &'a [u32],
-        id: u64,
+        targets: &'a [StreamIdx],
+        id: EventId,
         sse: std::borrow::Cow<'a, [u8]>,
         private: bool,
     ) -> Result<Prepared<'a>, BrokerError> {
@@ -1102,7 +1145,7 @@ impl Broker {
     pub fn names_of<'b>(&'b self, p: &Prepared<'_>) -> Vec<&'b str> {
         p.targets
             .iter()
-            .filter_map(|&t| self.streams.get(t as usize))
+            .filter_map(|&t| self.streams.get(t.slot()))
             .map(|s| &*s.name)
             .collect()
     }
@@ -1138,7 +1181,7 @@ impl Broker {
             // fanned in: they hold a place in the shared frame, which costs
             // an entry, not the bytes again (see `trim_selectors`).
             let selector = i >= audience_of.len();
-            let Some(s) = self.streams.get_mut(t as usize) else {
+            let Some(s) = self.streams.get_mut(t.slot()) else {
                 continue;
             };
             if s.last_id >= id {
@@ -1183,8 +1226,8 @@ impl Broker {
     /// on their next flush (the stream is marked dirty so they are visited)
     /// and resumes from below `upto` get `gap`. Returns whether the stream
     /// exists and its loss mark moved.
-    pub fn mark_lost(&mut self, idx: u32, upto: u64) -> bool {
-        let Some(s) = self.streams.get_mut(idx as usize) else {
+    pub fn mark_lost(&mut self, idx: StreamIdx, upto: EventId) -> bool {
+        let Some(s) = self.streams.get_mut(idx.slot()) else {
             return false;
         };
         if !s.mark_lost(upto) {
@@ -1202,14 +1245,14 @@ impl Broker {
 
     /// Moves the id clock past an id seen elsewhere (a bus announcement's
     /// predecessor), so a resume from it is one this node can place.
-    pub fn observe(&mut self, id: u64) {
-        if id > 0 {
+    pub fn observe(&mut self, id: EventId) {
+        if id > EventId::NONE {
             self.ids.observe(id);
         }
     }
 
     /// Distinct connections reading any of `targets`.
-    pub fn audience(&self, targets: &[u32]) -> usize {
+    pub fn audience(&self, targets: &[StreamIdx]) -> usize {
         match targets {
             [] => 0,
             [t] => self.get(*t).map_or(0, |s| s.subs.len()),
@@ -1227,9 +1270,9 @@ impl Broker {
     }
 
     /// Takes the streams published to since the last call.
-    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+    pub fn take_dirty(&mut self, into: &mut Vec<StreamIdx>) {
         for &i in &self.dirty {
-            if let Some(s) = self.streams.get_mut(i as usize) {
+            if let Some(s) = self.streams.get_mut(i.slot()) {
                 s.dirty = false;
             }
         }
@@ -1247,10 +1290,10 @@ impl Broker {
     /// could have seen.
     pub fn plan(
         &self,
-        targets: &[u32],
+        targets: &[StreamIdx],
         sees_private: &[bool],
         resume: &Resume,
-    ) -> (Vec<Cursor>, Vec<u32>) {
+    ) -> (Vec<Cursor>, Vec<StreamIdx>) {
         let mut cursors = Vec::with_capacity(targets.len());
         let mut gap = Vec::new();
         for (i, &t) in targets.iter().enumerate() {
@@ -1278,7 +1321,7 @@ impl Broker {
     }
 
     /// Subscribes connection `conn` to `targets` from `resume`.
-    pub fn subscribe(&mut self, conn: u32, targets: &[u32], resume: &Resume) -> Catchup {
+    pub fn subscribe(&mut self, conn: u32, targets: &[StreamIdx], resume: &Resume) -> Catchup {
         self.subscribe_as(conn, targets, &[], resume)
     }
 
@@ -1287,13 +1330,13 @@ impl Broker {
     pub fn subscribe_as(
         &mut self,
         conn: u32,
-        targets: &[u32],
+        targets: &[StreamIdx],
         sees_private: &[bool],
         resume: &Resume,
     ) -> Catchup {
         let (mut cursors, gap) = self.plan(targets, sees_private, resume);
         for c in cursors.iter_mut() {
-            if let Some(s) = self.streams.get_mut(c.stream as usize) {
+            if let Some(s) = self.streams.get_mut(c.stream.slot()) {
                 c.slot = s.subs.insert(conn) | (c.slot & Cursor::SEES_PRIVATE);
             }
             self.touch(c.stream);
@@ -1319,7 +1362,7 @@ impl Broker {
     pub fn unsubscribe(&mut self, conn: u32, cursors: &Cursors) {
         let now = self.now_us;
         for c in cursors.as_slice() {
-            let Some(s) = self.streams.get_mut(c.stream as usize) else {
+            let Some(s) = self.streams.get_mut(c.stream.slot()) else {
                 continue;
             };
             if !s.subs.remove(c.slot() as u32, conn) {
@@ -1343,7 +1386,7 @@ impl Broker {
         let cap = self.streams.capacity();
         let start = self.expire_pos.min(cap);
         let end = start.saturating_add(slots.max(1)).min(cap);
-        let mut doomed: Vec<(u32, bool)> = Vec::new();
+        let mut doomed: Vec<(StreamIdx, bool)> = Vec::new();
         for i in start..end {
             let Some(s) = self.streams.get(i) else {
                 continue;
@@ -1354,7 +1397,7 @@ impl Broker {
             let idle = self.idle_ttl_us > 0
                 && self.now_us.saturating_sub(s.touched_us) >= self.idle_ttl_us;
             if idle || (s.retained() == 0 && s.claim != Claim::Explicit) {
-                doomed.push((i as u32, idle));
+                doomed.push((StreamIdx::of(i), idle));
             }
         }
         for (i, idle) in doomed {
@@ -1387,9 +1430,9 @@ impl Broker {
     /// later merge nor ever surface as a gap.
     pub fn take_gap(&mut self, cursors: &mut Cursors) -> Option<Vec<u8>> {
         let mut names: Vec<&str> = Vec::new();
-        let mut from: Option<u64> = None;
+        let mut from: Option<EventId> = None;
         for c in cursors.as_mut_slice() {
-            if let Some(s) = self.streams.get(c.stream as usize) {
+            if let Some(s) = self.streams.get(c.stream.slot()) {
                 let sees = c.sees_private();
                 if s.lost_after(c.last_id, sees) {
                     from = Some(from.map_or(c.last_id, |f| f.min(c.last_id)));
@@ -1420,13 +1463,13 @@ impl Broker {
 
     /// The connection in slot `i` of a stream's subscribers: `None` past the
     /// end, `Some(None)` for a free slot.
-    pub fn subscriber_at(&self, stream: u32, i: usize) -> Option<Option<u32>> {
+    pub fn subscriber_at(&self, stream: StreamIdx, i: usize) -> Option<Option<u32>> {
         let s = self.get(stream)?;
         s.subs.at(i)
     }
 
     /// The connections reading a stream.
-    pub fn subscribers(&self, stream: u32) -> Vec<u32> {
+    pub fn subscribers(&self, stream: StreamIdx) -> Vec<u32> {
         self.get(stream)
             .map(|s| s.subs.iter().collect())
             .unwrap_or_default()
@@ -1435,7 +1478,7 @@ impl Broker {
     /// Deletes a stream, leaving a tombstone so a stream recreated under its
     /// name knows events were dropped; returns the connections that read it
     /// (the caller ends them, and must flush them first).
-    pub fn delete(&mut self, idx: u32) -> Vec<u32> {
+    pub fn delete(&mut self, idx: StreamIdx) -> Vec<u32> {
         let Some(s) = self.drop_stream(idx) else {
             return Vec::new();
         };
@@ -1444,7 +1487,7 @@ impl Broker {
 
     /// The name of stream `idx` and the floor its deletion would leave in
     /// its tombstone (what a journal records before [`Broker::delete`]).
-    pub fn tombstone_of(&self, idx: u32) -> Option<(&str, u64)> {
+    pub fn tombstone_of(&self, idx: StreamIdx) -> Option<(&str, EventId)> {
         self.get(idx)
             .map(|s| (&*s.name, s.last_id.max(s.lost_upto())))
     }
@@ -1452,18 +1495,28 @@ impl Broker {
     /// Says that events with ids below `id` may be missing from every
     /// stream (what a journal replay could not restore), so a resume from
     /// below it gets `gap` instead of a silent hole.
-    pub fn mark_lost_below(&mut self, id: u64) {
+    pub fn mark_lost_below(&mut self, id: EventId) {
         self.lost_below = self.lost_below.max(id);
     }
 
+    /// Says that events up to `id` may have been published to topics this
+    /// node does not hold (so were never here): a selector stream made
+    /// later counts them as lost (see `selector_history`). One `max`: the
+    /// bus link calls it for every announcement it skips.
+    pub fn note_unheld(&mut self, id: EventId) {
+        self.unheld_upto = self.unheld_upto.max(id);
+        // A subscriber starting live is placed above it, not told of it.
+        self.observe(id);
+    }
+
     /// Moves the id clock past an id handed out before this broker existed.
-    pub fn observe_id(&mut self, id: u64) {
+    pub fn observe_id(&mut self, id: EventId) {
         self.ids.observe(id);
     }
 
     /// Whether stream `name` still holds event `id` in its history (what a
     /// journal must keep on disk).
-    pub fn retains(&self, name: &str, id: u64) -> bool {
+    pub fn retains(&self, name: &str, id: EventId) -> bool {
         self.find(name)
             .and_then(|i| self.get(i))
             .and_then(|s| s.first_id())
@@ -1477,7 +1530,7 @@ impl Broker {
     /// silently would be worse; it still counts against `--max-streams` for
     /// new ones); an internal name (the apps', `!...`) is an internal
     /// stream with history `cap`.
-    pub fn restore(&mut self, name: &str, cap: Option<Limits>) -> u32 {
+    pub fn restore(&mut self, name: &str, cap: Option<Limits>) -> StreamIdx {
         if name.starts_with('!') || !valid_topic(name) {
             return self.internal(name, cap);
         }
@@ -1490,7 +1543,7 @@ impl Broker {
 
     /// Records a deletion that happened before this broker existed (a
     /// journal being replayed).
-    pub fn restore_tombstone(&mut self, name: &str, floor: u64) {
+    pub fn restore_tombstone(&mut self, name: &str, floor: EventId) {
         self.tombstones.put(name, floor);
         self.ids.observe(floor);
     }
@@ -1511,7 +1564,7 @@ impl Broker {
         &mut self,
         sel: &crate::auth::Selector,
         anon: Option<PeerKey>,
-    ) -> Result<u32, BrokerError> {
+    ) -> Result<StreamIdx, BrokerError> {
         if let Some(i) = self.topics.find(sel.as_str()) {
             return Ok(i);
         }
@@ -1546,8 +1599,9 @@ impl Broker {
     /// streams it matches, and the highest id at or below which events of
     /// its topics may be gone (all, and public ones): the matching streams'
     /// own loss marks, the tombstones of matching names (and the floor of
-    /// forgotten ones), and what [`merge::newest`] leaves out for the
-    /// ring's bounds.
+    /// forgotten ones), what [`merge::newest`] leaves out for the ring's
+    /// bounds, and, with a bus, everything up to `unheld_upto` (events of
+    /// topics this node does not hold never came here).
     ///
     /// Bounded: at most [`REBUILD_MATCH_BUDGET`] match units (a URL
     /// pattern's match parses the topic as a URL and costs more, see
@@ -1556,19 +1610,23 @@ impl Broker {
     /// counted as lost (a resume from before its newest event gets `gap`),
     /// so a subscriber cannot make one subscription cost a pass of URL
     /// parses over every stream. Returns the matches run too.
-    fn selector_history(&self, sel: &crate::auth::Selector) -> (merge::Newest, u64, u64, u64) {
+    fn selector_history(
+        &self,
+        sel: &crate::auth::Selector,
+    ) -> (merge::Newest, EventId, EventId, u64) {
         let mut budget = if sel.is_any() {
             usize::MAX
         } else {
             REBUILD_MATCH_BUDGET / sel.match_cost().max(1)
         };
         let mut ran = 0u64;
-        let (mut lost, mut lost_public) = (self.tombstones.forgotten, self.tombstones.forgotten);
+        let start = self.tombstones.forgotten.max(self.unheld_upto);
+        let (mut lost, mut lost_public) = (start, start);
         let mut from = Vec::new();
         let mut seen_lru = 0usize;
         // Streams holding history, most recently used first; then those
         // that hold none but lost some.
-        let mut order: Vec<u32> = Vec::new();
+        let mut order: Vec<StreamIdx> = Vec::new();
         let mut i = self.lru_tail;
         while let Some(s) = self.get(i) {
             seen_lru += 1;
@@ -1582,7 +1640,7 @@ impl Broker {
         }
         order.extend(
             self.iter()
-                .filter(|(_, s)| !s.internal && !s.in_lru && s.lost_upto() > 0)
+                .filter(|(_, s)| !s.internal && !s.in_lru && s.lost_upto() > EventId::NONE)
                 .map(|(i, _)| i),
         );
         for i in order {
@@ -1618,13 +1676,22 @@ impl Broker {
                 lost_public = lost_public.max(floor);
             }
         }
-        let n = merge::newest(
+        let mut n = merge::newest(
             &self.streams,
             &from,
             self.limits.history.max(1),
             self.limits.history_bytes,
         );
-        let (l, lp) = (lost.max(n.left_out), lost_public.max(n.left_out_public));
+        let (l, mut lp) = (lost.max(n.left_out), lost_public.max(n.left_out_public));
+        // Nothing at or below the loss mark stays, as after an eviction: a
+        // subscriber told of the loss goes on after the oldest frame kept
+        // (`Stream::floor`), so one kept below it would come again.
+        let cut = n.frames.partition_point(|f| f.id <= l);
+        for f in n.frames.drain(..cut) {
+            if f.visible(false) {
+                lp = lp.max(f.id);
+            }
+        }
         (n, l, lp, ran)
     }
 
@@ -1634,11 +1701,12 @@ impl Broker {
     /// journal restored the topics) or when it was made after the events:
     /// what it may miss is what its topics miss (see `selector_history`
     /// for the bound). With `--redis`, only the topics this node holds
-    /// count (see the README).
-    fn rebuild_selector(&mut self, idx: u32, sel: &crate::auth::Selector) {
+    /// count, and what it may have missed of the others counts as lost
+    /// (see the README).
+    fn rebuild_selector(&mut self, idx: StreamIdx, sel: &crate::auth::Selector) {
         let (newest, lost, lost_public, ran) = self.selector_history(sel);
         self.topics.matches_run += ran;
-        let Some(s) = self.streams.get_mut(idx as usize) else {
+        let Some(s) = self.streams.get_mut(idx.slot()) else {
             return;
         };
         s.set_lost(lost, lost_public);
@@ -1650,12 +1718,16 @@ impl Broker {
     }
 
     /// What a subscriber of selector `sel` that may (or may not) see
-    /// private events is told of it: the newest id it could be sent (0:
-    /// none) and the id at or below which events it could see may be
+    /// private events is told of it: the newest id it could be sent
+    /// (`NONE`: none) and the id at or below which events it could see may be
     /// missing; from its selector stream when it exists, else from what
     /// one made now would hold. (What the hub's `Last-Event-ID` and
     /// `Mercure-Last-Event-ID` report before the stream is made.)
-    pub fn selector_view(&self, sel: &crate::auth::Selector, sees_private: bool) -> (u64, u64) {
+    pub fn selector_view(
+        &self,
+        sel: &crate::auth::Selector,
+        sees_private: bool,
+    ) -> (EventId, EventId) {
         if let Some(s) = self.topics.find(sel.as_str()).and_then(|i| self.get(i)) {
             return if sees_private {
                 (s.last_id, s.lost_upto())
@@ -1669,7 +1741,7 @@ impl Broker {
             .iter()
             .rev()
             .find(|f| f.visible(sees_private))
-            .map_or(0, |f| f.id);
+            .map_or(EventId::NONE, |f| f.id);
         (last, if sees_private { lost } else { lost_public })
     }
 
@@ -1678,7 +1750,7 @@ impl Broker {
     pub fn selector_lost_after(
         &self,
         sel: &crate::auth::Selector,
-        id: u64,
+        id: EventId,
         sees_private: bool,
     ) -> bool {
         self.selector_view(sel, sees_private).1 > id
@@ -1690,14 +1762,22 @@ impl Broker {
     /// cannot be had: an internal or invalid name, `--max-streams`). The
     /// stream starts empty, like one a subscriber asked for: its history
     /// comes from the bus.
-    pub fn hold_for_selectors(&mut self, topic: &str) -> Option<u32> {
+    pub fn hold_for_selectors(&mut self, topic: &str, id: EventId) -> Option<StreamIdx> {
         if topic.starts_with('!') || !valid_topic(topic) || !self.topics.wanted(topic) {
             return None;
         }
         match self.resolve_topics(&[topic], Create::Publisher) {
             Ok(v) => v.first().copied(),
             Err((_, e)) => {
-                log::debug!("topic {topic:?} not held for selectors: {}", e.message());
+                // The selector streams that want it miss event `id`: marked
+                // lost, so their subscribers get `gap`, not a silent hole.
+                log::info!(
+                    "topic {topic:?} not held for selectors ({}): their subscribers get a gap",
+                    e.message()
+                );
+                for idx in self.topics.matching(topic) {
+                    self.mark_lost(idx, id);
+                }
                 None
             }
         }
@@ -1711,8 +1791,8 @@ impl Broker {
     /// must run now (see [`Published::pressure`]).
     pub fn append_selectors(
         &mut self,
-        targets: &[u32],
-        id: u64,
+        targets: &[StreamIdx],
+        id: EventId,
         sse: &[u8],
         private: bool,
     ) -> (bool, bool) {
@@ -1748,9 +1828,9 @@ impl Broker {
     /// holds (their readers get a `gap`, as any reader of an evicted frame).
     fn trim_selectors(&mut self) {
         let upto = self.budget_evicted_upto;
-        let sels: Vec<u32> = self.topics.streams().collect();
+        let sels: Vec<StreamIdx> = self.topics.streams().collect();
         for idx in sels {
-            let Some(s) = self.streams.get_mut(idx as usize) else {
+            let Some(s) = self.streams.get_mut(idx.slot()) else {
                 continue;
             };
             if s.first_id().is_none_or(|f| f > upto) {
@@ -1771,7 +1851,7 @@ impl Broker {
 
     /// Whether stream `idx` is a selector stream (derived on each node
     /// from the streams it holds, so never fetched from elsewhere).
-    pub fn is_selector(&self, idx: u32) -> bool {
+    pub fn is_selector(&self, idx: StreamIdx) -> bool {
         self.topics.is_selector(idx)
     }
 
@@ -1796,14 +1876,14 @@ impl Broker {
     /// from `alias` finds it (the oldest aliases go past [`MAX_ALIASES`]).
     /// `private`: the event was private, so only subscribers that may see
     /// private events can resume from its alias.
-    pub fn alias(&mut self, alias: &str, id: u64, private: bool) {
+    pub fn alias(&mut self, alias: &str, id: EventId, private: bool) {
         self.topics.alias(alias, id, private);
     }
 
     /// The id a publisher-supplied alias stands for, while remembered; a
     /// private event's alias only for `sees_private` (to anyone else it is
     /// as unknown as an alias never used, so a resume cannot probe for it).
-    pub fn alias_id(&self, alias: &str, sees_private: bool) -> Option<u64> {
+    pub fn alias_id(&self, alias: &str, sees_private: bool) -> Option<EventId> {
         self.topics
             .alias_id(alias)
             .filter(|&(_, private)| sees_private || !private)

@@ -9,13 +9,15 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use super::StreamIdx;
 use crate::frame;
+use crate::id::EventId;
 
 /// One encoded event, shared by every ring it was published to.
 #[derive(Clone)]
 pub struct Frame {
     /// The server-assigned id; strictly increasing within a ring.
-    pub id: u64,
+    pub id: EventId,
     /// Offset of this frame in the stream's byte history, to measure lag in O(1).
     pub start: u64,
     /// Offset among the stream's public frames only, so the lag of a
@@ -31,7 +33,7 @@ pub struct Frame {
 
 impl Frame {
     /// Wraps SSE bytes in chunk framing.
-    pub fn new(id: u64, sse: &[u8]) -> Frame {
+    pub fn new(id: EventId, sse: &[u8]) -> Frame {
         Frame {
             id,
             start: 0,
@@ -98,8 +100,11 @@ pub enum Claim {
     Explicit,
 }
 
-/// "No stream" in the LRU links.
-pub(super) const NIL: u32 = u32::MAX;
+/// The end of the broker's LRU list of streams (a link, never a stream
+/// anyone is handed: no slab key reaches it, so a lookup of it finds
+/// nothing). A sentinel rather than `Option`, which would double the
+/// links' size in every stream.
+pub(super) const NIL: StreamIdx = StreamIdx::NIL;
 
 /// History bounds of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,26 +124,26 @@ pub struct Stream {
     end_offset: u64,
     /// Bytes of public frames ever pushed (see [`Frame::pub_start`]).
     end_public: u64,
-    /// The highest id dropped from this stream's history (0: none), so a
+    /// The highest id dropped from this stream's history (`NONE`: none), so a
     /// resume from below it knows events may be missing.
-    lost_upto: u64,
+    lost_upto: EventId,
     /// The same for public frames: what a subscriber that may not see
     /// private frames is told about, so evicting a private frame never
     /// shows up in its `gap`.
-    lost_public_upto: u64,
+    lost_public_upto: EventId,
     /// Connection keys reading this stream.
     pub subs: Subs,
     /// Events ever published to it.
     pub published: u64,
-    /// Public events ever published to it, the newest one's id (0: none),
+    /// Public events ever published to it, the newest one's id (`NONE`: none),
     /// and how many of them are retained: what a reader that may not see
     /// private events may be told.
     pub published_public: u64,
     /// See [`Stream::published_public`].
-    pub last_public_id: u64,
+    pub last_public_id: EventId,
     retained_public: usize,
-    /// Id of its newest event (0: none yet).
-    pub last_id: u64,
+    /// Id of its newest event (`EventId::NONE`: none yet).
+    pub last_id: EventId,
     pub(super) dirty: bool,
     /// Frames and bytes appended since the stream last became dirty.
     pub(super) dirty_frames: usize,
@@ -156,15 +161,15 @@ pub struct Stream {
     pub(super) touched_us: u64,
     /// Neighbours in the broker's LRU list of streams holding history
     /// (`prev` is older); `NIL` at the ends or when not listed.
-    pub(super) lru_prev: u32,
-    pub(super) lru_next: u32,
+    pub(super) lru_prev: StreamIdx,
+    pub(super) lru_next: StreamIdx,
     pub(super) in_lru: bool,
 }
 
 impl Stream {
     pub(super) fn new(
         name: &str,
-        lost_upto: u64,
+        lost_upto: EventId,
         internal: bool,
         limits: Limits,
         claim: Claim,
@@ -181,9 +186,9 @@ impl Stream {
             subs: Subs::default(),
             published: 0,
             published_public: 0,
-            last_public_id: 0,
+            last_public_id: EventId::NONE,
             retained_public: 0,
-            last_id: 0,
+            last_id: EventId::NONE,
             dirty: false,
             dirty_frames: 0,
             dirty_bytes: 0,
@@ -230,13 +235,13 @@ impl Stream {
         self.ring_bytes
     }
 
-    /// The highest id dropped from this stream (0: none).
-    pub fn lost_upto(&self) -> u64 {
+    /// The highest id dropped from this stream (`NONE`: none).
+    pub fn lost_upto(&self) -> EventId {
         self.lost_upto
     }
 
     /// Index of the first retained frame with an id above `id`.
-    pub(super) fn index_after(&self, id: u64) -> usize {
+    pub(super) fn index_after(&self, id: EventId) -> usize {
         self.ring.partition_point(|f| f.id <= id)
     }
 
@@ -246,13 +251,13 @@ impl Stream {
     }
 
     /// Retained frames with an id above `id`.
-    pub fn frames_after(&self, id: u64) -> impl Iterator<Item = &Frame> {
+    pub fn frames_after(&self, id: EventId) -> impl Iterator<Item = &Frame> {
         self.ring.range(self.index_after(id)..)
     }
 
     /// Bytes a subscriber positioned at `id` still has to be sent (only
     /// public frames count for one that may not see private frames).
-    pub fn lag_bytes(&self, id: u64, sees_private: bool) -> u64 {
+    pub fn lag_bytes(&self, id: EventId, sees_private: bool) -> u64 {
         match self.ring.get(self.index_after(id)) {
             Some(f) if sees_private => self.end_offset - f.start,
             Some(f) => self.end_public - f.pub_start,
@@ -262,7 +267,7 @@ impl Stream {
 
     /// Whether events with an id above `id` that this subscriber could see
     /// may have left this stream.
-    pub fn lost_after(&self, id: u64, sees_private: bool) -> bool {
+    pub fn lost_after(&self, id: EventId, sees_private: bool) -> bool {
         if sees_private {
             self.lost_upto > id
         } else {
@@ -274,7 +279,7 @@ impl Stream {
     /// `id` (or `id` when the next frame is visible): a subscriber that may
     /// not see them moves past them once, instead of every merge walking
     /// over them again.
-    pub(super) fn skip_invisible(&self, id: u64, sees_private: bool) -> u64 {
+    pub(super) fn skip_invisible(&self, id: EventId, sees_private: bool) -> EventId {
         if sees_private {
             return id;
         }
@@ -285,30 +290,30 @@ impl Stream {
             .map_or(id, |f| f.id)
     }
 
-    /// The highest public id dropped from this stream (0: none).
-    pub(super) fn lost_public_upto(&self) -> u64 {
+    /// The highest public id dropped from this stream (`NONE`: none).
+    pub(super) fn lost_public_upto(&self) -> EventId {
         self.lost_public_upto
     }
 
     /// Sets what may be missing up to (all frames, public ones): a selector
     /// stream rebuilt from the streams it matches knows exactly that, not
     /// what its name's tombstone says.
-    pub(super) fn set_lost(&mut self, upto: u64, public_upto: u64) {
+    pub(super) fn set_lost(&mut self, upto: EventId, public_upto: EventId) {
         self.lost_upto = upto;
         self.lost_public_upto = public_upto;
     }
 
     /// Where a subscriber that fell out of the history continues from: the
     /// id just below the oldest retained frame.
-    pub fn floor(&self) -> u64 {
+    pub fn floor(&self) -> EventId {
         match self.ring.front() {
-            Some(f) => f.id.saturating_sub(1),
+            Some(f) => f.id.pred(),
             None => self.last_id.max(self.lost_upto),
         }
     }
 
     /// Id of the oldest retained frame.
-    pub fn first_id(&self) -> Option<u64> {
+    pub fn first_id(&self) -> Option<EventId> {
         self.ring.front().map(|f| f.id)
     }
 
@@ -341,7 +346,7 @@ impl Stream {
     /// Treats every event up to `upto` as possibly missing: drops the
     /// retained frames at or below it and raises the loss mark. Returns
     /// whether the mark moved.
-    pub(super) fn mark_lost(&mut self, upto: u64) -> bool {
+    pub(super) fn mark_lost(&mut self, upto: EventId) -> bool {
         while self.ring.front().is_some_and(|f| f.id <= upto) {
             self.evict_front();
         }

@@ -15,13 +15,13 @@ fn broker(history: usize) -> Broker {
     )
 }
 
-fn publish(b: &mut Broker, s: &[u32], now: u64) -> u64 {
+fn publish(b: &mut Broker, s: &[StreamIdx], now: u64) -> EventId {
     b.publish(s, &crate::event::Event::new("x"), now)
         .unwrap()
         .id
 }
 
-fn publish_private(b: &mut Broker, s: &[u32], now: u64, private: bool) -> u64 {
+fn publish_private(b: &mut Broker, s: &[StreamIdx], now: u64, private: bool) -> EventId {
     b.publish_as(s, now, private, |id| {
         frame::encode_numbered(id, None, "x", None)
     })
@@ -29,24 +29,29 @@ fn publish_private(b: &mut Broker, s: &[u32], now: u64, private: bool) -> u64 {
     .id
 }
 
-fn ids_of(b: &Broker, cs: &Cursors) -> Vec<u64> {
+/// The id with number `n`.
+fn id(n: u64) -> EventId {
+    EventId::new(n)
+}
+
+fn ids_of(b: &Broker, cs: &Cursors) -> Vec<EventId> {
     b.merge(cs).map(|f| f.id).collect()
 }
 
 #[test]
 fn ids_grow_past_clock() {
     let mut c = IdClock::new(100);
-    assert_eq!(c.next(100), 100);
-    assert_eq!(c.next(100), 101);
-    assert_eq!(c.next(50), 102);
-    assert_eq!(c.next(500), 500);
+    assert_eq!(c.next(100), id(100));
+    assert_eq!(c.next(100), id(101));
+    assert_eq!(c.next(50), id(102));
+    assert_eq!(c.next(500), id(500));
 }
 
 #[test]
 fn resume_exact_and_gap_on_eviction() {
     let mut b = broker(3);
     let a = b.resolve(&["a"], true).unwrap()[0];
-    let ids: Vec<u64> = (0..5).map(|_| publish(&mut b, &[a], 1_000)).collect();
+    let ids: Vec<EventId> = (0..5).map(|_| publish(&mut b, &[a], 1_000)).collect();
     assert_eq!(b.get(a).unwrap().retained(), 3);
     let c = b.subscribe(7, &[a], &Resume::After(ids[2], String::new()));
     assert!(c.gap.is_none());
@@ -63,8 +68,8 @@ fn gap_for_future_old_and_garbage() {
     let a = b.resolve(&["a"], true).unwrap()[0];
     let last = publish(&mut b, &[a], 1_000);
     for res in [
-        Resume::After(last + 1, String::new()),
-        Resume::After(999, String::new()),
+        Resume::After(last.succ(), String::new()),
+        Resume::After(id(999), String::new()),
         Resume::Unparsable("zz".into()),
     ] {
         let c = b.subscribe(1, &[a], &res);
@@ -134,7 +139,7 @@ fn deleted_stream_leaves_a_tombstone() {
     b.subscribe(3, &[a], &Resume::Live);
     assert_eq!(b.delete(a), vec![3]);
     let a2 = b.resolve(&["a"], true).unwrap()[0];
-    let c = b.subscribe(4, &[a2], &Resume::After(id - 1, String::new()));
+    let c = b.subscribe(4, &[a2], &Resume::After(id.pred(), String::new()));
     assert!(c.gap.is_some());
 }
 
@@ -145,7 +150,13 @@ fn lag_is_measured_in_bytes() {
     let c = b.subscribe(1, &[a], &Resume::Live);
     let first = publish(&mut b, &[a], 1_000);
     publish(&mut b, &[a], 1_000);
-    let one = b.get(a).unwrap().frames_after(0).next().unwrap().cost() as u64;
+    let one = b
+        .get(a)
+        .unwrap()
+        .frames_after(EventId::NONE)
+        .next()
+        .unwrap()
+        .cost() as u64;
     assert_eq!(b.lag(&c.cursors), 2 * one);
     let mut cs = c.cursors;
     cs.advance(first);
@@ -223,14 +234,14 @@ fn model_resume_and_merge_match_a_naive_reference() {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let idx = b.resolve(&refs, true).unwrap();
         // (id, streams) of every event, and per stream its ids in order.
-        let mut log: Vec<(u64, Vec<usize>, bool)> = Vec::new();
-        let mut per: Vec<Vec<u64>> = vec![Vec::new(); n_streams];
+        let mut log: Vec<(EventId, Vec<usize>, bool)> = Vec::new();
+        let mut per: Vec<Vec<EventId>> = vec![Vec::new(); n_streams];
         for _ in 0..rng.gen_range(0..20) {
             let mut ts: Vec<usize> = (0..n_streams).filter(|_| rng.gen_bool(0.5)).collect();
             if ts.is_empty() {
                 ts.push(rng.gen_range(0..n_streams));
             }
-            let targets: Vec<u32> = ts.iter().map(|&t| idx[t]).collect();
+            let targets: Vec<StreamIdx> = ts.iter().map(|&t| idx[t]).collect();
             let now = 1_000 + rng.gen_range(0..3u64) * 7;
             let private = rng.gen_bool(0.3);
             let id = publish_private(&mut b, &targets, now, private);
@@ -239,7 +250,7 @@ fn model_resume_and_merge_match_a_naive_reference() {
             }
             log.push((id, ts, private));
         }
-        let retained = |t: usize, id: u64| {
+        let retained = |t: usize, id: EventId| {
             let v = &per[t];
             v.len() <= history || v[v.len() - history..].contains(&id)
         };
@@ -258,18 +269,18 @@ fn model_resume_and_merge_match_a_naive_reference() {
         // Every id, plus one below and one above what the clock handed
         // out (the contract: those start at the oldest retained event,
         // with a gap).
-        let mut cursors: Vec<u64> = log.iter().map(|(id, _, _)| *id).collect();
-        cursors.push(b.ids().first() - 1);
-        cursors.push(b.ids().last() + 1);
+        let mut cursors: Vec<EventId> = log.iter().map(|(id, _, _)| *id).collect();
+        cursors.push(b.ids().first().pred());
+        cursors.push(b.ids().last().succ());
         for cur in cursors {
             let outside = cur < b.ids().first() || cur > b.ids().last();
             // Resolved afresh each time, as a request does: a stream with
             // no history is dropped when its last reader leaves.
             let idx = b.resolve(&refs, true).unwrap();
-            let targets: Vec<u32> = mine.iter().map(|&t| idx[t]).collect();
+            let targets: Vec<StreamIdx> = mine.iter().map(|&t| idx[t]).collect();
             let c = b.subscribe_as(1, &targets, &sees, &Resume::After(cur, cur.to_string()));
             let got = ids_of(&b, &c.cursors);
-            let want: Vec<u64> = log
+            let want: Vec<EventId> = log
                 .iter()
                 .filter(|(id, ts, p)| {
                     (outside || *id > cur) && ts.iter().any(|t| through(t, *p) && retained(*t, *id))
@@ -278,7 +289,11 @@ fn model_resume_and_merge_match_a_naive_reference() {
                 .collect();
             assert_eq!(got, want, "case {case} cursor {cur}");
             // What it is owed in bytes is what it can be sent.
-            let frame_cost = Frame::new(0, &frame::encode_numbered(1_000, None, "x", None)).cost();
+            let frame_cost = Frame::new(
+                EventId::NONE,
+                &frame::encode_numbered(id(1_000), None, "x", None),
+            )
+            .cost();
             let mut cs = c.cursors;
             let lag_want: u64 = mine
                 .iter()
@@ -320,7 +335,7 @@ fn model_resume_and_merge_match_a_naive_reference() {
 fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     let mut b = broker(10);
     let a = b.resolve(&["a"], true).unwrap()[0];
-    let ids: Vec<u64> = (0..3).map(|_| publish(&mut b, &[a], 1_000)).collect();
+    let ids: Vec<EventId> = (0..3).map(|_| publish(&mut b, &[a], 1_000)).collect();
     let mut caught = b.subscribe(1, &[a], &Resume::Live).cursors;
     let mut behind = b
         .subscribe(2, &[a], &Resume::After(ids[0], String::new()))
@@ -328,8 +343,8 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     let mut dirty = Vec::new();
     b.take_dirty(&mut dirty);
     // A hole after the last event: up to 5000 may be missing.
-    assert!(b.mark_lost(a, 5_000));
-    assert!(!b.mark_lost(a, 4_000), "a lower mark changes nothing");
+    assert!(b.mark_lost(a, id(5_000)));
+    assert!(!b.mark_lost(a, id(4_000)), "a lower mark changes nothing");
     dirty.clear();
     b.take_dirty(&mut dirty);
     assert_eq!(dirty, vec![a], "subscribers are visited");
@@ -337,7 +352,7 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     for cs in [&mut caught, &mut behind] {
         let gap = String::from_utf8(b.take_gap(cs).unwrap()).unwrap();
         assert!(gap.contains("event: gap"), "{gap}");
-        assert_eq!(cs.as_slice()[0].last_id, 5_000);
+        assert_eq!(cs.as_slice()[0].last_id, id(5_000));
         assert!(b.take_gap(cs).is_none(), "one gap only");
     }
     // A resume from below the mark gets a gap; from the mark, none.
@@ -345,13 +360,13 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
         .subscribe(3, &[a], &Resume::After(ids[2], String::new()))
         .gap
         .is_some());
-    let c = b.subscribe(4, &[a], &Resume::After(5_000, String::new()));
+    let c = b.subscribe(4, &[a], &Resume::After(id(5_000), String::new()));
     assert!(c.gap.is_none());
     // Later events arrive normally.
-    let p = b.append(&[a], 6_000, b"data: x\n\n").unwrap();
-    assert_eq!(p.id, 6_000);
-    assert_eq!(ids_of(&b, &c.cursors), vec![6_000]);
-    assert!(!b.mark_lost(99, 1), "unknown stream");
+    let p = b.append(&[a], id(6_000), b"data: x\n\n").unwrap();
+    assert_eq!(p.id, id(6_000));
+    assert_eq!(ids_of(&b, &c.cursors), vec![id(6_000)]);
+    assert!(!b.mark_lost(StreamIdx(99), id(1)), "unknown stream");
 }
 
 // ------------------------------------------------ memory and lifecycle
@@ -371,7 +386,12 @@ fn big_broker(total: usize, ttl_us: u64, max_streams: usize) -> Broker {
     b
 }
 
-fn publish_sized(b: &mut Broker, s: &[u32], len: usize, now: u64) -> Result<u64, BrokerError> {
+fn publish_sized(
+    b: &mut Broker,
+    s: &[StreamIdx],
+    len: usize,
+    now: u64,
+) -> Result<EventId, BrokerError> {
     b.publish(s, &crate::event::Event::new("x".repeat(len)), now)
         .map(|p| p.id)
 }
@@ -394,7 +414,7 @@ fn check_accounting(b: &Broker) {
         i = s.lru_next;
     }
     assert_eq!(b.lru_tail, prev);
-    let mut with_history: Vec<u32> = b
+    let mut with_history: Vec<StreamIdx> = b
         .iter()
         .filter(|(_, s)| s.retained() > 0)
         .map(|(i, _)| i)
@@ -407,7 +427,7 @@ fn check_accounting(b: &Broker) {
 #[test]
 fn cost_is_known_before_the_frame_is_built() {
     for len in [0, 1, 15, 16, 255, 256, 4095, 4096, 1 << 20, (1 << 20) + 7] {
-        let f = Frame::new(1, &vec![b'x'; len]);
+        let f = Frame::new(id(1), &vec![b'x'; len]);
         assert_eq!(Frame::cost_for(len), f.cost(), "{len}");
     }
 }
@@ -415,10 +435,11 @@ fn cost_is_known_before_the_frame_is_built() {
 #[test]
 fn budget_evicts_least_recently_published_or_read_first() {
     // Room for three 1000-byte events, not four.
-    let one = Frame::cost_for(frame::encode_numbered(1_000, None, &"x".repeat(1000), None).len());
+    let one =
+        Frame::cost_for(frame::encode_numbered(id(1_000), None, &"x".repeat(1000), None).len());
     let mut b = big_broker(3 * one + one / 2, 0, 10);
     let s = b.resolve(&["a", "b", "c", "d"], true).unwrap();
-    let ids: Vec<u64> = s
+    let ids: Vec<EventId> = s
         .iter()
         .take(3)
         .map(|&t| publish_sized(&mut b, &[t], 1000, 1_000).unwrap())
@@ -437,7 +458,7 @@ fn budget_evicts_least_recently_published_or_read_first() {
     assert_eq!(life.evicted_bytes, one as u64);
     check_accounting(&b);
     // A resume into "b" from before its evicted event is told so.
-    let c = b.subscribe(10, &[s[1]], &Resume::After(ids[1] - 1, "r".into()));
+    let c = b.subscribe(10, &[s[1]], &Resume::After(ids[1].pred(), "r".into()));
     assert!(c.gap.is_some());
     // Publishing to "c" makes it recent; "a" goes next.
     publish_sized(&mut b, &[s[2]], 1000, 1_000).unwrap();
@@ -447,7 +468,8 @@ fn budget_evicts_least_recently_published_or_read_first() {
 
 #[test]
 fn a_lagging_subscriber_gets_a_gap_when_the_budget_evicts() {
-    let one = Frame::cost_for(frame::encode_numbered(1_000, None, &"x".repeat(500), None).len());
+    let one =
+        Frame::cost_for(frame::encode_numbered(id(1_000), None, &"x".repeat(500), None).len());
     let mut b = big_broker(2 * one, 0, 10);
     let s = b.resolve(&["slow", "busy"], true).unwrap();
     let mut sub = b.subscribe(1, &[s[0]], &Resume::Live);
@@ -539,7 +561,7 @@ fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
     check_accounting(&b);
     // Its tombstone keeps a resume honest.
     let s2 = b.resolve_as(&["kept"], Create::Subscriber(0)).unwrap();
-    let c = b.subscribe(3, &s2, &Resume::After(id - 1, "k".into()));
+    let c = b.subscribe(3, &s2, &Resume::After(id.pred(), "k".into()));
     assert!(c.gap.is_some());
 }
 
@@ -718,7 +740,7 @@ fn tombstones_are_bounded_and_forgetting_stays_honest() {
     }
     // t0's tombstone was forgotten; a resume into it still gets a gap.
     let s = b.resolve_as(&["t0"], Create::Subscriber(0)).unwrap();
-    let c = b.subscribe(1, &s, &Resume::After(id0 - 1, String::new()));
+    let c = b.subscribe(1, &s, &Resume::After(id0.pred(), String::new()));
     assert!(c.gap.is_some());
 }
 
@@ -752,7 +774,7 @@ fn model_budget_accounting_holds() {
                 }
                 5 | 6 => {
                     if let Ok(t) = b.resolve_as(&[name.as_str()], Create::Subscriber(0)) {
-                        let c = b.subscribe(step, &t, &Resume::After(0, String::new()));
+                        let c = b.subscribe(step, &t, &Resume::After(EventId::NONE, String::new()));
                         held.push((step, c.cursors));
                     }
                 }
@@ -786,7 +808,7 @@ fn model_budget_accounting_holds() {
 fn lost_below_gaps_older_resumes_only() {
     let mut b = broker(10);
     let a = b.resolve(&["a"], true).unwrap()[0];
-    let ids: Vec<u64> = (0..4).map(|_| publish(&mut b, &[a], 1_000)).collect();
+    let ids: Vec<EventId> = (0..4).map(|_| publish(&mut b, &[a], 1_000)).collect();
     b.mark_lost_below(ids[2]);
     let c = b.subscribe(1, &[a], &Resume::After(ids[1], String::new()));
     assert!(c.gap.is_some());
@@ -819,13 +841,13 @@ fn retains_and_restore() {
     // A Mercure topic outside the `/events` alphabet was public.
     let q = b.restore("https://e.com/b/1?lang=fr", None);
     assert!(!b.get(q).unwrap().internal);
-    let ids: Vec<u64> = (0..3).map(|_| publish(&mut b, &[a], 10)).collect();
+    let ids: Vec<EventId> = (0..3).map(|_| publish(&mut b, &[a], 10)).collect();
     assert!(!b.retains("a", ids[0]));
     assert!(b.retains("a", ids[1]) && b.retains("a", ids[2]));
     assert!(!b.retains("z", ids[2]));
     assert!(!b.retains("nope", ids[2]));
-    b.observe_id(1_000_000);
-    assert_eq!(b.ids().last(), 1_000_000);
+    b.observe_id(id(1_000_000));
+    assert_eq!(b.ids().last(), id(1_000_000));
 }
 
 #[test]
@@ -898,10 +920,10 @@ fn selector_streams_fan_in_later_streams() {
     // matches: a resume from before it was made is exact.
     let c = b.subscribe(2, &[s], &Resume::After(before, before.to_string()));
     assert!(c.gap.is_none());
-    assert_eq!(ids_of(&b, &c.cursors), vec![before + 1, i1, i3]);
+    assert_eq!(ids_of(&b, &c.cursors), vec![before.succ(), i1, i3]);
     let c = b.subscribe(2, &[s], &Resume::Earliest);
     assert!(c.gap.is_none());
-    assert_eq!(ids_of(&b, &c.cursors), vec![before, before + 1, i1, i3]);
+    assert_eq!(ids_of(&b, &c.cursors), vec![before, before.succ(), i1, i3]);
     // Deleting a selector stream unregisters it.
     b.delete(s);
     publish(&mut b, &[later[0]], 5);
@@ -914,7 +936,7 @@ fn sel(s: &str) -> crate::auth::Selector {
 
 /// (id, private) of every frame a subscriber of `s` resuming after `x`
 /// gets, and whether it gets a gap.
-fn resumed(b: &mut Broker, s: u32, x: u64, sees: bool) -> (Vec<(u64, bool)>, bool) {
+fn resumed(b: &mut Broker, s: StreamIdx, x: EventId, sees: bool) -> (Vec<(EventId, bool)>, bool) {
     let c = b.subscribe_as(99, &[s], &[sees], &Resume::After(x, x.to_string()));
     let got = b.merge(&c.cursors).map(|f| (f.id, f.private)).collect();
     b.unsubscribe(99, &c.cursors);
@@ -979,10 +1001,10 @@ fn a_rebuilt_selector_stream_knows_what_its_topics_lost() {
     let kept = ids_of(&b, &all.cursors);
     assert_eq!(kept, ids[2..].to_vec());
     // Private reader: from before the ring's oldest, a gap.
-    assert!(resumed(&mut b, s, ids[1] - 1, true).1);
+    assert!(resumed(&mut b, s, ids[1].pred(), true).1);
     assert!(!resumed(&mut b, s, ids[1], true).1);
     // Public reader: the newest public frame left out is ids[0].
-    assert!(resumed(&mut b, s, ids[0] - 1, false).1);
+    assert!(resumed(&mut b, s, ids[0].pred(), false).1);
     assert_eq!(
         resumed(&mut b, s, ids[0], false),
         (vec![(ids[2], false), (ids[4], false)], false)
@@ -993,9 +1015,9 @@ fn a_rebuilt_selector_stream_knows_what_its_topics_lost() {
     let z = b.resolve(&["/z"], true).unwrap()[0];
     publish(&mut b, &[z], 5);
     let first = publish(&mut b, &[x], 5);
-    let rest: Vec<u64> = (0..2).map(|_| publish(&mut b, &[x], 5)).collect();
+    let rest: Vec<EventId> = (0..2).map(|_| publish(&mut b, &[x], 5)).collect();
     let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
-    assert!(resumed(&mut b, s, first - 1, false).1);
+    assert!(resumed(&mut b, s, first.pred(), false).1);
     assert_eq!(
         resumed(&mut b, s, first, false),
         (rest.iter().map(|&i| (i, false)).collect(), false)
@@ -1005,36 +1027,44 @@ fn a_rebuilt_selector_stream_knows_what_its_topics_lost() {
     let g = publish(&mut b, &[gone], 5);
     b.delete(gone);
     b.delete(s);
-    assert!(b.selector_lost_after(&sel("/b/{y}"), g - 1, false));
+    assert!(b.selector_lost_after(&sel("/b/{y}"), g.pred(), false));
     assert!(!b.selector_lost_after(&sel("/b/{y}"), g, false));
     let s = b.selector_stream(&sel("/b/{y}"), None).unwrap();
-    assert!(resumed(&mut b, s, g - 1, false).1);
+    assert!(resumed(&mut b, s, g.pred(), false).1);
     assert!(!resumed(&mut b, s, g, false).1);
-    assert!(!b.selector_lost_after(&sel("/c/{y}"), g - 1, false));
+    assert!(!b.selector_lost_after(&sel("/c/{y}"), g.pred(), false));
 }
 
 #[test]
 fn topics_this_node_lacks_are_held_when_a_selector_wants_them() {
     let mut b = broker(10);
-    assert_eq!(b.hold_for_selectors("/b/1"), None, "no selector");
+    assert_eq!(
+        b.hold_for_selectors("/b/1", EventId::new(1)),
+        None,
+        "no selector"
+    );
     let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
     let runs = b.selector_matches_run();
-    assert_eq!(b.hold_for_selectors("/c/1"), None);
-    assert_eq!(b.hold_for_selectors("/c/1"), None);
+    assert_eq!(b.hold_for_selectors("/c/1", EventId::new(1)), None);
+    assert_eq!(b.hold_for_selectors("/c/1", EventId::new(1)), None);
     assert_eq!(b.selector_matches_run() - runs, 1, "a miss is remembered");
-    assert_eq!(b.hold_for_selectors("!member/m"), None, "internal");
+    assert_eq!(
+        b.hold_for_selectors("!member/m", EventId::new(1)),
+        None,
+        "internal"
+    );
     assert_eq!(b.find("/c/1"), None);
-    let h = b.hold_for_selectors("/b/1").unwrap();
+    let h = b.hold_for_selectors("/b/1", EventId::new(1)).unwrap();
     assert_eq!(b.find_public("/b/1"), Some(h));
     assert_eq!(b.get(h).unwrap().claim, Claim::Publisher);
     // A selector made later is matched against a remembered miss.
     let c = b.selector_stream(&sel("/c/{x}"), None).unwrap();
-    assert!(b.hold_for_selectors("/c/1").is_some());
+    assert!(b.hold_for_selectors("/c/1", EventId::new(1)).is_some());
     // An event entering only the selector streams (its topic loads its
     // history first), then the topic: each selector stream has it once.
     let cur = b.subscribe(1, &[s, c], &Resume::Live);
     let t = [h, b.find("/c/1").unwrap()];
-    let id = b.ids().last() + 10;
+    let id = EventId::new(b.ids().last().get() + 10);
     let sse = frame::encode_numbered(id, None, "x", None);
     assert_eq!(b.append_selectors(&t, id, &sse, false), (true, false));
     assert_eq!(b.get(h).unwrap().retained(), 0, "not the topic yet");
@@ -1076,11 +1106,11 @@ fn a_rebuild_matches_a_bounded_number_of_streams_newest_first() {
     // the 40 oldest were not, so a resume from before them is a gap.
     assert_eq!(b.get(s).unwrap().retained(), budget);
     let unseen = ids[39];
-    assert!(resumed(&mut b, s, unseen - 1, false).1);
+    assert!(resumed(&mut b, s, unseen.pred(), false).1);
     let (got, gap) = resumed(&mut b, s, unseen, false);
     assert!(!gap);
     assert_eq!(got.len(), budget);
-    assert!(b.selector_lost_after(&p, unseen - 1, false));
+    assert!(b.selector_lost_after(&p, unseen.pred(), false));
 }
 
 #[cfg(feature = "mercure")]
@@ -1103,17 +1133,17 @@ fn a_gap_names_what_the_subscriber_asked_for() {
 #[test]
 fn aliases_are_bounded_and_newest_wins() {
     let mut b = broker(10);
-    b.alias("urn:a", 5, false);
-    b.alias("urn:a", 6, false);
-    assert_eq!(b.alias_id("urn:a", false), Some(6));
-    b.alias("urn:p", 7, true);
+    b.alias("urn:a", id(5), false);
+    b.alias("urn:a", id(6), false);
+    assert_eq!(b.alias_id("urn:a", false), Some(id(6)));
+    b.alias("urn:p", id(7), true);
     assert_eq!(b.alias_id("urn:p", false), None, "private: as if unknown");
-    assert_eq!(b.alias_id("urn:p", true), Some(7));
+    assert_eq!(b.alias_id("urn:p", true), Some(id(7)));
     for i in 0..MAX_ALIASES as u64 {
-        b.alias(&format!("k{i}"), i, false);
+        b.alias(&format!("k{i}"), id(i), false);
     }
     assert_eq!(b.alias_id("urn:a", false), None);
-    assert_eq!(b.alias_id("k0", false), Some(0));
+    assert_eq!(b.alias_id("k0", false), Some(id(0)));
     assert!(b.topics.alias_order.len() <= MAX_ALIASES);
 }
 
@@ -1172,7 +1202,7 @@ fn selector_fan_in_matches_each_topic_once() {
     );
     // Every selector stream got every event of its topic, once.
     for &s in &sels {
-        assert_eq!(b.get(s).unwrap().published, 10 + 1, "{s}");
+        assert_eq!(b.get(s).unwrap().published, 10 + 1, "{s:?}");
     }
     assert!(ids_of(&b, &c.cursors).iter().all(|&i| i >= id));
     // A new selector is matched against every stream with history once
@@ -1343,7 +1373,7 @@ fn selector_streams_cost_a_place_not_a_copy() {
     b2.set_memory(64 << 10, 0);
     assert_eq!(b2.get(hot2).unwrap().retained(), 0);
     for i in b2.topics.streams().collect::<Vec<_>>() {
-        assert_eq!(b2.get(i).unwrap().retained(), 0, "selector stream {i}");
+        assert_eq!(b2.get(i).unwrap().retained(), 0, "selector stream {i:?}");
     }
     assert_eq!(b2.total_bytes(), 0);
 }
@@ -1385,4 +1415,66 @@ fn selector_bytes_follow_the_registry() {
     b.delete(i);
     let after = b.selector_bytes();
     assert!(cached - after >= 3 * 900, "{after} vs {cached}");
+}
+
+/// With a bus, events of topics this node does not hold never come here:
+/// a selector stream made after one counts everything up to it lost
+/// (`note_unheld`), before and after it is made, keeps nothing at or below
+/// it (it would come again after the gap) and places a live reader above
+/// it; the topic's own readers resume as before.
+#[test]
+fn a_selector_stream_made_after_unheld_events_counts_them_lost() {
+    let mut b = broker(10);
+    let t = b.resolve(&["/b/1"], true).unwrap()[0];
+    let e1 = publish(&mut b, &[t], 5);
+    // Another node's event to a topic not held here: its id only.
+    let unheld = EventId::new(e1.get() + 10);
+    b.note_unheld(unheld);
+    b.note_unheld(EventId::new(unheld.get() - 5));
+    let e2 = publish(&mut b, &[t], 5);
+    assert!(e2 > unheld, "the clock moved past it");
+    let p = sel("/b/{x}");
+    assert_eq!(b.selector_view(&p, false), (e2, unheld));
+    assert_eq!(b.selector_view(&p, true), (e2, unheld));
+    assert!(b.selector_lost_after(&p, e1, false));
+    assert!(!b.selector_lost_after(&p, unheld, true));
+    let s = b.selector_stream(&p, None).unwrap();
+    assert_eq!(b.get(s).unwrap().retained(), 1, "e1 is not kept");
+    assert_eq!(resumed(&mut b, s, e1, false), (vec![(e2, false)], true));
+    assert_eq!(resumed(&mut b, s, e1, true), (vec![(e2, false)], true));
+    assert_eq!(resumed(&mut b, s, unheld, true), (vec![(e2, false)], false));
+    assert_eq!(b.selector_view(&p, true), (e2, unheld));
+    let mut live = b.subscribe(1, &[s], &Resume::Live).cursors;
+    assert!(b.take_gap(&mut live).is_none(), "live: nothing was lost");
+    let c = b.subscribe(2, &[t], &Resume::After(e1, String::new()));
+    assert!(c.gap.is_none());
+    assert_eq!(ids_of(&b, &c.cursors), vec![e2]);
+}
+
+/// A topic a selector stream wants but the node cannot hold (the
+/// publishers' pool is full) is not a silent hole: the selector streams
+/// matching it mark the event lost, so their readers get `gap`.
+#[test]
+fn a_wanted_topic_that_cannot_be_held_gaps_its_selector_readers() {
+    let mut b = broker(10);
+    let c = b.selector_stream(&sel("/c/{x}"), None).unwrap();
+    let other = b.selector_stream(&sel("/d/{x}"), None).unwrap();
+    let mut cur = b.subscribe(1, &[c], &Resume::Live).cursors;
+    let mut calm = b.subscribe(2, &[other], &Resume::Live).cursors;
+    let mut full = false;
+    for i in 0..100 {
+        if b.resolve(&[&format!("/p/{i}")], true).is_err() {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the pool never filled");
+    let id = EventId::new(b.ids().last().get() + 10);
+    assert_eq!(b.hold_for_selectors("/c/1", id), None);
+    assert!(b.get(c).unwrap().lost_upto() >= id);
+    assert!(b.take_gap(&mut cur).is_some(), "the reader is told");
+    assert!(
+        b.take_gap(&mut calm).is_none(),
+        "a selector not matching is not"
+    );
 }

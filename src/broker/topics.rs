@@ -15,7 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use slab::Slab;
 
 use super::ring::Stream;
+use super::StreamIdx;
 use crate::auth::Selector;
+use crate::id::EventId;
 
 /// An anonymous subscriber's client address, as an opaque key (the caller
 /// maps addresses to it; the broker knows no sockets or addresses).
@@ -55,7 +57,7 @@ pub fn valid_topic(t: &str) -> bool {
 
 struct Entry {
     sel: Selector,
-    idx: u32,
+    idx: StreamIdx,
     /// Registration order, so a topic's cache knows which selectors it has
     /// not been matched against yet (and a reused slab index is told apart).
     seq: u64,
@@ -69,7 +71,7 @@ struct Entry {
 /// The selector streams a topic feeds, as far as registration `upto`.
 struct Cached {
     upto: u64,
-    hits: Vec<(u32, u64)>,
+    hits: Vec<(StreamIdx, u64)>,
 }
 
 /// Why no selector stream could be had.
@@ -87,17 +89,17 @@ pub enum SelectorsFull {
 pub(super) struct Topics {
     /// In registration order.
     selectors: Vec<Entry>,
-    live: HashMap<u32, u64>,
+    live: HashMap<StreamIdx, u64>,
     next_seq: u64,
     /// Per public stream: which selector streams its events also go to,
     /// so a publish matches each (topic, selector) pair once, not every
     /// selector every time.
-    cache: HashMap<u32, Cached>,
+    cache: HashMap<StreamIdx, Cached>,
     cached_hits: usize,
     anon: usize,
     per_peer: HashMap<PeerKey, usize>,
-    aliases: HashMap<Box<str>, (u64, bool)>,
-    pub(super) alias_order: VecDeque<(u64, Box<str>)>,
+    aliases: HashMap<Box<str>, (EventId, bool)>,
+    pub(super) alias_order: VecDeque<(EventId, Box<str>)>,
     /// Template matches run (what the cache saves shows here).
     pub(super) matches_run: u64,
     /// Selector keys interned at registration: key -> (number, selectors
@@ -169,15 +171,15 @@ impl Topics {
     }
 
     /// Whether stream `idx` is a selector stream.
-    pub(super) fn is_selector(&self, idx: u32) -> bool {
+    pub(super) fn is_selector(&self, idx: StreamIdx) -> bool {
         !self.live.is_empty() && self.live.contains_key(&idx)
     }
 
-    pub(super) fn streams(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn streams(&self) -> impl Iterator<Item = StreamIdx> + '_ {
         self.selectors.iter().map(|e| e.idx)
     }
 
-    pub(super) fn find(&self, sel: &str) -> Option<u32> {
+    pub(super) fn find(&self, sel: &str) -> Option<StreamIdx> {
         self.selectors
             .iter()
             .find(|e| e.sel.as_str() == sel)
@@ -191,7 +193,7 @@ impl Topics {
         streams: &Slab<Stream>,
         sel: &Selector,
         owner: Option<PeerKey>,
-    ) -> Result<(), (SelectorsFull, Option<u32>)> {
+    ) -> Result<(), (SelectorsFull, Option<StreamIdx>)> {
         if sel.is_any() {
             return Ok(());
         }
@@ -199,11 +201,7 @@ impl Topics {
             self.selectors
                 .iter()
                 .filter(|e| !e.sel.is_any() && pick(e))
-                .find(|e| {
-                    streams
-                        .get(e.idx as usize)
-                        .is_some_and(|s| s.subs.is_empty())
-                })
+                .find(|e| streams.get(e.idx.slot()).is_some_and(|s| s.subs.is_empty()))
                 .map(|e| e.idx)
         };
         if let Some(ip) = owner {
@@ -220,7 +218,7 @@ impl Topics {
         Ok(())
     }
 
-    pub(super) fn add(&mut self, sel: Selector, idx: u32, owner: Option<PeerKey>) {
+    pub(super) fn add(&mut self, sel: Selector, idx: StreamIdx, owner: Option<PeerKey>) {
         self.next_seq += 1;
         let owner = owner.filter(|_| !sel.is_any());
         if let Some(ip) = owner {
@@ -254,7 +252,7 @@ impl Topics {
     }
 
     /// A deleted stream stops being a selector stream, or a topic.
-    pub(super) fn forget(&mut self, idx: u32) {
+    pub(super) fn forget(&mut self, idx: StreamIdx) {
         if let Some(c) = self.cache.remove(&idx) {
             self.cached_hits -= c.hits.len();
         }
@@ -290,13 +288,17 @@ impl Topics {
     /// (the result is cached), and selectors with the same key share one
     /// match, so a publish costs the selectors registered since the
     /// topic's last publish, not all of them.
-    pub(super) fn fan_in(&mut self, streams: &Slab<Stream>, targets: &[u32]) -> Option<Vec<u32>> {
+    pub(super) fn fan_in(
+        &mut self,
+        streams: &Slab<Stream>,
+        targets: &[StreamIdx],
+    ) -> Option<Vec<StreamIdx>> {
         if self.selectors.is_empty() {
             return None;
         }
-        let mut all: Option<Vec<u32>> = None;
+        let mut all: Option<Vec<StreamIdx>> = None;
         for &t in targets {
-            let Some(s) = streams.get(t as usize).filter(|s| !s.internal) else {
+            let Some(s) = streams.get(t.slot()).filter(|s| !s.internal) else {
                 continue;
             };
             let c = self.cache.entry(t).or_insert(Cached {
@@ -354,6 +356,16 @@ impl Topics {
         all
     }
 
+    /// The selector streams whose selector matches `topic` (`*` included).
+    pub(super) fn matching(&self, topic: &str) -> Vec<StreamIdx> {
+        let t = crate::auth::selector::Topic::new(topic);
+        self.selectors
+            .iter()
+            .filter(|e| e.sel.matches_in(&t))
+            .map(|e| e.idx)
+            .collect()
+    }
+
     /// Whether a selector stream's selector matches `topic`, the name of a
     /// stream this node does not hold (an announcement from another node):
     /// then the node must hold it so its events reach that selector stream.
@@ -400,7 +412,7 @@ impl Topics {
         false
     }
 
-    pub(super) fn alias(&mut self, alias: &str, id: u64, private: bool) {
+    pub(super) fn alias(&mut self, alias: &str, id: EventId, private: bool) {
         if self.aliases.get(alias).is_some_and(|a| a.0 == id) {
             // The same event again (a bus announcement, then its fetch).
             return;
@@ -418,7 +430,7 @@ impl Topics {
     }
 
     /// The id behind `alias`, and whether its event was private.
-    pub(super) fn alias_id(&self, alias: &str) -> Option<(u64, bool)> {
+    pub(super) fn alias_id(&self, alias: &str) -> Option<(EventId, bool)> {
         self.aliases.get(alias).copied()
     }
 }

@@ -157,6 +157,10 @@ impl Keys {
             channel: format!("{prefix}:events"),
         }
     }
+    /// `P:id`.
+    pub fn id(&self) -> String {
+        format!("{}:id", self.prefix)
+    }
     /// `P:s:<name>`.
     pub fn stream(&self, name: &str) -> String {
         format!("{}:s:{name}", self.prefix)
@@ -238,7 +242,7 @@ impl Batch {
             count += 1;
         };
         arg((self.names.len() + 2).to_string().as_bytes());
-        arg(format!("{}:id", keys.prefix).as_bytes());
+        arg(keys.id().as_bytes());
         arg(format!("{}:last", keys.prefix).as_bytes());
         for s in &self.names {
             arg(keys.stream(s).as_bytes());

@@ -8,9 +8,10 @@
 
 use serde_json::Value;
 
-use crate::broker::{Create, Resume};
+use crate::broker::{Create, Resume, StreamIdx};
 use crate::frame;
 use crate::http::{Headers, Method, Request, Response};
+use crate::id::EventId;
 
 /// Produces the next frame of a ticking connection given the time in ms
 /// since server start.
@@ -56,7 +57,7 @@ pub enum Action {
         shape: Shape,
     },
     /// Flush a stream's subscribers, delete it, end them.
-    DeleteStream(u32),
+    DeleteStream(StreamIdx),
     /// Publish events and answer from the outcome: the reactor applies
     /// every publish decision in one place (`reactor/publish.rs`), locally
     /// (into the journal with `--data-dir`) or through the Redis bus.
@@ -152,17 +153,17 @@ pub enum Body {
 }
 
 /// Ids have at most 16 digits below 2^53: the widest `id:` line.
-const WIDEST_ID: u64 = 1_000_000_000_000_000;
+const WIDEST_ID: EventId = EventId::new(1_000_000_000_000_000);
 
 impl Body {
     /// The SSE bytes of this event with id `id`.
-    pub fn encode(&self, id: u64) -> Vec<u8> {
+    pub fn encode(&self, id: EventId) -> Vec<u8> {
         match self {
             Body::Numbered(e) => frame::encode_numbered(id, e.event.as_deref(), &e.data, e.retry),
             Body::Typed { event, data } => {
                 let mut buf = [0u8; 20];
                 frame::Block::with_capacity(data.len() + 48)
-                    .id(frame::fmt_u64(id, &mut buf))
+                    .id(frame::fmt_id(id, &mut buf))
                     .event(event)
                     .data(data)
             }

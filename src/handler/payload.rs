@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::Body;
 use crate::frame;
+use crate::id::EventId;
 
 impl Body {
     /// The bus payload: `E` + `{"d","e","r","p"}` (`"t"`: typed), or raw
@@ -44,7 +45,7 @@ impl Body {
 
 /// The SSE bytes of a bus payload ([`Body::payload`]) given its id, and
 /// whether the event is private; `None` when malformed.
-pub fn bus_frame(id: u64, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
+pub fn bus_frame(id: EventId, payload: &[u8]) -> Option<(Vec<u8>, bool)> {
     match payload.split_first()? {
         (b'E', json) => {
             let v: Value = serde_json::from_slice(json).ok()?;
@@ -90,21 +91,21 @@ mod tests {
             retry: Some(5),
         };
         let body = Body::Numbered(ev);
-        let f = bus_frame(42, &body.payload(false)).unwrap();
+        let f = bus_frame(EventId::new(42), &body.payload(false)).unwrap();
         assert_eq!(
             f,
             (
-                frame::encode_numbered(42, Some("t"), "a\nb", Some(5)),
+                frame::encode_numbered(EventId::new(42), Some("t"), "a\nb", Some(5)),
                 false
             )
         );
         assert!(
-            bus_frame(42, &body.payload(true)).unwrap().1,
+            bus_frame(EventId::new(42), &body.payload(true)).unwrap().1,
             "private survives the bus"
         );
         let raw = b"id: u\ndata: x\n\n";
         assert_eq!(
-            bus_frame(1, &Body::Fixed(raw.to_vec()).payload(false)).unwrap(),
+            bus_frame(EventId::new(1), &Body::Fixed(raw.to_vec()).payload(false)).unwrap(),
             (raw.to_vec(), false)
         );
         for bad in [
@@ -115,7 +116,7 @@ mod tests {
             b"E{\"d\":\"x\",\"e\":\"a:b\"}",
             b"Rdata: x",
         ] {
-            assert!(bus_frame(1, bad).is_none(), "{bad:?}");
+            assert!(bus_frame(EventId::new(1), bad).is_none(), "{bad:?}");
         }
     }
 }

@@ -8,6 +8,7 @@
 //! (a [`Refused`] says why, the caller picks the status).
 
 use super::{Journal, JournalStats, Record, Refused};
+use crate::id::EventId;
 
 /// Bytes a record adds on top of its frame and stream names (framing, type,
 /// id, flags, name count; rounded up).
@@ -63,7 +64,7 @@ impl Link {
     /// rings): refused if the budget cannot hold it now or ever.
     pub fn event(
         &mut self,
-        id: u64,
+        id: EventId,
         streams: &[&str],
         frame: &[u8],
         private: bool,
@@ -101,7 +102,7 @@ impl Link {
     /// Records a stream's deletion. It cannot be refused (the stream goes
     /// anyway); the journal logged a failure, and after a restart the stream
     /// comes back with its history.
-    pub fn delete(&mut self, stream: &str, floor: u64) {
+    pub fn delete(&mut self, stream: &str, floor: EventId) {
         let r = Record::Delete {
             stream: stream.to_string(),
             floor_id: floor,
@@ -132,7 +133,7 @@ impl Link {
     /// Frees disk when over budget or when an append waits for room (a
     /// bounded step per call; nothing while a call could free nothing and
     /// nothing changed since).
-    pub fn compact(&mut self, retained: &dyn Fn(&str, u64) -> bool, last_id: u64) {
+    pub fn compact(&mut self, retained: &dyn Fn(&str, EventId) -> bool, last_id: EventId) {
         if !self.journal.needs_compaction() {
             return;
         }

@@ -37,6 +37,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::id::EventId;
+
 /// When appended bytes are fsynced (always by the fsync thread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
@@ -177,21 +179,22 @@ pub struct Replay {
     /// after a crash in the middle of compaction).
     pub records: Vec<Record>,
     /// The highest id of any record (events, tombstones, clock).
-    pub max_id: u64,
+    pub max_id: EventId,
     /// Damage was cut away.
     pub cut: bool,
-    /// The last event id before the cut (0 if none), to mark the gap.
-    pub cut_after_id: u64,
+    /// The last event id before the cut (`NONE` if none), to mark the gap.
+    pub cut_after_id: EventId,
     /// For each missing run of segments, the last event id before it.
-    pub gaps: Vec<u64>,
+    pub gaps: Vec<EventId>,
     /// The id of the first record after the last missing run of segments
-    /// (`u64::MAX` if nothing follows it; 0 if none is missing): a resume
-    /// from below it may have missed events.
-    pub hole_upto: u64,
+    /// (`EventId::MAX` if nothing follows it; `NONE` if none is missing): a
+    /// resume from below it may have missed events.
+    pub hole_upto: EventId,
     /// The highest id vouched for up to the end of the last segment that
-    /// compaction rewrote (0 if none): compaction may have dropped events
-    /// at or below it, so a resume from below it may have missed events.
-    pub compacted_upto: u64,
+    /// compaction rewrote (`NONE` if none): compaction may have dropped
+    /// events at or below it, so a resume from below it may have missed
+    /// events.
+    pub compacted_upto: EventId,
     /// Bytes on disk after repair.
     pub bytes: u64,
     /// Segment files after repair.
@@ -404,7 +407,7 @@ impl Journal {
 
         let mut rp = Replay::default();
         let mut segs: Vec<Seg> = Vec::new();
-        let mut last_event: Option<u64> = None;
+        let mut last_event: Option<EventId> = None;
         // The format version of the segment appends would continue.
         let mut tail_version = record::VERSION;
         for (i, &seq) in seqs.iter().enumerate() {
@@ -413,7 +416,7 @@ impl Journal {
             let version = scan.version;
             if let Some(prev) = segs.last() {
                 if seq != prev.seq + 1 && !scan.compacted {
-                    let last = last_event.unwrap_or(0);
+                    let last = last_event.unwrap_or(EventId::NONE);
                     warn(
                         &mut rp.warnings,
                         format_args!(
@@ -425,13 +428,13 @@ impl Journal {
                         ),
                     );
                     rp.gaps.push(last);
-                    rp.hole_upto = u64::MAX;
+                    rp.hole_upto = EventId::MAX;
                 }
             }
             let kept = scan.records.len();
             let compacted = scan.compacted;
             for (rec, _) in scan.records {
-                if rp.hole_upto == u64::MAX {
+                if rp.hole_upto == EventId::MAX {
                     rp.hole_upto = rec.id();
                 }
                 if let Record::Event { id, .. } = rec {
@@ -466,7 +469,7 @@ impl Journal {
             };
             // Damage: keep what came before it, drop everything after it.
             rp.cut = true;
-            rp.cut_after_id = last_event.unwrap_or(0);
+            rp.cut_after_id = last_event.unwrap_or(EventId::NONE);
             let later = &seqs[i + 1..];
             let mut dropped = scan.file_len - scan.good_end;
             if scan.good_end == 0 {
@@ -746,8 +749,8 @@ impl Journal {
     /// while that is under way, calls return at once without work.
     pub fn compact(
         &mut self,
-        retained: &dyn Fn(&str, u64) -> bool,
-        last_id: u64,
+        retained: &dyn Fn(&str, EventId) -> bool,
+        last_id: EventId,
     ) -> Result<CompactStats, JournalError> {
         let mut st = CompactStats {
             bytes_before: self.total_bytes(),
@@ -931,8 +934,8 @@ impl Journal {
         &mut self,
         start: usize,
         scans: Vec<record::Scan>,
-        retained: &dyn Fn(&str, u64) -> bool,
-        last_id: u64,
+        retained: &dyn Fn(&str, EventId) -> bool,
+        last_id: EventId,
         st: &mut CompactStats,
         drop_events: bool,
     ) -> Result<(), JournalError> {
@@ -941,7 +944,7 @@ impl Journal {
         let mut tomb: HashMap<String, usize> = HashMap::new();
         let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut clock = last_id;
-        let mut last_event: Option<u64> = None;
+        let mut last_event: Option<EventId> = None;
         for (s, scan) in self.segs[start..end].iter().zip(scans) {
             if let Some(why) = scan.problem {
                 log::warn!(
@@ -1000,7 +1003,7 @@ impl Journal {
                 "journal: retained history exceeds the {}-byte budget; dropping \
                  the oldest retained events (up to id {})",
                 self.max_bytes,
-                last_event.unwrap_or(0)
+                last_event.unwrap_or(EventId::NONE)
             );
             self.over_budget = true;
         }
@@ -1076,7 +1079,7 @@ impl Journal {
 
 /// Whether compaction carries `rec` over (tombstones and clocks are handled
 /// by the caller: all tombstones pass here, clocks are replaced).
-fn keep(rec: &Record, retained: &dyn Fn(&str, u64) -> bool) -> bool {
+fn keep(rec: &Record, retained: &dyn Fn(&str, EventId) -> bool) -> bool {
     match rec {
         Record::Event { id, streams, .. } => streams.iter().any(|s| retained(s, *id)),
         Record::Delete { .. } => true,

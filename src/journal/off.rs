@@ -7,6 +7,8 @@
 mod refused;
 pub use refused::Refused;
 
+use crate::id::EventId;
+
 /// An open journal: uninhabited in this build.
 pub enum Link {}
 
@@ -14,7 +16,7 @@ impl Link {
     /// Never called: no journal exists.
     pub fn event(
         &mut self,
-        _id: u64,
+        _id: EventId,
         _streams: &[&str],
         _frame: &[u8],
         _private: bool,
@@ -22,7 +24,7 @@ impl Link {
         match *self {}
     }
     /// Never called: no journal exists.
-    pub fn delete(&mut self, _stream: &str, _floor: u64) {
+    pub fn delete(&mut self, _stream: &str, _floor: EventId) {
         match *self {}
     }
     /// Never called: no journal exists.

@@ -9,6 +9,7 @@
 
 use super::crc32::crc32;
 use super::JournalError;
+use crate::id::EventId;
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
 use std::path::Path;
@@ -49,7 +50,7 @@ pub enum Record {
     /// SSE frame (opaque bytes to the journal).
     Event {
         /// The event id (the id clock's value).
-        id: u64,
+        id: EventId,
         /// Streams it was published to (at most [`MAX_STREAMS`]).
         streams: Vec<String>,
         /// The wire bytes.
@@ -63,19 +64,19 @@ pub enum Record {
         /// The stream name.
         stream: String,
         /// The id clock when it was deleted.
-        floor_id: u64,
+        floor_id: EventId,
     },
     /// The id clock, so it survives when every event is compacted away.
     Clock {
         /// The last id handed out.
-        last_id: u64,
+        last_id: EventId,
     },
 }
 
 impl Record {
     /// The highest id this record vouches for (the id clock never goes
     /// below it after replay).
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> EventId {
         match self {
             Record::Event { id, .. } => *id,
             Record::Delete { floor_id, .. } => *floor_id,
@@ -137,7 +138,7 @@ fn encode_body(rec: &Record, out: &mut Vec<u8>) -> Result<(), JournalError> {
             // Checked above, so the cast cannot truncate.
             let n = streams.len() as u16;
             out.push(T_EVENT);
-            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&id.get().to_le_bytes());
             out.push(if *private { EV_PRIVATE } else { 0 });
             out.extend_from_slice(&n.to_le_bytes());
             for s in streams {
@@ -147,12 +148,12 @@ fn encode_body(rec: &Record, out: &mut Vec<u8>) -> Result<(), JournalError> {
         }
         Record::Delete { stream, floor_id } => {
             out.push(T_DELETE);
-            out.extend_from_slice(&floor_id.to_le_bytes());
+            out.extend_from_slice(&floor_id.get().to_le_bytes());
             put_name(out, stream)?;
         }
         Record::Clock { last_id } => {
             out.push(T_CLOCK);
-            out.extend_from_slice(&last_id.to_le_bytes());
+            out.extend_from_slice(&last_id.get().to_le_bytes());
         }
     }
     Ok(())
@@ -197,7 +198,7 @@ pub fn decode(body: &[u8], version: u16) -> Result<Record, &'static str> {
     let mut c = Cur(rest);
     let rec = match t {
         T_EVENT => {
-            let id = c.u64()?;
+            let id = EventId::new(c.u64()?);
             let private = if version >= 2 {
                 let flags = c.u8()?;
                 if flags & !EV_PRIVATE != 0 {
@@ -225,11 +226,13 @@ pub fn decode(body: &[u8], version: u16) -> Result<Record, &'static str> {
             }
         }
         T_DELETE => {
-            let floor_id = c.u64()?;
+            let floor_id = EventId::new(c.u64()?);
             let stream = c.name()?;
             Record::Delete { stream, floor_id }
         }
-        T_CLOCK => Record::Clock { last_id: c.u64()? },
+        T_CLOCK => Record::Clock {
+            last_id: EventId::new(c.u64()?),
+        },
         _ => return Err("unknown record type"),
     };
     if !c.0.is_empty() {
@@ -365,39 +368,71 @@ mod tests {
     #[test]
     fn each_record_type_round_trips() {
         round_trip(Record::Event {
-            id: u64::MAX - 3,
+            id: EventId::new(u64::MAX - 3),
             streams: vec!["news".into(), "ünï".into(), String::new()],
             frame: b"id: 1\ndata: x\n\n".to_vec(),
             private: false,
         });
         round_trip(Record::Event {
-            id: 0,
+            id: EventId::new(0),
             streams: vec![],
             frame: vec![],
             private: true,
         });
         round_trip(Record::Delete {
             stream: "news".into(),
-            floor_id: 42,
+            floor_id: EventId::new(42),
         });
-        round_trip(Record::Clock { last_id: 9 });
+        round_trip(Record::Clock {
+            last_id: EventId::new(9),
+        });
+    }
+
+    /// The bytes on disk, spelled out: an id is its number, little-endian,
+    /// whatever type carries it in memory (files written before `EventId`
+    /// replay unchanged).
+    #[test]
+    fn records_keep_their_byte_layout() {
+        let body = |rec: &Record| {
+            let mut out = Vec::new();
+            encode(rec, &mut out).unwrap();
+            out.split_off(FRAME_LEN as usize)
+        };
+        let id = [8, 7, 6, 5, 4, 3, 2, 1];
+        let ev = Record::Event {
+            id: EventId::new(0x0102_0304_0506_0708),
+            streams: vec!["s".into()],
+            frame: b"x".to_vec(),
+            private: true,
+        };
+        let want: Vec<u8> = [&[T_EVENT][..], &id, &[EV_PRIVATE, 1, 0, 1, 0, b's', b'x']].concat();
+        assert_eq!(body(&ev), want);
+        let del = Record::Delete {
+            stream: "s".into(),
+            floor_id: EventId::new(0x0102_0304_0506_0708),
+        };
+        assert_eq!(body(&del), [&[T_DELETE][..], &id, &[1, 0, b's']].concat());
+        let clock = Record::Clock {
+            last_id: EventId::new(0x0102_0304_0506_0708),
+        };
+        assert_eq!(body(&clock), [&[T_CLOCK][..], &id].concat());
     }
 
     #[test]
     fn unencodable_records_are_refused_and_leave_the_buffer() {
         let mut out = b"keep".to_vec();
         let many = Record::Event {
-            id: 1,
+            id: EventId::new(1),
             streams: vec!["s".into(); MAX_STREAMS + 1],
             frame: vec![],
             private: false,
         };
         let long_name = Record::Delete {
             stream: "x".repeat(70_000),
-            floor_id: 1,
+            floor_id: EventId::new(1),
         };
         let huge = Record::Event {
-            id: 1,
+            id: EventId::new(1),
             streams: vec![],
             frame: vec![0; MAX_RECORD as usize],
             private: true,
@@ -451,7 +486,7 @@ mod tests {
             ]
         );
         let want = Record::Event {
-            id: 7,
+            id: EventId::new(7),
             streams: vec!["news".into()],
             frame: b"id: 7\ndata: x\n\n".to_vec(),
             private: false,

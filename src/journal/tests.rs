@@ -38,7 +38,7 @@ fn cfg(dir: &Path) -> JournalConfig {
 
 fn ev(id: u64, stream: &str, pad: usize) -> Record {
     Record::Event {
-        id,
+        id: EventId::new(id),
         streams: vec![stream.to_string()],
         frame: format!("id: {id}\ndata: {}\n\n", "x".repeat(pad)).into_bytes(),
         private: id % 2 == 0,
@@ -67,7 +67,7 @@ fn event_ids(rp: &Replay) -> Vec<u64> {
         .records
         .iter()
         .filter(|r| matches!(r, Record::Event { .. }));
-    ev.map(Record::id).collect()
+    ev.map(|r| r.id().get()).collect()
 }
 
 fn open(c: JournalConfig) -> (Journal, Replay) {
@@ -86,9 +86,11 @@ fn reopen_gives_the_same_records_and_max_id() {
         }
         want.push(Record::Delete {
             stream: "a".into(),
-            floor_id: 100,
+            floor_id: EventId::new(100),
         });
-        want.push(Record::Clock { last_id: 123 });
+        want.push(Record::Clock {
+            last_id: EventId::new(123),
+        });
         let mut last = 0;
         for r in &want {
             let t = j.append(r).unwrap();
@@ -100,7 +102,7 @@ fn reopen_gives_the_same_records_and_max_id() {
     }
     let (j, rp) = open(cfg(&t.0));
     assert_eq!(rp.records, want);
-    assert_eq!(rp.max_id, 123);
+    assert_eq!(rp.max_id, EventId::new(123));
     assert!(!rp.cut && rp.warnings == 0 && rp.gaps.is_empty());
     assert_eq!(rp.bytes, j.total_bytes());
     assert_eq!(rp.segments, segments(&t.0).len());
@@ -150,7 +152,7 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
         assert_eq!(rp.cut, cut > 0, "cut at {cut}");
         assert_eq!(rp.warnings, u32::from(cut > 0));
         if cut > 0 {
-            assert_eq!(rp.cut_after_id, 4);
+            assert_eq!(rp.cut_after_id, EventId::new(4));
         }
         assert_eq!(fs::metadata(&seg).unwrap().len() as usize, good);
     }
@@ -218,7 +220,7 @@ fn a_corrupt_middle_record_drops_it_and_everything_after() {
     let kept = first + 2;
     assert_eq!(rp.records, recs[..kept]);
     assert!(rp.cut);
-    assert_eq!(rp.cut_after_id, kept as u64);
+    assert_eq!(rp.cut_after_id, EventId::new(kept as u64));
     assert_eq!(rp.warnings, 1);
     assert_eq!(segments(&t.0), files[..2]);
     assert_eq!(
@@ -292,8 +294,8 @@ fn a_missing_middle_segment_is_tolerated_with_a_warning() {
     assert_eq!(rp.records, want);
     assert!(!rp.cut);
     assert_eq!(rp.warnings, 1);
-    assert_eq!(rp.gaps, vec![first as u64]);
-    assert_eq!(rp.max_id, 60);
+    assert_eq!(rp.gaps, vec![EventId::new(first as u64)]);
+    assert_eq!(rp.max_id, EventId::new(60));
 }
 
 #[test]
@@ -380,7 +382,7 @@ fn compaction_keeps_the_directory_within_budget_and_the_retained_events() {
             rings.push(s, id, n);
         }
         let r = Record::Event {
-            id,
+            id: EventId::new(id),
             streams: streams.iter().map(|s| s.to_string()).collect(),
             frame: vec![b'x'; 100 + (id % 7) as usize],
             private: false,
@@ -391,12 +393,14 @@ fn compaction_keeps_the_directory_within_budget_and_the_retained_events() {
             rings.deleted.insert("doomed".into());
             j.append(&Record::Delete {
                 stream: "doomed".into(),
-                floor_id: id,
+                floor_id: EventId::new(id),
             })
             .unwrap();
         }
         if j.needs_compaction() {
-            let st = j.compact(&|s, i| rings.retained(s, i), id).unwrap();
+            let st = j
+                .compact(&|s, i| rings.retained(s, i.get()), EventId::new(id))
+                .unwrap();
             compactions += 1;
             assert_eq!(st.retained_dropped, 0, "{st:?}");
             assert!(st.bytes_after <= st.bytes_before, "{st:?}");
@@ -415,14 +419,14 @@ fn compaction_keeps_the_directory_within_budget_and_the_retained_events() {
     drop(j);
     let (_, rp) = open(c);
     assert!(!rp.cut && rp.warnings == 0, "{rp:?}");
-    assert_eq!(rp.max_id, id);
+    assert_eq!(rp.max_id, EventId::new(id));
     let mut seen = HashSet::new();
-    let mut prev = 0;
+    let mut prev = EventId::NONE;
     for r in &rp.records {
         if let Record::Event { id, .. } = r {
             assert!(*id > prev, "ids ascend without copies");
             prev = *id;
-            seen.insert(*id);
+            seen.insert(id.get());
         }
     }
     for (s, (_, q)) in &rings.keep {
@@ -434,7 +438,7 @@ fn compaction_keeps_the_directory_within_budget_and_the_retained_events() {
     }
     assert!(rp.records.contains(&Record::Delete {
         stream: "doomed".into(),
-        floor_id: 2000
+        floor_id: EventId::new(2000)
     }));
 }
 
@@ -451,7 +455,10 @@ fn retained_history_beyond_the_budget_is_dropped_oldest_first() {
     for id in 1..=2000 {
         j.append(&ev(id, "s", 100)).unwrap();
         if j.needs_compaction() {
-            dropped += j.compact(&|_, _| true, id).unwrap().retained_dropped;
+            dropped += j
+                .compact(&|_, _| true, EventId::new(id))
+                .unwrap()
+                .retained_dropped;
             assert!(dir_bytes(&t.0) <= (32 << 10) + 4096);
         }
     }
@@ -461,7 +468,7 @@ fn retained_history_beyond_the_budget_is_dropped_oldest_first() {
     let ids = event_ids(&rp);
     assert_eq!(*ids.last().unwrap(), 2000);
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "a newest suffix");
-    assert_eq!(rp.max_id, 2000);
+    assert_eq!(rp.max_id, EventId::new(2000));
 }
 
 #[test]
@@ -478,11 +485,11 @@ fn the_clock_survives_when_every_event_is_compacted_away() {
     }
     // The clock ran ahead of the journaled events (say, unjournaled ids).
     while j.needs_compaction() {
-        j.compact(&|_, _| false, 5000).unwrap();
+        j.compact(&|_, _| false, EventId::new(5000)).unwrap();
     }
     drop(j);
     let (_, rp) = open(c);
-    assert_eq!(rp.max_id, 5000);
+    assert_eq!(rp.max_id, EventId::new(5000));
 }
 
 #[test]
@@ -501,7 +508,9 @@ fn a_crash_between_rewrite_and_unlink_replays_no_copies() {
         .into_iter()
         .map(|p| (p.clone(), fs::read(&p).unwrap()))
         .collect();
-    let st = j.compact(&|_, id| id % 3 == 0, 150).unwrap();
+    let st = j
+        .compact(&|_, id| id.get() % 3 == 0, EventId::new(150))
+        .unwrap();
     assert!(st.segments_removed > 0, "{st:?}");
     drop(j);
     // Put back the files the rewrite unlinked, as if it had crashed.
@@ -715,7 +724,7 @@ fn a_version_1_journal_replays_as_public_and_appends_in_a_new_segment() {
     h.extend_from_slice(&body);
     fs::write(seg_path(&t.0, 1), &h).unwrap();
     let old = Record::Event {
-        id: 5,
+        id: EventId::new(5),
         streams: vec!["s".into()],
         frame: b"id: 5\ndata: old\n\n".to_vec(),
         private: false,
@@ -724,7 +733,7 @@ fn a_version_1_journal_replays_as_public_and_appends_in_a_new_segment() {
     assert!(!rp.cut && rp.warnings == 0, "{rp:?}");
     assert_eq!(rp.records, vec![old.clone()]);
     let new = Record::Event {
-        id: 6,
+        id: EventId::new(6),
         streams: vec!["s".into()],
         frame: b"id: 6\ndata: new\n\n".to_vec(),
         private: true,
@@ -753,7 +762,8 @@ fn compaction_keeps_the_private_flag() {
         j.append(&ev(id, "s", 100)).unwrap();
         if j.needs_compaction() {
             // Retain the newest 40 events.
-            j.compact(&|_, i| i + 40 > id, id).unwrap();
+            j.compact(&|_, i| i.get() + 40 > id, EventId::new(id))
+                .unwrap();
         }
     }
     drop(j);
@@ -761,12 +771,15 @@ fn compaction_keeps_the_private_flag() {
     let mut n = 0;
     for r in &rp.records {
         if let Record::Event { id, private, .. } = r {
-            assert_eq!(*private, id % 2 == 0, "{id}");
+            assert_eq!(*private, id.get() % 2 == 0, "{id}");
             n += 1;
         }
     }
     assert!(n >= 40, "{n}");
-    assert!(rp.compacted_upto > 0, "a compaction rewrote something");
+    assert!(
+        rp.compacted_upto > EventId::NONE,
+        "a compaction rewrote something"
+    );
 }
 
 /// Events larger than a segment in a small budget: compaction drops the
@@ -786,7 +799,7 @@ fn compaction_of_large_events_makes_progress_or_stops() {
         j.append(&ev(id, "s", 8000)).unwrap();
         let mut calls = 0;
         while j.needs_compaction() {
-            let st = j.compact(&|_, _| true, id).unwrap();
+            let st = j.compact(&|_, _| true, EventId::new(id)).unwrap();
             calls += 1;
             assert!(calls < 10, "compaction does not converge: {st:?}");
             assert!(
@@ -801,7 +814,7 @@ fn compaction_of_large_events_makes_progress_or_stops() {
     j.want_room(100);
     let mut calls = 0;
     while j.needs_compaction() {
-        j.compact(&|_, _| true, 6).unwrap();
+        j.compact(&|_, _| true, EventId::new(6)).unwrap();
         calls += 1;
         assert!(calls < 10, "busy loop");
     }
@@ -831,7 +844,8 @@ fn bytes_on_disk_count_the_files_a_rewrite_in_flight_replaces() {
     for id in 1..=3000u64 {
         j.append(&ev(id, "s", 200)).unwrap();
         if j.needs_compaction() {
-            j.compact(&|_, i| i + 20 > id, id).unwrap();
+            j.compact(&|_, i| i.get() + 20 > id, EventId::new(id))
+                .unwrap();
             compactions += 1;
         }
         // The gate's figure first: the disk can only shrink after it.

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apps::Apps;
-use crate::broker::Broker;
+use crate::broker::{Broker, StreamIdx};
 use crate::config::{Config, FsyncPolicy};
 use crate::error::Error;
+use crate::id::EventId;
 use crate::journal::{Fsync, Journal, JournalConfig, Link, Record, Replay};
 use crate::stats::JournalGauges;
 
@@ -109,7 +110,7 @@ impl Durable {
     }
 
     /// Records stream `name`'s deletion (`floor`: ids it must never reuse).
-    pub fn delete(&mut self, name: &str, floor: u64) {
+    pub fn delete(&mut self, name: &str, floor: EventId) {
         self.link.delete(name, floor);
     }
 
@@ -196,7 +197,7 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Durabl
     } = o;
     let mut events = 0u64;
     let mut too_large = 0u64;
-    let mut targets: Vec<u32> = Vec::new();
+    let mut targets: Vec<StreamIdx> = Vec::new();
     for rec in replay.records {
         match rec {
             Record::Event {
@@ -242,14 +243,14 @@ pub(crate) fn install(o: Opened, broker: &mut Broker, apps: &mut Apps) -> Durabl
     // What the journal could not give back: a resume from before it gets
     // `gap` (possible loss) rather than a silent hole.
     let mut lost_below = replay.compacted_upto;
-    if replay.hole_upto != 0 {
+    if replay.hole_upto != EventId::NONE {
         lost_below = lost_below.max(replay.hole_upto);
     }
-    if replay.cut || replay.hole_upto == u64::MAX {
+    if replay.cut || replay.hole_upto == EventId::MAX {
         // Ids of what was cut are unknown: every earlier resume is suspect.
-        lost_below = lost_below.max(broker.ids().last().saturating_add(1));
+        lost_below = lost_below.max(broker.ids().last().succ());
     }
-    if lost_below > 0 {
+    if lost_below > EventId::NONE {
         broker.mark_lost_below(lost_below);
     }
     if too_large > 0 {
@@ -336,7 +337,7 @@ mod tests {
         (install(o, broker, &mut Apps::new(None)), rx)
     }
 
-    fn publish(d: &mut Durable, b: &mut Broker, bodies: Vec<Body>) -> Vec<u64> {
+    fn publish(d: &mut Durable, b: &mut Broker, bodies: Vec<Body>) -> Vec<EventId> {
         let p = Publish {
             to: Targets::Names {
                 names: vec!["s".into()],

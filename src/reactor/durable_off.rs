@@ -45,7 +45,7 @@ impl Durable {
     pub fn link(&mut self) -> &mut Link {
         &mut self.link
     }
-    pub fn delete(&mut self, _name: &str, _floor: u64) {
+    pub fn delete(&mut self, _name: &str, _floor: crate::id::EventId) {
         match self.link {}
     }
     pub fn begin(&mut self) {

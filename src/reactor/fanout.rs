@@ -30,7 +30,8 @@ use std::io::IoSlice;
 use slab::Slab;
 
 use super::conn::{Conn, ConnKey, State, Tail, Tick};
-use crate::broker::{Broker, Frame};
+use crate::broker::{Broker, Frame, StreamIdx};
+use crate::id::EventId;
 
 /// Frames gathered into one `writev`.
 pub const MAX_IOV: usize = 64;
@@ -42,9 +43,9 @@ pub const WRITE_BUDGET: usize = 256 << 10;
 #[derive(Debug, Default)]
 pub struct Fanout {
     /// Passes in progress: a stream and the next subscriber slot.
-    passes: VecDeque<(u32, usize)>,
+    passes: VecDeque<(StreamIdx, usize)>,
     /// Reused buffer for the broker's dirty streams.
-    dirty: Vec<u32>,
+    dirty: Vec<StreamIdx>,
     /// Subscribers that used their write budget and are owed more.
     again: Vec<ConnKey>,
     /// Slow subscribers' stream tails (the account's `tails` kind).
@@ -222,7 +223,7 @@ pub struct Wrote {
     /// Frames begun (a cut one counts: its rest is queued, never re-sent).
     pub sent: u64,
     /// The id of the last frame begun: the cursor moves to it.
-    pub last: Option<u64>,
+    pub last: Option<EventId>,
     /// The cut frame's unwritten rest.
     pub tail: Option<Tail>,
     /// The socket took less than the batch: it is blocked until its
@@ -336,7 +337,7 @@ mod tests {
         let frames: Vec<Frame> = [1usize, 0x10, 0xff, 0x100, 3, 4097]
             .iter()
             .enumerate()
-            .map(|(i, &n)| Frame::new(i as u64 + 1, &vec![b'x'; n]))
+            .map(|(i, &n)| Frame::new(EventId::new(i as u64 + 1), &vec![b'x'; n]))
             .collect();
         for chunked in [true, false] {
             let slices: Vec<&[u8]> = frames.iter().map(|f| f.wire(chunked)).collect();
@@ -360,7 +361,7 @@ mod tests {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| Frame::new(i as u64 + 1, &vec![b'x'; n]))
+            .map(|(i, &n)| Frame::new(EventId::new(i as u64 + 1), &vec![b'x'; n]))
             .collect()
     }
 
@@ -383,16 +384,19 @@ mod tests {
         let fs = frames(&[10, 20, 30]);
         let b = Batch::gather(fs.iter(), false, WRITE_BUDGET);
         let w = b.wrote(60);
-        assert_eq!((w.sent, w.last, w.short), (3, Some(3), false));
+        assert_eq!((w.sent, w.last, w.short), (3, Some(EventId::new(3)), false));
         assert!(w.tail.is_none());
         // 15 bytes: the first frame and half the second.
         let w = b.wrote(15);
-        assert_eq!((w.sent, w.last, w.short), (2, Some(2), true));
+        assert_eq!((w.sent, w.last, w.short), (2, Some(EventId::new(2)), true));
         let t = w.tail.unwrap();
-        assert_eq!((t.frame.id, t.at, t.pending().len()), (2, 5, 15));
+        assert_eq!(
+            (t.frame.id, t.at, t.pending().len()),
+            (EventId::new(2), 5, 15)
+        );
         // At a frame boundary: blocked, nothing cut.
         let w = b.wrote(30);
-        assert_eq!((w.sent, w.last, w.short), (2, Some(2), true));
+        assert_eq!((w.sent, w.last, w.short), (2, Some(EventId::new(2)), true));
         assert!(w.tail.is_none());
         let w = b.wrote(0);
         assert_eq!((w.sent, w.last, w.short), (0, None, true));

@@ -68,12 +68,13 @@ use rand::SeedableRng;
 use slab::Slab;
 
 use crate::apps::Apps;
-use crate::broker::{Broker, Limits};
+use crate::broker::{Broker, Limits, StreamIdx};
 use crate::config::Config;
 use crate::event::{Event, PublishError};
 use crate::frame;
 use crate::handler::{Action, Cx, Publish, Reply};
 use crate::http::{self, Response};
+use crate::id::EventId;
 use crate::memory::{Kind, Refusal};
 use crate::stats::{Counters, Gauges};
 pub(crate) use bind::Bound;
@@ -608,7 +609,7 @@ impl Reactor {
     }
 
     /// A publish is over (`publish::settle`): its answer goes out.
-    fn settle(&mut self, to: To, reply: Reply, made: &[u32], o: Outcome) {
+    fn settle(&mut self, to: To, reply: Reply, made: &[StreamIdx], o: Outcome) {
         let (broker, apps, counters) = (&mut self.broker, &mut self.apps, &mut self.counters);
         let answer = publish::settle(broker, apps, counters, &reply, made, &o);
         self.deliver(to, answer);
@@ -1025,7 +1026,7 @@ impl Reactor {
     fn expire_streams(&mut self) {
         let now = self.clock.unix_us();
         let done = self.broker.expire(now, sweep::STREAM_SLICE);
-        let unread = |(_, s): (u32, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
+        let unread = |(_, s): (StreamIdx, &crate::broker::Stream)| !s.internal && s.subs.is_empty();
         if done && !self.broker.iter().any(unread) {
             self.sweep.rest_expire();
             return;
@@ -1767,7 +1768,7 @@ impl Reactor {
     }
 
     /// Flushes a stream's subscribers, deletes it, and ends their streams.
-    fn delete_stream(&mut self, idx: u32) {
+    fn delete_stream(&mut self, idx: StreamIdx) {
         // Flush first so subscribers that can take it get what was published.
         for k in self.broker.subscribers(idx).into_iter().map(ConnKey) {
             if self.conns.get(k.idx()).is_some_and(|c| !c.blocked()) {
@@ -1816,12 +1817,12 @@ impl Reactor {
 
     /// Drops a subscription update's topic stream unless someone reads
     /// that very topic (the journal records it as deleted).
-    fn drop_one_off(&mut self, idx: u32) {
+    fn drop_one_off(&mut self, idx: StreamIdx) {
         if !self.broker.subscribers(idx).is_empty() {
             return;
         }
         if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
-            if floor > 0 {
+            if floor > EventId::NONE {
                 d.delete(name, floor);
             }
         }

@@ -936,9 +936,9 @@ mod tests {
 
     fn streaming() -> State {
         State::Streaming(Cursors::One(Cursor {
-            stream: 0,
+            stream: crate::broker::StreamIdx::for_test(0),
             slot: 0,
-            last_id: 0,
+            last_id: crate::id::EventId::NONE,
         }))
     }
 

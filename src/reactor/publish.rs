@@ -24,10 +24,11 @@ use serde_json::{json, Value};
 
 use super::conn::ConnKey;
 use crate::apps::Apps;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, StreamIdx};
 use crate::event::PublishError;
 use crate::handler::{Publish, Refusal, Reply, Shape, Targets};
 use crate::http::Response;
+use crate::id::EventId;
 use crate::journal::Link;
 use crate::stats::Counters;
 
@@ -89,7 +90,7 @@ impl From<BrokerError> for Failure {
 #[derive(Debug, Default)]
 pub(super) struct Outcome {
     /// Ids of the events published.
-    pub ids: Vec<u64>,
+    pub ids: Vec<EventId>,
     /// Distinct connections reading the targets.
     pub audience: usize,
     /// Why it stopped, if it did.
@@ -136,7 +137,10 @@ pub(super) fn admit_selectors(
 /// The streams of a decision (a publish, a subscription): found or made
 /// now, as the handler decided (`made`: public streams made, which a
 /// refused publish drops again).
-pub(super) fn resolve(broker: &mut Broker, to: &Targets) -> Result<(Vec<u32>, Vec<u32>), Failure> {
+pub(super) fn resolve(
+    broker: &mut Broker,
+    to: &Targets,
+) -> Result<(Vec<StreamIdx>, Vec<StreamIdx>), Failure> {
     match to {
         Targets::Internal(list) => {
             let mut out = Vec::with_capacity(list.len());
@@ -209,7 +213,7 @@ pub(super) fn apply_local(
     broker: &mut Broker,
     mut journal: Option<&mut Link>,
     apps: &mut Apps,
-    (targets, made): (&[u32], &[u32]),
+    (targets, made): (&[StreamIdx], &[StreamIdx]),
     p: &Publish,
     now_us: u64,
 ) -> Outcome {
@@ -264,8 +268,8 @@ pub(super) fn apply_local(
 pub(super) fn entered(
     broker: &mut Broker,
     apps: &mut Apps,
-    targets: &[u32],
-    id: u64,
+    targets: &[StreamIdx],
+    id: EventId,
     frame: &[u8],
     private: bool,
 ) {
@@ -286,7 +290,7 @@ pub(super) fn entered(
         return;
     };
     let mut buf = [0u8; 20];
-    if named != crate::frame::fmt_u64(id, &mut buf) {
+    if named != crate::frame::fmt_id(id, &mut buf) {
         let named = named.to_string();
         broker.alias(&named, id, private);
     }
@@ -311,7 +315,7 @@ pub(super) fn render(reply: &Reply, o: &Outcome) -> Answer {
         let msg = if o.ids.is_empty() {
             f.msg.clone()
         } else {
-            let list: Vec<String> = o.ids.iter().map(u64::to_string).collect();
+            let list: Vec<String> = o.ids.iter().map(EventId::to_string).collect();
             format!("{} (published before it: {})", f.msg, list.join(", "))
         };
         (f.status, msg)
@@ -334,7 +338,7 @@ pub(super) fn render(reply: &Reply, o: &Outcome) -> Answer {
     let first = o.ids.first().copied();
     match reply {
         Reply::Ids { batch, shape } => {
-            let ids: Vec<String> = o.ids.iter().map(u64::to_string).collect();
+            let ids: Vec<String> = o.ids.iter().map(EventId::to_string).collect();
             let ok = if *batch {
                 json!({ "ids": ids, "subscribers": o.audience })
             } else {
@@ -364,7 +368,8 @@ pub(super) fn render(reply: &Reply, o: &Outcome) -> Answer {
         }
         Reply::Library => Answer::Library(match (first, &o.failure) {
             (_, Some(f)) => Err(PublishError::Refused(f.msg.clone())),
-            (Some(id), None) => Ok(id),
+            // The library's API speaks plain numbers.
+            (Some(id), None) => Ok(id.get()),
             (None, None) => Err(PublishError::Refused("nothing was published".into())),
         }),
         Reply::Silent => Answer::Nothing,
@@ -377,14 +382,14 @@ pub(super) enum Route {
     /// (`bus::Link::publish`).
     Bus {
         /// The streams, found or made.
-        targets: Vec<u32>,
+        targets: Vec<StreamIdx>,
         /// Those made for it (dropped again if it fails).
-        made: Vec<u32>,
+        made: Vec<StreamIdx>,
     },
     /// Over: settle it.
     Done {
         /// Streams made for it that `settle` drops (it failed).
-        made: Vec<u32>,
+        made: Vec<StreamIdx>,
         /// What became of it.
         outcome: Outcome,
     },
@@ -442,7 +447,7 @@ pub(super) fn settle(
     apps: &mut Apps,
     counters: &mut Counters,
     reply: &Reply,
-    made: &[u32],
+    made: &[StreamIdx],
     o: &Outcome,
 ) -> Answer {
     if let Some(f) = &o.failure {
@@ -518,7 +523,7 @@ mod tests {
     #[test]
     fn every_reply_is_rendered_from_the_outcome() {
         let ok = Outcome {
-            ids: vec![7, 8],
+            ids: vec![EventId::new(7), EventId::new(8)],
             audience: 3,
             ..Outcome::default()
         };
@@ -562,7 +567,7 @@ mod tests {
 
         // A failure after one event: the status, and which were published.
         let failed = Outcome {
-            ids: vec![7],
+            ids: vec![EventId::new(7)],
             audience: 0,
             failure: Some(Failure {
                 status: 503,
@@ -715,14 +720,15 @@ mod tests {
         ];
         for b in &bodies {
             for private in [false, true] {
-                let (sse, p) = crate::handler::bus_frame(42, &b.payload(private)).unwrap();
-                assert_eq!(sse, b.encode(42));
+                let (sse, p) =
+                    crate::handler::bus_frame(EventId::new(42), &b.payload(private)).unwrap();
+                assert_eq!(sse, b.encode(EventId::new(42)));
                 assert_eq!(p, private);
                 assert!(b.max_len() >= sse.len());
             }
         }
         assert_eq!(
-            bodies[1].encode(42),
+            bodies[1].encode(EventId::new(42)),
             b"id: 42\nevent: message\ndata: {}\n\n"
         );
     }

@@ -140,7 +140,8 @@ mod tests {
             .unwrap();
         b.publish(&s[..1], &Event::new("a"), 2_000).unwrap();
         let frame = crate::frame::encode(None, None, "p", None);
-        b.append_as(&s[1..], 9, &frame, true).unwrap();
+        b.append_as(&s[1..], crate::id::EventId::new(9), &frame, true)
+            .unwrap();
         let mut conns: Slab<Conn<()>> = Slab::new();
         let reading = conns.insert(Conn::new((), 0, 0));
         let streaming = conns.insert(Conn::new((), 0, 0));

@@ -212,6 +212,86 @@ fn selector_subscribers_on_b_get_a_updates_to_topics_b_never_saw() {
     );
 }
 
+/// What `topic=*` on `b` resuming after `from` starts with: the `gap`
+/// (its bytes), and `Mercure-Last-Event-ID` says the cursor is unknown.
+fn gap_first(b: std::net::SocketAddr, from: &str) -> Sse {
+    let mut s = hub_sub(b, "topic=*", &resume(from));
+    assert_eq!(
+        header(&s.head, "mercure-last-event-id").as_deref(),
+        Some("earliest"),
+        "* from {from}"
+    );
+    let e = s.next_event(T).expect("a gap");
+    assert_eq!(
+        e.raw,
+        format!(
+            "event: gap\ndata: {}\n\n",
+            json!({"last_event_id": from, "streams": ["*"]})
+        ),
+        "* from {from}"
+    );
+    s
+}
+
+/// Two nodes on one redis-server: node A publishes to a topic node B
+/// never holds (no subscriber of it on B, no selector on B wants it), so
+/// B never has its update. A selector stream made on B afterwards cannot
+/// have it either: a subscriber resuming from before it gets `gap`, then
+/// what B has, never a silent hole; one resuming from after it is exact;
+/// and once a selector on B wants that topic, its updates come live.
+#[cfg(feature = "redis")]
+#[test]
+fn a_selector_stream_made_on_b_gaps_for_updates_to_topics_b_never_held() {
+    use crate::redis::{node, Redis};
+    let Some(r) = Redis::start() else { return };
+    let (a, b) = (node(&r, &["--jwt-key", KEY]), node(&r, &["--jwt-key", KEY]));
+    let (held, unheld) = ("https://example.com/held/1", "https://example.com/unheld/1");
+    // B holds `held`: an exact subscriber reads it there.
+    let mut exact = hub_sub(b.addr, &format!("topic={}", enc(held)), "");
+    update(a.addr, held, "h1", "one", false);
+    update(a.addr, unheld, "u1", "never on b", false);
+    update(a.addr, held, "h2", "two", false);
+    // Announcements come in order on one channel: B has skipped u1's
+    // once its subscriber has h2.
+    exactly(&mut exact, &[("h1", "one"), ("h2", "two")], "held, on B");
+    let mut s = gap_first(b.addr, "h1");
+    exactly(&mut s, &[("h2", "two")], "* from h1, after the gap");
+    // After u1: nothing is missing, nothing is owed.
+    let mut s = hub_sub(b.addr, "topic=*", &resume("h2"));
+    assert_eq!(
+        header(&s.head, "mercure-last-event-id").as_deref(),
+        Some("h2")
+    );
+    assert!(drain(&mut s).is_empty());
+    // The `*` stream wants every topic now: B holds `unheld` from here.
+    update(a.addr, unheld, "u2", "now on b", false);
+    exactly(&mut s, &[("u2", "now on b")], "* from h2, live");
+}
+
+/// A node B started after node A published: what A published before
+/// B's subscription to the bus was live is unknown to B, so a selector
+/// stream on B resuming from before it gets `gap`, then what B has (the
+/// history it loaded of a topic it holds), then live updates.
+#[cfg(feature = "redis")]
+#[test]
+fn a_node_started_after_updates_gaps_a_selector_resume_from_before_them() {
+    use crate::redis::{node, Redis};
+    let Some(r) = Redis::start() else { return };
+    let a = node(&r, &["--jwt-key", KEY]);
+    let (held, unheld) = ("https://example.com/held/1", "https://example.com/unheld/1");
+    update(a.addr, held, "h1", "one", false);
+    update(a.addr, unheld, "u1", "before b", false);
+    let b = node(&r, &["--jwt-key", KEY]);
+    // B loads `held` from Redis for an exact subscriber from the start,
+    // and so knows h1.
+    let mut exact = hub_sub(b.addr, &format!("topic={}", enc(held)), &resume("earliest"));
+    exactly(&mut exact, &[("h1", "one")], "held on B, from the start");
+    let mut s = gap_first(b.addr, "h1");
+    assert!(drain(&mut s).is_empty(), "B has nothing after h1 yet");
+    update(a.addr, held, "h2", "two", false);
+    exactly(&mut s, &[("h2", "two")], "* from h1, live after the gap");
+}
+
 /// After a `--data-dir` restart, a selector subscription of each shape
 /// resuming by a custom id gets exactly the events after it that its
 /// topics retain, private ones only with a grant, and

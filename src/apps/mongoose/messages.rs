@@ -163,7 +163,7 @@ mod tests {
                 event: event.into(),
                 data: data.into(),
             }
-            .encode(id)
+            .encode(crate::id::EventId::new(id))
         };
         assert_eq!(
             frame(7, "message", "{}"),

@@ -52,6 +52,8 @@ pub enum Kind {
     Fetch { req: u64 },
     /// SUBSCRIBE confirmation.
     Subscribe,
+    /// `GET P:id` once subscribed: the last id any node allocated.
+    LastId,
 }
 
 /// An expected reply.

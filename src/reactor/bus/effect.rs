@@ -4,7 +4,7 @@
 //! driver to carry out, in order. Data only; shared by the link and its
 //! stub (a build without the `redis` feature, which makes none).
 
-use crate::broker::Cursors;
+use crate::broker::{Cursors, StreamIdx};
 use crate::handler::{Reply, Subscribe};
 
 use super::super::conn::ConnKey;
@@ -20,7 +20,7 @@ pub(crate) enum Effect {
         /// How to answer.
         reply: Reply,
         /// Public streams made for it, dropped again if it failed.
-        made: Vec<u32>,
+        made: Vec<StreamIdx>,
         /// The ids, audience and failure.
         outcome: Outcome,
     },
@@ -45,5 +45,5 @@ pub(crate) enum Effect {
     Flush,
     /// A subscription update's topic stream carried it and nobody reads
     /// that very topic: drop it again (`--mercure-subscriptions`).
-    DropOneOff(u32),
+    DropOneOff(StreamIdx),
 }

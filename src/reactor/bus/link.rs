@@ -32,11 +32,12 @@ use slab::Slab;
 use super::effect::Effect;
 use super::machine::BusOutput;
 use crate::apps::Apps;
-use crate::broker::{Broker, Resume};
+use crate::broker::{Broker, Resume, StreamIdx};
 use crate::bus::script::Retain;
 use crate::bus::BusError;
 use crate::frame;
 use crate::handler::{bus_frame, Publish, Reply, Subscribe};
+use crate::id::EventId;
 use crate::memory::{Account, Kind, Lease};
 use crate::presence::Presence;
 
@@ -86,8 +87,8 @@ pub(crate) trait Wire {
 
 /// An announcement kept for a stream whose fetch is in flight.
 struct Msg {
-    id: u64,
-    prev: u64,
+    id: EventId,
+    prev: EventId,
     sse: std::rc::Rc<[u8]>,
     private: bool,
 }
@@ -118,19 +119,20 @@ enum Sync {
         buffered: Vec<Msg>,
         /// Was `Live` before (a catch-up), so failure keeps it live.
         was_live: bool,
-        /// Announcements dropped because the buffer was full: the highest id.
-        overflow: u64,
+        /// Announcements dropped because the buffer was full: the highest
+        /// id (`NONE`: none).
+        overflow: EventId,
     },
 }
 
 /// A publish waiting for Redis's ids.
 struct Pending {
     who: To,
-    ids: Vec<Option<u64>>,
+    ids: Vec<Option<EventId>>,
     left: usize,
     error: Option<BusError>,
-    targets: Vec<u32>,
-    made: Vec<u32>,
+    targets: Vec<StreamIdx>,
+    made: Vec<StreamIdx>,
     reply: Reply,
 }
 
@@ -199,8 +201,8 @@ fn unavailable(e: &BusError) -> Failure {
     }
 }
 
-fn last_id(broker: &Broker, idx: u32) -> u64 {
-    broker.get(idx).map_or(0, |s| s.last_id)
+fn last_id(broker: &Broker, idx: StreamIdx) -> EventId {
+    broker.get(idx).map_or(EventId::NONE, |s| s.last_id)
 }
 
 impl<W: Wire> Link<W> {
@@ -304,7 +306,8 @@ impl<W: Wire> Link<W> {
         match out {
             BusOutput::Published { req, id } => {
                 if let Some(Req::Publish { slot, index }) = self.reqs.remove(&req) {
-                    self.publish_done(broker, slot, index, Ok(id), fx);
+                    // The bus speaks numbers: ids from here on.
+                    self.publish_done(broker, slot, index, Ok(EventId::new(id)), fx);
                 }
             }
             BusOutput::Failed { req, error } => match self.reqs.remove(&req) {
@@ -320,14 +323,22 @@ impl<W: Wire> Link<W> {
                 id,
                 streams,
                 payload,
-            } => self.on_message(broker, apps, presence, id, &streams, &payload, now_ms, fx),
+            } => {
+                let id = EventId::new(id);
+                self.on_message(broker, apps, presence, id, &streams, &payload, now_ms, fx)
+            }
             BusOutput::Fetched {
                 req,
                 entries,
                 first_retained,
                 more,
             } => self.on_fetched(broker, apps, req, entries, first_retained, more, now_ms, fx),
-            BusOutput::Up => self.on_up(),
+            BusOutput::Up { last_id } => {
+                // Announcements up to it came before this node listened:
+                // those of topics it does not hold never reach it.
+                broker.note_unheld(EventId::new(last_id));
+                self.on_up();
+            }
             BusOutput::Down => {}
         }
         true
@@ -341,8 +352,8 @@ impl<W: Wire> Link<W> {
         &mut self,
         broker: &Broker,
         who: To,
-        targets: Vec<u32>,
-        made: Vec<u32>,
+        targets: Vec<StreamIdx>,
+        made: Vec<StreamIdx>,
         p: Publish,
         now_ms: u64,
         fx: &mut Vec<Effect>,
@@ -380,7 +391,7 @@ impl<W: Wire> Link<W> {
             let req = self.req();
             match self
                 .wire
-                .publish(req, &refs, payload, floor, now_ms, retain)
+                .publish(req, &refs, payload, floor.get(), now_ms, retain)
             {
                 Ok(()) => {
                     self.reqs.insert(req, Req::Publish { slot, index });
@@ -410,7 +421,7 @@ impl<W: Wire> Link<W> {
         broker: &Broker,
         slot: usize,
         index: usize,
-        r: Result<u64, BusError>,
+        r: Result<EventId, BusError>,
         fx: &mut Vec<Effect>,
     ) {
         let Some(p) = self.replies.get_mut(slot) else {
@@ -474,7 +485,7 @@ impl<W: Wire> Link<W> {
         broker: &mut Broker,
         apps: &mut Apps,
         presence: &mut Presence,
-        id: u64,
+        id: EventId,
         streams: &[(String, u64)],
         payload: &[u8],
         now_ms: u64,
@@ -498,34 +509,37 @@ impl<W: Wire> Link<W> {
         // streams take it now, in announcement order.
         let mut later = Vec::new();
         for (name, prev) in streams {
+            let prev = EventId::new(*prev);
             // Not held here: loaded when someone asks, or now when a
-            // selector stream here wants its events.
+            // selector stream here wants its events. Else a selector
+            // stream made later lacks this one (its history is not here).
             let Some(idx) = broker
                 .find(name)
-                .or_else(|| broker.hold_for_selectors(name))
+                .or_else(|| broker.hold_for_selectors(name, id))
             else {
+                broker.note_unheld(id);
                 continue;
             };
             let last = last_id(broker, idx);
             match self.sync.get_mut(name.as_str()) {
-                None if *prev == last => {
+                None if prev == last => {
                     self.sync
                         .insert(name.as_str().into(), Sync::Live { reset: false });
                     now_targets.push(idx);
                 }
                 None => {
-                    fetch.push((name.clone(), false, *prev));
+                    fetch.push((name.clone(), false, prev));
                     later.push(idx);
                 }
                 Some(Sync::Live { reset }) => {
                     if id <= last {
                         continue;
                     }
-                    if *prev == last || *reset {
+                    if prev == last || *reset {
                         *reset = false;
                         now_targets.push(idx);
                     } else {
-                        fetch.push((name.clone(), true, *prev));
+                        fetch.push((name.clone(), true, prev));
                         later.push(idx);
                     }
                 }
@@ -535,7 +549,7 @@ impl<W: Wire> Link<W> {
                     later.push(idx);
                     let m = Msg {
                         id,
-                        prev: *prev,
+                        prev,
                         sse: sse.clone(),
                         private,
                     };
@@ -579,7 +593,7 @@ impl<W: Wire> Link<W> {
         broker: &mut Broker,
         apps: &mut Apps,
         topic: &str,
-        id: u64,
+        id: EventId,
         sse: &[u8],
         private: bool,
         fx: &mut Vec<Effect>,
@@ -618,12 +632,14 @@ impl<W: Wire> Link<W> {
         now_ms: u64,
         fx: &mut Vec<Effect>,
     ) {
-        let after = broker.find(name).map_or(0, |i| last_id(broker, i));
+        let after = broker
+            .find(name)
+            .map_or(EventId::NONE, |i| last_id(broker, i));
         let req = self.req();
-        let mut overflow = 0;
+        let mut overflow = EventId::NONE;
         let bytes: usize = buffered.iter().map(Msg::bytes).sum();
         if bytes > 0 && !self.lease.admit(bytes) {
-            overflow = buffered.iter().map(|m| m.id).max().unwrap_or(0);
+            overflow = buffered.iter().map(|m| m.id).max().unwrap_or(EventId::NONE);
             buffered.clear();
         }
         let new = Sync::Fetching {
@@ -641,7 +657,7 @@ impl<W: Wire> Link<W> {
             Err(BusError::Busy)
         } else {
             self.wire
-                .fetch(req, name, after, self.fetch_max, page, now_ms)
+                .fetch(req, name, after.get(), self.fetch_max, page, now_ms)
         };
         match sent {
             Ok(()) => {
@@ -687,7 +703,7 @@ impl<W: Wire> Link<W> {
                 w.failed = true;
             }
         }
-        if buffered.is_empty() && overflow == 0 {
+        if buffered.is_empty() && overflow == EventId::NONE {
             if was_live {
                 self.sync.insert(name.into(), Sync::Live { reset: false });
             }
@@ -713,9 +729,9 @@ impl<W: Wire> Link<W> {
         &mut self,
         broker: &mut Broker,
         apps: &mut Apps,
-        idx: u32,
+        idx: StreamIdx,
         mut buffered: Vec<Msg>,
-        overflow: u64,
+        overflow: EventId,
         reset: bool,
         fx: &mut Vec<Effect>,
     ) {
@@ -732,7 +748,7 @@ impl<W: Wire> Link<W> {
             reset = false;
             append(broker, apps, &[idx], m.id, &m.sse, m.private, fx);
         }
-        if overflow > 0 {
+        if overflow > EventId::NONE {
             let top = last_id(broker, idx).max(overflow);
             self.lost(broker, idx, top);
         }
@@ -740,19 +756,22 @@ impl<W: Wire> Link<W> {
 
     /// The event after `last` names `prev` as its predecessor: the events
     /// between are not here and Redis no longer has them.
-    fn hole(&mut self, broker: &mut Broker, idx: u32, last: u64, prev: u64, id: u64) {
-        if last == 0 && prev == 0 {
+    fn hole(
+        &mut self,
+        broker: &mut Broker,
+        idx: StreamIdx,
+        last: EventId,
+        prev: EventId,
+        id: EventId,
+    ) {
+        if last == EventId::NONE && prev == EventId::NONE {
             return;
         }
         broker.observe(prev);
         // Events up to `prev` are missing; if Redis forgot `last` (it
         // restarted), anything before `id` may be.
-        let upto = if prev > last {
-            prev
-        } else {
-            id.saturating_sub(1)
-        };
-        if last == 0 {
+        let upto = if prev > last { prev } else { id.pred() };
+        if last == EventId::NONE {
             // Nothing held here yet: only resumes from before `prev` lack
             // history, which is trimmed history, not a bus loss.
             broker.mark_lost(idx, upto);
@@ -761,7 +780,7 @@ impl<W: Wire> Link<W> {
         }
     }
 
-    fn lost(&mut self, broker: &mut Broker, idx: u32, upto: u64) {
+    fn lost(&mut self, broker: &mut Broker, idx: StreamIdx, upto: EventId) {
         if broker.mark_lost(idx, upto) {
             self.counts.bus_gaps += 1;
             let name = broker.get(idx).map(|s| s.name.to_string());
@@ -784,9 +803,15 @@ impl<W: Wire> Link<W> {
         let Some(Req::Fetch { stream: name }) = self.reqs.remove(&req) else {
             return;
         };
+        // The bus speaks numbers: ids from here on.
+        let entries: Vec<(EventId, EventId, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(id, prev, p)| (EventId::new(id), EventId::new(prev), p))
+            .collect();
+        let first_retained = first_retained.map(EventId::new);
         let full = more || entries.len() >= self.fetch_max;
         // The next page starts after this one even if an entry was unusable.
-        let page_end = entries.last().map_or(0, |e| e.0);
+        let page_end = entries.last().map_or(EventId::NONE, |e| e.0);
         let Some(Sync::Fetching { req: r, .. }) = self.sync.get(&name) else {
             return;
         };
@@ -828,7 +853,7 @@ impl<W: Wire> Link<W> {
                 Err(BusError::Busy)
             } else {
                 self.wire
-                    .fetch(req2, &name, after, self.fetch_max, page, now_ms)
+                    .fetch(req2, &name, after.get(), self.fetch_max, page, now_ms)
             };
             match sent {
                 Ok(()) => {
@@ -843,10 +868,10 @@ impl<W: Wire> Link<W> {
         // it: it lost the stream (restarted empty). What was published
         // while this node was away is gone: mark it, take what comes next.
         let mut reset = false;
-        if entries.is_empty() && held > 0 && first_retained.is_none_or(|f| f > held) {
+        if entries.is_empty() && held > EventId::NONE && first_retained.is_none_or(|f| f > held) {
             // Above every id seen here, so even a subscriber at the newest
             // is told; the next id Redis gives is above it (floor).
-            let top = broker.ids().last() + 1;
+            let top = broker.ids().last().succ();
             self.lost(broker, idx, top);
             reset = true;
         }
@@ -905,7 +930,7 @@ impl<W: Wire> Link<W> {
         broker: &mut Broker,
         apps: &mut Apps,
         key: ConnKey,
-        targets: &[u32],
+        targets: &[StreamIdx],
         bs: Subscribe,
         now_ms: u64,
         fx: &mut Vec<Effect>,
@@ -986,8 +1011,8 @@ impl<W: Wire> Link<W> {
 fn append(
     broker: &mut Broker,
     apps: &mut Apps,
-    targets: &[u32],
-    id: u64,
+    targets: &[StreamIdx],
+    id: EventId,
     sse: &[u8],
     private: bool,
     fx: &mut Vec<Effect>,
@@ -1008,8 +1033,8 @@ fn append(
 fn append_selectors(
     broker: &mut Broker,
     apps: &mut Apps,
-    targets: &[u32],
-    id: u64,
+    targets: &[StreamIdx],
+    id: EventId,
     sse: &[u8],
     private: bool,
     fx: &mut Vec<Effect>,
@@ -1035,7 +1060,7 @@ fn begin(
     failed: bool,
     fx: &mut Vec<Effect>,
 ) {
-    let targets: Vec<u32> = names.iter().filter_map(|n| broker.find(n)).collect();
+    let targets: Vec<StreamIdx> = names.iter().filter_map(|n| broker.find(n)).collect();
     let c = broker.subscribe_as(key.0, &targets, &sub.sees_private, &sub.resume);
     match (&c.gap, failed, &sub.resume) {
         (Some(g), _, _) => sub.prelude.extend_from_slice(g),
@@ -1160,11 +1185,11 @@ mod tests {
             }
         }
         /// A public stream held here.
-        fn stream(&mut self, name: &str) -> u32 {
+        fn stream(&mut self, name: &str) -> StreamIdx {
             self.broker.resolve_as(&[name], Create::Publisher).unwrap()[0]
         }
-        fn last(&self, idx: u32) -> u64 {
-            self.broker.get(idx).unwrap().last_id
+        fn last(&self, idx: StreamIdx) -> u64 {
+            self.broker.get(idx).unwrap().last_id.get()
         }
         /// Queues `o` and steps the link until the wire is drained.
         fn feed(&mut self, o: BusOutput) {
@@ -1262,7 +1287,7 @@ mod tests {
         // Lost up to 9's predecessor: what is held at or below it goes
         // too, so a subscriber there gets `gap`, not a silent hole.
         let st = w.broker.get(s).unwrap();
-        assert_eq!((st.lost_upto(), st.retained()), (7, 1));
+        assert_eq!((st.lost_upto().get(), st.retained()), (7, 1));
     }
 
     /// What the link buffers while a fetch runs is admitted against the
@@ -1305,7 +1330,7 @@ mod tests {
         });
         // Merged: 9 and what fit; lost up to the last dropped (15).
         assert_eq!(w.link.counts().bus_gaps, 1);
-        assert_eq!(w.broker.get(s).unwrap().lost_upto(), 15);
+        assert_eq!(w.broker.get(s).unwrap().lost_upto().get(), 15);
         assert_eq!(w.link.fetch_bytes(), 0, "nothing stays buffered");
         w.memory.report(Kind::Bus, w.link.fetch_bytes());
         assert_eq!(bus(&w).used, 0);
@@ -1357,7 +1382,7 @@ mod tests {
             panic!("not settled");
         };
         assert!(matches!(to, To::Conn(k) if *k == key));
-        assert_eq!(outcome.ids, [100, 101]);
+        assert_eq!(outcome.ids, [EventId::new(100), EventId::new(101)]);
         let publish::Answer::Http(bytes, close) = publish::render(reply, outcome) else {
             panic!("not an HTTP answer");
         };
@@ -1449,7 +1474,7 @@ mod tests {
             prelude: b"retry: 1000\n\n".to_vec(),
             to: Targets::Internal(Vec::new()),
             sees_private: vec![false],
-            resume: Resume::After(1, "1".into()),
+            resume: Resume::After(EventId::new(1), "1".into()),
             until: None,
             shape: shape(),
             presence: None,
@@ -1482,7 +1507,7 @@ mod tests {
         assert_eq!((*k, *waited), (key, true));
         assert_eq!(sub.prelude, b"retry: 1000\n\n", "history came: no gap");
         // It reads from after 1: event 2 is owed.
-        let owed: Vec<u64> = w.broker.merge(cursors).map(|f| f.id).collect();
+        let owed: Vec<u64> = w.broker.merge(cursors).map(|f| f.id.get()).collect();
         assert_eq!(owed, [2]);
         assert!(!w.link.holds(key));
     }
@@ -1526,11 +1551,53 @@ mod tests {
         // its last id, in case announcements were missed meanwhile.
         w.announce(3, "s", 0, "a");
         w.feed(BusOutput::Down);
-        w.feed(BusOutput::Up);
+        w.feed(BusOutput::Up { last_id: 0 });
         assert_eq!(
             w.link.wire.fetched.last().map(|f| (f.1.as_str(), f.2)),
             Some(("s", 3))
         );
+    }
+
+    /// What this node may have missed of topics it does not hold: the id
+    /// of each announcement it skips, and what `Up` says was allocated
+    /// before it listened. A selector stream made later counts it lost;
+    /// announcements it takes do not move it.
+    #[test]
+    fn skipped_announcements_and_up_mark_what_a_new_selector_stream_lacks() {
+        let mut w = World::new();
+        let any = crate::auth::Selector::parse("*").unwrap();
+        let lost = |w: &World| w.broker.selector_view(&any, true).1;
+        w.feed(BusOutput::Up { last_id: 0 });
+        assert_eq!(lost(&w), EventId::new(0), "an empty Redis: nothing missed");
+        w.stream("/b/1");
+        w.announce(5, "/b/1", 0, "a");
+        assert_eq!(lost(&w), EventId::new(0), "held: taken");
+        // No stream here, no selector wants it: skipped, and not made.
+        w.announce(7, "/c/1", 0, "b");
+        assert!(w.broker.find("/c/1").is_none());
+        assert_eq!(lost(&w), EventId::new(7));
+        // Nothing at or below the mark is kept (it would come again after
+        // the gap): a stream made now has no newest event yet.
+        assert_eq!(
+            w.broker.selector_view(&any, false),
+            (EventId::NONE, EventId::new(7))
+        );
+        // A selector stream that wants it makes this node hold the next.
+        let sel = crate::auth::Selector::parse("/c/{x}").unwrap();
+        w.broker.selector_stream(&sel, None).unwrap();
+        w.announce(8, "/c/2", 0, "c");
+        assert!(w.broker.find("/c/2").is_some());
+        assert_eq!(lost(&w), EventId::new(7));
+        // Reconnected: what was allocated before it listened again.
+        w.feed(BusOutput::Down);
+        w.feed(BusOutput::Up { last_id: 30 });
+        assert_eq!(lost(&w), EventId::new(30));
+        w.feed(BusOutput::Up { last_id: 20 });
+        assert_eq!(lost(&w), EventId::new(30), "never lowered");
+        // A live reader of a stream made now starts above it: no gap.
+        let s = w.broker.selector_stream(&any, None).unwrap();
+        let mut live = w.broker.subscribe(1, &[s], &Resume::Live).cursors;
+        assert!(w.broker.take_gap(&mut live).is_none());
     }
 
     #[test]
@@ -1545,7 +1612,7 @@ mod tests {
             &mut w.apps,
             key,
             &[s],
-            live_sub(Resume::After(9, "9".into())),
+            live_sub(Resume::After(EventId::new(9), "9".into())),
             0,
             &mut w.fx,
         );

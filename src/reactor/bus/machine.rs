@@ -1,6 +1,8 @@
 //! The bus state machine the reactor drives: two connections (pipelined
 //! commands; pub/sub), the handshake (AUTH, SELECT, SCRIPT LOAD,
-//! SUBSCRIBE), deadlines, reconnect with backoff, and the outputs.
+//! SUBSCRIBE, then the last id allocated: `GET P:id`, sent once the
+//! subscription is confirmed, so every announcement above it is heard),
+//! deadlines, reconnect with backoff, and the outputs.
 //!
 //! Publishes are gathered into a batch that goes to Redis as one script
 //! call: at once when no batch is out (Redis is idle), else when the
@@ -129,7 +131,12 @@ pub enum BusOutput {
         more: bool,
     },
     /// Connected, script loaded and subscribed: catch up every stream.
-    Up,
+    Up {
+        /// The last id any node had allocated once the subscription was
+        /// live (0: none): every announcement above it is heard, any at
+        /// or below it may have been missed.
+        last_id: u64,
+    },
     /// A connection was lost: messages may have been missed.
     Down,
 }
@@ -173,6 +180,8 @@ pub struct Bus {
     ready: [bool; 2],
     more: [bool; 2],
     up: bool,
+    /// The answer to `GET P:id` sent once subscribed (see [`BusOutput::Up`]).
+    bus_id: Option<u64>,
     sha: Option<Vec<u8>>,
     reloading: bool,
     broken: Option<BusError>,
@@ -270,6 +279,7 @@ impl Bus {
             ready: [false; 2],
             more: [false; 2],
             up: false,
+            bus_id: None,
             sha: None,
             reloading: false,
             broken: None,
@@ -352,6 +362,7 @@ impl Bus {
         self.st.last_error = Some(err.to_string());
         (self.ready, self.more, self.reloading) = ([false; 2], [false; 2], false);
         (self.broken, self.watch, self.last_msg) = (None, None, 0);
+        self.bus_id = None;
         if std::mem::take(&mut self.up) {
             warn!("redis bus down: {err}");
             self.out.push_back(BusOutput::Down);
@@ -385,7 +396,7 @@ impl Bus {
         for v in replies {
             match side {
                 Side::Cmd => self.on_cmd_reply(v, now)?,
-                Side::Sub => self.on_sub_reply(v)?,
+                Side::Sub => self.on_sub_reply(v, now)?,
             }
         }
         self.more[side as usize] = read? == Drain::More;
@@ -396,11 +407,11 @@ impl Bus {
     }
 
     fn maybe_up(&mut self) {
-        if self.ready == [true; 2] && !self.up {
+        if let (true, Some(last_id), false) = (self.ready == [true; 2], self.bus_id, self.up) {
             self.up = true;
             self.attempts = 0;
-            info!("redis bus up");
-            self.out.push_back(BusOutput::Up);
+            info!("redis bus up (last id {last_id})");
+            self.out.push_back(BusOutput::Up { last_id });
         }
     }
 
@@ -437,7 +448,7 @@ impl Bus {
         let unexpected = || BusError::Protocol("unexpected reply".into());
         let conn = self.conns[0].as_mut().ok_or_else(unexpected)?;
         let Pending { kind, sent, .. } = conn.pending.pop_front().ok_or_else(unexpected)?;
-        if let (Value::Error(e), Kind::Setup | Kind::Load { .. }) = (&v, &kind) {
+        if let (Value::Error(e), Kind::Setup | Kind::Load { .. } | Kind::LastId) = (&v, &kind) {
             return Err(BusError::Redis(text(e)));
         }
         match kind {
@@ -522,12 +533,20 @@ impl Bus {
                 };
                 self.done(sent, out);
             }
+            Kind::LastId => {
+                let id = match &v {
+                    Value::Bulk(None) => 0, // no id allocated yet
+                    v => v.bytes().and_then(num).ok_or_else(unexpected)?,
+                };
+                self.bus_id = Some(id);
+                self.maybe_up();
+            }
             Kind::Subscribe => return Err(unexpected()),
         }
         Ok(())
     }
 
-    fn on_sub_reply(&mut self, v: Value) -> Result<(), BusError> {
+    fn on_sub_reply(&mut self, v: Value, now: u64) -> Result<(), BusError> {
         if let Some([kind, _, data]) = v.items() {
             if kind.bytes() == Some(b"message") {
                 match data.bytes().and_then(parse_envelope) {
@@ -562,7 +581,14 @@ impl Bus {
         match p.kind {
             Kind::Subscribe => {
                 self.ready[1] = true;
-                self.maybe_up();
+                // Asked only now: an id allocated after this answer is
+                // announced to a live subscription, so it is heard.
+                let dl = now + self.timeout_ms;
+                let key = self.keys.id();
+                if let Some(conn) = self.conns[0].as_mut() {
+                    conn.send(&[b"GET", key.as_bytes()], Kind::LastId, dl);
+                }
+                self.sent();
             }
             Kind::Setup => {}
             _ => return Err(unexpected()),

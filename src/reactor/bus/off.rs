@@ -6,7 +6,7 @@
 use mio::Token;
 
 use crate::apps::Apps;
-use crate::broker::Broker;
+use crate::broker::{Broker, StreamIdx};
 use crate::handler::{Publish, Subscribe};
 use crate::stats::RedisGauges;
 
@@ -89,8 +89,8 @@ impl Link {
         &mut self,
         _broker: &Broker,
         _who: To,
-        _targets: Vec<u32>,
-        _made: Vec<u32>,
+        _targets: Vec<StreamIdx>,
+        _made: Vec<StreamIdx>,
         _p: Publish,
         _now_ms: u64,
         _fx: &mut Vec<Effect>,
@@ -103,7 +103,7 @@ impl Link {
         _broker: &mut Broker,
         _apps: &mut Apps,
         _key: ConnKey,
-        _targets: &[u32],
+        _targets: &[StreamIdx],
         _s: Subscribe,
         _now_ms: u64,
         _fx: &mut Vec<Effect>,
