@@ -194,7 +194,7 @@ impl Tails {
             i += n;
         }
         if m.bytes > allowed {
-            only.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            only.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
             for (cost, range) in only {
                 if m.bytes - m.cut_bytes <= allowed {
                     break;
