@@ -1499,6 +1499,18 @@ impl Broker {
         self.lost_below = self.lost_below.max(id);
     }
 
+    /// Events up to `upto` were published while this node did not listen
+    /// to the bus (it was down, or not up yet): every selector stream here
+    /// may lack updates of topics this node does not hold (the catch-up
+    /// refetches only the topics it holds), so each marks them lost and
+    /// its readers get `gap` rather than a silent hole.
+    pub fn selectors_missed(&mut self, upto: EventId) {
+        let all: Vec<StreamIdx> = self.topics.streams().collect();
+        for idx in all {
+            self.mark_lost(idx, upto);
+        }
+    }
+
     /// Says that events up to `id` may have been published to topics this
     /// node does not hold (so were never here): a selector stream made
     /// later counts them as lost (see `selector_history`). One `max`: the

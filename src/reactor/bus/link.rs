@@ -173,6 +173,10 @@ pub(crate) struct Link<W> {
     waiters: Slab<Waiter>,
     /// Streams to catch up after a reconnect, started as room allows.
     catchup: Vec<Box<str>>,
+    /// The newest id heard on the bus (announced, or given to a publish):
+    /// an `Up` saying Redis allocated more was followed by updates this
+    /// node may never hear of (see [`Broker::selectors_missed`]).
+    heard: EventId,
     fetch_max: usize,
     max_in_flight: usize,
     counts: Counts,
@@ -218,6 +222,7 @@ impl<W: Wire> Link<W> {
             sync: HashMap::new(),
             waiters: Slab::new(),
             catchup: Vec::new(),
+            heard: EventId::NONE,
             fetch_max,
             max_in_flight,
             counts: Counts::default(),
@@ -305,6 +310,7 @@ impl<W: Wire> Link<W> {
         };
         match out {
             BusOutput::Published { req, id } => {
+                self.heard = self.heard.max(EventId::new(id));
                 if let Some(Req::Publish { slot, index }) = self.reqs.remove(&req) {
                     // The bus speaks numbers: ids from here on.
                     self.publish_done(broker, slot, index, Ok(EventId::new(id)), fx);
@@ -336,7 +342,16 @@ impl<W: Wire> Link<W> {
             BusOutput::Up { last_id } => {
                 // Announcements up to it came before this node listened:
                 // those of topics it does not hold never reach it.
-                broker.note_unheld(EventId::new(last_id));
+                let last_id = EventId::new(last_id);
+                broker.note_unheld(last_id);
+                // Updates published while this node did not listen: the
+                // catch-up refetches the topics it holds, but selector
+                // streams here may want topics it does not hold, whose
+                // updates are gone for them: marked lost (`gap`).
+                if last_id > self.heard {
+                    broker.selectors_missed(last_id);
+                    self.heard = last_id;
+                }
                 self.on_up();
             }
             BusOutput::Down => {}
@@ -491,6 +506,7 @@ impl<W: Wire> Link<W> {
         now_ms: u64,
         fx: &mut Vec<Effect>,
     ) {
+        self.heard = self.heard.max(id);
         let Some((sse, private)) = bus_frame(id, payload) else {
             log::warn!("redis bus: ignoring an announcement with a malformed payload (id {id})");
             self.counts.bad += 1;
@@ -1556,6 +1572,32 @@ mod tests {
             w.link.wire.fetched.last().map(|f| (f.1.as_str(), f.2)),
             Some(("s", 3))
         );
+    }
+
+    /// Updates published while the node did not listen may be of topics
+    /// it does not hold, which the catch-up does not refetch: a selector
+    /// stream that exists across the outage marks them lost (its reader
+    /// gets `gap`), unless Redis allocated nothing the node had not heard.
+    #[test]
+    fn an_outage_marks_existing_selector_streams_lost_up_to_what_redis_allocated() {
+        let mut w = World::new();
+        w.feed(BusOutput::Up { last_id: 0 });
+        let any = crate::auth::Selector::parse("*").unwrap();
+        let s = w.broker.selector_stream(&any, None).unwrap();
+        w.stream("/b/1");
+        w.announce(5, "/b/1", 0, "a");
+        let mut reader = w.broker.subscribe(1, &[s], &Resume::Live).cursors;
+        assert!(w.broker.take_gap(&mut reader).is_none());
+        // Down and up again with nothing new: no loss.
+        w.feed(BusOutput::Down);
+        w.feed(BusOutput::Up { last_id: 5 });
+        assert_eq!(w.broker.get(s).unwrap().lost_upto(), EventId::NONE);
+        assert!(w.broker.take_gap(&mut reader).is_none());
+        // Down while another node published up to 9: marked, told.
+        w.feed(BusOutput::Down);
+        w.feed(BusOutput::Up { last_id: 9 });
+        assert_eq!(w.broker.get(s).unwrap().lost_upto(), EventId::new(9));
+        assert!(w.broker.take_gap(&mut reader).is_some());
     }
 
     /// What this node may have missed of topics it does not hold: the id
