@@ -144,13 +144,14 @@ fn fanout(n: usize, m: usize) {
                 break c;
             }
         };
-        while c.count < 1 {
+        // The stream opens with `retry: N\n`, a field line, not a block.
+        while c.lines < 1 {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(k) => c.feed(&buf[..k]),
             }
         }
-        c.count = 0;
+        (c.count, c.newlines) = (0, 0);
         counters.push(c);
     }
     let payload = "x".repeat(64);
@@ -191,6 +192,8 @@ struct Blocks {
     size: usize,
     in_size: bool,
     newlines: u8,
+    /// Lines ended in the body (the stream opens with a lone `retry:` line).
+    lines: usize,
     count: usize,
 }
 
@@ -201,6 +204,7 @@ impl Blocks {
             size: 0,
             in_size: true,
             newlines: 0,
+            lines: 0,
             count: 0,
         }
     }
@@ -232,6 +236,7 @@ impl Blocks {
             };
             for &b in &bytes[..take] {
                 if b == b'\n' {
+                    self.lines += 1;
                     self.newlines += 1;
                     if self.newlines == 2 {
                         self.count += 1;

@@ -32,7 +32,7 @@ pub enum Kind {
     /// Bytes accepted for a socket but not yet written, copied out of
     /// shared frames: responses, stream heads, `gap`s, heartbeats. A stalled
     /// subscriber's tail of a shared frame is a position, not a copy, and
-    /// is not charged.
+    /// is not charged here (see `Tails`).
     Output,
     /// App archives (the MongooseIM API's message and room archives),
     /// reported: they live within the history budget.
@@ -55,6 +55,12 @@ pub enum Kind {
     /// stops listing past its own bound ([`PRESENCE_LIMIT`]; their updates
     /// still go out).
     Presence,
+    /// Shared frames that only slow subscribers' stream tails keep alive:
+    /// history evicted them while a subscriber was cut inside one. Each
+    /// such frame counted once, reported by the fan-out (`Tails` in
+    /// reactor/fanout.rs); past the bounds its holders are dropped as
+    /// `--max-pending-bytes` drops a slow subscriber.
+    Tails,
 }
 
 /// The presence table's own bound (`presence::MAX_ACTIVE_BYTES`, which
@@ -63,7 +69,7 @@ pub const PRESENCE_LIMIT: usize = 80 << 20;
 
 impl Kind {
     /// Every kind, in the order `/stats` lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::History,
         Kind::Requests,
         Kind::Output,
@@ -71,6 +77,7 @@ impl Kind {
         Kind::Bus,
         Kind::Selectors,
         Kind::Presence,
+        Kind::Tails,
     ];
 
     /// The name in `/stats` and the `kind` label in `/metrics`.
@@ -83,6 +90,7 @@ impl Kind {
             Kind::Bus => "bus",
             Kind::Selectors => "selectors",
             Kind::Presence => "presence",
+            Kind::Tails => "tails",
         }
     }
 
@@ -172,6 +180,7 @@ impl Limits {
         per_kind[Kind::Bus.at()] = headroom / 2;
         per_kind[Kind::Selectors.at()] = headroom / 16;
         per_kind[Kind::Presence.at()] = PRESENCE_LIMIT;
+        per_kind[Kind::Tails.at()] = headroom / 4;
         Limits { max, per_kind }
     }
 
@@ -354,6 +363,19 @@ impl Account {
         b
     }
 
+    /// Counts a refusal found by a kind's own part rather than by
+    /// [`Account::charge`] (stream tails past their bound, whose holders
+    /// are dropped).
+    pub fn note_refused(&mut self, kind: Kind) {
+        self.refused[kind.at()] += 1;
+    }
+
+    /// Bytes of `kind` the bounds allow it to hold, given what the other
+    /// kinds hold now: what a reported kind must shrink to.
+    pub fn allowed(&self, kind: Kind) -> usize {
+        self.used[kind.at()].saturating_add(self.room(kind))
+    }
+
     /// Sets what a kind that keeps its own budget holds now (history).
     pub fn report(&mut self, kind: Kind, bytes: usize) {
         let i = kind.at();
@@ -425,6 +447,7 @@ mod tests {
         assert_eq!(l.of(Kind::Archives), 8 * MIB);
         assert_eq!(l.of(Kind::Bus), 16 * MIB);
         assert_eq!(l.of(Kind::Selectors), 2 * MIB);
+        assert_eq!(l.of(Kind::Tails), 8 * MIB);
         // A bound below the history budget is raised to leave headroom.
         let l = Limits::new(MIB, 64 * MIB, MIB);
         assert_eq!(l.max, 64 * MIB + MIN_HEADROOM);
@@ -573,5 +596,26 @@ mod tests {
         a.report(Kind::Bus, 0);
         assert_eq!(a.room(Kind::Bus), left.min(16 * MIB));
         assert_eq!(a.take_freed(), left + (100 << 10));
+    }
+
+    /// What a reported kind may hold is the smaller of its limit and what
+    /// the global bound leaves beside the other kinds; a refusal its part
+    /// finds is counted.
+    #[test]
+    fn a_reported_kind_is_allowed_what_the_bounds_leave() {
+        let mut a = account();
+        assert_eq!(a.allowed(Kind::Tails), 8 * MIB);
+        a.report(Kind::Tails, 3 * MIB);
+        assert_eq!(a.allowed(Kind::Tails), 8 * MIB);
+        a.report(Kind::History, 64 * MIB);
+        a.charge(Kind::Bus, 16 * MIB).unwrap();
+        a.charge(Kind::Requests, 8 * MIB).unwrap();
+        // 91 MiB held of 96: the 3 MiB of tails and 5 more.
+        assert_eq!(a.allowed(Kind::Tails), 8 * MIB);
+        a.charge(Kind::Output, 4 * MIB).unwrap();
+        assert_eq!(a.allowed(Kind::Tails), 4 * MIB);
+        a.note_refused(Kind::Tails);
+        let u = a.usage().find(|u| u.kind == Kind::Tails).unwrap();
+        assert_eq!((u.used, u.refused), (3 * MIB, 1));
     }
 }

@@ -126,7 +126,8 @@ pub struct MemoryGauges {
 /// One kind of memory in the account.
 #[derive(Debug, Default, Clone)]
 pub struct KindGauge {
-    /// `history`, `requests`, `output`, `archives`, `bus`, `selectors`.
+    /// `history`, `requests`, `output`, `archives`, `bus`, `selectors`,
+    /// `presence`, `tails`.
     pub name: &'static str,
     /// Bytes held now.
     pub used: usize,

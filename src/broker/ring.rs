@@ -70,6 +70,15 @@ impl Frame {
     pub fn cost(&self) -> usize {
         self.bytes.len()
     }
+    /// Where its bytes live: the same for every handle on one frame (the
+    /// rings of a multi-stream publish, subscribers' tails).
+    pub fn addr(&self) -> *const u8 {
+        self.bytes.as_ptr()
+    }
+    /// How many handles keep its bytes alive (rings and tails).
+    pub fn holders(&self) -> usize {
+        Rc::strong_count(&self.bytes)
+    }
     /// What [`Frame::cost`] will be for `sse_len` SSE bytes, known before
     /// the frame is built (so an oversized event is never copied).
     pub fn cost_for(sse_len: usize) -> usize {

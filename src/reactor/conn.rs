@@ -229,6 +229,50 @@ impl<S> Conn<S> {
     }
 }
 
+/// What the driver keeps about a few connections beside the table, since
+/// `Conn` must not grow for what most connections never need: the turn's
+/// lists (to free, to read again, to resume) and the side tables.
+#[derive(Debug, Default)]
+pub struct Sides {
+    /// Connections to free at the end of the turn.
+    pub closing: Vec<ConnKey>,
+    /// Connections whose paused input may be read again.
+    pub resume_read: Vec<ConnKey>,
+    /// Connections that used their read budget and may have more input.
+    pub read_again: Vec<ConnKey>,
+    /// Connections admitted over the cap: they may ask for `/healthz` only.
+    pub reserve: Vec<ConnKey>,
+    /// Connections from a trusted proxy → their client's per-address slot.
+    pub proxied: std::collections::HashMap<ConnKey, u32>,
+    /// Streams opened with a token that expires → the tick they end at.
+    pub token_exp: std::collections::HashMap<ConnKey, Tick>,
+}
+
+impl Sides {
+    /// When `key`'s stream token expires (`NEVER` without one).
+    pub fn token_expiry(&self, key: ConnKey) -> Tick {
+        match self.token_exp.is_empty() {
+            true => NEVER,
+            false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
+        }
+    }
+
+    /// `key`'s stream ended: its token no longer matters.
+    pub fn stream_ended(&mut self, key: ConnKey) {
+        if !self.token_exp.is_empty() {
+            self.token_exp.remove(&key);
+        }
+    }
+
+    /// `key` is freed: it leaves the side tables; returns the per-address
+    /// slot of its proxied client, for the driver to give back.
+    pub fn freed(&mut self, key: ConnKey) -> Option<u32> {
+        self.reserve.retain(|&k| k != key);
+        self.stream_ended(key);
+        self.proxied.remove(&key)
+    }
+}
+
 /// The budget (see ../shared/design/core-layout.md): 48 bytes in release
 /// builds. Debug builds of mio add a selector id to every socket, hence 56.
 pub const CONN_SIZE: usize = std::mem::size_of::<Conn>();
@@ -248,5 +292,26 @@ mod tests {
             std::mem::size_of::<super::State>()
         );
         assert_eq!(std::mem::size_of::<crate::broker::Cursor>(), 16);
+    }
+
+    use super::*;
+
+    /// A freed connection leaves every side table and gives back its
+    /// proxied client's slot; token expiries are per connection.
+    #[test]
+    fn sides_forget_a_freed_connection() {
+        let mut s = Sides::default();
+        let (a, b) = (ConnKey(1), ConnKey(2));
+        assert_eq!(s.token_expiry(a), NEVER);
+        s.token_exp.insert(a, 50);
+        s.reserve.extend([a, b]);
+        s.proxied.insert(a, 7);
+        assert_eq!((s.token_expiry(a), s.token_expiry(b)), (50, NEVER));
+        assert_eq!(s.freed(b), None);
+        assert_eq!(s.reserve, [a]);
+        s.stream_ended(a);
+        assert_eq!(s.token_expiry(a), NEVER);
+        assert_eq!(s.freed(a), Some(7));
+        assert!(s.reserve.is_empty() && s.proxied.is_empty());
     }
 }

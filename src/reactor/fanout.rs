@@ -15,13 +15,21 @@
 //! [`Batch::wrote`] says how far its cursor moves and which frame was cut
 //! (kept as a position into the shared frame, no copy).
 //!
+//! A cut frame is a handle on the shared frame. Once history evicts it,
+//! the subscribers cut inside it are all that keep it alive: [`Tails`]
+//! knows which connections hold such a handle and measures what only they
+//! keep alive (each frame once), for the memory account's `tails` kind,
+//! and names whom to drop past the account's bounds.
+//!
 //! It must not touch sockets or the reactor: the driver does the
 //! `writev`s and decides what a blocked or slow subscriber means.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use super::conn::{Conn, ConnKey, State, Tail};
+use slab::Slab;
+
+use super::conn::{Conn, ConnKey, State, Tail, Tick};
 use crate::broker::{Broker, Frame, StreamIdx};
 use crate::id::EventId;
 
@@ -30,7 +38,8 @@ pub const MAX_IOV: usize = 64;
 /// Bytes written to one subscriber per turn before others get a go.
 pub const WRITE_BUDGET: usize = 256 << 10;
 
-/// Fan-out passes under way, and subscribers owed a turn.
+/// Fan-out passes under way, subscribers owed a turn, and the tails left
+/// by short writes.
 #[derive(Debug, Default)]
 pub struct Fanout {
     /// Passes in progress: a stream and the next subscriber slot.
@@ -39,6 +48,8 @@ pub struct Fanout {
     dirty: Vec<StreamIdx>,
     /// Subscribers that used their write budget and are owed more.
     again: Vec<ConnKey>,
+    /// Slow subscribers' stream tails (the account's `tails` kind).
+    pub tails: Tails,
 }
 
 impl Fanout {
@@ -100,6 +111,99 @@ pub fn too_slow<S>(conn: &Conn<S>, broker: &Broker, max: usize) -> bool {
             ..
         } => out.pending_len() as u64 + broker.lag(cs) > max as u64,
         _ => false,
+    }
+}
+
+/// Slow subscribers' stream tails, for the memory account.
+///
+/// The fan-out notes a connection when a short write leaves it a tail
+/// ([`Tails::note`], the slow path only: a subscriber that keeps up costs
+/// nothing here). [`Tails::measure`], at most once a tick and only while
+/// some connection was noted, walks the noted ones (pruning those whose
+/// tail drained or that are gone), groups their tails by frame and counts
+/// a frame's cost once when its holders are all tails (history no longer
+/// has it): what only the tails keep alive, exactly.
+#[derive(Debug, Default)]
+pub struct Tails {
+    /// Connections left a tail since they were last pruned (sorted and
+    /// deduplicated at each measure; a key may be stale until then).
+    held: Vec<ConnKey>,
+    /// The tick of the last measure.
+    at: Tick,
+    /// Reused: (frame address, cost, its holders, the tail's connection).
+    found: Vec<(usize, usize, usize, ConnKey)>,
+}
+
+/// What [`Tails::measure`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// Bytes only tails keep alive, each frame once.
+    pub bytes: usize,
+    /// Connections to drop to come back within the bound: every holder of
+    /// the largest tail-only frames first (dropping one holder of a shared
+    /// frame frees nothing).
+    pub cut: Vec<ConnKey>,
+    /// What dropping them frees.
+    pub cut_bytes: usize,
+}
+
+impl Tails {
+    /// A short write left `key` a tail.
+    pub fn note(&mut self, key: ConnKey) {
+        self.held.push(key);
+    }
+
+    /// Whether a measure is due at `now`: some connection may hold a tail
+    /// and this tick has not been measured.
+    pub fn due(&self, now: Tick) -> bool {
+        !self.held.is_empty() && now != self.at
+    }
+
+    /// Measures what only tails keep alive, `allowed` being what the
+    /// account lets them hold; prunes connections without a tail.
+    pub fn measure<S>(&mut self, conns: &Slab<Conn<S>>, now: Tick, allowed: usize) -> Measured {
+        self.at = now;
+        self.held.sort_unstable();
+        self.held.dedup();
+        let found = &mut self.found;
+        found.clear();
+        self.held.retain(|&key| {
+            let Some(t) = conns
+                .get(key.idx())
+                .and_then(|c| c.out.as_ref())
+                .and_then(|o| o.tail.as_ref())
+            else {
+                return false;
+            };
+            let f = &t.frame;
+            found.push((f.addr() as usize, f.cost(), f.holders(), key));
+            true
+        });
+        found.sort_unstable();
+        // Tail-only frames: (cost, range of `found` holding it).
+        let mut only = Vec::new();
+        let mut m = Measured::default();
+        let mut i = 0;
+        while i < found.len() {
+            let (addr, cost, holders, _) = found[i];
+            let n = found[i..].iter().take_while(|f| f.0 == addr).count();
+            if holders == n {
+                m.bytes += cost;
+                only.push((cost, i..i + n));
+            }
+            i += n;
+        }
+        if m.bytes > allowed {
+            only.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
+            for (cost, range) in only {
+                if m.bytes - m.cut_bytes <= allowed {
+                    break;
+                }
+                m.cut_bytes += cost;
+                m.cut.extend(found[range].iter().map(|f| f.3));
+            }
+        }
+        m
     }
 }
 
@@ -345,6 +449,76 @@ mod tests {
         f.owe(ConnKey(4));
         assert!(f.busy());
         assert_eq!(f.take_owed(), [ConnKey(4)]);
+    }
+
+    fn tailed(frame: &Frame) -> Conn<()> {
+        let mut c = Conn::new((), 0, 0);
+        c.out = Some(Box::new(crate::reactor::conn::Out {
+            tail: Some(Tail {
+                frame: frame.clone(),
+                chunked: true,
+                at: 1,
+            }),
+            buf: Vec::new(),
+            pos: 0,
+            since: 0,
+        }));
+        c
+    }
+
+    /// Tails cost the account only what history no longer holds, each
+    /// frame once however many subscribers were cut in it; past the bound
+    /// the holders of the largest such frames are named; drained or gone
+    /// connections are pruned, and nothing is due once none is left.
+    #[test]
+    fn tails_count_what_only_they_keep_alive() {
+        let fs = frames(&[100, 300, 50]);
+        let mut ring: Vec<Frame> = fs.clone();
+        let mut conns: Slab<Conn<()>> = Slab::new();
+        let mut t = Tails::default();
+        assert!(!t.due(1));
+        // Three subscribers cut in frame 1, one in frame 2, one in 3.
+        let mut keys = Vec::new();
+        for f in [&fs[0], &fs[0], &fs[0], &fs[1], &fs[2]] {
+            let k = ConnKey::of(conns.insert(tailed(f)));
+            t.note(k);
+            keys.push(k);
+        }
+        t.note(keys[0]);
+        drop(fs);
+        assert!(t.due(1));
+        // History still has every frame: the tails keep nothing alive.
+        assert_eq!(t.measure(&conns, 1, 0), Measured::default());
+        assert!(!t.due(1), "once a tick");
+        // History evicts frames 1 and 2: counted once each.
+        let cost = |i: usize| ring[i].cost();
+        let (c1, c2, c3) = (cost(0), cost(1), cost(2));
+        ring.drain(..2);
+        let m = t.measure(&conns, 2, usize::MAX);
+        assert_eq!((m.bytes, m.cut.len()), (c1 + c2, 0));
+        // Room for less: frame 2's holder goes first (the largest); then
+        // all three holders of frame 1.
+        let m = t.measure(&conns, 3, c1);
+        assert_eq!(
+            (m.bytes, m.cut_bytes, &m.cut[..]),
+            (c1 + c2, c2, &keys[3..4])
+        );
+        let m = t.measure(&conns, 4, 0);
+        assert_eq!(m.cut_bytes, c1 + c2);
+        assert_eq!(m.cut, [keys[3], keys[0], keys[1], keys[2]]);
+        // One holder of frame 1 drained, another is gone: the last still
+        // keeps it alive alone.
+        conns[keys[0].idx()].out = None;
+        conns.remove(keys[1].idx());
+        conns.remove(keys[3].idx());
+        assert_eq!(t.measure(&conns, 5, usize::MAX).bytes, c1);
+        assert_eq!(t.held, [keys[2], keys[4]]);
+        // History evicts frame 3 too; then the connections go.
+        ring.clear();
+        assert_eq!(t.measure(&conns, 6, usize::MAX).bytes, c1 + c3);
+        conns.clear();
+        assert_eq!(t.measure(&conns, 7, usize::MAX), Measured::default());
+        assert!(!t.due(8));
     }
 
     #[test]

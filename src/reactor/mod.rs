@@ -17,24 +17,25 @@
 //! (accept, read + route requests, drain writes, step the bus link) →
 //! fire due timers (a slice of the sweep, ticks) → release held replies,
 //! compact the journal → fan newly published frames out to subscribers →
-//! free closed connections.
+//! free closed connections → report the memory account (stream tails at
+//! most once a tick) and maybe trim.
 //!
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions and effects |
 //! | `bind.rs` | `Bound`: everything that can fail at start (listeners, waker, Redis address, journal open, signals) |
-//! | `conn.rs` | `ConnKey`, the connection struct and its states |
+//! | `conn.rs` | `ConnKey`, the connection struct and its states; `Sides`: the turn's connection lists and the side tables (reserve, proxied clients, token expiries) |
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
-//! | `fanout.rs` | the fan-out passes and what one `writev` to a subscriber holds (no I/O) |
-//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering (no I/O) |
+//! | `fanout.rs` | the fan-out passes, what one `writev` to a subscriber holds, what slow subscribers' tails alone keep alive (`Tails`, the memory account's `tails`) (no I/O) |
+//! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering; when freed heap is handed back (`Trim`) (no I/O) |
 //! | `publish.rs` | the one publish path: `apply` (route: bus or prepare → journal → commit), `settle` and `render` (no I/O) |
 //! | `bus/` | the Redis bus (`--redis`): its connections, and the bus link (`link.rs`, no I/O) that ties them to the broker |
 //! | `durable.rs` | the journal link (`--data-dir`): replay, the journal's `Link`, held replies, compaction |
 //! | `held.rs` | a reply held until the journal's fsync covers it |
 //! | `report.rs` | `/stats` and `/metrics` assembled from the parts (no I/O) |
-//! | `timer.rs` | the deadline heap |
+//! | `timer.rs` | the deadline heap, ticker generations |
 //! | `peers.rs` | per-address connection counts and unfinished-request bytes |
-//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation) |
+//! | `listen.rs` | `SO_REUSEPORT` listeners (and the supervisor's port reservation); `Acceptor`: the listeners and the accept state between turns |
 
 mod bind;
 #[cfg_attr(not(feature = "redis"), path = "bus/off.rs")]
@@ -60,7 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -109,11 +110,6 @@ const REQUEST_BUFFER_BUDGET: usize = 64 << 20;
 /// How long a closing connection waits for its peer's FIN after we sent
 /// ours, so an error response is not destroyed by a reset.
 const LINGER_MS: u64 = 2000;
-/// Memory handed back to the system (`malloc_trim`) once this much was
-/// freed since the last time...
-const TRIM_AFTER_BYTES: usize = 16 << 20;
-/// ...and at most this often (a trim walks the heap).
-const TRIM_EVERY_MS: u64 = 1000;
 
 /// Messages from other threads.
 pub(crate) enum Command {
@@ -161,10 +157,10 @@ impl Bound {
             bus,
             durable,
             bus_fx: Vec::new(),
-            token_exp: std::collections::HashMap::new(),
+            side: conn::Sides::default(),
             presence: crate::presence::Presence::new(self.cfg.mercure_subscriptions),
             poll: self.poll,
-            listeners: self.listeners,
+            acceptor: listen::Acceptor::new(self.listeners),
             shared: self.shared,
             rbuf: vec![0; READ_BUF],
             conns: Slab::with_capacity(self.max.min(RESERVE_CONNS)),
@@ -177,22 +173,11 @@ impl Bound {
             peers: Peers::default(),
             clock,
             rng: SmallRng::from_entropy(),
-            max_connections: self.max,
             shutting_down: false,
-            closing: Vec::new(),
-            resume_read: Vec::new(),
             memory: crate::memory::Account::new(memory),
             rules,
-            trimmed_at: 0,
             fanout: fanout::Fanout::default(),
             sweep: sweep::Sweep::default(),
-            next_gen: 0,
-            accept_paused: false,
-            accept_warned: false,
-            accept_more: Vec::new(),
-            read_again: Vec::new(),
-            reserve: Vec::new(),
-            proxied: std::collections::HashMap::new(),
         };
         r.schedule_expire(false);
         r.run()
@@ -238,7 +223,8 @@ pub(crate) struct Reactor {
     /// The Redis bus, with `--redis`.
     bus: Option<bus::Link>,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// The listeners and the accept state.
+    acceptor: listen::Acceptor,
     shared: Arc<Shared>,
     rbuf: Vec<u8>,
     conns: Slab<Conn>,
@@ -251,41 +237,22 @@ pub(crate) struct Reactor {
     peers: Peers,
     clock: Clock,
     rng: SmallRng,
-    max_connections: usize,
     shutting_down: bool,
-    /// Connections to free at the end of the turn.
-    closing: Vec<ConnKey>,
-    /// Connections whose paused input may be read again.
-    resume_read: Vec<ConnKey>,
     /// The memory account: request buffers, unsent output, history (as
     /// reported by the broker) and what other parts charge.
     memory: crate::memory::Account,
     /// The connection machine's configuration.
     rules: proto::Rules,
-    /// When freed memory was last handed back to the system (ms).
-    trimmed_at: u64,
     /// Fan-out passes under way and subscribers owed a turn.
     fanout: fanout::Fanout,
     sweep: sweep::Sweep,
-    next_gen: u32,
-    accept_paused: bool,
-    /// A descriptor-exhaustion episode has been logged.
-    accept_warned: bool,
-    /// Listeners that still had connections waiting when their batch ran out.
-    accept_more: Vec<usize>,
-    /// Connections that used their read budget and may have more input.
-    read_again: Vec<ConnKey>,
-    /// Connections admitted over the cap: they may ask for `/healthz` only.
-    reserve: Vec<ConnKey>,
-    /// Connections from a trusted proxy → their client's per-address slot.
-    proxied: std::collections::HashMap<ConnKey, u32>,
     /// The journal link (`--data-dir`).
     durable: Option<durable::Durable>,
     /// What the bus link asked for, carried out in order (reused).
     bus_fx: Vec<bus::Effect>,
-    /// Streams opened with a token that expires → the tick they end at: a
-    /// side table, since few connections have one and `Conn` must not grow.
-    token_exp: std::collections::HashMap<ConnKey, Tick>,
+    /// The turn's connection lists and the side tables (`Conn` must not
+    /// grow for what few connections need).
+    side: conn::Sides,
     /// Hub subscribers whose subscriptions are announced, by connection (a
     /// side table too), and the active subscriptions heard of.
     presence: crate::presence::Presence,
@@ -314,7 +281,7 @@ impl Reactor {
             self.clock.tick();
             self.bus_send();
             let busy = self.fanout.busy() || self.presence.has_pending();
-            let timeout = if self.accept_more.is_empty() && self.read_again.is_empty() && !busy {
+            let timeout = if !self.acceptor.owed() && self.side.read_again.is_empty() && !busy {
                 let bus = self.bus.as_ref().and_then(bus::Link::next_deadline);
                 let at = match (self.timers.next_at(), bus) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -332,10 +299,10 @@ impl Reactor {
             self.clock.tick();
             self.broker
                 .tick(self.clock.start_unix_us + self.clock.now_ms * 1000);
-            for i in std::mem::take(&mut self.accept_more) {
+            for i in self.acceptor.take_owed() {
                 self.accept(i);
             }
-            for key in std::mem::take(&mut self.read_again) {
+            for key in std::mem::take(&mut self.side.read_again) {
                 self.on_readable(key);
             }
             for ev in events.iter() {
@@ -344,7 +311,7 @@ impl Reactor {
                     self.drain_inbox();
                 } else if bus::owns(t) {
                     self.bus_event(t);
-                } else if t.0 >= usize::MAX - 1 - self.listeners.len() {
+                } else if t.0 >= usize::MAX - 1 - self.acceptor.len() {
                     self.accept(usize::MAX - 1 - t.0);
                 } else {
                     let key = ConnKey::of(t.0);
@@ -362,8 +329,8 @@ impl Reactor {
                 match t {
                     Timer::Sweep => self.sweep(when),
                     Timer::ResumeAccept => {
-                        self.accept_paused = false;
-                        for i in 0..self.listeners.len() {
+                        self.acceptor.resume();
+                        for i in 0..self.acceptor.len() {
                             self.accept(i);
                         }
                     }
@@ -377,7 +344,7 @@ impl Reactor {
             }
             self.bus_timer();
             self.release_held();
-            for key in std::mem::take(&mut self.resume_read) {
+            for key in std::mem::take(&mut self.side.resume_read) {
                 self.resume_reading(key);
             }
             if let Some(d) = &mut self.durable {
@@ -403,8 +370,8 @@ impl Reactor {
 
     /// Frees the connections closed this turn.
     fn reap(&mut self) {
-        while !self.closing.is_empty() {
-            for key in std::mem::take(&mut self.closing) {
+        while !self.side.closing.is_empty() {
+            for key in std::mem::take(&mut self.side.closing) {
                 let Some(mut conn) = self.conns.try_remove(key.idx()) else {
                     continue;
                 };
@@ -413,8 +380,7 @@ impl Reactor {
                     self.free_out(&out);
                 }
                 self.peers.remove(conn.peer);
-                self.reserve.retain(|&k| k != key);
-                if let Some(slot) = self.proxied.remove(&key) {
+                if let Some(slot) = self.side.freed(key) {
                     self.peers.remove(slot);
                 }
                 self.apps.on_close(key);
@@ -434,10 +400,7 @@ impl Reactor {
             return;
         }
         log::info!("shutting down: flushing {} connections", self.conns.len());
-        for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(l);
-        }
-        self.listeners.clear();
+        self.acceptor.close(self.poll.registry());
         self.shutting_down = true;
         let deadline = self.clock.now_ms + self.cfg.shutdown_timeout.as_millis() as u64;
         self.timers.add(deadline, Timer::ShutdownDeadline);
@@ -563,8 +526,7 @@ impl Reactor {
                     if !self.begin_stream(key, &head, chunked) {
                         continue;
                     }
-                    self.next_gen = self.next_gen.wrapping_add(1);
-                    let gen = self.next_gen;
+                    let gen = self.timers.next_gen();
                     if let Some(c) = self.conns.get_mut(key.idx()) {
                         c.state = State::Ticking(Box::new(conn::Ticker {
                             gen,
@@ -802,7 +764,7 @@ impl Reactor {
         if let Some(c) = self.conns.get_mut(key.idx()) {
             if let State::Reading { paused, .. } = &mut c.state {
                 if std::mem::replace(paused, false) {
-                    self.resume_read.push(key);
+                    self.side.resume_read.push(key);
                 }
             }
         }
@@ -877,7 +839,7 @@ impl Reactor {
         }
         if let Some(exp) = until {
             let at = proto::token_deadline(exp, self.clock.unix_us(), self.clock.now_tick());
-            self.token_exp.insert(key, at);
+            self.side.token_exp.insert(key, at);
         }
         if !self.presence.none_here() {
             self.presence.started(key, self.bus.is_none());
@@ -902,6 +864,37 @@ impl Reactor {
             self.memory.report(Kind::Bus, l.fetch_bytes());
         }
         self.memory.report(Kind::Presence, self.presence.bytes());
+        let now = self.clock.now_tick();
+        if self.fanout.tails.due(now) {
+            self.report_tails(now);
+        }
+    }
+
+    /// Reports what only slow subscribers' tails keep alive; past the
+    /// kind's limit or the global bound, drops the holders of the largest
+    /// such frames as `--max-pending-bytes` drops a slow subscriber.
+    fn report_tails(&mut self, now: Tick) {
+        use crate::memory::Kind;
+        let allowed = self.memory.allowed(Kind::Tails);
+        let m = self.fanout.tails.measure(&self.conns, now, allowed);
+        // What is held now; the dropped tails go when their connections
+        // are freed, and the next measure says so.
+        self.memory.report(Kind::Tails, m.bytes);
+        if m.cut.is_empty() {
+            return;
+        }
+        self.memory.note_refused(Kind::Tails);
+        for key in m.cut {
+            if self.conns.get(key.idx()).is_some_and(|c| !c.closing()) {
+                self.drop_slow(
+                    key,
+                    format_args!(
+                        "stream tails keep {} bytes alive, {allowed} allowed by the memory account",
+                        m.bytes
+                    ),
+                );
+            }
+        }
     }
 
     /// Gauges for `/stats` and `/metrics` (`report.rs`).
@@ -919,7 +912,7 @@ impl Reactor {
             timers: (live, self.timers.len()),
             uptime_secs: self.clock.start.elapsed().as_secs_f64(),
             rss_bytes: crate::stats::rss_bytes(),
-            max_connections: self.max_connections,
+            max_connections: self.rules.max_connections,
             redis: self.bus.as_ref().map(bus::Link::gauges),
             journal: self.durable.as_ref().map(durable::Durable::gauges),
         })
@@ -944,7 +937,7 @@ impl Reactor {
                         if let State::Reading { paused, .. } = &mut c.state {
                             if *paused && c.out.is_none() {
                                 *paused = false;
-                                self.resume_read.push(key);
+                                self.side.resume_read.push(key);
                             }
                         }
                     }
@@ -991,8 +984,8 @@ impl Reactor {
     /// A connection's deadline passed: the connection machine says what
     /// that means (`Conn::expire`), the reactor does it.
     fn expire(&mut self, key: ConnKey, now: Tick) {
-        let exp = self.token_exp.get(&key).copied().unwrap_or(NEVER);
-        let reserved = self.reserve.contains(&key);
+        let exp = self.side.token_expiry(key);
+        let reserved = self.side.reserve.contains(&key);
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
@@ -1056,56 +1049,29 @@ impl Reactor {
         timer_live(&self.conns, self.sweep.at, when, t)
     }
 
+    /// Accepts a batch on listener `i`; a listener with more waiting is
+    /// owed another batch next turn.
     fn accept(&mut self, i: usize) {
-        if self.accept_paused || self.shutting_down {
+        if self.acceptor.paused() || self.shutting_down {
             return;
         }
         for _ in 0..ACCEPT_BATCH {
-            let Some(l) = self.listeners.get(i) else {
-                return;
-            };
-            match l.accept() {
-                Ok((sock, addr)) => {
-                    if self.accept_warned {
-                        log::warn!("accepting again");
-                        self.accept_warned = false;
-                    }
-                    self.admit(sock, addr)
-                }
-                Err(e) if would_block(&e) => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+            match self.acceptor.accept(i) {
+                listen::Accept::Conn(sock, addr) => self.admit(sock, addr),
+                listen::Accept::Idle => return,
+                listen::Accept::Again => continue,
+                listen::Accept::Failed => self.counters.accept_errors += 1,
+                listen::Accept::Exhausted => {
+                    // Back off in steps until descriptors free up.
                     self.counters.accept_errors += 1;
-                    let raw = e.raw_os_error();
-                    if matches!(
-                        raw,
-                        Some(libc::EMFILE)
-                            | Some(libc::ENFILE)
-                            | Some(libc::ENOBUFS)
-                            | Some(libc::ENOMEM)
-                    ) {
-                        // Once per episode: the back-off repeats every 100 ms
-                        // until descriptors free up.
-                        if self.accept_warned {
-                            log::debug!("accept: {e}; still pausing");
-                        } else {
-                            log::warn!("accept: {e}; pausing accepts ({ACCEPT_BACKOFF_MS} ms steps) until descriptors free up");
-                            self.accept_warned = true;
-                        }
-                        self.counters.accept_paused += 1;
-                        self.accept_paused = true;
-                        self.timers
-                            .add(self.clock.now_ms + ACCEPT_BACKOFF_MS, Timer::ResumeAccept);
-                        return;
-                    }
-                    // ECONNABORTED and friends concern one connection only.
-                    log::debug!("accept: {e}");
+                    self.counters.accept_paused += 1;
+                    self.timers
+                        .add(self.clock.now_ms + ACCEPT_BACKOFF_MS, Timer::ResumeAccept);
+                    return;
                 }
             }
         }
-        if !self.accept_more.contains(&i) {
-            self.accept_more.push(i);
-        }
+        self.acceptor.owe(i);
     }
 
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
@@ -1115,7 +1081,7 @@ impl Reactor {
             &mut self.peers,
             addr.ip(),
             self.conns.len(),
-            self.reserve.len(),
+            self.side.reserve.len(),
             self.shutting_down,
             self.clock.now_tick(),
             &self.rules,
@@ -1146,7 +1112,7 @@ impl Reactor {
         entry.insert(Conn::new(sock, a.peer, a.deadline));
         self.set_deadline(ConnKey::of(key), a.deadline);
         if a.reserve {
-            self.reserve.push(ConnKey::of(key));
+            self.side.reserve.push(ConnKey::of(key));
         }
     }
 
@@ -1242,8 +1208,8 @@ impl Reactor {
         }
         // Still readable after a full budget: no new edge will come, so
         // carry on next turn, after everyone else.
-        if !self.read_again.contains(&key) {
-            self.read_again.push(key);
+        if !self.side.read_again.contains(&key) {
+            self.side.read_again.push(key);
         }
     }
 
@@ -1270,7 +1236,7 @@ impl Reactor {
                 Step::Request(req) => req,
             };
             self.counters.requests += 1;
-            if self.reserve.contains(&key) {
+            if self.side.reserve.contains(&key) {
                 match proto::reserve_answer(&req) {
                     Ok(bytes) => {
                         self.counters.healthz_reserve += 1;
@@ -1322,7 +1288,7 @@ impl Reactor {
             peer,
             req,
             &mut self.peers,
-            &mut self.proxied,
+            &mut self.side.proxied,
             &self.rules,
         );
         match c {
@@ -1364,15 +1330,13 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
-        if !self.token_exp.is_empty() {
-            self.token_exp.remove(&key);
-        }
+        self.side.stream_ended(key);
         match c.close(&mut self.memory, &mut self.peers) {
             proto::Closed::Already => return,
             proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
             proto::Closed::Now(None) => {}
         }
-        self.closing.push(key);
+        self.side.closing.push(key);
     }
 
     /// Lets go of a connection's unsent bytes (it is being freed): copies
@@ -1389,15 +1353,10 @@ impl Reactor {
     /// it otherwise: a burst of megabyte-sized buffers would stay resident
     /// after they are gone). Rate-limited; a no-op on other C libraries.
     fn maybe_trim(&mut self) {
-        if self.memory.freed() < TRIM_AFTER_BYTES
-            // `trimmed_at` 0: never trimmed, so the first trim may come at
-            // once (a server up for less than a second frees too).
-            || (self.trimmed_at != 0 && self.clock.now_ms < self.trimmed_at + TRIM_EVERY_MS)
-        {
+        if !self.sweep.trim.due(self.memory.freed(), self.clock.now_ms) {
             return;
         }
         self.memory.take_freed();
-        self.trimmed_at = self.clock.now_ms;
         self.counters.memory_trims += 1;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only walks the allocator's own structures.
@@ -1576,7 +1535,7 @@ impl Reactor {
             proto::Drained::Ticking => self.after_stream_write(key),
             proto::Drained::Write { resume } => {
                 if resume {
-                    self.resume_read.push(key);
+                    self.side.resume_read.push(key);
                 }
                 self.after_write(key);
             }
@@ -1601,10 +1560,7 @@ impl Reactor {
 
     /// Deadline bookkeeping after writing to a streaming connection.
     fn after_stream_write(&mut self, key: ConnKey) {
-        let exp = match self.token_exp.is_empty() {
-            true => NEVER,
-            false => self.token_exp.get(&key).copied().unwrap_or(NEVER),
-        };
+        let exp = self.side.token_expiry(key);
         let now = self.clock.now_tick();
         let d = match self.conns.get(key.idx()) {
             Some(c) => c.stream_deadline(now, exp, &self.rules),
@@ -1670,13 +1626,15 @@ impl Reactor {
             .get(key.idx())
             .is_some_and(|c| fanout::too_slow(c, &self.broker, max));
         if slow {
-            log::info!(
-                "dropping slow subscriber {key}: more than {} bytes behind",
-                self.cfg.max_pending_bytes
-            );
-            self.counters.slow_consumers_dropped += 1;
-            self.close(key);
+            self.drop_slow(key, format_args!("more than {max} bytes behind"));
         }
+    }
+
+    /// Drops a subscriber too slow to keep: `why` is logged.
+    fn drop_slow(&mut self, key: ConnKey, why: std::fmt::Arguments<'_>) {
+        log::info!("dropping slow subscriber {key}: {why}");
+        self.counters.slow_consumers_dropped += 1;
+        self.close(key);
     }
 
     /// Writes everything a subscriber is owed, in id order across its
@@ -1734,6 +1692,9 @@ impl Reactor {
             let more = batch.more();
             counters.frames_written += w.sent;
             counters.bytes_written += written as u64;
+            if w.tail.is_some() {
+                fanout.tails.note(key);
+            }
             if let Some(last) = w.last {
                 cs.advance(last);
             }
@@ -1776,9 +1737,7 @@ impl Reactor {
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
         };
-        if !self.token_exp.is_empty() {
-            self.token_exp.remove(&key);
-        }
+        self.side.stream_ended(key);
         let Some((left, chunked)) = c.end_stream() else {
             return;
         };

@@ -15,6 +15,9 @@
 //! subscriber leaves or a stream appears, which only a wakeup for
 //! something else brings, so an idle node sleeps without a timeout.
 //!
+//! Freed heap is handed back to the system on the same rhythm's terms:
+//! [`Trim`] says when enough was freed, at most once a second.
+//!
 //! This part only keeps the walk's position and says when the next step
 //! runs and which connections are due; what a due deadline means is the
 //! connection machine's (`Conn::expire` in `proto.rs`) and the driver
@@ -23,6 +26,34 @@
 use slab::Slab;
 
 use super::conn::{Conn, ConnKey, Tick, NEVER, TICK_MS};
+
+/// Memory handed back to the system (`malloc_trim`) once this much was
+/// freed since the last time...
+const TRIM_AFTER_BYTES: usize = 16 << 20;
+/// ...and at most this often (a trim walks the heap).
+const TRIM_EVERY_MS: u64 = 1000;
+
+/// When freed heap is next handed back to the system (glibc keeps it
+/// otherwise: a burst of megabyte-sized buffers would stay resident after
+/// they are gone). The driver does the `malloc_trim`.
+#[derive(Debug, Default)]
+pub struct Trim {
+    /// When it last trimmed (ms); 0: never, so the first trim may come at
+    /// once (a server up for less than a second frees too).
+    at: u64,
+}
+
+impl Trim {
+    /// Whether to trim now, `freed` bytes having been released since the
+    /// last trim; if so, the trim is taken as done at `now_ms`.
+    pub fn due(&mut self, freed: usize, now_ms: u64) -> bool {
+        if freed < TRIM_AFTER_BYTES || (self.at != 0 && now_ms < self.at + TRIM_EVERY_MS) {
+            return false;
+        }
+        self.at = now_ms;
+        true
+    }
+}
 
 /// Connection slots examined per loop turn.
 const SLICE: usize = 4096;
@@ -48,6 +79,8 @@ pub struct Sweep {
     /// The lifecycle sweep rests (no `Timer::Expire` scheduled) until the
     /// loop wakes for something else.
     expire_resting: bool,
+    /// When freed heap is next handed back to the system.
+    pub trim: Trim,
 }
 
 impl Sweep {
@@ -258,5 +291,15 @@ mod tests {
             expire_at(0, std::time::Duration::from_millis(10), false),
             250
         );
+    }
+
+    /// A trim needs enough freed, and then waits a second for the next.
+    #[test]
+    fn trims_are_rate_limited() {
+        let mut t = Trim::default();
+        assert!(!t.due(TRIM_AFTER_BYTES - 1, 10));
+        assert!(t.due(TRIM_AFTER_BYTES, 10), "the first may come at once");
+        assert!(!t.due(usize::MAX, 10 + TRIM_EVERY_MS - 1));
+        assert!(t.due(TRIM_AFTER_BYTES, 10 + TRIM_EVERY_MS));
     }
 }

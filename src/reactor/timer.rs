@@ -33,9 +33,17 @@ pub enum Timer {
 #[derive(Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(u64, Timer)>>,
+    /// The last ticker generation handed out.
+    gen: u32,
 }
 
 impl Timers {
+    /// A new ticker generation (for `Timer::Tick`'s guard).
+    pub fn next_gen(&mut self) -> u32 {
+        self.gen = self.gen.wrapping_add(1);
+        self.gen
+    }
+
     /// Schedules `t` at `when_ms`.
     pub fn add(&mut self, when_ms: u64, t: Timer) {
         self.heap.push(Reverse((when_ms, t)));

@@ -823,3 +823,117 @@ fn bus_fetches_are_charged_and_released() {
         }
     }
 }
+
+/// The account's `tails` figures: bytes held and charges refused.
+fn tails(addr: SocketAddr) -> (u64, u64) {
+    let j = stats(addr);
+    (
+        num(&j, &["memory", "kinds", "tails", "used"]),
+        num(&j, &["memory", "kinds", "tails", "refused"]),
+    )
+}
+
+/// `ssed_memory_kind_bytes{kind="tails"}` in `/metrics`.
+fn tails_metric(addr: SocketAddr) -> u64 {
+    let m = get(addr, "/metrics").text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("ssed_memory_kind_bytes{kind=\"tails\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("tails in /metrics")
+}
+
+/// Subscribers that stop reading are cut inside a frame that history then
+/// evicts: the frames only their tails keep alive are charged to the
+/// account's `tails` kind (in `/stats` and `/metrics`), at most one frame
+/// per subscriber, and given back when they disconnect.
+#[test]
+fn stalled_readers_tails_are_charged_and_released() {
+    let s = Ssed::new().args(["--history", "2"]).start();
+    let readers: Vec<Sse> = (0..4)
+        .map(|_| Sse::open(s.addr, "/events?stream=t", ""))
+        .collect();
+    assert!(readers.iter().all(|r| r.status() == 200));
+    assert_eq!(tails(s.addr), (0, 0));
+    let body = vec![b'x'; 64 << 10];
+    let mut c = Conn::open(s.addr);
+    // Their sockets fill, each is cut in a frame, and later publishes
+    // evict it from the two retained.
+    let mut n = 0;
+    while tails(s.addr).0 == 0 {
+        assert!(n < 2_000, "no tail charged after {n} events");
+        let r = post_on(&mut c, "/events?stream=t", "", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        n += 1;
+    }
+    // Keep publishing until every reader is cut in an evicted frame (or
+    // they share them), then a few more: the figure holds still.
+    for _ in 0..8 {
+        post_on(&mut c, "/events?stream=t", "", &body);
+    }
+    let frame = body.len() as u64 + 64;
+    assert!(wait_until(T, || tails_metric(s.addr) > 0));
+    let (used, refused) = tails(s.addr);
+    assert!(used > 0 && used <= 4 * frame, "{used} bytes for 4 tails");
+    assert_eq!(refused, 0);
+    let j = stats(s.addr);
+    assert_eq!(num(&j, &["slow_consumers_dropped"]), 0, "{j}");
+    assert_eq!(num(&j, &["connections", "sse"]), 4, "{j}");
+    drop(readers);
+    assert!(
+        wait_until(T, || tails(s.addr).0 == 0),
+        "tails not released: {:?}",
+        tails(s.addr)
+    );
+    assert_eq!(tails_metric(s.addr), 0);
+}
+
+/// Past the `tails` kind's limit (a quarter of the 4 MiB headroom
+/// `--memory-max` leaves here), the subscribers whose tails keep the
+/// largest evicted frames alive are dropped, as `--max-pending-bytes`
+/// drops a slow subscriber, and the refusal counted; the one left within
+/// the limit stays.
+#[test]
+fn tails_past_their_limit_drop_their_subscribers() {
+    let history = 16u64 << 20;
+    let s = Ssed::new()
+        .args(["--history", "1", "--history-bytes", "2097152"])
+        .args(["--history-total-bytes", &history.to_string()])
+        .args(["--memory-max", &(history + (4 << 20)).to_string()])
+        .args(["--max-pending-bytes", &(64u64 << 20).to_string()])
+        .start();
+    // Three streams, so the frames the readers are cut in are distinct.
+    let readers: Vec<Sse> = (0..3)
+        .map(|i| Sse::open(s.addr, &format!("/events?stream=s{i}"), ""))
+        .collect();
+    assert!(readers.iter().all(|r| r.status() == 200));
+    let body = vec![b'y'; 900_000];
+    let mut c = Conn::open(s.addr);
+    let mut rounds = 0;
+    while tails(s.addr).1 == 0 {
+        assert!(
+            rounds < 200,
+            "no refusal after {rounds} rounds: {:?}",
+            tails(s.addr)
+        );
+        for i in 0..3 {
+            let r = post_on(&mut c, &format!("/events?stream=s{i}"), "", &body);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        rounds += 1;
+    }
+    // 3 × 900 kB against 1 MiB: two go, the third fits.
+    let dropped = || num(&stats(s.addr), &["slow_consumers_dropped"]);
+    assert!(wait_until(T, || dropped() == 2), "{}", stats(s.addr));
+    assert!(
+        wait_until(T, || tails(s.addr).0 <= 1 << 20),
+        "{:?}",
+        tails(s.addr)
+    );
+    assert_eq!(num(&stats(s.addr), &["connections", "sse"]), 1);
+    drop(readers);
+    assert!(
+        wait_until(T, || tails(s.addr).0 == 0),
+        "{:?}",
+        tails(s.addr)
+    );
+}
