@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ssed::internals::{frame, http, Broker, EventId, Limits, Resume};
+use ssed::internals::{frame, http, Broker, ConnKey, EventId, Limits, Resume};
 use ssed::{Config, Event, Server};
 
 fn bench(name: &str, iters: u64, mut f: impl FnMut()) {
@@ -86,8 +86,12 @@ fn main() {
         });
         let mid = EventId::new(broker.ids().last().get() - 500);
         bench("history: resume plan (id lookup)", 2_000_000, || {
-            let c = broker.subscribe(1, &s, &Resume::After(black_box(mid), String::new()));
-            broker.unsubscribe(1, &c.cursors);
+            let c = broker.subscribe(
+                ConnKey(1),
+                &s,
+                &Resume::After(black_box(mid), String::new()),
+            );
+            broker.unsubscribe(ConnKey(1), &c.cursors);
             black_box(c);
         });
     }

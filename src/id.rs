@@ -1,12 +1,20 @@
-//! `EventId`, the number that orders every event: assigned by the broker's
-//! id clock (the unix time in µs, or one past the last id), written on the
-//! wire as the `id:` field, in journal records and bus payloads, and read
-//! back from `Last-Event-ID`.
+//! The two numbers every layer names: `EventId`, the number that orders
+//! every event, and `ConnKey`, the key of one client connection.
 //!
-//! Owns the type and its decimal spelling only. It must not assign ids
-//! (the broker's `IdClock` does) or know a file or wire format: each of
-//! those converts explicitly where the bytes are (`EventId::get`,
-//! `EventId::new`), so a bare `u64` never stands for an id in between.
+//! An `EventId` is assigned by the broker's id clock (the unix time in µs,
+//! or one past the last id), written on the wire as the `id:` field, in
+//! journal records and bus payloads, and read back from `Last-Event-ID`.
+//! A `ConnKey` is made by the reactor from its connection table's slot
+//! (also the connection's `mio` token) and handed down to the broker's
+//! subscriber lists, the handlers' actions and the apps' per-connection
+//! tables, which only store and compare it.
+//!
+//! Owns the types and their decimal spelling only. It must not assign ids
+//! (the broker's `IdClock` does) or keys (the reactor's table does) or know
+//! a file or wire format: each of those converts explicitly where the bytes
+//! are (`EventId::get`, `EventId::new`, `ConnKey::idx`, `ConnKey::of`), so
+//! a bare `u64` never stands for an id, nor a bare `u32` for a connection,
+//! in between.
 
 use std::fmt;
 use std::str::FromStr;
@@ -60,9 +68,35 @@ impl FromStr for EventId {
     }
 }
 
+/// A connection's key: its slot in the reactor's table, also its `mio`
+/// token. Where there may be no connection (a library publish) the type is
+/// `Option<ConnKey>`, never a reserved value. Keys stay below 2^31 (one
+/// per open socket), which the broker's subscriber lists rely on to mark
+/// free slots.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey(pub u32);
+
+impl ConnKey {
+    /// The slot, for the connection table.
+    pub fn idx(self) -> usize {
+        self.0 as usize
+    }
+    /// The key of slot `i`.
+    pub fn of(i: usize) -> ConnKey {
+        ConnKey(i as u32)
+    }
+}
+
+impl fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::EventId;
+    use super::{ConnKey, EventId};
 
     #[test]
     fn spelled_and_read_as_decimal() {
@@ -75,5 +109,14 @@ mod tests {
         assert_eq!(EventId::NONE.pred(), EventId::NONE);
         assert!(EventId::NONE < id && id < EventId::MAX);
         assert_eq!(std::mem::size_of::<EventId>(), 8);
+    }
+
+    #[test]
+    fn conn_key_is_its_slot() {
+        assert_eq!(ConnKey::of(7), ConnKey(7));
+        assert_eq!(ConnKey(7).idx(), 7);
+        assert_eq!(ConnKey(7).to_string(), "7");
+        assert_eq!(std::mem::size_of::<ConnKey>(), 4);
+        assert_eq!(std::mem::size_of::<Option<ConnKey>>(), 8);
     }
 }

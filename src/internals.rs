@@ -2,7 +2,7 @@
 //! part of the API, hidden from the docs, and free to change.
 
 pub use crate::broker::{Broker, Cursors, Limits, Resume};
-pub use crate::id::EventId;
+pub use crate::id::{ConnKey, EventId};
 
 /// The request parser.
 pub mod http {

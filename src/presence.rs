@@ -26,6 +26,8 @@ use std::rc::Rc;
 use rand::RngCore;
 use serde_json::{json, Map, Value};
 
+use crate::id::ConnKey;
+
 /// Where the subscriptions API and the events' topics live: the hub's
 /// path, then `/subscriptions`.
 pub const PREFIX: &str = "/.well-known/mercure/subscriptions";
@@ -87,7 +89,7 @@ impl Joined {
     /// slot, the subscription list and the strings it owns (a payload is
     /// the token's, shared, and counted once, here, as an upper bound).
     fn cost(&self) -> usize {
-        const SLOT: usize = std::mem::size_of::<(u32, Box<Joined>)>() + 8;
+        const SLOT: usize = std::mem::size_of::<(ConnKey, Box<Joined>)>() + 8;
         let subs: usize = self
             .subs
             .iter()
@@ -242,7 +244,7 @@ pub struct Presence {
     /// This node's subscribers, by connection: a side table, so a
     /// connection costs nothing here unless it is a hub subscriber and
     /// the feature is on.
-    mine: HashMap<u32, Box<Joined>>,
+    mine: HashMap<ConnKey, Box<Joined>>,
     /// Active subscriptions heard of (every node's with `--redis`), their
     /// payloads and what each costs (see [`MAX_ACTIVE_BYTES`]).
     active: BTreeMap<Key, (Option<Rc<Value>>, usize)>,
@@ -273,7 +275,7 @@ impl Presence {
     }
 
     /// Connection `conn` subscribed with `j` (its stream is not up yet).
-    pub fn join(&mut self, conn: u32, j: Box<Joined>) {
+    pub fn join(&mut self, conn: ConnKey, j: Box<Joined>) {
         if self.on {
             self.mine_bytes += j.cost();
             if let Some(old) = self.mine.insert(conn, j) {
@@ -290,7 +292,7 @@ impl Presence {
 
     /// `conn`'s stream started: its `active: true` updates are pending.
     /// `local` (no bus): listed now; else when the bus announces them.
-    pub fn started(&mut self, conn: u32, local: bool) {
+    pub fn started(&mut self, conn: ConnKey, local: bool) {
         let Some(j) = self.mine.get_mut(&conn) else {
             return;
         };
@@ -304,7 +306,7 @@ impl Presence {
 
     /// `conn` ended: its `active: false` updates are pending, if its start
     /// was announced.
-    pub fn left(&mut self, conn: u32, local: bool) {
+    pub fn left(&mut self, conn: ConnKey, local: bool) {
         if let Some(j) = self.mine.remove(&conn) {
             self.mine_bytes -= j.cost();
             if j.announced {
@@ -523,10 +525,10 @@ mod tests {
         );
         j.subs[0].payload = Some(Rc::new(json!({"k": 1})));
         let who = j.subscriber().to_string();
-        p.join(3, Box::new(j));
-        p.left(9, true);
+        p.join(ConnKey(3), Box::new(j));
+        p.left(ConnKey(9), true);
         assert!(!p.has_pending());
-        p.started(3, true);
+        p.started(ConnKey(3), true);
         let ups = p.take_pending();
         assert_eq!(ups.len(), 2, "a repeat is announced once");
         let (t, data, peer) = (&ups[0].topic(), &ups[0].data(), &ups[0].peer);
@@ -551,7 +553,7 @@ mod tests {
         assert_eq!(by_match["subscriptions"][0]["match"], "/b/:x");
         assert_eq!(p.api(&format!("{PREFIX}/exact"), "7"), Ok(None));
         assert!(p.api(&format!("{PREFIX}/nope/x"), "7").is_err());
-        p.left(3, true);
+        p.left(ConnKey(3), true);
         let ends = p.take_pending();
         assert_eq!(ends.len(), 2);
         assert!(ends[0].data().contains("\"active\":false"));
@@ -564,8 +566,8 @@ mod tests {
     fn bus_updates_list_only_the_hubs_own_documents() {
         let mut p = Presence::new(true);
         let j = Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024);
-        p.join(1, Box::new(j));
-        p.started(1, false);
+        p.join(ConnKey(1), Box::new(j));
+        p.started(ConnKey(1), false);
         let ups = p.take_pending();
         assert_eq!(p.listed(), 0, "with a bus, listed when heard");
         let (t, data) = (&ups[0].topic(), &ups[0].data());
@@ -573,7 +575,7 @@ mod tests {
         let heard = p.heard([t.as_str()].into_iter(), frame.as_bytes());
         assert_eq!(heard.as_ref(), Some(t));
         assert_eq!(p.listed(), 1);
-        p.left(1, false);
+        p.left(ConnKey(1), false);
         let end = &p.take_pending()[0];
         let frame = format!("id: 6\nevent: mercure\ndata: {}\n\n", end.data());
         p.heard([t.as_str()].into_iter(), frame.as_bytes());
@@ -592,7 +594,7 @@ mod tests {
         // Off: nothing is kept.
         let mut off = Presence::new(false);
         off.join(
-            1,
+            ConnKey(1),
             Box::new(Joined::new(&mut rng(), 9, vec![sub("exact", "/a")], 1024)),
         );
         off.heard([t.as_str()].into_iter(), frame.as_bytes());

@@ -2,6 +2,8 @@
 //! shape as `presence.rs`, holding nothing; [`Joined`] is uninhabited, so
 //! no subscriber is ever tracked.
 
+use crate::id::ConnKey;
+
 /// What a connection subscribed with: none can exist in this build.
 #[derive(Debug)]
 pub enum Joined {}
@@ -51,13 +53,13 @@ impl Presence {
     }
     /// Nothing to track.
     #[allow(clippy::boxed_local)]
-    pub fn join(&mut self, _conn: u32, j: Box<Joined>) {
+    pub fn join(&mut self, _conn: ConnKey, j: Box<Joined>) {
         match *j {}
     }
     /// Nothing to announce.
-    pub fn started(&mut self, _conn: u32, _local: bool) {}
+    pub fn started(&mut self, _conn: ConnKey, _local: bool) {}
     /// Nothing to announce.
-    pub fn left(&mut self, _conn: u32, _local: bool) {}
+    pub fn left(&mut self, _conn: ConnKey, _local: bool) {}
     /// Nothing waits.
     pub fn has_pending(&self) -> bool {
         false

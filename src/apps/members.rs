@@ -49,7 +49,7 @@ use crate::frame;
 use crate::handler::{last_event_id, Action, Body, Cx, Internal, Publish, Reply, Targets};
 use crate::http::Response;
 use crate::http::{Method, Request};
-use crate::id::EventId;
+use crate::id::{ConnKey, EventId};
 
 /// Members with state, at most.
 pub const MAX_MEMBERS: usize = 4096;
@@ -83,16 +83,16 @@ struct Member {
 pub struct Members {
     members: HashMap<Box<str>, Member>,
     /// (member, device) → the connection currently serving it.
-    devices: HashMap<(Box<str>, Box<str>), u32>,
+    devices: HashMap<(Box<str>, Box<str>), ConnKey>,
     /// The reverse, so a freed connection drops its entry.
-    by_key: HashMap<u32, (Box<str>, Box<str>)>,
+    by_key: HashMap<ConnKey, (Box<str>, Box<str>)>,
     /// A use counter for least-recently-used eviction.
     uses: u64,
     /// Member streams open per peer address (`None`: a client a trusted
     /// proxy could not name).
     per_peer: HashMap<Option<IpAddr>, u32>,
     /// The peer each member stream is counted under.
-    peer_of: HashMap<u32, Option<IpAddr>>,
+    peer_of: HashMap<ConnKey, Option<IpAddr>>,
 }
 
 impl Members {
@@ -124,7 +124,7 @@ impl Members {
 
     /// A connection was freed: forget its device registration, unless a
     /// newer connection already took the device over.
-    pub fn on_close(&mut self, key: u32) {
+    pub fn on_close(&mut self, key: ConnKey) {
         if let Some(md) = self.by_key.remove(&key) {
             if self.devices.get(&md) == Some(&key) {
                 self.devices.remove(&md);
@@ -134,7 +134,7 @@ impl Members {
     }
 
     /// Stops counting connection `key` against its peer.
-    fn uncount(&mut self, key: u32) {
+    fn uncount(&mut self, key: ConnKey) {
         if let Some(peer) = self.peer_of.remove(&key) {
             if let Some(n) = self.per_peer.get_mut(&peer) {
                 *n = n.saturating_sub(1);

@@ -24,7 +24,7 @@ pub mod workerman;
 use crate::config::Config;
 use crate::handler::Cx;
 use crate::http::Request;
-use crate::id::EventId;
+use crate::id::{ConnKey, EventId};
 
 /// State of every app.
 pub struct Apps {
@@ -109,7 +109,7 @@ impl Apps {
     }
 
     /// A connection went away; drop whatever refers to it.
-    pub fn on_close(&mut self, key: u32) {
+    pub fn on_close(&mut self, key: ConnKey) {
         self.members.on_close(key);
     }
 }

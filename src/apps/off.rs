@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::handler::Cx;
 use crate::http::Request;
-use crate::id::EventId;
+use crate::id::{ConnKey, EventId};
 
 /// The MongooseIM app's users file: none in this build.
 pub mod mongoose {
@@ -68,7 +68,7 @@ impl Apps {
     /// Nothing is indexed.
     pub fn forgotten(&mut self, _name: &str) {}
     /// Nothing refers to connections.
-    pub fn on_close(&mut self, _key: u32) {}
+    pub fn on_close(&mut self, _key: ConnKey) {}
 }
 
 /// No app paths.

@@ -36,7 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use slab::Slab;
 
 use crate::frame;
-use crate::id::EventId;
+use crate::id::{ConnKey, EventId};
 pub use merge::Merge;
 use ring::NIL;
 pub use ring::{Claim, Frame, Limits, Stream};
@@ -1257,7 +1257,7 @@ impl Broker {
             [] => 0,
             [t] => self.get(*t).map_or(0, |s| s.subs.len()),
             _ => {
-                let mut keys: Vec<u32> = targets
+                let mut keys: Vec<ConnKey> = targets
                     .iter()
                     .filter_map(|&t| self.get(t))
                     .flat_map(|s| s.subs.iter())
@@ -1321,7 +1321,7 @@ impl Broker {
     }
 
     /// Subscribes connection `conn` to `targets` from `resume`.
-    pub fn subscribe(&mut self, conn: u32, targets: &[StreamIdx], resume: &Resume) -> Catchup {
+    pub fn subscribe(&mut self, conn: ConnKey, targets: &[StreamIdx], resume: &Resume) -> Catchup {
         self.subscribe_as(conn, targets, &[], resume)
     }
 
@@ -1329,7 +1329,7 @@ impl Broker {
     /// [`Broker::plan`]).
     pub fn subscribe_as(
         &mut self,
-        conn: u32,
+        conn: ConnKey,
         targets: &[StreamIdx],
         sees_private: &[bool],
         resume: &Resume,
@@ -1359,7 +1359,7 @@ impl Broker {
     /// Removes connection `conn` from every stream its cursors name. A
     /// public stream left with no readers and no history is dropped at
     /// once (unless it was created explicitly).
-    pub fn unsubscribe(&mut self, conn: u32, cursors: &Cursors) {
+    pub fn unsubscribe(&mut self, conn: ConnKey, cursors: &Cursors) {
         let now = self.now_us;
         for c in cursors.as_slice() {
             let Some(s) = self.streams.get_mut(c.stream.slot()) else {
@@ -1463,13 +1463,13 @@ impl Broker {
 
     /// The connection in slot `i` of a stream's subscribers: `None` past the
     /// end, `Some(None)` for a free slot.
-    pub fn subscriber_at(&self, stream: StreamIdx, i: usize) -> Option<Option<u32>> {
+    pub fn subscriber_at(&self, stream: StreamIdx, i: usize) -> Option<Option<ConnKey>> {
         let s = self.get(stream)?;
         s.subs.at(i)
     }
 
     /// The connections reading a stream.
-    pub fn subscribers(&self, stream: StreamIdx) -> Vec<u32> {
+    pub fn subscribers(&self, stream: StreamIdx) -> Vec<ConnKey> {
         self.get(stream)
             .map(|s| s.subs.iter().collect())
             .unwrap_or_default()
@@ -1478,7 +1478,7 @@ impl Broker {
     /// Deletes a stream, leaving a tombstone so a stream recreated under its
     /// name knows events were dropped; returns the connections that read it
     /// (the caller ends them, and must flush them first).
-    pub fn delete(&mut self, idx: StreamIdx) -> Vec<u32> {
+    pub fn delete(&mut self, idx: StreamIdx) -> Vec<ConnKey> {
         let Some(s) = self.drop_stream(idx) else {
             return Vec::new();
         };

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use super::StreamIdx;
 use crate::frame;
-use crate::id::EventId;
+use crate::id::{ConnKey, EventId};
 
 /// One encoded event, shared by every ring it was published to.
 #[derive(Clone)]
@@ -392,8 +392,9 @@ const FREE: u32 = 1 << 31;
 const NONE: u32 = FREE - 1;
 
 impl Subs {
-    /// Adds a connection; returns its slot. Connection keys are below 2^31.
-    pub fn insert(&mut self, conn: u32) -> u32 {
+    /// Adds a connection; returns its slot. Connection keys are below 2^31
+    /// (see [`ConnKey`]), so a held slot never has the `FREE` bit.
+    pub fn insert(&mut self, conn: ConnKey) -> u32 {
         self.len += 1;
         if self.slots.is_empty() {
             self.free = NONE;
@@ -402,17 +403,17 @@ impl Subs {
         if f != NONE {
             if let Some(s) = self.slots.get_mut(f as usize) {
                 self.free = *s & !FREE;
-                *s = conn;
+                *s = conn.0;
                 return f;
             }
         }
-        self.slots.push(conn);
+        self.slots.push(conn.0);
         self.slots.len() as u32 - 1
     }
     /// Removes the connection in `slot` if it is `conn`.
-    pub fn remove(&mut self, slot: u32, conn: u32) -> bool {
+    pub fn remove(&mut self, slot: u32, conn: ConnKey) -> bool {
         match self.slots.get_mut(slot as usize) {
-            Some(s) if *s == conn => {
+            Some(s) if *s == conn.0 => {
                 *s = FREE | self.free;
                 self.free = slot;
                 self.len -= 1;
@@ -427,8 +428,10 @@ impl Subs {
         }
     }
     /// The connection in `slot`: `None` past the end, `Some(None)` when free.
-    pub fn at(&self, slot: usize) -> Option<Option<u32>> {
-        self.slots.get(slot).map(|&s| (s & FREE == 0).then_some(s))
+    pub fn at(&self, slot: usize) -> Option<Option<ConnKey>> {
+        self.slots
+            .get(slot)
+            .map(|&s| (s & FREE == 0).then_some(ConnKey(s)))
     }
     /// Subscribers.
     pub fn len(&self) -> usize {
@@ -439,36 +442,40 @@ impl Subs {
         self.len == 0
     }
     /// The connections, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.slots.iter().copied().filter(|s| s & FREE == 0)
+    pub fn iter(&self) -> impl Iterator<Item = ConnKey> + '_ {
+        self.slots
+            .iter()
+            .filter(|&&s| s & FREE == 0)
+            .map(|&s| ConnKey(s))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::Subs;
+    use crate::id::ConnKey;
 
     #[test]
     fn subs_reuse_free_slots_and_never_move_others() {
         let mut s = Subs::default();
-        let a = s.insert(10);
-        let b = s.insert(11);
-        let c = s.insert(12);
-        assert!(s.remove(b, 11));
-        assert!(!s.remove(b, 11), "already gone");
-        assert!(!s.remove(a, 99), "not that connection");
+        let a = s.insert(ConnKey(10));
+        let b = s.insert(ConnKey(11));
+        let c = s.insert(ConnKey(12));
+        assert!(s.remove(b, ConnKey(11)));
+        assert!(!s.remove(b, ConnKey(11)), "already gone");
+        assert!(!s.remove(a, ConnKey(99)), "not that connection");
         assert_eq!(s.at(b as usize), Some(None));
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![10, 12]);
-        assert_eq!(s.insert(13), b, "the free slot is reused");
+        assert_eq!(s.iter().collect::<Vec<_>>(), [10, 12].map(ConnKey));
+        assert_eq!(s.insert(ConnKey(13)), b, "the free slot is reused");
         assert_eq!(
             (s.at(a as usize), s.at(c as usize)),
-            (Some(Some(10)), Some(Some(12)))
+            (Some(Some(ConnKey(10))), Some(Some(ConnKey(12))))
         );
         assert_eq!(s.at(3), None);
         for (slot, k) in [(a, 10), (b, 13), (c, 12)] {
-            assert!(s.remove(slot, k));
+            assert!(s.remove(slot, ConnKey(k)));
         }
         assert!(s.is_empty());
-        assert_eq!(s.insert(20), 0, "an emptied list starts over");
+        assert_eq!(s.insert(ConnKey(20)), 0, "an emptied list starts over");
     }
 }

@@ -53,10 +53,10 @@ fn resume_exact_and_gap_on_eviction() {
     let a = b.resolve(&["a"], true).unwrap()[0];
     let ids: Vec<EventId> = (0..5).map(|_| publish(&mut b, &[a], 1_000)).collect();
     assert_eq!(b.get(a).unwrap().retained(), 3);
-    let c = b.subscribe(7, &[a], &Resume::After(ids[2], String::new()));
+    let c = b.subscribe(ConnKey(7), &[a], &Resume::After(ids[2], String::new()));
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), ids[3..].to_vec());
-    let c = b.subscribe(8, &[a], &Resume::After(ids[0], "x".into()));
+    let c = b.subscribe(ConnKey(8), &[a], &Resume::After(ids[0], "x".into()));
     let gap = String::from_utf8(c.gap.unwrap()).unwrap();
     assert!(gap.contains("\"last_event_id\":\"x\""), "{gap}");
     assert_eq!(ids_of(&b, &c.cursors), ids[2..].to_vec());
@@ -72,11 +72,11 @@ fn gap_for_future_old_and_garbage() {
         Resume::After(id(999), String::new()),
         Resume::Unparsable("zz".into()),
     ] {
-        let c = b.subscribe(1, &[a], &res);
+        let c = b.subscribe(ConnKey(1), &[a], &res);
         assert!(c.gap.is_some(), "{res:?}");
         assert_eq!(ids_of(&b, &c.cursors), vec![last]);
     }
-    let c = b.subscribe(1, &[a], &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &[a], &Resume::Live);
     assert!(c.gap.is_none());
     assert!(ids_of(&b, &c.cursors).is_empty());
 }
@@ -136,10 +136,10 @@ fn deleted_stream_leaves_a_tombstone() {
     let mut b = broker(10);
     let a = b.resolve(&["a"], true).unwrap()[0];
     let id = publish(&mut b, &[a], 1_000);
-    b.subscribe(3, &[a], &Resume::Live);
-    assert_eq!(b.delete(a), vec![3]);
+    b.subscribe(ConnKey(3), &[a], &Resume::Live);
+    assert_eq!(b.delete(a), [ConnKey(3)]);
     let a2 = b.resolve(&["a"], true).unwrap()[0];
-    let c = b.subscribe(4, &[a2], &Resume::After(id.pred(), String::new()));
+    let c = b.subscribe(ConnKey(4), &[a2], &Resume::After(id.pred(), String::new()));
     assert!(c.gap.is_some());
 }
 
@@ -147,7 +147,7 @@ fn deleted_stream_leaves_a_tombstone() {
 fn lag_is_measured_in_bytes() {
     let mut b = broker(10);
     let a = b.resolve(&["a"], true).unwrap()[0];
-    let c = b.subscribe(1, &[a], &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &[a], &Resume::Live);
     let first = publish(&mut b, &[a], 1_000);
     publish(&mut b, &[a], 1_000);
     let one = b
@@ -167,7 +167,7 @@ fn lag_is_measured_in_bytes() {
 fn merge_dedups_and_orders_across_streams() {
     let mut b = broker(100);
     let ab = b.resolve(&["a", "b"], true).unwrap();
-    let c = b.subscribe(1, &ab, &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &ab, &Resume::Live);
     let x = publish(&mut b, &[ab[0]], 1_000);
     let y = publish(&mut b, &ab, 1_000);
     let z = publish(&mut b, &[ab[1]], 1_000);
@@ -189,7 +189,7 @@ fn many_streams_per_subscriber_are_not_truncated() {
     let names: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let idx = b.resolve(&refs, true).unwrap();
-    let c = b.subscribe(1, &idx, &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &idx, &Resume::Live);
     let mut want = Vec::new();
     for &i in idx.iter().rev() {
         want.push(publish(&mut b, &[i], 5));
@@ -201,13 +201,13 @@ fn many_streams_per_subscriber_are_not_truncated() {
 fn unsubscribe_frees_the_slot_and_keeps_others() {
     let mut b = broker(10);
     let a = b.resolve(&["a"], true).unwrap()[0];
-    let c1 = b.subscribe(1, &[a], &Resume::Live);
-    let _c2 = b.subscribe(2, &[a], &Resume::Live);
-    b.unsubscribe(1, &c1.cursors);
-    assert_eq!(b.subscribers(a), vec![2]);
+    let c1 = b.subscribe(ConnKey(1), &[a], &Resume::Live);
+    let _c2 = b.subscribe(ConnKey(2), &[a], &Resume::Live);
+    b.unsubscribe(ConnKey(1), &c1.cursors);
+    assert_eq!(b.subscribers(a), [ConnKey(2)]);
     // Unsubscribing twice (or with a stale slot) touches nobody else.
-    b.unsubscribe(1, &c1.cursors);
-    assert_eq!(b.subscribers(a), vec![2]);
+    b.unsubscribe(ConnKey(1), &c1.cursors);
+    assert_eq!(b.subscribers(a), [ConnKey(2)]);
 }
 
 /// A naive reference: every event ever published, with its streams; a
@@ -278,7 +278,12 @@ fn model_resume_and_merge_match_a_naive_reference() {
             // no history is dropped when its last reader leaves.
             let idx = b.resolve(&refs, true).unwrap();
             let targets: Vec<StreamIdx> = mine.iter().map(|&t| idx[t]).collect();
-            let c = b.subscribe_as(1, &targets, &sees, &Resume::After(cur, cur.to_string()));
+            let c = b.subscribe_as(
+                ConnKey(1),
+                &targets,
+                &sees,
+                &Resume::After(cur, cur.to_string()),
+            );
             let got = ids_of(&b, &c.cursors);
             let want: Vec<EventId> = log
                 .iter()
@@ -326,7 +331,7 @@ fn model_resume_and_merge_match_a_naive_reference() {
             // Later evictions of frames it may not see never surface as
             // a gap, and the merge after a take_gap is unchanged.
             assert!(b.take_gap(&mut cs).is_none() || lost);
-            b.unsubscribe(1, &cs);
+            b.unsubscribe(ConnKey(1), &cs);
         }
     }
 }
@@ -336,9 +341,9 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     let mut b = broker(10);
     let a = b.resolve(&["a"], true).unwrap()[0];
     let ids: Vec<EventId> = (0..3).map(|_| publish(&mut b, &[a], 1_000)).collect();
-    let mut caught = b.subscribe(1, &[a], &Resume::Live).cursors;
+    let mut caught = b.subscribe(ConnKey(1), &[a], &Resume::Live).cursors;
     let mut behind = b
-        .subscribe(2, &[a], &Resume::After(ids[0], String::new()))
+        .subscribe(ConnKey(2), &[a], &Resume::After(ids[0], String::new()))
         .cursors;
     let mut dirty = Vec::new();
     b.take_dirty(&mut dirty);
@@ -357,10 +362,10 @@ fn mark_lost_gaps_behind_subscribers_and_old_resumes() {
     }
     // A resume from below the mark gets a gap; from the mark, none.
     assert!(b
-        .subscribe(3, &[a], &Resume::After(ids[2], String::new()))
+        .subscribe(ConnKey(3), &[a], &Resume::After(ids[2], String::new()))
         .gap
         .is_some());
-    let c = b.subscribe(4, &[a], &Resume::After(id(5_000), String::new()));
+    let c = b.subscribe(ConnKey(4), &[a], &Resume::After(id(5_000), String::new()));
     assert!(c.gap.is_none());
     // Later events arrive normally.
     let p = b.append(&[a], id(6_000), b"data: x\n\n").unwrap();
@@ -446,8 +451,8 @@ fn budget_evicts_least_recently_published_or_read_first() {
         .collect();
     assert_eq!(b.total_bytes(), 3 * one);
     // Reading "a" makes it recent: "b" is now the least recently used.
-    let reader = b.subscribe(9, &[s[0]], &Resume::Live);
-    b.unsubscribe(9, &reader.cursors);
+    let reader = b.subscribe(ConnKey(9), &[s[0]], &Resume::Live);
+    b.unsubscribe(ConnKey(9), &reader.cursors);
     publish_sized(&mut b, &[s[3]], 1000, 1_000).unwrap();
     assert_eq!(b.get(s[1]).unwrap().retained(), 0, "b was least recent");
     assert_eq!(b.get(s[0]).unwrap().retained(), 1);
@@ -458,7 +463,11 @@ fn budget_evicts_least_recently_published_or_read_first() {
     assert_eq!(life.evicted_bytes, one as u64);
     check_accounting(&b);
     // A resume into "b" from before its evicted event is told so.
-    let c = b.subscribe(10, &[s[1]], &Resume::After(ids[1].pred(), "r".into()));
+    let c = b.subscribe(
+        ConnKey(10),
+        &[s[1]],
+        &Resume::After(ids[1].pred(), "r".into()),
+    );
     assert!(c.gap.is_some());
     // Publishing to "c" makes it recent; "a" goes next.
     publish_sized(&mut b, &[s[2]], 1000, 1_000).unwrap();
@@ -472,7 +481,7 @@ fn a_lagging_subscriber_gets_a_gap_when_the_budget_evicts() {
         Frame::cost_for(frame::encode_numbered(id(1_000), None, &"x".repeat(500), None).len());
     let mut b = big_broker(2 * one, 0, 10);
     let s = b.resolve(&["slow", "busy"], true).unwrap();
-    let mut sub = b.subscribe(1, &[s[0]], &Resume::Live);
+    let mut sub = b.subscribe(ConnKey(1), &[s[0]], &Resume::Live);
     publish_sized(&mut b, &[s[0]], 500, 1_000).unwrap();
     // The reader has not been sent it when another stream needs the room.
     publish_sized(&mut b, &[s[1]], 500, 1_000).unwrap();
@@ -538,13 +547,13 @@ fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
         .resolve_as(&["empty", "kept"], Create::Subscriber(0))
         .unwrap();
     assert_eq!(b.unclaimed(), 2);
-    let c1 = b.subscribe(1, &s, &Resume::Live);
-    let c2 = b.subscribe(2, &[s[0]], &Resume::Live);
+    let c1 = b.subscribe(ConnKey(1), &s, &Resume::Live);
+    let c2 = b.subscribe(ConnKey(2), &[s[0]], &Resume::Live);
     b.resolve(&["kept"], true).unwrap();
     let id = publish_sized(&mut b, &[s[1]], 10, 2_000).unwrap();
-    b.unsubscribe(1, &c1.cursors);
+    b.unsubscribe(ConnKey(1), &c1.cursors);
     assert!(b.find("empty").is_some(), "still read by 2");
-    b.unsubscribe(2, &c2.cursors);
+    b.unsubscribe(ConnKey(2), &c2.cursors);
     assert!(b.find("empty").is_none());
     assert!(b.find("kept").is_some(), "it holds history");
     assert_eq!(b.lifecycle().dropped_empty, 1);
@@ -561,7 +570,7 @@ fn a_stream_with_no_readers_and_no_history_goes_with_its_last_reader() {
     check_accounting(&b);
     // Its tombstone keeps a resume honest.
     let s2 = b.resolve_as(&["kept"], Create::Subscriber(0)).unwrap();
-    let c = b.subscribe(3, &s2, &Resume::After(id.pred(), "k".into()));
+    let c = b.subscribe(ConnKey(3), &s2, &Resume::After(id.pred(), "k".into()));
     assert!(c.gap.is_some());
 }
 
@@ -571,11 +580,11 @@ fn a_read_stream_never_expires_and_a_read_restarts_the_ttl() {
     let s = b.resolve(&["r", "q"], true).unwrap();
     publish_sized(&mut b, &[s[0]], 10, SEC).unwrap();
     publish_sized(&mut b, &[s[1]], 10, SEC).unwrap();
-    let c = b.subscribe(1, &[s[0]], &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &[s[0]], &Resume::Live);
     b.expire(100 * SEC, 100);
     assert!(b.find("r").is_some(), "it has a reader");
     assert!(b.find("q").is_none());
-    b.unsubscribe(1, &c.cursors);
+    b.unsubscribe(ConnKey(1), &c.cursors);
     b.expire(105 * SEC, 100);
     assert!(
         b.find("r").is_some(),
@@ -625,8 +634,8 @@ fn explicit_streams_are_kept_while_empty_until_the_ttl() {
     let (idx, created) = b.create("made").unwrap();
     assert!(!created);
     assert_eq!(b.get(idx).unwrap().claim, Claim::Explicit);
-    let c = b.subscribe(1, &[idx], &Resume::Live);
-    b.unsubscribe(1, &c.cursors);
+    let c = b.subscribe(ConnKey(1), &[idx], &Resume::Live);
+    b.unsubscribe(ConnKey(1), &c.cursors);
     b.expire(5 * SEC, 100);
     assert!(b.find("made").is_some());
     b.expire(20 * SEC, 100);
@@ -640,7 +649,7 @@ fn subscribers_cannot_use_up_the_publishers_pool() {
     let subs = b
         .resolve_as(&["x1", "x2", "x3"], Create::Subscriber(0))
         .unwrap();
-    let _c = b.subscribe(1, &subs, &Resume::Live);
+    let _c = b.subscribe(ConnKey(1), &subs, &Resume::Live);
     assert_eq!(
         b.resolve_as(&["x4"], Create::Subscriber(0)),
         Err((0, BrokerError::TooManyUnclaimed))
@@ -704,8 +713,8 @@ fn one_address_holds_at_most_its_share_of_the_subscribers_pool() {
     assert_eq!(b.unclaimed_by(one), 127);
     b.resolve_as(&["fresh"], Create::Subscriber(one)).unwrap();
     // ...and so does a stream dropped when its last reader leaves.
-    let c = b.subscribe(1, &held[1..2], &Resume::Live);
-    b.unsubscribe(1, &c.cursors);
+    let c = b.subscribe(ConnKey(1), &held[1..2], &Resume::Live);
+    b.unsubscribe(ConnKey(1), &c.cursors);
     assert_eq!(b.unclaimed_by(one), 127);
     assert_eq!(b.unclaimed(), 127 + 1);
 }
@@ -740,7 +749,7 @@ fn tombstones_are_bounded_and_forgetting_stays_honest() {
     }
     // t0's tombstone was forgotten; a resume into it still gets a gap.
     let s = b.resolve_as(&["t0"], Create::Subscriber(0)).unwrap();
-    let c = b.subscribe(1, &s, &Resume::After(id0.pred(), String::new()));
+    let c = b.subscribe(ConnKey(1), &s, &Resume::After(id0.pred(), String::new()));
     assert!(c.gap.is_some());
 }
 
@@ -762,7 +771,7 @@ fn model_budget_accounting_holds() {
         );
         b.set_memory(rng.gen_range(300..5000), rng.gen_range(0..5) * SEC);
         let mut now = 1_000u64;
-        let mut held: Vec<(u32, Cursors)> = Vec::new();
+        let mut held: Vec<(ConnKey, Cursors)> = Vec::new();
         for step in 0..300u32 {
             now += rng.gen_range(0..SEC / 2);
             let name = format!("s{}", rng.gen_range(0..12));
@@ -774,8 +783,12 @@ fn model_budget_accounting_holds() {
                 }
                 5 | 6 => {
                     if let Ok(t) = b.resolve_as(&[name.as_str()], Create::Subscriber(0)) {
-                        let c = b.subscribe(step, &t, &Resume::After(EventId::NONE, String::new()));
-                        held.push((step, c.cursors));
+                        let c = b.subscribe(
+                            ConnKey(step),
+                            &t,
+                            &Resume::After(EventId::NONE, String::new()),
+                        );
+                        held.push((ConnKey(step), c.cursors));
                     }
                 }
                 7 if !held.is_empty() => {
@@ -810,13 +823,13 @@ fn lost_below_gaps_older_resumes_only() {
     let a = b.resolve(&["a"], true).unwrap()[0];
     let ids: Vec<EventId> = (0..4).map(|_| publish(&mut b, &[a], 1_000)).collect();
     b.mark_lost_below(ids[2]);
-    let c = b.subscribe(1, &[a], &Resume::After(ids[1], String::new()));
+    let c = b.subscribe(ConnKey(1), &[a], &Resume::After(ids[1], String::new()));
     assert!(c.gap.is_some());
     assert_eq!(ids_of(&b, &c.cursors), ids[2..].to_vec());
-    let c = b.subscribe(2, &[a], &Resume::After(ids[2], String::new()));
+    let c = b.subscribe(ConnKey(2), &[a], &Resume::After(ids[2], String::new()));
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), ids[3..].to_vec());
-    let c = b.subscribe(3, &[a], &Resume::Live);
+    let c = b.subscribe(ConnKey(3), &[a], &Resume::Live);
     assert!(c.gap.is_none());
 }
 
@@ -854,8 +867,10 @@ fn retains_and_restore() {
 fn private_frames_reach_only_cursors_that_may_see_them() {
     let mut b = broker(3);
     let a = b.resolve(&["a"], true).unwrap()[0];
-    let mut anon = b.subscribe(1, &[a], &Resume::Live).cursors;
-    let mut authed = b.subscribe_as(2, &[a], &[true], &Resume::Live).cursors;
+    let mut anon = b.subscribe(ConnKey(1), &[a], &Resume::Live).cursors;
+    let mut authed = b
+        .subscribe_as(ConnKey(2), &[a], &[true], &Resume::Live)
+        .cursors;
     assert!(authed.as_slice()[0].sees_private());
     assert!(!anon.as_slice()[0].sees_private());
     assert_eq!(authed.as_slice()[0].slot(), 1);
@@ -879,9 +894,14 @@ fn private_frames_reach_only_cursors_that_may_see_them() {
     assert!(b.take_gap(&mut authed).is_some());
     // A resume from before the evicted private frames: gap only for those
     // that may see them.
-    let c = b.subscribe(3, &[a], &Resume::After(pub1, pub1.to_string()));
+    let c = b.subscribe(ConnKey(3), &[a], &Resume::After(pub1, pub1.to_string()));
     assert!(c.gap.is_none());
-    let c = b.subscribe_as(4, &[a], &[true], &Resume::After(pub1, pub1.to_string()));
+    let c = b.subscribe_as(
+        ConnKey(4),
+        &[a],
+        &[true],
+        &Resume::After(pub1, pub1.to_string()),
+    );
     assert!(c.gap.is_some());
 }
 
@@ -889,7 +909,7 @@ fn private_frames_reach_only_cursors_that_may_see_them() {
 fn a_private_frame_on_two_streams_comes_through_the_one_that_may_see_it() {
     let mut b = broker(10);
     let x = b.resolve(&["x", "y"], true).unwrap();
-    let c = b.subscribe_as(1, &x, &[false, true], &Resume::Live);
+    let c = b.subscribe_as(ConnKey(1), &x, &[false, true], &Resume::Live);
     let p = publish_private(&mut b, &x, 5, true);
     let only_x = publish_private(&mut b, &x[..1], 5, true);
     assert_eq!(ids_of(&b, &c.cursors), vec![p]);
@@ -910,7 +930,7 @@ fn selector_streams_fan_in_later_streams() {
         "one ring per selector"
     );
     assert!(b.get(s).unwrap().internal);
-    let c = b.subscribe(1, &[s], &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &[s], &Resume::Live);
     let later = b.resolve(&["/books/2", "/other"], true).unwrap();
     let i1 = publish(&mut b, &[later[0]], 5);
     let _i2 = publish(&mut b, &[later[1]], 5);
@@ -918,10 +938,10 @@ fn selector_streams_fan_in_later_streams() {
     assert_eq!(ids_of(&b, &c.cursors), vec![i1, i3]);
     // Made after them, it was rebuilt from the history of the topics it
     // matches: a resume from before it was made is exact.
-    let c = b.subscribe(2, &[s], &Resume::After(before, before.to_string()));
+    let c = b.subscribe(ConnKey(2), &[s], &Resume::After(before, before.to_string()));
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), vec![before.succ(), i1, i3]);
-    let c = b.subscribe(2, &[s], &Resume::Earliest);
+    let c = b.subscribe(ConnKey(2), &[s], &Resume::Earliest);
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), vec![before, before.succ(), i1, i3]);
     // Deleting a selector stream unregisters it.
@@ -937,9 +957,9 @@ fn sel(s: &str) -> crate::auth::Selector {
 /// (id, private) of every frame a subscriber of `s` resuming after `x`
 /// gets, and whether it gets a gap.
 fn resumed(b: &mut Broker, s: StreamIdx, x: EventId, sees: bool) -> (Vec<(EventId, bool)>, bool) {
-    let c = b.subscribe_as(99, &[s], &[sees], &Resume::After(x, x.to_string()));
+    let c = b.subscribe_as(ConnKey(99), &[s], &[sees], &Resume::After(x, x.to_string()));
     let got = b.merge(&c.cursors).map(|f| (f.id, f.private)).collect();
-    b.unsubscribe(99, &c.cursors);
+    b.unsubscribe(ConnKey(99), &c.cursors);
     (got, c.gap.is_some())
 }
 
@@ -997,7 +1017,7 @@ fn a_rebuilt_selector_stream_knows_what_its_topics_lost() {
     }
     // ids: p0 x0 p1 x1 p2 (p: public on /b/1, x: private on /b/2).
     let s = b.selector_stream(&sel("/b/{x}"), None).unwrap();
-    let all = b.subscribe_as(1, &[s], &[true], &Resume::Earliest);
+    let all = b.subscribe_as(ConnKey(1), &[s], &[true], &Resume::Earliest);
     let kept = ids_of(&b, &all.cursors);
     assert_eq!(kept, ids[2..].to_vec());
     // Private reader: from before the ring's oldest, a gap.
@@ -1062,7 +1082,7 @@ fn topics_this_node_lacks_are_held_when_a_selector_wants_them() {
     assert!(b.hold_for_selectors("/c/1", EventId::new(1)).is_some());
     // An event entering only the selector streams (its topic loads its
     // history first), then the topic: each selector stream has it once.
-    let cur = b.subscribe(1, &[s, c], &Resume::Live);
+    let cur = b.subscribe(ConnKey(1), &[s, c], &Resume::Live);
     let t = [h, b.find("/c/1").unwrap()];
     let id = EventId::new(b.ids().last().get() + 10);
     let sse = frame::encode_numbered(id, None, "x", None);
@@ -1122,7 +1142,7 @@ fn a_gap_names_what_the_subscriber_asked_for() {
     let p = crate::auth::Selector::url_pattern("/books/:id", Some(&hub)).unwrap();
     assert!(p.as_str().starts_with('}'));
     let s = b.selector_stream(&p, None).unwrap();
-    let c = b.subscribe(1, &[s], &Resume::Unparsable("nope".into()));
+    let c = b.subscribe(ConnKey(1), &[s], &Resume::Unparsable("nope".into()));
     let gap = String::from_utf8(c.gap.unwrap()).unwrap();
     assert_eq!(
         gap,
@@ -1187,7 +1207,7 @@ fn selector_fan_in_matches_each_topic_once() {
     }
     let n = sels.len();
     assert_eq!(n, 8, "4 keys x 2 spellings");
-    let c = b.subscribe(1, &sels, &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &sels, &Resume::Live);
     let before = b.selector_matches_run();
     let id = publish(&mut b, &[t], 5);
     assert_eq!(b.selector_matches_run() - before, 4, "one match per key");
@@ -1213,7 +1233,7 @@ fn selector_fan_in_matches_each_topic_once() {
     let ls = b.selector_stream(&late, None).unwrap();
     assert_eq!(b.selector_matches_run() - before, 2, "t and other");
     assert_eq!(b.get(ls).unwrap().retained(), 10);
-    let _c2 = b.subscribe(2, &[ls], &Resume::Live);
+    let _c2 = b.subscribe(ConnKey(2), &[ls], &Resume::Live);
     let before = b.selector_matches_run();
     publish(&mut b, &[t], 5);
     publish(&mut b, &[t], 5);
@@ -1228,12 +1248,12 @@ fn selector_key_numbers_are_shared_then_reused_without_mixing_results() {
     let sa = b.selector_stream(&sel("/k/{x}"), None).unwrap();
     let sb = b.selector_stream(&sel("/k/{y}"), None).unwrap();
     assert_ne!(sa, sb, "two spellings, two streams");
-    let cb = b.subscribe(1, &[sb], &Resume::Live);
+    let cb = b.subscribe(ConnKey(1), &[sb], &Resume::Live);
     // The key outlives one of its holders: a new key gets its own number
     // (sharing sb's would hand sb's answer to it, or its answer to sb).
     b.delete(sa);
     let sc = b.selector_stream(&sel("/k/{x}/z"), None).unwrap();
-    let cc = b.subscribe(2, &[sc], &Resume::Live);
+    let cc = b.subscribe(ConnKey(2), &[sc], &Resume::Live);
     let t = b.resolve(&["/k/1", "/k/3/z"], true).unwrap();
     let before = b.selector_matches_run();
     let i1 = publish(&mut b, &t[..1], 5);
@@ -1243,10 +1263,10 @@ fn selector_key_numbers_are_shared_then_reused_without_mixing_results() {
     assert_eq!(ids_of(&b, &cc.cursors), vec![i2]);
     // Its last holder gone, the number goes to the next new key, which
     // gets its own answers, not the old key's.
-    b.unsubscribe(1, &cb.cursors);
+    b.unsubscribe(ConnKey(1), &cb.cursors);
     b.delete(sb);
     let sd = b.selector_stream(&sel("/k/{x}/y"), None).unwrap();
-    let cd = b.subscribe(3, &[sd], &Resume::Live);
+    let cd = b.subscribe(ConnKey(3), &[sd], &Resume::Live);
     let t2 = b.resolve(&["/k/2", "/k/4/y"], true).unwrap();
     publish(&mut b, &t2[..1], 5);
     let i4 = publish(&mut b, &t2[1..], 5);
@@ -1265,7 +1285,7 @@ fn anonymous_selectors_come_from_per_peer_pools() {
         let s = b.selector_stream(&sel(i), ip(1)).unwrap();
         held.push(s);
     }
-    let c = b.subscribe(1, &held, &Resume::Live);
+    let c = b.subscribe(ConnKey(1), &held, &Resume::Live);
     assert_eq!(
         b.selector_stream(&sel(1000), ip(1)),
         Err(BrokerError::TooManySelectors(SelectorsFull::Peer))
@@ -1279,7 +1299,7 @@ fn anonymous_selectors_come_from_per_peer_pools() {
         .selector_stream(&crate::auth::Selector::parse("*").unwrap(), ip(1))
         .is_ok());
     // Once its subscriber leaves, the address's unread streams make room.
-    b.unsubscribe(1, &c.cursors);
+    b.unsubscribe(ConnKey(1), &c.cursors);
     assert!(b.selector_stream(&sel(1000), ip(1)).is_ok());
     // The anonymous pool as a whole is bounded too.
     let (mut n, mut refused) = (0, 0);
@@ -1287,7 +1307,7 @@ fn anonymous_selectors_come_from_per_peer_pools() {
         for i in 0..MAX_ANON_SELECTORS_PER_PEER {
             match b.selector_stream(&sel(p as usize * 100 + i + 5000), ip(p)) {
                 Ok(s) => {
-                    b.subscribe(9, &[s], &Resume::Live);
+                    b.subscribe(ConnKey(9), &[s], &Resume::Live);
                     n += 1;
                 }
                 Err(e) => {
@@ -1335,7 +1355,7 @@ fn selector_streams_cost_a_place_not_a_copy() {
         };
         sels.push(b.selector_stream(&sel, None).unwrap());
     }
-    let _c = b.subscribe(1, &sels, &Resume::Live);
+    let _c = b.subscribe(ConnKey(1), &sels, &Resume::Live);
     let before = b.total_bytes();
     for _ in 0..20 {
         publish_sized(&mut b, &[hot], 4096, 3_000).unwrap();
@@ -1444,9 +1464,9 @@ fn a_selector_stream_made_after_unheld_events_counts_them_lost() {
     assert_eq!(resumed(&mut b, s, e1, true), (vec![(e2, false)], true));
     assert_eq!(resumed(&mut b, s, unheld, true), (vec![(e2, false)], false));
     assert_eq!(b.selector_view(&p, true), (e2, unheld));
-    let mut live = b.subscribe(1, &[s], &Resume::Live).cursors;
+    let mut live = b.subscribe(ConnKey(1), &[s], &Resume::Live).cursors;
     assert!(b.take_gap(&mut live).is_none(), "live: nothing was lost");
-    let c = b.subscribe(2, &[t], &Resume::After(e1, String::new()));
+    let c = b.subscribe(ConnKey(2), &[t], &Resume::After(e1, String::new()));
     assert!(c.gap.is_none());
     assert_eq!(ids_of(&b, &c.cursors), vec![e2]);
 }
@@ -1459,8 +1479,8 @@ fn a_wanted_topic_that_cannot_be_held_gaps_its_selector_readers() {
     let mut b = broker(10);
     let c = b.selector_stream(&sel("/c/{x}"), None).unwrap();
     let other = b.selector_stream(&sel("/d/{x}"), None).unwrap();
-    let mut cur = b.subscribe(1, &[c], &Resume::Live).cursors;
-    let mut calm = b.subscribe(2, &[other], &Resume::Live).cursors;
+    let mut cur = b.subscribe(ConnKey(1), &[c], &Resume::Live).cursors;
+    let mut calm = b.subscribe(ConnKey(2), &[other], &Resume::Live).cursors;
     let mut full = false;
     for i in 0..100 {
         if b.resolve(&[&format!("/p/{i}")], true).is_err() {

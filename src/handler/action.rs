@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::broker::{Create, Resume, StreamIdx};
 use crate::frame;
 use crate::http::{Headers, Method, Request, Response};
-use crate::id::EventId;
+use crate::id::{ConnKey, EventId};
 
 /// Produces the next frame of a ticking connection given the time in ms
 /// since server start.
@@ -47,7 +47,7 @@ pub enum Action {
         next: TickFn,
     },
     /// End another connection's stream gracefully.
-    End(u32),
+    End(ConnKey),
     /// Make public stream `name` explicitly (`PUT /streams/NAME`; the
     /// handler checked it can be made) and answer with its entry.
     CreateStream {

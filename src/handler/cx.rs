@@ -20,6 +20,7 @@ use crate::broker::{Broker, Resume};
 use crate::config::Config;
 use crate::frame;
 use crate::http::{self, Headers, Method, Request, Response};
+use crate::id::ConnKey;
 use crate::stats::Counters;
 
 /// A handler's view of the server for one request.
@@ -42,7 +43,7 @@ pub struct Cx<'a> {
     /// Unix time in µs, read for this request.
     pub unix_us: u64,
     /// The connection the request came on (`None`: a library publish).
-    pub conn: Option<u32>,
+    pub conn: Option<ConnKey>,
     /// Its client's address: the peer's, or the one a trusted proxy
     /// forwarded (`--trusted-proxy`). Per-address pools and limits count
     /// the request under it.
@@ -103,7 +104,7 @@ impl Cx<'_> {
         self.reply(req, Response::not_allowed(allow));
     }
     /// Ends another connection's stream.
-    pub fn end(&mut self, conn: u32) {
+    pub fn end(&mut self, conn: ConnKey) {
         self.actions.push(Action::End(conn));
     }
 

@@ -15,28 +15,7 @@ use mio::net::TcpStream;
 use crate::broker::{Cursors, Frame};
 use crate::handler::TickFn;
 
-/// A connection's key: its slot in the reactor's table, also its `mio`
-/// token. Where there may be no connection (a library publish) the type is
-/// `Option<ConnKey>`, never a reserved value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey(pub u32);
-
-impl ConnKey {
-    /// The slot, for the connection table.
-    pub fn idx(self) -> usize {
-        self.0 as usize
-    }
-    /// The key of slot `i`.
-    pub fn of(i: usize) -> ConnKey {
-        ConnKey(i as u32)
-    }
-}
-
-impl std::fmt::Display for ConnKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use crate::id::ConnKey;
 
 /// Ticks are 100 ms since server start; `u32` lasts 13 years.
 pub type Tick = u32;

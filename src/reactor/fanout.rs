@@ -92,8 +92,8 @@ impl Fanout {
             if let Some(p) = self.passes.front_mut() {
                 p.1 += 1;
             }
-            if let Some(key) = slot {
-                return Some(ConnKey(key));
+            if slot.is_some() {
+                return slot;
             }
         }
     }
@@ -417,9 +417,9 @@ mod tests {
         let mut b = broker();
         let s = b.resolve(&["a", "b"], true).unwrap();
         for key in 0..5 {
-            b.subscribe(key, &s[..1], &Resume::Live);
+            b.subscribe(ConnKey(key), &s[..1], &Resume::Live);
         }
-        b.subscribe(9, &s[1..], &Resume::Live);
+        b.subscribe(ConnKey(9), &s[1..], &Resume::Live);
         let mut f = Fanout::default();
         f.begin(&mut b);
         assert!(!f.busy());
@@ -439,11 +439,11 @@ mod tests {
         // A subscriber gone mid-pass is skipped.
         b.publish(&s[..1], &Event::new("w"), 2_000).unwrap();
         f.begin(&mut b);
-        let c = b.subscribe(7, &s[..1], &Resume::Live).cursors;
-        b.unsubscribe(7, &c);
-        let gone = b.subscribe(8, &s[..1], &Resume::Live).cursors;
+        let c = b.subscribe(ConnKey(7), &s[..1], &Resume::Live).cursors;
+        b.unsubscribe(ConnKey(7), &c);
+        let gone = b.subscribe(ConnKey(8), &s[..1], &Resume::Live).cursors;
         assert_eq!(f.next(&b), Some(ConnKey(0)));
-        b.unsubscribe(8, &gone);
+        b.unsubscribe(ConnKey(8), &gone);
         let rest: Vec<u32> = std::iter::from_fn(|| f.next(&b)).map(|k| k.0).collect();
         assert_eq!(rest, [1, 2, 3, 4]);
         f.owe(ConnKey(4));
@@ -525,7 +525,7 @@ mod tests {
     fn a_blocked_subscriber_too_far_behind_is_too_slow() {
         let mut b = broker();
         let s = b.resolve(&["a"], true).unwrap();
-        let cursors = b.subscribe(1, &s, &Resume::Live).cursors;
+        let cursors = b.subscribe(ConnKey(1), &s, &Resume::Live).cursors;
         let mut c = Conn::new((), 0, 0);
         c.state = State::Streaming(cursors);
         // Drained: never too slow, however much is owed.

@@ -383,7 +383,7 @@ impl Reactor {
                 if let Some(slot) = self.side.freed(key) {
                     self.peers.remove(slot);
                 }
-                self.apps.on_close(key.0);
+                self.apps.on_close(key);
                 if let Some(l) = self.bus.as_mut() {
                     l.forget(key);
                 }
@@ -467,7 +467,7 @@ impl Reactor {
             rng: &mut self.rng,
             now_ms: self.clock.now_ms,
             unix_us: self.clock.unix_us(),
-            conn: key.map(|k| k.0),
+            conn: key,
             peer,
             unnamed,
             via_proxy,
@@ -539,7 +539,7 @@ impl Reactor {
                     self.send_sse(key, &prelude);
                     self.after_stream_write(key);
                 }
-                Action::End(k) => self.end_stream(ConnKey(k)),
+                Action::End(k) => self.end_stream(k),
                 Action::DeleteStream(idx) => self.delete_stream(idx),
                 Action::CreateStream { name, shape } => {
                     let resp = match self.broker.create(&name) {
@@ -790,7 +790,7 @@ impl Reactor {
             }
         };
         if let Some(j) = s.presence.take() {
-            self.presence.join(key.0, j);
+            self.presence.join(key, j);
         }
         if let Some(l) = self.bus.as_mut() {
             let now = self.clock.now_ms;
@@ -810,7 +810,7 @@ impl Reactor {
         }
         let c = self
             .broker
-            .subscribe_as(key.0, &targets, &s.sees_private, &s.resume);
+            .subscribe_as(key, &targets, &s.sees_private, &s.resume);
         let mut prelude = s.prelude;
         if let Some(g) = &c.gap {
             prelude.extend_from_slice(g);
@@ -830,8 +830,8 @@ impl Reactor {
     ) {
         if !self.begin_stream(key, head, chunked) {
             // The connection went while the handler decided.
-            self.broker.unsubscribe(key.0, &cursors);
-            self.presence.left(key.0, true);
+            self.broker.unsubscribe(key, &cursors);
+            self.presence.left(key, true);
             return;
         }
         if let Some(c) = self.conns.get_mut(key.idx()) {
@@ -842,7 +842,7 @@ impl Reactor {
             self.side.token_exp.insert(key, at);
         }
         if !self.presence.none_here() {
-            self.presence.started(key.0, self.bus.is_none());
+            self.presence.started(key, self.bus.is_none());
         }
         self.send_sse(key, prelude);
         self.flush_subscriber(key);
@@ -1325,7 +1325,7 @@ impl Reactor {
     /// streams it read and releasing its request buffer.
     fn close(&mut self, key: ConnKey) {
         if !self.presence.none_here() {
-            self.presence.left(key.0, self.bus.is_none());
+            self.presence.left(key, self.bus.is_none());
         }
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
@@ -1333,7 +1333,7 @@ impl Reactor {
         self.side.stream_ended(key);
         match c.close(&mut self.memory, &mut self.peers) {
             proto::Closed::Already => return,
-            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key.0, &cursors),
+            proto::Closed::Now(Some(cursors)) => self.broker.unsubscribe(key, &cursors),
             proto::Closed::Now(None) => {}
         }
         self.side.closing.push(key);
@@ -1732,7 +1732,7 @@ impl Reactor {
     /// the server is shutting down).
     fn end_stream(&mut self, key: ConnKey) {
         if !self.presence.none_here() {
-            self.presence.left(key.0, self.bus.is_none());
+            self.presence.left(key, self.bus.is_none());
         }
         let Some(c) = self.conns.get_mut(key.idx()) else {
             return;
@@ -1742,7 +1742,7 @@ impl Reactor {
             return;
         };
         if let Some(cs) = left {
-            self.broker.unsubscribe(key.0, &cs);
+            self.broker.unsubscribe(key, &cs);
         }
         if chunked {
             self.send(key, frame::LAST_CHUNK);
@@ -1770,7 +1770,7 @@ impl Reactor {
     /// Flushes a stream's subscribers, deletes it, and ends their streams.
     fn delete_stream(&mut self, idx: StreamIdx) {
         // Flush first so subscribers that can take it get what was published.
-        for k in self.broker.subscribers(idx).into_iter().map(ConnKey) {
+        for k in self.broker.subscribers(idx) {
             if self.conns.get(k.idx()).is_some_and(|c| !c.blocked()) {
                 self.flush_subscriber(k);
             }
@@ -1778,7 +1778,7 @@ impl Reactor {
         if let (Some(d), Some((name, floor))) = (&mut self.durable, self.broker.tombstone_of(idx)) {
             d.delete(name, floor);
         }
-        for k in self.broker.delete(idx).into_iter().map(ConnKey) {
+        for k in self.broker.delete(idx) {
             self.end_stream(k);
         }
     }

@@ -124,6 +124,7 @@ mod tests {
     use super::*;
     use crate::broker::{Create, Limits, Resume};
     use crate::event::Event;
+    use crate::id::ConnKey;
 
     #[test]
     fn connections_are_counted_by_state_and_private_only_streams_are_not_told_of() {
@@ -146,11 +147,13 @@ mod tests {
         let reading = conns.insert(Conn::new((), 0, 0));
         let streaming = conns.insert(Conn::new((), 0, 0));
         let cursors = b
-            .subscribe(streaming as u32, &s[..1], &Resume::Live)
+            .subscribe(ConnKey::of(streaming), &s[..1], &Resume::Live)
             .cursors;
         conns[streaming].state = State::Streaming(cursors);
         let blocked = conns.insert(Conn::new((), 0, 0));
-        let cursors = b.subscribe(blocked as u32, &s[..1], &Resume::Live).cursors;
+        let cursors = b
+            .subscribe(ConnKey::of(blocked), &s[..1], &Resume::Live)
+            .cursors;
         conns[blocked].state = State::Streaming(cursors);
         conns[blocked].out = Some(Box::new(super::super::conn::Out {
             tail: None,

@@ -1077,7 +1077,7 @@ fn begin(
     fx: &mut Vec<Effect>,
 ) {
     let targets: Vec<StreamIdx> = names.iter().filter_map(|n| broker.find(n)).collect();
-    let c = broker.subscribe_as(key.0, &targets, &sub.sees_private, &sub.resume);
+    let c = broker.subscribe_as(key, &targets, &sub.sees_private, &sub.resume);
     match (&c.gap, failed, &sub.resume) {
         (Some(g), _, _) => sub.prelude.extend_from_slice(g),
         (None, true, Resume::After(_, raw) | Resume::Unparsable(raw)) => {
@@ -1586,7 +1586,7 @@ mod tests {
         let s = w.broker.selector_stream(&any, None).unwrap();
         w.stream("/b/1");
         w.announce(5, "/b/1", 0, "a");
-        let mut reader = w.broker.subscribe(1, &[s], &Resume::Live).cursors;
+        let mut reader = w.broker.subscribe(ConnKey(1), &[s], &Resume::Live).cursors;
         assert!(w.broker.take_gap(&mut reader).is_none());
         // Down and up again with nothing new: no loss.
         w.feed(BusOutput::Down);
@@ -1638,7 +1638,7 @@ mod tests {
         assert_eq!(lost(&w), EventId::new(30), "never lowered");
         // A live reader of a stream made now starts above it: no gap.
         let s = w.broker.selector_stream(&any, None).unwrap();
-        let mut live = w.broker.subscribe(1, &[s], &Resume::Live).cursors;
+        let mut live = w.broker.subscribe(ConnKey(1), &[s], &Resume::Live).cursors;
         assert!(w.broker.take_gap(&mut live).is_none());
     }
 
