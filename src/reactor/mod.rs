@@ -24,7 +24,7 @@
 //! |---|---|
 //! | `mod.rs` | the driver: the loop, accept, reads, writes, request routing, carrying out actions and effects |
 //! | `bind.rs` | `Bound`: everything that can fail at start (listeners, waker, Redis address, journal open, signals) |
-//! | `conn.rs` | `ConnKey`, the connection struct and its states; `Sides`: the turn's connection lists and the side tables (reserve, proxied clients, token expiries) |
+//! | `conn.rs` | the connection struct and its states (its key, `ConnKey`, is `src/id.rs`'s); `Sides`: the turn's connection lists and the side tables (reserve, proxied clients, token expiries) |
 //! | `proto.rs` | the connection machine: reading requests, deadlines and what they mean, admission, the client behind a proxy (no I/O) |
 //! | `fanout.rs` | the fan-out passes, what one `writev` to a subscriber holds, what slow subscribers' tails alone keep alive (`Tails`, the memory account's `tails`) (no I/O) |
 //! | `sweep.rs` | deadlines swept in slices: timeouts, heartbeats, lingering; when freed heap is handed back (`Trim`) (no I/O) |
